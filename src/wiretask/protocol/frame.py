@@ -1,0 +1,79 @@
+"""The frame: what a transport carries.
+
+A ``Frame`` is the bytes-level form of one message: the (maybe compressed) body bytes,
+the two content labels that describe the *uncompressed* body, the application headers
+and the remaining message properties. It is what ``protocol.celery.encode`` produces
+and ``protocol.celery.decode`` reads, and it is all a transport ever sees: transports
+never look inside the body.
+
+The split follows AMQP 0-9-1 (basic properties vs application headers), which is also
+how Kombu lays out its Redis list entries (``content-type`` / ``content-encoding`` at the
+top level, ``headers``, ``properties``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import datetime
+from typing import Any
+
+import attrs
+
+__all__ = ["Frame", "Outgoing", "Route"]
+
+
+def _freeze_mapping(value: Mapping[str, Any] | None) -> Mapping[str, Any]:
+    return {} if value is None else dict(value)
+
+
+@attrs.frozen(kw_only=True)
+class Frame:
+    """One message on the wire.
+
+    ``headers`` are the application headers (Celery's protocol-2 headers plus anything
+    custom, ``compression`` included). ``properties`` are the message properties other
+    than the content labels: ``correlation_id``, ``reply_to``, ``priority``,
+    ``delivery_mode``, ``expiration`` and any others, with AMQP's names.
+    """
+
+    body: bytes
+    content_type: str
+    content_encoding: str
+    headers: Mapping[str, Any] = attrs.field(factory=dict, converter=_freeze_mapping)
+    properties: Mapping[str, Any] = attrs.field(factory=dict, converter=_freeze_mapping)
+
+    @property
+    def priority(self) -> int | None:
+        value = self.properties.get("priority")
+        return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+    @property
+    def task_id(self) -> str | None:
+        """The Celery task id if the headers carry one (protocol 2), for logs and errors."""
+        value = self.headers.get("id")
+        return value if isinstance(value, str) else self.properties.get("correlation_id")
+
+
+@attrs.frozen
+class Route:
+    """Where a message goes. ``exchange=""`` is the default exchange: the message is
+    delivered to the queue named by ``routing_key`` (which defaults to ``queue``), as
+    Celery does for direct queues."""
+
+    queue: str = attrs.field(validator=attrs.validators.instance_of(str))
+    exchange: str = ""
+    routing_key: str | None = None
+
+    @property
+    def key(self) -> str:
+        return self.queue if self.routing_key is None else self.routing_key
+
+
+@attrs.frozen
+class Outgoing:
+    """One entry of a batch publish: a frame, its route, and an optional time before
+    which it must not be delivered (aware datetime)."""
+
+    frame: Frame
+    route: Route
+    not_before: datetime | None = None

@@ -1,0 +1,207 @@
+"""The transport interface: the only thing a broker has to implement.
+
+A transport moves ``Frame`` values between processes. It never decodes a body; it knows
+queues, routes, delivery times and priorities, and nothing about tasks. The calling API
+(publish, with its retry policy) and the worker (receive, ack) sit on top of it.
+
+Rules every transport follows (``wiretask.testing.check_transport`` checks them):
+
+* **Errors are translated at this boundary.** A driver exception never escapes: a lost,
+  refused or timed-out connection becomes ``ConnectionLost`` (recoverable, so the publish
+  retry policy may reconnect and try again); anything else becomes ``TransportError``.
+  The original is chained with ``from``. URLs in messages never contain a password.
+* **At least once.** A received message stays owned by its ``Delivery`` until ``ack()``,
+  ``reject()`` or ``dead_letter()``. If the consumer dies first, the message comes back
+  (with ``redelivered=True``). A message that is still being worked on is never handed
+  to a second consumer.
+* **Delayed delivery.** A message published with ``not_before`` is not delivered before
+  that time. Transports with ``capabilities.native_delay`` hold it broker-side.
+* **Nothing is lost.** ``Delivery.dead_letter(reason)`` moves a message that cannot be
+  processed to the transport's dead-letter place, with the reason, where
+  ``dead_letters()`` can read it back.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Iterable, Sequence
+from datetime import datetime
+from types import TracebackType
+from typing import Literal, Self
+
+import attrs
+
+from wiretask.errors import ValidationError
+from wiretask.protocol.frame import Frame, Outgoing, Route
+
+__all__ = ["Capabilities", "DeadLetter", "Delivery", "Peeked", "Transport", "queue_names"]
+
+
+@attrs.frozen(kw_only=True)
+class Capabilities:
+    """What a transport can do. The calling API validates options against it (a priority
+    outside ``0..max_priority`` is refused before anything is sent)."""
+
+    #: The broker holds delayed messages itself (no consumer holds them unacked).
+    native_delay: bool
+    #: Per-message priorities are honoured.
+    priorities: bool
+    #: ``"higher-first"`` (AMQP: 9 beats 0) or ``"lower-first"`` (Kombu's Redis: 0 beats 9).
+    priority_order: Literal["higher-first", "lower-first"] = "higher-first"
+    #: Largest priority value accepted (0 is always the smallest).
+    max_priority: int = 9
+    #: The broker drops messages whose ``expiration`` property (ms) has passed.
+    per_message_ttl: bool = False
+    #: Unacked messages of a dead consumer come back after this many seconds
+    #: (``None``: they come back when the broker notices the consumer is gone).
+    visibility_timeout: float | None = None
+    #: Several processes can share the broker (False only for in-process transports).
+    multi_process: bool = True
+
+
+@attrs.frozen(kw_only=True)
+class DeadLetter:
+    """A message that could not be processed, with the reason. ``frame`` is ``None`` when
+    the raw entry could not even be read as a frame (then ``raw`` holds its bytes)."""
+
+    queue: str
+    reason: str
+    frame: Frame | None = None
+    raw: bytes | None = None
+    #: Unix time at which the message was dead-lettered.
+    at: float = 0.0
+
+
+@attrs.frozen(kw_only=True)
+class Peeked:
+    """A message seen by ``Transport.peek`` without being consumed."""
+
+    frame: Frame
+    queue: str
+    #: ``"ready"`` (deliverable now) or ``"scheduled"`` (waiting for ``not_before``).
+    state: Literal["ready", "scheduled"]
+    not_before: datetime | None = None
+
+
+class Delivery(abc.ABC):
+    """A received message and the right to settle it. Exactly one of ``ack``, ``reject``
+    or ``dead_letter`` takes effect; settling twice raises ``TransportError``."""
+
+    frame: Frame
+    queue: str
+    #: True if this message was delivered before and not acked (crash, requeue).
+    redelivered: bool
+
+    @abc.abstractmethod
+    def ack(self) -> None:
+        """The message was processed: remove it for good."""
+
+    @abc.abstractmethod
+    def reject(self, *, requeue: bool = False) -> None:
+        """Give the message up. ``requeue=True`` makes it deliverable again (marked
+        redelivered); ``requeue=False`` drops it."""
+
+    @abc.abstractmethod
+    def dead_letter(self, reason: str) -> None:
+        """Move the message to the dead-letter place with ``reason``."""
+
+
+class Transport(abc.ABC):
+    """A connection to one broker. Instances are safe to use from several threads.
+
+    ``url`` is the broker URL with any password masked. Construction does no I/O;
+    ``connect()`` does (and is called lazily by the other methods when needed).
+    """
+
+    url: str
+    capabilities: Capabilities
+
+    # -- life cycle -----------------------------------------------------------------
+
+    @abc.abstractmethod
+    def connect(self) -> None:
+        """Open (or re-open) the connection.
+
+        Raises:
+            ConnectionLost: the broker cannot be reached (recoverable).
+            TransportError: any other failure (bad credentials, bad URL).
+        """
+
+    @abc.abstractmethod
+    def close(self) -> None:
+        """Close the connection. Unsettled deliveries held by this transport become
+        deliverable again. Idempotent."""
+
+    def __enter__(self) -> Self:
+        self.connect()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    # -- producing ------------------------------------------------------------------
+
+    @abc.abstractmethod
+    def declare_queue(self, queue: str) -> None:
+        """Make sure ``queue`` exists (a no-op where queues need no declaration)."""
+
+    @abc.abstractmethod
+    def publish(self, frame: Frame, route: Route, *, not_before: datetime | None = None) -> None:
+        """Send one message. With ``not_before`` (aware datetime) it must not be
+        delivered before that time.
+
+        Raises:
+            ConnectionLost: recoverable; the publish retry policy may retry.
+            TransportError: not recoverable.
+        """
+
+    def publish_many(self, messages: Sequence[Outgoing]) -> None:
+        """Send several messages, in order, in as few round trips as the broker allows.
+        The default sends them one by one; brokers with pipelines override it."""
+        for message in messages:
+            self.publish(message.frame, message.route, not_before=message.not_before)
+
+    # -- consuming ------------------------------------------------------------------
+
+    @abc.abstractmethod
+    def receive(self, queues: Sequence[str], *, timeout: float) -> Delivery | None:
+        """Wait up to ``timeout`` seconds for a message from any of ``queues`` (in
+        priority order, then FIFO). Returns ``None`` when nothing arrived in time."""
+
+    # -- inspecting and housekeeping ------------------------------------------------
+
+    @abc.abstractmethod
+    def size(self, queue: str) -> int:
+        """Number of messages waiting in ``queue``: ready and scheduled, not in flight."""
+
+    @abc.abstractmethod
+    def purge(self, queue: str) -> int:
+        """Remove every waiting message of ``queue`` (not in-flight ones); return how many."""
+
+    @abc.abstractmethod
+    def peek(self, queue: str, *, limit: int = 100) -> list[Peeked]:
+        """Waiting messages of ``queue`` (ready first, then scheduled by time), without
+        consuming them."""
+
+    @abc.abstractmethod
+    def dead_letters(self, queue: str) -> list[DeadLetter]:
+        """Messages dead-lettered from ``queue``, oldest first."""
+
+    def due(self) -> int:
+        """Move delayed messages whose time has come into their queues; return how many.
+        Transports that deliver due messages on their own return 0 (the default)."""
+        return 0
+
+
+def queue_names(queues: Iterable[str]) -> list[str]:
+    """Validate a list of queue names (non-empty strings) and return it as a list."""
+    names = list(queues)
+    for name in names:
+        if not isinstance(name, str) or not name:
+            raise ValidationError("queue", f"queue names must be non-empty strings, got {name!r}")
+    return names
