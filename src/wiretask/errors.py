@@ -22,6 +22,7 @@ import builtins
 from typing import Any
 
 __all__ = [
+    "ArgumentsError",
     "ConnectionLost",
     "ContentDisallowed",
     "DecodeError",
@@ -81,6 +82,11 @@ class UnknownCodec(ValidationError, LookupError):
         self.kind = kind
         self.name = name
         self.known = known
+
+
+class ArgumentsError(ValidationError, TypeError):
+    """Task arguments that do not fit: args not a list/tuple, kwargs not a mapping, or a call
+    that does not bind to the task's signature. A ``TypeError`` too, as in Celery."""
 
 
 class EncodeError(WiretaskError):
