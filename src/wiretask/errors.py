@@ -28,6 +28,7 @@ __all__ = [
     "DecodeError",
     "EncodeError",
     "ImproperlyConfigured",
+    "MalformedMessage",
     "MessageTooLarge",
     "NotRegistered",
     "PublishError",
@@ -232,3 +233,15 @@ class Reject(TaskError):
         self.reason = reason
         self.requeue = requeue
 
+
+# -- bytes you received: protocol shape ------------------------------------------------
+
+
+class MalformedMessage(DecodeError):
+    """The body deserialised, but the message does not have the shape of a Celery task
+    message: a missing or non-string ``task``/``id`` header, a body that is not
+    ``[args, kwargs, embed]``, an unparsable ``eta``, a malformed signature in the embed.
+
+    ``field`` names the place on the wire: ``"body"``, ``"headers.id"``,
+    ``"headers.eta"``, ``"properties.priority"``, ``"embed.callbacks[0].task"``.
+    """
