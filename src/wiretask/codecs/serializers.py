@@ -1,0 +1,468 @@
+"""Serializers: turn a Python value into message-body bytes and back.
+
+Each serializer is a :class:`Serializer` record (a name, the MIME content type written in the
+message's ``content_type`` property, the ``content_encoding`` and a pair of functions). The
+records here are immutable constants; nothing is registered anywhere until a
+:class:`~wiretask.codecs.registry.Registry` is built with them.
+
+The built-ins match Kombu 5.7's wire behaviour, so a Celery peer reads what wiretask writes and the
+other way round:
+
+* :data:`JSON` -- Kombu's JSON dialect (``{"__type__": ..., "__value__": ...}`` markers), fast via
+  ``orjson`` with a standard-library fallback that is correct for every value.
+* :data:`MSGPACK` -- ``msgpack`` with the options Kombu uses.
+* :data:`RAW` -- bytes (or UTF-8 text) sent as they are, as Kombu's ``serializer='raw'``.
+* :data:`PICKLE` -- only for registries that opt in explicitly; decoding pickle runs code.
+"""
+
+from __future__ import annotations
+
+import base64
+import enum
+import json
+import math
+import pickle
+import re
+import uuid
+from collections.abc import Callable
+from datetime import date, datetime, time
+from decimal import Decimal
+from typing import Any, Final
+
+import attrs
+import msgpack
+import orjson
+
+__all__ = [
+    "JSON",
+    "JSON_CONTENT_TYPE",
+    "MSGPACK",
+    "MSGPACK_CONTENT_TYPE",
+    "PICKLE",
+    "PICKLE_CONTENT_TYPE",
+    "RAW",
+    "RAW_CONTENT_TYPE",
+    "TEXT_CONTENT_TYPE",
+    "Serializer",
+    "json_dumps",
+    "json_loads",
+    "msgpack_dumps",
+    "msgpack_loads",
+]
+
+JSON_CONTENT_TYPE: Final = "application/json"
+MSGPACK_CONTENT_TYPE: Final = "application/x-msgpack"
+PICKLE_CONTENT_TYPE: Final = "application/x-python-serialize"
+#: Kombu's content type for ``serializer='raw'`` and for bare bytes published without one.
+RAW_CONTENT_TYPE: Final = "application/data"
+#: Kombu's other always-trusted type; nothing in Kombu writes it, but it is accepted.
+TEXT_CONTENT_TYPE: Final = "application/text"
+
+
+@attrs.frozen
+class Serializer:
+    """A serialization format: how a value becomes body bytes, and back.
+
+    Attributes:
+        name: The name used in ``serializer=`` options (``"json"``).
+        content_type: The MIME type written to the message's ``content_type`` property.
+        content_encoding: The ``content_encoding`` written next to it (``"utf-8"`` for text
+            formats, ``"binary"`` otherwise).
+        dumps: Encodes a value to bytes. Any exception it raises becomes an
+            :class:`~wiretask.errors.EncodeError` in :meth:`Registry.dumps`.
+        loads: Decodes bytes to a value. Any exception it raises becomes a
+            :class:`~wiretask.errors.DecodeError` in :meth:`Registry.loads`.
+        aliases: Other names that select this serializer.
+        passthrough: ``True`` when the body *is* the value (raw bytes or text). Such bodies are
+            decoded by Kombu's charset rule instead of ``loads``: bytes when the message's
+            ``content_encoding`` is ``binary``, otherwise text in that charset.
+    """
+
+    name: str
+    content_type: str
+    content_encoding: str
+    dumps: Callable[[Any], bytes]
+    loads: Callable[[bytes], Any]
+    aliases: tuple[str, ...] = ()
+    passthrough: bool = False
+
+
+# -- JSON, Kombu's dialect -------------------------------------------------------------------
+#
+# Kombu >= 5.3 (kombu/utils/json.py) wraps types the standard encoder cannot handle in a dict
+# with exactly the keys "__type__" and "__value__", and its decoder's object_hook converts every
+# dict with exactly that key set back (an unknown "__type__" is an error).
+#
+# Encoding strategy. orjson is roughly ten times faster than the standard library, but it does a
+# few things that are *not* Kombu's dialect, and silently so:
+#
+# * uuid.UUID is written natively as a bare string (Kombu writes {"__type__": "uuid", ...});
+# * NaN and +/-Infinity become ``null`` (the standard library, and so Kombu, writes the
+#   non-standard tokens NaN/Infinity, which Kombu's decoder reads back as floats);
+# * a plain enum.Enum is written as its value (Kombu refuses it with a TypeError);
+# * with OPT_NON_STR_KEYS it formats float, datetime, UUID and Enum *keys* its own way (the
+#   standard library refuses all but float, whose repr() can differ from orjson's text).
+#
+# It also raises for ints beyond 64 bits, lone surrogates in str and nesting deeper than 254,
+# all of which the standard library handles. So each value is checked by a small walk
+# (_orjson_safe) first; anything orjson would get wrong, and anything it raises on, is encoded
+# by the standard-library encoder with the same marker hook instead. That path is exactly
+# Kombu's encoder, so the fallback is correct by construction, and the fast path is taken
+# only when orjson provably produces the same JSON value.
+
+_ORJSON_OPTIONS: Final = (
+    orjson.OPT_PASSTHROUGH_DATETIME  # datetime/date/time reach _orjson_default -> markers
+    | orjson.OPT_PASSTHROUGH_DATACLASS  # Kombu does not serialize dataclasses: refuse them too
+    | orjson.OPT_NON_STR_KEYS  # int/bool/None keys, written as the standard library does
+)
+
+# Scalar types both encoders write identically (exact types; subclasses take the slow check).
+_PLAIN_SCALARS: Final = frozenset({str, int, bool, type(None)})
+_PLAIN_KEYS: Final = frozenset({str, int, bool, type(None)})
+
+
+class _NotSerializable(TypeError):
+    """Raised by the marker hook for a value neither encoder can write."""
+
+
+class _UseStdlib(Exception):
+    """Raised inside orjson's ``default`` hook to abandon the fast path."""
+
+
+def _marker(type_name: str, value: Any) -> dict[str, Any]:
+    return {"__type__": type_name, "__value__": value}
+
+
+def _kombu_default(obj: Any) -> Any:
+    """The standard encoder's ``default`` hook: Kombu's ``JSONEncoder.default``, same order.
+
+    ``__json__`` is consulted first (Celery signatures use it), then datetime before date
+    (a datetime *is* a date), time, Decimal, UUID and bytes.
+    """
+    reducer = getattr(obj, "__json__", None)
+    if reducer is not None:
+        return reducer()
+    if isinstance(obj, datetime):
+        return _marker("datetime", obj.isoformat())
+    if isinstance(obj, date):
+        return _marker("date", obj.isoformat())
+    if isinstance(obj, time):
+        return _marker("time", obj.isoformat())
+    if isinstance(obj, Decimal):
+        return _marker("decimal", str(obj))
+    if isinstance(obj, uuid.UUID):
+        return _marker("uuid", {"hex": obj.hex})
+    if isinstance(obj, bytes):
+        try:
+            return _marker("bytes", obj.decode("utf-8"))
+        except UnicodeDecodeError:
+            return _marker("base64", base64.b64encode(obj).decode("ascii"))
+    raise _NotSerializable(f"Object of type {type(obj).__name__} is not JSON serializable")
+
+
+def _orjson_default(obj: Any) -> Any:
+    # The standard encoder writes every tuple subclass (namedtuples) as an array before it
+    # would call its hook; orjson only knows exact tuples, so it lands here.
+    if isinstance(obj, tuple):
+        return list(obj)
+    result = _kombu_default(obj)
+    # What __json__ returns is serialized by orjson without passing our pre-walk.
+    if hasattr(obj, "__json__") and not _orjson_safe(result):
+        raise _UseStdlib
+    return result
+
+
+def _orjson_safe(obj: Any) -> bool:
+    """Whether orjson writes ``obj`` exactly as the standard library (Kombu's encoder) would."""
+    kind = type(obj)
+    if kind in _PLAIN_SCALARS:
+        return True
+    if kind is float:
+        return math.isfinite(obj)
+    if kind is list or kind is tuple:
+        return all(map(_orjson_safe, obj))
+    if kind is dict:
+        for key, value in obj.items():
+            if type(key) not in _PLAIN_KEYS or not _orjson_safe(value):
+                return False
+        return True
+    if kind is uuid.UUID:  # exact type only: orjson hands subclasses to the hook
+        return False
+    return _orjson_safe_subclass(obj)
+
+
+def _orjson_safe_subclass(obj: Any) -> bool:
+    # The slow half of the walk, for subclasses of the builtins and for everything else.
+    if isinstance(obj, str | int):  # includes IntEnum/StrEnum: both encoders write the value
+        return True
+    if isinstance(obj, enum.Enum):
+        return False
+    if isinstance(obj, float):
+        return math.isfinite(obj)
+    if isinstance(obj, list | tuple):
+        return all(map(_orjson_safe, obj))
+    if isinstance(obj, dict):
+        return all(
+            type(key) in _PLAIN_KEYS and _orjson_safe(value) for key, value in obj.items()
+        )
+    # Anything else reaches _orjson_default, which turns it into markers or refuses it.
+    return True
+
+
+# Kombu's encoder is json.dumps with its JSONEncoder subclass and default settings; compact
+# separators only change whitespace. ensure_ascii stays on so lone surrogates (which are not
+# UTF-8) are written as \\uXXXX escapes, as Kombu does.
+_STDLIB_ENCODER: Final = json.JSONEncoder(separators=(",", ":"), default=_kombu_default)
+
+
+def _stdlib_dumps(value: Any) -> bytes:
+    try:
+        return _STDLIB_ENCODER.encode(value).encode("ascii")
+    except _NotSerializable as exc:
+        raise TypeError(str(exc)) from None
+
+
+def json_dumps(value: Any) -> bytes:
+    """Encode ``value`` as JSON in Kombu's dialect.
+
+    Values Kombu's encoder cannot handle natively become ``{"__type__": T, "__value__": V}``
+    markers: ``datetime``/``date``/``time`` (ISO 8601 text), ``Decimal`` (its string),
+    ``UUID`` (``{"hex": ...}``) and ``bytes`` (``"bytes"`` with the UTF-8 text, or
+    ``"base64"`` when the bytes are not UTF-8). Objects with a ``__json__()`` method are
+    replaced by its result; tuples become arrays; int, bool and None dict keys become strings.
+
+    Raises:
+        TypeError: For values Kombu refuses too: sets, plain enums, dataclasses, arbitrary
+            objects, and dicts with keys that are not str/int/float/bool/None.
+        ValueError: For circular references.
+    """
+    try:
+        safe = _orjson_safe(value)
+    except RecursionError:  # deeper than Python's stack: the stdlib encoder decides
+        safe = False
+    if safe:
+        try:
+            return orjson.dumps(value, default=_orjson_default, option=_ORJSON_OPTIONS)
+        except orjson.JSONEncodeError as exc:
+            if isinstance(exc.__cause__, _NotSerializable):
+                raise TypeError(str(exc.__cause__)) from None
+            # Big ints, lone surrogates, deep nesting, or _UseStdlib: the slow, exact path.
+    return _stdlib_dumps(value)
+
+
+def _decode_marker(obj: dict[str, Any]) -> Any:
+    """Kombu's ``object_hook`` decoders (kombu/utils/json.py), one per marker name."""
+    type_name = obj["__type__"]
+    value = obj["__value__"]
+    if type_name == "datetime":
+        return datetime.fromisoformat(value)
+    if type_name == "date":
+        return datetime.fromisoformat(value).date()
+    if type_name == "time":
+        return time.fromisoformat(value)
+    if type_name == "decimal":
+        return Decimal(value)
+    if type_name == "uuid":
+        return uuid.UUID(**value)
+    if type_name == "bytes":
+        return value.encode("utf-8")
+    if type_name == "base64":
+        return base64.b64decode(value.encode("utf-8"))
+    # Kombu raises ValueError here too, which its registry turns into DecodeError.
+    raise ValueError(f"unsupported __type__ marker {type_name!r}")
+
+
+def _is_marker(obj: Any) -> bool:
+    return type(obj) is dict and len(obj) == 2 and "__type__" in obj and "__value__" in obj
+
+
+def _object_hook(obj: dict[str, Any]) -> Any:
+    return _decode_marker(obj) if obj.keys() == {"__type__", "__value__"} else obj
+
+
+def _revive_markers(root: Any) -> Any:
+    """Replace marker dicts in an orjson result, bottom-up like Kombu's ``object_hook``.
+
+    Iterative, because orjson accepts nesting deeper than Python's recursion limit. In a
+    pre-order listing of a tree every container comes before its descendants, so walking the
+    listing backwards converts each marker's ``__value__`` before the marker itself.
+    """
+    if type(root) is not dict and type(root) is not list:
+        return root
+    order: list[Any] = []
+    stack: list[Any] = [root]
+    while stack:
+        node = stack.pop()
+        order.append(node)
+        children = node.values() if type(node) is dict else node
+        stack.extend(child for child in children if type(child) in (dict, list))
+    for node in reversed(order):
+        if type(node) is dict:
+            for key, child in node.items():
+                if _is_marker(child):
+                    node[key] = _decode_marker(child)
+        else:
+            for index, child in enumerate(node):
+                if _is_marker(child):
+                    node[index] = _decode_marker(child)
+    if _is_marker(root):
+        assert type(root) is dict
+        return _decode_marker(root)
+    return root
+
+
+# A JSON string that decodes to "__type__" either contains those bytes literally or escapes
+# one of its characters (_ t y p e) as \\u00XX; checking both keeps the fast path exact.
+_ESCAPED_MARKER_CHAR: Final = re.compile(rb"\\u00(?:5[fF]|7[049]|65)")
+# orjson reads integers outside [-2**63, 2**64) as floats, silently; the standard library
+# keeps them exact. Any run of 19+ digits sends the document down the exact path.
+_LONG_DIGITS: Final = re.compile(rb"[0-9]{19}")
+
+
+def json_loads(data: bytes) -> Any:
+    """Decode JSON written in Kombu's dialect, by Kombu or by :func:`json_dumps`.
+
+    Dicts with exactly the keys ``__type__`` and ``__value__`` are converted back (datetime,
+    date, time, decimal, uuid, bytes, base64); any other dict is left alone.
+
+    Kombu <= 5.2 wrote datetimes, dates, UUIDs and Decimals as bare strings, without markers.
+    Such documents decode fine, but those values stay strings: nothing on the wire says they
+    were anything else, and guessing from the text would turn genuine strings into dates.
+
+    Raises:
+        ValueError: For malformed JSON (``orjson`` and ``json`` both raise subclasses) and for
+            an unknown ``__type__``; ``TypeError``/``ValueError`` and friends for a marker whose
+            value does not fit its type; ``UnicodeDecodeError`` for bytes that are not UTF-8.
+    """
+    if _LONG_DIGITS.search(data) is None:
+        try:
+            value = orjson.loads(data)
+        except orjson.JSONDecodeError:
+            # orjson refuses NaN/Infinity and lone surrogate escapes, which Kombu's decoder
+            # reads; let the standard library decide.
+            pass
+        else:
+            if b"__type__" in data or (
+                b"\\u00" in data and _ESCAPED_MARKER_CHAR.search(data) is not None
+            ):
+                return _revive_markers(value)
+            return value
+    return json.loads(data.decode("utf-8"), object_hook=_object_hook)
+
+
+JSON: Final = Serializer(
+    name="json",
+    content_type=JSON_CONTENT_TYPE,
+    content_encoding="utf-8",
+    dumps=json_dumps,
+    loads=json_loads,
+)
+
+
+# -- msgpack ---------------------------------------------------------------------------------
+
+
+def msgpack_dumps(value: Any) -> bytes:
+    """Encode ``value`` with msgpack as Kombu does (``use_bin_type=True``: bytes stay bytes).
+
+    Raises:
+        TypeError: For values msgpack cannot pack (datetimes, sets, objects).
+        ValueError: For dicts with keys other than ``str`` or ``bytes``: Kombu's decoder
+            (msgpack's default ``strict_map_key=True``) refuses them, so they are refused here
+            rather than sent to a peer that cannot read them.
+        OverflowError: For ints beyond 64 bits.
+    """
+    packed: bytes = msgpack.packb(value, use_bin_type=True)
+    if not _msgpack_keys_ok(value):
+        raise ValueError("msgpack map keys must be str or bytes (Kombu's decoder refuses others)")
+    return packed
+
+
+def _msgpack_keys_ok(root: Any) -> bool:
+    stack = [root]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, dict):
+            for key, child in node.items():
+                if not isinstance(key, str | bytes):
+                    return False
+                stack.append(child)
+        elif isinstance(node, list | tuple):
+            stack.extend(node)
+    return True
+
+
+def msgpack_loads(data: bytes) -> Any:
+    """Decode msgpack as Kombu 5.7 does: ``unpackb(raw=False)``.
+
+    msgpack's default ``strict_map_key=True`` applies, as in Kombu (which does not change it),
+    so maps with keys other than str or bytes are refused rather than read. msgpack arrays come
+    back as lists; the timestamp extension comes back as ``msgpack.Timestamp``.
+
+    Raises:
+        ValueError: For malformed or trailing data and refused keys (msgpack's own exception
+            types subclass ``ValueError``); ``UnicodeDecodeError`` for invalid str payloads.
+    """
+    return msgpack.unpackb(data, raw=False)
+
+
+MSGPACK: Final = Serializer(
+    name="msgpack",
+    content_type=MSGPACK_CONTENT_TYPE,
+    content_encoding="binary",
+    dumps=msgpack_dumps,
+    loads=msgpack_loads,
+)
+
+
+# -- raw -------------------------------------------------------------------------------------
+
+
+def _raw_dumps(value: Any) -> bytes:
+    # Kombu's raw_encode sends any non-str value untouched and lets the transport fail later;
+    # wiretask refuses anything that is not bytes-like or str up front.
+    if isinstance(value, str):
+        return value.encode("utf-8")
+    if isinstance(value, bytes | bytearray | memoryview):
+        return bytes(value)
+    raise TypeError(f"raw bodies must be bytes or str, not {type(value).__name__}")
+
+
+def _raw_loads(data: bytes) -> bytes:
+    return bytes(data)
+
+
+RAW: Final = Serializer(
+    name="raw",
+    content_type=RAW_CONTENT_TYPE,
+    content_encoding="binary",
+    dumps=_raw_dumps,
+    loads=_raw_loads,
+    passthrough=True,
+)
+
+
+# -- pickle (explicit opt-in only) -----------------------------------------------------------
+
+#: Kombu's default pickle protocol (its ``PICKLE_PROTOCOL`` environment variable aside):
+#: protocol 4 is readable by every Python a Celery 5 peer runs on.
+PICKLE_PROTOCOL: Final = 4
+
+
+def _pickle_dumps(value: Any) -> bytes:
+    return pickle.dumps(value, protocol=PICKLE_PROTOCOL)
+
+
+def _pickle_loads(data: bytes) -> Any:
+    # Unrestricted, as in Kombu: whoever can publish can run code. That is why PICKLE
+    # never enters a registry without an explicit opt-in (registry.enable_pickle).
+    return pickle.loads(data)
+
+
+PICKLE: Final = Serializer(
+    name="pickle",
+    content_type=PICKLE_CONTENT_TYPE,
+    content_encoding="binary",
+    dumps=_pickle_dumps,
+    loads=_pickle_loads,
+)
