@@ -24,17 +24,31 @@ Rules every transport follows (``wiretask.testing.check_transport`` checks them)
 from __future__ import annotations
 
 import abc
-from collections.abc import Iterable, Sequence
+import json
+import math
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime
 from types import TracebackType
-from typing import Literal, Self
+from typing import Any, Literal, Self
 
 import attrs
 
-from wiretask.errors import ValidationError
+from wiretask.errors import DecodeError, EncodeError, ValidationError
 from wiretask.protocol.frame import Frame, Outgoing, Route
 
-__all__ = ["Capabilities", "DeadLetter", "Delivery", "Peeked", "Transport", "queue_names"]
+__all__ = [
+    "Capabilities",
+    "DeadLetter",
+    "Delivery",
+    "Peeked",
+    "Transport",
+    "dump_json_mapping",
+    "load_json_mapping",
+    "not_before_timestamp",
+    "priority_of",
+    "queue_names",
+    "route_queue",
+]
 
 
 @attrs.frozen(kw_only=True)
@@ -115,6 +129,15 @@ class Transport(abc.ABC):
 
     url: str
     capabilities: Capabilities
+
+    @classmethod
+    def from_url(cls, url: str, **options: Any) -> Self:
+        """Build a transport from its broker URL (what ``transport_from_url`` calls).
+        The default passes the URL as the first argument; transports whose constructor
+        takes parsed values override it."""
+        # The interface declares no constructor, so type the call through Callable.
+        construct: Callable[..., Self] = cls
+        return construct(url, **options)
 
     # -- life cycle -----------------------------------------------------------------
 
@@ -205,3 +228,107 @@ def queue_names(queues: Iterable[str]) -> list[str]:
         if not isinstance(name, str) or not name:
             raise ValidationError("queue", f"queue names must be non-empty strings, got {name!r}")
     return names
+
+
+def dump_json_mapping(field: str, value: Mapping[str, Any]) -> str:
+    """Headers or properties as compact JSON text, for brokers that store them as JSON.
+
+    Only values that JSON carries faithfully are accepted: ``str`` keys; ``str``,
+    ``int``, finite ``float``, ``bool``, ``None``, lists/tuples (read back as lists) and
+    string-keyed dicts as values. Anything else (``bytes``, ``datetime``, a set, an
+    ``int`` key that ``json`` would quietly turn into ``"1"``, ``NaN``) raises, so a
+    message is refused at publish instead of arriving different from what was sent.
+
+    Raises:
+        EncodeError: ``field`` is the path of the offending value (``headers['a'][2]``).
+    """
+    _check_json(field, value)
+    return json.dumps(value, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+
+
+def load_json_mapping(field: str, text: str | bytes) -> dict[str, Any]:
+    """Read back what ``dump_json_mapping`` wrote.
+
+    Raises:
+        DecodeError: the text is not a JSON object.
+    """
+    try:
+        value = json.loads(text)
+    except ValueError as exc:
+        raise DecodeError(field, f"not valid JSON: {exc}") from exc
+    if not isinstance(value, dict):
+        raise DecodeError(field, f"expected a JSON object, got {type(value).__name__}")
+    return value
+
+
+def _check_json(path: str, value: Any) -> None:
+    # An explicit walk rather than json.dumps(default=...): json converts int/float/bool
+    # keys to strings and has no hook for them, and the walk can name the exact path.
+    if value is None or isinstance(value, str | bool | int):
+        return
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise EncodeError(path, f"{value!r} is not representable in JSON")
+        return
+    if isinstance(value, list | tuple):
+        for index, item in enumerate(value):
+            _check_json(f"{path}[{index}]", item)
+        return
+    if isinstance(value, Mapping):
+        for key, item in value.items():
+            if not isinstance(key, str):
+                raise EncodeError(
+                    f"{path}[{key!r}]", f"keys must be strings, got {type(key).__name__}"
+                )
+            _check_json(f"{path}[{key!r}]", item)
+        return
+    raise EncodeError(
+        path,
+        f"a {type(value).__name__} value cannot be carried as JSON "
+        "(use str, int, float, bool, None, lists and string-keyed dicts)",
+    )
+
+
+def priority_of(frame: Frame, capabilities: Capabilities) -> int:
+    """The frame's ``priority`` property checked against ``capabilities``; 0 if unset.
+
+    Raises:
+        ValidationError: the priority is not an int within ``0..max_priority``.
+    """
+    value = frame.properties.get("priority")
+    if value is None:
+        return 0
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValidationError("priority", f"must be an int, got {value!r}", value=value)
+    if not 0 <= value <= capabilities.max_priority:
+        raise ValidationError(
+            "priority", f"must be within 0..{capabilities.max_priority}, got {value}", value=value
+        )
+    return value
+
+
+def not_before_timestamp(not_before: datetime | None) -> float | None:
+    """``not_before`` as a Unix timestamp (``None`` stays ``None``).
+
+    Raises:
+        ValidationError: a naive datetime (whose meaning would depend on the host's zone).
+    """
+    if not_before is None:
+        return None
+    if not isinstance(not_before, datetime):
+        raise ValidationError(
+            "not_before", f"must be an aware datetime, got {not_before!r}", value=not_before
+        )
+    if not_before.tzinfo is None or not_before.utcoffset() is None:
+        raise ValidationError(
+            "not_before", f"must be timezone-aware, got naive {not_before!r}", value=not_before
+        )
+    return not_before.timestamp()
+
+
+def route_queue(route: Route) -> str:
+    """The queue a message on ``route`` lands in, for brokers without exchange bindings
+    (memory, SQLite): on the default exchange (``""``) the queue named by the routing key,
+    as AMQP does; on a named exchange the route's queue, which is the queue Celery would
+    have declared and bound to that exchange under its own name."""
+    return route.key if route.exchange == "" else route.queue

@@ -1,0 +1,426 @@
+"""The in-process broker: ``memory://`` and ``memory://name``.
+
+For unit tests, the conformance kit and single-process programs. It behaves like a real
+broker rather than a mock: messages are copied on the way in (headers and properties go
+through JSON, exactly as on SQLite and Redis, so a value that would not survive a real
+broker is refused here too), deliveries must be settled, and unsettled ones come back.
+
+Semantics, each chosen to match AMQP where AMQP has an answer:
+
+* **Shared by name within a process.** Every ``MemoryTransport`` with the same name sees
+  the same queues (``memory://`` is the name ``"default"``), like kombu's memory
+  transport, so an app and a worker in one process talk through it. Nothing crosses a
+  process boundary (``capabilities.multi_process`` is False).
+* **Priorities** are AMQP's: 0..255, higher first, FIFO within a priority; a message
+  without a priority has priority 0. Across several queues in one ``receive`` the same
+  order applies (highest priority, then oldest).
+* **Delays** are held by the broker in a heap keyed by ``not_before``
+  (``native_delay=True``); the message becomes deliverable when the wall clock reaches it.
+* **Requeue** (``reject(requeue=True)`` or closing a transport with unsettled deliveries)
+  puts the message back at its original place, marked ``redelivered``, as RabbitMQ does.
+* **No per-message TTL**: the ``expiration`` property is carried untouched and the worker
+  enforces ``expires`` (``per_message_ttl=False``), as Celery does on Redis.
+* **Routing**: there are no exchange bindings; see ``base.route_queue``. Publishing to a
+  queue nobody declared creates it (AMQP would drop the message, which loses it).
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import math
+import threading
+import time
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import Any, Literal
+from urllib.parse import urlsplit
+
+import attrs
+
+from wiretask.errors import ImproperlyConfigured, TransportError, ValidationError
+from wiretask.protocol.frame import Frame, Outgoing, Route
+from wiretask.transports.base import (
+    Capabilities,
+    DeadLetter,
+    Delivery,
+    Peeked,
+    Transport,
+    dump_json_mapping,
+    load_json_mapping,
+    not_before_timestamp,
+    priority_of,
+    queue_names,
+    route_queue,
+)
+
+__all__ = ["MemoryDelivery", "MemoryTransport", "reset"]
+
+DEFAULT_NAME = "default"
+
+CAPABILITIES = Capabilities(
+    native_delay=True,
+    priorities=True,
+    priority_order="higher-first",
+    max_priority=255,
+    per_message_ttl=False,
+    visibility_timeout=None,
+    multi_process=False,
+)
+
+
+@attrs.define(eq=False)
+class _Message:
+    """A stored message. Headers/properties are kept as JSON text so that every receive
+    hands out fresh objects that no earlier consumer can have mutated."""
+
+    seq: int
+    queue: str
+    priority: int
+    not_before: float | None
+    body: bytes
+    content_type: str
+    content_encoding: str
+    headers: str
+    properties: str
+    redelivered: bool = False
+    #: The broker's generation when stored; ``reset`` moves the broker to a new one.
+    generation: int = 0
+
+    def frame(self) -> Frame:
+        return Frame(
+            body=self.body,
+            content_type=self.content_type,
+            content_encoding=self.content_encoding,
+            headers=load_json_mapping("headers", self.headers),
+            properties=load_json_mapping("properties", self.properties),
+        )
+
+
+class _Queue:
+    def __init__(self) -> None:
+        # (-priority, seq, message): heapq pops the highest priority, then the oldest.
+        self.ready: list[tuple[int, int, _Message]] = []
+        # (not_before, seq, message).
+        self.scheduled: list[tuple[float, int, _Message]] = []
+
+    def push(self, message: _Message) -> None:
+        heapq.heappush(self.ready, (-message.priority, message.seq, message))
+
+    def promote(self, now: float) -> None:
+        while self.scheduled and self.scheduled[0][0] <= now:
+            _, _, message = heapq.heappop(self.scheduled)
+            self.push(message)
+
+    def __len__(self) -> int:
+        return len(self.ready) + len(self.scheduled)
+
+
+class _Broker:
+    """The state behind one name. One lock guards everything; one condition wakes
+    receivers on any change (a publish to any queue, a requeue)."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.lock = threading.Lock()
+        self.changed = threading.Condition(self.lock)
+        self.queues: dict[str, _Queue] = {}
+        self.dead: dict[str, list[DeadLetter]] = {}
+        self.seq = itertools.count()
+        self.generation = 0
+
+    def requeue(self, message: _Message) -> None:
+        """Put a delivered message back at its place, unless ``reset`` emptied the broker
+        since it was stored (then it is forgotten, as ``reset`` promises)."""
+        if message.generation == self.generation:
+            message.redelivered = True
+            self.queue(message.queue).push(message)
+
+    def queue(self, name: str) -> _Queue:
+        queue = self.queues.get(name)
+        if queue is None:
+            queue = self.queues[name] = _Queue()
+        return queue
+
+    def put(self, message: _Message) -> None:
+        queue = self.queue(message.queue)
+        if message.not_before is not None and message.not_before > time.time():
+            heapq.heappush(queue.scheduled, (message.not_before, message.seq, message))
+        else:
+            queue.push(message)
+
+    def take(self, names: Sequence[str], now: float) -> tuple[_Message | None, float | None]:
+        """Pop the best ready message of ``names``; else return when the next one is due."""
+        best: _Queue | None = None
+        next_due: float | None = None
+        for name in names:
+            queue = self.queues.get(name)
+            if queue is None:
+                continue
+            queue.promote(now)
+            if queue.ready and (best is None or queue.ready[0][:2] < best.ready[0][:2]):
+                best = queue
+            if queue.scheduled:
+                due = queue.scheduled[0][0]
+                next_due = due if next_due is None else min(next_due, due)
+        if best is None:
+            return None, next_due
+        return heapq.heappop(best.ready)[2], next_due
+
+
+_BROKERS: dict[str, _Broker] = {}
+_BROKERS_LOCK = threading.Lock()
+
+
+def _broker(name: str) -> _Broker:
+    with _BROKERS_LOCK:
+        broker = _BROKERS.get(name)
+        if broker is None:
+            broker = _BROKERS[name] = _Broker(name)
+        return broker
+
+
+def reset(name: str | None = None) -> None:
+    """Empty the queues and dead letters of the broker ``name`` (every broker if
+    ``None``), in place, so existing transports see the empty state. Deliveries that are
+    still unsettled are forgotten by the broker; settling them later changes nothing."""
+    with _BROKERS_LOCK:
+        if name is None:
+            brokers = list(_BROKERS.values())
+        else:
+            brokers = [_BROKERS[name]] if name in _BROKERS else []
+    for broker in brokers:
+        with broker.lock:
+            broker.queues.clear()
+            broker.dead.clear()
+            broker.generation += 1
+
+
+class MemoryDelivery(Delivery):
+    """A message received from a ``MemoryTransport``."""
+
+    def __init__(self, transport: MemoryTransport, message: _Message) -> None:
+        self.frame = message.frame()
+        self.queue = message.queue
+        self.redelivered = message.redelivered
+        self._transport = transport
+        self._message = message
+        # Why this delivery can no longer be settled, or None while it can.
+        self._settled: str | None = None
+
+    def ack(self) -> None:
+        self._transport._settle(self, "ack")
+
+    def reject(self, *, requeue: bool = False) -> None:
+        self._transport._settle(self, "requeue" if requeue else "reject")
+
+    def dead_letter(self, reason: str) -> None:
+        if not isinstance(reason, str) or not reason:
+            raise ValidationError("reason", f"must be a non-empty string, got {reason!r}")
+        self._transport._settle(self, "dead_letter", reason)
+
+    def __repr__(self) -> str:
+        state = self._settled or "unsettled"
+        return f"<MemoryDelivery queue={self.queue!r} task_id={self.frame.task_id!r} {state}>"
+
+
+class MemoryTransport(Transport):
+    """A transport to the in-process broker called ``name``.
+
+    Args:
+        name: the shared broker's name; transports with the same name share queues.
+    """
+
+    capabilities = CAPABILITIES
+
+    def __init__(self, name: str = DEFAULT_NAME) -> None:
+        if not isinstance(name, str) or not name:
+            raise ValidationError("name", f"must be a non-empty string, got {name!r}")
+        self.name = name
+        self.url = "memory://" if name == DEFAULT_NAME else f"memory://{name}"
+        self._broker = _broker(name)
+        # Deliveries handed out by this transport and not settled yet, by identity.
+        self._unsettled: dict[int, MemoryDelivery] = {}
+
+    @classmethod
+    def from_url(cls, url: str, **options: Any) -> MemoryTransport:
+        """``memory://`` (the default broker) or ``memory://name``.
+
+        Raises:
+            ImproperlyConfigured: not a memory URL, a path or query, or unknown options.
+        """
+        parts = urlsplit(url)
+        if parts.scheme != "memory":
+            raise ImproperlyConfigured(f"not a memory:// URL: {url!r}", setting="broker_url")
+        if parts.path not in ("", "/") or parts.query or parts.fragment:
+            raise ImproperlyConfigured(
+                f"memory:// URLs take only a name (memory://name), got {url!r}",
+                setting="broker_url",
+            )
+        if options:
+            raise ImproperlyConfigured(
+                f"memory:// takes no options, got {', '.join(sorted(options))}",
+                setting="broker_transport_options",
+            )
+        return cls(parts.netloc or DEFAULT_NAME)
+
+    def __repr__(self) -> str:
+        return f"<MemoryTransport {self.url}>"
+
+    # -- life cycle -------------------------------------------------------------------
+
+    def connect(self) -> None:
+        """Nothing to open: the broker lives in this process."""
+
+    def close(self) -> None:
+        """Return every unsettled delivery of this transport to its queue (redelivered)."""
+        with self._broker.changed:
+            for delivery in self._unsettled.values():
+                delivery._settled = "returned to the queue when its transport closed"
+                self._broker.requeue(delivery._message)
+            returned = bool(self._unsettled)
+            self._unsettled.clear()
+            if returned:
+                self._broker.changed.notify_all()
+
+    # -- producing --------------------------------------------------------------------
+
+    def declare_queue(self, queue: str) -> None:
+        queue_names([queue])
+        with self._broker.lock:
+            self._broker.queue(queue)
+
+    def _message(self, frame: Frame, route: Route, not_before: datetime | None) -> _Message:
+        # Everything that can fail is done before taking the lock, so that a bad message
+        # in publish_many leaves no partial batch behind.
+        if not isinstance(frame, Frame):
+            raise ValidationError("frame", f"must be a Frame, got {type(frame).__name__}")
+        queue = route_queue(route)
+        queue_names([queue])
+        return _Message(
+            seq=0,
+            queue=queue,
+            priority=priority_of(frame, self.capabilities),
+            not_before=not_before_timestamp(not_before),
+            body=bytes(frame.body),
+            content_type=frame.content_type,
+            content_encoding=frame.content_encoding,
+            headers=dump_json_mapping("headers", frame.headers),
+            properties=dump_json_mapping("properties", frame.properties),
+        )
+
+    def publish(self, frame: Frame, route: Route, *, not_before: datetime | None = None) -> None:
+        self.publish_many([Outgoing(frame, route, not_before)])
+
+    def publish_many(self, messages: Sequence[Outgoing]) -> None:
+        """Publish all of ``messages`` atomically: all are stored, or (on a bad one)
+        none is."""
+        prepared = [self._message(m.frame, m.route, m.not_before) for m in messages]
+        with self._broker.changed:
+            for message in prepared:
+                message.seq = next(self._broker.seq)
+                message.generation = self._broker.generation
+                self._broker.put(message)
+            if prepared:
+                self._broker.changed.notify_all()
+
+    # -- consuming --------------------------------------------------------------------
+
+    def receive(self, queues: Sequence[str], *, timeout: float) -> MemoryDelivery | None:
+        names = queue_names(queues)
+        if not names:
+            raise ValidationError("queues", "at least one queue name is needed")
+        if isinstance(timeout, bool) or not isinstance(timeout, int | float) or not (
+            math.isfinite(timeout) and timeout >= 0
+        ):
+            raise ValidationError("timeout", f"must be a number >= 0, got {timeout!r}")
+        deadline = time.monotonic() + timeout
+        broker = self._broker
+        with broker.changed:
+            while True:
+                now = time.time()
+                message, next_due = broker.take(names, now)
+                if message is not None:
+                    delivery = MemoryDelivery(self, message)
+                    self._unsettled[id(delivery)] = delivery
+                    return delivery
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return None
+                if next_due is not None:
+                    # Wake up when the earliest delayed message falls due (a publish or
+                    # requeue wakes us earlier through the condition).
+                    remaining = min(remaining, max(next_due - now, 0.001))
+                broker.changed.wait(remaining)
+
+    def _settle(
+        self,
+        delivery: MemoryDelivery,
+        how: Literal["ack", "reject", "requeue", "dead_letter"],
+        reason: str = "",
+    ) -> None:
+        broker = self._broker
+        with broker.changed:
+            if delivery._settled is not None:
+                raise TransportError(
+                    f"cannot {how.replace('_', '-')} a delivery that was already "
+                    f"{delivery._settled} (queue {delivery.queue!r})", url=self.url,
+                )
+            delivery._settled = {
+                "ack": "acked", "reject": "rejected", "requeue": "requeued",
+                "dead_letter": "dead-lettered",
+            }[how]
+            self._unsettled.pop(id(delivery), None)
+            message = delivery._message
+            if how == "requeue":
+                broker.requeue(message)
+                broker.changed.notify_all()
+            elif how == "dead_letter":
+                broker.dead.setdefault(message.queue, []).append(
+                    DeadLetter(queue=message.queue, reason=reason, frame=message.frame(),
+                               at=time.time())
+                )
+
+    # -- inspecting and housekeeping --------------------------------------------------
+
+    def size(self, queue: str) -> int:
+        queue_names([queue])
+        with self._broker.lock:
+            found = self._broker.queues.get(queue)
+            return 0 if found is None else len(found)
+
+    def purge(self, queue: str) -> int:
+        queue_names([queue])
+        with self._broker.lock:
+            found = self._broker.queues.get(queue)
+            if found is None:
+                return 0
+            count = len(found)
+            found.ready.clear()
+            found.scheduled.clear()
+            return count
+
+    def peek(self, queue: str, *, limit: int = 100) -> list[Peeked]:
+        queue_names([queue])
+        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 0:
+            raise ValidationError("limit", f"must be an int >= 0, got {limit!r}")
+        with self._broker.lock:
+            found = self._broker.queues.get(queue)
+            if found is None:
+                return []
+            found.promote(time.time())
+            ready = [entry[2] for entry in sorted(found.ready, key=lambda e: e[:2])]
+            scheduled = [entry[2] for entry in sorted(found.scheduled, key=lambda e: e[:2])]
+        peeked = [Peeked(frame=m.frame(), queue=queue, state="ready") for m in ready[:limit]]
+        for message in scheduled[: max(0, limit - len(peeked))]:
+            assert message.not_before is not None  # only delayed messages are scheduled
+            peeked.append(Peeked(
+                frame=message.frame(), queue=queue, state="scheduled",
+                not_before=datetime.fromtimestamp(message.not_before, UTC),
+            ))
+        return peeked
+
+    def dead_letters(self, queue: str) -> list[DeadLetter]:
+        queue_names([queue])
+        with self._broker.lock:
+            return list(self._broker.dead.get(queue, ()))
