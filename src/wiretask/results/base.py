@@ -1,0 +1,286 @@
+"""The result backend interface, and what every backend shares.
+
+A result backend stores the meta dict of each task (``wiretask.protocol.states.make_meta``,
+Celery's shape, ``celery-protocol.md`` §G.1), reads it back, and streams state changes of
+one task to subscribers (``AsyncResult.get(on_message=...)``).
+
+Rules every backend follows (``wiretask.testing.check_backend`` checks them):
+
+* **First final outcome wins.** A store is ignored when the stored state may not be
+  followed by the new one (``states.may_follow``): once a task is ``SUCCESS``,
+  ``FAILURE`` or ``REVOKED`` nothing replaces it until the result expires or is
+  forgotten. Celery's key-value backends do this for ``SUCCESS`` only; wiretask for
+  every ready state. The check and the write are atomic.
+* **Results expire** ``expires`` seconds after the last store (Celery's
+  ``result_expires``, default one day; ``None`` or ``0`` = never, as in Celery, which
+  writes a plain ``SET`` when expiry is off). An expired result reads as unknown.
+* **Subscriptions never miss the final state.** A subscription started before the task
+  is published sees every state change. A *late* subscription first receives the
+  current state, then every later change (Celery's late subscriber silently reads the
+  current state and never passes it to ``on_message``; wiretask delivers it). Every
+  stored state is delivered once, in store order; after a ready state the
+  subscription is finished.
+* **Errors are translated.** A driver exception never escapes: a lost connection is
+  ``ConnectionLost``, anything else ``TransportError``, chained with ``from``; URLs in
+  messages never contain a password.
+* Meta dicts are **serialized with the result serializer** (``json`` by default, Kombu's
+  dialect) by every backend, the in-memory one included, so a value that a Redis
+  backend would refuse is refused everywhere.
+"""
+
+from __future__ import annotations
+
+import abc
+import math
+import urllib.parse
+from collections.abc import Mapping
+from datetime import timedelta
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, Final, Self
+
+from wiretask.errors import DecodeError, ImproperlyConfigured, ValidationError
+
+if TYPE_CHECKING:
+    from wiretask.codecs import Encoded, Registry
+
+__all__ = [
+    "COMPRESSED_PAYLOAD_MAGIC",
+    "DEFAULT_EXPIRES",
+    "MetaCodec",
+    "ResultBackend",
+    "Subscription",
+    "check_meta",
+    "mask_url",
+    "resolve_expires",
+]
+
+#: Celery's default ``result_expires``: one day (observed TTL 86400 on Redis).
+DEFAULT_EXPIRES: Final = 86400.0
+
+#: Celery 5.7 prefixes a compressed result (``result_compression``) with this marker,
+#: then the compression MIME type and a NUL, then the compressed payload (§D).
+COMPRESSED_PAYLOAD_MAGIC: Final = b"\x00celery-compressed\x00"
+
+
+def resolve_expires(value: float | timedelta | None) -> float | None:
+    """Normalize ``result_expires``: seconds as a float, or ``None`` for never.
+
+    ``0`` means never, like Celery (its Redis backend writes ``SETEX`` only ``if
+    expires``); a ``timedelta`` is taken in seconds.
+
+    Raises:
+        ImproperlyConfigured: a negative, infinite or NaN value, or a wrong type.
+    """
+    if value is None:
+        return None
+    if isinstance(value, timedelta):
+        value = value.total_seconds()
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ImproperlyConfigured(
+            f"result_expires must be seconds, a timedelta or None, got {value!r}",
+            setting="result_expires",
+        )
+    seconds = float(value)
+    if not math.isfinite(seconds) or seconds < 0:
+        raise ImproperlyConfigured(
+            f"result_expires must be >= 0 seconds, got {value!r}", setting="result_expires"
+        )
+    return seconds or None
+
+
+def mask_url(url: str) -> str:
+    """``url`` with its password replaced by ``***`` (the user name is kept)."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.password is None:
+        return url
+    user = parts.username or ""
+    host = parts.hostname or ""
+    if ":" in host:  # an IPv6 literal
+        host = f"[{host}]"
+    netloc = f"{user}:***@{host}"
+    if parts.port is not None:
+        netloc += f":{parts.port}"
+    return urllib.parse.urlunsplit(parts._replace(netloc=netloc))
+
+
+def check_meta(task_id: str, meta: Mapping[str, Any]) -> str:
+    """Validate a meta dict handed to ``ResultBackend.store`` and return its status.
+
+    Raises:
+        ValidationError: ``meta`` is not a mapping with a non-empty string ``status``
+            and a ``task_id`` equal to ``task_id``.
+    """
+    if not isinstance(task_id, str) or not task_id:
+        raise ValidationError("task_id", "must be a non-empty string", value=task_id)
+    if not isinstance(meta, Mapping):
+        raise ValidationError("meta", f"must be a mapping, got {type(meta).__name__}")
+    status = meta.get("status")
+    if not isinstance(status, str) or not status:
+        raise ValidationError("meta.status", "must be a non-empty string", value=status)
+    if meta.get("task_id") != task_id:
+        raise ValidationError(
+            "meta.task_id", f"must be {task_id!r} (build it with make_meta)",
+            value=meta.get("task_id"),
+        )
+    return status
+
+
+class MetaCodec:
+    """Meta dict ⇄ stored bytes, with the result serializer of a codec registry.
+
+    Reading also undoes Celery 5.7's magic-prefixed compression (§D) whatever this
+    side's own settings, as Celery does, through the registry's decompressors (so the
+    registry's decompressed-size cap applies).
+    """
+
+    def __init__(self, registry: Registry, serializer: str = "json") -> None:
+        """Resolve ``serializer`` in ``registry``.
+
+        Raises:
+            UnknownCodec: the registry has no such serializer.
+        """
+        self.registry = registry
+        self.serializer = serializer
+        # A probe resolves the name (and its aliases) to the content type that readers
+        # of key-value stores need: Celery stores no content type next to the value.
+        probe = registry.dumps({}, serializer)
+        self.content_type: str = probe.content_type
+        self.content_encoding: str = probe.content_encoding
+
+    def encode(self, meta: Mapping[str, Any]) -> Encoded:
+        """Serialize ``meta``.
+
+        Raises:
+            EncodeError: the result (or another field) cannot be serialized.
+        """
+        return self.registry.dumps(dict(meta), self.serializer)
+
+    def decode(
+        self,
+        data: bytes | str,
+        content_type: str | None = None,
+        content_encoding: str | None = None,
+    ) -> dict[str, Any]:
+        """Deserialize stored bytes into a meta dict.
+
+        Args:
+            data: what the store holds (possibly Celery-compressed).
+            content_type: the content type stored with it; the result serializer's
+                when the store keeps none (Redis, as Celery).
+            content_encoding: likewise.
+
+        Raises:
+            DecodeError: the bytes do not decode, or not to a meta dict with a string
+                ``status``.
+            ContentDisallowed: the content type is not in the registry's accept policy.
+        """
+        raw = data.encode("utf-8") if isinstance(data, str) else bytes(data)
+        if raw.startswith(COMPRESSED_PAYLOAD_MAGIC):
+            mime, sep, body = raw[len(COMPRESSED_PAYLOAD_MAGIC):].partition(b"\x00")
+            if not sep:
+                raise DecodeError("result", "compressed result without a content type")
+            raw = self.registry.decompress(body, mime.decode("ascii", "replace"))
+        value = self.registry.loads(
+            raw,
+            content_type or self.content_type,
+            content_encoding or (None if content_type else self.content_encoding),
+        )
+        if not isinstance(value, dict) or not isinstance(value.get("status"), str):
+            raise DecodeError(
+                "result", f"stored value is not a meta dict with a status: {type(value).__name__}"
+            )
+        return value
+
+
+class Subscription(abc.ABC):
+    """The state changes of one task, in order, from the moment of subscribing.
+
+    A subscription first delivers the task's current state (if any is stored), then
+    every later one, each once; after a ready state it is finished and ``next`` returns
+    ``None`` at once. Use one subscription from one thread at a time.
+    """
+
+    #: True once a ready state was delivered.
+    finished: bool = False
+
+    @abc.abstractmethod
+    def next(self, timeout: float | None) -> dict[str, Any] | None:
+        """The next meta dict, or ``None`` when ``timeout`` seconds pass without one
+        (``None``: wait as long as it takes) or the subscription is finished.
+
+        Raises:
+            ConnectionLost: the backend connection was lost.
+            TransportError: any other backend failure.
+            DecodeError: a stored value does not decode.
+        """
+
+    @abc.abstractmethod
+    def close(self) -> None:
+        """Stop listening and free the resources. Idempotent."""
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+class ResultBackend(abc.ABC):
+    """Stores, reads and streams task results. Instances are thread-safe.
+
+    ``url`` is the backend URL with any password masked.
+    """
+
+    url: str
+    #: Seconds a result is kept after its last store; ``None``: forever.
+    expires: float | None
+    codec: MetaCodec
+
+    @abc.abstractmethod
+    def store(self, task_id: str, meta: Mapping[str, Any]) -> None:
+        """Store ``meta`` (from ``make_meta``) as the task's state and notify subscribers.
+
+        Ignored when the stored state is final (see the module doc). Resets the result's
+        expiry to ``expires`` seconds from now.
+
+        Raises:
+            ValidationError: ``meta`` is not a meta dict for ``task_id``.
+            EncodeError: ``meta`` cannot be serialized with the result serializer.
+            ConnectionLost, TransportError: the store failed.
+        """
+
+    @abc.abstractmethod
+    def get(self, task_id: str) -> dict[str, Any] | None:
+        """The stored meta dict, or ``None`` if nothing is stored (the task reads as
+        ``PENDING``) or the result expired."""
+
+    @abc.abstractmethod
+    def forget(self, task_id: str) -> None:
+        """Remove the stored result (a later store starts afresh)."""
+
+    @abc.abstractmethod
+    def subscribe(self, task_id: str) -> Subscription:
+        """Start listening to the task's state changes (see ``Subscription``)."""
+
+    @abc.abstractmethod
+    def close(self) -> None:
+        """Release connections. Idempotent; open subscriptions stop working."""
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.url}>"

@@ -1,0 +1,234 @@
+"""The in-process result backend: ``memory://`` and ``memory://name``.
+
+Backends opened with the same name share one store (as the memory transport shares
+queues), so an app and a worker in one process see the same results. A store lives as
+long as some backend uses it. Streaming is a ``threading.Condition``: a subscriber
+thread wakes as soon as a state is stored.
+
+Values are serialized with the result serializer like in every other backend, so a
+test against ``memory://`` refuses what Redis would refuse.
+"""
+
+from __future__ import annotations
+
+import collections
+import threading
+import time
+import urllib.parse
+import weakref
+from collections.abc import Mapping
+from datetime import timedelta
+from typing import TYPE_CHECKING, Any, Final
+
+import attrs
+
+from wiretask.errors import ImproperlyConfigured, TransportError
+from wiretask.protocol import states
+from wiretask.results.base import (
+    DEFAULT_EXPIRES,
+    MetaCodec,
+    ResultBackend,
+    Subscription,
+    check_meta,
+    resolve_expires,
+)
+
+if TYPE_CHECKING:
+    from wiretask.codecs import Encoded, Registry
+
+__all__ = ["MemoryBackend"]
+
+#: Expired entries are swept at most this often (they are also dropped when read).
+_SWEEP_INTERVAL: Final = 1.0
+
+
+@attrs.frozen
+class _Entry:
+    status: str
+    encoded: Encoded
+    #: ``time.monotonic()`` deadline, or None for never.
+    expires_at: float | None
+
+
+class _Store:
+    """One named store: entries, subscribers, one condition for both."""
+
+    def __init__(self) -> None:
+        self.cond = threading.Condition()
+        self.entries: dict[str, _Entry] = {}
+        self.listeners: dict[str, set[MemorySubscription]] = {}
+        self.last_sweep = time.monotonic()
+
+    def current(self, task_id: str, now: float) -> _Entry | None:
+        """The live entry of ``task_id`` (caller holds ``cond``)."""
+        entry = self.entries.get(task_id)
+        if entry is not None and entry.expires_at is not None and entry.expires_at <= now:
+            del self.entries[task_id]
+            return None
+        return entry
+
+    def sweep(self, now: float) -> None:
+        """Drop expired entries (caller holds ``cond``) so that an unread store stays small."""
+        if now - self.last_sweep < _SWEEP_INTERVAL:
+            return
+        self.last_sweep = now
+        dead = [
+            k for k, e in self.entries.items()
+            if e.expires_at is not None and e.expires_at <= now
+        ]
+        for key in dead:
+            del self.entries[key]
+
+
+_stores_lock = threading.Lock()
+_stores: weakref.WeakValueDictionary[str, _Store] = weakref.WeakValueDictionary()
+
+
+def _shared_store(name: str) -> _Store:
+    with _stores_lock:
+        store = _stores.get(name)
+        if store is None:
+            store = _Store()
+            _stores[name] = store
+        return store
+
+
+def _parse_name(url: str) -> str:
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme != "memory":
+        raise ImproperlyConfigured(f"not a memory:// URL: {url!r}", setting="result_backend")
+    return (parts.netloc + parts.path).strip("/")
+
+
+class MemorySubscription(Subscription):
+    """A subscription to one task in a memory store."""
+
+    def __init__(self, backend: MemoryBackend, task_id: str) -> None:
+        self._backend = backend
+        self._store = backend._store
+        self.task_id = task_id
+        self._pending: collections.deque[Encoded] = collections.deque()
+        self._closed = False
+
+    def _push(self, encoded: Encoded) -> None:
+        # Called with the store's condition held.
+        self._pending.append(encoded)
+
+    def next(self, timeout: float | None) -> dict[str, Any] | None:
+        if timeout is not None and timeout < 0:
+            timeout = 0.0
+        with self._store.cond:
+            if self.finished or self._closed:
+                return None
+            if not self._store.cond.wait_for(lambda: self._pending or self._closed, timeout):
+                return None
+            if self._closed:
+                return None
+            encoded = self._pending.popleft()
+        meta = self._backend.codec.decode(
+            encoded.data, encoded.content_type, encoded.content_encoding
+        )
+        if meta["status"] in states.READY_STATES:
+            self.finished = True
+            self.close()
+        return meta
+
+    def close(self) -> None:
+        with self._store.cond:
+            if self._closed:
+                return
+            self._closed = True
+            listeners = self._store.listeners.get(self.task_id)
+            if listeners is not None:
+                listeners.discard(self)
+                if not listeners:
+                    del self._store.listeners[self.task_id]
+            # The queue of a closed subscription is useless; a ready state already
+            # popped is kept by ``finished``.
+            self._pending.clear()
+            self._store.cond.notify_all()
+
+
+class MemoryBackend(ResultBackend):
+    """Results in this process's memory, shared by name.
+
+    Args:
+        url: ``memory://`` (the default store) or ``memory://name``.
+        serializer: the result serializer (``json``).
+        expires: ``result_expires`` in seconds (default one day; ``None`` = never).
+        registry: the codec registry (default: ``wiretask.codecs.default_registry()``).
+    """
+
+    def __init__(
+        self,
+        url: str = "memory://",
+        *,
+        serializer: str = "json",
+        expires: float | timedelta | None = DEFAULT_EXPIRES,
+        registry: Registry | None = None,
+    ) -> None:
+        self.name = _parse_name(url)
+        self.url = f"memory://{self.name}"
+        self.expires = resolve_expires(expires)
+        if registry is None:
+            from wiretask.codecs import default_registry  # noqa: PLC0415 - avoid a cycle
+
+            registry = default_registry()
+        self.codec = MetaCodec(registry, serializer)
+        self._store = _shared_store(self.name)
+        self._subscriptions: weakref.WeakSet[MemorySubscription] = weakref.WeakSet()
+        self._closed = False
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise TransportError("the result backend is closed", url=self.url)
+
+    def store(self, task_id: str, meta: Mapping[str, Any]) -> None:
+        self._check_open()
+        status = check_meta(task_id, meta)
+        encoded = self.codec.encode(meta)  # outside the lock: serialization may be slow
+        store = self._store
+        with store.cond:
+            now = time.monotonic()
+            store.sweep(now)
+            current = store.current(task_id, now)
+            if not states.may_follow(current.status if current else None, status):
+                return
+            expires_at = None if self.expires is None else now + self.expires
+            store.entries[task_id] = _Entry(status, encoded, expires_at)
+            for subscription in store.listeners.get(task_id, ()):
+                subscription._push(encoded)
+            store.cond.notify_all()
+
+    def get(self, task_id: str) -> dict[str, Any] | None:
+        self._check_open()
+        with self._store.cond:
+            entry = self._store.current(task_id, time.monotonic())
+        if entry is None:
+            return None
+        return self.codec.decode(
+            entry.encoded.data, entry.encoded.content_type, entry.encoded.content_encoding
+        )
+
+    def forget(self, task_id: str) -> None:
+        self._check_open()
+        with self._store.cond:
+            self._store.entries.pop(task_id, None)
+
+    def subscribe(self, task_id: str) -> MemorySubscription:
+        self._check_open()
+        subscription = MemorySubscription(self, task_id)
+        with self._store.cond:
+            # Snapshot and registration under one lock: no store can fall in between,
+            # so the current state is delivered once and nothing is missed.
+            entry = self._store.current(task_id, time.monotonic())
+            if entry is not None:
+                subscription._push(entry.encoded)
+            self._store.listeners.setdefault(task_id, set()).add(subscription)
+        self._subscriptions.add(subscription)
+        return subscription
+
+    def close(self) -> None:
+        self._closed = True
+        for subscription in list(self._subscriptions):
+            subscription.close()
