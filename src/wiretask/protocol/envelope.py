@@ -33,6 +33,7 @@ from wiretask.protocol.timing import EPOCH
 
 __all__ = [
     "CONTENT_ENCODINGS",
+    "EMBED_KEYS",
     "PROPERTY_NAMES",
     "PROTOCOL_HEADERS",
     "RESERVED_HEADERS",
@@ -66,6 +67,9 @@ PROTOCOL_HEADERS: tuple[str, ...] = (
 #: Header names a custom header may not use: the protocol headers and ``compression``
 #: (which kombu adds when the body is compressed).
 RESERVED_HEADERS: frozenset[str] = frozenset((*PROTOCOL_HEADERS, "compression"))
+
+#: The keys of the body's third element, the embed, in Celery's order.
+EMBED_KEYS: tuple[str, ...] = ("callbacks", "errbacks", "chain", "chord")
 
 #: Message properties that have their own :class:`TaskMessage` field.
 PROPERTY_NAMES: frozenset[str] = frozenset(
@@ -160,6 +164,8 @@ class TaskMessage:
         errbacks: ``link_error`` signatures (run on failure), or ``None``.
         chain: The rest of a chain, **next task last** (Celery's order), or ``None``.
         chord: The chord body to run when the group completes, or ``None``.
+        extra_embed: Any other keys of a received embed, written back after the four
+            known ones. Celery writes none; kept so that nothing a peer sent is lost.
 
     Property fields:
 
@@ -210,6 +216,7 @@ class TaskMessage:
     errbacks: tuple[Signature, ...] | None = None
     chain: tuple[Signature, ...] | None = None
     chord: Signature | None = None
+    extra_embed: Mapping[str, Any] = _EMPTY
     # -- properties -------------------------------------------------------------------
     correlation_id: str | None = None
     reply_to: str | None = None
@@ -254,6 +261,7 @@ class TaskMessage:
             errbacks: Signature | tuple[Signature, ...] | list[Signature] | None = None,
             chain: tuple[Signature, ...] | list[Signature] | None = None,
             chord: Signature | None = None,
+            extra_embed: Mapping[str, Any] = _EMPTY,
             correlation_id: str | None = None,
             reply_to: str | None = None,
             priority: int | None = None,
@@ -512,6 +520,7 @@ _CHECKS: dict[str, _Check] = {
     "errbacks": _signatures("errbacks", single=True),
     "chain": _signatures("chain", single=False),
     "chord": _check_chord,
+    "extra_embed": _mapping("extra_embed", frozenset(EMBED_KEYS), "is an embed field"),
     "correlation_id": _optional_str("correlation_id"),
     "reply_to": _optional_str("reply_to"),
     "priority": _check_priority,
