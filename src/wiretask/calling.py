@@ -1,0 +1,420 @@
+"""From a call to a message: option resolution and validation for ``apply_async``.
+
+This module turns ``(task name, args, kwargs, options)`` into a validated ``TaskMessage``
+plus where and when to send it. It does no I/O and reads no clock (``now`` is passed in),
+so every rule here is unit-testable on its own; ``wiretask.app`` adds the I/O.
+
+The rules follow Celery's calling API (``celery-protocol.md`` §A.2) with the documented
+places where wiretask refuses what Celery silently accepts (``spec/PROTOCOL.md``,
+"Stricter than Celery"): unknown options, options of the wrong type, ``countdown`` with
+``eta``, priorities outside the transport's range, and unknown codec names are all
+``ValidationError``s naming the option, raised before anything is sent.
+"""
+
+from __future__ import annotations
+
+import difflib
+import numbers
+import reprlib
+import uuid
+from collections.abc import Callable, Iterable, Mapping
+from datetime import datetime
+from typing import Any
+
+import attrs
+
+from wiretask.codecs import Registry
+from wiretask.errors import ArgumentsError, ValidationError
+from wiretask.protocol.envelope import TaskMessage
+from wiretask.protocol.frame import Route
+from wiretask.protocol.signature import Signature
+from wiretask.protocol.timing import resolve_eta, resolve_expires
+from wiretask.retry import RetryPolicy
+from wiretask.transports.base import Capabilities
+
+__all__ = [
+    "CALL_OPTIONS",
+    "TASK_OPTIONS",
+    "Call",
+    "CallContext",
+    "build_call",
+    "check_options",
+    "safe_repr",
+]
+
+#: Options that a task attribute may set and a call may override (call > task > setting).
+TASK_OPTIONS: Mapping[str, str | None] = {
+    # option          -> the app setting that provides the default (None: no setting)
+    "queue": "task_default_queue",
+    "exchange": "task_default_exchange",
+    "routing_key": "task_default_routing_key",
+    "priority": "task_default_priority",
+    "serializer": "task_serializer",
+    "compression": "task_compression",
+    "delivery_mode": "task_default_delivery_mode",
+    "time_limit": "task_time_limit",
+    "soft_time_limit": "task_soft_time_limit",
+    "ignore_result": "task_ignore_result",
+    "expires": None,
+}
+
+#: Options that must have a value: an explicit ``None`` falls back to the app setting
+#: instead of clearing (a message always has a serializer, a queue and a delivery mode).
+_REQUIRED = frozenset({"queue", "serializer", "delivery_mode", "exchange", "ignore_result"})
+
+#: Every option ``apply_async``/``send_task`` accepts. Anything else is refused by name.
+CALL_OPTIONS = frozenset(
+    {
+        *TASK_OPTIONS,
+        "countdown",
+        "eta",
+        "retry",
+        "retry_policy",
+        "link",
+        "link_error",
+        "headers",
+        "task_id",
+        "shadow",
+        "argsrepr",
+        "kwargsrepr",
+        "reply_to",
+        "stamps",
+        "compression_threshold",
+        # Canvas and task-retry internals, as in Celery: they map onto headers/embed.
+        "group_id",
+        "group_index",
+        "root_id",
+        "parent_id",
+        "chain",
+        "chord",
+        "retries",
+        "replaced_task_nesting",
+        "add_to_parent",
+    }
+)
+
+_DELIVERY_MODES: Mapping[object, int] = {1: 1, 2: 2, "transient": 1, "persistent": 2}
+_ARGSREPR_LIMIT = 1024  # Celery's saferepr limit for the argsrepr/kwargsrepr headers
+
+_repr = reprlib.Repr()
+_repr.maxlevel = 3  # Celery's task_repr_maxlevels default
+_repr.maxstring = 200
+_repr.maxother = 200
+_repr.maxlist = _repr.maxtuple = _repr.maxdict = _repr.maxset = 16
+
+
+def _fits_plain_repr(value: object, budget: int = 48) -> bool:
+    """True if ``value`` is small enough that ``repr`` is cheap and short.
+
+    ``repr`` of a large argument (a list of thousands of records) costs more than the rest
+    of the send path, so a bounded walk decides first whether the plain, fast ``repr``
+    is safe or the truncating ``reprlib`` one is needed.
+    """
+    stack = [value]
+    while stack:
+        budget -= 1
+        if budget < 0:
+            return False
+        item = stack.pop()
+        if isinstance(item, str | bytes):
+            if len(item) > 200:
+                return False
+        elif isinstance(item, dict):
+            stack.extend(item.values())
+            stack.extend(item.keys())
+        elif isinstance(item, list | tuple | set | frozenset):
+            stack.extend(item)
+    return True
+
+
+def safe_repr(value: object, limit: int = _ARGSREPR_LIMIT) -> str:
+    """A bounded ``repr`` for the ``argsrepr``/``kwargsrepr`` headers (at most ``limit``
+    characters, like Celery's ``saferepr``)."""
+    text = repr(value) if _fits_plain_repr(value) else _repr.repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+@attrs.frozen(kw_only=True)
+class CallContext:
+    """Who is calling: the parts of a message that come from the sender, not the call."""
+
+    origin: str
+    reply_to: str
+    #: The request of the task running in this thread, if the call happens inside one
+    #: (so children get ``parent_id``/``root_id`` like Celery's).
+    parent_id: str | None = None
+    root_id: str | None = None
+
+
+@attrs.frozen(kw_only=True)
+class Call:
+    """A validated call, ready to encode and publish."""
+
+    message: TaskMessage
+    route: Route
+    #: Hand to the transport as ``not_before`` (the eta) when it delays natively.
+    eta: datetime | None
+    retry: bool
+    retry_policy: RetryPolicy
+    compression_threshold: int | None = None
+
+
+def check_options(options: Mapping[str, Any]) -> None:
+    """Refuse unknown options by name, with a suggestion for likely typos."""
+    for key in options:
+        if key not in CALL_OPTIONS:
+            close = difflib.get_close_matches(key, CALL_OPTIONS, n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise ValidationError(key, f"unknown option{hint}", value=options[key])
+
+
+def _check_args(args: object, kwargs: object) -> tuple[tuple[Any, ...], dict[str, Any]]:
+    if args is None:
+        args = ()
+    elif not isinstance(args, list | tuple):
+        raise ArgumentsError(
+            "args", f"task args must be a list or tuple, got {type(args).__name__}", value=args
+        )
+    if kwargs is None:
+        kwargs = {}
+    elif not isinstance(kwargs, Mapping):
+        raise ArgumentsError(
+            "kwargs", f"task kwargs must be a mapping, got {type(kwargs).__name__}", value=kwargs
+        )
+    else:
+        for key in kwargs:
+            if not isinstance(key, str):
+                raise ArgumentsError("kwargs", f"keyword names must be strings, got {key!r}")
+    return tuple(args), dict(kwargs)
+
+
+def _number(field: str, value: object, *, minimum: float | None = None) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise ValidationError(field, f"must be a number of seconds, got {value!r}", value=value)
+    number = float(value)
+    if minimum is not None and number < minimum:
+        raise ValidationError(field, f"must be >= {minimum:g}, got {value!r}", value=value)
+    return number
+
+
+def _string(field: str, value: object, *, optional: bool = True) -> str | None:
+    if value is None and optional:
+        return None
+    if not isinstance(value, str) or not value:
+        raise ValidationError(field, f"must be a non-empty string, got {value!r}", value=value)
+    return value
+
+
+def _signatures(field: str, value: object) -> tuple[Signature, ...] | None:
+    """``link``/``link_error``/``chain``: one signature, a list of them, or None."""
+    if value is None:
+        return None
+    items: Iterable[object] = (
+        [value] if isinstance(value, Signature | Mapping) else value  # type: ignore[assignment]
+    )
+    if not isinstance(items, list | tuple):
+        raise ValidationError(field, f"must be a signature or a list of signatures, got {value!r}")
+    result = []
+    for index, item in enumerate(items):
+        if isinstance(item, Signature):
+            result.append(item)
+        elif isinstance(item, Mapping):
+            result.append(Signature.from_dict(dict(item), field=f"{field}[{index}]"))
+        else:
+            raise ValidationError(
+                f"{field}[{index}]", f"must be a signature (task.s(...)), got {item!r}"
+            )
+    return tuple(result) or None
+
+
+def _priority(value: object, capabilities: Capabilities | None) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValidationError("priority", f"must be an integer, got {value!r}", value=value)
+    top = capabilities.max_priority if capabilities is not None else 255
+    if not 0 <= value <= top:
+        raise ValidationError(
+            "priority", f"must be between 0 and {top} on this transport, got {value}", value=value
+        )
+    return value
+
+
+def resolve_options(
+    options: Mapping[str, Any],
+    task_defaults: Mapping[str, Any],
+    settings: Mapping[str, Any],
+) -> dict[str, Any]:
+    """Merge call options over task attributes over app settings.
+
+    A call-time ``None`` clears a task default (Celery: ``soft_time_limit=None`` sends no
+    soft limit even if the task has one), except for options a message must have
+    (``queue``, ``serializer``, ``delivery_mode``), which then fall back to the setting.
+    """
+    merged = dict(options)
+    for key, setting in TASK_OPTIONS.items():
+        if key in options:
+            value = options[key]
+            if value is None and key in _REQUIRED and setting is not None:
+                value = settings.get(setting)
+        else:
+            value = task_defaults.get(key)
+            if value is None and setting is not None:
+                value = settings.get(setting)
+        merged[key] = value
+    return merged
+
+
+def build_call(
+    name: str,
+    args: object,
+    kwargs: object,
+    options: Mapping[str, Any],
+    *,
+    now: datetime,
+    registry: Registry,
+    settings: Mapping[str, Any],
+    context: CallContext,
+    task_defaults: Mapping[str, Any] | None = None,
+    capabilities: Capabilities | None = None,
+    check_arguments: Callable[[tuple[Any, ...], dict[str, Any]], None] | None = None,
+    new_id: Callable[[], str] = lambda: str(uuid.uuid4()),
+) -> Call:
+    """Validate a call and build its message. Raises before anything is sent:
+
+    * ``ArgumentsError`` (also a ``TypeError``) for args/kwargs of the wrong type or that
+      do not bind to the task's signature (``check_arguments``);
+    * ``ValidationError`` naming the option for an unknown option, a value of the wrong
+      type, ``countdown`` with ``eta``, an unparsable or pre-1970 ``eta``/``expires``, a
+      priority outside the transport's range, or a malformed header;
+    * ``UnknownCodec`` for an unknown serializer or compressor name.
+    """
+    _string("task", name, optional=False)
+    check_options(options)
+    call_args, call_kwargs = _check_args(args, kwargs)
+    if check_arguments is not None:
+        check_arguments(call_args, call_kwargs)
+    opts = resolve_options(options, task_defaults or {}, settings)
+
+    task_id = _string("task_id", opts.get("task_id")) or new_id()
+    queue = _string("queue", opts["queue"], optional=False)
+    assert queue is not None
+    exchange = opts["exchange"]
+    if not isinstance(exchange, str):
+        raise ValidationError("exchange", f"must be a string, got {exchange!r}", value=exchange)
+    routing_key = _string("routing_key", opts["routing_key"])
+    priority = _priority(opts["priority"], capabilities)
+
+    serializer = registry.serializer(_string("serializer", opts["serializer"], optional=False)
+                                     or "json")
+    compression_name = _string("compression", opts["compression"])
+    compression = (
+        registry.compressor(compression_name).content_type if compression_name else None
+    )
+    threshold = opts.get("compression_threshold", settings.get("task_compression_threshold"))
+    if threshold is not None and (
+        isinstance(threshold, bool) or not isinstance(threshold, int) or threshold < 0
+    ):
+        raise ValidationError(
+            "compression_threshold", f"must be a byte count >= 0, got {threshold!r}"
+        )
+
+    delivery_mode = _DELIVERY_MODES.get(opts["delivery_mode"])
+    if delivery_mode is None:
+        raise ValidationError(
+            "delivery_mode",
+            f"must be 1, 2, 'transient' or 'persistent', got {opts['delivery_mode']!r}",
+        )
+
+    countdown = _number("countdown", opts.get("countdown"))
+    eta = resolve_eta(now=now, countdown=countdown, eta=opts.get("eta"))
+    expires_at, expiration = resolve_expires(now=now, expires=opts["expires"])
+
+    hard = _number("time_limit", opts["time_limit"], minimum=0)
+    soft = _number("soft_time_limit", opts["soft_time_limit"], minimum=0)
+
+    retry = opts.get("retry", settings.get("task_publish_retry", True))
+    if not isinstance(retry, bool):
+        raise ValidationError("retry", f"must be True or False, got {retry!r}", value=retry)
+    base_policy = settings.get("task_publish_retry_policy")
+    policy = (
+        base_policy if isinstance(base_policy, RetryPolicy)
+        else RetryPolicy.from_options(base_policy or {})
+    )
+    call_policy = opts.get("retry_policy")
+    if call_policy is not None:
+        if isinstance(call_policy, RetryPolicy):
+            policy = call_policy
+        elif isinstance(call_policy, Mapping):
+            policy = policy.merge(call_policy)
+        else:
+            raise ValidationError(
+                "retry_policy", f"must be a mapping or a RetryPolicy, got {call_policy!r}"
+            )
+
+    headers = opts.get("headers") or {}
+    if not isinstance(headers, Mapping) or not all(isinstance(k, str) for k in headers):
+        raise ValidationError("headers", f"must be a mapping with string keys, got {headers!r}")
+
+    stamps = opts.get("stamps") or {}
+    if not isinstance(stamps, Mapping):
+        raise ValidationError("stamps", f"must be a mapping, got {stamps!r}")
+
+    ignore_result = opts["ignore_result"]
+    if not isinstance(ignore_result, bool):
+        raise ValidationError("ignore_result", f"must be True or False, got {ignore_result!r}")
+
+    chord = opts.get("chord")
+    if chord is not None and not isinstance(chord, Signature):
+        chord = Signature.from_dict(chord, field="chord")
+
+    root_id = _string("root_id", opts.get("root_id")) or context.root_id or task_id
+    parent_id = _string("parent_id", opts.get("parent_id")) or context.parent_id
+
+    message = TaskMessage(
+        task=name,
+        id=task_id,
+        shadow=_string("shadow", opts.get("shadow")),
+        eta=eta,
+        expires=expires_at,
+        group=_string("group_id", opts.get("group_id")),
+        group_index=opts.get("group_index"),
+        retries=opts.get("retries") or 0,
+        timelimit=(hard, soft),
+        root_id=root_id,
+        parent_id=parent_id,
+        argsrepr=opts.get("argsrepr") or safe_repr(call_args),
+        kwargsrepr=opts.get("kwargsrepr") or safe_repr(call_kwargs),
+        origin=context.origin,
+        ignore_result=ignore_result,
+        replaced_task_nesting=opts.get("replaced_task_nesting") or 0,
+        stamped_headers=tuple(stamps) or None,
+        stamps=dict(stamps),
+        extra_headers=dict(headers),
+        args=call_args,
+        kwargs=call_kwargs,
+        callbacks=_signatures("link", opts.get("link")),
+        errbacks=_signatures("link_error", opts.get("link_error")),
+        chain=_signatures("chain", opts.get("chain")),
+        chord=chord,
+        correlation_id=task_id,
+        reply_to=opts.get("reply_to") or context.reply_to,
+        priority=priority,
+        delivery_mode=delivery_mode,
+        expiration=expiration,
+        content_type=serializer.content_type,
+        content_encoding=serializer.content_encoding,
+        compression=compression,
+    )
+    route = Route(queue, exchange, routing_key)
+    return Call(
+        message=message,
+        route=route,
+        eta=eta,
+        retry=retry,
+        retry_policy=policy,
+        compression_threshold=threshold,
+    )
+
