@@ -27,7 +27,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextvars import ContextVar
 from datetime import UTC, datetime, tzinfo
 from pathlib import Path
-from typing import Any, Generic, ParamSpec, TypeVar, overload
+from typing import Any, Concatenate, Generic, Literal, ParamSpec, TypeVar, overload
 from zoneinfo import ZoneInfo
 
 import attrs
@@ -281,11 +281,14 @@ class App:
     def task(self, fn: Callable[P, R], /) -> Task[P, R]: ...
 
     @overload
+    def task(
+        self, /, *, bind: Literal[True], **options: Any
+    ) -> Callable[[Callable[Concatenate[Any, P], R]], Task[P, R]]: ...
+
+    @overload
     def task(self, /, **options: Any) -> Callable[[Callable[P, R]], Task[P, R]]: ...
 
-    def task(
-        self, fn: Callable[P, R] | None = None, /, **options: Any
-    ) -> Task[P, R] | Callable[[Callable[P, R]], Task[P, R]]:
+    def task(self, fn: Callable[..., Any] | None = None, /, **options: Any) -> Any:
         """Register a function as a task: ``@app.task`` or ``@app.task(name=..., ...)``.
 
         Options: ``name``, ``bind``, ``typing`` (check arguments before sending, default
@@ -298,8 +301,8 @@ class App:
             if key not in _TASK_ATTRIBUTES and key not in calling.TASK_OPTIONS:
                 raise ValidationError(key, "unknown task option", value=value)
 
-        def register(function: Callable[P, R]) -> Task[P, R]:
-            task = Task(self, function, **options)
+        def register(function: Callable[..., Any]) -> Task[Any, Any]:
+            task: Task[Any, Any] = Task(self, function, **options)
             self.tasks[task.name] = task
             return task
 
@@ -463,7 +466,7 @@ def _thread_oid(app: App) -> str:
 class Task(Generic[P, R]):
     """A registered task. Call it to run it here; ``delay``/``apply_async`` to send it."""
 
-    def __init__(self, app: App, fn: Callable[P, R], **options: Any) -> None:
+    def __init__(self, app: App, fn: Callable[..., R], **options: Any) -> None:
         self.app = app
         self.run = fn
         self.name: str = options.pop("name", None) or app.task_name(fn)
@@ -492,7 +495,7 @@ class Task(Generic[P, R]):
         token = _current_request.set(request)
         try:
             if self.bind:
-                return self.run(self, *args, **kwargs)  # type: ignore[arg-type]
+                return self.run(self, *args, **kwargs)
             return self.run(*args, **kwargs)
         finally:
             _current_request.reset(token)
