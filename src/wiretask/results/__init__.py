@@ -3,6 +3,8 @@
 ``backend_from_url`` opens one by URL scheme:
 
 * ``memory://`` / ``memory://name`` — in this process (``wiretask.results.memory``);
+* ``sqlite:///relative.db`` / ``sqlite:////absolute.db`` — a file shared by processes
+  (``wiretask.results.sqlite``);
 
 The interface and the rules every backend follows are in ``wiretask.results.base``;
 exceptions in results are converted by ``wiretask.results.exceptions``.
@@ -43,15 +45,30 @@ def _memory(
 ) -> ResultBackend:
     from wiretask.results.memory import MemoryBackend  # noqa: PLC0415
 
-    _no_options("memory", options)
+    _check_options("memory", options, set())
     return MemoryBackend(url, serializer=serializer, expires=expires, registry=registry)
 
 
-def _no_options(scheme: str, options: Mapping[str, Any]) -> None:
-    if options:
+def _sqlite(
+    url: str, serializer: str, expires: float | timedelta | None, registry: Registry | None,
+    options: Mapping[str, Any],
+) -> ResultBackend:
+    from wiretask.results.sqlite import SQLiteBackend  # noqa: PLC0415
+
+    known = {"busy_timeout", "event_retention"}
+    _check_options("sqlite", options, known)
+    return SQLiteBackend(
+        url, serializer=serializer, expires=expires, registry=registry,
+        **{k: float(v) for k, v in options.items()},
+    )
+
+
+def _check_options(scheme: str, options: Mapping[str, Any], known: set[str]) -> None:
+    unknown = sorted(set(options) - known)
+    if unknown:
         raise ImproperlyConfigured(
-            f"the {scheme} result backend takes no transport options, got "
-            f"{', '.join(sorted(options))}",
+            f"unknown {scheme} result backend option(s) {', '.join(unknown)}"
+            f" (known: {', '.join(sorted(known)) or 'none'})",
             setting="result_backend_transport_options",
         )
 
@@ -64,6 +81,7 @@ _Factory = Callable[
 #: (redis-py) are needed only by those who use them.
 SCHEMES: Final[Mapping[str, _Factory]] = {
     "memory": _memory,
+    "sqlite": _sqlite,
 }
 
 
@@ -78,7 +96,7 @@ def backend_from_url(
     """Open the result backend for ``url``. No I/O happens until it is used.
 
     Args:
-        url: ``memory://[name]``.
+        url: ``memory://[name]``, ``sqlite:///path.db``.
         serializer: the result serializer (Celery's ``result_serializer``, ``json``).
         expires: seconds a result is kept (Celery's ``result_expires``, default one
             day; ``None`` or ``0`` = forever); a ``timedelta`` is accepted.

@@ -1,0 +1,438 @@
+"""The SQLite result backend: ``sqlite:///relative.db`` and ``sqlite:////absolute.db``.
+
+Nothing to install, and several processes can share one file: an app in one process
+reads and streams what a worker in another stored. The file may be the one the SQLite
+broker uses; this backend's tables are its own (``wiretask_result*``).
+
+Layout:
+
+* ``wiretask_results``: one row per task (``task_id`` primary key) with the serialized
+  meta, its content type, the status (so the ready-state rule needs no decoding), the
+  expiry time and the ``seq`` of the event that wrote it.
+* ``wiretask_result_events``: append-only, one row per applied store, numbered by an
+  ``AUTOINCREMENT`` ``seq`` that never goes back. A subscription remembers the last
+  ``seq`` it delivered and reads newer rows of its task, so a subscriber in another
+  process sees every state change in order and none twice.
+
+A store is one ``BEGIN IMMEDIATE`` transaction (read the current state, apply the
+ready-state rule, append the event, upsert the row), so concurrent writers in several
+processes cannot both win. The database runs in WAL mode with a busy timeout, so
+readers never block the writer.
+
+Subscriptions poll with a short backoff (5 ms doubling to 100 ms, reset by every
+event): no busy spin, and a state change is seen within about 100 ms in another
+process. Subscribers in the *same* process are woken at once by the store itself.
+
+Housekeeping (at most every few seconds, piggybacked on stores): expired results are
+deleted, and so are events older than ``event_retention`` seconds and events of tasks
+that have been ready for a few seconds. A subscription that fell behind a pruning still
+receives the task's current state from the results row, so it never misses the final
+one.
+
+sqlite3 errors are translated: a locked or busy database becomes ``ConnectionLost``
+(recoverable), anything else ``TransportError``; both chained with ``from``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sqlite3
+import threading
+import time
+import urllib.parse
+import weakref
+from collections.abc import Iterator, Mapping
+from datetime import timedelta
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Final
+
+from wiretask.errors import ConnectionLost, ImproperlyConfigured, TransportError
+from wiretask.protocol import states
+from wiretask.results.base import (
+    DEFAULT_EXPIRES,
+    MetaCodec,
+    ResultBackend,
+    Subscription,
+    check_meta,
+    resolve_expires,
+)
+
+if TYPE_CHECKING:
+    from wiretask.codecs import Registry
+
+__all__ = ["SQLiteBackend", "SQLiteSubscription", "path_from_url"]
+
+#: Poll backoff of a subscription: first wait, and the cap it doubles up to.
+POLL_MIN: Final = 0.005
+POLL_MAX: Final = 0.1
+#: Housekeeping runs at most this often per backend instance.
+PRUNE_INTERVAL: Final = 5.0
+#: Events of a task that is ready are kept this long (a live subscriber reads them
+#: within ``POLL_MAX``); older ones of any task after ``event_retention``.
+READY_EVENT_GRACE: Final = 5.0
+DEFAULT_EVENT_RETENTION: Final = 300.0
+
+_READY: Final = tuple(sorted(states.READY_STATES))
+
+_SCHEMA: Final = (
+    """CREATE TABLE IF NOT EXISTS wiretask_results (
+        task_id TEXT PRIMARY KEY,
+        status TEXT NOT NULL,
+        meta BLOB NOT NULL,
+        content_type TEXT NOT NULL,
+        content_encoding TEXT NOT NULL,
+        expires_at REAL,
+        seq INTEGER NOT NULL
+    )""",
+    """CREATE INDEX IF NOT EXISTS wiretask_results_expires
+        ON wiretask_results (expires_at) WHERE expires_at IS NOT NULL""",
+    """CREATE TABLE IF NOT EXISTS wiretask_result_events (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        task_id TEXT NOT NULL,
+        meta BLOB NOT NULL,
+        content_type TEXT NOT NULL,
+        content_encoding TEXT NOT NULL,
+        created_at REAL NOT NULL
+    )""",
+    """CREATE INDEX IF NOT EXISTS wiretask_result_events_task
+        ON wiretask_result_events (task_id, seq)""",
+    """CREATE INDEX IF NOT EXISTS wiretask_result_events_created
+        ON wiretask_result_events (created_at)""",
+)
+
+
+def path_from_url(url: str) -> str:
+    """The file path of a ``sqlite://`` URL (SQLAlchemy's slashes, as the broker).
+
+    Raises:
+        ImproperlyConfigured: not a ``sqlite://`` URL, no path, or ``:memory:`` (a
+            private in-memory database cannot be shared; use ``memory://``).
+    """
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme != "sqlite" or parts.netloc:
+        raise ImproperlyConfigured(
+            f"expected sqlite:///relative.db or sqlite:////absolute.db, got {url!r}",
+            setting="result_backend",
+        )
+    path = urllib.parse.unquote(parts.path[1:] if parts.path.startswith("/") else parts.path)
+    if not path or path == ":memory:":
+        raise ImproperlyConfigured(
+            f"the SQLite result backend needs a file path, got {url!r} "
+            "(use memory:// for an in-process store)",
+            setting="result_backend",
+        )
+    return path
+
+
+class _Notifier:
+    """Wakes same-process subscribers of one database file when a store commits."""
+
+    def __init__(self) -> None:
+        self.cond = threading.Condition()
+        self.generation = 0
+
+    def notify(self) -> None:
+        with self.cond:
+            self.generation += 1
+            self.cond.notify_all()
+
+    def wait(self, generation: int, timeout: float) -> None:
+        with self.cond:
+            self.cond.wait_for(lambda: self.generation != generation, timeout)
+
+
+_notifiers_lock = threading.Lock()
+_notifiers: weakref.WeakValueDictionary[str, _Notifier] = weakref.WeakValueDictionary()
+
+
+def _notifier_for(path: str) -> _Notifier:
+    key = os.path.realpath(path)
+    with _notifiers_lock:
+        notifier = _notifiers.get(key)
+        if notifier is None:
+            notifier = _Notifier()
+            _notifiers[key] = notifier
+        return notifier
+
+
+class _Connection:
+    """A thread's connection. Held by a ``threading.local`` (closed when its thread
+    ends and it is collected) and weakly by the backend (closed by ``close()``)."""
+
+    __slots__ = ("__weakref__", "conn")
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self.conn = conn
+
+
+class SQLiteBackend(ResultBackend):
+    """Results in an SQLite file, shared by every process that opens it.
+
+    Args:
+        url: ``sqlite:///relative.db`` or ``sqlite:////absolute.db``.
+        serializer: the result serializer (``json``).
+        expires: ``result_expires`` in seconds (default one day; ``None`` = never).
+        registry: the codec registry (default: ``wiretask.codecs.default_registry()``).
+        busy_timeout: seconds a statement waits for another process's write lock.
+        event_retention: seconds state-change events are kept for subscribers.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        serializer: str = "json",
+        expires: float | timedelta | None = DEFAULT_EXPIRES,
+        registry: Registry | None = None,
+        busy_timeout: float = 5.0,
+        event_retention: float = DEFAULT_EVENT_RETENTION,
+    ) -> None:
+        self.path = path_from_url(url)
+        self.url = url
+        self.expires = resolve_expires(expires)
+        if registry is None:
+            from wiretask.codecs import default_registry  # noqa: PLC0415 - avoid a cycle
+
+            registry = default_registry()
+        self.codec = MetaCodec(registry, serializer)
+        self.busy_timeout = busy_timeout
+        self.event_retention = event_retention
+        self._notifier = _notifier_for(self.path)
+        self._local = threading.local()
+        self._connections: weakref.WeakSet[_Connection] = weakref.WeakSet()
+        self._lock = threading.Lock()
+        self._schema_ready = False
+        self._closed = False
+        self._last_prune = 0.0
+
+    # -- connections ----------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def _errors(self, action: str) -> Iterator[None]:
+        """Translate sqlite3 (and file system) errors raised inside the block."""
+        try:
+            yield
+        except sqlite3.OperationalError as exc:
+            text = str(exc).lower()
+            if "locked" in text or "busy" in text:
+                raise ConnectionLost(f"SQLite {action} failed: {exc}", url=self.url) from exc
+            raise TransportError(f"SQLite {action} failed: {exc}", url=self.url) from exc
+        except (sqlite3.Error, OSError) as exc:
+            raise TransportError(f"SQLite {action} failed: {exc}", url=self.url) from exc
+
+    def _conn(self) -> sqlite3.Connection:
+        if self._closed:
+            raise TransportError("the result backend is closed", url=self.url)
+        held: _Connection | None = getattr(self._local, "held", None)
+        if held is not None:
+            return held.conn
+        with self._errors("connect"):
+            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+            # isolation_level=None: transactions are explicit (BEGIN IMMEDIATE for
+            # writes); check_same_thread=False only so that close() may close it.
+            conn = sqlite3.connect(
+                self.path, timeout=self.busy_timeout, isolation_level=None,
+                check_same_thread=False,
+            )
+            try:
+                conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout * 1000)}")
+                conn.execute("PRAGMA journal_mode = WAL")
+                conn.execute("PRAGMA synchronous = NORMAL")
+                self._ensure_schema(conn)
+            except BaseException:
+                conn.close()
+                raise
+        held = _Connection(conn)
+        self._local.held = held
+        with self._lock:
+            self._connections.add(held)
+        return conn
+
+    def _ensure_schema(self, conn: sqlite3.Connection) -> None:
+        if self._schema_ready:
+            return
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            for statement in _SCHEMA:
+                conn.execute(statement)
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        self._schema_ready = True
+
+    @contextlib.contextmanager
+    def _transaction(self, action: str, *, write: bool) -> Iterator[sqlite3.Connection]:
+        """One transaction: ``BEGIN IMMEDIATE`` for writes (take the write lock before
+        reading, so read-check-write is atomic across processes), ``BEGIN`` for reads
+        (one consistent snapshot for several SELECTs)."""
+        with self._errors(action):
+            conn = self._conn()
+            conn.execute("BEGIN IMMEDIATE" if write else "BEGIN")
+            try:
+                yield conn
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
+
+    # -- the interface --------------------------------------------------------------------
+
+    def store(self, task_id: str, meta: Mapping[str, Any]) -> None:
+        status = check_meta(task_id, meta)
+        encoded = self.codec.encode(meta)
+        now = time.time()
+        expires_at = None if self.expires is None else now + self.expires
+        with self._transaction("store", write=True) as conn:
+            row = conn.execute(
+                "SELECT status, expires_at FROM wiretask_results WHERE task_id = ?", (task_id,)
+            ).fetchone()
+            live = row is not None and (row[1] is None or row[1] > now)
+            if live and not states.may_follow(row[0], status):
+                return
+            cursor = conn.execute(
+                "INSERT INTO wiretask_result_events"
+                " (task_id, meta, content_type, content_encoding, created_at)"
+                " VALUES (?, ?, ?, ?, ?)",
+                (task_id, encoded.data, encoded.content_type, encoded.content_encoding, now),
+            )
+            conn.execute(
+                "INSERT INTO wiretask_results"
+                " (task_id, status, meta, content_type, content_encoding, expires_at, seq)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?)"
+                " ON CONFLICT (task_id) DO UPDATE SET status = excluded.status,"
+                " meta = excluded.meta, content_type = excluded.content_type,"
+                " content_encoding = excluded.content_encoding,"
+                " expires_at = excluded.expires_at, seq = excluded.seq",
+                (task_id, status, encoded.data, encoded.content_type,
+                 encoded.content_encoding, expires_at, cursor.lastrowid),
+            )
+            self._maybe_prune(conn, now)
+        self._notifier.notify()
+
+    def _maybe_prune(self, conn: sqlite3.Connection, now: float) -> None:
+        """Housekeeping inside a write transaction, at most every ``PRUNE_INTERVAL``."""
+        if now - self._last_prune < PRUNE_INTERVAL:
+            return
+        self._last_prune = now
+        conn.execute(
+            "DELETE FROM wiretask_result_events WHERE task_id IN (SELECT task_id FROM"
+            " wiretask_results WHERE expires_at IS NOT NULL AND expires_at <= ?)", (now,),
+        )
+        conn.execute(
+            "DELETE FROM wiretask_results WHERE expires_at IS NOT NULL AND expires_at <= ?",
+            (now,),
+        )
+        conn.execute(
+            "DELETE FROM wiretask_result_events WHERE created_at < ?",
+            (now - self.event_retention,),
+        )
+        conn.execute(
+            "DELETE FROM wiretask_result_events WHERE created_at < ? AND task_id IN"
+            " (SELECT task_id FROM wiretask_results WHERE status IN (?, ?, ?))",
+            (now - READY_EVENT_GRACE, *_READY),
+        )
+
+    def get(self, task_id: str) -> dict[str, Any] | None:
+        with self._errors("get"):
+            row = self._conn().execute(
+                "SELECT meta, content_type, content_encoding FROM wiretask_results"
+                " WHERE task_id = ? AND (expires_at IS NULL OR expires_at > ?)",
+                (task_id, time.time()),
+            ).fetchone()
+        if row is None:
+            return None
+        return self.codec.decode(row[0], row[1], row[2])
+
+    def forget(self, task_id: str) -> None:
+        with self._transaction("forget", write=True) as conn:
+            conn.execute("DELETE FROM wiretask_results WHERE task_id = ?", (task_id,))
+            conn.execute("DELETE FROM wiretask_result_events WHERE task_id = ?", (task_id,))
+
+    def subscribe(self, task_id: str) -> SQLiteSubscription:
+        with self._transaction("subscribe", write=False) as conn:
+            row = conn.execute(
+                "SELECT meta, content_type, content_encoding, seq FROM wiretask_results"
+                " WHERE task_id = ? AND (expires_at IS NULL OR expires_at > ?)",
+                (task_id, time.time()),
+            ).fetchone()
+            if row is None:
+                # Nothing live: only events written from now on count. (Events of an
+                # expired result that are still around have older numbers.)
+                top = conn.execute("SELECT MAX(seq) FROM wiretask_result_events").fetchone()
+                last_seq = int(top[0] or 0)
+        subscription = SQLiteSubscription(self, task_id, row[3] if row else last_seq)
+        if row is not None:
+            subscription._pending.append(self.codec.decode(row[0], row[1], row[2]))
+        return subscription
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            held = list(self._connections)
+            self._connections.clear()
+        for connection in held:
+            with contextlib.suppress(sqlite3.Error):
+                connection.conn.close()
+        self._notifier.notify()  # wake this process's subscribers so they see the close
+
+
+class SQLiteSubscription(Subscription):
+    """Polls the events table for one task (see the module doc)."""
+
+    def __init__(self, backend: SQLiteBackend, task_id: str, last_seq: int) -> None:
+        self._backend = backend
+        self.task_id = task_id
+        self.last_seq = last_seq
+        self._pending: list[dict[str, Any]] = []
+        self._closed = False
+
+    def _poll(self) -> None:
+        """Read events newer than ``last_seq`` into ``_pending``."""
+        backend = self._backend
+        with backend._transaction("poll", write=False) as conn:
+            rows = conn.execute(
+                "SELECT seq, meta, content_type, content_encoding FROM wiretask_result_events"
+                " WHERE task_id = ? AND seq > ? ORDER BY seq LIMIT 256",
+                (self.task_id, self.last_seq),
+            ).fetchall()
+            if not rows:
+                # In the same snapshot: a newer row without events means the events
+                # were pruned; deliver the current state so the final one is not missed.
+                current = conn.execute(
+                    "SELECT seq, meta, content_type, content_encoding FROM wiretask_results"
+                    " WHERE task_id = ? AND seq > ? AND (expires_at IS NULL OR expires_at > ?)",
+                    (self.task_id, self.last_seq, time.time()),
+                ).fetchone()
+                rows = [current] if current is not None else []
+        for seq, data, content_type, content_encoding in rows:
+            self._pending.append(backend.codec.decode(data, content_type, content_encoding))
+            self.last_seq = seq
+
+    def next(self, timeout: float | None) -> dict[str, Any] | None:
+        deadline = None if timeout is None else time.monotonic() + max(0.0, timeout)
+        backoff = POLL_MIN
+        notifier = self._backend._notifier
+        while not (self.finished or self._closed or self._backend._closed):
+            # Read the generation before polling: a store committed after the poll
+            # bumps it, and the wait below returns at once.
+            generation = notifier.generation
+            if not self._pending:
+                self._poll()
+            if self._pending:
+                meta = self._pending.pop(0)
+                if meta["status"] in states.READY_STATES:
+                    self.finished = True
+                    self._pending.clear()
+                return meta
+            remaining = None if deadline is None else deadline - time.monotonic()
+            if remaining is not None and remaining <= 0:
+                return None
+            notifier.wait(generation, backoff if remaining is None else min(backoff, remaining))
+            backoff = min(backoff * 2, POLL_MAX)
+        return None
+
+    def close(self) -> None:
+        self._closed = True
+        self._pending.clear()
