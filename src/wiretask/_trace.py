@@ -1,0 +1,476 @@
+"""Running one task message: its states, the task body, callbacks and errbacks.
+
+This is the part of the worker that is the same whether a task runs in a thread of the
+worker process or in a child process (``wiretask._pool``): Celery calls it the *tracer*
+(``celery/app/trace.py``). It takes a decoded ``TaskMessage`` and returns an
+``Outcome`` that tells the caller how to settle the delivery; it never touches the
+delivery itself, so a child process can run it and send the outcome back.
+
+The order of events follows Celery's tracer:
+
+1. ``expires`` is checked first; an expired task is not run, ``REVOKED`` is stored with
+   Celery's exact meta and its errbacks are called.
+2. ``STARTED`` (``{"pid", "hostname"}``) is stored when tracking is on.
+3. The body runs with the request current (``Task.running``), so ``self.request``,
+   ``self.retry`` and ``self.update_state`` work inside it.
+4. The final state is stored (``SUCCESS``/``FAILURE``/``RETRY``), *then* callbacks or
+   errbacks run, as in Celery (errbacks "run after FAILURE is stored", §A.9).
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import os
+import time
+import traceback
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any, Literal, Protocol
+
+import attrs
+
+from wiretask import calling
+from wiretask.errors import (
+    EncodeError,
+    NotRegistered,
+    Reject,
+    Retry,
+    SoftTimeLimitExceeded,
+    TaskError,
+    TaskRevokedError,
+    TimeLimitExceeded,
+    ValidationError,
+)
+from wiretask.protocol import states
+from wiretask.protocol.signature import Signature
+from wiretask.protocol.timing import is_expired
+from wiretask.results.exceptions import expired_meta_result
+
+if TYPE_CHECKING:
+    from wiretask.app import App, Request, Task
+    from wiretask.protocol.envelope import TaskMessage
+
+__all__ = [
+    "Control",
+    "Outcome",
+    "Tracer",
+    "WorkerLostError",
+    "errback_runs_in_worker",
+]
+
+logger = logging.getLogger("wiretask.worker")
+
+#: How the worker settles a delivery after the tracer is done with it.
+#: ``ack``: processed. ``requeue``: give it back to run again (the final state could not
+#: be stored). ``reject``: drop it (a task raised ``Reject(requeue=False)``).
+#: ``none``: someone else settled it (a hard time limit fired first).
+Settle = Literal["ack", "requeue", "reject", "none"]
+
+_RESULT_REPR_LIMIT = 256
+
+
+class WorkerLostError(TaskError):
+    """The process running the task exited before reporting an outcome (it crashed, was
+    killed by the OOM killer, or called ``os._exit``). Celery's name for the same case
+    (``billiard.exceptions.WorkerLostError``)."""
+
+
+@attrs.frozen
+class Outcome:
+    """What the tracer did with one message, and how to settle its delivery.
+
+    Attributes:
+        state: the state recorded (``SUCCESS``, ``FAILURE``, ``RETRY``, ``REVOKED``),
+            ``REJECTED`` for a ``Reject``, or ``""`` when the run was abandoned.
+        settle: how to settle the delivery (see ``Settle``).
+        runtime: seconds the body ran (0 when it did not run).
+    """
+
+    state: str
+    settle: Settle
+    runtime: float = 0.0
+
+
+class Control(Protocol):
+    """Arms and disarms a run's time limits around the task body.
+
+    ``begin`` is called right before the body runs and ``end`` right after it (whether
+    it returned or raised). ``end`` returns False when the run was abandoned meanwhile
+    (a hard time limit already recorded the outcome): the tracer then records nothing.
+    """
+
+    def begin(self) -> None: ...
+
+    def end(self) -> bool: ...
+
+
+class _NoLimits:
+    def begin(self) -> None:
+        return None
+
+    def end(self) -> bool:
+        return True
+
+
+NO_LIMITS: Control = _NoLimits()
+
+
+def _positional_slots(task: Task[Any, Any], sig: Signature) -> float:
+    """How many positional arguments a call of ``sig`` still has to supply (``inf`` for
+    a ``*args`` function)."""
+    parameters = list(inspect.signature(task.run).parameters.values())
+    if task.bind and parameters:
+        parameters = parameters[1:]  # ``self`` is supplied by the task, not the caller
+    count = 0
+    for parameter in parameters:
+        if parameter.kind is inspect.Parameter.VAR_POSITIONAL:
+            return float("inf")
+        if parameter.kind in (
+            inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD
+        ) and parameter.name not in sig.kwargs:
+            count += 1
+    return count - len(sig.args)
+
+
+def errback_runs_in_worker(app: App, sig: Signature) -> bool:
+    """Whether an errback follows Celery's *new* convention and runs in the worker.
+
+    Celery (``Backend._call_task_errbacks``) calls ``errback(request, exc, traceback)``
+    in the worker when the errback's task is registered there and its function takes
+    more than one positional argument; otherwise the errback is sent as a task with
+    the failed task's id prepended. wiretask makes the count exact: it counts the
+    positional parameters *still to fill* after the signature's own args and kwargs,
+    not counting ``self`` of a bound task (Celery treats every bound task as old style,
+    a side effect of how it wraps them). A ``*args`` function counts as many.
+    An immutable errback takes no arguments from the failure, so it is always sent.
+    """
+    task = app.tasks.get(sig.task)
+    if task is None or sig.immutable:
+        return False
+    return _positional_slots(task, sig) > 1
+
+
+def _short_repr(value: object) -> str:
+    return calling.safe_repr(value, _RESULT_REPR_LIMIT)
+
+
+def format_traceback(exc: BaseException) -> str:
+    """The traceback string stored with an exception state (Celery stores a string)."""
+    return "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+
+
+class Tracer:
+    """Runs task messages for one app. Safe to share between the threads of a worker.
+
+    Args:
+        app: the app whose tasks, backend and transport are used.
+        hostname: the worker's node name (``STARTED`` meta, ``Request.hostname``).
+    """
+
+    def __init__(self, app: App, hostname: str) -> None:
+        self.app = app
+        self.hostname = hostname
+
+    # -- the request ------------------------------------------------------------------
+
+    def request_for(self, message: TaskMessage, delivery_info: Mapping[str, Any]) -> Request:
+        """The ``Request`` a running task sees as ``self.request``."""
+        from wiretask.app import Request  # noqa: PLC0415 - app imports the worker lazily
+
+        return Request(
+            id=message.id,
+            task=message.task,
+            args=message.args,
+            kwargs=dict(message.kwargs),
+            retries=message.retries,
+            eta=message.eta,
+            expires=message.expires,
+            root_id=message.root_id,
+            parent_id=message.parent_id,
+            group=message.group,
+            group_index=message.group_index,
+            called_directly=False,
+            is_eager=False,
+            hostname=self.hostname,
+            delivery_info=dict(delivery_info),
+            message=message,
+        )
+
+    # -- storing states ---------------------------------------------------------------
+
+    def _meta(
+        self, message: TaskMessage, status: str, result: Any, *, tb: str | None = None,
+        task_id: str | None = None,
+    ) -> dict[str, Any]:
+        own = task_id is None or task_id == message.id
+        return states.make_meta(
+            task_id or message.id,
+            status,
+            result,
+            traceback=tb,
+            date_done=self.app.now() if status in states.READY_STATES else None,
+            group_id=message.group if own else None,
+            parent_id=message.parent_id if own else None,
+        )
+
+    def store(self, message: TaskMessage, status: str, result: Any, *, tb: str | None = None,
+              task_id: str | None = None) -> None:
+        """Store a state for the message's task (or ``task_id``). Raises what the backend
+        raises; callers decide whether that is fatal for the delivery."""
+        self.app.backend.store(
+            task_id or message.id, self._meta(message, status, result, tb=tb, task_id=task_id)
+        )
+
+    def _try_store(self, message: TaskMessage, status: str, result: Any, *,
+                   tb: str | None = None, task_id: str | None = None) -> bool:
+        """Store, logging a failure instead of raising. True if it was stored."""
+        try:
+            self.store(message, status, result, tb=tb, task_id=task_id)
+        except Exception:
+            logger.exception(
+                "task %s[%s]: could not store state %s", message.task,
+                task_id or message.id, status,
+            )
+            return False
+        return True
+
+    def _store_final(self, message: TaskMessage, status: str, result: Any, *,
+                     tb: str | None = None) -> Settle:
+        """Store a final state; ``ack`` if stored (or ignored), ``requeue`` if the backend
+        failed, so that the outcome is not lost (at least once)."""
+        if message.ignore_result:
+            return "ack"
+        try:
+            self.store(message, status, result, tb=tb)
+        except (EncodeError, ValidationError):
+            # Permanent: storing it again later would fail the same way.
+            logger.exception("task %s[%s]: could not store %s", message.task, message.id, status)
+            return "ack"
+        except Exception:
+            logger.exception(
+                "task %s[%s]: could not store %s; the message is requeued to run again",
+                message.task, message.id, status,
+            )
+            return "requeue"
+        return "ack"
+
+    def track_started(self, task: Task[Any, Any]) -> bool:
+        if task.track_started is not None:
+            return task.track_started
+        return bool(self.app.conf.get("task_track_started", False))
+
+    # -- running ----------------------------------------------------------------------
+
+    def execute(
+        self,
+        message: TaskMessage,
+        *,
+        delivery_info: Mapping[str, Any],
+        control: Control = NO_LIMITS,
+    ) -> Outcome:
+        """Run one message to its end and return how to settle its delivery.
+
+        Never raises for anything the task does; ``control`` arms the time limits.
+        """
+        task = self.app.tasks.get(message.task)
+        request = self.request_for(message, delivery_info)
+        if task is None:  # the consumer checks first; a child process may lack it
+            exc = NotRegistered(message.task)
+            settle = self._store_final(message, states.FAILURE, exc)
+            logger.error("task %s[%s]: %s", message.task, message.id, exc)
+            return Outcome(states.FAILURE, settle)
+        if is_expired(message.expires, now=self.app.now()):
+            return self.revoke_expired(message, request)
+        if not message.ignore_result and self.track_started(task):
+            # Celery: track_started is off for ignore_result tasks.
+            self._try_store(
+                message, states.STARTED, {"pid": os.getpid(), "hostname": self.hostname}
+            )
+
+        error: BaseException | None = None
+        retval: Any = None
+        started = time.monotonic()
+        with task.running(request):
+            control.begin()
+            try:
+                if task.bind:
+                    retval = task.run(task, *message.args, **message.kwargs)
+                else:
+                    retval = task.run(*message.args, **message.kwargs)
+            except BaseException as exc:  # a task never kills the worker
+                error = exc
+            claimed, late = _end(control)
+        runtime = time.monotonic() - started
+        if not claimed:
+            return Outcome("", "none", runtime)
+        if error is None and late is not None:
+            error = late  # a time limit that landed right as the body returned
+        if error is None:
+            return self._succeeded(message, request, retval, runtime)
+        if isinstance(error, Retry):
+            return self._retried(message, error, runtime)
+        if isinstance(error, Reject):
+            logger.info(
+                "task %s[%s] rejected (requeue=%s): %s",
+                message.task, message.id, error.requeue, error.reason,
+            )
+            return Outcome(states.REJECTED, "requeue" if error.requeue else "reject", runtime)
+        return self.fail(message, request, error, runtime=runtime)
+
+    def _succeeded(
+        self, message: TaskMessage, request: Request, retval: Any, runtime: float
+    ) -> Outcome:
+        if not message.ignore_result:
+            try:
+                self.store(message, states.SUCCESS, retval)
+            except (EncodeError, ValidationError) as exc:
+                # Celery: a return value the result serializer refuses fails the task.
+                return self.fail(message, request, exc, runtime=runtime)
+            except Exception:
+                logger.exception(
+                    "task %s[%s]: could not store SUCCESS; the message is requeued to run "
+                    "again", message.task, message.id,
+                )
+                return Outcome(states.SUCCESS, "requeue", runtime)
+        logger.info(
+            "task %s[%s] succeeded in %.3fs: %s",
+            message.task, message.id, runtime, _short_repr(retval),
+        )
+        self.send_callbacks(message, retval)
+        return Outcome(states.SUCCESS, "ack", runtime)
+
+    def _retried(self, message: TaskMessage, signal: Retry, runtime: float) -> Outcome:
+        # Task.retry has already re-sent the message (same id, retries + 1). RETRY is not
+        # final, so a failure to store it is logged and the original is acked anyway:
+        # requeueing it would run the task twice next to its re-sent copy.
+        reason: BaseException = signal.exc if signal.exc is not None else signal
+        if not message.ignore_result:
+            tb = format_traceback(reason) if reason.__traceback__ is not None else None
+            self._try_store(message, states.RETRY, reason, tb=tb)
+        logger.info("task %s[%s] retry: %s", message.task, message.id, signal)
+        return Outcome(states.RETRY, "ack", runtime)
+
+    def fail(
+        self, message: TaskMessage, request: Request, exc: BaseException, *,
+        runtime: float = 0.0, tb: str | None = None,
+    ) -> Outcome:
+        """Record a failure: store ``FAILURE`` (and fail the rest of the chain forward),
+        then call the errbacks."""
+        tb = tb if tb is not None else format_traceback(exc)
+        settle = self._store_final(message, states.FAILURE, exc, tb=tb)
+        if isinstance(exc, SoftTimeLimitExceeded | TimeLimitExceeded):
+            logger.error("task %s[%s] %s", message.task, message.id, exc)
+        else:
+            logger.error(
+                "task %s[%s] raised unexpected: %r\n%s",
+                message.task, message.id, exc, tb.rstrip(),
+            )
+        if settle == "requeue":
+            return Outcome(states.FAILURE, settle, runtime)
+        # Celery stores the failure under the ids of the chain's remaining elements too,
+        # so that waiting on the chain's last result does not hang (§A.9).
+        for sig in message.chain or ():
+            task_id = sig.options.get("task_id")
+            if isinstance(task_id, str) and task_id and not message.ignore_result:
+                self._try_store(message, states.FAILURE, exc, tb=tb, task_id=task_id)
+        self.call_errbacks(message, request, exc, tb)
+        return Outcome(states.FAILURE, settle, runtime)
+
+    def revoke_expired(self, message: TaskMessage, request: Request) -> Outcome:
+        """Do not run an expired task: store ``REVOKED`` with the meta Celery stores
+        (``TaskRevokedError('expired')`` under ``celery.exceptions``) and call the
+        errbacks with that exception."""
+        settle = self._store_final(message, states.REVOKED, expired_meta_result())
+        logger.warning(
+            "task %s[%s] expired at %s: revoked, not run",
+            message.task, message.id,
+            message.expires.isoformat() if message.expires else "?",
+        )
+        if settle == "ack":
+            self.call_errbacks(message, request, TaskRevokedError("expired"), None)
+        return Outcome(states.REVOKED, settle)
+
+    # -- callbacks and errbacks -------------------------------------------------------
+
+    def send_signature(self, sig: Signature) -> None:
+        """Send a signature as a task message through the app (publish retry policy
+        included). Options a wiretask call does not know (Celery's stamps, for one) are
+        dropped rather than failing the send."""
+        options = {k: v for k, v in sig.options.items() if k in calling.CALL_OPTIONS}
+        dropped = set(sig.options) - set(options)
+        if dropped:
+            logger.debug("signature %s: ignoring options %s", sig.task, sorted(dropped))
+        self.app.send_task(sig.task, sig.args, sig.kwargs, **options)
+
+    def send_callbacks(self, message: TaskMessage, retval: Any) -> None:
+        """``link`` callbacks and the next element of the chain, after ``SUCCESS``.
+
+        Each callback gets the return value prepended to its args (unless immutable),
+        ``parent_id`` = this task and ``root_id`` = this task's root. The chain is
+        Celery's reversed list: the last element runs next, with the rest as its chain.
+        A failure to send one is logged and does not stop the others.
+        """
+        root_id = message.root_id or message.id
+        for sig in message.callbacks or ():
+            self._send_logged(
+                message, "callback",
+                sig.clone((retval,), parent_id=message.id, root_id=root_id),
+            )
+        if message.chain:
+            rest = message.chain[:-1]
+            following = message.chain[-1].clone(
+                (retval,), parent_id=message.id, root_id=root_id, chain=rest or None
+            )
+            self._send_logged(message, "chain", following)
+
+    def _send_logged(self, message: TaskMessage, what: str, sig: Signature) -> None:
+        try:
+            self.send_signature(sig)
+        except Exception:
+            logger.exception(
+                "task %s[%s]: could not send %s %s", message.task, message.id, what, sig.task
+            )
+
+    def call_errbacks(
+        self, message: TaskMessage, request: Request, exc: BaseException, tb: str | None
+    ) -> None:
+        """``link_error`` errbacks, in order, after the failure was stored.
+
+        New convention (``errback_runs_in_worker``): called here as
+        ``errback(request, exc, traceback)``. Old convention (anything else, including a
+        task this worker does not know): sent as a task with the failed task's id
+        prepended, ``parent_id`` = the failed task. An exception in one errback is
+        logged and the others still run.
+        """
+        root_id = message.root_id or message.id
+        for sig in message.errbacks or ():
+            try:
+                if errback_runs_in_worker(self.app, sig):
+                    self._call_errback(sig, request, exc, tb)
+                else:
+                    self.send_signature(
+                        sig.clone((message.id,), parent_id=message.id, root_id=root_id)
+                    )
+            except Exception:
+                logger.exception(
+                    "task %s[%s]: errback %s raised", message.task, message.id, sig.task
+                )
+
+    def _call_errback(
+        self, sig: Signature, request: Request, exc: BaseException, tb: str | None
+    ) -> None:
+        task = self.app.tasks[sig.task]
+        merged = sig.clone((request, exc, tb))
+        function: Callable[..., Any] = task
+        function(*merged.args, **merged.kwargs)
+
+
+def _end(control: Control) -> tuple[bool, BaseException | None]:
+    """Call ``control.end()``; a time-limit exception that lands while it runs (it was
+    queued just before the limit was disarmed) is returned instead of escaping."""
+    late: BaseException | None = None
+    while True:
+        try:
+            return control.end(), late
+        except (SoftTimeLimitExceeded, TimeLimitExceeded) as exc:
+            late = exc
