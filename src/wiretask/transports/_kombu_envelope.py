@@ -1,0 +1,270 @@
+"""Kombu's virtual-transport envelope: the JSON text a Redis list entry holds.
+
+Pure functions (no I/O, no clock) shared by the Redis transport. They write exactly what
+``kombu.transport.virtual.Channel.prepare_message`` + ``_inplace_augment_message`` write
+(key order included, ``json.dumps`` with its default separators, as ``kombu.utils.json``
+does) and read anything Kombu/Celery writes, following ``virtual.Message.__init__``.
+
+A captured Celery 5.7 entry (re-indented; the stored text is one line)::
+
+    {"body": "<base64>", "content-encoding": "utf-8", "content-type": "application/json",
+     "headers": {...},
+     "properties": {"correlation_id": ..., "reply_to": ..., "delivery_mode": 2,
+                    "expiration": "3600000",
+                    "delivery_info": {"exchange": "", "routing_key": "celery"},
+                    "priority": 7, "body_encoding": "base64", "delivery_tag": "<uuid4>"}}
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import re
+from bisect import bisect
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import attrs
+
+from wiretask.errors import EncodeError
+from wiretask.protocol.frame import Frame
+
+__all__ = [
+    "PRIORITY_STEPS",
+    "SEP",
+    "BadEntry",
+    "Received",
+    "binding_member",
+    "bucket_for",
+    "clamp_priority",
+    "decode",
+    "encode",
+    "mark_redelivered",
+    "matches_binding",
+    "queue_key",
+    "topic_pattern",
+]
+
+#: Kombu's ``sep`` transport option: joins queue and priority bucket, and binding fields.
+SEP = "\x06\x16"
+#: Kombu's ``priority_steps`` default: bucket lists ``<q>``, ``<q>\x06\x163``, ``...6``, ``...9``.
+PRIORITY_STEPS: tuple[int, ...] = (0, 3, 6, 9)
+#: Kombu clamps priorities to this range (``virtual.Channel.min/max_priority``).
+MIN_PRIORITY, MAX_PRIORITY = 0, 9
+
+#: Properties the transport owns: written per publish, never part of a Frame.
+TRANSPORT_PROPERTIES = frozenset({"delivery_info", "delivery_tag", "body_encoding"})
+#: Properties Kombu writes at fixed positions (after the caller's own properties).
+_PLACED = TRANSPORT_PROPERTIES | {"delivery_mode", "expiration", "priority"}
+#: Kombu's default ``delivery_mode`` (``PERSISTENT_DELIVERY_MODE``) when none is given.
+PERSISTENT = 2
+
+
+class BadEntry(Exception):
+    """A list entry that is not a Kombu envelope; ``reason`` says why (dead-letter text)."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+@attrs.frozen(kw_only=True)
+class Received:
+    """A decoded list entry: the frame plus the transport fields around it."""
+
+    frame: Frame
+    delivery_tag: str
+    exchange: str
+    routing_key: str
+    redelivered: bool
+
+
+def clamp_priority(properties: Mapping[str, Any]) -> int:
+    """The clamped 0..9 priority of a message, as ``virtual.Channel._get_message_priority``:
+    ``int()`` of the value, clamped; anything ``int()`` refuses counts as 0."""
+    try:
+        value = int(properties["priority"])
+    except (KeyError, TypeError, ValueError, OverflowError):
+        return MIN_PRIORITY
+    return max(min(value, MAX_PRIORITY), MIN_PRIORITY)
+
+
+def bucket_for(priority: int, steps: Sequence[int] = PRIORITY_STEPS) -> int:
+    """The priority step a clamped priority falls into (``Channel.priority``)."""
+    return steps[bisect(steps, priority) - 1]
+
+
+def queue_key(queue: str, bucket: int) -> str:
+    """The list name of ``queue``'s ``bucket`` (``Channel._q_for_pri``): bucket 0 is the
+    plain queue name, so a priority-less consumer still sees the common case."""
+    return f"{queue}{SEP}{bucket}" if bucket else queue
+
+
+def encode(frame: Frame, *, exchange: str, routing_key: str, delivery_tag: str) -> str:
+    """The list entry for ``frame``, byte-for-byte as Kombu 5.7 writes it.
+
+    The caller's own properties come first in their order (Kombu passes them as
+    ``**properties``), then ``delivery_mode`` (default 2), ``expiration``, ``delivery_info``,
+    ``priority`` (default 0; the raw value, not the bucket), ``body_encoding`` and
+    ``delivery_tag``. Transport-owned keys in ``frame.properties`` are ignored.
+
+    Raises:
+        EncodeError: a header or property is not JSON-serializable.
+    """
+    given = frame.properties
+    properties: dict[str, Any] = {k: v for k, v in given.items() if k not in _PLACED}
+    properties["delivery_mode"] = given.get("delivery_mode") or PERSISTENT
+    if given.get("expiration") is not None:
+        properties["expiration"] = given["expiration"]
+    properties["delivery_info"] = {"exchange": exchange, "routing_key": routing_key}
+    properties["priority"] = given.get("priority") or 0
+    properties["body_encoding"] = "base64"
+    properties["delivery_tag"] = delivery_tag
+    envelope = {
+        "body": base64.b64encode(frame.body).decode("ascii"),
+        "content-encoding": frame.content_encoding,
+        "content-type": frame.content_type,
+        "headers": dict(frame.headers),
+        "properties": properties,
+    }
+    try:
+        return json.dumps(envelope)
+    except (TypeError, ValueError) as exc:
+        raise EncodeError("envelope", f"headers/properties are not JSON: {exc}") from exc
+
+
+def decode(raw: bytes | str, *, queue: str) -> Received:
+    """Read a list entry written by Kombu, Celery or wiretask.
+
+    ``body`` is base64-decoded when ``properties.body_encoding`` is ``base64``; when it is
+    absent or ``utf-8`` the text body is used as UTF-8 bytes (``virtual.Message``). Stricter
+    than Kombu on purpose: base64 must be valid (Kombu's decoder skips stray characters)
+    and ``body`` must be present. ``headers.redelivered``, Kombu's restore flag, becomes
+    ``Received.redelivered`` and is not part of the frame.
+
+    Raises:
+        BadEntry: the entry cannot be read; the reason is meant for the dead-letter list.
+    """
+    try:
+        text = raw.decode("utf-8") if isinstance(raw, bytes) else raw
+        envelope = json.loads(text)
+    except UnicodeDecodeError:
+        raise BadEntry("entry is not UTF-8 text") from None
+    except ValueError as exc:
+        raise BadEntry(f"entry is not JSON: {exc}") from None
+    if not isinstance(envelope, dict):
+        raise BadEntry(f"entry is a JSON {type(envelope).__name__}, not an object")
+    properties = envelope.get("properties")
+    if not isinstance(properties, dict):
+        raise BadEntry("entry has no 'properties' object")
+    tag = properties.get("delivery_tag")
+    if not isinstance(tag, str) or not tag:
+        raise BadEntry("entry has no 'properties.delivery_tag' string")
+    body = _body(envelope, properties)
+    headers = envelope.get("headers")
+    if headers is None:
+        headers = {}
+    if not isinstance(headers, dict):
+        raise BadEntry("entry 'headers' is not an object")
+    content_type = _label(envelope, "content-type")
+    content_encoding = _label(envelope, "content-encoding")
+    info = properties.get("delivery_info")
+    info = info if isinstance(info, dict) else {}
+    exchange = info.get("exchange")
+    routing_key = info.get("routing_key")
+    redelivered = bool(headers.get("redelivered") or info.get("redelivered"))
+    frame = Frame(
+        body=body,
+        content_type=content_type,
+        content_encoding=content_encoding,
+        headers={k: v for k, v in headers.items() if k != "redelivered"},
+        properties={k: v for k, v in properties.items() if k not in TRANSPORT_PROPERTIES},
+    )
+    return Received(
+        frame=frame,
+        delivery_tag=tag,
+        exchange=exchange if isinstance(exchange, str) else "",
+        routing_key=routing_key if isinstance(routing_key, str) else queue,
+        redelivered=redelivered,
+    )
+
+
+def _body(envelope: Mapping[str, Any], properties: Mapping[str, Any]) -> bytes:
+    if "body" not in envelope or envelope["body"] is None:
+        raise BadEntry("entry has no 'body'")
+    body = envelope["body"]
+    if not isinstance(body, str):
+        raise BadEntry(f"entry 'body' is a JSON {type(body).__name__}, not a string")
+    encoding = properties.get("body_encoding")
+    if encoding is None or (isinstance(encoding, str) and encoding.lower() == "utf-8"):
+        try:
+            return body.encode("utf-8")
+        except UnicodeEncodeError:
+            raise BadEntry("entry 'body' is not valid Unicode text") from None
+    if isinstance(encoding, str) and encoding.lower() == "base64":
+        try:
+            return base64.b64decode(body, validate=True)
+        except (binascii.Error, ValueError):
+            raise BadEntry("entry 'body' is not valid base64") from None
+    raise BadEntry(f"unknown properties.body_encoding {encoding!r}")
+
+
+def _label(envelope: Mapping[str, Any], key: str) -> str:
+    # Kombu treats a missing content label as None ("trusted raw data"); a Frame needs a
+    # string, so absence becomes "" and the codec layer decides what to do with it.
+    value = envelope.get(key)
+    if value is None:
+        return ""
+    if not isinstance(value, str):
+        raise BadEntry(f"entry {key!r} is not a string")
+    return value
+
+
+def mark_redelivered(envelope: Any) -> None:
+    """Set both flags Kombu's restore sets (``Channel._do_restore_message``) in place:
+    ``headers.redelivered`` and ``properties.delivery_info.redelivered``."""
+    try:
+        envelope["headers"]["redelivered"] = True
+        envelope["properties"]["delivery_info"]["redelivered"] = True
+    except (KeyError, TypeError):
+        # Kombu skips the flags of an envelope without these parts (KeyError); the
+        # message is still restored.
+        pass
+
+
+def topic_pattern(routing_key: str) -> str:
+    """The regex Kombu stores for a topic binding (``TopicExchange.key_to_pattern``):
+    ``*`` is one word, ``#`` any number of words, other non-alphanumerics escaped."""
+    escaped = "".join(
+        c if c.isalnum() or c in ".#*" else ("\\000" if c == "\000" else "\\" + c)
+        for c in routing_key
+    )
+    words = {"*": r"[^\.]+", "#": r".*?"}
+    return "^" + r"\.".join(words.get(w, w) for w in escaped.split(".")) + "$"
+
+
+def binding_member(routing_key: str, pattern: str, queue: str) -> str:
+    """A ``_kombu.binding.<exchange>`` set member: ``routing_key SEP pattern SEP queue``."""
+    return SEP.join((routing_key, pattern, queue))
+
+
+def matches_binding(member: str, routing_key: str) -> str | None:
+    """The queue of binding ``member`` if ``routing_key`` routes to it, else ``None``.
+
+    The exchange type is read off the member: Kombu stores a regex only for topic
+    bindings, so a non-empty pattern means topic matching (``re.match``, as
+    ``TopicExchange._match``) and an empty one means direct (exact key). Kombu instead
+    uses the publisher's in-process exchange type, which counts an undeclared exchange
+    as direct; reading it from the table gives the same answer for tables Kombu wrote.
+    """
+    parts = member.split(SEP, 2)
+    if len(parts) != 3:
+        return None
+    key, pattern, queue = parts
+    if pattern:
+        try:
+            return queue if re.match(pattern, routing_key) else None
+        except re.error:
+            return None
+    return queue if key == routing_key else None

@@ -1,0 +1,898 @@
+"""Redis transport, wire-compatible with Kombu 5.7's Redis transport (Celery's default).
+
+What wiretask publishes runs on a Celery worker and what Celery publishes runs on
+wiretask's worker, sharing queues, ack bookkeeping and bindings. Keys (all behind the
+``global_keyprefix`` option, exactly like Kombu):
+
+===================================== ====== ==============================================
+key                                   type   content
+===================================== ====== ==============================================
+``<queue>``, ``<queue>\\x06\\x16<3|6|9>`` list   Kombu envelopes (JSON), one list per
+                                             priority bucket; LPUSH in, RPOP/BRPOP out
+``_kombu.binding.<exchange>``         set    ``routing_key\\x06\\x16pattern\\x06\\x16queue``
+``_kombu.binding_permanent.<ex>``     set    the same members (keeps Kombu 5.7's sweeper off)
+``unacked`` / ``unacked_index``       hash / tag -> ``[envelope, exchange, routing_key]`` /
+                                      zset   tag -> delivery (or last lease) time
+``unacked_mutex``                     string redis-py lock guarding ``restore_visible``
+``_wiretask.delayed``                 zset   member -> due time (unix s), all queues
+``_wiretask.delayed.messages``        hash   member -> ``[list, queue, envelope]`` JSON
+``_wiretask.delayed.queue.<queue>``   zset   member -> due time, one queue's share
+``<queue>.dead``                      list   dead letters, oldest first (RPUSH), each
+                                             ``{"reason", "raw", "raw_encoding", "queue",
+                                             "at"}``; ``raw_encoding`` is ``"text"`` (raw
+                                             is the entry text) or ``"base64"``
+===================================== ====== ==============================================
+
+A delayed member is ``<delivery_tag>\\x06\\x16<queue>``: one per destination queue.
+
+**Priorities** follow Kombu: ``priority_steps`` ``[0, 3, 6, 9]``, values clamped to 0..9, and
+BRPOP drains bucket 0 first, so on Redis **a lower number is a higher priority**.
+
+**Consuming** first runs the ``POP`` script, which pops *and* records the message in
+``unacked``/``unacked_index`` in one atomic step (Kombu's BRPOP + MULTI leaves a gap). Only
+when every bucket is empty does the transport block in BRPOP (Redis cannot block and move
+from several lists at once); a message that arrives during that wait is recorded right
+after the pop, so a consumer killed (or a connection lost) in that one round trip loses
+that message, as with Kombu (kombu#305, celery#4354). Entries that are not envelopes take
+the same non-atomic path to ``<queue>.dead``.
+
+**Leases.** While this process holds a delivery a heartbeat thread refreshes its
+``unacked_index`` score (``ZADD XX``) every ``lease_interval`` seconds, so neither wiretask's
+nor Celery's ``restore_visible`` hands a running message to a second consumer. Set
+``lease_interval`` below the smallest ``visibility_timeout`` of any consumer on the database.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import math
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from typing import Any, Literal, cast
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+import attrs
+import redis
+from redis.backoff import NoBackoff
+from redis.client import Pipeline
+from redis.exceptions import LockError
+from redis.retry import Retry
+
+from wiretask.errors import (
+    ConnectionLost,
+    ImproperlyConfigured,
+    TransportError,
+    ValidationError,
+)
+from wiretask.protocol.frame import Frame, Outgoing, Route
+from wiretask.transports import _redis_scripts as scripts
+from wiretask.transports._kombu_envelope import (
+    PRIORITY_STEPS,
+    SEP,
+    BadEntry,
+    binding_member,
+    bucket_for,
+    clamp_priority,
+    decode,
+    encode,
+    mark_redelivered,
+    matches_binding,
+    queue_key,
+    topic_pattern,
+)
+from wiretask.transports.base import (
+    Capabilities,
+    DeadLetter,
+    Delivery,
+    Peeked,
+    Transport,
+    not_before_timestamp,
+    priority_of,
+    queue_names,
+)
+
+__all__ = ["RedisDelivery", "RedisTransport", "run_scheduler"]
+
+log = logging.getLogger(__name__)
+
+DelayMode = Literal["native", "celery"]
+
+#: wiretask's own options, as read from the URL query string (everything else in the
+#: query goes to redis-py, which knows ``socket_timeout``, ``ssl_cert_reqs`` and so on).
+_OPTIONS: dict[str, Callable[[str], Any]] = {
+    "delay_mode": str,
+    "global_keyprefix": str,
+    "visibility_timeout": float,
+    "lease_interval": float,
+    "restore_interval": float,
+    "restore_limit": int,
+    "priority_steps": lambda text: [int(step) for step in text.split(",")],
+    "unacked_key": str,
+    "unacked_index_key": str,
+    "unacked_mutex_key": str,
+    "unacked_mutex_expire": float,
+}
+#: Connection defaults (redis-py's are "wait forever"): a dead host fails a command
+#: instead of hanging it.
+_REDIS_DEFAULTS: dict[str, Any] = {"socket_timeout": 15.0, "socket_connect_timeout": 5.0}
+
+
+@attrs.frozen(kw_only=True)
+class _Keys:
+    """Every key name, with ``global_keyprefix`` applied where Kombu applies it."""
+
+    prefix: str
+    unacked: str
+    unacked_index: str
+    unacked_mutex: str
+    delayed: str
+    delayed_messages: str
+    delayed_queue_root: str  # without prefix: the DUE script adds it
+
+    def p(self, name: str) -> str:
+        return self.prefix + name
+
+    def binding(self, exchange: str) -> str:
+        return f"{self.prefix}_kombu.binding.{exchange}"
+
+    def binding_permanent(self, exchange: str) -> str:
+        return f"{self.prefix}_kombu.binding_permanent.{exchange}"
+
+    def delayed_queue(self, queue: str) -> str:
+        return self.prefix + self.delayed_queue_root + queue
+
+    def dead(self, queue: str) -> str:
+        return f"{self.prefix}{queue}.dead"
+
+
+def _mask(url: str) -> str:
+    """``url`` without password or query (the query may carry ``password=`` too)."""
+    parts = urlsplit(url)
+    userinfo, _, hostport = parts.netloc.rpartition("@")
+    if userinfo:
+        user = userinfo.partition(":")[0]
+        hostport = f"{user}:***@{hostport}" if ":" in userinfo else f"{user}@{hostport}"
+    return urlunsplit((parts.scheme, hostport, parts.path, "", ""))
+
+
+def _split_options(url: str, options: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
+    """Take wiretask's options out of the URL query; the URL wins over keyword arguments
+    (redis-py's rule for its own options, kept for ours)."""
+    parts = urlsplit(url)
+    merged = dict(options)
+    rest: list[tuple[str, str]] = []
+    for name, value in parse_qsl(parts.query, keep_blank_values=True):
+        if name in _OPTIONS:
+            try:
+                merged[name] = _OPTIONS[name](value)
+            except ValueError as exc:
+                raise ImproperlyConfigured(
+                    f"bad value {value!r} for {name!r} in the broker URL", setting=name
+                ) from exc
+        else:
+            rest.append((name, value))
+    return urlunsplit(parts._replace(query=urlencode(rest))), merged
+
+
+class RedisDelivery(Delivery):
+    """A message received from Redis; settle it with ``ack``/``reject``/``dead_letter``."""
+
+    def __init__(
+        self, transport: RedisTransport, *, frame: Frame, queue: str, redelivered: bool,
+        delivery_tag: str, entry: str, exchange: str, routing_key: str,
+    ) -> None:
+        self.frame = frame
+        self.queue = queue
+        self.redelivered = redelivered
+        #: Kombu's ``properties.delivery_tag``: the field in ``unacked`` and ``unacked_index``.
+        self.delivery_tag = delivery_tag
+        #: The list entry text as received.
+        self.entry = entry
+        self.exchange = exchange
+        self.routing_key = routing_key
+        self._transport = transport
+        self._lock = threading.Lock()
+        self._settled: str | None = None
+
+    def ack(self) -> None:
+        self._settle("acked", self._transport._forget, self)
+
+    def reject(self, *, requeue: bool = False) -> None:
+        if requeue:
+            self._settle("requeued", self._transport._restore_tag, self.delivery_tag, True)
+        else:
+            self._settle("rejected", self._transport._forget, self)
+
+    def dead_letter(self, reason: str) -> None:
+        if not isinstance(reason, str) or not reason:
+            raise ValidationError("reason", f"must be a non-empty string, got {reason!r}")
+        self._settle("dead-lettered", self._transport._dead_letter_delivery, self, reason)
+
+    def _settle(self, outcome: str, action: Callable[..., object], *args: Any) -> None:
+        with self._lock:
+            if self._settled is not None:
+                raise TransportError(
+                    f"delivery {self.delivery_tag} from {self.queue!r} was already "
+                    f"{self._settled}", url=self._transport.url,
+                )
+            action(*args)
+            self._settled = outcome
+        self._transport._release(self)
+
+    def _return_on_close(self) -> None:
+        """Give the message back (RPUSH, as Kombu's ``restore_unacked``) unless settled."""
+        with self._lock:
+            if self._settled is None:
+                self._transport._restore_tag(self.delivery_tag, False)
+                self._settled = "returned to its queue when the transport closed"
+
+
+class RedisTransport(Transport):
+    """Kombu-compatible Redis transport for ``redis://`` and ``rediss://`` URLs.
+
+    Args:
+        url: ``redis[s]://[[user]:password@]host[:port][/db][?option=value&...]``. Query
+            options are wiretask's own (below) or redis-py connection options; the URL
+            wins over keyword arguments.
+        delay_mode: ``"native"`` (default): messages with ``not_before`` wait in
+            ``_wiretask.delayed`` until ``due()`` moves them; ``"celery"``: they go
+            straight to the queue with their ``eta`` header, as Celery sends them, and the
+            worker holds them (``capabilities.native_delay`` is then False).
+        global_keyprefix: Prepended to every key, as Kombu's option of that name.
+        visibility_timeout: Seconds after which an unacked message of a dead consumer is
+            restored (Kombu's default 3600).
+        lease_interval: Seconds between lease refreshes of held deliveries (default:
+            ``visibility_timeout / 6``, at most 60).
+        restore_interval: Least seconds between two ``restore_visible`` scans that
+            ``receive`` runs (default 30; Kombu's effective cadence is about 100).
+        restore_limit: Most messages restored per scan (default: all).
+        priority_steps: Kombu's ``priority_steps`` (default ``[0, 3, 6, 9]``).
+        unacked_key, unacked_index_key, unacked_mutex_key, unacked_mutex_expire: Kombu's
+            options of those names.
+        **redis_options: Passed to ``redis.ConnectionPool`` (``socket_timeout`` defaults to
+            15 s and ``socket_connect_timeout`` to 5 s; redis-py's own retries are off,
+            the publish retry policy above decides).
+
+    Raises:
+        ImproperlyConfigured: bad URL scheme or option.
+    """
+
+    def __init__(self, url: str, **options: Any) -> None:
+        scheme = urlsplit(url).scheme
+        if scheme not in ("redis", "rediss"):
+            raise ImproperlyConfigured(
+                f"not a Redis URL (scheme {scheme!r}): {_mask(url)}", setting="broker_url"
+            )
+        self.url = _mask(url)
+        redis_url, merged = _split_options(url, options)
+        take = merged.pop
+        delay_mode = take("delay_mode", "native")
+        if delay_mode not in ("native", "celery"):
+            raise ImproperlyConfigured(
+                f"delay_mode must be 'native' or 'celery', not {delay_mode!r}",
+                setting="delay_mode",
+            )
+        self.delay_mode: DelayMode = delay_mode
+        steps = [int(step) for step in take("priority_steps", PRIORITY_STEPS)]
+        if not steps or steps[0] != 0 or steps != sorted(set(steps)) or steps[-1] > 9:
+            raise ImproperlyConfigured(
+                f"priority_steps must rise from 0 to at most 9, got {steps!r}",
+                setting="priority_steps",
+            )
+        self._steps = tuple(steps)
+        self.visibility_timeout = float(take("visibility_timeout", 3600.0))
+        if not self.visibility_timeout > 0:
+            raise ImproperlyConfigured(
+                "visibility_timeout must be positive", setting="visibility_timeout"
+            )
+        lease = take("lease_interval", None)
+        self.lease_interval = (
+            float(lease) if lease is not None else min(self.visibility_timeout / 6, 60.0)
+        )
+        self.restore_interval = float(take("restore_interval", 30.0))
+        limit = take("restore_limit", None)
+        self.restore_limit = int(limit) if limit is not None else None
+        self._mutex_expire = float(take("unacked_mutex_expire", 300.0))
+        prefix = str(take("global_keyprefix", ""))
+        self._keys = _Keys(
+            prefix=prefix,
+            unacked=prefix + str(take("unacked_key", "unacked")),
+            unacked_index=prefix + str(take("unacked_index_key", "unacked_index")),
+            unacked_mutex=prefix + str(take("unacked_mutex_key", "unacked_mutex")),
+            delayed=prefix + "_wiretask.delayed",
+            delayed_messages=prefix + "_wiretask.delayed.messages",
+            delayed_queue_root="_wiretask.delayed.queue.",
+        )
+        self.capabilities = Capabilities(
+            native_delay=delay_mode == "native",
+            priorities=True,
+            priority_order="lower-first",
+            max_priority=9,
+            per_message_ttl=False,
+            visibility_timeout=self.visibility_timeout,
+        )
+        redis_options = {**_REDIS_DEFAULTS, **merged, "retry": Retry(NoBackoff(), 0)}
+        try:
+            self._pool = redis.ConnectionPool.from_url(redis_url, **redis_options)
+            # Building (not connecting) one connection checks the options now, not later.
+            self._pool.connection_class(**self._pool.connection_kwargs)
+        except (TypeError, ValueError) as exc:
+            raise ImproperlyConfigured(
+                f"bad Redis connection option for {self.url}: {exc}", setting="broker_url"
+            ) from exc
+        self._password = self._pool.connection_kwargs.get("password")
+        timeout = self._pool.connection_kwargs.get("socket_timeout")
+        self._socket_timeout: float | None = float(timeout) if timeout else None
+        self._client = redis.Redis(connection_pool=self._pool)
+        self._pop = self._client.register_script(scripts.POP)
+        self._schedule = self._client.register_script(scripts.SCHEDULE)
+        self._due = self._client.register_script(scripts.DUE)
+        self._purge = self._client.register_script(scripts.PURGE)
+        self._lock = threading.Lock()
+        self._held: dict[str, RedisDelivery] = {}
+        self._heartbeat: threading.Thread | None = None
+        self._heartbeat_stop = threading.Event()
+        self._cycles: dict[tuple[str, ...], list[str]] = {}
+        self._next_restore = 0.0
+
+    def __repr__(self) -> str:
+        return f"<RedisTransport {self.url} delay_mode={self.delay_mode}>"
+
+    # -- errors ---------------------------------------------------------------------
+
+    @contextmanager
+    def _errors(self, action: str) -> Iterator[None]:
+        """Translate redis-py exceptions (the only place they are caught)."""
+        try:
+            yield
+        except redis.AuthenticationError as exc:  # a ConnectionError subclass: first
+            raise TransportError(f"{action} failed: {self._scrub(exc)}", url=self.url) from exc
+        except (redis.ConnectionError, redis.TimeoutError) as exc:  # BusyLoadingError too
+            raise ConnectionLost(f"{action} failed: {self._scrub(exc)}", url=self.url) from exc
+        except redis.RedisError as exc:  # ResponseError, DataError, ...
+            raise TransportError(f"{action} failed: {self._scrub(exc)}", url=self.url) from exc
+        except OSError as exc:  # TLS and socket errors redis-py lets through
+            raise ConnectionLost(f"{action} failed: {self._scrub(exc)}", url=self.url) from exc
+
+    def _scrub(self, exc: BaseException) -> str:
+        text = str(exc) or type(exc).__name__
+        return text.replace(self._password, "***") if self._password else text
+
+    # -- life cycle -----------------------------------------------------------------
+
+    def connect(self) -> None:
+        with self._errors("connect"):
+            self._client.ping()
+
+    def close(self) -> None:
+        """Stop the lease heartbeat, return held deliveries to the front of their queues
+        (RPUSH, flagged redelivered, like Kombu's ``restore_unacked``) and disconnect.
+        If Redis is unreachable the messages stay in ``unacked`` and come back through
+        ``restore_visible`` after ``visibility_timeout``."""
+        self._heartbeat_stop.set()
+        with self._lock:
+            held = list(self._held.values())
+            thread, self._heartbeat = self._heartbeat, None
+        if thread is not None:
+            thread.join(timeout=5)
+        for delivery in held:
+            try:
+                delivery._return_on_close()
+            except TransportError as exc:
+                log.warning("could not return %s on close: %s", delivery.delivery_tag, exc)
+            self._release(delivery)
+        self._pool.disconnect()
+
+    # -- producing ------------------------------------------------------------------
+
+    def declare_queue(self, queue: str) -> None:
+        """What Celery's declare does for a queue on its default direct exchange of the
+        same name: bind ``queue`` to exchange ``queue`` with routing key ``queue``."""
+        self.bind_queue(queue, queue, queue)
+
+    def bind_queue(
+        self, queue: str, exchange: str, routing_key: str, *,
+        exchange_type: Literal["direct", "topic"] = "direct",
+    ) -> None:
+        """Bind ``queue`` to a named exchange (Kombu's ``_queue_bind``), adding the member
+        to ``_kombu.binding_permanent.<exchange>`` too so that Kombu 5.7's sweep of
+        expiring bindings keeps the table. Fanout exchanges are not supported (Kombu
+        routes them over pub/sub, which has no queue to hold a message)."""
+        queue_names([queue])
+        if not exchange:
+            raise ValidationError("exchange", "the default exchange needs no binding")
+        if exchange_type not in ("direct", "topic"):
+            raise ValidationError("exchange_type", "must be 'direct' or 'topic'",
+                                  value=exchange_type)
+        pattern = topic_pattern(routing_key) if exchange_type == "topic" else ""
+        member = binding_member(routing_key, pattern, queue)
+        with self._errors("bind_queue"):
+            pipe = self._client.pipeline()
+            pipe.sadd(self._keys.binding(exchange), member)
+            pipe.sadd(self._keys.binding_permanent(exchange), member)
+            pipe.execute()
+
+    def publish(self, frame: Frame, route: Route, *, not_before: datetime | None = None) -> None:
+        staged = self._prepare(Outgoing(frame, route, not_before))
+        with self._errors("publish"):
+            queues = self._lookup(self._client, route.exchange, route.key)
+            if staged.due is None and len(queues) == 1:  # the common case: one LPUSH
+                self._client.lpush(self._keys.p(queue_key(queues[0], staged.bucket)),
+                                   staged.entry)
+                return
+            pipe = self._client.pipeline(transaction=False)
+            self._stage(pipe, staged, queues)
+            pipe.execute()
+
+    def publish_many(self, messages: Sequence[Outgoing]) -> None:
+        """One non-transactional pipeline for the whole batch, as Kombu 5.7's
+        ``Producer.batch`` (plus one read of the binding tables of named exchanges).
+
+        Raises:
+            ConnectionLost: the connection failed; part of the batch may have been
+                written (at least once: a retry can duplicate messages).
+        """
+        staged = [self._prepare(message) for message in messages]
+        if not staged:
+            return
+        exchanges = sorted({s.route.exchange for s in staged if s.route.exchange})
+        with self._errors("publish_many"):
+            tables: dict[str, list[str]] = {}
+            if exchanges:
+                read = self._client.pipeline(transaction=False)
+                for exchange in exchanges:
+                    read.smembers(self._keys.binding(exchange))
+                for exchange, members in zip(exchanges, read.execute(), strict=True):
+                    tables[exchange] = sorted(_text(m) for m in members)
+            pipe = self._client.pipeline(transaction=False)
+            for item in staged:
+                route = item.route
+                queues = (_route(tables[route.exchange], route.key) if route.exchange
+                          else [route.key])
+                self._stage(pipe, item, queues)
+            pipe.execute()
+
+    def _prepare(self, message: Outgoing) -> _Staged:
+        # Refuse what Kombu would quietly clamp (priority 15 -> 9): the calling API checks
+        # priorities against ``capabilities`` the same way on every transport.
+        if not isinstance(message.frame, Frame):
+            raise ValidationError("frame", f"must be a Frame, got {type(message.frame)}")
+        queue_names([message.route.key or message.route.queue])
+        priority = priority_of(message.frame, self.capabilities)
+        due = not_before_timestamp(message.not_before)
+        if self.delay_mode == "celery" or (due is not None and due <= time.time()):
+            due = None
+        tag = str(uuid.uuid4())
+        entry = encode(message.frame, exchange=message.route.exchange,
+                       routing_key=message.route.key, delivery_tag=tag)
+        bucket = bucket_for(priority, self._steps)
+        return _Staged(route=message.route, tag=tag, entry=entry, bucket=bucket, due=due)
+
+    def _stage(self, pipe: Pipeline, staged: _Staged, queues: Sequence[str]) -> None:
+        route = staged.route
+        if not queues:
+            # Kombu drops an unroutable message silently; wiretask keeps it.
+            reason = f"unroutable: no queue bound to exchange {route.exchange!r} " \
+                     f"with routing key {route.key!r}"
+            log.warning("dead-lettering a message for %r: %s", route.queue, reason)
+            pipe.rpush(self._keys.dead(route.queue),
+                       _dead_entry(route.queue, reason, staged.entry.encode()))
+            return
+        for queue in queues:
+            name = queue_key(queue, staged.bucket)
+            if staged.due is None:
+                pipe.lpush(self._keys.p(name), staged.entry)
+                continue
+            member = f"{staged.tag}{SEP}{queue}"
+            keys = self._keys
+            self._schedule(
+                keys=[keys.delayed, keys.delayed_messages, keys.delayed_queue(queue)],
+                args=[member, repr(staged.due), json.dumps([name, queue, staged.entry])],
+                client=pipe,
+            )
+
+    def _lookup(self, reader: redis.Redis, exchange: str, routing_key: str) -> list[str]:
+        """The queues a message reaches (``virtual.Channel._lookup``): the default
+        exchange routes to the queue named by the routing key; a named one through its
+        binding table."""
+        if not exchange:
+            return [routing_key] if routing_key else []
+        members = cast(set[bytes], reader.smembers(self._keys.binding(exchange)))
+        return _route(sorted(_text(m) for m in members), routing_key)
+
+    # -- consuming ------------------------------------------------------------------
+
+    def receive(self, queues: Sequence[str], *, timeout: float) -> RedisDelivery | None:
+        """Next message from ``queues``: priority bucket first (0 before 3, 6, 9), then
+        queue order, rotated round-robin after each delivery (Kombu's default
+        ``queue_order_strategy``), FIFO within a list. Waits up to ``timeout`` seconds."""
+        names = queue_names(queues)
+        if not names:
+            raise ValidationError("queues", "at least one queue name is needed")
+        if isinstance(timeout, bool) or not isinstance(timeout, int | float) or not (
+            math.isfinite(timeout) and timeout >= 0
+        ):
+            raise ValidationError("timeout", f"must be a number >= 0, got {timeout!r}")
+        deadline = time.monotonic() + max(timeout, 0.0)
+        self._maybe_restore()
+        order = self._order(names)
+        lists = [queue_key(queue, step) for step in self._steps for queue in order]
+        owners = [queue for _ in self._steps for queue in order]
+        keys = [self._keys.p(name) for name in lists]
+        by_key = dict(zip(keys, owners, strict=True))
+        while True:
+            with self._errors("receive"):
+                reply = self._pop(
+                    keys=[self._keys.unacked_index, self._keys.unacked, *keys],
+                    args=[repr(time.time()), *owners],
+                )
+            if reply:
+                index, raw, tag = cast(list[Any], reply)
+                queue = owners[int(index) - 1]
+                delivery = self._take(queue, raw, _text(tag) or None)
+                if delivery is not None:
+                    self._rotate(names, queue)
+                    return delivery
+                continue
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return None
+            with self._errors("receive"):
+                popped = self._client.brpop(keys, timeout=self._block_for(remaining))
+            if popped:
+                key, raw = cast(tuple[bytes, bytes], popped)
+                queue = by_key[_text(key)]
+                delivery = self._take(queue, raw, None)
+                if delivery is not None:
+                    self._rotate(names, queue)
+                    return delivery
+
+    def _block_for(self, remaining: float) -> float:
+        # One BRPOP must answer before the socket timeout: block at most half of it
+        # (and receive loops). Never 0, which means "forever" to Redis; its timeout
+        # resolution is a millisecond, 10 ms keeps the number exact.
+        if self._socket_timeout:
+            remaining = min(remaining, self._socket_timeout / 2)
+        return max(round(remaining, 3), 0.01)
+
+    def _order(self, names: list[str]) -> list[str]:
+        with self._lock:
+            return list(self._cycles.get(tuple(names), names))
+
+    def _rotate(self, names: list[str], served: str) -> None:
+        if len(names) < 2:
+            return
+        with self._lock:
+            order = [q for q in self._cycles.get(tuple(names), names) if q != served]
+            self._cycles[tuple(names)] = [*order, served]
+
+    def _take(self, queue: str, raw: bytes, tag: str | None) -> RedisDelivery | None:
+        """Turn a popped entry into a delivery; dead-letter it if it is not an envelope.
+        ``tag`` is set when ``POP`` already recorded it in ``unacked``."""
+        try:
+            received = decode(raw, queue=queue)
+        except BadEntry as exc:
+            log.warning("dead-lettering an entry of %r: %s", queue, exc.reason)
+            with self._errors("dead-letter"):
+                pipe = self._client.pipeline()
+                pipe.rpush(self._keys.dead(queue), _dead_entry(queue, exc.reason, raw))
+                if tag is not None:
+                    pipe.zrem(self._keys.unacked_index, tag)
+                    pipe.hdel(self._keys.unacked, tag)
+                pipe.execute()
+            return None
+        entry = raw.decode("utf-8")
+        if tag is None:  # BRPOP path: Kombu's QoS.append (MULTI ZADD + HSET)
+            stored = f"[{entry}, {json.dumps(received.exchange)}, " \
+                     f"{json.dumps(received.routing_key)}]"
+            with self._errors("receive"):
+                pipe = self._client.pipeline()
+                pipe.zadd(self._keys.unacked_index, {received.delivery_tag: time.time()})
+                pipe.hset(self._keys.unacked, received.delivery_tag, stored)
+                pipe.execute()
+        delivery = RedisDelivery(
+            self, frame=received.frame, queue=queue, redelivered=received.redelivered,
+            delivery_tag=received.delivery_tag, entry=entry, exchange=received.exchange,
+            routing_key=received.routing_key,
+        )
+        self._hold(delivery)
+        return delivery
+
+    # -- settling (called by RedisDelivery under its lock) -----------------------------
+
+    def _forget(self, delivery: RedisDelivery) -> None:
+        """ack / reject(requeue=False): Kombu's ``_remove_from_indices`` (ZREM + HDEL)."""
+        with self._errors("ack"):
+            pipe = self._client.pipeline()
+            pipe.zrem(self._keys.unacked_index, delivery.delivery_tag)
+            pipe.hdel(self._keys.unacked, delivery.delivery_tag)
+            pipe.execute()
+
+    def _dead_letter_delivery(self, delivery: RedisDelivery, reason: str) -> None:
+        with self._errors("dead-letter"):
+            pipe = self._client.pipeline()
+            pipe.rpush(self._keys.dead(delivery.queue),
+                       _dead_entry(delivery.queue, reason, delivery.entry.encode()))
+            pipe.zrem(self._keys.unacked_index, delivery.delivery_tag)
+            pipe.hdel(self._keys.unacked, delivery.delivery_tag)
+            pipe.execute()
+
+    def _restore_tag(self, tag: str, leftmost: bool) -> bool:
+        """Kombu's ``QoS.restore_by_tag``: under WATCH of ``unacked``, remove the tag from
+        both indices and push the stored message, flagged redelivered, with the same
+        delivery tag, to every queue its exchange and routing key reach now. RPUSH
+        (next in line) for visibility and close restores, LPUSH (back of the line) for
+        ``reject(requeue=True)``. Returns whether a message was stored under ``tag``."""
+        keys = self._keys
+
+        found: list[bool] = []
+
+        def transaction(pipe: Pipeline) -> None:
+            stored = cast(bytes | None, pipe.hget(keys.unacked, tag))
+            pushes: list[tuple[str, str]] = []
+            dead: tuple[str, str] | None = None
+            if stored is not None:
+                pushes, dead = self._restorable(pipe, stored)
+            pipe.multi()
+            pipe.zrem(keys.unacked_index, tag)
+            pipe.hdel(keys.unacked, tag)
+            for key, text in pushes:
+                (pipe.lpush if leftmost else pipe.rpush)(key, text)
+            if dead is not None:
+                pipe.rpush(*dead)
+            found[:] = [stored is not None]  # the last (successful) attempt counts
+
+        with self._errors("restore"):
+            self._client.transaction(transaction, keys.unacked)
+        return found == [True]
+
+    def _restorable(
+        self, reader: Pipeline, stored: bytes
+    ) -> tuple[list[tuple[str, str]], tuple[str, str] | None]:
+        """(list, text) pushes for an ``unacked`` value, or a dead letter if it cannot be
+        restored (Kombu would drop it, or fail the whole restore scan)."""
+        try:
+            message, exchange, routing_key = json.loads(stored)
+        except (ValueError, TypeError):
+            message = exchange = routing_key = None
+        if not (isinstance(message, dict) and isinstance(exchange, str)
+                and isinstance(routing_key, str)):
+            reason = "unacked entry is not [message, exchange, routing_key] JSON"
+            return [], (self._keys.dead("unacked"), _dead_entry("unacked", reason, stored))
+        mark_redelivered(message)
+        text = json.dumps(message)
+        queues = self._lookup(reader, exchange, routing_key)
+        if not queues:
+            reason = f"unroutable on restore: exchange {exchange!r}, key {routing_key!r}"
+            queue = routing_key or "unacked"
+            return [], (self._keys.dead(queue), _dead_entry(queue, reason, text.encode()))
+        properties = message.get("properties")
+        priority = clamp_priority(properties if isinstance(properties, dict) else {})
+        bucket = bucket_for(priority, self._steps)
+        return [(self._keys.p(queue_key(q, bucket)), text) for q in queues], None
+
+    # -- leases and visibility ----------------------------------------------------------
+
+    def _hold(self, delivery: RedisDelivery) -> None:
+        with self._lock:
+            self._held[delivery.delivery_tag] = delivery
+            if self._heartbeat is None:
+                self._heartbeat_stop = threading.Event()
+                self._heartbeat = threading.Thread(
+                    target=self._renew_leases, args=(self._heartbeat_stop,),
+                    name="wiretask-redis-leases", daemon=True,
+                )
+                self._heartbeat.start()
+
+    def _release(self, delivery: RedisDelivery) -> None:
+        with self._lock:
+            if self._held.get(delivery.delivery_tag) is delivery:
+                del self._held[delivery.delivery_tag]
+
+    def _renew_leases(self, stop: threading.Event) -> None:
+        """Heartbeat thread: ``ZADD XX`` the current time for every held tag, so a
+        restorer (ours or Kombu's) sees a fresh score. XX never re-adds a tag that an
+        ack removed meanwhile. Exits when nothing is held (restarted on demand)."""
+        while not stop.wait(self.lease_interval):
+            with self._lock:
+                tags = list(self._held)
+                if not tags:
+                    if self._heartbeat is threading.current_thread():
+                        self._heartbeat = None
+                    return
+            now = time.time()
+            try:
+                with self._errors("lease renewal"):
+                    self._client.zadd(self._keys.unacked_index,
+                                      dict.fromkeys(tags, now), xx=True)
+            except TransportError as exc:
+                log.warning("could not renew %d lease(s): %s", len(tags), exc)
+
+    def _maybe_restore(self) -> None:
+        now = time.monotonic()
+        with self._lock:
+            if now < self._next_restore:
+                return
+            self._next_restore = now + self.restore_interval
+        self.restore_visible()
+
+    def restore_visible(self) -> int:
+        """Kombu's ``QoS.restore_visible``: under the non-blocking ``unacked_mutex`` lock,
+        restore (RPUSH, flagged redelivered) every message whose ``unacked_index`` score
+        is older than ``visibility_timeout`` (at most ``restore_limit``). Returns how many
+        were restored; 0 when another process holds the mutex."""
+        ceiling = time.time() - self.visibility_timeout
+        with self._errors("restore_visible"):
+            lock = self._client.lock(self._keys.unacked_mutex, timeout=self._mutex_expire)
+            if not lock.acquire(blocking=False):
+                return 0
+            try:
+                rows = cast(list[tuple[bytes, float]], self._client.zrange(
+                    self._keys.unacked_index, ceiling, 0, desc=True, byscore=True,
+                    withscores=True, offset=None if self.restore_limit is None else 0,
+                    num=self.restore_limit,
+                ))
+                return sum(self._restore_tag(_text(tag), False) for tag, _ in rows)
+            finally:
+                try:
+                    lock.release()
+                except LockError:  # expired meanwhile; Kombu ignores LockNotOwnedError
+                    pass
+
+    # -- delayed delivery ---------------------------------------------------------------
+
+    def due(self, *, limit: int = 1000) -> int:
+        """Move every due delayed message into its list (``DUE`` script, ``limit`` per
+        call to Redis); return how many moved. Safe to call from many processes."""
+        total = 0
+        keys = self._keys
+        while True:
+            with self._errors("due"):
+                moved = int(cast(int, self._due(
+                    keys=[keys.delayed, keys.delayed_messages],
+                    args=[repr(time.time()), limit, keys.prefix, keys.delayed_queue_root],
+                )))
+            total += moved
+            if moved < limit:
+                return total
+
+    # -- inspecting and housekeeping ------------------------------------------------------
+
+    def size(self, queue: str) -> int:
+        queue_names([queue])
+        with self._errors("size"):
+            pipe = self._client.pipeline(transaction=False)
+            for step in self._steps:
+                pipe.llen(self._keys.p(queue_key(queue, step)))
+            pipe.zcard(self._keys.delayed_queue(queue))
+            return sum(int(n) for n in pipe.execute())
+
+    def purge(self, queue: str) -> int:
+        queue_names([queue])
+        lists = [self._keys.p(queue_key(queue, step)) for step in self._steps]
+        keys = self._keys
+        with self._errors("purge"):
+            return int(cast(int, self._purge(
+                keys=[*lists, keys.delayed_queue(queue), keys.delayed, keys.delayed_messages],
+                args=[len(lists)],
+            )))
+
+    def peek(self, queue: str, *, limit: int = 100) -> list[Peeked]:
+        """Ready messages in delivery order (bucket 0 first, oldest first), then scheduled
+        ones by due time. Entries that are not envelopes are left out."""
+        queue_names([queue])
+        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 0:
+            raise ValidationError("limit", f"must be an int >= 0, got {limit!r}")
+        found: list[Peeked] = []
+        with self._errors("peek"):
+            for step in self._steps:
+                if len(found) >= limit:
+                    return found
+                entries = cast(list[bytes], self._client.lrange(
+                    self._keys.p(queue_key(queue, step)), -(limit - len(found)), -1))
+                for raw in reversed(entries):
+                    frame = _frame_or_none(raw, queue)
+                    if frame is not None:
+                        found.append(Peeked(frame=frame, queue=queue, state="ready"))
+            if len(found) >= limit:
+                return found
+            rows = cast(list[tuple[bytes, float]], self._client.zrange(
+                self._keys.delayed_queue(queue), 0, limit - len(found) - 1, withscores=True))
+            stored = cast(list[bytes | None], self._client.hmget(
+                self._keys.delayed_messages, [m for m, _ in rows])) if rows else []
+        for (_, due), item in zip(rows, stored, strict=True):
+            if item is None:
+                continue
+            frame = _frame_or_none(json.loads(item)[2], queue)
+            if frame is not None:
+                found.append(Peeked(frame=frame, queue=queue, state="scheduled",
+                                    not_before=datetime.fromtimestamp(due, UTC)))
+        return found
+
+    def dead_letters(self, queue: str) -> list[DeadLetter]:
+        """Entries of ``<queue>.dead``, oldest first."""
+        queue_names([queue])
+        with self._errors("dead_letters"):
+            rows = cast(list[bytes], self._client.lrange(self._keys.dead(queue), 0, -1))
+        return [_read_dead_entry(queue, row) for row in rows]
+
+
+@attrs.frozen(kw_only=True)
+class _Staged:
+    """A message encoded for publishing: its list entry, bucket and due time."""
+
+    route: Route
+    tag: str
+    entry: str
+    bucket: int
+    due: float | None
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode("utf-8") if isinstance(value, bytes) else value
+
+
+def _route(members: Sequence[str], routing_key: str) -> list[str]:
+    return sorted({q for m in members if (q := matches_binding(m, routing_key)) is not None})
+
+
+def _dead_entry(queue: str, reason: str, raw: bytes) -> str:
+    try:
+        text, encoding = raw.decode("utf-8"), "text"
+    except UnicodeDecodeError:
+        text, encoding = base64.b64encode(raw).decode("ascii"), "base64"
+    return json.dumps({"reason": reason, "raw": text, "raw_encoding": encoding,
+                       "queue": queue, "at": time.time()})
+
+
+def _read_dead_entry(queue: str, row: bytes) -> DeadLetter:
+    try:
+        item = json.loads(row)
+        raw_text = item["raw"]
+        raw = (base64.b64decode(raw_text) if item.get("raw_encoding") == "base64"
+               else raw_text.encode("utf-8"))
+        reason, at = str(item["reason"]), float(item.get("at", 0.0))
+    except (ValueError, TypeError, KeyError, AttributeError):
+        return DeadLetter(queue=queue, reason="unreadable dead-letter entry", raw=row)
+    return DeadLetter(queue=queue, reason=reason, frame=_frame_or_none(raw, queue),
+                      raw=raw, at=at)
+
+
+def _frame_or_none(raw: bytes | str, queue: str) -> Frame | None:
+    try:
+        return decode(raw, queue=queue).frame
+    except BadEntry:
+        return None
+
+
+def run_scheduler(
+    url: str, *, interval: float = 1.0, stop_event: threading.Event | None = None,
+    limit: int = 1000, **options: Any,
+) -> int:
+    """Move due delayed messages every ``interval`` seconds until ``stop_event`` is set
+    (forever without one); return how many were moved. Outages are logged and waited
+    out. Several schedulers may run at once: the ``DUE`` script never moves a message
+    twice. ``options`` are ``RedisTransport``'s (``global_keyprefix`` must match the
+    publishers')."""
+    if not (interval > 0 and math.isfinite(interval)):
+        raise ValidationError("interval", "must be a positive number of seconds",
+                              value=interval)
+    stop = stop_event or threading.Event()
+    transport = RedisTransport(url, **options)
+    total = 0
+    try:
+        while True:
+            try:
+                total += transport.due(limit=limit)
+            except ConnectionLost as exc:
+                log.warning("scheduler: %s; retrying in %g s", exc, interval)
+            if stop.wait(interval):
+                return total
+    finally:
+        transport.close()

@@ -1,0 +1,748 @@
+"""RedisTransport against a real Redis server: envelope, ack emulation, priorities,
+delays, dead letters, errors and outages. Kombu/Celery interop is in test_redis_kombu.py."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+import redis
+
+from wiretask.errors import (
+    ConnectionLost,
+    ImproperlyConfigured,
+    TransportError,
+    ValidationError,
+)
+from wiretask.protocol.frame import Frame, Outgoing, Route
+from wiretask.transports.redis import RedisDelivery, RedisTransport, run_scheduler
+
+SEP = "\x06\x16"
+
+
+def frame(body: bytes = b"x", **properties: Any) -> Frame:
+    return Frame(body=body, content_type="application/json", content_encoding="utf-8",
+                 headers={"id": body.decode(errors="replace"), "task": "t"},
+                 properties=properties)
+
+
+def later(seconds: float) -> datetime:
+    return datetime.now(UTC) + timedelta(seconds=seconds)
+
+
+@pytest.fixture
+def client(redis_url: str) -> Iterator[redis.Redis]:
+    c = redis.Redis.from_url(redis_url)
+    yield c
+    c.close()
+
+
+@pytest.fixture
+def transport(redis_url: str) -> Iterator[RedisTransport]:
+    t = RedisTransport(redis_url)
+    yield t
+    t.close()
+
+
+def take(transport: RedisTransport, queues: list[str], timeout: float = 2) -> RedisDelivery:
+    delivery = transport.receive(queues, timeout=timeout)
+    assert delivery is not None, f"nothing arrived on {queues} within {timeout} s"
+    return delivery
+
+
+def drain_bodies(transport: RedisTransport, queues: list[str], n: int) -> list[bytes]:
+    out = []
+    for _ in range(n):
+        delivery = take(transport, queues)
+        out.append(delivery.frame.body)
+        delivery.ack()
+    return out
+
+
+# -- the list entry -------------------------------------------------------------------
+
+
+def test_entry_is_kombus_envelope_key_for_key(transport: RedisTransport,
+                                              client: redis.Redis) -> None:
+    sent = Frame(body=b"[[2, 3], {}, {}]", content_type="application/json",
+                 content_encoding="utf-8", headers={"task": "tasks.add", "id": "i-1"},
+                 properties={"correlation_id": "i-1", "reply_to": "r", "custom": "c",
+                             "priority": 7, "expiration": "3600000", "delivery_mode": 2})
+    transport.publish(sent, Route("celery"))
+    assert client.llen("celery") == 0
+    (raw,) = client.lrange(f"celery{SEP}6", 0, -1)
+    text = raw.decode()
+    assert "\n" not in text
+    entry = json.loads(text)
+    assert text == json.dumps(entry)  # kombu.utils.json.dumps: default separators
+    assert list(entry) == ["body", "content-encoding", "content-type", "headers",
+                           "properties"]
+    props = entry["properties"]
+    assert list(props) == ["correlation_id", "reply_to", "custom", "delivery_mode",
+                           "expiration", "delivery_info", "priority", "body_encoding",
+                           "delivery_tag"]
+    assert props["delivery_info"] == {"exchange": "", "routing_key": "celery"}
+    assert props["priority"] == 7 and props["body_encoding"] == "base64"
+    assert uuid.UUID(props["delivery_tag"]).version == 4
+    assert base64.b64decode(entry["body"]) == sent.body
+    assert entry["headers"] == {"task": "tasks.add", "id": "i-1"}
+
+
+def test_defaults_match_kombu_when_frame_has_no_properties(transport: RedisTransport,
+                                                           client: redis.Redis) -> None:
+    transport.publish(frame(b"1"), Route("q"))
+    props = json.loads(client.lindex("q", 0))["properties"]
+    assert list(props) == ["delivery_mode", "delivery_info", "priority", "body_encoding",
+                           "delivery_tag"]
+    assert props["delivery_mode"] == 2 and props["priority"] == 0
+
+
+def test_round_trip_and_kombu_unacked_bookkeeping(transport: RedisTransport,
+                                                  client: redis.Redis) -> None:
+    sent = frame(b"body", correlation_id="c", priority=0, delivery_mode=2)
+    transport.publish(sent, Route("q"))
+    delivery = take(transport, ["q"])
+    assert delivery.frame == sent
+    assert delivery.queue == "q" and not delivery.redelivered
+    tag = delivery.delivery_tag
+    stored = json.loads(client.hget("unacked", tag))
+    assert stored[1:] == ["", "q"] and stored[0] == json.loads(delivery.entry)
+    score = client.zscore("unacked_index", tag)
+    assert score is not None and abs(score - time.time()) < 5
+    assert transport.size("q") == 0
+    delivery.ack()
+    assert client.hlen("unacked") == 0 and client.zcard("unacked_index") == 0
+    with pytest.raises(TransportError, match="already acked"):
+        delivery.ack()
+    with pytest.raises(TransportError, match="already acked"):
+        delivery.reject(requeue=True)
+
+
+def test_large_binary_body(transport: RedisTransport) -> None:
+    body = os.urandom(3 * 1024 * 1024) + b"\x00\xff"
+    sent = Frame(body=body, content_type="application/data", content_encoding="binary")
+    transport.publish(sent, Route("big"))
+    delivery = take(transport, ["big"])
+    assert delivery.frame.body == body
+    delivery.ack()
+
+
+# -- priorities and order ---------------------------------------------------------------
+
+
+def test_priorities_use_kombu_buckets_lower_number_first(transport: RedisTransport,
+                                                         client: redis.Redis) -> None:
+    for p in (9, 0, 5, 3, 7, 1):
+        transport.publish(frame(str(p).encode(), priority=p), Route("q"))
+    assert client.llen("q") == 2
+    assert client.llen(f"q{SEP}3") == 2
+    assert client.llen(f"q{SEP}6") == 1
+    assert client.llen(f"q{SEP}9") == 1
+    assert drain_bodies(transport, ["q"], 6) == [b"0", b"1", b"5", b"3", b"7", b"9"]
+    assert transport.capabilities.priority_order == "lower-first"
+    assert transport.capabilities.max_priority == 9
+
+
+def test_priority_outside_range_is_refused(transport: RedisTransport) -> None:
+    for bad in (10, -1, "5", True):
+        with pytest.raises(ValidationError):
+            transport.publish(frame(priority=bad), Route("q"))
+    assert transport.size("q") == 0
+
+
+def test_round_robin_between_queues(transport: RedisTransport) -> None:
+    for i in range(3):
+        transport.publish(frame(f"a{i}".encode()), Route("a"))
+        transport.publish(frame(f"b{i}".encode()), Route("b"))
+    got = drain_bodies(transport, ["a", "b"], 6)
+    assert got == [b"a0", b"b0", b"a1", b"b1", b"a2", b"b2"]
+
+
+def test_receive_waits_for_a_message_and_honours_timeout(transport: RedisTransport,
+                                                         redis_url: str) -> None:
+    start = time.monotonic()
+    assert transport.receive(["empty"], timeout=0.3) is None
+    assert 0.25 <= time.monotonic() - start < 1.5
+
+    def later_publish() -> None:
+        time.sleep(0.3)
+        with RedisTransport(redis_url) as other:
+            other.publish(frame(b"late"), Route("empty"))
+
+    thread = threading.Thread(target=later_publish)
+    thread.start()
+    delivery = take(transport, ["empty"], timeout=5)
+    thread.join(5)
+    assert delivery.frame.body == b"late"
+    delivery.ack()
+
+
+# -- requeue, reject, close -----------------------------------------------------------------
+
+
+def test_reject_requeue_goes_to_the_back_marked_redelivered(transport: RedisTransport,
+                                                            client: redis.Redis) -> None:
+    transport.publish(frame(b"a"), Route("q"))
+    transport.publish(frame(b"b"), Route("q"))
+    first = take(transport, ["q"])
+    tag = first.delivery_tag
+    first.reject(requeue=True)
+    assert client.hlen("unacked") == 0
+    second = take(transport, ["q"])
+    assert second.frame.body == b"b" and not second.redelivered
+    again = take(transport, ["q"])
+    assert again.frame.body == b"a" and again.redelivered
+    assert again.delivery_tag == tag
+    assert "redelivered" not in again.frame.headers
+    entry = json.loads(again.entry)
+    assert entry["headers"]["redelivered"] is True
+    assert entry["properties"]["delivery_info"]["redelivered"] is True
+    second.ack()
+    again.ack()
+
+
+def test_reject_without_requeue_drops(transport: RedisTransport, client: redis.Redis) -> None:
+    transport.publish(frame(b"a"), Route("q"))
+    take(transport, ["q"]).reject()
+    assert transport.size("q") == 0 and client.hlen("unacked") == 0
+    assert transport.receive(["q"], timeout=0.1) is None
+
+
+def test_close_returns_held_messages_to_the_front(redis_url: str,
+                                                  client: redis.Redis) -> None:
+    with RedisTransport(redis_url) as first, RedisTransport(redis_url) as second:
+        first.publish(frame(b"a"), Route("q"))
+        first.publish(frame(b"b"), Route("q"))
+        held = take(first, ["q"])
+        first.close()
+        assert client.hlen("unacked") == 0
+        with pytest.raises(TransportError, match="returned to its queue"):
+            held.ack()
+        back = take(second, ["q"])
+        assert back.frame.body == b"a" and back.redelivered  # RPUSH: next in line
+        back.ack()
+        assert take(second, ["q"]).frame.body == b"b"
+
+
+# -- visibility timeout and leases -------------------------------------------------------------
+
+
+def test_restore_visible_puts_back_messages_of_dead_consumers(
+        redis_url: str, client: redis.Redis) -> None:
+    """A consumer process killed while holding a message: its unacked entry ages past
+    the visibility timeout and another transport restores it (RPUSH, both flags)."""
+    with RedisTransport(redis_url) as publisher:
+        publisher.publish(frame(b"a", priority=4), Route("q"))
+    script = (
+        "import os, sys\n"
+        "from wiretask.transports.redis import RedisTransport\n"
+        "d = RedisTransport(sys.argv[1]).receive(['q'], timeout=5)\n"
+        "print(d.delivery_tag, flush=True)\n"
+        "os._exit(0)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", script, redis_url], capture_output=True,
+                         text=True, timeout=60, check=True)
+    tag = out.stdout.strip()
+    assert client.hexists("unacked", tag)
+    with RedisTransport(redis_url, visibility_timeout=30) as restorer:
+        assert restorer.restore_visible() == 0  # not old enough yet
+        client.zadd("unacked_index", {tag: time.time() - 31})
+        assert restorer.restore_visible() == 1
+        assert client.hlen("unacked") == 0
+        entry = json.loads(client.lindex(f"q{SEP}3", 0))
+        assert entry["properties"]["delivery_tag"] == tag
+        delivery = take(restorer, ["q"])
+        assert delivery.redelivered and delivery.frame.body == b"a"
+        delivery.ack()
+
+
+def test_restore_skips_when_another_process_holds_the_mutex(
+        transport: RedisTransport, client: redis.Redis) -> None:
+    transport.publish(frame(b"a"), Route("q"))
+    delivery = take(transport, ["q"])
+    client.zadd("unacked_index", {delivery.delivery_tag: 1.0})
+    client.set("unacked_mutex", "someone-else", px=10_000)
+    assert transport.restore_visible() == 0
+    client.delete("unacked_mutex")
+    assert transport.restore_visible() == 1
+    assert transport.size("q") == 1
+    delivery.ack()  # a late ack of a restored message changes nothing (as with Kombu)
+    assert transport.size("q") == 1
+
+
+def test_heartbeat_keeps_a_held_message_from_being_restored(
+        redis_url: str, client: redis.Redis) -> None:
+    with RedisTransport(redis_url, visibility_timeout=1.0, lease_interval=0.1) as consumer, \
+            RedisTransport(redis_url, visibility_timeout=1.0) as other:
+        consumer.publish(frame(b"long"), Route("q"))
+        delivery = take(consumer, ["q"])
+        first = client.zscore("unacked_index", delivery.delivery_tag)
+        time.sleep(1.5)  # longer than the visibility timeout
+        assert other.restore_visible() == 0
+        assert other.receive(["q"], timeout=0.1) is None
+        later_score = client.zscore("unacked_index", delivery.delivery_tag)
+        assert first is not None and later_score is not None and later_score > first + 1
+        delivery.ack()
+        time.sleep(0.3)  # a heartbeat after the ack must not bring the tag back
+        assert client.zcard("unacked_index") == 0
+
+
+def test_receive_runs_the_restore_scan(redis_url: str, client: redis.Redis) -> None:
+    """An unacked entry, as Kombu writes it, of a consumer that died 10 s ago."""
+    entry = {"body": "YQ==", "content-encoding": "utf-8", "content-type": "text/plain",
+             "headers": {}, "properties": {
+                 "delivery_mode": 2, "delivery_info": {"exchange": "", "routing_key": "q"},
+                 "priority": 0, "body_encoding": "base64", "delivery_tag": "dead-1"}}
+    client.hset("unacked", "dead-1", json.dumps([entry, "", "q"]))
+    client.zadd("unacked_index", {"dead-1": time.time() - 10})
+    with RedisTransport(redis_url, visibility_timeout=5, restore_interval=0) as t:
+        delivery = take(t, ["q"])
+        assert delivery.redelivered and delivery.delivery_tag == "dead-1"
+        assert delivery.frame.body == b"a"
+        delivery.ack()
+
+
+# -- dead letters -------------------------------------------------------------------------
+
+
+BAD_ENTRIES = [
+    (b"not json at all", "not JSON"),
+    (b"\xff\xfe garbage", "not UTF-8"),
+    (b"[1, 2, 3]", "not an object"),
+    (json.dumps({"body": "eA==", "headers": {}}).encode(), "no 'properties'"),
+    (json.dumps({"body": "eA==", "properties": {"body_encoding": "base64"}}).encode(),
+     "delivery_tag"),
+    (json.dumps({"properties": {"delivery_tag": "t1", "body_encoding": "base64"}}).encode(),
+     "no 'body'"),
+    (json.dumps({"body": "!!not base64!!", "properties": {
+        "delivery_tag": "t2", "body_encoding": "base64"}}).encode(), "not valid base64"),
+    (json.dumps({"body": "x", "headers": [1], "properties": {"delivery_tag": "t3"}}).encode(),
+     "'headers' is not an object"),
+    (json.dumps({"body": "x", "properties": {"delivery_tag": "t4",
+                                             "body_encoding": "rot13"}}).encode(),
+     "unknown properties.body_encoding"),
+]
+
+
+@pytest.mark.parametrize(("raw", "reason"), BAD_ENTRIES)
+def test_bad_entries_are_dead_lettered_and_consumption_goes_on(
+        transport: RedisTransport, client: redis.Redis, raw: bytes, reason: str) -> None:
+    client.lpush("q", raw)
+    transport.publish(frame(b"good"), Route("q"))
+    delivery = take(transport, ["q"], timeout=1)
+    assert delivery.frame.body == b"good"
+    delivery.ack()
+    (dead,) = transport.dead_letters("q")
+    assert reason in dead.reason
+    assert dead.raw == raw and dead.frame is None and dead.queue == "q"
+    assert abs(dead.at - time.time()) < 10
+    stored = json.loads(client.lindex("q.dead", 0))
+    assert set(stored) == {"reason", "raw", "raw_encoding", "queue", "at"}
+    if raw.startswith(b"\xff"):
+        assert stored["raw_encoding"] == "base64"
+    else:
+        assert stored["raw_encoding"] == "text" and stored["raw"] == raw.decode()
+    assert client.hlen("unacked") == 0 and client.zcard("unacked_index") == 0
+
+
+def test_bad_entry_arriving_during_the_blocking_wait(transport: RedisTransport,
+                                                     client: redis.Redis) -> None:
+    def push() -> None:
+        time.sleep(0.3)
+        client.lpush("q", b"{broken")
+        time.sleep(0.2)
+        client.lpush("q", b'{"body": "aGk=", "properties": {"delivery_tag": "ok-1", '
+                          b'"body_encoding": "base64"}}')
+
+    thread = threading.Thread(target=push)
+    thread.start()
+    delivery = take(transport, ["q"], timeout=5)
+    thread.join(5)
+    assert delivery.frame.body == b"hi" and delivery.delivery_tag == "ok-1"
+    assert delivery.frame.content_type == ""  # absent label, as Kombu reads None
+    assert client.hexists("unacked", "ok-1")
+    delivery.ack()
+    assert [d.raw for d in transport.dead_letters("q")] == [b"{broken"]
+
+
+def test_plain_utf8_body_without_body_encoding(transport: RedisTransport,
+                                               client: redis.Redis) -> None:
+    client.lpush("q", json.dumps({"body": "[[1], {}, {}]", "content-type": "application/json",
+                                  "content-encoding": "utf-8", "headers": None,
+                                  "properties": {"delivery_tag": "p-1"}}))
+    delivery = take(transport, ["q"])
+    assert delivery.frame.body == b"[[1], {}, {}]" and delivery.frame.headers == {}
+    delivery.ack()
+
+
+def test_delivery_dead_letter_keeps_the_frame(transport: RedisTransport,
+                                              client: redis.Redis) -> None:
+    sent = frame(b"poison", priority=0, delivery_mode=2)
+    transport.publish(sent, Route("q"))
+    delivery = take(transport, ["q"])
+    delivery.dead_letter("unknown compression 'x-foo'")
+    assert client.hlen("unacked") == 0 and transport.size("q") == 0
+    (dead,) = transport.dead_letters("q")
+    assert dead.reason == "unknown compression 'x-foo'"
+    assert dead.frame == sent
+    with pytest.raises(TransportError, match="already dead-lettered"):
+        delivery.ack()
+    assert transport.dead_letters("other") == []
+
+
+# -- delayed delivery -------------------------------------------------------------------------
+
+
+def test_delayed_message_waits_in_the_zset_until_due(transport: RedisTransport,
+                                                     client: redis.Redis) -> None:
+    sent = frame(b"later", priority=9)
+    due_at = later(0.6)
+    transport.publish(sent, Route("q"), not_before=due_at)
+    assert transport.capabilities.native_delay
+    assert client.llen(f"q{SEP}9") == 0 and client.zcard("_wiretask.delayed") == 1
+    assert transport.size("q") == 1
+    (peeked,) = transport.peek("q")
+    assert peeked.state == "scheduled" and peeked.frame == frame(b"later", priority=9,
+                                                                 delivery_mode=2)
+    assert peeked.not_before is not None
+    assert abs((peeked.not_before - due_at).total_seconds()) < 0.001
+    assert transport.due() == 0
+    assert transport.receive(["q"], timeout=0.1) is None
+    assert client.hlen("unacked") == 0  # nobody holds it while it waits
+    time.sleep(max(0.0, (due_at - datetime.now(UTC)).total_seconds()) + 0.05)
+    assert transport.due() == 1
+    assert client.zcard("_wiretask.delayed") == 0 and client.hlen("_wiretask.delayed.messages") == 0
+    assert client.llen(f"q{SEP}9") == 1 and transport.size("q") == 1
+    delivery = take(transport, ["q"])
+    assert delivery.frame.body == b"later" and not delivery.redelivered
+    delivery.ack()
+
+
+def test_long_delay_is_never_restored_by_visibility(redis_url: str,
+                                                    client: redis.Redis) -> None:
+    with RedisTransport(redis_url, visibility_timeout=0.2, restore_interval=0) as t:
+        t.publish(frame(b"next-week"), Route("q"), not_before=later(7 * 24 * 3600))
+        time.sleep(0.3)
+        assert t.restore_visible() == 0
+        assert t.receive(["q"], timeout=0.2) is None
+        assert t.due() == 0 and t.size("q") == 1
+
+
+def test_past_not_before_is_published_at_once(transport: RedisTransport,
+                                              client: redis.Redis) -> None:
+    transport.publish(frame(b"now"), Route("q"), not_before=later(-5))
+    assert client.llen("q") == 1 and client.zcard("_wiretask.delayed") == 0
+
+
+def test_naive_not_before_is_refused(transport: RedisTransport) -> None:
+    with pytest.raises(ValidationError):
+        transport.publish(frame(), Route("q"), not_before=datetime.now())
+
+
+def test_concurrent_due_callers_never_duplicate(redis_url: str,
+                                                client: redis.Redis) -> None:
+    n = 300
+    with RedisTransport(redis_url) as t:
+        due_at = later(0.5)
+        t.publish_many([Outgoing(frame(str(i).encode()), Route("q"), due_at)
+                        for i in range(n)])
+        assert t.size("q") == n
+        time.sleep(max(0.0, (due_at - datetime.now(UTC)).total_seconds()) + 0.05)
+        moved: list[int] = []
+        transports = [RedisTransport(redis_url) for _ in range(6)]
+
+        def run(tr: RedisTransport) -> None:
+            moved.append(tr.due(limit=7))
+
+        threads = [threading.Thread(target=run, args=(tr,)) for tr in transports]
+        for th in threads:
+            th.start()
+        for th in threads:
+            th.join(30)
+        for tr in transports:
+            tr.close()
+        assert sum(moved) == n
+        entries = client.lrange("q", 0, -1)
+        assert len(entries) == n
+        assert len({json.loads(e)["properties"]["delivery_tag"] for e in entries}) == n
+        assert client.zcard("_wiretask.delayed.queue.q") == 0
+
+
+def test_celery_delay_mode_sends_straight_to_the_list(redis_url: str,
+                                                      client: redis.Redis) -> None:
+    with RedisTransport(f"{redis_url}?delay_mode=celery") as t:
+        assert not t.capabilities.native_delay
+        t.publish(frame(b"eta"), Route("q"), not_before=later(3600))
+        assert client.llen("q") == 1 and client.zcard("_wiretask.delayed") == 0
+        assert take(t, ["q"]).frame.body == b"eta"
+
+
+def test_run_scheduler_moves_due_messages_until_stopped(redis_url: str) -> None:
+    stop = threading.Event()
+    result: list[int] = []
+    thread = threading.Thread(target=lambda: result.append(
+        run_scheduler(redis_url, interval=0.05, stop_event=stop)))
+    thread.start()
+    try:
+        with RedisTransport(redis_url) as t:
+            t.publish(frame(b"tick"), Route("q"), not_before=later(0.2))
+            delivery = take(t, ["q"], timeout=5)
+            assert delivery.frame.body == b"tick"
+            delivery.ack()
+    finally:
+        stop.set()
+        thread.join(10)
+    assert result == [1]
+    with pytest.raises(ValidationError):
+        run_scheduler(redis_url, interval=0)
+
+
+# -- inspecting --------------------------------------------------------------------------------
+
+
+def test_size_peek_purge_cover_ready_and_scheduled(transport: RedisTransport) -> None:
+    transport.publish(frame(b"r0"), Route("q"))
+    transport.publish(frame(b"r9", priority=9), Route("q"))
+    transport.publish(frame(b"r1"), Route("q"))
+    transport.publish(frame(b"s2"), Route("q"), not_before=later(60))
+    transport.publish(frame(b"s1"), Route("q"), not_before=later(30))
+    transport.publish(frame(b"other"), Route("other"), not_before=later(30))
+    assert transport.size("q") == 5
+    peeked = transport.peek("q")
+    assert [p.frame.body for p in peeked] == [b"r0", b"r1", b"r9", b"s1", b"s2"]
+    assert [p.state for p in peeked] == ["ready"] * 3 + ["scheduled"] * 2
+    assert [p.frame.body for p in transport.peek("q", limit=2)] == [b"r0", b"r1"]
+    assert [p.frame.body for p in transport.peek("q", limit=4)][-1] == b"s1"
+    assert transport.size("q") == 5  # peek consumed nothing
+    assert transport.purge("q") == 5
+    assert transport.size("q") == 0 and transport.peek("q") == []
+    assert transport.size("other") == 1
+
+
+# -- routing --------------------------------------------------------------------------------
+
+
+def test_declare_queue_writes_celerys_binding(transport: RedisTransport,
+                                              client: redis.Redis) -> None:
+    transport.declare_queue("celery")
+    member = f"celery{SEP}{SEP}celery".encode()
+    assert client.smembers("_kombu.binding.celery") == {member}
+    assert client.smembers("_kombu.binding_permanent.celery") == {member}
+
+
+def test_named_exchanges_route_through_binding_tables(transport: RedisTransport,
+                                                      client: redis.Redis) -> None:
+    transport.bind_queue("direct-q", "ex", "key")
+    transport.bind_queue("topic-q", "tx", "jobs.*.high", exchange_type="topic")
+    transport.bind_queue("all-q", "tx", "jobs.#", exchange_type="topic")
+    assert client.smembers("_kombu.binding.tx") == client.smembers(
+        "_kombu.binding_permanent.tx")
+    transport.publish(frame(b"d"), Route("direct-q", exchange="ex", routing_key="key"))
+    transport.publish(frame(b"t"), Route("topic-q", exchange="tx",
+                                         routing_key="jobs.mail.high"))
+    transport.publish(frame(b"u"), Route("all-q", exchange="tx", routing_key="jobs.mail.low"))
+    assert drain_bodies(transport, ["direct-q"], 1) == [b"d"]
+    assert drain_bodies(transport, ["topic-q"], 1) == [b"t"]
+    assert sorted(drain_bodies(transport, ["all-q"], 2)) == [b"t", b"u"]
+    transport.publish(frame(b"lost"), Route("direct-q", exchange="ex", routing_key="nope"))
+    (dead,) = transport.dead_letters("direct-q")
+    assert "unroutable" in dead.reason and dead.frame is not None
+    with pytest.raises(ValidationError):
+        transport.bind_queue("q", "fx", "", exchange_type="fanout")  # type: ignore[arg-type]
+
+
+def test_requeue_of_a_named_exchange_message_follows_the_bindings(
+        transport: RedisTransport) -> None:
+    transport.bind_queue("tq", "tx", "a.*", exchange_type="topic")
+    transport.publish(frame(b"m"), Route("tq", exchange="tx", routing_key="a.b"))
+    delivery = take(transport, ["tq"])
+    assert (delivery.exchange, delivery.routing_key) == ("tx", "a.b")
+    delivery.reject(requeue=True)
+    again = take(transport, ["tq"])
+    assert again.redelivered and again.frame.body == b"m"
+    again.ack()
+
+
+def test_publish_many_mixes_ready_delayed_and_priorities(transport: RedisTransport,
+                                                         client: redis.Redis) -> None:
+    transport.bind_queue("bq", "ex", "rk")
+    batch = [
+        Outgoing(frame(b"a"), Route("q")),
+        Outgoing(frame(b"b", priority=9), Route("q")),
+        Outgoing(frame(b"c"), Route("q"), later(30)),
+        Outgoing(frame(b"d"), Route("bq", exchange="ex", routing_key="rk")),
+    ]
+    transport.publish_many(batch)
+    transport.publish_many([])
+    assert transport.size("q") == 3 and transport.size("bq") == 1
+    assert client.llen(f"q{SEP}9") == 1
+    assert drain_bodies(transport, ["q", "bq"], 3) == [b"a", b"d", b"b"]
+
+
+def test_global_keyprefix_applies_to_every_key(redis_url: str, client: redis.Redis) -> None:
+    with RedisTransport(f"{redis_url}?global_keyprefix=pfx:") as t:
+        t.declare_queue("q")
+        t.publish(frame(b"a", priority=5), Route("q"))
+        t.publish(frame(b"c", priority=5), Route("q"))
+        t.publish(frame(b"b"), Route("q"), not_before=later(30))
+        client.lpush("pfx:q", b"junk")
+        held = take(t, ["q"])
+        assert held.frame.body == b"a"
+        keys = {k.decode() for k in client.keys("*")}
+        assert keys and all(k.startswith("pfx:") for k in keys), keys
+        assert {"pfx:unacked", "pfx:unacked_index", "pfx:_wiretask.delayed",
+                f"pfx:q{SEP}3", "pfx:q.dead", "pfx:_kombu.binding.q"} <= keys
+        held.ack()
+        assert t.size("q") == 2 and t.purge("q") == 2
+
+
+# -- threads -------------------------------------------------------------------------------
+
+
+def test_many_threads_publish_consume_and_ack_exactly_once(transport: RedisTransport) -> None:
+    n, consumers = 400, 4
+    seen: list[bytes] = []
+    lock = threading.Lock()
+    deadline = time.monotonic() + 30
+
+    def produce(start: int) -> None:
+        for i in range(start, n, 2):
+            transport.publish(frame(str(i).encode()), Route("mt"))
+
+    def consume() -> None:
+        while time.monotonic() < deadline:
+            with lock:
+                if len(seen) >= n:
+                    return
+            delivery = transport.receive(["mt"], timeout=0.2)
+            if delivery is None:
+                continue
+            threading.Thread(target=delivery.ack).start()  # acked from another thread
+            with lock:
+                seen.append(delivery.frame.body)
+
+    threads = [threading.Thread(target=produce, args=(s,)) for s in (0, 1)]
+    threads += [threading.Thread(target=consume) for _ in range(consumers)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join(40)
+    assert sorted(seen) == sorted(str(i).encode() for i in range(n))
+    time.sleep(0.2)
+    assert transport.size("mt") == 0
+
+
+# -- configuration and failures ------------------------------------------------------------
+
+
+def test_options_from_url_and_keywords(redis_url: str) -> None:
+    t = RedisTransport(f"{redis_url}?visibility_timeout=42&priority_steps=0,5&"
+                       "socket_timeout=3", lease_interval=2)
+    assert t.capabilities.visibility_timeout == 42 and t.lease_interval == 2
+    t.publish(frame(b"p", priority=7), Route("q"))
+    with redis.Redis.from_url(redis_url) as c:
+        assert c.llen(f"q{SEP}5") == 1
+    t.close()
+    assert RedisTransport.from_url(redis_url).capabilities.visibility_timeout == 3600
+    for bad_url, kwargs in [("amqp://host//", {}), (redis_url, {"delay_mode": "later"}),
+                            (f"{redis_url}?priority_steps=3,6", {}),
+                            (f"{redis_url}?visibility_timeout=soon", {}),
+                            (redis_url, {"no_such_option": 1})]:
+        with pytest.raises(ImproperlyConfigured):
+            RedisTransport(bad_url, **kwargs)
+
+
+def test_bad_arguments_are_refused(transport: RedisTransport) -> None:
+    with pytest.raises(ValidationError):
+        transport.receive([], timeout=1)
+    with pytest.raises(ValidationError):
+        transport.receive(["q"], timeout=-1)
+    with pytest.raises(ValidationError):
+        transport.peek("q", limit=-1)
+    transport.publish(frame(), Route("q"))
+    delivery = take(transport, ["q"])
+    with pytest.raises(ValidationError):
+        delivery.dead_letter("")
+    delivery.ack()
+
+
+def test_wrong_password_is_a_transport_error_without_the_password(redis_server: Any) -> None:
+    redis_server.stop()
+    redis_server.proc = subprocess.Popen(
+        [redis_server.binary, "--bind", "127.0.0.1", "--port", str(redis_server.port),
+         "--save", "", "--appendonly", "no", "--dir", redis_server.dir,
+         "--requirepass", "right-secret"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            redis.Redis(port=redis_server.port, password="right-secret").ping()
+            break
+        except redis.ConnectionError:
+            time.sleep(0.05)
+    for url in (f"redis://:wrong-s3cret@127.0.0.1:{redis_server.port}/0",
+                f"redis://127.0.0.1:{redis_server.port}/0"):
+        t = RedisTransport(url)
+        with pytest.raises(TransportError) as info:
+            t.publish(frame(), Route("q"))
+        assert not isinstance(info.value, ConnectionLost)
+        assert "s3cret" not in str(info.value) and "s3cret" not in (info.value.url or "")
+        assert f"127.0.0.1:{redis_server.port}" in str(info.value)
+        assert isinstance(info.value.__cause__, redis.AuthenticationError)
+    with RedisTransport(f"redis://:right-secret@127.0.0.1:{redis_server.port}/0") as ok:
+        ok.publish(frame(), Route("q"))
+        assert ok.size("q") == 1
+        assert "right-secret" not in ok.url and "right-secret" not in repr(ok)
+
+
+def test_unreachable_port_is_connection_lost_quickly() -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    t = RedisTransport(f"redis://:pw@127.0.0.1:{port}/0")
+    start = time.monotonic()
+    for call in (t.connect, lambda: t.publish(frame(), Route("q")),
+                 lambda: t.receive(["q"], timeout=1), lambda: t.size("q")):
+        with pytest.raises(ConnectionLost) as info:
+            call()
+        assert info.value.recoverable and f":{port}/0" in str(info.value)
+        assert isinstance(info.value.__cause__, redis.ConnectionError)
+    assert time.monotonic() - start < 3
+    t.close()
+
+
+def test_outage_then_the_same_transport_reconnects(redis_server: Any) -> None:
+    url = f"{redis_server.url}/0"
+    with RedisTransport(url) as t:
+        t.publish(frame(b"before"), Route("q"))
+        assert take(t, ["q"]).frame.body == b"before"
+        redis_server.stop()
+        with pytest.raises(ConnectionLost):
+            t.publish(frame(b"during"), Route("q"))
+        with pytest.raises(ConnectionLost):
+            t.receive(["q"], timeout=0.5)
+        redis_server.start()
+        t.publish(frame(b"after"), Route("q"))
+        delivery = take(t, ["q"])
+        assert delivery.frame.body == b"after"
+        delivery.ack()
+
+
+def test_response_errors_are_transport_errors(transport: RedisTransport,
+                                              client: redis.Redis) -> None:
+    client.set("wrongtype", "x")
+    with pytest.raises(TransportError) as info:
+        transport.publish(frame(), Route("wrongtype"))
+    assert not info.value.recoverable
+    assert isinstance(info.value.__cause__, redis.ResponseError)
