@@ -1,0 +1,819 @@
+"""The embedded broker: one SQLite file shared by any number of processes.
+
+``sqlite:///relative.db`` or ``sqlite:////absolute/path.db`` (SQLAlchemy's slashes), with
+options in the query string or as keyword arguments (keywords win)::
+
+    sqlite:////var/lib/app/broker.db?visibility_timeout=60&busy_timeout=5&synchronous=full
+
+How it works, and what it guarantees:
+
+* **One table of messages.** A message is a row: queue, priority, ``visible_at`` (the
+  time from which it may be delivered), a lease (``owner``, ``lease``) while a consumer
+  holds it, and the frame (body as a BLOB, headers and properties as JSON text). The
+  file is in WAL mode, so readers never block the writer, and every connection waits up
+  to ``busy_timeout`` for the write lock before giving up with ``ConnectionLost``.
+* **Atomic receive.** Taking a message is one ``BEGIN IMMEDIATE`` transaction holding
+  SQLite's single write lock: ``UPDATE … WHERE id = (SELECT … ORDER BY priority DESC, id
+  LIMIT 1) RETURNING …``. Two consumers, in any processes, can never take the same row.
+* **Broker-side delays.** ``not_before`` is stored as ``visible_at``; the row is
+  invisible until then (``native_delay=True``, nothing is held by a worker).
+* **Priorities** 0..255, higher first, FIFO (by insertion id) within a priority; the
+  same order across the queues of one ``receive``.
+* **Leases, not a blind visibility timeout.** A received row is leased until
+  ``now + visibility_timeout``. While the delivery is unsettled, the transport's
+  heartbeat thread extends the lease every ``visibility_timeout / 3``, so a task that
+  runs for an hour is never handed to a second consumer (the Redis ``visibility_timeout``
+  duplicate problem of Celery does not exist here). If the consumer process dies, the
+  heartbeats stop and the row is delivered again, ``redelivered=True``, once the lease
+  runs out. Closing a transport returns its unsettled rows at once.
+* **Publish is one transaction.** ``publish`` returns only after the row is committed;
+  a crash before the commit means the call never returned and the row does not exist
+  (the caller saw no success, so nothing acknowledged is lost). ``publish_many`` is one
+  transaction too: all rows or none. With ``synchronous=full`` (the default) a commit
+  also survives power loss; ``synchronous=normal`` keeps application crashes safe but
+  may lose the last commits on power loss, for more speed.
+* **Nothing is lost.** ``dead_letter(reason)`` moves the row to a dead-letter table in
+  the same transaction; a stored row that can no longer be read as a frame is moved
+  there too (with its raw body) rather than blocking the queue.
+* **Errors.** A busy/locked database past ``busy_timeout``, a file that cannot be opened,
+  disk I/O errors and the like become ``ConnectionLost`` (recoverable: the publish retry
+  policy reconnects and retries); every other sqlite3 error becomes ``TransportError``;
+  both chained ``from`` the sqlite3 exception.
+* **Schema versioning.** The schema version is kept in a ``wiretask_schema`` table
+  (component ``"transport"``) rather than in ``PRAGMA user_version``, because the same
+  file may also hold the result store, which versions its own tables. A file written by
+  a newer wiretask is refused rather than misread.
+
+One connection per transport instance, guarded by a lock: SQLite admits one writer at a
+time anyway, so per-thread connections would only move the queueing from a Python lock
+into SQLite's busy handler (and leak connections of finished threads). Create transports
+after ``fork()``; a transport that notices it was forked opens a fresh connection.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import sqlite3
+import threading
+import time
+import uuid
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Literal
+from urllib.parse import parse_qsl, unquote, urlsplit
+
+from wiretask.errors import (
+    ConnectionLost,
+    DecodeError,
+    ImproperlyConfigured,
+    TransportError,
+    ValidationError,
+)
+from wiretask.protocol.frame import Frame, Outgoing, Route
+from wiretask.transports.base import (
+    Capabilities,
+    DeadLetter,
+    Delivery,
+    Peeked,
+    Transport,
+    dump_json_mapping,
+    load_json_mapping,
+    not_before_timestamp,
+    priority_of,
+    queue_names,
+    route_queue,
+)
+
+__all__ = ["SCHEMA_VERSION", "SQLiteDelivery", "SQLiteTransport"]
+
+log = logging.getLogger(__name__)
+
+#: Version of the tables this module reads and writes.
+SCHEMA_VERSION = 1
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS wiretask_schema (
+    component TEXT PRIMARY KEY,
+    version INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS wiretask_messages (
+    id INTEGER PRIMARY KEY,
+    queue TEXT NOT NULL,
+    priority INTEGER NOT NULL,
+    -- 0: ready. Otherwise the time the row becomes deliverable: its not_before while
+    -- scheduled, the end of its lease while a consumer holds it. Receive first resets
+    -- rows whose time has passed to 0 ("promotes" them), so the hot path only ever
+    -- searches the small partial index of ready rows.
+    visible_at REAL NOT NULL,
+    not_before REAL,
+    owner TEXT,
+    lease TEXT,
+    redelivered INTEGER NOT NULL DEFAULT 0,
+    published_at REAL NOT NULL,
+    content_type TEXT NOT NULL,
+    content_encoding TEXT NOT NULL,
+    headers TEXT NOT NULL,
+    properties TEXT NOT NULL,
+    body BLOB NOT NULL
+);
+CREATE INDEX IF NOT EXISTS wiretask_messages_ready
+    ON wiretask_messages (queue, priority DESC, id) WHERE visible_at = 0;
+CREATE INDEX IF NOT EXISTS wiretask_messages_due
+    ON wiretask_messages (queue, visible_at);
+CREATE INDEX IF NOT EXISTS wiretask_messages_owner
+    ON wiretask_messages (owner) WHERE owner IS NOT NULL;
+CREATE TABLE IF NOT EXISTS wiretask_dead_letters (
+    id INTEGER PRIMARY KEY,
+    queue TEXT NOT NULL,
+    reason TEXT NOT NULL,
+    at REAL NOT NULL,
+    content_type TEXT,
+    content_encoding TEXT,
+    headers TEXT,
+    properties TEXT,
+    body BLOB
+);
+CREATE INDEX IF NOT EXISTS wiretask_dead_letters_queue
+    ON wiretask_dead_letters (queue, id);
+"""
+
+# Primary result codes (sqlite3.h) of failures that say "the database is not usable right
+# now" rather than "this statement is wrong": another writer holds the lock past
+# busy_timeout, the file cannot be opened or read, the disk is full or read-only.
+_SQLITE_BUSY, _SQLITE_LOCKED, _SQLITE_READONLY, _SQLITE_IOERR = 5, 6, 8, 10
+_SQLITE_FULL, _SQLITE_CANTOPEN, _SQLITE_PROTOCOL = 13, 14, 15
+_RECOVERABLE = frozenset({
+    _SQLITE_BUSY, _SQLITE_LOCKED, _SQLITE_READONLY, _SQLITE_IOERR, _SQLITE_FULL,
+    _SQLITE_CANTOPEN, _SQLITE_PROTOCOL,
+})
+# After these the connection itself is suspect: drop it and open a new one next time.
+_REOPEN = frozenset({_SQLITE_IOERR, _SQLITE_CANTOPEN, _SQLITE_PROTOCOL, _SQLITE_READONLY})
+
+_SYNCHRONOUS = ("full", "normal", "extra")
+
+# Blocking receive polls the file: start quick (a message published right after an empty
+# poll is picked up in ~5 ms), back off to a ceiling so idle consumers cost little.
+_POLL_MIN = 0.005
+_POLL_MAX = 0.05
+
+_COLUMNS = "id, queue, redelivered, content_type, content_encoding, headers, properties, body"
+
+
+def _primary_code(exc: sqlite3.Error) -> int | None:
+    code = getattr(exc, "sqlite_errorcode", None)
+    return None if code is None else int(code) & 0xFF
+
+
+class SQLiteDelivery(Delivery):
+    """A message received from an ``SQLiteTransport``, leased to it until settled."""
+
+    def __init__(
+        self, transport: SQLiteTransport, *, row_id: int, lease: str, frame: Frame,
+        queue: str, redelivered: bool,
+    ) -> None:
+        self.frame = frame
+        self.queue = queue
+        self.redelivered = redelivered
+        self._transport = transport
+        self._row_id = row_id
+        self._lease = lease
+        # Why this delivery can no longer be settled, or None while it can.
+        self._settled: str | None = None
+
+    def ack(self) -> None:
+        self._transport._settle(self, "ack")
+
+    def reject(self, *, requeue: bool = False) -> None:
+        self._transport._settle(self, "requeue" if requeue else "reject")
+
+    def dead_letter(self, reason: str) -> None:
+        if not isinstance(reason, str) or not reason:
+            raise ValidationError("reason", f"must be a non-empty string, got {reason!r}")
+        self._transport._settle(self, "dead_letter", reason)
+
+    def __repr__(self) -> str:
+        state = self._settled or "unsettled"
+        return f"<SQLiteDelivery queue={self.queue!r} task_id={self.frame.task_id!r} {state}>"
+
+
+class SQLiteTransport(Transport):
+    """A transport to the SQLite broker file at ``path``.
+
+    Args:
+        path: the database file (created if missing).
+        visibility_timeout: seconds a lease lasts without a heartbeat: how long after a
+            consumer dies its messages come back.
+        busy_timeout: seconds to wait for the write lock before ``ConnectionLost``.
+        synchronous: SQLite's ``PRAGMA synchronous`` (``"full"``, ``"normal"``,
+            ``"extra"``); see the module docs for the durability trade.
+        heartbeat_interval: seconds between lease extensions (default
+            ``visibility_timeout / 3``).
+        create_directory: create the file's parent directories on connect.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        visibility_timeout: float = 30.0,
+        busy_timeout: float = 5.0,
+        synchronous: str = "full",
+        heartbeat_interval: float | None = None,
+        create_directory: bool = True,
+    ) -> None:
+        raw = os.fspath(path)
+        if not isinstance(raw, str) or not raw or raw == ":memory:" or raw.startswith("file:"):
+            raise ImproperlyConfigured(
+                f"the SQLite broker needs a file path, got {raw!r} (an in-memory database "
+                "cannot be shared; use memory:// for an in-process broker)",
+                setting="broker_url",
+            )
+        _positive("visibility_timeout", visibility_timeout)
+        _positive("busy_timeout", busy_timeout, allow_zero=True)
+        if heartbeat_interval is not None:
+            _positive("heartbeat_interval", heartbeat_interval)
+            if heartbeat_interval >= visibility_timeout:
+                raise ImproperlyConfigured(
+                    f"heartbeat_interval ({heartbeat_interval:g} s) must be shorter than "
+                    f"visibility_timeout ({visibility_timeout:g} s), or leases lapse",
+                    setting="heartbeat_interval",
+                )
+        if synchronous not in _SYNCHRONOUS:
+            raise ImproperlyConfigured(
+                f"synchronous must be one of {', '.join(_SYNCHRONOUS)}, got {synchronous!r}",
+                setting="synchronous",
+            )
+        # Resolved now, without I/O, so a later chdir does not move the broker.
+        self.path = os.path.abspath(raw)
+        self.url = f"sqlite:///{self.path}"
+        self.visibility_timeout = float(visibility_timeout)
+        self.busy_timeout = float(busy_timeout)
+        self.synchronous = synchronous
+        self.heartbeat_interval = (
+            float(heartbeat_interval) if heartbeat_interval is not None
+            else self.visibility_timeout / 3
+        )
+        self.create_directory = create_directory
+        self.capabilities = Capabilities(
+            native_delay=True,
+            priorities=True,
+            priority_order="higher-first",
+            max_priority=255,
+            per_message_ttl=False,
+            visibility_timeout=self.visibility_timeout,
+            multi_process=True,
+        )
+        # Identifies this transport's leases; the heartbeat extends rows with this owner.
+        self.owner = uuid.uuid4().hex
+        self._lock = threading.RLock()
+        self._conn: sqlite3.Connection | None = None
+        self._pid = os.getpid()
+        self._unsettled: dict[str, SQLiteDelivery] = {}
+        self._heartbeat: threading.Thread | None = None
+        self._stop_heartbeat = threading.Event()
+
+    @classmethod
+    def from_url(cls, url: str, **options: Any) -> SQLiteTransport:
+        """Build from ``sqlite:///relative.db`` / ``sqlite:////abs.db`` plus options.
+
+        Query options: ``visibility_timeout``, ``busy_timeout``, ``heartbeat_interval``
+        (seconds), ``synchronous``, ``create_directory`` (true/false). Keyword
+        ``options`` override the query.
+
+        Raises:
+            ImproperlyConfigured: not an sqlite URL, no path, an unknown option or a bad
+                value.
+        """
+        parts = urlsplit(url)
+        if parts.scheme != "sqlite":
+            raise ImproperlyConfigured(f"not an sqlite:// URL: {url!r}", setting="broker_url")
+        if parts.netloc:
+            raise ImproperlyConfigured(
+                f"sqlite URLs have no host: use sqlite:///relative.db or "
+                f"sqlite:////absolute.db, got {url!r}", setting="broker_url",
+            )
+        # SQLAlchemy's rule: the path is what follows "sqlite:///"; a fourth slash makes
+        # it absolute.
+        path = unquote(parts.path[1:]) if parts.path.startswith("/") else ""
+        if not path:
+            raise ImproperlyConfigured(
+                f"sqlite URL without a file path: {url!r}", setting="broker_url"
+            )
+        merged: dict[str, Any] = {}
+        for key, value in parse_qsl(parts.query, keep_blank_values=True):
+            merged[key] = _parse_option(key, value)
+        merged.update(options)
+        known = {"visibility_timeout", "busy_timeout", "heartbeat_interval", "synchronous",
+                 "create_directory"}
+        unknown = sorted(set(merged) - known)
+        if unknown:
+            raise ImproperlyConfigured(
+                f"unknown sqlite transport option(s) {', '.join(unknown)} "
+                f"(known: {', '.join(sorted(known))})",
+                setting="broker_transport_options",
+            )
+        return cls(path, **merged)
+
+    def __repr__(self) -> str:
+        return f"<SQLiteTransport {self.url}>"
+
+    # -- connection ---------------------------------------------------------------------
+
+    def connect(self) -> None:
+        """Open a fresh connection (closing the old one), set WAL mode and create or
+        check the schema. Unsettled deliveries keep their leases.
+
+        Raises:
+            ConnectionLost: the file cannot be opened or the database stays locked.
+            TransportError: the file is not a wiretask database of a known version.
+        """
+        with self._lock:
+            self._drop_connection()
+            self._conn = self._open()
+
+    def _open(self) -> sqlite3.Connection:
+        try:
+            if self.create_directory:
+                Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ConnectionLost(
+                f"cannot create the directory of the SQLite broker: {exc}", url=self.url
+            ) from exc
+        conn: sqlite3.Connection | None = None
+        try:
+            # isolation_level=None: we issue BEGIN/COMMIT ourselves, so that every write
+            # takes the lock up front (BEGIN IMMEDIATE) and never fails on upgrade.
+            conn = sqlite3.connect(
+                self.path, timeout=self.busy_timeout, isolation_level=None,
+                check_same_thread=False,
+            )
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute(f"PRAGMA synchronous={self.synchronous.upper()}")
+            self._ensure_schema(conn)
+        except sqlite3.Error as exc:
+            if conn is not None:
+                conn.close()
+            raise self._translate(exc, "opening the database") from exc
+        except BaseException:
+            if conn is not None:
+                conn.close()
+            raise
+        self._pid = os.getpid()
+        return conn
+
+    def _ensure_schema(self, conn: sqlite3.Connection) -> None:
+        exists = conn.execute(
+            "SELECT 1 FROM sqlite_master WHERE type='table' AND name='wiretask_schema'"
+        ).fetchone()
+        if exists:
+            row = conn.execute(
+                "SELECT version FROM wiretask_schema WHERE component='transport'"
+            ).fetchone()
+            if row is not None and row[0] == SCHEMA_VERSION:
+                return
+            if row is not None and row[0] > SCHEMA_VERSION:
+                raise TransportError(
+                    f"the broker database was written by a newer wiretask (transport schema "
+                    f"{row[0]}; this version reads {SCHEMA_VERSION})", url=self.url,
+                )
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            for statement in _SCHEMA.split(";"):
+                if statement.strip():
+                    conn.execute(statement)
+            conn.execute(
+                "INSERT OR REPLACE INTO wiretask_schema (component, version) "
+                "VALUES ('transport', ?)", (SCHEMA_VERSION,),
+            )
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+
+    def _connection(self) -> sqlite3.Connection:
+        # Called with the lock held.
+        if self._conn is not None and self._pid != os.getpid():
+            # Forked: the parent owns that connection; using it here would corrupt the
+            # file, and closing it could release the parent's locks. Abandon it.
+            self._conn = None
+            self._unsettled.clear()
+        if self._conn is None:
+            self._conn = self._open()
+        return self._conn
+
+    def _drop_connection(self) -> None:
+        if self._conn is not None:
+            conn, self._conn = self._conn, None
+            if self._pid == os.getpid():
+                try:
+                    conn.close()
+                except sqlite3.Error:
+                    log.debug("closing a broken SQLite connection failed", exc_info=True)
+
+    def _translate(self, exc: sqlite3.Error, doing: str) -> TransportError:
+        code = _primary_code(exc)
+        name = getattr(exc, "sqlite_errorname", None) or type(exc).__name__
+        message = f"SQLite broker failed while {doing}: {exc} ({name})"
+        if isinstance(exc, sqlite3.OperationalError) and code in _RECOVERABLE:
+            return ConnectionLost(message, url=self.url)
+        return TransportError(message, url=self.url)
+
+    @contextmanager
+    def _session(self, doing: str, *, write: bool = False) -> Iterator[sqlite3.Connection]:
+        """The connection, under the lock, inside ``BEGIN IMMEDIATE … COMMIT`` if
+        ``write``; sqlite3 errors are rolled back and translated."""
+        with self._lock:
+            conn = self._connection()
+            try:
+                if write:
+                    conn.execute("BEGIN IMMEDIATE")
+                yield conn
+                if write:
+                    conn.execute("COMMIT")
+            except sqlite3.Error as exc:
+                self._rollback(conn)
+                if _primary_code(exc) in _REOPEN:
+                    self._drop_connection()
+                raise self._translate(exc, doing) from exc
+            except BaseException:
+                self._rollback(conn)
+                raise
+
+    def _rollback(self, conn: sqlite3.Connection) -> None:
+        if conn.in_transaction:
+            try:
+                conn.execute("ROLLBACK")
+            except sqlite3.Error:
+                # The transaction is already gone (SQLite rolls back on some errors by
+                # itself); a connection in doubt is replaced.
+                self._drop_connection()
+
+    def close(self) -> None:
+        """Stop the heartbeat, return unsettled deliveries to their queues at once
+        (``redelivered``), and close the connection. Idempotent; if the database cannot
+        be reached, the leases simply run out after ``visibility_timeout``."""
+        self._stop_heartbeat.set()
+        heartbeat = self._heartbeat
+        if heartbeat is not None and heartbeat is not threading.current_thread():
+            heartbeat.join(timeout=self.busy_timeout + 1)
+        with self._lock:
+            self._heartbeat = None
+            if self._unsettled and self._conn is not None and self._pid == os.getpid():
+                try:
+                    with self._session("returning unsettled messages", write=True) as conn:
+                        conn.execute(
+                            "UPDATE wiretask_messages SET owner=NULL, lease=NULL, "
+                            "visible_at=0, redelivered=1 WHERE owner=?", (self.owner,),
+                        )
+                except TransportError:
+                    log.warning(
+                        "could not return %d unsettled message(s) on close; they come "
+                        "back after the visibility timeout", len(self._unsettled),
+                        exc_info=True,
+                    )
+            for delivery in self._unsettled.values():
+                delivery._settled = "returned to the queue when its transport closed"
+            self._unsettled.clear()
+            self._drop_connection()
+
+    # -- producing ----------------------------------------------------------------------
+
+    def declare_queue(self, queue: str) -> None:
+        """Queues need no declaration here; this validates the name and connects."""
+        queue_names([queue])
+        with self._lock:
+            self._connection()
+
+    def _row(
+        self, frame: Frame, route: Route, not_before: datetime | None, now: float
+    ) -> tuple[Any, ...]:
+        if not isinstance(frame, Frame):
+            raise ValidationError("frame", f"must be a Frame, got {type(frame).__name__}")
+        queue = route_queue(route)
+        queue_names([queue])
+        at = not_before_timestamp(not_before)
+        return (
+            queue, priority_of(frame, self.capabilities), at if at is not None else 0.0, at,
+            now, frame.content_type, frame.content_encoding,
+            dump_json_mapping("headers", frame.headers),
+            dump_json_mapping("properties", frame.properties),
+            bytes(frame.body),
+        )
+
+    _INSERT = (
+        "INSERT INTO wiretask_messages (queue, priority, visible_at, not_before, "
+        "published_at, content_type, content_encoding, headers, properties, body) "
+        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    )
+
+    def publish(self, frame: Frame, route: Route, *, not_before: datetime | None = None) -> None:
+        """Store one message; returns once it is committed."""
+        row = self._row(frame, route, not_before, time.time())
+        with self._session("publishing", write=True) as conn:
+            conn.execute(self._INSERT, row)
+
+    def publish_many(self, messages: Sequence[Outgoing]) -> None:
+        """Store several messages in one transaction: all of them or (on any error)
+        none. Every frame is checked before the transaction starts."""
+        now = time.time()
+        rows = [self._row(m.frame, m.route, m.not_before, now) for m in messages]
+        if not rows:
+            return
+        with self._session("publishing", write=True) as conn:
+            conn.executemany(self._INSERT, rows)
+
+    # -- consuming ----------------------------------------------------------------------
+
+    def receive(self, queues: Sequence[str], *, timeout: float) -> SQLiteDelivery | None:
+        """Take the best visible message of ``queues`` (highest priority, then oldest),
+        polling the file until ``timeout``."""
+        names = queue_names(queues)
+        if not names:
+            raise ValidationError("queues", "at least one queue name is needed")
+        if isinstance(timeout, bool) or not isinstance(timeout, int | float) or not (
+            math.isfinite(timeout) and timeout >= 0
+        ):
+            raise ValidationError("timeout", f"must be a number >= 0, got {timeout!r}")
+        deadline = time.monotonic() + timeout
+        pause = _POLL_MIN
+        while True:
+            delivery, next_visible = self._take(names)
+            if delivery is not None:
+                return delivery
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return None
+            wait = min(pause, remaining)
+            if next_visible is not None:
+                # A delayed message (or an expiring lease) becomes visible soon: wake
+                # for it rather than at the next backoff step.
+                wait = min(wait, max(next_visible - time.time(), 0.0))
+            time.sleep(max(wait, 0.001))
+            pause = min(pause * 2, _POLL_MAX)
+
+    def _take(self, names: list[str]) -> tuple[SQLiteDelivery | None, float | None]:
+        marks = ",".join("?" * len(names))
+        # Built per queue and combined, so that each part is one index lookup: with
+        # "queue IN (...)" SQLite cannot use its min() shortcut, and would sort every
+        # ready row of the queues for "ORDER BY priority DESC, id".
+        earliest = " UNION ALL ".join(
+            ["SELECT MIN(visible_at) AS v FROM wiretask_messages WHERE queue=?"] * len(names)
+        )
+        candidates = " UNION ALL ".join(
+            ["SELECT * FROM (SELECT id, priority FROM wiretask_messages "
+             "INDEXED BY wiretask_messages_ready WHERE queue=? AND visible_at = 0 "
+             "ORDER BY priority DESC, id LIMIT 1)"] * len(names)
+        )
+        while True:
+            now = time.time()
+            # A read first, outside any write transaction: an idle poll must not take
+            # the write lock that producers need.
+            with self._session("polling") as conn:
+                (first,) = conn.execute(
+                    f"SELECT MIN(v) FROM ({earliest})", names  # noqa: S608 - placeholders only
+                ).fetchone()
+            if first is None:
+                return None, None
+            if first > now:
+                return None, float(first)
+            lease = uuid.uuid4().hex
+            with self._session("receiving", write=True) as conn:
+                # Promote: due delayed rows and rows whose lease lapsed (their consumer
+                # died or stalled) become ready; a lapsed lease means a redelivery.
+                conn.execute(
+                    "UPDATE wiretask_messages SET visible_at=0, owner=NULL, lease=NULL, "  # noqa: S608
+                    "redelivered = (redelivered OR lease IS NOT NULL) "
+                    f"WHERE queue IN ({marks}) AND visible_at > 0 AND visible_at <= ?",
+                    (*names, now),
+                )
+                row = conn.execute(
+                    "UPDATE wiretask_messages SET owner=?, lease=?, visible_at=? "  # noqa: S608
+                    f"WHERE id = (SELECT id FROM ({candidates}) "
+                    f"ORDER BY priority DESC, id LIMIT 1) RETURNING {_COLUMNS}",
+                    (self.owner, lease, now + self.visibility_timeout, *names),
+                ).fetchone()
+                if row is None:
+                    # Another consumer took it between the read and the write.
+                    return None, None
+                row_id, queue, redelivered, ctype, cenc, headers, properties, body = row
+                try:
+                    frame = Frame(
+                        body=bytes(body), content_type=ctype, content_encoding=cenc,
+                        headers=load_json_mapping("headers", headers),
+                        properties=load_json_mapping("properties", properties),
+                    )
+                except DecodeError as exc:
+                    # A row that no longer reads as a frame would block the queue
+                    # forever: dead-letter it in this same transaction and look again.
+                    self._move_to_dead_letters(conn, row_id, f"unreadable stored frame: {exc}")
+                    continue
+                delivery = SQLiteDelivery(
+                    self, row_id=row_id, lease=lease, frame=frame, queue=queue,
+                    redelivered=bool(redelivered),
+                )
+                self._unsettled[lease] = delivery
+                self._start_heartbeat()
+                return delivery, None
+
+    @staticmethod
+    def _move_to_dead_letters(conn: sqlite3.Connection, row_id: int, reason: str) -> int:
+        moved = conn.execute(
+            "INSERT INTO wiretask_dead_letters (queue, reason, at, content_type, "
+            "content_encoding, headers, properties, body) SELECT queue, ?, ?, content_type, "
+            "content_encoding, headers, properties, body FROM wiretask_messages WHERE id=?",
+            (reason, time.time(), row_id),
+        ).rowcount
+        conn.execute("DELETE FROM wiretask_messages WHERE id=?", (row_id,))
+        return moved
+
+    def _settle(
+        self,
+        delivery: SQLiteDelivery,
+        how: Literal["ack", "reject", "requeue", "dead_letter"],
+        reason: str = "",
+    ) -> None:
+        verb = how.replace("_", "-")
+        with self._lock:
+            if delivery._settled is not None:
+                raise TransportError(
+                    f"cannot {verb} a delivery that was already {delivery._settled} "
+                    f"(queue {delivery.queue!r})", url=self.url,
+                )
+            with self._session(f"settling a delivery ({verb})", write=True) as conn:
+                # Every statement matches the lease too: if our lease lapsed and another
+                # consumer holds the row now, we must not touch its delivery.
+                owned = conn.execute(
+                    "SELECT 1 FROM wiretask_messages WHERE id=? AND lease=?",
+                    (delivery._row_id, delivery._lease),
+                ).fetchone()
+                if owned is not None:
+                    if how in ("ack", "reject"):
+                        conn.execute(
+                            "DELETE FROM wiretask_messages WHERE id=?", (delivery._row_id,)
+                        )
+                    elif how == "requeue":
+                        conn.execute(
+                            "UPDATE wiretask_messages SET owner=NULL, lease=NULL, "
+                            "visible_at=0, redelivered=1 WHERE id=?", (delivery._row_id,),
+                        )
+                    else:
+                        self._move_to_dead_letters(conn, delivery._row_id, reason)
+            self._unsettled.pop(delivery._lease, None)
+            if owned is None:
+                delivery._settled = "lost its lease"
+                raise TransportError(
+                    f"cannot {verb}: the lease on this delivery lapsed (no heartbeat for "
+                    f"{self.visibility_timeout:g} s) and the message was or will be "
+                    "delivered again", url=self.url,
+                )
+            delivery._settled = {
+                "ack": "acked", "reject": "rejected", "requeue": "requeued",
+                "dead_letter": "dead-lettered",
+            }[how]
+
+    # -- leases -------------------------------------------------------------------------
+
+    def _start_heartbeat(self) -> None:
+        # Called with the lock held; ``_beat`` clears ``_heartbeat`` under the same lock
+        # when it exits, so a thread is never counted on after it decided to stop.
+        if self._heartbeat is None:
+            self._stop_heartbeat = threading.Event()
+            self._heartbeat = threading.Thread(
+                target=self._beat, args=(self._stop_heartbeat,),
+                name=f"wiretask-sqlite-heartbeat-{self.owner[:8]}", daemon=True,
+            )
+            self._heartbeat.start()
+
+    def _beat(self, stop: threading.Event) -> None:
+        while not stop.wait(self.heartbeat_interval):
+            with self._lock:
+                if not self._unsettled:
+                    # Nothing held: end the thread (the next receive starts a new one)
+                    # rather than keep a thread and the transport alive for nothing.
+                    if self._heartbeat is threading.current_thread():
+                        self._heartbeat = None
+                    return
+                self.extend_leases()
+
+    def extend_leases(self) -> int:
+        """Extend the leases of this transport's unsettled deliveries to
+        ``now + visibility_timeout``; return how many rows were extended. The heartbeat
+        thread calls this; a failure is logged and retried at the next beat."""
+        with self._lock:
+            if not self._unsettled or self._conn is None:
+                return 0
+            try:
+                with self._session("extending leases", write=True) as conn:
+                    return conn.execute(
+                        "UPDATE wiretask_messages SET visible_at=? WHERE owner=? "
+                        "AND lease IS NOT NULL",
+                        (time.time() + self.visibility_timeout, self.owner),
+                    ).rowcount
+            except TransportError:
+                log.warning("could not extend SQLite leases; retrying at the next beat",
+                            exc_info=True)
+                return 0
+
+    # -- inspecting and housekeeping ----------------------------------------------------
+
+    # A row is "waiting" (counted, purged, peeked) unless a live lease holds it.
+    _WAITING = "queue=? AND (owner IS NULL OR visible_at <= ?)"
+
+    def size(self, queue: str) -> int:
+        queue_names([queue])
+        with self._session("counting") as conn:
+            (count,) = conn.execute(
+                f"SELECT COUNT(*) FROM wiretask_messages WHERE {self._WAITING}",  # noqa: S608
+                (queue, time.time()),
+            ).fetchone()
+        return int(count)
+
+    def purge(self, queue: str) -> int:
+        queue_names([queue])
+        with self._session("purging", write=True) as conn:
+            return conn.execute(
+                f"DELETE FROM wiretask_messages WHERE {self._WAITING}",  # noqa: S608
+                (queue, time.time()),
+            ).rowcount
+
+    def peek(self, queue: str, *, limit: int = 100) -> list[Peeked]:
+        queue_names([queue])
+        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 0:
+            raise ValidationError("limit", f"must be an int >= 0, got {limit!r}")
+        now = time.time()
+        with self._session("peeking") as conn:
+            rows = conn.execute(
+                "SELECT visible_at > ? AS scheduled, not_before, content_type, "  # noqa: S608
+                "content_encoding, headers, properties, body FROM wiretask_messages "
+                f"WHERE {self._WAITING} ORDER BY scheduled, "
+                "CASE WHEN visible_at > ? THEN visible_at END, priority DESC, id LIMIT ?",
+                (now, queue, now, now, limit),
+            ).fetchall()
+        peeked = []
+        for scheduled, not_before, ctype, cenc, headers, properties, body in rows:
+            frame = Frame(
+                body=bytes(body), content_type=ctype, content_encoding=cenc,
+                headers=load_json_mapping("headers", headers),
+                properties=load_json_mapping("properties", properties),
+            )
+            peeked.append(Peeked(
+                frame=frame, queue=queue, state="scheduled" if scheduled else "ready",
+                not_before=None if not_before is None
+                else datetime.fromtimestamp(not_before, UTC),
+            ))
+        return peeked
+
+    def dead_letters(self, queue: str) -> list[DeadLetter]:
+        queue_names([queue])
+        with self._session("reading dead letters") as conn:
+            rows = conn.execute(
+                "SELECT reason, at, content_type, content_encoding, headers, properties, body "
+                "FROM wiretask_dead_letters WHERE queue=? ORDER BY id", (queue,),
+            ).fetchall()
+        letters = []
+        for reason, at, ctype, cenc, headers, properties, body in rows:
+            try:
+                frame: Frame | None = Frame(
+                    body=bytes(body), content_type=ctype, content_encoding=cenc,
+                    headers=load_json_mapping("headers", headers),
+                    properties=load_json_mapping("properties", properties),
+                )
+            except (DecodeError, TypeError):
+                frame = None
+            letters.append(DeadLetter(
+                queue=queue, reason=reason, frame=frame,
+                raw=None if frame is not None or body is None else bytes(body), at=at,
+            ))
+        return letters
+
+
+def _positive(name: str, value: Any, *, allow_zero: bool = False) -> None:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(
+        value
+    ) or value < 0 or (value == 0 and not allow_zero):
+        bound = ">= 0" if allow_zero else "> 0"
+        raise ImproperlyConfigured(
+            f"{name} must be a finite number {bound} (seconds), got {value!r}", setting=name
+        )
+
+
+def _parse_option(key: str, value: str) -> Any:
+    if key in ("visibility_timeout", "busy_timeout", "heartbeat_interval"):
+        try:
+            return float(value)
+        except ValueError:
+            raise ImproperlyConfigured(
+                f"{key} must be a number of seconds, got {value!r}", setting=key
+            ) from None
+    if key == "create_directory":
+        lowered = value.lower()
+        if lowered in ("1", "true", "yes", "on"):
+            return True
+        if lowered in ("0", "false", "no", "off"):
+            return False
+        raise ImproperlyConfigured(f"{key} must be true or false, got {value!r}", setting=key)
+    return value
