@@ -66,12 +66,14 @@ def test_url_paths_follow_sqlalchemy(tmp_path: Path, monkeypatch: pytest.MonkeyP
     assert SQLiteTransport.from_url("sqlite:///with%20space.db").path.endswith("with space.db")
 
 
-def test_url_options_and_keyword_overrides(tmp_path: Path) -> None:
+def test_url_options_win_over_keyword_defaults(tmp_path: Path) -> None:
     url = (f"sqlite:///{tmp_path}/b.db?visibility_timeout=5&busy_timeout=0.5"
            "&synchronous=normal&create_directory=false&heartbeat_interval=1")
     transport = SQLiteTransport.from_url(url, visibility_timeout=9)
-    assert transport.visibility_timeout == 9
-    assert transport.capabilities.visibility_timeout == 9
+    assert transport.visibility_timeout == 5
+    assert transport.capabilities.visibility_timeout == 5
+    assert SQLiteTransport.from_url(f"sqlite:///{tmp_path}/b.db",
+                                    visibility_timeout=9).visibility_timeout == 9
     assert transport.busy_timeout == 0.5
     assert transport.synchronous == "normal"
     assert transport.heartbeat_interval == 1

@@ -1,7 +1,8 @@
 """The embedded broker: one SQLite file shared by any number of processes.
 
 ``sqlite:///relative.db`` or ``sqlite:////absolute/path.db`` (SQLAlchemy's slashes), with
-options in the query string or as keyword arguments (keywords win)::
+options in the query string or as keyword arguments (the URL wins, as for Redis: the
+keywords are app-wide defaults, the URL names this broker)::
 
     sqlite:////var/lib/app/broker.db?visibility_timeout=60&busy_timeout=5&synchronous=full
 
@@ -281,8 +282,8 @@ class SQLiteTransport(Transport):
         """Build from ``sqlite:///relative.db`` / ``sqlite:////abs.db`` plus options.
 
         Query options: ``visibility_timeout``, ``busy_timeout``, ``heartbeat_interval``
-        (seconds), ``synchronous``, ``create_directory`` (true/false). Keyword
-        ``options`` override the query.
+        (seconds), ``synchronous``, ``create_directory`` (true/false). They override
+        the same keyword ``options``, which act as defaults.
 
         Raises:
             ImproperlyConfigured: not an sqlite URL, no path, an unknown option or a bad
@@ -303,10 +304,9 @@ class SQLiteTransport(Transport):
             raise ImproperlyConfigured(
                 f"sqlite URL without a file path: {url!r}", setting="broker_url"
             )
-        merged: dict[str, Any] = {}
+        merged: dict[str, Any] = dict(options)
         for key, value in parse_qsl(parts.query, keep_blank_values=True):
             merged[key] = _parse_option(key, value)
-        merged.update(options)
         known = {"visibility_timeout", "busy_timeout", "heartbeat_interval", "synchronous",
                  "create_directory"}
         unknown = sorted(set(merged) - known)
