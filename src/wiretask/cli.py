@@ -1,0 +1,598 @@
+"""The ``wiretask`` command: run a worker, send and inspect tasks, read results, demo.
+
+Every subcommand finds its app the same way: ``-A/--app pkg.module:app`` imports an
+``App`` (the current directory is importable, as with Celery); without it a plain ``App``
+is built from ``--broker``/``--backend``, or from ``$WIRETASK_BROKER_URL`` and the
+embedded SQLite default. ``--broker``/``--backend`` also override an imported app's URLs.
+
+Exit codes: 0 success, 1 a runtime failure (the broker could not be reached, a waited-for
+task failed), 2 a usage error (a bad option value, an app that does not import).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import logging
+import math
+import os
+import signal
+import sys
+import threading
+from collections.abc import Callable, Mapping, Sequence
+from datetime import UTC, datetime
+from types import FrameType
+from typing import Any, NoReturn
+
+import wiretask
+from wiretask.app import App, AsyncResult
+from wiretask.errors import (
+    DecodeError,
+    PublishError,
+    TimeoutError,
+    TransportError,
+    UnknownCodec,
+    ValidationError,
+    WiretaskError,
+)
+from wiretask.protocol import states
+from wiretask.results.exceptions import exception_from_meta
+
+__all__ = ["CommandError", "load_app", "main", "parse_arg"]
+
+#: The CLI option that carries each ``ValidationError.field`` of ``send_task``.
+_CALL_OPTION_OF_FIELD: Mapping[str, str] = {
+    "args": "ARGS",
+    "kwargs": "--kwargs",
+    "countdown": "--countdown",
+    "eta": "--eta",
+    "expires": "--expires",
+    "queue": "--queue",
+    "serializer": "--serializer",
+    "compression": "--compression",
+    "compressor": "--compression",
+    "priority": "--priority",
+    "task": "TASK",
+}
+
+
+class CommandError(Exception):
+    """A failure the command reports as one line on stderr, with an exit code."""
+
+    def __init__(self, message: str, *, code: int = 2) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class _Parser(argparse.ArgumentParser):
+    """An ``ArgumentParser`` whose usage errors are one line: ``prog: error: message``."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
+
+
+# -- argument types ---------------------------------------------------------------------
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"must be a number of seconds, got {text!r}"
+        ) from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"must be a finite number of seconds, got {text!r}")
+    return value
+
+
+def _non_negative_seconds(text: str) -> float:
+    value = _seconds(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0 seconds, got {text!r}")
+    return value
+
+
+def _positive_seconds(text: str) -> float:
+    value = _seconds(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be > 0 seconds, got {text!r}")
+    return value
+
+
+def _expires(text: str) -> float | str:
+    """``--expires``: seconds from now, or an absolute ISO 8601 time (checked on send)."""
+    try:
+        return _seconds(text)
+    except argparse.ArgumentTypeError:
+        return text
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be an integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {text!r}")
+    return value
+
+
+def _integer(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be an integer, got {text!r}") from None
+
+
+def _json_object(text: str) -> dict[str, Any]:
+    try:
+        value = json.loads(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"is not valid JSON ({exc})") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError(
+            f"must be a JSON object like '{{\"x\": 1}}', got {text!r}"
+        )
+    return value
+
+
+def _queues(text: str) -> list[str]:
+    names = [name.strip() for name in text.split(",")]
+    if not all(names):
+        raise argparse.ArgumentTypeError(f"must be comma-separated queue names, got {text!r}")
+    return names
+
+
+def _loglevel(text: str) -> int:
+    level = logging.getLevelName(text.upper())
+    if not isinstance(level, int):
+        raise argparse.ArgumentTypeError(
+            f"must be DEBUG, INFO, WARNING, ERROR or CRITICAL, got {text!r}"
+        )
+    return level
+
+
+def parse_arg(text: str) -> Any:
+    """A positional task argument: its JSON value if it parses as JSON, else the string.
+
+    ``2`` is the number 2, ``'"2"'`` and ``two`` are strings, ``'[1, 2]'`` is a list.
+    """
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
+
+
+# -- finding the app --------------------------------------------------------------------
+
+
+def load_app(spec: str) -> App:
+    """Import ``pkg.module:attribute`` (or ``pkg.module``, meaning its ``app``) and return
+    the ``App`` found there. The current directory is put first on ``sys.path``.
+
+    Raises:
+        CommandError: the module does not import, has no such attribute, or the
+            attribute is not an ``App`` (the message names which, and why).
+    """
+    module_name, _, attribute = spec.partition(":")
+    attribute = attribute or "app"
+    if not module_name:
+        raise CommandError(f"-A/--app: expected 'package.module:app', got {spec!r}")
+    cwd = os.getcwd()
+    if cwd not in sys.path:
+        sys.path.insert(0, cwd)
+    try:
+        module = importlib.import_module(module_name)
+    except Exception as exc:
+        raise CommandError(
+            f"-A/--app: cannot import {module_name!r}: {type(exc).__name__}: {exc}"
+        ) from exc
+    target: Any = module
+    for part in attribute.split("."):
+        try:
+            target = getattr(target, part)
+        except AttributeError:
+            raise CommandError(
+                f"-A/--app: module {module_name!r} has no attribute {attribute!r}"
+            ) from None
+    if not isinstance(target, App):
+        raise CommandError(
+            f"-A/--app: {spec!r} is a {type(target).__name__}, not a wiretask App"
+        )
+    return target
+
+
+def _app_from_args(args: argparse.Namespace) -> App:
+    spec: str | None = getattr(args, "app", None)
+    broker: str | None = getattr(args, "broker", None)
+    backend: str | None = getattr(args, "backend", None)
+    if spec:
+        app = load_app(spec)
+        if broker:
+            app.conf.broker_url = broker
+        if backend:
+            app.conf.result_backend = backend
+        return app
+    return App(broker=broker, backend=backend)
+
+
+# -- output helpers ---------------------------------------------------------------------
+
+
+def _out(text: str = "") -> None:
+    sys.stdout.write(text + "\n")
+
+
+def _show(value: Any) -> str:
+    """A value as the user would type it: JSON when it is JSON, else ``repr``."""
+    if isinstance(value, BaseException):
+        return f"{type(value).__name__}({', '.join(repr(a) for a in value.args)})"
+    try:
+        return json.dumps(value, ensure_ascii=False, default=None)
+    except (TypeError, ValueError):
+        return repr(value)
+
+
+def _table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
+    """Left-aligned columns separated by two spaces; the last column is not padded."""
+    widths = [len(h) for h in headers]
+    for row in rows:
+        widths = [max(w, len(cell)) for w, cell in zip(widths, row, strict=True)]
+    lines = []
+    for row in [headers, *rows]:
+        cells = [cell.ljust(width) for cell, width in zip(row, widths, strict=True)]
+        lines.append("  ".join(cells).rstrip())
+    return lines
+
+
+def _iso(value: datetime | None) -> str:
+    if value is None:
+        return "-"
+    return value.astimezone(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+def _relative(value: datetime | None, now: datetime) -> str:
+    if value is None:
+        return ""
+    seconds = (value - now).total_seconds()
+    return f" (in {seconds:.1f}s)" if seconds >= 0 else f" ({-seconds:.1f}s ago)"
+
+
+# -- commands ---------------------------------------------------------------------------
+
+
+def _cmd_worker(args: argparse.Namespace) -> int:
+    from wiretask.worker import Worker  # noqa: PLC0415 - only this command needs it
+
+    app = _app_from_args(args)
+    logging.basicConfig(
+        level=args.loglevel,
+        format="[%(asctime)s %(levelname)s %(processName)s] %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    worker = Worker(app, queues=args.queues, concurrency=args.concurrency, pool=args.pool)
+    logging.getLogger("wiretask.cli").info(
+        "worker for %r: broker %s, queues %s, %d %s",
+        app.main or "__main__", app.transport.url, ",".join(args.queues), args.concurrency,
+        args.pool,
+    )
+    try:
+        worker.run()
+    finally:
+        app.close()
+    return 0
+
+
+def _call_options(args: argparse.Namespace) -> dict[str, Any]:
+    options: dict[str, Any] = {}
+    for name in ("countdown", "eta", "expires", "queue", "serializer", "compression",
+                 "priority"):
+        value = getattr(args, name)
+        if value is not None:
+            options[name] = value
+    return options
+
+
+def _cmd_call(args: argparse.Namespace) -> int:
+    app = _app_from_args(args)
+    task_args = [parse_arg(text) for text in args.args]
+    try:
+        result = app.send_task(args.task, task_args, args.kwargs or {}, **_call_options(args))
+    except UnknownCodec as exc:
+        option = "--serializer" if exc.kind == "serializer" else "--compression"
+        raise CommandError(f"{option}: {exc.problem}") from exc
+    except ValidationError as exc:
+        option = _CALL_OPTION_OF_FIELD.get(exc.field, exc.field)
+        raise CommandError(f"{option}: {exc.problem}") from exc
+    except PublishError as exc:
+        raise CommandError(f"could not send {args.task!r}: {exc}", code=1) from exc
+    finally:
+        app.close()
+    _out(result.id)
+    return 0
+
+
+def _describe(peeked: Any, app: App, now: datetime) -> tuple[list[str], dict[str, Any]]:
+    """One ``inspect`` row and its JSON form, for a message seen by ``Transport.peek``."""
+    from wiretask.protocol.celery import decode  # noqa: PLC0415
+
+    frame = peeked.frame
+    not_before = peeked.not_before
+    record: dict[str, Any] = {
+        "state": peeked.state,
+        "id": frame.task_id,
+        "size": len(frame.body),
+        "not_before": not_before.isoformat() if not_before is not None else None,
+    }
+    try:
+        message = decode(frame, app.registry)
+    except DecodeError as exc:
+        record["error"] = str(exc)
+        row = [peeked.state, frame.task_id or "?", "(undecodable)", "-", "-", "-", "-", "-",
+               str(len(frame.body)), frame.headers.get("compression") or "-"]
+        return row, record
+    eta = message.eta if message.eta is not None else not_before
+    callbacks = [sig.task for sig in message.callbacks or ()]
+    errbacks = [sig.task for sig in message.errbacks or ()]
+    record.update(
+        id=message.id,
+        task=message.task,
+        eta=eta.isoformat() if eta is not None else None,
+        expires=message.expires.isoformat() if message.expires is not None else None,
+        retries=message.retries,
+        callbacks=callbacks,
+        errbacks=errbacks,
+        compression=message.compression,
+        args=list(message.args),
+        kwargs=dict(message.kwargs),
+    )
+    row = [
+        peeked.state,
+        message.id,
+        message.task,
+        _iso(eta) + _relative(eta, now),
+        _iso(message.expires) + _relative(message.expires, now),
+        str(message.retries),
+        ",".join(callbacks) or "-",
+        ",".join(errbacks) or "-",
+        str(len(frame.body)),
+        message.compression or "-",
+    ]
+    return row, record
+
+
+def _cmd_inspect(args: argparse.Namespace) -> int:
+    app = _app_from_args(args)
+    try:
+        transport = app.transport
+        waiting = transport.size(args.queue)
+        peeked = transport.peek(args.queue, limit=args.limit)
+        dead = len(transport.dead_letters(args.queue))
+    except TransportError as exc:
+        raise CommandError(f"cannot read queue {args.queue!r}: {exc}", code=1) from exc
+    finally:
+        app.close()
+    now = app.now()
+    rows: list[list[str]] = []
+    records: list[dict[str, Any]] = []
+    for item in peeked:
+        row, record = _describe(item, app, now)
+        rows.append(row)
+        records.append(record)
+    if args.json:
+        _out(json.dumps(
+            {"queue": args.queue, "waiting": waiting, "dead_letters": dead,
+             "messages": records},
+            indent=2, default=repr,
+        ))
+        return 0
+    ready = sum(1 for item in peeked if item.state == "ready")
+    shown = f", showing the first {len(peeked)}" if len(peeked) < waiting else ""
+    _out(
+        f"queue {args.queue!r} on {transport.url}: {waiting} waiting "
+        f"({ready} ready, {len(peeked) - ready} scheduled{shown}), {dead} dead-lettered"
+    )
+    if rows:
+        _out()
+        headers = ["STATE", "ID", "TASK", "ETA", "EXPIRES", "RETRIES", "LINK", "LINK_ERROR",
+                   "SIZE", "COMPRESSION"]
+        for line in _table(headers, rows):
+            _out(line)
+        errors = [r for r in records if "error" in r]
+        if errors:
+            _out()
+            for record in errors:
+                _out(f"undecodable {record['id'] or '(no id)'}: {record['error']}")
+    return 0
+
+
+def _cmd_result(args: argparse.Namespace) -> int:
+    app = _app_from_args(args)
+    try:
+        if args.wait is not None:
+            try:
+                AsyncResult(args.id, app=app).get(timeout=args.wait, propagate=False)
+            except TimeoutError as exc:
+                raise CommandError(str(exc), code=1) from exc
+        meta = app.backend.get(args.id)
+    except TransportError as exc:
+        raise CommandError(f"cannot read the result of {args.id}: {exc}", code=1) from exc
+    finally:
+        app.close()
+    if meta is None:
+        meta = states.make_meta(args.id, states.PENDING, None)
+    state = str(meta.get("status"))
+    result = meta.get("result")
+    if state in states.EXCEPTION_STATES and isinstance(result, Mapping):
+        result = exception_from_meta(result)
+    if args.json:
+        _out(json.dumps(dict(meta), indent=2, default=repr))
+    else:
+        lines = [("id", args.id), ("state", state), ("result", _show(result))]
+        if meta.get("date_done"):
+            lines.append(("done", str(meta["date_done"])))
+        for label, value in lines:
+            _out(f"{label:<8}{value}")
+        traceback = meta.get("traceback")
+        if traceback:
+            _out()
+            _out(str(traceback).rstrip())
+    return 1 if state in states.PROPAGATE_STATES else 0
+
+
+def _cmd_scheduler(args: argparse.Namespace) -> int:
+    app = _app_from_args(args)
+    url = app.broker_url
+    if not url.startswith(("redis://", "rediss://", "unix://")):
+        raise CommandError(
+            f"--broker: the scheduler is for Redis brokers only (got {app.transport.url}); "
+            "SQLite and memory brokers deliver delayed messages themselves"
+        )
+    try:
+        from wiretask.transports.redis import run_scheduler  # noqa: PLC0415
+    except ImportError as exc:
+        raise CommandError(
+            f"the Redis transport needs the redis extra (pip install 'wiretask[redis]'): {exc}"
+        ) from exc
+    logging.basicConfig(
+        level=args.loglevel, format="[%(asctime)s %(levelname)s] %(name)s: %(message)s"
+    )
+    stop = threading.Event()
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        del frame
+        logging.getLogger("wiretask.cli").info("%s: stopping", signal.Signals(signum).name)
+        stop.set()
+
+    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        run_scheduler(url, interval=args.interval, stop_event=stop)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from wiretask.demo import run_demo  # noqa: PLC0415
+
+    return run_demo(color=None if not args.no_color else False)
+
+
+# -- the parser -------------------------------------------------------------------------
+
+
+def _app_options(parser: argparse.ArgumentParser, *, default: Any) -> None:
+    group = parser.add_argument_group("app")
+    group.add_argument(
+        "-A", "--app", metavar="MODULE:APP", default=default,
+        help="the App to use, e.g. proj.tasks:app (default: a plain App)",
+    )
+    group.add_argument(
+        "--broker", metavar="URL", default=default,
+        help="broker URL (default: the app's, $WIRETASK_BROKER_URL, or embedded SQLite)",
+    )
+    group.add_argument(
+        "--backend", metavar="URL", default=default,
+        help="result backend URL (default: the app's, or the broker's)",
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``wiretask`` argument parser with its subcommands."""
+    parser = _Parser(
+        prog="wiretask",
+        description="Celery task protocol 2 on a typed core: run a worker, send, "
+        "inspect and follow tasks.",
+    )
+    parser.add_argument("--version", action="version", version=f"wiretask {wiretask.__version__}")
+    _app_options(parser, default=None)
+    commands = parser.add_subparsers(title="commands", metavar="COMMAND", required=True)
+
+    def command(
+        name: str, handler: Callable[[argparse.Namespace], int], help_text: str
+    ) -> argparse.ArgumentParser:
+        sub = commands.add_parser(name, help=help_text, description=help_text)
+        sub.set_defaults(handler=handler)
+        if name != "demo":
+            # SUPPRESS: an option given before the command is not reset by this one.
+            _app_options(sub, default=argparse.SUPPRESS)
+        return sub
+
+    worker = command("worker", _cmd_worker, "run a worker until SIGTERM/SIGINT")
+    worker.add_argument("-Q", "--queues", type=_queues, default=["celery"], metavar="Q1,Q2",
+                        help="queues to consume (default: celery)")
+    worker.add_argument("-c", "--concurrency", type=_positive_int, default=os.cpu_count() or 1,
+                        metavar="N", help="tasks run at once (default: the CPU count)")
+    worker.add_argument("--pool", choices=("threads", "processes"), default="threads",
+                        help="run tasks in threads or in child processes (default: threads)")
+    worker.add_argument("-l", "--loglevel", type=_loglevel, default=logging.INFO,
+                        metavar="LEVEL", help="DEBUG, INFO, WARNING, ... (default: INFO)")
+
+    call = command("call", _cmd_call, "send a task by name and print its id")
+    call.add_argument("task", metavar="TASK", help="the task name, e.g. proj.tasks.add")
+    call.add_argument("args", metavar="ARGS", nargs="*",
+                      help="positional arguments: JSON values, else strings")
+    call.add_argument("--kwargs", type=_json_object, metavar="JSON",
+                      help="keyword arguments as a JSON object")
+    call.add_argument("--countdown", type=_seconds, metavar="S",
+                      help="run no earlier than S seconds from now")
+    call.add_argument("--eta", metavar="TIME",
+                      help="run no earlier than this ISO 8601 time (naive means UTC)")
+    call.add_argument("--expires", type=_expires, metavar="S|TIME",
+                      help="revoke if not started within S seconds, or by this ISO time")
+    call.add_argument("--queue", metavar="Q", help="queue to send to (default: celery)")
+    call.add_argument("--serializer", metavar="NAME", help="json (default), msgpack, ...")
+    call.add_argument("--compression", metavar="NAME", help="zstd, gzip, zlib, bzip2, ...")
+    call.add_argument("--priority", type=_integer, metavar="P", help="message priority")
+
+    inspect = command(
+        "inspect", _cmd_inspect, "list the messages waiting in a queue without consuming them"
+    )
+    inspect.add_argument("queue", metavar="QUEUE", nargs="?", default="celery",
+                         help="the queue (default: celery)")
+    inspect.add_argument("--limit", type=_positive_int, default=100, metavar="N",
+                         help="show at most N messages (default: 100)")
+    inspect.add_argument("--json", action="store_true", help="print JSON instead of a table")
+
+    result = command("result", _cmd_result, "show a task's state and result")
+    result.add_argument("id", metavar="ID", help="the task id")
+    result.add_argument("--wait", type=_non_negative_seconds, metavar="S",
+                        help="wait up to S seconds for the task to finish")
+    result.add_argument("--json", action="store_true", help="print the stored meta as JSON")
+
+    scheduler = command(
+        "scheduler", _cmd_scheduler,
+        "move due delayed messages into their queues on a Redis broker, until SIGTERM/SIGINT",
+    )
+    scheduler.add_argument("--interval", type=_positive_seconds, default=1.0, metavar="S",
+                           help="seconds between scans (default: 1)")
+    scheduler.add_argument("-l", "--loglevel", type=_loglevel, default=logging.INFO,
+                           metavar="LEVEL", help="DEBUG, INFO, WARNING, ... (default: INFO)")
+
+    demo = command("demo", _cmd_demo, "a guided tour of the calling API (a few seconds)")
+    demo.add_argument("--no-color", action="store_true", help="plain output")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the ``wiretask`` command; return its exit code."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    handler: Callable[[argparse.Namespace], int] = args.handler
+    try:
+        return handler(args)
+    except CommandError as exc:
+        sys.stderr.write(f"wiretask: error: {exc}\n")
+        return exc.code
+    except WiretaskError as exc:
+        sys.stderr.write(f"wiretask: error: {type(exc).__name__}: {exc}\n")
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
