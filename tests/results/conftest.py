@@ -13,7 +13,7 @@ from wiretask.results import ResultBackend, backend_from_url
 #: make(expires=...) -> a backend; every call in one test shares the same store.
 Factory = Callable[..., ResultBackend]
 
-KINDS = ["memory", "sqlite"]
+KINDS = ["memory", "sqlite", "redis"]
 
 
 def _url(kind: str, request: pytest.FixtureRequest, tmp_path: Path) -> str:

@@ -5,6 +5,8 @@
 * ``memory://`` / ``memory://name`` — in this process (``wiretask.results.memory``);
 * ``sqlite:///relative.db`` / ``sqlite:////absolute.db`` — a file shared by processes
   (``wiretask.results.sqlite``);
+* ``redis://`` / ``rediss://`` — Celery's Redis layout, readable by Celery
+  (``wiretask.results.redis``, needs the ``redis`` extra).
 
 The interface and the rules every backend follows are in ``wiretask.results.base``;
 exceptions in results are converted by ``wiretask.results.exceptions``.
@@ -12,8 +14,9 @@ exceptions in results are converted by ``wiretask.results.exceptions``.
 
 from __future__ import annotations
 
+import importlib
 import urllib.parse
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, Final
 
@@ -38,50 +41,22 @@ __all__ = [
     "backend_from_url",
 ]
 
-
-def _memory(
-    url: str, serializer: str, expires: float | timedelta | None, registry: Registry | None,
-    options: Mapping[str, Any],
-) -> ResultBackend:
-    from wiretask.results.memory import MemoryBackend  # noqa: PLC0415
-
-    _check_options("memory", options, set())
-    return MemoryBackend(url, serializer=serializer, expires=expires, registry=registry)
-
-
-def _sqlite(
-    url: str, serializer: str, expires: float | timedelta | None, registry: Registry | None,
-    options: Mapping[str, Any],
-) -> ResultBackend:
-    from wiretask.results.sqlite import SQLiteBackend  # noqa: PLC0415
-
-    known = {"busy_timeout", "event_retention"}
-    _check_options("sqlite", options, known)
-    return SQLiteBackend(
-        url, serializer=serializer, expires=expires, registry=registry,
-        **{k: float(v) for k, v in options.items()},
-    )
-
-
-def _check_options(scheme: str, options: Mapping[str, Any], known: set[str]) -> None:
-    unknown = sorted(set(options) - known)
-    if unknown:
-        raise ImproperlyConfigured(
-            f"unknown {scheme} result backend option(s) {', '.join(unknown)}"
-            f" (known: {', '.join(sorted(known)) or 'none'})",
-            setting="result_backend_transport_options",
-        )
-
-
-_Factory = Callable[
-    [str, str, "float | timedelta | None", "Registry | None", Mapping[str, Any]], ResultBackend
-]
-
-#: URL scheme -> factory. Backends are imported when first used, so that the drivers
-#: (redis-py) are needed only by those who use them.
-SCHEMES: Final[Mapping[str, _Factory]] = {
-    "memory": _memory,
-    "sqlite": _sqlite,
+#: URL scheme -> (module, class, the transport options it takes). Modules are imported
+#: when first used, so that a driver (redis-py) is needed only by those who use it.
+SCHEMES: Final[Mapping[str, tuple[str, str, frozenset[str]]]] = {
+    "memory": ("wiretask.results.memory", "MemoryBackend", frozenset()),
+    "sqlite": (
+        "wiretask.results.sqlite", "SQLiteBackend",
+        frozenset({"busy_timeout", "event_retention"}),
+    ),
+    "redis": (
+        "wiretask.results.redis", "RedisBackend",
+        frozenset({"global_keyprefix", "socket_timeout", "socket_connect_timeout"}),
+    ),
+    "rediss": (
+        "wiretask.results.redis", "RedisBackend",
+        frozenset({"global_keyprefix", "socket_timeout", "socket_connect_timeout"}),
+    ),
 }
 
 
@@ -91,31 +66,60 @@ def backend_from_url(
     serializer: str = "json",
     expires: float | timedelta | None = DEFAULT_EXPIRES,
     registry: Registry | None = None,
+    compression: str | None = None,
     transport_options: Mapping[str, Any] | None = None,
 ) -> ResultBackend:
     """Open the result backend for ``url``. No I/O happens until it is used.
 
     Args:
-        url: ``memory://[name]``, ``sqlite:///path.db``.
+        url: ``memory://[name]``, ``sqlite:///path.db``, ``redis://host:port/db``.
         serializer: the result serializer (Celery's ``result_serializer``, ``json``).
         expires: seconds a result is kept (Celery's ``result_expires``, default one
             day; ``None`` or ``0`` = forever); a ``timedelta`` is accepted.
         registry: the codec registry (default: ``wiretask.codecs.default_registry()``).
-        transport_options: backend-specific options (Celery's
-            ``result_backend_transport_options``).
+        compression: compress stored values (Celery 5.7's ``result_compression``; only
+            Celery 5.7 and later read them). Compressed values are read either way.
+        transport_options: backend options (Celery's
+            ``result_backend_transport_options``): ``global_keyprefix``,
+            ``socket_timeout``, ``socket_connect_timeout`` for Redis; ``busy_timeout``,
+            ``event_retention`` for SQLite.
 
     Raises:
         ImproperlyConfigured: an unknown scheme (the message names the supported
-            ones), a malformed URL or an unknown option.
-        UnknownCodec: the registry has no such serializer.
+            ones), a malformed URL, an unknown option, or a missing driver.
+        UnknownCodec: the registry has no such serializer or compressor.
     """
-    scheme = urllib.parse.urlsplit(url).scheme if isinstance(url, str) else ""
-    factory = SCHEMES.get(scheme)
-    if factory is None:
+    scheme = urllib.parse.urlsplit(url).scheme.lower() if isinstance(url, str) else ""
+    if scheme not in SCHEMES or "://" not in url:
         shown = mask_url(url) if isinstance(url, str) else repr(url)
         raise ImproperlyConfigured(
             f"unsupported result backend URL {shown!r}: the scheme must be one of "
             f"{', '.join(f'{s}://' for s in SCHEMES)}",
             setting="result_backend",
         )
-    return factory(url, serializer, expires, registry, dict(transport_options or {}))
+    module_name, class_name, known = SCHEMES[scheme]
+    options = dict(transport_options or {})
+    unknown = sorted(set(options) - known)
+    if unknown:
+        raise ImproperlyConfigured(
+            f"unknown {scheme}:// result backend option(s) {', '.join(unknown)}"
+            f" (known: {', '.join(sorted(known)) or 'none'})",
+            setting="result_backend_transport_options",
+        )
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        # Only a missing driver is a configuration problem; an ImportError from inside
+        # wiretask itself is a bug and surfaces as itself.
+        if (exc.name or "").startswith("wiretask"):
+            raise
+        raise ImproperlyConfigured(
+            f"the {scheme}:// result backend needs the {exc.name!r} package: "
+            "pip install 'wiretask[redis]'",
+            setting="result_backend",
+        ) from exc
+    backend_class: type[ResultBackend] = getattr(module, class_name)
+    return backend_class(  # type: ignore[call-arg]
+        url, serializer=serializer, expires=expires, registry=registry,
+        compression=compression, **options,
+    )

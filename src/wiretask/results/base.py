@@ -38,6 +38,8 @@ from datetime import timedelta
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Final, Self
 
+import attrs
+
 from wiretask.errors import DecodeError, ImproperlyConfigured, ValidationError
 
 if TYPE_CHECKING:
@@ -128,19 +130,26 @@ def check_meta(task_id: str, meta: Mapping[str, Any]) -> str:
 class MetaCodec:
     """Meta dict ⇄ stored bytes, with the result serializer of a codec registry.
 
-    Reading also undoes Celery 5.7's magic-prefixed compression (§D) whatever this
-    side's own settings, as Celery does, through the registry's decompressors (so the
+    With ``compression`` (Celery 5.7's ``result_compression``) values are written as
+    Celery 5.7 writes them: ``COMPRESSED_PAYLOAD_MAGIC + MIME + b"\\x00" + compressed``
+    (§D); only Celery 5.7 and later read that. Reading undoes such a prefix whatever this
+    side's own setting, as Celery does, through the registry's decompressors (so the
     registry's decompressed-size cap applies).
     """
 
-    def __init__(self, registry: Registry, serializer: str = "json") -> None:
-        """Resolve ``serializer`` in ``registry``.
+    def __init__(
+        self, registry: Registry, serializer: str = "json", compression: str | None = None
+    ) -> None:
+        """Resolve ``serializer`` (and ``compression``) in ``registry``.
 
         Raises:
-            UnknownCodec: the registry has no such serializer.
+            UnknownCodec: the registry has no such serializer or compressor.
         """
         self.registry = registry
         self.serializer = serializer
+        self.compression = compression
+        if compression is not None:
+            registry.compressor(compression)
         # A probe resolves the name (and its aliases) to the content type that readers
         # of key-value stores need: Celery stores no content type next to the value.
         probe = registry.dumps({}, serializer)
@@ -153,7 +162,13 @@ class MetaCodec:
         Raises:
             EncodeError: the result (or another field) cannot be serialized.
         """
-        return self.registry.dumps(dict(meta), self.serializer)
+        encoded = self.registry.dumps(dict(meta), self.serializer, field="result")
+        if self.compression is None:
+            return encoded
+        body, mime = self.registry.compress(encoded.data, self.compression)
+        return attrs.evolve(
+            encoded, data=b"".join([COMPRESSED_PAYLOAD_MAGIC, mime.encode("ascii"), b"\x00", body])
+        )
 
     def decode(
         self,

@@ -157,6 +157,7 @@ class MemoryBackend(ResultBackend):
         serializer: the result serializer (``json``).
         expires: ``result_expires`` in seconds (default one day; ``None`` = never).
         registry: the codec registry (default: ``wiretask.codecs.default_registry()``).
+        compression: compress stored values as Celery 5.7's ``result_compression``.
     """
 
     def __init__(
@@ -166,6 +167,7 @@ class MemoryBackend(ResultBackend):
         serializer: str = "json",
         expires: float | timedelta | None = DEFAULT_EXPIRES,
         registry: Registry | None = None,
+        compression: str | None = None,
     ) -> None:
         self.name = _parse_name(url)
         self.url = f"memory://{self.name}"
@@ -174,7 +176,7 @@ class MemoryBackend(ResultBackend):
             from wiretask.codecs import default_registry  # noqa: PLC0415 - avoid a cycle
 
             registry = default_registry()
-        self.codec = MetaCodec(registry, serializer)
+        self.codec = MetaCodec(registry, serializer, compression)
         self._store = _shared_store(self.name)
         self._subscriptions: weakref.WeakSet[MemorySubscription] = weakref.WeakSet()
         self._closed = False

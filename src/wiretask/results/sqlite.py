@@ -174,6 +174,7 @@ class SQLiteBackend(ResultBackend):
         serializer: the result serializer (``json``).
         expires: ``result_expires`` in seconds (default one day; ``None`` = never).
         registry: the codec registry (default: ``wiretask.codecs.default_registry()``).
+        compression: compress stored values as Celery 5.7's ``result_compression``.
         busy_timeout: seconds a statement waits for another process's write lock.
         event_retention: seconds state-change events are kept for subscribers.
     """
@@ -185,6 +186,7 @@ class SQLiteBackend(ResultBackend):
         serializer: str = "json",
         expires: float | timedelta | None = DEFAULT_EXPIRES,
         registry: Registry | None = None,
+        compression: str | None = None,
         busy_timeout: float = 5.0,
         event_retention: float = DEFAULT_EVENT_RETENTION,
     ) -> None:
@@ -195,9 +197,9 @@ class SQLiteBackend(ResultBackend):
             from wiretask.codecs import default_registry  # noqa: PLC0415 - avoid a cycle
 
             registry = default_registry()
-        self.codec = MetaCodec(registry, serializer)
-        self.busy_timeout = busy_timeout
-        self.event_retention = event_retention
+        self.codec = MetaCodec(registry, serializer, compression)
+        self.busy_timeout = float(busy_timeout)
+        self.event_retention = float(event_retention)
         self._notifier = _notifier_for(self.path)
         self._local = threading.local()
         self._connections: weakref.WeakSet[_Connection] = weakref.WeakSet()

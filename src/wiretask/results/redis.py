@@ -1,0 +1,341 @@
+"""The Redis result backend, in Celery's key layout: ``redis://`` and ``rediss://``.
+
+Celery reads what this backend writes and the other way round (``celery-protocol.md``
+§G.2):
+
+* The key is ``celery-task-meta-<task_id>`` (with ``global_keyprefix`` in front, plus
+  ``_`` unless it ends in one of ``:_-.``, exactly as Celery prefixes it).
+* The value is the meta dict serialized with the result serializer (``json``), written
+  with ``SETEX <result_expires>`` (``PSETEX`` for a fractional expiry, which Celery
+  cannot configure), or ``SET`` when expiry is off, and ``PUBLISH``ed on the channel of
+  the same name with the same payload, in one ``MULTI`` transaction.
+* Celery 5.7's magic-prefixed compressed values are read (and written with
+  ``compression``).
+
+Where wiretask goes further than Celery:
+
+* **The ready-state rule is atomic.** Celery GETs, checks for ``SUCCESS`` and SETs
+  without a transaction. wiretask ``WATCH``es the key, so of two racing final states
+  exactly one is stored, and no state follows a ready one.
+* **A late subscriber receives the current state, exactly once, in order.** A
+  subscription SUBSCRIBEs to the task's channel and to a private *sync channel*; once
+  both are confirmed it runs ``MULTI: GET key; PUBLISH sync-channel token`` on the
+  command connection. Redis runs a transaction at one instant and delivers published
+  messages to a subscriber in execution order, so the token marks the exact place of
+  the GET in the message stream: messages before it are older than (or the same as)
+  the snapshot and are skipped, messages after it are newer and are delivered. No
+  duplicate, no gap, no reordering, without changing Celery's payloads.
+* **A lost subscription connection resynchronizes** (subscribe, snapshot, token again)
+  and delivers the current state if it differs from the last one delivered; states
+  stored during the outage itself cannot be recovered from Celery's layout, but the
+  final one is never missed. If Redis stays unreachable, ``ConnectionLost`` is raised.
+
+Every subscription uses its own pub/sub connection from the client's pool. redis-py
+uses ``hiredis`` for parsing when it is installed (the ``redis`` extra installs it).
+
+Errors: redis-py ``ConnectionError``/``TimeoutError`` become ``ConnectionLost``;
+``AuthenticationError``, ``ResponseError`` and the rest ``TransportError``; both
+chained with ``from`` and naming the URL without its password.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+import uuid
+import weakref
+from collections.abc import Iterator, Mapping
+from datetime import timedelta
+from typing import TYPE_CHECKING, Any, Final
+
+import redis
+import redis.exceptions
+
+from wiretask.errors import (
+    ConnectionLost,
+    DecodeError,
+    ImproperlyConfigured,
+    TransportError,
+)
+from wiretask.protocol import states
+from wiretask.results.base import (
+    DEFAULT_EXPIRES,
+    MetaCodec,
+    ResultBackend,
+    Subscription,
+    check_meta,
+    mask_url,
+    resolve_expires,
+)
+
+if TYPE_CHECKING:
+    from wiretask.codecs import Registry
+
+__all__ = ["TASK_KEYPREFIX", "RedisBackend", "RedisSubscription"]
+
+#: Celery's ``task_keyprefix`` (``KeyValueStoreBackend``).
+TASK_KEYPREFIX: Final = "celery-task-meta-"
+#: Prefix of a subscription's private sync channel (after ``global_keyprefix``).
+SYNC_PREFIX: Final = "wiretask-result-sync-"
+#: ``store`` retries its WATCH transaction this often when other writers keep winning.
+MAX_WATCH_RETRIES: Final = 100
+#: Longest single wait inside ``Subscription.next`` (so ``close()`` is noticed).
+_WAIT_SLICE: Final = 1.0
+
+
+def celery_keyprefix(global_keyprefix: str | None) -> str:
+    """Celery's task key prefix with ``global_keyprefix`` applied as Celery applies it
+    (``BaseKeyValueStoreBackend._add_global_keyprefix``)."""
+    if not global_keyprefix:
+        return TASK_KEYPREFIX
+    if global_keyprefix[-1] not in ":_-.":
+        global_keyprefix += "_"
+    return f"{global_keyprefix}{TASK_KEYPREFIX}"
+
+
+class RedisBackend(ResultBackend):
+    """Results in Redis, readable and writable by Celery's Redis result backend.
+
+    Args:
+        url: ``redis://[[user]:password@]host[:port][/db]`` or ``rediss://...`` (TLS;
+            redis-py's query options such as ``ssl_cert_reqs`` apply).
+        serializer: the result serializer (``json``).
+        expires: ``result_expires`` in seconds (default one day; ``None`` = never).
+        registry: the codec registry (default: ``wiretask.codecs.default_registry()``).
+        compression: compress stored values as Celery 5.7's ``result_compression``.
+        global_keyprefix: Celery's ``result_backend_transport_options
+            ['global_keyprefix']``.
+        socket_timeout: seconds a command may take (Celery's ``redis_socket_timeout``
+            default, 120).
+        socket_connect_timeout: seconds a connection attempt may take.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        serializer: str = "json",
+        expires: float | timedelta | None = DEFAULT_EXPIRES,
+        registry: Registry | None = None,
+        compression: str | None = None,
+        global_keyprefix: str | None = None,
+        socket_timeout: float = 120.0,
+        socket_connect_timeout: float = 10.0,
+    ) -> None:
+        self.url = mask_url(url)
+        self.expires = resolve_expires(expires)
+        if registry is None:
+            from wiretask.codecs import default_registry  # noqa: PLC0415 - avoid a cycle
+
+            registry = default_registry()
+        self.codec = MetaCodec(registry, serializer, compression)
+        self.global_keyprefix = global_keyprefix or ""
+        self.keyprefix = celery_keyprefix(global_keyprefix)
+        try:
+            self.client: redis.Redis = redis.Redis.from_url(
+                url,
+                socket_timeout=float(socket_timeout),
+                socket_connect_timeout=float(socket_connect_timeout),
+            )
+        except ValueError as exc:  # redis-py's complaint about a malformed URL
+            raise ImproperlyConfigured(
+                f"invalid Redis URL {self.url!r}: {exc}", setting="result_backend"
+            ) from exc
+        self.socket_timeout = float(socket_timeout)
+        self._subscriptions: weakref.WeakSet[RedisSubscription] = weakref.WeakSet()
+        self._closed = False
+
+    def key_for(self, task_id: str) -> str:
+        """The key (and channel) of a task: ``celery-task-meta-<task_id>``."""
+        return f"{self.keyprefix}{task_id}"
+
+    @contextlib.contextmanager
+    def errors(self, action: str) -> Iterator[None]:
+        """Translate redis-py exceptions raised inside the block."""
+        if self._closed:
+            raise TransportError("the result backend is closed", url=self.url)
+        try:
+            yield
+        except (redis.exceptions.AuthenticationError, redis.exceptions.AuthorizationError) as exc:
+            raise TransportError(f"Redis {action} refused: {exc}", url=self.url) from exc
+        except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
+            raise ConnectionLost(f"Redis {action} failed: {exc}", url=self.url) from exc
+        except redis.exceptions.RedisError as exc:
+            raise TransportError(f"Redis {action} failed: {exc}", url=self.url) from exc
+
+    def _current_status(self, value: bytes | str | None) -> str | None:
+        if value is None:
+            return None
+        try:
+            return str(self.codec.decode(value)["status"])
+        except DecodeError:
+            # A value nobody can read blocks nothing: the new state replaces it.
+            return None
+
+    def store(self, task_id: str, meta: Mapping[str, Any]) -> None:
+        status = check_meta(task_id, meta)
+        data = self.codec.encode(meta).data
+        key = self.key_for(task_id)
+        # redis-py's Pipeline.watch is untyped; the pipeline is used through Any.
+        client: Any = self.client
+        with self.errors("store"), client.pipeline(transaction=True) as pipe:
+            for _ in range(MAX_WATCH_RETRIES):
+                try:
+                    pipe.watch(key)
+                    if not states.may_follow(self._current_status(pipe.get(key)), status):
+                        pipe.unwatch()
+                        return
+                    pipe.multi()
+                    if self.expires is None:
+                        pipe.set(key, data)
+                    elif self.expires == int(self.expires):
+                        pipe.setex(key, int(self.expires), data)  # what Celery writes
+                    else:
+                        pipe.psetex(key, max(1, int(self.expires * 1000)), data)
+                    pipe.publish(key, data)
+                    pipe.execute()
+                except redis.exceptions.WatchError:
+                    continue  # another writer changed the key between WATCH and EXEC
+                else:
+                    return
+        raise TransportError(
+            f"could not store the state of {task_id}: the key kept changing under "
+            f"{MAX_WATCH_RETRIES} attempts",
+            url=self.url,
+        )
+
+    def get(self, task_id: str) -> dict[str, Any] | None:
+        with self.errors("get"):
+            value = self.client.get(self.key_for(task_id))
+        return None if value is None else self.codec.decode(value)
+
+    def forget(self, task_id: str) -> None:
+        with self.errors("forget"):
+            self.client.delete(self.key_for(task_id))
+
+    def subscribe(self, task_id: str) -> RedisSubscription:
+        subscription = RedisSubscription(self, task_id)
+        self._subscriptions.add(subscription)
+        return subscription
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        for subscription in list(self._subscriptions):
+            subscription.close()
+        with contextlib.suppress(redis.exceptions.RedisError):
+            self.client.close()
+
+
+class RedisSubscription(Subscription):
+    """One task's channel plus a private sync channel (see the module doc)."""
+
+    def __init__(self, backend: RedisBackend, task_id: str) -> None:
+        self._backend = backend
+        self.task_id = task_id
+        self.channel = backend.key_for(task_id).encode()
+        self._pubsub: Any = None
+        self._sync_channel = b""
+        self._token = b""
+        #: Skipping messages until the sync token comes by.
+        self._syncing = False
+        self._pending: list[bytes] = []
+        self._last: bytes | None = None
+        self._closed = False
+        self._start(deliver_unchanged=True)
+
+    def _start(self, *, deliver_unchanged: bool) -> None:
+        """Subscribe, wait for the confirmations, take the snapshot with the token."""
+        backend = self._backend
+        sync = f"{backend.global_keyprefix}{SYNC_PREFIX}{uuid.uuid4().hex}"
+        self._sync_channel = sync.encode()
+        self._token = uuid.uuid4().hex.encode()
+        try:
+            current = self._subscribe_and_snapshot()
+        except BaseException:
+            self._stop()
+            raise
+        self._syncing = True
+        self._pending.clear()
+        if current is not None and (deliver_unchanged or current != self._last):
+            self._pending.append(current)
+
+    def _subscribe_and_snapshot(self) -> bytes | None:
+        backend = self._backend
+        with backend.errors("subscribe"):
+            client: Any = backend.client  # redis-py's pubsub() is untyped
+            pubsub = client.pubsub()
+            self._pubsub = pubsub
+            pubsub.subscribe(self.channel, self._sync_channel)
+            # The snapshot must not run before the SUBSCRIBE did, or the token would
+            # be published to nobody. Confirmations come in order; wait for the last.
+            deadline = time.monotonic() + backend.socket_timeout
+            while True:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise redis.exceptions.TimeoutError("no SUBSCRIBE confirmation")
+                message = pubsub.get_message(timeout=remaining)
+                if (message is not None and message["type"] == "subscribe"
+                        and message["channel"] == self._sync_channel):
+                    break
+            with backend.client.pipeline(transaction=True) as pipe:
+                pipe.get(backend.key_for(self.task_id))
+                pipe.publish(self._sync_channel, self._token)
+                current, _ = pipe.execute()
+        return current  # type: ignore[no-any-return]
+
+    def _stop(self) -> None:
+        pubsub, self._pubsub = self._pubsub, None
+        if pubsub is not None:
+            with contextlib.suppress(redis.exceptions.RedisError, OSError):
+                pubsub.close()
+
+    def _receive(self, timeout: float) -> None:
+        """Read one message (or none within ``timeout``) into ``_pending``."""
+        message = self._pubsub.get_message(timeout=timeout)
+        if message is None or message["type"] != "message":
+            return
+        if message["channel"] == self._sync_channel:
+            if message["data"] == self._token:
+                self._syncing = False
+        elif message["channel"] == self.channel and not self._syncing:
+            self._pending.append(message["data"])
+
+    def next(self, timeout: float | None) -> dict[str, Any] | None:
+        deadline = None if timeout is None else time.monotonic() + max(0.0, timeout)
+        while not (self.finished or self._closed):
+            if self._pending:
+                data = self._pending.pop(0)
+                self._last = data
+                meta = self._backend.codec.decode(data)
+                if meta["status"] in states.READY_STATES:
+                    self.finished = True
+                    self.close()
+                return meta
+            remaining = None if deadline is None else deadline - time.monotonic()
+            if remaining is not None and remaining <= 0:
+                return None
+            wait = _WAIT_SLICE if remaining is None else min(_WAIT_SLICE, remaining)
+            try:
+                if self._pubsub is None:  # a resynchronization failed before
+                    self._start(deliver_unchanged=False)
+                    continue
+                with self._backend.errors("receive"):
+                    self._receive(wait)
+            except ConnectionLost:
+                if self._closed:
+                    return None
+                # Resynchronize once; if Redis is still away, this raises.
+                self._stop()
+                self._start(deliver_unchanged=False)
+            except Exception:
+                if self._closed:  # closed by another thread while reading
+                    return None
+                raise
+        return None
+
+    def close(self) -> None:
+        self._closed = True
+        self._pending.clear()
+        self._stop()
