@@ -1,0 +1,102 @@
+"""The Celery side of the interop tests: a Celery app and the tasks wiretask sends.
+
+The tests start ``celery -A interop.celery_tasks worker`` as a subprocess with
+``INTEROP_REDIS_URL`` pointing at the test Redis (broker and result backend), and use the
+same module in-process as a *client* (``make_client``) to send tasks to wiretask's worker
+and to read results with Celery's own ``AsyncResult``.
+
+Task names are explicit and shared with ``interop.wiretask_tasks``, so the same name runs
+on whichever side consumes the message.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any
+
+from celery import Celery, Task
+from celery.signals import worker_ready
+
+#: Redis key the worker sets (to its pid) once it consumes: the fixture's readiness check.
+READY_KEY = "interop:celery-worker-ready"
+#: Counter the ordering tasks increment: the order in which a worker ran them.
+SEQUENCE_KEY = "interop:sequence"
+#: Longest time ``interop.progress`` waits for a subscriber to its result channel.
+SUBSCRIBER_WAIT = 10.0
+
+
+def make_client(url: str, main: str = "interop-client") -> Celery:
+    """A Celery app configured like the worker's (broker and backend on ``url``)."""
+    client = Celery(main, broker=url, backend=url, set_as_current=False)
+    client.conf.update(
+        accept_content=["json", "msgpack"],
+        result_accept_content=["json", "msgpack"],
+        task_serializer="json",
+        result_serializer="json",
+        enable_utc=True,
+        timezone="UTC",
+        broker_connection_retry_on_startup=True,
+        worker_prefetch_multiplier=1,
+        worker_hijack_root_logger=False,
+        task_create_missing_queues=True,
+    )
+    return client
+
+
+app = make_client(os.environ.get("INTEROP_REDIS_URL", "redis://127.0.0.1:6379/14"), "interop")
+
+
+@app.task(name="interop.add")
+def add(x: int, y: int) -> int:
+    return x + y
+
+
+@app.task(name="interop.echo")
+def echo(*args: Any, **kwargs: Any) -> dict[str, Any]:
+    """What arrived, so the sender can compare it with what it sent."""
+    return {"args": list(args), "kwargs": kwargs}
+
+
+@app.task(name="interop.when", bind=True)
+def when(self: Task) -> dict[str, Any]:
+    """When it ran (unix seconds), the eta it was given, and its place in the run order."""
+    return {
+        "ran_at": time.time(),
+        "eta": self.request.eta,
+        "seq": int(self.app.backend.client.incr(SEQUENCE_KEY)),
+        "priority": (self.request.delivery_info or {}).get("priority"),
+    }
+
+
+@app.task(name="interop.fail")
+def fail(message: str) -> None:
+    raise ValueError(message)
+
+
+@app.task(name="interop.errback")
+def errback(task_id: str) -> dict[str, str]:
+    """Old-style errback (one argument): Celery prepends the failed task's id."""
+    return {"failed_task_id": task_id}
+
+
+@app.task(name="interop.progress", bind=True)
+def progress(self: Task, steps: int) -> str:
+    """Report ``steps`` PROGRESS states, then succeed. It first waits (bounded) until
+    someone listens on its result channel, so a caller that subscribes after sending
+    still sees every state: a condition, not a sleep."""
+    channel = f"celery-task-meta-{self.request.id}"
+    client = self.app.backend.client
+    deadline = time.monotonic() + SUBSCRIBER_WAIT
+    while time.monotonic() < deadline:
+        if dict(client.pubsub_numsub(channel)).get(channel.encode(), 0):
+            break
+        time.sleep(0.01)
+    for step in range(steps):
+        self.update_state(state="PROGRESS", meta={"current": step, "total": steps})
+    return "done"
+
+
+@worker_ready.connect
+def _announce_ready(sender: Any = None, **_: Any) -> None:
+    app.backend.client.set(READY_KEY, os.getpid())

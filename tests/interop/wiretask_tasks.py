@@ -1,0 +1,83 @@
+"""The wiretask side of the interop tests: the same task names as ``interop.celery_tasks``,
+run by wiretask's worker (in-process ``Worker`` or the ``wiretask worker`` command).
+
+``make_app(url)`` builds an app on one Redis URL (broker and result backend);
+``app`` is the one ``wiretask worker -A interop.wiretask_tasks:app`` loads, configured
+from ``INTEROP_REDIS_URL``.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any
+
+import redis
+
+from wiretask.app import App, Task
+
+#: Counter the ordering tasks increment: the order in which a worker ran them.
+SEQUENCE_KEY = "interop:sequence"
+#: Redis list ``interop.slow`` pushes its task id to when it starts (and again on every
+#: run): how a test sees that a task started, and how often.
+STARTED_KEY = "interop:started"
+#: Longest time ``interop.progress`` waits for a subscriber to its result channel.
+SUBSCRIBER_WAIT = 10.0
+
+
+def make_app(url: str, main: str = "interop") -> App:
+    """A wiretask app with the interop tasks: broker ``url`` (its query holds transport
+    options such as ``delay_mode``), result backend the same database without them."""
+    plain = url.partition("?")[0]
+    app = App(main, broker=url, backend=plain, accept_content=("json", "msgpack"))
+    client = redis.Redis.from_url(plain)
+
+    @app.task(name="interop.add")
+    def add(x: int, y: int) -> int:
+        return x + y
+
+    @app.task(name="interop.echo")
+    def echo(*args: Any, **kwargs: Any) -> dict[str, Any]:
+        return {"args": list(args), "kwargs": kwargs}
+
+    @app.task(name="interop.when", bind=True)
+    def when(self: Task[Any, Any]) -> dict[str, Any]:
+        eta = self.request.eta
+        return {
+            "ran_at": time.time(),
+            "eta": eta.isoformat() if eta is not None else None,
+            "seq": int(client.incr(SEQUENCE_KEY)),  # type: ignore[arg-type]
+            "priority": (self.request.delivery_info or {}).get("priority"),
+        }
+
+    @app.task(name="interop.fail")
+    def fail(message: str) -> None:
+        raise ValueError(message)
+
+    @app.task(name="interop.errback")
+    def errback(task_id: str) -> dict[str, str]:
+        return {"failed_task_id": task_id}
+
+    @app.task(name="interop.progress", bind=True)
+    def progress(self: Task[Any, Any], steps: int) -> str:
+        channel = f"celery-task-meta-{self.request.id}"
+        deadline = time.monotonic() + SUBSCRIBER_WAIT
+        while time.monotonic() < deadline:
+            counts = dict(client.pubsub_numsub(channel))  # type: ignore[arg-type]
+            if counts.get(channel.encode(), 0):
+                break
+            time.sleep(0.01)
+        for step in range(steps):
+            self.update_state(state="PROGRESS", meta={"current": step, "total": steps})
+        return "done"
+
+    @app.task(name="interop.slow", bind=True)
+    def slow(self: Task[Any, Any], seconds: float) -> str:
+        client.rpush(STARTED_KEY, str(self.request.id))
+        time.sleep(seconds)
+        return "slept"
+
+    return app
+
+
+app = make_app(os.environ.get("INTEROP_REDIS_URL", "redis://127.0.0.1:6379/14"))
