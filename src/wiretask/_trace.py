@@ -345,7 +345,11 @@ class Tracer:
         # requeueing it would run the task twice next to its re-sent copy.
         reason: BaseException = signal.exc if signal.exc is not None else signal
         if not message.ignore_result:
-            tb = format_traceback(reason) if reason.__traceback__ is not None else None
+            # An ``exc`` that was never raised has no traceback: use the retry's own,
+            # with the reason's type and value (Celery's ExceptionInfo does the same).
+            tb = "".join(traceback.format_exception(
+                type(reason), reason, reason.__traceback__ or signal.__traceback__
+            ))
             self._try_store(message, states.RETRY, reason, tb=tb)
         logger.info("task %s[%s] retry: %s", message.task, message.id, signal)
         return Outcome(states.RETRY, "ack", runtime)
