@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import abc
 import math
-import urllib.parse
 from collections.abc import Mapping
 from datetime import timedelta
 from types import TracebackType
@@ -41,6 +40,9 @@ from typing import TYPE_CHECKING, Any, Final, Self
 import attrs
 
 from wiretask.errors import DecodeError, ImproperlyConfigured, ValidationError
+
+# One masking rule for broker and backend URLs (passwords and secret query values).
+from wiretask.transports.url import mask_url
 
 if TYPE_CHECKING:
     from wiretask.codecs import Encoded, Registry
@@ -88,21 +90,6 @@ def resolve_expires(value: float | timedelta | None) -> float | None:
             f"result_expires must be >= 0 seconds, got {value!r}", setting="result_expires"
         )
     return seconds or None
-
-
-def mask_url(url: str) -> str:
-    """``url`` with its password replaced by ``***`` (the user name is kept)."""
-    parts = urllib.parse.urlsplit(url)
-    if parts.password is None:
-        return url
-    user = parts.username or ""
-    host = parts.hostname or ""
-    if ":" in host:  # an IPv6 literal
-        host = f"[{host}]"
-    netloc = f"{user}:***@{host}"
-    if parts.port is not None:
-        netloc += f":{parts.port}"
-    return urllib.parse.urlunsplit(parts._replace(netloc=netloc))
 
 
 def check_meta(task_id: str, meta: Mapping[str, Any]) -> str:

@@ -186,12 +186,16 @@ class RedisBackend(ResultBackend):
                         pipe.unwatch()
                         return
                     pipe.multi()
+                    # The commands by name: redis-py 8 deprecates its setex()/psetex()
+                    # helpers, and SETEX is what Celery sends.
                     if self.expires is None:
-                        pipe.set(key, data)
+                        pipe.execute_command("SET", key, data)
                     elif self.expires == int(self.expires):
-                        pipe.setex(key, int(self.expires), data)  # what Celery writes
+                        pipe.execute_command("SETEX", key, int(self.expires), data)
                     else:
-                        pipe.psetex(key, max(1, int(self.expires * 1000)), data)
+                        pipe.execute_command(
+                            "PSETEX", key, max(1, int(self.expires * 1000)), data
+                        )
                     pipe.publish(key, data)
                     pipe.execute()
                 except redis.exceptions.WatchError:
