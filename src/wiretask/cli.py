@@ -29,6 +29,7 @@ import wiretask
 from wiretask.app import App, AsyncResult
 from wiretask.errors import (
     DecodeError,
+    ImproperlyConfigured,
     PublishError,
     TimeoutError,
     TransportError,
@@ -272,11 +273,13 @@ def _cmd_worker(args: argparse.Namespace) -> int:
         format="[%(asctime)s %(levelname)s %(processName)s] %(name)s: %(message)s",
         stream=sys.stderr,
     )
-    worker = Worker(app, queues=args.queues, concurrency=args.concurrency, pool=args.pool)
+    worker = Worker(
+        app, queues=args.queues, concurrency=args.concurrency, pool=args.pool,
+        app_path=getattr(args, "app", None),
+    )
     logging.getLogger("wiretask.cli").info(
-        "worker for %r: broker %s, queues %s, %d %s",
-        app.main or "__main__", app.transport.url, ",".join(args.queues), args.concurrency,
-        args.pool,
+        "app %r: broker %s, results %s", app.main or "__main__", app.transport.url,
+        app.backend.url,
     )
     try:
         worker.run()
@@ -460,10 +463,12 @@ def _cmd_scheduler(args: argparse.Namespace) -> int:
         level=args.loglevel, format="[%(asctime)s %(levelname)s] %(name)s: %(message)s"
     )
     stop = threading.Event()
+    log = logging.getLogger("wiretask.cli")
+    log.info("scheduler: moving due messages on %s every %g s", app.transport.url, args.interval)
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
         del frame
-        logging.getLogger("wiretask.cli").info("%s: stopping", signal.Signals(signum).name)
+        log.info("scheduler: %s, stopping", signal.Signals(signum).name)
         stop.set()
 
     previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
@@ -515,7 +520,7 @@ def build_parser() -> argparse.ArgumentParser:
         name: str, handler: Callable[[argparse.Namespace], int], help_text: str
     ) -> argparse.ArgumentParser:
         sub = commands.add_parser(name, help=help_text, description=help_text)
-        sub.set_defaults(handler=handler)
+        sub.set_defaults(handler=handler, command=name)
         if name != "demo":
             # SUPPRESS: an option given before the command is not reset by this one.
             _app_options(sub, default=argparse.SUPPRESS)
@@ -582,13 +587,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     handler: Callable[[argparse.Namespace], int] = args.handler
+    prog = f"wiretask {args.command}"
     try:
         return handler(args)
     except CommandError as exc:
-        sys.stderr.write(f"wiretask: error: {exc}\n")
+        sys.stderr.write(f"{prog}: error: {exc}\n")
         return exc.code
+    except (ImproperlyConfigured, ValidationError) as exc:
+        # A bad setting or value the user gave (a broker URL, a pool): a usage error.
+        sys.stderr.write(f"{prog}: error: {type(exc).__name__}: {exc}\n")
+        return 2
     except WiretaskError as exc:
-        sys.stderr.write(f"wiretask: error: {type(exc).__name__}: {exc}\n")
+        sys.stderr.write(f"{prog}: error: {type(exc).__name__}: {exc}\n")
         return 1
     except KeyboardInterrupt:
         return 130

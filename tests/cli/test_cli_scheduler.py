@@ -1,0 +1,48 @@
+"""``wiretask scheduler``: moves due delayed messages on a Redis broker until SIGTERM."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+
+from .conftest import CLI
+
+
+@pytest.mark.redis
+def test_scheduler_moves_due_messages_and_exits_0_on_sigterm(cli: CLI, redis_url: str) -> None:
+    task_id = cli.ok("--broker", redis_url, "call", "proj.tasks.add", "1", "2",
+                     "--countdown", "0.5").strip()
+    time.sleep(0.6)
+    [before] = json.loads(cli.ok("--broker", redis_url, "inspect", "--json"))["messages"]
+    assert (before["id"], before["state"]) == (task_id, "scheduled")
+
+    scheduler = cli.popen("scheduler", "--broker", redis_url, "--interval", "0.1")
+    try:
+        deadline = time.monotonic() + 30
+        state = before["state"]
+        while state != "ready" and time.monotonic() < deadline:
+            time.sleep(0.1)
+            listing = json.loads(cli.ok("--broker", redis_url, "inspect", "--json"))
+            state = listing["messages"][0]["state"]
+        assert state == "ready"
+    finally:
+        code, _, err = cli.stop(scheduler)
+    assert code == 0, err
+    assert "scheduler: SIGTERM, stopping" in err
+
+
+def test_scheduler_refuses_brokers_that_need_none(cli: CLI) -> None:
+    done = cli.run("scheduler", "--broker", cli.broker_url)
+
+    assert done.returncode == 2
+    [line] = done.stderr.splitlines()
+    assert "the scheduler is for Redis brokers only" in line
+
+
+def test_scheduler_interval_must_be_positive(cli: CLI) -> None:
+    done = cli.run("scheduler", "--interval", "0")
+
+    assert done.returncode == 2
+    assert "--interval" in done.stderr
