@@ -62,9 +62,11 @@ logger = logging.getLogger("wiretask.worker")
 
 #: How the worker settles a delivery after the tracer is done with it.
 #: ``ack``: processed. ``requeue``: give it back to run again (the final state could not
-#: be stored). ``reject``: drop it (a task raised ``Reject(requeue=False)``).
+#: be stored, or the task raised ``Reject(requeue=True)``). ``dead_letter``: the task
+#: raised ``Reject(requeue=False)``; the message goes to the dead-letter place with the
+#: reason, as a rejected AMQP message goes to its dead-letter exchange.
 #: ``none``: someone else settled it (a hard time limit fired first).
-Settle = Literal["ack", "requeue", "reject", "none"]
+Settle = Literal["ack", "requeue", "dead_letter", "none"]
 
 _RESULT_REPR_LIMIT = 256
 
@@ -84,11 +86,13 @@ class Outcome:
             ``REJECTED`` for a ``Reject``, or ``""`` when the run was abandoned.
         settle: how to settle the delivery (see ``Settle``).
         runtime: seconds the body ran (0 when it did not run).
+        reason: why, for ``dead_letter``.
     """
 
     state: str
     settle: Settle
     runtime: float = 0.0
+    reason: str = ""
 
 
 class Control(Protocol):
@@ -314,7 +318,11 @@ class Tracer:
                 "task %s[%s] rejected (requeue=%s): %s",
                 message.task, message.id, error.requeue, error.reason,
             )
-            return Outcome(states.REJECTED, "requeue" if error.requeue else "reject", runtime)
+            if error.requeue:
+                return Outcome(states.REJECTED, "requeue", runtime)
+            return Outcome(
+                states.REJECTED, "dead_letter", runtime, f"rejected by the task: {error}"
+            )
         return self.fail(message, request, error, runtime=runtime)
 
     def _succeeded(

@@ -426,6 +426,12 @@ class Worker:
         except DecodeError as exc:  # ContentDisallowed and MessageTooLarge included
             self._dead_letter(delivery, f"{type(exc).__name__}: {exc}")
             return
+        except Exception as exc:
+            # decode() promises DecodeError; anything else is a bug there, and the
+            # message must still not come back forever (a poison message).
+            logger.exception("unexpected error decoding message %s", delivery.frame.task_id)
+            self._dead_letter(delivery, f"{type(exc).__name__}: {exc}")
+            return
         task = self.app.tasks.get(message.task)
         if task is None:
             self._unregistered(delivery, message)
@@ -526,8 +532,8 @@ class Worker:
             return True
 
     def _settle(
-        self, job: _Job, action: Literal["ack", "requeue", "reject"], *,
-        only_if_queued: bool = False,
+        self, job: _Job, action: Literal["ack", "requeue", "dead_letter"], *,
+        only_if_queued: bool = False, reason: str = "",
     ) -> None:
         """Settle the job's delivery, once: later calls (and, with ``only_if_queued``,
         a job a slot has claimed) are left alone."""
@@ -541,7 +547,8 @@ class Worker:
             elif action == "requeue":
                 job.delivery.reject(requeue=True)
             else:
-                job.delivery.reject(requeue=False)
+                logger.warning("task %s dead-lettered: %s", job.describe, reason)
+                job.delivery.dead_letter(reason)
         except TransportError:
             # The broker will redeliver an unsettled message (at least once).
             logger.exception("task %s: could not %s its message", job.describe, action)
@@ -556,7 +563,7 @@ class Worker:
         if outcome.settle == "requeue":
             # The backend failed: wait a little so the message does not spin.
             self._stop_requested.wait(REQUEUE_PAUSE)
-        self._settle(job, outcome.settle)
+        self._settle(job, outcome.settle, reason=outcome.reason)
 
     def _limits(self, message: TaskMessage) -> tuple[float | None, float | None]:
         """``(hard, soft)`` seconds: the message's ``timelimit``, else the app's

@@ -19,6 +19,7 @@ from wiretask.errors import (
     ConnectionLost,
     ImproperlyConfigured,
     NotRegistered,
+    Reject,
     SoftTimeLimitExceeded,
     TaskRevokedError,
     TimeLimitExceeded,
@@ -179,6 +180,32 @@ def test_crashing_tasks_do_not_kill_the_worker(
     failed = interrupts.delay().get(timeout=5, propagate=False)
     assert type(failed).__name__ == "KeyboardInterrupt"
     assert ok.delay().get(timeout=5) == "ok"
+
+
+def test_reject_requeues_or_dead_letters_the_message(
+    make_app: MakeApp, recorder: Recorder, start_worker: StartWorker
+) -> None:
+    app = make_app()
+
+    @app.task(bind=True)
+    def picky(self: Any) -> str:
+        recorder.add("try", self.request.delivery_info["redelivered"])
+        if len(recorder.of("try")) == 1:
+            raise Reject("not yet", requeue=True)
+        return "accepted"
+
+    @app.task
+    def refuses() -> None:
+        raise Reject("never")
+
+    start_worker(app, concurrency=1)
+    assert picky.delay().get(timeout=5) == "accepted"
+    assert recorder.of("try") == [(False,), (True,)]
+    refused = refuses.delay()
+    wait_until(lambda: len(app.transport.dead_letters("celery")) == 1, what="dead letter")
+    [dead] = app.transport.dead_letters("celery")
+    assert dead.reason == "rejected by the task: never"
+    assert refused.state == states.PENDING  # Celery stores nothing for a rejection
 
 
 # -- eta --------------------------------------------------------------------------------
