@@ -154,11 +154,16 @@ def test_priorities_use_kombu_buckets_lower_number_first(transport: RedisTranspo
     assert transport.capabilities.max_priority == 9
 
 
-def test_priority_outside_range_is_refused(transport: RedisTransport) -> None:
-    for bad in (10, -1, "5", True):
+def test_priorities_outside_0_to_9_are_clamped_and_non_ints_refused(
+        transport: RedisTransport, client: redis.Redis) -> None:
+    for bad in ("5", True, 5.0):
         with pytest.raises(ValidationError):
             transport.publish(frame(priority=bad), Route("q"))
     assert transport.size("q") == 0
+    transport.publish(frame(b"15", priority=15), Route("q"))  # celery#8967: Kombu clamps
+    transport.publish(frame(b"-1", priority=-1), Route("q"))
+    assert json.loads(client.lindex(f"q{SEP}9", 0))["properties"]["priority"] == 15
+    assert json.loads(client.lindex("q", 0))["properties"]["priority"] == -1
 
 
 def test_round_robin_between_queues(transport: RedisTransport) -> None:
@@ -186,6 +191,34 @@ def test_receive_waits_for_a_message_and_honours_timeout(transport: RedisTranspo
     thread.join(5)
     assert delivery.frame.body == b"late"
     delivery.ack()
+
+
+def test_poll_interval_consumes_without_brpop(redis_url: str, client: redis.Redis) -> None:
+    def brpop_calls() -> int:
+        stats = client.info("commandstats").get("cmdstat_brpop", {"calls": 0})
+        return int(stats["calls"])
+
+    before = brpop_calls()
+    with RedisTransport(f"{redis_url}?poll_interval=0.05") as t:
+        assert t.receive(["q"], timeout=0.3) is None
+
+        def publish_later() -> None:
+            time.sleep(0.2)
+            with RedisTransport(redis_url) as other:
+                other.publish(frame(b"polled"), Route("q"))
+
+        thread = threading.Thread(target=publish_later)
+        thread.start()
+        start = time.monotonic()
+        delivery = take(t, ["q"], timeout=5)
+        thread.join(5)
+        assert delivery.frame.body == b"polled" and time.monotonic() - start < 1
+        assert client.hexists("unacked", delivery.delivery_tag)
+        delivery.ack()
+    assert brpop_calls() == before
+    with RedisTransport(redis_url) as t:
+        assert t.receive(["q"], timeout=0.05) is None
+    assert brpop_calls() > before  # the counter does see BRPOP
 
 
 # -- requeue, reject, close -----------------------------------------------------------------
@@ -658,7 +691,8 @@ def test_options_from_url_and_keywords(redis_url: str) -> None:
     for bad_url, kwargs in [("amqp://host//", {}), (redis_url, {"delay_mode": "later"}),
                             (f"{redis_url}?priority_steps=3,6", {}),
                             (f"{redis_url}?visibility_timeout=soon", {}),
-                            (redis_url, {"no_such_option": 1})]:
+                            (redis_url, {"no_such_option": 1}),
+                            (f"{redis_url}?poll_interval=0", {})]:
         with pytest.raises(ImproperlyConfigured):
             RedisTransport(bad_url, **kwargs)
 

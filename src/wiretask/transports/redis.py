@@ -33,8 +33,11 @@ BRPOP drains bucket 0 first, so on Redis **a lower number is a higher priority**
 when every bucket is empty does the transport block in BRPOP (Redis cannot block and move
 from several lists at once); a message that arrives during that wait is recorded right
 after the pop, so a consumer killed (or a connection lost) in that one round trip loses
-that message, as with Kombu (kombu#305, celery#4354). Entries that are not envelopes take
-the same non-atomic path to ``<queue>.dead``.
+that message, as with Kombu (kombu#305, celery#4354). With the ``poll_interval`` option
+the transport never blocks in BRPOP: it runs ``POP`` again every ``poll_interval``
+seconds, which closes that window for good at the price of latency and idle polling.
+Entries that are not envelopes are popped by ``POP`` without being recorded and then
+written to ``<queue>.dead`` (one round trip in which a crash loses them).
 
 **Leases.** While this process holds a delivery a heartbeat thread refreshes its
 ``unacked_index`` score (``ZADD XX``) every ``lease_interval`` seconds, so neither wiretask's
@@ -51,11 +54,10 @@ import math
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any, Literal, cast
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import attrs
 import redis
@@ -73,7 +75,6 @@ from wiretask.errors import (
 from wiretask.protocol.frame import Frame, Outgoing, Route
 from wiretask.transports import _redis_scripts as scripts
 from wiretask.transports._kombu_envelope import (
-    PRIORITY_STEPS,
     SEP,
     BadEntry,
     binding_member,
@@ -86,6 +87,7 @@ from wiretask.transports._kombu_envelope import (
     queue_key,
     topic_pattern,
 )
+from wiretask.transports._redis_options import DelayMode, parse
 from wiretask.transports.base import (
     Capabilities,
     DeadLetter,
@@ -93,91 +95,12 @@ from wiretask.transports.base import (
     Peeked,
     Transport,
     not_before_timestamp,
-    priority_of,
     queue_names,
 )
 
 __all__ = ["RedisDelivery", "RedisTransport", "run_scheduler"]
 
 log = logging.getLogger(__name__)
-
-DelayMode = Literal["native", "celery"]
-
-#: wiretask's own options, as read from the URL query string (everything else in the
-#: query goes to redis-py, which knows ``socket_timeout``, ``ssl_cert_reqs`` and so on).
-_OPTIONS: dict[str, Callable[[str], Any]] = {
-    "delay_mode": str,
-    "global_keyprefix": str,
-    "visibility_timeout": float,
-    "lease_interval": float,
-    "restore_interval": float,
-    "restore_limit": int,
-    "priority_steps": lambda text: [int(step) for step in text.split(",")],
-    "unacked_key": str,
-    "unacked_index_key": str,
-    "unacked_mutex_key": str,
-    "unacked_mutex_expire": float,
-}
-#: Connection defaults (redis-py's are "wait forever"): a dead host fails a command
-#: instead of hanging it.
-_REDIS_DEFAULTS: dict[str, Any] = {"socket_timeout": 15.0, "socket_connect_timeout": 5.0}
-
-
-@attrs.frozen(kw_only=True)
-class _Keys:
-    """Every key name, with ``global_keyprefix`` applied where Kombu applies it."""
-
-    prefix: str
-    unacked: str
-    unacked_index: str
-    unacked_mutex: str
-    delayed: str
-    delayed_messages: str
-    delayed_queue_root: str  # without prefix: the DUE script adds it
-
-    def p(self, name: str) -> str:
-        return self.prefix + name
-
-    def binding(self, exchange: str) -> str:
-        return f"{self.prefix}_kombu.binding.{exchange}"
-
-    def binding_permanent(self, exchange: str) -> str:
-        return f"{self.prefix}_kombu.binding_permanent.{exchange}"
-
-    def delayed_queue(self, queue: str) -> str:
-        return self.prefix + self.delayed_queue_root + queue
-
-    def dead(self, queue: str) -> str:
-        return f"{self.prefix}{queue}.dead"
-
-
-def _mask(url: str) -> str:
-    """``url`` without password or query (the query may carry ``password=`` too)."""
-    parts = urlsplit(url)
-    userinfo, _, hostport = parts.netloc.rpartition("@")
-    if userinfo:
-        user = userinfo.partition(":")[0]
-        hostport = f"{user}:***@{hostport}" if ":" in userinfo else f"{user}@{hostport}"
-    return urlunsplit((parts.scheme, hostport, parts.path, "", ""))
-
-
-def _split_options(url: str, options: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
-    """Take wiretask's options out of the URL query; the URL wins over keyword arguments
-    (redis-py's rule for its own options, kept for ours)."""
-    parts = urlsplit(url)
-    merged = dict(options)
-    rest: list[tuple[str, str]] = []
-    for name, value in parse_qsl(parts.query, keep_blank_values=True):
-        if name in _OPTIONS:
-            try:
-                merged[name] = _OPTIONS[name](value)
-            except ValueError as exc:
-                raise ImproperlyConfigured(
-                    f"bad value {value!r} for {name!r} in the broker URL", setting=name
-                ) from exc
-        else:
-            rest.append((name, value))
-    return urlunsplit(parts._replace(query=urlencode(rest))), merged
 
 
 class RedisDelivery(Delivery):
@@ -252,6 +175,8 @@ class RedisTransport(Transport):
         restore_interval: Least seconds between two ``restore_visible`` scans that
             ``receive`` runs (default 30; Kombu's effective cadence is about 100).
         restore_limit: Most messages restored per scan (default: all).
+        poll_interval: Seconds between atomic ``POP`` attempts while the queues are
+            empty, instead of blocking in BRPOP (default: None, BRPOP). See above.
         priority_steps: Kombu's ``priority_steps`` (default ``[0, 3, 6, 9]``).
         unacked_key, unacked_index_key, unacked_mutex_key, unacked_mutex_expire: Kombu's
             options of those names.
@@ -264,62 +189,30 @@ class RedisTransport(Transport):
     """
 
     def __init__(self, url: str, **options: Any) -> None:
-        scheme = urlsplit(url).scheme
-        if scheme not in ("redis", "rediss"):
-            raise ImproperlyConfigured(
-                f"not a Redis URL (scheme {scheme!r}): {_mask(url)}", setting="broker_url"
-            )
-        self.url = _mask(url)
-        redis_url, merged = _split_options(url, options)
-        take = merged.pop
-        delay_mode = take("delay_mode", "native")
-        if delay_mode not in ("native", "celery"):
-            raise ImproperlyConfigured(
-                f"delay_mode must be 'native' or 'celery', not {delay_mode!r}",
-                setting="delay_mode",
-            )
-        self.delay_mode: DelayMode = delay_mode
-        steps = [int(step) for step in take("priority_steps", PRIORITY_STEPS)]
-        if not steps or steps[0] != 0 or steps != sorted(set(steps)) or steps[-1] > 9:
-            raise ImproperlyConfigured(
-                f"priority_steps must rise from 0 to at most 9, got {steps!r}",
-                setting="priority_steps",
-            )
-        self._steps = tuple(steps)
-        self.visibility_timeout = float(take("visibility_timeout", 3600.0))
-        if not self.visibility_timeout > 0:
-            raise ImproperlyConfigured(
-                "visibility_timeout must be positive", setting="visibility_timeout"
-            )
-        lease = take("lease_interval", None)
-        self.lease_interval = (
-            float(lease) if lease is not None else min(self.visibility_timeout / 6, 60.0)
-        )
-        self.restore_interval = float(take("restore_interval", 30.0))
-        limit = take("restore_limit", None)
-        self.restore_limit = int(limit) if limit is not None else None
-        self._mutex_expire = float(take("unacked_mutex_expire", 300.0))
-        prefix = str(take("global_keyprefix", ""))
-        self._keys = _Keys(
-            prefix=prefix,
-            unacked=prefix + str(take("unacked_key", "unacked")),
-            unacked_index=prefix + str(take("unacked_index_key", "unacked_index")),
-            unacked_mutex=prefix + str(take("unacked_mutex_key", "unacked_mutex")),
-            delayed=prefix + "_wiretask.delayed",
-            delayed_messages=prefix + "_wiretask.delayed.messages",
-            delayed_queue_root="_wiretask.delayed.queue.",
-        )
+        config = parse(url, options)
+        self.url = config.masked_url
+        self.delay_mode: DelayMode = config.delay_mode
+        self.visibility_timeout = config.visibility_timeout
+        self.lease_interval = config.lease_interval
+        self.restore_interval = config.restore_interval
+        self.restore_limit = config.restore_limit
+        self.poll_interval = config.poll_interval
+        self._steps = config.priority_steps
+        self._mutex_expire = config.mutex_expire
+        self._keys = config.keys
         self.capabilities = Capabilities(
-            native_delay=delay_mode == "native",
+            native_delay=config.delay_mode == "native",
             priorities=True,
             priority_order="lower-first",
             max_priority=9,
             per_message_ttl=False,
-            visibility_timeout=self.visibility_timeout,
+            visibility_timeout=config.visibility_timeout,
         )
-        redis_options = {**_REDIS_DEFAULTS, **merged, "retry": Retry(NoBackoff(), 0)}
+        # redis-py's own retries are off: a retried LPUSH after a timeout can publish
+        # twice, and the publish retry policy above the transport decides anyway.
+        redis_options = {**config.redis_kwargs, "retry": Retry(NoBackoff(), 0)}
         try:
-            self._pool = redis.ConnectionPool.from_url(redis_url, **redis_options)
+            self._pool = redis.ConnectionPool.from_url(config.redis_url, **redis_options)
             # Building (not connecting) one connection checks the options now, not later.
             self._pool.connection_class(**self._pool.connection_kwargs)
         except (TypeError, ValueError) as exc:
@@ -362,7 +255,7 @@ class RedisTransport(Transport):
 
     def _scrub(self, exc: BaseException) -> str:
         text = str(exc) or type(exc).__name__
-        return text.replace(self._password, "***") if self._password else text
+        return text.replace(self._password, "**") if self._password else text
 
     # -- life cycle -----------------------------------------------------------------
 
@@ -459,19 +352,23 @@ class RedisTransport(Transport):
             pipe.execute()
 
     def _prepare(self, message: Outgoing) -> _Staged:
-        # Refuse what Kombu would quietly clamp (priority 15 -> 9): the calling API checks
-        # priorities against ``capabilities`` the same way on every transport.
         if not isinstance(message.frame, Frame):
             raise ValidationError("frame", f"must be a Frame, got {type(message.frame)}")
         queue_names([message.route.key or message.route.queue])
-        priority = priority_of(message.frame, self.capabilities)
+        # An int outside 0..9 is clamped into a bucket and written as is, like Kombu
+        # (celery#8967): a worker re-publishing a Celery frame with priority 15 must not
+        # fail. The calling API refuses such values earlier, against ``capabilities``.
+        priority = message.frame.properties.get("priority")
+        if priority is not None and (isinstance(priority, bool) or not isinstance(priority, int)):
+            raise ValidationError("priority", f"must be an int, got {priority!r}",
+                                  value=priority)
         due = not_before_timestamp(message.not_before)
         if self.delay_mode == "celery" or (due is not None and due <= time.time()):
             due = None
         tag = str(uuid.uuid4())
         entry = encode(message.frame, exchange=message.route.exchange,
                        routing_key=message.route.key, delivery_tag=tag)
-        bucket = bucket_for(priority, self._steps)
+        bucket = bucket_for(clamp_priority(message.frame.properties), self._steps)
         return _Staged(route=message.route, tag=tag, entry=entry, bucket=bucket, due=due)
 
     def _stage(self, pipe: Pipeline, staged: _Staged, queues: Sequence[str]) -> None:
@@ -543,6 +440,9 @@ class RedisTransport(Transport):
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 return None
+            if self.poll_interval is not None:
+                time.sleep(min(remaining, self.poll_interval))
+                continue
             with self._errors("receive"):
                 popped = self._client.brpop(keys, timeout=self._block_for(remaining))
             if popped:

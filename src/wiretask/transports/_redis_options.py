@@ -1,0 +1,175 @@
+"""Options and key names of the Redis transport, parsed once and frozen.
+
+wiretask's own options may come as keyword arguments or in the URL query string
+(``redis://host/0?delay_mode=celery&global_keyprefix=app1:``); the URL wins, which is
+also redis-py's rule for its connection options. Query parameters that are not
+wiretask's go to redis-py (``socket_timeout``, ``ssl_cert_reqs``, ...), as do unknown
+keyword arguments.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any, Literal
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+import attrs
+
+from wiretask.errors import ImproperlyConfigured
+from wiretask.transports._kombu_envelope import PRIORITY_STEPS
+
+__all__ = ["DelayMode", "Keys", "RedisOptions", "mask", "parse"]
+
+DelayMode = Literal["native", "celery"]
+
+#: wiretask's options and how to read each from a query string.
+_PARSERS: dict[str, Callable[[str], Any]] = {
+    "delay_mode": str,
+    "global_keyprefix": str,
+    "visibility_timeout": float,
+    "lease_interval": float,
+    "restore_interval": float,
+    "restore_limit": int,
+    "poll_interval": float,
+    "priority_steps": lambda text: [int(step) for step in text.split(",")],
+    "unacked_key": str,
+    "unacked_index_key": str,
+    "unacked_mutex_key": str,
+    "unacked_mutex_expire": float,
+}
+
+#: Connection defaults. redis-py's are "wait forever", so a host that vanished without
+#: closing the socket would hang a publish for good.
+_REDIS_DEFAULTS: dict[str, Any] = {"socket_timeout": 15.0, "socket_connect_timeout": 5.0}
+
+
+@attrs.frozen(kw_only=True)
+class Keys:
+    """Every key name, with ``global_keyprefix`` applied wherever Kombu applies it."""
+
+    prefix: str
+    unacked: str
+    unacked_index: str
+    unacked_mutex: str
+    delayed: str
+    delayed_messages: str
+    #: Without the prefix: the DUE script builds ``prefix + root + queue`` itself.
+    delayed_queue_root: str = "_wiretask.delayed.queue."
+
+    def p(self, name: str) -> str:
+        return self.prefix + name
+
+    def binding(self, exchange: str) -> str:
+        return f"{self.prefix}_kombu.binding.{exchange}"
+
+    def binding_permanent(self, exchange: str) -> str:
+        return f"{self.prefix}_kombu.binding_permanent.{exchange}"
+
+    def delayed_queue(self, queue: str) -> str:
+        return self.prefix + self.delayed_queue_root + queue
+
+    def dead(self, queue: str) -> str:
+        return f"{self.prefix}{queue}.dead"
+
+
+@attrs.frozen(kw_only=True)
+class RedisOptions:
+    """Everything ``RedisTransport`` was configured with (see its docstring)."""
+
+    masked_url: str
+    redis_url: str
+    redis_kwargs: Mapping[str, Any]
+    delay_mode: DelayMode
+    priority_steps: tuple[int, ...]
+    visibility_timeout: float
+    lease_interval: float
+    restore_interval: float
+    restore_limit: int | None
+    poll_interval: float | None
+    mutex_expire: float
+    keys: Keys
+
+
+def mask(url: str) -> str:
+    """``url`` without its password and query (which may carry ``password=`` too)."""
+    parts = urlsplit(url)
+    userinfo, _, hostport = parts.netloc.rpartition("@")
+    if userinfo:
+        user = userinfo.partition(":")[0]
+        hostport = f"{user}:**@{hostport}" if ":" in userinfo else f"{user}@{hostport}"
+    return urlunsplit((parts.scheme, hostport, parts.path, "", ""))
+
+
+def parse(url: str, options: Mapping[str, Any]) -> RedisOptions:
+    """Read and check ``url`` and ``options``.
+
+    Raises:
+        ImproperlyConfigured: not a ``redis://``/``rediss://`` URL, or a bad option value.
+    """
+    parts = urlsplit(url)
+    if parts.scheme not in ("redis", "rediss"):
+        raise ImproperlyConfigured(
+            f"not a Redis URL (scheme {parts.scheme!r}): {mask(url)}", setting="broker_url"
+        )
+    merged = dict(options)
+    rest: list[tuple[str, str]] = []
+    for name, value in parse_qsl(parts.query, keep_blank_values=True):
+        if name not in _PARSERS:
+            rest.append((name, value))
+            continue
+        try:
+            merged[name] = _PARSERS[name](value)
+        except ValueError as exc:
+            raise ImproperlyConfigured(
+                f"bad value {value!r} for {name!r} in the broker URL", setting=name
+            ) from exc
+    take = merged.pop
+    delay_mode = take("delay_mode", "native")
+    if delay_mode not in ("native", "celery"):
+        raise ImproperlyConfigured(
+            f"delay_mode must be 'native' or 'celery', not {delay_mode!r}", setting="delay_mode"
+        )
+    steps = tuple(int(step) for step in take("priority_steps", PRIORITY_STEPS))
+    if not steps or steps[0] != 0 or list(steps) != sorted(set(steps)) or steps[-1] > 9:
+        raise ImproperlyConfigured(
+            f"priority_steps must rise from 0 to at most 9, got {list(steps)!r}",
+            setting="priority_steps",
+        )
+    visibility = float(take("visibility_timeout", 3600.0))
+    lease = take("lease_interval", None)
+    lease = float(lease) if lease is not None else min(visibility / 6, 60.0)
+    if not (visibility > 0 and lease > 0):
+        raise ImproperlyConfigured(
+            "visibility_timeout and lease_interval must be positive",
+            setting="visibility_timeout",
+        )
+    limit = take("restore_limit", None)
+    poll = take("poll_interval", None)
+    if poll is not None and not float(poll) > 0:
+        raise ImproperlyConfigured("poll_interval must be positive", setting="poll_interval")
+    restore_interval = float(take("restore_interval", 30.0))
+    mutex_expire = float(take("unacked_mutex_expire", 300.0))
+    prefix = str(take("global_keyprefix", ""))
+    keys = Keys(
+        prefix=prefix,
+        unacked=prefix + str(take("unacked_key", "unacked")),
+        unacked_index=prefix + str(take("unacked_index_key", "unacked_index")),
+        unacked_mutex=prefix + str(take("unacked_mutex_key", "unacked_mutex")),
+        delayed=prefix + "_wiretask.delayed",
+        delayed_messages=prefix + "_wiretask.delayed.messages",
+    )
+    # Everything left over is redis-py's (taken last, so nothing of ours leaks into it).
+    return RedisOptions(
+        masked_url=mask(url),
+        redis_url=urlunsplit(parts._replace(query=urlencode(rest))),
+        redis_kwargs={**_REDIS_DEFAULTS, **merged},
+        delay_mode=delay_mode,
+        priority_steps=steps,
+        visibility_timeout=visibility,
+        lease_interval=lease,
+        restore_interval=restore_interval,
+        restore_limit=int(limit) if limit is not None else None,
+        poll_interval=float(poll) if poll is not None else None,
+        mutex_expire=mutex_expire,
+        keys=keys,
+    )
