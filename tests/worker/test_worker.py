@@ -17,6 +17,7 @@ import pytest
 from wiretask.app import App, Request
 from wiretask.errors import (
     ConnectionLost,
+    EncodeError,
     ImproperlyConfigured,
     NotRegistered,
     Reject,
@@ -206,6 +207,26 @@ def test_reject_requeues_or_dead_letters_the_message(
     [dead] = app.transport.dead_letters("celery")
     assert dead.reason == "rejected by the task: never"
     assert refused.state == states.PENDING  # Celery stores nothing for a rejection
+
+
+def test_a_return_value_the_result_serializer_refuses_is_a_failure(
+    make_app: MakeApp, start_worker: StartWorker
+) -> None:
+    app = make_app()
+
+    @app.task
+    def returns_a_set() -> set[int]:
+        return {1, 2}
+
+    start_worker(app)
+    result = returns_a_set.delay()
+    failure = result.get(timeout=5, propagate=False)
+    # EncodeError's constructor takes (field, problem), so the reader gets a class of
+    # the same name rebuilt from the stored message.
+    assert type(failure).__name__ == EncodeError.__name__
+    assert "set is not JSON serializable" in str(failure)
+    assert result.state == states.FAILURE
+    assert app.transport.size("celery") == 0
 
 
 # -- eta --------------------------------------------------------------------------------
