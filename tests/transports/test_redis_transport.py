@@ -623,6 +623,25 @@ def test_publish_many_mixes_ready_delayed_and_priorities(transport: RedisTranspo
     assert drain_bodies(transport, ["q", "bq"], 3) == [b"a", b"d", b"b"]
 
 
+def test_publish_many_is_one_round_trip(transport: RedisTransport,
+                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    transport.connect()
+    sends: list[int] = []
+    original = redis.connection.Connection.send_packed_command
+
+    def counting(self: redis.connection.Connection, command: Any, check_health: bool = True,
+                 ) -> None:
+        sends.append(1)
+        original(self, command, check_health)
+
+    monkeypatch.setattr(redis.connection.Connection, "send_packed_command", counting)
+    transport.publish_many([Outgoing(frame(str(i).encode(), priority=i % 10), Route("q"))
+                            for i in range(50)])
+    assert len(sends) == 1
+    monkeypatch.undo()
+    assert transport.size("q") == 50
+
+
 def test_global_keyprefix_applies_to_every_key(redis_url: str, client: redis.Redis) -> None:
     with RedisTransport(f"{redis_url}?global_keyprefix=pfx:") as t:
         t.declare_queue("q")

@@ -353,7 +353,7 @@ class RedisTransport(Transport):
 
     def _prepare(self, message: Outgoing) -> _Staged:
         if not isinstance(message.frame, Frame):
-            raise ValidationError("frame", f"must be a Frame, got {type(message.frame)}")
+            raise ValidationError("frame", f"must be a Frame, got {type(message.frame).__name__}")
         queue_names([message.route.key or message.route.queue])
         # An int outside 0..9 is clamped into a bucket and written as is, like Kombu
         # (celery#8967): a worker re-publishing a Celery frame with priority 15 must not
@@ -530,8 +530,7 @@ class RedisTransport(Transport):
         (next in line) for visibility and close restores, LPUSH (back of the line) for
         ``reject(requeue=True)``. Returns whether a message was stored under ``tag``."""
         keys = self._keys
-
-        found: list[bool] = []
+        found = [False]  # set by the last (successful) attempt of the transaction
 
         def transaction(pipe: Pipeline) -> None:
             stored = cast(bytes | None, pipe.hget(keys.unacked, tag))
@@ -546,11 +545,11 @@ class RedisTransport(Transport):
                 (pipe.lpush if leftmost else pipe.rpush)(key, text)
             if dead is not None:
                 pipe.rpush(*dead)
-            found[:] = [stored is not None]  # the last (successful) attempt counts
+            found[0] = stored is not None
 
         with self._errors("restore"):
             self._client.transaction(transaction, keys.unacked)
-        return found == [True]
+        return found[0]
 
     def _restorable(
         self, reader: Pipeline, stored: bytes
