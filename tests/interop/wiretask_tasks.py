@@ -59,12 +59,21 @@ def make_app(url: str, main: str = "interop") -> App:
         return {"failed_task_id": task_id}
 
     @app.task(name="interop.progress", bind=True)
-    def progress(self: Task[Any, Any], steps: int) -> str:
+    def progress(self: Task[Any, Any], steps: int, gate: str | None = None) -> str:
+        """Report ``steps`` PROGRESS states, then succeed. It first waits (bounded) for
+        ``gate``: a Redis key the caller sets once it is waiting for the result (Celery's
+        ``get`` hands states to ``on_message`` only while it waits: what arrived before
+        is read silently). Without a gate it waits until someone subscribes to its
+        result channel."""
         channel = f"celery-task-meta-{self.request.id}"
         deadline = time.monotonic() + SUBSCRIBER_WAIT
         while time.monotonic() < deadline:
-            counts = dict(client.pubsub_numsub(channel))  # type: ignore[arg-type]
-            if counts.get(channel.encode(), 0):
+            if gate is not None:
+                if client.exists(gate):
+                    break
+            elif dict(client.pubsub_numsub(channel)).get(  # type: ignore[arg-type]
+                channel.encode(), 0
+            ):
                 break
             time.sleep(0.01)
         for step in range(steps):
