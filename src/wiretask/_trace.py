@@ -278,11 +278,15 @@ class Tracer:
         """
         task = self.app.tasks.get(message.task)
         request = self.request_for(message, delivery_info)
-        if task is None:  # the consumer checks first; a child process may lack it
+        if task is None:
+            # The worker checks on receipt; a child process whose app module does not
+            # import the task's module lacks it. Same treatment as on receipt.
             exc = NotRegistered(message.task)
-            settle = self._store_final(message, states.FAILURE, exc)
-            logger.error("task %s[%s]: %s", message.task, message.id, exc)
-            return Outcome(states.FAILURE, settle)
+            if not message.ignore_result:
+                self._try_store(message, states.FAILURE, exc, tb=format_traceback(exc))
+            return Outcome(
+                states.FAILURE, "dead_letter", reason=f"unregistered task {message.task}"
+            )
         if is_expired(message.expires, now=self.app.now()):
             return self.revoke_expired(message, request)
         if not message.ignore_result and self.track_started(task):

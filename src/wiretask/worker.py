@@ -308,10 +308,11 @@ class Worker:
             unfinished = list(self._active)
         for job in unfinished:
             self._abandon(job)
-        for _ in self._slots:
+        slots = list(self._slots)
+        for _ in slots:
             self._jobs.put(None)
         join_until = time.monotonic() + 1.0
-        for slot in self._slots:
+        for slot in slots:
             # An abandoned thread may never return (it is a daemon); the others do.
             slot.join(max(join_until - time.monotonic(), 0.0))
         for child in self._children:
@@ -616,9 +617,13 @@ class Worker:
                 outcome = self._tracer.execute(
                     job.message, delivery_info=job.delivery_info, control=job.control
                 )
-            except Exception:
+            except Exception as exc:
+                # A bug in the worker, not in the task: keep the message, but out of
+                # the queue, where it would fail the same way again and again.
                 logger.exception("task %s: unexpected error in the worker", job.describe)
-                outcome = Outcome(states.FAILURE, "requeue")
+                outcome = Outcome(
+                    states.FAILURE, "dead_letter", reason=f"worker error: {exc!r}"
+                )
             if outcome.settle == "none":
                 # Abandoned (hard time limit: a new thread has this slot; or requeued by
                 # a stopping worker): the outcome was recorded elsewhere.

@@ -147,3 +147,23 @@ def test_sigterm_lets_the_running_task_finish_and_exits_0(app: App) -> None:
     assert "SIGTERM" in output
     assert result.get(timeout=5) == "rested"
     assert app.transport.size("celery") == 0
+
+
+def test_a_task_the_child_does_not_know_is_dead_lettered(app: App) -> None:
+    @app.task(name="worker.procapp.only_in_the_parent")
+    def only_in_the_parent() -> str:
+        return "parent"
+
+    try:
+        with Worker(app, pool="processes", concurrency=1, shutdown_timeout=10):
+            result = only_in_the_parent.delay()
+            failure = result.get(timeout=20, propagate=False)
+            assert type(failure).__name__ == "NotRegistered"
+            wait_until(
+                lambda: len(app.transport.dead_letters("celery")) == 1, what="dead letter"
+            )
+            assert procapp.add.delay(2, 2).get(timeout=20) == 4
+    finally:
+        del app.tasks[only_in_the_parent.name]
+    [dead] = app.transport.dead_letters("celery")
+    assert dead.reason == "unregistered task worker.procapp.only_in_the_parent"
