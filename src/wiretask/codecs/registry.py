@@ -445,6 +445,56 @@ class Registry:
         return result
 
 
+    # -- both steps, in the right order ----------------------------------------------------
+
+    def encode(
+        self,
+        value: Any,
+        serializer: str,
+        compression: str | None = None,
+        *,
+        threshold: int | None = None,
+        field: str = "body",
+    ) -> tuple[Encoded, str | None]:
+        """Serialize, then compress (see :meth:`maybe_compress` for ``threshold``).
+
+        Returns:
+            The body (``data`` compressed when the header is not ``None``; ``content_type``
+            and ``content_encoding`` describe the *uncompressed* payload, as on the wire) and
+            the ``compression`` header value, or ``None``.
+        """
+        encoded = self.dumps(value, serializer, field=field)
+        data, header = self.maybe_compress(encoded.data, compression, threshold)
+        return attrs.evolve(encoded, data=data), header
+
+    def decode(
+        self,
+        data: bytes,
+        content_type: str | None,
+        content_encoding: str | None = None,
+        compression: str | None = None,
+        *,
+        accept: Collection[str] | None = None,
+        max_size: int | None = None,
+        field: str = "body",
+    ) -> Any:
+        """Check the accept policy, decompress (bounded), then deserialize.
+
+        The order is the point: refused content is never decompressed, so a compression bomb
+        labelled with a refused content type costs nothing. (Kombu decompresses eagerly when
+        the message is built, before any accept check.)
+
+        Raises:
+            ContentDisallowed: When the content type is refused.
+            MessageTooLarge: When the decompressed body would pass ``max_size``.
+            DecodeError: For an unknown or corrupt compression, or an undecodable body.
+        """
+        self.check_accept(content_type, accept=accept)
+        if compression:
+            data = self.decompress(data, compression, max_size=max_size)
+        return self.loads(data, content_type, content_encoding, accept=accept, field=field)
+
+
 def _decode_charset(data: bytes, content_encoding: str | None, field: str) -> bytes | str:
     """Kombu's rule for bodies with no decoder: bytes if binary, else text in the charset."""
     encoding = (content_encoding or "utf-8").lower()
