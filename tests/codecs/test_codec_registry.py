@@ -28,6 +28,7 @@ from wiretask.errors import (
     ContentDisallowed,
     DecodeError,
     EncodeError,
+    ImproperlyConfigured,
     MessageTooLarge,
     UnknownCodec,
 )
@@ -337,8 +338,9 @@ def test_copy_changes_only_what_is_asked() -> None:
     "settings", [{"max_decompressed_size": -1}, {"compress_threshold": -1}]
 )
 def test_negative_limits_are_refused(settings: dict[str, int]) -> None:
-    with pytest.raises(ValueError, match="negative"):
+    with pytest.raises(ImproperlyConfigured, match="negative") as info:
         Registry(**settings)
+    assert info.value.setting in settings
 
 
 def test_repr_names_the_configuration() -> None:

@@ -240,6 +240,8 @@ _ZSTD_BLOCK_RESERVED: Final = 3
 #: 20-22 in streaming mode) are refused when they exceed the output limit, since a window
 #: larger than the output is never needed and costs memory before any output exists.
 _ZSTD_MIN_WINDOW: Final = 8 * 1024 * 1024
+#: libzstd's largest window (ZSTD_WINDOWLOG_MAX_64 is 31).
+_ZSTD_MAX_WINDOW: Final = 1 << 31
 _ZSTD_READ_CHUNK: Final = 1024 * 1024
 
 
@@ -316,7 +318,8 @@ def _zstd_compress(data: bytes) -> bytes:
 
 def _zstd_decompress(data: bytes, max_size: int) -> bytes:
     frames = _zstd_frames(data)
-    decompressor = zstandard.ZstdDecompressor(max_window_size=max(_ZSTD_MIN_WINDOW, max_size))
+    window = min(max(_ZSTD_MIN_WINDOW, max_size), _ZSTD_MAX_WINDOW)
+    decompressor = zstandard.ZstdDecompressor(max_window_size=window)
     out = bytearray()
     try:
         for frame in frames:

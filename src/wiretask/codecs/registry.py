@@ -31,6 +31,7 @@ from wiretask.errors import (
     ContentDisallowed,
     DecodeError,
     EncodeError,
+    ImproperlyConfigured,
     MessageTooLarge,
     UnknownCodec,
     WiretaskError,
@@ -119,6 +120,10 @@ class Registry:
         max_decompressed_size: The default cap for :meth:`decompress`, in bytes.
         compress_threshold: Bodies shorter than this many bytes are sent uncompressed by
             :meth:`maybe_compress`; ``None`` compresses every body when compression is asked.
+
+    Raises:
+        ImproperlyConfigured: For a negative size or threshold.
+        UnknownCodec: When ``accept`` names an unknown serializer.
     """
 
     def __init__(
@@ -132,9 +137,13 @@ class Registry:
         compress_threshold: int | None = None,
     ) -> None:
         if max_decompressed_size < 0:
-            raise ValueError("max_decompressed_size must not be negative")
+            raise ImproperlyConfigured(
+                "max_decompressed_size must not be negative", setting="max_decompressed_size"
+            )
         if compress_threshold is not None and compress_threshold < 0:
-            raise ValueError("compress_threshold must not be negative")
+            raise ImproperlyConfigured(
+                "compress_threshold must not be negative", setting="compress_threshold"
+            )
         self._serializers: dict[str, Serializer] = {}
         self._serializer_names: dict[str, str] = {}
         self._compressors: dict[str, Compressor] = {}

@@ -93,7 +93,7 @@ class Serializer:
 # with exactly the keys "__type__" and "__value__", and its decoder's object_hook converts every
 # dict with exactly that key set back (an unknown "__type__" is an error).
 #
-# Encoding strategy. orjson is roughly ten times faster than the standard library, but it does a
+# Encoding strategy. orjson is several times faster than the standard library, but it does a
 # few things that are *not* Kombu's dialect, and silently so:
 #
 # * uuid.UUID is written natively as a bare string (Kombu writes {"__type__": "uuid", ...});
@@ -190,7 +190,8 @@ def _orjson_default(obj: Any) -> Any:
     if isinstance(obj, float):
         return float(obj)  # finite: the pre-walk sent non-finite floats to the stdlib path
     result = _kombu_default(obj)
-    # What __json__ returns is serialized by orjson without passing our pre-walk.
+    # What __json__ returns is serialized by orjson without passing our pre-walk. (When this
+    # abandons the fast path, the stdlib encoder calls __json__ once more; it should be pure.)
     if hasattr(obj, "__json__") and not _orjson_safe(result):
         raise _UseStdlib
     return result
