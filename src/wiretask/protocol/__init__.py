@@ -4,8 +4,10 @@
 * :class:`Signature` (``signature``): link / link_error / chain / chord entries.
 * ``timing``: countdown / eta / expires to absolute aware datetimes and back.
 * :class:`Frame` (``frame``): the bytes-level message a transport carries.
+* :func:`encode` / :func:`decode` (``celery``): TaskMessage <-> Celery protocol-2 frames.
 """
 
+from wiretask.protocol.celery import decode, decode_raw, encode
 from wiretask.protocol.envelope import PROTOCOL_HEADERS, TaskMessage
 from wiretask.protocol.frame import Frame, Outgoing, Route
 from wiretask.protocol.signature import Signature
@@ -25,6 +27,9 @@ __all__ = [
     "Route",
     "Signature",
     "TaskMessage",
+    "decode",
+    "decode_raw",
+    "encode",
     "format_iso",
     "is_expired",
     "parse_iso",

@@ -192,7 +192,7 @@ def decode(
     )
 
 
-def decode_raw(  # noqa: PLR0917 - the parts in the order a transport holds them
+def decode_raw(
     body: bytes,
     headers: Mapping[str, Any] | None,
     properties: Mapping[str, Any] | None,
