@@ -400,26 +400,41 @@ from wiretask.protocol.frame import Frame, Route
 from wiretask.transports.sqlite import SQLiteTransport
 """
 
+# Producers and consumers behave like the real ones: a publish goes through the retry
+# policy, and a consumer that sees a recoverable error (the write lock stayed busy past
+# busy_timeout under heavy contention) reconnects and goes on, as the worker does.
 PRODUCER = CHILD_PRELUDE + """
+from wiretask.retry import RetryPolicy, call_with_retry
 db, name, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
 t = SQLiteTransport(db)
+policy = RetryPolicy(max_retries=10, interval_start=0.1, interval_max=1)
 for i in range(n):
-    t.publish(Frame(body=f"{name}-{i}".encode(), content_type="text/plain",
-                    content_encoding="utf-8"), Route("work"))
+    f = Frame(body=f"{name}-{i}".encode(), content_type="text/plain", content_encoding="utf-8")
+    call_with_retry(lambda: t.publish(f, Route("work")), policy, recover=t.connect)
 t.close()
 """
 
 CONSUMER = CHILD_PRELUDE + """
+from wiretask.errors import ConnectionLost
 db, done = sys.argv[1], sys.argv[2]
-t = SQLiteTransport(db, visibility_timeout=10)
+t = SQLiteTransport(db, visibility_timeout=30)
 while True:
-    d = t.receive(["work"], timeout=0.3)
+    try:
+        d = t.receive(["work"], timeout=0.3)
+    except ConnectionLost:
+        t.connect()
+        continue
     if d is None:
         if os.path.exists(done):
             break
         continue
     print(d.frame.body.decode(), int(d.redelivered), flush=True)
-    d.ack()
+    while True:
+        try:
+            d.ack()
+            break
+        except ConnectionLost:
+            t.connect()
 t.close()
 """
 
@@ -443,7 +458,8 @@ except Exception as exc:
 def spawn(script: str, *args: object, stdin: bool = False) -> subprocess.Popen[str]:
     return subprocess.Popen(
         [sys.executable, "-c", textwrap.dedent(script), *map(str, args)],
-        stdout=subprocess.PIPE, stdin=subprocess.PIPE if stdin else None, text=True,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        stdin=subprocess.PIPE if stdin else None, text=True,
     )
 
 
@@ -460,14 +476,17 @@ def test_producers_and_consumers_in_several_processes(tmp_path: Path) -> None:
     producers = [spawn(PRODUCER, db, f"p{i}", 200) for i in range(3)]
     try:
         for proc in producers:
-            assert proc.wait(timeout=60) == 0
+            _, err = proc.communicate(timeout=60)
+            assert proc.returncode == 0, err
         done.touch()
-        outputs = [proc.communicate(timeout=60)[0] for proc in consumers]
+        results = [proc.communicate(timeout=60) for proc in consumers]
     finally:
         for proc in producers + consumers:
             if proc.poll() is None:
                 proc.kill()
-    assert all(proc.returncode == 0 for proc in consumers)
+    for proc, (_, err) in zip(consumers, results, strict=True):
+        assert proc.returncode == 0, err
+    outputs = [out for out, _ in results]
     lines = [line.split() for out in outputs for line in out.splitlines()]
     received = [body for body, _ in lines]
     expected = {f"p{i}-{j}" for i in range(3) for j in range(200)}
