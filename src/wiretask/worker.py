@@ -237,9 +237,9 @@ class Worker:
         """Start consuming in background threads. Returns at once.
 
         Raises:
-            ImproperlyConfigured: child processes could not load the app.
+            ImproperlyConfigured: the worker was started before, or child processes
+                could not load the app.
             TransportError: the broker cannot be reached.
-            WiretaskError: the worker was started before.
         """
         with self._lifecycle:
             if self._started:
