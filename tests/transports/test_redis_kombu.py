@@ -78,7 +78,7 @@ def test_kombu_reads_what_wiretask_publishes(transport: RedisTransport, redis_ur
     sent = Frame(body=b'{"x": [1, 2]}', content_type="application/json",
                  content_encoding="utf-8", headers={"task": "t", "id": "i", "n": None},
                  properties={"correlation_id": "i", "reply_to": "r", "priority": 4,
-                             "expiration": "60000"})
+                             "delivery_mode": 2, "expiration": "60000"})
     transport.publish(sent, Route("sq"))
     message = kombu_get(redis_url, "sq")
     assert message.payload == {"x": [1, 2]}
@@ -94,7 +94,9 @@ def test_kombu_reads_what_wiretask_publishes(transport: RedisTransport, redis_ur
     binary = Frame(body=bytes(range(256)), content_type="application/data",
                    content_encoding="binary")
     transport.publish(binary, Route("sq"))
-    assert kombu_get(redis_url, "sq").body == bytes(range(256))
+    message = kombu_get(redis_url, "sq")
+    assert message.body == bytes(range(256))
+    assert "priority" not in message.properties  # absent stays absent; Kombu defaults it
 
 
 def test_kombu_reads_a_due_delayed_message(transport: RedisTransport, redis_url: str) -> None:

@@ -99,13 +99,13 @@ def test_entry_is_kombus_envelope_key_for_key(transport: RedisTransport,
     assert entry["headers"] == {"task": "tasks.add", "id": "i-1"}
 
 
-def test_defaults_match_kombu_when_frame_has_no_properties(transport: RedisTransport,
-                                                           client: redis.Redis) -> None:
-    transport.publish(frame(b"1"), Route("q"))
+def test_absent_delivery_mode_and_priority_stay_absent(transport: RedisTransport,
+                                                      client: redis.Redis) -> None:
+    sent = frame(b"1")
+    transport.publish(sent, Route("q"))
     props = json.loads(client.lindex("q", 0))["properties"]
-    assert list(props) == ["delivery_mode", "delivery_info", "priority", "body_encoding",
-                           "delivery_tag"]
-    assert props["delivery_mode"] == 2 and props["priority"] == 0
+    assert list(props) == ["delivery_info", "body_encoding", "delivery_tag"]
+    assert take(transport, ["q"]).frame == sent
 
 
 def test_round_trip_and_kombu_unacked_bookkeeping(transport: RedisTransport,
@@ -446,8 +446,7 @@ def test_delayed_message_waits_in_the_zset_until_due(transport: RedisTransport,
     assert client.llen(f"q{SEP}9") == 0 and client.zcard("_wiretask.delayed") == 1
     assert transport.size("q") == 1
     (peeked,) = transport.peek("q")
-    assert peeked.state == "scheduled" and peeked.frame == frame(b"later", priority=9,
-                                                                 delivery_mode=2)
+    assert peeked.state == "scheduled" and peeked.frame == sent
     assert peeked.not_before is not None
     assert abs((peeked.not_before - due_at).total_seconds()) < 0.001
     assert transport.due() == 0
@@ -460,6 +459,21 @@ def test_delayed_message_waits_in_the_zset_until_due(transport: RedisTransport,
     delivery = take(transport, ["q"])
     assert delivery.frame.body == b"later" and not delivery.redelivered
     delivery.ack()
+
+
+def test_receive_promotes_its_queues_due_messages_without_a_scheduler(
+        transport: RedisTransport, client: redis.Redis) -> None:
+    transport.publish(frame(b"other-queue"), Route("elsewhere"), not_before=later(0.2))
+    due_at = later(0.4)
+    transport.publish(frame(b"mine"), Route("q"), not_before=due_at)
+    start = time.monotonic()
+    delivery = take(transport, ["q"], timeout=10)  # BRPOP must wake at the due time
+    assert datetime.now(UTC) >= due_at and time.monotonic() - start < 2
+    assert delivery.frame.body == b"mine"
+    delivery.ack()
+    # only the consumed queues are promoted; the rest wait for due()
+    assert client.zcard("_wiretask.delayed") == 1 and client.llen("elsewhere") == 0
+    assert transport.due() == 1 and client.llen("elsewhere") == 1
 
 
 def test_long_delay_is_never_restored_by_visibility(redis_url: str,

@@ -57,8 +57,6 @@ MIN_PRIORITY, MAX_PRIORITY = 0, 9
 TRANSPORT_PROPERTIES = frozenset({"delivery_info", "delivery_tag", "body_encoding"})
 #: Properties Kombu writes at fixed positions (after the caller's own properties).
 _PLACED = TRANSPORT_PROPERTIES | {"delivery_mode", "expiration", "priority"}
-#: Kombu's default ``delivery_mode`` (``PERSISTENT_DELIVERY_MODE``) when none is given.
-PERSISTENT = 2
 
 
 class BadEntry(Exception):
@@ -105,20 +103,27 @@ def encode(frame: Frame, *, exchange: str, routing_key: str, delivery_tag: str) 
     """The list entry for ``frame``, byte-for-byte as Kombu 5.7 writes it.
 
     The caller's own properties come first in their order (Kombu passes them as
-    ``**properties``), then ``delivery_mode`` (default 2), ``expiration``, ``delivery_info``,
-    ``priority`` (default 0; the raw value, not the bucket), ``body_encoding`` and
-    ``delivery_tag``. Transport-owned keys in ``frame.properties`` are ignored.
+    ``**properties``), then ``delivery_mode``, ``expiration``, ``delivery_info``,
+    ``priority`` (the raw value, not the bucket), ``body_encoding`` and ``delivery_tag``.
+    Transport-owned keys in ``frame.properties`` are ignored.
+
+    One deliberate difference: Kombu always writes ``delivery_mode`` (default 2) and
+    ``priority`` (default 0); here they are written only when the frame has them, so a
+    frame comes back exactly as it was sent. Kombu and Celery read an absent one as
+    those same defaults (``_get_message_priority``, ``properties.get('priority')``), and
+    wiretask's Celery encoder always sets ``delivery_mode``.
 
     Raises:
         EncodeError: a header or property is not JSON-serializable.
     """
     given = frame.properties
     properties: dict[str, Any] = {k: v for k, v in given.items() if k not in _PLACED}
-    properties["delivery_mode"] = given.get("delivery_mode") or PERSISTENT
-    if given.get("expiration") is not None:
-        properties["expiration"] = given["expiration"]
+    for key in ("delivery_mode", "expiration"):
+        if given.get(key) is not None:
+            properties[key] = given[key]
     properties["delivery_info"] = {"exchange": exchange, "routing_key": routing_key}
-    properties["priority"] = given.get("priority") or 0
+    if given.get("priority") is not None:
+        properties["priority"] = given["priority"]
     properties["body_encoding"] = "base64"
     properties["delivery_tag"] = delivery_tag
     envelope = {

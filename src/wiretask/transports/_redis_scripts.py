@@ -10,19 +10,40 @@ from __future__ import annotations
 
 __all__ = ["DUE", "POP", "PURGE", "SCHEDULE"]
 
-#: Pop one message and record it as unacked in the same step.
+#: Promote the consumed queues' due delayed messages, then pop one message and record
+#: it as unacked in the same step.
 #:
-#: KEYS[1] unacked_index (zset), KEYS[2] unacked (hash), KEYS[3..] bucket lists in BRPOP
-#: order. ARGV[1] the delivery time (client clock, as Kombu's ``QoS.append``), ARGV[2..]
-#: the queue name of each list (the routing key when the entry names none).
+#: KEYS: [1] unacked_index (zset), [2] unacked (hash), [3] the due index, [4] the entry
+#: hash, [5 .. 4+n] the consumed queues' own delayed indexes, then the bucket lists in
+#: BRPOP order. ARGV: [1] now (client clock, as Kombu's ``QoS.append``), [2] n, [3] the
+#: global key prefix, [4] most promotions per queue, [5..] the queue name of each list
+#: (the routing key when an entry names none).
 #:
-#: Returns ``{list index (1-based), entry, delivery tag}`` or nil. The tag is '' when the
-#: entry is not an envelope with a string ``properties.delivery_tag``: it was popped but not
-#: recorded, and the caller dead-letters it. The unacked value is Kombu's
-#: ``[message, exchange, routing_key]`` JSON with the entry embedded verbatim (Kombu
-#: re-serializes the parsed dict, which gives the same text for entries Kombu wrote).
+#: Returns ``{list index (1-based), entry, delivery tag}``. The tag is '' when the entry
+#: is not an envelope with a string ``properties.delivery_tag``: it was popped but not
+#: recorded, and the caller dead-letters it. When nothing was popped it returns
+#: ``{0, next due time or ''}`` so that the caller never blocks past a due message.
+#: The unacked value is Kombu's ``[message, exchange, routing_key]`` JSON with the entry
+#: embedded verbatim (Kombu re-serializes the parsed dict, which gives the same text for
+#: entries Kombu wrote).
 POP = """
-for i = 3, #KEYS do
+local now = ARGV[1]
+local n = tonumber(ARGV[2])
+local first_list = 5 + n
+for q = 5, 4 + n do
+  local due = redis.call('ZRANGE', KEYS[q], '-inf', now, 'BYSCORE', 'LIMIT', 0, ARGV[4])
+  for _, member in ipairs(due) do
+    local stored = redis.call('HGET', KEYS[4], member)
+    redis.call('ZREM', KEYS[q], member)
+    redis.call('ZREM', KEYS[3], member)
+    redis.call('HDEL', KEYS[4], member)
+    if stored then
+      local entry = cjson.decode(stored)
+      redis.call('LPUSH', ARGV[3] .. entry[1], entry[3])
+    end
+  end
+end
+for i = first_list, #KEYS do
   local raw = redis.call('RPOP', KEYS[i])
   if raw then
     local ok, msg = pcall(cjson.decode, raw)
@@ -35,17 +56,25 @@ for i = 3, #KEYS do
         local exchange = info.exchange
         if type(exchange) ~= 'string' then exchange = '' end
         local routing_key = info.routing_key
-        if type(routing_key) ~= 'string' then routing_key = ARGV[i - 1] end
-        redis.call('ZADD', KEYS[1], ARGV[1], tag)
+        if type(routing_key) ~= 'string' then routing_key = ARGV[i - n] end
+        redis.call('ZADD', KEYS[1], now, tag)
         redis.call('HSET', KEYS[2], tag, '[' .. raw .. ', ' .. cjson.encode(exchange)
                    .. ', ' .. cjson.encode(routing_key) .. ']')
-        return {i - 2, raw, tag}
+        return {i - first_list + 1, raw, tag}
       end
     end
-    return {i - 2, raw, ''}
+    return {i - first_list + 1, raw, ''}
   end
 end
-return false
+local next_due = nil
+for q = 5, 4 + n do
+  local head = redis.call('ZRANGE', KEYS[q], 0, 0, 'WITHSCORES')
+  if head[2] and (next_due == nil or tonumber(head[2]) < next_due) then
+    next_due = tonumber(head[2])
+  end
+end
+if next_due == nil then return {0, ''} end
+return {0, string.format('%.6f', next_due)}
 """
 
 #: Hold one message for delayed delivery.

@@ -39,6 +39,14 @@ seconds, which closes that window for good at the price of latency and idle poll
 Entries that are not envelopes are popped by ``POP`` without being recorded and then
 written to ``<queue>.dead`` (one round trip in which a crash loses them).
 
+**Delayed delivery** (``delay_mode="native"``): a ``not_before`` message waits in the
+``_wiretask.delayed*`` keys, not in ``unacked``, so no visibility timeout can redeliver it
+however long it waits (kombu#337). ``receive`` moves the due messages of the queues it
+consumes inside ``POP`` and never blocks past the next one, so a wiretask consumer needs
+no scheduler; ``due()`` (which the worker calls periodically) and ``run_scheduler`` move
+those of every queue, which Celery consumers need. Moved messages are plain entries
+with their ``eta`` header, so Celery workers run them too.
+
 **Leases.** While this process holds a delivery a heartbeat thread refreshes its
 ``unacked_index`` score (``ZADD XX``) every ``lease_interval`` seconds, so neither wiretask's
 nor Celery's ``restore_visible`` hands a running message to a second consumer. Set
@@ -101,6 +109,10 @@ from wiretask.transports.base import (
 __all__ = ["RedisDelivery", "RedisTransport", "run_scheduler"]
 
 log = logging.getLogger(__name__)
+
+#: Most due delayed messages one ``receive`` moves per queue before it pops (bounds the
+#: time the ``POP`` script blocks Redis; the rest move on the next call).
+_PROMOTE_LIMIT = 100
 
 
 class RedisDelivery(Delivery):
@@ -408,7 +420,11 @@ class RedisTransport(Transport):
     def receive(self, queues: Sequence[str], *, timeout: float) -> RedisDelivery | None:
         """Next message from ``queues``: priority bucket first (0 before 3, 6, 9), then
         queue order, rotated round-robin after each delivery (Kombu's default
-        ``queue_order_strategy``), FIFO within a list. Waits up to ``timeout`` seconds."""
+        ``queue_order_strategy``), FIFO within a list. Waits up to ``timeout`` seconds.
+
+        Delayed messages of ``queues`` that are due are moved into their lists first, in
+        the same script, so a consumer needs no scheduler for its own queues; Celery
+        consumers of a queue rely on ``due()`` (the worker's or ``run_scheduler``)."""
         names = queue_names(queues)
         if not names:
             raise ValidationError("queues", "at least one queue name is needed")
@@ -423,16 +439,18 @@ class RedisTransport(Transport):
         owners = [queue for _ in self._steps for queue in order]
         keys = [self._keys.p(name) for name in lists]
         by_key = dict(zip(keys, owners, strict=True))
+        k = self._keys
+        script_keys = [k.unacked_index, k.unacked, k.delayed, k.delayed_messages,
+                       *(k.delayed_queue(queue) for queue in order), *keys]
         while True:
             with self._errors("receive"):
-                reply = self._pop(
-                    keys=[self._keys.unacked_index, self._keys.unacked, *keys],
-                    args=[repr(time.time()), *owners],
-                )
-            if reply:
-                index, raw, tag = cast(list[Any], reply)
-                queue = owners[int(index) - 1]
-                delivery = self._take(queue, raw, _text(tag) or None)
+                reply = cast(list[Any], self._pop(
+                    keys=script_keys,
+                    args=[repr(time.time()), len(order), k.prefix, _PROMOTE_LIMIT, *owners],
+                ))
+            if int(reply[0]):
+                queue = owners[int(reply[0]) - 1]
+                delivery = self._take(queue, reply[1], _text(reply[2]) or None)
                 if delivery is not None:
                     self._rotate(names, queue)
                     return delivery
@@ -440,6 +458,8 @@ class RedisTransport(Transport):
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 return None
+            if reply[1]:  # never sleep past the next delayed message of these queues
+                remaining = min(remaining, max(float(reply[1]) - time.time(), 0.0))
             if self.poll_interval is not None:
                 time.sleep(min(remaining, self.poll_interval))
                 continue
