@@ -25,13 +25,17 @@ import shutil
 import socket
 import statistics
 import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+import celery
+import kombu
+import msgpack
+import redis
 
 BENCH_DIR = Path(__file__).resolve().parent
 ROOT = BENCH_DIR.parent
@@ -109,9 +113,9 @@ def compare(
 class Row:
     """One comparison.
 
-    ``kind="speedup"``: the ratio is reference / wiretask ("× faster") and the target
-    is a minimum. ``kind="overhead"``: the ratio is wiretask / reference ("× the
-    reference's time") and the target is a maximum. ``target=None``: informational.
+    ``kind="speedup"``: the ratio is reference / wiretask ("x faster") and the target
+    is a minimum. ``kind="overhead"``: the ratio is wiretask / reference ("x its time")
+    and the target is a maximum. ``target=None``: informational.
     """
 
     operation: str
@@ -183,11 +187,6 @@ def print_ratio_lines(rows: Sequence[Row]) -> None:
 
 
 def machine_facts() -> str:
-    import celery
-    import kombu
-    import msgpack
-    import redis
-
     return (
         f"{dt.date.today().isoformat()} | {platform.machine()} {os.cpu_count()} cores | "
         f"Python {platform.python_version()} | celery {celery.__version__}, "
@@ -263,8 +262,3 @@ def redis_url() -> Iterator[str]:
             proc.kill()
             proc.wait()
         shutil.rmtree(workdir, ignore_errors=True)
-
-
-def check_python() -> None:
-    if sys.version_info < (3, 11):  # pragma: no cover
-        raise SystemExit("the benchmarks need Python 3.11+")

@@ -152,8 +152,10 @@ class Sides:
         assert content_type == frame.content_type, (content_type, frame.content_type)
         assert list(message.headers) == list(frame.headers)[: len(message.headers)]
         theirs = loads(data, content_type, frame.content_encoding, accept=ACCEPT)
-        assert list(theirs[0]) == list(ours.args) and theirs[1] == dict(ours.kwargs)
-        assert ours.eta is not None and ours.expires is not None
+        assert list(theirs[0]) == list(ours.args)
+        assert theirs[1] == dict(ours.kwargs)
+        assert ours.eta is not None
+        assert ours.expires is not None
 
 
 def run(scale: float, repeat: int) -> list[Row]:
