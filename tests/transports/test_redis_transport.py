@@ -21,6 +21,7 @@ import redis
 
 from wiretask.errors import (
     ConnectionLost,
+    EncodeError,
     ImproperlyConfigured,
     TransportError,
     ValidationError,
@@ -127,6 +128,17 @@ def test_round_trip_and_kombu_unacked_bookkeeping(transport: RedisTransport,
         delivery.ack()
     with pytest.raises(TransportError, match="already acked"):
         delivery.reject(requeue=True)
+
+
+def test_values_json_would_change_are_refused(transport: RedisTransport) -> None:
+    bad = [({"h": {1: "int key"}}, {}), ({"h": [{"ok": {2: "deep"}}]}, {}),
+           ({"h": float("nan")}, {}), ({"h": b"bytes"}, {}), ({}, {"p": {3}}),
+           ({}, {(1, 2): "tuple key"})]
+    for headers, properties in bad:
+        with pytest.raises(EncodeError):
+            transport.publish(Frame(body=b"", content_type="x", content_encoding="y",
+                                    headers=headers, properties=properties), Route("q"))
+    assert transport.size("q") == 0
 
 
 def test_large_binary_body(transport: RedisTransport) -> None:

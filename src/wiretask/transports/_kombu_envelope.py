@@ -133,10 +133,25 @@ def encode(frame: Frame, *, exchange: str, routing_key: str, delivery_tag: str) 
         "headers": dict(frame.headers),
         "properties": properties,
     }
+    # Refuse what JSON would not carry faithfully, as the other transports do
+    # (``base.dump_json_mapping``): json.dumps quietly turns a key 1 into "1", and writes
+    # NaN, which is not JSON. This check is the cheap part of that rule; json.dumps
+    # refuses the rest (bytes, datetimes, sets).
+    for field, mapping in (("headers", frame.headers), ("properties", frame.properties)):
+        if not _string_keys(mapping):
+            raise EncodeError(field, "mapping keys must be strings at every level")
     try:
-        return json.dumps(envelope)
+        return json.dumps(envelope, allow_nan=False)
     except (TypeError, ValueError) as exc:
         raise EncodeError("envelope", f"headers/properties are not JSON: {exc}") from exc
+
+
+def _string_keys(value: Any) -> bool:
+    if isinstance(value, dict):
+        return all(isinstance(k, str) and _string_keys(v) for k, v in value.items())
+    if isinstance(value, list | tuple):
+        return all(_string_keys(v) for v in value)
+    return True
 
 
 def decode(raw: bytes | str, *, queue: str) -> Received:
