@@ -38,7 +38,9 @@ from wiretask.errors import (
     WiretaskError,
 )
 from wiretask.protocol import states
+from wiretask.protocol.celery import decode
 from wiretask.results.exceptions import exception_from_meta
+from wiretask.transports.base import Peeked
 
 __all__ = ["CommandError", "load_app", "main", "parse_arg"]
 
@@ -231,7 +233,7 @@ def _show(value: Any) -> str:
     if isinstance(value, BaseException):
         return f"{type(value).__name__}({', '.join(repr(a) for a in value.args)})"
     try:
-        return json.dumps(value, ensure_ascii=False, default=None)
+        return json.dumps(value, ensure_ascii=False)
     except (TypeError, ValueError):
         return repr(value)
 
@@ -317,10 +319,8 @@ def _cmd_call(args: argparse.Namespace) -> int:
     return 0
 
 
-def _describe(peeked: Any, app: App, now: datetime) -> tuple[list[str], dict[str, Any]]:
+def _describe(peeked: Peeked, app: App, now: datetime) -> tuple[list[str], dict[str, Any]]:
     """One ``inspect`` row and its JSON form, for a message seen by ``Transport.peek``."""
-    from wiretask.protocol.celery import decode  # noqa: PLC0415
-
     frame = peeked.frame
     not_before = peeked.not_before
     record: dict[str, Any] = {

@@ -568,7 +568,6 @@ class Tour:
         _expect(len(failures) >= 2, f"expected failed attempts first, saw {len(failures)}")
         _expect(value == 42, f"add(20, 22) returned {value!r}")
 
-
     def _reason(self, exc: BaseException) -> str:
         """The error's message without the broker URL it ends with, and with the
         temporary directory shortened."""
