@@ -28,6 +28,7 @@ from wiretask.errors import (
 )
 from wiretask.protocol.frame import Frame, Outgoing, Route
 from wiretask.transports.redis import RedisDelivery, RedisTransport, run_scheduler
+from wiretask.transports.url import transport_from_url
 
 SEP = "\x06\x16"
 
@@ -733,6 +734,10 @@ def test_options_from_url_and_keywords(redis_url: str) -> None:
         assert c.llen(f"q{SEP}5") == 1
     t.close()
     assert RedisTransport.from_url(redis_url).capabilities.visibility_timeout == 3600
+    built = transport_from_url(f"redis://:pw@{redis_url.split('//')[1]}?delay_mode=celery",
+                               visibility_timeout=7)
+    assert isinstance(built, RedisTransport) and built.visibility_timeout == 7
+    assert not built.capabilities.native_delay and "pw" not in built.url
     for bad_url, kwargs in [("amqp://host//", {}), (redis_url, {"delay_mode": "later"}),
                             (f"{redis_url}?priority_steps=3,6", {}),
                             (f"{redis_url}?visibility_timeout=soon", {}),

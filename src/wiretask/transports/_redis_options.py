@@ -17,8 +17,9 @@ import attrs
 
 from wiretask.errors import ImproperlyConfigured
 from wiretask.transports._kombu_envelope import PRIORITY_STEPS
+from wiretask.transports.url import mask_url
 
-__all__ = ["DelayMode", "Keys", "RedisOptions", "mask", "parse"]
+__all__ = ["DelayMode", "Keys", "RedisOptions", "parse"]
 
 DelayMode = Literal["native", "celery"]
 
@@ -90,16 +91,6 @@ class RedisOptions:
     keys: Keys
 
 
-def mask(url: str) -> str:
-    """``url`` without its password and query (which may carry ``password=`` too)."""
-    parts = urlsplit(url)
-    userinfo, _, hostport = parts.netloc.rpartition("@")
-    if userinfo:
-        user = userinfo.partition(":")[0]
-        hostport = f"{user}:**@{hostport}" if ":" in userinfo else f"{user}@{hostport}"
-    return urlunsplit((parts.scheme, hostport, parts.path, "", ""))
-
-
 def parse(url: str, options: Mapping[str, Any]) -> RedisOptions:
     """Read and check ``url`` and ``options``.
 
@@ -109,7 +100,7 @@ def parse(url: str, options: Mapping[str, Any]) -> RedisOptions:
     parts = urlsplit(url)
     if parts.scheme not in ("redis", "rediss"):
         raise ImproperlyConfigured(
-            f"not a Redis URL (scheme {parts.scheme!r}): {mask(url)}", setting="broker_url"
+            f"not a Redis URL (scheme {parts.scheme!r}): {mask_url(url)}", setting="broker_url"
         )
     merged = dict(options)
     rest: list[tuple[str, str]] = []
@@ -160,7 +151,7 @@ def parse(url: str, options: Mapping[str, Any]) -> RedisOptions:
     )
     # Everything left over is redis-py's (taken last, so nothing of ours leaks into it).
     return RedisOptions(
-        masked_url=mask(url),
+        masked_url=mask_url(url),
         redis_url=urlunsplit(parts._replace(query=urlencode(rest))),
         redis_kwargs={**_REDIS_DEFAULTS, **merged},
         delay_mode=delay_mode,
