@@ -17,6 +17,8 @@ key                                   type   content
 ``_wiretask.delayed``                 zset   member -> due time (unix s), all queues
 ``_wiretask.delayed.messages``        hash   member -> ``[list, queue, envelope]`` JSON
 ``_wiretask.delayed.queue.<queue>``   zset   member -> due time, one queue's share
+``_wiretask.published.<tag>``         string publish marker, set in the same MULTI as
+                                             the push; expires after ``PUBLISH_MARKER_TTL``
 ``<queue>.dead``                      list   dead letters, oldest first (RPUSH), each
                                              ``{"reason", "raw", "raw_encoding", "queue",
                                              "at"}``; ``raw_encoding`` is ``"text"`` (raw
@@ -46,6 +48,15 @@ consumes inside ``POP`` and never blocks past the next one, so a wiretask consum
 no scheduler; ``due()`` (which the worker calls periodically) and ``run_scheduler`` move
 those of every queue, which Celery consumers need. Moved messages are plain entries
 with their ``eta`` header, so Celery workers run them too.
+
+**Publishing is idempotent across retries.** Every publish writes a marker key for its
+delivery tag in the same ``MULTI`` as its push, so a message and its marker land together
+or not at all. When a publish fails with ``ConnectionLost`` its outcome is unknown (the
+write may have run and only the reply been lost); the transport remembers the staged
+message, and when the same ``Frame`` object is published again (the publish retry driver
+does exactly that) it reuses the delivery tag and checks the marker first: a message
+that already landed is not pushed twice. The guarantee lasts ``PUBLISH_MARKER_TTL``
+seconds after the first attempt; the cost is one short-lived key per message.
 
 **Leases.** While this process holds a delivery a heartbeat thread refreshes its
 ``unacked_index`` score (``ZADD XX``) every ``lease_interval`` seconds, so neither wiretask's
@@ -109,6 +120,12 @@ from wiretask.transports.base import (
 __all__ = ["RedisDelivery", "RedisTransport", "run_scheduler"]
 
 log = logging.getLogger(__name__)
+
+#: Seconds a publish marker lives: how long after an attempt whose outcome is unknown a
+#: retry of it is still recognised (publish retry policies run for seconds).
+PUBLISH_MARKER_TTL = 300
+#: Most publishes with an unknown outcome remembered for a retry (oldest dropped first).
+_UNSETTLED_LIMIT = 10_000
 
 #: Most due delayed messages one ``receive`` moves per queue before it pops (bounds the
 #: time the ``POP`` script blocks Redis; the rest move on the next call).
@@ -245,6 +262,10 @@ class RedisTransport(Transport):
         self._heartbeat_stop = threading.Event()
         self._cycles: dict[tuple[str, ...], list[str]] = {}
         self._next_restore = 0.0
+        #: id(frame) -> (frame, route, not_before, staged, monotonic time) of publishes
+        #: that failed with an unknown outcome; a retry of the same frame reuses ``staged``.
+        self._unsettled: dict[int, tuple[Frame, Route, datetime | None, _Staged, float]] = {}
+        self._unsettled_lock = threading.Lock()
 
     def __repr__(self) -> str:
         return f"<RedisTransport {self.url} delay_mode={self.delay_mode}>"
@@ -324,44 +345,106 @@ class RedisTransport(Transport):
             pipe.execute()
 
     def publish(self, frame: Frame, route: Route, *, not_before: datetime | None = None) -> None:
-        staged = self._prepare(Outgoing(frame, route, not_before))
-        with self._errors("publish"):
-            queues = self._lookup(self._client, route.exchange, route.key)
-            if staged.due is None and len(queues) == 1:  # the common case: one LPUSH
-                self._client.lpush(self._keys.p(queue_key(queues[0], staged.bucket)),
-                                   staged.entry)
-                return
-            pipe = self._client.pipeline(transaction=False)
-            self._stage(pipe, staged, queues)
-            pipe.execute()
-
-    def publish_many(self, messages: Sequence[Outgoing]) -> None:
-        """One non-transactional pipeline for the whole batch, as Kombu 5.7's
-        ``Producer.batch`` (plus one read of the binding tables of named exchanges).
+        """Push one message (or schedule it), with its marker, in one ``MULTI``.
 
         Raises:
-            ConnectionLost: the connection failed; part of the batch may have been
-                written (at least once: a retry can duplicate messages).
+            ConnectionLost: the outcome is unknown; publishing the same ``frame`` again
+                will not duplicate it if it landed (see the module doc).
         """
-        staged = [self._prepare(message) for message in messages]
-        if not staged:
+        message = Outgoing(frame, route, not_before)
+        retried = self._take_unsettled(message)
+        staged = retried or self._prepare(message)
+        try:
+            with self._errors("publish"):
+                if retried is not None and self._client.exists(self._marker(staged.tag)):
+                    return  # the attempt whose reply was lost did land
+                queues = self._lookup(self._client, route.exchange, route.key)
+                pipe = self._client.pipeline(transaction=True)
+                pipe.set(self._marker(staged.tag), 1, ex=PUBLISH_MARKER_TTL)
+                self._stage(pipe, staged, queues)
+                pipe.execute()
+        except ConnectionLost:
+            self._keep_unsettled([(message, staged)])
+            raise
+
+    def publish_many(self, messages: Sequence[Outgoing]) -> None:
+        """The whole batch, with a marker per message, in one ``MULTI`` pipeline (one
+        round trip, plus one read of the binding tables of named exchanges, and one
+        marker check when retrying): all of it lands or none.
+
+        Raises:
+            ConnectionLost: the outcome is unknown; publishing the same ``Outgoing``
+                frames again will not duplicate what landed (see the module doc).
+        """
+        batch: list[tuple[Outgoing, _Staged]] = []
+        retried_tags: list[str] = []
+        for message in messages:
+            retried = self._take_unsettled(message)
+            if retried is not None:
+                retried_tags.append(retried.tag)
+            batch.append((message, retried or self._prepare(message)))
+        if not batch:
             return
-        exchanges = sorted({s.route.exchange for s in staged if s.route.exchange})
-        with self._errors("publish_many"):
-            tables: dict[str, list[str]] = {}
-            if exchanges:
-                read = self._client.pipeline(transaction=False)
-                for exchange in exchanges:
-                    read.smembers(self._keys.binding(exchange))
-                for exchange, members in zip(exchanges, read.execute(), strict=True):
-                    tables[exchange] = sorted(_text(m) for m in members)
-            pipe = self._client.pipeline(transaction=False)
-            for item in staged:
-                route = item.route
-                queues = (_route(tables[route.exchange], route.key) if route.exchange
-                          else [route.key])
-                self._stage(pipe, item, queues)
-            pipe.execute()
+        try:
+            with self._errors("publish_many"):
+                landed: set[str] = set()
+                if retried_tags:
+                    check = self._client.pipeline(transaction=False)
+                    for tag in retried_tags:
+                        check.exists(self._marker(tag))
+                    landed = {t for t, n in zip(retried_tags, check.execute(), strict=True)
+                              if n}
+                exchanges = sorted({s.route.exchange for _, s in batch if s.route.exchange})
+                tables: dict[str, list[str]] = {}
+                if exchanges:
+                    read = self._client.pipeline(transaction=False)
+                    for exchange in exchanges:
+                        read.smembers(self._keys.binding(exchange))
+                    for exchange, members in zip(exchanges, read.execute(), strict=True):
+                        tables[exchange] = sorted(_text(m) for m in members)
+                pipe = self._client.pipeline(transaction=True)
+                for _, item in batch:
+                    if item.tag in landed:
+                        continue
+                    route = item.route
+                    queues = (_route(tables[route.exchange], route.key) if route.exchange
+                              else [route.key])
+                    pipe.set(self._marker(item.tag), 1, ex=PUBLISH_MARKER_TTL)
+                    self._stage(pipe, item, queues)
+                pipe.execute()
+        except ConnectionLost:
+            self._keep_unsettled(batch)
+            raise
+
+    def _marker(self, tag: str) -> str:
+        return f"{self._keys.prefix}_wiretask.published.{tag}"
+
+    def _keep_unsettled(self, batch: Sequence[tuple[Outgoing, _Staged]]) -> None:
+        now = time.monotonic()
+        with self._unsettled_lock:
+            for message, staged in batch:
+                self._unsettled[id(message.frame)] = (
+                    message.frame, message.route, message.not_before, staged, now
+                )
+            expired = now - PUBLISH_MARKER_TTL
+            for key in [k for k, v in self._unsettled.items() if v[4] < expired]:
+                del self._unsettled[key]
+            while len(self._unsettled) > _UNSETTLED_LIMIT:
+                del self._unsettled[next(iter(self._unsettled))]
+
+    def _take_unsettled(self, message: Outgoing) -> _Staged | None:
+        """The staged form of an earlier publish of this very frame (same route and
+        ``not_before``) whose outcome is unknown, or None."""
+        with self._unsettled_lock:
+            if not self._unsettled:
+                return None
+            kept = self._unsettled.pop(id(message.frame), None)
+        if kept is None:
+            return None
+        frame, route, not_before, staged, _ = kept
+        if frame is message.frame and route == message.route and not_before == message.not_before:
+            return staged
+        return None
 
     def _prepare(self, message: Outgoing) -> _Staged:
         if not isinstance(message.frame, Frame):
