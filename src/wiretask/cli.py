@@ -269,6 +269,8 @@ def _relative(value: datetime | None, now: datetime) -> str:
 def _cmd_worker(args: argparse.Namespace) -> int:
     from wiretask.worker import Worker  # noqa: PLC0415 - only this command needs it
 
+    if args.pool == "processes" and not getattr(args, "app", None):
+        raise CommandError("--pool processes: child processes import the app, so give -A/--app")
     app = _app_from_args(args)
     logging.basicConfig(
         level=args.loglevel,

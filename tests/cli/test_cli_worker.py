@@ -107,3 +107,12 @@ def test_result_json(cli: CLI) -> None:
     assert meta["status"] == "SUCCESS"
     assert meta["result"] == 42
     assert meta["task_id"] == task_id
+
+
+def test_process_pool_needs_an_app_path(cli: CLI) -> None:
+    done = cli.run("worker", "--pool", "processes")
+
+    assert done.returncode == 2
+    [line] = done.stderr.splitlines()
+    assert "--pool processes" in line
+    assert "-A/--app" in line
