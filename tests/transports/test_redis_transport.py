@@ -742,7 +742,9 @@ def test_options_from_url_and_keywords(redis_url: str) -> None:
                             (f"{redis_url}?priority_steps=3,6", {}),
                             (f"{redis_url}?visibility_timeout=soon", {}),
                             (redis_url, {"no_such_option": 1}),
-                            (f"{redis_url}?poll_interval=0", {})]:
+                            (f"{redis_url}?poll_interval=0", {}),
+                            (redis_url, {"visibility_timeout": 10, "lease_interval": 10}),
+                            (redis_url, {"visibility_timeout": -1})]:
         with pytest.raises(ImproperlyConfigured):
             RedisTransport(bad_url, **kwargs)
 

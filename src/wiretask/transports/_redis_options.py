@@ -129,10 +129,12 @@ def parse(url: str, options: Mapping[str, Any]) -> RedisOptions:
     visibility = float(take("visibility_timeout", 3600.0))
     lease = take("lease_interval", None)
     lease = float(lease) if lease is not None else min(visibility / 6, 60.0)
-    if not (visibility > 0 and lease > 0):
+    if not 0 < lease < visibility:
+        # A lease renewed less often than the timeout would let a restorer hand a
+        # running message to a second consumer.
         raise ImproperlyConfigured(
-            "visibility_timeout and lease_interval must be positive",
-            setting="visibility_timeout",
+            f"need 0 < lease_interval < visibility_timeout, got {lease} and {visibility}",
+            setting="lease_interval",
         )
     limit = take("restore_limit", None)
     poll = take("poll_interval", None)
