@@ -1,0 +1,287 @@
+"""Redis outages, against a real private ``redis-server`` that the tests stop and start:
+publish retry (with a real Celery worker running what survived the outage), publish
+failure after the policy, no duplicate from a retried publish, a worker that outlives a
+Redis restart, and a worker killed with SIGKILL mid-task.
+"""
+
+from __future__ import annotations
+
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import redis
+
+from conftest import RedisServer
+from interop.conftest import WAIT, CeleryWorker, subprocess_env, wait_for
+from interop.wiretask_tasks import STARTED_KEY, make_app
+from wiretask.app import App
+from wiretask.errors import ConnectionLost, PublishError
+from wiretask.transports.redis import RedisTransport
+from wiretask.worker import Worker
+
+pytestmark = [pytest.mark.redis, pytest.mark.slow]
+
+#: A policy that outlasts a ~0.5 s outage (and a redis-server start) comfortably.
+PATIENT = {"max_retries": 10, "interval_start": 0.2, "interval_step": 0.2, "interval_max": 0.5}
+
+
+def queued(url: str, queue: str = "celery") -> list[str]:
+    """Task ids waiting in ``queue`` (ready or scheduled), read straight from Redis."""
+    transport = RedisTransport(url)
+    try:
+        return [str(p.frame.task_id) for p in transport.peek(queue)]
+    finally:
+        transport.close()
+
+
+@pytest.fixture
+def private_url(redis_server: RedisServer) -> str:
+    return f"{redis_server.url}/0"
+
+
+@pytest.fixture
+def wt(private_url: str) -> Iterator[App]:
+    app = make_app(private_url)
+    yield app
+    app.close()
+
+
+def restart_later(server: RedisServer, delay: float) -> threading.Thread:
+    """Start ``server`` again after ``delay`` seconds, from a thread (the outage)."""
+    thread = threading.Timer(delay, server.start)
+    thread.start()
+    return thread
+
+
+# -- publishing while Redis is down ----------------------------------------------------
+
+
+@pytest.mark.interop
+def test_publish_retries_through_a_restart_and_celery_runs_the_message_once(
+    redis_server: RedisServer, private_url: str, wt: App
+) -> None:
+    wt.transport.connect()  # connected first: the outage breaks a live connection
+    redis_server.stop()
+    restarter = restart_later(redis_server, 0.5)
+
+    started = time.monotonic()
+    result = wt.send_task("interop.add", (40, 2), retry=True, retry_policy=PATIENT)
+    elapsed = time.monotonic() - started
+    restarter.join()
+
+    assert elapsed >= 0.4, "the publish cannot have succeeded while Redis was down"
+    assert queued(private_url) == [result.id]  # landed exactly once
+    with CeleryWorker(private_url, ["celery"]):
+        assert result.get(timeout=WAIT) == 42
+    assert queued(private_url) == []
+
+
+def test_publish_gives_up_after_the_policy_with_publish_error(
+    redis_server: RedisServer, wt: App
+) -> None:
+    redis_server.stop()
+
+    started = time.monotonic()
+    with pytest.raises(PublishError) as caught:
+        wt.send_task("interop.add", (1, 2), retry=True, retry_policy={
+            "max_retries": 2, "interval_start": 0.1, "interval_step": 0.1,
+            "interval_max": 0.1,
+        })
+    elapsed = time.monotonic() - started
+
+    assert caught.value.attempts == 3  # the first one and two retries
+    assert isinstance(caught.value.cause, ConnectionLost)
+    assert caught.value.__cause__ is caught.value.cause
+    assert caught.value.task_id is not None
+    assert 0.2 <= elapsed < 5
+
+
+def test_publish_without_retry_fails_at_once(redis_server: RedisServer, wt: App) -> None:
+    redis_server.stop()
+
+    with pytest.raises(PublishError) as caught:
+        wt.send_task("interop.add", (1, 2), retry=False)
+
+    assert caught.value.attempts == 1
+
+
+# -- the ambiguous failure: the write landed, the reply was lost -------------------------
+
+
+class ReplyDroppingProxy:
+    """A TCP proxy in front of Redis that, once armed, lets the next command containing
+    ``trigger`` reach Redis, waits for Redis's reply (so the command has run), throws
+    the reply away and closes the client's connection: the client sees a connection
+    error for a write that landed. Disarms itself after one cut."""
+
+    def __init__(self, port: int, trigger: bytes = b"LPUSH") -> None:
+        self.target = ("127.0.0.1", port)
+        self.trigger = trigger
+        self.armed = threading.Event()
+        self.cuts = 0
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.port: int = self._listener.getsockname()[1]
+        self._sockets: list[socket.socket] = []
+        self._closed = False
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def _accept(self) -> None:
+        while not self._closed:
+            try:
+                client, _ = self._listener.accept()
+            except OSError:
+                return
+            server = socket.create_connection(self.target)
+            self._sockets += [client, server]
+            cut = threading.Event()
+            threading.Thread(target=self._upstream, args=(client, server, cut),
+                             daemon=True).start()
+            threading.Thread(target=self._downstream, args=(server, client, cut),
+                             daemon=True).start()
+
+    def _upstream(self, client: socket.socket, server: socket.socket,
+                  cut: threading.Event) -> None:
+        try:
+            while data := client.recv(65536):
+                if self.armed.is_set() and self.trigger in data:
+                    self.armed.clear()
+                    cut.set()
+                server.sendall(data)
+        except OSError:
+            pass
+
+    def _downstream(self, server: socket.socket, client: socket.socket,
+                    cut: threading.Event) -> None:
+        try:
+            while data := server.recv(65536):
+                if cut.is_set():  # Redis ran the command and answered: drop the answer
+                    self.cuts += 1
+                    break
+                client.sendall(data)
+        except OSError:
+            pass
+        for sock in (client, server):
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            sock.close()
+
+    def close(self) -> None:
+        self._closed = True
+        self._listener.close()
+        for sock in self._sockets:
+            sock.close()
+
+
+@pytest.fixture
+def proxy(redis_server: RedisServer) -> Iterator[ReplyDroppingProxy]:
+    p = ReplyDroppingProxy(redis_server.port)
+    yield p
+    p.close()
+
+
+def test_publish_retried_after_a_lost_reply_lands_once(
+    proxy: ReplyDroppingProxy, private_url: str
+) -> None:
+    app = make_app(proxy.url)
+    try:
+        app.transport.connect()
+        proxy.armed.set()
+        result = app.send_task("interop.add", (1, 2), retry=True, retry_policy=PATIENT)
+    finally:
+        app.close()
+
+    assert proxy.cuts == 1, "the proxy never cut a publish: the test proved nothing"
+    assert queued(private_url) == [result.id]
+
+
+def test_batch_publish_retried_after_a_lost_reply_lands_once(
+    proxy: ReplyDroppingProxy, private_url: str
+) -> None:
+    app = make_app(proxy.url)
+    try:
+        app.transport.connect()
+        proxy.armed.set()
+        results = app.tasks["interop.add"].apply_many(
+            [(1, 1), (2, 2), (3, 3)], retry=True, retry_policy=PATIENT
+        )
+    finally:
+        app.close()
+
+    assert proxy.cuts == 1, "the proxy never cut a publish: the test proved nothing"
+    assert sorted(queued(private_url)) == sorted(r.id for r in results)
+
+
+# -- consuming through an outage -------------------------------------------------------
+
+
+def test_worker_reconnects_after_redis_restarts(redis_server: RedisServer, wt: App) -> None:
+    with Worker(wt, queues=["celery"], concurrency=1, shutdown_timeout=5):
+        assert wt.send_task("interop.add", (1, 1)).get(timeout=WAIT) == 2
+
+        redis_server.stop()  # the worker's connections break; it backs off and retries
+        restarter = restart_later(redis_server, 1.0)  # empty again: no persistence
+        after = wt.send_task("interop.add", (2, 2), retry=True, retry_policy=PATIENT)
+        restarter.join()
+
+        assert after.get(timeout=WAIT) == 4
+
+
+# -- a worker killed mid-task ----------------------------------------------------------
+
+
+def start_wiretask_worker(url: str) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "wiretask.cli", "worker", "-A", "interop.wiretask_tasks:app",
+         "-Q", "celery", "-c", "1", "--loglevel", "WARNING"],
+        env=subprocess_env(url), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    )
+
+
+def stop(proc: subprocess.Popen[bytes], sig: int = signal.SIGTERM) -> str:
+    if proc.poll() is None:
+        proc.send_signal(sig)
+    try:
+        _, err = proc.communicate(timeout=15)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        _, err = proc.communicate(timeout=10)
+    return err.decode(errors="replace")
+
+
+def test_message_of_a_sigkilled_worker_comes_back_and_runs_on_a_new_worker(
+    private_url: str,
+) -> None:
+    url = f"{private_url}?visibility_timeout=2&restore_interval=0.5"
+    client = redis.Redis.from_url(private_url)
+    app = make_app(url)
+    workers = [start_wiretask_worker(url)]
+    try:
+        result = app.send_task("interop.slow", (1.5,))
+        wait_for(lambda: client.lrange(STARTED_KEY, 0, -1),
+                 what="the first worker to start the task")
+        workers[0].send_signal(signal.SIGKILL)
+        workers[0].wait(10)
+        assert result.state == "PENDING"  # it never finished there
+
+        workers.append(start_wiretask_worker(url))
+        assert result.get(timeout=WAIT) == "slept"
+        runs: list[Any] = client.lrange(STARTED_KEY, 0, -1)
+        assert runs == [result.id.encode()] * 2  # started on both workers
+    finally:
+        errors = [stop(worker) for worker in workers]
+        app.close()
+        client.close()
+    assert workers[1].returncode == 0, errors[1]  # the second one stopped cleanly
