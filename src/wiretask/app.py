@@ -342,6 +342,9 @@ class App:
     ) -> calling.Call:
         """Validate a call and build its message without sending it."""
         task = self.tasks.get(name)
+        # The transport first: creating it imports the driver, and "now" must be read
+        # after that, or a short countdown is already due when it reaches the broker.
+        capabilities = self.transport.capabilities
         return calling.build_call(
             name,
             args,
@@ -352,7 +355,7 @@ class App:
             settings=self.conf,
             context=self._context(),
             task_defaults=task.defaults if task is not None else None,
-            capabilities=self.transport.capabilities,
+            capabilities=capabilities,
             check_arguments=task.check_arguments if task is not None else None,
         )
 
