@@ -10,7 +10,7 @@ It validates on construction, so an invalid message cannot exist; derive new one
 :func:`attrs.evolve`.
 
 Building a message is on the hot path of every ``apply_async``, and the benchmark holds it
-to a small fraction of Celery's ``as_task_v2``. attrs' generated ``__init__`` stores all 45
+to a small fraction of Celery's ``as_task_v2``. attrs' generated ``__init__`` stores all 36
 fields one by one and would cost more than that on its own, so ``TaskMessage`` declares
 its fields with attrs (repr, equality, ``attrs.evolve``, ``attrs.fields``) but has a
 hand-written ``__init__``: it stores only the fields you pass, checks only those (a
