@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import ast
+import copy
 import inspect
+import pickle
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -189,3 +191,12 @@ def test_typed_init_matches_the_fields() -> None:
         else:
             assert default is not None
             assert ast.literal_eval(default) == field.default, field.name
+
+
+def test_pickle_and_copy_keep_the_value() -> None:
+    m = build(args=(1, [2]), callbacks=SIG, eta=NOW)
+    for clone in (pickle.loads(pickle.dumps(m)), copy.copy(m), copy.deepcopy(m)):
+        assert clone == m
+        assert clone.kwargs == {} and clone.stamps == {}
+    deep = copy.deepcopy(m)
+    assert deep.args[1] is not m.args[1]

@@ -119,6 +119,9 @@ class _EmptyMapping(dict[str, Any]):
 _EMPTY: Mapping[str, Any] = _EmptyMapping()
 
 
+# slots=False: a field the caller did not pass is not stored at all and reads the class
+# attribute holding its default (set just after the class), which needs an instance
+# __dict__ (a slot has no such fallback). Assignment still raises FrozenInstanceError.
 @attrs.frozen(kw_only=True, slots=False, init=False)
 class TaskMessage:
     """One Celery protocol-2 task message: headers, body and properties.
