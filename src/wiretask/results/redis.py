@@ -93,6 +93,15 @@ def celery_keyprefix(global_keyprefix: str | None) -> str:
     return f"{global_keyprefix}{TASK_KEYPREFIX}"
 
 
+def _without_transport_options(url: str) -> str:
+    """``url`` without the Redis *transport's* own query options. An app's default
+    backend is its broker URL, which may carry them (``?delay_mode=celery&
+    visibility_timeout=60``); redis-py would refuse them. redis-py's own options stay."""
+    from wiretask.transports._redis_options import parse  # noqa: PLC0415
+
+    return parse(url, {}).redis_url
+
+
 class RedisBackend(ResultBackend):
     """Results in Redis, readable and writable by Celery's Redis result backend.
 
@@ -133,7 +142,7 @@ class RedisBackend(ResultBackend):
         self.keyprefix = celery_keyprefix(global_keyprefix)
         try:
             self.client: redis.Redis = redis.Redis.from_url(
-                url,
+                _without_transport_options(url),
                 socket_timeout=float(socket_timeout),
                 socket_connect_timeout=float(socket_connect_timeout),
             )
