@@ -242,6 +242,37 @@ def _priority(value: object, capabilities: Capabilities | None) -> int | None:
     return value
 
 
+#: The last ``task_publish_retry_policy`` setting parsed, as ``(snapshot, policy)``: the
+#: setting is a dict that rarely changes, and parsing it is a third of a call's cost.
+_last_policy: tuple[list[tuple[object, type, object]], RetryPolicy] | None = None
+
+
+def _settings_policy(setting: object) -> RetryPolicy:
+    """The ``task_publish_retry_policy`` setting as a ``RetryPolicy``.
+
+    A dict setting is parsed again only when its content changed (compared key by key,
+    with the value's type, so ``1`` and ``True`` differ, and a copy of list values); the
+    check is cheaper than parsing it.
+    """
+    global _last_policy
+    if isinstance(setting, RetryPolicy):
+        return setting
+    if setting is None:
+        setting = {}
+    if not isinstance(setting, Mapping):
+        return RetryPolicy.from_options(setting)  # type: ignore[arg-type]  # raises
+    snapshot = [
+        (key, type(value), tuple(value) if isinstance(value, list | set) else value)
+        for key, value in setting.items()
+    ]
+    last = _last_policy
+    if last is not None and last[0] == snapshot:
+        return last[1]
+    policy = RetryPolicy.from_options(setting)
+    _last_policy = (snapshot, policy)
+    return policy
+
+
 def resolve_options(
     options: Mapping[str, Any],
     task_defaults: Mapping[str, Any],
@@ -338,11 +369,7 @@ def build_call(
     retry = opts.get("retry", settings.get("task_publish_retry", True))
     if not isinstance(retry, bool):
         raise ValidationError("retry", f"must be True or False, got {retry!r}", value=retry)
-    base_policy = settings.get("task_publish_retry_policy")
-    policy = (
-        base_policy if isinstance(base_policy, RetryPolicy)
-        else RetryPolicy.from_options(base_policy or {})
-    )
+    policy = _settings_policy(settings.get("task_publish_retry_policy"))
     call_policy = opts.get("retry_policy")
     if call_policy is not None:
         if isinstance(call_policy, RetryPolicy):
