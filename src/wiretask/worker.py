@@ -245,14 +245,18 @@ class Worker:
             if self._started:
                 raise ImproperlyConfigured("a Worker can be started only once")
             self._started = True
-        self.transport.connect()
-        for name in self.queues:
-            self.transport.declare_queue(name)
-        if self.pool == "processes":
-            self._start_children()
-        else:
-            for _ in range(self.concurrency):
-                self._add_thread_slot()
+        try:
+            self.transport.connect()
+            for name in self.queues:
+                self.transport.declare_queue(name)
+            if self.pool == "processes":
+                self._start_children()
+            else:
+                for _ in range(self.concurrency):
+                    self._add_thread_slot()
+        except BaseException:
+            self.stop(0)  # release what was started (threads, the connection)
+            raise
         self._consumer = threading.Thread(
             target=self._consume, name=f"wiretask-consumer-{self.hostname}", daemon=True
         )
@@ -399,9 +403,14 @@ class Worker:
                         continue
                 delivery = self.transport.receive(self.queues, timeout=wait)
                 backoff = 0.0
-            except TransportError as exc:
+            except Exception as exc:
+                # TransportError is the expected kind (broker down); anything else is a
+                # bug in a transport, and neither may end the consumer thread.
                 backoff = min(max(backoff * 2, 0.1), MAX_BROKER_BACKOFF)
-                logger.warning("broker error (%s); retrying in %.1fs", exc, backoff)
+                if isinstance(exc, TransportError):
+                    logger.warning("broker error (%s); retrying in %.1fs", exc, backoff)
+                else:
+                    logger.exception("unexpected error consuming; retrying in %.1fs", backoff)
                 if self._stop_requested.wait(backoff):
                     break
                 try:
@@ -416,10 +425,11 @@ class Worker:
                 break
             try:
                 self._on_delivery(delivery)
-            except Exception:
-                # A bug here must not stop consumption; the message goes back.
+            except Exception as exc:
+                # A bug here must not stop consumption, nor bring the message back to
+                # fail again for ever: it is kept in the dead-letter place.
                 logger.exception("error handling message %s", delivery.frame.task_id)
-                self._reject_requeue(delivery, str(delivery.frame.task_id))
+                self._dead_letter(delivery, f"worker error: {exc!r}")
 
     def _on_delivery(self, delivery: Delivery) -> None:
         try:
