@@ -26,11 +26,11 @@ SUBSCRIBER_WAIT = 10.0
 
 
 def make_app(url: str, main: str = "interop") -> App:
-    """A wiretask app with the interop tasks: broker ``url`` (its query holds transport
-    options such as ``delay_mode``), result backend the same database without them."""
-    plain = url.partition("?")[0]
-    app = App(main, broker=url, backend=plain, accept_content=("json", "msgpack"))
-    client = redis.Redis.from_url(plain)
+    """A wiretask app with the interop tasks, broker and result backend on ``url``
+    (whose query may hold transport options such as ``delay_mode``: the backend
+    ignores them)."""
+    app = App(main, broker=url, backend=url, accept_content=("json", "msgpack"))
+    client = redis.Redis.from_url(url.partition("?")[0])
 
     @app.task(name="interop.add")
     def add(x: int, y: int) -> int:
