@@ -562,3 +562,41 @@ def test_stalled_consumer_loses_its_lease_and_is_told_on_ack(tmp_db: Path) -> No
             if holder.poll() is None:
                 os.kill(holder.pid, signal.SIGCONT)
                 holder.kill()
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork()")
+def test_a_transport_inherited_through_fork_works_in_the_child(tmp_db: Path) -> None:
+    vt = 0.6
+    transport = SQLiteTransport(tmp_db, visibility_timeout=vt)
+    transport.publish_many([Outgoing(frame(b"parent's"), Q), Outgoing(frame(b"child's"), Q)])
+    held = transport.receive(["q"], timeout=0)  # the parent's heartbeat thread is running
+    assert held is not None
+    assert held.frame.body == b"parent's"
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: the same object, a fresh connection, its own leases
+        code = 1
+        try:
+            os.close(read_end)
+            mine = transport.receive(["q"], timeout=5)
+            if mine is not None and mine.frame.body == b"child's":
+                os.write(write_end, b"got")
+                time.sleep(vt * 4)  # only the child's own heartbeat can keep this lease
+                mine.ack()
+                code = 0
+        finally:
+            os._exit(code)
+    os.close(write_end)
+    try:
+        assert os.read(read_end, 3) == b"got"
+    finally:
+        os.close(read_end)
+    # The parent settles and closes: that must not touch the child's lease.
+    held.ack()
+    transport.close()
+    with SQLiteTransport(tmp_db, visibility_timeout=vt) as observer:
+        assert observer.receive(["q"], timeout=vt * 3) is None
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0  # the child's ack kept its lease
+        assert observer.size("q") == 0

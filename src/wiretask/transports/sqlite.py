@@ -50,8 +50,10 @@ How it works, and what it guarantees:
 
 One connection per transport instance, guarded by a lock: SQLite admits one writer at a
 time anyway, so per-thread connections would only move the queueing from a Python lock
-into SQLite's busy handler (and leak connections of finished threads). Create transports
-after ``fork()``; a transport that notices it was forked opens a fresh connection.
+into SQLite's busy handler (and leak connections of finished threads). A transport
+inherited through ``fork()`` is reset in the child by an at-fork hook (its inherited
+connection closed, a fresh one opened on first use, its own leases), so parent and child
+can both use it; see ``_after_fork_in_child`` for the one case that stays unsafe.
 """
 
 from __future__ import annotations
@@ -63,6 +65,7 @@ import sqlite3
 import threading
 import time
 import uuid
+import weakref
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -275,10 +278,10 @@ class SQLiteTransport(Transport):
         self.owner = uuid.uuid4().hex
         self._lock = threading.RLock()
         self._conn: sqlite3.Connection | None = None
-        self._pid = os.getpid()
         self._unsettled: dict[str, SQLiteDelivery] = {}
         self._heartbeat: threading.Thread | None = None
         self._stop_heartbeat = threading.Event()
+        _INSTANCES.add(self)
 
     @classmethod
     def from_url(cls, url: str, **options: Any) -> SQLiteTransport:
@@ -365,7 +368,6 @@ class SQLiteTransport(Transport):
             if conn is not None:
                 conn.close()
             raise
-        self._pid = os.getpid()
         return conn
 
     def _ensure_schema(self, conn: sqlite3.Connection) -> None:
@@ -397,13 +399,42 @@ class SQLiteTransport(Transport):
             conn.execute("ROLLBACK")
             raise
 
+    def _after_fork_in_child(self) -> None:
+        """Make a transport inherited through ``fork()`` usable in the child.
+
+        The inherited connection is *closed*, not merely dropped: SQLite keeps one
+        lock-bookkeeping record per file per process, shared by every connection to it,
+        and the inherited record claims locks the child does not hold (POSIX locks are
+        not inherited). Any connection the child opens would trust that record, and the
+        parent could then checkpoint and delete the WAL under it ("disk I/O error").
+        Closing is safe only if no parent thread was inside SQLite with this connection
+        at the moment of the fork (our lock was free); otherwise the connection is left
+        alone and the child should not use this file.
+
+        The parent's deliveries, heartbeat thread and owner id stay the parent's: the
+        child gets its own owner id, or the parent's heartbeat and ``close()`` would act
+        on the child's leases.
+        """
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            if self._lock.acquire(blocking=False):
+                try:
+                    conn.close()
+                except sqlite3.Error:
+                    log.debug("closing the inherited SQLite connection failed", exc_info=True)
+            else:
+                log.warning(
+                    "fork() while a thread was using the SQLite broker %s: the child "
+                    "cannot use this database safely", self.url,
+                )
+        self.owner = uuid.uuid4().hex
+        self._lock = threading.RLock()
+        self._unsettled = {}
+        self._heartbeat = None
+        self._stop_heartbeat = threading.Event()
+
     def _connection(self) -> sqlite3.Connection:
         # Called with the lock held.
-        if self._conn is not None and self._pid != os.getpid():
-            # Forked: the parent owns that connection; using it here would corrupt the
-            # file, and closing it could release the parent's locks. Abandon it.
-            self._conn = None
-            self._unsettled.clear()
         if self._conn is None:
             self._conn = self._open()
         return self._conn
@@ -411,11 +442,10 @@ class SQLiteTransport(Transport):
     def _drop_connection(self) -> None:
         if self._conn is not None:
             conn, self._conn = self._conn, None
-            if self._pid == os.getpid():
-                try:
-                    conn.close()
-                except sqlite3.Error:
-                    log.debug("closing a broken SQLite connection failed", exc_info=True)
+            try:
+                conn.close()
+            except sqlite3.Error:
+                log.debug("closing a broken SQLite connection failed", exc_info=True)
 
     def _translate(self, exc: sqlite3.Error, doing: str) -> TransportError:
         code = _primary_code(exc)
@@ -465,7 +495,7 @@ class SQLiteTransport(Transport):
             heartbeat.join(timeout=self.busy_timeout + 1)
         with self._lock:
             self._heartbeat = None
-            if self._unsettled and self._conn is not None and self._pid == os.getpid():
+            if self._unsettled and self._conn is not None:
                 try:
                     with self._session("returning unsettled messages", write=True) as conn:
                         conn.execute(
@@ -792,6 +822,19 @@ class SQLiteTransport(Transport):
                 raw=None if frame is not None or body is None else bytes(body), at=at,
             ))
         return letters
+
+
+# Every live transport, so that a fork can reset the copies the child inherits.
+_INSTANCES: weakref.WeakSet[SQLiteTransport] = weakref.WeakSet()
+
+
+def _reset_after_fork() -> None:
+    for transport in list(_INSTANCES):
+        transport._after_fork_in_child()
+
+
+if hasattr(os, "register_at_fork"):  # POSIX; elsewhere there is no fork()
+    os.register_at_fork(after_in_child=_reset_after_fork)
 
 
 def _positive(name: str, value: Any, *, allow_zero: bool = False) -> None:
