@@ -1045,3 +1045,10 @@ def test_consumes_only_its_queues(
     where.apply_async(queue="celery")
     time.sleep(0.3)
     assert app.transport.size("celery") == 1
+
+
+def test_settings_with_celery_names_configure_the_worker(make_app: MakeApp) -> None:
+    app = make_app(worker_eta_task_limit=7, worker_concurrency=3, task_default_queue="jobs")
+    worker = Worker(app)
+    assert (worker.eta_task_limit, worker.concurrency, worker.queues) == (7, 3, ["jobs"])
+    assert Worker(make_app()).eta_task_limit == 1000
