@@ -338,3 +338,12 @@ def test_decode_of_corrupted_valid_frames_never_crashes(
         decode(broken, REGISTRY)
     except WiretaskError:
         pass
+
+
+def test_a_received_time_outside_the_utc_range_is_malformed() -> None:
+    frame = Frame(body=b"[[], {}, null]", content_type="application/json",
+                  content_encoding="utf-8",
+                  headers={"task": "t", "id": "i", "expires": "9999-12-31T23:59:59-01:00"})
+    with pytest.raises(MalformedMessage) as info:
+        decode(frame, REGISTRY)
+    assert info.value.field == "headers.expires"

@@ -6,7 +6,7 @@ import ast
 import copy
 import inspect
 import pickle
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
 import attrs
@@ -200,3 +200,11 @@ def test_pickle_and_copy_keep_the_value() -> None:
         assert clone.kwargs == {} and clone.stamps == {}
     deep = copy.deepcopy(m)
     assert deep.args[1] is not m.args[1]
+
+
+def test_times_whose_utc_instant_overflows_are_refused() -> None:
+    minus_one = timezone(timedelta(hours=-1))
+    with pytest.raises(ValidationError) as info:
+        build(expires=datetime(9999, 12, 31, 23, 30, tzinfo=minus_one))
+    assert info.value.field == "expires"
+    assert build(expires=datetime(9999, 12, 31, 22, 30, tzinfo=minus_one)).expires is not None

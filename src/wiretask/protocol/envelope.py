@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, NoReturn
 
 import attrs
@@ -352,6 +352,13 @@ def _aware(name: str, value: Any) -> datetime:
         _fail(name, f"must be an aware datetime or None, got {_kind(value)}", value)
     if value.tzinfo is None or value.utcoffset() is None:
         _fail(name, "must be an aware datetime (naive datetimes are ambiguous)", value)
+    if value.year in (1, 9999):
+        # At the very ends of datetime's range an offset can push the UTC instant out of
+        # it, and every consumer that converts to UTC (or to a timestamp) would then fail.
+        try:
+            value.astimezone(UTC)
+        except OverflowError:
+            _fail(name, f"{value.isoformat()} is outside the representable range", value)
     return value
 
 
