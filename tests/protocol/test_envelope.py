@@ -208,3 +208,10 @@ def test_times_whose_utc_instant_overflows_are_refused() -> None:
         build(expires=datetime(9999, 12, 31, 23, 30, tzinfo=minus_one))
     assert info.value.field == "expires"
     assert build(expires=datetime(9999, 12, 31, 22, 30, tzinfo=minus_one)).expires is not None
+
+
+def test_default_forms_are_canonical() -> None:
+    assert build(correlation_id="i") == build()
+    assert build(correlation_id="i").correlation_id is None
+    assert build(correlation_id="other").correlation_id == "other"
+    assert build(reply_to="").reply_to is None

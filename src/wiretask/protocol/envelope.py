@@ -173,8 +173,10 @@ class TaskMessage:
     Property fields:
 
     Attributes:
-        correlation_id: ``None`` means "the task id" (what Celery sends).
-        reply_to: Reply queue / sender oid, or ``None`` (written as ``""``).
+        correlation_id: ``None`` means "the task id" (what Celery sends); a value equal
+            to ``id`` is stored as ``None``.
+        reply_to: Reply queue / sender oid, or ``None`` (written as ``""``); ``""`` is
+            stored as ``None``.
         priority: 0-255, or ``None`` for "not set" (the property is omitted).
         delivery_mode: 2 persistent (default) or 1 transient.
         expiration: Broker TTL in milliseconds as a decimal string, or ``None``.
@@ -294,6 +296,12 @@ class TaskMessage:
                 d[name] = check(value)
             if "content_encoding" not in fields and "content_type" in fields:
                 d["content_encoding"] = CONTENT_ENCODINGS.get(d["content_type"], "utf-8")
+            # One value, one form: a correlation id equal to the task id is the default
+            # (None), and an empty reply_to is none, as they are on the wire.
+            if "correlation_id" in fields and d["correlation_id"] == d["id"]:
+                del d["correlation_id"]
+            if "reply_to" in fields and d["reply_to"] == "":
+                del d["reply_to"]
 
 
 # attrs removes the class attributes of a dict class's fields; put the defaults back so
