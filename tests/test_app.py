@@ -169,6 +169,8 @@ def test_call_option_beats_task_attribute_beats_setting(app: App) -> None:
         ({"delivery_mode": 3}, "delivery_mode"),
         ({"time_limit": -1}, "time_limit"),
         ({"retry": "yes"}, "retry"),
+        ({"headers": {"task": "other.task"}}, "headers"),
+        ({"headers": {"compression": "zlib"}}, "headers"),
     ],
 )
 def test_bad_options_are_refused_by_name_before_sending(

@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import difflib
 import numbers
+import os
 import reprlib
-import uuid
 from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime
 from typing import Any
@@ -25,7 +25,7 @@ import attrs
 
 from wiretask.codecs import Registry
 from wiretask.errors import ArgumentsError, ValidationError
-from wiretask.protocol.envelope import TaskMessage
+from wiretask.protocol.envelope import RESERVED_HEADERS, TaskMessage
 from wiretask.protocol.frame import Route
 from wiretask.protocol.signature import Signature
 from wiretask.protocol.timing import resolve_eta, resolve_expires
@@ -39,6 +39,7 @@ __all__ = [
     "CallContext",
     "build_call",
     "check_options",
+    "new_task_id",
     "safe_repr",
 ]
 
@@ -132,6 +133,20 @@ def safe_repr(value: object, limit: int = _ARGSREPR_LIMIT) -> str:
     characters, like Celery's ``saferepr``)."""
     text = repr(value) if _fits_plain_repr(value) else _repr.repr(value)
     return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+_UUID4_MASK = ~((0xC000 << 48) | (0xF000 << 64)) & ((1 << 128) - 1)
+_UUID4_BITS = (0x8000 << 48) | (4 << 76)  # RFC 4122 variant, version 4
+
+
+def new_task_id(urandom: Callable[[int], bytes] = os.urandom) -> str:
+    """A random (version 4) UUID string, as ``str(uuid.uuid4())`` makes, at half the cost.
+
+    The same 122 random bits from ``os.urandom`` and the same variant and version bits;
+    only the ``uuid.UUID`` object in between is skipped.
+    """
+    h = f"{int.from_bytes(urandom(16)) & _UUID4_MASK | _UUID4_BITS:032x}"
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
 @attrs.frozen(kw_only=True)
@@ -311,7 +326,7 @@ def build_call(
     task_defaults: Mapping[str, Any] | None = None,
     capabilities: Capabilities | None = None,
     check_arguments: Callable[[tuple[Any, ...], dict[str, Any]], None] | None = None,
-    new_id: Callable[[], str] = lambda: str(uuid.uuid4()),
+    new_id: Callable[[], str] = new_task_id,
 ) -> Call:
     """Validate a call and build its message. Raises before anything is sent:
 
@@ -384,6 +399,14 @@ def build_call(
     headers = opts.get("headers") or {}
     if not isinstance(headers, Mapping) or not all(isinstance(k, str) for k in headers):
         raise ValidationError("headers", f"must be a mapping with string keys, got {headers!r}")
+    clash = sorted(RESERVED_HEADERS.intersection(headers))
+    if clash:
+        # Celery merges custom headers over its own, so headers={"task": ...} silently
+        # re-routes the message; wiretask refuses (spec: "Stricter than Celery").
+        raise ValidationError(
+            "headers", f"{', '.join(map(repr, clash))} would override protocol headers; "
+            "use the option of the same meaning instead", value=dict(headers),
+        )
 
     stamps = opts.get("stamps") or {}
     if not isinstance(stamps, Mapping):
