@@ -45,10 +45,6 @@ __all__ = ["decode", "decode_raw", "encode"]
 # -- encode ---------------------------------------------------------------------------
 
 
-def _signature_list(signatures: tuple[Signature, ...] | None) -> list[dict[str, Any]] | None:
-    return None if signatures is None else [sig.to_dict() for sig in signatures]
-
-
 def encode(
     message: TaskMessage,
     registry: Registry,
@@ -81,16 +77,20 @@ def encode(
             message's ``content_encoding`` is not the one its serializer writes.
     """
     m = message
+    callbacks, errbacks, chain, chord = m.callbacks, m.errbacks, m.chain, m.chord
     embed: dict[str, Any] = {
-        "callbacks": _signature_list(m.callbacks),
-        "errbacks": _signature_list(m.errbacks),
-        "chain": _signature_list(m.chain),
-        "chord": None if m.chord is None else m.chord.to_dict(),
+        "callbacks": None if callbacks is None else [sig.to_dict() for sig in callbacks],
+        "errbacks": None if errbacks is None else [sig.to_dict() for sig in errbacks],
+        "chain": None if chain is None else [sig.to_dict() for sig in chain],
+        "chord": None if chord is None else chord.to_dict(),
     }
     if m.extra_embed:
         embed.update(m.extra_embed)
     encoded = registry.dumps([list(m.args), m.kwargs, embed], m.content_type)
-    if encoded.content_encoding.lower() != m.content_encoding.lower():
+    if (
+        encoded.content_encoding != m.content_encoding
+        and encoded.content_encoding.lower() != m.content_encoding.lower()
+    ):
         raise EncodeError(
             "content_encoding",
             f"the message says {m.content_encoding!r} but the {m.content_type} serializer "
@@ -117,7 +117,7 @@ def encode(
         "ignore_result": m.ignore_result,
         "replaced_task_nesting": m.replaced_task_nesting,
         "stamped_headers": None if m.stamped_headers is None else list(m.stamped_headers),
-        "stamps": dict(m.stamps),
+        "stamps": dict(m.stamps) if m.stamps else {},
     }
     body = encoded.data
     if m.compression is not None:
