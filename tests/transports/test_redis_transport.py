@@ -669,6 +669,74 @@ def test_publish_many_is_one_round_trip(transport: RedisTransport,
     assert transport.size("q") == 50
 
 
+def _lose_first_execute(monkeypatch: pytest.MonkeyPatch, *, landed: bool) -> list[str]:
+    """Make the first MULTI fail with ConnectionError, after running it (``landed``: the
+    reply was lost) or without sending it."""
+    original = redis.client.Pipeline.execute
+    failures: list[str] = []
+
+    def flaky(self: redis.client.Pipeline, raise_on_error: bool = True) -> Any:
+        if not failures and self.transaction:
+            failures.append("lost")
+            if landed:
+                original(self, raise_on_error)
+            else:
+                self.reset()
+            raise redis.ConnectionError("connection dropped before the reply")
+        return original(self, raise_on_error)
+
+    monkeypatch.setattr(redis.client.Pipeline, "execute", flaky)
+    return failures
+
+
+@pytest.mark.parametrize("landed", [True, False])
+def test_retrying_a_publish_with_unknown_outcome_does_not_duplicate(
+        transport: RedisTransport, monkeypatch: pytest.MonkeyPatch, landed: bool) -> None:
+    sent = frame(b"once")
+    failures = _lose_first_execute(monkeypatch, landed=landed)
+    with pytest.raises(ConnectionLost):
+        transport.publish(sent, Route("q"))
+    assert failures == ["lost"]
+    transport.publish(sent, Route("q"))  # the retry driver publishes the same frame
+    assert transport.size("q") == 1
+    transport.publish(sent, Route("q"))  # a later, successful publish is a new message
+    assert transport.size("q") == 2
+
+
+@pytest.mark.parametrize("landed", [True, False])
+def test_retrying_publish_many_with_unknown_outcome_does_not_duplicate(
+        transport: RedisTransport, monkeypatch: pytest.MonkeyPatch, landed: bool) -> None:
+    batch = [Outgoing(frame(b"a"), Route("q")), Outgoing(frame(b"b"), Route("q"), later(30))]
+    _lose_first_execute(monkeypatch, landed=landed)
+    with pytest.raises(ConnectionLost):
+        transport.publish_many(batch)
+    transport.publish_many(batch)
+    assert transport.size("q") == 2
+    assert [p.frame.body for p in transport.peek("q")] == [b"a", b"b"]
+
+
+def test_publish_markers_can_be_turned_off(redis_url: str, client: redis.Redis,
+                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    def calls(command: str) -> int:
+        stats = client.info("commandstats").get(f"cmdstat_{command}", {"calls": 0})
+        return int(stats["calls"])
+
+    with RedisTransport(f"{redis_url}?publish_markers=false") as t:
+        before = {c: calls(c) for c in ("lpush", "set", "multi")}
+        t.publish(frame(b"plain"), Route("q"))
+        t.publish_many([Outgoing(frame(b"x"), Route("q")), Outgoing(frame(b"y"), Route("q"))])
+        assert {c: calls(c) - before[c] for c in before} == {"lpush": 3, "set": 0, "multi": 0}
+        assert not client.keys("_wiretask.published.*")
+        sent = frame(b"twice")
+        _lose_first_execute(monkeypatch, landed=True)
+        t.publish(sent, Route("q"))  # one LPUSH, no MULTI: nothing to lose here
+        assert t.size("q") == 4
+    monkeypatch.undo()
+    with RedisTransport(redis_url) as t:
+        t.publish(frame(b"marked"), Route("m"))
+        assert len(client.keys("_wiretask.published.*")) == 1
+
+
 def test_global_keyprefix_applies_to_every_key(redis_url: str, client: redis.Redis) -> None:
     with RedisTransport(f"{redis_url}?global_keyprefix=pfx:") as t:
         t.declare_queue("q")

@@ -32,6 +32,7 @@ _PARSERS: dict[str, Callable[[str], Any]] = {
     "restore_interval": float,
     "restore_limit": int,
     "poll_interval": float,
+    "publish_markers": lambda text: _flag("publish_markers", text),
     "priority_steps": lambda text: [int(step) for step in text.split(",")],
     "unacked_key": str,
     "unacked_index_key": str,
@@ -87,8 +88,18 @@ class RedisOptions:
     restore_interval: float
     restore_limit: int | None
     poll_interval: float | None
+    publish_markers: bool
     mutex_expire: float
     keys: Keys
+
+
+def _flag(name: str, text: str) -> bool:
+    value = text.strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"{name} must be true or false, not {text!r}")
 
 
 def parse(url: str, options: Mapping[str, Any]) -> RedisOptions:
@@ -141,6 +152,10 @@ def parse(url: str, options: Mapping[str, Any]) -> RedisOptions:
     if poll is not None and not float(poll) > 0:
         raise ImproperlyConfigured("poll_interval must be positive", setting="poll_interval")
     restore_interval = float(take("restore_interval", 30.0))
+    publish_markers = take("publish_markers", True)
+    if not isinstance(publish_markers, bool):
+        raise ImproperlyConfigured("publish_markers must be True or False",
+                                   setting="publish_markers")
     mutex_expire = float(take("unacked_mutex_expire", 300.0))
     prefix = str(take("global_keyprefix", ""))
     keys = Keys(
@@ -163,6 +178,7 @@ def parse(url: str, options: Mapping[str, Any]) -> RedisOptions:
         restore_interval=restore_interval,
         restore_limit=int(limit) if limit is not None else None,
         poll_interval=float(poll) if poll is not None else None,
+        publish_markers=publish_markers,
         mutex_expire=mutex_expire,
         keys=keys,
     )

@@ -56,7 +56,9 @@ write may have run and only the reply been lost); the transport remembers the st
 message, and when the same ``Frame`` object is published again (the publish retry driver
 does exactly that) it reuses the delivery tag and checks the marker first: a message
 that already landed is not pushed twice. The guarantee lasts ``PUBLISH_MARKER_TTL``
-seconds after the first attempt; the cost is one short-lived key per message.
+seconds after the first attempt; the cost is one short-lived key per message (about 300
+s x the publish rate keys alive at once) and a ``MULTI`` instead of a bare LPUSH. The
+``publish_markers=False`` option turns this off and publishes exactly as Kombu does.
 
 **Leases.** While this process holds a delivery a heartbeat thread refreshes its
 ``unacked_index`` score (``ZADD XX``) every ``lease_interval`` seconds, so neither wiretask's
@@ -206,6 +208,9 @@ class RedisTransport(Transport):
         restore_limit: Most messages restored per scan (default: all).
         poll_interval: Seconds between atomic ``POP`` attempts while the queues are
             empty, instead of blocking in BRPOP (default: None, BRPOP). See above.
+        publish_markers: Write a marker per message so that retried publishes do not
+            duplicate (default True, see above). False publishes as Kombu does (one
+            LPUSH, no extra key) for fleets that accept at-least-once publishing.
         priority_steps: Kombu's ``priority_steps`` (default ``[0, 3, 6, 9]``).
         unacked_key, unacked_index_key, unacked_mutex_key, unacked_mutex_expire: Kombu's
             options of those names.
@@ -226,6 +231,7 @@ class RedisTransport(Transport):
         self.restore_interval = config.restore_interval
         self.restore_limit = config.restore_limit
         self.poll_interval = config.poll_interval
+        self.publish_markers = config.publish_markers
         self._steps = config.priority_steps
         self._mutex_expire = config.mutex_expire
         self._keys = config.keys
@@ -352,6 +358,9 @@ class RedisTransport(Transport):
                 will not duplicate it if it landed (see the module doc).
         """
         message = Outgoing(frame, route, not_before)
+        if not self.publish_markers:
+            self._publish_plain(message)
+            return
         retried = self._take_unsettled(message)
         staged = retried or self._prepare(message)
         try:
@@ -367,19 +376,36 @@ class RedisTransport(Transport):
             self._keep_unsettled([(message, staged)])
             raise
 
+    def _publish_plain(self, message: Outgoing) -> None:
+        """``publish_markers=False``: Kombu's ``_put``, one LPUSH in the common case."""
+        staged = self._prepare(message)
+        with self._errors("publish"):
+            queues = self._lookup(self._client, message.route.exchange, message.route.key)
+            if staged.due is None and len(queues) == 1:
+                self._client.lpush(self._keys.p(queue_key(queues[0], staged.bucket)),
+                                   staged.entry)
+                return
+            pipe = self._client.pipeline(transaction=False)
+            self._stage(pipe, staged, queues)
+            pipe.execute()
+
     def publish_many(self, messages: Sequence[Outgoing]) -> None:
         """The whole batch, with a marker per message, in one ``MULTI`` pipeline (one
         round trip, plus one read of the binding tables of named exchanges, and one
-        marker check when retrying): all of it lands or none.
+        marker check when retrying): all of it lands or none. With
+        ``publish_markers=False``: a non-transactional pipeline without markers, as
+        Kombu 5.7's ``Producer.batch`` (on ``ConnectionLost`` part of it may have landed,
+        and a retry can duplicate that part).
 
         Raises:
             ConnectionLost: the outcome is unknown; publishing the same ``Outgoing``
                 frames again will not duplicate what landed (see the module doc).
         """
+        markers = self.publish_markers
         batch: list[tuple[Outgoing, _Staged]] = []
         retried_tags: list[str] = []
         for message in messages:
-            retried = self._take_unsettled(message)
+            retried = self._take_unsettled(message) if markers else None
             if retried is not None:
                 retried_tags.append(retried.tag)
             batch.append((message, retried or self._prepare(message)))
@@ -402,18 +428,20 @@ class RedisTransport(Transport):
                         read.smembers(self._keys.binding(exchange))
                     for exchange, members in zip(exchanges, read.execute(), strict=True):
                         tables[exchange] = sorted(_text(m) for m in members)
-                pipe = self._client.pipeline(transaction=True)
+                pipe = self._client.pipeline(transaction=markers)
                 for _, item in batch:
                     if item.tag in landed:
                         continue
                     route = item.route
                     queues = (_route(tables[route.exchange], route.key) if route.exchange
                               else [route.key])
-                    pipe.set(self._marker(item.tag), 1, ex=PUBLISH_MARKER_TTL)
+                    if markers:
+                        pipe.set(self._marker(item.tag), 1, ex=PUBLISH_MARKER_TTL)
                     self._stage(pipe, item, queues)
                 pipe.execute()
         except ConnectionLost:
-            self._keep_unsettled(batch)
+            if markers:
+                self._keep_unsettled(batch)
             raise
 
     def _marker(self, tag: str) -> str:
