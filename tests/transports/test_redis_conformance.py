@@ -16,8 +16,9 @@ def test_native_delay_mode_passes_every_check(redis_url: str) -> None:
     assert report.passed == CHECKS, report
 
 
-def test_poll_interval_mode_passes_every_check(redis_url: str) -> None:
-    factory = functools.partial(RedisTransport, redis_url, poll_interval=0.02)
+def test_poll_interval_without_publish_markers_passes_every_check(redis_url: str) -> None:
+    factory = functools.partial(RedisTransport, redis_url, poll_interval=0.02,
+                                publish_markers=False)
     report = check_transport(factory, process_factory=factory, check_timeout=120)
     assert report.passed == CHECKS, report
 
