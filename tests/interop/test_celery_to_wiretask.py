@@ -18,7 +18,7 @@ import redis
 from celery import Celery
 from celery.exceptions import TaskRevokedError
 
-from interop.conftest import WAIT, wait_for
+from interop.support import WAIT, wait_for
 from interop.wiretask_tasks import make_app
 from wiretask.app import App
 from wiretask.transports.redis import RedisTransport

@@ -13,18 +13,20 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 import redis
 
-from conftest import RedisServer
-from interop.conftest import WAIT, CeleryWorker, subprocess_env, wait_for
+from interop.support import WAIT, CeleryWorker, subprocess_env, wait_for
 from interop.wiretask_tasks import STARTED_KEY, make_app
 from wiretask.app import App
 from wiretask.errors import ConnectionLost, PublishError
 from wiretask.transports.redis import RedisTransport
 from wiretask.worker import Worker
+
+if TYPE_CHECKING:
+    from conftest import RedisServer  # tests/conftest.py
 
 pytestmark = [pytest.mark.redis, pytest.mark.slow]
 

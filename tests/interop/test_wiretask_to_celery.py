@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 from celery import Celery
 
-from interop.conftest import WAIT, CeleryWorker, subprocess_env
+from interop.support import WAIT, CeleryWorker, subprocess_env
 from interop.wiretask_tasks import make_app
 from wiretask.app import App
 from wiretask.errors import TaskRevokedError

@@ -1,0 +1,113 @@
+"""Helpers of the interop tests: bounded waits on conditions, the environment of the
+subprocesses, and a real ``celery worker`` subprocess."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import TypeVar
+
+import pytest
+import redis
+
+from interop import celery_tasks
+
+T = TypeVar("T")
+
+#: ``tests/``: what the subprocesses need on ``sys.path`` to import ``interop.*``.
+TESTS_DIR = Path(__file__).resolve().parent.parent
+#: Bound on every wait for a worker or a result.
+WAIT = 20.0
+
+
+def wait_for(
+    condition: Callable[[], T | None], *, timeout: float = WAIT, interval: float = 0.02,
+    what: str = "the condition",
+) -> T:
+    """Poll ``condition`` until it returns something truthy (returned), or fail the test
+    after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            pytest.fail(f"timed out after {timeout:g} s waiting for {what}")
+        time.sleep(interval)
+
+
+def subprocess_env(url: str) -> dict[str, str]:
+    env = dict(os.environ)
+    env["INTEROP_REDIS_URL"] = url
+    env["PYTHONPATH"] = os.pathsep.join(
+        p for p in (str(TESTS_DIR), env.get("PYTHONPATH", "")) if p
+    )
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+class CeleryWorker:
+    """``celery -A interop.celery_tasks worker -P solo`` on ``url``, consuming ``queues``.
+
+    ``start()`` returns once the worker consumes (its ``worker_ready`` signal handler
+    writes its pid to Redis); ``stop()`` asks for a warm shutdown and kills it if it
+    does not exit in time.
+    """
+
+    def __init__(self, url: str, queues: Sequence[str], *, name: str = "interop") -> None:
+        self.url = url
+        self.queues = list(queues)
+        self.name = name
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.log = Path(tempfile.mkstemp(prefix="celery-worker-", suffix=".log")[1])
+
+    def start(self, timeout: float = 30.0) -> None:
+        client = redis.Redis.from_url(self.url)
+        try:
+            client.delete(celery_tasks.READY_KEY)
+            with self.log.open("wb") as log:
+                self.proc = subprocess.Popen(
+                    [sys.executable, "-m", "celery", "-A", "interop.celery_tasks", "worker",
+                     "-P", "solo", "-c", "1", "-Q", ",".join(self.queues),
+                     "-n", f"{self.name}@%h", "--without-heartbeat", "--without-mingle",
+                     "--without-gossip", "--loglevel", "WARNING"],
+                    cwd=TESTS_DIR, env=subprocess_env(self.url), stdout=log,
+                    stderr=subprocess.STDOUT,
+                )
+            deadline = time.monotonic() + timeout
+            while client.get(celery_tasks.READY_KEY) != str(self.proc.pid).encode():
+                if self.proc.poll() is not None or time.monotonic() > deadline:
+                    self.stop()
+                    pytest.fail(f"celery worker did not start:\n{self.output()}")
+                time.sleep(0.05)
+        finally:
+            client.close()
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")[-4000:]
+
+    def stop(self, timeout: float = 15.0) -> None:
+        proc, self.proc = self.proc, None
+        if proc is None:
+            return
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(10)
+
+    def __enter__(self) -> CeleryWorker:
+        self.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+        self.log.unlink(missing_ok=True)
