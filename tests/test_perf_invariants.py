@@ -6,10 +6,14 @@ Each shortcut must give exactly what the plain code gave: these tests pin that d
 from __future__ import annotations
 
 import uuid
+from collections import OrderedDict
+from typing import Any, NamedTuple
 
+import msgpack
 import pytest
 
 from wiretask import calling
+from wiretask.codecs import serializers
 from wiretask.errors import ValidationError
 from wiretask.retry import RetryPolicy
 
@@ -57,3 +61,55 @@ def test_settings_policy_refuses_what_from_options_refuses() -> None:
         calling._settings_policy({"max_retrys": 3})
     with pytest.raises(ValidationError):
         calling._settings_policy("fast")
+
+
+class _Point(NamedTuple):
+    x: Any
+    y: Any
+
+
+class _Mapping(dict[Any, Any]):
+    pass
+
+
+class _Text(str):
+    pass
+
+
+def _nested(depth: int, leaf: Any) -> Any:
+    value = leaf
+    for _ in range(depth):
+        value = {"k": value}
+    return value
+
+
+@pytest.mark.parametrize(
+    ("value", "ok"),
+    [
+        ([1, "a", {"b": [None, {"c": 1.5}]}], True),
+        ({b"raw": 1, "text": {b"x": b"y"}}, True),
+        ({_Text("sub"): 1}, True),
+        (OrderedDict(a={"b": 1}), True),
+        (_Mapping(a=1), True),
+        ([bytearray(b"x"), msgpack.ExtType(1, b"x"), msgpack.Timestamp(1, 0)], True),
+        (_nested(300, 1), True),
+        ({1: "a"}, False),
+        ({True: "a"}, False),
+        ({None: "a"}, False),
+        ({(1, 2): "a"}, False),
+        ([{"a": [{"b": {2.5: 1}}]}], False),
+        (_Mapping({1: 2}), False),
+        (_Point({"a": 1}, [{3: 4}]), False),
+        (_Point({"a": 1}, [{"b": 4}]), True),
+        (_nested(300, {7: 1}), False),
+        ({b"raw": {1: 2}}, False),
+    ],
+)
+def test_msgpack_key_check_matches_the_walk(value: Any, ok: bool) -> None:
+    assert serializers._msgpack_keys_walk(value) is ok
+    assert serializers._msgpack_keys_ok(value) is ok
+    if ok:
+        assert msgpack.unpackb(serializers.msgpack_dumps(value), raw=False) is not None
+    else:
+        with pytest.raises(ValueError, match="map keys"):
+            serializers.msgpack_dumps(value)

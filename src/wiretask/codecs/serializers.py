@@ -423,7 +423,35 @@ def msgpack_dumps(value: Any) -> bytes:
     return packed
 
 
+# Values msgpack packs that hold no dict: orjson's ``default`` hook lets them through.
+_MSGPACK_LEAVES: Final = frozenset(
+    {bytes, bytearray, memoryview, msgpack.ExtType, msgpack.Timestamp}
+)
+
+
+def _msgpack_leaf(obj: Any) -> None:
+    if type(obj) not in _MSGPACK_LEAVES:
+        raise TypeError(type(obj).__name__)  # anything else: let the walk below decide
+
+
 def _msgpack_keys_ok(root: Any) -> bool:
+    """Whether every map key in ``root`` (already packed by msgpack) is ``str`` or ``bytes``.
+
+    The fast check is orjson: without ``OPT_NON_STR_KEYS`` it refuses any dict key that is
+    not a ``str``, and it walks dicts, lists, tuples and their dict/list subclasses in C,
+    handing everything else to ``_msgpack_leaf``, which passes only types that cannot hold
+    a dict. So when it succeeds every key is a ``str``; when it raises for any reason
+    (bytes keys, a namedtuple, nesting deeper than 254, ...) the exact walk decides. The
+    JSON it writes is thrown away; it costs a fraction of the Python walk.
+    """
+    try:
+        orjson.dumps(root, default=_msgpack_leaf)
+    except TypeError:
+        return _msgpack_keys_walk(root)
+    return True
+
+
+def _msgpack_keys_walk(root: Any) -> bool:
     stack = [root]
     while stack:
         node = stack.pop()
