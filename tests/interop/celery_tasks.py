@@ -22,8 +22,8 @@ from celery.signals import worker_ready
 READY_KEY = "interop:celery-worker-ready"
 #: Counter the ordering tasks increment: the order in which a worker ran them.
 SEQUENCE_KEY = "interop:sequence"
-#: Longest time ``interop.progress`` waits for a subscriber to its result channel.
-SUBSCRIBER_WAIT = 10.0
+#: Longest time ``interop.progress`` waits for its gate.
+GATE_WAIT = 10.0
 
 
 def make_client(url: str, main: str = "interop-client") -> Celery:
@@ -81,19 +81,18 @@ def errback(task_id: str) -> dict[str, str]:
 
 
 @app.task(name="interop.progress", bind=True)
-def progress(self: Task, steps: int) -> str:
-    """Report ``steps`` PROGRESS states, then succeed. It first waits (bounded) until
-    someone listens on its result channel, so a caller that subscribes after sending
-    still sees every state: a condition, not a sleep."""
-    channel = f"celery-task-meta-{self.request.id}"
+def progress(self: Task, steps: int, gate: str) -> str:
+    """Report ``steps`` PROGRESS states, then succeed. After the first one it waits
+    (bounded) for the Redis key ``gate``, which the caller's ``on_message`` sets when
+    that first state reaches it: the caller is then listening, and sees the rest as
+    they happen (a condition, not a sleep)."""
     client = self.app.backend.client
-    deadline = time.monotonic() + SUBSCRIBER_WAIT
-    while time.monotonic() < deadline:
-        if dict(client.pubsub_numsub(channel)).get(channel.encode(), 0):
-            break
-        time.sleep(0.01)
     for step in range(steps):
         self.update_state(state="PROGRESS", meta={"current": step, "total": steps})
+        if step == 0:
+            deadline = time.monotonic() + GATE_WAIT
+            while not client.exists(gate) and time.monotonic() < deadline:
+                time.sleep(0.01)
     return "done"
 
 

@@ -180,11 +180,15 @@ def test_celery_on_message_receives_wiretask_progress_then_success(
     seen: list[dict[str, Any]] = []
     gate = f"interop:gate:{uuid.uuid4()}"
 
+    def on_message(meta: dict[str, Any]) -> None:
+        seen.append(meta)
+        redis_client.set(gate, 1)  # listening: the task may go on
+
+    # Celery subscribes before it publishes and get() hands the buffered states to
+    # on_message, unless the task finished before get() began (then get() returns the
+    # stored result and on_message sees nothing): hence the gate.
     result = celery.send_task("interop.progress", (3,), {"gate": gate})
-    # Celery's get() reads states that came before it silently; the task waits for the
-    # gate, which Celery's own wait loop opens (on_interval runs while get() waits).
-    value = result.get(timeout=WAIT, on_message=seen.append,
-                       on_interval=lambda: redis_client.set(gate, 1))
+    value = result.get(timeout=WAIT, on_message=on_message)
 
     assert value == "done"
     # Celery's result consumer is shared by the client: its on_message also gets late

@@ -15,6 +15,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
+import redis
 from celery import Celery
 
 from interop.support import WAIT, CeleryWorker, subprocess_env
@@ -193,11 +194,20 @@ def test_link_error_sends_the_failed_task_id_to_an_old_style_errback(wt: App) ->
 # -- on_message ------------------------------------------------------------------------
 
 
-def test_on_message_receives_celerys_progress_then_success(wt: App) -> None:
+def test_on_message_receives_celerys_progress_then_success(
+    wt: App, redis_client: redis.Redis
+) -> None:
     seen: list[dict[str, Any]] = []
+    gate = f"interop:gate:{uuid.uuid4()}"
 
-    result = wt.send_task("interop.progress", (3,))
-    value = result.get(timeout=WAIT, on_message=seen.append)
+    def on_message(meta: dict[str, Any]) -> None:
+        seen.append(meta)
+        redis_client.set(gate, 1)  # listening: the task may go on
+
+    # wiretask's get() subscribes when called and first hands over the current state;
+    # the task waits after its first state until that state reached us.
+    result = wt.send_task("interop.progress", (3,), {"gate": gate})
+    value = result.get(timeout=WAIT, on_message=on_message)
 
     assert value == "done"
     assert [(m["status"], m["result"]) for m in seen] == [

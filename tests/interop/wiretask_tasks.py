@@ -21,8 +21,8 @@ SEQUENCE_KEY = "interop:sequence"
 #: Redis list ``interop.slow`` pushes its task id to when it starts (and again on every
 #: run): how a test sees that a task started, and how often.
 STARTED_KEY = "interop:started"
-#: Longest time ``interop.progress`` waits for a subscriber to its result channel.
-SUBSCRIBER_WAIT = 10.0
+#: Longest time ``interop.progress`` waits for its gate.
+GATE_WAIT = 10.0
 
 
 def make_app(url: str, main: str = "interop") -> App:
@@ -59,25 +59,15 @@ def make_app(url: str, main: str = "interop") -> App:
         return {"failed_task_id": task_id}
 
     @app.task(name="interop.progress", bind=True)
-    def progress(self: Task[Any, Any], steps: int, gate: str | None = None) -> str:
-        """Report ``steps`` PROGRESS states, then succeed. It first waits (bounded) for
-        ``gate``: a Redis key the caller sets once it is waiting for the result (Celery's
-        ``get`` hands states to ``on_message`` only while it waits: what arrived before
-        is read silently). Without a gate it waits until someone subscribes to its
-        result channel."""
-        channel = f"celery-task-meta-{self.request.id}"
-        deadline = time.monotonic() + SUBSCRIBER_WAIT
-        while time.monotonic() < deadline:
-            if gate is not None:
-                if client.exists(gate):
-                    break
-            elif dict(client.pubsub_numsub(channel)).get(  # type: ignore[arg-type]
-                channel.encode(), 0
-            ):
-                break
-            time.sleep(0.01)
+    def progress(self: Task[Any, Any], steps: int, gate: str) -> str:
+        """As Celery's ``interop.progress``: PROGRESS states, waiting for ``gate`` after
+        the first."""
         for step in range(steps):
             self.update_state(state="PROGRESS", meta={"current": step, "total": steps})
+            if step == 0:
+                deadline = time.monotonic() + GATE_WAIT
+                while not client.exists(gate) and time.monotonic() < deadline:
+                    time.sleep(0.01)
         return "done"
 
     @app.task(name="interop.slow", bind=True)
