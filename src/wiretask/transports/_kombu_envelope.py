@@ -147,11 +147,16 @@ def encode(frame: Frame, *, exchange: str, routing_key: str, delivery_tag: str) 
 
 
 def _string_keys(value: Any) -> bool:
+    # Recurse into containers only: headers are mostly flat scalars, and this runs on
+    # every publish.
     if isinstance(value, dict):
-        return all(isinstance(k, str) and _string_keys(v) for k, v in value.items())
-    if isinstance(value, list | tuple):
-        return all(_string_keys(v) for v in value)
-    return True
+        for key, item in value.items():
+            if not isinstance(key, str):
+                return False
+            if isinstance(item, dict | list | tuple) and not _string_keys(item):
+                return False
+        return True
+    return all(_string_keys(item) for item in value if isinstance(item, dict | list | tuple))
 
 
 def decode(raw: bytes | str, *, queue: str) -> Received:
