@@ -10,8 +10,9 @@ from wiretask.testing import CHECKS, check_transport
 from wiretask.transports.redis import RedisTransport
 
 
-def test_native_delay_mode_passes_every_check(redis_url: str) -> None:
-    factory = functools.partial(RedisTransport, redis_url)
+@pytest.mark.parametrize("prefix", ["", "app1:"])
+def test_native_delay_mode_passes_every_check(redis_url: str, prefix: str) -> None:
+    factory = functools.partial(RedisTransport, redis_url, global_keyprefix=prefix)
     report = check_transport(factory, process_factory=factory, check_timeout=120)
     assert report.passed == CHECKS, report
 
