@@ -37,16 +37,16 @@ _queue_names = (f"wiretask-interop-{n}" for n in itertools.count())
 
 @pytest.fixture
 def app() -> Iterator[Celery]:
-    app = Celery("interop", broker="memory://", backend="cache+memory://")
+    app = Celery("protocheck", broker="memory://", backend="cache+memory://")
     app.conf.update(accept_content=["json", "msgpack"], task_default_queue="interop-default")
     app.ran = []
 
-    @app.task(name="interop.add", shared=False)
+    @app.task(name="protocheck.add", shared=False)
     def add(x: Any, y: Any, z: Any = 0) -> Any:
         app.ran.append((x, y, z))
         return x + y + z
 
-    @app.task(name="interop.cb", shared=False)
+    @app.task(name="protocheck.cb", shared=False)
     def cb(*args: Any) -> Any:
         return args
 
@@ -60,10 +60,11 @@ class TestCeleryToWiretask:
     def test_as_task_v2_decodes_to_the_same_meaning(
         self, app: Celery, serializer: str, compression: str | None
     ) -> None:
-        link = app.signature("interop.cb", args=(1,))
+        link = app.signature("protocheck.cb", args=(1,))
         msg = app.amqp.as_task_v2(
-            "tid-1", "interop.add", (2, "é"), {"z": b"\x00\xff"}, countdown=10, expires=60,
-            now=NOW, callbacks=[link], errbacks=[app.signature("interop.cb").set(immutable=True)],
+            "tid-1", "protocheck.add", (2, "é"), {"z": b"\x00\xff"}, countdown=10, expires=60,
+            now=NOW, callbacks=[link],
+            errbacks=[app.signature("protocheck.cb").set(immutable=True)],
             group_id="g", group_index=3, retries=1, time_limit=30, soft_time_limit=20,
             root_id="root", parent_id="parent", shadow="sh", reply_to="oid",
         )
@@ -76,7 +77,7 @@ class TestCeleryToWiretask:
         frame = Frame(body=body, content_type=content_type, content_encoding=content_encoding,
                       headers=headers, properties={**msg.properties, "delivery_mode": 2})
         got = decode(frame, REGISTRY)
-        assert got.task == "interop.add" and got.id == "tid-1"
+        assert got.task == "protocheck.add" and got.id == "tid-1"
         assert got.args == (2, "é") and got.kwargs == {"z": b"\x00\xff"}
         assert got.eta == NOW + timedelta(seconds=10)
         assert got.expires == NOW + timedelta(seconds=60)
@@ -84,7 +85,7 @@ class TestCeleryToWiretask:
         assert got.timelimit == (30, 20)
         assert (got.root_id, got.parent_id, got.shadow, got.reply_to) == (
             "root", "parent", "sh", "oid")
-        assert got.callbacks == (Signature(task="interop.cb", args=(1,)),)
+        assert got.callbacks == (Signature(task="protocheck.cb", args=(1,)),)
         assert got.errbacks is not None and got.errbacks[0].immutable
         assert got.argsrepr == msg.headers["argsrepr"] and got.origin == msg.headers["origin"]
         assert got.correlation_id is None  # it was the task id
@@ -121,15 +122,15 @@ class TestWiretaskToCelery:
         self, app: Celery, content_type: str, compression: str | None
     ) -> None:
         message = TaskMessage(
-            task="interop.add", id="wt-1", args=(1, 2), kwargs={"z": 3},
+            task="protocheck.add", id="wt-1", args=(1, 2), kwargs={"z": 3},
             eta=NOW, expires=NOW + timedelta(days=36500), timelimit=(10, 5),
-            callbacks=(Signature(task="interop.cb", args=("tail",)),),
+            callbacks=(Signature(task="protocheck.cb", args=("tail",)),),
             content_type=content_type, compression=compression,
             extra_headers={"x-trace": "abc"},
         )
         received = _publish_and_receive(encode(message, REGISTRY))
-        request = Request(received, app=app, task=app.tasks["interop.add"])
-        assert (request.id, request.task_name) == ("wt-1", "interop.add")
+        request = Request(received, app=app, task=app.tasks["protocheck.add"])
+        assert (request.id, request.task_name) == ("wt-1", "protocheck.add")
         assert (request.args, request.kwargs) == ([1, 2], {"z": 3})
         assert request.eta == NOW
         assert request.time_limits == [10, 5]
@@ -140,14 +141,14 @@ class TestWiretaskToCelery:
         # Celery published the link callback: (retval, *stored args), as a message we read.
         queued = memory.Channel.queues["interop-default"].get_nowait()
         callback = _decode_kombu_envelope(queued)
-        assert callback.task == "interop.cb"
+        assert callback.task == "protocheck.cb"
         assert callback.args == (6, "tail")
         assert callback.parent_id == "wt-1"
 
     def test_celery_reads_a_minimal_message(self, app: Celery) -> None:
-        message = TaskMessage(task="interop.add", id="wt-2", args=(4, 5))
+        message = TaskMessage(task="protocheck.add", id="wt-2", args=(4, 5))
         request = Request(_publish_and_receive(encode(message, REGISTRY)), app=app,
-                          task=app.tasks["interop.add"])
+                          task=app.tasks["protocheck.add"])
         assert request.eta is None and request.expires is None
         assert request.execute() == 9
 
