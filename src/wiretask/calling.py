@@ -104,27 +104,43 @@ _repr.maxother = 200
 _repr.maxlist = _repr.maxtuple = _repr.maxdict = _repr.maxset = 16
 
 
+_SCALARS = frozenset({int, float, bool, type(None)})
+
+
 def _fits_plain_repr(value: object, budget: int = 48) -> bool:
     """True if ``value`` is small enough that ``repr`` is cheap and short.
 
     ``repr`` of a large argument (a list of thousands of records) costs more than the rest
     of the send path, so a bounded walk decides first whether the plain, fast ``repr``
-    is safe or the truncating ``reprlib`` one is needed.
+    is safe or the truncating ``reprlib`` one is needed. Exact builtin types are tested
+    first (``type(x) is ...``); anything else takes the general ``isinstance`` tests.
     """
     stack = [value]
+    pop, extend = stack.pop, stack.extend
     while stack:
         budget -= 1
         if budget < 0:
             return False
-        item = stack.pop()
-        if isinstance(item, str | bytes):
+        item = pop()
+        kind = type(item)
+        if kind in _SCALARS:
+            continue
+        if kind is str or kind is bytes:
+            if len(item) > 200:  # type: ignore[arg-type]
+                return False
+        elif kind is dict:
+            extend(item.values())  # type: ignore[attr-defined]
+            extend(item)  # type: ignore[arg-type]
+        elif kind is list or kind is tuple:
+            extend(item)  # type: ignore[arg-type]
+        elif isinstance(item, str | bytes):
             if len(item) > 200:
                 return False
         elif isinstance(item, dict):
-            stack.extend(item.values())
-            stack.extend(item.keys())
+            extend(item.values())
+            extend(item.keys())
         elif isinstance(item, list | tuple | set | frozenset):
-            stack.extend(item)
+            extend(item)
     return True
 
 
