@@ -41,7 +41,9 @@ __all__ = [
     "DeadLetter",
     "Delivery",
     "Peeked",
+    "Settlement",
     "Transport",
+    "TransportDelivery",
     "dump_json_mapping",
     "load_json_mapping",
     "not_before_timestamp",
@@ -118,6 +120,46 @@ class Delivery(abc.ABC):
     @abc.abstractmethod
     def dead_letter(self, reason: str) -> None:
         """Move the message to the dead-letter place with ``reason``."""
+
+
+#: How a delivery was settled: the ``how`` argument of ``SettlingTransport._settle``.
+Settlement = Literal["ack", "reject", "requeue", "dead_letter"]
+
+
+class TransportDelivery(Delivery):
+    """A ``Delivery`` that hands every settlement to its transport's ``_settle``.
+
+    The embedded transports keep the settle rules (exactly once, what each verb does to
+    the stored message) in one place on the transport; their deliveries only carry the
+    frame and a handle. ``_settled`` holds why the delivery can no longer be settled
+    (``None`` while it can); the transport sets it.
+    """
+
+    frame: Frame
+    queue: str
+    redelivered: bool
+    _settled: str | None
+
+    @abc.abstractmethod
+    def _settle(self, how: Settlement, reason: str = "") -> None:
+        """Settle through the transport (implemented by each transport's delivery)."""
+
+    def ack(self) -> None:
+        self._settle("ack")
+
+    def reject(self, *, requeue: bool = False) -> None:
+        self._settle("requeue" if requeue else "reject")
+
+    def dead_letter(self, reason: str) -> None:
+        if not isinstance(reason, str) or not reason:
+            raise ValidationError("reason", f"must be a non-empty string, got {reason!r}")
+        self._settle("dead_letter", reason)
+
+    def __repr__(self) -> str:
+        state = self._settled or "unsettled"
+        return (
+            f"<{type(self).__name__} queue={self.queue!r} task_id={self.frame.task_id!r} {state}>"
+        )
 
 
 class Transport(abc.ABC):

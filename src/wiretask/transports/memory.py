@@ -33,7 +33,7 @@ import threading
 import time
 from collections.abc import Sequence
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import Any
 from urllib.parse import urlsplit
 
 import attrs
@@ -43,9 +43,10 @@ from wiretask.protocol.frame import Frame, Outgoing, Route
 from wiretask.transports.base import (
     Capabilities,
     DeadLetter,
-    Delivery,
     Peeked,
+    Settlement,
     Transport,
+    TransportDelivery,
     dump_json_mapping,
     load_json_mapping,
     not_before_timestamp,
@@ -196,7 +197,7 @@ def reset(name: str | None = None) -> None:
             broker.generation += 1
 
 
-class MemoryDelivery(Delivery):
+class MemoryDelivery(TransportDelivery):
     """A message received from a ``MemoryTransport``."""
 
     def __init__(self, transport: MemoryTransport, message: _Message) -> None:
@@ -208,21 +209,8 @@ class MemoryDelivery(Delivery):
         # Why this delivery can no longer be settled, or None while it can.
         self._settled: str | None = None
 
-    def ack(self) -> None:
-        self._transport._settle(self, "ack")
-
-    def reject(self, *, requeue: bool = False) -> None:
-        self._transport._settle(self, "requeue" if requeue else "reject")
-
-    def dead_letter(self, reason: str) -> None:
-        if not isinstance(reason, str) or not reason:
-            raise ValidationError("reason", f"must be a non-empty string, got {reason!r}")
-        self._transport._settle(self, "dead_letter", reason)
-
-    def __repr__(self) -> str:
-        state = self._settled or "unsettled"
-        return f"<MemoryDelivery queue={self.queue!r} task_id={self.frame.task_id!r} {state}>"
-
+    def _settle(self, how: Settlement, reason: str = "") -> None:
+        self._transport._settle(self, how, reason)
 
 class MemoryTransport(Transport):
     """A transport to the in-process broker called ``name``.
@@ -356,7 +344,7 @@ class MemoryTransport(Transport):
     def _settle(
         self,
         delivery: MemoryDelivery,
-        how: Literal["ack", "reject", "requeue", "dead_letter"],
+        how: Settlement,
         reason: str = "",
     ) -> None:
         broker = self._broker

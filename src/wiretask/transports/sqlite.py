@@ -70,7 +70,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 from wiretask.errors import (
@@ -84,9 +84,10 @@ from wiretask.protocol.frame import Frame, Outgoing, Route
 from wiretask.transports.base import (
     Capabilities,
     DeadLetter,
-    Delivery,
     Peeked,
+    Settlement,
     Transport,
+    TransportDelivery,
     dump_json_mapping,
     load_json_mapping,
     not_before_timestamp,
@@ -175,7 +176,7 @@ def _primary_code(exc: sqlite3.Error) -> int | None:
     return None if code is None else int(code) & 0xFF
 
 
-class SQLiteDelivery(Delivery):
+class SQLiteDelivery(TransportDelivery):
     """A message received from an ``SQLiteTransport``, leased to it until settled."""
 
     def __init__(
@@ -191,21 +192,8 @@ class SQLiteDelivery(Delivery):
         # Why this delivery can no longer be settled, or None while it can.
         self._settled: str | None = None
 
-    def ack(self) -> None:
-        self._transport._settle(self, "ack")
-
-    def reject(self, *, requeue: bool = False) -> None:
-        self._transport._settle(self, "requeue" if requeue else "reject")
-
-    def dead_letter(self, reason: str) -> None:
-        if not isinstance(reason, str) or not reason:
-            raise ValidationError("reason", f"must be a non-empty string, got {reason!r}")
-        self._transport._settle(self, "dead_letter", reason)
-
-    def __repr__(self) -> str:
-        state = self._settled or "unsettled"
-        return f"<SQLiteDelivery queue={self.queue!r} task_id={self.frame.task_id!r} {state}>"
-
+    def _settle(self, how: Settlement, reason: str = "") -> None:
+        self._transport._settle(self, how, reason)
 
 class SQLiteTransport(Transport):
     """A transport to the SQLite broker file at ``path``.
@@ -666,7 +654,7 @@ class SQLiteTransport(Transport):
     def _settle(
         self,
         delivery: SQLiteDelivery,
-        how: Literal["ack", "reject", "requeue", "dead_letter"],
+        how: Settlement,
         reason: str = "",
     ) -> None:
         verb = how.replace("_", "-")
