@@ -94,16 +94,24 @@ def compare(
     *,
     number: int,
     repeat: int,
+    between: Callable[[], object] | None = None,
 ) -> tuple[float, float]:
-    """Best (minimum) µs/op of ``ours`` and of ``reference``, their repeats interleaved."""
+    """Best (minimum) µs/op of ``ours`` and of ``reference``, their repeats interleaved.
+
+    ``between`` runs after every timed loop, untimed (e.g. to empty the queues).
+    """
     for fn in (ours, reference):  # warm up: imports, caches of the interpreter, lazy setup
         time_per_op(fn, max(1, number // 10))
+        if between is not None:
+            between()
     gc.collect()
     ours_times: list[float] = []
     reference_times: list[float] = []
     for _ in range(repeat):
-        ours_times.append(time_per_op(ours, number))
-        reference_times.append(time_per_op(reference, number))
+        for fn, times in ((ours, ours_times), (reference, reference_times)):
+            times.append(time_per_op(fn, number))
+            if between is not None:
+                between()
     return min(ours_times), min(reference_times)
 
 
@@ -125,6 +133,8 @@ class Row:
     reference: str
     kind: str = "speedup"
     target: float | None = None
+    #: A floor on wiretask's own rate (operations per second), where the target is one.
+    rate_target: float | None = None
 
     @property
     def ratio(self) -> float:
@@ -141,16 +151,29 @@ class Row:
         return f"{1 / self.ratio:.2f}x slower"
 
     @property
+    def ours_rate(self) -> float:
+        return 1e6 / self.ours_us if self.ours_us else float("inf")
+
+    @property
     def target_text(self) -> str:
-        if self.target is None:
-            return "-"
-        return f">= {self.target:g}x" if self.kind == "speedup" else f"<= {self.target:g}x"
+        parts = []
+        if self.target is not None:
+            parts.append(
+                f">= {self.target:g}x" if self.kind == "speedup" else f"<= {self.target:g}x"
+            )
+        if self.rate_target is not None:
+            parts.append(f">= {self.rate_target:,.0f}/s")
+        return ", ".join(parts) or "-"
 
     @property
     def met(self) -> str:
-        if self.target is None:
+        if self.target is None and self.rate_target is None:
             return "-"
-        ok = self.ratio >= self.target if self.kind == "speedup" else self.ratio <= self.target
+        ok = True
+        if self.target is not None:
+            ok = self.ratio >= self.target if self.kind == "speedup" else self.ratio <= self.target
+        if self.rate_target is not None:
+            ok = ok and self.ours_rate >= self.rate_target
         return "yes" if ok else "NO"
 
 
@@ -158,12 +181,18 @@ def _fmt_us(value: float) -> str:
     return f"{value:,.1f}" if value >= 10 else f"{value:.2f}"
 
 
+def _fmt_rate(us: float) -> str:
+    return f"{1e6 / us:,.0f}" if us else "inf"
+
+
 def print_table(title: str, rows: Sequence[Row], *, unit: str = "us/op") -> None:
-    """A Markdown table (pasteable into the README) of ``rows``."""
+    """A Markdown table (pasteable into the README) of ``rows``. ``unit="msg/s"`` shows
+    rates (1e6 / us) instead of times."""
+    fmt = _fmt_rate if unit.endswith("/s") else _fmt_us
     header = ["operation", f"wiretask {unit}", "reference", f"ref {unit}", "ratio", "target",
               "met?"]
     lines = [
-        [r.operation, _fmt_us(r.ours_us), r.reference, _fmt_us(r.reference_us), r.ratio_text,
+        [r.operation, fmt(r.ours_us), r.reference, fmt(r.reference_us), r.ratio_text,
          r.target_text, r.met]
         for r in rows
     ]
@@ -222,6 +251,10 @@ def free_port() -> int:
         sock.bind(("127.0.0.1", 0))
         port: int = sock.getsockname()[1]
         return port
+
+
+#: The database the Redis benchmarks use (and empty, before and after).
+REDIS_DB = int(os.environ.get("WIRETASK_BENCH_REDIS_DB", "9"))
 
 
 @contextlib.contextmanager
