@@ -1,0 +1,68 @@
+"""The apps the end-to-end benchmark runs: one wiretask app and one Celery app, same task.
+
+Imported by ``bench/end_to_end.py`` (to publish) and by the worker processes it starts:
+``celery -A _e2e_apps:celery_app worker -P solo`` and ``python bench/_e2e_apps.py`` (a
+wiretask ``Worker`` with a thread pool). The Redis URL comes from
+``$WIRETASK_BENCH_E2E_URL``. The task increments a Redis counter, so the benchmark
+counts completions without polling result keys; both workers also store the result in
+their Redis result backend, as they would by default.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+from typing import Any
+
+import redis
+from celery import Celery
+
+from wiretask.app import App
+from wiretask.worker import Worker
+
+URL = os.environ.get("WIRETASK_BENCH_E2E_URL", "redis://127.0.0.1:6379/9")
+TASK_NAME = "bench.e2e.small"
+WT_QUEUE = "bench.e2e.wiretask"
+CELERY_QUEUE = "bench.e2e.celery"
+WT_COUNTER = "bench.e2e.done.wiretask"
+CELERY_COUNTER = "bench.e2e.done.celery"
+
+_counter = redis.Redis.from_url(URL)
+
+wiretask_app = App("bench", broker=URL, backend=URL, task_default_queue=WT_QUEUE)
+
+
+@wiretask_app.task(name=TASK_NAME)
+def small(user_id: int, email: str, account: dict[str, Any], notify: bool = False,
+          retries_left: int = 0) -> int:
+    _counter.incr(WT_COUNTER)
+    return user_id
+
+
+celery_app = Celery("bench", broker=URL, backend=URL, set_as_current=False)
+celery_app.conf.update(
+    task_default_queue=CELERY_QUEUE,
+    broker_connection_retry_on_startup=True,
+    worker_hijack_root_logger=False,
+)
+
+
+@celery_app.task(name=TASK_NAME, shared=False)
+def celery_small(user_id: int, email: str, account: dict[str, Any], notify: bool = False,
+                 retries_left: int = 0) -> int:
+    _counter.incr(CELERY_COUNTER)
+    return user_id
+
+
+def main() -> None:
+    """Run the wiretask worker until SIGTERM."""
+    parser = argparse.ArgumentParser(description="wiretask worker for the e2e benchmark")
+    parser.add_argument("--concurrency", type=int, default=4)
+    options = parser.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+    Worker(wiretask_app, queues=[WT_QUEUE], concurrency=options.concurrency).run()
+
+
+if __name__ == "__main__":
+    main()
