@@ -36,6 +36,7 @@ from wiretask.errors import (
     UnknownCodec,
     ValidationError,
     WiretaskError,
+    WorkerLostError,
 )
 from wiretask.protocol import states
 from wiretask.protocol.celery import decode, encode
@@ -93,6 +94,7 @@ __all__ = [
     "ValidationError",
     "WiretaskError",
     "Worker",
+    "WorkerLostError",
     "__version__",
     "backend_from_url",
     "call_with_retry",

@@ -36,10 +36,10 @@ from wiretask.errors import (
     Reject,
     Retry,
     SoftTimeLimitExceeded,
-    TaskError,
     TaskRevokedError,
     TimeLimitExceeded,
     ValidationError,
+    WorkerLostError,
 )
 from wiretask.protocol import states
 from wiretask.protocol.signature import Signature
@@ -69,12 +69,6 @@ logger = logging.getLogger("wiretask.worker")
 Settle = Literal["ack", "requeue", "dead_letter", "none"]
 
 _RESULT_REPR_LIMIT = 256
-
-
-class WorkerLostError(TaskError):
-    """The process running the task exited before reporting an outcome (it crashed, was
-    killed by the OOM killer, or called ``os._exit``). Celery's name for the same case
-    (``billiard.exceptions.WorkerLostError``)."""
 
 
 @attrs.frozen

@@ -43,6 +43,7 @@ __all__ = [
     "UnknownCodec",
     "ValidationError",
     "WiretaskError",
+    "WorkerLostError",
 ]
 
 
@@ -211,6 +212,12 @@ class SoftTimeLimitExceeded(TaskError):
 
 class TimeLimitExceeded(TaskError):
     """The task ran past its hard time limit and was ended."""
+
+
+class WorkerLostError(TaskError):
+    """The process running the task exited before reporting an outcome (it crashed, was
+    killed by the OOM killer, or called ``os._exit``). Celery's name for the same case
+    (``billiard.exceptions.WorkerLostError``)."""
 
 
 class Retry(TaskError):

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from wiretask.app import App
-from wiretask.errors import ImproperlyConfigured, TimeLimitExceeded
+from wiretask.errors import ImproperlyConfigured, TimeLimitExceeded, WorkerLostError
 from wiretask.protocol import states
 from wiretask.worker import Worker
 
@@ -85,7 +85,7 @@ def test_a_crashing_child_is_recorded_and_replaced(app: App) -> None:
     with Worker(app, pool="processes", concurrency=1, shutdown_timeout=10):
         result = procapp.crash.delay(3)
         failure = result.get(timeout=20, propagate=False)
-        assert type(failure).__name__ == "WorkerLostError"
+        assert isinstance(failure, WorkerLostError)
         assert "exit code 3" in str(failure)
         assert procapp.add.delay(1, 1).get(timeout=20) == 2
 

@@ -44,6 +44,7 @@ from wiretask.errors import (
     SoftTimeLimitExceeded,
     TaskRevokedError,
     TimeLimitExceeded,
+    WorkerLostError,
 )
 
 __all__ = [
@@ -63,6 +64,7 @@ WIRE_NAMES: Final[Mapping[type[BaseException], tuple[str, str]]] = {
     TimeLimitExceeded: ("billiard.exceptions", "TimeLimitExceeded"),
     SoftTimeLimitExceeded: ("billiard.exceptions", "SoftTimeLimitExceeded"),
     NotRegistered: ("celery.exceptions", "NotRegistered"),
+    WorkerLostError: ("billiard.exceptions", "WorkerLostError"),
 }
 
 #: (exc_module, exc_type) pairs read as wiretask's classes.
@@ -73,6 +75,8 @@ _READ_ALIASES: Final[Mapping[tuple[str, str], type[BaseException]]] = {
     ("celery.exceptions", "SoftTimeLimitExceeded"): SoftTimeLimitExceeded,
     ("billiard.exceptions", "SoftTimeLimitExceeded"): SoftTimeLimitExceeded,
     ("celery.exceptions", "NotRegistered"): NotRegistered,
+    ("billiard.exceptions", "WorkerLostError"): WorkerLostError,
+    ("celery.exceptions", "WorkerLostError"): WorkerLostError,
 }
 
 #: Module given to classes synthesized for a dict without ``exc_module``.
