@@ -79,6 +79,20 @@ TASK_KEYPREFIX: Final = "celery-task-meta-"
 SYNC_PREFIX: Final = "wiretask-result-sync-"
 #: ``store`` retries its WATCH transaction this often when other writers keep winning.
 MAX_WATCH_RETRIES: Final = 100
+#: ``store``'s fast path: write and publish a state when the key does not exist yet, in
+#: one round trip (``may_follow(None, ...)`` is always true). Returns 0, writing nothing,
+#: when the key exists; ``store`` then runs its WATCH transaction. ARGV: the value, the
+#: command (``SET``, ``SETEX`` or ``PSETEX``) and, for the last two, the expiry.
+_STORE_IF_ABSENT: Final = """
+if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+if ARGV[2] == 'SET' then
+  redis.call('SET', KEYS[1], ARGV[1])
+else
+  redis.call(ARGV[2], KEYS[1], ARGV[3], ARGV[1])
+end
+redis.call('PUBLISH', KEYS[1], ARGV[1])
+return 1
+"""
 #: Longest single wait inside ``Subscription.next`` (so ``close()`` is noticed).
 _WAIT_SLICE: Final = 1.0
 
@@ -151,6 +165,7 @@ class RedisBackend(ResultBackend):
                 f"invalid Redis URL {self.url!r}: {exc}", setting="result_backend"
             ) from exc
         self.socket_timeout = float(socket_timeout)
+        self._store_if_absent = self.client.register_script(_STORE_IF_ABSENT)
         self._subscriptions: weakref.WeakSet[RedisSubscription] = weakref.WeakSet()
         self._closed = False
 
@@ -185,6 +200,19 @@ class RedisBackend(ResultBackend):
         status = check_meta(task_id, meta)
         data = self.codec.encode(meta).data
         key = self.key_for(task_id)
+        # The commands by name: redis-py 8 deprecates its setex()/psetex() helpers, and
+        # SETEX is what Celery sends.
+        if self.expires is None:
+            write: tuple[Any, ...] = ("SET",)
+        elif self.expires == int(self.expires):
+            write = ("SETEX", int(self.expires))
+        else:
+            write = ("PSETEX", max(1, int(self.expires * 1000)))
+        with self.errors("store"):
+            # The common case (nothing stored yet, e.g. a task's only state) in one round
+            # trip instead of WATCH, GET and MULTI/EXEC; the same atomic rule.
+            if self._store_if_absent(keys=[key], args=[data, *write]) == 1:
+                return
         # redis-py's Pipeline.watch is untyped; the pipeline is used through Any.
         client: Any = self.client
         with self.errors("store"), client.pipeline(transaction=True) as pipe:
@@ -195,16 +223,7 @@ class RedisBackend(ResultBackend):
                         pipe.unwatch()
                         return
                     pipe.multi()
-                    # The commands by name: redis-py 8 deprecates its setex()/psetex()
-                    # helpers, and SETEX is what Celery sends.
-                    if self.expires is None:
-                        pipe.execute_command("SET", key, data)
-                    elif self.expires == int(self.expires):
-                        pipe.execute_command("SETEX", key, int(self.expires), data)
-                    else:
-                        pipe.execute_command(
-                            "PSETEX", key, max(1, int(self.expires * 1000)), data
-                        )
+                    pipe.execute_command(write[0], key, *write[1:], data)
                     pipe.publish(key, data)
                     pipe.execute()
                 except redis.exceptions.WatchError:
