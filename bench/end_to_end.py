@@ -61,8 +61,8 @@ def parse() -> argparse.Namespace:
 
 
 def _env(url: str) -> dict[str, str]:
-    path = os.pathsep.join(p for p in (str(BENCH_DIR), str(ROOT / "src"),
-                                       os.environ.get("PYTHONPATH", "")) if p)
+    path = os.pathsep.join(p for p in (str(BENCH_DIR), os.environ.get("PYTHONPATH", ""),
+                                       str(ROOT / "src")) if p)
     return {**os.environ, "WIRETASK_BENCH_E2E_URL": url, "PYTHONPATH": path}
 
 

@@ -1,0 +1,69 @@
+"""The benchmarks run and print their ratios (tiny iteration counts; no timing asserted).
+
+Each bench runs as its own process, as a user runs it. The Redis benches start a private
+``redis-server`` (or use ``$WIRETASK_BENCH_REDIS_URL``); without one they are skipped,
+or fail under ``CI=true``.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parent.parent / "bench"
+RATIO_LINE = re.compile(r"^ratio: .+: \d+\.\d+ \(", re.MULTILINE)
+
+
+def run_bench(script: str, *args: str, timeout: float = 240) -> str:
+    result = subprocess.run(
+        [sys.executable, str(BENCH / script), *args],
+        capture_output=True, text=True, timeout=timeout, cwd=BENCH.parent, check=False,
+    )
+    assert result.returncode == 0, f"{script} failed:\n{result.stdout}\n{result.stderr}"
+    return result.stdout
+
+
+def needs_redis() -> None:
+    if os.environ.get("WIRETASK_BENCH_REDIS_URL"):
+        return
+    if not (os.environ.get("WIRETASK_TEST_REDIS_SERVER") or shutil.which("redis-server")):
+        if os.environ.get("CI") == "true":
+            pytest.fail("redis-server is required under CI=true but is not available")
+        pytest.skip("redis-server is not available")
+
+
+def check_output(output: str, operations: list[str]) -> None:
+    assert "| operation" in output  # the table
+    ratios = RATIO_LINE.findall(output)
+    assert ratios, output
+    for operation in operations:
+        assert f"ratio: {operation}" in output, output
+
+
+def test_codec_bench_runs() -> None:
+    output = run_bench("codec.py", "--scale", "0.01", "--repeat", "1")
+    check_output(output, ["SMALL build (json)", "SMALL decode (msgpack)",
+                          "LARGE build (msgpack)", "LARGE decode (msgpack)"])
+
+
+@pytest.mark.redis
+def test_redis_publish_bench_runs() -> None:
+    needs_redis()
+    output = run_bench("redis_publish.py", "--scale", "0.01", "--repeat", "1")
+    check_output(output, ["publish 1 msg: task.apply_async", "batch publish: task.apply_many"])
+
+
+@pytest.mark.redis
+@pytest.mark.interop
+@pytest.mark.slow
+def test_end_to_end_bench_runs() -> None:
+    needs_redis()
+    output = run_bench("end_to_end.py", "--scale", "0.01", "--concurrency", "2", "--cap", "60")
+    check_output(output, ["e2e 30 tasks (apply_many publish)",
+                          "e2e 30 tasks (apply_async publish)"])
