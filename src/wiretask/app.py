@@ -573,7 +573,8 @@ class Task(Generic[P, R]):
             signatures.append(self.signature(args, kwargs))
         retry = options.pop("retry", None)
         policy = options.pop("retry_policy", None)
-        signatures = [sig.set(**options) for sig in signatures]
+        if options:  # set() with nothing to set would only copy each signature
+            signatures = [sig.set(**options) for sig in signatures]
         return self.app.send_many(signatures, retry=retry, retry_policy=policy)
 
     def signature(
