@@ -146,17 +146,28 @@ def encode(frame: Frame, *, exchange: str, routing_key: str, delivery_tag: str) 
         raise EncodeError("envelope", f"headers/properties are not JSON: {exc}") from exc
 
 
+#: Values that hold no mapping: skipped by exact type before any isinstance test.
+_FLAT: frozenset[type] = frozenset({str, int, float, bool, type(None)})
+
+
 def _string_keys(value: Any) -> bool:
     # Recurse into containers only: headers are mostly flat scalars, and this runs on
-    # every publish.
+    # every publish (the exact-type test skips those at the cost of one set lookup).
     if isinstance(value, dict):
         for key, item in value.items():
-            if not isinstance(key, str):
+            if type(key) is not str and not isinstance(key, str):
                 return False
+            if type(item) in _FLAT:
+                continue
             if isinstance(item, dict | list | tuple) and not _string_keys(item):
                 return False
         return True
-    return all(_string_keys(item) for item in value if isinstance(item, dict | list | tuple))
+    for item in value:
+        if type(item) in _FLAT:
+            continue
+        if isinstance(item, dict | list | tuple) and not _string_keys(item):
+            return False
+    return True
 
 
 def decode(raw: bytes | str, *, queue: str) -> Received:
