@@ -15,8 +15,10 @@ Celery reads what this backend writes and the other way round (``celery-protocol
 Where wiretask goes further than Celery:
 
 * **The ready-state rule is atomic.** Celery GETs, checks for ``SUCCESS`` and SETs
-  without a transaction. wiretask ``WATCH``es the key, so of two racing final states
-  exactly one is stored, and no state follows a ready one.
+  without a transaction. wiretask writes a task's first state with one atomic script
+  (``EXISTS``, then ``SETEX`` and ``PUBLISH`` only if nothing is stored) and any later
+  state under ``WATCH``, so of two racing final states exactly one is stored, and no
+  state follows a ready one.
 * **A late subscriber receives the current state, exactly once, in order.** A
   subscription SUBSCRIBEs to the task's channel and to a private *sync channel*; once
   both are confirmed it runs ``MULTI: GET key; PUBLISH sync-channel token`` on the
