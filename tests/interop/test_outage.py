@@ -118,13 +118,15 @@ def test_publish_without_retry_fails_at_once(redis_server: RedisServer, wt: App)
 
 
 class ReplyDroppingProxy:
-    """A TCP proxy in front of Redis that, once armed, lets the next transaction whose
-    commands contain ``trigger`` reach Redis, swallows Redis's replies up to and
-    including the ``EXEC`` reply (so the transaction has run), and closes the client's
-    connection: the client sees a connection error for a write that landed.
-    ``landed_cuts`` counts such cuts. Disarms itself after one."""
+    """A TCP proxy in front of Redis that, once armed, lets the next write whose commands
+    contain ``trigger`` (the publish marker key, written by both publish paths) reach
+    Redis, swallows Redis's reply to it (the ``EXEC`` array of a ``MULTI``, or the integer
+    reply of the one-command ``EVALSHA`` publish) so that the write has run, and closes
+    the client's connection: the client sees a connection error for a write that landed.
+    A ``NOSCRIPT`` reply (the script not loaded yet) is passed on and the proxy re-armed,
+    since nothing ran. ``landed_cuts`` counts such cuts. Disarms itself after one."""
 
-    def __init__(self, port: int, trigger: bytes = b"LPUSH") -> None:
+    def __init__(self, port: int, trigger: bytes = b"_wiretask.published.") -> None:
         self.target = ("127.0.0.1", port)
         self.trigger = trigger
         self.armed = threading.Event()
@@ -172,9 +174,17 @@ class ReplyDroppingProxy:
                 if not cut.is_set():
                     client.sendall(data)
                     continue
-                server.settimeout(5.0)  # bounded, should EXEC never answer
+                server.settimeout(5.0)  # bounded, should the write never be answered
                 swallowed += data
-                if (b"\r\n" + swallowed).find(b"\r\n*") >= 0:  # EXEC's array reply
+                if swallowed.startswith(b"-NOSCRIPT"):  # nothing ran: let redis-py EVAL
+                    client.sendall(swallowed)
+                    swallowed = b""
+                    server.settimeout(None)
+                    cut.clear()
+                    self.armed.set()
+                    continue
+                # EVALSHA's integer reply, or EXEC's array reply after +OK/+QUEUED.
+                if swallowed.startswith(b":") or (b"\r\n" + swallowed).find(b"\r\n*") >= 0:
                     self.landed_cuts += 1
                     break
         except OSError:

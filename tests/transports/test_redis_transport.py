@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 import redis
+import redis.commands.core
 
 from wiretask.errors import (
     ConnectionLost,
@@ -27,6 +28,7 @@ from wiretask.errors import (
     ValidationError,
 )
 from wiretask.protocol.frame import Frame, Outgoing, Route
+from wiretask.transports import _redis_scripts as scripts
 from wiretask.transports.redis import RedisDelivery, RedisTransport, run_scheduler
 from wiretask.transports.url import transport_from_url
 
@@ -670,8 +672,9 @@ def test_publish_many_is_one_round_trip(transport: RedisTransport,
 
 
 def _lose_first_execute(monkeypatch: pytest.MonkeyPatch, *, landed: bool) -> list[str]:
-    """Make the first MULTI fail with ConnectionError, after running it (``landed``: the
-    reply was lost) or without sending it."""
+    """Make the first publish write (a MULTI, or the one-command PUSH_MARKED script) fail
+    with ConnectionError, after running it (``landed``: the reply was lost) or without
+    sending it."""
     original = redis.client.Pipeline.execute
     failures: list[str] = []
 
@@ -685,7 +688,19 @@ def _lose_first_execute(monkeypatch: pytest.MonkeyPatch, *, landed: bool) -> lis
             raise redis.ConnectionError("connection dropped before the reply")
         return original(self, raise_on_error)
 
+    # A single ready publish is one EVALSHA of the PUSH_MARKED script, not a MULTI.
+    original_script = redis.commands.core.Script.__call__
+
+    def flaky_script(self: Any, keys: Any = None, args: Any = None, client: Any = None) -> Any:
+        if not failures and scripts.PUSH_MARKED.strip() == self.script.strip():
+            failures.append("lost")
+            if landed:
+                original_script(self, keys=keys, args=args, client=client)
+            raise redis.ConnectionError("connection dropped before the reply")
+        return original_script(self, keys=keys, args=args, client=client)
+
     monkeypatch.setattr(redis.client.Pipeline, "execute", flaky)
+    monkeypatch.setattr(redis.commands.core.Script, "__call__", flaky_script)
     return failures
 
 

@@ -50,8 +50,9 @@ those of every queue, which Celery consumers need. Moved messages are plain entr
 with their ``eta`` header, so Celery workers run them too.
 
 **Publishing is idempotent across retries.** Every publish writes a marker key for its
-delivery tag in the same ``MULTI`` as its push, so a message and its marker land together
-or not at all. When a publish fails with ``ConnectionLost`` its outcome is unknown (the
+delivery tag atomically with its push (the ``PUSH_MARKED`` script for one ready message,
+one command and one reply; the same ``MULTI`` otherwise), so a message and its marker land
+together or not at all. When a publish fails with ``ConnectionLost`` its outcome is unknown (the
 write may have run and only the reply been lost); the transport remembers the staged
 message, and when the same ``Frame`` object is published again (the publish retry driver
 does exactly that) it reuses the delivery tag and checks the marker first: a message
@@ -260,6 +261,7 @@ class RedisTransport(Transport):
         self._client = redis.Redis(connection_pool=self._pool)
         self._pop = self._client.register_script(scripts.POP)
         self._schedule = self._client.register_script(scripts.SCHEDULE)
+        self._push_marked = self._client.register_script(scripts.PUSH_MARKED)
         self._due = self._client.register_script(scripts.DUE)
         self._purge = self._client.register_script(scripts.PURGE)
         self._lock = threading.Lock()
@@ -351,7 +353,7 @@ class RedisTransport(Transport):
             pipe.execute()
 
     def publish(self, frame: Frame, route: Route, *, not_before: datetime | None = None) -> None:
-        """Push one message (or schedule it), with its marker, in one ``MULTI``.
+        """Push one message (or schedule it), with its marker, atomically.
 
         Raises:
             ConnectionLost: the outcome is unknown; publishing the same ``frame`` again
@@ -368,6 +370,13 @@ class RedisTransport(Transport):
                 if retried is not None and self._client.exists(self._marker(staged.tag)):
                     return  # the attempt whose reply was lost did land
                 queues = self._lookup(self._client, route.exchange, route.key)
+                if staged.due is None and len(queues) == 1:
+                    self._push_marked(
+                        keys=[self._marker(staged.tag),
+                              self._keys.p(queue_key(queues[0], staged.bucket))],
+                        args=[PUBLISH_MARKER_TTL, staged.entry],
+                    )
+                    return
                 pipe = self._client.pipeline(transaction=True)
                 pipe.set(self._marker(staged.tag), 1, ex=PUBLISH_MARKER_TTL)
                 self._stage(pipe, staged, queues)
