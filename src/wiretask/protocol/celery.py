@@ -33,6 +33,7 @@ from wiretask.protocol.envelope import (
     EMBED_KEYS,
     PROPERTY_NAMES,
     PROTOCOL_HEADERS,
+    RESERVED_HEADERS,
     TaskMessage,
 )
 from wiretask.protocol.frame import Frame
@@ -413,18 +414,24 @@ def _read_headers(headers: Mapping[str, Any], fields: dict[str, Any], *, where: 
             raise MalformedMessage(f"{where}.stamps", f"must be a mapping, got {_kind(stamps)}")
         fields["stamps"] = dict(stamps)
     if where == "headers":
-        extra: dict[str, Any] = {}
-        for key, value in headers.items():
-            if key in _NOT_EXTRA:
-                continue
-            if not isinstance(key, str):
-                raise MalformedMessage("headers", f"header names must be strings, got {key!r}")
-            extra[key] = value
+        extra = _unknown(headers, RESERVED_HEADERS, "headers", "header")
         if extra:
             fields["extra_headers"] = extra
 
 
-_NOT_EXTRA = frozenset((*PROTOCOL_HEADERS, "compression"))
+def _unknown(
+    mapping: Mapping[Any, Any], known: Collection[str], field: str, what: str
+) -> dict[str, Any]:
+    """The entries of ``mapping`` whose keys are not in ``known``: kept and round-tripped
+    untouched (spec §11.4), as long as their names are strings."""
+    extra: dict[str, Any] = {}
+    for key, value in mapping.items():
+        if key in known:
+            continue
+        if not isinstance(key, str):
+            raise MalformedMessage(field, f"{what} names must be strings, got {key!r}")
+        extra[key] = value
+    return extra
 
 
 # -- body -----------------------------------------------------------------------------
@@ -521,7 +528,7 @@ def _read_protocol1(
     for key, value in headers.items():
         if key == "compression":
             continue
-        if key in _NOT_EXTRA:
+        if key in RESERVED_HEADERS:
             raise MalformedMessage(
                 f"headers.{key}", "a protocol-2 header in a message without a task header"
             )
@@ -571,12 +578,6 @@ def _read_properties(properties: Mapping[str, Any], fields: dict[str, Any]) -> N
                 f"must be milliseconds as a decimal string, got {expiration!r}",
             )
         fields["expiration"] = expiration
-    extra: dict[str, Any] = {}
-    for key, value in properties.items():
-        if key in PROPERTY_NAMES:
-            continue
-        if not isinstance(key, str):
-            raise MalformedMessage("properties", f"property names must be strings, got {key!r}")
-        extra[key] = value
+    extra = _unknown(properties, PROPERTY_NAMES, "properties", "property")
     if extra:
         fields["extra_properties"] = extra

@@ -26,6 +26,7 @@ from __future__ import annotations
 import abc
 import json
 import math
+import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime
 from types import TracebackType
@@ -49,6 +50,7 @@ __all__ = [
     "not_before_timestamp",
     "priority_of",
     "queue_names",
+    "receive_arguments",
     "route_queue",
 ]
 
@@ -261,6 +263,19 @@ class Transport(abc.ABC):
         """Move delayed messages whose time has come into their queues; return how many.
         Transports that deliver due messages on their own return 0 (the default)."""
         return 0
+
+
+def receive_arguments(queues: Iterable[str], timeout: object) -> tuple[list[str], float]:
+    """Validate ``Transport.receive``'s arguments: at least one queue name, and a finite
+    ``timeout`` >= 0. Returns the queue names and the deadline (``time.monotonic()``)."""
+    names = queue_names(queues)
+    if not names:
+        raise ValidationError("queues", "at least one queue name is needed")
+    if isinstance(timeout, bool) or not isinstance(timeout, int | float) or not (
+        math.isfinite(timeout) and timeout >= 0
+    ):
+        raise ValidationError("timeout", f"must be a number >= 0, got {timeout!r}")
+    return names, time.monotonic() + timeout
 
 
 def queue_names(queues: Iterable[str]) -> list[str]:

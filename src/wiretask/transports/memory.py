@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import heapq
 import itertools
-import math
 import threading
 import time
 from collections.abc import Sequence
@@ -52,6 +51,7 @@ from wiretask.transports.base import (
     not_before_timestamp,
     priority_of,
     queue_names,
+    receive_arguments,
     route_queue,
 )
 
@@ -315,14 +315,7 @@ class MemoryTransport(Transport):
     # -- consuming --------------------------------------------------------------------
 
     def receive(self, queues: Sequence[str], *, timeout: float) -> MemoryDelivery | None:
-        names = queue_names(queues)
-        if not names:
-            raise ValidationError("queues", "at least one queue name is needed")
-        if isinstance(timeout, bool) or not isinstance(timeout, int | float) or not (
-            math.isfinite(timeout) and timeout >= 0
-        ):
-            raise ValidationError("timeout", f"must be a number >= 0, got {timeout!r}")
-        deadline = time.monotonic() + timeout
+        names, deadline = receive_arguments(queues, timeout)
         broker = self._broker
         with broker.changed:
             while True:

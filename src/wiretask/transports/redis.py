@@ -118,6 +118,7 @@ from wiretask.transports.base import (
     Transport,
     not_before_timestamp,
     queue_names,
+    receive_arguments,
 )
 
 __all__ = ["RedisDelivery", "RedisTransport", "run_scheduler"]
@@ -545,14 +546,7 @@ class RedisTransport(Transport):
         Delayed messages of ``queues`` that are due are moved into their lists first, in
         the same script, so a consumer needs no scheduler for its own queues; Celery
         consumers of a queue rely on ``due()`` (the worker's or ``run_scheduler``)."""
-        names = queue_names(queues)
-        if not names:
-            raise ValidationError("queues", "at least one queue name is needed")
-        if isinstance(timeout, bool) or not isinstance(timeout, int | float) or not (
-            math.isfinite(timeout) and timeout >= 0
-        ):
-            raise ValidationError("timeout", f"must be a number >= 0, got {timeout!r}")
-        deadline = time.monotonic() + max(timeout, 0.0)
+        names, deadline = receive_arguments(queues, timeout)
         self._maybe_restore()
         order = self._order(names)
         lists = [queue_key(queue, step) for step in self._steps for queue in order]

@@ -93,6 +93,7 @@ from wiretask.transports.base import (
     not_before_timestamp,
     priority_of,
     queue_names,
+    receive_arguments,
     route_queue,
 )
 
@@ -552,14 +553,7 @@ class SQLiteTransport(Transport):
     def receive(self, queues: Sequence[str], *, timeout: float) -> SQLiteDelivery | None:
         """Take the best visible message of ``queues`` (highest priority, then oldest),
         polling the file until ``timeout``."""
-        names = queue_names(queues)
-        if not names:
-            raise ValidationError("queues", "at least one queue name is needed")
-        if isinstance(timeout, bool) or not isinstance(timeout, int | float) or not (
-            math.isfinite(timeout) and timeout >= 0
-        ):
-            raise ValidationError("timeout", f"must be a number >= 0, got {timeout!r}")
-        deadline = time.monotonic() + timeout
+        names, deadline = receive_arguments(queues, timeout)
         pause = _POLL_MIN
         while True:
             delivery, next_visible = self._take(names)
