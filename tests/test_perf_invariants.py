@@ -13,7 +13,8 @@ import msgpack
 import pytest
 
 from wiretask import calling
-from wiretask.codecs import serializers
+from wiretask.app import App, Settings
+from wiretask.codecs import Serializer, serializers
 from wiretask.errors import ValidationError
 from wiretask.retry import RetryPolicy
 
@@ -157,3 +158,96 @@ def _fits_plain_repr_reference(value: object, budget: int = 48) -> bool:
 )
 def test_fits_plain_repr_matches_the_reference(value: object) -> None:
     assert calling._fits_plain_repr(value) is _fits_plain_repr_reference(value)
+
+
+# -- the calling API's option plans (calling.CallBuilder) ---------------------------------
+
+
+def _app(**settings: Any) -> App:
+    return App("plans", broker="memory://", **settings)
+
+
+def test_a_changed_setting_reaches_the_next_call() -> None:
+    app = _app()
+    first = app.build_call("t", (1,))
+    assert first.route.queue == "celery"
+    assert first.message.content_type == "application/json"
+    app.conf.task_default_queue = "other"
+    app.conf["task_serializer"] = "msgpack"
+    second = app.build_call("t", (1,))
+    assert second.route.queue == "other"
+    assert second.message.content_type == "application/x-msgpack"
+    app.conf.update(task_default_priority=3)
+    assert app.build_call("t", (1,)).message.priority == 3
+    del app.conf["task_default_priority"]
+    assert app.build_call("t", (1,)).message.priority is None
+
+
+def test_every_settings_mutator_counts_as_a_change() -> None:
+    conf = Settings(a=1)
+    seen = {conf._version}
+    for change in (
+        lambda: conf.__setitem__("b", 2), lambda: conf.update(c=3),
+        lambda: conf.setdefault("d", 4), lambda: conf.pop("d"), conf.popitem,
+        lambda: conf.__delitem__("b"), lambda: conf.__ior__({"e": 5}), conf.clear,
+        lambda: setattr(conf, "f", 6),
+    ):
+        change()
+        assert conf._version not in seen
+        seen.add(conf._version)
+
+
+def test_a_bad_static_option_is_refused_every_time() -> None:
+    app = _app()
+    for _ in range(2):  # nothing invalid is cached
+        with pytest.raises(ValidationError) as info:
+            app.build_call("t", (1,), priority=-1)
+        assert info.value.field == "priority"
+        with pytest.raises(ValidationError) as info:
+            app.build_call("t", (1,), routing_key=["not", "hashable"])
+        assert info.value.field == "routing_key"
+
+
+def test_plans_follow_the_registry_and_the_task_defaults() -> None:
+    app = _app()
+    assert app.build_call("t", ()).message.content_type == "application/json"
+    json = app.registry.serializer("json")
+    app.registry.register_serializer(Serializer(
+        name="json", content_type="application/x-json-v2", content_encoding="utf-8",
+        dumps=json.dumps, loads=json.loads,
+    ))
+    assert app.build_call("t", ()).message.content_type == "application/x-json-v2"
+
+    @app.task(name="routed", queue="q1", time_limit=5)
+    def routed() -> None: ...
+
+    call = app.build_call("routed", ())
+    assert (call.route.queue, call.message.timelimit) == ("q1", (5.0, None))
+    with pytest.raises(TypeError):
+        routed.defaults["queue"] = "q2"  # type: ignore[index]
+
+
+def test_the_plan_cache_is_bounded() -> None:
+    app = _app()
+    builder = app._builder
+    for limit in range(builder.max_plans + 10):
+        app.build_call("t", (), time_limit=limit)
+    assert 0 < len(builder._plans) <= builder.max_plans
+    assert app.build_call("t", (), time_limit=3).message.timelimit == (3.0, None)
+
+
+def test_per_call_options_are_not_cached() -> None:
+    app = _app()
+    a = app.build_call("t", (1,), task_id="a", expires=10, headers={"x": 1})
+    b = app.build_call("t", (2,))
+    assert (a.message.id, a.message.extra_headers, a.message.expiration) == ("a", {"x": 1}, "10000")
+    assert b.message.id != "a" and b.message.extra_headers == {} and b.message.expires is None
+    assert b.message.args == (2,) and b.message.root_id == b.message.id
+
+
+def test_the_message_does_not_share_the_callers_kwargs() -> None:
+    app = _app()
+    kwargs = {"x": 1}
+    call = app.build_call("t", (), kwargs)
+    kwargs["x"] = 2
+    assert call.message.kwargs == {"x": 1}

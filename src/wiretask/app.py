@@ -22,12 +22,13 @@ import os
 import socket
 import threading
 import time
+import types
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextvars import ContextVar
 from datetime import UTC, datetime, tzinfo
 from pathlib import Path
-from typing import Any, Concatenate, Generic, Literal, ParamSpec, TypeVar, overload
+from typing import Any, Concatenate, Generic, Literal, ParamSpec, Self, TypeVar, overload
 from zoneinfo import ZoneInfo
 
 import attrs
@@ -100,7 +101,23 @@ _TASK_ATTRIBUTES = frozenset(
 
 
 class Settings(dict[str, Any]):
-    """``app.conf``: a dict of settings with attribute access (``app.conf.task_serializer``)."""
+    """``app.conf``: a dict of settings with attribute access (``app.conf.task_serializer``).
+
+    Every change through the mapping API bumps ``_version``, so what is derived from the
+    settings (the calling API's validated option plans) is recomputed. A value mutated in
+    place (``app.conf.some_dict["key"] = ...``) is not seen: assign a new value instead
+    (``task_publish_retry_policy``, read on every call, is the exception).
+    """
+
+    _version: int
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        object.__setattr__(self, "_version", 0)
+
+    def _changed(self) -> None:
+        # ``__dict__.get``: unpickling and copying set items before the instance state.
+        object.__setattr__(self, "_version", self.__dict__.get("_version", 0) + 1)
 
     def __getattr__(self, name: str) -> Any:
         try:
@@ -110,6 +127,41 @@ class Settings(dict[str, Any]):
 
     def __setattr__(self, name: str, value: Any) -> None:
         self[name] = value
+
+    def __setitem__(self, key: str, value: Any) -> None:
+        super().__setitem__(key, value)
+        self._changed()
+
+    def __delitem__(self, key: str) -> None:
+        super().__delitem__(key)
+        self._changed()
+
+    def __ior__(self, other: Any) -> Self:  # type: ignore[override,misc]
+        self.update(other)
+        return self
+
+    def update(self, *args: Any, **kwargs: Any) -> None:
+        super().update(*args, **kwargs)
+        self._changed()
+
+    def setdefault(self, key: str, default: Any = None) -> Any:
+        value = super().setdefault(key, default)
+        self._changed()
+        return value
+
+    def pop(self, key: str, *default: Any) -> Any:
+        value = super().pop(key, *default)
+        self._changed()
+        return value
+
+    def popitem(self) -> tuple[str, Any]:
+        item = super().popitem()
+        self._changed()
+        return item
+
+    def clear(self) -> None:
+        super().clear()
+        self._changed()
 
 
 def _data_dir() -> Path:
@@ -187,6 +239,8 @@ class App:
         self._transport: Transport | None = None
         self._backend: ResultBackend | None = None
         self._declared: set[str] = set()
+        self._call_builder: calling.CallBuilder | None = None
+        self._contexts: dict[tuple[int, int], calling.CallContext] = {}
 
     def __repr__(self) -> str:
         return f"<App {self.main or '__main__'} broker={self.broker_url}>"
@@ -329,13 +383,30 @@ class App:
 
     def _context(self) -> calling.CallContext:
         current = _current_request.get()
-        parent_id = root_id = None
         if current is not None and current.id is not None and not current.called_directly:
-            parent_id = current.id
-            root_id = current.root_id or current.id
-        return calling.CallContext(
-            origin=_origin(), reply_to=_thread_oid(self), parent_id=parent_id, root_id=root_id
-        )
+            base = self._thread_context()
+            return calling.CallContext(
+                origin=base.origin, reply_to=base.reply_to,
+                parent_id=current.id, root_id=current.root_id or current.id,
+            )
+        return self._thread_context()
+
+    def _thread_context(self) -> calling.CallContext:
+        """The sender's part of a call made outside a task: fixed per process and thread."""
+        key = (_forks, threading.get_ident())
+        context = self._contexts.get(key)
+        if context is None:
+            context = self._contexts[key] = calling.CallContext(
+                origin=_origin(), reply_to=_thread_oid(self)
+            )
+        return context
+
+    @property
+    def _builder(self) -> calling.CallBuilder:
+        builder = self._call_builder
+        if builder is None or builder.registry is not self.registry:
+            builder = self._call_builder = calling.CallBuilder(self.registry, self.conf)
+        return builder
 
     def build_call(
         self, name: str, args: object = None, kwargs: object = None, **options: Any
@@ -345,18 +416,16 @@ class App:
         # The transport first: creating it imports the driver, and "now" must be read
         # after that, or a short countdown is already due when it reaches the broker.
         capabilities = self.transport.capabilities
-        return calling.build_call(
-            name,
-            args,
-            kwargs,
-            options,
-            now=self.now(),
-            registry=self.registry,
-            settings=self.conf,
-            context=self._context(),
-            task_defaults=task.defaults if task is not None else None,
-            capabilities=capabilities,
-            check_arguments=task.check_arguments if task is not None else None,
+        builder = self._builder
+        if task is None:
+            return builder.build(
+                name, args, kwargs, options, now=self.now(), context=self._context(),
+                capabilities=capabilities,
+            )
+        return builder.build(
+            name, args, kwargs, options, now=self.now(), context=self._context(),
+            task_defaults=task.defaults, capabilities=capabilities,
+            check_arguments=task.check_arguments,
         )
 
     def send_task(
@@ -442,6 +511,19 @@ class App:
         return AsyncResult(task_id, app=self)
 
 
+#: How many times this process is a fork child of the one that imported wiretask: keys
+#: what is fixed per process (``origin``, ``reply_to``) without a ``getpid`` per call.
+_forks = 0
+
+
+def _count_fork() -> None:
+    global _forks
+    _forks += 1
+
+
+os.register_at_fork(after_in_child=_count_fork)
+
+
 def _origin() -> str:
     """Celery's ``origin`` header: ``gen<pid>@<hostname>``."""
     return f"gen{os.getpid()}@{_hostname()}"
@@ -482,8 +564,11 @@ class Task(Generic[P, R]):
         self.track_started: bool | None = options.pop("track_started", None)
         options.pop("acks_late", None)  # wiretask always acknowledges after the task ran
         options.pop("base", None)
-        #: Task-level defaults for the per-call options (call > task > setting).
-        self.defaults: dict[str, Any] = {k: v for k, v in options.items() if v is not None}
+        #: Task-level defaults for the per-call options (call > task > setting); read-only
+        #: (the calling API validates them once and keeps the result).
+        self.defaults: Mapping[str, Any] = types.MappingProxyType(
+            {k: v for k, v in options.items() if v is not None}
+        )
         functools.update_wrapper(self, fn)
         self._signature = inspect.signature(fn)
 

@@ -36,6 +36,7 @@ __all__ = [
     "CALL_OPTIONS",
     "TASK_OPTIONS",
     "Call",
+    "CallBuilder",
     "CallContext",
     "build_call",
     "check_options",
@@ -304,6 +305,17 @@ def _settings_policy(setting: object) -> RetryPolicy:
     return policy
 
 
+#: Options that do not change from call to call in a typical program: their resolved,
+#: validated form is a :class:`_Plan`, cached per task name and option values.
+_STATIC = frozenset(
+    {*(key for key in TASK_OPTIONS if key != "expires"), "retry", "compression_threshold",
+     "shadow", "reply_to"}
+)
+
+#: Per-call options that are rare in a hot loop; their handling is skipped when absent.
+_RARE = CALL_OPTIONS - _STATIC - {"countdown", "eta", "expires", "task_id", "retry_policy"}
+
+
 def resolve_options(
     options: Mapping[str, Any],
     task_defaults: Mapping[str, Any],
@@ -329,38 +341,45 @@ def resolve_options(
     return merged
 
 
-def build_call(
+@attrs.frozen(kw_only=True, eq=False)
+class _Plan:
+    """What a task's static options resolve to: validated once, shared by its calls.
+
+    ``template`` is a message with every static field set and checked (its ``id`` is a
+    placeholder); each call derives its own message from it, checking only the fields
+    that vary per call. The plan also remembers what it was resolved against, so a
+    changed setting, codec registry, transport or task default makes a new one.
+    """
+
+    template: TaskMessage
+    route: Route
+    retry: bool
+    compression_threshold: int | None
+    #: The task's default ``expires`` (a call's ``expires=`` replaces it, ``None`` too).
+    expires: object
+    #: An explicit ``reply_to`` option; otherwise each call uses its context's.
+    reply_to: str | None
+    # What the plan was resolved against (compared by identity or version on each use).
+    task_defaults: Mapping[str, Any] | None
+    settings_version: object
+    registry_version: int
+    capabilities: Capabilities | None
+
+
+def _plan(
     name: str,
-    args: object,
-    kwargs: object,
     options: Mapping[str, Any],
     *,
-    now: datetime,
-    registry: Registry,
+    task_defaults: Mapping[str, Any] | None,
     settings: Mapping[str, Any],
-    context: CallContext,
-    task_defaults: Mapping[str, Any] | None = None,
-    capabilities: Capabilities | None = None,
-    check_arguments: Callable[[tuple[Any, ...], dict[str, Any]], None] | None = None,
-    new_id: Callable[[], str] = new_task_id,
-) -> Call:
-    """Validate a call and build its message. Raises before anything is sent:
-
-    * ``ArgumentsError`` (also a ``TypeError``) for args/kwargs of the wrong type or that
-      do not bind to the task's signature (``check_arguments``);
-    * ``ValidationError`` naming the option for an unknown option, a value of the wrong
-      type, ``countdown`` with ``eta``, an unparsable or pre-1970 ``eta``/``expires``, a
-      priority outside the transport's range, or a malformed header;
-    * ``UnknownCodec`` for an unknown serializer or compressor name.
-    """
+    settings_version: object,
+    registry: Registry,
+    capabilities: Capabilities | None,
+) -> _Plan:
+    """Resolve and validate the static options of a call (see ``_STATIC``)."""
     _string("task", name, optional=False)
-    check_options(options)
-    call_args, call_kwargs = _check_args(args, kwargs)
-    if check_arguments is not None:
-        check_arguments(call_args, call_kwargs)
     opts = resolve_options(options, task_defaults or {}, settings)
 
-    task_id = _string("task_id", opts.get("task_id")) or new_id()
     queue = _string("queue", opts["queue"], optional=False)
     assert queue is not None
     exchange = opts["exchange"]
@@ -390,29 +409,216 @@ def build_call(
             f"must be 1, 2, 'transient' or 'persistent', got {opts['delivery_mode']!r}",
         )
 
-    countdown = _number("countdown", opts.get("countdown"))
-    eta = resolve_eta(now=now, countdown=countdown, eta=opts.get("eta"))
-    expires_at, expiration = resolve_expires(now=now, expires=opts["expires"])
-
     hard = _number("time_limit", opts["time_limit"], minimum=0)
     soft = _number("soft_time_limit", opts["soft_time_limit"], minimum=0)
 
     retry = opts.get("retry", settings.get("task_publish_retry", True))
     if not isinstance(retry, bool):
         raise ValidationError("retry", f"must be True or False, got {retry!r}", value=retry)
-    policy = _settings_policy(settings.get("task_publish_retry_policy"))
-    call_policy = opts.get("retry_policy")
-    if call_policy is not None:
-        if isinstance(call_policy, RetryPolicy):
-            policy = call_policy
-        elif isinstance(call_policy, Mapping):
-            policy = policy.merge(call_policy)
-        else:
-            raise ValidationError(
-                "retry_policy", f"must be a mapping or a RetryPolicy, got {call_policy!r}"
-            )
 
-    headers = opts.get("headers") or {}
+    ignore_result = opts["ignore_result"]
+    if not isinstance(ignore_result, bool):
+        raise ValidationError("ignore_result", f"must be True or False, got {ignore_result!r}")
+
+    # Only fields that differ from TaskMessage's defaults are passed (None: left out): a
+    # default is valid by construction. The order is the field order, so the first bad
+    # value is the one reported.
+    fields: tuple[tuple[str, Any], ...] = (
+        ("task", name),
+        ("id", "-"),  # each call sets its own
+        ("shadow", _string("shadow", opts.get("shadow"))),
+        ("timelimit", None if hard is None and soft is None else (hard, soft)),
+        ("ignore_result", ignore_result),
+        ("priority", priority),
+        ("delivery_mode", delivery_mode),
+        ("content_type", serializer.content_type),
+        ("content_encoding", serializer.content_encoding),
+        ("compression", compression),
+    )
+    template = TaskMessage(**{key: value for key, value in fields if value is not None})
+    return _Plan(
+        template=template,
+        route=Route(queue, exchange, routing_key),
+        retry=retry,
+        compression_threshold=threshold,
+        expires=opts["expires"],
+        reply_to=opts.get("reply_to") or None,
+        task_defaults=task_defaults,
+        settings_version=settings_version,
+        registry_version=registry.version,
+        capabilities=capabilities,
+    )
+
+
+class CallBuilder:
+    """Builds calls for one app: ``(name, args, kwargs, options)`` to a validated ``Call``.
+
+    Every option is validated on every call, but the static ones (routing, codecs,
+    limits, ``retry``: see ``_STATIC``) only once per distinct set of values: their
+    validated form is a plan, cached per task name and static option values and rebuilt
+    when the settings (``settings._version``), the codec registry, the transport's
+    capabilities or the task's defaults change. Per call there remain the argument
+    checks, the task id, the clock-dependent ``eta``/``expires``, the ``argsrepr`` and the
+    options that vary by nature (links, headers, ids).
+
+    Args:
+        registry: Where serializers and compressors are looked up.
+        settings: The app settings (a mapping; if it has an integer ``_version`` that
+            changes on every mutation, as ``wiretask.app.Settings`` has, plans are cached).
+        max_plans: How many plans to keep (the cache is emptied when full).
+    """
+
+    def __init__(
+        self, registry: Registry, settings: Mapping[str, Any], *, max_plans: int = 256
+    ) -> None:
+        self.registry = registry
+        self.settings = settings
+        self.max_plans = max_plans
+        self._plans: dict[tuple[object, ...], _Plan] = {}
+
+    def build(
+        self,
+        name: str,
+        args: object,
+        kwargs: object,
+        options: Mapping[str, Any],
+        *,
+        now: datetime,
+        context: CallContext,
+        task_defaults: Mapping[str, Any] | None = None,
+        capabilities: Capabilities | None = None,
+        check_arguments: Callable[[tuple[Any, ...], dict[str, Any]], None] | None = None,
+        new_id: Callable[[], str] = new_task_id,
+    ) -> Call:
+        """Validate a call and build its message. Raises before anything is sent:
+
+        * ``ArgumentsError`` (also a ``TypeError``) for args/kwargs of the wrong type or
+          that do not bind to the task's signature (``check_arguments``);
+        * ``ValidationError`` naming the option for an unknown option, a value of the
+          wrong type, ``countdown`` with ``eta``, an unparsable or pre-1970
+          ``eta``/``expires``, a priority outside the transport's range, or a malformed
+          header;
+        * ``UnknownCodec`` for an unknown serializer or compressor name.
+        """
+        if type(name) is not str or not name:
+            _string("task", name, optional=False)
+        static: list[tuple[str, type, object]] = []
+        rare = False
+        for key in options:
+            if key in _STATIC:
+                value = options[key]
+                static.append((key, type(value), value))
+            elif key not in CALL_OPTIONS:
+                check_options(options)  # raises, naming it
+            elif key in _RARE:
+                rare = True
+        if type(args) is tuple and type(kwargs) is dict and all(  # the common case
+            type(key) is str for key in kwargs
+        ):
+            call_args: tuple[Any, ...] = args
+            call_kwargs: dict[str, Any] = kwargs.copy()  # the message must not share it
+        else:
+            call_args, call_kwargs = _check_args(args, kwargs)
+        if check_arguments is not None:
+            check_arguments(call_args, call_kwargs)
+        plan = self._plan(name, options, static, task_defaults, capabilities)
+
+        get = options.get
+        task_id = get("task_id")
+        if task_id is None:
+            task_id = new_id()
+        elif type(task_id) is not str or not task_id:
+            _string("task_id", task_id)
+
+        fields: dict[str, Any] = {"id": task_id}
+        eta = None
+        if "countdown" in options or "eta" in options:
+            eta = resolve_eta(now=now, countdown=_number("countdown", get("countdown")),
+                              eta=get("eta"))
+            if eta is not None:
+                fields["eta"] = eta
+        expires = get("expires", plan.expires)
+        if expires is not None:
+            fields["expires"], fields["expiration"] = resolve_expires(now=now, expires=expires)
+
+        policy = _settings_policy(self.settings.get("task_publish_retry_policy"))
+        call_policy = get("retry_policy")
+        if call_policy is not None:
+            if isinstance(call_policy, RetryPolicy):
+                policy = call_policy
+            elif isinstance(call_policy, Mapping):
+                policy = policy.merge(call_policy)
+            else:
+                raise ValidationError(
+                    "retry_policy", f"must be a mapping or a RetryPolicy, got {call_policy!r}"
+                )
+
+        root_id = context.root_id or task_id
+        parent_id = context.parent_id
+        argsrepr = kwargsrepr = None
+        if rare:
+            _rare_fields(options, fields)
+            root_id = fields.pop("root_id", None) or root_id
+            parent_id = fields.pop("parent_id", None) or parent_id
+            argsrepr = fields.pop("argsrepr", None)
+            kwargsrepr = fields.pop("kwargsrepr", None)
+        fields["root_id"] = root_id
+        if parent_id is not None:
+            fields["parent_id"] = parent_id
+        fields["argsrepr"] = argsrepr or safe_repr(call_args)
+        fields["kwargsrepr"] = kwargsrepr or safe_repr(call_kwargs)
+        fields["origin"] = context.origin
+        fields["args"] = call_args
+        fields["kwargs"] = call_kwargs
+        fields["reply_to"] = plan.reply_to or context.reply_to
+        return Call(
+            message=TaskMessage.derive(plan.template, fields),
+            route=plan.route,
+            eta=eta,
+            retry=plan.retry,
+            retry_policy=policy,
+            compression_threshold=plan.compression_threshold,
+        )
+
+    def _plan(
+        self,
+        name: str,
+        options: Mapping[str, Any],
+        static: list[tuple[str, type, object]],
+        task_defaults: Mapping[str, Any] | None,
+        capabilities: Capabilities | None,
+    ) -> _Plan:
+        settings_version = getattr(self.settings, "_version", None)
+        key = (name, *static)
+        try:
+            plan = self._plans.get(key)
+        except TypeError:  # an unhashable option value: not cached (and likely invalid)
+            plan = None
+            settings_version = None
+        if (
+            plan is not None
+            and plan.settings_version == settings_version
+            and plan.task_defaults is task_defaults
+            and plan.registry_version == self.registry.version
+            and plan.capabilities is capabilities
+        ):
+            return plan
+        plan = _plan(
+            name, {key: options[key] for key, _, _ in static}, task_defaults=task_defaults,
+            settings=self.settings, settings_version=settings_version,
+            registry=self.registry, capabilities=capabilities,
+        )
+        if settings_version is not None:
+            if len(self._plans) >= self.max_plans:
+                self._plans.clear()
+            self._plans[key] = plan
+        return plan
+
+
+def _rare_fields(options: Mapping[str, Any], fields: dict[str, Any]) -> None:
+    """Validate the per-call options a hot loop rarely passes, into message fields."""
+    get = options.get
+    headers = get("headers") or {}
     if not isinstance(headers, Mapping) or not all(isinstance(k, str) for k in headers):
         raise ValidationError("headers", f"must be a mapping with string keys, got {headers!r}")
     clash = sorted(RESERVED_HEADERS.intersection(headers))
@@ -423,69 +629,52 @@ def build_call(
             "headers", f"{', '.join(map(repr, clash))} would override protocol headers; "
             "use the option of the same meaning instead", value=dict(headers),
         )
-
-    stamps = opts.get("stamps") or {}
+    stamps = get("stamps") or {}
     if not isinstance(stamps, Mapping):
         raise ValidationError("stamps", f"must be a mapping, got {stamps!r}")
-
-    ignore_result = opts["ignore_result"]
-    if not isinstance(ignore_result, bool):
-        raise ValidationError("ignore_result", f"must be True or False, got {ignore_result!r}")
-
-    chord = opts.get("chord")
+    chord = get("chord")
     if chord is not None and not isinstance(chord, Signature):
         chord = Signature.from_dict(chord, field="chord")
-
-    root_id = _string("root_id", opts.get("root_id")) or context.root_id or task_id
-    parent_id = _string("parent_id", opts.get("parent_id")) or context.parent_id
-
-    # Only fields that differ from TaskMessage's defaults are passed (None: left out): its
-    # constructor checks each field it is given, and a default is valid by construction.
     # The order is the field order, so the first bad value is the one reported.
-    fields: tuple[tuple[str, Any], ...] = (
-        ("task", name),
-        ("id", task_id),
-        ("shadow", _string("shadow", opts.get("shadow"))),
-        ("eta", eta),
-        ("expires", expires_at),
-        ("group", _string("group_id", opts.get("group_id"))),
-        ("group_index", opts.get("group_index")),
-        ("retries", opts.get("retries") or None),
-        ("timelimit", None if hard is None and soft is None else (hard, soft)),
-        ("root_id", root_id),
-        ("parent_id", parent_id),
-        ("argsrepr", opts.get("argsrepr") or safe_repr(call_args)),
-        ("kwargsrepr", opts.get("kwargsrepr") or safe_repr(call_kwargs)),
-        ("origin", context.origin),
-        ("ignore_result", ignore_result),
-        ("replaced_task_nesting", opts.get("replaced_task_nesting") or None),
+    rare: tuple[tuple[str, Any], ...] = (
+        ("group", _string("group_id", get("group_id"))),
+        ("group_index", get("group_index")),
+        ("retries", get("retries") or None),
+        ("root_id", _string("root_id", get("root_id"))),
+        ("parent_id", _string("parent_id", get("parent_id"))),
+        ("argsrepr", get("argsrepr")),
+        ("kwargsrepr", get("kwargsrepr")),
+        ("replaced_task_nesting", get("replaced_task_nesting") or None),
         ("stamped_headers", tuple(stamps) or None),
         ("stamps", dict(stamps) if stamps else None),
         ("extra_headers", dict(headers) if headers else None),
-        ("args", call_args),
-        ("kwargs", call_kwargs),
-        ("callbacks", _signatures("link", opts.get("link"))),
-        ("errbacks", _signatures("link_error", opts.get("link_error"))),
-        ("chain", _signatures("chain", opts.get("chain"))),
+        ("callbacks", _signatures("link", get("link"))),
+        ("errbacks", _signatures("link_error", get("link_error"))),
+        ("chain", _signatures("chain", get("chain"))),
         ("chord", chord),
-        ("correlation_id", task_id),
-        ("reply_to", opts.get("reply_to") or context.reply_to),
-        ("priority", priority),
-        ("delivery_mode", delivery_mode),
-        ("expiration", expiration),
-        ("content_type", serializer.content_type),
-        ("content_encoding", serializer.content_encoding),
-        ("compression", compression),
     )
-    given: dict[str, Any] = {key: value for key, value in fields if value is not None}
-    message = TaskMessage(**given)
-    route = Route(queue, exchange, routing_key)
-    return Call(
-        message=message,
-        route=route,
-        eta=eta,
-        retry=retry,
-        retry_policy=policy,
-        compression_threshold=threshold,
-    )
+    for key, value in rare:
+        if value is not None:
+            fields[key] = value
 
+
+def build_call(
+    name: str,
+    args: object,
+    kwargs: object,
+    options: Mapping[str, Any],
+    *,
+    now: datetime,
+    registry: Registry,
+    settings: Mapping[str, Any],
+    context: CallContext,
+    task_defaults: Mapping[str, Any] | None = None,
+    capabilities: Capabilities | None = None,
+    check_arguments: Callable[[tuple[Any, ...], dict[str, Any]], None] | None = None,
+    new_id: Callable[[], str] = new_task_id,
+) -> Call:
+    """One call, with nothing cached: ``CallBuilder(registry, settings).build(...)``."""
+    return CallBuilder(registry, settings, max_plans=0).build(
+        name, args, kwargs, options, now=now, context=context, task_defaults=task_defaults,
+        capabilities=capabilities, check_arguments=check_arguments, new_id=new_id,
+    )

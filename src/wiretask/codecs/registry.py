@@ -144,6 +144,8 @@ class Registry:
             raise ImproperlyConfigured(
                 "compress_threshold must not be negative", setting="compress_threshold"
             )
+        #: Changes whenever a codec is registered (callers caching lookups compare it).
+        self.version = 0
         self._serializers: dict[str, Serializer] = {}
         self._serializer_names: dict[str, str] = {}
         self._compressors: dict[str, Compressor] = {}
@@ -222,6 +224,7 @@ class Registry:
         (:meth:`copy` with ``accept=``) to decode it.
         """
         content_type = normalize_content_type(serializer.content_type)
+        self.version += 1
         self._serializers[content_type] = serializer
         for name in (serializer.name, *serializer.aliases):
             self._serializer_names[name.lower()] = content_type
@@ -344,6 +347,7 @@ class Registry:
     def register_compressor(self, compressor: Compressor) -> None:
         """Add a compressor (or replace the one with the same header value)."""
         content_type = normalize_content_type(compressor.content_type)
+        self.version += 1
         self._compressors[content_type] = compressor
         for name in (compressor.name, *compressor.aliases):
             self._compressor_names[name.lower()] = content_type

@@ -284,24 +284,40 @@ class TaskMessage:
             if "task" not in fields or "id" not in fields:
                 missing = [n for n in ("task", "id") if n not in fields]
                 raise TypeError(f"TaskMessage() missing required keyword argument(s): {missing}")
-            d = self.__dict__
-            checks = _CHECKS
-            for name, value in fields.items():
-                try:
-                    check = checks[name]
-                except KeyError:
-                    raise TypeError(
-                        f"TaskMessage() got an unexpected keyword argument {name!r}"
-                    ) from None
-                d[name] = check(value)
-            if "content_encoding" not in fields and "content_type" in fields:
-                d["content_encoding"] = CONTENT_ENCODINGS.get(d["content_type"], "utf-8")
-            # One value, one form: a correlation id equal to the task id is the default
-            # (None), and an empty reply_to is none, as they are on the wire.
-            if "correlation_id" in fields and d["correlation_id"] == d["id"]:
-                del d["correlation_id"]
-            if "reply_to" in fields and d["reply_to"] == "":
-                del d["reply_to"]
+            _store(self.__dict__, fields)
+
+    @classmethod
+    def derive(cls, base: TaskMessage, fields: Mapping[str, Any]) -> TaskMessage:
+        """A message equal to ``base`` with ``fields`` replaced, checking only ``fields``.
+
+        What :func:`attrs.evolve` does, without checking ``base``'s fields again: the
+        calling API validates the options that do not change between calls once, into a
+        template message, and derives each call's message from it.
+        """
+        message = object.__new__(cls)
+        d = message.__dict__
+        d.update(base.__dict__)
+        _store(d, fields)
+        return message
+
+
+def _store(d: dict[str, Any], fields: Mapping[str, Any]) -> None:
+    """Check ``fields`` and store them in a message's ``__dict__``."""
+    checks = _CHECKS
+    for name, value in fields.items():
+        try:
+            check = checks[name]
+        except KeyError:
+            raise TypeError(f"TaskMessage() got an unexpected keyword argument {name!r}") from None
+        d[name] = check(value)
+    if "content_encoding" not in fields and "content_type" in fields:
+        d["content_encoding"] = CONTENT_ENCODINGS.get(d["content_type"], "utf-8")
+    # One value, one form: a correlation id equal to the task id is the default (None),
+    # and an empty reply_to is none, as they are on the wire.
+    if d.get("correlation_id") is not None and d["correlation_id"] == d["id"]:
+        del d["correlation_id"]
+    if d.get("reply_to") == "":
+        del d["reply_to"]
 
 
 # attrs removes the class attributes of a dict class's fields; put the defaults back so
