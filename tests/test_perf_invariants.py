@@ -5,6 +5,7 @@ Each shortcut must give exactly what the plain code gave: these tests pin that d
 
 from __future__ import annotations
 
+import inspect
 import uuid
 from collections import OrderedDict
 from typing import Any, NamedTuple
@@ -251,3 +252,45 @@ def test_the_message_does_not_share_the_callers_kwargs() -> None:
     call = app.build_call("t", (), kwargs)
     kwargs["x"] = 2
     assert call.message.kwargs == {"x": 1}
+
+
+def _f1(a, b=1, *args, c, d=2, **kw): ...  # type: ignore[no-untyped-def]
+def _f2(a, /, b, *, c=3): ...  # type: ignore[no-untyped-def]
+def _f3(): ...  # type: ignore[no-untyped-def]
+def _f4(*args, **kwargs): ...  # type: ignore[no-untyped-def]
+def _f5(a, b, /): ...  # type: ignore[no-untyped-def]
+
+
+@pytest.mark.parametrize("fn", [_f1, _f2, _f3, _f4, _f5])
+@pytest.mark.parametrize(
+    ("args", "kwargs"),
+    [((), {}), ((1,), {}), ((1, 2), {}), ((1, 2, 3), {}), ((1,), {"c": 1}),
+     ((1, 2), {"c": 1, "z": 0}), ((), {"a": 1, "b": 2, "c": 3}), ((1,), {"a": 1, "c": 2}),
+     ((1, 2), {"b": 2}), ((1, 2, 3, 4), {"c": 1, "d": 2})],
+)
+def test_argument_checker_binds_like_inspect(fn: Any, args: tuple[Any, ...],
+                                             kwargs: dict[str, Any]) -> None:
+    signature = inspect.signature(fn)
+    checker = calling.argument_checker(signature)
+    assert checker is not None
+    try:
+        signature.bind(*args, **kwargs)
+    except TypeError:
+        with pytest.raises(TypeError):
+            checker(*args, **kwargs)
+    else:
+        checker(*args, **kwargs)
+
+
+def test_a_task_refuses_bad_arguments_with_inspects_message() -> None:
+    app = _app()
+
+    @app.task(name="pair")
+    def pair(a: int, b: int, *, c: int = 0) -> int:
+        return a + b + c
+
+    pair.check_arguments((1, 2), {"c": 3})
+    with pytest.raises(TypeError, match="missing a required argument: 'b'"):
+        pair.check_arguments((1,), {})
+    with pytest.raises(TypeError, match="unexpected keyword argument 'd'"):
+        pair.check_arguments((1, 2), {"d": 3})

@@ -571,6 +571,7 @@ class Task(Generic[P, R]):
         )
         functools.update_wrapper(self, fn)
         self._signature = inspect.signature(fn)
+        self._check = calling.argument_checker(self._signature)
 
     def __repr__(self) -> str:
         return f"<Task {self.name}>"
@@ -609,6 +610,17 @@ class Task(Generic[P, R]):
         """Bind the arguments to the function's signature, as Celery does before sending."""
         if not self.typing:
             return
+        check = self._check
+        if check is not None:
+            try:
+                if self.bind:
+                    check(self, *args, **kwargs)
+                else:
+                    check(*args, **kwargs)
+            except TypeError:
+                pass  # inspect's wording for the error, below
+            else:
+                return
         try:
             if self.bind:
                 self._signature.bind(self, *args, **kwargs)

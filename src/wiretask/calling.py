@@ -14,6 +14,8 @@ places where wiretask refuses what Celery silently accepts (``spec/PROTOCOL.md``
 from __future__ import annotations
 
 import difflib
+import inspect
+import keyword
 import numbers
 import os
 import reprlib
@@ -38,6 +40,7 @@ __all__ = [
     "Call",
     "CallBuilder",
     "CallContext",
+    "argument_checker",
     "build_call",
     "check_options",
     "new_task_id",
@@ -164,6 +167,44 @@ def new_task_id(urandom: Callable[[int], bytes] = os.urandom) -> str:
     """
     h = f"{int.from_bytes(urandom(16)) & _UUID4_MASK | _UUID4_BITS:032x}"
     return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+
+
+def argument_checker(signature: inspect.Signature) -> Callable[..., None] | None:
+    """A function with ``signature``'s parameters and an empty body (Celery's
+    ``head_from_fun``): calling it binds arguments the way calling the task would, in C,
+    about 15x faster than ``Signature.bind``. It raises ``TypeError`` when they do not
+    bind. Defaults become ``None`` and annotations are dropped: only the shape counts.
+    ``None`` if the signature cannot be written as a ``def`` (never for a real function).
+    """
+    params = list(signature.parameters.values())
+    last_positional_only = max(
+        (i for i, param in enumerate(params) if param.kind is param.POSITIONAL_ONLY), default=-1
+    )
+    parts: list[str] = []
+    keyword_only = False
+    for index, param in enumerate(params):
+        kind = param.kind
+        if not param.name.isidentifier() or keyword.iskeyword(param.name):
+            return None
+        if kind is param.VAR_POSITIONAL:
+            parts.append(f"*{param.name}")
+            keyword_only = True
+        elif kind is param.VAR_KEYWORD:
+            parts.append(f"**{param.name}")
+        else:
+            if kind is param.KEYWORD_ONLY and not keyword_only:
+                parts.append("*")
+                keyword_only = True
+            parts.append(param.name if param.default is param.empty else f"{param.name}=None")
+            if index == last_positional_only:
+                parts.append("/")
+    namespace: dict[str, Any] = {}
+    try:
+        exec(f"def check({', '.join(parts)}):\n    return None\n", namespace)  # noqa: S102
+    except SyntaxError:
+        return None
+    checker: Callable[..., None] = namespace["check"]
+    return checker
 
 
 @attrs.frozen(kw_only=True)
@@ -524,22 +565,27 @@ class CallBuilder:
         plan = self._plan(name, options, static, task_defaults, capabilities)
 
         get = options.get
+        # ``valid``: what this code makes valid by construction; ``fields``: what comes
+        # from the caller, checked by TaskMessage.
         task_id = get("task_id")
         if task_id is None:
             task_id = new_id()
-        elif type(task_id) is not str or not task_id:
-            _string("task_id", task_id)
-
-        fields: dict[str, Any] = {"id": task_id}
+            valid: dict[str, Any] = {"id": task_id}
+            fields: dict[str, Any] = {}
+        else:
+            if type(task_id) is not str or not task_id:
+                _string("task_id", task_id)
+            valid = {}
+            fields = {"id": task_id}
         eta = None
         if "countdown" in options or "eta" in options:
             eta = resolve_eta(now=now, countdown=_number("countdown", get("countdown")),
                               eta=get("eta"))
             if eta is not None:
-                fields["eta"] = eta
+                fields["eta"] = eta  # checked again: the aware/range rules live there
         expires = get("expires", plan.expires)
         if expires is not None:
-            fields["expires"], fields["expiration"] = resolve_expires(now=now, expires=expires)
+            fields["expires"], valid["expiration"] = resolve_expires(now=now, expires=expires)
 
         policy = _settings_policy(self.settings.get("task_publish_retry_policy"))
         call_policy = get("retry_policy")
@@ -553,26 +599,25 @@ class CallBuilder:
                     "retry_policy", f"must be a mapping or a RetryPolicy, got {call_policy!r}"
                 )
 
-        root_id = context.root_id or task_id
-        parent_id = context.parent_id
-        argsrepr = kwargsrepr = None
         if rare:
             _rare_fields(options, fields)
-            root_id = fields.pop("root_id", None) or root_id
-            parent_id = fields.pop("parent_id", None) or parent_id
-            argsrepr = fields.pop("argsrepr", None)
-            kwargsrepr = fields.pop("kwargsrepr", None)
-        fields["root_id"] = root_id
-        if parent_id is not None:
-            fields["parent_id"] = parent_id
-        fields["argsrepr"] = argsrepr or safe_repr(call_args)
-        fields["kwargsrepr"] = kwargsrepr or safe_repr(call_kwargs)
-        fields["origin"] = context.origin
-        fields["args"] = call_args
-        fields["kwargs"] = call_kwargs
-        fields["reply_to"] = plan.reply_to or context.reply_to
+        if "root_id" not in fields:
+            valid["root_id"] = context.root_id or task_id
+        if "parent_id" not in fields and context.parent_id is not None:
+            valid["parent_id"] = context.parent_id
+        if "argsrepr" not in fields:
+            valid["argsrepr"] = safe_repr(call_args)
+        if "kwargsrepr" not in fields:
+            valid["kwargsrepr"] = safe_repr(call_kwargs)
+        valid["origin"] = context.origin
+        valid["args"] = call_args
+        valid["kwargs"] = call_kwargs
+        if plan.reply_to is not None:
+            fields["reply_to"] = plan.reply_to
+        elif context.reply_to:
+            valid["reply_to"] = context.reply_to
         return Call(
-            message=TaskMessage.derive(plan.template, fields),
+            message=TaskMessage.derive(plan.template, fields, valid=valid),
             route=plan.route,
             eta=eta,
             retry=plan.retry,
@@ -656,6 +701,9 @@ def _rare_fields(options: Mapping[str, Any], fields: dict[str, Any]) -> None:
     for key, value in rare:
         if value is not None:
             fields[key] = value
+    for key in ("root_id", "parent_id", "argsrepr", "kwargsrepr"):
+        if not fields.get(key, True):  # "" means "not given", as Celery's ``or`` reads it
+            del fields[key]
 
 
 def build_call(

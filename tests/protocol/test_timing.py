@@ -187,6 +187,17 @@ class TestParseFormat:
         assert format_iso(NOW) == "2026-11-23T19:29:02.846359+00:00"
         assert format_iso(datetime(2030, 1, 1)) == "2030-01-01T00:00:00+00:00"
 
+    @given(st.datetimes(timezones=st.sampled_from([UTC, IST, NEW_YORK_WINTER]))
+           | st.datetimes())
+    def test_format_iso_equals_isoformat_with_an_offset(self, value: datetime) -> None:
+        # The UTC fast path (orjson) must write exactly what isoformat() writes.
+        assert format_iso(value) == to_aware(value).isoformat()
+
+    def test_format_iso_keeps_offset_seconds(self) -> None:
+        odd = timezone(timedelta(hours=5, minutes=30, seconds=7))
+        value = datetime(2030, 1, 1, tzinfo=odd)
+        assert format_iso(value) == "2030-01-01T00:00:00+05:30:07"
+
     def test_to_aware(self) -> None:
         naive = datetime(2030, 1, 1)
         assert to_aware(naive) == datetime(2030, 1, 1, tzinfo=UTC)

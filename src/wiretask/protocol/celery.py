@@ -38,7 +38,7 @@ from wiretask.protocol.envelope import (
 )
 from wiretask.protocol.frame import Frame
 from wiretask.protocol.signature import Signature
-from wiretask.protocol.timing import EPOCH, parse_iso, to_aware
+from wiretask.protocol.timing import EPOCH, format_iso, parse_iso, to_aware
 
 __all__ = ["decode", "decode_raw", "encode"]
 
@@ -104,8 +104,8 @@ def encode(
         "task": m.task,
         "id": m.id,
         "shadow": m.shadow,
-        "eta": None if m.eta is None else m.eta.isoformat(),
-        "expires": None if m.expires is None else m.expires.isoformat(),
+        "eta": None if m.eta is None else format_iso(m.eta),
+        "expires": None if m.expires is None else format_iso(m.expires),
         "group": m.group,
         "group_index": m.group_index,
         "retries": m.retries,

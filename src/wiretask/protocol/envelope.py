@@ -287,16 +287,28 @@ class TaskMessage:
             _store(self.__dict__, fields)
 
     @classmethod
-    def derive(cls, base: TaskMessage, fields: Mapping[str, Any]) -> TaskMessage:
+    def derive(
+        cls,
+        base: TaskMessage,
+        fields: Mapping[str, Any],
+        *,
+        valid: Mapping[str, Any] | None = None,
+    ) -> TaskMessage:
         """A message equal to ``base`` with ``fields`` replaced, checking only ``fields``.
 
         What :func:`attrs.evolve` does, without checking ``base``'s fields again: the
         calling API validates the options that do not change between calls once, into a
         template message, and derives each call's message from it.
+
+        ``valid`` holds fields stored without a check, for values the caller's own code
+        made valid by construction (a fresh task id, an eta computed from a checked
+        countdown, a ``repr``); they must be in the field's stored form.
         """
         message = object.__new__(cls)
         d = message.__dict__
         d.update(base.__dict__)
+        if valid:
+            d.update(valid)
         _store(d, fields)
         return message
 
