@@ -273,6 +273,34 @@ def test_apply_many_sends_all_with_the_same_options(app: App) -> None:
     assert app.transport.size("batch") == 0
 
 
+def test_apply_many_resolves_the_options_once_and_checks_every_call(app: App) -> None:
+    @app.task
+    def add(x: int, y: int = 0) -> int:
+        return x + y
+
+    calls = app.build_many(add.name, [((1,), {}), ([2], {"y": 3})], countdown=30, expires=60,
+                           headers={"tenant": "a"})
+    first, second = (c.message for c in calls)
+    assert first.id != second.id
+    assert (first.root_id, second.root_id) == (first.id, second.id)
+    assert first.eta == second.eta and first.expires == second.expires
+    assert first.extra_headers == second.extra_headers == {"tenant": "a"}
+    assert (first.argsrepr, second.argsrepr) == ("(1,)", "(2,)")
+    assert (first.kwargsrepr, second.kwargsrepr) == ("{}", "{'y': 3}")
+
+    with pytest.raises(errors.ValidationError) as info:
+        add.apply_many([(1,), (2,)], task_id="same")
+    assert info.value.field == "task_id"
+    with pytest.raises(errors.ArgumentsError) as args_info:
+        add.apply_many([(1,), ((1, 2), {"z": 1})])
+    assert args_info.value.field == "args"
+    with pytest.raises(errors.ArgumentsError) as kwargs_info:
+        add.apply_many([(1,), ((1,), {2: 1})])
+    assert kwargs_info.value.field == "kwargs"
+    assert app.transport.size("celery") == 0
+    assert [r.id for r in add.apply_many([(5,)], task_id="only")] == ["only"]
+
+
 def test_timezone_setting_gives_offsets_like_celery() -> None:
     name = f"memory://tz-{uuid.uuid4().hex}"
     berlin = App("proj", broker=name, backend=name, timezone="Europe/Berlin")

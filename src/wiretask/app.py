@@ -428,6 +428,26 @@ class App:
             check_arguments=task.check_arguments,
         )
 
+    def build_many(
+        self, name: str, arguments: Iterable[tuple[object, object]], **options: Any
+    ) -> list[calling.Call]:
+        """Validate several calls of one task with the same options, one ``(args,
+        kwargs)`` pair each, and build their messages without sending them. The options
+        are resolved once, at one instant (the same ``eta``/``expires`` for all)."""
+        task = self.tasks.get(name)
+        capabilities = self.transport.capabilities  # before the clock: see build_call
+        builder = self._builder
+        if task is None:
+            return builder.build_many(
+                name, arguments, options, now=self.now(), context=self._context(),
+                capabilities=capabilities,
+            )
+        return builder.build_many(
+            name, arguments, options, now=self.now(), context=self._context(),
+            task_defaults=task.defaults, capabilities=capabilities,
+            check_arguments=task.check_arguments,
+        )
+
     def send_task(
         self, name: str, args: object = None, kwargs: object = None, **options: Any
     ) -> AsyncResult:
@@ -548,6 +568,10 @@ def _thread_oid(app: App) -> str:
     return oid
 
 
+#: The kwargs of an ``apply_many`` item given as args alone (the builder copies it).
+_NO_KWARGS: dict[str, Any] = {}
+
+
 class Task(Generic[P, R]):
     """A registered task. Call it to run it here; ``delay``/``apply_async`` to send it."""
 
@@ -655,24 +679,24 @@ class Task(Generic[P, R]):
     ) -> list[AsyncResult]:
         """Send many calls of this task, with the same options and retry policy, in one
         round trip where the broker allows it. Each item is an args sequence, or an
-        ``(args, kwargs)`` pair when written as ``(tuple/list, dict)``."""
-        signatures = []
+        ``(args, kwargs)`` pair when written as ``(tuple/list, dict)``. The options are
+        resolved once, at one instant (the same ``eta``/``expires`` for every call); all
+        calls are validated and encoded before anything is sent."""
+        arguments: list[tuple[object, object]] = []
         for item in calls:
-            args: Sequence[Any]
-            kwargs: Mapping[str, Any]
             if (
                 isinstance(item, tuple) and len(item) == 2
                 and isinstance(item[0], list | tuple) and isinstance(item[1], Mapping)
             ):
-                args, kwargs = item[0], item[1]
+                arguments.append(item)
             else:
-                args, kwargs = item, {}
-            signatures.append(self.signature(args, kwargs))
-        retry = options.pop("retry", None)
-        policy = options.pop("retry_policy", None)
-        if options:  # set() with nothing to set would only copy each signature
-            signatures = [sig.set(**options) for sig in signatures]
-        return self.app.send_many(signatures, retry=retry, retry_policy=policy)
+                arguments.append((item, _NO_KWARGS))
+        built = self.app.build_many(self.name, arguments, **options)
+        self.app._publish(built)
+        return [
+            AsyncResult(c.message.id, app=self.app, ignore_result=c.message.ignore_result)
+            for c in built
+        ]
 
     def signature(
         self, args: Sequence[Any] = (), kwargs: Mapping[str, Any] | None = None, **options: Any

@@ -541,6 +541,29 @@ class CallBuilder:
           header;
         * ``UnknownCodec`` for an unknown serializer or compressor name.
         """
+        return self.build_many(
+            name, ((args, kwargs),), options, now=now, context=context,
+            task_defaults=task_defaults, capabilities=capabilities,
+            check_arguments=check_arguments, new_id=new_id,
+        )[0]
+
+    def build_many(
+        self,
+        name: str,
+        arguments: Iterable[tuple[object, object]],
+        options: Mapping[str, Any],
+        *,
+        now: datetime,
+        context: CallContext,
+        task_defaults: Mapping[str, Any] | None = None,
+        capabilities: Capabilities | None = None,
+        check_arguments: Callable[[tuple[Any, ...], dict[str, Any]], None] | None = None,
+        new_id: Callable[[], str] = new_task_id,
+    ) -> list[Call]:
+        """Several calls of one task with the same options: one ``(args, kwargs)`` pair
+        each. The options are resolved once (one ``now``: the same ``eta``/``expires``
+        for all); each call gets its own id and argument checks. Raises as :meth:`build`,
+        and ``ValidationError`` for a ``task_id`` option given to more than one call."""
         if type(name) is not str or not name:
             _string("task", name, optional=False)
         static: list[tuple[str, type, object]] = []
@@ -553,30 +576,18 @@ class CallBuilder:
                 check_options(options)  # raises, naming it
             elif key in _RARE:
                 rare = True
-        if type(args) is tuple and type(kwargs) is dict and all(  # the common case
-            type(key) is str for key in kwargs
-        ):
-            call_args: tuple[Any, ...] = args
-            call_kwargs: dict[str, Any] = kwargs.copy()  # the message must not share it
-        else:
-            call_args, call_kwargs = _check_args(args, kwargs)
-        if check_arguments is not None:
-            check_arguments(call_args, call_kwargs)
         plan = self._plan(name, options, static, task_defaults, capabilities)
 
-        get = options.get
         # ``valid``: what this code makes valid by construction; ``fields``: what comes
         # from the caller, checked by TaskMessage.
+        get = options.get
+        valid: dict[str, Any] = {"origin": context.origin}
+        fields: dict[str, Any] = {}
         task_id = get("task_id")
-        if task_id is None:
-            task_id = new_id()
-            valid: dict[str, Any] = {"id": task_id}
-            fields: dict[str, Any] = {}
-        else:
+        if task_id is not None:
             if type(task_id) is not str or not task_id:
                 _string("task_id", task_id)
-            valid = {}
-            fields = {"id": task_id}
+            fields["id"] = task_id
         eta = None
         if "countdown" in options or "eta" in options:
             eta = resolve_eta(now=now, countdown=_number("countdown", get("countdown")),
@@ -601,29 +612,58 @@ class CallBuilder:
 
         if rare:
             _rare_fields(options, fields)
-        if "root_id" not in fields:
-            valid["root_id"] = context.root_id or task_id
         if "parent_id" not in fields and context.parent_id is not None:
             valid["parent_id"] = context.parent_id
-        if "argsrepr" not in fields:
-            valid["argsrepr"] = safe_repr(call_args)
-        if "kwargsrepr" not in fields:
-            valid["kwargsrepr"] = safe_repr(call_kwargs)
-        valid["origin"] = context.origin
-        valid["args"] = call_args
-        valid["kwargs"] = call_kwargs
         if plan.reply_to is not None:
             fields["reply_to"] = plan.reply_to
         elif context.reply_to:
             valid["reply_to"] = context.reply_to
-        return Call(
-            message=TaskMessage.derive(plan.template, fields, valid=valid),
-            route=plan.route,
-            eta=eta,
-            retry=plan.retry,
-            retry_policy=policy,
-            compression_threshold=plan.compression_threshold,
-        )
+        # What differs per call: the id (and root id), the arguments and their reprs.
+        own_root = "root_id" not in fields and context.root_id is None
+        if "root_id" not in fields and context.root_id is not None:
+            valid["root_id"] = context.root_id
+        argsrepr = fields.get("argsrepr")
+        kwargsrepr = fields.get("kwargsrepr")
+        template = plan.template
+        route = plan.route
+        derive = TaskMessage.derive
+        calls: list[Call] = []
+        for args, kwargs in arguments:
+            if type(args) is tuple and type(kwargs) is dict and all(  # the common case
+                type(key) is str for key in kwargs
+            ):
+                call_args: tuple[Any, ...] = args
+                call_kwargs: dict[str, Any] = kwargs.copy()  # the message must not share it
+            else:
+                call_args, call_kwargs = _check_args(args, kwargs)
+            if check_arguments is not None:
+                check_arguments(call_args, call_kwargs)
+            own = valid.copy()
+            if task_id is None:
+                own["id"] = call_id = new_id()
+            elif calls:
+                raise ValidationError(
+                    "task_id", "one task id cannot name several calls", value=task_id
+                )
+            else:
+                call_id = task_id
+            if own_root:
+                own["root_id"] = call_id
+            own["args"] = call_args
+            own["kwargs"] = call_kwargs
+            if argsrepr is None:
+                own["argsrepr"] = safe_repr(call_args)
+            if kwargsrepr is None:
+                own["kwargsrepr"] = safe_repr(call_kwargs)
+            calls.append(Call(
+                message=derive(template, fields, valid=own),
+                route=route,
+                eta=eta,
+                retry=plan.retry,
+                retry_policy=policy,
+                compression_threshold=plan.compression_threshold,
+            ))
+        return calls
 
     def _plan(
         self,
