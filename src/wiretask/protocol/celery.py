@@ -138,13 +138,7 @@ def encode(
         properties["priority"] = m.priority
     if m.extra_properties:
         properties.update(m.extra_properties)
-    return Frame(
-        body=body,
-        content_type=encoded.content_type,
-        content_encoding=encoded.content_encoding,
-        headers=headers,
-        properties=properties,
-    )
+    return Frame.adopt(body, encoded.content_type, encoded.content_encoding, headers, properties)
 
 
 # -- decode ---------------------------------------------------------------------------

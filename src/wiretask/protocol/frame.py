@@ -42,6 +42,27 @@ class Frame:
     headers: Mapping[str, Any] = attrs.field(factory=dict, converter=_freeze_mapping)
     properties: Mapping[str, Any] = attrs.field(factory=dict, converter=_freeze_mapping)
 
+    @classmethod
+    def adopt(
+        cls,
+        body: bytes,
+        content_type: str,
+        content_encoding: str,
+        headers: dict[str, Any],
+        properties: dict[str, Any],
+    ) -> Frame:
+        """A frame that takes ``headers`` and ``properties`` as they are, without the
+        defensive copies the constructor makes: for an encoder that built both dicts for
+        this frame alone and keeps no reference to them."""
+        frame = object.__new__(cls)
+        set_field = object.__setattr__
+        set_field(frame, "body", body)
+        set_field(frame, "content_type", content_type)
+        set_field(frame, "content_encoding", content_encoding)
+        set_field(frame, "headers", headers)
+        set_field(frame, "properties", properties)
+        return frame
+
     @property
     def priority(self) -> int | None:
         value = self.properties.get("priority")
