@@ -194,6 +194,9 @@ class Worker:
         self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
         self._cv = threading.Condition()
         self._active: set[_Job] = set()  # dispatched (queued or running), not settled
+        self._acks: list[_Job] = []  # settled as "ack", waiting for the flusher
+        self._ack_lock = threading.Lock()
+        self._acking = False  # a slot is flushing _acks
         self._held: list[tuple[float, int, Delivery, TaskMessage]] = []
         self._seq = itertools.count()
         self._slots: list[threading.Thread] = []
@@ -376,10 +379,11 @@ class Worker:
 
     # -- consuming --------------------------------------------------------------------
 
-    def _has_room(self) -> bool:
-        return (
-            len(self._active) < self.concurrency + self.prefetch
-            and len(self._held) < self.eta_task_limit
+    def _room(self) -> int:
+        """How many messages the worker may take now (under ``_cv``)."""
+        return min(
+            self.concurrency + self.prefetch - len(self._active),
+            self.eta_task_limit - len(self._held),
         )
 
     def _consume(self) -> None:
@@ -398,10 +402,12 @@ class Worker:
                     if self._held:
                         until_eta = self._held[0][0] - self.app.now().timestamp()
                         wait = min(wait, max(until_eta, 0.0))
-                    if not self._has_room():
+                    room = self._room()
+                    if room < 1:
                         self._cv.wait(wait)
                         continue
-                delivery = self.transport.receive(self.queues, timeout=wait)
+                # As many as there is room for, in one round trip where the broker can.
+                deliveries = self.transport.receive_many(self.queues, limit=room, timeout=wait)
                 backoff = 0.0
             except Exception as exc:
                 # TransportError is the expected kind (broker down); anything else is a
@@ -418,18 +424,17 @@ class Worker:
                 except TransportError:
                     pass
                 continue
-            if delivery is None:
-                continue
-            if self._stop_requested.is_set():
-                self._reject_requeue(delivery, str(delivery.frame.task_id))
-                break
-            try:
-                self._on_delivery(delivery)
-            except Exception as exc:
-                # A bug here must not stop consumption, nor bring the message back to
-                # fail again for ever: it is kept in the dead-letter place.
-                logger.exception("error handling message %s", delivery.frame.task_id)
-                self._dead_letter(delivery, f"worker error: {exc!r}")
+            for delivery in deliveries:
+                if self._stop_requested.is_set():
+                    self._reject_requeue(delivery, str(delivery.frame.task_id))
+                    continue
+                try:
+                    self._on_delivery(delivery)
+                except Exception as exc:
+                    # A bug here must not stop consumption, nor bring the message back
+                    # to fail again for ever: it is kept in the dead-letter place.
+                    logger.exception("error handling message %s", delivery.frame.task_id)
+                    self._dead_letter(delivery, f"worker error: {exc!r}")
 
     def _on_delivery(self, delivery: Delivery) -> None:
         try:
@@ -552,10 +557,11 @@ class Worker:
             if job.settled or (only_if_queued and job.phase != "queued"):
                 return
             job.settled = True
+        if action == "ack":
+            self._ack(job)
+            return
         try:
-            if action == "ack":
-                job.delivery.ack()
-            elif action == "requeue":
+            if action == "requeue":
                 job.delivery.reject(requeue=True)
             else:
                 logger.warning("task %s dead-lettered: %s", job.describe, reason)
@@ -567,6 +573,36 @@ class Worker:
             with self._cv:
                 self._active.discard(job)
                 self._cv.notify_all()
+
+    def _ack(self, job: _Job) -> None:
+        """Acknowledge a job's message, batched with the acks of the other slots (group
+        commit): the first slot to finish becomes the flusher and acknowledges every
+        job queued meanwhile in one ``Transport.ack_many``, round after round until no
+        job is left; the others return at once. A job stays active (taking room) until
+        its ack went through, so ``stop()`` waits for it, and an ack is still sent only
+        after its outcome was stored."""
+        with self._ack_lock:
+            self._acks.append(job)
+            if self._acking:
+                return
+            self._acking = True
+        while True:
+            with self._ack_lock:
+                batch, self._acks = self._acks, []
+                if not batch:
+                    self._acking = False
+                    return
+            try:
+                self.transport.ack_many([j.delivery for j in batch])
+            except Exception:
+                # The broker will redeliver an unsettled message (at least once).
+                logger.exception(
+                    "could not ack the messages of %s", ", ".join(j.describe for j in batch)
+                )
+            finally:
+                with self._cv:
+                    self._active.difference_update(batch)
+                    self._cv.notify_all()
 
     def _finish(self, job: _Job, outcome: Outcome) -> None:
         if outcome.settle == "none":

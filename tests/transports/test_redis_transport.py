@@ -189,6 +189,112 @@ def test_round_robin_between_queues(transport: RedisTransport) -> None:
     assert got == [b"a0", b"b0", b"a1", b"b1", b"a2", b"b2"]
 
 
+def test_receive_many_takes_what_consecutive_receives_would(
+        transport: RedisTransport, client: redis.Redis) -> None:
+    for i in range(3):
+        transport.publish(frame(f"a{i}".encode()), Route("a"))
+    for i in range(2):
+        transport.publish(frame(f"b{i}".encode()), Route("b"))
+    transport.publish(frame(b"a9", priority=9), Route("a"))
+    first = transport.receive_many(["a", "b"], limit=3, timeout=1)
+    assert [d.frame.body for d in first] == [b"a0", b"b0", b"a1"]
+    # Each one is recorded in unacked as a single receive records it, and held.
+    for delivery in first:
+        stored = json.loads(client.hget("unacked", delivery.delivery_tag))
+        assert stored == [json.loads(delivery.entry), "", delivery.queue]
+        assert client.zscore("unacked_index", delivery.delivery_tag) is not None
+    # The round robin goes on where the batch left it.
+    assert take(transport, ["a", "b"]).frame.body == b"b1"
+    rest = transport.receive_many(["a", "b"], limit=10, timeout=1)
+    assert [d.frame.body for d in rest] == [b"a2", b"a9"]
+    assert transport.receive_many(["a", "b"], limit=5, timeout=0.1) == []
+    with pytest.raises(ValidationError):
+        transport.receive_many(["a"], limit=0, timeout=0)
+
+
+def test_receive_many_dead_letters_bad_entries_and_keeps_the_rest(
+        transport: RedisTransport, client: redis.Redis) -> None:
+    transport.publish(frame(b"one"), Route("q"))
+    client.lpush("q", b"{broken")
+    transport.publish(frame(b"two"), Route("q"))
+    got = transport.receive_many(["q"], limit=5, timeout=1)
+    assert [d.frame.body for d in got] == [b"one", b"two"]
+    assert [d.raw for d in transport.dead_letters("q")] == [b"{broken"]
+    assert client.hlen("unacked") == 2
+    transport.ack_many(got)
+    assert client.hlen("unacked") == 0 and client.zcard("unacked_index") == 0
+
+
+def test_a_batch_is_returned_on_close_and_leased_while_held(
+        redis_url: str, client: redis.Redis) -> None:
+    with RedisTransport(redis_url, visibility_timeout=1.0, lease_interval=0.1) as consumer, \
+            RedisTransport(redis_url, visibility_timeout=1.0) as other:
+        for i in range(3):
+            consumer.publish(frame(str(i).encode()), Route("q"))
+        held = consumer.receive_many(["q"], limit=3, timeout=1)
+        assert len(held) == 3
+        time.sleep(1.5)  # longer than the visibility timeout: the leases keep them
+        assert other.restore_visible() == 0
+    # Closing the consumer gave every unsettled one back, flagged redelivered.
+    with RedisTransport(redis_url) as t:
+        back = t.receive_many(["q"], limit=5, timeout=1)
+        assert sorted(d.frame.body for d in back) == [b"0", b"1", b"2"]
+        assert all(d.redelivered for d in back)
+        t.ack_many(back)
+    assert client.hlen("unacked") == 0
+
+
+def test_ack_many_is_one_round_trip_and_settles_each_once(
+        transport: RedisTransport, client: redis.Redis, redis_url: str,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    for i in range(5):
+        transport.publish(frame(str(i).encode()), Route("q"))
+    got = transport.receive_many(["q"], limit=5, timeout=1)
+    got[0].ack()
+    sends: list[int] = []
+    original = redis.connection.Connection.send_packed_command
+
+    def counting(self: redis.connection.Connection, command: Any, check_health: bool = True,
+                 ) -> None:
+        sends.append(1)
+        original(self, command, check_health)
+
+    monkeypatch.setattr(redis.connection.Connection, "send_packed_command", counting)
+    transport.ack_many(got[1:])
+    assert len(sends) == 1
+    monkeypatch.undo()
+    assert client.hlen("unacked") == 0 and client.zcard("unacked_index") == 0
+    with pytest.raises(TransportError, match="already acked"):
+        got[1].reject(requeue=True)
+    # An already settled one is refused after the others were acknowledged.
+    transport.publish(frame(b"late"), Route("q"))
+    late = take(transport, ["q"])
+    with pytest.raises(TransportError, match="already acked"):
+        transport.ack_many([late, got[0], late])
+    assert client.hlen("unacked") == 0
+    # Deliveries of another transport are acknowledged by their own ack().
+    with RedisTransport(redis_url) as other:
+        transport.publish(frame(b"x"), Route("q"))
+        foreign = take(other, ["q"])
+        transport.ack_many([foreign])
+        assert client.hlen("unacked") == 0
+
+
+def test_commands_reconnect_after_a_server_restart(redis_server: Any) -> None:
+    """A connection the server closed (a restart) is noticed before a command is sent on
+    it, so the first command after the restart runs instead of failing."""
+    url = f"{redis_server.url}/0"
+    with RedisTransport(url) as t:
+        t.publish(frame(b"before"), Route("q"))
+        take(t, ["q"]).ack()
+        redis_server.stop()
+        redis_server.start()
+        t.publish(frame(b"after"), Route("q"))
+        (delivery,) = t.receive_many(["q"], limit=2, timeout=1)
+        t.ack_many([delivery])
+        assert delivery.frame.body == b"after"
+
+
 def test_receive_waits_for_a_message_and_honours_timeout(transport: RedisTransport,
                                                          redis_url: str) -> None:
     start = time.monotonic()
@@ -672,35 +778,21 @@ def test_publish_many_is_one_round_trip(transport: RedisTransport,
 
 
 def _lose_first_execute(monkeypatch: pytest.MonkeyPatch, *, landed: bool) -> list[str]:
-    """Make the first publish write (a MULTI, or the one-command PUSH_MARKED script) fail
-    with ConnectionError, after running it (``landed``: the reply was lost) or without
-    sending it."""
-    original = redis.client.Pipeline.execute
+    """Make the first publish write (the one-command ``PUSH`` script, a single message's
+    or a whole batch's) fail with ConnectionError, after running it (``landed``: the
+    reply was lost) or without sending it."""
+    original = scripts.Commands.script
     failures: list[str] = []
 
-    def flaky(self: redis.client.Pipeline, raise_on_error: bool = True) -> Any:
-        if not failures and self.transaction:
+    def flaky(self: scripts.Commands, script: scripts.Script, keys: Any, args: Any) -> Any:
+        if not failures and script is scripts.PUSH:
             failures.append("lost")
             if landed:
-                original(self, raise_on_error)
-            else:
-                self.reset()
+                original(self, script, keys, args)
             raise redis.ConnectionError("connection dropped before the reply")
-        return original(self, raise_on_error)
+        return original(self, script, keys, args)
 
-    # A single ready publish is one EVALSHA of the PUSH_MARKED script, not a MULTI.
-    original_script = redis.commands.core.Script.__call__
-
-    def flaky_script(self: Any, keys: Any = None, args: Any = None, client: Any = None) -> Any:
-        if not failures and scripts.PUSH_MARKED.strip() == self.script.strip():
-            failures.append("lost")
-            if landed:
-                original_script(self, keys=keys, args=args, client=client)
-            raise redis.ConnectionError("connection dropped before the reply")
-        return original_script(self, keys=keys, args=args, client=client)
-
-    monkeypatch.setattr(redis.client.Pipeline, "execute", flaky)
-    monkeypatch.setattr(redis.commands.core.Script, "__call__", flaky_script)
+    monkeypatch.setattr(scripts.Commands, "script", flaky)
     return failures
 
 

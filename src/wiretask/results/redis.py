@@ -69,6 +69,7 @@ from wiretask.results.base import (
     mask_url,
     resolve_expires,
 )
+from wiretask.transports._redis_scripts import Commands, Script
 
 if TYPE_CHECKING:
     from wiretask.codecs import Registry
@@ -85,7 +86,7 @@ MAX_WATCH_RETRIES: Final = 100
 #: one round trip (``may_follow(None, ...)`` is always true). Returns 0, writing nothing,
 #: when the key exists; ``store`` then runs its WATCH transaction. ARGV: the value, the
 #: command (``SET``, ``SETEX`` or ``PSETEX``) and, for the last two, the expiry.
-_STORE_IF_ABSENT: Final = """
+_STORE_IF_ABSENT: Final = Script("""
 if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
 if ARGV[2] == 'SET' then
   redis.call('SET', KEYS[1], ARGV[1])
@@ -94,7 +95,7 @@ else
 end
 redis.call('PUBLISH', KEYS[1], ARGV[1])
 return 1
-"""
+""")
 #: Longest single wait inside ``Subscription.next`` (so ``close()`` is noticed).
 _WAIT_SLICE: Final = 1.0
 
@@ -167,7 +168,8 @@ class RedisBackend(ResultBackend):
                 f"invalid Redis URL {self.url!r}: {exc}", setting="result_backend"
             ) from exc
         self.socket_timeout = float(socket_timeout)
-        self._store_if_absent = self.client.register_script(_STORE_IF_ABSENT)
+        #: ``store`` and ``get`` (the worker's hot path) skip redis-py's client.
+        self._commands = Commands(self.client.connection_pool)
         self._subscriptions: weakref.WeakSet[RedisSubscription] = weakref.WeakSet()
         self._closed = False
 
@@ -213,7 +215,7 @@ class RedisBackend(ResultBackend):
         with self.errors("store"):
             # The common case (nothing stored yet, e.g. a task's only state) in one round
             # trip instead of WATCH, GET and MULTI/EXEC; the same atomic rule.
-            if self._store_if_absent(keys=[key], args=[data, *write]) == 1:
+            if self._commands.script(_STORE_IF_ABSENT, [key], [data, *write]) == 1:
                 return
         # redis-py's Pipeline.watch is untyped; the pipeline is used through Any.
         client: Any = self.client
@@ -240,7 +242,7 @@ class RedisBackend(ResultBackend):
 
     def get(self, task_id: str) -> dict[str, Any] | None:
         with self.errors("get"):
-            value = self.client.get(self.key_for(task_id))
+            value = self._commands.call("GET", self.key_for(task_id))
         return None if value is None else self.codec.decode(value)
 
     def forget(self, task_id: str) -> None:
@@ -259,6 +261,7 @@ class RedisBackend(ResultBackend):
         for subscription in list(self._subscriptions):
             subscription.close()
         with contextlib.suppress(redis.exceptions.RedisError):
+            self._commands.disconnect()
             self.client.close()
 
 

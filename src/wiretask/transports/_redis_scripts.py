@@ -1,35 +1,175 @@
-"""Lua scripts of the Redis transport. Each runs atomically on the server.
+"""Lua scripts of the Redis transport, and the lean command path that runs them.
 
-Keys named in ``KEYS`` arrive with ``global_keyprefix`` already applied. ``DUE`` builds
-two key names at run time from ``ARGV`` (the prefix and the stored destination), which is
-fine on a single Redis server or a replica set but not on Redis Cluster (nor is Kombu's
-transport). ``cjson`` is the JSON library every Redis ships to Lua.
+Each script runs atomically on the server. Keys named in ``KEYS`` arrive with
+``global_keyprefix`` already applied. ``DUE`` builds two key names at run time from
+``ARGV`` (the prefix and the stored destination), which is fine on a single Redis server
+or a replica set but not on Redis Cluster (nor is Kombu's transport). ``cjson`` is the
+JSON library every Redis ships to Lua.
+
+``Commands`` sends the hot-path commands (receiving, settling, publishing, storing a
+result) on redis-py connections it keeps itself, without ``redis.Redis``: redis-py 8's
+client and pool spend more CPU per command (events, metrics, retry wrappers, pool
+bookkeeping; about 45 us) than a loopback round trip costs.
 """
 
 from __future__ import annotations
 
-__all__ = ["DUE", "POP", "PURGE", "SCHEDULE"]
+import hashlib
+import os
+import threading
+from collections.abc import Callable, Sequence
+from typing import Any
 
-#: Promote the consumed queues' due delayed messages, then pop one message and record
-#: it as unacked in the same step.
+import attrs
+import redis
+from redis.exceptions import NoScriptError, ResponseError
+
+_pack: Callable[[tuple[Any, ...]], bytes] | None
+try:  # hiredis (the ``redis`` extra) packs a command in C; redis-py's packer also
+    from hiredis import pack_command as _hiredis_pack  # copies and checks every argument
+
+    _pack = _hiredis_pack
+except ImportError:  # pragma: no cover - redis-py's own packer then
+    _pack = None
+
+__all__ = [
+    "ACK",
+    "ALL",
+    "DUE",
+    "POP",
+    "PURGE",
+    "PUSH",
+    "Commands",
+    "Script",
+]
+
+
+@attrs.frozen
+class Script:
+    """A Lua script and its SHA1 (the name ``EVALSHA`` runs it by)."""
+
+    text: str
+    sha: str = attrs.field(init=False)
+
+    @sha.default
+    def _sha(self) -> str:
+        return hashlib.sha1(self.text.encode("utf-8"), usedforsecurity=False).hexdigest()
+
+
+class Commands:
+    """Commands and scripts on connections of this object's own, built with the options
+    of a redis-py pool (so URL, TLS, timeouts and credentials are the pool's).
+
+    One connection per thread that is inside a command at the same moment: idle ones
+    wait in a list (``list.pop``/``append`` are atomic, no lock). A connection that saw
+    anything but a Redis error reply (a socket error, a timeout, an exception raised
+    into the thread between a request and its reply) is disconnected before it goes
+    back, so it can never hand one command another's reply; it reconnects on next use.
+    Errors are redis-py's exceptions: the caller translates them.
+    """
+
+    def __init__(self, pool: redis.ConnectionPool) -> None:
+        self._pool = pool
+        self._idle: list[Any] = []
+        self._every: list[Any] = []
+        self._lock = threading.Lock()
+        self._pid = os.getpid()
+
+    def _take(self) -> Any:
+        if self._pid != os.getpid():  # forked: the parent's sockets are not ours
+            with self._lock:
+                self._idle, self._every, self._pid = [], [], os.getpid()
+        try:
+            return self._idle.pop()
+        except IndexError:
+            connection = self._pool.connection_class(**self._pool.connection_kwargs)
+            with self._lock:
+                self._every.append(connection)
+            return connection
+
+    def run(self, commands: Sequence[tuple[Any, ...]]) -> list[Any]:
+        """Send ``commands`` in one write and return their replies, in order. An error
+        reply is raised (the first one) after every reply was read."""
+        connection = self._take()
+        try:
+            if connection._sock is not None:
+                # As redis-py's pool checks on every checkout: a connection the server
+                # closed meanwhile (a restart, an idle timeout) reads as ready. Reconnect
+                # it now rather than fail a command that could not have run.
+                try:
+                    stale = connection.can_read()
+                except (redis.ConnectionError, redis.TimeoutError, OSError):
+                    stale = True
+                if stale:
+                    connection.disconnect()
+            if _pack is not None:
+                connection.send_packed_command([b"".join(_pack(c) for c in commands)])
+            else:
+                connection.send_packed_command(connection.pack_commands(commands))
+            replies: list[Any] = []
+            error: ResponseError | None = None
+            for _ in commands:
+                try:
+                    replies.append(connection.read_response())
+                except ResponseError as exc:
+                    replies.append(exc)
+                    error = error or exc
+        except BaseException:
+            connection.disconnect()
+            raise
+        finally:
+            self._idle.append(connection)
+        if error is not None:
+            raise error
+        return replies
+
+    def call(self, *command: Any) -> Any:
+        """One command; its reply."""
+        return self.run((command,))[0]
+
+    def script(self, script: Script, keys: Sequence[Any], args: Sequence[Any]) -> Any:
+        """Run ``script`` (``EVALSHA``; ``EVAL`` when the server does not know it yet,
+        which also caches it). A script that was not found did not run, so sending it
+        again cannot apply anything twice."""
+        try:
+            return self.call("EVALSHA", script.sha, len(keys), *keys, *args)
+        except NoScriptError:
+            return self.call("EVAL", script.text, len(keys), *keys, *args)
+
+    def disconnect(self) -> None:
+        """Close every connection (idle or not); each reconnects on its next use."""
+        with self._lock:
+            every = list(self._every)
+        for connection in every:
+            connection.disconnect()
+
+#: Promote the consumed queues' due delayed messages, then pop up to ``limit`` messages
+#: and record each as unacked in the same step.
 #:
 #: KEYS: [1] unacked_index (zset), [2] unacked (hash), [3] the due index, [4] the entry
-#: hash, [5 .. 4+n] the consumed queues' own delayed indexes, then the bucket lists in
-#: BRPOP order. ARGV: [1] now (client clock, as Kombu's ``QoS.append``), [2] n, [3] the
-#: global key prefix, [4] most promotions per queue, [5..] the queue name of each list
-#: (the routing key when an entry names none).
+#: hash, [5 .. 4+n] the consumed queues' own delayed indexes, then the bucket lists,
+#: bucket-major: bucket b's list of queue q is KEYS[5 + n + b * n + (q - 1)]. ARGV: [1]
+#: now (client clock, as Kombu's ``QoS.append``), [2] n, [3] the global key prefix, [4]
+#: most promotions per queue, [5] limit, [6 .. 5+n] the queue names in the caller's
+#: current round-robin order (the routing key when an entry names none).
 #:
-#: Returns ``{list index (1-based), entry, delivery tag}``. The tag is '' when the entry
-#: is not an envelope with a string ``properties.delivery_tag``: it was popped but not
-#: recorded, and the caller dead-letters it. When nothing was popped it returns
-#: ``{0, next due time or ''}`` so that the caller never blocks past a due message.
-#: The unacked value is Kombu's ``[message, exchange, routing_key]`` JSON with the entry
-#: embedded verbatim (Kombu re-serializes the parsed dict, which gives the same text for
-#: entries Kombu wrote).
-POP = """
+#: The pops are exactly those of ``limit`` consecutive single receives: each takes the
+#: first non-empty list in BRPOP order (bucket 0 before 3, 6, 9; then queue order), and a
+#: delivery moves its queue to the end of the order (round robin), which the caller
+#: repeats on its side. Returns ``{count, next due, q, entry, tag, q, entry, tag, ...}``:
+#: ``q`` the queue's 1-based position in ARGV's order; the tag is '' when the entry is
+#: not an envelope with a string ``properties.delivery_tag`` (popped but not recorded,
+#: and it does not rotate the order: the caller dead-letters it). ``next due`` is set
+#: only when nothing was popped: the next delayed message's due time, or '', so that the
+#: caller never blocks past it. The unacked value is Kombu's ``[message, exchange,
+#: routing_key]`` JSON with the entry embedded verbatim (Kombu re-serializes the parsed
+#: dict, which gives the same text for entries Kombu wrote).
+POP = Script("""
 local now = ARGV[1]
 local n = tonumber(ARGV[2])
+local limit = tonumber(ARGV[5])
 local first_list = 5 + n
+local buckets = (#KEYS - 4 - n) / n
 for q = 5, 4 + n do
   local due = redis.call('ZRANGE', KEYS[q], '-inf', now, 'BYSCORE', 'LIMIT', 0, ARGV[4])
   for _, member in ipairs(due) do
@@ -43,29 +183,46 @@ for q = 5, 4 + n do
     end
   end
 end
-for i = first_list, #KEYS do
-  local raw = redis.call('RPOP', KEYS[i])
-  if raw then
-    local ok, msg = pcall(cjson.decode, raw)
-    if ok and type(msg) == 'table' and type(msg.properties) == 'table' then
-      local props = msg.properties
-      local tag = props.delivery_tag
-      if type(tag) == 'string' and tag ~= '' then
-        local info = props.delivery_info
-        if type(info) ~= 'table' then info = {} end
-        local exchange = info.exchange
-        if type(exchange) ~= 'string' then exchange = '' end
-        local routing_key = info.routing_key
-        if type(routing_key) ~= 'string' then routing_key = ARGV[i - n] end
-        redis.call('ZADD', KEYS[1], now, tag)
-        redis.call('HSET', KEYS[2], tag, '[' .. raw .. ', ' .. cjson.encode(exchange)
-                   .. ', ' .. cjson.encode(routing_key) .. ']')
-        return {i - first_list + 1, raw, tag}
-      end
+local order = {}
+for q = 1, n do order[q] = q end
+local out = {0, ''}
+local count = 0
+while count < limit do
+  local raw, q, pos = nil, nil, nil
+  for b = 0, buckets - 1 do
+    for p = 1, n do
+      raw = redis.call('RPOP', KEYS[first_list + b * n + order[p] - 1])
+      if raw then q, pos = order[p], p break end
     end
-    return {i - first_list + 1, raw, ''}
+    if raw then break end
   end
+  if not raw then break end
+  local tag = ''
+  local ok, msg = pcall(cjson.decode, raw)
+  if ok and type(msg) == 'table' and type(msg.properties) == 'table' then
+    local props = msg.properties
+    if type(props.delivery_tag) == 'string' and props.delivery_tag ~= '' then
+      tag = props.delivery_tag
+      local info = props.delivery_info
+      if type(info) ~= 'table' then info = {} end
+      local exchange = info.exchange
+      if type(exchange) ~= 'string' then exchange = '' end
+      local routing_key = info.routing_key
+      if type(routing_key) ~= 'string' then routing_key = ARGV[5 + q] end
+      redis.call('ZADD', KEYS[1], now, tag)
+      redis.call('HSET', KEYS[2], tag, '[' .. raw .. ', ' .. cjson.encode(exchange)
+                 .. ', ' .. cjson.encode(routing_key) .. ']')
+      table.remove(order, pos)
+      order[n] = q
+    end
+  end
+  out[#out + 1] = q
+  out[#out + 1] = raw
+  out[#out + 1] = tag
+  count = count + 1
 end
+out[1] = count
+if count > 0 then return out end
 local next_due = nil
 for q = 5, 4 + n do
   local head = redis.call('ZRANGE', KEYS[q], 0, 0, 'WITHSCORES')
@@ -73,33 +230,68 @@ for q = 5, 4 + n do
     next_due = tonumber(head[2])
   end
 end
-if next_due == nil then return {0, ''} end
-return {0, string.format('%.6f', next_due)}
-"""
+if next_due ~= nil then out[2] = string.format('%.6f', next_due) end
+return out
+""")
 
-#: Publish one ready message with its idempotency marker: the common case of ``publish``.
+#: Acknowledge deliveries: Kombu's ``_remove_from_indices`` (``ZREM`` + ``HDEL``) for
+#: every tag, atomically (Kombu's ``MULTI``), in one command however many there are.
 #:
-#: KEYS[1] the marker, KEYS[2] the list. ARGV[1] the marker's TTL (s), ARGV[2] the entry.
-#: The same effect as ``MULTI; SET marker 1 EX ttl; LPUSH list entry; EXEC`` (both land or
-#: neither), in one command with one reply instead of four: redis-py's transaction
-#: machinery was most of the client-side cost of a publish.
-PUSH_MARKED = """
-redis.call('SET', KEYS[1], 1, 'EX', ARGV[1])
-return redis.call('LPUSH', KEYS[2], ARGV[2])
-"""
+#: KEYS[1] unacked_index, KEYS[2] unacked. ARGV: the delivery tags. Returns how many
+#: were still recorded.
+ACK = Script("""
+local found = 0
+for i = 1, #ARGV do
+  redis.call('ZREM', KEYS[1], ARGV[i])
+  found = found + redis.call('HDEL', KEYS[2], ARGV[i])
+end
+return found
+""")
 
-#: Hold one message for delayed delivery.
+#: Publish a batch (or one message) atomically: every write of every message, publish
+#: markers included, lands or none does, in one command with one integer reply (a
+#: ``MULTI`` of the same writes costs a reply per command and redis-py's transaction
+#: machinery on the client).
 #:
-#: KEYS[1] the due index (zset member -> due time), KEYS[2] the entry hash, KEYS[3] the
-#: queue's own index (for size/peek/purge). ARGV[1] member, ARGV[2] due time (unix s),
-#: ARGV[3] the stored entry: JSON ``[list name without prefix, queue, envelope text]``.
-#: Atomic, so ``DUE`` never sees a member without its entry.
-SCHEDULE = """
-redis.call('HSET', KEYS[2], ARGV[1], ARGV[3])
-redis.call('ZADD', KEYS[3], ARGV[2], ARGV[1])
-redis.call('ZADD', KEYS[1], ARGV[2], ARGV[1])
-return 1
-"""
+#: KEYS: every key written, each once. ARGV[1] the markers' TTL (s), then the writes,
+#: each an opcode followed by its operands (``k`` is an index into KEYS):
+#:
+#: * ``M k``: ``SET KEYS[k] 1 EX ttl`` (a publish marker);
+#: * ``L k entry``: ``LPUSH`` (a ready message to its bucket list);
+#: * ``R k text``: ``RPUSH`` (a dead letter: an unroutable message);
+#: * ``S kd km kq member due stored``: hold a delayed message: ``HSET km member stored``
+#:   (``[list without prefix, queue, entry]`` JSON), then ``ZADD`` ``due member`` to its
+#:   queue's own index ``kq`` and to the due index ``kd``, so that ``DUE`` never sees a
+#:   member without its entry.
+#:
+#: Returns the number of writes.
+PUSH = Script("""
+local ttl = ARGV[1]
+local i, writes = 2, 0
+while i <= #ARGV do
+  local op = ARGV[i]
+  if op == 'L' then
+    redis.call('LPUSH', KEYS[tonumber(ARGV[i + 1])], ARGV[i + 2])
+    i = i + 3
+  elseif op == 'M' then
+    redis.call('SET', KEYS[tonumber(ARGV[i + 1])], 1, 'EX', ttl)
+    i = i + 2
+  elseif op == 'R' then
+    redis.call('RPUSH', KEYS[tonumber(ARGV[i + 1])], ARGV[i + 2])
+    i = i + 3
+  elseif op == 'S' then
+    local member, due = ARGV[i + 4], ARGV[i + 5]
+    redis.call('HSET', KEYS[tonumber(ARGV[i + 2])], member, ARGV[i + 6])
+    redis.call('ZADD', KEYS[tonumber(ARGV[i + 3])], due, member)
+    redis.call('ZADD', KEYS[tonumber(ARGV[i + 1])], due, member)
+    i = i + 7
+  else
+    return redis.error_reply('PUSH: unknown opcode ' .. tostring(op))
+  end
+  writes = writes + 1
+end
+return writes
+""")
 
 #: Move up to ARGV[2] due messages into their lists; return how many moved.
 #:
@@ -107,7 +299,7 @@ return 1
 #: global key prefix, ARGV[4] the queue-index name without prefix and queue. LPUSH puts
 #: the message at the back of its bucket, as a fresh publish would. Concurrent callers
 #: cannot duplicate a message: each member is read and removed inside one script.
-DUE = """
+DUE = Script("""
 local due = redis.call('ZRANGE', KEYS[1], '-inf', ARGV[1], 'BYSCORE', 'LIMIT', 0, ARGV[2])
 for _, member in ipairs(due) do
   local stored = redis.call('HGET', KEYS[2], member)
@@ -120,13 +312,13 @@ for _, member in ipairs(due) do
   end
 end
 return #due
-"""
+""")
 
 #: Remove every waiting message of one queue: ready and scheduled. Returns the count.
 #:
 #: KEYS[1..n] the bucket lists (n = ARGV[1]), then the queue's own index, the due index
 #: and the entry hash.
-PURGE = """
+PURGE = Script("""
 local n = tonumber(ARGV[1])
 local removed = 0
 for i = 1, n do
@@ -140,4 +332,7 @@ for _, member in ipairs(members) do
 end
 redis.call('DEL', KEYS[n + 1])
 return removed + #members
-"""
+""")
+
+#: Every script, for ``SCRIPT LOAD`` on connect.
+ALL: tuple[Script, ...] = (POP, ACK, PUSH, DUE, PURGE)

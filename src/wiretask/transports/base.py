@@ -34,7 +34,7 @@ from typing import Any, Literal, Self
 
 import attrs
 
-from wiretask.errors import DecodeError, EncodeError, ValidationError
+from wiretask.errors import DecodeError, EncodeError, TransportError, ValidationError
 from wiretask.protocol.frame import Frame, Outgoing, Route
 
 __all__ = [
@@ -51,6 +51,7 @@ __all__ = [
     "priority_of",
     "queue_names",
     "receive_arguments",
+    "receive_limit",
     "route_queue",
 ]
 
@@ -240,6 +241,31 @@ class Transport(abc.ABC):
         """Wait up to ``timeout`` seconds for a message from any of ``queues`` (in
         priority order, then FIFO). Returns ``None`` when nothing arrived in time."""
 
+    def receive_many(
+        self, queues: Sequence[str], *, limit: int, timeout: float
+    ) -> Sequence[Delivery]:
+        """Up to ``limit`` messages from ``queues``: the ones ``limit`` consecutive
+        ``receive`` calls would return, in that order. Waits up to ``timeout`` seconds
+        for the first one and never for more; returns an empty list when nothing
+        arrived in time. The default receives one; brokers that can take several in
+        one round trip override it."""
+        receive_limit(limit)
+        delivery = self.receive(queues, timeout=timeout)
+        return [] if delivery is None else [delivery]
+
+    def ack_many(self, deliveries: Sequence[Delivery]) -> None:
+        """Acknowledge several deliveries, each as its own ``ack()`` would, in as few
+        round trips as the broker allows. Every one is tried; the first failure is
+        raised after that. The default acknowledges them one by one."""
+        first: TransportError | None = None
+        for delivery in deliveries:
+            try:
+                delivery.ack()
+            except TransportError as exc:
+                first = first or exc
+        if first is not None:
+            raise first
+
     # -- inspecting and housekeeping ------------------------------------------------
 
     @abc.abstractmethod
@@ -276,6 +302,13 @@ def receive_arguments(queues: Iterable[str], timeout: object) -> tuple[list[str]
     ):
         raise ValidationError("timeout", f"must be a number >= 0, got {timeout!r}")
     return names, time.monotonic() + timeout
+
+
+def receive_limit(limit: object) -> int:
+    """Validate ``Transport.receive_many``'s ``limit``: an int >= 1."""
+    if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+        raise ValidationError("limit", f"must be an int >= 1, got {limit!r}")
+    return limit
 
 
 def queue_names(queues: Iterable[str]) -> list[str]:

@@ -17,7 +17,7 @@ key                                   type   content
 ``_wiretask.delayed``                 zset   member -> due time (unix s), all queues
 ``_wiretask.delayed.messages``        hash   member -> ``[list, queue, envelope]`` JSON
 ``_wiretask.delayed.queue.<queue>``   zset   member -> due time, one queue's share
-``_wiretask.published.<tag>``         string publish marker, set in the same MULTI as
+``_wiretask.published.<tag>``         string publish marker, set by the same script as
                                              the push; expires after ``PUBLISH_MARKER_TTL``
 ``<queue>.dead``                      list   dead letters, oldest first (RPUSH), each
                                              ``{"reason", "raw", "raw_encoding", "queue",
@@ -31,7 +31,10 @@ A delayed member is ``<delivery_tag>\\x06\\x16<queue>``: one per destination que
 BRPOP drains bucket 0 first, so on Redis **a lower number is a higher priority**.
 
 **Consuming** first runs the ``POP`` script, which pops *and* records the message in
-``unacked``/``unacked_index`` in one atomic step (Kombu's BRPOP + MULTI leaves a gap). Only
+``unacked``/``unacked_index`` in one atomic step (Kombu's BRPOP + MULTI leaves a gap);
+``receive_many`` pops up to ``limit`` of them in the same script run, exactly those that
+as many single receives would get. ``ack`` (and ``ack_many``, for a batch) is one
+``ACK`` script run. Only
 when every bucket is empty does the transport block in BRPOP (Redis cannot block and move
 from several lists at once); a message that arrives during that wait is recorded right
 after the pop, so a consumer killed (or a connection lost) in that one round trip loses
@@ -50,16 +53,21 @@ those of every queue, which Celery consumers need. Moved messages are plain entr
 with their ``eta`` header, so Celery workers run them too.
 
 **Publishing is idempotent across retries.** Every publish writes a marker key for its
-delivery tag atomically with its push (the ``PUSH_MARKED`` script for one ready message,
-one command and one reply; the same ``MULTI`` otherwise), so a message and its marker land
-together or not at all. When a publish fails with ``ConnectionLost`` its outcome is unknown (the
+delivery tag atomically with its push (one ``PUSH`` script run for one message or a whole
+batch: one command and one reply), so a message and its marker land together or not at
+all. When a publish fails with ``ConnectionLost`` its outcome is unknown (the
 write may have run and only the reply been lost); the transport remembers the staged
 message, and when the same ``Frame`` object is published again (the publish retry driver
 does exactly that) it reuses the delivery tag and checks the marker first: a message
 that already landed is not pushed twice. The guarantee lasts ``PUBLISH_MARKER_TTL``
 seconds after the first attempt; the cost is one short-lived key per message (about 300
-s x the publish rate keys alive at once) and a ``MULTI`` instead of a bare LPUSH. The
+s x the publish rate keys alive at once) and a script instead of a bare LPUSH. The
 ``publish_markers=False`` option turns this off and publishes exactly as Kombu does.
+
+The hot paths (receive, ack, publish, and the result backend's store) send their
+commands through ``_redis_scripts.Commands``, on connections it keeps, instead of through
+``redis.Redis``: redis-py 8 spends more CPU on its client and pool per command than a
+loopback round trip takes.
 
 **Leases.** While this process holds a delivery a heartbeat thread refreshes its
 ``unacked_index`` score (``ZADD XX``) every ``lease_interval`` seconds, so neither wiretask's
@@ -109,7 +117,7 @@ from wiretask.transports._kombu_envelope import (
     queue_key,
     topic_pattern,
 )
-from wiretask.transports._redis_options import DelayMode, parse
+from wiretask.transports._redis_options import DelayMode, Keys, parse
 from wiretask.transports.base import (
     Capabilities,
     DeadLetter,
@@ -119,6 +127,7 @@ from wiretask.transports.base import (
     not_before_timestamp,
     queue_names,
     receive_arguments,
+    receive_limit,
 )
 
 __all__ = ["RedisDelivery", "RedisTransport", "run_scheduler"]
@@ -260,11 +269,8 @@ class RedisTransport(Transport):
         timeout = self._pool.connection_kwargs.get("socket_timeout")
         self._socket_timeout: float | None = float(timeout) if timeout else None
         self._client = redis.Redis(connection_pool=self._pool)
-        self._pop = self._client.register_script(scripts.POP)
-        self._schedule = self._client.register_script(scripts.SCHEDULE)
-        self._push_marked = self._client.register_script(scripts.PUSH_MARKED)
-        self._due = self._client.register_script(scripts.DUE)
-        self._purge = self._client.register_script(scripts.PURGE)
+        #: The hot paths (receive, ack, publish) go through this, not ``_client``.
+        self._commands = scripts.Commands(self._pool)
         self._lock = threading.Lock()
         self._held: dict[str, RedisDelivery] = {}
         self._heartbeat: threading.Thread | None = None
@@ -302,8 +308,11 @@ class RedisTransport(Transport):
     # -- life cycle -----------------------------------------------------------------
 
     def connect(self) -> None:
+        """Check the connection and load the scripts (so that the first ``EVALSHA`` of
+        each needs no ``EVAL`` fallback), in one round trip."""
         with self._errors("connect"):
-            self._client.ping()
+            self._commands.run([("PING",), *(("SCRIPT", "LOAD", script.text)
+                                             for script in scripts.ALL)])
 
     def close(self) -> None:
         """Stop the lease heartbeat, return held deliveries to the front of their queues
@@ -322,6 +331,7 @@ class RedisTransport(Transport):
             except TransportError as exc:
                 log.warning("could not return %s on close: %s", delivery.delivery_tag, exc)
             self._release(delivery)
+        self._commands.disconnect()
         self._pool.disconnect()
 
     # -- producing ------------------------------------------------------------------
@@ -360,52 +370,14 @@ class RedisTransport(Transport):
             ConnectionLost: the outcome is unknown; publishing the same ``frame`` again
                 will not duplicate it if it landed (see the module doc).
         """
-        message = Outgoing(frame, route, not_before)
-        if not self.publish_markers:
-            self._publish_plain(message)
-            return
-        retried = self._take_unsettled(message)
-        staged = retried or self._prepare(message)
-        try:
-            with self._errors("publish"):
-                if retried is not None and self._client.exists(self._marker(staged.tag)):
-                    return  # the attempt whose reply was lost did land
-                queues = self._lookup(self._client, route.exchange, route.key)
-                if staged.due is None and len(queues) == 1:
-                    self._push_marked(
-                        keys=[self._marker(staged.tag),
-                              self._keys.p(queue_key(queues[0], staged.bucket))],
-                        args=[PUBLISH_MARKER_TTL, staged.entry],
-                    )
-                    return
-                pipe = self._client.pipeline(transaction=True)
-                pipe.set(self._marker(staged.tag), 1, ex=PUBLISH_MARKER_TTL)
-                self._stage(pipe, staged, queues)
-                pipe.execute()
-        except ConnectionLost:
-            self._keep_unsettled([(message, staged)])
-            raise
-
-    def _publish_plain(self, message: Outgoing) -> None:
-        """``publish_markers=False``: Kombu's ``_put``, one LPUSH in the common case."""
-        staged = self._prepare(message)
-        with self._errors("publish"):
-            queues = self._lookup(self._client, message.route.exchange, message.route.key)
-            if staged.due is None and len(queues) == 1:
-                self._client.lpush(self._keys.p(queue_key(queues[0], staged.bucket)),
-                                   staged.entry)
-                return
-            pipe = self._client.pipeline(transaction=False)
-            self._stage(pipe, staged, queues)
-            pipe.execute()
+        self.publish_many((Outgoing(frame, route, not_before),))
 
     def publish_many(self, messages: Sequence[Outgoing]) -> None:
-        """The whole batch, with a marker per message, in one ``MULTI`` pipeline (one
+        """The whole batch, with a marker per message, in one ``PUSH`` script call (one
         round trip, plus one read of the binding tables of named exchanges, and one
         marker check when retrying): all of it lands or none. With
-        ``publish_markers=False``: a non-transactional pipeline without markers, as
-        Kombu 5.7's ``Producer.batch`` (on ``ConnectionLost`` part of it may have landed,
-        and a retry can duplicate that part).
+        ``publish_markers=False`` the same without markers, and a single ready message
+        is one bare ``LPUSH``, as Kombu sends it.
 
         Raises:
             ConnectionLost: the outcome is unknown; publishing the same ``Outgoing``
@@ -421,34 +393,38 @@ class RedisTransport(Transport):
             batch.append((message, retried or self._prepare(message)))
         if not batch:
             return
+        commands = self._commands
         try:
-            with self._errors("publish_many"):
+            with self._errors("publish"):
                 landed: set[str] = set()
                 if retried_tags:
-                    check = self._client.pipeline(transaction=False)
-                    for tag in retried_tags:
-                        check.exists(self._marker(tag))
-                    landed = {t for t, n in zip(retried_tags, check.execute(), strict=True)
-                              if n}
+                    found = commands.run([("EXISTS", self._marker(t)) for t in retried_tags])
+                    landed = {t for t, n in zip(retried_tags, found, strict=True) if n}
                 exchanges = sorted({s.route.exchange for _, s in batch if s.route.exchange})
                 tables: dict[str, list[str]] = {}
                 if exchanges:
-                    read = self._client.pipeline(transaction=False)
-                    for exchange in exchanges:
-                        read.smembers(self._keys.binding(exchange))
-                    for exchange, members in zip(exchanges, read.execute(), strict=True):
+                    read = commands.run([("SMEMBERS", self._keys.binding(exchange))
+                                         for exchange in exchanges])
+                    for exchange, members in zip(exchanges, read, strict=True):
                         tables[exchange] = sorted(_text(m) for m in members)
-                pipe = self._client.pipeline(transaction=markers)
+                writes = _Writes(self._keys)
                 for _, item in batch:
                     if item.tag in landed:
                         continue
                     route = item.route
                     queues = (_route(tables[route.exchange], route.key) if route.exchange
                               else [route.key])
+                    if not markers and item.due is None and len(queues) == 1 \
+                            and len(batch) == 1:
+                        # Kombu's ``_put``: one LPUSH, nothing else.
+                        commands.call("LPUSH", self._keys.p(queue_key(queues[0], item.bucket)),
+                                      item.entry)
+                        return
                     if markers:
-                        pipe.set(self._marker(item.tag), 1, ex=PUBLISH_MARKER_TTL)
-                    self._stage(pipe, item, queues)
-                pipe.execute()
+                        writes.marker(self._marker(item.tag))
+                    self._stage(writes, item, queues)
+                if writes.args:
+                    commands.script(scripts.PUSH, writes.keys, [PUBLISH_MARKER_TTL, *writes.args])
         except ConnectionLost:
             if markers:
                 self._keep_unsettled(batch)
@@ -504,28 +480,23 @@ class RedisTransport(Transport):
         bucket = bucket_for(clamp_priority(message.frame.properties), self._steps)
         return _Staged(route=message.route, tag=tag, entry=entry, bucket=bucket, due=due)
 
-    def _stage(self, pipe: Pipeline, staged: _Staged, queues: Sequence[str]) -> None:
+    def _stage(self, writes: _Writes, staged: _Staged, queues: Sequence[str]) -> None:
         route = staged.route
         if not queues:
             # Kombu drops an unroutable message silently; wiretask keeps it.
             reason = f"unroutable: no queue bound to exchange {route.exchange!r} " \
                      f"with routing key {route.key!r}"
             log.warning("dead-lettering a message for %r: %s", route.queue, reason)
-            pipe.rpush(self._keys.dead(route.queue),
-                       _dead_entry(route.queue, reason, staged.entry.encode()))
+            writes.rpush(self._keys.dead(route.queue),
+                         _dead_entry(route.queue, reason, staged.entry.encode()))
             return
         for queue in queues:
             name = queue_key(queue, staged.bucket)
             if staged.due is None:
-                pipe.lpush(self._keys.p(name), staged.entry)
-                continue
-            member = f"{staged.tag}{SEP}{queue}"
-            keys = self._keys
-            self._schedule(
-                keys=[keys.delayed, keys.delayed_messages, keys.delayed_queue(queue)],
-                args=[member, repr(staged.due), json.dumps([name, queue, staged.entry])],
-                client=pipe,
-            )
+                writes.lpush(self._keys.p(name), staged.entry)
+            else:
+                writes.schedule(queue, f"{staged.tag}{SEP}{queue}", staged.due,
+                                json.dumps([name, queue, staged.entry]))
 
     def _lookup(self, reader: redis.Redis, exchange: str, routing_key: str) -> list[str]:
         """The queues a message reaches (``virtual.Channel._lookup``): the default
@@ -546,46 +517,78 @@ class RedisTransport(Transport):
         Delayed messages of ``queues`` that are due are moved into their lists first, in
         the same script, so a consumer needs no scheduler for its own queues; Celery
         consumers of a queue rely on ``due()`` (the worker's or ``run_scheduler``)."""
+        received = self.receive_many(queues, limit=1, timeout=timeout)
+        return received[0] if received else None
+
+    def receive_many(
+        self, queues: Sequence[str], *, limit: int, timeout: float
+    ) -> list[RedisDelivery]:
+        """Up to ``limit`` messages in one round trip: exactly those that ``limit``
+        consecutive ``receive`` calls would return (same priority and queue order, same
+        round robin), each recorded in ``unacked`` by the same ``POP`` script. Waits up
+        to ``timeout`` seconds for the first one, never for more."""
         names, deadline = receive_arguments(queues, timeout)
+        limit = receive_limit(limit)
         self._maybe_restore()
-        order = self._order(names)
-        lists = [queue_key(queue, step) for step in self._steps for queue in order]
-        owners = [queue for _ in self._steps for queue in order]
-        keys = [self._keys.p(name) for name in lists]
-        by_key = dict(zip(keys, owners, strict=True))
         k = self._keys
-        script_keys = [k.unacked_index, k.unacked, k.delayed, k.delayed_messages,
-                       *(k.delayed_queue(queue) for queue in order), *keys]
         while True:
+            order = self._order(names)
+            lists = [k.p(queue_key(queue, step)) for step in self._steps for queue in order]
+            script_keys = [k.unacked_index, k.unacked, k.delayed, k.delayed_messages,
+                           *(k.delayed_queue(queue) for queue in order), *lists]
             with self._errors("receive"):
-                reply = cast(list[Any], self._pop(
-                    keys=script_keys,
-                    args=[repr(time.time()), len(order), k.prefix, _PROMOTE_LIMIT, *owners],
+                reply = cast(list[Any], self._commands.script(
+                    scripts.POP, script_keys,
+                    [repr(time.time()), len(order), k.prefix, _PROMOTE_LIMIT, limit, *order],
                 ))
-            if int(reply[0]):
-                queue = owners[int(reply[0]) - 1]
-                delivery = self._take(queue, reply[1], _text(reply[2]) or None)
-                if delivery is not None:
-                    self._rotate(names, queue)
-                    return delivery
+            count = int(reply[0])
+            if count:
+                popped = [(order[int(reply[i]) - 1], reply[i + 1], _text(reply[i + 2]))
+                          for i in range(2, 2 + 3 * count, 3)]
+                deliveries = self._take_all(names, popped)
+                if deliveries:
+                    return deliveries
                 continue
             remaining = deadline - time.monotonic()
             if remaining <= 0:
-                return None
+                return []
             if reply[1]:  # never sleep past the next delayed message of these queues
                 remaining = min(remaining, max(float(reply[1]) - time.time(), 0.0))
             if self.poll_interval is not None:
                 time.sleep(min(remaining, self.poll_interval))
                 continue
+            owners = dict(zip(lists, [q for _ in self._steps for q in order], strict=True))
             with self._errors("receive"):
-                popped = self._client.brpop(keys, timeout=self._block_for(remaining))
-            if popped:
-                key, raw = cast(tuple[bytes, bytes], popped)
-                queue = by_key[_text(key)]
-                delivery = self._take(queue, raw, None)
-                if delivery is not None:
-                    self._rotate(names, queue)
-                    return delivery
+                blocked = self._commands.call("BRPOP", *lists, self._block_for(remaining))
+            if blocked:
+                key, raw = cast(list[bytes], blocked)
+                deliveries = self._take_all(names, [(owners[_text(key)], raw, "")])
+                if deliveries:
+                    return deliveries
+
+    def _take_all(
+        self, names: list[str], popped: list[tuple[str, bytes, str]]
+    ) -> list[RedisDelivery]:
+        """Deliveries for popped ``(queue, entry, tag)``s, rotating the round robin for
+        each, as ``POP`` did. Every entry is handled even if one fails (a dead-letter
+        write, the BRPOP path's recording); the failure is raised only when no
+        delivery came out, so none is left held without its caller knowing."""
+        deliveries: list[RedisDelivery] = []
+        error: TransportError | None = None
+        for queue, raw, tag in popped:
+            try:
+                delivery = self._take(queue, raw, tag or None)
+            except TransportError as exc:
+                error = error or exc
+                continue
+            if delivery is not None:
+                self._rotate(names, queue)
+                deliveries.append(delivery)
+        if error is not None:
+            if not deliveries:
+                raise error
+            log.warning("receive: %s", error)
+        return deliveries
 
     def _block_for(self, remaining: float) -> float:
         # One BRPOP must answer before the socket timeout: block at most half of it
@@ -626,10 +629,13 @@ class RedisTransport(Transport):
             stored = f"[{entry}, {json.dumps(received.exchange)}, " \
                      f"{json.dumps(received.routing_key)}]"
             with self._errors("receive"):
-                pipe = self._client.pipeline()
-                pipe.zadd(self._keys.unacked_index, {received.delivery_tag: time.time()})
-                pipe.hset(self._keys.unacked, received.delivery_tag, stored)
-                pipe.execute()
+                self._commands.run([
+                    ("MULTI",),
+                    ("ZADD", self._keys.unacked_index, repr(time.time()),
+                     received.delivery_tag),
+                    ("HSET", self._keys.unacked, received.delivery_tag, stored),
+                    ("EXEC",),
+                ])
         delivery = RedisDelivery(
             self, frame=received.frame, queue=queue, redelivered=received.redelivered,
             delivery_tag=received.delivery_tag, entry=entry, exchange=received.exchange,
@@ -640,13 +646,61 @@ class RedisTransport(Transport):
 
     # -- settling (called by RedisDelivery under its lock) -----------------------------
 
-    def _forget(self, delivery: RedisDelivery) -> None:
-        """ack / reject(requeue=False): Kombu's ``_remove_from_indices`` (ZREM + HDEL)."""
+    def _forget(self, *deliveries: RedisDelivery) -> None:
+        """ack / reject(requeue=False): Kombu's ``_remove_from_indices`` (ZREM + HDEL),
+        one ``ACK`` script call for any number of deliveries."""
         with self._errors("ack"):
-            pipe = self._client.pipeline()
-            pipe.zrem(self._keys.unacked_index, delivery.delivery_tag)
-            pipe.hdel(self._keys.unacked, delivery.delivery_tag)
-            pipe.execute()
+            self._commands.script(scripts.ACK, [self._keys.unacked_index, self._keys.unacked],
+                                  [d.delivery_tag for d in deliveries])
+
+    def ack_many(self, deliveries: Sequence[Delivery]) -> None:
+        """Acknowledge several deliveries in one round trip (one ``ACK`` script call).
+        Each is settled as by its own ``ack()``; one that was settled already raises
+        ``TransportError`` after the others were acknowledged. Deliveries of another
+        transport are acknowledged one by one."""
+        ours: dict[int, RedisDelivery] = {}
+        others: list[Delivery] = []
+        for delivery in deliveries:
+            if isinstance(delivery, RedisDelivery) and delivery._transport is self:
+                ours[id(delivery)] = delivery
+            else:
+                others.append(delivery)
+        stale: list[RedisDelivery] = []
+        acked: list[RedisDelivery] = []
+        # Each delivery's lock is held across the write, as ``ack()`` holds it, in one
+        # global order so that two concurrent calls cannot deadlock.
+        locked = sorted(ours.values(), key=lambda d: (d.delivery_tag, id(d)))
+        taken: list[RedisDelivery] = []
+        try:
+            for delivery in locked:
+                delivery._lock.acquire()
+                taken.append(delivery)
+            pending = [d for d in locked if d._settled is None]
+            stale = [d for d in locked if d._settled is not None]
+            if pending:
+                self._forget(*pending)
+                for delivery in pending:
+                    delivery._settled = "acked"
+                acked = pending
+        finally:
+            for delivery in taken:
+                delivery._lock.release()
+        for delivery in acked:
+            self._release(delivery)
+        first: TransportError | None = None
+        for other in others:
+            try:
+                other.ack()
+            except TransportError as exc:
+                first = first or exc
+        if stale:
+            d = stale[0]
+            raise TransportError(
+                f"delivery {d.delivery_tag} from {d.queue!r} was already {d._settled}",
+                url=self.url,
+            )
+        if first is not None:
+            raise first
 
     def _dead_letter_delivery(self, delivery: RedisDelivery, reason: str) -> None:
         with self._errors("dead-letter"):
@@ -787,9 +841,9 @@ class RedisTransport(Transport):
         keys = self._keys
         while True:
             with self._errors("due"):
-                moved = int(cast(int, self._due(
-                    keys=[keys.delayed, keys.delayed_messages],
-                    args=[repr(time.time()), limit, keys.prefix, keys.delayed_queue_root],
+                moved = int(cast(int, self._commands.script(
+                    scripts.DUE, [keys.delayed, keys.delayed_messages],
+                    [repr(time.time()), limit, keys.prefix, keys.delayed_queue_root],
                 )))
             total += moved
             if moved < limit:
@@ -811,9 +865,10 @@ class RedisTransport(Transport):
         lists = [self._keys.p(queue_key(queue, step)) for step in self._steps]
         keys = self._keys
         with self._errors("purge"):
-            return int(cast(int, self._purge(
-                keys=[*lists, keys.delayed_queue(queue), keys.delayed, keys.delayed_messages],
-                args=[len(lists)],
+            return int(cast(int, self._commands.script(
+                scripts.PURGE,
+                [*lists, keys.delayed_queue(queue), keys.delayed, keys.delayed_messages],
+                [len(lists)],
             )))
 
     def peek(self, queue: str, *, limit: int = 100) -> list[Peeked]:
@@ -865,6 +920,37 @@ class _Staged:
     entry: str
     bucket: int
     due: float | None
+
+
+class _Writes:
+    """The KEYS and ARGV (after the TTL) of one ``PUSH`` script call, each key once."""
+
+    def __init__(self, keys: Keys) -> None:
+        self._names = keys
+        self.keys: list[str] = []
+        self._index: dict[str, int] = {}
+        self.args: list[str | int] = []
+
+    def _k(self, key: str) -> int:
+        index = self._index.get(key)
+        if index is None:
+            self.keys.append(key)
+            index = self._index[key] = len(self.keys)
+        return index
+
+    def marker(self, key: str) -> None:
+        self.args += ("M", self._k(key))
+
+    def lpush(self, key: str, entry: str) -> None:
+        self.args += ("L", self._k(key), entry)
+
+    def rpush(self, key: str, text: str) -> None:
+        self.args += ("R", self._k(key), text)
+
+    def schedule(self, queue: str, member: str, due: float, stored: str) -> None:
+        names = self._names
+        self.args += ("S", self._k(names.delayed), self._k(names.delayed_messages),
+                      self._k(names.delayed_queue(queue)), member, repr(due), stored)
 
 
 def _text(value: bytes | str) -> str:

@@ -1,0 +1,127 @@
+"""The worker on a real Redis: several messages per receive, acks batched across slots,
+each ack sent only after its task's outcome was stored."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import pytest
+import redis
+
+from wiretask.app import App
+from wiretask.errors import ConnectionLost
+from wiretask.protocol import states
+from wiretask.transports.base import Delivery
+from wiretask.transports.redis import RedisDelivery, RedisTransport
+from wiretask.worker import Worker
+
+from .conftest import Recorder, wait_until
+
+pytestmark = [pytest.mark.redis, pytest.mark.timeout(60)]
+
+
+class Watched(RedisTransport):
+    """A Redis transport that records its batches and checks, at every ack, that the
+    task's outcome is already stored."""
+
+    def __init__(self, url: str, app: App, *, fail_first_ack: bool = False) -> None:
+        super().__init__(url)
+        self.app = app
+        self.limits: list[int] = []
+        self.received: list[int] = []
+        self.acked: list[str] = []
+        self.unstored: list[str] = []
+        self.fail_first_ack = fail_first_ack
+        self.failed: list[str] = []
+        self._watch = threading.Lock()
+
+    def receive_many(
+        self, queues: Sequence[str], *, limit: int, timeout: float
+    ) -> list[RedisDelivery]:
+        got = super().receive_many(queues, limit=limit, timeout=timeout)
+        with self._watch:
+            self.limits.append(limit)
+            if got:
+                self.received.append(len(got))
+        return got
+
+    def ack_many(self, deliveries: Sequence[Delivery]) -> None:
+        ids = [str(d.frame.task_id) for d in deliveries]
+        with self._watch:
+            for task_id in ids:
+                meta = self.app.backend.get(task_id)
+                if meta is None or meta["status"] != states.SUCCESS:
+                    self.unstored.append(task_id)
+            if self.fail_first_ack and not self.failed:
+                self.failed.extend(ids)
+                raise ConnectionLost("ack lost (test)", url=self.url)
+            self.acked.extend(ids)
+        super().ack_many(deliveries)
+
+
+@pytest.fixture
+def app(redis_url: str) -> Iterator[App]:
+    application = App("wt", broker=redis_url, backend=redis_url)
+    yield application
+    application.close()
+
+
+@pytest.fixture
+def client(redis_url: str) -> Iterator[redis.Redis]:
+    c = redis.Redis.from_url(redis_url)
+    yield c
+    c.close()
+
+
+def test_batches_in_and_out_every_task_once_acked_after_its_result(
+    app: App, redis_url: str, client: redis.Redis, recorder: Recorder
+) -> None:
+    @app.task
+    def note(i: int) -> int:
+        recorder.add("ran", i)
+        return i
+
+    results = note.apply_many([((i,), {}) for i in range(60)])
+    transport = Watched(redis_url, app)
+    worker = Worker(app, concurrency=4, prefetch=4, transport=transport)
+    with worker:
+        assert [r.get(timeout=20) for r in results] == list(range(60))
+        wait_until(lambda: len(transport.acked) == 60, what="every ack")
+    assert sorted(i for (i,) in recorder.of("ran")) == list(range(60))
+    assert sorted(transport.acked) == sorted(r.id for r in results)
+    assert transport.unstored == []  # no ack before its outcome was stored
+    # The first receive had room for concurrency + prefetch and found that many waiting.
+    assert transport.limits[0] == 8 and transport.received[0] == 8
+    assert max(transport.limits) <= 8 and sum(transport.received) == 60
+    assert client.hlen("unacked") == 0 and client.zcard("unacked_index") == 0
+    assert app.transport.size("celery") == 0
+
+
+def test_a_failed_batch_ack_leaves_its_messages_to_be_delivered_again(
+    app: App, redis_url: str, client: redis.Redis, recorder: Recorder
+) -> None:
+    @app.task
+    def note(i: int) -> int:
+        recorder.add("ran", i)
+        return i
+
+    results = note.apply_many([((i,), {}) for i in range(6)])
+    transport = Watched(redis_url, app, fail_first_ack=True)
+    with Worker(app, concurrency=2, transport=transport):
+        assert [r.get(timeout=20) for r in results] == list(range(6))
+        wait_until(lambda: len(transport.acked) == 6 - len(transport.failed), what="acks")
+    assert transport.failed and transport.unstored == []
+    # Unacknowledged, they went back to the queue when the worker closed its transport:
+    # at least once, never lost.
+    waiting = sorted(str(p.frame.task_id) for p in app.transport.peek("celery"))
+    assert waiting == sorted(transport.failed)
+    with Worker(app, concurrency=2):
+        recorder.wait_for("ran", 6 + len(transport.failed), timeout=20)
+        wait_until(lambda: app.transport.size("celery") == 0 and client.hlen("unacked") == 0,
+                   what="the redelivered ones acked")
+    ran: dict[Any, int] = {}
+    for (i,) in recorder.of("ran"):
+        ran[i] = ran.get(i, 0) + 1
+    assert sorted(ran) == list(range(6)) and sum(ran.values()) == 6 + len(transport.failed)
