@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import json
+import math
 import os
 import socket
 import subprocess
@@ -141,6 +142,42 @@ def test_values_json_would_change_are_refused(transport: RedisTransport) -> None
         with pytest.raises(EncodeError):
             transport.publish(Frame(body=b"", content_type="x", content_encoding="y",
                                     headers=headers, properties=properties), Route("q"))
+    assert transport.size("q") == 0
+
+
+def test_odd_values_json_carries_are_written_and_read_as_json_does(
+        transport: RedisTransport, client: redis.Redis) -> None:
+    """Values that the fast paths (orjson) refuse but json writes or reads: a 70-bit
+    int, non-ASCII and control characters, DEL, a lone surrogate, a float's repr. The
+    entry is still exactly json.dumps' text, and an entry json reads (NaN included, as
+    Kombu's json.loads takes it) still comes back."""
+    headers = {"big": 2**70, "text": "h\u00e9\u2603\U0001f600\x7f\x01\n\"\\",
+               "lone": "\ud800", "float": 1e16, "tiny": 5e-324, "deep": [[[{"k": [1.5]}]]]}
+    sent = Frame(body=b"x", content_type="application/json", content_encoding="utf-8",
+                 headers=headers)
+    transport.publish(sent, Route("q"))
+    (raw,) = client.lrange("q", 0, -1)
+    entry = json.loads(raw)
+    assert raw.decode() == json.dumps(entry)
+    assert entry["headers"] == headers
+    delivery = take(transport, ["q"])
+    assert delivery.frame == sent
+    delivery.ack()
+    # NaN: Kombu writes it (json.dumps allows it); wiretask reads it as json does.
+    props = {"delivery_tag": "nan-1", "body_encoding": "base64"}
+    client.lpush("q", '{"body": "eA==", "headers": {"n": NaN}, "properties": '
+                 + json.dumps(props) + "}")
+    delivery = take(transport, ["q"])
+    assert math.isnan(delivery.frame.headers["n"])
+    delivery.ack()
+
+
+def test_a_header_that_contains_itself_is_refused(transport: RedisTransport) -> None:
+    loop: dict[str, Any] = {}
+    loop["self"] = loop
+    with pytest.raises(EncodeError):
+        transport.publish(Frame(body=b"", content_type="x", content_encoding="y",
+                                headers={"loop": [loop]}), Route("q"))
     assert transport.size("q") == 0
 
 
@@ -822,6 +859,41 @@ def test_retrying_publish_many_with_unknown_outcome_does_not_duplicate(
     assert [p.frame.body for p in transport.peek("q")] == [b"a", b"b"]
 
 
+def _lose_pushes(monkeypatch: pytest.MonkeyPatch, landed: list[bool]) -> None:
+    """Make the next ``len(landed)`` ``PUSH`` calls fail with ConnectionError, each after
+    running (True: the reply was lost) or without running (False)."""
+    original = scripts.Commands.script
+    plan = list(landed)
+
+    def flaky(self: scripts.Commands, script: scripts.Script, keys: Any, args: Any) -> Any:
+        if plan and script is scripts.PUSH:
+            if plan.pop(0):
+                original(self, script, keys, args)
+            raise redis.ConnectionError("connection dropped before the reply")
+        return original(self, script, keys, args)
+
+    monkeypatch.setattr(scripts.Commands, "script", flaky)
+
+
+@pytest.mark.parametrize("landed", [[True], [False], [False, True], [True, False]])
+def test_a_batch_retried_in_parts_lands_each_message_once(
+        transport: RedisTransport, monkeypatch: pytest.MonkeyPatch, landed: list[bool]) -> None:
+    """Each attempt has its own marker, so a retry that takes only part of a batch whose
+    outcome was unknown, and fails again, still tells what landed: every message of the
+    first attempt lands exactly once whichever of the attempts ran."""
+    a, b = Outgoing(frame(b"a"), Route("q")), Outgoing(frame(b"b"), Route("q"))
+    _lose_pushes(monkeypatch, landed)
+    with pytest.raises(ConnectionLost):
+        transport.publish_many([a, b])
+    try:
+        transport.publish_many([a])  # the retry driver of a caller that sent only a
+    except ConnectionLost:
+        transport.publish_many([a, b])
+    else:
+        transport.publish_many([b])
+    assert sorted(p.frame.body for p in transport.peek("q")) == [b"a", b"b"]
+
+
 def test_publish_markers_can_be_turned_off(redis_url: str, client: redis.Redis,
                                            monkeypatch: pytest.MonkeyPatch) -> None:
     def calls(command: str) -> int:
@@ -832,7 +904,9 @@ def test_publish_markers_can_be_turned_off(redis_url: str, client: redis.Redis,
         before = {c: calls(c) for c in ("lpush", "set", "multi")}
         t.publish(frame(b"plain"), Route("q"))
         t.publish_many([Outgoing(frame(b"x"), Route("q")), Outgoing(frame(b"y"), Route("q"))])
-        assert {c: calls(c) - before[c] for c in before} == {"lpush": 3, "set": 0, "multi": 0}
+        # One LPUSH for the single message, one variadic LPUSH for the batch.
+        assert {c: calls(c) - before[c] for c in before} == {"lpush": 2, "set": 0, "multi": 0}
+        assert t.size("q") == 3
         assert not client.keys("_wiretask.published.*")
         sent = frame(b"twice")
         _lose_first_execute(monkeypatch, landed=True)

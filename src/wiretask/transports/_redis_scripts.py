@@ -248,49 +248,53 @@ end
 return found
 """)
 
-#: Publish a batch (or one message) atomically: every write of every message, publish
-#: markers included, lands or none does, in one command with one integer reply (a
+#: Publish a batch (or one message) atomically: every write of every message, and the
+#: publish marker, lands or none does, in one command with one integer reply (a
 #: ``MULTI`` of the same writes costs a reply per command and redis-py's transaction
 #: machinery on the client).
 #:
-#: KEYS: every key written, each once. ARGV[1] the markers' TTL (s), then the writes,
+#: KEYS: every key written, each once. ARGV[1] the marker's TTL (s), then the writes,
 #: each an opcode followed by its operands (``k`` is an index into KEYS):
 #:
-#: * ``M k``: ``SET KEYS[k] 1 EX ttl`` (a publish marker);
-#: * ``L k entry``: ``LPUSH`` (a ready message to its bucket list);
+#: * ``M k``: ``SET KEYS[k] 1 EX ttl`` (the publish marker of the call);
+#: * ``L k n entry1 .. entryn``: ``LPUSH KEYS[k] entry1 .. entryn`` (ready messages of one
+#:   bucket list, in publish order: the same list as n single LPUSHes);
 #: * ``R k text``: ``RPUSH`` (a dead letter: an unroutable message);
 #: * ``S kd km kq member due stored``: hold a delayed message: ``HSET km member stored``
 #:   (``[list without prefix, queue, entry]`` JSON), then ``ZADD`` ``due member`` to its
 #:   queue's own index ``kq`` and to the due index ``kd``, so that ``DUE`` never sees a
 #:   member without its entry.
 #:
-#: Returns the number of writes.
+#: Returns the number of messages written.
 PUSH = Script("""
 local ttl = ARGV[1]
-local i, writes = 2, 0
+local i, written = 2, 0
 while i <= #ARGV do
   local op = ARGV[i]
   if op == 'L' then
-    redis.call('LPUSH', KEYS[tonumber(ARGV[i + 1])], ARGV[i + 2])
-    i = i + 3
+    local n = tonumber(ARGV[i + 2])
+    redis.call('LPUSH', KEYS[tonumber(ARGV[i + 1])], unpack(ARGV, i + 3, i + 2 + n))
+    i = i + 3 + n
+    written = written + n
   elseif op == 'M' then
     redis.call('SET', KEYS[tonumber(ARGV[i + 1])], 1, 'EX', ttl)
     i = i + 2
   elseif op == 'R' then
     redis.call('RPUSH', KEYS[tonumber(ARGV[i + 1])], ARGV[i + 2])
     i = i + 3
+    written = written + 1
   elseif op == 'S' then
     local member, due = ARGV[i + 4], ARGV[i + 5]
     redis.call('HSET', KEYS[tonumber(ARGV[i + 2])], member, ARGV[i + 6])
     redis.call('ZADD', KEYS[tonumber(ARGV[i + 3])], due, member)
     redis.call('ZADD', KEYS[tonumber(ARGV[i + 1])], due, member)
     i = i + 7
+    written = written + 1
   else
     return redis.error_reply('PUSH: unknown opcode ' .. tostring(op))
   end
-  writes = writes + 1
 end
-return writes
+return written
 """)
 
 #: Move up to ARGV[2] due messages into their lists; return how many moved.

@@ -17,8 +17,10 @@ key                                   type   content
 ``_wiretask.delayed``                 zset   member -> due time (unix s), all queues
 ``_wiretask.delayed.messages``        hash   member -> ``[list, queue, envelope]`` JSON
 ``_wiretask.delayed.queue.<queue>``   zset   member -> due time, one queue's share
-``_wiretask.published.<tag>``         string publish marker, set by the same script as
-                                             the push; expires after ``PUBLISH_MARKER_TTL``
+``_wiretask.published.<id>``          string publish marker of one publish attempt (one
+                                             message or a batch), set by the same script
+                                             as the pushes; expires after
+                                             ``PUBLISH_MARKER_TTL``
 ``<queue>.dead``                      list   dead letters, oldest first (RPUSH), each
                                              ``{"reason", "raw", "raw_encoding", "queue",
                                              "at"}``; ``raw_encoding`` is ``"text"`` (raw
@@ -52,16 +54,18 @@ no scheduler; ``due()`` (which the worker calls periodically) and ``run_schedule
 those of every queue, which Celery consumers need. Moved messages are plain entries
 with their ``eta`` header, so Celery workers run them too.
 
-**Publishing is idempotent across retries.** Every publish writes a marker key for its
-delivery tag atomically with its push (one ``PUSH`` script run for one message or a whole
-batch: one command and one reply), so a message and its marker land together or not at
+**Publishing is idempotent across retries.** Every publish attempt writes one marker key
+atomically with its pushes (one ``PUSH`` script run for one message or a whole batch:
+one command and one reply), so the messages and their marker land together or not at
 all. When a publish fails with ``ConnectionLost`` its outcome is unknown (the
-write may have run and only the reply been lost); the transport remembers the staged
-message, and when the same ``Frame`` object is published again (the publish retry driver
-does exactly that) it reuses the delivery tag and checks the marker first: a message
-that already landed is not pushed twice. The guarantee lasts ``PUBLISH_MARKER_TTL``
-seconds after the first attempt; the cost is one short-lived key per message (about 300
-s x the publish rate keys alive at once) and a script instead of a bare LPUSH. The
+write may have run and only the reply been lost); the transport remembers each staged
+message with its attempt's marker, and when the same ``Frame`` object is published again
+(the publish retry driver does exactly that) it reuses the delivery tag and checks that
+marker first: a message that already landed is not pushed twice. Every attempt has its
+own marker, so a retry that sends only part of an earlier batch, and fails again, still
+leaves each message's fate readable. The guarantee lasts ``PUBLISH_MARKER_TTL``
+seconds after the first attempt; the cost is one short-lived key per publish call (about
+300 s x the call rate keys alive at once) and a script instead of a bare LPUSH. The
 ``publish_markers=False`` option turns this off and publishes exactly as Kombu does.
 
 The hot paths (receive, ack, publish, and the result backend's store) send their
@@ -81,15 +85,15 @@ import base64
 import json
 import logging
 import math
+import os
 import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
-from typing import Any, Literal, cast
+from typing import Any, Literal, NamedTuple, cast
 
-import attrs
 import redis
 from redis.backoff import NoBackoff
 from redis.client import Pipeline
@@ -139,6 +143,10 @@ log = logging.getLogger(__name__)
 PUBLISH_MARKER_TTL = 300
 #: Most publishes with an unknown outcome remembered for a retry (oldest dropped first).
 _UNSETTLED_LIMIT = 10_000
+
+#: Most entries in one variadic ``LPUSH`` of the ``PUSH`` script (Lua's ``unpack`` has a
+#: stack limit of a few thousand values).
+_PUSH_CHUNK = 1000
 
 #: Most due delayed messages one ``receive`` moves per queue before it pops (bounds the
 #: time the ``POP`` script blocks Redis; the rest move on the next call).
@@ -244,6 +252,7 @@ class RedisTransport(Transport):
         self.poll_interval = config.poll_interval
         self.publish_markers = config.publish_markers
         self._steps = config.priority_steps
+        self._bucket0 = bucket_for(0, self._steps)
         self._mutex_expire = config.mutex_expire
         self._keys = config.keys
         self.capabilities = Capabilities(
@@ -277,9 +286,12 @@ class RedisTransport(Transport):
         self._heartbeat_stop = threading.Event()
         self._cycles: dict[tuple[str, ...], list[str]] = {}
         self._next_restore = 0.0
-        #: id(frame) -> (frame, route, not_before, staged, monotonic time) of publishes
-        #: that failed with an unknown outcome; a retry of the same frame reuses ``staged``.
-        self._unsettled: dict[int, tuple[Frame, Route, datetime | None, _Staged, float]] = {}
+        #: id(frame) -> (frame, route, not_before, staged, marker, monotonic time) of
+        #: publishes that failed with an unknown outcome; a retry of the same frame reuses
+        #: ``staged``, and skips it if that attempt's ``marker`` exists.
+        self._unsettled: dict[
+            int, tuple[Frame, Route, datetime | None, _Staged, str, float]
+        ] = {}
         self._unsettled_lock = threading.Lock()
 
     def __repr__(self) -> str:
@@ -373,34 +385,44 @@ class RedisTransport(Transport):
         self.publish_many((Outgoing(frame, route, not_before),))
 
     def publish_many(self, messages: Sequence[Outgoing]) -> None:
-        """The whole batch, with a marker per message, in one ``PUSH`` script call (one
+        """The whole batch, with its publish marker, in one ``PUSH`` script call (one
         round trip, plus one read of the binding tables of named exchanges, and one
         marker check when retrying): all of it lands or none. With
-        ``publish_markers=False`` the same without markers, and a single ready message
-        is one bare ``LPUSH``, as Kombu sends it.
+        ``publish_markers=False`` the same without the marker, and a single ready
+        message is one bare ``LPUSH``, as Kombu sends it.
 
         Raises:
             ConnectionLost: the outcome is unknown; publishing the same ``Outgoing``
                 frames again will not duplicate what landed (see the module doc).
         """
         markers = self.publish_markers
-        batch: list[tuple[Outgoing, _Staged]] = []
-        retried_tags: list[str] = []
-        for message in messages:
-            retried = self._take_unsettled(message) if markers else None
-            if retried is not None:
-                retried_tags.append(retried.tag)
-            batch.append((message, retried or self._prepare(message)))
+        # (message, staged, marker of its earlier attempt when this is a retry)
+        batch: list[tuple[Outgoing, _Staged, str | None]] = []
+        tags = new_tags(len(messages))
+        fresh: str | None = None
+        for message, tag in zip(messages, tags, strict=True):
+            kept = self._take_unsettled(message) if markers else None
+            if kept is not None:
+                batch.append((message, *kept))
+            else:
+                batch.append((message, self._prepare(message, tag), None))
+                fresh = fresh or tag
         if not batch:
             return
+        # One marker per attempt, named after a tag that is new in this attempt (a
+        # retried message's earlier marker must keep meaning "that attempt landed").
+        marker = self._marker(fresh or str(uuid.uuid4())) if markers else ""
         commands = self._commands
+        landed: set[str] = set()
+        checked = False
         try:
             with self._errors("publish"):
-                landed: set[str] = set()
-                if retried_tags:
-                    found = commands.run([("EXISTS", self._marker(t)) for t in retried_tags])
-                    landed = {t for t, n in zip(retried_tags, found, strict=True) if n}
-                exchanges = sorted({s.route.exchange for _, s in batch if s.route.exchange})
+                earlier = sorted({m for _, _, m in batch if m is not None})
+                if earlier:
+                    found = commands.run([("EXISTS", m) for m in earlier])
+                    landed = {m for m, n in zip(earlier, found, strict=True) if n}
+                checked = True
+                exchanges = sorted({s.route.exchange for _, s, _ in batch if s.route.exchange})
                 tables: dict[str, list[str]] = {}
                 if exchanges:
                     read = commands.run([("SMEMBERS", self._keys.binding(exchange))
@@ -408,9 +430,9 @@ class RedisTransport(Transport):
                     for exchange, members in zip(exchanges, read, strict=True):
                         tables[exchange] = sorted(_text(m) for m in members)
                 writes = _Writes(self._keys)
-                for _, item in batch:
-                    if item.tag in landed:
-                        continue
+                for _, item, earlier_marker in batch:
+                    if earlier_marker in landed:
+                        continue  # the attempt whose reply was lost did land
                     route = item.route
                     queues = (_route(tables[route.exchange], route.key) if route.exchange
                               else [route.key])
@@ -420,65 +442,78 @@ class RedisTransport(Transport):
                         commands.call("LPUSH", self._keys.p(queue_key(queues[0], item.bucket)),
                                       item.entry)
                         return
-                    if markers:
-                        writes.marker(self._marker(item.tag))
                     self._stage(writes, item, queues)
-                if writes.args:
-                    commands.script(scripts.PUSH, writes.keys, [PUBLISH_MARKER_TTL, *writes.args])
+                if writes:
+                    commands.script(scripts.PUSH, *writes.call(marker))
         except ConnectionLost:
             if markers:
-                self._keep_unsettled(batch)
+                self._keep_unsettled([
+                    (message, staged, marker if checked or earlier_marker is None
+                     else earlier_marker)
+                    for message, staged, earlier_marker in batch
+                    if earlier_marker not in landed
+                ])
             raise
 
     def _marker(self, tag: str) -> str:
         return f"{self._keys.prefix}_wiretask.published.{tag}"
 
-    def _keep_unsettled(self, batch: Sequence[tuple[Outgoing, _Staged]]) -> None:
+    def _keep_unsettled(self, batch: Sequence[tuple[Outgoing, _Staged, str]]) -> None:
         now = time.monotonic()
         with self._unsettled_lock:
-            for message, staged in batch:
+            for message, staged, marker in batch:
                 self._unsettled[id(message.frame)] = (
-                    message.frame, message.route, message.not_before, staged, now
+                    message.frame, message.route, message.not_before, staged, marker, now
                 )
             expired = now - PUBLISH_MARKER_TTL
-            for key in [k for k, v in self._unsettled.items() if v[4] < expired]:
+            for key in [k for k, v in self._unsettled.items() if v[5] < expired]:
                 del self._unsettled[key]
             while len(self._unsettled) > _UNSETTLED_LIMIT:
                 del self._unsettled[next(iter(self._unsettled))]
 
-    def _take_unsettled(self, message: Outgoing) -> _Staged | None:
+    def _take_unsettled(self, message: Outgoing) -> tuple[_Staged, str] | None:
         """The staged form of an earlier publish of this very frame (same route and
-        ``not_before``) whose outcome is unknown, or None."""
+        ``not_before``) whose outcome is unknown, and that attempt's marker; or None."""
         with self._unsettled_lock:
             if not self._unsettled:
                 return None
             kept = self._unsettled.pop(id(message.frame), None)
         if kept is None:
             return None
-        frame, route, not_before, staged, _ = kept
+        frame, route, not_before, staged, marker, _ = kept
         if frame is message.frame and route == message.route and not_before == message.not_before:
-            return staged
+            return staged, marker
         return None
 
-    def _prepare(self, message: Outgoing) -> _Staged:
-        if not isinstance(message.frame, Frame):
-            raise ValidationError("frame", f"must be a Frame, got {type(message.frame).__name__}")
-        queue_names([message.route.key or message.route.queue])
+    def _prepare(self, message: Outgoing, tag: str | None = None) -> _Staged:
+        frame = message.frame
+        if not isinstance(frame, Frame):
+            raise ValidationError("frame", f"must be a Frame, got {type(frame).__name__}")
+        route = message.route
+        key = route.key
+        name = key or route.queue
+        if not isinstance(name, str) or not name:
+            queue_names([name])  # raises, with the one wording for a bad queue name
         # An int outside 0..9 is clamped into a bucket and written as is, like Kombu
         # (celery#8967): a worker re-publishing a Celery frame with priority 15 must not
         # fail. The calling API refuses such values earlier, against ``capabilities``.
-        priority = message.frame.properties.get("priority")
-        if priority is not None and (isinstance(priority, bool) or not isinstance(priority, int)):
+        priority = frame.properties.get("priority")
+        if priority is None:
+            bucket = self._bucket0
+        elif isinstance(priority, bool) or not isinstance(priority, int):
             raise ValidationError("priority", f"must be an int, got {priority!r}",
                                   value=priority)
-        due = not_before_timestamp(message.not_before)
-        if self.delay_mode == "celery" or (due is not None and due <= time.time()):
-            due = None
-        tag = str(uuid.uuid4())
-        entry = encode(message.frame, exchange=message.route.exchange,
-                       routing_key=message.route.key, delivery_tag=tag)
-        bucket = bucket_for(clamp_priority(message.frame.properties), self._steps)
-        return _Staged(route=message.route, tag=tag, entry=entry, bucket=bucket, due=due)
+        else:
+            bucket = bucket_for(clamp_priority(frame.properties), self._steps)
+        due = None
+        if message.not_before is not None:
+            due = not_before_timestamp(message.not_before)
+            if self.delay_mode == "celery" or (due is not None and due <= time.time()):
+                due = None
+        if tag is None:
+            tag = new_tags(1)[0]
+        entry = encode(frame, exchange=route.exchange, routing_key=key, delivery_tag=tag)
+        return _Staged(route, tag, entry, bucket, due)
 
     def _stage(self, writes: _Writes, staged: _Staged, queues: Sequence[str]) -> None:
         route = staged.route
@@ -911,8 +946,7 @@ class RedisTransport(Transport):
         return [_read_dead_entry(queue, row) for row in rows]
 
 
-@attrs.frozen(kw_only=True)
-class _Staged:
+class _Staged(NamedTuple):
     """A message encoded for publishing: its list entry, bucket and due time."""
 
     route: Route
@@ -922,35 +956,75 @@ class _Staged:
     due: float | None
 
 
+#: The variant digit of a version 4 UUID for each hex digit of random input.
+_VARIANT = {digit: "89ab"[int(digit, 16) & 3] for digit in "0123456789abcdef"}
+
+
+def new_tags(count: int) -> list[str]:
+    """``count`` random version 4 UUIDs as text, exactly the form of
+    ``str(uuid.uuid4())`` (Kombu's delivery tags), from one read of the OS's random
+    source (uuid4 reads it per UUID, and builds an object around each)."""
+    raw = os.urandom(16 * count).hex()
+    return [
+        f"{h[:8]}-{h[8:12]}-4{h[13:16]}-{_VARIANT[h[16]]}{h[17:20]}-{h[20:]}"
+        for h in (raw[i:i + 32] for i in range(0, 32 * count, 32))
+    ]
+
+
 class _Writes:
-    """The KEYS and ARGV (after the TTL) of one ``PUSH`` script call, each key once."""
+    """The KEYS and ARGV of one ``PUSH`` script call, each key once; list pushes grouped
+    per list (in their order) into one variadic ``LPUSH``."""
 
     def __init__(self, keys: Keys) -> None:
         self._names = keys
-        self.keys: list[str] = []
-        self._index: dict[str, int] = {}
-        self.args: list[str | int] = []
+        self._pushes: dict[str, list[str]] = {}
+        self._other: list[tuple[Any, ...]] = []  # dead letters and delayed holds
 
-    def _k(self, key: str) -> int:
-        index = self._index.get(key)
-        if index is None:
-            self.keys.append(key)
-            index = self._index[key] = len(self.keys)
-        return index
-
-    def marker(self, key: str) -> None:
-        self.args += ("M", self._k(key))
+    def __bool__(self) -> bool:
+        return bool(self._pushes or self._other)
 
     def lpush(self, key: str, entry: str) -> None:
-        self.args += ("L", self._k(key), entry)
+        entries = self._pushes.get(key)
+        if entries is None:
+            self._pushes[key] = [entry]
+        else:
+            entries.append(entry)
 
     def rpush(self, key: str, text: str) -> None:
-        self.args += ("R", self._k(key), text)
+        self._other.append(("R", key, text))
 
     def schedule(self, queue: str, member: str, due: float, stored: str) -> None:
+        self._other.append(("S", queue, member, repr(due), stored))
+
+    def call(self, marker: str) -> tuple[list[str], list[Any]]:
+        """``(KEYS, ARGV)`` for ``PUSH``, with ``marker`` ('' for none)."""
+        keys: list[str] = []
+        index: dict[str, int] = {}
+
+        def k(key: str) -> int:
+            found = index.get(key)
+            if found is None:
+                keys.append(key)
+                found = index[key] = len(keys)
+            return found
+
+        args: list[Any] = [PUBLISH_MARKER_TTL]
+        if marker:
+            args += ("M", k(marker))
+        for key, entries in self._pushes.items():
+            target = k(key)
+            for start in range(0, len(entries), _PUSH_CHUNK):
+                chunk = entries[start:start + _PUSH_CHUNK]
+                args += ("L", target, len(chunk), *chunk)
         names = self._names
-        self.args += ("S", self._k(names.delayed), self._k(names.delayed_messages),
-                      self._k(names.delayed_queue(queue)), member, repr(due), stored)
+        for op in self._other:
+            if op[0] == "R":
+                args += ("R", k(op[1]), op[2])
+            else:
+                _, queue, member, due, stored = op
+                args += ("S", k(names.delayed), k(names.delayed_messages),
+                         k(names.delayed_queue(queue)), member, due, stored)
+        return keys, args
 
 
 def _text(value: bytes | str) -> str:
