@@ -117,50 +117,6 @@ def test_msgpack_key_check_matches_the_walk(value: Any, ok: bool) -> None:
             serializers.msgpack_dumps(value)
 
 
-def _fits_plain_repr_reference(value: object, budget: int = 48) -> bool:
-    """The walk as first written (isinstance only); the fast one must agree with it."""
-    stack = [value]
-    while stack:
-        budget -= 1
-        if budget < 0:
-            return False
-        item = stack.pop()
-        if isinstance(item, str | bytes):
-            if len(item) > 200:
-                return False
-        elif isinstance(item, dict):
-            stack.extend(item.values())
-            stack.extend(item.keys())
-        elif isinstance(item, list | tuple | set | frozenset):
-            stack.extend(item)
-    return True
-
-
-@pytest.mark.parametrize(
-    "value",
-    [
-        (),
-        (42, "user@example.com", {"plan": "pro", "seats": 5, "trial": False, "tags": ["a", "b"]}),
-        {"notify": True, "retries_left": 3},
-        ("x" * 200,),
-        ("x" * 201,),
-        (_Text("y" * 201),),
-        (b"z" * 201,),
-        (bytearray(300),),
-        ([[1] * 10] * 4,),
-        ([[1] * 10] * 5,),
-        ({i: i for i in range(23)},),
-        ({i: i for i in range(24)},),
-        (OrderedDict((str(i), i) for i in range(30)),),
-        ({1, 2, 3}, frozenset({"a"})),
-        (_Point([1] * 60, None),),
-        (1.5, None, True, object()),
-    ],
-)
-def test_fits_plain_repr_matches_the_reference(value: object) -> None:
-    assert calling._fits_plain_repr(value) is _fits_plain_repr_reference(value)
-
-
 # -- the calling API's option plans (calling.CallBuilder) ---------------------------------
 
 

@@ -18,13 +18,13 @@ import inspect
 import keyword
 import numbers
 import os
-import reprlib
 from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime
 from typing import Any
 
 import attrs
 
+from wiretask._saferepr import safe_repr
 from wiretask.codecs import Registry
 from wiretask.errors import ArgumentsError, ValidationError
 from wiretask.protocol.envelope import RESERVED_HEADERS, TaskMessage
@@ -99,61 +99,6 @@ CALL_OPTIONS = frozenset(
 )
 
 _DELIVERY_MODES: Mapping[object, int] = {1: 1, 2: 2, "transient": 1, "persistent": 2}
-_ARGSREPR_LIMIT = 1024  # Celery's saferepr limit for the argsrepr/kwargsrepr headers
-
-_repr = reprlib.Repr()
-_repr.maxlevel = 3  # Celery's task_repr_maxlevels default
-_repr.maxstring = 200
-_repr.maxother = 200
-_repr.maxlist = _repr.maxtuple = _repr.maxdict = _repr.maxset = 16
-
-
-_SCALARS = frozenset({int, float, bool, type(None)})
-
-
-def _fits_plain_repr(value: object, budget: int = 48) -> bool:
-    """True if ``value`` is small enough that ``repr`` is cheap and short.
-
-    ``repr`` of a large argument (a list of thousands of records) costs more than the rest
-    of the send path, so a bounded walk decides first whether the plain, fast ``repr``
-    is safe or the truncating ``reprlib`` one is needed. Exact builtin types are tested
-    first (``type(x) is ...``); anything else takes the general ``isinstance`` tests.
-    """
-    stack = [value]
-    pop, extend = stack.pop, stack.extend
-    while stack:
-        budget -= 1
-        if budget < 0:
-            return False
-        item = pop()
-        kind = type(item)
-        if kind in _SCALARS:
-            continue
-        if kind is str or kind is bytes:
-            if len(item) > 200:  # type: ignore[arg-type]
-                return False
-        elif kind is dict:
-            extend(item.values())  # type: ignore[attr-defined]
-            extend(item)  # type: ignore[arg-type]
-        elif kind is list or kind is tuple:
-            extend(item)  # type: ignore[arg-type]
-        elif isinstance(item, str | bytes):
-            if len(item) > 200:
-                return False
-        elif isinstance(item, dict):
-            extend(item.values())
-            extend(item.keys())
-        elif isinstance(item, list | tuple | set | frozenset):
-            extend(item)
-    return True
-
-
-def safe_repr(value: object, limit: int = _ARGSREPR_LIMIT) -> str:
-    """A bounded ``repr`` for the ``argsrepr``/``kwargsrepr`` headers (at most ``limit``
-    characters, like Celery's ``saferepr``)."""
-    text = repr(value) if _fits_plain_repr(value) else _repr.repr(value)
-    return text if len(text) <= limit else text[: limit - 3] + "..."
-
 
 _UUID4_MASK = ~((0xC000 << 48) | (0xF000 << 64)) & ((1 << 128) - 1)
 _UUID4_BITS = (0x8000 << 48) | (4 << 76)  # RFC 4122 variant, version 4
