@@ -250,3 +250,10 @@ def test_a_task_refuses_bad_arguments_with_inspects_message() -> None:
         pair.check_arguments((1,), {})
     with pytest.raises(TypeError, match="unexpected keyword argument 'd'"):
         pair.check_arguments((1, 2), {"d": 3})
+
+
+def test_the_reused_msgpack_packer_starts_clean_after_a_failure() -> None:
+    for bad in ([1, object()], [1, 2**70], {"a": [1, {2: 3}]}):
+        with pytest.raises((TypeError, OverflowError, ValueError)):
+            serializers.msgpack_dumps(bad)
+        assert serializers.msgpack_dumps([1, "x"]) == msgpack.packb([1, "x"], use_bin_type=True)
