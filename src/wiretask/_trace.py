@@ -281,7 +281,7 @@ class Tracer:
             return Outcome(
                 states.FAILURE, "dead_letter", reason=f"unregistered task {message.task}"
             )
-        if is_expired(message.expires, now=self.app.now()):
+        if message.expires is not None and is_expired(message.expires, now=self.app.now()):
             return self.revoke_expired(message, request)
         if not message.ignore_result and self.track_started(task):
             # Celery: track_started is off for ignore_result tasks.
@@ -338,10 +338,11 @@ class Tracer:
                     "again", message.task, message.id,
                 )
                 return Outcome(states.SUCCESS, "requeue", runtime)
-        logger.info(
-            "task %s[%s] succeeded in %.3fs: %s",
-            message.task, message.id, runtime, _short_repr(retval),
-        )
+        if logger.isEnabledFor(logging.INFO):  # the repr is not free; skip it when unused
+            logger.info(
+                "task %s[%s] succeeded in %.3fs: %s",
+                message.task, message.id, runtime, _short_repr(retval),
+            )
         self.send_callbacks(message, retval)
         return Outcome(states.SUCCESS, "ack", runtime)
 

@@ -452,13 +452,12 @@ class Worker:
         if task is None:
             self._unregistered(delivery, message)
             return
-        now = self.app.now()
         logger.info("task %s[%s] received", message.task, message.id)
-        if message.eta is not None and message.eta > now and not is_expired(
-            message.expires, now=now
-        ):
-            self._delay(delivery, message)
-            return
+        if message.eta is not None:
+            now = self.app.now()
+            if message.eta > now and not is_expired(message.expires, now=now):
+                self._delay(delivery, message)
+                return
         # An expired message is dispatched too: the slot revokes it and calls errbacks.
         self._dispatch(delivery, message)
 
@@ -516,6 +515,8 @@ class Worker:
         )
 
     def _release_due(self) -> None:
+        if not self._held:
+            return
         now = self.app.now().timestamp()
         due: list[tuple[Delivery, TaskMessage]] = []
         with self._cv:

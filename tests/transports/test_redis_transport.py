@@ -75,6 +75,19 @@ def drain_bodies(transport: RedisTransport, queues: list[str], n: int) -> list[b
     return out
 
 
+def count_writes(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Count the writes to any socket from now on (one per round trip)."""
+    sends: list[int] = []
+    original = socket.socket.sendall
+
+    def counting(self: socket.socket, data: Any, *args: Any) -> None:
+        sends.append(1)
+        original(self, data, *args)
+
+    monkeypatch.setattr(socket.socket, "sendall", counting)
+    return sends
+
+
 # -- the list entry -------------------------------------------------------------------
 
 
@@ -288,15 +301,7 @@ def test_ack_many_is_one_round_trip_and_settles_each_once(
         transport.publish(frame(str(i).encode()), Route("q"))
     got = transport.receive_many(["q"], limit=5, timeout=1)
     got[0].ack()
-    sends: list[int] = []
-    original = redis.connection.Connection.send_packed_command
-
-    def counting(self: redis.connection.Connection, command: Any, check_health: bool = True,
-                 ) -> None:
-        sends.append(1)
-        original(self, command, check_health)
-
-    monkeypatch.setattr(redis.connection.Connection, "send_packed_command", counting)
+    sends = count_writes(monkeypatch)
     transport.ack_many(got[1:])
     assert len(sends) == 1
     monkeypatch.undo()
@@ -798,15 +803,7 @@ def test_publish_many_mixes_ready_delayed_and_priorities(transport: RedisTranspo
 def test_publish_many_is_one_round_trip(transport: RedisTransport,
                                         monkeypatch: pytest.MonkeyPatch) -> None:
     transport.connect()
-    sends: list[int] = []
-    original = redis.connection.Connection.send_packed_command
-
-    def counting(self: redis.connection.Connection, command: Any, check_health: bool = True,
-                 ) -> None:
-        sends.append(1)
-        original(self, command, check_health)
-
-    monkeypatch.setattr(redis.connection.Connection, "send_packed_command", counting)
+    sends = count_writes(monkeypatch)
     transport.publish_many([Outgoing(frame(str(i).encode(), priority=i % 10), Route("q"))
                             for i in range(50)])
     assert len(sends) == 1
@@ -1072,6 +1069,24 @@ def test_outage_then_the_same_transport_reconnects(redis_server: Any) -> None:
         delivery = take(t, ["q"])
         assert delivery.frame.body == b"after"
         delivery.ack()
+
+
+def test_a_reply_that_never_comes_is_connection_lost_and_the_next_command_works(
+        redis_url: str, client: redis.Redis) -> None:
+    with RedisTransport(f"{redis_url}?socket_timeout=0.3") as t:
+        t.publish(frame(b"before"), Route("q"))  # connected, scripts loaded
+        client.execute_command("CLIENT", "PAUSE", 1000, "ALL")
+        try:
+            with pytest.raises(ConnectionLost, match="Timeout"):
+                t.receive_many(["q"], limit=1, timeout=0)
+        finally:
+            client.execute_command("CLIENT", "UNPAUSE")
+        # The timed-out connection was dropped (its late reply must not answer the
+        # next command); a new one takes over.
+        t.publish(frame(b"after"), Route("q"))
+        got = t.receive_many(["q"], limit=5, timeout=1)
+        assert b"after" in [d.frame.body for d in got]
+        t.ack_many(got)
 
 
 def test_response_errors_are_transport_errors(transport: RedisTransport,

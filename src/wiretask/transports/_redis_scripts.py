@@ -16,21 +16,27 @@ from __future__ import annotations
 
 import hashlib
 import os
+import select
 import threading
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import attrs
 import redis
-from redis.exceptions import NoScriptError, ResponseError
+from redis.exceptions import InvalidResponse, NoScriptError, ResponseError
 
 _pack: Callable[[tuple[Any, ...]], bytes] | None
-try:  # hiredis (the ``redis`` extra) packs a command in C; redis-py's packer also
-    from hiredis import pack_command as _hiredis_pack  # copies and checks every argument
+_Reader: Any
+#: What the reader returns while a reply is incomplete (False is a RESP3 value).
+_MORE = object()
+try:  # hiredis (the ``redis`` extra) packs and parses in C
+    from hiredis import Reader as _HiredisReader
+    from hiredis import pack_command as _hiredis_pack
 
-    _pack = _hiredis_pack
-except ImportError:  # pragma: no cover - redis-py's own packer then
-    _pack = None
+    _HiredisReader(notEnoughData=_MORE)  # hiredis >= 2.1
+    _pack, _Reader = _hiredis_pack, _HiredisReader
+except (ImportError, TypeError):  # pragma: no cover - redis-py's packer and parser then
+    _pack = _Reader = None
 
 __all__ = [
     "ACK",
@@ -56,71 +62,116 @@ class Script:
         return hashlib.sha1(self.text.encode("utf-8"), usedforsecurity=False).hexdigest()
 
 
+class _Link:
+    """One connection of a ``Commands``, with the reply reader and the receive buffer of
+    its current socket."""
+
+    __slots__ = ("buffer", "connection", "reader", "sock")
+
+    def __init__(self, connection: Any) -> None:
+        self.connection = connection
+        self.sock: Any = None
+        self.reader: Any = None
+        self.buffer = bytearray(65536)
+
+
+def _stale(sock: Any) -> bool:
+    """Whether an idle socket has something to read: the server closed it (EOF), or sent
+    what nobody asked for. Either way it must not carry the next command."""
+    pending = getattr(sock, "pending", None)  # TLS: bytes decrypted but not read yet
+    if pending is not None and pending():
+        return True
+    if _poll is not None:
+        poller = _poll()
+        poller.register(sock, select.POLLIN)
+        return bool(poller.poll(0))
+    return bool(select.select([sock], [], [], 0)[0])  # pragma: no cover - no poll()
+
+
+_poll = getattr(select, "poll", None)
+
+
 class Commands:
     """Commands and scripts on connections of this object's own, built with the options
     of a redis-py pool (so URL, TLS, timeouts and credentials are the pool's).
 
+    redis-py connects each one (handshake, AUTH, SELECT, TLS); after that, requests are
+    packed by hiredis and replies read by a hiredis reader straight off the socket, so a
+    round trip costs a ``sendall`` and a ``recv_into`` and little Python around them.
     One connection per thread that is inside a command at the same moment: idle ones
-    wait in a list (``list.pop``/``append`` are atomic, no lock). A connection that saw
-    anything but a Redis error reply (a socket error, a timeout, an exception raised
-    into the thread between a request and its reply) is disconnected before it goes
-    back, so it can never hand one command another's reply; it reconnects on next use.
-    Errors are redis-py's exceptions: the caller translates them.
+    wait in a list (``list.pop``/``append`` are atomic, no lock). Before a command, an
+    idle connection the server closed meanwhile (a restart, an idle timeout) is noticed,
+    as redis-py's pool does on checkout, and reconnected rather than failing a command
+    that could not have run. A connection that saw anything but a Redis error reply (a
+    socket error, a timeout, an exception raised into the thread between a request and
+    its reply) is disconnected before it goes back, so it can never hand one command
+    another's reply. Errors are redis-py's exceptions: the caller translates them.
     """
 
     def __init__(self, pool: redis.ConnectionPool) -> None:
         self._pool = pool
-        self._idle: list[Any] = []
-        self._every: list[Any] = []
+        self._idle: list[_Link] = []
+        self._every: list[_Link] = []
         self._lock = threading.Lock()
         self._pid = os.getpid()
 
-    def _take(self) -> Any:
+    def _take(self) -> _Link:
         if self._pid != os.getpid():  # forked: the parent's sockets are not ours
             with self._lock:
                 self._idle, self._every, self._pid = [], [], os.getpid()
         try:
             return self._idle.pop()
         except IndexError:
-            connection = self._pool.connection_class(**self._pool.connection_kwargs)
+            link = _Link(self._pool.connection_class(**self._pool.connection_kwargs))
             with self._lock:
-                self._every.append(connection)
-            return connection
+                self._every.append(link)
+            return link
 
     def run(self, commands: Sequence[tuple[Any, ...]]) -> list[Any]:
         """Send ``commands`` in one write and return their replies, in order. An error
         reply is raised (the first one) after every reply was read."""
-        connection = self._take()
+        link = self._take()
+        connection = link.connection
         try:
-            if connection._sock is not None:
-                # As redis-py's pool checks on every checkout: a connection the server
-                # closed meanwhile (a restart, an idle timeout) reads as ready. Reconnect
-                # it now rather than fail a command that could not have run.
-                try:
-                    stale = connection.can_read()
-                except (redis.ConnectionError, redis.TimeoutError, OSError):
-                    stale = True
-                if stale:
-                    connection.disconnect()
-            if _pack is not None:
-                connection.send_packed_command([b"".join(_pack(c) for c in commands)])
+            sock = connection._sock
+            if sock is not None and sock is link.sock and _stale(sock):
+                connection.disconnect()
+                sock = None
+            if sock is None:
+                connection.connect()
+                sock = connection._sock
+            if _pack is None:  # pragma: no cover - without hiredis: redis-py reads
+                replies = self._run_slowly(connection, commands)
             else:
-                connection.send_packed_command(connection.pack_commands(commands))
-            replies: list[Any] = []
-            error: ResponseError | None = None
-            for _ in commands:
-                try:
-                    replies.append(connection.read_response())
-                except ResponseError as exc:
-                    replies.append(exc)
-                    error = error or exc
+                if sock is not link.sock:  # a new socket: a new reader
+                    link.sock = sock
+                    link.reader = _Reader(protocolError=InvalidResponse,
+                                          replyError=connection._parser.parse_error,
+                                          notEnoughData=_MORE)
+                replies = _round_trip(link, b"".join(_pack(c) for c in commands),
+                                      len(commands))
         except BaseException:
             connection.disconnect()
+            link.sock = None
             raise
         finally:
-            self._idle.append(connection)
-        if error is not None:
-            raise error
+            self._idle.append(link)
+        for reply in replies:
+            if isinstance(reply, ResponseError):
+                raise reply
+        return replies
+
+    @staticmethod
+    def _run_slowly(
+        connection: Any, commands: Sequence[tuple[Any, ...]]
+    ) -> list[Any]:  # pragma: no cover - only without hiredis
+        connection.send_packed_command(connection.pack_commands(commands))
+        replies: list[Any] = []
+        for _ in commands:
+            try:
+                replies.append(connection.read_response())
+            except ResponseError as exc:
+                replies.append(exc)
         return replies
 
     def call(self, *command: Any) -> Any:
@@ -140,8 +191,31 @@ class Commands:
         """Close every connection (idle or not); each reconnects on its next use."""
         with self._lock:
             every = list(self._every)
-        for connection in every:
-            connection.disconnect()
+        for link in every:
+            link.connection.disconnect()
+
+
+def _round_trip(link: _Link, request: bytes, count: int) -> list[Any]:
+    """Write ``request`` and read ``count`` replies (error replies as exceptions)."""
+    sock, reader, buffer = link.sock, link.reader, link.buffer
+    try:
+        sock.sendall(request)
+        replies: list[Any] = []
+        for _ in range(count):
+            reply = reader.gets()
+            while reply is _MORE:
+                received = sock.recv_into(buffer)
+                if not received:
+                    raise redis.ConnectionError("Connection closed by server.")
+                reader.feed(buffer, 0, received)
+                reply = reader.gets()
+            replies.append(reply)
+    except TimeoutError as exc:  # socket.timeout
+        raise redis.TimeoutError(f"Timeout talking to Redis: {exc}") from exc
+    except OSError as exc:
+        raise redis.ConnectionError(f"Error talking to Redis: {exc}") from exc
+    return replies
+
 
 #: Promote the consumed queues' due delayed messages, then pop up to ``limit`` messages
 #: and record each as unacked in the same step.
