@@ -35,7 +35,7 @@ import socket
 import threading
 import time
 import urllib.parse
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from types import FrameType, TracebackType
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -197,6 +197,9 @@ class Worker:
         self._acks: list[_Job] = []  # settled as "ack", waiting for the flusher
         self._ack_lock = threading.Lock()
         self._acking = False  # a slot is flushing _acks
+        #: Held by whoever receives (the consumer, or a slot flushing acks), so that two
+        #: receivers never count the same room.
+        self._receiving = threading.Lock()
         self._held: list[tuple[float, int, Delivery, TaskMessage]] = []
         self._seq = itertools.count()
         self._slots: list[threading.Thread] = []
@@ -379,10 +382,11 @@ class Worker:
 
     # -- consuming --------------------------------------------------------------------
 
-    def _room(self) -> int:
-        """How many messages the worker may take now (under ``_cv``)."""
+    def _room(self, freed: int = 0) -> int:
+        """How many messages the worker may take now, or once ``freed`` of its active
+        jobs are settled (under ``_cv``)."""
         return min(
-            self.concurrency + self.prefetch - len(self._active),
+            self.concurrency + self.prefetch - len(self._active) + freed,
             self.eta_task_limit - len(self._held),
         )
 
@@ -402,12 +406,20 @@ class Worker:
                     if self._held:
                         until_eta = self._held[0][0] - self.app.now().timestamp()
                         wait = min(wait, max(until_eta, 0.0))
-                    room = self._room()
-                    if room < 1:
+                    if self._room() < 1:
                         self._cv.wait(wait)
                         continue
-                # As many as there is room for, in one round trip where the broker can.
-                deliveries = self.transport.receive_many(self.queues, limit=room, timeout=wait)
+                with self._receiving:
+                    with self._cv:
+                        room = self._room()
+                    if room < 1:
+                        continue
+                    # As many as there is room for, in one round trip where the broker
+                    # can; dispatched before another receiver counts the room.
+                    deliveries = self.transport.receive_many(
+                        self.queues, limit=room, timeout=wait
+                    )
+                    self._handle(deliveries)
                 backoff = 0.0
             except Exception as exc:
                 # TransportError is the expected kind (broker down); anything else is a
@@ -424,17 +436,20 @@ class Worker:
                 except TransportError:
                     pass
                 continue
-            for delivery in deliveries:
-                if self._stop_requested.is_set():
-                    self._reject_requeue(delivery, str(delivery.frame.task_id))
-                    continue
-                try:
-                    self._on_delivery(delivery)
-                except Exception as exc:
-                    # A bug here must not stop consumption, nor bring the message back
-                    # to fail again for ever: it is kept in the dead-letter place.
-                    logger.exception("error handling message %s", delivery.frame.task_id)
-                    self._dead_letter(delivery, f"worker error: {exc!r}")
+
+    def _handle(self, deliveries: Iterable[Delivery]) -> None:
+        """Route received messages (the caller holds ``_receiving``)."""
+        for delivery in deliveries:
+            if self._stop_requested.is_set():
+                self._reject_requeue(delivery, str(delivery.frame.task_id))
+                continue
+            try:
+                self._on_delivery(delivery)
+            except Exception as exc:
+                # A bug here must not stop consumption, nor bring the message back to
+                # fail again for ever: it is kept in the dead-letter place.
+                logger.exception("error handling message %s", delivery.frame.task_id)
+                self._dead_letter(delivery, f"worker error: {exc!r}")
 
     def _on_delivery(self, delivery: Delivery) -> None:
         try:
@@ -578,10 +593,10 @@ class Worker:
     def _ack(self, job: _Job) -> None:
         """Acknowledge a job's message, batched with the acks of the other slots (group
         commit): the first slot to finish becomes the flusher and acknowledges every
-        job queued meanwhile in one ``Transport.ack_many``, round after round until no
-        job is left; the others return at once. A job stays active (taking room) until
-        its ack went through, so ``stop()`` waits for it, and an ack is still sent only
-        after its outcome was stored."""
+        job queued meanwhile in one call, round after round until no job is left; the
+        others return at once. A job stays active (taking room) until its ack went
+        through, so ``stop()`` waits for it, and an ack is still sent only after its
+        outcome was stored."""
         with self._ack_lock:
             self._acks.append(job)
             if self._acking:
@@ -593,8 +608,28 @@ class Worker:
                 if not batch:
                     self._acking = False
                     return
+            self._flush(batch)
+
+    def _flush(self, batch: list[_Job]) -> None:
+        """Acknowledge ``batch`` and, when no one else is receiving, take as many new
+        messages as the acks make room for in the same call (``ack_and_receive``: one
+        round trip on Redis), so a busy worker refills without a separate receive."""
+        receiving = not self._stop_requested.is_set() and self._receiving.acquire(
+            blocking=False
+        )
+        try:
+            room = 0
+            if receiving:
+                with self._cv:
+                    room = self._room(freed=len(batch))
+            deliveries: Sequence[Delivery] = ()
             try:
-                self.transport.ack_many([j.delivery for j in batch])
+                if room > 0:
+                    deliveries = self.transport.ack_and_receive(
+                        [j.delivery for j in batch], self.queues, limit=room
+                    )
+                else:
+                    self.transport.ack_many([j.delivery for j in batch])
             except Exception:
                 # The broker will redeliver an unsettled message (at least once).
                 logger.exception(
@@ -603,7 +638,14 @@ class Worker:
             finally:
                 with self._cv:
                     self._active.difference_update(batch)
-                    self._cv.notify_all()
+                    # The consumer takes the room the flush did not fill (an empty
+                    # queue, or another receiver busy) and stop() counts what is left.
+                    if len(deliveries) < room or not receiving:
+                        self._cv.notify_all()
+            self._handle(deliveries)
+        finally:
+            if receiving:
+                self._receiving.release()
 
     def _finish(self, job: _Job, outcome: Outcome) -> None:
         if outcome.settle == "none":

@@ -322,6 +322,33 @@ def test_ack_many_is_one_round_trip_and_settles_each_once(
         assert client.hlen("unacked") == 0
 
 
+def test_ack_and_receive_settles_and_refills_in_one_round_trip(
+        transport: RedisTransport, client: redis.Redis,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    for i in range(3):
+        transport.publish(frame(f"a{i}".encode()), Route("a"))
+        transport.publish(frame(f"b{i}".encode()), Route("b"))
+    first = transport.receive_many(["a", "b"], limit=2, timeout=1)
+    assert [d.frame.body for d in first] == [b"a0", b"b0"]
+    sends = count_writes(monkeypatch)
+    more = transport.ack_and_receive(first, ["a", "b"], limit=3)
+    assert len(sends) == 1
+    monkeypatch.undo()
+    assert [d.frame.body for d in more] == [b"a1", b"b1", b"a2"]  # the round robin goes on
+    assert sorted(client.hkeys("unacked")) == sorted(d.delivery_tag.encode() for d in more)
+    with pytest.raises(TransportError, match="already acked"):
+        first[0].ack()
+    # An already settled delivery: refused before anything is acked or taken.
+    with pytest.raises(TransportError, match="already acked"):
+        transport.ack_and_receive([more[0], first[1]], ["a", "b"], limit=5)
+    assert client.hlen("unacked") == 3 and transport.size("b") == 1
+    assert [d.frame.body for d in transport.ack_and_receive(more, ["a", "b"], limit=5)] \
+        == [b"b2"]
+    assert transport.ack_and_receive([], ["a", "b"], limit=1) == []
+    with pytest.raises(ValidationError):
+        transport.ack_and_receive([], [], limit=1)
+
+
 def test_commands_reconnect_after_a_server_restart(redis_server: Any) -> None:
     """A connection the server closed (a restart) is noticed before a command is sent on
     it, so the first command after the restart runs instead of failing."""

@@ -1,5 +1,6 @@
-"""The worker on a real Redis: several messages per receive, acks batched across slots,
-each ack sent only after its task's outcome was stored."""
+"""The worker on a real Redis: several messages per receive, acks batched across slots
+and sent with the next receive, each ack sent only after its task's outcome was
+stored."""
 
 from __future__ import annotations
 
@@ -31,6 +32,7 @@ class Watched(RedisTransport):
         self.app = app
         self.limits: list[int] = []
         self.received: list[int] = []
+        self.refills: list[tuple[int, int]] = []  # (limit, received) of ack_and_receive
         self.acked: list[str] = []
         self.unstored: list[str] = []
         self.fail_first_ack = fail_first_ack
@@ -47,7 +49,7 @@ class Watched(RedisTransport):
                 self.received.append(len(got))
         return got
 
-    def ack_many(self, deliveries: Sequence[Delivery]) -> None:
+    def _check_acks(self, deliveries: Sequence[Delivery]) -> None:
         ids = [str(d.frame.task_id) for d in deliveries]
         with self._watch:
             for task_id in ids:
@@ -58,7 +60,19 @@ class Watched(RedisTransport):
                 self.failed.extend(ids)
                 raise ConnectionLost("ack lost (test)", url=self.url)
             self.acked.extend(ids)
+
+    def ack_many(self, deliveries: Sequence[Delivery]) -> None:
+        self._check_acks(deliveries)
         super().ack_many(deliveries)
+
+    def ack_and_receive(
+        self, deliveries: Sequence[Delivery], queues: Sequence[str], *, limit: int
+    ) -> list[RedisDelivery]:
+        self._check_acks(deliveries)
+        got = super().ack_and_receive(deliveries, queues, limit=limit)
+        with self._watch:
+            self.refills.append((limit, len(got)))
+        return got
 
 
 @pytest.fixture
@@ -94,7 +108,9 @@ def test_batches_in_and_out_every_task_once_acked_after_its_result(
     assert transport.unstored == []  # no ack before its outcome was stored
     # The first receive had room for concurrency + prefetch and found that many waiting.
     assert transport.limits[0] == 8 and transport.received[0] == 8
-    assert max(transport.limits) <= 8 and sum(transport.received) == 60
+    limits = transport.limits + [limit for limit, _ in transport.refills]
+    assert max(limits) <= 8
+    assert sum(transport.received) + sum(got for _, got in transport.refills) == 60
     assert client.hlen("unacked") == 0 and client.zcard("unacked_index") == 0
     assert app.transport.size("celery") == 0
 

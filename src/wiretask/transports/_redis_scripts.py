@@ -225,7 +225,9 @@ def _round_trip(link: _Link, request: bytes, count: int) -> list[Any]:
 #: bucket-major: bucket b's list of queue q is KEYS[5 + n + b * n + (q - 1)]. ARGV: [1]
 #: now (client clock, as Kombu's ``QoS.append``), [2] n, [3] the global key prefix, [4]
 #: most promotions per queue, [5] limit, [6 .. 5+n] the queue names in the caller's
-#: current round-robin order (the routing key when an entry names none).
+#: current round-robin order (the routing key when an entry names none), then delivery
+#: tags to acknowledge first (``ACK``'s removals), so that a consumer settles what it
+#: finished and takes more in one round trip.
 #:
 #: The pops are exactly those of ``limit`` consecutive single receives: each takes the
 #: first non-empty list in BRPOP order (bucket 0 before 3, 6, 9; then queue order), and a
@@ -244,6 +246,10 @@ local n = tonumber(ARGV[2])
 local limit = tonumber(ARGV[5])
 local first_list = 5 + n
 local buckets = (#KEYS - 4 - n) / n
+for t = 6 + n, #ARGV do
+  redis.call('ZREM', KEYS[1], ARGV[t])
+  redis.call('HDEL', KEYS[2], ARGV[t])
+end
 for q = 5, 4 + n do
   local due = redis.call('ZRANGE', KEYS[q], '-inf', now, 'BYSCORE', 'LIMIT', 0, ARGV[4])
   for _, member in ipairs(due) do

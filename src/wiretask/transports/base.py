@@ -253,6 +253,17 @@ class Transport(abc.ABC):
         delivery = self.receive(queues, timeout=timeout)
         return [] if delivery is None else [delivery]
 
+    def ack_and_receive(
+        self, deliveries: Sequence[Delivery], queues: Sequence[str], *, limit: int
+    ) -> Sequence[Delivery]:
+        """Acknowledge ``deliveries`` (as ``ack_many``), then take up to ``limit``
+        messages from ``queues`` without waiting (as ``receive_many`` with timeout 0): a
+        consumer that finished some messages and has room for more, in as few round
+        trips as the broker allows. If the acknowledgement fails, it raises and takes
+        nothing. The default makes the two calls."""
+        self.ack_many(deliveries)
+        return self.receive_many(queues, limit=limit, timeout=0)
+
     def ack_many(self, deliveries: Sequence[Delivery]) -> None:
         """Acknowledge several deliveries, each as its own ``ack()`` would, in as few
         round trips as the broker allows. Every one is tried; the first failure is

@@ -565,33 +565,23 @@ class RedisTransport(Transport):
         names, deadline = receive_arguments(queues, timeout)
         limit = receive_limit(limit)
         self._maybe_restore()
-        k = self._keys
         while True:
-            order = self._order(names)
-            lists = [k.p(queue_key(queue, step)) for step in self._steps for queue in order]
-            script_keys = [k.unacked_index, k.unacked, k.delayed, k.delayed_messages,
-                           *(k.delayed_queue(queue) for queue in order), *lists]
-            with self._errors("receive"):
-                reply = cast(list[Any], self._commands.script(
-                    scripts.POP, script_keys,
-                    [repr(time.time()), len(order), k.prefix, _PROMOTE_LIMIT, limit, *order],
-                ))
-            count = int(reply[0])
-            if count:
-                popped = [(order[int(reply[i]) - 1], reply[i + 1], _text(reply[i + 2]))
-                          for i in range(2, 2 + 3 * count, 3)]
-                deliveries = self._take_all(names, popped)
-                if deliveries:
-                    return deliveries
-                continue
+            deliveries, popped, next_due = self._pop(names, limit, ())
+            if deliveries:
+                return deliveries
+            if popped:
+                continue  # only dead letters came out: look again
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 return []
-            if reply[1]:  # never sleep past the next delayed message of these queues
-                remaining = min(remaining, max(float(reply[1]) - time.time(), 0.0))
+            if next_due is not None:  # never sleep past the next delayed message here
+                remaining = min(remaining, max(next_due - time.time(), 0.0))
             if self.poll_interval is not None:
                 time.sleep(min(remaining, self.poll_interval))
                 continue
+            order = self._order(names)
+            lists = [self._keys.p(queue_key(queue, step))
+                     for step in self._steps for queue in order]
             owners = dict(zip(lists, [q for _ in self._steps for q in order], strict=True))
             with self._errors("receive"):
                 blocked = self._commands.call("BRPOP", *lists, self._block_for(remaining))
@@ -600,6 +590,52 @@ class RedisTransport(Transport):
                 deliveries = self._take_all(names, [(owners[_text(key)], raw, "")])
                 if deliveries:
                     return deliveries
+
+    def ack_and_receive(
+        self, deliveries: Sequence[Delivery], queues: Sequence[str], *, limit: int
+    ) -> list[RedisDelivery]:
+        """Acknowledge ``deliveries`` and take up to ``limit`` messages, in one ``POP``
+        script run: the acks land with the pops or neither does. Never waits. A
+        delivery that was settled already raises ``TransportError`` before anything is
+        done; deliveries of another transport are acknowledged by their own ``ack()``
+        first."""
+        names = queue_names(queues)
+        if not names:
+            raise ValidationError("queues", "at least one queue name is needed")
+        limit = receive_limit(limit)
+        self._maybe_restore()
+        received: list[RedisDelivery] = []
+
+        def write(pending: list[RedisDelivery]) -> None:
+            deliveries, _, _ = self._pop(names, limit, [d.delivery_tag for d in pending])
+            received.extend(deliveries)
+
+        self._settle_many(deliveries, write, strict=True)
+        return received
+
+    def _pop(
+        self, names: list[str], limit: int, ack: Sequence[str]
+    ) -> tuple[list[RedisDelivery], int, float | None]:
+        """One ``POP`` run (acknowledging the tags in ``ack`` first): the deliveries,
+        how many entries were popped (dead letters included), and the due time of the
+        next delayed message of these queues when none was."""
+        k = self._keys
+        order = self._order(names)
+        lists = [k.p(queue_key(queue, step)) for step in self._steps for queue in order]
+        script_keys = [k.unacked_index, k.unacked, k.delayed, k.delayed_messages,
+                       *(k.delayed_queue(queue) for queue in order), *lists]
+        with self._errors("receive"):
+            reply = cast(list[Any], self._commands.script(
+                scripts.POP, script_keys,
+                [repr(time.time()), len(order), k.prefix, _PROMOTE_LIMIT, limit, *order,
+                 *ack],
+            ))
+        count = int(reply[0])
+        if not count:
+            return [], 0, float(reply[1]) if reply[1] else None
+        popped = [(order[int(reply[i]) - 1], reply[i + 1], _text(reply[i + 2]))
+                  for i in range(2, 2 + 3 * count, 3)]
+        return self._take_all(names, popped), count, None
 
     def _take_all(
         self, names: list[str], popped: list[tuple[str, bytes, str]]
@@ -693,27 +729,44 @@ class RedisTransport(Transport):
         Each is settled as by its own ``ack()``; one that was settled already raises
         ``TransportError`` after the others were acknowledged. Deliveries of another
         transport are acknowledged one by one."""
+
+        def write(pending: list[RedisDelivery]) -> None:
+            if pending:
+                self._forget(*pending)
+
+        self._settle_many(deliveries, write, strict=False)
+
+    def _settle_many(
+        self, deliveries: Sequence[Delivery], write: Callable[[list[RedisDelivery]], None],
+        *, strict: bool,
+    ) -> None:
+        """Acknowledge ``deliveries`` through ``write`` (given this transport's unsettled
+        ones), holding each one's lock across it, as ``ack()`` does. Others' deliveries
+        are acked by their own ``ack()`` first. An already settled one raises
+        ``TransportError``: before anything is done when ``strict``, else after."""
         ours: dict[int, RedisDelivery] = {}
-        others: list[Delivery] = []
+        first: TransportError | None = None
         for delivery in deliveries:
             if isinstance(delivery, RedisDelivery) and delivery._transport is self:
                 ours[id(delivery)] = delivery
             else:
-                others.append(delivery)
+                try:
+                    delivery.ack()
+                except TransportError as exc:
+                    first = first or exc
         stale: list[RedisDelivery] = []
         acked: list[RedisDelivery] = []
-        # Each delivery's lock is held across the write, as ``ack()`` holds it, in one
-        # global order so that two concurrent calls cannot deadlock.
+        # The locks are taken in one global order, so that two calls cannot deadlock.
         locked = sorted(ours.values(), key=lambda d: (d.delivery_tag, id(d)))
         taken: list[RedisDelivery] = []
         try:
             for delivery in locked:
                 delivery._lock.acquire()
                 taken.append(delivery)
-            pending = [d for d in locked if d._settled is None]
             stale = [d for d in locked if d._settled is not None]
-            if pending:
-                self._forget(*pending)
+            if not (strict and stale):
+                pending = [d for d in locked if d._settled is None]
+                write(pending)
                 for delivery in pending:
                     delivery._settled = "acked"
                 acked = pending
@@ -722,12 +775,6 @@ class RedisTransport(Transport):
                 delivery._lock.release()
         for delivery in acked:
             self._release(delivery)
-        first: TransportError | None = None
-        for other in others:
-            try:
-                other.ack()
-            except TransportError as exc:
-                first = first or exc
         if stale:
             d = stale[0]
             raise TransportError(
