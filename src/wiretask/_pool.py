@@ -141,9 +141,10 @@ class ThreadControl:
             if self._phase == "abandoned":
                 return False
             self._phase = "done"
-            if self._thread_id is not None:
+            if self._thread_id is not None and (self._soft, self._hard) != (None, None):
                 # A limit that fired just before we took the lock may still be pending
                 # for this thread: clear it so it cannot hit the worker's own code.
+                # (Without limits nothing can be pending: skip the C call.)
                 async_raise(self._thread_id, None)
             return True
 

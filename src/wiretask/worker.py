@@ -100,7 +100,7 @@ class _Job:
         self.settled = False
         self.phase = "queued"  # queued -> claimed (a slot has it)
         self.control: ThreadControl | None = None
-        self.abandoned = threading.Event()
+        self.abandoned = False  # requeued by a stopping worker; its outcome is ignored
 
     @property
     def describe(self) -> str:
@@ -335,7 +335,7 @@ class Worker:
         logger.warning("task %s still running at shutdown: requeued", job.describe)
         if job.control is not None:
             job.control.abandon()
-        job.abandoned.set()
+        job.abandoned = True
         self._settle(job, "requeue")
 
     def __enter__(self) -> Worker:
@@ -785,7 +785,7 @@ class Worker:
             except (OSError, ValueError):
                 lost = True
             while not lost:
-                if job.abandoned.is_set():  # requeued by a stopping worker
+                if job.abandoned:  # requeued by a stopping worker
                     child.kill()
                     return
                 wait = POLL_INTERVAL
