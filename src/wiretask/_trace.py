@@ -81,12 +81,16 @@ class Outcome:
         settle: how to settle the delivery (see ``Settle``).
         runtime: seconds the body ran (0 when it did not run).
         reason: why, for ``dead_letter``.
+        pending: a ``SUCCESS`` state checked and encoded but not written yet (only
+            with ``Tracer.defer_results``): the worker writes it in the same call that
+            acknowledges the delivery.
     """
 
     state: str
     settle: Settle
     runtime: float = 0.0
     reason: str = ""
+    pending: Any = None
 
 
 class Control(Protocol):
@@ -168,6 +172,10 @@ class Tracer:
     def __init__(self, app: App, hostname: str) -> None:
         self.app = app
         self.hostname = hostname
+        #: Leave a plain ``SUCCESS`` (no callbacks, no chain, no earlier state stored by
+        #: this run) for the caller to write with the ack: set by a worker whose broker
+        #: can write the backend's results in its ack (``Outcome.pending``).
+        self.defer_results = False
 
     # -- the request ------------------------------------------------------------------
 
@@ -283,8 +291,10 @@ class Tracer:
             )
         if message.expires is not None and is_expired(message.expires, now=self.app.now()):
             return self.revoke_expired(message, request)
+        tracked = False  # a STARTED state was (or may have been) stored by this run
         if not message.ignore_result and self.track_started(task):
             # Celery: track_started is off for ignore_result tasks.
+            tracked = True
             self._try_store(
                 message, states.STARTED, {"pid": os.getpid(), "hostname": self.hostname}
             )
@@ -308,7 +318,8 @@ class Tracer:
         if error is None and late is not None:
             error = late  # a time limit that landed right as the body returned
         if error is None:
-            return self._succeeded(message, request, retval, runtime)
+            defer = self.defer_results and not tracked
+            return self._succeeded(message, request, retval, runtime, defer=defer)
         if isinstance(error, Retry):
             return self._retried(message, error, runtime)
         if isinstance(error, Reject):
@@ -324,8 +335,21 @@ class Tracer:
         return self.fail(message, request, error, runtime=runtime)
 
     def _succeeded(
-        self, message: TaskMessage, request: Request, retval: Any, runtime: float
+        self, message: TaskMessage, request: Request, retval: Any, runtime: float, *,
+        defer: bool = False,
     ) -> Outcome:
+        if defer and not (message.ignore_result or message.callbacks or message.chain):
+            # Nothing has to happen between the store and the ack: encode now (a value
+            # the serializer refuses still fails the task), write with the ack.
+            backend: Any = self.app.backend
+            try:
+                pending = backend.pending(
+                    message.id, self._meta(message, states.SUCCESS, retval)
+                )
+            except (EncodeError, ValidationError) as exc:
+                return self.fail(message, request, exc, runtime=runtime)
+            self._log_success(message, runtime, retval)
+            return Outcome(states.SUCCESS, "ack", runtime, pending=pending)
         if not message.ignore_result:
             try:
                 self.store(message, states.SUCCESS, retval)
@@ -338,13 +362,17 @@ class Tracer:
                     "again", message.task, message.id,
                 )
                 return Outcome(states.SUCCESS, "requeue", runtime)
+        self._log_success(message, runtime, retval)
+        self.send_callbacks(message, retval)
+        return Outcome(states.SUCCESS, "ack", runtime)
+
+    @staticmethod
+    def _log_success(message: TaskMessage, runtime: float, retval: Any) -> None:
         if logger.isEnabledFor(logging.INFO):  # the repr is not free; skip it when unused
             logger.info(
                 "task %s[%s] succeeded in %.3fs: %s",
                 message.task, message.id, runtime, _short_repr(retval),
             )
-        self.send_callbacks(message, retval)
-        return Outcome(states.SUCCESS, "ack", runtime)
 
     def _retried(self, message: TaskMessage, signal: Retry, runtime: float) -> Outcome:
         # Task.retry has already re-sent the message (same id, retries + 1). RETRY is not

@@ -101,6 +101,8 @@ class _Job:
         self.phase = "queued"  # queued -> claimed (a slot has it)
         self.control: ThreadControl | None = None
         self.abandoned = False  # requeued by a stopping worker; its outcome is ignored
+        #: A SUCCESS state to write with the ack (``Outcome.pending``).
+        self.pending: Any = None
 
     @property
     def describe(self) -> str:
@@ -258,6 +260,11 @@ class Worker:
             if self.pool == "processes":
                 self._start_children()
             else:
+                # Where the broker can write the backend's results in the script that
+                # acks (Redis, same database), a plain SUCCESS is written with its ack:
+                # one round trip for both, batched with the other slots' (``_flush``).
+                stores = getattr(self.transport, "stores_results_of", None)
+                self._tracer.defer_results = bool(stores and stores(self.app.backend))
                 for _ in range(self.concurrency):
                     self._add_thread_slot()
         except BaseException:
@@ -623,8 +630,11 @@ class Worker:
                 with self._cv:
                     room = self._room(freed=len(batch))
             deliveries: Sequence[Delivery] = ()
+            stored = [j for j in batch if j.pending is not None]
             try:
-                if room > 0:
+                if stored:
+                    deliveries = self._store_ack_and_receive(batch, stored, room)
+                elif room > 0:
                     deliveries = self.transport.ack_and_receive(
                         [j.delivery for j in batch], self.queues, limit=room
                     )
@@ -647,9 +657,56 @@ class Worker:
             if receiving:
                 self._receiving.release()
 
+    def _store_ack_and_receive(
+        self, batch: list[_Job], stored: list[_Job], room: int
+    ) -> Sequence[Delivery]:
+        """The flush of a batch with results to write (``Outcome.pending``): one call
+        writes each result and acks its message (store before ack, in one script),
+        acks the others and refills. A result whose task already has a state stored
+        is written under the backend's full rules, then acked. If the call fails, the
+        results may not be stored: their messages are requeued (after a pause, as for a
+        failed store) to run again."""
+        transport: Any = self.transport
+        plain = [j.delivery for j in batch if j.pending is None]
+        deliveries: Sequence[Delivery]
+        skipped: list[int]
+        try:
+            deliveries, skipped = transport.store_ack_and_receive(
+                [(j.delivery, j.pending) for j in stored], plain, self.queues,
+                limit=max(room, 0),
+            )
+        except Exception:
+            logger.exception(
+                "could not store the results of %s; their messages are requeued to run "
+                "again", ", ".join(j.describe for j in stored),
+            )
+            self._stop_requested.wait(REQUEUE_PAUSE)
+            for job in stored:
+                self._reject_requeue(job.delivery, job.describe)
+            return ()  # the others stay unacknowledged: delivered again (at least once)
+        backend: Any = self.app.backend
+        for index in skipped:
+            job = stored[index]
+            try:
+                backend.store_pending(job.pending)
+            except Exception:
+                logger.exception(
+                    "task %s: could not store SUCCESS; the message is requeued to run "
+                    "again", job.describe,
+                )
+                self._stop_requested.wait(REQUEUE_PAUSE)
+                self._reject_requeue(job.delivery, job.describe)
+                continue
+            try:
+                job.delivery.ack()
+            except TransportError:
+                logger.exception("task %s: could not ack its message", job.describe)
+        return deliveries
+
     def _finish(self, job: _Job, outcome: Outcome) -> None:
         if outcome.settle == "none":
             return
+        job.pending = outcome.pending
         if outcome.settle == "requeue":
             # The backend failed: wait a little so the message does not spin.
             self._stop_requested.wait(REQUEUE_PAUSE)

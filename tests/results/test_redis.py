@@ -13,12 +13,13 @@ import pytest
 import redis
 
 from wiretask.codecs import default_registry
-from wiretask.errors import ConnectionLost, ImproperlyConfigured, TransportError
+from wiretask.errors import ConnectionLost, EncodeError, ImproperlyConfigured, TransportError
 from wiretask.protocol import states
 from wiretask.protocol.states import make_meta
 from wiretask.results import backend_from_url
 from wiretask.results.base import COMPRESSED_PAYLOAD_MAGIC
 from wiretask.results.redis import RedisBackend, celery_keyprefix
+from wiretask.transports.redis import RedisTransport
 
 DONE = "2026-01-01T00:00:00+00:00"
 
@@ -247,3 +248,33 @@ def test_subscriptions_close_their_connections(backend: RedisBackend, raw: redis
         sub.close()
     wait_until(lambda: raw.pubsub_numsub(key)[0][1] == 0)
     assert not any(name.startswith(b"wiretask-result-sync-") for name in raw.pubsub_channels())
+
+
+def test_pending_states_are_encoded_now_and_stored_later(redis_url: str) -> None:
+    backend = RedisBackend(redis_url)
+    task_id = str(uuid.uuid4())
+    with pytest.raises(EncodeError):  # refused when prepared, not when written
+        backend.pending(task_id, make_meta(task_id, states.SUCCESS, object()))
+    pending = backend.pending(task_id, make_meta(task_id, states.SUCCESS, 7))
+    assert backend.get(task_id) is None
+    backend.store_pending(pending)
+    assert backend.get(task_id) == make_meta(task_id, states.SUCCESS, 7)
+    # The state rules hold for a pending state too: a ready state is never replaced.
+    backend.store_pending(backend.pending(task_id, make_meta(task_id, states.FAILURE, None)))
+    assert backend.get(task_id) == make_meta(task_id, states.SUCCESS, 7)
+    backend.close()
+
+
+def test_same_database_compares_server_database_and_credentials(redis_url: str) -> None:
+    backend = RedisBackend(redis_url)
+    base = redis_url.rsplit("/", 1)[0]
+    transports = [RedisTransport(redis_url), RedisTransport(f"{base}/14"),
+                  RedisTransport(redis_url.replace("://", "://user:pw@", 1))]
+    same, other_db, other_user = transports
+    assert same.stores_results_of(backend)
+    assert not other_db.stores_results_of(backend)
+    assert not other_user.stores_results_of(backend)
+    assert not same.stores_results_of(object())
+    for transport in transports:
+        transport.close()
+    backend.close()

@@ -14,6 +14,7 @@ import redis
 from wiretask.app import App
 from wiretask.errors import ConnectionLost
 from wiretask.protocol import states
+from wiretask.results.redis import PendingResult
 from wiretask.transports.base import Delivery
 from wiretask.transports.redis import RedisDelivery, RedisTransport
 from wiretask.worker import Worker
@@ -27,7 +28,8 @@ class Watched(RedisTransport):
     """A Redis transport that records its batches and checks, at every ack, that the
     task's outcome is already stored."""
 
-    def __init__(self, url: str, app: App, *, fail_first_ack: bool = False) -> None:
+    def __init__(self, url: str, app: App, *, fail_first_ack: bool = False,
+                 fail_first_store: bool = False) -> None:
         super().__init__(url)
         self.app = app
         self.limits: list[int] = []
@@ -37,6 +39,9 @@ class Watched(RedisTransport):
         self.unstored: list[str] = []
         self.fail_first_ack = fail_first_ack
         self.failed: list[str] = []
+        self.fail_first_store = fail_first_store
+        self.stored_with_ack: list[str] = []
+        self.stored_later: list[str] = []
         self._watch = threading.Lock()
 
     def receive_many(
@@ -56,7 +61,7 @@ class Watched(RedisTransport):
                 meta = self.app.backend.get(task_id)
                 if meta is None or meta["status"] != states.SUCCESS:
                     self.unstored.append(task_id)
-            if self.fail_first_ack and not self.failed:
+            if self.fail_first_ack and ids and not self.failed:
                 self.failed.extend(ids)
                 raise ConnectionLost("ack lost (test)", url=self.url)
             self.acked.extend(ids)
@@ -64,6 +69,28 @@ class Watched(RedisTransport):
     def ack_many(self, deliveries: Sequence[Delivery]) -> None:
         self._check_acks(deliveries)
         super().ack_many(deliveries)
+
+    def store_ack_and_receive(
+        self, results: Sequence[tuple[Delivery, PendingResult]], deliveries: Sequence[Delivery],
+        queues: Sequence[str], *, limit: int,
+    ) -> tuple[list[RedisDelivery], list[int]]:
+        self._check_acks(deliveries)
+        ids = [str(d.frame.task_id) for d, _ in results]
+        with self._watch:
+            if self.fail_first_store and not self.failed:
+                self.failed.extend(ids)
+                raise ConnectionLost("store lost (test)", url=self.url)
+        got, skipped = super().store_ack_and_receive(results, deliveries, queues, limit=limit)
+        with self._watch:
+            self.refills.append((limit, len(got)))
+            for i, task_id in enumerate(ids):
+                # Written and acked in one script: the result is there, the ack is done.
+                meta = self.app.backend.get(task_id)
+                if meta is None or meta["status"] != states.SUCCESS:
+                    self.unstored.append(task_id)
+                (self.stored_later if i in skipped else self.stored_with_ack).append(task_id)
+            self.acked.extend(t for i, t in enumerate(ids) if i not in skipped)
+        return got, skipped
 
     def ack_and_receive(
         self, deliveries: Sequence[Delivery], queues: Sequence[str], *, limit: int
@@ -106,6 +133,8 @@ def test_batches_in_and_out_every_task_once_acked_after_its_result(
     assert sorted(i for (i,) in recorder.of("ran")) == list(range(60))
     assert sorted(transport.acked) == sorted(r.id for r in results)
     assert transport.unstored == []  # no ack before its outcome was stored
+    # Broker and backend share the database: every result went with its ack.
+    assert sorted(transport.stored_with_ack) == sorted(r.id for r in results)
     # The first receive had room for concurrency + prefetch and found that many waiting.
     assert transport.limits[0] == 8 and transport.received[0] == 8
     limits = transport.limits + [limit for limit, _ in transport.refills]
@@ -115,9 +144,25 @@ def test_batches_in_and_out_every_task_once_acked_after_its_result(
     assert app.transport.size("celery") == 0
 
 
+@pytest.fixture
+def split_app(redis_url: str) -> Iterator[App]:
+    """Broker and result backend in two databases: results are stored on their own,
+    before the ack, not in its script."""
+    backend_url = redis_url.rsplit("/", 1)[0] + "/14"
+    results = redis.Redis.from_url(backend_url)
+    results.flushdb()
+    application = App("wt", broker=redis_url, backend=backend_url)
+    yield application
+    application.close()
+    results.flushdb()
+    results.close()
+
+
 def test_a_failed_batch_ack_leaves_its_messages_to_be_delivered_again(
-    app: App, redis_url: str, client: redis.Redis, recorder: Recorder
+    split_app: App, redis_url: str, client: redis.Redis, recorder: Recorder
 ) -> None:
+    app = split_app
+
     @app.task
     def note(i: int) -> int:
         recorder.add("ran", i)
@@ -129,6 +174,7 @@ def test_a_failed_batch_ack_leaves_its_messages_to_be_delivered_again(
         assert [r.get(timeout=20) for r in results] == list(range(6))
         wait_until(lambda: len(transport.acked) == 6 - len(transport.failed), what="acks")
     assert transport.failed and transport.unstored == []
+    assert transport.stored_with_ack == []  # two databases: results stored on their own
     # Unacknowledged, they went back to the queue when the worker closed its transport:
     # at least once, never lost.
     waiting = sorted(str(p.frame.task_id) for p in app.transport.peek("celery"))
@@ -141,3 +187,49 @@ def test_a_failed_batch_ack_leaves_its_messages_to_be_delivered_again(
     for (i,) in recorder.of("ran"):
         ran[i] = ran.get(i, 0) + 1
     assert sorted(ran) == list(range(6)) and sum(ran.values()) == 6 + len(transport.failed)
+
+
+def test_a_result_stored_with_its_ack_follows_the_state_rules(
+    app: App, redis_url: str, client: redis.Redis, recorder: Recorder
+) -> None:
+    """A task that already has a state: PROGRESS may be followed by SUCCESS; a SUCCESS
+    (a redelivered task that had finished) is never replaced. Both messages are acked."""
+
+    @app.task
+    def note(i: int) -> int:
+        recorder.add("ran", i)
+        return i
+
+    results = note.apply_many([((i,), {}) for i in range(2)])
+    app.backend.store(results[0].id, states.make_meta(results[0].id, "PROGRESS", None))
+    first = states.make_meta(results[1].id, states.SUCCESS, "first")
+    app.backend.store(results[1].id, first)
+    transport = Watched(redis_url, app)
+    with Worker(app, concurrency=1, transport=transport):
+        recorder.wait_for("ran", 2, timeout=20)
+        wait_until(lambda: len(transport.acked) + len(transport.stored_later) == 2
+                   and client.hlen("unacked") == 0, what="both acked")
+    assert sorted(transport.stored_later) == sorted(r.id for r in results)
+    assert results[0].get(timeout=5) == 0
+    assert app.backend.get(results[1].id) == first
+    assert app.transport.size("celery") == 0
+
+
+def test_results_whose_write_failed_are_run_again(
+    app: App, redis_url: str, client: redis.Redis, recorder: Recorder
+) -> None:
+    @app.task
+    def note(i: int) -> int:
+        recorder.add("ran", i)
+        return i
+
+    results = note.apply_many([((i,), {}) for i in range(4)])
+    transport = Watched(redis_url, app, fail_first_store=True)
+    with Worker(app, concurrency=2, transport=transport):
+        assert [r.get(timeout=20) for r in results] == list(range(4))
+        wait_until(lambda: client.hlen("unacked") == 0 and app.transport.size("celery") == 0,
+                   timeout=10, what="every message acked")
+    assert transport.failed and transport.unstored == []
+    ran = [i for (i,) in recorder.of("ran")]
+    assert sorted(set(ran)) == list(range(4))
+    assert len(ran) == 4 + len(transport.failed)  # the failed ones ran again

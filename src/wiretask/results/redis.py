@@ -50,6 +50,7 @@ from collections.abc import Iterator, Mapping
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, Final
 
+import attrs
 import redis
 import redis.exceptions
 
@@ -74,7 +75,7 @@ from wiretask.transports._redis_scripts import Commands, Script
 if TYPE_CHECKING:
     from wiretask.codecs import Registry
 
-__all__ = ["TASK_KEYPREFIX", "RedisBackend", "RedisSubscription"]
+__all__ = ["TASK_KEYPREFIX", "PendingResult", "RedisBackend", "RedisSubscription"]
 
 #: Celery's ``task_keyprefix`` (``KeyValueStoreBackend``).
 TASK_KEYPREFIX: Final = "celery-task-meta-"
@@ -117,6 +118,19 @@ def _without_transport_options(url: str) -> str:
     from wiretask.transports._redis_options import parse  # noqa: PLC0415
 
     return parse(url, {}).redis_url
+
+
+@attrs.frozen(kw_only=True)
+class PendingResult:
+    """A state checked and encoded for Celery's layout, not written yet."""
+
+    task_id: str
+    meta: Mapping[str, Any]
+    status: str
+    key: str
+    data: bytes | str
+    #: ``("SET",)``, ``("SETEX", seconds)`` or ``("PSETEX", milliseconds)``.
+    write: tuple[Any, ...]
 
 
 class RedisBackend(ResultBackend):
@@ -201,9 +215,18 @@ class RedisBackend(ResultBackend):
             return None
 
     def store(self, task_id: str, meta: Mapping[str, Any]) -> None:
+        self.store_pending(self.pending(task_id, meta))
+
+    def pending(self, task_id: str, meta: Mapping[str, Any]) -> PendingResult:
+        """Check and encode a state now, to write it later: with ``store_pending``, or
+        in the same script as the broker's ack when the broker is this same Redis
+        database (``RedisTransport.store_ack_and_receive``, which the worker uses).
+
+        Raises:
+            ValidationError: a malformed meta dict.
+            EncodeError: the result serializer refuses it.
+        """
         status = check_meta(task_id, meta)
-        data = self.codec.encode(meta).data
-        key = self.key_for(task_id)
         # The commands by name: redis-py 8 deprecates its setex()/psetex() helpers, and
         # SETEX is what Celery sends.
         if self.expires is None:
@@ -212,6 +235,13 @@ class RedisBackend(ResultBackend):
             write = ("SETEX", int(self.expires))
         else:
             write = ("PSETEX", max(1, int(self.expires * 1000)))
+        return PendingResult(task_id=task_id, meta=meta, status=status,
+                             key=self.key_for(task_id), data=self.codec.encode(meta).data,
+                             write=write)
+
+    def store_pending(self, pending: PendingResult) -> None:
+        """Write a state that ``pending`` prepared, under the rules of ``store``."""
+        key, data, write = pending.key, pending.data, pending.write
         with self.errors("store"):
             # The common case (nothing stored yet, e.g. a task's only state) in one round
             # trip instead of WATCH, GET and MULTI/EXEC; the same atomic rule.
@@ -223,7 +253,8 @@ class RedisBackend(ResultBackend):
             for _ in range(MAX_WATCH_RETRIES):
                 try:
                     pipe.watch(key)
-                    if not states.may_follow(self._current_status(pipe.get(key)), status):
+                    if not states.may_follow(self._current_status(pipe.get(key)),
+                                             pending.status):
                         pipe.unwatch()
                         return
                     pipe.multi()
@@ -235,9 +266,18 @@ class RedisBackend(ResultBackend):
                 else:
                     return
         raise TransportError(
-            f"could not store the state of {task_id}: the key kept changing under "
+            f"could not store the state of {pending.task_id}: the key kept changing under "
             f"{MAX_WATCH_RETRIES} attempts",
             url=self.url,
+        )
+
+    def same_database(self, pool: redis.ConnectionPool) -> bool:
+        """Whether connections of ``pool`` reach this backend's Redis database (same
+        server, database number and credentials), so that one script may write both."""
+        mine = self.client.connection_pool
+        keys = ("host", "port", "path", "db", "username", "password")
+        return mine.connection_class is pool.connection_class and all(
+            mine.connection_kwargs.get(k) == pool.connection_kwargs.get(k) for k in keys
         )
 
     def get(self, task_id: str) -> dict[str, Any] | None:

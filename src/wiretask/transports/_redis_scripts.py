@@ -222,17 +222,24 @@ def _round_trip(link: _Link, request: bytes, count: int) -> list[Any]:
 #:
 #: KEYS: [1] unacked_index (zset), [2] unacked (hash), [3] the due index, [4] the entry
 #: hash, [5 .. 4+n] the consumed queues' own delayed indexes, then the bucket lists,
-#: bucket-major: bucket b's list of queue q is KEYS[5 + n + b * n + (q - 1)]. ARGV: [1]
-#: now (client clock, as Kombu's ``QoS.append``), [2] n, [3] the global key prefix, [4]
-#: most promotions per queue, [5] limit, [6 .. 5+n] the queue names in the caller's
-#: current round-robin order (the routing key when an entry names none), then delivery
-#: tags to acknowledge first (``ACK``'s removals), so that a consumer settles what it
-#: finished and takes more in one round trip.
+#: bucket-major: bucket b's list of queue q is KEYS[5 + n + b * n + (q - 1)], then r
+#: result keys. ARGV: [1] now (client clock, as Kombu's ``QoS.append``), [2] n, [3] the
+#: global key prefix, [4] most promotions per queue, [5] limit (0: pop nothing), [6] a,
+#: the number of tags to acknowledge, [7] r, [8 .. 7+n] the queue names in the caller's
+#: current round-robin order (the routing key when an entry names none), then the a
+#: delivery tags to acknowledge (``ACK``'s removals), then r results, four values each:
+#: the delivery tag, the value, the write command (``SET``, ``SETEX`` or ``PSETEX``) and
+#: its expiry. A result is written (and published, as the result backend's first-state
+#: script does) only if its key does not exist yet; its delivery is acknowledged only
+#: then. So a consumer stores what it finished, settles it and takes more in one round
+#: trip, store before ack.
 #:
 #: The pops are exactly those of ``limit`` consecutive single receives: each takes the
 #: first non-empty list in BRPOP order (bucket 0 before 3, 6, 9; then queue order), and a
 #: delivery moves its queue to the end of the order (round robin), which the caller
-#: repeats on its side. Returns ``{count, next due, q, entry, tag, q, entry, tag, ...}``:
+#: repeats on its side. Returns ``{count, next due, not stored, q, entry, tag, ...}``:
+#: ``not stored`` the 1-based positions of the results whose key existed (unwritten,
+#: their deliveries unacknowledged);
 #: ``q`` the queue's 1-based position in ARGV's order; the tag is '' when the entry is
 #: not an envelope with a string ``properties.delivery_tag`` (popped but not recorded,
 #: and it does not rotate the order: the caller dead-letters it). ``next due`` is set
@@ -244,9 +251,29 @@ POP = Script("""
 local now = ARGV[1]
 local n = tonumber(ARGV[2])
 local limit = tonumber(ARGV[5])
+local acks = tonumber(ARGV[6])
+local results = tonumber(ARGV[7])
 local first_list = 5 + n
-local buckets = (#KEYS - 4 - n) / n
-for t = 6 + n, #ARGV do
+local buckets = (#KEYS - 4 - n - results) / n
+local not_stored = {}
+local first_result = 8 + n + acks
+for r = 1, results do
+  local key = KEYS[#KEYS - results + r]
+  local a = first_result + (r - 1) * 4
+  if redis.call('EXISTS', key) == 1 then
+    not_stored[#not_stored + 1] = r
+  else
+    if ARGV[a + 2] == 'SET' then
+      redis.call('SET', key, ARGV[a + 1])
+    else
+      redis.call(ARGV[a + 2], key, ARGV[a + 3], ARGV[a + 1])
+    end
+    redis.call('PUBLISH', key, ARGV[a + 1])
+    redis.call('ZREM', KEYS[1], ARGV[a])
+    redis.call('HDEL', KEYS[2], ARGV[a])
+  end
+end
+for t = 8 + n, 7 + n + acks do
   redis.call('ZREM', KEYS[1], ARGV[t])
   redis.call('HDEL', KEYS[2], ARGV[t])
 end
@@ -265,7 +292,7 @@ for q = 5, 4 + n do
 end
 local order = {}
 for q = 1, n do order[q] = q end
-local out = {0, ''}
+local out = {0, '', not_stored}
 local count = 0
 while count < limit do
   local raw, q, pos = nil, nil, nil
@@ -288,7 +315,7 @@ while count < limit do
       local exchange = info.exchange
       if type(exchange) ~= 'string' then exchange = '' end
       local routing_key = info.routing_key
-      if type(routing_key) ~= 'string' then routing_key = ARGV[5 + q] end
+      if type(routing_key) ~= 'string' then routing_key = ARGV[7 + q] end
       redis.call('ZADD', KEYS[1], now, tag)
       redis.call('HSET', KEYS[2], tag, '[' .. raw .. ', ' .. cjson.encode(exchange)
                  .. ', ' .. cjson.encode(routing_key) .. ']')

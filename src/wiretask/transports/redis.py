@@ -92,7 +92,7 @@ import uuid
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
-from typing import Any, Literal, NamedTuple, cast
+from typing import TYPE_CHECKING, Any, Literal, NamedTuple, cast
 
 import redis
 from redis.backoff import NoBackoff
@@ -133,6 +133,9 @@ from wiretask.transports.base import (
     receive_arguments,
     receive_limit,
 )
+
+if TYPE_CHECKING:
+    from wiretask.results.redis import PendingResult
 
 __all__ = ["RedisDelivery", "RedisTransport", "run_scheduler"]
 
@@ -566,7 +569,7 @@ class RedisTransport(Transport):
         limit = receive_limit(limit)
         self._maybe_restore()
         while True:
-            deliveries, popped, next_due = self._pop(names, limit, ())
+            deliveries, popped, next_due, _ = self._pop(names, limit, (), ())
             if deliveries:
                 return deliveries
             if popped:
@@ -606,36 +609,86 @@ class RedisTransport(Transport):
         self._maybe_restore()
         received: list[RedisDelivery] = []
 
-        def write(pending: list[RedisDelivery]) -> None:
-            deliveries, _, _ = self._pop(names, limit, [d.delivery_tag for d in pending])
+        def write(pending: list[RedisDelivery]) -> list[RedisDelivery]:
+            deliveries, _, _, _ = self._pop(
+                names, limit, [d.delivery_tag for d in pending], ())
             received.extend(deliveries)
+            return []
 
         self._settle_many(deliveries, write, strict=True)
         return received
 
+    def stores_results_of(self, backend: object) -> bool:
+        """Whether ``backend`` keeps its results in this transport's Redis database, so
+        that ``store_ack_and_receive`` can write them in the script that acks."""
+        from wiretask.results.redis import RedisBackend  # noqa: PLC0415 - optional pairing
+
+        return isinstance(backend, RedisBackend) and backend.same_database(self._pool)
+
+    def store_ack_and_receive(
+        self, results: Sequence[tuple[Delivery, PendingResult]], deliveries: Sequence[Delivery],
+        queues: Sequence[str], *, limit: int,
+    ) -> tuple[list[RedisDelivery], list[int]]:
+        """One ``POP`` run that writes each result of ``results`` (a state the
+        result backend prepared, for a delivery of this transport) and acknowledges
+        its delivery, if the task has no state stored yet; acknowledges
+        ``deliveries``; and takes up to ``limit`` (0: none) messages, never waiting.
+        Returns the messages taken and the positions in ``results`` that were not
+        written because a state was already stored: their deliveries stay
+        unacknowledged, for the caller to store under the full rules
+        (``RedisBackend.store_pending``) and then ack. Only for a result backend on
+        this same database (``stores_results_of``)."""
+        names = queue_names(queues)
+        if not names:
+            raise ValidationError("queues", "at least one queue name is needed")
+        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 0:
+            raise ValidationError("limit", f"must be an int >= 0, got {limit!r}")
+        self._maybe_restore()
+        by_delivery = {id(d): p for d, p in results}
+        received: list[RedisDelivery] = []
+        not_stored: list[int] = []
+
+        def write(pending: list[RedisDelivery]) -> list[RedisDelivery]:
+            plain = [d.delivery_tag for d in pending if id(d) not in by_delivery]
+            stores = [(d, by_delivery[id(d)]) for d in pending if id(d) in by_delivery]
+            got, _, _, skipped = self._pop(names, limit, plain, stores)
+            received.extend(got)
+            skipped_ids = {id(stores[i - 1][0]) for i in skipped}
+            not_stored.extend(i for i, (d, _) in enumerate(results) if id(d) in skipped_ids)
+            # Those stay unsettled: the caller stores them under the full rules first.
+            return [d for d in pending if id(d) in skipped_ids]
+
+        self._settle_many([*deliveries, *(d for d, _ in results)], write, strict=True)
+        return received, not_stored
+
     def _pop(
-        self, names: list[str], limit: int, ack: Sequence[str]
-    ) -> tuple[list[RedisDelivery], int, float | None]:
-        """One ``POP`` run (acknowledging the tags in ``ack`` first): the deliveries,
-        how many entries were popped (dead letters included), and the due time of the
-        next delayed message of these queues when none was."""
+        self, names: list[str], limit: int, ack: Sequence[str],
+        results: Sequence[tuple[RedisDelivery, PendingResult]],
+    ) -> tuple[list[RedisDelivery], int, float | None, list[int]]:
+        """One ``POP`` run (writing ``results`` and acknowledging the tags in ``ack``
+        first): the deliveries, how many entries were popped (dead letters included),
+        the due time of the next delayed message of these queues when none was, and
+        the positions of the results that were not written."""
         k = self._keys
         order = self._order(names)
         lists = [k.p(queue_key(queue, step)) for step in self._steps for queue in order]
         script_keys = [k.unacked_index, k.unacked, k.delayed, k.delayed_messages,
-                       *(k.delayed_queue(queue) for queue in order), *lists]
+                       *(k.delayed_queue(queue) for queue in order), *lists,
+                       *(p.key for _, p in results)]
+        args: list[Any] = [repr(time.time()), len(order), k.prefix, _PROMOTE_LIMIT, limit,
+                           len(ack), len(results), *order, *ack]
+        for delivery, pending in results:
+            args += (delivery.delivery_tag, pending.data, pending.write[0],
+                     pending.write[1] if len(pending.write) > 1 else "")
         with self._errors("receive"):
-            reply = cast(list[Any], self._commands.script(
-                scripts.POP, script_keys,
-                [repr(time.time()), len(order), k.prefix, _PROMOTE_LIMIT, limit, *order,
-                 *ack],
-            ))
+            reply = cast(list[Any], self._commands.script(scripts.POP, script_keys, args))
         count = int(reply[0])
+        skipped = [int(i) for i in reply[2]]
         if not count:
-            return [], 0, float(reply[1]) if reply[1] else None
+            return [], 0, float(reply[1]) if reply[1] else None, skipped
         popped = [(order[int(reply[i]) - 1], reply[i + 1], _text(reply[i + 2]))
-                  for i in range(2, 2 + 3 * count, 3)]
-        return self._take_all(names, popped), count, None
+                  for i in range(3, 3 + 3 * count, 3)]
+        return self._take_all(names, popped), count, None, skipped
 
     def _take_all(
         self, names: list[str], popped: list[tuple[str, bytes, str]]
@@ -730,20 +783,22 @@ class RedisTransport(Transport):
         ``TransportError`` after the others were acknowledged. Deliveries of another
         transport are acknowledged one by one."""
 
-        def write(pending: list[RedisDelivery]) -> None:
+        def write(pending: list[RedisDelivery]) -> list[RedisDelivery]:
             if pending:
                 self._forget(*pending)
+            return []
 
         self._settle_many(deliveries, write, strict=False)
 
     def _settle_many(
-        self, deliveries: Sequence[Delivery], write: Callable[[list[RedisDelivery]], None],
-        *, strict: bool,
+        self, deliveries: Sequence[Delivery],
+        write: Callable[[list[RedisDelivery]], list[RedisDelivery]], *, strict: bool,
     ) -> None:
         """Acknowledge ``deliveries`` through ``write`` (given this transport's unsettled
-        ones), holding each one's lock across it, as ``ack()`` does. Others' deliveries
-        are acked by their own ``ack()`` first. An already settled one raises
-        ``TransportError``: before anything is done when ``strict``, else after."""
+        ones; it returns those it left unacknowledged), holding each one's lock across
+        it, as ``ack()`` does. Others' deliveries are acked by their own ``ack()`` first.
+        An already settled one raises ``TransportError``: before anything is done when
+        ``strict``, else after."""
         ours: dict[int, RedisDelivery] = {}
         first: TransportError | None = None
         for delivery in deliveries:
@@ -766,10 +821,10 @@ class RedisTransport(Transport):
             stale = [d for d in locked if d._settled is not None]
             if not (strict and stale):
                 pending = [d for d in locked if d._settled is None]
-                write(pending)
-                for delivery in pending:
+                kept = {id(d) for d in write(pending)}
+                acked = [d for d in pending if id(d) not in kept]
+                for delivery in acked:
                     delivery._settled = "acked"
-                acked = pending
         finally:
             for delivery in taken:
                 delivery._lock.release()
