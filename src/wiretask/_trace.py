@@ -82,7 +82,7 @@ class Outcome:
         runtime: seconds the body ran (0 when it did not run).
         reason: why, for ``dead_letter``.
         pending: a ``SUCCESS`` state checked and encoded but not written yet (only
-            with ``Tracer.defer_results``): the worker writes it in the same call that
+            with ``Tracer.defer_results_of``): the worker writes it in the same call that
             acknowledges the delivery.
     """
 
@@ -173,9 +173,10 @@ class Tracer:
         self.app = app
         self.hostname = hostname
         #: Leave a plain ``SUCCESS`` (no callbacks, no chain, no earlier state stored by
-        #: this run) for the caller to write with the ack: set by a worker whose broker
-        #: can write the backend's results in its ack (``Outcome.pending``).
-        self.defer_results = False
+        #: this run) for the caller to write with the ack (``Outcome.pending``), while
+        #: the app's backend is this one: set by a worker whose broker can write this
+        #: backend's results in its ack.
+        self.defer_results_of: Any = None
 
     # -- the request ------------------------------------------------------------------
 
@@ -318,7 +319,7 @@ class Tracer:
         if error is None and late is not None:
             error = late  # a time limit that landed right as the body returned
         if error is None:
-            defer = self.defer_results and not tracked
+            defer = not tracked and self.defer_results_of is not None
             return self._succeeded(message, request, retval, runtime, defer=defer)
         if isinstance(error, Retry):
             return self._retried(message, error, runtime)
@@ -338,10 +339,12 @@ class Tracer:
         self, message: TaskMessage, request: Request, retval: Any, runtime: float, *,
         defer: bool = False,
     ) -> Outcome:
-        if defer and not (message.ignore_result or message.callbacks or message.chain):
+        backend: Any = self.app.backend
+        if defer and backend is self.defer_results_of and not (
+            message.ignore_result or message.callbacks or message.chain
+        ):
             # Nothing has to happen between the store and the ack: encode now (a value
             # the serializer refuses still fails the task), write with the ack.
-            backend: Any = self.app.backend
             try:
                 pending = backend.pending(
                     message.id, self._meta(message, states.SUCCESS, retval)

@@ -264,7 +264,9 @@ class Worker:
                 # acks (Redis, same database), a plain SUCCESS is written with its ack:
                 # one round trip for both, batched with the other slots' (``_flush``).
                 stores = getattr(self.transport, "stores_results_of", None)
-                self._tracer.defer_results = bool(stores and stores(self.app.backend))
+                backend = self.app.backend
+                if stores is not None and stores(backend):
+                    self._tracer.defer_results_of = backend
                 for _ in range(self.concurrency):
                     self._add_thread_slot()
         except BaseException:
