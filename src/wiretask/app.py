@@ -197,7 +197,6 @@ class Request:
 
 
 _current_request: ContextVar[Request | None] = ContextVar("wiretask_request", default=None)
-_thread_oids = threading.local()
 
 
 class App:
@@ -412,21 +411,7 @@ class App:
         self, name: str, args: object = None, kwargs: object = None, **options: Any
     ) -> calling.Call:
         """Validate a call and build its message without sending it."""
-        task = self.tasks.get(name)
-        # The transport first: creating it imports the driver, and "now" must be read
-        # after that, or a short countdown is already due when it reaches the broker.
-        capabilities = self.transport.capabilities
-        builder = self._builder
-        if task is None:
-            return builder.build(
-                name, args, kwargs, options, now=self.now(), context=self._context(),
-                capabilities=capabilities,
-            )
-        return builder.build(
-            name, args, kwargs, options, now=self.now(), context=self._context(),
-            task_defaults=task.defaults, capabilities=capabilities,
-            check_arguments=task.check_arguments,
-        )
+        return self.build_many(name, ((args, kwargs),), **options)[0]
 
     def build_many(
         self, name: str, arguments: Iterable[tuple[object, object]], **options: Any
@@ -435,17 +420,14 @@ class App:
         kwargs)`` pair each, and build their messages without sending them. The options
         are resolved once, at one instant (the same ``eta``/``expires`` for all)."""
         task = self.tasks.get(name)
-        capabilities = self.transport.capabilities  # before the clock: see build_call
-        builder = self._builder
-        if task is None:
-            return builder.build_many(
-                name, arguments, options, now=self.now(), context=self._context(),
-                capabilities=capabilities,
-            )
-        return builder.build_many(
+        # The transport first: creating it imports the driver, and "now" must be read
+        # after that, or a short countdown is already due when it reaches the broker.
+        capabilities = self.transport.capabilities
+        return self._builder.build_many(
             name, arguments, options, now=self.now(), context=self._context(),
-            task_defaults=task.defaults, capabilities=capabilities,
-            check_arguments=task.check_arguments,
+            task_defaults=None if task is None else task.defaults,
+            capabilities=capabilities,
+            check_arguments=None if task is None else task.check_arguments,
         )
 
     def send_task(
@@ -459,9 +441,7 @@ class App:
             EncodeError: an argument cannot be serialized (nothing was sent).
             PublishError: the broker could not be reached within the retry policy.
         """
-        call = self.build_call(name, args, kwargs, **options)
-        self._publish([call])
-        return AsyncResult(call.message.id, app=self, ignore_result=call.message.ignore_result)
+        return self._send([self.build_call(name, args, kwargs, **options)])[0]
 
     def send_many(
         self,
@@ -483,6 +463,11 @@ class App:
             self.build_call(sig.task, sig.args, sig.kwargs, **{**sig.options, **extra})
             for sig in signatures
         ]
+        return self._send(calls)
+
+    def _send(self, calls: Sequence[calling.Call]) -> list[AsyncResult]:
+        """Publish built calls (with the retry policy of the first) and return their
+        results."""
         self._publish(calls)
         return [
             AsyncResult(c.message.id, app=self, ignore_result=c.message.ignore_result)
@@ -556,16 +541,9 @@ def _hostname() -> str:
 
 def _thread_oid(app: App) -> str:
     """A UUID-format id stable per app, process and thread (Celery's ``thread_oid``,
-    sent as ``reply_to``)."""
-    key = (id(app), os.getpid())
-    cache: dict[tuple[int, int], str] = getattr(_thread_oids, "cache", None) or {}
-    oid = cache.get(key)
-    if oid is None:
-        node = f"{_hostname()}/{os.getpid()}/{threading.get_ident()}/{id(app)}"
-        oid = str(uuid.uuid3(uuid.NAMESPACE_OID, node))
-        cache[key] = oid
-        _thread_oids.cache = cache
-    return oid
+    sent as ``reply_to``). ``App._thread_context`` keeps it per process and thread."""
+    node = f"{_hostname()}/{os.getpid()}/{threading.get_ident()}/{id(app)}"
+    return str(uuid.uuid3(uuid.NAMESPACE_OID, node))
 
 
 #: The kwargs of an ``apply_many`` item given as args alone (the builder copies it).
@@ -691,12 +669,7 @@ class Task(Generic[P, R]):
                 arguments.append(item)
             else:
                 arguments.append((item, _NO_KWARGS))
-        built = self.app.build_many(self.name, arguments, **options)
-        self.app._publish(built)
-        return [
-            AsyncResult(c.message.id, app=self.app, ignore_result=c.message.ignore_result)
-            for c in built
-        ]
+        return self.app._send(self.app.build_many(self.name, arguments, **options))
 
     def signature(
         self, args: Sequence[Any] = (), kwargs: Mapping[str, Any] | None = None, **options: Any

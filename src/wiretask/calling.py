@@ -187,6 +187,14 @@ def check_options(options: Mapping[str, Any]) -> None:
 
 
 def _check_args(args: object, kwargs: object) -> tuple[tuple[Any, ...], dict[str, Any]]:
+    """The call's args as a tuple and a copy of its kwargs (the message must not share
+    the caller's dict), or ``ArgumentsError``."""
+    if type(args) is tuple and type(kwargs) is dict:  # the common case, by exact type
+        for key in kwargs:
+            if type(key) is not str:
+                break
+        else:
+            return args, kwargs.copy()
     if args is None:
         args = ()
     elif not isinstance(args, list | tuple):
@@ -564,9 +572,12 @@ class CallBuilder:
         elif context.reply_to:
             valid["reply_to"] = context.reply_to
         # What differs per call: the id (and root id), the arguments and their reprs.
-        own_root = "root_id" not in fields and context.root_id is None
-        if "root_id" not in fields and context.root_id is not None:
-            valid["root_id"] = context.root_id
+        own_root = False  # each call is its own root: no root_id option, no parent task
+        if "root_id" not in fields:
+            if context.root_id is None:
+                own_root = True
+            else:
+                valid["root_id"] = context.root_id
         argsrepr = fields.get("argsrepr")
         kwargsrepr = fields.get("kwargsrepr")
         template = plan.template
@@ -574,13 +585,7 @@ class CallBuilder:
         derive = TaskMessage.derive
         calls: list[Call] = []
         for args, kwargs in arguments:
-            if type(args) is tuple and type(kwargs) is dict and all(  # the common case
-                type(key) is str for key in kwargs
-            ):
-                call_args: tuple[Any, ...] = args
-                call_kwargs: dict[str, Any] = kwargs.copy()  # the message must not share it
-            else:
-                call_args, call_kwargs = _check_args(args, kwargs)
+            call_args, call_kwargs = _check_args(args, kwargs)
             if check_arguments is not None:
                 check_arguments(call_args, call_kwargs)
             own = valid.copy()
@@ -672,8 +677,8 @@ def _rare_fields(options: Mapping[str, Any], fields: dict[str, Any]) -> None:
         ("retries", get("retries") or None),
         ("root_id", _string("root_id", get("root_id"))),
         ("parent_id", _string("parent_id", get("parent_id"))),
-        ("argsrepr", get("argsrepr")),
-        ("kwargsrepr", get("kwargsrepr")),
+        ("argsrepr", get("argsrepr") or None),  # "" means "not given", as Celery reads it
+        ("kwargsrepr", get("kwargsrepr") or None),
         ("replaced_task_nesting", get("replaced_task_nesting") or None),
         ("stamped_headers", tuple(stamps) or None),
         ("stamps", dict(stamps) if stamps else None),
@@ -686,9 +691,6 @@ def _rare_fields(options: Mapping[str, Any], fields: dict[str, Any]) -> None:
     for key, value in rare:
         if value is not None:
             fields[key] = value
-    for key in ("root_id", "parent_id", "argsrepr", "kwargsrepr"):
-        if not fields.get(key, True):  # "" means "not given", as Celery's ``or`` reads it
-            del fields[key]
 
 
 def build_call(
