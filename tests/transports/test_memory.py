@@ -202,20 +202,21 @@ def test_settling_twice_raises(transport: MemoryTransport) -> None:
             settle()
 
 
-def test_the_batch_verbs_default_to_one_at_a_time(transport: MemoryTransport) -> None:
+def test_the_batch_verbs_default_to_the_single_verbs(transport: MemoryTransport) -> None:
     """Transport's default receive_many / ack_many / ack_and_receive, which a transport
-    without batches inherits: the same results as the single verbs."""
-    for body in (b"1", b"2", b"3"):
+    without batches inherits: the same results as consecutive single verbs."""
+    for body in (b"1", b"2", b"3", b"4", b"5"):
         transport.publish(frame(body), Q)
-    first = transport.receive_many(["q"], limit=5, timeout=0)
-    assert [d.frame.body for d in first] == [b"1"]
+    first = transport.receive_many(["q"], limit=2, timeout=0)
+    assert [d.frame.body for d in first] == [b"1", b"2"]
     with pytest.raises(ValidationError):
         transport.receive_many(["q"], limit=0, timeout=0)
-    second = transport.ack_and_receive(first, ["q"], limit=5)
-    assert [d.frame.body for d in second] == [b"2"]
+    second = transport.ack_and_receive(first, ["q"], limit=2)
+    assert [d.frame.body for d in second] == [b"3", b"4"]
     with pytest.raises(TransportError, match="already acked"):
         first[0].ack()
-    third = transport.receive_many(["q"], limit=1, timeout=0)
+    third = transport.receive_many(["q"], limit=5, timeout=0)  # fewer than the limit
+    assert [d.frame.body for d in third] == [b"5"]
     # One already settled: the others are still acknowledged, then it raises.
     with pytest.raises(TransportError, match="already acked"):
         transport.ack_many([*first, *second, *third])

@@ -247,11 +247,19 @@ class Transport(abc.ABC):
         """Up to ``limit`` messages from ``queues``: the ones ``limit`` consecutive
         ``receive`` calls would return, in that order. Waits up to ``timeout`` seconds
         for the first one and never for more; returns an empty list when nothing
-        arrived in time. The default receives one; brokers that can take several in
-        one round trip override it."""
-        receive_limit(limit)
+        arrived in time. The default makes those ``receive`` calls (the later ones
+        with timeout 0); brokers that can take several in one round trip override it."""
+        limit = receive_limit(limit)
         delivery = self.receive(queues, timeout=timeout)
-        return [] if delivery is None else [delivery]
+        if delivery is None:
+            return []
+        taken = [delivery]
+        while len(taken) < limit:
+            delivery = self.receive(queues, timeout=0)
+            if delivery is None:
+                break
+            taken.append(delivery)
+        return taken
 
     def ack_and_receive(
         self, deliveries: Sequence[Delivery], queues: Sequence[str], *, limit: int
