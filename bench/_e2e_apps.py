@@ -2,7 +2,7 @@
 
 Imported by ``bench/end_to_end.py`` (to publish) and by the worker processes it starts:
 ``celery -A _e2e_apps:celery_app worker -P solo`` and ``python bench/_e2e_apps.py`` (a
-wiretask ``Worker`` with a thread pool). The Redis URL comes from
+wiretask ``Worker``: ``--pool solo`` or a thread pool). The Redis URL comes from
 ``$WIRETASK_BENCH_E2E_URL``. The task increments a Redis counter, so the benchmark
 counts completions without polling result keys; both workers also store the result in
 their Redis result backend, as they would by default.
@@ -58,10 +58,14 @@ def celery_small(user_id: int, email: str, account: dict[str, Any], notify: bool
 def main() -> None:
     """Run the wiretask worker until SIGTERM."""
     parser = argparse.ArgumentParser(description="wiretask worker for the e2e benchmark")
-    parser.add_argument("--concurrency", type=int, default=4)
+    parser.add_argument("--pool", choices=("threads", "solo"), default="threads")
+    parser.add_argument("--concurrency", type=int, default=4, help="threads pool only")
+    parser.add_argument("--prefetch", type=int, default=1)
     options = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
-    Worker(wiretask_app, queues=[WT_QUEUE], concurrency=options.concurrency).run()
+    concurrency = None if options.pool == "solo" else options.concurrency
+    Worker(wiretask_app, queues=[WT_QUEUE], pool=options.pool, concurrency=concurrency,
+           prefetch=options.prefetch).run()
 
 
 if __name__ == "__main__":

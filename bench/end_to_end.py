@@ -6,17 +6,21 @@ a private ``redis-server`` (stopped after); database ``$WIRETASK_BENCH_REDIS_DB`
 (default 9) is emptied before and after.
 
 Each side: its worker runs in its own process (``bench/_e2e_apps.py``): Celery
-``celery worker -P solo`` (Celery's defaults otherwise: prefetch multiplier 4, acks
-early, results stored), wiretask ``Worker(app, concurrency=N)`` with its thread pool
-(acks after the result is stored). A warm-up task proves the worker is consuming; then
-the clock starts, N SMALL tasks are published from this process, and the clock stops
-when the task's Redis counter reaches N (polled every 2 ms). So the figure covers
-publishing, transport, decoding, running, storing the result and acknowledging.
+``celery worker -P solo`` (Celery's defaults otherwise: prefetch multiplier 4, so it
+reserves 4 messages; acks early; results stored), and wiretask's ``Worker(app,
+pool="solo", prefetch=3)``: one task at a time in the receiving thread, 4 messages
+reserved like Celery's, acks after the result is stored. A row with wiretask's thread
+pool (``concurrency=N``, default prefetch 1) is shown too. A warm-up task proves the
+worker is consuming; then the clock starts, N SMALL tasks are published from this
+process, and the clock stops when the task's Redis counter reaches N (polled every
+2 ms). So the figure covers publishing, transport, decoding, running, storing the
+result and acknowledging.
 
-Rows: wiretask publishing with ``task.apply_many`` (chunks of 500: each side's fastest
-publishing API; Celery has no batch call) is the row with the target; wiretask
-publishing one ``apply_async`` at a time, like Celery, is shown too. A hard cap per run
-(``--cap`` seconds) stops a stuck run; it is then reported as what completed in the cap.
+Rows: the solo worker with wiretask publishing with ``task.apply_many`` (chunks of 500:
+each side's fastest publishing API; Celery has no batch call) is the row with the
+target; wiretask publishing one ``apply_async`` at a time, like Celery, is shown too.
+A hard cap per run (``--cap`` seconds) stops a stuck run; it is then reported as what
+completed in the cap.
 """
 
 from __future__ import annotations
@@ -47,6 +51,9 @@ from _common import (
 
 E2E_TARGET = 5.0
 CHUNK = 500
+#: The solo worker reserves 1 + SOLO_PREFETCH messages: 4, as Celery's -P solo does
+#: with its default prefetch multiplier.
+SOLO_PREFETCH = 3
 
 
 def parse() -> argparse.Namespace:
@@ -124,7 +131,8 @@ def main() -> None:
     count = scaled(3000, options.scale, minimum=20)
     print(f"wiretask end-to-end bench -- {machine_facts()}")
     print(f"method: {count} SMALL tasks per run, first publish to last completion, "
-          f"wiretask thread pool concurrency {options.concurrency}, Celery -P solo")
+          f"wiretask pool solo (prefetch {SOLO_PREFETCH}) and threads (concurrency "
+          f"{options.concurrency}), Celery -P solo")
     with redis_url() as base:
         url = f"{base}/{REDIS_DB}"
         os.environ["WIRETASK_BENCH_E2E_URL"] = url
@@ -147,15 +155,19 @@ def main() -> None:
                 for _ in range(n):
                     apps.celery_small.apply_async(SMALL_ARGS, SMALL_KWARGS)
 
-            wt_cmd = [sys.executable, "_e2e_apps.py", "--concurrency", str(options.concurrency)]
+            wt_solo = [sys.executable, "_e2e_apps.py", "--pool", "solo", "--prefetch",
+                       str(SOLO_PREFETCH)]
+            wt_threads = [sys.executable, "_e2e_apps.py", "--pool", "threads",
+                          "--concurrency", str(options.concurrency)]
             celery_cmd = [sys.executable, "-m", "celery", "-A", "_e2e_apps:celery_app",
                           "worker", "-P", "solo", "-Q", apps.CELERY_QUEUE, "--without-gossip",
                           "--without-mingle", "--without-heartbeat", "-l", "WARNING"]
             results: dict[str, tuple[float, int]] = {}
             for name, command, counter, publish in (
                 ("celery", celery_cmd, apps.CELERY_COUNTER, celery_one),
-                ("wt_many", wt_cmd, apps.WT_COUNTER, wt_many),
-                ("wt_one", wt_cmd, apps.WT_COUNTER, wt_one),
+                ("wt_many", wt_solo, apps.WT_COUNTER, wt_many),
+                ("wt_one", wt_solo, apps.WT_COUNTER, wt_one),
+                ("wt_threads", wt_threads, apps.WT_COUNTER, wt_many),
             ):
                 results[name] = run_side(client, url, command, counter, publish, count,
                                          options.cap)
@@ -173,11 +185,14 @@ def main() -> None:
         elapsed, done = results[name]
         return elapsed / max(done, 1) * 1e6
 
+    celery = "celery -P solo (apply_async publish)"
     rows = [
-        Row(f"e2e {count} tasks (apply_many publish)", us_per_task("wt_many"),
-            us_per_task("celery"), "celery -P solo (apply_async publish)", target=E2E_TARGET),
-        Row(f"e2e {count} tasks (apply_async publish)", us_per_task("wt_one"),
-            us_per_task("celery"), "celery -P solo (apply_async publish)"),
+        Row(f"e2e {count} tasks, solo (apply_many publish)", us_per_task("wt_many"),
+            us_per_task("celery"), celery, target=E2E_TARGET),
+        Row(f"e2e {count} tasks, solo (apply_async publish)", us_per_task("wt_one"),
+            us_per_task("celery"), celery),
+        Row(f"e2e {count} tasks, {options.concurrency} threads (apply_many publish)",
+            us_per_task("wt_threads"), us_per_task("celery"), celery),
     ]
     print_table("End to end, SMALL tasks through a worker (higher tasks/s is better)", rows,
                 unit="tasks/s")

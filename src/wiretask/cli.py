@@ -112,14 +112,22 @@ def _expires(text: str) -> float | str:
         return text
 
 
-def _positive_int(text: str) -> int:
+def _at_least(low: int, text: str) -> int:
     try:
         value = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"must be an integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {text!r}")
+    if value < low:
+        raise argparse.ArgumentTypeError(f"must be >= {low}, got {text!r}")
     return value
+
+
+def _positive_int(text: str) -> int:
+    return _at_least(1, text)
+
+
+def _non_negative_int(text: str) -> int:
+    return _at_least(0, text)
 
 
 def _integer(text: str) -> int:
@@ -277,9 +285,12 @@ def _cmd_worker(args: argparse.Namespace) -> int:
         format="[%(asctime)s %(levelname)s %(processName)s] %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    concurrency = args.concurrency
+    if concurrency is None and args.pool != "solo":
+        concurrency = os.cpu_count() or 1
     worker = Worker(
-        app, queues=args.queues, concurrency=args.concurrency, pool=args.pool,
-        app_path=getattr(args, "app", None),
+        app, queues=args.queues, concurrency=concurrency, pool=args.pool,
+        prefetch=args.prefetch, app_path=getattr(args, "app", None),
     )
     logging.getLogger("wiretask.cli").info(
         "app %r: broker %s, results %s", app.main or "__main__", app.transport.url,
@@ -531,10 +542,14 @@ def build_parser() -> argparse.ArgumentParser:
     worker = command("worker", _cmd_worker, "run a worker until SIGTERM/SIGINT")
     worker.add_argument("-Q", "--queues", type=_queues, default=["celery"], metavar="Q1,Q2",
                         help="queues to consume (default: celery)")
-    worker.add_argument("-c", "--concurrency", type=_positive_int, default=os.cpu_count() or 1,
-                        metavar="N", help="tasks run at once (default: the CPU count)")
-    worker.add_argument("--pool", choices=("threads", "processes"), default="threads",
-                        help="run tasks in threads or in child processes (default: threads)")
+    worker.add_argument("-c", "--concurrency", type=_positive_int, default=None,
+                        metavar="N", help="tasks run at once (default: the CPU count; "
+                        "1 with --pool solo)")
+    worker.add_argument("--pool", choices=("threads", "processes", "solo"), default="threads",
+                        help="run tasks in threads, in child processes, or one at a time "
+                        "in the receiving thread (default: threads)")
+    worker.add_argument("--prefetch", type=_non_negative_int, default=1, metavar="N",
+                        help="messages taken beyond the free slots (default: 1)")
     worker.add_argument("-l", "--loglevel", type=_loglevel, default=logging.INFO,
                         metavar="LEVEL", help="DEBUG, INFO, WARNING, ... (default: INFO)")
 

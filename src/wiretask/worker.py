@@ -1,7 +1,8 @@
 """The reference worker: consume task messages, honour eta and expires, run, report.
 
 A ``Worker`` consumes one or more queues through its own transport, runs each task in a
-pool of threads (default) or child processes, stores its states in the app's result
+pool of threads (default) or child processes, or one at a time in its consumer thread
+(``pool="solo"``, like Celery's ``-P solo``), stores its states in the app's result
 backend and sends its callbacks, and **acknowledges a message only after its task ran
 and its outcome was stored** (at least once). It runs what Celery sends, and what it
 sends back (callbacks, retries) runs on Celery.
@@ -25,6 +26,7 @@ stored is requeued rather than acked.
 
 from __future__ import annotations
 
+import collections
 import heapq
 import itertools
 import logging
@@ -82,8 +84,11 @@ POLL_INTERVAL = 0.2
 REQUEUE_PAUSE = 1.0
 #: Longest pause after a broker error in the consume loop (doubling from 0.1 s).
 MAX_BROKER_BACKOFF = 5.0
+#: Solo pool: a task that has run this long gets the outcomes stored and the messages
+#: acked that finished before it in its batch, instead of them waiting for its end.
+SOLO_FLUSH_INTERVAL = 0.05
 
-Pool = Literal["threads", "processes"]
+Pool = Literal["threads", "processes", "solo"]
 
 
 class _Job:
@@ -128,9 +133,12 @@ class Worker:
             states, and it sends callbacks and retries.
         queues: queue names to consume (default ``app.conf.task_default_queue``).
         concurrency: tasks run at once (default ``worker_concurrency``, else the number
-            of CPUs, like Celery).
-        pool: ``"threads"`` (default) or ``"processes"`` (child processes started with
-            ``spawn``; needs a broker and backend that other processes can reach).
+            of CPUs, like Celery; always 1 with ``pool="solo"``).
+        pool: ``"threads"`` (default), ``"processes"`` (child processes started with
+            ``spawn``; needs a broker and backend that other processes can reach) or
+            ``"solo"`` (one task at a time, run by the thread that receives: no hand-off
+            between threads, and the outcomes and acks of each batch of ``1 +
+            prefetch`` messages written in one call; Celery's ``-P solo``).
         hostname: the node name in ``STARTED`` meta and ``self.request.hostname``
             (default ``wiretask@<host>``).
         app_path: ``"package.module:attribute"`` of the app, for child processes to
@@ -146,7 +154,8 @@ class Worker:
         transport: the transport to consume from (default ``app.new_transport()``).
 
     Raises:
-        ValidationError: a bad queue name, concurrency or prefetch.
+        ValidationError: a bad queue name, concurrency or prefetch (or a concurrency
+            other than 1 with ``pool="solo"``).
         ImproperlyConfigured: an unknown pool, or a process pool on an in-process broker
             or backend, or with no importable app path.
     """
@@ -171,6 +180,17 @@ class Worker:
         )
         if not self.queues:
             raise ValidationError("queues", "a worker needs at least one queue")
+        if pool not in ("threads", "processes", "solo"):
+            raise ImproperlyConfigured(
+                f"unknown pool {pool!r}: use 'threads', 'processes' or 'solo'"
+            )
+        if pool == "solo":
+            if concurrency not in (None, 1) or isinstance(concurrency, bool):
+                raise ValidationError(
+                    "concurrency",
+                    f"pool='solo' runs one task at a time, so it must be 1, got {concurrency!r}",
+                )
+            concurrency = 1
         if concurrency is None:
             concurrency = app.conf.get("worker_concurrency") or os.cpu_count() or 1
         if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
@@ -182,8 +202,6 @@ class Worker:
         if eta_task_limit is None:
             eta_task_limit = app.conf.get("worker_eta_task_limit") or DEFAULT_ETA_TASK_LIMIT
         self.eta_task_limit: int = eta_task_limit
-        if pool not in ("threads", "processes"):
-            raise ImproperlyConfigured(f"unknown pool {pool!r}: use 'threads' or 'processes'")
         self.pool: Pool = pool
         self.hostname = hostname or f"wiretask@{socket.gethostname()}"
         self.shutdown_timeout = shutdown_timeout
@@ -207,6 +225,16 @@ class Worker:
         self._slots: list[threading.Thread] = []
         self._children: list[ChildProcess] = []
         self._consumer: threading.Thread | None = None
+        #: Solo pool: received jobs waiting for the consumer thread to run them; the
+        #: consumer's generation (a new consumer takes over from one abandoned in a task
+        #: at its hard time limit); when the running task started (monotonic), for the
+        #: flusher thread.
+        self._solo = pool == "solo"
+        self._ready: collections.deque[_Job] = collections.deque()
+        self._generation = 0
+        self._running_since: float | None = None
+        self._flusher: threading.Thread | None = None
+        self._flusher_stop = threading.Event()
         self._stop_requested = threading.Event()  # stop taking work
         self._cold = threading.Event()  # stop waiting for running tasks
         self._stopped = threading.Event()
@@ -267,15 +295,19 @@ class Worker:
                 backend = self.app.backend
                 if stores is not None and stores(backend):
                     self._tracer.defer_results_of = backend
-                for _ in range(self.concurrency):
-                    self._add_thread_slot()
+                if self._solo:
+                    self._flusher = threading.Thread(
+                        target=self._solo_flusher, name=f"wiretask-flusher-{self.hostname}",
+                        daemon=True,
+                    )
+                    self._flusher.start()
+                else:
+                    for _ in range(self.concurrency):
+                        self._add_thread_slot()
         except BaseException:
             self.stop(0)  # release what was started (threads, the connection)
             raise
-        self._consumer = threading.Thread(
-            target=self._consume, name=f"wiretask-consumer-{self.hostname}", daemon=True
-        )
-        self._consumer.start()
+        self._start_consumer()
         logger.info(
             "worker %s ready: queues %s, %s pool, concurrency %d",
             self.hostname, ",".join(self.queues), self.pool, self.concurrency,
@@ -307,7 +339,9 @@ class Worker:
         logger.info("worker %s stopping", self.hostname)
         with self._cv:
             self._cv.notify_all()
-        if self._consumer is not None:
+        if self._consumer is not None and not self._solo:
+            # (A solo consumer runs the tasks: it is joined below with the slots, after
+            # the wait for running tasks.)
             self._consumer.join()
         with self._cv:
             held, self._held = self._held, []
@@ -334,6 +368,12 @@ class Worker:
         for slot in slots:
             # An abandoned thread may never return (it is a daemon); the others do.
             slot.join(max(join_until - time.monotonic(), 0.0))
+        if self._flusher is not None:
+            self._flusher_stop.set()
+            self._flusher.join()
+        leftover = self._take_acks()  # a solo batch that finished as the wait ended
+        if leftover:
+            self._settle_batch(leftover, 0)
         for child in self._children:
             child.close()
         self.transport.close()
@@ -399,10 +439,25 @@ class Worker:
             self.eta_task_limit - len(self._held),
         )
 
-    def _consume(self) -> None:
-        """The consumer thread: receive while there is room, route each message."""
+    def _start_consumer(self) -> None:
+        """Start the consumer thread (again, for a solo worker whose consumer was
+        abandoned in a task at its hard time limit)."""
+        self._generation += 1
+        thread = threading.Thread(
+            target=self._consume, args=(self._generation,),
+            name=f"wiretask-consumer-{self.hostname}", daemon=True,
+        )
+        self._consumer = thread
+        if self._solo:
+            self._slots.append(thread)  # it runs tasks: joined like a slot at stop
+        thread.start()
+
+    def _consume(self, generation: int) -> None:
+        """The consumer thread: receive while there is room, route each message; a solo
+        worker's consumer also runs them."""
         next_due = 0.0
         backoff = 0.0
+        refill: Sequence[Delivery] = ()
         while not self._stop_requested.is_set():
             try:
                 now = time.monotonic()
@@ -410,6 +465,19 @@ class Worker:
                     self.transport.due()
                     next_due = now + DUE_INTERVAL
                 self._release_due()
+                if refill:
+                    deliveries, refill = refill, ()
+                    with self._receiving:
+                        self._handle(deliveries)
+                if self._solo and (self._ready or self._acks):
+                    # Solo: run what was received, then store, ack and refill in one
+                    # call (``_flush_solo``); acks settled meanwhile by a time limit
+                    # are sent the same way.
+                    if not self._run_ready(generation):
+                        return  # abandoned in a task: a new consumer has taken over
+                    refill = self._flush_solo()
+                    backoff = 0.0
+                    continue
                 wait = min(POLL_INTERVAL, max(next_due - time.monotonic(), 0.0))
                 with self._cv:
                     if self._held:
@@ -445,6 +513,9 @@ class Worker:
                 except TransportError:
                     pass
                 continue
+        if refill:  # taken by a solo flush as the worker stopped: given back
+            with self._receiving:
+                self._handle(refill)
 
     def _handle(self, deliveries: Iterable[Delivery]) -> None:
         """Route received messages (the caller holds ``_receiving``)."""
@@ -554,7 +625,10 @@ class Worker:
         job = _Job(delivery, message)
         with self._cv:
             self._active.add(job)
-        self._jobs.put(job)
+        if self._solo:
+            self._ready.append(job)  # run by the consumer thread itself
+        else:
+            self._jobs.put(job)
 
     def _reject_requeue(self, delivery: Delivery, what: str) -> None:
         try:
@@ -605,10 +679,11 @@ class Worker:
         job queued meanwhile in one call, round after round until no job is left; the
         others return at once. A job stays active (taking room) until its ack went
         through, so ``stop()`` waits for it, and an ack is still sent only after its
-        outcome was stored."""
+        outcome was stored. A solo worker's consumer (or its flusher) sends them after
+        its batch (``_flush_solo``)."""
         with self._ack_lock:
             self._acks.append(job)
-            if self._acking:
+            if self._acking or self._solo:
                 return
             self._acking = True
         while True:
@@ -631,33 +706,39 @@ class Worker:
             if receiving:
                 with self._cv:
                     room = self._room(freed=len(batch))
-            deliveries: Sequence[Delivery] = ()
-            stored = [j for j in batch if j.pending is not None]
-            try:
-                if stored:
-                    deliveries = self._store_ack_and_receive(batch, stored, room)
-                elif room > 0:
-                    deliveries = self.transport.ack_and_receive(
-                        [j.delivery for j in batch], self.queues, limit=room
-                    )
-                else:
-                    self.transport.ack_many([j.delivery for j in batch])
-            except Exception:
-                # The broker will redeliver an unsettled message (at least once).
-                logger.exception(
-                    "could not ack the messages of %s", ", ".join(j.describe for j in batch)
-                )
-            finally:
-                with self._cv:
-                    self._active.difference_update(batch)
-                    # The consumer takes the room the flush did not fill (an empty
-                    # queue, or another receiver busy) and stop() counts what is left.
-                    if len(deliveries) < room or not receiving:
-                        self._cv.notify_all()
-            self._handle(deliveries)
+            self._handle(self._settle_batch(batch, room))
         finally:
             if receiving:
                 self._receiving.release()
+
+    def _settle_batch(self, batch: list[_Job], room: int) -> Sequence[Delivery]:
+        """One call that writes the batch's pending results, acknowledges its messages
+        and takes up to ``room`` new ones (the caller may receive: it holds
+        ``_receiving``, or ``room`` is 0). The jobs stop counting as active."""
+        deliveries: Sequence[Delivery] = ()
+        stored = [j for j in batch if j.pending is not None]
+        try:
+            if stored:
+                deliveries = self._store_ack_and_receive(batch, stored, room)
+            elif room > 0:
+                deliveries = self.transport.ack_and_receive(
+                    [j.delivery for j in batch], self.queues, limit=room
+                )
+            else:
+                self.transport.ack_many([j.delivery for j in batch])
+        except Exception:
+            # The broker will redeliver an unsettled message (at least once).
+            logger.exception(
+                "could not ack the messages of %s", ", ".join(j.describe for j in batch)
+            )
+        finally:
+            with self._cv:
+                self._active.difference_update(batch)
+                # The consumer takes the room the flush did not fill (an empty queue,
+                # or another receiver busy) and stop() counts what is left.
+                if len(deliveries) < room or room == 0:
+                    self._cv.notify_all()
+        return deliveries
 
     def _store_ack_and_receive(
         self, batch: list[_Job], stored: list[_Job], room: int
@@ -748,35 +829,91 @@ class Worker:
             job = self._jobs.get()
             if job is None:
                 return
+            if self._claim(job) and not self._run(job):
+                return  # abandoned in the task: a new thread has this slot
+
+    def _run(self, job: _Job) -> bool:
+        """Run a claimed job's task in this thread, under its time limits, and settle
+        it. False if the run was abandoned (its hard time limit passed, and a new
+        thread took over from this one; or a stopping worker requeued it): the thread
+        must then stop working for the worker."""
+        hard, soft = self._limits(job.message)
+
+        def on_hard(job: _Job = job, hard: float | None = hard) -> None:
+            # This thread is stuck in the task: a new one takes over its work.
+            if not self._stop_requested.is_set():
+                if self._solo:
+                    self._start_consumer()
+                else:
+                    self._add_thread_slot()
+            self._time_limit_exceeded(job, hard or 0.0)
+
+        job.control = ThreadControl(soft=soft, hard=hard, on_hard=on_hard, describe=job.describe)
+        try:
+            outcome = self._tracer.execute(
+                job.message, delivery_info=job.delivery_info, control=job.control
+            )
+        except Exception as exc:
+            # A bug in the worker, not in the task: keep the message, but out of the
+            # queue, where it would fail the same way again and again.
+            logger.exception("task %s: unexpected error in the worker", job.describe)
+            outcome = Outcome(states.FAILURE, "dead_letter", reason=f"worker error: {exc!r}")
+        if outcome.settle == "none":
+            return False  # the outcome was recorded elsewhere
+        self._finish(job, outcome)
+        return True
+
+    # -- solo pool --------------------------------------------------------------------
+
+    def _run_ready(self, generation: int) -> bool:
+        """Solo: run the received jobs one after the other in this, the consumer
+        thread; their acks wait for ``_flush_solo``. Jobs left when the worker stops
+        are requeued. False if this thread was abandoned in a task (hard time limit,
+        or a stopping worker gave up on it)."""
+        while self._ready:
+            job = self._ready.popleft()
+            if self._stop_requested.is_set():
+                self._settle(job, "requeue", only_if_queued=True)
+                continue
             if not self._claim(job):
                 continue
-            hard, soft = self._limits(job.message)
-
-            def on_hard(job: _Job = job, hard: float | None = hard) -> None:
-                # This thread is stuck in the task: a new one takes over its slot.
-                if not self._stop_requested.is_set():
-                    self._add_thread_slot()
-                self._time_limit_exceeded(job, hard or 0.0)
-
-            job.control = ThreadControl(
-                soft=soft, hard=hard, on_hard=on_hard, describe=job.describe
-            )
+            self._running_since = time.monotonic()
             try:
-                outcome = self._tracer.execute(
-                    job.message, delivery_info=job.delivery_info, control=job.control
-                )
-            except Exception as exc:
-                # A bug in the worker, not in the task: keep the message, but out of
-                # the queue, where it would fail the same way again and again.
-                logger.exception("task %s: unexpected error in the worker", job.describe)
-                outcome = Outcome(
-                    states.FAILURE, "dead_letter", reason=f"worker error: {exc!r}"
-                )
-            if outcome.settle == "none":
-                # Abandoned (hard time limit: a new thread has this slot; or requeued by
-                # a stopping worker): the outcome was recorded elsewhere.
-                return
-            self._finish(job, outcome)
+                going_on = self._run(job)
+            finally:
+                if generation == self._generation:
+                    self._running_since = None
+            if not going_on or generation != self._generation:
+                return False
+        return True
+
+    def _take_acks(self) -> list[_Job]:
+        with self._ack_lock:
+            batch, self._acks = self._acks, []
+        return batch
+
+    def _flush_solo(self) -> Sequence[Delivery]:
+        """Solo: after a batch ran, write its results, ack its messages and take the
+        next batch, in one call (one round trip on Redis). Returns what it took."""
+        batch = self._take_acks()
+        if not batch:
+            return ()
+        with self._cv:
+            room = 0 if self._stop_requested.is_set() else self._room(freed=len(batch))
+        with self._receiving:
+            return self._settle_batch(batch, room)
+
+    def _solo_flusher(self) -> None:
+        """Solo: while a task runs longer than ``SOLO_FLUSH_INTERVAL``, the outcomes of
+        the tasks that finished before it in its batch are stored and acked from here,
+        so a long task does not hold back the results of quick ones."""
+        while not self._flusher_stop.wait(SOLO_FLUSH_INTERVAL):
+            since = self._running_since
+            if since is None or time.monotonic() - since < SOLO_FLUSH_INTERVAL:
+                continue
+            batch = self._take_acks()
+            if batch:
+                self._settle_batch(batch, 0)
 
     # -- process pool -----------------------------------------------------------------
 

@@ -33,10 +33,13 @@ def test_worker_with_a_bad_app_path(cli: CLI, spec: str, named: str) -> None:
     assert named in line
 
 
-def test_worker_process_runs_tasks_sent_by_call_and_exits_0_on_sigterm(cli: CLI) -> None:
+@pytest.mark.parametrize("pool", [["-c", "2"], ["--pool", "solo", "--prefetch", "3"]])
+def test_worker_process_runs_tasks_sent_by_call_and_exits_0_on_sigterm(
+    cli: CLI, pool: list[str]
+) -> None:
     ok_id = cli.ok("call", "proj.tasks.add", "2", "3").strip()
     failed_id = cli.ok("call", "proj.tasks.boom", "bad input").strip()
-    worker = cli.popen("worker", "-A", "proj.tasks:app", "-c", "2", "--loglevel", "INFO")
+    worker = cli.popen("worker", "-A", "proj.tasks:app", *pool, "--loglevel", "INFO")
     try:
         result = cli.run("result", ok_id, "--wait", "30", timeout=60)
         assert result.returncode == 0, result.stderr
@@ -116,3 +119,13 @@ def test_process_pool_needs_an_app_path(cli: CLI) -> None:
     [line] = done.stderr.splitlines()
     assert "--pool processes" in line
     assert "-A/--app" in line
+
+
+def test_solo_pool_runs_one_task_at_a_time(cli: CLI) -> None:
+    done = cli.run("worker", "-A", "proj.tasks:app", "--pool", "solo", "-c", "2")
+
+    assert done.returncode == 2
+    assert "Traceback" not in done.stderr
+    [line] = done.stderr.splitlines()
+    assert "concurrency" in line
+    assert "pool='solo' runs one task at a time, so it must be 1, got 2" in line

@@ -85,13 +85,28 @@ def kind(request: pytest.FixtureRequest) -> str:
 StartWorker = Callable[..., Worker]
 
 
+#: Parametrize a test with this to run it on the thread pool and on the solo pool
+#: (``start_worker`` then uses the ``pool`` value; ``concurrency`` is dropped for solo).
+BOTH_POOLS = pytest.mark.parametrize("pool", ["threads", "solo"])
+
+
 @pytest.fixture
-def start_worker() -> Iterator[StartWorker]:
+def pool() -> str:
+    """The pool ``start_worker`` uses unless told otherwise (see ``BOTH_POOLS``)."""
+    return "threads"
+
+
+@pytest.fixture
+def start_worker(pool: str) -> Iterator[StartWorker]:
     """``start_worker(app, **options)``: a started worker, stopped after the test."""
     workers: list[Worker] = []
 
     def start(app: App, **options: Any) -> Worker:
-        options.setdefault("concurrency", 2)
+        options.setdefault("pool", pool)
+        if options["pool"] == "solo":
+            options.pop("concurrency", None)
+        else:
+            options.setdefault("concurrency", 2)
         worker = Worker(app, **options)
         worker.start()
         workers.append(worker)

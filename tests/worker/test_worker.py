@@ -34,7 +34,7 @@ from wiretask.results.memory import MemoryBackend
 from wiretask.transports.memory import CAPABILITIES, MemoryTransport
 from wiretask.worker import Worker
 
-from .conftest import MakeApp, Recorder, StartWorker, wait_until
+from .conftest import BOTH_POOLS, MakeApp, Recorder, StartWorker, wait_until
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -48,6 +48,7 @@ def _raw_frame(app: App, name: str, args: tuple[Any, ...] = (), **options: Any) 
 # -- running, acknowledging, counting -------------------------------------------------
 
 
+@BOTH_POOLS
 def test_success_is_stored_and_message_acked(
     make_app: MakeApp, kind: str, start_worker: StartWorker
 ) -> None:
@@ -69,6 +70,7 @@ def test_success_is_stored_and_message_acked(
     assert app.transport.dead_letters("celery") == []
 
 
+@BOTH_POOLS
 def test_failure_stores_exception_and_traceback(
     make_app: MakeApp, kind: str, start_worker: StartWorker
 ) -> None:
@@ -94,6 +96,7 @@ def test_failure_stores_exception_and_traceback(
     assert app.transport.size("celery") == 0
 
 
+@BOTH_POOLS
 def test_every_task_runs_exactly_once(
     make_app: MakeApp, kind: str, recorder: Recorder, start_worker: StartWorker
 ) -> None:
@@ -157,6 +160,7 @@ def test_busy_worker_leaves_messages_for_others(
     assert [r.get(timeout=10) for r in results] == ["done"] * 4
 
 
+@BOTH_POOLS
 def test_crashing_tasks_do_not_kill_the_worker(
     make_app: MakeApp, start_worker: StartWorker
 ) -> None:
@@ -183,6 +187,7 @@ def test_crashing_tasks_do_not_kill_the_worker(
     assert ok.delay().get(timeout=5) == "ok"
 
 
+@BOTH_POOLS
 def test_reject_requeues_or_dead_letters_the_message(
     make_app: MakeApp, recorder: Recorder, start_worker: StartWorker
 ) -> None:
@@ -232,6 +237,7 @@ def test_a_return_value_the_result_serializer_refuses_is_a_failure(
 # -- eta --------------------------------------------------------------------------------
 
 
+@BOTH_POOLS
 def test_countdown_never_runs_early(
     make_app: MakeApp, kind: str, recorder: Recorder, start_worker: StartWorker
 ) -> None:
@@ -251,6 +257,7 @@ def test_countdown_never_runs_early(
     assert ran_at >= eta
 
 
+@BOTH_POOLS
 def test_early_eta_message_is_republished_with_a_broker_side_delay(
     make_app: MakeApp, kind: str, recorder: Recorder, start_worker: StartWorker
 ) -> None:
@@ -286,6 +293,7 @@ class NoDelayMemoryTransport(MemoryTransport):
     capabilities = attrs.evolve(CAPABILITIES, native_delay=False)
 
 
+@BOTH_POOLS
 def test_early_eta_held_without_tying_up_a_slot(
     make_app: MakeApp, recorder: Recorder, start_worker: StartWorker
 ) -> None:
@@ -350,6 +358,7 @@ def test_stop_gives_back_held_eta_messages(make_app: MakeApp) -> None:
 # -- expires --------------------------------------------------------------------------
 
 
+@BOTH_POOLS
 def test_expired_task_is_revoked_not_run_and_errback_called(
     make_app: MakeApp, kind: str, recorder: Recorder, start_worker: StartWorker
 ) -> None:
@@ -402,6 +411,7 @@ def test_expiry_is_checked_when_a_held_eta_comes_due(
 # -- link, chain, link_error ----------------------------------------------------------
 
 
+@BOTH_POOLS
 def test_link_callbacks_get_the_result_and_parent_id(
     make_app: MakeApp, kind: str, recorder: Recorder, start_worker: StartWorker
 ) -> None:
@@ -428,6 +438,7 @@ def test_link_callbacks_get_the_result_and_parent_id(
     )
 
 
+@BOTH_POOLS
 def test_chain_runs_next_task_last_in_the_list(
     make_app: MakeApp, kind: str, recorder: Recorder, start_worker: StartWorker
 ) -> None:
@@ -471,6 +482,7 @@ def test_chain_failure_is_stored_forward(
         app.AsyncResult(later_id).get(timeout=5)
 
 
+@BOTH_POOLS
 def test_link_error_new_style_runs_in_the_worker(
     make_app: MakeApp, kind: str, recorder: Recorder, start_worker: StartWorker
 ) -> None:
@@ -583,6 +595,7 @@ def test_an_errback_that_raises_does_not_stop_the_others(
 # -- retry ----------------------------------------------------------------------------
 
 
+@BOTH_POOLS
 def test_retry_stores_retry_then_success_and_carries_expires(
     make_app: MakeApp, kind: str, recorder: Recorder, start_worker: StartWorker
 ) -> None:
@@ -638,6 +651,7 @@ def test_retry_past_max_retries_fails_with_the_exception(
 # -- time limits (threads) ------------------------------------------------------------
 
 
+@BOTH_POOLS
 def test_soft_time_limit_raises_inside_the_task(
     make_app: MakeApp, start_worker: StartWorker
 ) -> None:
@@ -665,6 +679,7 @@ def test_soft_time_limit_raises_inside_the_task(
         careless.delay().get(timeout=5)
 
 
+@BOTH_POOLS
 def test_hard_time_limit_records_failure_and_frees_the_slot(
     make_app: MakeApp, recorder: Recorder, start_worker: StartWorker
 ) -> None:
@@ -713,6 +728,7 @@ def test_hard_time_limit_records_failure_and_frees_the_slot(
     assert meta["result"]["exc_message"] == [0.3]
 
 
+@BOTH_POOLS
 def test_hard_time_limit_interrupts_a_python_loop(
     make_app: MakeApp, recorder: Recorder, start_worker: StartWorker
 ) -> None:
@@ -735,6 +751,7 @@ def test_hard_time_limit_interrupts_a_python_loop(
 # -- bad input ------------------------------------------------------------------------
 
 
+@BOTH_POOLS
 def test_unregistered_task_is_dead_lettered_and_fails(
     make_app: MakeApp, kind: str, start_worker: StartWorker
 ) -> None:
@@ -784,6 +801,7 @@ def test_arguments_that_do_not_bind_fail_with_type_error_and_are_acked(
         ("application/json", b'{"not": "a task body"}', "MalformedMessage"),
     ],
 )
+@BOTH_POOLS
 def test_undecodable_messages_are_dead_lettered_with_the_reason(
     make_app: MakeApp, kind: str, start_worker: StartWorker,
     content_type: str, body: bytes, expected: str,
@@ -811,6 +829,7 @@ def test_undecodable_messages_are_dead_lettered_with_the_reason(
 # -- states ---------------------------------------------------------------------------
 
 
+@BOTH_POOLS
 def test_on_message_sees_started_progress_then_success(
     make_app: MakeApp, kind: str, start_worker: StartWorker
 ) -> None:
@@ -904,8 +923,9 @@ def test_ignore_result_stores_nothing_but_still_runs_callbacks(
 # -- stopping -------------------------------------------------------------------------
 
 
+@BOTH_POOLS
 def test_stop_waits_for_a_running_task(
-    make_app: MakeApp, kind: str, recorder: Recorder
+    make_app: MakeApp, kind: str, recorder: Recorder, pool: Any
 ) -> None:
     app = make_app(kind)
 
@@ -915,7 +935,7 @@ def test_stop_waits_for_a_running_task(
         time.sleep(0.5)
         return "finished"
 
-    worker = Worker(app, concurrency=1)
+    worker = Worker(app, concurrency=1, pool=pool)
     worker.start()
     result = slow.delay()
     recorder.wait_for("started")
@@ -925,8 +945,9 @@ def test_stop_waits_for_a_running_task(
     assert app.transport.size("celery") == 0
 
 
+@BOTH_POOLS
 def test_stop_requeues_a_task_that_does_not_finish_in_time(
-    make_app: MakeApp, kind: str, recorder: Recorder, start_worker: StartWorker
+    make_app: MakeApp, kind: str, recorder: Recorder, start_worker: StartWorker, pool: Any
 ) -> None:
     app = make_app(kind)
 
@@ -940,10 +961,10 @@ def test_stop_requeues_a_task_that_does_not_finish_in_time(
     def waiting() -> str:
         return "waiting"
 
-    worker = Worker(app, concurrency=1, prefetch=1)
-    worker.start()
+    worker = Worker(app, concurrency=1, prefetch=1, pool=pool)
     result = slow.delay(1)
     queued = waiting.delay()  # prefetched behind the slow one, never started
+    worker.start()  # (a solo worker takes messages only between tasks: both at once)
     recorder.wait_for("started")
     wait_until(lambda: worker.active == 2, what="prefetch")
     stopped_at = time.monotonic()
@@ -992,6 +1013,7 @@ class OutageBackend(MemoryBackend):
         super().store(task_id, meta)
 
 
+@BOTH_POOLS
 def test_a_result_that_cannot_be_stored_is_requeued_and_run_again(
     make_app: MakeApp, recorder: Recorder, start_worker: StartWorker
 ) -> None:
