@@ -64,6 +64,8 @@ def parse() -> argparse.Namespace:
                         help="wiretask worker threads (default 4)")
     parser.add_argument("--cap", type=float, default=120.0,
                         help="hard cap in seconds for one run (default 120)")
+    parser.add_argument("--repeat", type=int, default=3,
+                        help="interleaved runs of every side; the best is reported (default 3)")
     return parser.parse_args()
 
 
@@ -130,7 +132,8 @@ def main() -> None:
     options = parse()
     count = scaled(3000, options.scale, minimum=20)
     print(f"wiretask end-to-end bench -- {machine_facts()}")
-    print(f"method: {count} SMALL tasks per run, first publish to last completion, "
+    print(f"method: {count} SMALL tasks per run, first publish to last completion, best "
+          f"of {max(options.repeat, 1)} interleaved runs per side, "
           f"wiretask pool solo (prefetch {SOLO_PREFETCH}) and threads (concurrency "
           f"{options.concurrency}), Celery -P solo")
     with redis_url() as base:
@@ -163,18 +166,24 @@ def main() -> None:
                           "worker", "-P", "solo", "-Q", apps.CELERY_QUEUE, "--without-gossip",
                           "--without-mingle", "--without-heartbeat", "-l", "WARNING"]
             results: dict[str, tuple[float, int]] = {}
-            for name, command, counter, publish in (
+            sides = (
                 ("celery", celery_cmd, apps.CELERY_COUNTER, celery_one),
                 ("wt_many", wt_solo, apps.WT_COUNTER, wt_many),
                 ("wt_one", wt_solo, apps.WT_COUNTER, wt_one),
                 ("wt_threads", wt_threads, apps.WT_COUNTER, wt_many),
-            ):
-                results[name] = run_side(client, url, command, counter, publish, count,
-                                         options.cap)
-                elapsed, done = results[name]
-                note = "" if done >= count else f" (CAPPED: {done}/{count} done)"
-                print(f"{name}: {done} tasks in {elapsed:.2f} s = {done / elapsed:,.0f} "
-                      f"tasks/s{note}", file=sys.stderr)
+            )
+            # Interleaved (all sides, then all sides again), the best run of each side
+            # kept: as in the other benches, the least-disturbed run is the estimate.
+            for _ in range(max(options.repeat, 1)):
+                for name, command, counter, publish in sides:
+                    elapsed, done = run_side(client, url, command, counter, publish, count,
+                                             options.cap)
+                    note = "" if done >= count else f" (CAPPED: {done}/{count} done)"
+                    print(f"{name}: {done} tasks in {elapsed:.2f} s = {done / elapsed:,.0f} "
+                          f"tasks/s{note}", file=sys.stderr)
+                    best = results.get(name)
+                    if best is None or done / elapsed > best[1] / best[0]:
+                        results[name] = (elapsed, done)
         finally:
             apps.wiretask_app.close()
             apps.celery_app.close()
