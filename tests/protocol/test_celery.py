@@ -68,6 +68,7 @@ def test_round_trip_of_every_field(content_type: str, data: st.DataObject) -> No
     message = data.draw(task_messages(content_type=content_type))
     frame = encode(message, REGISTRY)
     assert decode(frame, REGISTRY) == message
+    assert_checked(decode(frame, REGISTRY))
     # ... and encoding is a function of the message: the same frame again.
     assert encode(decode(frame, REGISTRY), REGISTRY) == frame
 
@@ -294,13 +295,21 @@ class TestLegacyShapes:
         assert message.args == () and message.kwargs == {}
 
 
+def assert_checked(message: TaskMessage) -> None:
+    """``decode`` builds its message without TaskMessage's field checks (it checked every
+    field while reading): the checking constructor must accept the same fields and
+    make the same message of them."""
+    assert type(message) is TaskMessage
+    assert TaskMessage(**message.__dict__) == message
+
+
 @given(arbitrary_frames())
 def test_decode_of_arbitrary_frames_never_crashes(frame: Frame) -> None:
     try:
         message = decode(frame, REGISTRY)
     except WiretaskError:
         return
-    assert isinstance(message, TaskMessage)
+    assert_checked(message)
     try:
         encode(message, REGISTRY)
     except WiretaskError:
@@ -335,9 +344,10 @@ def test_decode_of_corrupted_valid_frames_never_crashes(
         body = body[:cut] + data.draw(st.binary(max_size=4)) + body[cut + 1:]
     broken = attrs.evolve(frame, body=body, headers=headers, properties=properties)
     try:
-        decode(broken, REGISTRY)
+        decoded = decode(broken, REGISTRY)
     except WiretaskError:
-        pass
+        return
+    assert_checked(decoded)
 
 
 def test_a_received_time_outside_the_utc_range_is_malformed() -> None:
@@ -347,3 +357,13 @@ def test_a_received_time_outside_the_utc_range_is_malformed() -> None:
     with pytest.raises(MalformedMessage) as info:
         decode(frame, REGISTRY)
     assert info.value.field == "headers.expires"
+
+
+@pytest.mark.parametrize("content_type", [" ", ";charset=utf-8"])
+def test_a_content_type_that_names_no_type_is_malformed(content_type: str) -> None:
+    frame = Frame(body=b"[[], {}, null]", content_type=content_type,
+                  content_encoding="utf-8", headers={"task": "t", "id": "i"})
+    with pytest.raises(MalformedMessage) as info:
+        decode(frame, REGISTRY)
+    assert info.value.field == "content_type"
+    assert "names no type" in str(info.value)
