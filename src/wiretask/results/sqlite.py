@@ -57,6 +57,7 @@ from wiretask.results.base import (
     check_meta,
     resolve_expires,
 )
+from wiretask.transports.sqlite import use_wal
 
 if TYPE_CHECKING:
     from wiretask.codecs import Registry
@@ -239,7 +240,7 @@ class SQLiteBackend(ResultBackend):
             )
             try:
                 conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout * 1000)}")
-                conn.execute("PRAGMA journal_mode = WAL")
+                use_wal(conn, self.busy_timeout)
                 conn.execute("PRAGMA synchronous = NORMAL")
                 self._ensure_schema(conn)
             except BaseException:

@@ -177,6 +177,31 @@ def _primary_code(exc: sqlite3.Error) -> int | None:
     return None if code is None else int(code) & 0xFF
 
 
+def use_wal(conn: sqlite3.Connection, timeout: float) -> None:
+    """Put the database in WAL mode (it stays so; each connection asks once).
+
+    Switching a new file to WAL takes an exclusive lock, and SQLite answers "database
+    is locked" at once, without its busy handler, to the others opening it at that
+    moment: those retry here, for up to ``timeout`` seconds, instead of failing.
+
+    Raises:
+        sqlite3.OperationalError: still locked after ``timeout``, or another failure.
+    """
+    deadline = time.monotonic() + timeout
+    delay = 0.001
+    while True:
+        try:
+            conn.execute("PRAGMA journal_mode = WAL")
+        except sqlite3.OperationalError as exc:
+            if _primary_code(exc) not in (_SQLITE_BUSY, _SQLITE_LOCKED) \
+                    or time.monotonic() + delay > deadline:
+                raise
+        else:
+            return
+        time.sleep(delay)
+        delay = min(delay * 2, 0.05)
+
+
 class SQLiteDelivery(TransportDelivery):
     """A message received from an ``SQLiteTransport``, leased to it until settled."""
 
@@ -346,7 +371,7 @@ class SQLiteTransport(Transport):
                 self.path, timeout=self.busy_timeout, isolation_level=None,
                 check_same_thread=False,
             )
-            conn.execute("PRAGMA journal_mode=WAL")
+            use_wal(conn, self.busy_timeout)
             conn.execute(f"PRAGMA synchronous={self.synchronous.upper()}")
             self._ensure_schema(conn)
         except sqlite3.Error as exc:
