@@ -50,6 +50,7 @@ from wiretask._pool import (
 )
 from wiretask._trace import Outcome, Tracer, WorkerLostError, format_traceback
 from wiretask.errors import (
+    ConnectionLost,
     DecodeError,
     ImproperlyConfigured,
     NotRegistered,
@@ -84,6 +85,8 @@ POLL_INTERVAL = 0.2
 REQUEUE_PAUSE = 1.0
 #: Longest pause after a broker error in the consume loop (doubling from 0.1 s).
 MAX_BROKER_BACKOFF = 5.0
+#: Seconds between attempts to acknowledge again a message whose ack failed.
+ACK_RETRY_INTERVAL = 1.0
 #: Solo pool: a task that has run this long gets the outcomes stored and the messages
 #: acked that finished before it in its batch, instead of them waiting for its end.
 SOLO_FLUSH_INTERVAL = 0.05
@@ -217,6 +220,10 @@ class Worker:
         self._acks: list[_Job] = []  # settled as "ack", waiting for the flusher
         self._ack_lock = threading.Lock()
         self._acking = False  # a slot is flushing _acks
+        #: Deliveries whose outcome is recorded but whose ack failed (the broker was
+        #: unreachable): acknowledged again by the consumer until it goes through.
+        self._unacked: list[Delivery] = []
+        self._next_ack_retry = 0.0
         #: Held by whoever receives (the consumer, or a slot flushing acks), so that two
         #: receivers never count the same room.
         self._receiving = threading.Lock()
@@ -374,6 +381,8 @@ class Worker:
         leftover = self._take_acks()  # a solo batch that finished as the wait ended
         if leftover:
             self._settle_batch(leftover, 0)
+        if self._unacked:
+            self._retry_acks(time.monotonic())  # a last try; the rest come back on close
         for child in self._children:
             child.close()
         self.transport.close()
@@ -461,6 +470,8 @@ class Worker:
         while not self._stop_requested.is_set():
             try:
                 now = time.monotonic()
+                if self._unacked and now >= self._next_ack_retry:
+                    self._retry_acks(now)
                 if now >= next_due:
                     self.transport.due()
                     next_due = now + DUE_INTERVAL
@@ -595,7 +606,12 @@ class Worker:
                     message.task, message.id,
                 )
             else:
-                delivery.ack()
+                try:
+                    delivery.ack()
+                except TransportError:
+                    logger.exception("task %s[%s]: could not ack the early copy",
+                                     message.task, message.id)
+                    self._ack_later([delivery])
                 logger.info(
                     "task %s[%s] eta %s: re-published for delayed delivery",
                     message.task, message.id, message.eta.isoformat(),
@@ -727,10 +743,14 @@ class Worker:
             else:
                 self.transport.ack_many([j.delivery for j in batch])
         except Exception:
-            # The broker will redeliver an unsettled message (at least once).
+            # Their outcomes are recorded: the consumer acks them again later, so that
+            # a broker blip does not make them run twice (at least once if it never
+            # comes back before the worker stops).
             logger.exception(
-                "could not ack the messages of %s", ", ".join(j.describe for j in batch)
+                "could not ack the messages of %s; retrying every %gs",
+                ", ".join(j.describe for j in batch), ACK_RETRY_INTERVAL,
             )
+            self._ack_later([j.delivery for j in batch])
         finally:
             with self._cv:
                 self._active.difference_update(batch)
@@ -766,7 +786,8 @@ class Worker:
             self._stop_requested.wait(REQUEUE_PAUSE)
             for job in stored:
                 self._reject_requeue(job.delivery, job.describe)
-            return ()  # the others stay unacknowledged: delivered again (at least once)
+            self._ack_later(plain)  # their outcomes are recorded
+            return ()
         backend: Any = self.app.backend
         for index in skipped:
             job = stored[index]
@@ -784,7 +805,30 @@ class Worker:
                 job.delivery.ack()
             except TransportError:
                 logger.exception("task %s: could not ack its message", job.describe)
+                self._ack_later([job.delivery])
         return deliveries
+
+    def _ack_later(self, deliveries: Iterable[Delivery]) -> None:
+        with self._ack_lock:
+            self._unacked.extend(deliveries)
+
+    def _retry_acks(self, now: float) -> None:
+        """Acknowledge again the messages whose ack failed, one by one, until the broker
+        is unreachable again (the rest wait ``ACK_RETRY_INTERVAL``). An ack is
+        idempotent where it can fail this way (Redis: ZREM and HDEL of its tag); one
+        that is settled after all (the broker refuses it) is dropped."""
+        self._next_ack_retry = now + ACK_RETRY_INTERVAL
+        with self._ack_lock:
+            retry, self._unacked = self._unacked, []
+        for index, delivery in enumerate(retry):
+            try:
+                delivery.ack()
+            except ConnectionLost:
+                self._ack_later(retry[index:])
+                return
+            except TransportError as exc:
+                logger.warning("message %s: not acked again: %s", delivery.frame.task_id, exc)
+        logger.info("acked %d message(s) whose ack had failed", len(retry))
 
     def _finish(self, job: _Job, outcome: Outcome) -> None:
         if outcome.settle == "none":

@@ -5,6 +5,7 @@ stored."""
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -42,6 +43,10 @@ class Watched(RedisTransport):
         self.fail_first_store = fail_first_store
         self.stored_with_ack: list[str] = []
         self.stored_later: list[str] = []
+        #: While set, an ack made with ``Delivery.ack`` (the worker's retries) fails as
+        #: if Redis were unreachable; batch calls still work.
+        self.refuse_single_acks = False
+        self._in_batch = threading.local()
         self._watch = threading.Lock()
 
     def receive_many(
@@ -68,7 +73,16 @@ class Watched(RedisTransport):
 
     def ack_many(self, deliveries: Sequence[Delivery]) -> None:
         self._check_acks(deliveries)
-        super().ack_many(deliveries)
+        self._in_batch.on = True
+        try:
+            super().ack_many(deliveries)
+        finally:
+            self._in_batch.on = False
+
+    def _forget(self, *deliveries: RedisDelivery) -> None:
+        if self.refuse_single_acks and not getattr(self._in_batch, "on", False):
+            raise ConnectionLost("ack lost (test)", url=self.url)
+        super()._forget(*deliveries)
 
     def store_ack_and_receive(
         self, results: Sequence[tuple[Delivery, PendingResult]], deliveries: Sequence[Delivery],
@@ -158,7 +172,14 @@ def split_app(redis_url: str) -> Iterator[App]:
     results.close()
 
 
-def test_a_failed_batch_ack_leaves_its_messages_to_be_delivered_again(
+def _runs(recorder: Recorder) -> dict[Any, int]:
+    ran: dict[Any, int] = {}
+    for (i,) in recorder.of("ran"):
+        ran[i] = ran.get(i, 0) + 1
+    return ran
+
+
+def test_a_failed_batch_ack_is_retried_so_nothing_runs_twice(
     split_app: App, redis_url: str, client: redis.Redis, recorder: Recorder
 ) -> None:
     app = split_app
@@ -172,9 +193,33 @@ def test_a_failed_batch_ack_leaves_its_messages_to_be_delivered_again(
     transport = Watched(redis_url, app, fail_first_ack=True)
     with Worker(app, concurrency=2, transport=transport):
         assert [r.get(timeout=20) for r in results] == list(range(6))
-        wait_until(lambda: len(transport.acked) == 6 - len(transport.failed), what="acks")
+        # The consumer acks them again (about every second) while the worker runs.
+        wait_until(lambda: client.hlen("unacked") == 0 and client.zcard("unacked_index") == 0,
+                   timeout=10, what="the failed acks retried")
     assert transport.failed and transport.unstored == []
     assert transport.stored_with_ack == []  # two databases: results stored on their own
+    assert app.transport.size("celery") == 0  # nothing came back when it closed
+    assert _runs(recorder) == dict.fromkeys(range(6), 1)
+
+
+def test_an_ack_that_never_goes_through_leaves_the_message_to_be_delivered_again(
+    split_app: App, redis_url: str, client: redis.Redis, recorder: Recorder
+) -> None:
+    app = split_app
+
+    @app.task
+    def note(i: int) -> int:
+        recorder.add("ran", i)
+        return i
+
+    results = note.apply_many([((i,), {}) for i in range(6)])
+    transport = Watched(redis_url, app, fail_first_ack=True)
+    transport.refuse_single_acks = True  # the retries fail too, until the worker stops
+    with Worker(app, concurrency=2, transport=transport):
+        assert [r.get(timeout=20) for r in results] == list(range(6))
+        wait_until(lambda: len(transport.acked) == 6 - len(transport.failed), what="acks")
+        time.sleep(1.5)  # at least one retry, refused
+    assert transport.failed and transport.unstored == []
     # Unacknowledged, they went back to the queue when the worker closed its transport:
     # at least once, never lost.
     waiting = sorted(str(p.frame.task_id) for p in app.transport.peek("celery"))
@@ -183,9 +228,7 @@ def test_a_failed_batch_ack_leaves_its_messages_to_be_delivered_again(
         recorder.wait_for("ran", 6 + len(transport.failed), timeout=20)
         wait_until(lambda: app.transport.size("celery") == 0 and client.hlen("unacked") == 0,
                    what="the redelivered ones acked")
-    ran: dict[Any, int] = {}
-    for (i,) in recorder.of("ran"):
-        ran[i] = ran.get(i, 0) + 1
+    ran = _runs(recorder)
     assert sorted(ran) == list(range(6)) and sum(ran.values()) == 6 + len(transport.failed)
 
 
