@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import pytest
@@ -179,10 +179,12 @@ def _runs(recorder: Recorder) -> dict[Any, int]:
     return ran
 
 
-def test_a_failed_batch_ack_is_retried_so_nothing_runs_twice(
-    split_app: App, redis_url: str, client: redis.Redis, recorder: Recorder
-) -> None:
-    app = split_app
+def _run_six_with_a_failed_ack(
+    app: App, redis_url: str, recorder: Recorder, *, retries_fail: bool,
+    then: Callable[[Watched], None],
+) -> Watched:
+    """Six tasks on a worker whose first ack call fails (and, with ``retries_fail``, its
+    retries too); ``then`` runs while the worker still runs, after every result."""
 
     @app.task
     def note(i: int) -> int:
@@ -191,14 +193,26 @@ def test_a_failed_batch_ack_is_retried_so_nothing_runs_twice(
 
     results = note.apply_many([((i,), {}) for i in range(6)])
     transport = Watched(redis_url, app, fail_first_ack=True)
+    transport.refuse_single_acks = retries_fail
     with Worker(app, concurrency=2, transport=transport):
         assert [r.get(timeout=20) for r in results] == list(range(6))
+        then(transport)
+    assert transport.failed and transport.unstored == []
+    assert transport.stored_with_ack == []  # two databases: results stored on their own
+    return transport
+
+
+def test_a_failed_batch_ack_is_retried_so_nothing_runs_twice(
+    split_app: App, redis_url: str, client: redis.Redis, recorder: Recorder
+) -> None:
+    def retried(transport: Watched) -> None:
         # The consumer acks them again (about every second) while the worker runs.
         wait_until(lambda: client.hlen("unacked") == 0 and client.zcard("unacked_index") == 0,
                    timeout=10, what="the failed acks retried")
-    assert transport.failed and transport.unstored == []
-    assert transport.stored_with_ack == []  # two databases: results stored on their own
-    assert app.transport.size("celery") == 0  # nothing came back when it closed
+
+    _run_six_with_a_failed_ack(split_app, redis_url, recorder, retries_fail=False,
+                               then=retried)
+    assert split_app.transport.size("celery") == 0  # nothing came back when it closed
     assert _runs(recorder) == dict.fromkeys(range(6), 1)
 
 
@@ -207,19 +221,12 @@ def test_an_ack_that_never_goes_through_leaves_the_message_to_be_delivered_again
 ) -> None:
     app = split_app
 
-    @app.task
-    def note(i: int) -> int:
-        recorder.add("ran", i)
-        return i
-
-    results = note.apply_many([((i,), {}) for i in range(6)])
-    transport = Watched(redis_url, app, fail_first_ack=True)
-    transport.refuse_single_acks = True  # the retries fail too, until the worker stops
-    with Worker(app, concurrency=2, transport=transport):
-        assert [r.get(timeout=20) for r in results] == list(range(6))
+    def refused(transport: Watched) -> None:
         wait_until(lambda: len(transport.acked) == 6 - len(transport.failed), what="acks")
         time.sleep(1.5)  # at least one retry, refused
-    assert transport.failed and transport.unstored == []
+
+    transport = _run_six_with_a_failed_ack(app, redis_url, recorder, retries_fail=True,
+                                           then=refused)
     # Unacknowledged, they went back to the queue when the worker closed its transport:
     # at least once, never lost.
     waiting = sorted(str(p.frame.task_id) for p in app.transport.peek("celery"))
