@@ -527,6 +527,10 @@ class Worker:
         if refill:  # taken by a solo flush as the worker stopped: given back
             with self._receiving:
                 self._handle(refill)
+        if generation == self._generation:
+            # Solo: routed as stop() began, after it gathered what to give back.
+            while self._ready:
+                self._settle(self._ready.popleft(), "requeue", only_if_queued=True)
 
     def _handle(self, deliveries: Iterable[Delivery]) -> None:
         """Route received messages (the caller holds ``_receiving``)."""
@@ -756,7 +760,7 @@ class Worker:
                 self._active.difference_update(batch)
                 # The consumer takes the room the flush did not fill (an empty queue,
                 # or another receiver busy) and stop() counts what is left.
-                if len(deliveries) < room or room == 0:
+                if len(deliveries) < room or room <= 0:
                     self._cv.notify_all()
         return deliveries
 
@@ -826,8 +830,8 @@ class Worker:
             except ConnectionLost:
                 self._ack_later(retry[index:])
                 return
-            except TransportError as exc:
-                logger.warning("message %s: not acked again: %s", delivery.frame.task_id, exc)
+            except Exception as exc:  # settled after all, or a transport bug: not again
+                logger.warning("message %s: not acked again: %r", delivery.frame.task_id, exc)
         logger.info("acked %d message(s) whose ack had failed", len(retry))
 
     def _finish(self, job: _Job, outcome: Outcome) -> None:
@@ -847,6 +851,11 @@ class Worker:
             hard = self.app.conf.get("task_time_limit")
         if soft is None:
             soft = self.app.conf.get("task_soft_time_limit")
+        # A limit past what a timer can wait (threading.TIMEOUT_MAX, centuries) is none.
+        if hard is not None and hard >= threading.TIMEOUT_MAX:
+            hard = None
+        if soft is not None and soft >= threading.TIMEOUT_MAX:
+            soft = None
         return (hard or None), (soft or None)
 
     def _time_limit_exceeded(self, job: _Job, hard: float) -> None:
@@ -953,7 +962,11 @@ class Worker:
         so a long task does not hold back the results of quick ones."""
         while not self._flusher_stop.wait(SOLO_FLUSH_INTERVAL):
             since = self._running_since
-            if since is None or time.monotonic() - since < SOLO_FLUSH_INTERVAL:
+            # Also while stopping: a consumer that has exited leaves acks behind (one
+            # settled by a hard time limit after it left), and stop() waits for them.
+            if not self._stop_requested.is_set() and (
+                since is None or time.monotonic() - since < SOLO_FLUSH_INTERVAL
+            ):
                 continue
             batch = self._take_acks()
             if batch:

@@ -367,3 +367,13 @@ def test_a_content_type_that_names_no_type_is_malformed(content_type: str) -> No
         decode(frame, REGISTRY)
     assert info.value.field == "content_type"
     assert "names no type" in str(info.value)
+
+
+def test_an_integer_time_limit_of_any_size_is_read() -> None:
+    """An int is finite: ``math.isfinite`` of a huge one raised OverflowError."""
+    frame = Frame(body=b"[[], {}, null]", content_type="application/json",
+                  content_encoding="utf-8",
+                  headers={"task": "t", "id": "i", "timelimit": [10**400, None]})
+    message = decode(frame, REGISTRY)
+    assert message.timelimit == (10**400, None)
+    assert_checked(message)

@@ -5,14 +5,21 @@ from __future__ import annotations
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from wiretask.errors import EncodeError, ImproperlyConfigured, TransportError, ValidationError
+from wiretask.errors import (
+    ConnectionLost,
+    EncodeError,
+    ImproperlyConfigured,
+    TransportError,
+    ValidationError,
+)
 from wiretask.protocol.frame import Frame, Outgoing, Route
 from wiretask.transports import memory
+from wiretask.transports.base import Delivery
 from wiretask.transports.memory import MemoryTransport
 
 
@@ -357,3 +364,25 @@ def test_concurrent_consumers_get_each_message_once(name: str) -> None:
     for thread in threads:
         thread.join(30)
     assert sorted(seen) == sorted(str(i).encode() for i in range(300))
+
+
+def test_the_default_receive_many_hands_over_what_it_took_when_a_later_receive_fails(
+    transport: MemoryTransport, name: str
+) -> None:
+    class Failing(MemoryTransport):
+        calls = 0
+
+        def receive(self, queues: Sequence[str], *, timeout: float) -> Delivery | None:
+            self.calls += 1
+            if self.calls == 2:
+                raise ConnectionLost("broker went away (test)", url=self.url)
+            return super().receive(queues, timeout=timeout)
+
+    for body in (b"1", b"2"):
+        transport.publish(frame(body), Q)
+    failing = Failing(name)
+    taken = failing.receive_many(["q"], limit=2, timeout=0)
+    assert [d.frame.body for d in taken] == [b"1"]  # not lost: the caller settles it
+    taken[0].ack()
+    assert [d.frame.body for d in failing.receive_many(["q"], limit=2, timeout=0)] == [b"2"]
+    failing.close()

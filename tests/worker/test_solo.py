@@ -174,3 +174,42 @@ def test_a_batch_is_stored_acked_and_refilled_in_one_call(
     finally:
         client.close()
     assert app.transport.size("celery") == 0
+
+
+def test_stop_without_a_timeout_returns_when_the_running_task_hits_its_hard_limit(
+    make_app: MakeApp, recorder: Recorder
+) -> None:
+    """The hard limit is recorded (and its ack queued) after the abandoned consumer
+    left: the ack must still be sent, or stop() would wait for it for ever."""
+    app = make_app()
+
+    @app.task(time_limit=0.5)
+    def spins() -> None:
+        recorder.add("started")
+        deadline = time.monotonic() + 3
+        while time.monotonic() < deadline:
+            pass
+
+    worker = Worker(app, pool="solo")
+    worker.start()
+    result = spins.delay()
+    recorder.wait_for("started")
+    stopper = threading.Thread(target=worker.stop)  # no timeout: waits for the task
+    stopper.start()
+    stopper.join(10)
+    assert not stopper.is_alive(), "stop() hung"
+    assert result.state == states.FAILURE
+    assert app.transport.size("celery") == 0
+
+
+def test_a_time_limit_no_timer_can_wait_for_is_no_limit(
+    make_app: MakeApp, start_worker: StartWorker
+) -> None:
+    app = make_app()
+
+    @app.task(time_limit=1e300, soft_time_limit=10.0**20)
+    def patient() -> str:
+        return "done"
+
+    start_worker(app, pool="solo")
+    assert patient.delay().get(timeout=10) == "done"

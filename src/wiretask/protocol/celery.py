@@ -347,7 +347,7 @@ def _timelimit(value: Any, field: str) -> tuple[float | None, float | None]:
         if (
             isinstance(limit, bool)
             or not isinstance(limit, int | float)
-            or not math.isfinite(limit)
+            or (type(limit) is float and not math.isfinite(limit))  # an int is finite
             or limit < 0
         ):
             raise MalformedMessage(field, f"limits must be non-negative numbers or null: {value!r}")

@@ -440,7 +440,7 @@ def _check_timelimit(value: Any) -> Any:
             continue
         if isinstance(limit, bool) or not isinstance(limit, int | float):
             _fail("timelimit", "limits must be numbers of seconds or None", value)
-        if not math.isfinite(limit) or limit < 0:
+        if (isinstance(limit, float) and not math.isfinite(limit)) or limit < 0:
             _fail("timelimit", "limits must be finite and non-negative", value)
     return value if type(value) is tuple else tuple(value)
 

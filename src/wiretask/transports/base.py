@@ -255,7 +255,12 @@ class Transport(abc.ABC):
             return []
         taken = [delivery]
         while len(taken) < limit:
-            delivery = self.receive(queues, timeout=0)
+            try:
+                delivery = self.receive(queues, timeout=0)
+            except TransportError:
+                # What was taken is held by this transport: hand it over, or it would
+                # stay leased to nobody. The next call sees the error again, if any.
+                break
             if delivery is None:
                 break
             taken.append(delivery)
