@@ -148,7 +148,8 @@ class Worker:
             import (default: found among the imported modules; required when the app
             lives in ``__main__``).
         prefetch: messages received beyond the free slots. A busy worker takes no more,
-            so other workers get the rest.
+            so other workers get the rest. A solo worker receives only between batches,
+            so a batch is up to ``1 + prefetch`` messages, run one after the other.
         eta_task_limit: most messages held for a future eta when the transport cannot
             delay them itself (default ``worker_eta_task_limit``, else 1000). At the
             limit the worker stops receiving until some come due.
