@@ -64,7 +64,8 @@ def test_redis_publish_bench_runs() -> None:
 @pytest.mark.slow
 def test_end_to_end_bench_runs() -> None:
     needs_redis()
-    output = run_bench("end_to_end.py", "--scale", "0.01", "--concurrency", "2", "--cap", "60")
+    output = run_bench("end_to_end.py", "--scale", "0.01", "--concurrency", "2", "--cap", "60",
+                       "--repeat", "1")
     check_output(output, ["e2e 30 tasks, solo (apply_many publish)",
                           "e2e 30 tasks, solo (apply_async publish)",
                           "e2e 30 tasks, 2 threads (apply_many publish)"])
