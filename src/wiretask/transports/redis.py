@@ -602,21 +602,8 @@ class RedisTransport(Transport):
         delivery that was settled already raises ``TransportError`` before anything is
         done; deliveries of another transport are acknowledged by their own ``ack()``
         first."""
-        names = queue_names(queues)
-        if not names:
-            raise ValidationError("queues", "at least one queue name is needed")
         limit = receive_limit(limit)
-        self._maybe_restore()
-        received: list[RedisDelivery] = []
-
-        def write(pending: list[RedisDelivery]) -> list[RedisDelivery]:
-            deliveries, _, _, _ = self._pop(
-                names, limit, [d.delivery_tag for d in pending], ())
-            received.extend(deliveries)
-            return []
-
-        self._settle_many(deliveries, write, strict=True)
-        return received
+        return self._store_ack_and_receive((), deliveries, queues, limit)[0]
 
     def stores_results_of(self, backend: object) -> bool:
         """Whether ``backend`` keeps its results in this transport's Redis database, so
@@ -638,11 +625,17 @@ class RedisTransport(Transport):
         unacknowledged, for the caller to store under the full rules
         (``RedisBackend.store_pending``) and then ack. Only for a result backend on
         this same database (``stores_results_of``)."""
+        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 0:
+            raise ValidationError("limit", f"must be an int >= 0, got {limit!r}")
+        return self._store_ack_and_receive(results, deliveries, queues, limit)
+
+    def _store_ack_and_receive(
+        self, results: Sequence[tuple[Delivery, PendingResult]], deliveries: Sequence[Delivery],
+        queues: Sequence[str], limit: int,
+    ) -> tuple[list[RedisDelivery], list[int]]:
         names = queue_names(queues)
         if not names:
             raise ValidationError("queues", "at least one queue name is needed")
-        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 0:
-            raise ValidationError("limit", f"must be an int >= 0, got {limit!r}")
         self._maybe_restore()
         by_delivery = {id(d): p for d, p in results}
         received: list[RedisDelivery] = []
