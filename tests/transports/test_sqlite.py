@@ -627,12 +627,12 @@ def test_switching_to_wal_waits_for_a_lock_sqlite_would_not_wait_for(tmp_path: P
 
 
 def test_many_connections_opening_a_new_file_at_once(tmp_path: Path) -> None:
-    url = f"sqlite:///{tmp_path / 'many.db'}"
+    path = tmp_path / "many.db"
     start = threading.Barrier(8)
     errors: list[BaseException] = []
 
     def open_one() -> None:
-        transport = SQLiteTransport(url)
+        transport = SQLiteTransport(path)
         try:
             start.wait(5)
             transport.connect()
@@ -648,3 +648,11 @@ def test_many_connections_opening_a_new_file_at_once(tmp_path: Path) -> None:
     for thread in threads:
         thread.join(20)
     assert errors == []
+
+
+def test_a_url_given_as_a_path_is_refused(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'b.db'}"
+    with pytest.raises(ImproperlyConfigured, match="is a URL, not a file path") as info:
+        SQLiteTransport(url)
+    assert "from_url" in str(info.value)
+    assert SQLiteTransport.from_url(url).path == str(tmp_path / "b.db")

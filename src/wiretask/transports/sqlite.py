@@ -247,6 +247,12 @@ class SQLiteTransport(Transport):
         create_directory: bool = True,
     ) -> None:
         raw = os.fspath(path)
+        if isinstance(raw, str) and raw.startswith("sqlite:"):
+            raise ImproperlyConfigured(
+                f"{raw!r} is a URL, not a file path: use SQLiteTransport.from_url() (or "
+                "App(broker=...)), which reads its path and options",
+                setting="broker_url",
+            )
         if not isinstance(raw, str) or not raw or raw == ":memory:" or raw.startswith("file:"):
             raise ImproperlyConfigured(
                 f"the SQLite broker needs a file path, got {raw!r} (an in-memory database "
