@@ -9,20 +9,18 @@ must give exactly ``repr``.
 
 from __future__ import annotations
 
-import importlib.util
 import sys
 from collections import OrderedDict, namedtuple
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from enum import IntEnum
-from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import pytest
 from hypothesis import assume, given
 from hypothesis import strategies as st
 
+from protocol.vectors import VECTORS, vectorfile
 from wiretask._saferepr import MAX_LEVEL, MAX_STRING, safe_repr
 
 # --- the rule, transcribed --------------------------------------------------------------
@@ -680,19 +678,6 @@ def test_deep_nesting_is_elided() -> None:
 
 # --- golden vectors ---------------------------------------------------------------------------
 
-VECTORS = Path(__file__).resolve().parent.parent / "spec" / "vectors"
-
-
-def _load_vectorfile() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("vectorfile", VECTORS / "vectorfile.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules.setdefault("vectorfile", module)
-    spec.loader.exec_module(module)
-    return module
-
-
-vectorfile = _load_vectorfile()
 CELERY_MADE = [
     (path.stem, vector)
     for path, vector in vectorfile.load_all(VECTORS)

@@ -20,10 +20,8 @@
 from __future__ import annotations
 
 import importlib.util
-import sys
 from datetime import datetime
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import pytest
@@ -33,21 +31,10 @@ from wiretask.codecs import default_registry
 from wiretask.protocol import Frame
 from wiretask.protocol.celery import decode, encode
 
-VECTORS = Path(__file__).resolve().parents[2] / "spec" / "vectors"
+from .vectors import VECTORS, vectorfile
+
 REGISTRY = default_registry()
 STABLE_COMPRESSED = {None, "application/x-gzip", "application/x-bz2", "application/x-lzma"}
-
-
-def _load_vectorfile() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("vectorfile", VECTORS / "vectorfile.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules.setdefault("vectorfile", module)
-    spec.loader.exec_module(module)
-    return module
-
-
-vectorfile = _load_vectorfile()
 VALID = vectorfile.load_all(VECTORS)
 INVALID = vectorfile.load_all(VECTORS / "invalid")
 # Protocol 1, the hybrid form and alias headers are read-only: wiretask writes protocol 2.
