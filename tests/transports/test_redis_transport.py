@@ -838,33 +838,14 @@ def test_publish_many_is_one_round_trip(transport: RedisTransport,
     assert transport.size("q") == 50
 
 
-def _lose_first_execute(monkeypatch: pytest.MonkeyPatch, *, landed: bool) -> list[str]:
-    """Make the first publish write (the one-command ``PUSH`` script, a single message's
-    or a whole batch's) fail with ConnectionError, after running it (``landed``: the
-    reply was lost) or without sending it."""
-    original = scripts.Commands.script
-    failures: list[str] = []
-
-    def flaky(self: scripts.Commands, script: scripts.Script, keys: Any, args: Any) -> Any:
-        if not failures and script is scripts.PUSH:
-            failures.append("lost")
-            if landed:
-                original(self, script, keys, args)
-            raise redis.ConnectionError("connection dropped before the reply")
-        return original(self, script, keys, args)
-
-    monkeypatch.setattr(scripts.Commands, "script", flaky)
-    return failures
-
-
 @pytest.mark.parametrize("landed", [True, False])
 def test_retrying_a_publish_with_unknown_outcome_does_not_duplicate(
         transport: RedisTransport, monkeypatch: pytest.MonkeyPatch, landed: bool) -> None:
     sent = frame(b"once")
-    failures = _lose_first_execute(monkeypatch, landed=landed)
+    plan = _lose_pushes(monkeypatch, [landed])
     with pytest.raises(ConnectionLost):
         transport.publish(sent, Route("q"))
-    assert failures == ["lost"]
+    assert plan == []
     transport.publish(sent, Route("q"))  # the retry driver publishes the same frame
     assert transport.size("q") == 1
     transport.publish(sent, Route("q"))  # a later, successful publish is a new message
@@ -875,7 +856,7 @@ def test_retrying_a_publish_with_unknown_outcome_does_not_duplicate(
 def test_retrying_publish_many_with_unknown_outcome_does_not_duplicate(
         transport: RedisTransport, monkeypatch: pytest.MonkeyPatch, landed: bool) -> None:
     batch = [Outgoing(frame(b"a"), Route("q")), Outgoing(frame(b"b"), Route("q"), later(30))]
-    _lose_first_execute(monkeypatch, landed=landed)
+    _lose_pushes(monkeypatch, [landed])
     with pytest.raises(ConnectionLost):
         transport.publish_many(batch)
     transport.publish_many(batch)
@@ -883,20 +864,23 @@ def test_retrying_publish_many_with_unknown_outcome_does_not_duplicate(
     assert [p.frame.body for p in transport.peek("q")] == [b"a", b"b"]
 
 
-def _lose_pushes(monkeypatch: pytest.MonkeyPatch, landed: list[bool]) -> None:
-    """Make the next ``len(landed)`` ``PUSH`` calls fail with ConnectionError, each after
-    running (True: the reply was lost) or without running (False)."""
-    original = scripts.Commands.script
+def _lose_pushes(monkeypatch: pytest.MonkeyPatch, landed: list[bool]) -> list[bool]:
+    """Make the next ``len(landed)`` publish writes (the one ``MULTI``/``EXEC``
+    transaction of a single message or of a whole batch) fail with ConnectionError, each
+    after running (True: the reply was lost) or without running (False). Returns the
+    plan, which empties as it is used."""
+    original = scripts.Commands.transaction
     plan = list(landed)
 
-    def flaky(self: scripts.Commands, script: scripts.Script, keys: Any, args: Any) -> Any:
-        if plan and script is scripts.PUSH:
+    def flaky(self: scripts.Commands, commands: Any) -> Any:
+        if plan:
             if plan.pop(0):
-                original(self, script, keys, args)
+                original(self, commands)
             raise redis.ConnectionError("connection dropped before the reply")
-        return original(self, script, keys, args)
+        return original(self, commands)
 
-    monkeypatch.setattr(scripts.Commands, "script", flaky)
+    monkeypatch.setattr(scripts.Commands, "transaction", flaky)
+    return plan
 
 
 @pytest.mark.parametrize("landed", [[True], [False], [False, True], [True, False]])
@@ -933,7 +917,7 @@ def test_publish_markers_can_be_turned_off(redis_url: str, client: redis.Redis,
         assert t.size("q") == 3
         assert not client.keys("_wiretask.published.*")
         sent = frame(b"twice")
-        _lose_first_execute(monkeypatch, landed=True)
+        _lose_pushes(monkeypatch, [True])
         t.publish(sent, Route("q"))  # one LPUSH, no MULTI: nothing to lose here
         assert t.size("q") == 4
     monkeypatch.undo()

@@ -44,7 +44,6 @@ __all__ = [
     "DUE",
     "POP",
     "PURGE",
-    "PUSH",
     "Commands",
     "Script",
 ]
@@ -177,6 +176,20 @@ class Commands:
     def call(self, *command: Any) -> Any:
         """One command; its reply."""
         return self.run((command,))[0]
+
+    def transaction(self, commands: Sequence[tuple[Any, ...]]) -> list[Any]:
+        """``commands`` between ``MULTI`` and ``EXEC``, in one write: Redis runs all of
+        them at once, with nothing in between, or none (a command refused while queueing
+        aborts the whole transaction, and a connection lost before ``EXEC`` discards
+        it). Returns their replies; raises the first error reply, whether it came while
+        queueing or from a command that ran."""
+        replies = self.run([("MULTI",), *commands, ("EXEC",)])[-1]
+        if not isinstance(replies, list):  # pragma: no cover - nil only after a WATCH
+            raise ResponseError(f"EXEC: transaction not run ({replies!r})")
+        for reply in replies:
+            if isinstance(reply, ResponseError):
+                raise reply
+        return replies
 
     def script(self, script: Script, keys: Sequence[Any], args: Sequence[Any]) -> Any:
         """Run ``script`` (``EVALSHA``; ``EVAL`` when the server does not know it yet,
@@ -355,55 +368,6 @@ end
 return found
 """)
 
-#: Publish a batch (or one message) atomically: every write of every message, and the
-#: publish marker, lands or none does, in one command with one integer reply (a
-#: ``MULTI`` of the same writes costs a reply per command and redis-py's transaction
-#: machinery on the client).
-#:
-#: KEYS: every key written, each once. ARGV[1] the marker's TTL (s), then the writes,
-#: each an opcode followed by its operands (``k`` is an index into KEYS):
-#:
-#: * ``M k``: ``SET KEYS[k] 1 EX ttl`` (the publish marker of the call);
-#: * ``L k n entry1 .. entryn``: ``LPUSH KEYS[k] entry1 .. entryn`` (ready messages of one
-#:   bucket list, in publish order: the same list as n single LPUSHes);
-#: * ``R k text``: ``RPUSH`` (a dead letter: an unroutable message);
-#: * ``S kd km kq member due stored``: hold a delayed message: ``HSET km member stored``
-#:   (``[list without prefix, queue, entry]`` JSON), then ``ZADD`` ``due member`` to its
-#:   queue's own index ``kq`` and to the due index ``kd``, so that ``DUE`` never sees a
-#:   member without its entry.
-#:
-#: Returns the number of messages written.
-PUSH = Script("""
-local ttl = ARGV[1]
-local i, written = 2, 0
-while i <= #ARGV do
-  local op = ARGV[i]
-  if op == 'L' then
-    local n = tonumber(ARGV[i + 2])
-    redis.call('LPUSH', KEYS[tonumber(ARGV[i + 1])], unpack(ARGV, i + 3, i + 2 + n))
-    i = i + 3 + n
-    written = written + n
-  elseif op == 'M' then
-    redis.call('SET', KEYS[tonumber(ARGV[i + 1])], 1, 'EX', ttl)
-    i = i + 2
-  elseif op == 'R' then
-    redis.call('RPUSH', KEYS[tonumber(ARGV[i + 1])], ARGV[i + 2])
-    i = i + 3
-    written = written + 1
-  elseif op == 'S' then
-    local member, due = ARGV[i + 4], ARGV[i + 5]
-    redis.call('HSET', KEYS[tonumber(ARGV[i + 2])], member, ARGV[i + 6])
-    redis.call('ZADD', KEYS[tonumber(ARGV[i + 3])], due, member)
-    redis.call('ZADD', KEYS[tonumber(ARGV[i + 1])], due, member)
-    i = i + 7
-    written = written + 1
-  else
-    return redis.error_reply('PUSH: unknown opcode ' .. tostring(op))
-  end
-end
-return written
-""")
-
 #: Move up to ARGV[2] due messages into their lists; return how many moved.
 #:
 #: KEYS[1] the due index, KEYS[2] the entry hash. ARGV[1] now (unix s), ARGV[3] the
@@ -446,4 +410,4 @@ return removed + #members
 """)
 
 #: Every script, for ``SCRIPT LOAD`` on connect.
-ALL: tuple[Script, ...] = (POP, ACK, PUSH, DUE, PURGE)
+ALL: tuple[Script, ...] = (POP, ACK, DUE, PURGE)

@@ -55,9 +55,9 @@ those of every queue, which Celery consumers need. Moved messages are plain entr
 with their ``eta`` header, so Celery workers run them too.
 
 **Publishing is idempotent across retries.** Every publish attempt writes one marker key
-atomically with its pushes (one ``PUSH`` script run for one message or a whole batch:
-one command and one reply), so the messages and their marker land together or not at
-all. When a publish fails with ``ConnectionLost`` its outcome is unknown (the
+atomically with its pushes (one ``MULTI``/``EXEC`` transaction for one message or a
+whole batch, sent in one write), so the messages and their marker land together or not
+at all. When a publish fails with ``ConnectionLost`` its outcome is unknown (the
 write may have run and only the reply been lost); the transport remembers each staged
 message with its attempt's marker, and when the same ``Frame`` object is published again
 (the publish retry driver does exactly that) it reuses the delivery tag and checks that
@@ -65,7 +65,7 @@ marker first: a message that already landed is not pushed twice. Every attempt h
 own marker, so a retry that sends only part of an earlier batch, and fails again, still
 leaves each message's fate readable. The guarantee lasts ``PUBLISH_MARKER_TTL``
 seconds after the first attempt; the cost is one short-lived key per publish call (about
-300 s x the call rate keys alive at once) and a script instead of a bare LPUSH. The
+300 s x the call rate keys alive at once) and a transaction instead of a bare LPUSH. The
 ``publish_markers=False`` option turns this off and publishes exactly as Kombu does.
 
 The hot paths (receive, ack, publish, and the result backend's store) send their
@@ -146,10 +146,6 @@ log = logging.getLogger(__name__)
 PUBLISH_MARKER_TTL = 300
 #: Most publishes with an unknown outcome remembered for a retry (oldest dropped first).
 _UNSETTLED_LIMIT = 10_000
-
-#: Most entries in one variadic ``LPUSH`` of the ``PUSH`` script (Lua's ``unpack`` has a
-#: stack limit of a few thousand values).
-_PUSH_CHUNK = 1000
 
 #: Most due delayed messages one ``receive`` moves per queue before it pops (bounds the
 #: time the ``POP`` script blocks Redis; the rest move on the next call).
@@ -388,8 +384,8 @@ class RedisTransport(Transport):
         self.publish_many((Outgoing(frame, route, not_before),))
 
     def publish_many(self, messages: Sequence[Outgoing]) -> None:
-        """The whole batch, with its publish marker, in one ``PUSH`` script call (one
-        round trip, plus one read of the binding tables of named exchanges, and one
+        """The whole batch, with its publish marker, in one ``MULTI``/``EXEC``
+        transaction (one round trip, plus one read of the binding tables of named exchanges, and one
         marker check when retrying): all of it lands or none. With
         ``publish_markers=False`` the same without the marker, and a single ready
         message is one bare ``LPUSH``, as Kombu sends it.
@@ -439,15 +435,14 @@ class RedisTransport(Transport):
                     route = item.route
                     queues = (_route(tables[route.exchange], route.key) if route.exchange
                               else [route.key])
-                    if not markers and item.due is None and len(queues) == 1 \
-                            and len(batch) == 1:
-                        # Kombu's ``_put``: one LPUSH, nothing else.
-                        commands.call("LPUSH", self._keys.p(queue_key(queues[0], item.bucket)),
-                                      item.entry)
-                        return
                     self._stage(writes, item, queues)
-                if writes:
-                    commands.script(scripts.PUSH, *writes.call(marker))
+                writing = writes.commands(marker)
+                if len(writing) == 1:
+                    # One command is atomic by itself: without a marker, a ready message
+                    # (or a batch for one list) is one LPUSH, as Kombu's ``_put`` sends it.
+                    commands.run(writing)
+                elif writing:
+                    commands.transaction(writing)
         except ConnectionLost:
             if markers:
                 self._keep_unsettled([
@@ -1067,16 +1062,15 @@ def new_tags(count: int) -> list[str]:
 
 
 class _Writes:
-    """The KEYS and ARGV of one ``PUSH`` script call, each key once; list pushes grouped
-    per list (in their order) into one variadic ``LPUSH``."""
+    """The commands of one publish transaction: the pushes of each list grouped, in
+    their order, into one variadic ``LPUSH``; dead letters into one ``RPUSH`` per list;
+    delayed holds into one ``HSET`` of their entries and one ``ZADD`` per index."""
 
     def __init__(self, keys: Keys) -> None:
         self._names = keys
         self._pushes: dict[str, list[str]] = {}
-        self._other: list[tuple[Any, ...]] = []  # dead letters and delayed holds
-
-    def __bool__(self) -> bool:
-        return bool(self._pushes or self._other)
+        self._dead: dict[str, list[str]] = {}
+        self._held: list[tuple[str, str, str, str]] = []  # (queue, member, due, stored)
 
     def lpush(self, key: str, entry: str) -> None:
         entries = self._pushes.get(key)
@@ -1086,40 +1080,36 @@ class _Writes:
             entries.append(entry)
 
     def rpush(self, key: str, text: str) -> None:
-        self._other.append(("R", key, text))
+        self._dead.setdefault(key, []).append(text)
 
     def schedule(self, queue: str, member: str, due: float, stored: str) -> None:
-        self._other.append(("S", queue, member, repr(due), stored))
+        self._held.append((queue, member, repr(due), stored))
 
-    def call(self, marker: str) -> tuple[list[str], list[Any]]:
-        """``(KEYS, ARGV)`` for ``PUSH``, with ``marker`` ('' for none)."""
-        keys: list[str] = []
-        index: dict[str, int] = {}
-
-        def k(key: str) -> int:
-            found = index.get(key)
-            if found is None:
-                keys.append(key)
-                found = index[key] = len(keys)
-            return found
-
-        args: list[Any] = [PUBLISH_MARKER_TTL]
+    def commands(self, marker: str) -> list[tuple[Any, ...]]:
+        """The transaction's commands, the ``marker`` ('' for none) first. A delayed
+        message's entry is written with its index entries, so ``DUE`` never finds a
+        member without its entry."""
+        commands: list[tuple[Any, ...]] = []
         if marker:
-            args += ("M", k(marker))
+            commands.append(("SET", marker, 1, "EX", PUBLISH_MARKER_TTL))
         for key, entries in self._pushes.items():
-            target = k(key)
-            for start in range(0, len(entries), _PUSH_CHUNK):
-                chunk = entries[start:start + _PUSH_CHUNK]
-                args += ("L", target, len(chunk), *chunk)
-        names = self._names
-        for op in self._other:
-            if op[0] == "R":
-                args += ("R", k(op[1]), op[2])
-            else:
-                _, queue, member, due, stored = op
-                args += ("S", k(names.delayed), k(names.delayed_messages),
-                         k(names.delayed_queue(queue)), member, due, stored)
-        return keys, args
+            commands.append(("LPUSH", key, *entries))
+        for key, texts in self._dead.items():
+            commands.append(("RPUSH", key, *texts))
+        if self._held:
+            names = self._names
+            held: list[str] = []
+            everything: list[str] = []
+            per_queue: dict[str, list[str]] = {}
+            for queue, member, due, stored in self._held:
+                held += (member, stored)
+                everything += (due, member)
+                per_queue.setdefault(queue, []).extend((due, member))
+            commands.append(("HSET", names.delayed_messages, *held))
+            commands += [("ZADD", names.delayed_queue(queue), *pairs)
+                         for queue, pairs in per_queue.items()]
+            commands.append(("ZADD", names.delayed, *everything))
+        return commands
 
 
 def _text(value: bytes | str) -> str:
