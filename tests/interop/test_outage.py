@@ -1,6 +1,6 @@
 """Redis outages, against a real private ``redis-server`` that the tests stop and start:
-publish retry (with a real Celery worker running what survived the outage), publish
-failure after the policy, no duplicate from a retried publish, a worker that outlives a
+publish retry (with a real Celery worker running what survived the outage, and
+Celery's own retry feeding wiretask's worker), publish failure after the policy, no duplicate from a retried publish, a worker that outlives a
 Redis restart, and a worker killed with SIGKILL mid-task.
 """
 
@@ -17,7 +17,9 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 import redis
+from celery import Celery
 
+from interop.celery_tasks import make_client
 from interop.support import WAIT, CeleryWorker, subprocess_env, wait_for
 from interop.wiretask_tasks import STARTED_KEY, make_app
 from wiretask.app import App
@@ -83,6 +85,45 @@ def test_publish_retries_through_a_restart_and_celery_runs_the_message_once(
     with CeleryWorker(private_url, ["celery"]):
         assert result.get(timeout=WAIT) == 42
     assert queued(private_url) == []
+
+
+@pytest.mark.interop
+def test_celerys_publish_retried_through_a_restart_runs_once_on_wiretask(
+    redis_server: RedisServer, private_url: str, wt: App
+) -> None:
+    """The other direction: Celery's own publish retry (Kombu's ``ensure``) carries a
+    call through the outage, wiretask's worker runs it once, and Celery reads the
+    result. The sender has no result backend: Celery's Redis backend subscribes to
+    the result channel before publishing, which an outage breaks outside the publish
+    retry.
+
+    The sender has not connected before the outage. Kombu 5.7 cannot retry a publish
+    whose pooled connection the outage broke: the retry fails at once with
+    ``AttributeError: 'NoneType' object has no attribute 'client'`` (its channel was
+    closed under it). wiretask's publish retries a broken connection too (the first
+    test of this module)."""
+    sender = Celery("interop-sender", broker=private_url, set_as_current=False)
+    sender.conf.broker_connection_retry_on_startup = True
+    reader = make_client(private_url)
+    try:
+        redis_server.stop()
+        restarter = restart_later(redis_server, 0.5)
+
+        started = time.monotonic()
+        sent = sender.send_task("interop.add", (40, 2), retry=True, retry_policy=PATIENT)
+        elapsed = time.monotonic() - started
+        restarter.join()
+
+        assert elapsed >= 0.4, "the publish cannot have succeeded while Redis was down"
+        assert queued(private_url) == [sent.id]  # landed exactly once
+        with Worker(wt, queues=["celery"], concurrency=1, shutdown_timeout=5):
+            result = reader.AsyncResult(sent.id)
+            assert result.get(timeout=WAIT) == 42
+            assert result.state == "SUCCESS"
+        assert queued(private_url) == []
+    finally:
+        sender.close()
+        reader.close()
 
 
 def test_publish_gives_up_after_the_policy_with_publish_error(
