@@ -840,7 +840,8 @@ def test_publish_many_is_one_round_trip(transport: RedisTransport,
 
 @pytest.mark.parametrize("landed", [True, False])
 def test_retrying_a_publish_with_unknown_outcome_does_not_duplicate(
-        transport: RedisTransport, monkeypatch: pytest.MonkeyPatch, landed: bool) -> None:
+        transport: RedisTransport, client: redis.Redis, monkeypatch: pytest.MonkeyPatch,
+        landed: bool) -> None:
     sent = frame(b"once")
     plan = _lose_pushes(monkeypatch, [landed])
     with pytest.raises(ConnectionLost):
@@ -848,6 +849,8 @@ def test_retrying_a_publish_with_unknown_outcome_does_not_duplicate(
     assert plan == []
     transport.publish(sent, Route("q"))  # the retry driver publishes the same frame
     assert transport.size("q") == 1
+    # One marker either way: the retry of an attempt that landed writes nothing at all.
+    assert len(client.keys("_wiretask.published.*")) == 1
     transport.publish(sent, Route("q"))  # a later, successful publish is a new message
     assert transport.size("q") == 2
 

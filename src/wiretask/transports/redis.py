@@ -1086,10 +1086,12 @@ class _Writes:
         self._held.append((queue, member, repr(due), stored))
 
     def commands(self, marker: str) -> list[tuple[Any, ...]]:
-        """The transaction's commands, the ``marker`` ('' for none) first. A delayed
-        message's entry is written with its index entries, so ``DUE`` never finds a
-        member without its entry."""
+        """The transaction's commands, the ``marker`` ('' for none) first; none at all
+        when there is nothing to write. A delayed message's entry is written with its
+        index entries, so ``DUE`` never finds a member without its entry."""
         commands: list[tuple[Any, ...]] = []
+        if not (self._pushes or self._dead or self._held):
+            return commands
         if marker:
             commands.append(("SET", marker, 1, "EX", PUBLISH_MARKER_TTL))
         for key, entries in self._pushes.items():
