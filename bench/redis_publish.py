@@ -11,7 +11,9 @@ What is compared, with the SMALL payload, one process, the same Redis:
   options, publish retry on, the default queue on the default exchange; Celery with no
   result backend so it does not subscribe for the result). Also ``app.send_task`` vs
   Celery's ``app.send_task``, and the floor: a bare redis-py ``LPUSH`` loop of a
-  pre-built envelope (the exact bytes wiretask writes; no message is built).
+  pre-built envelope (the exact bytes wiretask writes; no message is built). And the
+  no-glue floor (``NoGlue``): build, encode, list entry and a raw-socket
+  ``MULTI``/``EXEC``, nothing else, vs Celery's ``apply_async``.
 * **batch publish** -- wiretask ``task.apply_many`` of 1000 calls (every one built,
   validated and encoded; one pipelined round trip) vs Celery's one-at-a-time
   ``apply_async`` (Celery has no batch call) and vs the floor: one redis-py pipeline of
@@ -22,8 +24,10 @@ Queues are emptied between timed loops (untimed). Rates are messages per second.
 
 from __future__ import annotations
 
+import socket
 from typing import Any
 
+import hiredis
 import redis
 from _common import (
     REDIS_DB,
@@ -41,6 +45,9 @@ from _common import (
 from celery import Celery
 
 from wiretask.app import App
+from wiretask.protocol.celery import encode
+from wiretask.transports._kombu_envelope import encode as kombu_entry
+from wiretask.transports.redis import new_tags
 
 WT_QUEUE = "bench.wiretask"
 CELERY_QUEUE = "bench.celery"
@@ -71,6 +78,50 @@ def make_apps(url: str) -> tuple[App, Any, Celery, Any]:
         return user_id
 
     return app, small, celery, celery_small
+
+
+class NoGlue:
+    """The least a validated publish can cost with wiretask's parts: build the call,
+    encode it, write Kombu's list entry, and send the marker and the push as one
+    ``MULTI``/``EXEC`` on a raw socket (hiredis packs and parses), with nothing around
+    them: no retry driver, no connection checks, no result object. What
+    ``task.apply_async`` costs above it is glue; what this row costs is the floor of
+    the build, the encode and the list entry as they are."""
+
+    def __init__(self, app: App, url: str) -> None:
+        self.app = app
+        options = redis.ConnectionPool.from_url(url).connection_kwargs
+        self.sock = socket.create_connection((options["host"], options["port"]))
+        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.reader = hiredis.Reader()
+        self.replies(hiredis.pack_command(("SELECT", options.get("db", 0))), 1)
+
+    def replies(self, request: bytes, count: int) -> list[Any]:
+        self.sock.sendall(request)
+        got: list[Any] = []
+        while len(got) < count:
+            reply = self.reader.gets()
+            if reply is False:
+                self.reader.feed(self.sock.recv(65536))
+            else:
+                got.append(reply)
+        return got
+
+    def publish(self) -> object:
+        call = self.app.build_call(TASK_NAME, SMALL_ARGS, SMALL_KWARGS)
+        frame = encode(call.message, self.app.registry)
+        tag = new_tags(1)[0]
+        entry = kombu_entry(frame, exchange="", routing_key=WT_QUEUE, delivery_tag=tag)
+        pack = hiredis.pack_command
+        return self.replies(
+            pack(("MULTI",)) + pack(("SET", f"_wiretask.published.{tag}", 1, "EX", 300))
+            + pack(("LPUSH", WT_QUEUE, entry)) + pack(("EXEC",)), 4)
+
+    def __enter__(self) -> NoGlue:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.sock.close()
 
 
 def run(url: str, client: redis.Redis, scale: float, repeat: int) -> list[Row]:
@@ -107,6 +158,10 @@ def run(url: str, client: redis.Redis, scale: float, repeat: int) -> list[Row]:
         ours, ref = compare(wt_one, floor_one, number=n, repeat=repeat, between=empty)
         rows.append(Row("publish 1 msg: task.apply_async", ours, ref,
                         "bare redis-py LPUSH (floor)", kind="overhead"))
+        with NoGlue(app, url) as no_glue:
+            ours, ref = compare(no_glue.publish, celery_one, number=n, repeat=repeat,
+                                between=empty)
+        rows.append(Row("publish 1 msg: the no-glue floor", ours, ref, "celery apply_async"))
 
         def wt_send() -> object:
             return app.send_task(TASK_NAME, SMALL_ARGS, SMALL_KWARGS)
