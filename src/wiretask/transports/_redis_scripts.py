@@ -62,28 +62,28 @@ class Script:
 
 
 class _Link:
-    """One connection of a ``Commands``, with the reply reader and the receive buffer of
-    its current socket."""
+    """One connection of a ``Commands``, with the reply reader, the receive buffer and
+    the readability poller of its current socket."""
 
-    __slots__ = ("buffer", "connection", "reader", "sock")
+    __slots__ = ("buffer", "connection", "poller", "reader", "sock")
 
     def __init__(self, connection: Any) -> None:
         self.connection = connection
         self.sock: Any = None
         self.reader: Any = None
+        self.poller: Any = None
         self.buffer = bytearray(65536)
 
 
-def _stale(sock: Any) -> bool:
-    """Whether an idle socket has something to read: the server closed it (EOF), or sent
-    what nobody asked for. Either way it must not carry the next command."""
+def _stale(link: _Link) -> bool:
+    """Whether the link's idle socket has something to read: the server closed it (EOF),
+    or sent what nobody asked for. Either way it must not carry the next command."""
+    sock = link.sock
     pending = getattr(sock, "pending", None)  # TLS: bytes decrypted but not read yet
     if pending is not None and pending():
         return True
     if _poll is not None:
-        poller = _poll()
-        poller.register(sock, select.POLLIN)
-        return bool(poller.poll(0))
+        return bool(link.poller.poll(0))
     return bool(select.select([sock], [], [], 0)[0])  # pragma: no cover - no poll()
 
 
@@ -133,7 +133,7 @@ class Commands:
         connection = link.connection
         try:
             sock = connection._sock
-            if sock is not None and sock is link.sock and _stale(sock):
+            if sock is not None and sock is link.sock and _stale(link):
                 connection.disconnect()
                 sock = None
             if sock is None:
@@ -142,11 +142,14 @@ class Commands:
             if _pack is None:  # pragma: no cover - without hiredis: redis-py reads
                 replies = self._run_slowly(connection, commands)
             else:
-                if sock is not link.sock:  # a new socket: a new reader
+                if sock is not link.sock:  # a new socket: a new reader and poller
                     link.sock = sock
                     link.reader = _Reader(protocolError=InvalidResponse,
                                           replyError=connection._parser.parse_error,
                                           notEnoughData=_MORE)
+                    if _poll is not None:
+                        link.poller = _poll()
+                        link.poller.register(sock, select.POLLIN)
                 replies = _round_trip(link, b"".join(_pack(c) for c in commands),
                                       len(commands))
         except BaseException:

@@ -89,8 +89,7 @@ import os
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Literal, NamedTuple, cast
 
@@ -298,19 +297,22 @@ class RedisTransport(Transport):
 
     # -- errors ---------------------------------------------------------------------
 
-    @contextmanager
-    def _errors(self, action: str) -> Iterator[None]:
-        """Translate redis-py exceptions (the only place they are caught)."""
-        try:
-            yield
-        except redis.AuthenticationError as exc:  # a ConnectionError subclass: first
-            raise TransportError(f"{action} failed: {self._scrub(exc)}", url=self.url) from exc
-        except (redis.ConnectionError, redis.TimeoutError) as exc:  # BusyLoadingError too
-            raise ConnectionLost(f"{action} failed: {self._scrub(exc)}", url=self.url) from exc
-        except redis.RedisError as exc:  # ResponseError, DataError, ...
-            raise TransportError(f"{action} failed: {self._scrub(exc)}", url=self.url) from exc
-        except OSError as exc:  # TLS and socket errors redis-py lets through
-            raise ConnectionLost(f"{action} failed: {self._scrub(exc)}", url=self.url) from exc
+    def _errors(self, action: str) -> _Translated:
+        """``with self._errors(action):`` translates redis-py exceptions (the only place
+        they are caught)."""
+        return _Translated(self, action)
+
+    def _translate(self, action: str, exc: BaseException) -> Exception | None:
+        """The wiretask error for a redis-py (or socket) error; None for anything else."""
+        if isinstance(exc, redis.AuthenticationError):  # a ConnectionError subclass: first
+            return TransportError(f"{action} failed: {self._scrub(exc)}", url=self.url)
+        if isinstance(exc, redis.ConnectionError | redis.TimeoutError):  # BusyLoading too
+            return ConnectionLost(f"{action} failed: {self._scrub(exc)}", url=self.url)
+        if isinstance(exc, redis.RedisError):  # ResponseError, DataError, ...
+            return TransportError(f"{action} failed: {self._scrub(exc)}", url=self.url)
+        if isinstance(exc, OSError):  # TLS and socket errors redis-py lets through
+            return ConnectionLost(f"{action} failed: {self._scrub(exc)}", url=self.url)
+        return None
 
     def _scrub(self, exc: BaseException) -> str:
         text = str(exc) or type(exc).__name__
@@ -399,13 +401,16 @@ class RedisTransport(Transport):
         batch: list[tuple[Outgoing, _Staged, str | None]] = []
         tags = new_tags(len(messages))
         fresh: str | None = None
+        retrying = routed = False  # any retried message; any named exchange
         for message, tag in zip(messages, tags, strict=True):
             kept = self._take_unsettled(message) if markers else None
             if kept is not None:
                 batch.append((message, *kept))
+                retrying = True
             else:
                 batch.append((message, self._prepare(message, tag), None))
                 fresh = fresh or tag
+            routed = routed or bool(message.route.exchange)
         if not batch:
             return
         # One marker per attempt, named after a tag that is new in this attempt (a
@@ -416,12 +421,14 @@ class RedisTransport(Transport):
         checked = False
         try:
             with self._errors("publish"):
-                earlier = sorted({m for _, _, m in batch if m is not None})
+                earlier = sorted({m for _, _, m in batch if m is not None}) \
+                    if retrying else ()
                 if earlier:
                     found = commands.run([("EXISTS", m) for m in earlier])
                     landed = {m for m, n in zip(earlier, found, strict=True) if n}
                 checked = True
-                exchanges = sorted({s.route.exchange for _, s, _ in batch if s.route.exchange})
+                exchanges = sorted({s.route.exchange for _, s, _ in batch
+                                    if s.route.exchange}) if routed else ()
                 tables: dict[str, list[str]] = {}
                 if exchanges:
                     read = commands.run([("SMEMBERS", self._keys.binding(exchange))
@@ -472,9 +479,9 @@ class RedisTransport(Transport):
     def _take_unsettled(self, message: Outgoing) -> tuple[_Staged, str] | None:
         """The staged form of an earlier publish of this very frame (same route and
         ``not_before``) whose outcome is unknown, and that attempt's marker; or None."""
+        if not self._unsettled:  # the common case; an entry for this frame would have
+            return None          # been left by this thread's own earlier attempt
         with self._unsettled_lock:
-            if not self._unsettled:
-                return None
             kept = self._unsettled.pop(id(message.frame), None)
         if kept is None:
             return None
@@ -1034,6 +1041,30 @@ class RedisTransport(Transport):
         with self._errors("dead_letters"):
             rows = cast(list[bytes], self._client.lrange(self._keys.dead(queue), 0, -1))
         return [_read_dead_entry(queue, row) for row in rows]
+
+
+class _Translated:
+    """The context manager of ``RedisTransport._errors``: a class, not a generator, as
+    it wraps every command on the hot paths."""
+
+    __slots__ = ("_action", "_transport")
+
+    def __init__(self, transport: RedisTransport, action: str) -> None:
+        self._transport = transport
+        self._action = action
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: object
+    ) -> Literal[False]:
+        if exc is None:
+            return False
+        error = self._transport._translate(self._action, exc)
+        if error is None:
+            return False
+        raise error from exc
 
 
 class _Staged(NamedTuple):
