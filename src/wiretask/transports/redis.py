@@ -387,8 +387,8 @@ class RedisTransport(Transport):
 
     def publish_many(self, messages: Sequence[Outgoing]) -> None:
         """The whole batch, with its publish marker, in one ``MULTI``/``EXEC``
-        transaction (one round trip, plus one read of the binding tables of named exchanges, and one
-        marker check when retrying): all of it lands or none. With
+        transaction (one round trip, plus one read of the binding tables of named
+        exchanges, and one marker check when retrying): all of it lands or none. With
         ``publish_markers=False`` the same without the marker, and a single ready
         message is one bare ``LPUSH``, as Kombu sends it.
 
