@@ -13,7 +13,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 import pytest
@@ -68,21 +68,32 @@ def restart_later(server: RedisServer, delay: float) -> threading.Thread:
 # -- publishing while Redis is down ----------------------------------------------------
 
 
+def publish_through_an_outage(
+    server: RedisServer, url: str, publish: Callable[[], str]
+) -> str:
+    """Stop ``server``, start it again 0.5 s later, and meanwhile ``publish`` (with a
+    retry policy that outlasts the outage); check that the publish waited for Redis and
+    that its message landed exactly once. Returns the task id ``publish`` returned."""
+    server.stop()
+    restarter = restart_later(server, 0.5)
+    started = time.monotonic()
+    task_id = publish()
+    elapsed = time.monotonic() - started
+    restarter.join()
+    assert elapsed >= 0.4, "the publish cannot have succeeded while Redis was down"
+    assert queued(url) == [task_id]  # landed exactly once
+    return task_id
+
+
 @pytest.mark.interop
 def test_publish_retries_through_a_restart_and_celery_runs_the_message_once(
     redis_server: RedisServer, private_url: str, wt: App
 ) -> None:
     wt.transport.connect()  # connected first: the outage breaks a live connection
-    redis_server.stop()
-    restarter = restart_later(redis_server, 0.5)
-
-    started = time.monotonic()
-    result = wt.send_task("interop.add", (40, 2), retry=True, retry_policy=PATIENT)
-    elapsed = time.monotonic() - started
-    restarter.join()
-
-    assert elapsed >= 0.4, "the publish cannot have succeeded while Redis was down"
-    assert queued(private_url) == [result.id]  # landed exactly once
+    result = wt.AsyncResult(publish_through_an_outage(
+        redis_server, private_url,
+        lambda: wt.send_task("interop.add", (40, 2), retry=True, retry_policy=PATIENT).id,
+    ))
     with CeleryWorker(private_url, ["celery"]):
         assert result.get(timeout=WAIT) == 42
     assert queued(private_url) == []
@@ -110,18 +121,13 @@ def test_celerys_publish_retried_through_a_restart_runs_once_on_wiretask(
         # A first publish leaves a live pooled connection for the outage to break (its
         # message goes with the restart: no persistence).
         sender.send_task("interop.add", (0, 0))
-        redis_server.stop()
-        restarter = restart_later(redis_server, 0.5)
-
-        started = time.monotonic()
-        sent = sender.send_task("interop.add", (40, 2), retry=True, retry_policy=PATIENT)
-        elapsed = time.monotonic() - started
-        restarter.join()
-
-        assert elapsed >= 0.4, "the publish cannot have succeeded while Redis was down"
-        assert queued(private_url) == [sent.id]  # landed exactly once
+        task_id = publish_through_an_outage(
+            redis_server, private_url,
+            lambda: sender.send_task("interop.add", (40, 2), retry=True,
+                                     retry_policy=PATIENT).id,
+        )
         with Worker(wt, queues=["celery"], concurrency=1, shutdown_timeout=5):
-            result = reader.AsyncResult(sent.id)
+            result = reader.AsyncResult(task_id)
             assert result.get(timeout=WAIT) == 42
             assert result.state == "SUCCESS"
         assert queued(private_url) == []
