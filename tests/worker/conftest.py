@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from wiretask.app import App
+from wiretask.app import App, Task
 from wiretask.transports import memory
 from wiretask.worker import Worker
 
@@ -42,6 +42,17 @@ class Recorder:
                     raise AssertionError(f"waited {timeout}s for {count} x {kind!r}: {self.items}")
                 self._cv.wait(remaining)
         return self.of(kind)
+
+    def note_task(self, app: App) -> Task[[int], int]:
+        """Register ``note(i)`` on ``app``: it records ``("ran", i)`` here and returns
+        ``i``."""
+
+        @app.task
+        def note(i: int) -> int:
+            self.add("ran", i)
+            return i
+
+        return note
 
 
 @pytest.fixture

@@ -133,10 +133,7 @@ def client(redis_url: str) -> Iterator[redis.Redis]:
 def test_batches_in_and_out_every_task_once_acked_after_its_result(
     app: App, redis_url: str, client: redis.Redis, recorder: Recorder
 ) -> None:
-    @app.task
-    def note(i: int) -> int:
-        recorder.add("ran", i)
-        return i
+    note = recorder.note_task(app)
 
     results = note.apply_many([((i,), {}) for i in range(60)])
     transport = Watched(redis_url, app)
@@ -186,10 +183,7 @@ def _run_six_with_a_failed_ack(
     """Six tasks on a worker whose first ack call fails (and, with ``retries_fail``, its
     retries too); ``then`` runs while the worker still runs, after every result."""
 
-    @app.task
-    def note(i: int) -> int:
-        recorder.add("ran", i)
-        return i
+    note = recorder.note_task(app)
 
     results = note.apply_many([((i,), {}) for i in range(6)])
     transport = Watched(redis_url, app, fail_first_ack=True)
@@ -245,10 +239,7 @@ def test_a_result_stored_with_its_ack_follows_the_state_rules(
     """A task that already has a state: PROGRESS may be followed by SUCCESS; a SUCCESS
     (a redelivered task that had finished) is never replaced. Both messages are acked."""
 
-    @app.task
-    def note(i: int) -> int:
-        recorder.add("ran", i)
-        return i
+    note = recorder.note_task(app)
 
     results = note.apply_many([((i,), {}) for i in range(2)])
     app.backend.store(results[0].id, states.make_meta(results[0].id, "PROGRESS", None))
@@ -268,10 +259,7 @@ def test_a_result_stored_with_its_ack_follows_the_state_rules(
 def test_results_whose_write_failed_are_run_again(
     app: App, redis_url: str, client: redis.Redis, recorder: Recorder
 ) -> None:
-    @app.task
-    def note(i: int) -> int:
-        recorder.add("ran", i)
-        return i
+    note = recorder.note_task(app)
 
     results = note.apply_many([((i,), {}) for i in range(4)])
     transport = Watched(redis_url, app, fail_first_store=True)

@@ -150,10 +150,7 @@ def test_a_batch_is_stored_acked_and_refilled_in_one_call(
 ) -> None:
     app = redis_app
 
-    @app.task
-    def note(i: int) -> int:
-        recorder.add("ran", i)
-        return i
+    note = recorder.note_task(app)
 
     results = note.apply_many([((i,), {}) for i in range(20)])
     transport = Watched(redis_url, app)

@@ -102,10 +102,7 @@ def test_every_task_runs_exactly_once(
 ) -> None:
     app = make_app(kind)
 
-    @app.task
-    def note(i: int) -> int:
-        recorder.add("ran", i)
-        return i
+    note = recorder.note_task(app)
 
     results = [note.delay(i) for i in range(40)]
     start_worker(app, concurrency=4)
