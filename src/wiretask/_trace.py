@@ -44,11 +44,13 @@ from wiretask.errors import (
 from wiretask.protocol import states
 from wiretask.protocol.signature import Signature
 from wiretask.protocol.timing import is_expired
+from wiretask.results.base import DeferredStore
 from wiretask.results.exceptions import expired_meta_result
 
 if TYPE_CHECKING:
     from wiretask.app import App, Request, Task
     from wiretask.protocol.envelope import TaskMessage
+    from wiretask.protocol.states import PendingState
 
 __all__ = [
     "Control",
@@ -90,7 +92,7 @@ class Outcome:
     settle: Settle
     runtime: float = 0.0
     reason: str = ""
-    pending: Any = None
+    pending: PendingState | None = None
 
 
 class Control(Protocol):
@@ -176,7 +178,7 @@ class Tracer:
         #: this run) for the caller to write with the ack (``Outcome.pending``), while
         #: the app's backend is this one: set by a worker whose broker can write this
         #: backend's results in its ack.
-        self.defer_results_of: Any = None
+        self.defer_results_of: DeferredStore | None = None
 
     # -- the request ------------------------------------------------------------------
 
@@ -339,8 +341,9 @@ class Tracer:
         self, message: TaskMessage, request: Request, retval: Any, runtime: float, *,
         defer: bool = False,
     ) -> Outcome:
-        backend: Any = self.app.backend
-        if defer and backend is self.defer_results_of and not (
+        backend = self.defer_results_of
+        current: object = self.app.backend
+        if defer and backend is not None and backend is current and not (
             message.ignore_result or message.callbacks or message.chain
         ):
             # Nothing has to happen between the store and the ack: encode now (a value

@@ -62,11 +62,13 @@ from wiretask.protocol import states
 from wiretask.protocol.celery import decode
 from wiretask.protocol.frame import Route
 from wiretask.protocol.timing import is_expired
-from wiretask.transports.base import Delivery, Transport, queue_names
+from wiretask.results.base import DeferredStore
+from wiretask.transports.base import Delivery, FusedSettlement, Transport, queue_names
 
 if TYPE_CHECKING:
     from wiretask.app import App
     from wiretask.protocol.envelope import TaskMessage
+    from wiretask.protocol.states import PendingState
 
 __all__ = ["DEFAULT_ETA_TASK_LIMIT", "Worker", "WorkerLostError"]
 
@@ -110,7 +112,7 @@ class _Job:
         self.control: ThreadControl | None = None
         self.abandoned = False  # requeued by a stopping worker; its outcome is ignored
         #: A SUCCESS state to write with the ack (``Outcome.pending``).
-        self.pending: Any = None
+        self.pending: PendingState | None = None
 
     @property
     def describe(self) -> str:
@@ -299,9 +301,12 @@ class Worker:
                 # Where the broker can write the backend's results in the script that
                 # acks (Redis, same database), a plain SUCCESS is written with its ack:
                 # one round trip for both, batched with the other slots' (``_flush``).
-                stores = getattr(self.transport, "stores_results_of", None)
                 backend = self.app.backend
-                if stores is not None and stores(backend):
+                if (
+                    isinstance(self.transport, FusedSettlement)
+                    and isinstance(backend, DeferredStore)
+                    and self.transport.stores_results_of(backend)
+                ):
                     self._tracer.defer_results_of = backend
                 if self._solo:
                     self._flusher = threading.Thread(
@@ -774,13 +779,15 @@ class Worker:
         is written under the backend's full rules, then acked. If the call fails, the
         results may not be stored: their messages are requeued (after a pause, as for a
         failed store) to run again."""
-        transport: Any = self.transport
+        transport = self.transport
+        assert isinstance(transport, FusedSettlement)  # only then has a job a pending state
         plain = [j.delivery for j in batch if j.pending is None]
         deliveries: Sequence[Delivery]
         skipped: list[int]
         try:
             deliveries, skipped = transport.store_ack_and_receive(
-                [(j.delivery, j.pending) for j in stored], plain, self.queues,
+                [(j.delivery, j.pending) for j in stored if j.pending is not None], plain,
+                self.queues,
                 limit=max(room, 0),
             )
         except Exception:
@@ -793,9 +800,11 @@ class Worker:
                 self._reject_requeue(job.delivery, job.describe)
             self._ack_later(plain)  # their outcomes are recorded
             return ()
-        backend: Any = self.app.backend
+        backend = self._tracer.defer_results_of
+        assert backend is not None
         for index in skipped:
             job = stored[index]
+            assert job.pending is not None  # what ``stored`` holds
             try:
                 backend.store_pending(job.pending)
             except Exception:

@@ -31,6 +31,8 @@ from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
 from typing import Any, Final
 
+import attrs
+
 from wiretask.errors import ValidationError
 
 __all__ = [
@@ -51,6 +53,7 @@ __all__ = [
     "STARTED",
     "SUCCESS",
     "UNREADY_STATES",
+    "PendingState",
     "is_ready",
     "make_meta",
     "may_follow",
@@ -223,3 +226,22 @@ def make_meta(
         meta.update(extra)
     meta["task_id"] = task_id
     return meta
+
+
+@attrs.frozen(kw_only=True)
+class PendingState:
+    """A task state checked and encoded for its result backend's layout, not written
+    yet: what a broker that can write results in the step that acknowledges a message
+    (``transports.base.FusedSettlement``) writes for a backend that defers its stores
+    (``results.base.DeferredStore``). A plain value, so neither side imports the other.
+    """
+
+    task_id: str
+    meta: Mapping[str, Any]
+    status: str
+    #: Where the backend keeps the state (Celery's ``celery-task-meta-<id>`` key).
+    key: str
+    #: The encoded meta dict, exactly as the backend would store it.
+    data: bytes | str
+    #: Seconds until the stored state expires (``None``: never).
+    expires: float | None

@@ -35,7 +35,7 @@ import math
 from collections.abc import Mapping
 from datetime import timedelta
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Final, Self
+from typing import TYPE_CHECKING, Any, Final, Protocol, Self, runtime_checkable
 
 import attrs
 
@@ -46,10 +46,12 @@ from wiretask.transports.url import mask_url
 
 if TYPE_CHECKING:
     from wiretask.codecs import Encoded, Registry
+    from wiretask.protocol.states import PendingState
 
 __all__ = [
     "COMPRESSED_PAYLOAD_MAGIC",
     "DEFAULT_EXPIRES",
+    "DeferredStore",
     "MetaCodec",
     "ResultBackend",
     "Subscription",
@@ -286,3 +288,28 @@ class ResultBackend(abc.ABC):
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.url}>"
+
+
+@runtime_checkable
+class DeferredStore(Protocol):
+    """Capability: a state can be checked and encoded now and written later, by the
+    backend (``store_pending``) or by a broker that writes it in the step that acks the
+    task's message (``transports.base.FusedSettlement``)."""
+
+    def pending(self, task_id: str, meta: Mapping[str, Any]) -> PendingState:
+        """Check and encode ``meta`` for ``task_id`` without writing it.
+
+        Raises:
+            ValidationError: a malformed meta dict.
+            EncodeError: the result serializer refuses it.
+        """
+        ...
+
+    def store_pending(self, pending: PendingState) -> None:
+        """Write what ``pending`` prepared, under the rules of ``store``.
+
+        Raises:
+            ConnectionLost: the backend cannot be reached.
+            TransportError: any other failure.
+        """
+        ...

@@ -50,7 +50,6 @@ from collections.abc import Iterator, Mapping
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, Final
 
-import attrs
 import redis
 import redis.exceptions
 
@@ -61,6 +60,7 @@ from wiretask.errors import (
     TransportError,
 )
 from wiretask.protocol import states
+from wiretask.protocol.states import PendingState
 from wiretask.results.base import (
     DEFAULT_EXPIRES,
     MetaCodec,
@@ -70,7 +70,7 @@ from wiretask.results.base import (
     mask_url,
     resolve_expires,
 )
-from wiretask.transports._redis_scripts import Commands, Script
+from wiretask.transports._redis_scripts import Commands, Script, write_command
 
 if TYPE_CHECKING:
     from wiretask.codecs import Registry
@@ -120,17 +120,9 @@ def _without_transport_options(url: str) -> str:
     return parse(url, {}).redis_url
 
 
-@attrs.frozen(kw_only=True)
-class PendingResult:
-    """A state checked and encoded for Celery's layout, not written yet."""
-
-    task_id: str
-    meta: Mapping[str, Any]
-    status: str
-    key: str
-    data: bytes | str
-    #: ``("SET",)``, ``("SETEX", seconds)`` or ``("PSETEX", milliseconds)``.
-    write: tuple[Any, ...]
+#: The name this value had before it moved to ``protocol.states`` (where the broker
+#: that writes it can see it without importing this backend).
+PendingResult = PendingState
 
 
 class RedisBackend(ResultBackend):
@@ -217,7 +209,7 @@ class RedisBackend(ResultBackend):
     def store(self, task_id: str, meta: Mapping[str, Any]) -> None:
         self.store_pending(self.pending(task_id, meta))
 
-    def pending(self, task_id: str, meta: Mapping[str, Any]) -> PendingResult:
+    def pending(self, task_id: str, meta: Mapping[str, Any]) -> PendingState:
         """Check and encode a state now, to write it later: with ``store_pending``, or
         in the same script as the broker's ack when the broker is this same Redis
         database (``RedisTransport.store_ack_and_receive``, which the worker uses).
@@ -227,21 +219,13 @@ class RedisBackend(ResultBackend):
             EncodeError: the result serializer refuses it.
         """
         status = check_meta(task_id, meta)
-        # The commands by name: redis-py 8 deprecates its setex()/psetex() helpers, and
-        # SETEX is what Celery sends.
-        if self.expires is None:
-            write: tuple[Any, ...] = ("SET",)
-        elif self.expires == int(self.expires):
-            write = ("SETEX", int(self.expires))
-        else:
-            write = ("PSETEX", max(1, int(self.expires * 1000)))
-        return PendingResult(task_id=task_id, meta=meta, status=status,
-                             key=self.key_for(task_id), data=self.codec.encode(meta).data,
-                             write=write)
+        return PendingState(task_id=task_id, meta=meta, status=status,
+                            key=self.key_for(task_id), data=self.codec.encode(meta).data,
+                            expires=self.expires)
 
-    def store_pending(self, pending: PendingResult) -> None:
+    def store_pending(self, pending: PendingState) -> None:
         """Write a state that ``pending`` prepared, under the rules of ``store``."""
-        key, data, write = pending.key, pending.data, pending.write
+        key, data, write = pending.key, pending.data, write_command(pending.expires)
         with self.errors("store"):
             # The common case (nothing stored yet, e.g. a task's only state) in one round
             # trip instead of WATCH, GET and MULTI/EXEC; the same atomic rule.

@@ -46,6 +46,7 @@ __all__ = [
     "PURGE",
     "Commands",
     "Script",
+    "write_command",
 ]
 
 
@@ -414,3 +415,15 @@ return removed + #members
 
 #: Every script, for ``SCRIPT LOAD`` on connect.
 ALL: tuple[Script, ...] = (POP, ACK, DUE, PURGE)
+
+
+def write_command(expires: float | None) -> tuple[str, ...]:
+    """The Redis command (and its expiry argument) that stores a state expiring in
+    ``expires`` seconds: ``SET``, ``SETEX`` (whole seconds, what Celery sends) or
+    ``PSETEX``. The commands by name: redis-py 8 deprecates its setex()/psetex()
+    helpers."""
+    if expires is None:
+        return ("SET",)
+    if expires == int(expires):
+        return ("SETEX", str(int(expires)))
+    return ("PSETEX", str(max(1, int(expires * 1000))))

@@ -30,17 +30,23 @@ import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime
 from types import TracebackType
-from typing import Any, Literal, Self
+from typing import TYPE_CHECKING, Any, Literal, Protocol, Self, runtime_checkable
 
 import attrs
 
 from wiretask.errors import DecodeError, EncodeError, TransportError, ValidationError
 from wiretask.protocol.frame import Frame, Outgoing, Route
 
+if TYPE_CHECKING:
+    from wiretask.protocol.states import PendingState
+
 __all__ = [
+    "BrokerDelay",
     "Capabilities",
     "DeadLetter",
     "Delivery",
+    "FusedSettlement",
+    "Inspection",
     "Peeked",
     "Settlement",
     "Transport",
@@ -446,3 +452,76 @@ def route_queue(route: Route) -> str:
     as AMQP does; on a named exchange the route's queue, which is the queue Celery would
     have declared and bound to that exchange under its own name."""
     return route.key if route.exchange == "" else route.queue
+
+
+# -- optional capabilities -------------------------------------------------------------
+#
+# What a transport may offer beyond the core contract. Each is a small protocol that the
+# worker, the CLI and the conformance kit detect with ``isinstance`` (never ``getattr``),
+# so a transport author sees what there is to implement and ``mypy`` checks the calls.
+
+
+@runtime_checkable
+class Inspection(Protocol):
+    """Look at queues without consuming: what ``wiretask inspect`` and ``purge`` use.
+    Brokers that cannot count or list without consuming (AMQP's dead letters) leave it
+    out, and the CLI says so."""
+
+    def size(self, queue: str) -> int:
+        """Number of messages waiting in ``queue``: ready and scheduled, not in flight."""
+        ...
+
+    def purge(self, queue: str) -> int:
+        """Remove every waiting message of ``queue`` (not in-flight ones); return how many."""
+        ...
+
+    def peek(self, queue: str, *, limit: int = 100) -> list[Peeked]:
+        """Waiting messages of ``queue`` (ready first, then scheduled by time), without
+        consuming them."""
+        ...
+
+    def dead_letters(self, queue: str) -> list[DeadLetter]:
+        """Messages dead-lettered from ``queue``, oldest first."""
+        ...
+
+
+@runtime_checkable
+class BrokerDelay(Protocol):
+    """Delayed messages wait broker-side and someone must move them when due: the worker
+    calls ``due()`` every half second (``wiretask scheduler`` does for fleets of other
+    workers)."""
+
+    def due(self) -> int:
+        """Move delayed messages whose time has come into their queues; return how many."""
+        ...
+
+
+@runtime_checkable
+class FusedSettlement(Protocol):
+    """The broker can write a task's result in the same atomic step that acknowledges
+    its message, and take the next messages in that step too (Redis, with the result
+    backend on the same database): one round trip per batch for the worker."""
+
+    def stores_results_of(self, backend: object) -> bool:
+        """Whether ``backend``'s results live where this transport can write them."""
+        ...
+
+    def store_ack_and_receive(
+        self,
+        results: Sequence[tuple[Delivery, PendingState]],
+        deliveries: Sequence[Delivery],
+        queues: Sequence[str],
+        *,
+        limit: int,
+    ) -> tuple[Sequence[Delivery], list[int]]:
+        """Write each of ``results`` (if its task has no state stored yet) and ack its
+        delivery, ack ``deliveries``, and take up to ``limit`` messages (never waiting).
+        Returns what was taken and the positions in ``results`` that were not written
+        (a state was stored already): those deliveries stay unsettled, for the caller
+        to store under the backend's full rules and then ack.
+
+        Raises:
+            ConnectionLost: the broker cannot be reached; nothing is known to be written.
+            TransportError: any other failure.
+        """
+        ...

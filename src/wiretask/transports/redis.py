@@ -121,6 +121,7 @@ from wiretask.transports._kombu_envelope import (
     topic_pattern,
 )
 from wiretask.transports._redis_options import DelayMode, Keys, parse
+from wiretask.transports._redis_scripts import write_command
 from wiretask.transports.base import (
     Capabilities,
     DeadLetter,
@@ -134,7 +135,7 @@ from wiretask.transports.base import (
 )
 
 if TYPE_CHECKING:
-    from wiretask.results.redis import PendingResult
+    from wiretask.protocol.states import PendingState
 
 __all__ = ["RedisDelivery", "RedisTransport", "run_scheduler"]
 
@@ -615,7 +616,7 @@ class RedisTransport(Transport):
         return isinstance(backend, RedisBackend) and backend.same_database(self._pool)
 
     def store_ack_and_receive(
-        self, results: Sequence[tuple[Delivery, PendingResult]], deliveries: Sequence[Delivery],
+        self, results: Sequence[tuple[Delivery, PendingState]], deliveries: Sequence[Delivery],
         queues: Sequence[str], *, limit: int,
     ) -> tuple[list[RedisDelivery], list[int]]:
         """One ``POP`` run that writes each result of ``results`` (a state the
@@ -632,7 +633,7 @@ class RedisTransport(Transport):
         return self._store_ack_and_receive(results, deliveries, queues, limit)
 
     def _store_ack_and_receive(
-        self, results: Sequence[tuple[Delivery, PendingResult]], deliveries: Sequence[Delivery],
+        self, results: Sequence[tuple[Delivery, PendingState]], deliveries: Sequence[Delivery],
         queues: Sequence[str], limit: int,
     ) -> tuple[list[RedisDelivery], list[int]]:
         names = queue_names(queues)
@@ -658,7 +659,7 @@ class RedisTransport(Transport):
 
     def _pop(
         self, names: list[str], limit: int, ack: Sequence[str],
-        results: Sequence[tuple[RedisDelivery, PendingResult]],
+        results: Sequence[tuple[RedisDelivery, PendingState]],
     ) -> tuple[list[RedisDelivery], int, float | None, list[int]]:
         """One ``POP`` run (writing ``results`` and acknowledging the tags in ``ack``
         first): the deliveries, how many entries were popped (dead letters included),
@@ -673,8 +674,9 @@ class RedisTransport(Transport):
         args: list[Any] = [repr(time.time()), len(order), k.prefix, _PROMOTE_LIMIT, limit,
                            len(ack), len(results), *order, *ack]
         for delivery, pending in results:
-            args += (delivery.delivery_tag, pending.data, pending.write[0],
-                     pending.write[1] if len(pending.write) > 1 else "")
+            write = write_command(pending.expires)
+            args += (delivery.delivery_tag, pending.data, write[0],
+                     write[1] if len(write) > 1 else "")
         with self._errors("receive"):
             reply = cast(list[Any], self._commands.script(scripts.POP, script_keys, args))
         count = int(reply[0])
