@@ -40,7 +40,7 @@ from wiretask.errors import (
 from wiretask.protocol import states
 from wiretask.protocol.celery import decode
 from wiretask.results.exceptions import exception_from_meta
-from wiretask.transports.base import Peeked
+from wiretask.transports.base import Inspection, Peeked
 
 __all__ = ["CommandError", "load_app", "main", "parse_arg"]
 
@@ -383,6 +383,9 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
     app = _app_from_args(args)
     try:
         transport = app.transport
+        if not isinstance(transport, Inspection):
+            raise CommandError(f"the broker {transport.url} cannot show a queue without "
+                               "consuming it (its transport does not offer Inspection)", code=1)
         waiting = transport.size(args.queue)
         peeked = transport.peek(args.queue, limit=args.limit)
         dead = len(transport.dead_letters(args.queue))

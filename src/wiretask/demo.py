@@ -33,7 +33,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from datetime import datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
 from types import FrameType
 from typing import Any, ParamSpec, TextIO, TypeVar
@@ -43,9 +43,9 @@ from wiretask.app import App, AsyncResult, Task
 from wiretask.errors import WiretaskError
 from wiretask.protocol import states
 from wiretask.protocol.celery import decode, encode
-from wiretask.protocol.frame import Frame, Route
 from wiretask.retry import RetryPolicy
-from wiretask.transports.base import DeadLetter, Delivery, Peeked, Transport
+from wiretask.testing import ForwardingTransport
+from wiretask.transports.base import Inspection, Prepared, Transport
 
 __all__ = ["DemoFailed", "Timeline", "app", "run_demo"]
 
@@ -207,7 +207,7 @@ class Timeline:
 # -- watching publish attempts -----------------------------------------------------------
 
 
-class WatchedTransport(Transport):
+class WatchedTransport(ForwardingTransport):
     """A transport that reports every failed operation and every successful publish to
     ``report`` (``None`` for a success), and otherwise does what ``inner`` does.
 
@@ -217,10 +217,8 @@ class WatchedTransport(Transport):
     """
 
     def __init__(self, inner: Transport, report: Callable[[BaseException | None], None]) -> None:
-        self.inner = inner
+        super().__init__(inner)
         self.report = report
-        self.url = inner.url
-        self.capabilities = inner.capabilities
 
     def _watch(self, operation: Callable[P, R], *args: P.args, **kwargs: P.kwargs) -> R:
         try:
@@ -230,34 +228,14 @@ class WatchedTransport(Transport):
             raise
 
     def connect(self) -> None:
-        self._watch(self.inner.connect)
+        self._watch(super().connect)
 
-    def close(self) -> None:
-        self.inner.close()
+    def _declare(self, queue: str) -> None:
+        self._watch(super()._declare, queue)
 
-    def declare_queue(self, queue: str) -> None:
-        self._watch(self.inner.declare_queue, queue)
-
-    def publish(
-        self, frame: Frame, route: Route, *, not_before: datetime | None = None
-    ) -> None:
-        self._watch(self.inner.publish, frame, route, not_before=not_before)
+    def _publish(self, messages: Sequence[Prepared]) -> None:
+        self._watch(super()._publish, messages)
         self.report(None)
-
-    def receive(self, queues: Sequence[str], *, timeout: float) -> Delivery | None:
-        return self.inner.receive(queues, timeout=timeout)
-
-    def size(self, queue: str) -> int:
-        return self.inner.size(queue)
-
-    def purge(self, queue: str) -> int:
-        return self.inner.purge(queue)
-
-    def peek(self, queue: str, *, limit: int = 100) -> list[Peeked]:
-        return self.inner.peek(queue, limit=limit)
-
-    def dead_letters(self, queue: str) -> list[DeadLetter]:
-        return self.inner.dead_letters(queue)
 
 
 class _WatchedApp(App):
@@ -423,7 +401,11 @@ class Tour:
     def _scheduled_eta(self, task_id: str) -> float:
         """The eta (wall-clock time) of a message the broker holds for later, read from
         the message itself with ``Transport.peek`` (what ``wiretask inspect`` shows)."""
-        for peeked in app.transport.peek(app.conf.task_default_queue):
+        transport = app.transport
+        _expect(isinstance(transport, Inspection),
+                f"the demo's broker {transport.url} cannot show a waiting message")
+        assert isinstance(transport, Inspection)
+        for peeked in transport.peek(app.conf.task_default_queue):
             if peeked.frame.task_id == task_id:
                 message = decode(peeked.frame, app.registry)
                 _expect(peeked.state == "scheduled" and message.eta is not None,

@@ -63,7 +63,7 @@ from wiretask.protocol.celery import decode
 from wiretask.protocol.frame import Route
 from wiretask.protocol.timing import is_expired
 from wiretask.results.base import DeferredStore
-from wiretask.transports.base import Delivery, FusedSettlement, Transport, queue_names
+from wiretask.transports.base import BrokerDelay, Delivery, FusedSettlement, Transport, queue_names
 
 if TYPE_CHECKING:
     from wiretask.app import App
@@ -78,7 +78,7 @@ logger = logging.getLogger("wiretask.worker")
 #: default is unlimited, which is how ETA messages pile up in worker memory (celery
 #: #4843, #8069); only transports without native delayed delivery hold any at all.
 DEFAULT_ETA_TASK_LIMIT = 1000
-#: How often ``Transport.due()`` is called (moves due delayed messages on Redis).
+#: How often ``BrokerDelay.due()`` is called (moves due delayed messages on Redis).
 DUE_INTERVAL = 0.5
 #: Longest wait in one receive, so that stop() and due eta messages are noticed quickly.
 POLL_INTERVAL = 0.2
@@ -479,7 +479,8 @@ class Worker:
                 if self._unacked and now >= self._next_ack_retry:
                     self._retry_acks(now)
                 if now >= next_due:
-                    self.transport.due()
+                    if isinstance(self.transport, BrokerDelay):
+                        self.transport.due()
                     next_due = now + DUE_INTERVAL
                 self._release_due()
                 if refill:

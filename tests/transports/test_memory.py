@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 import time
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -19,8 +19,7 @@ from wiretask.errors import (
 )
 from wiretask.protocol.frame import Frame, Outgoing, Route
 from wiretask.transports import memory
-from wiretask.transports.base import Delivery
-from wiretask.transports.memory import MemoryTransport
+from wiretask.transports.memory import MemoryDelivery, MemoryTransport
 
 
 def frame(body: bytes = b"x", **properties: object) -> Frame:
@@ -372,11 +371,11 @@ def test_the_default_receive_many_hands_over_what_it_took_when_a_later_receive_f
     class Failing(MemoryTransport):
         calls = 0
 
-        def receive(self, queues: Sequence[str], *, timeout: float) -> Delivery | None:
+        def _receive(self, queues: list[str], timeout: float) -> MemoryDelivery | None:
             self.calls += 1
             if self.calls == 2:
                 raise ConnectionLost("broker went away (test)", url=self.url)
-            return super().receive(queues, timeout=timeout)
+            return super()._receive(queues, timeout)
 
     for body in (b"1", b"2"):
         transport.publish(frame(body), Q)

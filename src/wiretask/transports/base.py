@@ -1,8 +1,37 @@
-"""The transport interface: the only thing a broker has to implement.
+"""The transport contract: what a broker implements, and what every broker may offer.
 
 A transport moves ``Frame`` values between processes. It never decodes a body; it knows
 queues, routes, delivery times and priorities, and nothing about tasks. The calling API
 (publish, with its retry policy) and the worker (receive, ack) sit on top of it.
+
+**Two layers.** The public methods of ``Transport`` (``declare_queue``, ``publish``,
+``publish_many``, ``receive``, ``receive_many``, ``ack_many``, ``ack_and_receive``) and
+of ``Delivery`` (``ack``, ``reject``, ``dead_letter``) are concrete here: they check
+their arguments once (queue names, timeout, limit, ``Frame`` and ``Route`` types, an
+aware ``not_before``, the priority against ``capabilities``) and keep the settle-once
+rule, then call small protected *hooks* that a broker implements:
+
+=============================== ========= ==========================================
+hook                            required  default
+=============================== ========= ==========================================
+``connect()`` / ``close()``     yes       (public; nothing to check)
+``_publish(messages)``          yes       (one hook for one message and for batches)
+``_receive(queues, timeout)``   yes
+``_settle(delivery, how, why)`` yes
+``_declare(queue)``             no        nothing (brokers without declarations)
+``_receive_many(...)``          no        ``_receive`` in a loop
+``_ack_many(deliveries)``       no        ``Delivery.ack`` of each
+``_ack_and_receive(...)``       no        ``_ack_many``, then ``_receive_many``
+=============================== ========= ==========================================
+
+A hook is called only with checked values (a non-empty list of non-empty queue names, a
+finite timeout >= 0, a limit >= 1, ``Prepared`` messages), so a transport author never
+calls a validation helper. ``docs/writing-a-transport.md`` walks through writing one.
+
+**Optional capabilities** are separate typed protocols at the end of this module
+(``Inspection``, ``BrokerDelay``, ``FusedSettlement``): a transport offers one by having
+its methods, and the worker, the CLI and the conformance kit detect it with
+``isinstance`` (never ``getattr``).
 
 Rules every transport follows (``wiretask.testing.check_transport`` checks them):
 
@@ -17,24 +46,33 @@ Rules every transport follows (``wiretask.testing.check_transport`` checks them)
 * **Delayed delivery.** A message published with ``not_before`` is not delivered before
   that time. Transports with ``capabilities.native_delay`` hold it broker-side.
 * **Nothing is lost.** ``Delivery.dead_letter(reason)`` moves a message that cannot be
-  processed to the transport's dead-letter place, with the reason, where
-  ``dead_letters()`` can read it back.
+  processed to the transport's dead-letter place, with the reason (where
+  ``Inspection.dead_letters()`` can read it back, if the transport offers it).
 """
 
 from __future__ import annotations
 
 import abc
-import json
 import math
-import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+import threading
+from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Literal, Protocol, Self, runtime_checkable
+from typing import (
+    TYPE_CHECKING,
+    Any,
+    Final,
+    Literal,
+    NamedTuple,
+    Protocol,
+    Self,
+    final,
+    runtime_checkable,
+)
 
 import attrs
 
-from wiretask.errors import DecodeError, EncodeError, TransportError, ValidationError
+from wiretask.errors import TransportError, ValidationError
 from wiretask.protocol.frame import Frame, Outgoing, Route
 
 if TYPE_CHECKING:
@@ -48,17 +86,10 @@ __all__ = [
     "FusedSettlement",
     "Inspection",
     "Peeked",
+    "Prepared",
     "Settlement",
     "Transport",
-    "TransportDelivery",
-    "dump_json_mapping",
-    "load_json_mapping",
-    "not_before_timestamp",
-    "priority_of",
     "queue_names",
-    "receive_arguments",
-    "receive_limit",
-    "route_queue",
 ]
 
 
@@ -75,6 +106,11 @@ class Capabilities:
     priority_order: Literal["higher-first", "lower-first"] = "higher-first"
     #: Largest priority value accepted (0 is always the smallest).
     max_priority: int = 9
+    #: What ``publish`` does with an int priority outside ``0..max_priority``:
+    #: ``"refuse"`` it (``ValidationError``), or ``"clamp"`` it into the range for
+    #: delivery order while the frame keeps its value, as Kombu's Redis transport does
+    #: (a worker re-publishing a Celery frame with priority 15 must not fail there).
+    out_of_range_priority: Literal["refuse", "clamp"] = "refuse"
     #: The broker drops messages whose ``expiration`` property (ms) has passed.
     per_message_ttl: bool = False
     #: Unacked messages of a dead consumer come back after this many seconds
@@ -99,7 +135,7 @@ class DeadLetter:
 
 @attrs.frozen(kw_only=True)
 class Peeked:
-    """A message seen by ``Transport.peek`` without being consumed."""
+    """A message seen by ``Inspection.peek`` without being consumed."""
 
     frame: Frame
     queue: str
@@ -108,61 +144,130 @@ class Peeked:
     not_before: datetime | None = None
 
 
-class Delivery(abc.ABC):
+class Prepared(NamedTuple):
+    """A message checked by ``publish``/``publish_many``, as the ``_publish`` hook gets it.
+
+    A named tuple rather than an attrs class: one is built per message on the publish
+    hot path, and a tuple costs a fraction of a validating constructor.
+    """
+
+    frame: Frame
+    route: Route
+    #: Where the message lands on a broker without exchange bindings (memory, SQLite):
+    #: on the default exchange (``""``) the queue named by the routing key, as AMQP
+    #: does; on a named exchange the route's queue, which is the queue Celery would have
+    #: declared and bound to that exchange under its own name. A non-empty string.
+    queue: str
+    #: The ``priority`` property: 0 when unset, else an int within
+    #: ``0..capabilities.max_priority`` (clamped into it when the transport says so).
+    priority: int
+    #: The aware datetime before which the message must not be delivered, or ``None``.
+    not_before: datetime | None
+    #: ``not_before`` as a Unix timestamp (``None`` without one).
+    due: float | None
+
+
+#: How a delivery is settled: the ``how`` argument of ``Transport._settle``.
+Settlement = Literal["ack", "reject", "requeue", "dead_letter"]
+
+_VERB: Final[dict[str, str]] = {
+    "ack": "ack", "reject": "reject", "requeue": "requeue", "dead_letter": "dead-letter",
+}
+_OUTCOME: Final[dict[str, str]] = {
+    "ack": "acked", "reject": "rejected", "requeue": "requeued", "dead_letter": "dead-lettered",
+}
+
+
+class Delivery:
     """A received message and the right to settle it. Exactly one of ``ack``, ``reject``
-    or ``dead_letter`` takes effect; settling twice raises ``TransportError``."""
+    or ``dead_letter`` takes effect; settling twice raises ``TransportError``.
+
+    The settle-once rule lives here: each verb takes this delivery's lock, refuses if it
+    was settled already, and hands the work to its transport's ``_settle`` hook; only if
+    that returns is the delivery settled. A transport subclasses ``Delivery`` to carry
+    its handle (a row id, a delivery tag) and builds one per received message.
+
+    Args:
+        transport: the transport whose ``_settle`` settles it.
+        frame: the message.
+        queue: the queue it was received from.
+        redelivered: it was delivered before and not acked (crash, requeue).
+    """
 
     frame: Frame
     queue: str
     #: True if this message was delivered before and not acked (crash, requeue).
     redelivered: bool
 
-    @abc.abstractmethod
-    def ack(self) -> None:
-        """The message was processed: remove it for good."""
+    def __init__(
+        self, transport: Transport, frame: Frame, queue: str, redelivered: bool
+    ) -> None:
+        self.frame = frame
+        self.queue = queue
+        self.redelivered = redelivered
+        self._transport = transport
+        self._lock = threading.Lock()
+        #: Why this delivery can no longer be settled (``"acked"``, ``"returned to the
+        #: queue when its transport closed"``), or None while it can. Set under
+        #: ``_lock``: by the verbs, by a transport's ``close()`` that gives the message
+        #: back, or by a ``_settle`` hook that finds the message is no longer this
+        #: delivery's to settle (a lapsed lease) just before it raises.
+        self._settled: str | None = None
 
-    @abc.abstractmethod
+    def ack(self) -> None:
+        """The message was processed: remove it for good.
+
+        Raises:
+            TransportError: settled already, or the broker refused.
+            ConnectionLost: the broker cannot be reached; the delivery stays unsettled
+                (ack again later, or the message comes back).
+        """
+        self._settle_once("ack")
+
     def reject(self, *, requeue: bool = False) -> None:
         """Give the message up. ``requeue=True`` makes it deliverable again (marked
-        redelivered); ``requeue=False`` drops it."""
+        redelivered); ``requeue=False`` drops it.
 
-    @abc.abstractmethod
-    def dead_letter(self, reason: str) -> None:
-        """Move the message to the dead-letter place with ``reason``."""
-
-
-#: How a delivery was settled: the ``how`` argument of ``SettlingTransport._settle``.
-Settlement = Literal["ack", "reject", "requeue", "dead_letter"]
-
-
-class TransportDelivery(Delivery):
-    """A ``Delivery`` that hands every settlement to its transport's ``_settle``.
-
-    The embedded transports keep the settle rules (exactly once, what each verb does to
-    the stored message) in one place on the transport; their deliveries only carry the
-    frame and a handle. ``_settled`` holds why the delivery can no longer be settled
-    (``None`` while it can); the transport sets it.
-    """
-
-    frame: Frame
-    queue: str
-    redelivered: bool
-    _settled: str | None
-
-    @abc.abstractmethod
-    def _settle(self, how: Settlement, reason: str = "") -> None:
-        """Settle through the transport (implemented by each transport's delivery)."""
-
-    def ack(self) -> None:
-        self._settle("ack")
-
-    def reject(self, *, requeue: bool = False) -> None:
-        self._settle("requeue" if requeue else "reject")
+        Raises:
+            TransportError: settled already, or the broker refused.
+            ConnectionLost: the broker cannot be reached; the delivery stays unsettled.
+        """
+        self._settle_once("requeue" if requeue else "reject")
 
     def dead_letter(self, reason: str) -> None:
+        """Move the message to the dead-letter place with ``reason``.
+
+        Raises:
+            ValidationError: ``reason`` is not a non-empty string (nothing is settled).
+            TransportError: settled already, or the broker refused.
+            ConnectionLost: the broker cannot be reached; the delivery stays unsettled.
+        """
         if not isinstance(reason, str) or not reason:
             raise ValidationError("reason", f"must be a non-empty string, got {reason!r}")
-        self._settle("dead_letter", reason)
+        self._settle_once("dead_letter", reason)
+
+    def _settle_once(self, how: Settlement, reason: str = "") -> None:
+        with self._lock:
+            if self._settled is not None:
+                raise TransportError(
+                    f"cannot {_VERB[how]} a delivery that was already {self._settled} "
+                    f"(queue {self.queue!r}, task {self.frame.task_id!r})",
+                    url=self._transport.url,
+                )
+            self._transport._settle(self, how, reason)
+            self._settled = _OUTCOME[how]
+
+    def _give_back(self, why: str, action: Callable[[], object]) -> bool:
+        """For a transport's ``close()``: if this delivery is still unsettled, run
+        ``action`` (which returns the message to its queue) and mark the delivery with
+        ``why``; return whether it was unsettled. If ``action`` raises, the delivery
+        stays unsettled and the error propagates."""
+        with self._lock:
+            if self._settled is not None:
+                return False
+            action()
+            self._settled = why
+            return True
 
     def __repr__(self) -> str:
         state = self._settled or "unsettled"
@@ -174,8 +279,9 @@ class TransportDelivery(Delivery):
 class Transport(abc.ABC):
     """A connection to one broker. Instances are safe to use from several threads.
 
-    ``url`` is the broker URL with any password masked. Construction does no I/O;
-    ``connect()`` does (and is called lazily by the other methods when needed).
+    ``url`` is the broker URL with any password masked; ``capabilities`` says what the
+    broker can do (a class or instance attribute). Construction does no I/O;
+    ``connect()`` does (and the hooks may connect lazily when needed).
     """
 
     url: str
@@ -185,26 +291,33 @@ class Transport(abc.ABC):
     def from_url(cls, url: str, **options: Any) -> Self:
         """Build a transport from its broker URL (what ``transport_from_url`` calls).
         The default passes the URL as the first argument; transports whose constructor
-        takes parsed values override it."""
+        takes parsed values override it.
+
+        Raises:
+            ImproperlyConfigured: a URL or option the transport does not accept.
+        """
         # The interface declares no constructor, so type the call through Callable.
         construct: Callable[..., Self] = cls
         return construct(url, **options)
 
-    # -- life cycle -----------------------------------------------------------------
+    # -- life cycle (public, implemented by each broker) ------------------------------
 
     @abc.abstractmethod
     def connect(self) -> None:
-        """Open (or re-open) the connection.
+        """Open (or re-open) the connection. The publish retry policy calls it before
+        trying again after a ``ConnectionLost``.
 
         Raises:
             ConnectionLost: the broker cannot be reached (recoverable).
-            TransportError: any other failure (bad credentials, bad URL).
+            TransportError: any other failure (bad credentials, an unusable broker).
         """
 
     @abc.abstractmethod
     def close(self) -> None:
         """Close the connection. Unsettled deliveries held by this transport become
-        deliverable again. Idempotent."""
+        deliverable again (``redelivered``), and settling them afterwards raises
+        ``TransportError``. Idempotent; a broker that cannot be reached is not an
+        error here (its messages come back by the broker's own rules)."""
 
     def __enter__(self) -> Self:
         self.connect()
@@ -218,51 +331,220 @@ class Transport(abc.ABC):
     ) -> None:
         self.close()
 
-    # -- producing ------------------------------------------------------------------
+    # -- producing --------------------------------------------------------------------
 
-    @abc.abstractmethod
+    @final
     def declare_queue(self, queue: str) -> None:
-        """Make sure ``queue`` exists (a no-op where queues need no declaration)."""
+        """Make sure ``queue`` exists (a no-op where queues need no declaration).
 
-    @abc.abstractmethod
+        Raises:
+            ValidationError: ``queue`` is not a non-empty string.
+            ConnectionLost: the broker cannot be reached (recoverable).
+            TransportError: any other broker failure.
+        """
+        if not isinstance(queue, str) or not queue:
+            raise ValidationError("queue", f"queue names must be non-empty strings, got {queue!r}")
+        self._declare(queue)
+
+    @final
     def publish(self, frame: Frame, route: Route, *, not_before: datetime | None = None) -> None:
         """Send one message. With ``not_before`` (aware datetime) it must not be
         delivered before that time.
 
         Raises:
-            ConnectionLost: recoverable; the publish retry policy may retry.
+            ValidationError: not a ``Frame`` or ``Route``, an empty queue name, a naive
+                ``not_before``, or a priority that is not an int within
+                ``0..capabilities.max_priority`` (unless the transport clamps).
+            EncodeError: the broker cannot carry a header or property value.
+            ConnectionLost: recoverable; the publish retry policy may retry (with the
+                same ``frame`` object: brokers that can tell a retry use that).
             TransportError: not recoverable.
         """
+        self._publish((self._prepare(frame, route, not_before),))
 
+    @final
     def publish_many(self, messages: Sequence[Outgoing]) -> None:
         """Send several messages, in order, in as few round trips as the broker allows.
-        The default sends them one by one; brokers with pipelines override it."""
+        Every message is checked before any is sent; an empty batch sends nothing.
+
+        Raises:
+            ValidationError: an entry that is not an ``Outgoing``, or as ``publish``
+                (nothing is sent).
+            EncodeError, ConnectionLost, TransportError: as ``publish``; whether part
+                of the batch was sent depends on the broker (``_publish`` says).
+        """
+        prepared = []
         for message in messages:
-            self.publish(message.frame, message.route, not_before=message.not_before)
+            if not isinstance(message, Outgoing):
+                raise ValidationError(
+                    "messages", f"must hold Outgoing values, got {type(message).__name__}"
+                )
+            prepared.append(self._prepare(message.frame, message.route, message.not_before))
+        if prepared:
+            self._publish(prepared)
 
-    # -- consuming ------------------------------------------------------------------
+    def _prepare(self, frame: Frame, route: Route, not_before: datetime | None) -> Prepared:
+        # The one place where a message is checked on its way out (the publish hot path:
+        # keep it to type checks and arithmetic).
+        if not isinstance(frame, Frame):
+            raise ValidationError("frame", f"must be a Frame, got {type(frame).__name__}")
+        if not isinstance(route, Route):
+            raise ValidationError("route", f"must be a Route, got {type(route).__name__}")
+        queue = route.key if route.exchange == "" else route.queue
+        if not isinstance(queue, str) or not queue:
+            raise ValidationError("queue", f"queue names must be non-empty strings, got {queue!r}")
+        priority = frame.properties.get("priority")
+        if priority is None:
+            priority = 0
+        elif type(priority) is not int:
+            if isinstance(priority, bool) or not isinstance(priority, int):
+                raise ValidationError(
+                    "priority", f"must be an int, got {priority!r}", value=priority
+                )
+            priority = int(priority)
+        caps = self.capabilities
+        if not 0 <= priority <= caps.max_priority:
+            if caps.out_of_range_priority != "clamp":
+                raise ValidationError(
+                    "priority", f"must be within 0..{caps.max_priority}, got {priority}",
+                    value=priority,
+                )
+            priority = min(max(priority, 0), caps.max_priority)
+        due = None
+        if not_before is not None:
+            if not isinstance(not_before, datetime):
+                raise ValidationError(
+                    "not_before", f"must be an aware datetime, got {not_before!r}",
+                    value=not_before,
+                )
+            if not_before.tzinfo is None or not_before.utcoffset() is None:
+                raise ValidationError(
+                    "not_before", f"must be timezone-aware, got naive {not_before!r}",
+                    value=not_before,
+                )
+            due = not_before.timestamp()
+        return Prepared(frame, route, queue, priority, not_before, due)
 
-    @abc.abstractmethod
+    # -- consuming --------------------------------------------------------------------
+
+    @final
     def receive(self, queues: Sequence[str], *, timeout: float) -> Delivery | None:
         """Wait up to ``timeout`` seconds for a message from any of ``queues`` (in
-        priority order, then FIFO). Returns ``None`` when nothing arrived in time."""
+        priority order, then FIFO). Returns ``None`` when nothing arrived in time.
 
+        Raises:
+            ValidationError: no queue, an empty queue name, or a timeout that is not a
+                finite number >= 0.
+            ConnectionLost: the broker cannot be reached (reconnect and receive again).
+            TransportError: any other broker failure.
+        """
+        return self._receive(queue_names(queues, required=True), _timeout(timeout))
+
+    @final
     def receive_many(
         self, queues: Sequence[str], *, limit: int, timeout: float
     ) -> Sequence[Delivery]:
         """Up to ``limit`` messages from ``queues``: the ones ``limit`` consecutive
         ``receive`` calls would return, in that order. Waits up to ``timeout`` seconds
         for the first one and never for more; returns an empty list when nothing
-        arrived in time. The default makes those ``receive`` calls (the later ones
-        with timeout 0); brokers that can take several in one round trip override it."""
-        limit = receive_limit(limit)
-        delivery = self.receive(queues, timeout=timeout)
+        arrived in time.
+
+        Raises:
+            ValidationError: as ``receive``, or ``limit`` is not an int >= 1.
+            ConnectionLost, TransportError: as ``receive``, when nothing was taken
+                (what was taken is returned; the error shows again on the next call).
+        """
+        return self._receive_many(
+            queue_names(queues, required=True), _limit(limit), _timeout(timeout)
+        )
+
+    @final
+    def ack_many(self, deliveries: Sequence[Delivery]) -> None:
+        """Acknowledge several deliveries, each as its own ``ack()`` would, in as few
+        round trips as the broker allows. Every one is tried; the first failure is
+        raised after that.
+
+        Raises:
+            ValidationError: an entry that is not a ``Delivery`` (nothing is acked).
+            TransportError: one was settled already, or the broker refused.
+            ConnectionLost: the broker cannot be reached; what was not acked stays
+                unsettled (ack it again later).
+        """
+        self._ack_many(_deliveries(deliveries))
+
+    @final
+    def ack_and_receive(
+        self, deliveries: Sequence[Delivery], queues: Sequence[str], *, limit: int
+    ) -> Sequence[Delivery]:
+        """Acknowledge ``deliveries`` (as ``ack_many``), then take up to ``limit``
+        messages from ``queues`` without waiting (as ``receive_many`` with timeout 0): a
+        consumer that finished some messages and has room for more, in as few round
+        trips as the broker allows. If the acknowledgement fails, it raises and takes
+        nothing.
+
+        Raises:
+            ValidationError: as ``ack_many`` and ``receive_many`` (nothing is done).
+            ConnectionLost, TransportError: as ``ack_many``; nothing was taken.
+        """
+        return self._ack_and_receive(
+            _deliveries(deliveries), queue_names(queues, required=True), _limit(limit)
+        )
+
+    # -- hooks: what a broker implements ------------------------------------------------
+
+    def _declare(self, queue: str) -> None:  # noqa: B027 - an optional hook, no-op by default
+        """Hook of ``declare_queue`` (``queue`` is a non-empty string). The default does
+        nothing, for brokers whose queues need no declaration.
+
+        Raises:
+            ConnectionLost: the broker cannot be reached.
+            TransportError: any other broker failure.
+        """
+
+    @abc.abstractmethod
+    def _publish(self, messages: Sequence[Prepared]) -> None:
+        """Hook of ``publish`` (one message) and ``publish_many`` (one or more): send
+        ``messages`` in order, each to ``message.queue`` (or through the broker's
+        bindings for ``message.route``), not deliverable before ``message.due`` (a Unix
+        time) when that is set, at ``message.priority``. Store them all or none where the
+        broker can, and say in the docstring what happens otherwise.
+
+        Raises:
+            EncodeError: the broker cannot carry a header or property value (then nothing
+                was sent).
+            ConnectionLost: the broker cannot be reached; nothing is known to be sent.
+            TransportError: any other broker failure.
+        """
+
+    @abc.abstractmethod
+    def _receive(self, queues: list[str], timeout: float) -> Delivery | None:
+        """Hook of ``receive``: the next message of ``queues`` (at least one non-empty
+        name), waiting up to ``timeout`` seconds (finite, >= 0; 0 means "look once"),
+        or ``None``. The message is held by the returned delivery until it is settled.
+
+        Raises:
+            ConnectionLost: the broker cannot be reached.
+            TransportError: any other broker failure.
+        """
+
+    def _receive_many(
+        self, queues: list[str], limit: int, timeout: float
+    ) -> Sequence[Delivery]:
+        """Hook of ``receive_many`` (``limit`` >= 1). The default makes the ``_receive``
+        calls that ``receive_many`` promises (the later ones with timeout 0); brokers
+        that take several messages in one round trip override it.
+
+        Raises:
+            ConnectionLost, TransportError: as ``_receive``, and only when nothing was
+                taken.
+        """
+        delivery = self._receive(queues, timeout)
         if delivery is None:
             return []
         taken = [delivery]
         while len(taken) < limit:
             try:
-                delivery = self.receive(queues, timeout=0)
+                delivery = self._receive(queues, 0.0)
             except TransportError:
                 # What was taken is held by this transport: hand it over, or it would
                 # stay leased to nobody. The next call sees the error again, if any.
@@ -272,21 +554,30 @@ class Transport(abc.ABC):
             taken.append(delivery)
         return taken
 
-    def ack_and_receive(
-        self, deliveries: Sequence[Delivery], queues: Sequence[str], *, limit: int
-    ) -> Sequence[Delivery]:
-        """Acknowledge ``deliveries`` (as ``ack_many``), then take up to ``limit``
-        messages from ``queues`` without waiting (as ``receive_many`` with timeout 0): a
-        consumer that finished some messages and has room for more, in as few round
-        trips as the broker allows. If the acknowledgement fails, it raises and takes
-        nothing. The default makes the two calls."""
-        self.ack_many(deliveries)
-        return self.receive_many(queues, limit=limit, timeout=0)
+    @abc.abstractmethod
+    def _settle(self, delivery: Delivery, how: Settlement, reason: str) -> None:
+        """Hook of ``Delivery.ack/reject/dead_letter``: settle ``delivery`` (one this
+        transport handed out and that is not settled yet; its lock is held).
+        ``"ack"`` and ``"reject"`` remove the message, ``"requeue"`` makes it deliverable
+        again (``redelivered``), ``"dead_letter"`` moves it to the dead-letter place with
+        ``reason``. Return normally only if that happened.
 
-    def ack_many(self, deliveries: Sequence[Delivery]) -> None:
-        """Acknowledge several deliveries, each as its own ``ack()`` would, in as few
-        round trips as the broker allows. Every one is tried; the first failure is
-        raised after that. The default acknowledges them one by one."""
+        Raises:
+            ConnectionLost: the broker cannot be reached (the delivery stays unsettled).
+            TransportError: any other failure; if the message is no longer this
+                delivery's to settle (its lease lapsed), set ``delivery._settled`` to
+                say why before raising.
+        """
+
+    def _ack_many(self, deliveries: list[Delivery]) -> None:
+        """Hook of ``ack_many``. The default acknowledges them one by one with
+        ``Delivery.ack`` (deliveries of another transport included), raising the first
+        failure after trying all; brokers that ack several in one round trip override
+        it, keeping the settle-once rule (``Delivery._lock``/``_settled``).
+
+        Raises:
+            TransportError: as ``ack_many``.
+        """
         first: TransportError | None = None
         for delivery in deliveries:
             try:
@@ -296,162 +587,59 @@ class Transport(abc.ABC):
         if first is not None:
             raise first
 
-    # -- inspecting and housekeeping ------------------------------------------------
+    def _ack_and_receive(
+        self, deliveries: list[Delivery], queues: list[str], limit: int
+    ) -> Sequence[Delivery]:
+        """Hook of ``ack_and_receive``. The default is ``_ack_many`` then
+        ``_receive_many`` with timeout 0.
 
-    @abc.abstractmethod
-    def size(self, queue: str) -> int:
-        """Number of messages waiting in ``queue``: ready and scheduled, not in flight."""
-
-    @abc.abstractmethod
-    def purge(self, queue: str) -> int:
-        """Remove every waiting message of ``queue`` (not in-flight ones); return how many."""
-
-    @abc.abstractmethod
-    def peek(self, queue: str, *, limit: int = 100) -> list[Peeked]:
-        """Waiting messages of ``queue`` (ready first, then scheduled by time), without
-        consuming them."""
-
-    @abc.abstractmethod
-    def dead_letters(self, queue: str) -> list[DeadLetter]:
-        """Messages dead-lettered from ``queue``, oldest first."""
-
-    def due(self) -> int:
-        """Move delayed messages whose time has come into their queues; return how many.
-        Transports that deliver due messages on their own return 0 (the default)."""
-        return 0
+        Raises:
+            TransportError: as ``ack_and_receive``.
+        """
+        self._ack_many(deliveries)
+        return self._receive_many(queues, limit, 0.0)
 
 
-def receive_arguments(queues: Iterable[str], timeout: object) -> tuple[list[str], float]:
-    """Validate ``Transport.receive``'s arguments: at least one queue name, and a finite
-    ``timeout`` >= 0. Returns the queue names and the deadline (``time.monotonic()``)."""
-    names = queue_names(queues)
-    if not names:
-        raise ValidationError("queues", "at least one queue name is needed")
-    if isinstance(timeout, bool) or not isinstance(timeout, int | float) or not (
-        math.isfinite(timeout) and timeout >= 0
-    ):
-        raise ValidationError("timeout", f"must be a number >= 0, got {timeout!r}")
-    return names, time.monotonic() + timeout
+def queue_names(queues: Iterable[str], *, required: bool = False) -> list[str]:
+    """Check a list of queue names (non-empty strings) and return it as a list.
 
-
-def receive_limit(limit: object) -> int:
-    """Validate ``Transport.receive_many``'s ``limit``: an int >= 1."""
-    if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
-        raise ValidationError("limit", f"must be an int >= 1, got {limit!r}")
-    return limit
-
-
-def queue_names(queues: Iterable[str]) -> list[str]:
-    """Validate a list of queue names (non-empty strings) and return it as a list."""
+    Raises:
+        ValidationError: a single string instead of a list, a name that is not a
+            non-empty string, or no name at all when ``required``.
+    """
+    if isinstance(queues, str):  # list("celery") would be six queue names
+        raise ValidationError("queues", f"must be a list of queue names, got the string {queues!r}")
     names = list(queues)
+    if required and not names:
+        raise ValidationError("queues", "at least one queue name is needed")
     for name in names:
         if not isinstance(name, str) or not name:
             raise ValidationError("queue", f"queue names must be non-empty strings, got {name!r}")
     return names
 
 
-def dump_json_mapping(field: str, value: Mapping[str, Any]) -> str:
-    """Headers or properties as compact JSON text, for brokers that store them as JSON.
-
-    Only values that JSON carries faithfully are accepted: ``str`` keys; ``str``,
-    ``int``, finite ``float``, ``bool``, ``None``, lists/tuples (read back as lists) and
-    string-keyed dicts as values. Anything else (``bytes``, ``datetime``, a set, an
-    ``int`` key that ``json`` would quietly turn into ``"1"``, ``NaN``) raises, so a
-    message is refused at publish instead of arriving different from what was sent.
-
-    Raises:
-        EncodeError: ``field`` is the path of the offending value (``headers['a'][2]``).
-    """
-    _check_json(field, value)
-    return json.dumps(value, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+def _timeout(timeout: object) -> float:
+    if isinstance(timeout, bool) or not isinstance(timeout, int | float) or not (
+        math.isfinite(timeout) and timeout >= 0
+    ):
+        raise ValidationError("timeout", f"must be a number >= 0, got {timeout!r}")
+    return float(timeout)
 
 
-def load_json_mapping(field: str, text: str | bytes) -> dict[str, Any]:
-    """Read back what ``dump_json_mapping`` wrote.
-
-    Raises:
-        DecodeError: the text is not a JSON object.
-    """
-    try:
-        value = json.loads(text)
-    except ValueError as exc:
-        raise DecodeError(field, f"not valid JSON: {exc}") from exc
-    if not isinstance(value, dict):
-        raise DecodeError(field, f"expected a JSON object, got {type(value).__name__}")
-    return value
+def _limit(limit: object) -> int:
+    if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+        raise ValidationError("limit", f"must be an int >= 1, got {limit!r}")
+    return limit
 
 
-def _check_json(path: str, value: Any) -> None:
-    # An explicit walk rather than json.dumps(default=...): json converts int/float/bool
-    # keys to strings and has no hook for them, and the walk can name the exact path.
-    if value is None or isinstance(value, str | bool | int):
-        return
-    if isinstance(value, float):
-        if not math.isfinite(value):
-            raise EncodeError(path, f"{value!r} is not representable in JSON")
-        return
-    if isinstance(value, list | tuple):
-        for index, item in enumerate(value):
-            _check_json(f"{path}[{index}]", item)
-        return
-    if isinstance(value, Mapping):
-        for key, item in value.items():
-            if not isinstance(key, str):
-                raise EncodeError(
-                    f"{path}[{key!r}]", f"keys must be strings, got {type(key).__name__}"
-                )
-            _check_json(f"{path}[{key!r}]", item)
-        return
-    raise EncodeError(
-        path,
-        f"a {type(value).__name__} value cannot be carried as JSON "
-        "(use str, int, float, bool, None, lists and string-keyed dicts)",
-    )
-
-
-def priority_of(frame: Frame, capabilities: Capabilities) -> int:
-    """The frame's ``priority`` property checked against ``capabilities``; 0 if unset.
-
-    Raises:
-        ValidationError: the priority is not an int within ``0..max_priority``.
-    """
-    value = frame.properties.get("priority")
-    if value is None:
-        return 0
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ValidationError("priority", f"must be an int, got {value!r}", value=value)
-    if not 0 <= value <= capabilities.max_priority:
-        raise ValidationError(
-            "priority", f"must be within 0..{capabilities.max_priority}, got {value}", value=value
-        )
-    return value
-
-
-def not_before_timestamp(not_before: datetime | None) -> float | None:
-    """``not_before`` as a Unix timestamp (``None`` stays ``None``).
-
-    Raises:
-        ValidationError: a naive datetime (whose meaning would depend on the host's zone).
-    """
-    if not_before is None:
-        return None
-    if not isinstance(not_before, datetime):
-        raise ValidationError(
-            "not_before", f"must be an aware datetime, got {not_before!r}", value=not_before
-        )
-    if not_before.tzinfo is None or not_before.utcoffset() is None:
-        raise ValidationError(
-            "not_before", f"must be timezone-aware, got naive {not_before!r}", value=not_before
-        )
-    return not_before.timestamp()
-
-
-def route_queue(route: Route) -> str:
-    """The queue a message on ``route`` lands in, for brokers without exchange bindings
-    (memory, SQLite): on the default exchange (``""``) the queue named by the routing key,
-    as AMQP does; on a named exchange the route's queue, which is the queue Celery would
-    have declared and bound to that exchange under its own name."""
-    return route.key if route.exchange == "" else route.queue
+def _deliveries(deliveries: Iterable[Delivery]) -> list[Delivery]:
+    checked = list(deliveries)
+    for delivery in checked:
+        if not isinstance(delivery, Delivery):
+            raise ValidationError(
+                "deliveries", f"must hold Delivery values, got {type(delivery).__name__}"
+            )
+    return checked
 
 
 # -- optional capabilities -------------------------------------------------------------
@@ -459,29 +647,51 @@ def route_queue(route: Route) -> str:
 # What a transport may offer beyond the core contract. Each is a small protocol that the
 # worker, the CLI and the conformance kit detect with ``isinstance`` (never ``getattr``),
 # so a transport author sees what there is to implement and ``mypy`` checks the calls.
+# A transport offers one by defining its methods (subclassing the protocol is optional).
 
 
 @runtime_checkable
 class Inspection(Protocol):
     """Look at queues without consuming: what ``wiretask inspect`` and ``purge`` use.
     Brokers that cannot count or list without consuming (AMQP's dead letters) leave it
-    out, and the CLI says so."""
+    out, and the CLI says so. Each method refuses an empty queue name with
+    ``ValidationError`` and translates broker errors as the core methods do."""
 
     def size(self, queue: str) -> int:
-        """Number of messages waiting in ``queue``: ready and scheduled, not in flight."""
+        """Number of messages waiting in ``queue``: ready and scheduled, not in flight.
+
+        Raises:
+            ValidationError: an empty queue name.
+            ConnectionLost, TransportError: the broker failed.
+        """
         ...
 
     def purge(self, queue: str) -> int:
-        """Remove every waiting message of ``queue`` (not in-flight ones); return how many."""
+        """Remove every waiting message of ``queue`` (not in-flight ones); return how many.
+
+        Raises:
+            ValidationError: an empty queue name.
+            ConnectionLost, TransportError: the broker failed.
+        """
         ...
 
     def peek(self, queue: str, *, limit: int = 100) -> list[Peeked]:
         """Waiting messages of ``queue`` (ready first, then scheduled by time), without
-        consuming them."""
+        consuming them.
+
+        Raises:
+            ValidationError: an empty queue name, or ``limit`` not an int >= 0.
+            ConnectionLost, TransportError: the broker failed.
+        """
         ...
 
     def dead_letters(self, queue: str) -> list[DeadLetter]:
-        """Messages dead-lettered from ``queue``, oldest first."""
+        """Messages dead-lettered from ``queue``, oldest first.
+
+        Raises:
+            ValidationError: an empty queue name.
+            ConnectionLost, TransportError: the broker failed.
+        """
         ...
 
 
@@ -489,10 +699,14 @@ class Inspection(Protocol):
 class BrokerDelay(Protocol):
     """Delayed messages wait broker-side and someone must move them when due: the worker
     calls ``due()`` every half second (``wiretask scheduler`` does for fleets of other
-    workers)."""
+    workers). Brokers that deliver due messages on their own leave it out."""
 
     def due(self) -> int:
-        """Move delayed messages whose time has come into their queues; return how many."""
+        """Move delayed messages whose time has come into their queues; return how many.
+
+        Raises:
+            ConnectionLost, TransportError: the broker failed.
+        """
         ...
 
 
@@ -521,7 +735,8 @@ class FusedSettlement(Protocol):
         to store under the backend's full rules and then ack.
 
         Raises:
+            ValidationError: no queue, or ``limit`` not an int >= 0.
             ConnectionLost: the broker cannot be reached; nothing is known to be written.
-            TransportError: any other failure.
+            TransportError: any other failure (a delivery settled already: nothing done).
         """
         ...

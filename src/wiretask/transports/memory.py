@@ -20,39 +20,36 @@ Semantics, each chosen to match AMQP where AMQP has an answer:
   puts the message back at its original place, marked ``redelivered``, as RabbitMQ does.
 * **No per-message TTL**: the ``expiration`` property is carried untouched and the worker
   enforces ``expires`` (``per_message_ttl=False``), as Celery does on Redis.
-* **Routing**: there are no exchange bindings; see ``base.route_queue``. Publishing to a
+* **Routing**: there are no exchange bindings; see ``base.Prepared.queue``. Publishing to a
   queue nobody declared creates it (AMQP would drop the message, which loses it).
 """
 
 from __future__ import annotations
 
+import functools
 import heapq
 import itertools
 import threading
 import time
 from collections.abc import Sequence
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, cast
 from urllib.parse import urlsplit
 
 import attrs
 
-from wiretask.errors import ImproperlyConfigured, TransportError, ValidationError
-from wiretask.protocol.frame import Frame, Outgoing, Route
+from wiretask.errors import ImproperlyConfigured, ValidationError
+from wiretask.protocol.frame import Frame
+from wiretask.transports._json import dump_json_mapping, load_json_mapping
 from wiretask.transports.base import (
     Capabilities,
     DeadLetter,
+    Delivery,
     Peeked,
+    Prepared,
     Settlement,
     Transport,
-    TransportDelivery,
-    dump_json_mapping,
-    load_json_mapping,
-    not_before_timestamp,
-    priority_of,
     queue_names,
-    receive_arguments,
-    route_queue,
 )
 
 __all__ = ["MemoryDelivery", "MemoryTransport", "reset"]
@@ -197,20 +194,13 @@ def reset(name: str | None = None) -> None:
             broker.generation += 1
 
 
-class MemoryDelivery(TransportDelivery):
+class MemoryDelivery(Delivery):
     """A message received from a ``MemoryTransport``."""
 
     def __init__(self, transport: MemoryTransport, message: _Message) -> None:
-        self.frame = message.frame()
-        self.queue = message.queue
-        self.redelivered = message.redelivered
-        self._transport = transport
+        super().__init__(transport, message.frame(), message.queue, message.redelivered)
         self._message = message
-        # Why this delivery can no longer be settled, or None while it can.
-        self._settled: str | None = None
 
-    def _settle(self, how: Settlement, reason: str = "") -> None:
-        self._transport._settle(self, how, reason)
 
 class MemoryTransport(Transport):
     """A transport to the in-process broker called ``name``.
@@ -262,65 +252,62 @@ class MemoryTransport(Transport):
 
     def close(self) -> None:
         """Return every unsettled delivery of this transport to its queue (redelivered)."""
-        with self._broker.changed:
-            for delivery in self._unsettled.values():
-                delivery._settled = "returned to the queue when its transport closed"
-                self._broker.requeue(delivery._message)
-            returned = bool(self._unsettled)
+        broker = self._broker
+        with broker.lock:
+            unsettled = list(self._unsettled.values())
             self._unsettled.clear()
-            if returned:
-                self._broker.changed.notify_all()
+
+        def give_back(message: _Message) -> None:
+            with broker.changed:
+                broker.requeue(message)
+                broker.changed.notify_all()
+
+        # Each delivery's own lock first, then the broker's: the order ``ack`` takes them.
+        for delivery in unsettled:
+            delivery._give_back("returned to the queue when its transport closed",
+                                functools.partial(give_back, delivery._message))
 
     # -- producing --------------------------------------------------------------------
 
-    def declare_queue(self, queue: str) -> None:
-        queue_names([queue])
+    def _declare(self, queue: str) -> None:
         with self._broker.lock:
             self._broker.queue(queue)
 
-    def _message(self, frame: Frame, route: Route, not_before: datetime | None) -> _Message:
+    def _publish(self, messages: Sequence[Prepared]) -> None:
+        """Store all of ``messages`` atomically: all are stored, or (on a header that
+        JSON cannot carry) none is."""
         # Everything that can fail is done before taking the lock, so that a bad message
-        # in publish_many leaves no partial batch behind.
-        if not isinstance(frame, Frame):
-            raise ValidationError("frame", f"must be a Frame, got {type(frame).__name__}")
-        queue = route_queue(route)
-        queue_names([queue])
-        return _Message(
-            seq=0,
-            queue=queue,
-            priority=priority_of(frame, self.capabilities),
-            not_before=not_before_timestamp(not_before),
-            body=bytes(frame.body),
-            content_type=frame.content_type,
-            content_encoding=frame.content_encoding,
-            headers=dump_json_mapping("headers", frame.headers),
-            properties=dump_json_mapping("properties", frame.properties),
-        )
-
-    def publish(self, frame: Frame, route: Route, *, not_before: datetime | None = None) -> None:
-        self.publish_many([Outgoing(frame, route, not_before)])
-
-    def publish_many(self, messages: Sequence[Outgoing]) -> None:
-        """Publish all of ``messages`` atomically: all are stored, or (on a bad one)
-        none is."""
-        prepared = [self._message(m.frame, m.route, m.not_before) for m in messages]
+        # in a batch leaves no partial batch behind.
+        stored = [
+            _Message(
+                seq=0,
+                queue=m.queue,
+                priority=m.priority,
+                not_before=m.due,
+                body=bytes(m.frame.body),
+                content_type=m.frame.content_type,
+                content_encoding=m.frame.content_encoding,
+                headers=dump_json_mapping("headers", m.frame.headers),
+                properties=dump_json_mapping("properties", m.frame.properties),
+            )
+            for m in messages
+        ]
         with self._broker.changed:
-            for message in prepared:
+            for message in stored:
                 message.seq = next(self._broker.seq)
                 message.generation = self._broker.generation
                 self._broker.put(message)
-            if prepared:
-                self._broker.changed.notify_all()
+            self._broker.changed.notify_all()
 
     # -- consuming --------------------------------------------------------------------
 
-    def receive(self, queues: Sequence[str], *, timeout: float) -> MemoryDelivery | None:
-        names, deadline = receive_arguments(queues, timeout)
+    def _receive(self, queues: list[str], timeout: float) -> MemoryDelivery | None:
+        deadline = time.monotonic() + timeout
         broker = self._broker
         with broker.changed:
             while True:
                 now = time.time()
-                message, next_due = broker.take(names, now)
+                message, next_due = broker.take(queues, now)
                 if message is not None:
                     delivery = MemoryDelivery(self, message)
                     self._unsettled[id(delivery)] = delivery
@@ -334,25 +321,11 @@ class MemoryTransport(Transport):
                     remaining = min(remaining, max(next_due - now, 0.001))
                 broker.changed.wait(remaining)
 
-    def _settle(
-        self,
-        delivery: MemoryDelivery,
-        how: Settlement,
-        reason: str = "",
-    ) -> None:
+    def _settle(self, delivery: Delivery, how: Settlement, reason: str) -> None:
         broker = self._broker
+        message = cast(MemoryDelivery, delivery)._message
         with broker.changed:
-            if delivery._settled is not None:
-                raise TransportError(
-                    f"cannot {how.replace('_', '-')} a delivery that was already "
-                    f"{delivery._settled} (queue {delivery.queue!r})", url=self.url,
-                )
-            delivery._settled = {
-                "ack": "acked", "reject": "rejected", "requeue": "requeued",
-                "dead_letter": "dead-lettered",
-            }[how]
             self._unsettled.pop(id(delivery), None)
-            message = delivery._message
             if how == "requeue":
                 broker.requeue(message)
                 broker.changed.notify_all()

@@ -105,7 +105,7 @@ from wiretask.errors import (
     TransportError,
     ValidationError,
 )
-from wiretask.protocol.frame import Frame, Outgoing, Route
+from wiretask.protocol.frame import Frame, Route
 from wiretask.transports import _redis_scripts as scripts
 from wiretask.transports._kombu_envelope import (
     SEP,
@@ -127,11 +127,10 @@ from wiretask.transports.base import (
     DeadLetter,
     Delivery,
     Peeked,
+    Prepared,
+    Settlement,
     Transport,
-    not_before_timestamp,
     queue_names,
-    receive_arguments,
-    receive_limit,
 )
 
 if TYPE_CHECKING:
@@ -159,49 +158,20 @@ class RedisDelivery(Delivery):
         self, transport: RedisTransport, *, frame: Frame, queue: str, redelivered: bool,
         delivery_tag: str, entry: str, exchange: str, routing_key: str,
     ) -> None:
-        self.frame = frame
-        self.queue = queue
-        self.redelivered = redelivered
+        super().__init__(transport, frame, queue, redelivered)
         #: Kombu's ``properties.delivery_tag``: the field in ``unacked`` and ``unacked_index``.
         self.delivery_tag = delivery_tag
         #: The list entry text as received.
         self.entry = entry
         self.exchange = exchange
         self.routing_key = routing_key
-        self._transport = transport
-        self._lock = threading.Lock()
-        self._settled: str | None = None
-
-    def ack(self) -> None:
-        self._settle("acked", self._transport._forget, self)
-
-    def reject(self, *, requeue: bool = False) -> None:
-        if requeue:
-            self._settle("requeued", self._transport._restore_tag, self.delivery_tag, True)
-        else:
-            self._settle("rejected", self._transport._forget, self)
-
-    def dead_letter(self, reason: str) -> None:
-        if not isinstance(reason, str) or not reason:
-            raise ValidationError("reason", f"must be a non-empty string, got {reason!r}")
-        self._settle("dead-lettered", self._transport._dead_letter_delivery, self, reason)
-
-    def _settle(self, outcome: str, action: Callable[..., object], *args: Any) -> None:
-        with self._lock:
-            if self._settled is not None:
-                raise TransportError(
-                    f"delivery {self.delivery_tag} from {self.queue!r} was already "
-                    f"{self._settled}", url=self._transport.url,
-                )
-            action(*args)
-            self._settled = outcome
-        self._transport._release(self)
+        self._redis = transport
 
     def _return_on_close(self) -> None:
         """Give the message back (RPUSH, as Kombu's ``restore_unacked``) unless settled."""
         with self._lock:
             if self._settled is None:
-                self._transport._restore_tag(self.delivery_tag, False)
+                self._redis._restore_tag(self.delivery_tag, False)
                 self._settled = "returned to its queue when the transport closed"
 
 
@@ -259,6 +229,7 @@ class RedisTransport(Transport):
             priorities=True,
             priority_order="lower-first",
             max_priority=9,
+            out_of_range_priority="clamp",
             per_message_ttl=False,
             visibility_timeout=config.visibility_timeout,
         )
@@ -350,7 +321,7 @@ class RedisTransport(Transport):
 
     # -- producing ------------------------------------------------------------------
 
-    def declare_queue(self, queue: str) -> None:
+    def _declare(self, queue: str) -> None:
         """What Celery's declare does for a queue on its default direct exchange of the
         same name: bind ``queue`` to exchange ``queue`` with routing key ``queue``."""
         self.bind_queue(queue, queue, queue)
@@ -377,16 +348,7 @@ class RedisTransport(Transport):
             pipe.sadd(self._keys.binding_permanent(exchange), member)
             pipe.execute()
 
-    def publish(self, frame: Frame, route: Route, *, not_before: datetime | None = None) -> None:
-        """Push one message (or schedule it), with its marker, atomically.
-
-        Raises:
-            ConnectionLost: the outcome is unknown; publishing the same ``frame`` again
-                will not duplicate it if it landed (see the module doc).
-        """
-        self.publish_many((Outgoing(frame, route, not_before),))
-
-    def publish_many(self, messages: Sequence[Outgoing]) -> None:
+    def _publish(self, messages: Sequence[Prepared]) -> None:
         """The whole batch, with its publish marker, in one ``MULTI``/``EXEC``
         transaction (one round trip, plus one read of the binding tables of named
         exchanges, and one marker check when retrying): all of it lands or none. With
@@ -394,12 +356,13 @@ class RedisTransport(Transport):
         message is one bare ``LPUSH``, as Kombu sends it.
 
         Raises:
-            ConnectionLost: the outcome is unknown; publishing the same ``Outgoing``
-                frames again will not duplicate what landed (see the module doc).
+            ConnectionLost: the outcome is unknown; publishing the same frames again
+                will not duplicate what landed (see the module doc).
+            TransportError: any other failure.
         """
         markers = self.publish_markers
         # (message, staged, marker of its earlier attempt when this is a retry)
-        batch: list[tuple[Outgoing, _Staged, str | None]] = []
+        batch: list[tuple[Prepared, _Staged, str | None]] = []
         tags = new_tags(len(messages))
         fresh: str | None = None
         retrying = routed = False  # any retried message; any named exchange
@@ -409,7 +372,7 @@ class RedisTransport(Transport):
                 batch.append((message, *kept))
                 retrying = True
             else:
-                batch.append((message, self._prepare(message, tag), None))
+                batch.append((message, self._staged(message, tag), None))
                 fresh = fresh or tag
             routed = routed or bool(message.route.exchange)
         if not batch:
@@ -464,7 +427,7 @@ class RedisTransport(Transport):
     def _marker(self, tag: str) -> str:
         return f"{self._keys.prefix}_wiretask.published.{tag}"
 
-    def _keep_unsettled(self, batch: Sequence[tuple[Outgoing, _Staged, str]]) -> None:
+    def _keep_unsettled(self, batch: Sequence[tuple[Prepared, _Staged, str]]) -> None:
         now = time.monotonic()
         with self._unsettled_lock:
             for message, staged, marker in batch:
@@ -477,7 +440,7 @@ class RedisTransport(Transport):
             while len(self._unsettled) > _UNSETTLED_LIMIT:
                 del self._unsettled[next(iter(self._unsettled))]
 
-    def _take_unsettled(self, message: Outgoing) -> tuple[_Staged, str] | None:
+    def _take_unsettled(self, message: Prepared) -> tuple[_Staged, str] | None:
         """The staged form of an earlier publish of this very frame (same route and
         ``not_before``) whose outcome is unknown, and that attempt's marker; or None."""
         if not self._unsettled:  # the common case; an entry for this frame would have
@@ -491,31 +454,18 @@ class RedisTransport(Transport):
             return staged, marker
         return None
 
-    def _prepare(self, message: Outgoing, tag: str | None = None) -> _Staged:
+    def _staged(self, message: Prepared, tag: str | None = None) -> _Staged:
         frame = message.frame
-        if not isinstance(frame, Frame):
-            raise ValidationError("frame", f"must be a Frame, got {type(frame).__name__}")
         route = message.route
         key = route.key
-        name = key or route.queue
-        if not isinstance(name, str) or not name:
-            queue_names([name])  # raises, with the one wording for a bad queue name
-        # An int outside 0..9 is clamped into a bucket and written as is, like Kombu
-        # (celery#8967): a worker re-publishing a Celery frame with priority 15 must not
-        # fail. The calling API refuses such values earlier, against ``capabilities``.
-        priority = frame.properties.get("priority")
-        if priority is None:
-            bucket = self._bucket0
-        elif isinstance(priority, bool) or not isinstance(priority, int):
-            raise ValidationError("priority", f"must be an int, got {priority!r}",
-                                  value=priority)
-        else:
-            bucket = bucket_for(clamp_priority(frame.properties), self._steps)
-        due = None
-        if message.not_before is not None:
-            due = not_before_timestamp(message.not_before)
-            if self.delay_mode == "celery" or (due is not None and due <= time.time()):
-                due = None
+        # An int outside 0..9 arrives clamped (``out_of_range_priority="clamp"``) and is
+        # written as is, like Kombu (celery#8967): a worker re-publishing a Celery frame
+        # with priority 15 must not fail. The calling API refuses such values earlier.
+        priority = message.priority
+        bucket = self._bucket0 if priority == 0 else bucket_for(priority, self._steps)
+        due = message.due
+        if due is not None and (self.delay_mode == "celery" or due <= time.time()):
+            due = None
         if tag is None:
             tag = new_tags(1)[0]
         entry = encode(frame, exchange=route.exchange, routing_key=key, delivery_tag=tag)
@@ -550,7 +500,7 @@ class RedisTransport(Transport):
 
     # -- consuming ------------------------------------------------------------------
 
-    def receive(self, queues: Sequence[str], *, timeout: float) -> RedisDelivery | None:
+    def _receive(self, queues: list[str], timeout: float) -> RedisDelivery | None:
         """Next message from ``queues``: priority bucket first (0 before 3, 6, 9), then
         queue order, rotated round-robin after each delivery (Kombu's default
         ``queue_order_strategy``), FIFO within a list. Waits up to ``timeout`` seconds.
@@ -558,18 +508,17 @@ class RedisTransport(Transport):
         Delayed messages of ``queues`` that are due are moved into their lists first, in
         the same script, so a consumer needs no scheduler for its own queues; Celery
         consumers of a queue rely on ``due()`` (the worker's or ``run_scheduler``)."""
-        received = self.receive_many(queues, limit=1, timeout=timeout)
+        received = self._receive_many(queues, 1, timeout)
         return received[0] if received else None
 
-    def receive_many(
-        self, queues: Sequence[str], *, limit: int, timeout: float
+    def _receive_many(
+        self, queues: list[str], limit: int, timeout: float
     ) -> list[RedisDelivery]:
         """Up to ``limit`` messages in one round trip: exactly those that ``limit``
         consecutive ``receive`` calls would return (same priority and queue order, same
         round robin), each recorded in ``unacked`` by the same ``POP`` script. Waits up
         to ``timeout`` seconds for the first one, never for more."""
-        names, deadline = receive_arguments(queues, timeout)
-        limit = receive_limit(limit)
+        names, deadline = queues, time.monotonic() + timeout
         self._maybe_restore()
         while True:
             deliveries, popped, next_due, _ = self._pop(names, limit, (), ())
@@ -597,15 +546,14 @@ class RedisTransport(Transport):
                 if deliveries:
                     return deliveries
 
-    def ack_and_receive(
-        self, deliveries: Sequence[Delivery], queues: Sequence[str], *, limit: int
+    def _ack_and_receive(
+        self, deliveries: list[Delivery], queues: list[str], limit: int
     ) -> list[RedisDelivery]:
         """Acknowledge ``deliveries`` and take up to ``limit`` messages, in one ``POP``
         script run: the acks land with the pops or neither does. Never waits. A
         delivery that was settled already raises ``TransportError`` before anything is
         done; deliveries of another transport are acknowledged by their own ``ack()``
         first."""
-        limit = receive_limit(limit)
         return self._store_ack_and_receive((), deliveries, queues, limit)[0]
 
     def stores_results_of(self, backend: object) -> bool:
@@ -630,15 +578,13 @@ class RedisTransport(Transport):
         this same database (``stores_results_of``)."""
         if isinstance(limit, bool) or not isinstance(limit, int) or limit < 0:
             raise ValidationError("limit", f"must be an int >= 0, got {limit!r}")
-        return self._store_ack_and_receive(results, deliveries, queues, limit)
+        names = queue_names(queues, required=True)
+        return self._store_ack_and_receive(results, deliveries, names, limit)
 
     def _store_ack_and_receive(
         self, results: Sequence[tuple[Delivery, PendingState]], deliveries: Sequence[Delivery],
-        queues: Sequence[str], limit: int,
+        names: list[str], limit: int,
     ) -> tuple[list[RedisDelivery], list[int]]:
-        names = queue_names(queues)
-        if not names:
-            raise ValidationError("queues", "at least one queue name is needed")
         self._maybe_restore()
         by_delivery = {id(d): p for d, p in results}
         received: list[RedisDelivery] = []
@@ -767,6 +713,16 @@ class RedisTransport(Transport):
 
     # -- settling (called by RedisDelivery under its lock) -----------------------------
 
+    def _settle(self, delivery: Delivery, how: Settlement, reason: str) -> None:
+        held = cast(RedisDelivery, delivery)
+        if how in ("ack", "reject"):
+            self._forget(held)
+        elif how == "requeue":
+            self._restore_tag(held.delivery_tag, True)
+        else:
+            self._dead_letter_delivery(held, reason)
+        self._release(held)
+
     def _forget(self, *deliveries: RedisDelivery) -> None:
         """ack / reject(requeue=False): Kombu's ``_remove_from_indices`` (ZREM + HDEL),
         one ``ACK`` script call for any number of deliveries."""
@@ -774,7 +730,7 @@ class RedisTransport(Transport):
             self._commands.script(scripts.ACK, [self._keys.unacked_index, self._keys.unacked],
                                   [d.delivery_tag for d in deliveries])
 
-    def ack_many(self, deliveries: Sequence[Delivery]) -> None:
+    def _ack_many(self, deliveries: list[Delivery]) -> None:
         """Acknowledge several deliveries in one round trip (one ``ACK`` script call).
         Each is settled as by its own ``ack()``; one that was settled already raises
         ``TransportError`` after the others were acknowledged. Deliveries of another

@@ -70,7 +70,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 from wiretask.errors import (
@@ -80,21 +80,17 @@ from wiretask.errors import (
     TransportError,
     ValidationError,
 )
-from wiretask.protocol.frame import Frame, Outgoing, Route
+from wiretask.protocol.frame import Frame
+from wiretask.transports._json import dump_json_mapping, load_json_mapping
 from wiretask.transports.base import (
     Capabilities,
     DeadLetter,
+    Delivery,
     Peeked,
+    Prepared,
     Settlement,
     Transport,
-    TransportDelivery,
-    dump_json_mapping,
-    load_json_mapping,
-    not_before_timestamp,
-    priority_of,
     queue_names,
-    receive_arguments,
-    route_queue,
 )
 
 __all__ = ["SCHEMA_VERSION", "SQLiteDelivery", "SQLiteTransport"]
@@ -202,24 +198,17 @@ def use_wal(conn: sqlite3.Connection, timeout: float) -> None:
         delay = min(delay * 2, 0.05)
 
 
-class SQLiteDelivery(TransportDelivery):
+class SQLiteDelivery(Delivery):
     """A message received from an ``SQLiteTransport``, leased to it until settled."""
 
     def __init__(
         self, transport: SQLiteTransport, *, row_id: int, lease: str, frame: Frame,
         queue: str, redelivered: bool,
     ) -> None:
-        self.frame = frame
-        self.queue = queue
-        self.redelivered = redelivered
-        self._transport = transport
+        super().__init__(transport, frame, queue, redelivered)
         self._row_id = row_id
         self._lease = lease
-        # Why this delivery can no longer be settled, or None while it can.
-        self._settled: str | None = None
 
-    def _settle(self, how: Settlement, reason: str = "") -> None:
-        self._transport._settle(self, how, reason)
 
 class SQLiteTransport(Transport):
     """A transport to the SQLite broker file at ``path``.
@@ -515,7 +504,15 @@ class SQLiteTransport(Transport):
             heartbeat.join(timeout=self.busy_timeout + 1)
         with self._lock:
             self._heartbeat = None
-            if self._unsettled and self._conn is not None:
+            unsettled = list(self._unsettled.values())
+        # Each delivery's own lock, then the transport's: the order ``ack`` takes them.
+        # Once marked, none of them can be settled; then their rows go back at once.
+        returned = [
+            d for d in unsettled
+            if d._give_back("returned to the queue when its transport closed", _nothing)
+        ]
+        with self._lock:
+            if returned and self._conn is not None:
                 try:
                     with self._session("returning unsettled messages", write=True) as conn:
                         conn.execute(
@@ -525,33 +522,26 @@ class SQLiteTransport(Transport):
                 except TransportError:
                     log.warning(
                         "could not return %d unsettled message(s) on close; they come "
-                        "back after the visibility timeout", len(self._unsettled),
+                        "back after the visibility timeout", len(returned),
                         exc_info=True,
                     )
-            for delivery in self._unsettled.values():
-                delivery._settled = "returned to the queue when its transport closed"
-            self._unsettled.clear()
+            for delivery in unsettled:
+                self._unsettled.pop(delivery._lease, None)
             self._drop_connection()
 
     # -- producing ----------------------------------------------------------------------
 
-    def declare_queue(self, queue: str) -> None:
-        """Queues need no declaration here; this validates the name and connects."""
-        queue_names([queue])
+    def _declare(self, queue: str) -> None:
+        """Queues need no declaration here; this connects."""
         with self._lock:
             self._connection()
 
-    def _row(
-        self, frame: Frame, route: Route, not_before: datetime | None, now: float
-    ) -> tuple[Any, ...]:
-        if not isinstance(frame, Frame):
-            raise ValidationError("frame", f"must be a Frame, got {type(frame).__name__}")
-        queue = route_queue(route)
-        queue_names([queue])
-        at = not_before_timestamp(not_before)
+    @staticmethod
+    def _row(message: Prepared, now: float) -> tuple[Any, ...]:
+        frame = message.frame
         return (
-            queue, priority_of(frame, self.capabilities), at if at is not None else 0.0, at,
-            now, frame.content_type, frame.content_encoding,
+            message.queue, message.priority, message.due if message.due is not None else 0.0,
+            message.due, now, frame.content_type, frame.content_encoding,
             dump_json_mapping("headers", frame.headers),
             dump_json_mapping("properties", frame.properties),
             bytes(frame.body),
@@ -563,28 +553,24 @@ class SQLiteTransport(Transport):
         "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
     )
 
-    def publish(self, frame: Frame, route: Route, *, not_before: datetime | None = None) -> None:
-        """Store one message; returns once it is committed."""
-        row = self._row(frame, route, not_before, time.time())
-        with self._session("publishing", write=True) as conn:
-            conn.execute(self._INSERT, row)
-
-    def publish_many(self, messages: Sequence[Outgoing]) -> None:
-        """Store several messages in one transaction: all of them or (on any error)
-        none. Every frame is checked before the transaction starts."""
+    def _publish(self, messages: Sequence[Prepared]) -> None:
+        """Store the messages in one transaction: all of them or (on any error) none;
+        returns once they are committed. Every row is built before the transaction
+        starts."""
         now = time.time()
-        rows = [self._row(m.frame, m.route, m.not_before, now) for m in messages]
-        if not rows:
-            return
+        rows = [self._row(m, now) for m in messages]
         with self._session("publishing", write=True) as conn:
-            conn.executemany(self._INSERT, rows)
+            if len(rows) == 1:
+                conn.execute(self._INSERT, rows[0])
+            else:
+                conn.executemany(self._INSERT, rows)
 
     # -- consuming ----------------------------------------------------------------------
 
-    def receive(self, queues: Sequence[str], *, timeout: float) -> SQLiteDelivery | None:
+    def _receive(self, queues: list[str], timeout: float) -> SQLiteDelivery | None:
         """Take the best visible message of ``queues`` (highest priority, then oldest),
         polling the file until ``timeout``."""
-        names, deadline = receive_arguments(queues, timeout)
+        names, deadline = queues, time.monotonic() + timeout
         pause = _POLL_MIN
         while True:
             delivery, next_visible = self._take(names)
@@ -676,50 +662,37 @@ class SQLiteTransport(Transport):
         conn.execute("DELETE FROM wiretask_messages WHERE id=?", (row_id,))
         return moved
 
-    def _settle(
-        self,
-        delivery: SQLiteDelivery,
-        how: Settlement,
-        reason: str = "",
-    ) -> None:
+    def _settle(self, delivery: Delivery, how: Settlement, reason: str) -> None:
+        held = cast(SQLiteDelivery, delivery)
         verb = how.replace("_", "-")
         with self._lock:
-            if delivery._settled is not None:
-                raise TransportError(
-                    f"cannot {verb} a delivery that was already {delivery._settled} "
-                    f"(queue {delivery.queue!r})", url=self.url,
-                )
             with self._session(f"settling a delivery ({verb})", write=True) as conn:
                 # Every statement matches the lease too: if our lease lapsed and another
                 # consumer holds the row now, we must not touch its delivery.
                 owned = conn.execute(
                     "SELECT 1 FROM wiretask_messages WHERE id=? AND lease=?",
-                    (delivery._row_id, delivery._lease),
+                    (held._row_id, held._lease),
                 ).fetchone()
                 if owned is not None:
                     if how in ("ack", "reject"):
                         conn.execute(
-                            "DELETE FROM wiretask_messages WHERE id=?", (delivery._row_id,)
+                            "DELETE FROM wiretask_messages WHERE id=?", (held._row_id,)
                         )
                     elif how == "requeue":
                         conn.execute(
                             "UPDATE wiretask_messages SET owner=NULL, lease=NULL, "
-                            "visible_at=0, redelivered=1 WHERE id=?", (delivery._row_id,),
+                            "visible_at=0, redelivered=1 WHERE id=?", (held._row_id,),
                         )
                     else:
-                        self._move_to_dead_letters(conn, delivery._row_id, reason)
-            self._unsettled.pop(delivery._lease, None)
+                        self._move_to_dead_letters(conn, held._row_id, reason)
+            self._unsettled.pop(held._lease, None)
             if owned is None:
-                delivery._settled = "lost its lease"
+                held._settled = "lost its lease"
                 raise TransportError(
                     f"cannot {verb}: the lease on this delivery lapsed (no heartbeat for "
                     f"{self.visibility_timeout:g} s) and the message was or will be "
                     "delivered again", url=self.url,
                 )
-            delivery._settled = {
-                "ack": "acked", "reject": "rejected", "requeue": "requeued",
-                "dead_letter": "dead-lettered",
-            }[how]
 
     # -- leases -------------------------------------------------------------------------
 
@@ -848,6 +821,11 @@ def _reset_after_fork() -> None:
 
 if hasattr(os, "register_at_fork"):  # POSIX; elsewhere there is no fork()
     os.register_at_fork(after_in_child=_reset_after_fork)
+
+
+def _nothing() -> None:
+    """What ``close()`` does per delivery under its lock: the rows go back in one
+    statement afterwards."""
 
 
 def _positive(name: str, value: Any, *, allow_zero: bool = False) -> None:
