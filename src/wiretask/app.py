@@ -209,6 +209,13 @@ class App:
             ``$XDG_DATA_HOME/wiretask/`` named after ``main``.
         backend: result backend URL. Default: ``$WIRETASK_RESULT_BACKEND``, else the
             broker's URL (every bundled broker also stores results).
+        transport: instead of ``broker``, a factory of transports: a callable taking no
+            arguments that returns a *new*, unconnected ``Transport`` each time (the app
+            keeps one for publishing and every worker asks for its own), all talking to
+            the same broker; e.g. ``lambda: MyTransport(...)`` or a ``functools.partial``.
+            Not a transport instance (refused: it cannot be shared by the app and its
+            workers), and not together with ``broker``. The result backend is still
+            ``backend`` (its default is then the embedded SQLite store).
         registry: the codec registry (default: ``default_registry`` with ``accept_content``).
         clock: a function returning an aware "now" (tests inject one).
         **settings: any of ``DEFAULT_SETTINGS`` (Celery's names).
@@ -222,8 +229,21 @@ class App:
         backend: str | None = None,
         registry: Registry | None = None,
         clock: Callable[[], datetime] | None = None,
+        transport: Callable[[], Transport] | None = None,
         **settings: Any,
     ) -> None:
+        if transport is not None:
+            if isinstance(transport, Transport) or not callable(transport):
+                raise ImproperlyConfigured(
+                    f"transport= takes a factory (a callable returning a new Transport), got "
+                    f"{transport!r}: the app and each worker need a transport of their own",
+                    setting="transport",
+                )
+            if broker is not None:
+                raise ImproperlyConfigured(
+                    "pass broker= (a URL) or transport= (a factory), not both",
+                    setting="transport",
+                )
         self.main = main
         self.conf = Settings(DEFAULT_SETTINGS)
         self.conf.update(settings)
@@ -236,6 +256,7 @@ class App:
         self._clock = clock
         self._lock = threading.RLock()
         self._transport: Transport | None = None
+        self._transport_factory = transport
         self._backend: ResultBackend | None = None
         self._declared: set[str] = set()
         self._call_builder: calling.CallBuilder | None = None
@@ -295,8 +316,22 @@ class App:
         return self._transport
 
     def new_transport(self) -> Transport:
-        """A fresh transport for the broker URL (the worker uses its own)."""
-        return transport_from_url(self.broker_url)
+        """A fresh transport for the broker URL, or from the ``transport`` factory (the
+        worker uses its own).
+
+        Raises:
+            ImproperlyConfigured: a bad broker URL, or a factory that did not return a
+                ``Transport``.
+        """
+        if self._transport_factory is None:
+            return transport_from_url(self.broker_url)
+        made = self._transport_factory()
+        if not isinstance(made, Transport):
+            raise ImproperlyConfigured(
+                f"the transport factory returned {made!r}, not a Transport",
+                setting="transport",
+            )
+        return made
 
     @property
     def backend(self) -> ResultBackend:

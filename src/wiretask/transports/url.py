@@ -11,6 +11,19 @@ Supported schemes:
   imported only when such a URL is used, so that redis-py is needed only by those who
   use Redis.
 
+**Third-party transports** plug in through the entry-point group ``wiretask.transports``:
+the entry point's name is the URL scheme, its value the transport class
+(``module:Class``), e.g. in ``pyproject.toml``::
+
+    [project.entry-points."wiretask.transports"]
+    mybroker = "mypackage.transport:MyBrokerTransport"
+
+The group is read when a URL's scheme is not built in (built-in schemes never look at
+it). A scheme registered by two entry points, an entry point that claims a built-in
+scheme, or a value that is not a ``Transport`` subclass is refused with
+``ImproperlyConfigured`` naming the entry points. (``App(transport=...)`` plugs in a
+transport without a URL scheme.)
+
 Transports are built with ``Transport.from_url(url, **options)``; construction does no
 I/O, so a bad host is reported by the first ``connect()``, not here.
 """
@@ -18,13 +31,16 @@ I/O, so a bad host is reported by the first ``connect()``, not here.
 from __future__ import annotations
 
 import importlib
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from wiretask.errors import ImproperlyConfigured
 from wiretask.transports.base import Transport
 
-__all__ = ["SCHEMES", "mask_url", "transport_from_url"]
+if TYPE_CHECKING:
+    from importlib.metadata import EntryPoint
+
+__all__ = ["ENTRY_POINT_GROUP", "SCHEMES", "mask_url", "registered_schemes", "transport_from_url"]
 
 #: scheme → (module, class). Modules are imported on first use.
 SCHEMES: dict[str, tuple[str, str]] = {
@@ -33,6 +49,9 @@ SCHEMES: dict[str, tuple[str, str]] = {
     "redis": ("wiretask.transports.redis", "RedisTransport"),
     "rediss": ("wiretask.transports.redis", "RedisTransport"),
 }
+
+#: The entry-point group of third-party transports: name = URL scheme, value = class.
+ENTRY_POINT_GROUP = "wiretask.transports"
 
 # What to install when a transport's module cannot be imported for want of its driver.
 _EXTRAS = {"redis": "redis", "rediss": "redis"}
@@ -53,19 +72,83 @@ def transport_from_url(url: str, **options: Any) -> Transport:
 
     Raises:
         ImproperlyConfigured: not a string, an unknown scheme (the message names the
-            supported ones), or a transport whose driver is not installed.
+            supported ones, entry points included), a transport whose driver is not
+            installed, or a bad ``wiretask.transports`` entry point (see the module
+            doc).
     """
     if not isinstance(url, str) or not url:
         raise ImproperlyConfigured(
             f"a broker URL must be a non-empty string, got {url!r}", setting="broker_url"
         )
     scheme = urlsplit(url).scheme.lower()
-    if "://" not in url or scheme not in SCHEMES:
-        supported = ", ".join(f"{name}://" for name in SCHEMES)
+    if "://" in url and scheme in SCHEMES:
+        transport_class = _builtin(scheme)
+    else:
+        plugins = registered_schemes()
+        if "://" not in url or scheme not in plugins:
+            known = [f"{name}://" for name in SCHEMES]
+            known += [f"{name}:// ({_describe(entry)})" for name, entry in plugins.items()]
+            raise ImproperlyConfigured(
+                f"unsupported broker URL {mask_url(url)!r}: the scheme must be one of "
+                f"{', '.join(known)}",
+                setting="broker_url",
+            )
+        transport_class = _load(scheme, plugins[scheme])
+    return transport_class.from_url(url, **options)
+
+
+def registered_schemes() -> dict[str, EntryPoint]:
+    """The URL schemes that installed packages register in the ``wiretask.transports``
+    entry-point group, by scheme (lower case).
+
+    Raises:
+        ImproperlyConfigured: a scheme registered twice, or one that is built in.
+    """
+    # Imported here: importlib.metadata costs milliseconds that built-in schemes skip.
+    from importlib.metadata import entry_points  # noqa: PLC0415
+
+    found: dict[str, EntryPoint] = {}
+    for entry in entry_points(group=ENTRY_POINT_GROUP):
+        scheme = entry.name.lower()
+        if scheme in SCHEMES:
+            raise ImproperlyConfigured(
+                f"the entry point {_describe(entry)} in group {ENTRY_POINT_GROUP!r} claims "
+                f"the built-in scheme {scheme}://; uninstall it or give it another name",
+                setting="broker_url",
+            )
+        if scheme in found:
+            raise ImproperlyConfigured(
+                f"the scheme {scheme}:// is registered twice in entry-point group "
+                f"{ENTRY_POINT_GROUP!r}: {_describe(found[scheme])} and {_describe(entry)}",
+                setting="broker_url",
+            )
+        found[scheme] = entry
+    return found
+
+
+def _describe(entry: EntryPoint) -> str:
+    dist = entry.dist.name if entry.dist is not None else "an unknown distribution"
+    return f"{entry.name} = {entry.value} from {dist}"
+
+
+def _load(scheme: str, entry: EntryPoint) -> type[Transport]:
+    try:
+        loaded = entry.load()
+    except (ImportError, AttributeError) as exc:
         raise ImproperlyConfigured(
-            f"unsupported broker URL {mask_url(url)!r}: the scheme must be one of {supported}",
+            f"the {scheme}:// transport ({_describe(entry)}) cannot be loaded: {exc}",
+            setting="broker_url",
+        ) from exc
+    if not (isinstance(loaded, type) and issubclass(loaded, Transport)):
+        raise ImproperlyConfigured(
+            f"the entry point {_describe(entry)} is not a Transport subclass "
+            f"(got {loaded!r}); its value must name one as module:Class",
             setting="broker_url",
         )
+    return loaded
+
+
+def _builtin(scheme: str) -> type[Transport]:
     module_name, class_name = SCHEMES[scheme]
     try:
         module = importlib.import_module(module_name)
@@ -87,7 +170,7 @@ def transport_from_url(url: str, **options: Any) -> Transport:
             setting="broker_url",
         ) from exc
     transport_class: type[Transport] = getattr(module, class_name)
-    return transport_class.from_url(url, **options)
+    return transport_class
 
 
 def mask_url(url: str) -> str:
