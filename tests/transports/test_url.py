@@ -12,7 +12,9 @@ import pytest
 from wiretask.errors import ImproperlyConfigured
 from wiretask.transports.memory import MemoryTransport
 from wiretask.transports.sqlite import SQLiteTransport
-from wiretask.transports.url import mask_url, transport_from_url
+from wiretask.transports.url import mask_url, registered_schemes, transport_from_url
+
+from .conftest import Site
 
 
 def test_memory_urls() -> None:
@@ -112,3 +114,84 @@ def test_mask_url(url: str, masked: str) -> None:
 
 def test_mask_url_of_garbage_hides_it() -> None:
     assert mask_url("redis://[::1") == "<unparsable URL>"
+
+
+# -- third-party schemes through the wiretask.transports entry-point group ------------------
+
+PLUGIN = '''
+from wiretask.transports.memory import MemoryTransport
+
+
+class PluginTransport(MemoryTransport):
+    """memory's broker under another scheme."""
+
+    @classmethod
+    def from_url(cls, url, **options):
+        return cls(url.split("://", 1)[1] or "default")
+
+
+class OtherTransport(PluginTransport):
+    """Another class for the same scheme."""
+
+
+NOT_A_TRANSPORT = object()
+'''
+
+
+def test_an_entry_point_adds_a_scheme(site: Site) -> None:
+    site.module("wt_plugin", PLUGIN)
+    site.distribution("wt-plugin", {"plug": "wt_plugin:PluginTransport"})
+    assert "plug" in registered_schemes()
+    transport = transport_from_url("plug://shared")
+    assert type(transport).__name__ == "PluginTransport"
+    assert isinstance(transport, MemoryTransport) and transport.name == "shared"
+    # Built-in schemes are still found first, without the entry points.
+    assert isinstance(transport_from_url("memory://x"), MemoryTransport)
+
+
+def test_unknown_schemes_list_the_entry_points_too(site: Site) -> None:
+    site.module("wt_plugin", PLUGIN)
+    site.distribution("wt-plugin", {"plug": "wt_plugin:PluginTransport"})
+    with pytest.raises(ImproperlyConfigured) as info:
+        transport_from_url("nope://x")
+    message = str(info.value)
+    assert "memory://" in message and "redis://" in message
+    assert "plug:// (plug = wt_plugin:PluginTransport from wt-plugin)" in message
+
+
+def test_a_scheme_registered_twice_is_refused(site: Site) -> None:
+    site.module("wt_plugin", PLUGIN)
+    site.distribution("wt-plugin-a", {"plug": "wt_plugin:PluginTransport"})
+    site.distribution("wt-plugin-b", {"plug": "wt_plugin:OtherTransport"})
+    with pytest.raises(ImproperlyConfigured, match=r"plug:// is registered twice") as info:
+        transport_from_url("plug://x")
+    message = str(info.value)
+    assert "wt_plugin:PluginTransport from wt-plugin-a" in message
+    assert "wt_plugin:OtherTransport from wt-plugin-b" in message
+
+
+def test_an_entry_point_claiming_a_built_in_scheme_is_refused(site: Site) -> None:
+    site.module("wt_plugin", PLUGIN)
+    site.distribution("wt-plugin", {"redis": "wt_plugin:PluginTransport"})
+    with pytest.raises(ImproperlyConfigured, match=r"claims the built-in scheme redis://"):
+        registered_schemes()
+    with pytest.raises(ImproperlyConfigured, match=r"wt-plugin"):
+        transport_from_url("plug://x")
+
+
+@pytest.mark.parametrize(
+    ("value", "problem"),
+    [
+        ("wt_plugin:NOT_A_TRANSPORT", "is not a Transport subclass"),
+        ("wt_plugin:MemoryTransport.from_url", "is not a Transport subclass"),
+        ("wt_plugin:Missing", "cannot be loaded"),
+        ("wt_no_such_module:Thing", "cannot be loaded"),
+    ],
+)
+def test_a_bad_entry_point_value_is_refused(site: Site, value: str, problem: str) -> None:
+    site.module("wt_plugin", PLUGIN)
+    site.distribution("wt-plugin", {"plug": value})
+    with pytest.raises(ImproperlyConfigured, match=problem) as info:
+        transport_from_url("plug://x")
+    assert info.value.setting == "broker_url"
+    assert value in str(info.value)

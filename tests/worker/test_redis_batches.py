@@ -16,8 +16,9 @@ from wiretask.app import App
 from wiretask.errors import ConnectionLost
 from wiretask.protocol import states
 from wiretask.results.redis import PendingResult
-from wiretask.transports.base import Delivery
-from wiretask.transports.redis import RedisDelivery, RedisTransport
+from wiretask.testing import ForwardingTransport
+from wiretask.transports.base import Delivery, Settlement
+from wiretask.transports.redis import RedisTransport
 from wiretask.worker import Worker
 
 from .conftest import Recorder, wait_until
@@ -25,13 +26,13 @@ from .conftest import Recorder, wait_until
 pytestmark = [pytest.mark.redis, pytest.mark.timeout(60)]
 
 
-class Watched(RedisTransport):
+class Watched(ForwardingTransport):
     """A Redis transport that records its batches and checks, at every ack, that the
     task's outcome is already stored."""
 
     def __init__(self, url: str, app: App, *, fail_first_ack: bool = False,
                  fail_first_store: bool = False) -> None:
-        super().__init__(url)
+        super().__init__(RedisTransport(url))
         self.app = app
         self.limits: list[int] = []
         self.received: list[int] = []
@@ -46,13 +47,12 @@ class Watched(RedisTransport):
         #: While set, an ack made with ``Delivery.ack`` (the worker's retries) fails as
         #: if Redis were unreachable; batch calls still work.
         self.refuse_single_acks = False
-        self._in_batch = threading.local()
         self._watch = threading.Lock()
 
-    def receive_many(
-        self, queues: Sequence[str], *, limit: int, timeout: float
-    ) -> list[RedisDelivery]:
-        got = super().receive_many(queues, limit=limit, timeout=timeout)
+    def _receive_many(
+        self, queues: list[str], limit: int, timeout: float
+    ) -> Sequence[Delivery]:
+        got = super()._receive_many(queues, limit, timeout)
         with self._watch:
             self.limits.append(limit)
             if got:
@@ -71,29 +71,27 @@ class Watched(RedisTransport):
                 raise ConnectionLost("ack lost (test)", url=self.url)
             self.acked.extend(ids)
 
-    def ack_many(self, deliveries: Sequence[Delivery]) -> None:
+    def _ack_many(self, deliveries: list[Delivery]) -> None:
         self._check_acks(deliveries)
-        self._in_batch.on = True
-        try:
-            super().ack_many(deliveries)
-        finally:
-            self._in_batch.on = False
+        super()._ack_many(deliveries)
 
-    def _forget(self, *deliveries: RedisDelivery) -> None:
-        if self.refuse_single_acks and not getattr(self._in_batch, "on", False):
+    def _settle(self, delivery: Delivery, how: Settlement, reason: str) -> None:
+        # Single settlements only: batches go through _ack_many and the fused path.
+        if self.refuse_single_acks and how in ("ack", "reject"):
             raise ConnectionLost("ack lost (test)", url=self.url)
-        super()._forget(*deliveries)
+        super()._settle(delivery, how, reason)
 
     def store_ack_and_receive(
         self, results: Sequence[tuple[Delivery, PendingResult]], deliveries: Sequence[Delivery],
         queues: Sequence[str], *, limit: int,
-    ) -> tuple[list[RedisDelivery], list[int]]:
+    ) -> tuple[Sequence[Delivery], list[int]]:
         self._check_acks(deliveries)
         ids = [str(d.frame.task_id) for d, _ in results]
         with self._watch:
             if self.fail_first_store and not self.failed:
                 self.failed.extend(ids)
                 raise ConnectionLost("store lost (test)", url=self.url)
+        # The forwarder of FusedSettlement (RedisTransport offers it) is next in line.
         got, skipped = super().store_ack_and_receive(results, deliveries, queues, limit=limit)
         with self._watch:
             self.refills.append((limit, len(got)))
@@ -106,11 +104,11 @@ class Watched(RedisTransport):
             self.acked.extend(t for i, t in enumerate(ids) if i not in skipped)
         return got, skipped
 
-    def ack_and_receive(
-        self, deliveries: Sequence[Delivery], queues: Sequence[str], *, limit: int
-    ) -> list[RedisDelivery]:
+    def _ack_and_receive(
+        self, deliveries: list[Delivery], queues: list[str], limit: int
+    ) -> Sequence[Delivery]:
         self._check_acks(deliveries)
-        got = super().ack_and_receive(deliveries, queues, limit=limit)
+        got = super()._ack_and_receive(deliveries, queues, limit)
         with self._watch:
             self.refills.append((limit, len(got)))
         return got

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any, Self, TypeVar, cast
+from typing import TYPE_CHECKING, TypeVar, cast
 
 from wiretask.errors import ValidationError
 from wiretask.protocol.frame import Outgoing
@@ -54,9 +54,12 @@ class ForwardingTransport(Transport):
     public methods check their arguments before any hook runs, as for every transport.
 
     It offers exactly the optional capabilities ``inner`` offers (``Inspection``,
-    ``BrokerDelay``, ``FusedSettlement``), forwarded too: an instance's class is a
-    subclass of the class you instantiate that adds the forwarding methods of each, so
-    ``isinstance(wrapper, Inspection)`` is ``isinstance(inner, Inspection)``.
+    ``BrokerDelay``, ``FusedSettlement``), forwarded too: ``__init__`` turns the instance
+    into one of a subclass of its class that adds the forwarding methods of each
+    (cached per class and set of capabilities), so ``isinstance(wrapper, Inspection)``
+    is ``isinstance(inner, Inspection)``. A subclass may build ``inner`` in its own
+    ``__init__``; its methods come first, so it can watch a capability method too and
+    reach the forwarder with ``super()``.
 
     Deliveries are wrapped (``ForwardedDelivery``) so that single settlements reach
     ``_settle``; they are unwrapped on the way back to ``inner`` (``ack_many``, the
@@ -71,12 +74,6 @@ class ForwardingTransport(Transport):
 
     inner: Transport
 
-    def __new__(cls, inner: Transport, *args: Any, **kwargs: Any) -> Self:
-        offered = tuple(
-            mixin for capability, mixin in _FORWARDERS if isinstance(inner, capability)
-        )
-        return super().__new__(_forwarding_class(cls, offered))
-
     def __init__(self, inner: Transport) -> None:
         if not isinstance(inner, Transport):
             raise ValidationError(
@@ -85,6 +82,12 @@ class ForwardingTransport(Transport):
         self.inner = inner
         self.url = inner.url
         self.capabilities = inner.capabilities
+        offered = tuple(
+            mixin for capability, mixin in _FORWARDERS if isinstance(inner, capability)
+        )
+        # Now that ``inner`` is known (a subclass may build it in its own __init__), this
+        # instance becomes one of its class plus the forwarders of what ``inner`` offers.
+        self.__class__ = _forwarding_class(type(self), offered)
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} of {self.inner!r}>"

@@ -552,6 +552,19 @@ class _Kit:
         t = self.new()
         assert isinstance(t, Inspection)  # not_applicable() skips otherwise
         q = self.queue("inspect")
+        refused: list[tuple[str, Callable[[], object]]] = [
+            ("size('')", lambda: t.size("")),
+            ("purge('')", lambda: t.purge("")),
+            ("peek('')", lambda: t.peek("")),
+            ("dead_letters('')", lambda: t.dead_letters("")),
+            ("peek(limit=-1)", lambda: t.peek(q, limit=-1)),
+        ]
+        for what, call in refused:
+            try:
+                call()
+            except ValidationError:
+                continue
+            fail(f"{what} did not raise ValidationError")
         later = datetime.now(UTC) + timedelta(minutes=10)
         ready = [f"r{i}".encode() for i in range(3)]
         t.publish_many([Outgoing(self.frame(body), Route(q)) for body in ready])
@@ -699,9 +712,10 @@ class _Kit:
             except TransportError:
                 continue
             fail("ack() after ack_many did not raise TransportError")
-        # One settled already: the others are still acknowledged, then it raises.
+        # One settled already (first in the batch): the others are still acknowledged,
+        # then it raises.
         try:
-            t.ack_many([taken[3], taken[0]])
+            t.ack_many([taken[0], taken[3]])
         except TransportError:
             pass
         else:
