@@ -53,7 +53,7 @@ from wiretask.results import ResultBackend, backend_from_url
 from wiretask.results.exceptions import exception_from_meta
 from wiretask.retry import RetryPolicy, call_with_retry
 from wiretask.transports.base import Transport
-from wiretask.transports.url import transport_from_url
+from wiretask.transports.url import mask_url, transport_from_url
 
 __all__ = ["App", "AsyncResult", "Request", "Settings", "Task", "TaskSignature"]
 
@@ -214,8 +214,9 @@ class App:
             keeps one for publishing and every worker asks for its own), all talking to
             the same broker; e.g. ``lambda: MyTransport(...)`` or a ``functools.partial``.
             Not a transport instance (refused: it cannot be shared by the app and its
-            workers), and not together with ``broker``. The result backend is still
-            ``backend`` (its default is then the embedded SQLite store).
+            workers), and not together with ``broker`` or the ``broker_url`` setting
+            (refused, then or whenever a transport is made). The result backend is
+            still ``backend`` (its default is then the embedded SQLite store).
         registry: the codec registry (default: ``default_registry`` with ``accept_content``).
         clock: a function returning an aware "now" (tests inject one).
         **settings: any of ``DEFAULT_SETTINGS`` (Celery's names).
@@ -232,18 +233,12 @@ class App:
         transport: Callable[[], Transport] | None = None,
         **settings: Any,
     ) -> None:
-        if transport is not None:
-            if isinstance(transport, Transport) or not callable(transport):
-                raise ImproperlyConfigured(
-                    f"transport= takes a factory (a callable returning a new Transport), got "
-                    f"{transport!r}: the app and each worker need a transport of their own",
-                    setting="transport",
-                )
-            if broker is not None:
-                raise ImproperlyConfigured(
-                    "pass broker= (a URL) or transport= (a factory), not both",
-                    setting="transport",
-                )
+        if transport is not None and (isinstance(transport, Transport) or not callable(transport)):
+            raise ImproperlyConfigured(
+                f"transport= takes a factory (a callable returning a new Transport), got "
+                f"{transport!r}: the app and each worker need a transport of their own",
+                setting="transport",
+            )
         self.main = main
         self.conf = Settings(DEFAULT_SETTINGS)
         self.conf.update(settings)
@@ -257,6 +252,7 @@ class App:
         self._lock = threading.RLock()
         self._transport: Transport | None = None
         self._transport_factory = transport
+        self._check_transport_source()
         self._backend: ResultBackend | None = None
         self._declared: set[str] = set()
         self._call_builder: calling.CallBuilder | None = None
@@ -325,6 +321,7 @@ class App:
         """
         if self._transport_factory is None:
             return transport_from_url(self.broker_url)
+        self._check_transport_source()
         made = self._transport_factory()
         if not isinstance(made, Transport):
             raise ImproperlyConfigured(
@@ -332,6 +329,14 @@ class App:
                 setting="transport",
             )
         return made
+
+    def _check_transport_source(self) -> None:
+        if self._transport_factory is not None and self.conf.broker_url:
+            raise ImproperlyConfigured(
+                f"broker_url is set ({mask_url(str(self.conf.broker_url))}) but this app "
+                "takes its transports from its transport= factory: pass one or the other",
+                setting="broker_url",
+            )
 
     @property
     def backend(self) -> ResultBackend:

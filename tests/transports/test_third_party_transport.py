@@ -118,8 +118,16 @@ def test_app_refuses_what_is_not_a_transport_factory(
     assert info.value.setting == "transport"
     with pytest.raises(ImproperlyConfigured, match="takes a factory"):
         App("proof", transport=cast(Any, "local://x"))
-    with pytest.raises(ImproperlyConfigured, match="not both"):
+    with pytest.raises(ImproperlyConfigured, match="broker_url is set") as info:
         App("proof", broker="memory://", transport=lambda: instance)
+    assert info.value.setting == "broker_url"
+    with pytest.raises(ImproperlyConfigured, match="broker_url is set"):
+        App("proof", broker_url="memory://", transport=lambda: instance)
+    later = App("proof", transport=lambda: instance)
+    later.conf.broker_url = "redis://:secret@127.0.0.1/0"  # as `wiretask worker --broker`
+    with pytest.raises(ImproperlyConfigured, match="broker_url is set") as info:
+        later.new_transport()
+    assert "secret" not in str(info.value)
     app = App("proof", transport=cast(Any, lambda: "local://x"))
     with pytest.raises(ImproperlyConfigured, match="returned 'local://x', not a Transport"):
         app.new_transport()
