@@ -333,7 +333,7 @@ def _cmd_call(args: argparse.Namespace) -> int:
 
 
 def _describe(peeked: Peeked, app: App, now: datetime) -> tuple[list[str], dict[str, Any]]:
-    """One ``inspect`` row and its JSON form, for a message seen by ``Transport.peek``."""
+    """One ``inspect`` row and its JSON form, for a message seen by ``Inspection.peek``."""
     frame = peeked.frame
     not_before = peeked.not_before
     record: dict[str, Any] = {

@@ -4,7 +4,8 @@ A result backend stores the meta dict of each task (``wiretask.protocol.states.m
 Celery's shape, ``celery-protocol.md`` §G.1), reads it back, and streams state changes of
 one task to subscribers (``AsyncResult.get(on_message=...)``).
 
-Rules every backend follows (``wiretask.testing.check_backend`` checks them):
+Rules every backend follows (``wiretask.testing.check_backend`` checks each of them, and
+``DeferredStore`` when a backend offers it):
 
 * **First final outcome wins.** A store is ignored when the stored state may not be
   followed by the new one (``states.may_follow``): once a task is ``SUCCESS``,
@@ -261,19 +262,34 @@ class ResultBackend(abc.ABC):
     @abc.abstractmethod
     def get(self, task_id: str) -> dict[str, Any] | None:
         """The stored meta dict, or ``None`` if nothing is stored (the task reads as
-        ``PENDING``) or the result expired."""
+        ``PENDING``) or the result expired.
+
+        Raises:
+            ConnectionLost, TransportError: the read failed.
+            DecodeError: the stored value does not decode.
+        """
 
     @abc.abstractmethod
     def forget(self, task_id: str) -> None:
-        """Remove the stored result (a later store starts afresh)."""
+        """Remove the stored result (a later store starts afresh).
+
+        Raises:
+            ConnectionLost, TransportError: the delete failed.
+        """
 
     @abc.abstractmethod
     def subscribe(self, task_id: str) -> Subscription:
-        """Start listening to the task's state changes (see ``Subscription``)."""
+        """Start listening to the task's state changes (see ``Subscription``).
+
+        Raises:
+            ConnectionLost, TransportError: subscribing failed (a backend may instead
+                report it from the subscription's first ``next``).
+        """
 
     @abc.abstractmethod
     def close(self) -> None:
-        """Release connections. Idempotent; open subscriptions stop working."""
+        """Release connections. Idempotent; open subscriptions stop working, and what
+        was stored stays stored."""
 
     def __enter__(self) -> Self:
         return self

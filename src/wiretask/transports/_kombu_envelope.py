@@ -137,7 +137,7 @@ def encode(frame: Frame, *, exchange: str, routing_key: str, delivery_tag: str) 
         "properties": properties,
     }
     # Refuse what JSON would not carry faithfully, as the other transports do
-    # (``base.dump_json_mapping``): json.dumps quietly turns a key 1 into "1", and writes
+    # (``_json.dump_json_mapping``): json.dumps quietly turns a key 1 into "1", and writes
     # NaN, which is not JSON. This check is the cheap part of that rule; json.dumps
     # refuses the rest (bytes, datetimes, sets). orjson refuses a non-string key at any
     # depth in a fraction of the time of the Python walk; when it refuses anything at

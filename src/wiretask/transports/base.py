@@ -360,7 +360,7 @@ class Transport(abc.ABC):
                 same ``frame`` object: brokers that can tell a retry use that).
             TransportError: not recoverable.
         """
-        self._publish((self._prepare(frame, route, not_before),))
+        self._publish((self._prepare_one(frame, route, not_before),))
 
     @final
     def publish_many(self, messages: Sequence[Outgoing]) -> None:
@@ -379,11 +379,13 @@ class Transport(abc.ABC):
                 raise ValidationError(
                     "messages", f"must hold Outgoing values, got {type(message).__name__}"
                 )
-            prepared.append(self._prepare(message.frame, message.route, message.not_before))
+            prepared.append(self._prepare_one(message.frame, message.route, message.not_before))
         if prepared:
             self._publish(prepared)
 
-    def _prepare(self, frame: Frame, route: Route, not_before: datetime | None) -> Prepared:
+    def _prepare_one(
+        self, frame: Frame, route: Route, not_before: datetime | None
+    ) -> Prepared:
         # The one place where a message is checked on its way out (the publish hot path:
         # keep it to type checks and arithmetic).
         if not isinstance(frame, Frame):

@@ -372,7 +372,7 @@ class RedisTransport(Transport):
                 batch.append((message, *kept))
                 retrying = True
             else:
-                batch.append((message, self._staged(message, tag), None))
+                batch.append((message, self._prepare(message, tag), None))
                 fresh = fresh or tag
             routed = routed or bool(message.route.exchange)
         if not batch:
@@ -454,7 +454,7 @@ class RedisTransport(Transport):
             return staged, marker
         return None
 
-    def _staged(self, message: Prepared, tag: str | None = None) -> _Staged:
+    def _prepare(self, message: Prepared, tag: str | None = None) -> _Staged:
         frame = message.frame
         route = message.route
         key = route.key
