@@ -131,3 +131,30 @@ def test_app_refuses_what_is_not_a_transport_factory(
     app = App("proof", transport=cast(Any, lambda: "local://x"))
     with pytest.raises(ImproperlyConfigured, match="returned 'local://x', not a Transport"):
         app.new_transport()
+
+
+def test_the_documents_forwarding_example_watches_a_real_worker(name: str) -> None:
+    """Step 10's ``AckLog`` around the memory transport sees every ack of a worker."""
+    text = DOC.read_text(encoding="utf-8")
+    [example] = [block for block in re.findall(r"```python\n(.*?)```", text, flags=re.S)
+                 if "class AckLog" in block]
+    with App("proof", broker=f"memory://{name}", backend=f"memory://{name}") as app:
+
+        @app.task(name="proof.double")
+        def double(i: int) -> int:
+            return 2 * i
+
+        results = [double.delay(i) for i in range(6)]
+        namespace: dict[str, Any] = {"app": app}
+        exec(compile(example, str(DOC), "exec"), namespace)  # the document's own code
+        worker = namespace["worker"]
+        with worker:
+            assert [r.get(timeout=10) for r in results] == [0, 2, 4, 6, 8, 10]
+            deadline = time.monotonic() + 10
+            while len(worker.transport.acked) < 6 and time.monotonic() < deadline:
+                time.sleep(0.05)
+        assert sorted(worker.transport.acked) == sorted(r.id for r in results)
+        transport = app.transport
+        assert isinstance(transport, Inspection)
+        assert transport.size("celery") == 0
+    memory.reset(name)
