@@ -302,8 +302,9 @@ class _BackendKit:
         backend.store(gone, states.make_meta(gone, states.SUCCESS, "gone"))
         # ... and the result is still there past the first store's expiry,
         time.sleep(max(1.2 * short - (time.monotonic() - started), 0))
-        if time.monotonic() - restarted < short:  # only if the clock allows the claim
-            expect(self.status_of(backend.get(gone)) == states.SUCCESS,
+        got = backend.get(gone)
+        if time.monotonic() - restarted < short:  # the read was surely before the expiry
+            expect(self.status_of(got) == states.SUCCESS,
                    f"a result expired {short:g} s after its first store, not its last")
         # ... and gone once ``expires`` passed since the last one.
         deadline = restarted + short + self.wait
