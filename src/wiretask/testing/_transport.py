@@ -782,10 +782,6 @@ class _Kit:
             t.publish(self.frame(b"far"), Route(q), not_before=far)
         not_before = datetime.now(UTC) + timedelta(seconds=self.delay)
         t.publish(self.frame(b"soon"), Route(q), not_before=not_before)
-        if native:
-            t.due()
-            expect(t.receive([q], timeout=0) is None,
-                   "a delayed message was deliverable before its not_before (after due())")
         time.sleep(max(not_before.timestamp() - time.time(), 0) + self.clock_tolerance)
         moved = t.due()
         if native:
