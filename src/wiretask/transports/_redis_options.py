@@ -15,9 +15,9 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import attrs
 
+from wiretask._url import mask_url
 from wiretask.errors import ImproperlyConfigured
 from wiretask.transports._kombu_envelope import PRIORITY_STEPS
-from wiretask.transports.url import mask_url
 
 __all__ = ["DelayMode", "Keys", "RedisOptions", "parse"]
 
