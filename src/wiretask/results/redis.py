@@ -44,7 +44,6 @@ from __future__ import annotations
 
 import contextlib
 import time
-import uuid
 import weakref
 from collections.abc import Iterator, Mapping
 from datetime import timedelta
@@ -53,6 +52,7 @@ from typing import TYPE_CHECKING, Any, Final
 import redis
 import redis.exceptions
 
+from wiretask._ids import new_id
 from wiretask.errors import (
     ConnectionLost,
     DecodeError,
@@ -309,9 +309,9 @@ class RedisSubscription(Subscription):
     def _start(self, *, deliver_unchanged: bool) -> None:
         """Subscribe, wait for the confirmations, take the snapshot with the token."""
         backend = self._backend
-        sync = f"{backend.global_keyprefix}{SYNC_PREFIX}{uuid.uuid4().hex}"
+        sync = f"{backend.global_keyprefix}{SYNC_PREFIX}{new_id()}"
         self._sync_channel = sync.encode()
-        self._token = uuid.uuid4().hex.encode()
+        self._token = new_id().encode()
         try:
             current = self._subscribe_and_snapshot()
         except BaseException:

@@ -85,10 +85,8 @@ import base64
 import json
 import logging
 import math
-import os
 import threading
 import time
-import uuid
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Literal, NamedTuple, cast
@@ -99,6 +97,7 @@ from redis.client import Pipeline
 from redis.exceptions import LockError
 from redis.retry import Retry
 
+from wiretask._ids import new_id, new_ids
 from wiretask.errors import (
     ConnectionLost,
     ImproperlyConfigured,
@@ -400,7 +399,7 @@ class RedisTransport(Transport):
         markers = self.publish_markers
         # (message, staged, marker of its earlier attempt when this is a retry)
         batch: list[tuple[Outgoing, _Staged, str | None]] = []
-        tags = new_tags(len(messages))
+        tags = new_ids(len(messages))
         fresh: str | None = None
         retrying = routed = False  # any retried message; any named exchange
         for message, tag in zip(messages, tags, strict=True):
@@ -416,7 +415,7 @@ class RedisTransport(Transport):
             return
         # One marker per attempt, named after a tag that is new in this attempt (a
         # retried message's earlier marker must keep meaning "that attempt landed").
-        marker = self._marker(fresh or str(uuid.uuid4())) if markers else ""
+        marker = self._marker(fresh or new_id()) if markers else ""
         commands = self._commands
         landed: set[str] = set()
         checked = False
@@ -517,7 +516,7 @@ class RedisTransport(Transport):
             if self.delay_mode == "celery" or (due is not None and due <= time.time()):
                 due = None
         if tag is None:
-            tag = new_tags(1)[0]
+            tag = new_id()
         entry = encode(frame, exchange=route.exchange, routing_key=key, delivery_tag=tag)
         return _Staged(route, tag, entry, bucket, due)
 
@@ -1077,21 +1076,6 @@ class _Staged(NamedTuple):
     entry: str
     bucket: int
     due: float | None
-
-
-#: The variant digit of a version 4 UUID for each hex digit of random input.
-_VARIANT = {digit: "89ab"[int(digit, 16) & 3] for digit in "0123456789abcdef"}
-
-
-def new_tags(count: int) -> list[str]:
-    """``count`` random version 4 UUIDs as text, exactly the form of
-    ``str(uuid.uuid4())`` (Kombu's delivery tags), from one read of the OS's random
-    source (uuid4 reads it per UUID, and builds an object around each)."""
-    raw = os.urandom(16 * count).hex()
-    return [
-        f"{h[:8]}-{h[8:12]}-4{h[13:16]}-{_VARIANT[h[16]]}{h[17:20]}-{h[20:]}"
-        for h in (raw[i:i + 32] for i in range(0, 32 * count, 32))
-    ]
 
 
 class _Writes:

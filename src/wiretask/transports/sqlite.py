@@ -64,7 +64,6 @@ import os
 import sqlite3
 import threading
 import time
-import uuid
 import weakref
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -73,6 +72,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, unquote, urlsplit
 
+from wiretask._ids import new_id
 from wiretask.errors import (
     ConnectionLost,
     DecodeError,
@@ -295,7 +295,7 @@ class SQLiteTransport(Transport):
             multi_process=True,
         )
         # Identifies this transport's leases; the heartbeat extends rows with this owner.
-        self.owner = uuid.uuid4().hex
+        self.owner = new_id()
         self._lock = threading.RLock()
         self._conn: sqlite3.Connection | None = None
         self._unsettled: dict[str, SQLiteDelivery] = {}
@@ -447,7 +447,7 @@ class SQLiteTransport(Transport):
                     "fork() while a thread was using the SQLite broker %s: the child "
                     "cannot use this database safely", self.url,
                 )
-        self.owner = uuid.uuid4().hex
+        self.owner = new_id()
         self._lock = threading.RLock()
         self._unsettled = {}
         self._heartbeat = None
@@ -626,7 +626,7 @@ class SQLiteTransport(Transport):
                 return None, None
             if first > now:
                 return None, float(first)
-            lease = uuid.uuid4().hex
+            lease = new_id()
             with self._session("receiving", write=True) as conn:
                 # Promote: due delayed rows and rows whose lease lapsed (their consumer
                 # died or stalled) become ready; a lapsed lease means a redelivery.
