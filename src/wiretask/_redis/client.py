@@ -26,6 +26,7 @@ from redis.exceptions import (
     MasterDownError,
     NoScriptError,
     ReadOnlyError,
+    RedisError,
     ResponseError,
 )
 
@@ -154,10 +155,11 @@ class Commands:
 
     def run(self, commands: Sequence[tuple[Any, ...]]) -> list[Any]:
         """Send ``commands`` in one write and return their replies, in order. An error
-        reply is raised (the first one) after every reply was read."""
+        reply is raised (the first one, as redis-py's exception for it) after every
+        reply was read."""
         link = self._take()
         connection = link.connection
-        error: ResponseError | None = None
+        error: RedisError | None = None
         try:
             sock = connection._sock
             if sock is not None and sock is link.sock and _stale(link):
@@ -180,7 +182,9 @@ class Commands:
                 replies = _round_trip(link, b"".join(_pack(c) for c in commands),
                                       len(commands))
             for reply in replies:
-                if isinstance(reply, ResponseError):
+                # An error reply, parsed into redis-py's class for it: a ResponseError,
+                # or another (LOADING is a BusyLoadingError, a ConnectionError).
+                if isinstance(reply, RedisError):
                     error = error or reply
                     if isinstance(reply, _WRONG_SERVER):
                         connection.disconnect()
@@ -222,7 +226,7 @@ class Commands:
         if not isinstance(replies, list):  # pragma: no cover - nil only after a WATCH
             raise ResponseError(f"EXEC: transaction not run ({replies!r})")
         for reply in replies:
-            if isinstance(reply, ResponseError):
+            if isinstance(reply, RedisError):
                 raise reply
         return replies
 
