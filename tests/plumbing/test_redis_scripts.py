@@ -96,10 +96,11 @@ def test_write_command(expires: float | None, command: tuple[str, ...]) -> None:
 
 
 def test_read_pop() -> None:
-    assert scripts.read_pop([0, "", []]) == (0, None, [], [])
-    assert scripts.read_pop([0, "12.500000", [1, 3]]) == (0, 12.5, [0, 2], [])
-    assert scripts.read_pop([2, "", [2], 1, b"e1", b"tag1", 2, b"e2", b""]) == (
-        2, None, [1], [(0, b"e1", "tag1"), (1, b"e2", "")])
+    queues = ["a", "b"]
+    assert scripts.read_pop([0, "", []], queues) == (0, None, [], [])
+    assert scripts.read_pop([0, "12.500000", [1, 3]], queues) == (0, 12.5, [0, 2], [])
+    assert scripts.read_pop([2, "", [2], 2, b"e1", b"tag1", 1, b"e2", b""], queues) == (
+        2, None, [1], [("b", b"e1", "tag1"), ("a", b"e2", "")])
 
 
 @pytest.fixture
@@ -122,8 +123,9 @@ def test_builders_run_on_a_real_server(commands: Commands) -> None:
     commands.call("LPUSH", "b", envelope)
     reply = scripts.read_pop(commands.script(scripts.pop(
         keys, queues=["a", "b"], lists=["a", "b"], now=1.0, promote_limit=10, limit=5,
-        results=[("x", pending("k", b"new", None)), ("y", pending("k2", b"v2", None))])))
-    assert reply == (1, None, [0], [(1, envelope, "tag1")])  # "k" existed: not stored
+        results=[("x", pending("k", b"new", None)), ("y", pending("k2", b"v2", None))])),
+        ["a", "b"])
+    assert reply == (1, None, [0], [("b", envelope, "tag1")])  # "k" existed: not stored
     assert commands.call("GET", "k2") == b"v2"
     assert commands.script(scripts.ack(keys, ["tag1"])) == 1
 

@@ -245,24 +245,22 @@ class Popped(NamedTuple):
     #: Positions (0-based) in the call's ``results`` that were not written: their key
     #: existed, and their deliveries were not acknowledged.
     not_stored: list[int]
-    #: ``(position of its queue in the call's queues, entry, delivery tag)`` per pop; the
-    #: tag is '' when the entry is not an envelope (popped, but not recorded as unacked).
-    entries: list[tuple[int, bytes, str]]
+    #: ``(its queue, entry, delivery tag)`` per pop, in order; the tag is '' when the
+    #: entry is not an envelope (popped, but not recorded as unacked).
+    entries: list[tuple[str, bytes, str]]
 
 
-def read_pop(reply: Any) -> Popped:
-    """Read the reply of a ``POP`` call."""
-    count = int(reply[0])
-    not_stored = [int(i) - 1 for i in reply[2]]
-    if not count:
+def read_pop(reply: Any, queues: Sequence[str]) -> Popped:
+    """Read the reply of a ``POP`` call made for ``queues`` (the same sequence, in the
+    same order). On the receive path: one pass over the reply."""
+    taken = int(reply[0])
+    not_stored = [int(i) - 1 for i in reply[2]] if reply[2] else []
+    if not taken:
         return Popped(0, float(reply[1]) if reply[1] else None, not_stored, [])
-    entries = [(int(reply[i]) - 1, reply[i + 1], _text(reply[i + 2]))
-               for i in range(3, 3 + 3 * count, 3)]
-    return Popped(count, None, not_stored, entries)
-
-
-def _text(value: bytes | str) -> str:
-    return value.decode("utf-8") if isinstance(value, bytes) else value
+    return Popped(taken, None, not_stored, [
+        (queues[int(reply[i]) - 1], reply[i + 1], reply[i + 2].decode("utf-8"))
+        for i in range(3, 3 + 3 * taken, 3)
+    ])
 
 
 #: Acknowledge deliveries: Kombu's ``_remove_from_indices`` (``ZREM`` + ``HDEL``) for

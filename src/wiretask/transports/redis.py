@@ -663,13 +663,12 @@ class RedisTransport(Transport):
         lists = [k.p(queue_key(queue, step)) for step in self._steps for queue in order]
         call = scripts.pop(k, queues=order, lists=lists, now=time.time(),
                            promote_limit=_PROMOTE_LIMIT, limit=limit, ack_tags=ack,
-                           results=[(d.delivery_tag, p) for d, p in results])
+                           results=[(d.delivery_tag, p) for d, p in results] if results else ())
         with self._errors("receive"):
-            reply = scripts.read_pop(self._commands.script(call))
+            reply = scripts.read_pop(self._commands.script(call), order)
         if not reply.taken:
             return [], 0, reply.next_due, reply.not_stored
-        popped = [(order[q], raw, tag) for q, raw, tag in reply.entries]
-        return self._take_all(names, popped), reply.taken, None, reply.not_stored
+        return self._take_all(names, reply.entries), reply.taken, None, reply.not_stored
 
     def _take_all(
         self, names: list[str], popped: list[tuple[str, bytes, str]]
