@@ -232,3 +232,22 @@ def test_real_failures_translate_the_same_in_the_broker_and_the_backend(
     assert info.value.url is not None and str(target.path) in info.value.url
     if error is ConnectionLost:
         target.write()  # the same object works once the cause is gone: recoverable
+
+
+def test_the_backend_replaces_a_connection_after_an_error_that_makes_it_suspect(
+        tmp_path: Path) -> None:
+    # SQLITE_IOERR cannot be produced on demand: raised inside the backend's boundary.
+    backend = SQLiteBackend(f"sqlite:///{tmp_path / 'r.db'}")
+    try:
+        backend.store("t", make_meta("t", "PROGRESS", 1))
+        first = backend._conn()
+        for exc, kept in [(sqlite_error(OP, 5, "SQLITE_BUSY"), True),
+                          (sqlite_error(OP, 10 | (3 << 8), "SQLITE_IOERR_WRITE"), False)]:
+            with pytest.raises(ConnectionLost), backend._errors("get"):
+                raise exc
+            assert (backend._conn() is first) is kept
+        assert backend.get("t") == make_meta("t", "PROGRESS", 1)  # on a new connection
+        with pytest.raises(sqlite3.ProgrammingError):
+            first.execute("SELECT 1")  # the suspect one was closed
+    finally:
+        backend.close()
