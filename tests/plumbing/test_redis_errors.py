@@ -415,9 +415,18 @@ def closed_port(lab: Lab, name: str) -> Prepared:
 
 def sleeping(lab: Lab, name: str) -> Prepared:
     url = f"{base(lab)}?socket_timeout=0.3"
-    sleeper = threading.Thread(target=lab.admin.execute_command, args=("DEBUG", "SLEEP", "1"))
+    sleeper = threading.Thread(target=lab.admin.execute_command,
+                               args=("DEBUG", "SLEEP", "1.5"))
     sleeper.start()
-    time.sleep(0.1)
+    deadline = time.monotonic() + 5
+    with socket.create_connection(("127.0.0.1", lab.server.port), timeout=0.05) as probe:
+        while time.monotonic() < deadline:  # until the server stops answering
+            try:
+                probe.sendall(b"PING\r\n")
+                probe.recv(64)
+            except TimeoutError:
+                break
+            time.sleep(0.01)
     return Prepared(url, sleeper.join)
 
 
