@@ -44,10 +44,10 @@ from _common import (
 )
 from celery import Celery
 
+from wiretask._ids import new_id
 from wiretask.app import App
 from wiretask.protocol.celery import encode
 from wiretask.transports._kombu_envelope import encode as kombu_entry
-from wiretask.transports.redis import new_tags
 
 WT_QUEUE = "bench.wiretask"
 CELERY_QUEUE = "bench.celery"
@@ -110,7 +110,7 @@ class NoGlue:
     def publish(self) -> object:
         call = self.app.build_call(TASK_NAME, SMALL_ARGS, SMALL_KWARGS)
         frame = encode(call.message, self.app.registry)
-        tag = new_tags(1)[0]
+        tag = new_id()
         entry = kombu_entry(frame, exchange="", routing_key=WT_QUEUE, delivery_tag=tag)
         pack = hiredis.pack_command
         return self.replies(

@@ -14,7 +14,7 @@ import socket
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import pytest
@@ -49,9 +49,11 @@ def missing_broker(what: str) -> None:
 class RedisServer:
     """A redis-server process on 127.0.0.1 that a test may stop and start again."""
 
-    def __init__(self, binary: str, port: int | None = None) -> None:
+    def __init__(self, binary: str, port: int | None = None, args: Sequence[str] = ()) -> None:
         self.binary = binary
         self.port = port or free_port()
+        #: More ``redis-server`` arguments (``--enable-debug-command``, ...).
+        self.args = tuple(args)
         self.dir = tempfile.mkdtemp(prefix="wiretask-redis-")
         self.proc: subprocess.Popen[bytes] | None = None
 
@@ -59,10 +61,11 @@ class RedisServer:
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.port}"
 
-    def start(self) -> None:
+    def start(self, *, ready: tuple[bytes, ...] = (b"+PONG",)) -> None:
+        """Start, and return once a ``PING`` is answered with one of ``ready``."""
         self.proc = subprocess.Popen(
             [self.binary, "--bind", "127.0.0.1", "--port", str(self.port), "--save", "",
-             "--appendonly", "no", "--dir", self.dir, "--loglevel", "warning"],
+             "--appendonly", "no", "--dir", self.dir, "--loglevel", "warning", *self.args],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )
         deadline = time.monotonic() + 10
@@ -70,7 +73,7 @@ class RedisServer:
             try:
                 with socket.create_connection(("127.0.0.1", self.port), timeout=0.2) as s:
                     s.sendall(b"PING\r\n")
-                    if s.recv(16).startswith(b"+PONG"):
+                    if s.recv(16).startswith(ready):
                         return
             except OSError:
                 time.sleep(0.05)

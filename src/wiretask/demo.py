@@ -31,7 +31,6 @@ import sys
 import tempfile
 import threading
 import time
-import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from datetime import timedelta
 from pathlib import Path
@@ -39,6 +38,7 @@ from types import FrameType
 from typing import Any, ParamSpec, TextIO, TypeVar
 
 import wiretask
+from wiretask._ids import new_id
 from wiretask.app import App, AsyncResult, Task
 from wiretask.errors import WiretaskError
 from wiretask.protocol import states
@@ -437,7 +437,7 @@ class Tour:
     def links(self) -> None:
         t = self.t
         t.heading(5, "link and link_error: callbacks on success and on failure")
-        callback_id = str(uuid.uuid4())
+        callback_id = new_id()
         t.code("add.apply_async((2, 3), link=mul.s(10))")
         result = add.apply_async((2, 3), link=mul.s(10).set(task_id=callback_id))
         t.detail("sent", f"task {_short(result.id)}")

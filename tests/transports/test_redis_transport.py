@@ -21,6 +21,7 @@ import pytest
 import redis
 import redis.commands.core
 
+from wiretask._redis.client import Commands
 from wiretask.errors import (
     ConnectionLost,
     EncodeError,
@@ -29,7 +30,6 @@ from wiretask.errors import (
     ValidationError,
 )
 from wiretask.protocol.frame import Frame, Outgoing, Route
-from wiretask.transports import _redis_scripts as scripts
 from wiretask.transports.redis import RedisDelivery, RedisTransport, run_scheduler
 from wiretask.transports.url import transport_from_url
 
@@ -872,17 +872,17 @@ def _lose_pushes(monkeypatch: pytest.MonkeyPatch, landed: list[bool]) -> list[bo
     transaction of a single message or of a whole batch) fail with ConnectionError, each
     after running (True: the reply was lost) or without running (False). Returns the
     plan, which empties as it is used."""
-    original = scripts.Commands.transaction
+    original = Commands.transaction
     plan = list(landed)
 
-    def flaky(self: scripts.Commands, commands: Any) -> Any:
+    def flaky(self: Commands, commands: Any) -> Any:
         if plan:
             if plan.pop(0):
                 original(self, commands)
             raise redis.ConnectionError("connection dropped before the reply")
         return original(self, commands)
 
-    monkeypatch.setattr(scripts.Commands, "transaction", flaky)
+    monkeypatch.setattr(Commands, "transaction", flaky)
     return plan
 
 

@@ -26,7 +26,7 @@ from wiretask.errors import (
 )
 from wiretask.protocol.frame import Frame, Outgoing, Route
 from wiretask.retry import RetryPolicy, call_with_retry
-from wiretask.transports.sqlite import SCHEMA_VERSION, SQLiteTransport, use_wal
+from wiretask.transports.sqlite import SCHEMA_VERSION, SQLiteTransport
 
 Q = Route("q")
 
@@ -600,30 +600,6 @@ def test_a_transport_inherited_through_fork_works_in_the_child(tmp_db: Path) -> 
         _, status = os.waitpid(pid, 0)
         assert os.waitstatus_to_exitcode(status) == 0  # the child's ack kept its lease
         assert observer.size("q") == 0
-
-
-def test_switching_to_wal_waits_for_a_lock_sqlite_would_not_wait_for(tmp_path: Path) -> None:
-    """Whoever opens a new database while another connection switches it to WAL is told
-    "database is locked" at once, without SQLite's busy handler (many workers starting
-    on one new file): ``use_wal`` retries until its timeout instead."""
-    path = tmp_path / "wal.db"
-    holder = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-    holder.execute("CREATE TABLE t (x)")
-    holder.execute("BEGIN EXCLUSIVE")
-    conn = sqlite3.connect(path, timeout=0, isolation_level=None)
-    try:
-        with pytest.raises(sqlite3.OperationalError, match="locked"):
-            use_wal(conn, 0.05)  # gives up after its timeout
-        release = threading.Timer(0.2, holder.execute, ("COMMIT",))
-        release.start()
-        started = time.monotonic()
-        use_wal(conn, 5)
-        assert 0.15 < time.monotonic() - started < 4
-        assert conn.execute("PRAGMA journal_mode").fetchone() == ("wal",)
-        release.join()
-    finally:
-        conn.close()
-        holder.close()
 
 
 def test_many_connections_opening_a_new_file_at_once(tmp_path: Path) -> None:

@@ -40,10 +40,9 @@ from typing import TYPE_CHECKING, Any, Final, Protocol, Self, runtime_checkable
 
 import attrs
 
-from wiretask.errors import DecodeError, ImproperlyConfigured, ValidationError
-
 # One masking rule for broker and backend URLs (passwords and secret query values).
-from wiretask.transports.url import mask_url
+from wiretask._url import mask_url
+from wiretask.errors import DecodeError, ImproperlyConfigured, ValidationError
 
 if TYPE_CHECKING:
     from wiretask.codecs import Encoded, Registry

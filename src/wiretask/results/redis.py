@@ -35,24 +35,31 @@ Where wiretask goes further than Celery:
 Every subscription uses its own pub/sub connection from the client's pool. redis-py
 uses ``hiredis`` for parsing when it is installed (the ``redis`` extra installs it).
 
-Errors: redis-py ``ConnectionError``/``TimeoutError`` become ``ConnectionLost``;
-``AuthenticationError``, ``ResponseError`` and the rest ``TransportError``; both
-chained with ``from`` and naming the URL without its password.
+Errors are translated by ``wiretask._redis.errors.REDIS_ERRORS``, the table the Redis
+transport uses too: what the publish retry may retry (``ConnectionLost``: a lost
+connection, a timeout, a server loading its data or turned replica) is what a
+subscription resynchronizes after, and a wrong password is a ``TransportError`` for
+both. Chained with ``from``, naming the action and the URL, without the password.
 """
 
 from __future__ import annotations
 
 import contextlib
 import time
-import uuid
 import weakref
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, Final
 
 import redis
 import redis.exceptions
 
+from wiretask._errormap import map_exceptions
+from wiretask._ids import new_id
+from wiretask._redis.client import Commands, Target
+from wiretask._redis.errors import REDIS_ERRORS
+from wiretask._redis.options import parse
+from wiretask._redis.scripts import store_if_absent, write_command
 from wiretask.errors import (
     ConnectionLost,
     DecodeError,
@@ -70,7 +77,6 @@ from wiretask.results.base import (
     mask_url,
     resolve_expires,
 )
-from wiretask.transports._redis_scripts import Commands, Script, write_command
 
 if TYPE_CHECKING:
     from wiretask.codecs import Registry
@@ -83,20 +89,6 @@ TASK_KEYPREFIX: Final = "celery-task-meta-"
 SYNC_PREFIX: Final = "wiretask-result-sync-"
 #: ``store`` retries its WATCH transaction this often when other writers keep winning.
 MAX_WATCH_RETRIES: Final = 100
-#: ``store``'s fast path: write and publish a state when the key does not exist yet, in
-#: one round trip (``may_follow(None, ...)`` is always true). Returns 0, writing nothing,
-#: when the key exists; ``store`` then runs its WATCH transaction. ARGV: the value, the
-#: command (``SET``, ``SETEX`` or ``PSETEX``) and, for the last two, the expiry.
-_STORE_IF_ABSENT: Final = Script("""
-if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
-if ARGV[2] == 'SET' then
-  redis.call('SET', KEYS[1], ARGV[1])
-else
-  redis.call(ARGV[2], KEYS[1], ARGV[3], ARGV[1])
-end
-redis.call('PUBLISH', KEYS[1], ARGV[1])
-return 1
-""")
 #: Longest single wait inside ``Subscription.next`` (so ``close()`` is noticed).
 _WAIT_SLICE: Final = 1.0
 
@@ -115,8 +107,6 @@ def _without_transport_options(url: str) -> str:
     """``url`` without the Redis *transport's* own query options. An app's default
     backend is its broker URL, which may carry them (``?delay_mode=celery&
     visibility_timeout=60``); redis-py would refuse them. redis-py's own options stay."""
-    from wiretask.transports._redis_options import parse  # noqa: PLC0415
-
     return parse(url, {}).redis_url
 
 
@@ -174,8 +164,13 @@ class RedisBackend(ResultBackend):
                 f"invalid Redis URL {self.url!r}: {exc}", setting="result_backend"
             ) from exc
         self.socket_timeout = float(socket_timeout)
+        pool = self.client.connection_pool
         #: ``store`` and ``get`` (the worker's hot path) skip redis-py's client.
-        self._commands = Commands(self.client.connection_pool)
+        self._commands = Commands(pool)
+        #: Which database this is: a Redis broker whose ``_redis`` equals it writes
+        #: this backend's states in the script that acks (``stores_results_of``).
+        self._redis = Target.of(pool)
+        self._password: str | None = pool.connection_kwargs.get("password")
         self._subscriptions: weakref.WeakSet[RedisSubscription] = weakref.WeakSet()
         self._closed = False
 
@@ -183,19 +178,16 @@ class RedisBackend(ResultBackend):
         """The key (and channel) of a task: ``celery-task-meta-<task_id>``."""
         return f"{self.keyprefix}{task_id}"
 
-    @contextlib.contextmanager
-    def errors(self, action: str) -> Iterator[None]:
-        """Translate redis-py exceptions raised inside the block."""
+    def errors(self, action: str) -> map_exceptions:
+        """``with backend.errors(action):`` translates redis-py exceptions raised inside
+        the block by ``REDIS_ERRORS``, scrubbing the password.
+
+        Raises:
+            TransportError: the backend is closed.
+        """
         if self._closed:
             raise TransportError("the result backend is closed", url=self.url)
-        try:
-            yield
-        except (redis.exceptions.AuthenticationError, redis.exceptions.AuthorizationError) as exc:
-            raise TransportError(f"Redis {action} refused: {exc}", url=self.url) from exc
-        except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
-            raise ConnectionLost(f"Redis {action} failed: {exc}", url=self.url) from exc
-        except redis.exceptions.RedisError as exc:
-            raise TransportError(f"Redis {action} failed: {exc}", url=self.url) from exc
+        return map_exceptions(REDIS_ERRORS, action, url=self.url, secret=self._password)
 
     def _current_status(self, value: bytes | str | None) -> str | None:
         if value is None:
@@ -229,7 +221,7 @@ class RedisBackend(ResultBackend):
         with self.errors("store"):
             # The common case (nothing stored yet, e.g. a task's only state) in one round
             # trip instead of WATCH, GET and MULTI/EXEC; the same atomic rule.
-            if self._commands.script(_STORE_IF_ABSENT, [key], [data, *write]) == 1:
+            if self._commands.script(store_if_absent(key, data, pending.expires)) == 1:
                 return
         # redis-py's Pipeline.watch is untyped; the pipeline is used through Any.
         client: Any = self.client
@@ -258,11 +250,7 @@ class RedisBackend(ResultBackend):
     def same_database(self, pool: redis.ConnectionPool) -> bool:
         """Whether connections of ``pool`` reach this backend's Redis database (same
         server, database number and credentials), so that one script may write both."""
-        mine = self.client.connection_pool
-        keys = ("host", "port", "path", "db", "username", "password")
-        return mine.connection_class is pool.connection_class and all(
-            mine.connection_kwargs.get(k) == pool.connection_kwargs.get(k) for k in keys
-        )
+        return Target.of(pool) == self._redis
 
     def get(self, task_id: str) -> dict[str, Any] | None:
         with self.errors("get"):
@@ -309,9 +297,9 @@ class RedisSubscription(Subscription):
     def _start(self, *, deliver_unchanged: bool) -> None:
         """Subscribe, wait for the confirmations, take the snapshot with the token."""
         backend = self._backend
-        sync = f"{backend.global_keyprefix}{SYNC_PREFIX}{uuid.uuid4().hex}"
+        sync = f"{backend.global_keyprefix}{SYNC_PREFIX}{new_id()}"
         self._sync_channel = sync.encode()
-        self._token = uuid.uuid4().hex.encode()
+        self._token = new_id().encode()
         try:
             current = self._subscribe_and_snapshot()
         except BaseException:

@@ -29,8 +29,12 @@ that have been ready for a few seconds. A subscription that fell behind a prunin
 receives the task's current state from the results row, so it never misses the final
 one.
 
-sqlite3 errors are translated: a locked or busy database becomes ``ConnectionLost``
-(recoverable), anything else ``TransportError``; both chained with ``from``.
+sqlite3 errors are translated by ``wiretask._sqlite.SQLITE_ERRORS``, the table the SQLite
+transport uses too: a busy or locked database, a file that cannot be opened or written
+now, a full disk become ``ConnectionLost`` (recoverable), anything else
+``TransportError``; both chained with ``from``. After the errors that make a connection
+suspect (``must_reopen``) the thread's connection is closed and the next call opens a
+new one.
 """
 
 from __future__ import annotations
@@ -44,10 +48,11 @@ import urllib.parse
 import weakref
 from collections.abc import Iterator, Mapping
 from datetime import timedelta
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
-from wiretask.errors import ConnectionLost, ImproperlyConfigured, TransportError
+from wiretask._sqlite import SQLITE_ERRORS, must_reopen, open_database
+from wiretask._url import mask_url
+from wiretask.errors import ImproperlyConfigured, TransportError
 from wiretask.protocol import states
 from wiretask.results.base import (
     DEFAULT_EXPIRES,
@@ -57,7 +62,6 @@ from wiretask.results.base import (
     check_meta,
     resolve_expires,
 )
-from wiretask.transports.sqlite import use_wal
 
 if TYPE_CHECKING:
     from wiretask.codecs import Registry
@@ -192,7 +196,7 @@ class SQLiteBackend(ResultBackend):
         event_retention: float = DEFAULT_EVENT_RETENTION,
     ) -> None:
         self.path = path_from_url(url)
-        self.url = url
+        self.url = mask_url(url)
         self.expires = resolve_expires(expires)
         if registry is None:
             from wiretask.codecs import default_registry  # noqa: PLC0415 - avoid a cycle
@@ -213,16 +217,27 @@ class SQLiteBackend(ResultBackend):
 
     @contextlib.contextmanager
     def _errors(self, action: str) -> Iterator[None]:
-        """Translate sqlite3 (and file system) errors raised inside the block."""
+        """Translate sqlite3 (and file system) errors raised inside the block by
+        ``SQLITE_ERRORS``; drop this thread's connection after one that makes it
+        suspect."""
         try:
             yield
-        except sqlite3.OperationalError as exc:
-            text = str(exc).lower()
-            if "locked" in text or "busy" in text:
-                raise ConnectionLost(f"SQLite {action} failed: {exc}", url=self.url) from exc
-            raise TransportError(f"SQLite {action} failed: {exc}", url=self.url) from exc
         except (sqlite3.Error, OSError) as exc:
-            raise TransportError(f"SQLite {action} failed: {exc}", url=self.url) from exc
+            if must_reopen(exc):
+                self._drop_thread_connection()
+            error = SQLITE_ERRORS.translate(exc, action, url=self.url)
+            assert error is not None  # the table has a row for every sqlite3.Error, OSError
+            raise error from exc
+
+    def _drop_thread_connection(self) -> None:
+        held: _Connection | None = getattr(self._local, "held", None)
+        if held is None:
+            return
+        self._local.held = None
+        with self._lock:
+            self._connections.discard(held)
+        with contextlib.suppress(sqlite3.Error):
+            held.conn.close()
 
     def _conn(self) -> sqlite3.Connection:
         if self._closed:
@@ -231,17 +246,10 @@ class SQLiteBackend(ResultBackend):
         if held is not None:
             return held.conn
         with self._errors("connect"):
-            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
-            # isolation_level=None: transactions are explicit (BEGIN IMMEDIATE for
-            # writes); check_same_thread=False only so that close() may close it.
-            conn = sqlite3.connect(
-                self.path, timeout=self.busy_timeout, isolation_level=None,
-                check_same_thread=False,
-            )
+            # One connection per thread; check_same_thread=False only so that close()
+            # may close it.
+            conn = open_database(self.path, busy_timeout=self.busy_timeout)
             try:
-                conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout * 1000)}")
-                use_wal(conn, self.busy_timeout)
-                conn.execute("PRAGMA synchronous = NORMAL")
                 self._ensure_schema(conn)
             except BaseException:
                 conn.close()

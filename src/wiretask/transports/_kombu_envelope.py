@@ -29,6 +29,7 @@ from typing import Any
 import attrs
 import orjson
 
+from wiretask._redis.keys import PRIORITY_STEPS  # with the key names it shapes
 from wiretask.errors import EncodeError
 from wiretask.protocol.frame import Frame
 
@@ -50,8 +51,6 @@ __all__ = [
 
 #: Kombu's ``sep`` transport option: joins queue and priority bucket, and binding fields.
 SEP = "\x06\x16"
-#: Kombu's ``priority_steps`` default: bucket lists ``<q>``, ``<q>\x06\x163``, ``...6``, ``...9``.
-PRIORITY_STEPS: tuple[int, ...] = (0, 3, 6, 9)
 #: Kombu clamps priorities to this range (``virtual.Channel.min/max_priority``).
 MIN_PRIORITY, MAX_PRIORITY = 0, 9
 

@@ -69,7 +69,7 @@ seconds after the first attempt; the cost is one short-lived key per publish cal
 ``publish_markers=False`` option turns this off and publishes exactly as Kombu does.
 
 The hot paths (receive, ack, publish, and the result backend's store) send their
-commands through ``_redis_scripts.Commands``, on connections it keeps, instead of through
+commands through ``wiretask._redis.client.Commands``, on connections it keeps, instead of through
 ``redis.Redis``: redis-py 8 spends more CPU on its client and pool per command than a
 loopback round trip takes.
 
@@ -85,10 +85,8 @@ import base64
 import json
 import logging
 import math
-import os
 import threading
 import time
-import uuid
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Literal, NamedTuple, cast
@@ -99,6 +97,13 @@ from redis.client import Pipeline
 from redis.exceptions import LockError
 from redis.retry import Retry
 
+from wiretask._errormap import map_exceptions
+from wiretask._ids import new_id, new_ids
+from wiretask._redis import scripts
+from wiretask._redis.client import Commands, Target, target_of
+from wiretask._redis.errors import REDIS_ERRORS
+from wiretask._redis.keys import Keys
+from wiretask._redis.options import DelayMode, parse
 from wiretask.errors import (
     ConnectionLost,
     ImproperlyConfigured,
@@ -106,7 +111,6 @@ from wiretask.errors import (
     ValidationError,
 )
 from wiretask.protocol.frame import Frame, Route
-from wiretask.transports import _redis_scripts as scripts
 from wiretask.transports._kombu_envelope import (
     SEP,
     BadEntry,
@@ -120,8 +124,6 @@ from wiretask.transports._kombu_envelope import (
     queue_key,
     topic_pattern,
 )
-from wiretask.transports._redis_options import DelayMode, Keys, parse
-from wiretask.transports._redis_scripts import write_command
 from wiretask.transports.base import (
     Capabilities,
     DeadLetter,
@@ -245,11 +247,15 @@ class RedisTransport(Transport):
                 f"bad Redis connection option for {self.url}: {exc}", setting="broker_url"
             ) from exc
         self._password = self._pool.connection_kwargs.get("password")
+        #: Which database this is (``stores_results_of`` compares it with a backend's).
+        self._redis = Target.of(self._pool)
+        #: One error boundary per action (they keep no state, see ``_errors``).
+        self._boundaries: dict[str, map_exceptions] = {}
         timeout = self._pool.connection_kwargs.get("socket_timeout")
         self._socket_timeout: float | None = float(timeout) if timeout else None
         self._client = redis.Redis(connection_pool=self._pool)
         #: The hot paths (receive, ack, publish) go through this, not ``_client``.
-        self._commands = scripts.Commands(self._pool)
+        self._commands = Commands(self._pool)
         self._lock = threading.Lock()
         self._held: dict[str, RedisDelivery] = {}
         self._heartbeat: threading.Thread | None = None
@@ -269,26 +275,15 @@ class RedisTransport(Transport):
 
     # -- errors ---------------------------------------------------------------------
 
-    def _errors(self, action: str) -> _Translated:
-        """``with self._errors(action):`` translates redis-py exceptions (the only place
-        they are caught)."""
-        return _Translated(self, action)
-
-    def _translate(self, action: str, exc: BaseException) -> Exception | None:
-        """The wiretask error for a redis-py (or socket) error; None for anything else."""
-        if isinstance(exc, redis.AuthenticationError):  # a ConnectionError subclass: first
-            return TransportError(f"{action} failed: {self._scrub(exc)}", url=self.url)
-        if isinstance(exc, redis.ConnectionError | redis.TimeoutError):  # BusyLoading too
-            return ConnectionLost(f"{action} failed: {self._scrub(exc)}", url=self.url)
-        if isinstance(exc, redis.RedisError):  # ResponseError, DataError, ...
-            return TransportError(f"{action} failed: {self._scrub(exc)}", url=self.url)
-        if isinstance(exc, OSError):  # TLS and socket errors redis-py lets through
-            return ConnectionLost(f"{action} failed: {self._scrub(exc)}", url=self.url)
-        return None
-
-    def _scrub(self, exc: BaseException) -> str:
-        text = str(exc) or type(exc).__name__
-        return text.replace(self._password, "**") if self._password else text
+    def _errors(self, action: str) -> map_exceptions:
+        """``with self._errors(action):`` translates redis-py exceptions by
+        ``REDIS_ERRORS`` (the only place they are caught), scrubbing the password. The
+        context managers keep no state, so one per action is made once and reused."""
+        boundary = self._boundaries.get(action)
+        if boundary is None:
+            boundary = self._boundaries[action] = map_exceptions(
+                REDIS_ERRORS, action, url=self.url, secret=self._password)
+        return boundary
 
     # -- life cycle -----------------------------------------------------------------
 
@@ -297,7 +292,7 @@ class RedisTransport(Transport):
         each needs no ``EVAL`` fallback), in one round trip."""
         with self._errors("connect"):
             self._commands.run([("PING",), *(("SCRIPT", "LOAD", script.text)
-                                             for script in scripts.ALL)])
+                                             for script in scripts.TRANSPORT_SCRIPTS)])
 
     def close(self) -> None:
         """Stop the lease heartbeat, return held deliveries to the front of their queues
@@ -363,7 +358,7 @@ class RedisTransport(Transport):
         markers = self.publish_markers
         # (message, staged, marker of its earlier attempt when this is a retry)
         batch: list[tuple[Prepared, _Staged, str | None]] = []
-        tags = new_tags(len(messages))
+        tags = new_ids(len(messages))
         fresh: str | None = None
         retrying = routed = False  # any retried message; any named exchange
         for message, tag in zip(messages, tags, strict=True):
@@ -379,7 +374,7 @@ class RedisTransport(Transport):
             return
         # One marker per attempt, named after a tag that is new in this attempt (a
         # retried message's earlier marker must keep meaning "that attempt landed").
-        marker = self._marker(fresh or str(uuid.uuid4())) if markers else ""
+        marker = self._marker(fresh or new_id()) if markers else ""
         commands = self._commands
         landed: set[str] = set()
         checked = False
@@ -467,7 +462,7 @@ class RedisTransport(Transport):
         if due is not None and (self.delay_mode == "celery" or due <= time.time()):
             due = None
         if tag is None:
-            tag = new_tags(1)[0]
+            tag = new_id()
         entry = encode(frame, exchange=route.exchange, routing_key=key, delivery_tag=tag)
         return _Staged(route, tag, entry, bucket, due)
 
@@ -559,9 +554,7 @@ class RedisTransport(Transport):
     def stores_results_of(self, backend: object) -> bool:
         """Whether ``backend`` keeps its results in this transport's Redis database, so
         that ``store_ack_and_receive`` can write them in the script that acks."""
-        from wiretask.results.redis import RedisBackend  # noqa: PLC0415 - optional pairing
-
-        return isinstance(backend, RedisBackend) and backend.same_database(self._pool)
+        return target_of(backend) == self._redis
 
     def store_ack_and_receive(
         self, results: Sequence[tuple[Delivery, PendingState]], deliveries: Sequence[Delivery],
@@ -595,7 +588,7 @@ class RedisTransport(Transport):
             stores = [(d, by_delivery[id(d)]) for d in pending if id(d) in by_delivery]
             got, _, _, skipped = self._pop(names, limit, plain, stores)
             received.extend(got)
-            skipped_ids = {id(stores[i - 1][0]) for i in skipped}
+            skipped_ids = {id(stores[i][0]) for i in skipped}
             not_stored.extend(i for i, (d, _) in enumerate(results) if id(d) in skipped_ids)
             # Those stay unsettled: the caller stores them under the full rules first.
             return [d for d in pending if id(d) in skipped_ids]
@@ -614,24 +607,14 @@ class RedisTransport(Transport):
         k = self._keys
         order = self._order(names)
         lists = [k.p(queue_key(queue, step)) for step in self._steps for queue in order]
-        script_keys = [k.unacked_index, k.unacked, k.delayed, k.delayed_messages,
-                       *(k.delayed_queue(queue) for queue in order), *lists,
-                       *(p.key for _, p in results)]
-        args: list[Any] = [repr(time.time()), len(order), k.prefix, _PROMOTE_LIMIT, limit,
-                           len(ack), len(results), *order, *ack]
-        for delivery, pending in results:
-            write = write_command(pending.expires)
-            args += (delivery.delivery_tag, pending.data, write[0],
-                     write[1] if len(write) > 1 else "")
+        call = scripts.pop(k, queues=order, lists=lists, now=time.time(),
+                           promote_limit=_PROMOTE_LIMIT, limit=limit, ack_tags=ack,
+                           results=[(d.delivery_tag, p) for d, p in results] if results else ())
         with self._errors("receive"):
-            reply = cast(list[Any], self._commands.script(scripts.POP, script_keys, args))
-        count = int(reply[0])
-        skipped = [int(i) for i in reply[2]]
-        if not count:
-            return [], 0, float(reply[1]) if reply[1] else None, skipped
-        popped = [(order[int(reply[i]) - 1], reply[i + 1], _text(reply[i + 2]))
-                  for i in range(3, 3 + 3 * count, 3)]
-        return self._take_all(names, popped), count, None, skipped
+            reply = scripts.read_pop(self._commands.script(call), order)
+        if not reply.taken:
+            return [], 0, reply.next_due, reply.not_stored
+        return self._take_all(names, reply.entries), reply.taken, None, reply.not_stored
 
     def _take_all(
         self, names: list[str], popped: list[tuple[str, bytes, str]]
@@ -727,8 +710,7 @@ class RedisTransport(Transport):
         """ack / reject(requeue=False): Kombu's ``_remove_from_indices`` (ZREM + HDEL),
         one ``ACK`` script call for any number of deliveries."""
         with self._errors("ack"):
-            self._commands.script(scripts.ACK, [self._keys.unacked_index, self._keys.unacked],
-                                  [d.delivery_tag for d in deliveries])
+            self._commands.script(scripts.ack(self._keys, [d.delivery_tag for d in deliveries]))
 
     def _ack_many(self, deliveries: list[Delivery]) -> None:
         """Acknowledge several deliveries in one round trip (one ``ACK`` script call).
@@ -928,13 +910,10 @@ class RedisTransport(Transport):
         """Move every due delayed message into its list (``DUE`` script, ``limit`` per
         call to Redis); return how many moved. Safe to call from many processes."""
         total = 0
-        keys = self._keys
         while True:
             with self._errors("due"):
                 moved = int(cast(int, self._commands.script(
-                    scripts.DUE, [keys.delayed, keys.delayed_messages],
-                    [repr(time.time()), limit, keys.prefix, keys.delayed_queue_root],
-                )))
+                    scripts.due(self._keys, now=time.time(), limit=limit))))
             total += moved
             if moved < limit:
                 return total
@@ -953,13 +932,9 @@ class RedisTransport(Transport):
     def purge(self, queue: str) -> int:
         queue_names([queue])
         lists = [self._keys.p(queue_key(queue, step)) for step in self._steps]
-        keys = self._keys
         with self._errors("purge"):
             return int(cast(int, self._commands.script(
-                scripts.PURGE,
-                [*lists, keys.delayed_queue(queue), keys.delayed, keys.delayed_messages],
-                [len(lists)],
-            )))
+                scripts.purge(self._keys, queue, lists=lists))))
 
     def peek(self, queue: str, *, limit: int = 100) -> list[Peeked]:
         """Ready messages in delivery order (bucket 0 first, oldest first), then scheduled
@@ -1001,30 +976,6 @@ class RedisTransport(Transport):
         return [_read_dead_entry(queue, row) for row in rows]
 
 
-class _Translated:
-    """The context manager of ``RedisTransport._errors``: a class, not a generator, as
-    it wraps every command on the hot paths."""
-
-    __slots__ = ("_action", "_transport")
-
-    def __init__(self, transport: RedisTransport, action: str) -> None:
-        self._transport = transport
-        self._action = action
-
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(
-        self, kind: type[BaseException] | None, exc: BaseException | None, tb: object
-    ) -> Literal[False]:
-        if exc is None:
-            return False
-        error = self._transport._translate(self._action, exc)
-        if error is None:
-            return False
-        raise error from exc
-
-
 class _Staged(NamedTuple):
     """A message encoded for publishing: its list entry, bucket and due time."""
 
@@ -1033,21 +984,6 @@ class _Staged(NamedTuple):
     entry: str
     bucket: int
     due: float | None
-
-
-#: The variant digit of a version 4 UUID for each hex digit of random input.
-_VARIANT = {digit: "89ab"[int(digit, 16) & 3] for digit in "0123456789abcdef"}
-
-
-def new_tags(count: int) -> list[str]:
-    """``count`` random version 4 UUIDs as text, exactly the form of
-    ``str(uuid.uuid4())`` (Kombu's delivery tags), from one read of the OS's random
-    source (uuid4 reads it per UUID, and builds an object around each)."""
-    raw = os.urandom(16 * count).hex()
-    return [
-        f"{h[:8]}-{h[8:12]}-4{h[13:16]}-{_VARIANT[h[16]]}{h[17:20]}-{h[20:]}"
-        for h in (raw[i:i + 32] for i in range(0, 32 * count, 32))
-    ]
 
 
 class _Writes:

@@ -42,7 +42,8 @@ How it works, and what it guarantees:
 * **Errors.** A busy/locked database past ``busy_timeout``, a file that cannot be opened,
   disk I/O errors and the like become ``ConnectionLost`` (recoverable: the publish retry
   policy reconnects and retries); every other sqlite3 error becomes ``TransportError``;
-  both chained ``from`` the sqlite3 exception.
+  both chained ``from`` the sqlite3 exception. One table says which is which, row by row
+  (``wiretask._sqlite.SQLITE_ERRORS``), for this transport and the SQLite result backend.
 * **Schema versioning.** The schema version is kept in a ``wiretask_schema`` table
   (component ``"transport"``) rather than in ``PRAGMA user_version``, because the same
   file may also hold the result store, which versions its own tables. A file written by
@@ -64,17 +65,16 @@ import os
 import sqlite3
 import threading
 import time
-import uuid
 import weakref
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any, cast
 from urllib.parse import parse_qsl, unquote, urlsplit
 
+from wiretask._ids import new_id
+from wiretask._sqlite import SQLITE_ERRORS, must_reopen, open_database
 from wiretask.errors import (
-    ConnectionLost,
     DecodeError,
     ImproperlyConfigured,
     TransportError,
@@ -146,18 +146,6 @@ CREATE INDEX IF NOT EXISTS wiretask_dead_letters_queue
     ON wiretask_dead_letters (queue, id);
 """
 
-# Primary result codes (sqlite3.h) of failures that say "the database is not usable right
-# now" rather than "this statement is wrong": another writer holds the lock past
-# busy_timeout, the file cannot be opened or read, the disk is full or read-only.
-_SQLITE_BUSY, _SQLITE_LOCKED, _SQLITE_READONLY, _SQLITE_IOERR = 5, 6, 8, 10
-_SQLITE_FULL, _SQLITE_CANTOPEN, _SQLITE_PROTOCOL = 13, 14, 15
-_RECOVERABLE = frozenset({
-    _SQLITE_BUSY, _SQLITE_LOCKED, _SQLITE_READONLY, _SQLITE_IOERR, _SQLITE_FULL,
-    _SQLITE_CANTOPEN, _SQLITE_PROTOCOL,
-})
-# After these the connection itself is suspect: drop it and open a new one next time.
-_REOPEN = frozenset({_SQLITE_IOERR, _SQLITE_CANTOPEN, _SQLITE_PROTOCOL, _SQLITE_READONLY})
-
 _SYNCHRONOUS = ("normal", "full", "extra")
 
 # Blocking receive polls the file: start quick (a message published right after an empty
@@ -166,36 +154,6 @@ _POLL_MIN = 0.005
 _POLL_MAX = 0.05
 
 _COLUMNS = "id, queue, redelivered, content_type, content_encoding, headers, properties, body"
-
-
-def _primary_code(exc: sqlite3.Error) -> int | None:
-    code = getattr(exc, "sqlite_errorcode", None)
-    return None if code is None else int(code) & 0xFF
-
-
-def use_wal(conn: sqlite3.Connection, timeout: float) -> None:
-    """Put the database in WAL mode (it stays so; each connection asks once).
-
-    Switching a new file to WAL takes an exclusive lock, and SQLite answers "database
-    is locked" at once, without its busy handler, to the others opening it at that
-    moment: those retry here, for up to ``timeout`` seconds, instead of failing.
-
-    Raises:
-        sqlite3.OperationalError: still locked after ``timeout``, or another failure.
-    """
-    deadline = time.monotonic() + timeout
-    delay = 0.001
-    while True:
-        try:
-            conn.execute("PRAGMA journal_mode = WAL")
-        except sqlite3.OperationalError as exc:
-            if _primary_code(exc) not in (_SQLITE_BUSY, _SQLITE_LOCKED) \
-                    or time.monotonic() + delay > deadline:
-                raise
-        else:
-            return
-        time.sleep(delay)
-        delay = min(delay * 2, 0.05)
 
 
 class SQLiteDelivery(Delivery):
@@ -284,7 +242,7 @@ class SQLiteTransport(Transport):
             multi_process=True,
         )
         # Identifies this transport's leases; the heartbeat extends rows with this owner.
-        self.owner = uuid.uuid4().hex
+        self.owner = new_id()
         self._lock = threading.RLock()
         self._conn: sqlite3.Connection | None = None
         self._unsettled: dict[str, SQLiteDelivery] = {}
@@ -352,30 +310,18 @@ class SQLiteTransport(Transport):
 
     def _open(self) -> sqlite3.Connection:
         try:
-            if self.create_directory:
-                Path(self.path).parent.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise ConnectionLost(
-                f"cannot create the directory of the SQLite broker: {exc}", url=self.url
-            ) from exc
-        conn: sqlite3.Connection | None = None
+            conn = open_database(self.path, busy_timeout=self.busy_timeout,
+                                 synchronous=self.synchronous,
+                                 create_directory=self.create_directory)
+        except (sqlite3.Error, OSError) as exc:
+            raise self._translate(exc, "opening the database") from exc
         try:
-            # isolation_level=None: we issue BEGIN/COMMIT ourselves, so that every write
-            # takes the lock up front (BEGIN IMMEDIATE) and never fails on upgrade.
-            conn = sqlite3.connect(
-                self.path, timeout=self.busy_timeout, isolation_level=None,
-                check_same_thread=False,
-            )
-            use_wal(conn, self.busy_timeout)
-            conn.execute(f"PRAGMA synchronous={self.synchronous.upper()}")
             self._ensure_schema(conn)
         except sqlite3.Error as exc:
-            if conn is not None:
-                conn.close()
+            conn.close()
             raise self._translate(exc, "opening the database") from exc
         except BaseException:
-            if conn is not None:
-                conn.close()
+            conn.close()
             raise
         return conn
 
@@ -436,7 +382,7 @@ class SQLiteTransport(Transport):
                     "fork() while a thread was using the SQLite broker %s: the child "
                     "cannot use this database safely", self.url,
                 )
-        self.owner = uuid.uuid4().hex
+        self.owner = new_id()
         self._lock = threading.RLock()
         self._unsettled = {}
         self._heartbeat = None
@@ -456,13 +402,11 @@ class SQLiteTransport(Transport):
             except sqlite3.Error:
                 log.debug("closing a broken SQLite connection failed", exc_info=True)
 
-    def _translate(self, exc: sqlite3.Error, doing: str) -> TransportError:
-        code = _primary_code(exc)
-        name = getattr(exc, "sqlite_errorname", None) or type(exc).__name__
-        message = f"SQLite broker failed while {doing}: {exc} ({name})"
-        if isinstance(exc, sqlite3.OperationalError) and code in _RECOVERABLE:
-            return ConnectionLost(message, url=self.url)
-        return TransportError(message, url=self.url)
+    def _translate(self, exc: sqlite3.Error | OSError, doing: str) -> TransportError:
+        """``exc`` by ``SQLITE_ERRORS``, the table the SQLite result backend uses too."""
+        error = SQLITE_ERRORS.translate(exc, doing, url=self.url)
+        assert error is not None  # the table has a row for every sqlite3.Error and OSError
+        return error
 
     @contextmanager
     def _session(self, doing: str, *, write: bool = False) -> Iterator[sqlite3.Connection]:
@@ -478,7 +422,7 @@ class SQLiteTransport(Transport):
                     conn.execute("COMMIT")
             except sqlite3.Error as exc:
                 self._rollback(conn)
-                if _primary_code(exc) in _REOPEN:
+                if must_reopen(exc):
                     self._drop_connection()
                 raise self._translate(exc, doing) from exc
             except BaseException:
@@ -612,7 +556,7 @@ class SQLiteTransport(Transport):
                 return None, None
             if first > now:
                 return None, float(first)
-            lease = uuid.uuid4().hex
+            lease = new_id()
             with self._session("receiving", write=True) as conn:
                 # Promote: due delayed rows and rows whose lease lapsed (their consumer
                 # died or stalled) become ready; a lapsed lease means a redelivery.

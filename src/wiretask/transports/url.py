@@ -1,4 +1,5 @@
-"""Broker URLs: pick the transport for a URL, and mask passwords for display.
+"""Broker URLs: pick the transport for a URL (``mask_url``, which hides passwords for
+display, lives in ``wiretask._url`` below transports and results, and is re-exported here).
 
 Supported schemes:
 
@@ -32,8 +33,9 @@ from __future__ import annotations
 
 import importlib
 from typing import TYPE_CHECKING, Any
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
+from wiretask._url import mask_url
 from wiretask.errors import ImproperlyConfigured
 from wiretask.transports.base import Transport
 
@@ -55,11 +57,6 @@ ENTRY_POINT_GROUP = "wiretask.transports"
 
 # What to install when a transport's module cannot be imported for want of its driver.
 _EXTRAS = {"redis": "redis", "rediss": "redis"}
-
-#: Query parameters whose value is a secret, masked like the password.
-_SECRET_QUERY_KEYS = frozenset({"password", "passwd", "pass", "secret", "token"})
-
-MASK = "**"
 
 
 def transport_from_url(url: str, **options: Any) -> Transport:
@@ -171,34 +168,3 @@ def _builtin(scheme: str) -> type[Transport]:
         ) from exc
     transport_class: type[Transport] = getattr(module, class_name)
     return transport_class
-
-
-def mask_url(url: str) -> str:
-    """``url`` with its password (and secret query parameters) replaced by ``**``.
-
-    ``redis://:s3cret@host:6379/0`` → ``redis://:**@host:6379/0``;
-    ``amqp://user:pw@host//`` → ``amqp://user:**@host//``. A URL without a password is
-    returned unchanged, and so is a string that is not a URL.
-    """
-    try:
-        parts = urlsplit(url)
-    except ValueError:  # e.g. an unbalanced IPv6 bracket: show nothing of it
-        return "<unparsable URL>"
-    netloc = parts.netloc
-    if "@" in netloc:
-        # rpartition: a password may itself contain "@" if the user forgot to quote it.
-        userinfo, _, hostport = netloc.rpartition("@")
-        if ":" in userinfo:
-            user = userinfo.split(":", 1)[0]
-            netloc = f"{user}:{MASK}@{hostport}"
-    query = parts.query
-    if query:
-        pairs = parse_qsl(query, keep_blank_values=True)
-        if any(key.lower() in _SECRET_QUERY_KEYS for key, _ in pairs):
-            query = urlencode(
-                [(k, MASK if k.lower() in _SECRET_QUERY_KEYS else v) for k, v in pairs],
-                safe="*/:",
-            )
-    if netloc == parts.netloc and query == parts.query:
-        return url
-    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))

@@ -1,4 +1,5 @@
-"""Options and key names of the Redis transport, parsed once and frozen.
+"""Options of the Redis transport, parsed once and frozen (the result backend reads
+them too, to strip the transport's own options from a shared URL).
 
 wiretask's own options may come as keyword arguments or in the URL query string
 (``redis://host/0?delay_mode=celery&global_keyprefix=app1:``); the URL wins, which is
@@ -15,11 +16,11 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import attrs
 
+from wiretask._redis.keys import PRIORITY_STEPS, Keys
+from wiretask._url import mask_url
 from wiretask.errors import ImproperlyConfigured
-from wiretask.transports._kombu_envelope import PRIORITY_STEPS
-from wiretask.transports.url import mask_url
 
-__all__ = ["DelayMode", "Keys", "RedisOptions", "parse"]
+__all__ = ["DelayMode", "RedisOptions", "parse"]
 
 DelayMode = Literal["native", "celery"]
 
@@ -43,35 +44,6 @@ _PARSERS: dict[str, Callable[[str], Any]] = {
 #: Connection defaults. redis-py's are "wait forever", so a host that vanished without
 #: closing the socket would hang a publish for good.
 _REDIS_DEFAULTS: dict[str, Any] = {"socket_timeout": 15.0, "socket_connect_timeout": 5.0}
-
-
-@attrs.frozen(kw_only=True)
-class Keys:
-    """Every key name, with ``global_keyprefix`` applied wherever Kombu applies it."""
-
-    prefix: str
-    unacked: str
-    unacked_index: str
-    unacked_mutex: str
-    delayed: str
-    delayed_messages: str
-    #: Without the prefix: the DUE script builds ``prefix + root + queue`` itself.
-    delayed_queue_root: str = "_wiretask.delayed.queue."
-
-    def p(self, name: str) -> str:
-        return self.prefix + name
-
-    def binding(self, exchange: str) -> str:
-        return f"{self.prefix}_kombu.binding.{exchange}"
-
-    def binding_permanent(self, exchange: str) -> str:
-        return f"{self.prefix}_kombu.binding_permanent.{exchange}"
-
-    def delayed_queue(self, queue: str) -> str:
-        return self.prefix + self.delayed_queue_root + queue
-
-    def dead(self, queue: str) -> str:
-        return f"{self.prefix}{queue}.dead"
 
 
 @attrs.frozen(kw_only=True)

@@ -1,0 +1,11 @@
+"""Redis plumbing shared by the Redis transport and the Redis result backend.
+
+* ``client``: ``Commands``, the lean socket client of the hot paths, and ``Target``, the
+  identity of a Redis database (how a broker knows a result backend shares its database).
+* ``scripts``: the Lua scripts, each with the builder that owns its ``KEYS``/``ARGV``.
+* ``keys``: the key names (Kombu's layout) behind ``global_keyprefix``.
+* ``options``: the transport's URL and keyword options, parsed once.
+* ``errors``: ``REDIS_ERRORS``, the table that translates redis-py's exceptions.
+
+Nothing here imports ``wiretask.transports`` or ``wiretask.results``; both import this.
+"""

@@ -1,0 +1,371 @@
+"""The Lua scripts of the Redis transport and result backend, each with its builder.
+
+Each script runs atomically on the server. Keys named in ``KEYS`` arrive with
+``global_keyprefix`` already applied. ``DUE`` builds two key names at run time from
+``ARGV`` (the prefix and the stored destination), which is fine on a single Redis server
+or a replica set but not on Redis Cluster (nor is Kombu's transport). ``cjson`` is the
+JSON library every Redis ships to Lua.
+
+A script addresses its inputs by position (``KEYS[3]``, ``ARGV[7]``); only its
+**builder** here knows those positions. Callers pass named values, the builder checks
+that they fit together (refusing, say, a bucket list missing for one queue) and lays them
+out in a ``ScriptCall`` that ``wiretask._redis.client.Commands.script`` runs. ``POP``'s
+reply is read back by ``read_pop``. The scripts' text is what Kombu-compatible
+deployments run: it changes only together with ``spec/``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from typing import Any, NamedTuple
+
+import attrs
+
+from wiretask._redis.keys import Keys
+from wiretask.errors import ValidationError
+from wiretask.protocol.states import PendingState
+
+__all__ = [
+    "ACK",
+    "DUE",
+    "POP",
+    "PURGE",
+    "STORE_IF_ABSENT",
+    "TRANSPORT_SCRIPTS",
+    "Popped",
+    "Script",
+    "ScriptCall",
+    "ack",
+    "due",
+    "pop",
+    "purge",
+    "read_pop",
+    "store_if_absent",
+    "write_command",
+]
+
+
+@attrs.frozen
+class Script:
+    """A Lua script and its SHA1 (the name ``EVALSHA`` runs it by)."""
+
+    text: str
+    sha: str = attrs.field(init=False)
+
+    @sha.default
+    def _sha(self) -> str:
+        return hashlib.sha1(self.text.encode("utf-8"), usedforsecurity=False).hexdigest()
+
+
+class ScriptCall(NamedTuple):
+    """A script with its ``KEYS`` and ``ARGV`` laid out, as its builder made them."""
+
+    script: Script
+    keys: list[Any]
+    args: list[Any]
+
+
+def write_command(expires: float | None) -> tuple[str, ...]:
+    """The Redis command (and its expiry argument) that stores a state expiring in
+    ``expires`` seconds: ``SET``, ``SETEX`` (whole seconds, what Celery sends) or
+    ``PSETEX``. The commands by name: redis-py 8 deprecates its setex()/psetex()
+    helpers."""
+    if expires is None:
+        return ("SET",)
+    if expires == int(expires):
+        return ("SETEX", str(int(expires)))
+    return ("PSETEX", str(max(1, int(expires * 1000))))
+
+
+#: Promote the consumed queues' due delayed messages, then pop up to ``limit`` messages
+#: and record each as unacked in the same step.
+#:
+#: KEYS: [1] unacked_index (zset), [2] unacked (hash), [3] the due index, [4] the entry
+#: hash, [5 .. 4+n] the consumed queues' own delayed indexes, then the bucket lists,
+#: bucket-major: bucket b's list of queue q is KEYS[5 + n + b * n + (q - 1)], then r
+#: result keys. ARGV: [1] now (client clock, as Kombu's ``QoS.append``), [2] n, [3] the
+#: global key prefix, [4] most promotions per queue, [5] limit (0: pop nothing), [6] a,
+#: the number of tags to acknowledge, [7] r, [8 .. 7+n] the queue names in the caller's
+#: current round-robin order (the routing key when an entry names none), then the a
+#: delivery tags to acknowledge (``ACK``'s removals), then r results, four values each:
+#: the delivery tag, the value, the write command (``SET``, ``SETEX`` or ``PSETEX``) and
+#: its expiry. A result is written (and published, as the result backend's first-state
+#: script does) only if its key does not exist yet; its delivery is acknowledged only
+#: then. So a consumer stores what it finished, settles it and takes more in one round
+#: trip, store before ack.
+#:
+#: The pops are exactly those of ``limit`` consecutive single receives: each takes the
+#: first non-empty list in BRPOP order (bucket 0 before 3, 6, 9; then queue order), and a
+#: delivery moves its queue to the end of the order (round robin), which the caller
+#: repeats on its side. Returns ``{count, next due, not stored, q, entry, tag, ...}``:
+#: ``not stored`` the 1-based positions of the results whose key existed (unwritten,
+#: their deliveries unacknowledged);
+#: ``q`` the queue's 1-based position in ARGV's order; the tag is '' when the entry is
+#: not an envelope with a string ``properties.delivery_tag`` (popped but not recorded,
+#: and it does not rotate the order: the caller dead-letters it). ``next due`` is set
+#: only when nothing was popped: the next delayed message's due time, or '', so that the
+#: caller never blocks past it. The unacked value is Kombu's ``[message, exchange,
+#: routing_key]`` JSON with the entry embedded verbatim (Kombu re-serializes the parsed
+#: dict, which gives the same text for entries Kombu wrote).
+POP = Script("""
+local now = ARGV[1]
+local n = tonumber(ARGV[2])
+local limit = tonumber(ARGV[5])
+local acks = tonumber(ARGV[6])
+local results = tonumber(ARGV[7])
+local first_list = 5 + n
+local buckets = (#KEYS - 4 - n - results) / n
+local not_stored = {}
+local first_result = 8 + n + acks
+for r = 1, results do
+  local key = KEYS[#KEYS - results + r]
+  local a = first_result + (r - 1) * 4
+  if redis.call('EXISTS', key) == 1 then
+    not_stored[#not_stored + 1] = r
+  else
+    if ARGV[a + 2] == 'SET' then
+      redis.call('SET', key, ARGV[a + 1])
+    else
+      redis.call(ARGV[a + 2], key, ARGV[a + 3], ARGV[a + 1])
+    end
+    redis.call('PUBLISH', key, ARGV[a + 1])
+    redis.call('ZREM', KEYS[1], ARGV[a])
+    redis.call('HDEL', KEYS[2], ARGV[a])
+  end
+end
+for t = 8 + n, 7 + n + acks do
+  redis.call('ZREM', KEYS[1], ARGV[t])
+  redis.call('HDEL', KEYS[2], ARGV[t])
+end
+for q = 5, 4 + n do
+  local due = redis.call('ZRANGE', KEYS[q], '-inf', now, 'BYSCORE', 'LIMIT', 0, ARGV[4])
+  for _, member in ipairs(due) do
+    local stored = redis.call('HGET', KEYS[4], member)
+    redis.call('ZREM', KEYS[q], member)
+    redis.call('ZREM', KEYS[3], member)
+    redis.call('HDEL', KEYS[4], member)
+    if stored then
+      local entry = cjson.decode(stored)
+      redis.call('LPUSH', ARGV[3] .. entry[1], entry[3])
+    end
+  end
+end
+local order = {}
+for q = 1, n do order[q] = q end
+local out = {0, '', not_stored}
+local count = 0
+while count < limit do
+  local raw, q, pos = nil, nil, nil
+  for b = 0, buckets - 1 do
+    for p = 1, n do
+      raw = redis.call('RPOP', KEYS[first_list + b * n + order[p] - 1])
+      if raw then q, pos = order[p], p break end
+    end
+    if raw then break end
+  end
+  if not raw then break end
+  local tag = ''
+  local ok, msg = pcall(cjson.decode, raw)
+  if ok and type(msg) == 'table' and type(msg.properties) == 'table' then
+    local props = msg.properties
+    if type(props.delivery_tag) == 'string' and props.delivery_tag ~= '' then
+      tag = props.delivery_tag
+      local info = props.delivery_info
+      if type(info) ~= 'table' then info = {} end
+      local exchange = info.exchange
+      if type(exchange) ~= 'string' then exchange = '' end
+      local routing_key = info.routing_key
+      if type(routing_key) ~= 'string' then routing_key = ARGV[7 + q] end
+      redis.call('ZADD', KEYS[1], now, tag)
+      redis.call('HSET', KEYS[2], tag, '[' .. raw .. ', ' .. cjson.encode(exchange)
+                 .. ', ' .. cjson.encode(routing_key) .. ']')
+      table.remove(order, pos)
+      order[n] = q
+    end
+  end
+  out[#out + 1] = q
+  out[#out + 1] = raw
+  out[#out + 1] = tag
+  count = count + 1
+end
+out[1] = count
+if count > 0 then return out end
+local next_due = nil
+for q = 5, 4 + n do
+  local head = redis.call('ZRANGE', KEYS[q], 0, 0, 'WITHSCORES')
+  if head[2] and (next_due == nil or tonumber(head[2]) < next_due) then
+    next_due = tonumber(head[2])
+  end
+end
+if next_due ~= nil then out[2] = string.format('%.6f', next_due) end
+return out
+""")
+
+
+def pop(
+    keys: Keys, *, queues: Sequence[str], lists: Sequence[str], now: float,
+    promote_limit: int, limit: int, ack_tags: Sequence[str] = (),
+    results: Sequence[tuple[str, PendingState]] = (),
+) -> ScriptCall:
+    """``POP`` for ``queues`` (in the caller's current round-robin order), whose bucket
+    lists are ``lists``, bucket-major (every queue's list of bucket 0 in ``queues``
+    order, then of the next bucket, ...); ``now`` is the client clock. First writes each
+    of ``results`` (a delivery tag and the state its result backend prepared, with the
+    key it goes to) and acknowledges the deliveries ``ack_tags``; then promotes at most
+    ``promote_limit`` due delayed messages per queue and pops up to ``limit``.
+
+    Raises:
+        ValidationError: no queue, or ``lists`` not a whole number of buckets of them.
+    """
+    n = len(queues)
+    if not n or not lists or len(lists) % n:
+        raise ValidationError(
+            "lists", f"POP needs every bucket list of each of {n} queue(s), got {len(lists)}"
+        )
+    script_keys: list[Any] = [keys.unacked_index, keys.unacked, keys.delayed,
+                              keys.delayed_messages, *map(keys.delayed_queue, queues), *lists]
+    args: list[Any] = [repr(now), n, keys.prefix, promote_limit, limit, len(ack_tags),
+                       len(results), *queues, *ack_tags]
+    for tag, pending in results:
+        script_keys.append(pending.key)
+        write = write_command(pending.expires)
+        args += (tag, pending.data, write[0], write[1] if len(write) > 1 else "")
+    return ScriptCall(POP, script_keys, args)
+
+
+class Popped(NamedTuple):
+    """``POP``'s reply, read."""
+
+    #: Entries popped (those that were not envelopes included).
+    taken: int
+    #: When nothing was popped: the due time (unix s) of the next delayed message of
+    #: the queues, if any.
+    next_due: float | None
+    #: Positions (0-based) in the call's ``results`` that were not written: their key
+    #: existed, and their deliveries were not acknowledged.
+    not_stored: list[int]
+    #: ``(its queue, entry, delivery tag)`` per pop, in order; the tag is '' when the
+    #: entry is not an envelope (popped, but not recorded as unacked).
+    entries: list[tuple[str, bytes, str]]
+
+
+def read_pop(reply: Any, queues: Sequence[str]) -> Popped:
+    """Read the reply of a ``POP`` call made for ``queues`` (the same sequence, in the
+    same order). On the receive path: one pass over the reply."""
+    taken = int(reply[0])
+    not_stored = [int(i) - 1 for i in reply[2]] if reply[2] else []
+    if not taken:
+        return Popped(0, float(reply[1]) if reply[1] else None, not_stored, [])
+    return Popped(taken, None, not_stored, [
+        (queues[int(reply[i]) - 1], reply[i + 1], reply[i + 2].decode("utf-8"))
+        for i in range(3, 3 + 3 * taken, 3)
+    ])
+
+
+#: Acknowledge deliveries: Kombu's ``_remove_from_indices`` (``ZREM`` + ``HDEL``) for
+#: every tag, atomically (Kombu's ``MULTI``), in one command however many there are.
+#:
+#: KEYS[1] unacked_index, KEYS[2] unacked. ARGV: the delivery tags. Returns how many
+#: were still recorded.
+ACK = Script("""
+local found = 0
+for i = 1, #ARGV do
+  redis.call('ZREM', KEYS[1], ARGV[i])
+  found = found + redis.call('HDEL', KEYS[2], ARGV[i])
+end
+return found
+""")
+
+
+def ack(keys: Keys, tags: Sequence[str]) -> ScriptCall:
+    """``ACK`` of the delivery ``tags``."""
+    return ScriptCall(ACK, [keys.unacked_index, keys.unacked], list(tags))
+
+
+#: Move up to ARGV[2] due messages into their lists; return how many moved.
+#:
+#: KEYS[1] the due index, KEYS[2] the entry hash. ARGV[1] now (unix s), ARGV[3] the
+#: global key prefix, ARGV[4] the queue-index name without prefix and queue. LPUSH puts
+#: the message at the back of its bucket, as a fresh publish would. Concurrent callers
+#: cannot duplicate a message: each member is read and removed inside one script.
+DUE = Script("""
+local due = redis.call('ZRANGE', KEYS[1], '-inf', ARGV[1], 'BYSCORE', 'LIMIT', 0, ARGV[2])
+for _, member in ipairs(due) do
+  local stored = redis.call('HGET', KEYS[2], member)
+  redis.call('ZREM', KEYS[1], member)
+  redis.call('HDEL', KEYS[2], member)
+  if stored then
+    local entry = cjson.decode(stored)
+    redis.call('ZREM', ARGV[3] .. ARGV[4] .. entry[2], member)
+    redis.call('LPUSH', ARGV[3] .. entry[1], entry[3])
+  end
+end
+return #due
+""")
+
+
+def due(keys: Keys, *, now: float, limit: int) -> ScriptCall:
+    """``DUE``: move up to ``limit`` messages due at ``now`` (unix s)."""
+    return ScriptCall(DUE, [keys.delayed, keys.delayed_messages],
+                      [repr(now), limit, keys.prefix, keys.delayed_queue_root])
+
+
+#: Remove every waiting message of one queue: ready and scheduled. Returns the count.
+#:
+#: KEYS[1..n] the bucket lists (n = ARGV[1]), then the queue's own index, the due index
+#: and the entry hash.
+PURGE = Script("""
+local n = tonumber(ARGV[1])
+local removed = 0
+for i = 1, n do
+  removed = removed + redis.call('LLEN', KEYS[i])
+  redis.call('DEL', KEYS[i])
+end
+local members = redis.call('ZRANGE', KEYS[n + 1], 0, -1)
+for _, member in ipairs(members) do
+  redis.call('ZREM', KEYS[n + 2], member)
+  redis.call('HDEL', KEYS[n + 3], member)
+end
+redis.call('DEL', KEYS[n + 1])
+return removed + #members
+""")
+
+
+def purge(keys: Keys, queue: str, *, lists: Sequence[str]) -> ScriptCall:
+    """``PURGE`` of ``queue``, whose bucket lists are ``lists``.
+
+    Raises:
+        ValidationError: no bucket list.
+    """
+    if not lists:
+        raise ValidationError("lists", f"PURGE needs the bucket lists of {queue!r}")
+    return ScriptCall(PURGE, [*lists, keys.delayed_queue(queue), keys.delayed,
+                              keys.delayed_messages], [len(lists)])
+
+
+#: The result backend's ``store`` fast path: write and publish a state when the key does
+#: not exist yet, in one round trip (``may_follow(None, ...)`` is always true). Returns 0,
+#: writing nothing, when the key exists; ``store`` then runs its WATCH transaction.
+#: KEYS[1] the result key. ARGV: the value, the command (``SET``, ``SETEX`` or
+#: ``PSETEX``) and, for the last two, the expiry.
+STORE_IF_ABSENT = Script("""
+if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+if ARGV[2] == 'SET' then
+  redis.call('SET', KEYS[1], ARGV[1])
+else
+  redis.call(ARGV[2], KEYS[1], ARGV[3], ARGV[1])
+end
+redis.call('PUBLISH', KEYS[1], ARGV[1])
+return 1
+""")
+
+
+def store_if_absent(key: str, value: bytes | str, expires: float | None) -> ScriptCall:
+    """``STORE_IF_ABSENT``: ``value`` at ``key``, expiring in ``expires`` seconds
+    (``None``: never), unless the key exists."""
+    return ScriptCall(STORE_IF_ABSENT, [key], [value, *write_command(expires)])
+
+
+#: The transport's scripts, for ``SCRIPT LOAD`` when it connects.
+TRANSPORT_SCRIPTS: tuple[Script, ...] = (POP, ACK, DUE, PURGE)

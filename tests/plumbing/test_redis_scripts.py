@@ -1,0 +1,156 @@
+"""The Lua scripts' builders (``wiretask._redis.scripts``): each owns its script's
+``KEYS``/``ARGV`` layout, refuses inputs that do not fit it, and the scripts themselves
+are the bytes Kombu-compatible deployments run. Plus ``Target``, the identity of a
+Redis database that the broker and the result backend compare."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+import redis
+
+from wiretask._redis import scripts
+from wiretask._redis.client import Commands, Target, target_of
+from wiretask._redis.keys import Keys
+from wiretask._redis.options import parse
+from wiretask.errors import ValidationError
+from wiretask.protocol.states import PendingState
+from wiretask.results.redis import RedisBackend
+from wiretask.transports.redis import RedisTransport
+
+KEYS = parse("redis://h/0", {"global_keyprefix": "p:"}).keys
+
+
+def pending(key: str, data: bytes, expires: float | None) -> PendingState:
+    return PendingState(task_id="t", meta={"status": "SUCCESS", "task_id": "t"},
+                        status="SUCCESS", key=key, data=data, expires=expires)
+
+
+def test_the_scripts_are_the_bytes_they_were() -> None:
+    """SHA1 of each script before the builders took over its layout: the wire, and
+    what ``SCRIPT LOAD`` caches on servers, did not change."""
+    assert {s.sha for s in scripts.TRANSPORT_SCRIPTS} == {
+        "ac0698f5f5d0df133ce7ab196fc7a4a9e2d5d65c",  # POP
+        "55f63e32f6e9a25ac4f5621979c802bac0610ad2",  # ACK
+        "1e6f278d7e55b2399ac3eb094f200f17401e0224",  # DUE
+        "36211385aeecde5c097532cfb46ab55a5d2acb94",  # PURGE
+    }
+    assert scripts.STORE_IF_ABSENT.sha == "1d92e761207bc0a5dcc2f848fd88e9385f904187"
+
+
+def test_pop_lays_out_keys_and_args_as_the_script_reads_them() -> None:
+    lists = [f"p:{q}{suffix}" for suffix in ("", "\x06\x163") for q in ("a", "b")]
+    call = scripts.pop(KEYS, queues=["a", "b"], lists=lists, now=1.5, promote_limit=100,
+                       limit=3, ack_tags=["t1", "t2"],
+                       results=[("d1", pending("r1", b"v1", 60)),
+                                ("d2", pending("r2", b"v2", None)),
+                                ("d3", pending("r3", b"v3", 0.25))])
+    assert call.script is scripts.POP
+    assert call.keys == [
+        "p:unacked_index", "p:unacked", "p:_wiretask.delayed", "p:_wiretask.delayed.messages",
+        "p:_wiretask.delayed.queue.a", "p:_wiretask.delayed.queue.b",
+        "p:a", "p:b", "p:a\x06\x163", "p:b\x06\x163", "r1", "r2", "r3",
+    ]
+    assert call.args == [
+        "1.5", 2, "p:", 100, 3, 2, 3, "a", "b", "t1", "t2",
+        "d1", b"v1", "SETEX", "60", "d2", b"v2", "SET", "", "d3", b"v3", "PSETEX", "250",
+    ]
+
+
+@pytest.mark.parametrize(("queues", "lists"), [
+    ([], []),
+    (["a"], []),
+    (["a", "b"], ["p:a", "p:b", "p:a\x06\x163"]),  # one bucket list missing
+])
+def test_pop_refuses_a_layout_the_script_cannot_read(queues: list[str],
+                                                     lists: list[str]) -> None:
+    with pytest.raises(ValidationError) as info:
+        scripts.pop(KEYS, queues=queues, lists=lists, now=0.0, promote_limit=1, limit=1)
+    assert info.value.field == "lists"
+
+
+def test_the_fixed_layouts() -> None:
+    assert scripts.ack(KEYS, ("t1", "t2")) == (
+        scripts.ACK, ["p:unacked_index", "p:unacked"], ["t1", "t2"])
+    assert scripts.due(KEYS, now=2.25, limit=10) == (
+        scripts.DUE, ["p:_wiretask.delayed", "p:_wiretask.delayed.messages"],
+        ["2.25", 10, "p:", "_wiretask.delayed.queue."])
+    assert scripts.purge(KEYS, "a", lists=["p:a", "p:a\x06\x163"]) == (
+        scripts.PURGE,
+        ["p:a", "p:a\x06\x163", "p:_wiretask.delayed.queue.a", "p:_wiretask.delayed",
+         "p:_wiretask.delayed.messages"],
+        [2])
+    assert scripts.store_if_absent("k", b"v", 3) == (
+        scripts.STORE_IF_ABSENT, ["k"], [b"v", "SETEX", "3"])
+    with pytest.raises(ValidationError):
+        scripts.purge(KEYS, "a", lists=[])
+
+
+@pytest.mark.parametrize(("expires", "command"), [
+    (None, ("SET",)), (60, ("SETEX", "60")), (60.0, ("SETEX", "60")),
+    (0.25, ("PSETEX", "250")), (0.0001, ("PSETEX", "1")),
+])
+def test_write_command(expires: float | None, command: tuple[str, ...]) -> None:
+    assert scripts.write_command(expires) == command
+
+
+def test_read_pop() -> None:
+    queues = ["a", "b"]
+    assert scripts.read_pop([0, "", []], queues) == (0, None, [], [])
+    assert scripts.read_pop([0, "12.500000", [1, 3]], queues) == (0, 12.5, [0, 2], [])
+    assert scripts.read_pop([2, "", [2], 2, b"e1", b"tag1", 1, b"e2", b""], queues) == (
+        2, None, [1], [("b", b"e1", "tag1"), ("a", b"e2", "")])
+
+
+@pytest.fixture
+def commands(redis_url: str) -> Iterator[Commands]:
+    pool = redis.ConnectionPool.from_url(redis_url)
+    made = Commands(pool)
+    yield made
+    made.disconnect()
+    pool.disconnect()
+
+
+def test_builders_run_on_a_real_server(commands: Commands) -> None:
+    assert commands.script(scripts.store_if_absent("k", b"v", 60)) == 1
+    assert commands.script(scripts.store_if_absent("k", b"w", None)) == 0
+    assert commands.call("GET", "k") == b"v"
+    keys = Keys(prefix="", unacked="unacked", unacked_index="unacked_index",
+                unacked_mutex="unacked_mutex", delayed="_wiretask.delayed",
+                delayed_messages="_wiretask.delayed.messages")
+    envelope = b'{"properties": {"delivery_tag": "tag1"}}'
+    commands.call("LPUSH", "b", envelope)
+    reply = scripts.read_pop(commands.script(scripts.pop(
+        keys, queues=["a", "b"], lists=["a", "b"], now=1.0, promote_limit=10, limit=5,
+        results=[("x", pending("k", b"new", None)), ("y", pending("k2", b"v2", None))])),
+        ["a", "b"])
+    assert reply == (1, None, [0], [("b", envelope, "tag1")])  # "k" existed: not stored
+    assert commands.call("GET", "k2") == b"v2"
+    assert commands.script(scripts.ack(keys, ["tag1"])) == 1
+
+
+def test_a_target_is_server_database_and_credentials(redis_url: str) -> None:
+    def target(url: str) -> Target:
+        return Target.of(redis.ConnectionPool.from_url(url))
+
+    base = redis_url.rsplit("/", 1)[0]
+    assert target(redis_url) == target(redis_url)
+    assert target(redis_url) != target(f"{base}/14")
+    assert target(redis_url) != target(redis_url.replace("://", "://:pw@", 1))
+    assert target(redis_url) != target(redis_url.replace("://", "://user:pw@", 1))
+    assert target(redis_url) != target(redis_url.replace("redis://", "rediss://", 1))
+    assert target(f"{base}") == target(f"{base}/0")
+    assert "secret" not in repr(target(redis_url.replace("://", "://:secret@", 1)))
+
+
+def test_broker_and_backend_expose_their_target(redis_url: str) -> None:
+    backend = RedisBackend(redis_url)
+    transport = RedisTransport(f"{redis_url}?visibility_timeout=60")
+    try:
+        assert target_of(backend) == target_of(transport) is not None
+        assert transport.stores_results_of(backend)
+        assert target_of(object()) is None
+    finally:
+        transport.close()
+        backend.close()
