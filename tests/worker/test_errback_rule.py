@@ -7,9 +7,9 @@ from typing import Any
 
 import pytest
 
-from wiretask._trace import errback_runs_in_worker
 from wiretask.app import App
 from wiretask.protocol.signature import Signature
+from wiretask.worker.links import errback_runs_in_worker
 
 app = App("rule", broker="memory://errback-rule", backend="memory://errback-rule")
 

@@ -1,25 +1,20 @@
-"""The worker's execution slots: time limits for threads, and child processes.
+"""Child processes of the process pool: starting one, loading the app in it, and the
+pipe through which it runs one task message at a time.
 
-Two ways to run a task body, with the same tracer (``wiretask._trace``):
+Each child is started with the ``spawn`` method (safe next to threads, unlike
+``fork``) and imports the app by its path (``find_app_path``/``load_app``), with the
+parent's picklable settings (``portable_settings``), so that an app configured in code
+after import runs with the same broker and backend. It runs the same tracer as the
+thread pools. Its soft time limit is a ``SIGALRM`` timer (``AlarmControl``) that
+raises ``SoftTimeLimitExceeded`` in the task; the hard limit is the parent's business
+(it kills the child, ``pools/processes.py``).
 
-* **Threads** (the default). A soft time limit raises ``SoftTimeLimitExceeded`` inside
-  the task's thread with ``PyThreadState_SetAsyncExc``; the exception is delivered at
-  the next Python bytecode the thread runs, so a task blocked in C code (a long
-  ``time.sleep``, a socket read) sees it only when that call returns. A thread cannot
-  be killed: at the hard limit the worker records ``FAILURE``/``TimeLimitExceeded``,
-  acknowledges the message, raises ``TimeLimitExceeded`` in the thread the same way and
-  gives up on it (a new thread takes its slot; whatever the old one does later is
-  ignored).
-* **Processes** (``pool="processes"``). Each slot owns one child process started with
-  the ``spawn`` method (safe next to threads, unlike ``fork``), which imports the app by
-  its path. The soft limit is a ``SIGALRM`` timer in the child, the hard limit is
-  enforced by the parent, which kills the child and starts a new one, as Celery's
-  prefork pool does.
+Threading: a ``ChildProcess`` is driven by one parent thread at a time (its pool slot);
+the child itself runs one task at a time in its main thread.
 """
 
 from __future__ import annotations
 
-import ctypes
 import importlib
 import logging
 import multiprocessing
@@ -28,149 +23,36 @@ import os
 import pickle
 import signal
 import sys
-import threading
 import traceback
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from types import FrameType, ModuleType
 from typing import TYPE_CHECKING, Any
 
 from wiretask.errors import (
     ImproperlyConfigured,
     SoftTimeLimitExceeded,
-    TimeLimitExceeded,
 )
 
 if TYPE_CHECKING:
     from multiprocessing.context import SpawnContext, SpawnProcess
 
-    from wiretask._trace import Outcome
     from wiretask.app import App
     from wiretask.protocol.envelope import TaskMessage
+    from wiretask.worker.tracer import Outcome
 
 __all__ = [
     "AlarmControl",
     "ChildProcess",
-    "ThreadControl",
-    "async_raise",
     "find_app_path",
     "load_app",
+    "portable_settings",
+    "spawn_context",
 ]
 
 logger = logging.getLogger("wiretask.worker")
 
 #: Seconds a new child process may take to import the app and report ready.
 CHILD_START_TIMEOUT = 60.0
-
-
-# -- threads -------------------------------------------------------------------------
-
-
-def async_raise(thread_id: int, exc_type: type[BaseException] | None) -> bool:
-    """Raise ``exc_type`` in the thread ``thread_id`` at its next bytecode (``None``
-    clears a pending one). Returns True if the thread was found."""
-    set_async = ctypes.pythonapi.PyThreadState_SetAsyncExc
-    # With no argtypes, ctypes passes None as a NULL pointer, which clears.
-    target = ctypes.py_object(exc_type) if exc_type is not None else None
-    found = int(set_async(ctypes.c_ulong(thread_id), target))
-    if found > 1:  # cannot happen for a valid id; undo as the C API docs require
-        set_async(ctypes.c_ulong(thread_id), None)
-        return False
-    return found == 1
-
-
-class ThreadControl:
-    """Time limits for a task body running in a worker thread.
-
-    Args:
-        soft: seconds until ``SoftTimeLimitExceeded`` is raised in the thread, or None.
-        hard: seconds until ``on_hard`` is called, or None. ``on_hard`` records the
-            outcome and replaces the thread; this object has already marked the run
-            abandoned and raised ``TimeLimitExceeded`` in the thread by then.
-        on_hard: called (from a timer thread) when the hard limit passes.
-        describe: the task's ``name[id]`` for log lines.
-    """
-
-    def __init__(
-        self,
-        *,
-        soft: float | None,
-        hard: float | None,
-        on_hard: Callable[[], None],
-        describe: str,
-    ) -> None:
-        self._soft = soft
-        self._hard = hard
-        self._on_hard = on_hard
-        self._describe = describe
-        self._lock = threading.Lock()
-        self._phase = "new"  # new -> running -> done | abandoned
-        self._thread_id: int | None = None
-        self._timers: list[threading.Timer] = []
-
-    @property
-    def abandoned(self) -> bool:
-        return self._phase == "abandoned"
-
-    def abandon(self) -> bool:
-        """Give up on the run (the worker is stopping and requeues the message).
-        Returns False if the body had already finished."""
-        with self._lock:
-            if self._phase == "done":
-                return False
-            self._phase = "abandoned"
-            self._cancel()
-            return True
-
-    def begin(self) -> None:
-        with self._lock:
-            if self._phase != "new":
-                return
-            self._phase = "running"
-            self._thread_id = threading.get_ident()
-            for delay, fire in ((self._soft, self._fire_soft), (self._hard, self._fire_hard)):
-                if delay is not None:
-                    timer = threading.Timer(delay, fire)
-                    timer.daemon = True
-                    timer.name = f"wiretask-timelimit-{self._describe}"
-                    self._timers.append(timer)
-                    timer.start()
-
-    def end(self) -> bool:
-        with self._lock:
-            self._cancel()
-            if self._phase == "abandoned":
-                return False
-            self._phase = "done"
-            if self._thread_id is not None and (self._soft, self._hard) != (None, None):
-                # A limit that fired just before we took the lock may still be pending
-                # for this thread: clear it so it cannot hit the worker's own code.
-                # (Without limits nothing can be pending: skip the C call.)
-                async_raise(self._thread_id, None)
-            return True
-
-    def _cancel(self) -> None:
-        for timer in self._timers:
-            timer.cancel()
-        self._timers.clear()
-
-    def _fire_soft(self) -> None:
-        with self._lock:
-            if self._phase != "running" or self._thread_id is None:
-                return
-            logger.warning("task %s: soft time limit (%gs) exceeded", self._describe, self._soft)
-            async_raise(self._thread_id, SoftTimeLimitExceeded)
-
-    def _fire_hard(self) -> None:
-        with self._lock:
-            if self._phase != "running" or self._thread_id is None:
-                return
-            self._phase = "abandoned"
-            logger.error(
-                "task %s: hard time limit (%gs) exceeded; a thread cannot be killed, so it "
-                "is abandoned and replaced", self._describe, self._hard,
-            )
-            async_raise(self._thread_id, TimeLimitExceeded)
-        self._on_hard()
 
 
 # -- finding the app in a child process ----------------------------------------------
@@ -256,7 +138,7 @@ def _child_main(
     log_level: int,
 ) -> None:
     """The loop of a child process: receive a message, run it, send the outcome."""
-    from wiretask._trace import Tracer  # noqa: PLC0415 - keep the child's imports lazy
+    from wiretask.worker.tracer import Tracer  # noqa: PLC0415 - keep the child's imports lazy
 
     # The parent decides when to stop: Ctrl-C (SIGINT to the whole process group) and
     # SIGTERM must not interrupt a task mid-way; the parent kills with SIGKILL.
@@ -371,6 +253,11 @@ class ChildProcess:
             return None
         outcome: Outcome = self._conn.recv()
         return outcome
+
+    def signal_kill(self) -> None:
+        """Send the child SIGKILL now, from any thread; the thread that drives it sees
+        the pipe close and reaps it (``kill``)."""
+        self.process.kill()
 
     def kill(self) -> None:
         """End the child at once (SIGKILL: it ignores SIGTERM) and reap it."""

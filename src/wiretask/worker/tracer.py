@@ -1,10 +1,11 @@
-"""Running one task message: its states, the task body, callbacks and errbacks.
+"""The tracer: running one task message, its states, the task body, its links.
 
 This is the part of the worker that is the same whether a task runs in a thread of the
-worker process or in a child process (``wiretask._pool``): Celery calls it the *tracer*
+worker process or in a child process (``pools/_child.py``): Celery calls it the *tracer*
 (``celery/app/trace.py``). It takes a decoded ``TaskMessage`` and returns an
-``Outcome`` that tells the caller how to settle the delivery; it never touches the
-delivery itself, so a child process can run it and send the outcome back.
+``Outcome`` that tells settlement (``settlement.py``) how to settle the delivery; it
+never touches the delivery itself, so a child process can run it and send the outcome
+back.
 
 The order of events follows Celery's tracer:
 
@@ -14,17 +15,21 @@ The order of events follows Celery's tracer:
 3. The body runs with the request current (``Task.running``), so ``self.request``,
    ``self.retry`` and ``self.update_state`` work inside it.
 4. The final state is stored (``SUCCESS``/``FAILURE``/``RETRY``), *then* callbacks or
-   errbacks run, as in Celery (errbacks "run after FAILURE is stored", §A.9).
+   errbacks run (``links.py``), as in Celery (errbacks "run after FAILURE is stored",
+   §A.9).
+
+Threading: a ``Tracer`` keeps no per-run state, so every pool thread (and the time-limit
+timers that record a hard limit) share the worker's one instance.
 """
 
 from __future__ import annotations
 
-import inspect
 import logging
 import os
+import threading
 import time
 import traceback
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 import attrs
@@ -42,10 +47,10 @@ from wiretask.errors import (
     WorkerLostError,
 )
 from wiretask.protocol import states
-from wiretask.protocol.signature import Signature
 from wiretask.protocol.timing import is_expired
 from wiretask.results.base import DeferredStore
-from wiretask.results.exceptions import expired_meta_result
+from wiretask.results.exceptions import expired_meta_result, revoked_meta_result
+from wiretask.worker.links import Links
 
 if TYPE_CHECKING:
     from wiretask.app import App, Request, Task
@@ -57,7 +62,7 @@ __all__ = [
     "Outcome",
     "Tracer",
     "WorkerLostError",
-    "errback_runs_in_worker",
+    "format_traceback",
 ]
 
 logger = logging.getLogger("wiretask.worker")
@@ -119,41 +124,6 @@ class _NoLimits:
 NO_LIMITS: Control = _NoLimits()
 
 
-def _positional_slots(task: Task[Any, Any], sig: Signature) -> float:
-    """How many positional arguments a call of ``sig`` still has to supply (``inf`` for
-    a ``*args`` function)."""
-    parameters = list(inspect.signature(task.run).parameters.values())
-    if task.bind and parameters:
-        parameters = parameters[1:]  # ``self`` is supplied by the task, not the caller
-    count = 0
-    for parameter in parameters:
-        if parameter.kind is inspect.Parameter.VAR_POSITIONAL:
-            return float("inf")
-        if parameter.kind in (
-            inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD
-        ) and parameter.name not in sig.kwargs:
-            count += 1
-    return count - len(sig.args)
-
-
-def errback_runs_in_worker(app: App, sig: Signature) -> bool:
-    """Whether an errback follows Celery's *new* convention and runs in the worker.
-
-    Celery (``Backend._call_task_errbacks``) calls ``errback(request, exc, traceback)``
-    in the worker when the errback's task is registered there and its function takes
-    more than one positional argument; otherwise the errback is sent as a task with
-    the failed task's id prepended. wiretask makes the count exact: it counts the
-    positional parameters *still to fill* after the signature's own args and kwargs,
-    not counting ``self`` of a bound task (Celery treats every bound task as old style,
-    a side effect of how it wraps them). A ``*args`` function counts as many.
-    An immutable errback takes no arguments from the failure, so it is always sent.
-    """
-    task = app.tasks.get(sig.task)
-    if task is None or sig.immutable:
-        return False
-    return _positional_slots(task, sig) > 1
-
-
 def _short_repr(value: object) -> str:
     return calling.safe_repr(value, _RESULT_REPR_LIMIT)
 
@@ -179,6 +149,7 @@ class Tracer:
         #: the app's backend is this one: set by a worker whose broker can write this
         #: backend's results in its ack.
         self.defer_results_of: DeferredStore | None = None
+        self.links = Links(app)
 
     # -- the request ------------------------------------------------------------------
 
@@ -369,7 +340,7 @@ class Tracer:
                 )
                 return Outcome(states.SUCCESS, "requeue", runtime)
         self._log_success(message, runtime, retval)
-        self.send_callbacks(message, retval)
+        self.links.send_callbacks(message, retval)
         return Outcome(states.SUCCESS, "ack", runtime)
 
     @staticmethod
@@ -418,8 +389,41 @@ class Tracer:
             task_id = sig.options.get("task_id")
             if isinstance(task_id, str) and task_id and not message.ignore_result:
                 self._try_store(message, states.FAILURE, exc, tb=tb, task_id=task_id)
-        self.call_errbacks(message, request, exc, tb)
+        self.links.call_errbacks(message, request, exc, tb)
         return Outcome(states.FAILURE, settle, runtime)
+
+    def fail_outside(
+        self, message: TaskMessage, delivery_info: Mapping[str, Any], exc: BaseException
+    ) -> Outcome:
+        """Record a failure that happened outside the task body, where the pool saw it:
+        a hard time limit (Celery stores ``TimeLimitExceeded(<hard>)``) or a child
+        process that died (``WorkerLostError``). Stores ``FAILURE``, calls errbacks."""
+        request = self.request_for(message, delivery_info)
+        return self.fail(message, request, exc, tb=format_traceback(exc))
+
+    def time_limits(self, message: TaskMessage) -> tuple[float | None, float | None]:
+        """``(hard, soft)`` seconds: the message's ``timelimit``, else the app's
+        ``task_time_limit``/``task_soft_time_limit`` (as Celery's worker defaults)."""
+        hard, soft = message.timelimit
+        if hard is None:
+            hard = self.app.conf.get("task_time_limit")
+        if soft is None:
+            soft = self.app.conf.get("task_soft_time_limit")
+        # A limit past what a timer can wait (threading.TIMEOUT_MAX, centuries) is none.
+        if hard is not None and hard >= threading.TIMEOUT_MAX:
+            hard = None
+        if soft is not None and soft >= threading.TIMEOUT_MAX:
+            soft = None
+        return (hard or None), (soft or None)
+
+    def revoke(self, message: TaskMessage, reason: str) -> Outcome:
+        """Record that the task was revoked while it ran (``reason``: ``"terminated"``
+        when its process was killed on request): store ``REVOKED`` with Celery's
+        ``TaskRevokedError(reason)``, as Celery's ``Backend.mark_as_revoked`` does (no
+        errbacks), and ack."""
+        settle = self._store_final(message, states.REVOKED, revoked_meta_result(reason))
+        logger.warning("task %s[%s] revoked: %s", message.task, message.id, reason)
+        return Outcome(states.REVOKED, settle)
 
     def revoke_expired(self, message: TaskMessage, request: Request) -> Outcome:
         """Do not run an expired task: store ``REVOKED`` with the meta Celery stores
@@ -432,82 +436,8 @@ class Tracer:
             message.expires.isoformat() if message.expires else "?",
         )
         if settle == "ack":
-            self.call_errbacks(message, request, TaskRevokedError("expired"), None)
+            self.links.call_errbacks(message, request, TaskRevokedError("expired"), None)
         return Outcome(states.REVOKED, settle)
-
-    # -- callbacks and errbacks -------------------------------------------------------
-
-    def send_signature(self, sig: Signature) -> None:
-        """Send a signature as a task message through the app (publish retry policy
-        included). Options a wiretask call does not know (Celery's stamps, for one) are
-        dropped rather than failing the send."""
-        options = {k: v for k, v in sig.options.items() if k in calling.CALL_OPTIONS}
-        dropped = set(sig.options) - set(options)
-        if dropped:
-            logger.debug("signature %s: ignoring options %s", sig.task, sorted(dropped))
-        self.app.send_task(sig.task, sig.args, sig.kwargs, **options)
-
-    def send_callbacks(self, message: TaskMessage, retval: Any) -> None:
-        """``link`` callbacks and the next element of the chain, after ``SUCCESS``.
-
-        Each callback gets the return value prepended to its args (unless immutable),
-        ``parent_id`` = this task and ``root_id`` = this task's root. The chain is
-        Celery's reversed list: the last element runs next, with the rest as its chain.
-        A failure to send one is logged and does not stop the others.
-        """
-        root_id = message.root_id or message.id
-        for sig in message.callbacks or ():
-            self._send_logged(
-                message, "callback",
-                sig.clone((retval,), parent_id=message.id, root_id=root_id),
-            )
-        if message.chain:
-            rest = message.chain[:-1]
-            following = message.chain[-1].clone(
-                (retval,), parent_id=message.id, root_id=root_id, chain=rest or None
-            )
-            self._send_logged(message, "chain", following)
-
-    def _send_logged(self, message: TaskMessage, what: str, sig: Signature) -> None:
-        try:
-            self.send_signature(sig)
-        except Exception:
-            logger.exception(
-                "task %s[%s]: could not send %s %s", message.task, message.id, what, sig.task
-            )
-
-    def call_errbacks(
-        self, message: TaskMessage, request: Request, exc: BaseException, tb: str | None
-    ) -> None:
-        """``link_error`` errbacks, in order, after the failure was stored.
-
-        New convention (``errback_runs_in_worker``): called here as
-        ``errback(request, exc, traceback)``. Old convention (anything else, including a
-        task this worker does not know): sent as a task with the failed task's id
-        prepended, ``parent_id`` = the failed task. An exception in one errback is
-        logged and the others still run.
-        """
-        root_id = message.root_id or message.id
-        for sig in message.errbacks or ():
-            try:
-                if errback_runs_in_worker(self.app, sig):
-                    self._call_errback(sig, request, exc, tb)
-                else:
-                    self.send_signature(
-                        sig.clone((message.id,), parent_id=message.id, root_id=root_id)
-                    )
-            except Exception:
-                logger.exception(
-                    "task %s[%s]: errback %s raised", message.task, message.id, sig.task
-                )
-
-    def _call_errback(
-        self, sig: Signature, request: Request, exc: BaseException, tb: str | None
-    ) -> None:
-        task = self.app.tasks[sig.task]
-        merged = sig.clone((request, exc, tb))
-        function: Callable[..., Any] = task
-        function(*merged.args, **merged.kwargs)
 
 
 def _end(control: Control) -> tuple[bool, BaseException | None]:
