@@ -42,7 +42,7 @@ from wiretask.transports.base import Delivery, FusedSettlement, Transport
 if TYPE_CHECKING:
     from wiretask.worker.job import Job
     from wiretask.worker.ledger import Ledger
-    from wiretask.worker.tracer import Outcome
+    from wiretask.worker.outcome import Outcome
 
 __all__ = [
     "ACK_RETRY_INTERVAL",

@@ -30,9 +30,7 @@ import threading
 import time
 import traceback
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any, Literal, Protocol
-
-import attrs
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from wiretask import calling
 from wiretask.errors import (
@@ -51,77 +49,17 @@ from wiretask.protocol.timing import is_expired
 from wiretask.results.base import DeferredStore
 from wiretask.results.exceptions import expired_meta_result, revoked_meta_result
 from wiretask.worker.links import Links
+from wiretask.worker.outcome import NO_LIMITS, Control, Outcome, Settle
 
 if TYPE_CHECKING:
     from wiretask.app import App, Request, Task
     from wiretask.protocol.envelope import TaskMessage
-    from wiretask.protocol.states import PendingState
 
-__all__ = [
-    "Control",
-    "Outcome",
-    "Tracer",
-    "WorkerLostError",
-    "format_traceback",
-]
+__all__ = ["Tracer", "WorkerLostError", "format_traceback"]
 
 logger = logging.getLogger("wiretask.worker")
 
-#: How the worker settles a delivery after the tracer is done with it.
-#: ``ack``: processed. ``requeue``: give it back to run again (the final state could not
-#: be stored, or the task raised ``Reject(requeue=True)``). ``dead_letter``: the task
-#: raised ``Reject(requeue=False)``; the message goes to the dead-letter place with the
-#: reason, as a rejected AMQP message goes to its dead-letter exchange.
-#: ``none``: someone else settled it (a hard time limit fired first).
-Settle = Literal["ack", "requeue", "dead_letter", "none"]
-
 _RESULT_REPR_LIMIT = 256
-
-
-@attrs.frozen
-class Outcome:
-    """What the tracer did with one message, and how to settle its delivery.
-
-    Attributes:
-        state: the state recorded (``SUCCESS``, ``FAILURE``, ``RETRY``, ``REVOKED``),
-            ``REJECTED`` for a ``Reject``, or ``""`` when the run was abandoned.
-        settle: how to settle the delivery (see ``Settle``).
-        runtime: seconds the body ran (0 when it did not run).
-        reason: why, for ``dead_letter``.
-        pending: a ``SUCCESS`` state checked and encoded but not written yet (only
-            with ``Tracer.defer_results_of``): the worker writes it in the same call that
-            acknowledges the delivery.
-    """
-
-    state: str
-    settle: Settle
-    runtime: float = 0.0
-    reason: str = ""
-    pending: PendingState | None = None
-
-
-class Control(Protocol):
-    """Arms and disarms a run's time limits around the task body.
-
-    ``begin`` is called right before the body runs and ``end`` right after it (whether
-    it returned or raised). ``end`` returns False when the run was abandoned meanwhile
-    (a hard time limit already recorded the outcome): the tracer then records nothing.
-    """
-
-    def begin(self) -> None: ...
-
-    def end(self) -> bool: ...
-
-
-class _NoLimits:
-    def begin(self) -> None:
-        return None
-
-    def end(self) -> bool:
-        return True
-
-
-NO_LIMITS: Control = _NoLimits()
 
 
 def _short_repr(value: object) -> str:
@@ -255,14 +193,7 @@ class Tracer:
         task = self.app.tasks.get(message.task)
         request = self.request_for(message, delivery_info)
         if task is None:
-            # The worker checks on receipt; a child process whose app module does not
-            # import the task's module lacks it. Same treatment as on receipt.
-            exc = NotRegistered(message.task)
-            if not message.ignore_result:
-                self._try_store(message, states.FAILURE, exc, tb=format_traceback(exc))
-            return Outcome(
-                states.FAILURE, "dead_letter", reason=f"unregistered task {message.task}"
-            )
+            return self._unregistered(message)
         if message.expires is not None and is_expired(message.expires, now=self.app.now()):
             return self.revoke_expired(message, request)
         tracked = False  # a STARTED state was (or may have been) stored by this run
@@ -272,28 +203,26 @@ class Tracer:
             self._try_store(
                 message, states.STARTED, {"pid": os.getpid(), "hostname": self.hostname}
             )
-
-        error: BaseException | None = None
-        retval: Any = None
-        started = time.monotonic()
-        with task.running(request):
-            control.begin()
-            try:
-                if task.bind:
-                    retval = task.run(task, *message.args, **message.kwargs)
-                else:
-                    retval = task.run(*message.args, **message.kwargs)
-            except BaseException as exc:  # a task never kills the worker
-                error = exc
-            claimed, late = _end(control)
-        runtime = time.monotonic() - started
-        if not claimed:
-            return Outcome("", "none", runtime)
-        if error is None and late is not None:
-            error = late  # a time limit that landed right as the body returned
-        if error is None:
+        run = _run_body(task, message, request, control)
+        if not run.claimed:
+            return Outcome("", "none", run.runtime)
+        if run.error is None:
             defer = not tracked and self.defer_results_of is not None
-            return self._succeeded(message, request, retval, runtime, defer=defer)
+            return self._succeeded(message, request, run.retval, run.runtime, defer=defer)
+        return self._raised(message, request, run.error, run.runtime)
+
+    def _unregistered(self, message: TaskMessage) -> Outcome:
+        # The worker checks on receipt; a child process whose app module does not
+        # import the task's module lacks it. Same treatment as on receipt.
+        exc = NotRegistered(message.task)
+        if not message.ignore_result:
+            self._try_store(message, states.FAILURE, exc, tb=format_traceback(exc))
+        return Outcome(states.FAILURE, "dead_letter", reason=f"unregistered task {message.task}")
+
+    def _raised(
+        self, message: TaskMessage, request: Request, error: BaseException, runtime: float
+    ) -> Outcome:
+        """The body raised ``error``: a retry, a rejection, or a failure."""
         if isinstance(error, Retry):
             return self._retried(message, error, runtime)
         if isinstance(error, Reject):
@@ -438,6 +367,39 @@ class Tracer:
         if settle == "ack":
             self.links.call_errbacks(message, request, TaskRevokedError("expired"), None)
         return Outcome(states.REVOKED, settle)
+
+
+class _Run(NamedTuple):  # a tuple: made once per task, on the hot path
+    """How the body went: what it returned or raised, for how long, and whether the
+    run is still ours to record (``Control.end``)."""
+
+    claimed: bool
+    runtime: float
+    retval: Any = None
+    error: BaseException | None = None
+
+
+def _run_body(
+    task: Task[Any, Any], message: TaskMessage, request: Request, control: Control
+) -> _Run:
+    """Run the task's body with the request current, between ``control.begin()`` and
+    ``control.end()``."""
+    error: BaseException | None = None
+    retval: Any = None
+    started = time.monotonic()
+    with task.running(request):
+        control.begin()
+        try:
+            if task.bind:
+                retval = task.run(task, *message.args, **message.kwargs)
+            else:
+                retval = task.run(*message.args, **message.kwargs)
+        except BaseException as exc:  # a task never kills the worker
+            error = exc
+        claimed, late = _end(control)
+    if error is None and late is not None:
+        error = late  # a time limit that landed right as the body returned
+    return _Run(claimed, time.monotonic() - started, retval, error)
 
 
 def _end(control: Control) -> tuple[bool, BaseException | None]:

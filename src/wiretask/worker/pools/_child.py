@@ -38,7 +38,7 @@ if TYPE_CHECKING:
 
     from wiretask.app import App
     from wiretask.protocol.envelope import TaskMessage
-    from wiretask.worker.tracer import Outcome
+    from wiretask.worker.outcome import Outcome
 
 __all__ = [
     "AlarmControl",

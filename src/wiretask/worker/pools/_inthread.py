@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING
 
 from wiretask.errors import SoftTimeLimitExceeded, TimeLimitExceeded
 from wiretask.protocol import states
-from wiretask.worker.tracer import Outcome
+from wiretask.worker.outcome import Outcome
 
 if TYPE_CHECKING:
     from wiretask.worker.job import Job

@@ -44,8 +44,9 @@ if TYPE_CHECKING:
     from wiretask.app import App
     from wiretask.transports.base import Delivery, Transport
     from wiretask.worker.job import Job
+    from wiretask.worker.outcome import Outcome
     from wiretask.worker.settlement import Settlement
-    from wiretask.worker.tracer import Outcome, Tracer
+    from wiretask.worker.tracer import Tracer
 
 __all__ = ["ConsumerHandle", "Pool", "PoolContext", "PoolName", "PoolSetup"]
 

@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Literal
 
 from wiretask.errors import ImproperlyConfigured, TimeLimitExceeded, WorkerLostError
 from wiretask.worker.ledger import POLL_INTERVAL
+from wiretask.worker.outcome import Outcome
 from wiretask.worker.pools._child import (
     ChildProcess,
     find_app_path,
@@ -37,7 +38,6 @@ from wiretask.worker.pools._child import (
     spawn_context,
 )
 from wiretask.worker.pools.base import Pool, PoolContext, PoolSetup
-from wiretask.worker.tracer import Outcome
 
 if TYPE_CHECKING:
     from wiretask.worker.job import Job

@@ -35,7 +35,7 @@ from wiretask.worker.pools.base import Pool, PoolContext, PoolSetup
 if TYPE_CHECKING:
     from wiretask.transports.base import Delivery
     from wiretask.worker.job import Job
-    from wiretask.worker.tracer import Outcome
+    from wiretask.worker.outcome import Outcome
 
 __all__ = ["SOLO_FLUSH_INTERVAL", "SoloPool"]
 
