@@ -93,6 +93,11 @@ class Ledger:
 
     # -- active jobs ----------------------------------------------------------------
 
+    def jobs(self) -> list[Job]:
+        """The active jobs, now (a copy)."""
+        with self.cv:
+            return list(self._active)
+
     def add(self, job: Job) -> None:
         with self.cv:
             self._active.add(job)
