@@ -42,7 +42,6 @@ from wiretask.errors import (
     TaskRevokedError,
     TimeLimitExceeded,
     ValidationError,
-    WorkerLostError,
 )
 from wiretask.protocol import states
 from wiretask.protocol.timing import is_expired
@@ -55,7 +54,7 @@ if TYPE_CHECKING:
     from wiretask.app import App, Request, Task
     from wiretask.protocol.envelope import TaskMessage
 
-__all__ = ["Tracer", "WorkerLostError", "format_traceback"]
+__all__ = ["Tracer", "format_traceback"]
 
 logger = logging.getLogger("wiretask.worker")
 

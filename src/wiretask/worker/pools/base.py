@@ -24,6 +24,12 @@ worker. Its life:
 between threads). ``terminate`` ends one running task at once where the pool can (the
 process pool kills the child; a thread cannot be killed, so the others refuse).
 
+An asyncio pool fits the same shape: ``start`` runs an event loop in a thread of its
+own, ``submit`` hands the job to it (``call_soon_threadsafe``), each job runs as an
+asyncio task under its time limits, ``report`` is called from a thread that may block
+(settlement does I/O), ``capacity`` is how many tasks may be in flight, and
+``abandon``/``terminate`` cancel the task.
+
 Threading: ``submit`` is called with the ledger's ``receiving`` lock held; ``report``
 from the pool's own threads (and time-limit timers); ``abandon``, ``terminate`` and
 ``stop`` from the thread that stops the worker.
