@@ -9,6 +9,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -18,7 +19,8 @@ from wiretask.protocol import states
 from wiretask.protocol.celery import decode
 from wiretask.worker import Worker
 from wiretask.worker.job import Job
-from wiretask.worker.pools import POOLS, Pool, PoolContext, PoolSetup
+from wiretask.worker.pools import POOLS, Pool, PoolContext, PoolSetup, ProcessPool
+from wiretask.worker.pools._child import ChildProcess
 
 from . import procapp
 from .conftest import MakeApp, Recorder, wait_until
@@ -162,3 +164,28 @@ def test_the_process_pool_terminates_a_running_task(proc_app: App) -> None:
         assert after != before
         wait_until(lambda: worker.active == 0, what="acked")
     assert app.transport.size("celery") == 0
+
+
+class TerminatedAsItFinishes(ProcessPool):
+    """The process pool, terminating every job right as its child reports the outcome
+    (the race ``terminate`` must survive)."""
+
+    def _wait(
+        self, child: ChildProcess, job: Job, hard: float | None, soft: float | None
+    ) -> Any:
+        ended = super()._wait(child, job, hard, soft)
+        assert self.terminate(job)  # still running, as far as the slot has told
+        return ended
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(90)
+def test_a_task_terminated_as_it_finishes_keeps_its_outcome_and_the_slot_a_live_child(
+    proc_app: App,
+) -> None:
+    with Worker(proc_app, pool=TerminatedAsItFinishes, concurrency=1, shutdown_timeout=10):
+        first = procapp.whoami.delay().get(timeout=20)["pid"]
+        # The next task runs (not WorkerLostError): the killed child was replaced.
+        assert procapp.add.delay(2, 3).get(timeout=20) == 5
+        assert procapp.whoami.delay().get(timeout=20)["pid"] != first
+    assert proc_app.transport.size("celery") == 0

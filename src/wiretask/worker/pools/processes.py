@@ -169,7 +169,11 @@ class ProcessPool(Pool):
                 del self._running[index]
         if isinstance(ended, Outcome):
             self.report(job, ended)
-            return True
+            if not job.terminated:
+                return True
+            # Terminated as it finished: the outcome stands, but the child is killed.
+            child.kill()
+            return self._replace_child(index)
         child.kill()
         if ended == "abandoned":  # requeued by a stopping worker
             return False
