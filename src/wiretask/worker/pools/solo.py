@@ -111,9 +111,11 @@ class SoloPool(Pool):
                     context, job, report=self.report, replace=consumer.replace
                 )
             finally:
-                if consumer.current():
+                # Replaced while in the task: the new consumer owns the batch now.
+                current = consumer.current()
+                if current:
                     self._running_since = None
-            if not going_on or not consumer.current():
+            if not (going_on and current):
                 return False
         return True
 
