@@ -32,7 +32,8 @@ The parts, one module each (a message meets them in this order):
   is dispatched and held (``eta``: the heap of early-eta messages).
 * ``pools``: what runs the jobs, behind one interface (``pools.base.Pool``): threads,
   solo, processes.
-* ``tracer`` (and ``links``): runs one message: states, body, callbacks, errbacks.
+* ``tracer`` (and ``links``): runs one message: states, body, callbacks, errbacks; it
+  takes a ``Control`` (time limits) and returns an ``Outcome`` (``outcome``).
 * ``settlement``: ack once, after the outcome is stored; batched acks that also take
   the next messages; ack retry; requeue with a pause.
 """
