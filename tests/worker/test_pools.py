@@ -55,13 +55,14 @@ class OneThreadPool(Pool):
     def _work(self) -> None:
         tracer = self.context.tracer
         while (job := self.jobs.get()) is not None:
-            while self.hold.is_set() and not self.context.stopping.is_set():
+            while self.hold.is_set():  # until stop(): the worker gave back what it could
                 time.sleep(0.01)
             if job.claim():
                 self.report(job, tracer.execute(job.message, delivery_info=job.delivery_info))
 
     def stop(self, until: float) -> None:
         self.stopped = True
+        self.hold.clear()
         self.jobs.put(None)
         assert self._thread is not None
         self._thread.join(max(until - time.monotonic(), 0.0))
@@ -149,8 +150,13 @@ def test_the_process_pool_terminates_a_running_task(proc_app: App) -> None:
     with Worker(app, pool="processes", concurrency=1, shutdown_timeout=10) as worker:
         before = procapp.whoami.delay().get(timeout=20)["pid"]
         result = procapp.nap.delay(30)
-        wait_until(lambda: worker.active == 1, timeout=10, what="received")
-        [job] = worker._ledger.jobs()  # no public entry until revoke (issue 12)
+
+        def napping() -> Job | None:  # no public entry until revoke (issue 12)
+            return next((j for j in worker._ledger.jobs() if j.message.id == result.id), None)
+
+        wait_until(lambda: napping() is not None, timeout=10, what="received")
+        job = napping()
+        assert job is not None
         assert not worker._pool.terminate(Job(job.delivery, job.message))  # not this one
         # True once the child runs it (the slot may not have handed it over yet).
         wait_until(lambda: worker._pool.terminate(job), timeout=10, what="terminated")
