@@ -5,7 +5,7 @@ Run it::
     python examples/quickstart.py
 
 Nothing to install or start: the broker and the results live in one SQLite file under
-``$XDG_DATA_HOME/wiretask/`` (``~/.local/share/wiretask/quickstart.db``), the embedded
+``$XDG_DATA_HOME/wiretask/`` (``~/.local/share/wiretask/wiretask.db``), the embedded
 default. Set ``WIRETASK_BROKER_URL=redis://localhost:6379/0`` to use Redis instead.
 
 Here the worker runs in a thread of this process to keep the example in one file; in

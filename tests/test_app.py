@@ -379,8 +379,11 @@ def test_embedded_default_is_a_sqlite_file_under_the_data_dir(
     monkeypatch.delenv("WIRETASK_BROKER_URL", raising=False)
     monkeypatch.delenv("WIRETASK_RESULT_BACKEND", raising=False)
     app = App("proj")
+    # One file whatever the app is called (issue 14: ``App("proj")`` and a command
+    # without -A used to pick different files, and never met).
+    assert App("other").broker_url == App().broker_url == app.broker_url
     try:
-        assert app.broker_url == f"sqlite:///{tmp_path}/wiretask/proj.db"
+        assert app.broker_url == f"sqlite:///{tmp_path}/wiretask/wiretask.db"
         assert app.backend_url == app.broker_url
         (tmp_path / "wiretask").mkdir()
         result = app.send_task("remote.task", (1,))

@@ -19,8 +19,14 @@ def test_the_calling_api_is_at_the_top_level() -> None:
             return x + y
 
         assert isinstance(add, wiretask.Task)
-        assert isinstance(add.s(1), wiretask.TaskSignature)
-        assert isinstance(add.s(1), wiretask.Signature)
+        sig = add.s(1)
+        assert isinstance(sig, wiretask.TaskSignature)
+        # The user-facing signature is Celery's mutable dict (issue 14); its wire value
+        # is the frozen Signature, and both are the same dict.
+        assert isinstance(sig.to_signature(), wiretask.Signature)
+        assert sig.to_signature().to_dict() == wiretask.Signature.from_dict(sig).to_dict()
+        assert sig.to_dict() == {"task": add.name, "args": [1], "kwargs": {}, "options": {},
+                                 "subtask_type": None, "immutable": False}
         assert add(1, 2) == 3
     finally:
         app.close()

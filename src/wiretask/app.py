@@ -1,4 +1,4 @@
-"""The calling API users touch: ``App``, ``Task``, signatures and ``AsyncResult``.
+"""The calling API users touch: ``App``, ``Task``, signatures and results.
 
 This is Celery's calling API (``celery-protocol.md`` §A) on wiretask's core:
 
@@ -6,8 +6,17 @@ This is Celery's calling API (``celery-protocol.md`` §A) on wiretask's core:
 * ``task.delay(*a, **kw)`` sends with default options (every keyword is a task kwarg);
 * ``task.apply_async(args, kwargs, **options)`` and ``app.send_task(name, ...)`` send with
   options; ``task.apply_many`` / ``app.send_many`` send many in one round trip;
-* ``task.s(...)`` / ``task.si(...)`` build signatures for ``link``/``link_error``;
+* ``task.apply(...)`` (and every call under ``task_always_eager``) runs the task here
+  through the message path and returns an ``EagerResult``;
+* ``task.s(...)`` / ``task.si(...)`` build signatures (``wiretask.canvas``);
 * ``AsyncResult.get(on_message=...)`` reads and streams states from the result backend.
+
+An ``App`` holds its settings (``app.conf``, checked: ``wiretask.config``), its tasks,
+a router (``wiretask.routing``) and, created on first use, a broker connection and a
+result backend. Tasks are registered when decorated; the app is *finalized* on the first
+use of ``app.tasks`` (or ``app.finalize()``): then the ``imports``/``include`` modules and
+the ``autodiscover_tasks`` packages are imported, ``shared_task`` functions are
+registered and ``task_annotations`` applied, as Celery does when its worker starts.
 
 Everything that can be validated is validated before any I/O (``wiretask.calling``).
 Publishing goes through the retry driver (``wiretask.retry``) with the call's policy.
@@ -17,151 +26,94 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import importlib
 import inspect
+import logging
 import os
 import socket
 import threading
 import time
 import types
 import uuid
+import weakref
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextvars import ContextVar
 from datetime import UTC, datetime, tzinfo
 from pathlib import Path
-from typing import Any, Concatenate, Generic, Literal, ParamSpec, Self, TypeVar, overload
+from typing import Any, Concatenate, Generic, Literal, ParamSpec, TypeVar, cast, overload
 from zoneinfo import ZoneInfo
 
-import attrs
-
 from wiretask import calling
-from wiretask.codecs import DEFAULT_MAX_DECOMPRESSED_SIZE, Registry, default_registry
+from wiretask._trace import errback_runs_in_worker, format_traceback
+from wiretask.canvas import TaskChain, TaskSignature
+from wiretask.codecs import Registry, default_registry
+from wiretask.config import Configuration, Settings, read_object
 from wiretask.errors import (
     ArgumentsError,
+    DecodeError,
     ImproperlyConfigured,
-    NotRegistered,
+    MaxRetriesExceededError,
     Retry,
-    TaskError,
     TimeoutError,
     ValidationError,
+    WouldBlock,
 )
 from wiretask.protocol import states
-from wiretask.protocol.celery import encode
+from wiretask.protocol.celery import decode, encode
 from wiretask.protocol.envelope import TaskMessage
 from wiretask.protocol.frame import Outgoing
 from wiretask.protocol.signature import Signature
+from wiretask.protocol.timing import parse_iso
 from wiretask.results import ResultBackend, backend_from_url
 from wiretask.results.exceptions import exception_from_meta
 from wiretask.retry import RetryPolicy, call_with_retry
+from wiretask.routing import QueueBinding, Router
+from wiretask.tasks import (
+    CALL_DEFAULTS,
+    HOOKS,
+    TASK_OPTIONS,
+    annotations_for,
+    autoretry,
+    check_task_option,
+    parse_rate,
+)
 from wiretask.transports.base import Transport
 from wiretask.transports.url import mask_url, transport_from_url
 
-__all__ = ["App", "AsyncResult", "Request", "Settings", "Task", "TaskSignature"]
+__all__ = [
+    "App",
+    "AsyncResult",
+    "EagerResult",
+    "Request",
+    "Settings",
+    "Task",
+    "TaskChain",
+    "TaskSignature",
+    "allow_join_result",
+    "current_app",
+    "shared_task",
+]
 
 P = ParamSpec("P")
 R = TypeVar("R")
 
-#: App settings, with Celery's names where Celery has one, and their defaults.
-DEFAULT_SETTINGS: Mapping[str, Any] = {
-    "broker_url": None,
-    "result_backend": None,
-    "task_serializer": "json",
-    "result_serializer": "json",
-    "accept_content": ("json", "msgpack"),
-    "result_accept_content": None,
-    "task_compression": None,
-    # wiretask: compress only bodies of at least this many bytes (None: always).
-    "task_compression_threshold": None,
-    "task_publish_retry": True,
-    # The documented Celery policy (the code default's interval_max is 1; see the spec).
-    "task_publish_retry_policy": {
-        "max_retries": 3, "interval_start": 0, "interval_step": 0.2, "interval_max": 0.2,
-    },
-    "task_default_queue": "celery",
-    "task_default_exchange": "",
-    "task_default_routing_key": None,
-    "task_default_priority": None,
-    "task_default_delivery_mode": 2,
-    "task_ignore_result": False,
-    "task_time_limit": None,
-    "task_soft_time_limit": None,
-    "task_track_started": False,
-    "task_default_retry_delay": 180,
-    "task_max_retries": 3,
-    "result_expires": 86400,
-    "timezone": "UTC",
-    # wiretask: the decompressed-size cap applied to every received body.
-    "max_decompressed_size": DEFAULT_MAX_DECOMPRESSED_SIZE,
+logger = logging.getLogger("wiretask.app")
+
+#: The default settings (every honoured setting), for reference; ``app.conf`` starts
+#: with them.
+DEFAULT_SETTINGS: Mapping[str, Any] = types.MappingProxyType(dict(Configuration()))
+
+#: Celery constructor arguments wiretask does not take, and why.
+_UNSUPPORTED_ARGUMENTS: Mapping[str, str] = {
+    "loader": "wiretask has no loaders: use config_from_object and include",
+    "amqp": "the AMQP helper cannot be replaced",
+    "events": "wiretask does not send events yet",
+    "log": "configure logging yourself",
+    "control": "wiretask has no remote control yet",
+    "tasks": "register tasks with @app.task or app.register_task",
+    "fixups": "wiretask has no fix-ups (Django: config_from_object('django.conf:settings', "
+    "namespace='CELERY') and autodiscover_tasks() work without one)",
 }
-
-#: Keyword options ``@app.task(...)`` accepts besides the per-call options.
-_TASK_ATTRIBUTES = frozenset(
-    {"name", "bind", "typing", "max_retries", "default_retry_delay", "track_started",
-     "acks_late", "base"}
-)
-
-
-class Settings(dict[str, Any]):
-    """``app.conf``: a dict of settings with attribute access (``app.conf.task_serializer``).
-
-    Every change through the mapping API bumps ``_version``, so what is derived from the
-    settings (the calling API's validated option plans) is recomputed. A value mutated in
-    place (``app.conf.some_dict["key"] = ...``) is not seen: assign a new value instead
-    (``task_publish_retry_policy``, read on every call, is the exception).
-    """
-
-    _version: int
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        object.__setattr__(self, "_version", 0)
-
-    def _changed(self) -> None:
-        # ``__dict__.get``: unpickling and copying set items before the instance state.
-        object.__setattr__(self, "_version", self.__dict__.get("_version", 0) + 1)
-
-    def __getattr__(self, name: str) -> Any:
-        try:
-            return self[name]
-        except KeyError:
-            raise AttributeError(f"no setting named {name!r}") from None
-
-    def __setattr__(self, name: str, value: Any) -> None:
-        self[name] = value
-
-    def __setitem__(self, key: str, value: Any) -> None:
-        super().__setitem__(key, value)
-        self._changed()
-
-    def __delitem__(self, key: str) -> None:
-        super().__delitem__(key)
-        self._changed()
-
-    def __ior__(self, other: Any) -> Self:  # type: ignore[override,misc]
-        self.update(other)
-        return self
-
-    def update(self, *args: Any, **kwargs: Any) -> None:
-        super().update(*args, **kwargs)
-        self._changed()
-
-    def setdefault(self, key: str, default: Any = None) -> Any:
-        value = super().setdefault(key, default)
-        self._changed()
-        return value
-
-    def pop(self, key: str, *default: Any) -> Any:
-        value = super().pop(key, *default)
-        self._changed()
-        return value
-
-    def popitem(self) -> tuple[str, Any]:
-        item = super().popitem()
-        self._changed()
-        return item
-
-    def clear(self) -> None:
-        super().clear()
-        self._changed()
 
 
 def _data_dir() -> Path:
@@ -169,34 +121,172 @@ def _data_dir() -> Path:
     return Path(base) / "wiretask"
 
 
-@attrs.define(kw_only=True)
+def default_broker_url() -> str:
+    """The broker every app and every ``wiretask`` command uses when none is configured:
+    ``$WIRETASK_BROKER_URL``, else one embedded SQLite file,
+    ``$XDG_DATA_HOME/wiretask/wiretask.db`` (``~/.local/share/wiretask/wiretask.db``),
+    whatever the app is called, so that a client and a worker started by any command
+    meet there (as Celery's clients and workers meet at its one default broker)."""
+    url = os.environ.get("WIRETASK_BROKER_URL")
+    if url:
+        return url
+    return f"sqlite:///{_data_dir() / 'wiretask.db'}"
+
+
+# -- the current app and shared tasks ---------------------------------------------------------
+
+_current: App | None = None
+_default: App | None = None
+_apps: weakref.WeakSet[App] = weakref.WeakSet()
+#: ``(function, options)`` of every ``shared_task``: each app registers them when it is
+#: finalized (and an already finalized app at once).
+_shared: list[tuple[Callable[..., Any], dict[str, Any]]] = []
+_state_lock = threading.RLock()
+
+
+def current_app() -> App:
+    """The app made last (unless made with ``set_as_current=False``), else a default app
+    made on first use: Celery's ``current_app``."""
+    global _default
+    if _current is not None:
+        return _current
+    with _state_lock:
+        if _default is None:
+            _default = App("default", set_as_current=False)
+        return _default
+
+
+class SharedTask:
+    """What ``@shared_task`` returns: the task of that function in the *current* app
+    (registered there on first use), so a reusable module's tasks work in whatever app
+    imports it, as Celery's proxy does."""
+
+    def __init__(self, function: Callable[..., Any], options: Mapping[str, Any]) -> None:
+        self.function = function
+        self.options = dict(options)
+        functools.update_wrapper(self, function)
+
+    def resolve(self, app: App | None = None) -> Task[Any, Any]:
+        """The task in ``app`` (default: the current app)."""
+        return (app or current_app())._shared_task(self.function, self.options)
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("__"):
+            raise AttributeError(name)
+        return getattr(self.resolve(), name)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self.resolve()(*args, **kwargs)
+
+    def __repr__(self) -> str:
+        return f"<shared task {self.function.__module__}.{self.function.__qualname__}>"
+
+
+@overload
+def shared_task(fn: Callable[..., Any], /) -> SharedTask: ...
+
+
+@overload
+def shared_task(**options: Any) -> Callable[[Callable[..., Any]], SharedTask]: ...
+
+
+def shared_task(fn: Callable[..., Any] | None = None, /, **options: Any) -> Any:
+    """A task for reusable modules (a Django app's ``tasks.py``): not bound to one app.
+
+    Every app registers it when finalized (apps already finalized register it now), and
+    the returned proxy stands for the task in the current app: ``add.delay(2, 2)`` uses
+    the app made last. Options are ``@app.task``'s, checked now.
+    """
+    for key, value in options.items():
+        options[key] = check_task_option(key, value)
+
+    def create(function: Callable[..., Any]) -> SharedTask:
+        with _state_lock:
+            _shared.append((function, options))
+            apps = [app for app in _apps if app.finalized]
+        for app in apps:
+            app._shared_task(function, options)
+        return SharedTask(function, options)
+
+    if fn is not None:
+        if not callable(fn):
+            raise TypeError("argument 1 to @shared_task() must be a callable")
+        return create(fn)
+    return create
+
+
+# -- the request ------------------------------------------------------------------------------
+
+
 class Request:
     """The context of the task being run: ``self.request`` inside a bound task.
 
     A direct call (``task(...)``) sees ``id=None`` and ``called_directly=True``, as in
-    Celery; the worker fills everything from the message.
+    Celery; the worker fills everything from the message, and the eager path
+    (``Task.apply``) too, with ``is_eager=True``.
     """
 
-    id: str | None = None
-    task: str | None = None
-    args: tuple[Any, ...] = ()
-    kwargs: Mapping[str, Any] = attrs.Factory(dict)
-    retries: int = 0
-    eta: datetime | None = None
-    expires: datetime | None = None
-    root_id: str | None = None
-    parent_id: str | None = None
-    group: str | None = None
-    group_index: int | None = None
-    called_directly: bool = True
-    is_eager: bool = False
-    hostname: str | None = None
-    delivery_info: Mapping[str, Any] | None = None
-    #: The message being run (worker only): ``Task.retry`` derives the re-sent one from it.
-    message: TaskMessage | None = None
+    def __init__(
+        self, *, id: str | None = None, task: str | None = None,
+        args: tuple[Any, ...] = (), kwargs: Mapping[str, Any] | None = None,
+        retries: int = 0, eta: datetime | None = None, expires: datetime | None = None,
+        root_id: str | None = None, parent_id: str | None = None, group: str | None = None,
+        group_index: int | None = None, called_directly: bool = True, is_eager: bool = False,
+        hostname: str | None = None, delivery_info: Mapping[str, Any] | None = None,
+        message: TaskMessage | None = None,
+    ) -> None:
+        self.id = id
+        self.task = task
+        self.args = args
+        self.kwargs: Mapping[str, Any] = {} if kwargs is None else kwargs
+        self.retries = retries
+        self.eta = eta
+        self.expires = expires
+        self.root_id = root_id
+        self.parent_id = parent_id
+        self.group = group
+        self.group_index = group_index
+        self.called_directly = called_directly
+        self.is_eager = is_eager
+        self.hostname = hostname
+        self.delivery_info = delivery_info
+        #: The message being run: ``Task.retry`` derives the re-sent one from it.
+        self.message = message
+
+    def __repr__(self) -> str:
+        return f"<Request {self.task}[{self.id}]>"
 
 
 _current_request: ContextVar[Request | None] = ContextVar("wiretask_request", default=None)
+#: The task whose custom ``__call__`` is running (see ``Task._through_call``).
+_inside_call: ContextVar[Task[Any, Any] | None] = ContextVar("wiretask_call", default=None)
+#: ``allow_join_result()`` is active.
+_join_allowed: ContextVar[bool] = ContextVar("wiretask_join_allowed", default=False)
+
+
+@contextlib.contextmanager
+def allow_join_result() -> Iterator[None]:
+    """Allow ``AsyncResult.get()`` inside a running task (Celery's context manager of the
+    same name). Waiting for another task from inside one can deadlock a worker whose
+    slots are all busy waiting; prefer a chain or a callback."""
+    token = _join_allowed.set(True)
+    try:
+        yield
+    finally:
+        _join_allowed.reset(token)
+
+
+def _assert_will_not_block() -> None:
+    current = _current_request.get()
+    if current is not None and not current.called_directly and not _join_allowed.get():
+        raise WouldBlock(
+            "never call result.get() within a task: it can deadlock the worker (see "
+            "Celery's 'avoid launching synchronous subtasks'); use a chain or a callback, "
+            "or pass disable_sync_subtasks=False if you must"
+        )
+
+
+# -- the app ----------------------------------------------------------------------------------
 
 
 class App:
@@ -205,10 +295,10 @@ class App:
     Args:
         main: the app's name; task names of functions defined in ``__main__`` use it.
         broker: broker URL (``memory://``, ``sqlite:///path.db``, ``redis://...``).
-            Default: ``$WIRETASK_BROKER_URL``, else an embedded SQLite file under
-            ``$XDG_DATA_HOME/wiretask/`` named after ``main``.
+            Default: :func:`default_broker_url`.
         backend: result backend URL. Default: ``$WIRETASK_RESULT_BACKEND``, else the
             broker's URL (every bundled broker also stores results).
+        include: modules imported when the app is finalized (the ``include`` setting).
         transport: instead of ``broker``, a factory of transports: a callable taking no
             arguments that returns a *new*, unconnected ``Transport`` each time (the app
             keeps one for publishing and every worker asks for its own), all talking to
@@ -219,7 +309,17 @@ class App:
             still ``backend`` (its default is then the embedded SQLite store).
         registry: the codec registry (default: ``default_registry`` with ``accept_content``).
         clock: a function returning an aware "now" (tests inject one).
-        **settings: any of ``DEFAULT_SETTINGS`` (Celery's names).
+        set_as_current: make this the current app (``shared_task``, ``AsyncResult(id)``).
+        strict_typing: the default ``typing`` of tasks (check arguments before sending).
+        task_cls: the default ``base`` of tasks (a ``Task`` subclass or its dotted path).
+        namespace: the default ``namespace`` of ``config_from_object``.
+        autofinalize: False: ``app.tasks`` raises until ``app.finalize()`` was called.
+        config_source: an object or module path read with ``config_from_object``.
+        **settings: Celery's settings by name (``wiretask.config``), checked at once.
+
+    Raises:
+        ImproperlyConfigured: an unknown, refused or malformed setting, or a Celery
+            constructor argument wiretask does not take.
     """
 
     def __init__(
@@ -228,9 +328,16 @@ class App:
         *,
         broker: str | None = None,
         backend: str | None = None,
+        include: Iterable[str] | str | None = None,
         registry: Registry | None = None,
         clock: Callable[[], datetime] | None = None,
         transport: Callable[[], Transport] | None = None,
+        set_as_current: bool = True,
+        strict_typing: bool = True,
+        task_cls: type[Task[Any, Any]] | str | None = None,
+        namespace: str | None = None,
+        autofinalize: bool = True,
+        config_source: object = None,
         **settings: Any,
     ) -> None:
         if transport is not None and (isinstance(transport, Transport) or not callable(transport)):
@@ -239,14 +346,28 @@ class App:
                 f"{transport!r}: the app and each worker need a transport of their own",
                 setting="transport",
             )
+        for name in sorted(set(settings) & set(_UNSUPPORTED_ARGUMENTS)):
+            raise ImproperlyConfigured(
+                f"App({name}=...) is not supported by wiretask: {_UNSUPPORTED_ARGUMENTS[name]}"
+            )
+        changes = settings.pop("changes", None)
         self.main = main
-        self.conf = Settings(DEFAULT_SETTINGS)
+        self.conf = Configuration()
+        self.conf.update(changes or {})
         self.conf.update(settings)
         if broker is not None:
             self.conf.broker_url = broker
         if backend is not None:
             self.conf.result_backend = backend
-        self.tasks: dict[str, Task[Any, Any]] = {}
+        if include is not None:
+            self.conf.include = include
+        self.strict_typing = strict_typing
+        self.namespace = namespace
+        self.autofinalize = autofinalize
+        self._task_cls = task_cls
+        self._tasks: dict[str, Task[Any, Any]] = {}
+        self._finalized = False
+        self._autodiscover: list[tuple[Any, str | None]] = []
         self._registry = registry
         self._clock = clock
         self._lock = threading.RLock()
@@ -257,22 +378,79 @@ class App:
         self._declared: set[str] = set()
         self._call_builder: calling.CallBuilder | None = None
         self._contexts: dict[tuple[int, int], calling.CallContext] = {}
+        self._router: tuple[int, Router] | None = None
+        with _state_lock:
+            _apps.add(self)
+        if set_as_current:
+            self.set_current()
+        if config_source is not None:
+            self.config_from_object(config_source)
 
     def __repr__(self) -> str:
         return f"<App {self.main or '__main__'} broker={self.broker_url}>"
 
+    def set_current(self) -> None:
+        """Make this the current app (``current_app()``)."""
+        global _current
+        _current = self
+
     # -- configuration ----------------------------------------------------------------
+
+    def config_from_object(
+        self, obj: object, silent: bool = False, force: bool = False,
+        namespace: str | None = None,
+    ) -> bool:
+        """Read settings from a module, a module path (``"proj.celeryconfig"``,
+        ``"django.conf:settings"``), a class or an instance, as Celery does. With
+        ``namespace="CELERY"`` (Django) only ``CELERY_``-prefixed names are read, the
+        prefix removed and the rest lower-cased. ``force`` is accepted for Celery's
+        sake: wiretask reads the object at once.
+
+        Returns:
+            True, or False when ``silent`` and the module does not import.
+
+        Raises:
+            ImportError: the module does not import (unless ``silent``).
+            ImproperlyConfigured: a setting it holds is unknown or refused, naming it.
+        """
+        del force
+        if isinstance(obj, str):
+            try:
+                obj = _import_object(obj)
+            except ImportError:
+                if silent:
+                    return False
+                raise
+        namespace = namespace or self.namespace
+        self.namespace = namespace
+        self.conf.update(read_object(obj, namespace))
+        return True
+
+    def config_from_envvar(self, variable_name: str, silent: bool = False,
+                           force: bool = False) -> bool:
+        """``config_from_object`` of the module named by an environment variable.
+
+        Raises:
+            ImproperlyConfigured: the variable is not set (unless ``silent``).
+        """
+        module_name = os.environ.get(variable_name)
+        if not module_name:
+            if silent:
+                return False
+            raise ImproperlyConfigured(
+                f"the environment variable {variable_name!r} is not set: it must name a "
+                "configuration module"
+            )
+        return self.config_from_object(module_name, silent=silent, force=force)
 
     @property
     def broker_url(self) -> str:
-        url = self.conf.broker_url or os.environ.get("WIRETASK_BROKER_URL")
-        if url:
-            return str(url)
-        return f"sqlite:///{_data_dir() / ((self.main or 'wiretask') + '.db')}"
+        url = self.conf.get("broker_url")
+        return str(url) if url else default_broker_url()
 
     @property
     def backend_url(self) -> str:
-        url = self.conf.result_backend or os.environ.get("WIRETASK_RESULT_BACKEND")
+        url = self.conf.get("result_backend") or os.environ.get("WIRETASK_RESULT_BACKEND")
         return str(url) if url else self.broker_url
 
     @property
@@ -288,7 +466,7 @@ class App:
 
     @property
     def timezone(self) -> tzinfo:
-        name = self.conf.timezone or "UTC"
+        name = self.conf.get("timezone") or "UTC"
         if name == "UTC":
             return UTC
         try:
@@ -303,6 +481,16 @@ class App:
         return datetime.now(self.timezone)
 
     @property
+    def router(self) -> Router:
+        """Routes calls (``task_routes``, ``task_queues``, the default queue); rebuilt
+        when the settings change."""
+        version = self.conf._version
+        cached = self._router
+        if cached is None or cached[0] != version:
+            cached = self._router = (version, Router(self.conf))
+        return cached[1]
+
+    @property
     def transport(self) -> Transport:
         """The app's broker connection (created on first use, connected lazily)."""
         if self._transport is None:
@@ -312,15 +500,15 @@ class App:
         return self._transport
 
     def new_transport(self) -> Transport:
-        """A fresh transport for the broker URL, or from the ``transport`` factory (the
-        worker uses its own).
+        """A fresh transport for the broker URL, with ``broker_transport_options``, or
+        from the ``transport`` factory (the worker uses its own).
 
         Raises:
-            ImproperlyConfigured: a bad broker URL, or a factory that did not return a
-                ``Transport``.
+            ImproperlyConfigured: a bad broker URL or transport option, or a factory that
+                did not return a ``Transport``.
         """
         if self._transport_factory is None:
-            return transport_from_url(self.broker_url)
+            return transport_from_url(self.broker_url, **self.conf.broker_transport_options)
         self._check_transport_source()
         made = self._transport_factory()
         if not isinstance(made, Transport):
@@ -331,7 +519,7 @@ class App:
         return made
 
     def _check_transport_source(self) -> None:
-        if self._transport_factory is not None and self.conf.broker_url:
+        if self._transport_factory is not None and self.conf.get("broker_url"):
             raise ImproperlyConfigured(
                 f"broker_url is set ({mask_url(str(self.conf.broker_url))}) but this app "
                 "takes its transports from its transport= factory: pass one or the other",
@@ -343,11 +531,17 @@ class App:
         if self._backend is None:
             with self._lock:
                 if self._backend is None:
+                    registry = self.registry
+                    accept = self.conf.get("result_accept_content")
+                    if accept is not None:
+                        registry = registry.copy(accept=accept)
                     self._backend = backend_from_url(
                         self.backend_url,
                         serializer=self.conf.result_serializer,
                         expires=self.conf.result_expires,
-                        registry=self.registry,
+                        registry=registry,
+                        compression=self.conf.get("result_compression"),
+                        transport_options=self.conf.get("result_backend_transport_options"),
                     )
         return self._backend
 
@@ -368,7 +562,120 @@ class App:
     def __exit__(self, *exc_info: object) -> None:
         self.close()
 
-    # -- tasks ------------------------------------------------------------------------
+    # -- tasks and finalizing -----------------------------------------------------------
+
+    @property
+    def finalized(self) -> bool:
+        return self._finalized
+
+    @property
+    def tasks(self) -> dict[str, Task[Any, Any]]:
+        """The registered tasks by name; the first use finalizes the app."""
+        if not self._finalized:
+            self.finalize(auto=True)
+        return self._tasks
+
+    def finalize(self, auto: bool = False) -> None:
+        """Import the ``imports`` and ``include`` modules and the packages given to
+        ``autodiscover_tasks``, register the ``shared_task`` functions and apply
+        ``task_annotations``. Done once; ``app.tasks`` does it on first use.
+
+        Raises:
+            RuntimeError: ``auto`` and the app was made with ``autofinalize=False``.
+            ImportError: a module does not import (the app stays unfinalized).
+        """
+        with self._lock:
+            if self._finalized:
+                return
+            if auto and not self.autofinalize:
+                raise RuntimeError(
+                    "the app is not finalized: call app.finalize() (autofinalize=False)"
+                )
+            self._finalized = True  # a module imported below may use app.tasks
+            try:
+                with _state_lock:
+                    shared = list(_shared)
+                for function, options in shared:
+                    self._shared_task(function, options)
+                self.import_default_modules()
+                for task in list(self._tasks.values()):
+                    self._annotate(task)
+            except BaseException:
+                self._finalized = False
+                raise
+
+    def import_default_modules(self) -> list[types.ModuleType]:
+        """Import the ``imports`` and ``include`` modules and discover the task modules of
+        the ``autodiscover_tasks`` packages (Celery's ``loader.import_default_modules``)."""
+        modules = []
+        pending, self._autodiscover = self._autodiscover, []
+        for packages, related_name in pending:
+            modules += self._discover(packages, related_name)
+        for name in (*self.conf.imports, *self.conf.include):
+            modules.append(importlib.import_module(name))
+        return modules
+
+    def autodiscover_tasks(
+        self, packages: Iterable[str] | Callable[[], Iterable[str]] | None = None,
+        related_name: str | None = "tasks", force: bool = False,
+    ) -> None:
+        """Import ``<package>.<related_name>`` for each package (a list, or a callable
+        returning one, evaluated late), when the app is finalized (``force``: now), as
+        Celery does. Without packages, Django's installed apps (``INSTALLED_APPS``) are
+        searched. A package without that module is skipped; an error raised while
+        importing one is not."""
+        if force or self._finalized:
+            self._discover(packages, related_name)
+        else:
+            self._autodiscover.append((packages, related_name))
+
+    def _discover(self, packages: Any, related_name: str | None) -> list[types.ModuleType]:
+        if callable(packages):
+            packages = packages()
+        if packages is None:
+            packages = _django_apps()
+        modules = []
+        for package in packages:
+            module = _find_related_module(package, related_name)
+            if module is not None:
+                modules.append(module)
+        return modules
+
+    def _register(self, task: Task[Any, Any]) -> Task[Any, Any]:
+        self._tasks[task.name] = task
+        if self._finalized:
+            self._annotate(task)
+        return task
+
+    def _annotate(self, task: Task[Any, Any]) -> None:
+        if task._annotated:
+            return
+        task._annotated = True
+        for values in annotations_for(task, self.conf.get("task_annotations")):
+            task._set_options(values)
+
+    def _shared_task(
+        self, function: Callable[..., Any], options: Mapping[str, Any]
+    ) -> Task[Any, Any]:
+        name = options.get("name") or self.task_name(function)
+        with self._lock:
+            found = self._tasks.get(name)
+            if found is None:
+                register: Callable[[Callable[..., Any]], Task[Any, Any]] = self.task(**options)
+                found = register(function)
+        return found
+
+    @property
+    def task_cls(self) -> type[Task[Any, Any]]:
+        """The default base class of tasks (``App(task_cls=...)``, default ``Task``)."""
+        cls = self._task_cls
+        if cls is None:
+            return Task
+        if isinstance(cls, str):
+            cls = self._task_cls = cast("type[Task[Any, Any]]", _import_object(cls))
+        if not (isinstance(cls, type) and issubclass(cls, Task)):
+            raise ImproperlyConfigured(f"task_cls must be a wiretask Task subclass, got {cls!r}")
+        return cls
 
     @overload
     def task(self, fn: Callable[P, R], /) -> Task[P, R]: ...
@@ -384,22 +691,36 @@ class App:
     def task(self, fn: Callable[..., Any] | None = None, /, **options: Any) -> Any:
         """Register a function as a task: ``@app.task`` or ``@app.task(name=..., ...)``.
 
-        Options: ``name``, ``bind``, ``typing`` (check arguments before sending, default
-        True), ``max_retries``, ``default_retry_delay``, ``track_started``, and the
-        per-call defaults ``serializer``, ``compression``, ``queue``, ``exchange``,
-        ``routing_key``, ``priority``, ``expires``, ``ignore_result``, ``time_limit``,
-        ``soft_time_limit``, ``delivery_mode``.
+        Options are Celery's task options (``wiretask.tasks.TASK_OPTIONS``): ``name``,
+        ``bind``, ``base``, ``typing``, ``max_retries``, ``default_retry_delay``,
+        ``autoretry_for``, ``retry_kwargs``, ``retry_backoff``, ``rate_limit``, ...,
+        and the per-call defaults ``serializer``, ``queue``, ``priority``, ``expires``,
+        ``time_limit``, ... An unknown option raises with the nearest known name; one
+        wiretask cannot honour raises with the reason.
         """
+        base = options.pop("base", None) or self.task_cls
+        if not (isinstance(base, type) and issubclass(base, Task)):
+            raise ValidationError("base", f"must be a wiretask Task subclass, got {base!r}")
         for key, value in options.items():
-            if key not in _TASK_ATTRIBUTES and key not in calling.TASK_OPTIONS:
-                raise ValidationError(key, "unknown task option", value=value)
+            options[key] = check_task_option(key, value)
 
         def register(function: Callable[..., Any]) -> Task[Any, Any]:
-            task: Task[Any, Any] = Task(self, function, **options)
-            self.tasks[task.name] = task
-            return task
+            return self._register(base(self, function, **options))
 
-        return register(fn) if fn is not None else register
+        if fn is not None:
+            if not callable(fn):
+                raise TypeError("argument 1 to @app.task() must be a callable")
+            return register(fn)
+        return register
+
+    def register_task(self, task: Task[Any, Any] | type[Task[Any, Any]]) -> Task[Any, Any]:
+        """Register a class-based task (a ``Task`` subclass defining ``run``, or an
+        instance of one), as Celery's ``app.register_task``."""
+        if isinstance(task, type):
+            task = task(self)
+        elif task.app is not self:
+            task._bind(self, None, {})
+        return self._register(task)
 
     def task_name(self, fn: Callable[..., Any]) -> str:
         """Celery's naming rule: ``module.qualname``, with ``main`` standing in for
@@ -409,13 +730,19 @@ class App:
             module = self.main
         return f"{module}.{fn.__qualname__}"
 
+    gen_task_name = task_name
+
     def signature(
-        self, name: str, args: Sequence[Any] = (), kwargs: Mapping[str, Any] | None = None,
-        **options: Any,
+        self, name: str, args: Sequence[Any] | None = None,
+        kwargs: Mapping[str, Any] | None = None, options: Mapping[str, Any] | None = None,
+        *, immutable: bool = False, subtask_type: str | None = None, **extra: Any,
     ) -> TaskSignature:
-        """A signature for a task by name (it need not be registered here)."""
+        """A signature for a task by name (it need not be registered here). Keywords
+        other than Celery's signature fields are options, as in Celery."""
+        calling.check_options(extra)
         return TaskSignature(
-            task=name, args=tuple(args), kwargs=dict(kwargs or {}), options=options, app=self
+            name, args, kwargs, {**(options or {}), **extra}, immutable=immutable,
+            subtask_type=subtask_type, app=self,
         )
 
     # -- sending ----------------------------------------------------------------------
@@ -458,14 +785,35 @@ class App:
     ) -> list[calling.Call]:
         """Validate several calls of one task with the same options, one ``(args,
         kwargs)`` pair each, and build their messages without sending them. The options
-        are resolved once, at one instant (the same ``eta``/``expires`` for all)."""
+        are resolved once, at one instant (the same ``eta``/``expires`` for all), and
+        routed (``task_routes``) once, unless a router function may route each call
+        differently.
+
+        Raises:
+            QueueNotFound: a queue missing from ``task_queues`` while
+                ``task_create_missing_queues`` is off.
+        """
         task = self.tasks.get(name)
+        router = self.router
+        defaults = None if task is None else task.defaults
+        if not router.trivial or _routes_itself(options, defaults):
+            items = list(arguments)
+            if router.routes and len(items) > 1:
+                return [call for item in items for call in self.build_many(name, [item],
+                                                                          **options)]
+            first_args, first_kwargs = items[0] if items else ((), {})
+            routed = router.route(
+                name, first_args, first_kwargs, {**(defaults or {}), **options}, task
+            )
+            if routed is not None:
+                options = routed
+            arguments = items
         # The transport first: creating it imports the driver, and "now" must be read
         # after that, or a short countdown is already due when it reaches the broker.
         capabilities = self.transport.capabilities
         return self._builder.build_many(
             name, arguments, options, now=self.now(), context=self._context(),
-            task_defaults=None if task is None else task.defaults,
+            task_defaults=defaults,
             capabilities=capabilities,
             check_arguments=None if task is None else task.check_arguments,
         )
@@ -474,18 +822,22 @@ class App:
         self, name: str, args: object = None, kwargs: object = None, **options: Any
     ) -> AsyncResult:
         """Send a task by name (the function need not exist here). Options as
-        ``Task.apply_async``. Returns its ``AsyncResult``.
+        ``Task.apply_async``. Returns its ``AsyncResult``. As in Celery, this sends a
+        message even under ``task_always_eager`` (and logs that it does).
 
         Raises:
             ValidationError: an option or argument is invalid (nothing was sent).
             EncodeError: an argument cannot be serialized (nothing was sent).
             PublishError: the broker could not be reached within the retry policy.
         """
+        if self.conf.get("task_always_eager"):
+            logger.warning("send_task(%r) sends a message: task_always_eager applies to "
+                           "apply_async/delay only", name)
         return self._send([self.build_call(name, args, kwargs, **options)])[0]
 
     def send_many(
         self,
-        signatures: Iterable[Signature],
+        signatures: Iterable[Signature | TaskSignature],
         *,
         retry: bool | None = None,
         retry_policy: Mapping[str, Any] | RetryPolicy | None = None,
@@ -528,10 +880,16 @@ class App:
             for frame, c in zip(frames, calls, strict=True)
         ]
         queues = {c.route.queue for c in calls if not c.route.exchange}
+        # A message sent through a named exchange needs its queue bound to it first, as
+        # Celery declares the queue it publishes to (brokers with exchange bindings).
+        bound = {c.route.queue for c in calls if c.route.exchange}
 
         def attempt() -> None:
             for queue in queues - self._declared:
                 transport.declare_queue(queue)
+                self._declared.add(queue)
+            for queue in bound - self._declared:
+                self._bind(transport, queue)
                 self._declared.add(queue)
             if len(outgoing) == 1:
                 one = outgoing[0]
@@ -552,8 +910,94 @@ class App:
             task_id=first.message.id,
         )
 
+    def _bind(self, transport: Transport, queue: str) -> None:
+        transport.declare_queue(queue)
+        if isinstance(transport, QueueBinding):
+            declaration = self.router.declaration(queue)
+            if declaration.exchange.name and declaration.exchange.name != queue:
+                transport.bind_queue(
+                    queue, declaration.exchange.name, declaration.routing_key,
+                    exchange_type=declaration.exchange.type,
+                )
+
+    # -- running here ----------------------------------------------------------------
+
+    def _apply_signature(self, sig: Signature) -> AsyncResult:
+        """Send a callback as the worker would (options a call does not know dropped),
+        through the task's ``apply_async`` when it is registered here (so that it runs
+        eagerly under ``task_always_eager``)."""
+        options = {k: v for k, v in sig.options.items() if k in calling.CALL_OPTIONS}
+        task = self.tasks.get(sig.task)
+        if task is not None:
+            return task.apply_async(sig.args, sig.kwargs, **options)
+        return self.send_task(sig.task, sig.args, sig.kwargs, **options)
+
     def AsyncResult(self, task_id: str) -> AsyncResult:  # Celery's name
         return AsyncResult(task_id, app=self)
+
+
+def _routes_itself(options: Mapping[str, Any], defaults: Mapping[str, Any] | None) -> bool:
+    """The call (or its task) names an exchange or routing key: route it in full."""
+    for key in ("exchange", "routing_key", "exchange_type"):
+        if options.get(key) is not None or (defaults is not None and key in defaults):
+            return True
+    return False
+
+
+def _import_object(path: str) -> Any:
+    """``"module"``, ``"module:attribute"`` or ``"module.attribute"`` (tried in that
+    order, as Celery's ``symbol_by_name``)."""
+    if ":" in path:
+        module_name, _, attribute = path.partition(":")
+        target: Any = importlib.import_module(module_name)
+        for part in attribute.split("."):
+            target = getattr(target, part)
+        return target
+    try:
+        return importlib.import_module(path)
+    except ModuleNotFoundError as exc:
+        module_name, _, attribute = path.rpartition(".")
+        if not module_name or exc.name != path:
+            raise
+        module = importlib.import_module(module_name)
+        try:
+            return getattr(module, attribute)
+        except AttributeError:
+            raise ImportError(f"module {module_name!r} has no attribute {attribute!r}",
+                              name=path) from None
+
+
+def _find_related_module(package: str, related_name: str | None) -> types.ModuleType | None:
+    """Celery's ``find_related_module``: ``package.related_name``, or ``None`` when that
+    module does not exist (an import error inside it is raised)."""
+    try:
+        module = importlib.import_module(package)
+        if not related_name:
+            return module
+    except ModuleNotFoundError:
+        # An app config path (``pkg.apps.PkgConfig``): try its package.
+        package, _, _ = package.rpartition(".")
+        if not package:
+            raise
+    module_name = f"{package}.{related_name}"
+    try:
+        return importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        if exc.name == module_name:
+            return None
+        raise
+
+
+def _django_apps() -> list[str]:
+    """Django's installed apps, for ``autodiscover_tasks()`` without packages."""
+    try:
+        from django.apps import apps  # type: ignore[import-not-found]  # noqa: PLC0415
+    except ImportError as exc:
+        raise ImproperlyConfigured(
+            "autodiscover_tasks() without packages searches Django's installed apps, and "
+            "Django is not installed: give the packages"
+        ) from exc
+    return [config.name for config in apps.get_app_configs()]
 
 
 #: How many times this process is a fork child of the one that imported wiretask: keys
@@ -590,30 +1034,168 @@ def _thread_oid(app: App) -> str:
 _NO_KWARGS: dict[str, Any] = {}
 
 
-class Task(Generic[P, R]):
-    """A registered task. Call it to run it here; ``delay``/``apply_async`` to send it."""
+def _defined_below_task(cls: type, name: str) -> bool:
+    """Whether a subclass of ``Task`` (not ``Task`` itself) defines ``name``."""
+    for klass in cls.__mro__:
+        if klass is Task:
+            return False
+        if name in vars(klass):
+            return True
+    return False
 
-    def __init__(self, app: App, fn: Callable[..., R], **options: Any) -> None:
+
+# -- tasks ------------------------------------------------------------------------------------
+
+
+class Task(Generic[P, R]):
+    """A registered task. Call it to run it here; ``delay``/``apply_async`` to send it.
+
+    ``@app.task`` makes one from a function; ``@app.task(base=MyTask)`` makes it an
+    instance of a subclass, whose class attributes are the defaults of its options
+    (the decorator's options win) and whose ``__call__`` wraps the run (the worker and
+    the eager path go through it, as in Celery). A subclass that defines ``run`` is a
+    class-based task (``app.register_task(MyTask)``).
+    """
+
+    # Celery's Task attributes and their defaults (``wiretask.tasks.TASK_OPTIONS``).
+    name: str
+    run: Callable[..., R]
+    bind: bool = False
+    typing: bool | None = None
+    max_retries: int | None = 3
+    default_retry_delay: float = 180
+    rate_limit: str | float | None = None
+    ignore_result: bool | None = None
+    track_started: bool | None = None
+    acks_late: bool | None = None
+    acks_on_failure_or_timeout: bool | None = None
+    acks_on_failure: bool | None = None
+    acks_on_timeout: bool | None = None
+    reject_on_worker_lost: bool | None = None
+    store_errors_even_if_ignored: bool | None = None
+    store_eager_result: bool | None = None
+    trail: bool = True
+    throws: tuple[type[BaseException], ...] = ()
+    autoretry_for: tuple[type[BaseException], ...] = ()
+    dont_autoretry_for: tuple[type[BaseException], ...] = ()
+    retry_kwargs: Mapping[str, Any] = types.MappingProxyType({})
+    retry_backoff: bool | float = False
+    retry_backoff_max: int = 600
+    retry_jitter: bool = True
+    time_limit: float | None = None
+    soft_time_limit: float | None = None
+    expires: Any = None
+    priority: Any = None
+    queue: str | None = None
+    exchange: Any = None
+    routing_key: str | None = None
+    serializer: str | None = None
+    compression: str | None = None
+    delivery_mode: Any = None
+
+    MaxRetriesExceededError = MaxRetriesExceededError
+
+    def __init__(
+        self, app: App | None = None, fn: Callable[..., R] | None = None, /, **options: Any
+    ) -> None:
+        self.app = cast("App", None)
+        self._annotated = False
+        #: Tasks per second from ``rate_limit`` (None: no limit), for the worker.
+        self.rate: float | None = None
+        self.defaults: Mapping[str, Any] = types.MappingProxyType({})
+        if app is not None:
+            self._bind(app, fn, options)
+
+    def _bind(self, app: App, fn: Callable[..., R] | None, options: Mapping[str, Any]) -> None:
+        cls = type(self)
+        hooks = [hook for hook in HOOKS if _defined_below_task(cls, hook)]
+        if hooks:
+            raise ImproperlyConfigured(
+                f"{cls.__qualname__} defines {', '.join(hooks)}: wiretask's worker does not "
+                "call Task handler methods yet (issue 14's worker half), so they are refused "
+                "rather than ignored"
+            )
         self.app = app
-        self.run = fn
-        self.name: str = options.pop("name", None) or app.task_name(fn)
-        self.bind: bool = bool(options.pop("bind", False))
-        self.typing: bool = bool(options.pop("typing", True))
-        self.max_retries: int | None = options.pop("max_retries", app.conf.task_max_retries)
-        self.default_retry_delay: float = options.pop(
-            "default_retry_delay", app.conf.task_default_retry_delay
-        )
-        self.track_started: bool | None = options.pop("track_started", None)
-        options.pop("acks_late", None)  # wiretask always acknowledges after the task ran
-        options.pop("base", None)
-        #: Task-level defaults for the per-call options (call > task > setting); read-only
-        #: (the calling API validates them once and keeps the result).
-        self.defaults: Mapping[str, Any] = types.MappingProxyType(
-            {k: v for k, v in options.items() if v is not None}
-        )
-        functools.update_wrapper(self, fn)
-        self._signature = inspect.signature(fn)
+        explicit = dict(options)
+        for key in TASK_OPTIONS:
+            if key not in explicit and key not in ("name", "base") and _defined_below_task(
+                cls, key
+            ):
+                explicit[key] = check_task_option(key, getattr(cls, key))
+        for key in ("max_retries", "default_retry_delay"):
+            if key not in explicit:
+                explicit[key] = app.conf.get(f"task_{key}" if key == "max_retries"
+                                             else "task_default_retry_delay")
+        if "typing" not in explicit:
+            explicit["typing"] = app.strict_typing
+        if fn is None:
+            run = getattr(self, "run", None)
+            if run is None or not _defined_below_task(cls, "run"):
+                raise ValidationError("run", f"{cls.__qualname__} defines no run() method")
+            self.name = options.get("name") or getattr(cls, "name", None) or app.task_name(cls)
+            explicit["bind"] = False  # a method run gets self by itself
+            real: Callable[..., Any] = run
+        else:
+            self.name = options.get("name") or app.task_name(fn)
+            functools.update_wrapper(self, fn)
+            real = fn
+        explicit.pop("name", None)
+        self._set_options(explicit)
+        self._signature = inspect.signature(real)
         self._check = calling.argument_checker(self._signature)
+        if self.autoretry_for:
+            real = autoretry(self, real)
+        self._real_run = real
+        if type(self).__call__ is not Task.__call__:
+            self.run = self._through_call(real)
+        else:
+            self.run = real
+
+    def _set_options(self, options: Mapping[str, Any]) -> None:
+        """Set checked options as attributes and recompute what derives from them."""
+        for key, value in options.items():
+            setattr(self, key, check_task_option(key, value))
+        hard, soft = self.time_limit, self.soft_time_limit
+        if hard and soft and soft > hard:
+            raise ValidationError(
+                "soft_time_limit", f"{soft} is greater than time_limit {hard}", value=soft
+            )
+        self.rate = parse_rate(self.rate_limit)
+        if self.rate is not None and "rate_limit" in options:
+            logger.warning(
+                "task %s: rate_limit %r is stored on the task (Task.rate), but wiretask's "
+                "worker does not enforce rate limits yet", getattr(self, "name", "?"),
+                self.rate_limit,
+            )
+        self.defaults = types.MappingProxyType(
+            {k: getattr(self, k) for k in CALL_DEFAULTS if getattr(self, k) is not None}
+        )
+
+    def _through_call(self, real: Callable[..., Any]) -> Callable[..., Any]:
+        """``run`` for a subclass that overrides ``__call__``: what the worker calls goes
+        through that ``__call__`` (as Celery's tracer calls a custom ``__call__``), and
+        ``self.run(...)`` or ``super().__call__(...)`` inside it reaches the task body.
+        The worker passes the task first to a bound task; ``self.run(...)`` inside
+        ``__call__`` takes the arguments alone, as in Celery."""
+
+        @functools.wraps(real)
+        def run(*args: Any, **kwargs: Any) -> Any:
+            if _inside_call.get() is self:
+                return self._call_run(*args, **kwargs)
+            if self.bind:
+                args = args[1:]
+            token = _inside_call.set(self)
+            try:
+                return type(self).__call__(self, *args, **kwargs)
+            finally:
+                _inside_call.reset(token)
+
+        return run
+
+    def _call_run(self, *args: Any, **kwargs: Any) -> R:
+        if self.bind:
+            return cast("R", self._real_run(self, *args, **kwargs))
+        return cast("R", self._real_run(*args, **kwargs))
 
     def __repr__(self) -> str:
         return f"<Task {self.name}>"
@@ -622,12 +1204,14 @@ class Task(Generic[P, R]):
 
     def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
         """Run the task body in this process: no message, no state, no callbacks."""
+        if _inside_call.get() is self:
+            # super().__call__ inside a custom __call__ run by the worker or the eager
+            # path: the request is already the message's.
+            return self._call_run(*args, **kwargs)
         request = Request(task=self.name, args=tuple(args), kwargs=dict(kwargs))
         token = _current_request.set(request)
         try:
-            if self.bind:
-                return self.run(self, *args, **kwargs)
-            return self.run(*args, **kwargs)
+            return self._call_run(*args, **kwargs)
         finally:
             _current_request.reset(token)
 
@@ -675,7 +1259,7 @@ class Task(Generic[P, R]):
 
     def delay(self, *args: P.args, **kwargs: P.kwargs) -> AsyncResult:
         """``apply_async(args, kwargs)``: every keyword is a task kwarg, never an option."""
-        return self.app.send_task(self.name, args, kwargs)
+        return self.apply_async(args, kwargs)
 
     def apply_async(
         self,
@@ -687,7 +1271,10 @@ class Task(Generic[P, R]):
         ``retry_policy``, ``queue``, ``exchange``, ``routing_key``, ``priority``,
         ``serializer``, ``compression``, ``link``, ``link_error``, ``headers``, ``task_id``,
         ``shadow``, ``ignore_result``, ``time_limit``, ``soft_time_limit``, ``argsrepr``,
-        ``kwargsrepr``, ...). See ``App.send_task`` for what it raises."""
+        ``kwargsrepr``, ...). Under ``task_always_eager`` it runs here instead
+        (``apply``). See ``App.send_task`` for what it raises."""
+        if self.app.conf.get("task_always_eager"):
+            return self.apply(args, kwargs, **options)
         return self.app.send_task(self.name, args, kwargs, **options)
 
     def apply_many(
@@ -711,13 +1298,48 @@ class Task(Generic[P, R]):
                 arguments.append((item, _NO_KWARGS))
         return self.app._send(self.app.build_many(self.name, arguments, **options))
 
-    def signature(
-        self, args: Sequence[Any] = (), kwargs: Mapping[str, Any] | None = None, **options: Any
-    ) -> TaskSignature:
-        return TaskSignature(
-            task=self.name, args=tuple(args), kwargs=dict(kwargs or {}), options=options,
-            app=self.app,
+    def apply(
+        self,
+        args: Sequence[Any] | None = None,
+        kwargs: Mapping[str, Any] | None = None,
+        link: Any = None,
+        link_error: Any = None,
+        task_id: str | None = None,
+        retries: int | None = None,
+        throw: bool | None = None,
+        **options: Any,
+    ) -> EagerResult:
+        """Run the task here, now, and return an ``EagerResult`` (Celery's ``apply``).
+
+        The call is built and checked as if it were sent, encoded and decoded again (so
+        the task sees what a worker would: JSON turns tuples into lists), then run with
+        an eager request (``request.is_eager``): the result is not stored (unless
+        ``task_store_eager_result``), ``link`` callbacks and the chain are applied
+        (eagerly under ``task_always_eager``), errbacks run as in the worker, and
+        ``retry()`` runs the task again at once. ``throw`` (default
+        ``task_eager_propagates``) re-raises the task's exception here.
+        """
+        app = self.app
+        call = app.build_call(
+            self.name, args, kwargs, link=link, link_error=link_error, task_id=task_id,
+            retries=retries, **options,
         )
+        registry = app.registry
+        frame = encode(call.message, registry)
+        message = decode(frame, registry, accept=[call.message.content_type])
+        if throw is None:
+            throw = bool(app.conf.get("task_eager_propagates"))
+        return _EagerRun(self, message, throw).run()
+
+    def signature(
+        self, args: Sequence[Any] | None = None, kwargs: Mapping[str, Any] | None = None,
+        options: Mapping[str, Any] | None = None, *, immutable: bool = False, **extra: Any,
+    ) -> TaskSignature:
+        """A signature of this task (Celery's ``task.signature``); keywords are options."""
+        return self.app.signature(self.name, args, kwargs, options, immutable=immutable,
+                                  **extra)
+
+    subtask = signature
 
     def s(self, *args: Any, **kwargs: Any) -> TaskSignature:
         """A signature with partial arguments (the parent's result is prepended)."""
@@ -725,7 +1347,7 @@ class Task(Generic[P, R]):
 
     def si(self, *args: Any, **kwargs: Any) -> TaskSignature:
         """An immutable signature: callbacks get exactly these arguments."""
-        return attrs.evolve(self.signature(args, kwargs), immutable=True)
+        return self.signature(args, kwargs, immutable=True)
 
     def AsyncResult(self, task_id: str) -> AsyncResult:  # Celery's name
         return AsyncResult(task_id, app=self.app)
@@ -768,22 +1390,37 @@ class Task(Generic[P, R]):
         ``Retry`` so the worker records ``RETRY``. ``expires``, links, chain, chord, group,
         priority, time limits and custom headers are carried over.
 
-        Outside a worker it re-raises ``exc`` (as Celery does). Past ``max_retries`` it
-        raises ``exc``, or a ``TaskError`` saying the limit was reached when there is none.
+        Outside a worker it raises ``exc`` (as Celery does). Past ``max_retries`` it
+        raises ``exc``, or ``MaxRetriesExceededError`` when there is none, as Celery does.
+        In the eager path the task runs again at once.
         """
         request = self.request
-        message = request.message
-        if request.called_directly or message is None:
+        if request.called_directly:
             if exc is not None:
                 raise exc
-            raise ValidationError("retry", "Task.retry() called outside a worker")
+            raise Retry("Task can be retried")
         limit = self.max_retries if max_retries is None else max_retries
-        if limit is not None and message.retries >= limit:
+        retries = request.retries + 1
+        next_args = request.args if args is None else tuple(args)
+        next_kwargs = request.kwargs if kwargs is None else kwargs
+        if limit is not None and retries > limit:
             if exc is not None:
                 raise exc
-            raise TaskError(f"{self.name}[{message.id}]: max retries ({limit}) exceeded")
+            raise MaxRetriesExceededError(
+                f"Can't retry {self.name}[{request.id}] args:{next_args} kwargs:{next_kwargs}",
+                task_args=next_args, task_kwargs=next_kwargs,
+            )
         if eta is None and countdown is None:
             countdown = self.default_retry_delay
+        when = countdown if countdown is not None else eta
+        if request.is_eager:
+            signal = Retry(exc=exc, when=when, sig=(tuple(next_args), dict(next_kwargs)))
+            if throw:
+                raise signal
+            return signal
+        message = request.message
+        if message is None:
+            raise ValidationError("retry", "Task.retry() needs the message being run")
         hard, soft = message.timelimit
         retry_options: dict[str, Any] = {
             "task_id": message.id,
@@ -815,68 +1452,101 @@ class Task(Generic[P, R]):
         else:
             retry_options["eta"] = eta
         retry_options.update(options)
-        self.app.send_task(
-            self.name,
-            message.args if args is None else args,
-            message.kwargs if kwargs is None else kwargs,
-            **retry_options,
-        )
-        signal = Retry(exc=exc, when=countdown if countdown is not None else eta)
+        self.app.send_task(self.name, next_args, next_kwargs, **retry_options)
+        signal = Retry(exc=exc, when=when)
         if throw:
             raise signal
         return signal
 
 
-@attrs.frozen(kw_only=True)
-class TaskSignature(Signature):
-    """A signature bound to an app: ``task.s(...)``. Call, ``delay`` or ``apply_async`` it;
-    pass it as ``link``/``link_error``. On the wire it is Celery's signature dict."""
+class _EagerRun:
+    """One eager run of a decoded message (``Task.apply``): the worker's tracer order
+    (run, then callbacks or errbacks), without a broker or a stored state."""
 
-    app: App = attrs.field(eq=False, repr=False)
+    def __init__(self, task: Task[Any, Any], message: TaskMessage, throw: bool) -> None:
+        self.task = task
+        self.app = task.app
+        self.message = message
+        self.throw = throw
 
-    def set(self, **options: Any) -> TaskSignature:
-        """Return a copy with ``options`` merged over the stored ones."""
-        calling.check_options(options)
-        return attrs.evolve(self, options={**self.options, **options})
-
-    def clone(
-        self, args: Sequence[Any] = (), kwargs: Mapping[str, Any] | None = None, **options: Any
-    ) -> TaskSignature:
-        return super().clone(args, kwargs, **options)
-
-    def apply_async(
-        self, args: Sequence[Any] = (), kwargs: Mapping[str, Any] | None = None, **options: Any
-    ) -> AsyncResult:
-        """Send it: partial args prepended (unless immutable), kwargs and options merged."""
-        sig = self.clone(args, kwargs, **options)
-        return self.app.send_task(sig.task, sig.args, sig.kwargs, **sig.options)
-
-    def delay(self, *args: Any, **kwargs: Any) -> AsyncResult:
-        return self.apply_async(args, kwargs)
-
-    def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        """Run it here (the task must be registered in this app)."""
-        sig = self.clone(args, kwargs)
-        task = self.app.tasks.get(sig.task)
-        if task is None:
-            raise NotRegistered(sig.task)
-        return task(*sig.args, **sig.kwargs)
-
-    def link(self, callback: Signature) -> TaskSignature:
-        """Add a success callback (``options['link']``)."""
-        return self._add_option("link", callback)
-
-    def on_error(self, errback: Signature) -> TaskSignature:
-        """Add an error callback (``options['link_error']``)."""
-        return self._add_option("link_error", errback)
-
-    def _add_option(self, key: str, sig: Signature) -> TaskSignature:
-        current = self.options.get(key)
-        items = [] if current is None else (
-            list(current) if isinstance(current, list | tuple) else [current]
+    def request(self) -> Request:
+        message = self.message
+        return Request(
+            id=message.id, task=message.task, args=message.args, kwargs=dict(message.kwargs),
+            retries=message.retries, eta=message.eta, expires=message.expires,
+            root_id=message.root_id, parent_id=message.parent_id, group=message.group,
+            group_index=message.group_index, called_directly=False, is_eager=True,
+            hostname=_hostname(),
+            delivery_info={"is_eager": True, "exchange": None, "routing_key": None,
+                           "priority": message.priority},
+            message=message,
         )
-        items.append(sig.to_dict())
-        return attrs.evolve(self, options={**self.options, key: items})
+
+    def run(self) -> EagerResult:
+        task, message = self.task, self.message
+        request = self.request()
+        try:
+            with task.running(request):
+                if task.bind:
+                    retval = task.run(task, *message.args, **message.kwargs)
+                else:
+                    retval = task.run(*message.args, **message.kwargs)
+        except Retry as signal:
+            if signal.sig is None:
+                return self.failed(request, signal)
+            args, kwargs = signal.sig
+            return task.apply(
+                args, kwargs, task_id=message.id, retries=message.retries + 1,
+                throw=self.throw, link=message.callbacks, link_error=message.errbacks,
+                chain=message.chain, root_id=message.root_id, parent_id=message.parent_id,
+            )
+        except Exception as exc:  # the task's failure, as the tracer records it
+            return self.failed(request, exc)
+        self.store(states.SUCCESS, retval)
+        root_id = message.root_id or message.id
+        for sig in message.callbacks or ():
+            self.app._apply_signature(
+                sig.clone((retval,), parent_id=message.id, root_id=root_id)
+            )
+        if message.chain:
+            rest = message.chain[:-1]
+            self.app._apply_signature(message.chain[-1].clone(
+                (retval,), parent_id=message.id, root_id=root_id, chain=rest or None
+            ))
+        return EagerResult(message.id, retval, states.SUCCESS, name=task.name, app=self.app)
+
+    def failed(self, request: Request, exc: BaseException) -> EagerResult:
+        message = self.message
+        tb = format_traceback(exc)
+        self.store(states.FAILURE, exc, tb)
+        root_id = message.root_id or message.id
+        for sig in message.errbacks or ():
+            if errback_runs_in_worker(self.app, sig):
+                merged = sig.clone((request, exc, tb))
+                self.app.tasks[sig.task](*merged.args, **merged.kwargs)
+            else:
+                self.app._apply_signature(
+                    sig.clone((message.id,), parent_id=message.id, root_id=root_id)
+                )
+        if self.throw:
+            raise exc
+        return EagerResult(message.id, exc, states.FAILURE, traceback=tb,
+                           name=self.task.name, app=self.app)
+
+    def store(self, status: str, result: Any, tb: str | None = None) -> None:
+        store = self.task.store_eager_result
+        if store is None:
+            store = bool(self.app.conf.get("task_store_eager_result"))
+        if not store or self.message.ignore_result:
+            return
+        message = self.message
+        self.app.backend.store(message.id, states.make_meta(
+            message.id, status, result, traceback=tb, date_done=self.app.now(),
+            parent_id=message.parent_id, group_id=message.group,
+        ))
+
+
+# -- results ----------------------------------------------------------------------------------
 
 
 class AsyncResult:
@@ -887,10 +1557,12 @@ class AsyncResult:
     state, so it never misses the final one.
     """
 
-    def __init__(self, id: str, *, app: App, ignore_result: bool = False) -> None:
+    def __init__(self, id: str, *, app: App | None = None, ignore_result: bool = False,
+                 parent: AsyncResult | None = None) -> None:
         self.id = id
-        self.app = app
+        self.app = app if app is not None else current_app()
         self.ignore_result = ignore_result
+        self._parent = parent
 
     def __repr__(self) -> str:
         return f"<AsyncResult {self.id}>"
@@ -913,14 +1585,18 @@ class AsyncResult:
     def state(self) -> str:
         return str(self._meta()["status"])
 
-    status = state
+    @property
+    def status(self) -> str:
+        return self.state
 
     @property
     def info(self) -> Any:
         """The result, the exception of a failed task, or a custom state's meta."""
         return _value(self._meta())
 
-    result = info
+    @property
+    def result(self) -> Any:
+        return self.info
 
     @property
     def traceback(self) -> str | None:
@@ -928,9 +1604,34 @@ class AsyncResult:
         return str(value) if value is not None else None
 
     @property
-    def date_done(self) -> str | None:
-        value = self._meta().get("date_done")
-        return str(value) if value is not None else None
+    def date_done(self) -> datetime | None:
+        """When the task finished, as an aware datetime (a stored value without an
+        offset is UTC), or ``None`` while it is not ready."""
+        return _datetime(self._meta().get("date_done"))
+
+    @property
+    def parent(self) -> AsyncResult | None:
+        """The result of the task that sent this one: set by a chain, else read from the
+        stored ``parent_id``."""
+        if self._parent is not None:
+            return self._parent
+        parent_id = self._meta().get("parent_id")
+        return AsyncResult(str(parent_id), app=self.app) if parent_id else None
+
+    @parent.setter
+    def parent(self, value: AsyncResult | None) -> None:
+        self._parent = value
+
+    @property
+    def children(self) -> list[AsyncResult] | None:
+        """The results of the tasks this one sent, as stored (Celery's worker stores
+        them), or ``None`` while there is nothing stored."""
+        meta = self._meta()
+        children = meta.get("children")
+        if not meta.get("status") or children is None:
+            return None
+        return [_result_from_tuple(item, self.app, f"children[{index}]")
+                for index, item in enumerate(children)]
 
     def ready(self) -> bool:
         return self.state in states.READY_STATES
@@ -949,23 +1650,64 @@ class AsyncResult:
         self,
         timeout: float | None = None,
         propagate: bool = True,
-        interval: float = 0.5,
+        interval: float | None = None,
         on_message: Callable[[dict[str, Any]], object] | None = None,
+        disable_sync_subtasks: bool = True,
+        follow_parents: bool = True,
     ) -> Any:
         """Wait for the task to finish and return its result.
 
         Args:
             timeout: seconds to wait (None: forever). On expiry a wiretask
                 ``TimeoutError`` names the task id and the last state seen.
-            propagate: re-raise the task's exception if it failed or was revoked.
-            interval: accepted for Celery compatibility; backends push state changes
-                (memory, Redis) or poll on their own short schedule (SQLite).
+            propagate: re-raise the task's exception if it failed or was revoked (and,
+                with ``follow_parents``, a failed parent's first, as Celery does for a
+                chain).
+            interval: read the stored state every ``interval`` seconds (Celery's polling
+                backends' period). Not given: follow the backend's stream of state
+                changes (pushed by memory and Redis, polled every few ms by SQLite).
             on_message: called with every state change's meta dict, in order, starting
-                with the current state.
+                with the current state (with ``interval``: every change seen).
+            disable_sync_subtasks: inside a running task ``get()`` raises
+                ``WouldBlock`` (a ``RuntimeError``, as in Celery), because waiting for
+                another task from a worker slot can deadlock the worker; pass False (or
+                use ``allow_join_result()``) to wait anyway.
         """
-        del interval
+        if disable_sync_subtasks:
+            _assert_will_not_block()
         if self.ignore_result:
             return None
+        if interval is not None and (
+            isinstance(interval, bool) or not isinstance(interval, int | float) or interval <= 0
+        ):
+            raise ValidationError("interval", f"must be a number of seconds > 0, got {interval!r}")
+        if propagate and follow_parents:
+            self._raise_failed_parent()
+        if interval is None:
+            meta = self._stream(timeout, on_message)
+        else:
+            meta = self._poll(timeout, float(interval), on_message)
+        value = _value(meta)
+        if propagate and meta.get("status") in states.PROPAGATE_STATES and isinstance(
+            value, BaseException
+        ):
+            raise value
+        return value
+
+    wait = get
+
+    def _raise_failed_parent(self) -> None:
+        node = self._parent
+        while node is not None:
+            meta = node._meta()
+            if meta.get("status") in states.PROPAGATE_STATES:
+                value = _value(meta)
+                if isinstance(value, BaseException):
+                    raise value
+            node = node._parent
+
+    def _stream(self, timeout: float | None,
+                on_message: Callable[[dict[str, Any]], object] | None) -> Mapping[str, Any]:
         deadline = None if timeout is None else _monotonic() + timeout
         last_state = states.PENDING
         subscription = self.backend.subscribe(self.id)
@@ -981,20 +1723,107 @@ class AsyncResult:
                 if on_message is not None:
                     on_message(dict(meta))
                 if last_state in states.READY_STATES:
-                    break
+                    return meta
         finally:
             subscription.close()
-        value = _value(meta)
-        if propagate and last_state in states.PROPAGATE_STATES and isinstance(
-            value, BaseException
-        ):
-            raise value
-        return value
+
+    def _poll(self, timeout: float | None, interval: float,
+              on_message: Callable[[dict[str, Any]], object] | None) -> Mapping[str, Any]:
+        deadline = None if timeout is None else _monotonic() + timeout
+        last: Mapping[str, Any] | None = None
+        while True:
+            meta = self.backend.get(self.id)
+            if meta is not None and meta != last:
+                last = meta
+                if on_message is not None:
+                    on_message(dict(meta))
+                if meta.get("status") in states.READY_STATES:
+                    return meta
+            now = _monotonic()
+            if deadline is not None and now >= deadline:
+                state = str(last.get("status")) if last is not None else states.PENDING
+                raise TimeoutError(self.id, timeout or 0.0, state)
+            _sleep(interval if deadline is None else min(interval, deadline - now))
+
+
+class EagerResult(AsyncResult):
+    """The result of a task run here (``Task.apply``, ``task_always_eager``): known at
+    once, nothing read from a backend. Behaves like Celery's ``EagerResult``."""
+
+    def __init__(self, id: str, ret_value: Any, state: str, traceback: str | None = None,
+                 name: str | None = None, *, app: App | None = None) -> None:
+        super().__init__(id, app=app)
+        self._result = ret_value
+        self._state = state
+        self._traceback = traceback
+        self.name = name
+        self._date_done = datetime.now(UTC)
+
+    def __repr__(self) -> str:
+        return f"<EagerResult: {self.id}>"
+
+    def _meta(self) -> Mapping[str, Any]:
+        return {"task_id": self.id, "status": self._state, "result": self._result,
+                "traceback": self._traceback, "name": self.name}
+
+    @property
+    def state(self) -> str:
+        return self._state
+
+    @property
+    def result(self) -> Any:
+        return self._result
+
+    @property
+    def info(self) -> Any:
+        return self._result
+
+    @property
+    def traceback(self) -> str | None:
+        return self._traceback
+
+    @property
+    def date_done(self) -> datetime | None:
+        return self._date_done
+
+    @property
+    def children(self) -> list[AsyncResult] | None:
+        return None
+
+    def ready(self) -> bool:
+        return True
+
+    def forget(self) -> None:
+        return None
+
+    def get(
+        self,
+        timeout: float | None = None,
+        propagate: bool = True,
+        interval: float | None = None,
+        on_message: Callable[[dict[str, Any]], object] | None = None,
+        disable_sync_subtasks: bool = True,
+        follow_parents: bool = True,
+    ) -> Any:
+        """The result at once: the return value, or the exception (raised when
+        ``propagate``). ``timeout``/``interval`` mean nothing here."""
+        del timeout, interval, follow_parents
+        if disable_sync_subtasks:
+            _assert_will_not_block()
+        if on_message is not None:
+            on_message(dict(self._meta()))
+        if self._state == states.SUCCESS:
+            return self._result
+        if self._state in states.PROPAGATE_STATES and propagate:
+            value = self._result
+            raise value if isinstance(value, BaseException) else Exception(value)
+        return self._result
 
     wait = get
 
 
 _monotonic = time.monotonic
+_sleep = time.sleep
 
 
 def _value(meta: Mapping[str, Any]) -> Any:
@@ -1003,3 +1832,24 @@ def _value(meta: Mapping[str, Any]) -> Any:
         return exception_from_meta(result)
     return result
 
+
+def _datetime(value: Any) -> datetime | None:
+    if value is None or isinstance(value, datetime):
+        return value
+    return parse_iso(value, field="date_done", decoding=True)
+
+
+def _result_from_tuple(value: Any, app: App, field: str) -> AsyncResult:
+    """Celery's ``result_from_tuple`` for a plain result: ``[[id, parent], null]``."""
+    if isinstance(value, list | tuple) and len(value) == 2:
+        head, nodes = value
+        if nodes:
+            raise DecodeError(field, "a group result; group results are not supported yet")
+        parent = None
+        if isinstance(head, list | tuple) and len(head) == 2:
+            head, parent_tuple = head
+            if parent_tuple:
+                parent = _result_from_tuple(parent_tuple, app, f"{field}.parent")
+        if isinstance(head, str) and head:
+            return AsyncResult(head, app=app, parent=parent)
+    raise DecodeError(field, f"not a result tuple: {value!r}")

@@ -51,8 +51,11 @@ __all__ = [
 TASK_OPTIONS: Mapping[str, str | None] = {
     # option          -> the app setting that provides the default (None: no setting)
     "queue": "task_default_queue",
-    "exchange": "task_default_exchange",
-    "routing_key": "task_default_routing_key",
+    # The exchange and routing key come from the router (``wiretask.routing``), which
+    # applies ``task_default_exchange``/``task_default_routing_key`` as Celery does (on a
+    # direct exchange they are not used: the message goes to the default exchange).
+    "exchange": None,
+    "routing_key": None,
     "priority": "task_default_priority",
     "serializer": "task_serializer",
     "compression": "task_compression",
@@ -65,7 +68,7 @@ TASK_OPTIONS: Mapping[str, str | None] = {
 
 #: Options that must have a value: an explicit ``None`` falls back to the app setting
 #: instead of clearing (a message always has a serializer, a queue and a delivery mode).
-_REQUIRED = frozenset({"queue", "serializer", "delivery_mode", "exchange", "ignore_result"})
+_REQUIRED = frozenset({"queue", "serializer", "delivery_mode", "ignore_result"})
 
 #: Every option ``apply_async``/``send_task`` accepts. Anything else is refused by name.
 CALL_OPTIONS = frozenset(
@@ -95,6 +98,8 @@ CALL_OPTIONS = frozenset(
         "retries",
         "replaced_task_nesting",
         "add_to_parent",
+        # Celery's: the exchange's type, read by the router (``wiretask.routing``).
+        "exchange_type",
     }
 )
 
@@ -363,6 +368,8 @@ def _plan(
     queue = _string("queue", opts["queue"], optional=False)
     assert queue is not None
     exchange = opts["exchange"]
+    if exchange is None:
+        exchange = ""  # the default exchange
     if not isinstance(exchange, str):
         raise ValidationError("exchange", f"must be a string, got {exchange!r}", value=exchange)
     routing_key = _string("routing_key", opts["routing_key"])

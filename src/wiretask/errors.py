@@ -29,6 +29,7 @@ __all__ = [
     "EncodeError",
     "ImproperlyConfigured",
     "MalformedMessage",
+    "MaxRetriesExceededError",
     "MessageTooLarge",
     "NotRegistered",
     "PublishError",
@@ -44,6 +45,7 @@ __all__ = [
     "ValidationError",
     "WiretaskError",
     "WorkerLostError",
+    "WouldBlock",
 ]
 
 
@@ -72,6 +74,9 @@ class ValidationError(WiretaskError, ValueError):
         self.value = value
 
 
+_PICKLE_NAMES = frozenset({"pickle", "application/x-python-serialize"})
+
+
 class UnknownCodec(ValidationError, LookupError):
     """A serializer or compressor name/content type that the registry does not know.
 
@@ -80,6 +85,14 @@ class UnknownCodec(ValidationError, LookupError):
 
     def __init__(self, kind: str, name: str, known: tuple[str, ...] = ()) -> None:
         hint = f" (known: {', '.join(sorted(known))})" if known else ""
+        if kind == "serializer" and str(name).lower() in _PICKLE_NAMES:
+            hint += (
+                "; pickle is off by default because decoding it runs code chosen by whoever "
+                "can publish to your broker. To opt in, give the app a registry with it: "
+                "App(..., registry=wiretask.default_registry(pickle=True, "
+                "accept=['json', 'pickle'])), or call "
+                "wiretask.codecs.enable_pickle(registry, accept=True)"
+            )
         super().__init__(kind, f"unknown {kind} {name!r}{hint}", value=name)
         self.kind = kind
         self.name = name
@@ -221,15 +234,39 @@ class WorkerLostError(TaskError):
 
 
 class Retry(TaskError):
-    """Raised by ``Task.retry()`` to tell the worker the task was re-sent."""
+    """Raised by ``Task.retry()`` to tell the worker the task was re-sent.
+
+    ``sig`` is ``(args, kwargs)`` of the next run when the task runs eagerly
+    (``Task.apply``), which runs it again at once instead of sending it.
+    """
 
     def __init__(self, message: str = "", *, exc: BaseException | None = None,
-                 when: Any = None) -> None:
+                 when: Any = None, sig: tuple[tuple[Any, ...], dict[str, Any]] | None = None,
+                 ) -> None:
         if not message:
             message = f"retry in {when}" if when is not None else "retry"
         super().__init__(message)
         self.exc = exc
         self.when = when
+        self.sig = sig
+
+
+class MaxRetriesExceededError(TaskError):
+    """``Task.retry()`` was called past the task's ``max_retries`` with no ``exc`` to
+    raise instead (Celery's exception of the same name). ``task_args`` and
+    ``task_kwargs`` are the arguments the retry would have had."""
+
+    def __init__(self, message: str = "", *, task_args: Any = None,
+                 task_kwargs: Any = None) -> None:
+        super().__init__(message)
+        self.task_args = task_args
+        self.task_kwargs = task_kwargs
+
+
+class WouldBlock(TaskError, RuntimeError):
+    """``AsyncResult.get()`` inside a running task: waiting for another task from a
+    worker slot can deadlock the worker (Celery raises ``RuntimeError`` for it; this is
+    one). Pass ``disable_sync_subtasks=False`` or use ``allow_join_result()``."""
 
 
 class Reject(TaskError):

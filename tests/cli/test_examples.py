@@ -40,7 +40,7 @@ def test_quickstart(tmp_path: Path, broker: bool) -> None:
 
     assert done.returncode == 0, done.stdout + done.stderr
     out = done.stdout
-    where = tmp_path / "broker.db" if broker else tmp_path / "xdg" / "wiretask" / "quickstart.db"
+    where = tmp_path / "broker.db" if broker else tmp_path / "xdg" / "wiretask" / "wiretask.db"
     assert f"broker and results: sqlite:///{where}" in out
     assert where.exists()
     assert re.search(r"add\(2, 3\) called directly += 5$", out, re.MULTILINE)

@@ -1,0 +1,778 @@
+"""Settings: every Celery setting name, its status in wiretask, and ``app.conf``.
+
+A Celery project's configuration carries over setting by setting. Each of Celery 5.7's
+settings (``celery.app.defaults.NAMESPACES``; a test keeps this table in step with it)
+has one of three statuses here:
+
+* **honoured**: it behaves as in Celery (some only for the values listed in the note;
+  any other value is refused);
+* **refused**: setting it raises ``ImproperlyConfigured`` at once, naming it, saying why
+  and what to do instead (most are features wiretask does not have yet);
+* **not applicable**: it configures something wiretask does not have and that cannot be
+  selected here either (a result backend wiretask does not offer, Kombu's connection
+  pool), so it is accepted and has no effect, as it would have none in Celery without
+  that part.
+
+Unknown names are refused with the nearest known name (``task_serialzer`` ->
+``task_serializer``), and Celery's old upper-case names (``CELERY_TASK_SERIALIZER``,
+``BROKER_URL``) are refused with the new name to use: wiretask reads only the new
+names, as Celery's documentation has asked since 4.0.
+
+``docs/settings.md`` is generated from this table (:func:`render_markdown`).
+"""
+
+from __future__ import annotations
+
+import difflib
+import inspect
+import numbers
+import types
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from datetime import timedelta
+from typing import Any, Literal, Self
+
+import attrs
+
+from wiretask.codecs import DEFAULT_MAX_DECOMPRESSED_SIZE
+from wiretask.errors import ImproperlyConfigured
+
+__all__ = [
+    "HONOURED",
+    "NOT_APPLICABLE",
+    "OLD_NAMES",
+    "REFUSED",
+    "SETTINGS",
+    "Configuration",
+    "Setting",
+    "Settings",
+    "check_setting",
+    "read_object",
+    "render_markdown",
+]
+
+Status = Literal["honoured", "refused", "not applicable"]
+HONOURED: Status = "honoured"
+REFUSED: Status = "refused"
+NOT_APPLICABLE: Status = "not applicable"
+
+@attrs.frozen
+class Setting:
+    """One setting: its name, status, wiretask's default and why.
+
+    ``only`` (honoured settings): the values wiretask honours; any other value is refused
+    with ``note``. ``celery``: False for wiretask's own settings. ``check``: validates a
+    value (raises ``ImproperlyConfigured`` naming the setting) and returns it, possibly
+    normalised.
+    """
+
+    name: str
+    status: Status
+    note: str = ""
+    default: Any = None
+    only: tuple[Any, ...] | None = None
+    celery: bool = True
+    check: Callable[[str, Any], Any] | None = attrs.field(default=None, eq=False)
+
+
+# -- value checks ------------------------------------------------------------------------
+
+
+def _bool(name: str, value: Any) -> Any:
+    if not isinstance(value, bool):
+        raise ImproperlyConfigured(f"{name} must be True or False, got {value!r}", setting=name)
+    return value
+
+
+def _optional_bool(name: str, value: Any) -> Any:
+    return None if value is None else _bool(name, value)
+
+
+def _seconds(name: str, value: Any) -> Any:
+    if isinstance(value, timedelta):
+        return value.total_seconds()
+    if value is not None and (isinstance(value, bool) or not isinstance(value, numbers.Real)):
+        raise ImproperlyConfigured(
+            f"{name} must be a number of seconds (or a timedelta), got {value!r}", setting=name
+        )
+    return value
+
+
+def _count(name: str, value: Any) -> Any:
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+        raise ImproperlyConfigured(f"{name} must be an integer >= 1, got {value!r}", setting=name)
+    return value
+
+
+def _mapping(name: str, value: Any) -> Any:
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping) or not all(isinstance(k, str) for k in value):
+        raise ImproperlyConfigured(
+            f"{name} must be a mapping with string keys, got {value!r}", setting=name
+        )
+    return dict(value)
+
+
+def _module_names(name: str, value: Any) -> Any:
+    """``imports``/``include``: a module name or a sequence of them (Celery's shapes)."""
+    if value is None:
+        return ()
+    items = (value,) if isinstance(value, str) else value
+    if not isinstance(items, list | tuple | set | frozenset) or not all(
+        isinstance(item, str) and item for item in items
+    ):
+        raise ImproperlyConfigured(
+            f"{name} must be a module name or a list of module names, got {value!r}",
+            setting=name,
+        )
+    return tuple(items)
+
+
+def _string(name: str, value: Any) -> Any:
+    if value is not None and not isinstance(value, str):
+        raise ImproperlyConfigured(f"{name} must be a string, got {value!r}", setting=name)
+    return value
+
+
+def _routes(name: str, value: Any) -> Any:
+    from wiretask.routing import prepare_routes  # noqa: PLC0415 - routing imports this module
+
+    prepare_routes(value)  # raises, naming the entry
+    return value
+
+
+def _queues(name: str, value: Any) -> Any:
+    from wiretask.routing import declared_queues  # noqa: PLC0415 - routing imports this module
+
+    declared_queues(value)
+    return value
+
+
+def _annotations(name: str, value: Any) -> Any:
+    from wiretask.tasks import check_annotations  # noqa: PLC0415 - tasks imports this module
+
+    check_annotations(value)
+    return value
+
+
+def _rate(name: str, value: Any) -> Any:
+    from wiretask.tasks import parse_rate  # noqa: PLC0415 - tasks imports this module
+
+    parse_rate(value, field=name)
+    return value
+
+
+# -- the table ---------------------------------------------------------------------------
+
+_WORKER_HALF = "the worker does not do this yet (issue 14's worker half will)"
+_NO_BEAT = "wiretask has no periodic-task scheduler (beat) yet"
+_NO_EVENTS = "wiretask does not send task events yet"
+_NO_CONTROL = "wiretask has no remote control yet"
+_IN_URL = "put it in broker_url (and give transport options in broker_transport_options)"
+_NO_CHORDS = "wiretask has no chords yet"
+
+
+def _backend(kind: str) -> str:
+    return (
+        f"only Celery's {kind} result backend reads it; wiretask has no such backend "
+        "(a result_backend URL for it is refused)"
+    )
+
+
+def _rows() -> Iterator[Setting]:
+    h, r, n = HONOURED, REFUSED, NOT_APPLICABLE
+    yield from (
+        Setting("accept_content", h, "content types the worker and the result reader accept; "
+                "wiretask's default also accepts msgpack; pickle needs an explicit opt-in "
+                "(App(registry=default_registry(pickle=True, ...)))",
+                ("json", "msgpack")),
+        Setting("result_accept_content", h, "content types accepted when reading results "
+                "(None: accept_content)"),
+        Setting("enable_utc", h, "only True: protocol 2 has no utc flag and wiretask's "
+                "clock is UTC unless timezone is set; set timezone instead of False",
+                True, only=(True,)),
+        Setting("imports", h, "modules imported when the app is finalized (first use of "
+                "app.tasks, or the worker starting)", (), check=_module_names),
+        Setting("include", h, "as imports", (), check=_module_names),
+        Setting("timezone", h, "the zone of eta/expires headers and app.now() (default UTC)",
+                "UTC", check=_string),
+    )
+    for key in ("enable_remote_control", "remote_control_max_tick_age", "max_loop_interval",
+                "schedule", "scheduler", "schedule_filename", "sync_every",
+                "cron_starting_deadline"):
+        yield Setting(f"beat_{key}", r, _NO_BEAT)
+    yield from (
+        Setting("broker_url", h, "memory://, sqlite:///path.db, redis://... (default: "
+                "$WIRETASK_BROKER_URL, else the embedded SQLite file; see App)"),
+        Setting("broker_read_url", r, "wiretask uses one broker URL: set broker_url"),
+        Setting("broker_write_url", r, "wiretask uses one broker URL: set broker_url"),
+        Setting("broker_transport", r, "the URL's scheme picks the transport: set broker_url"),
+        Setting("broker_transport_options", h, "passed to the transport, which refuses an "
+                "option it does not know by name (Redis: visibility_timeout, "
+                "global_keyprefix, ... and redis-py's connection options)", {},
+                check=_mapping),
+        Setting("broker_connection_timeout", r, "give the transport's own option instead "
+                "(Redis: socket_connect_timeout in broker_transport_options)"),
+        Setting("broker_connection_retry", r, "a worker always reconnects; publish retries "
+                "follow task_publish_retry_policy"),
+        Setting("broker_connection_retry_on_startup", r, "a worker always reconnects; "
+                "publish retries follow task_publish_retry_policy"),
+        Setting("broker_connection_max_retries", r, "a worker always reconnects; publish "
+                "retries follow task_publish_retry_policy"),
+        Setting("broker_channel_error_retry", r, "AMQP channel errors: no AMQP transport yet"),
+        Setting("broker_failover_strategy", r, "wiretask connects to one broker URL"),
+        Setting("broker_heartbeat", n, "AMQP heartbeats; the bundled transports have none",
+                120),
+        Setting("broker_heartbeat_checkrate", n, "AMQP heartbeats; the bundled transports "
+                "have none", 3.0),
+        Setting("broker_login_method", n, "AMQP login; the bundled transports have none"),
+        Setting("broker_native_delayed_delivery_queue_type", n, "RabbitMQ quorum-queue "
+                "delayed delivery; the bundled transports delay messages themselves",
+                "quorum"),
+        Setting("broker_pool_limit", n, "Kombu's producer connection pool: wiretask keeps "
+                "one broker connection per app and per worker", 10),
+        Setting("broker_pool_acquire_timeout", n, "Kombu's producer connection pool: "
+                "wiretask keeps one broker connection per app and per worker"),
+        Setting("broker_use_ssl", r, "use a rediss:// URL with its ssl_* query options"),
+    )
+    for key in ("host", "port", "user", "password", "vhost"):
+        yield Setting(f"broker_{key}", r, _IN_URL)
+    backends = {
+        "cache": ("cache", ("backend", "backend_options")),
+        "cassandra": ("Cassandra", ("entry_ttl", "keyspace", "port", "read_consistency",
+                                    "servers", "bundle_path", "table", "write_consistency",
+                                    "auth_provider", "auth_kwargs", "options")),
+        "s3": ("S3", ("access_key_id", "secret_access_key", "bucket", "base_path",
+                      "endpoint_url", "region")),
+        "azureblockblob": ("Azure Block Blob", (
+            "container_name", "retry_initial_backoff_sec", "retry_increment_base",
+            "retry_max_attempts", "base_path", "connection_timeout", "read_timeout")),
+        "gcs": ("Google Cloud Storage", ("bucket", "project", "base_path", "ttl")),
+        "couchbase": ("Couchbase", ("backend_settings",)),
+        "arangodb": ("ArangoDB", ("backend_settings",)),
+        "mongodb": ("MongoDB", ("backend_settings",)),
+        "cosmosdbsql": ("CosmosDB", ("database_name", "collection_name", "consistency_level",
+                                     "max_retry_attempts", "max_retry_wait_time")),
+        "elasticsearch": ("Elasticsearch", ("retry_on_timeout", "max_retries", "timeout",
+                                            "save_meta_as_text")),
+        "database": ("SQLAlchemy database", (
+            "url", "engine_options", "engine_callback", "short_lived_sessions",
+            "table_schemas", "table_names", "create_tables_at_setup")),
+    }
+    for prefix, (kind, keys) in backends.items():
+        for key in keys:
+            yield Setting(f"{prefix}_{key}", n, _backend(kind))
+    for key in ("queue_ttl", "queue_expires", "queue_exclusive", "queue_durable", "exchange"):
+        yield Setting(f"control_{key}", n, f"the remote-control queues: {_NO_CONTROL}")
+    for key in ("queue_expires", "queue_ttl", "queue_prefix", "queue_exclusive",
+                "queue_durable", "serializer", "exchange"):
+        yield Setting(f"event_{key}", n, f"the event queues: {_NO_EVENTS}")
+    for key in ("backend_use_ssl", "db", "host", "max_connections", "username", "password",
+                "port", "socket_timeout", "socket_connect_timeout", "retry_on_timeout",
+                "socket_keepalive"):
+        yield Setting(f"redis_{key}", r, "give the Redis result backend's connection in the "
+                      "result_backend URL and result_backend_transport_options")
+    yield from (
+        Setting("result_backend", h, "memory://, sqlite:///path.db, redis://... (default: "
+                "$WIRETASK_RESULT_BACKEND, else the broker URL)"),
+        Setting("result_cache_max", n, "wiretask does not cache results in the client "
+                "(Celery's default, -1, means the same)", -1),
+        Setting("result_compression", h, "compress stored results (Celery 5.7 reads them)"),
+        Setting("result_exchange", n, "the rpc:// result backend's exchange; wiretask has no "
+                "rpc:// backend"),
+        Setting("result_exchange_type", n, "the rpc:// result backend's exchange; wiretask "
+                "has no rpc:// backend"),
+        Setting("result_expires", h, "seconds (or a timedelta) a result is kept; None or 0: "
+                "forever", 86400, check=_seconds),
+        Setting("result_chord_expires", n, f"chord counters: {_NO_CHORDS}"),
+        Setting("result_failure_expires", r, "failures are kept for result_expires like "
+                "every result"),
+        Setting("result_persistent", n, "the rpc:// result backend's messages; wiretask has "
+                "no rpc:// backend"),
+        Setting("result_extended", h, "only False: the worker does not store the extended "
+                "fields yet", False, only=(False,)),
+        Setting("result_serializer", h, "", "json"),
+        Setting("result_backend_transport_options", h, "passed to the result backend, which "
+                "refuses an option it does not know by name", {}, check=_mapping),
+        Setting("result_chord_retry_interval", n, _NO_CHORDS, 1.0),
+        Setting("result_chord_join_timeout", n, _NO_CHORDS, 3.0),
+    )
+    for key in ("backend_max_sleep_between_retries_ms", "backend_max_retries",
+                "backend_base_sleep_between_retries_ms", "backend_always_retry"):
+        yield Setting(f"result_{key}", r, "result backend operations are not retried by a "
+                      "policy; a worker requeues a task whose outcome it could not store")
+    for key in ("certificate", "cert_store", "key", "key_password", "digest"):
+        yield Setting(f"security_{key}", r, "message signing (the auth serializer) is not "
+                      "supported")
+    yield from _task_rows()
+    yield from _worker_rows()
+    yield from (
+        Setting("task_compression_threshold", h, "wiretask: compress only bodies of at least "
+                "this many bytes (None: always)", celery=False),
+        Setting("max_decompressed_size", h, "wiretask: the cap on a received body's "
+                "decompressed size, in bytes", DEFAULT_MAX_DECOMPRESSED_SIZE, celery=False),
+        Setting("task_default_retry_delay", h, "wiretask: the default_retry_delay of tasks "
+                "that set none, read when a task is registered (Celery's Task default)", 180,
+                celery=False),
+        Setting("task_max_retries", h, "wiretask: the max_retries of tasks that set none, "
+                "read when a task is registered (Celery's Task default)", 3, celery=False),
+    )
+
+
+def _task_rows() -> Iterator[Setting]:
+    h, r = HONOURED, REFUSED
+    yield from (
+        Setting("task_acks_late", h, "only True: wiretask's worker always acknowledges a "
+                "message after its task ran (at least once); early acknowledgement is not "
+                "supported", True, only=(True,)),
+        Setting("task_acks_on_failure_or_timeout", h, "only True: failed and timed-out tasks "
+                "are acknowledged", True, only=(True,)),
+        Setting("task_acks_on_failure", h, "only True or None: failed tasks are acknowledged",
+                only=(True, None)),
+        Setting("task_acks_on_timeout", h, "only True or None: timed-out tasks are "
+                "acknowledged", only=(True, None)),
+        Setting("task_always_eager", h, "run tasks in-process on apply_async/delay and "
+                "return an EagerResult (send_task still sends)", False, check=_bool),
+        Setting("task_annotations", h, "a dict, a list of dicts, or objects with annotate(); "
+                "keys are task options (rate_limit, time_limit, ...); a key wiretask cannot "
+                "honour is refused by name", check=_annotations),
+        Setting("task_compression", h, ""),
+        Setting("task_create_missing_queues", h, "", True, check=_bool),
+        Setting("task_create_missing_queue_type", h, "only 'classic': quorum queues need "
+                "RabbitMQ", "classic", only=("classic",)),
+        Setting("task_create_missing_queue_exchange_type", h, "only None or 'direct'",
+                only=(None, "direct")),
+        Setting("task_inherit_parent_priority", h, "only False: child tasks do not inherit "
+                "the parent's priority yet", False, only=(False,)),
+        Setting("task_default_delivery_mode", h, "", 2),
+        Setting("task_default_queue", h, "also the queue a worker consumes when no queues "
+                "are given and task_queues is empty", "celery", check=_string),
+        Setting("task_default_queue_type", h, "only 'classic': quorum queues need RabbitMQ",
+                "classic", only=("classic",)),
+        Setting("task_default_exchange", h, "None: the default queue's name, as in Celery",
+                check=_string),
+        Setting("task_default_exchange_type", h, "only 'direct' or 'topic' (fanout and "
+                "headers exchanges are not supported)", "direct", only=("direct", "topic")),
+        Setting("task_default_routing_key", h, "None: the default queue's name, as in Celery",
+                check=_string),
+        Setting("task_default_rate_limit", r, f"rate limits are parsed and stored on tasks, "
+                f"but {_WORKER_HALF}", check=_rate),
+        Setting("task_default_priority", h, ""),
+        Setting("task_eager_propagates", h, "eager tasks re-raise their exception at once",
+                False, check=_bool),
+        Setting("task_ignore_result", h, "", False, check=_bool),
+        Setting("task_store_eager_result", h, "eager results are stored in the result backend",
+                False, check=_bool),
+        Setting("task_protocol", h, "only 2, the protocol wiretask speaks", 2, only=(2,)),
+        Setting("task_publish_retry", h, "", True, check=_bool),
+        Setting("task_publish_retry_policy", h, "the documented Celery policy (interval_max "
+                "0.2; Celery's code default is 1)",
+                {"max_retries": 3, "interval_start": 0, "interval_step": 0.2,
+                 "interval_max": 0.2}),
+        Setting("task_queues", h, "kombu Queue objects (read duck-typed: kombu is not needed) "
+                "or dicts: exchange, exchange type (direct or topic), routing key and queue "
+                "arguments such as x-max-priority (used by brokers that have them)",
+                check=_queues),
+        Setting("task_queue_max_priority", h, "x-max-priority of declared queues (RabbitMQ "
+                "reads it; Redis, SQLite and memory always have priorities)", check=_count),
+        Setting("task_reject_on_worker_lost", h, "only None or False: a task whose worker "
+                "process died is failed and acknowledged", only=(None, False)),
+        Setting("task_retry_on_worker_lost", h, "only False: a task whose worker process died "
+                "is failed, not retried", False, only=(False,)),
+        Setting("task_remote_tracebacks", h, "only False (tblib remote tracebacks are not "
+                "supported)", False, only=(False,)),
+        Setting("task_repr_maxlevels", h, "only 3, the depth wiretask's argsrepr uses", 3,
+                only=(3,)),
+        Setting("task_routes", h, "resolved as Celery's router does: dicts with exact, glob "
+                "and re.compile keys, lists of them, router functions and dotted paths",
+                check=_routes),
+        Setting("task_send_sent_event", h, f"only False: {_NO_EVENTS}", False, only=(False,)),
+        Setting("task_serializer", h, "", "json"),
+        Setting("task_soft_time_limit", h, "", check=_seconds),
+        Setting("task_time_limit", h, "", check=_seconds),
+        Setting("task_store_errors_even_if_ignored", h, "only False: the worker does not "
+                "store the failures of ignore_result tasks yet", False, only=(False,)),
+        Setting("task_track_started", h, "", False, check=_bool),
+        Setting("task_allow_error_cb_on_chord_header", h, f"only False: {_NO_CHORDS}", False,
+                only=(False,)),
+    )
+
+
+def _worker_rows() -> Iterator[Setting]:
+    h, r = HONOURED, REFUSED
+    refused = {
+        "agent": "the cell agent is not supported",
+        "autoscaler": "autoscaling is not supported yet",
+        "cancel_long_running_tasks_on_connection_loss": _WORKER_HALF,
+        "soft_shutdown_timeout": "pass Worker(shutdown_timeout=...)",
+        "enable_soft_shutdown_on_idle": "pass Worker(shutdown_timeout=...)",
+        "consumer": "the consumer class cannot be replaced",
+        "direct": "per-worker direct queues are not supported",
+        "disable_rate_limits": f"rate limits: {_WORKER_HALF}",
+        "deduplicate_successful_tasks": "deduplication is not supported",
+        "hijack_root_logger": "the wiretask command configures logging itself; an embedded "
+        "Worker leaves logging to you",
+        "log_color": "the wiretask command's log format is fixed",
+        "log_datefmt": "the wiretask command's log format is fixed",
+        "log_format": "the wiretask command's log format is fixed",
+        "lost_wait": "a lost child process is detected at once",
+        "max_memory_per_child": _WORKER_HALF,
+        "max_tasks_per_child": _WORKER_HALF,
+        "pool": "pass Worker(pool=...) or wiretask worker --pool (threads, processes, solo)",
+        "pool_putlocks": "not applicable to wiretask's pools",
+        "pool_restarts": "pool restarts are not supported",
+        "pool_start_method": "the processes pool picks its own start method",
+        "proc_alive_timeout": "not configurable",
+        "prefetch_multiplier": f"pass Worker(prefetch=...); the multiplier: {_WORKER_HALF}",
+        "enable_prefetch_count_reduction": "not applicable to wiretask's consumer",
+        "disable_prefetch": "pass Worker(prefetch=0)",
+        "redirect_stdouts": "the wiretask command does not redirect stdout",
+        "redirect_stdouts_level": "the wiretask command does not redirect stdout",
+        "send_task_events": _NO_EVENTS,
+        "state_db": "revokes are not persisted (there is no remote control yet)",
+        "task_log_datefmt": "the wiretask command's log format is fixed",
+        "task_log_format": "the wiretask command's log format is fixed",
+        "timer": "the timer cannot be replaced",
+        "timer_precision": "not configurable",
+        "detect_quorum_queues": "quorum queues need RabbitMQ; no AMQP transport yet",
+    }
+    for key, note in refused.items():
+        yield Setting(f"worker_{key}", r, note)
+    yield Setting("worker_concurrency", h, "tasks run at once (default: the CPU count)",
+                  check=_count)
+    yield Setting("worker_eta_task_limit", h, "early-eta messages a worker holds (None: "
+                  "wiretask's bound, DEFAULT_ETA_TASK_LIMIT)", check=_count)
+    yield Setting("worker_enable_remote_control", h, f"only False: {_NO_CONTROL}", False,
+                  only=(False,))
+
+
+def _sorted_table() -> dict[str, Setting]:
+    table: dict[str, Setting] = {}
+    for row in _rows():
+        if row.name in table:
+            raise AssertionError(f"setting {row.name} listed twice")
+        table[row.name] = row
+    return table
+
+
+#: Every setting wiretask knows: Celery's, then wiretask's own.
+SETTINGS: Mapping[str, Setting] = types.MappingProxyType(_sorted_table())
+
+#: The prefix of each Celery namespace's pre-4.0 upper-case names (``celery/app/defaults.py``).
+_OLD_PREFIXES: Mapping[str, str] = {
+    "beat": "CELERYBEAT_", "broker": "BROKER_", "cache": "CELERY_CACHE_",
+    "cassandra": "CASSANDRA_", "s3": "S3_", "azureblockblob": "AZUREBLOCKBLOB_",
+    "gcs": "GCS_", "control": "CONTROL_", "couchbase": "CELERY_COUCHBASE_",
+    "arangodb": "CELERY_ARANGODB_", "mongodb": "CELERY_MONGODB_",
+    "cosmosdbsql": "COSMOSDBSQL_", "event": "CELERY_EVENT_", "redis": "CELERY_REDIS_",
+    "result": "CELERY_RESULT_", "elasticsearch": "CELERY_ELASTICSEARCH_",
+    "security": "CELERY_SECURITY_", "database": "DATABASE_", "task": "CELERY_",
+    "worker": "CELERYD_",
+}
+#: Old names that do not follow their namespace's prefix.
+_OLD_EXCEPTIONS: Mapping[str, str] = {
+    "result_accept_content": "RESULT_ACCEPT_CONTENT", "enable_utc": "ENABLE_UTC",
+    "result_cache_max": "CELERY_MAX_CACHED_RESULTS",
+    "result_expires": "CELERY_TASK_RESULT_EXPIRES",
+    "database_url": "CELERY_RESULT_DBURI",
+    "database_engine_options": "CELERY_RESULT_ENGINE_OPTIONS",
+    "database_short_lived_sessions": "CELERY_RESULT_DB_SHORT_LIVED_SESSIONS",
+    "database_table_names": "CELERY_RESULT_DB_TABLENAMES",
+    "task_compression": "CELERY_MESSAGE_COMPRESSION",
+    "task_eager_propagates": "CELERY_EAGER_PROPAGATES_EXCEPTIONS",
+    "task_protocol": "CELERY_TASK_PROTOCOL",
+    "task_publish_retry": "CELERY_TASK_PUBLISH_RETRY",
+    "task_publish_retry_policy": "CELERY_TASK_PUBLISH_RETRY_POLICY",
+    "task_send_sent_event": "CELERY_SEND_TASK_SENT_EVENT",
+    "task_serializer": "CELERY_TASK_SERIALIZER",
+    "task_soft_time_limit": "CELERYD_TASK_SOFT_TIME_LIMIT",
+    "task_time_limit": "CELERYD_TASK_TIME_LIMIT",
+    "worker_direct": "CELERY_WORKER_DIRECT",
+    "worker_disable_rate_limits": "CELERY_DISABLE_RATE_LIMITS",
+    "worker_enable_remote_control": "CELERY_ENABLE_REMOTE_CONTROL",
+    "worker_lost_wait": "CELERYD_WORKER_LOST_WAIT",
+    "worker_redirect_stdouts": "CELERY_REDIRECT_STDOUTS",
+    "worker_redirect_stdouts_level": "CELERY_REDIRECT_STDOUTS_LEVEL",
+    "worker_send_task_events": "CELERY_SEND_EVENTS",
+}
+
+
+def _old_name(name: str) -> str:
+    if name in _OLD_EXCEPTIONS:
+        return _OLD_EXCEPTIONS[name]
+    namespace, _, key = name.partition("_")
+    prefix = _OLD_PREFIXES.get(namespace)
+    if prefix is None or not key:  # a top-level setting: accept_content, imports, ...
+        return "CELERY_" + name.upper()
+    return prefix + key.upper()
+
+
+#: Celery's pre-4.0 upper-case setting names, to the new names wiretask reads.
+OLD_NAMES: Mapping[str, str] = types.MappingProxyType(
+    {_old_name(name): name for name, row in SETTINGS.items() if row.celery}
+)
+
+
+def _refusal(name: str) -> ImproperlyConfigured:
+    """The error for a name that is not a usable setting (unknown, old or refused)."""
+    row = SETTINGS.get(name)
+    if row is not None:
+        return ImproperlyConfigured(
+            f"setting {name!r} is not supported by wiretask: {row.note}", setting=name
+        )
+    new = OLD_NAMES.get(name)
+    if new is not None:
+        return ImproperlyConfigured(
+            f"{name!r} is Celery's old setting name: use {new!r} (wiretask reads only the "
+            "lower-case names Celery uses since 4.0)", setting=name,
+        )
+    if not isinstance(name, str):
+        return ImproperlyConfigured(f"setting names are strings, got {name!r}")
+    pool = list(OLD_NAMES) if name.isupper() else list(SETTINGS)
+    close = difflib.get_close_matches(name, pool, n=1, cutoff=0.75)
+    hint = ""
+    if close:
+        suggestion = OLD_NAMES.get(close[0], close[0])
+        hint = f"; did you mean {suggestion!r}?"
+    return ImproperlyConfigured(f"unknown setting {name!r}{hint}", setting=name)
+
+
+def check_setting(name: str, value: Any) -> Any:
+    """Check one setting and return its value (normalised where a check does so).
+
+    Raises:
+        ImproperlyConfigured: an unknown name (with the nearest known one), one of
+            Celery's old upper-case names (with the new one), a refused setting or value
+            (with why and what to do instead), or a value of the wrong shape.
+    """
+    row = SETTINGS.get(name) if isinstance(name, str) else None
+    if row is None or row.status == REFUSED:
+        raise _refusal(name)
+    if row.only is not None and not any(
+        value is allowed or (type(value) is type(allowed) and value == allowed)
+        for allowed in row.only
+    ):
+        raise ImproperlyConfigured(
+            f"{name}={value!r} is not supported by wiretask: {row.note}", setting=name
+        )
+    if row.check is not None:
+        return row.check(name, value)
+    return value
+
+
+def _defaults() -> dict[str, Any]:
+    return {
+        name: (dict(row.default) if isinstance(row.default, dict) else row.default)
+        for name, row in SETTINGS.items()
+        if row.status == HONOURED
+    }
+
+
+class Settings(dict[str, Any]):
+    """A dict of settings with attribute access (``conf.task_serializer``) that counts
+    its changes.
+
+    Every change through the mapping API bumps ``_version``, so what is derived from the
+    settings (the calling API's validated option plans, the router) is recomputed. A
+    value mutated in place (``conf.some_dict["key"] = ...``) is not seen: assign a new
+    value instead (``task_publish_retry_policy``, read on every call, is the exception).
+    This class takes any key; ``Configuration`` (``app.conf``) checks them.
+    """
+
+    _version: int
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__()
+        object.__setattr__(self, "_version", 0)
+        self.update(*args, **kwargs)
+
+    def _check(self, key: str, value: Any) -> Any:
+        del key
+        return value
+
+    def _changed(self) -> None:
+        # ``__dict__.get``: unpickling and copying set items before the instance state.
+        object.__setattr__(self, "_version", self.__dict__.get("_version", 0) + 1)
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return self[name]
+        except KeyError:
+            raise AttributeError(f"no setting named {name!r}") from None
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        self[name] = value
+
+    def __setitem__(self, key: str, value: Any) -> None:
+        super().__setitem__(key, self._check(key, value))
+        self._changed()
+
+    def __delitem__(self, key: str) -> None:
+        super().__delitem__(key)
+        self._changed()
+
+    def __ior__(self, other: Any) -> Self:  # type: ignore[override,misc]
+        self.update(other)
+        return self
+
+    def update(self, *args: Any, **kwargs: Any) -> None:
+        items = dict(*args, **kwargs)
+        checked = {key: self._check(key, value) for key, value in items.items()}
+        super().update(checked)
+        self._changed()
+
+    def setdefault(self, key: str, default: Any = None) -> Any:
+        if key not in self:
+            default = self._check(key, default)
+        value = super().setdefault(key, default)
+        self._changed()
+        return value
+
+    def pop(self, key: str, *default: Any) -> Any:
+        value = super().pop(key, *default)
+        self._changed()
+        return value
+
+    def popitem(self) -> tuple[str, Any]:
+        item = super().popitem()
+        self._changed()
+        return item
+
+    def clear(self) -> None:
+        super().clear()
+        self._changed()
+
+
+class Configuration(Settings):
+    """``app.conf``: Celery's setting names, checked as they are set.
+
+    It starts with wiretask's defaults for the honoured settings. Setting an unknown
+    name, an old upper-case name, a refused setting or an unsupported value raises
+    ``ImproperlyConfigured`` at once (through ``conf[...]``, ``conf.name = ...``,
+    ``update``, ``setdefault`` and ``|=`` alike). Reading a not-applicable setting that
+    was never set gives Celery's default; reading a refused one raises the refusal.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__()
+        dict.update(self, _defaults())
+        self.update(*args, **kwargs)
+
+    def _check(self, key: str, value: Any) -> Any:
+        return check_setting(key, value)
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return self[name]
+        except KeyError:
+            pass
+        row = SETTINGS.get(name)
+        if row is not None and row.status != REFUSED:
+            return row.default
+        if name.startswith("__"):
+            raise AttributeError(name)
+        error = _refusal(name)
+        raise AttributeError(str(error)) from error
+
+
+# -- reading a configuration object -------------------------------------------------------
+
+
+def read_object(source: object, namespace: str | None = None) -> dict[str, Any]:
+    """The settings an object holds, as Celery's ``config_from_object`` reads them.
+
+    ``source`` is a module, a class or an instance (or a mapping). Without a
+    ``namespace`` every public attribute is a setting, except modules, classes and
+    functions that are not setting names (the imports and helpers a config module
+    holds) and upper-case names that are not Celery's (constants); with
+    ``namespace="CELERY"`` (Django) only ``CELERY_``-prefixed names are read, the prefix
+    removed and the rest lower-cased, as Celery does. Nothing is checked here: the
+    caller applies the result to ``app.conf``, which refuses what it must.
+    """
+    if isinstance(source, Mapping):
+        items: Iterable[tuple[str, Any]] = [
+            (k, v) for k, v in source.items() if isinstance(k, str)
+        ]
+    else:
+        items = [(k, getattr(source, k)) for k in dir(source) if not k.startswith("_")]
+    settings: dict[str, Any] = {}
+    if namespace:
+        prefix = namespace.rstrip("_").upper() + "_"
+        for key, value in items:
+            if key.startswith(prefix) and len(key) > len(prefix):
+                settings[key[len(prefix):].lower()] = value
+        return settings
+    for key, value in items:
+        if key.startswith("_"):
+            continue
+        if key not in SETTINGS and (
+            inspect.ismodule(value) or inspect.isclass(value) or inspect.isroutine(value)
+        ):
+            continue
+        if key.isupper() and key not in OLD_NAMES and not _looks_like_celery(key):
+            continue
+        settings[key] = value
+    return settings
+
+
+def _looks_like_celery(name: str) -> bool:
+    """An upper-case name close to one of Celery's old names (a misspelt one)."""
+    return name.startswith(("CELERY", "BROKER_")) or bool(
+        difflib.get_close_matches(name, list(OLD_NAMES), n=1, cutoff=0.85)
+    )
+
+
+# -- the published table -------------------------------------------------------------------
+
+
+def _show(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, timedelta):
+        return f"`{value.total_seconds():g}`"
+    return f"`{value!r}`"
+
+
+def render_markdown() -> str:
+    """``docs/settings.md``: every setting with its status, default and note."""
+    lines = [
+        "# Settings",
+        "",
+        "<!-- Generated from wiretask.config.SETTINGS by tests/app/test_settings.py; "
+        "do not edit by hand. -->",
+        "",
+        "Every setting of Celery 5.7, and wiretask's own, with its status in wiretask:",
+        "",
+        "* **honoured**: it behaves as in Celery (where the note lists values, only those; "
+        "any other value is refused);",
+        "* **refused**: setting it raises `ImproperlyConfigured` at once, with the reason "
+        "and what to do instead;",
+        "* **not applicable**: it configures a part wiretask does not have and that cannot "
+        "be selected here either; it is accepted and has no effect.",
+        "",
+        "Unknown names are refused with the nearest known one, and Celery's old upper-case "
+        "names (`CELERY_TASK_SERIALIZER`, `BROKER_URL`) with the new name to use. Settings "
+        "are checked however they are given: `App(**settings)`, `app.conf[...]`, "
+        "`app.conf.name = ...`, `app.conf.update(...)` and `app.config_from_object(...)`.",
+        "",
+    ]
+    counts = dict.fromkeys((HONOURED, REFUSED, NOT_APPLICABLE), 0)
+    for row in SETTINGS.values():
+        if row.celery:
+            counts[row.status] += 1
+    lines += [
+        f"Celery's {sum(counts.values())} settings: {counts[HONOURED]} honoured, "
+        f"{counts[REFUSED]} refused, {counts[NOT_APPLICABLE]} not applicable.",
+        "",
+    ]
+    for title, celery in (("Celery's settings", True), ("wiretask's own settings", False)):
+        lines += [f"## {title}", "", "| Setting | Status | Default | Note |", "|---|---|---|---|"]
+        for row in sorted(SETTINGS.values(), key=lambda r: r.name):
+            if row.celery is not celery:
+                continue
+            default = _show(row.default) if row.status != REFUSED else ""
+            note = row.note.replace("|", "\\|")
+            lines.append(f"| `{row.name}` | {row.status} | {default} | {note} |")
+        lines.append("")
+    return "\n".join(lines)
+
