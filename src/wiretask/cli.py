@@ -41,6 +41,7 @@ from wiretask.protocol import states
 from wiretask.protocol.celery import decode
 from wiretask.results.exceptions import exception_from_meta
 from wiretask.transports.base import Inspection, Peeked
+from wiretask.transports.url import mask_url
 
 __all__ = ["CommandError", "load_app", "main", "parse_arg"]
 
@@ -216,6 +217,8 @@ def load_app(spec: str) -> App:
 
 
 def _app_from_args(args: argparse.Namespace) -> App:
+    """The command's app; says on stderr which broker and result store it talks to (a
+    client and a worker that do not meet are the first thing to rule out)."""
     spec: str | None = getattr(args, "app", None)
     broker: str | None = getattr(args, "broker", None)
     backend: str | None = getattr(args, "backend", None)
@@ -225,8 +228,14 @@ def _app_from_args(args: argparse.Namespace) -> App:
             app.conf.broker_url = broker
         if backend:
             app.conf.result_backend = backend
-        return app
-    return App(broker=broker, backend=backend)
+    else:
+        app = App(broker=broker, backend=backend)
+    sys.stderr.write(
+        f"wiretask {args.command}: broker {mask_url(app.broker_url)}, "
+        f"results {mask_url(app.backend_url)}\n"
+    )
+    sys.stderr.flush()
+    return app
 
 
 # -- output helpers ---------------------------------------------------------------------
@@ -285,11 +294,13 @@ def _cmd_worker(args: argparse.Namespace) -> int:
         format="[%(asctime)s %(levelname)s %(processName)s] %(name)s: %(message)s",
         stream=sys.stderr,
     )
-    concurrency = args.concurrency
-    if concurrency is None and args.pool != "solo":
-        concurrency = os.cpu_count() or 1
+    # Celery's worker imports the include/imports modules when it starts.
+    app.finalize()
+    # No -Q: the declared queues (task_queues), else task_default_queue, as Celery's
+    # worker consumes. No -c: worker_concurrency, else the CPU count (the Worker's rule).
+    queues = args.queues if args.queues is not None else app.router.consume_from
     worker = Worker(
-        app, queues=args.queues, concurrency=concurrency, pool=args.pool,
+        app, queues=queues, concurrency=args.concurrency, pool=args.pool,
         prefetch=args.prefetch, app_path=getattr(args, "app", None),
     )
     logging.getLogger("wiretask.cli").info(
@@ -543,11 +554,12 @@ def build_parser() -> argparse.ArgumentParser:
         return sub
 
     worker = command("worker", _cmd_worker, "run a worker until SIGTERM/SIGINT")
-    worker.add_argument("-Q", "--queues", type=_queues, default=["celery"], metavar="Q1,Q2",
-                        help="queues to consume (default: celery)")
+    worker.add_argument("-Q", "--queues", type=_queues, default=None, metavar="Q1,Q2",
+                        help="queues to consume (default: the app's task_queues, else its "
+                        "task_default_queue, celery)")
     worker.add_argument("-c", "--concurrency", type=_positive_int, default=None,
-                        metavar="N", help="tasks run at once (default: the CPU count; "
-                        "1 with --pool solo)")
+                        metavar="N", help="tasks run at once (default: the app's "
+                        "worker_concurrency, else the CPU count; 1 with --pool solo)")
     worker.add_argument("--pool", choices=("threads", "processes", "solo"), default="threads",
                         help="run tasks in threads, in child processes, or one at a time "
                         "in the receiving thread (default: threads)")

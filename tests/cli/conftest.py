@@ -4,6 +4,7 @@ small importable project, and helpers that run the real command as a subprocess.
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -14,6 +15,9 @@ from pathlib import Path
 import pytest
 
 SRC = Path(__file__).resolve().parents[2] / "src"
+
+#: The line every command writes to stderr to say which broker and results it uses.
+BROKER_LINE = re.compile(r"^wiretask [a-z]+: broker \S+, results \S+$")
 
 PROJECT = '''
 from wiretask.app import App
@@ -71,6 +75,15 @@ class CLI:
         done = self.run(*args, timeout=timeout)
         assert done.returncode == 0, f"exit {done.returncode}\n{done.stdout}\n{done.stderr}"
         return done.stdout
+
+    @staticmethod
+    def errors(done: subprocess.CompletedProcess[str]) -> list[str]:
+        """The lines of ``done``'s stderr other than the one every command writes to say
+        which broker it talks to (there is at most one)."""
+        lines = done.stderr.splitlines()
+        announced = [line for line in lines if BROKER_LINE.match(line)]
+        assert len(announced) <= 1, done.stderr
+        return [line for line in lines if not BROKER_LINE.match(line)]
 
     def popen(self, *args: str) -> subprocess.Popen[str]:
         child = subprocess.Popen(

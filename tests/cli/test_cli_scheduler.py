@@ -44,7 +44,7 @@ def test_scheduler_refuses_brokers_that_need_none(cli: CLI) -> None:
     done = cli.run("scheduler", "--broker", cli.broker_url)
 
     assert done.returncode == 2
-    [line] = done.stderr.splitlines()
+    [line] = cli.errors(done)
     assert "the scheduler is for Redis brokers only" in line
 
 

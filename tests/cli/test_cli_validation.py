@@ -37,7 +37,7 @@ def test_bad_call_options(cli: CLI, args: list[str], option: str, detail: str) -
 
     assert done.returncode == 2, done.stderr
     assert done.stdout == ""
-    lines = done.stderr.splitlines()
+    lines = cli.errors(done)
     assert len(lines) == 1, done.stderr
     assert lines[0].startswith("wiretask call: error: ")
     assert option in lines[0]

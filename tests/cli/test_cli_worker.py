@@ -28,7 +28,7 @@ def test_worker_with_a_bad_app_path(cli: CLI, spec: str, named: str) -> None:
 
     assert done.returncode == 2
     assert "Traceback" not in done.stderr
-    [line] = done.stderr.splitlines()
+    [line] = cli.errors(done)
     assert line.startswith("wiretask worker: error: -A/--app: ")
     assert named in line
 
@@ -93,7 +93,7 @@ def test_result_wait_times_out(cli: CLI) -> None:
     done = cli.run("result", task_id, "--wait", "0.3")
 
     assert done.returncode == 1
-    [line] = done.stderr.splitlines()
+    [line] = cli.errors(done)
     assert "did not finish within 0.3 s (last state: PENDING)" in line
 
 
@@ -116,7 +116,7 @@ def test_process_pool_needs_an_app_path(cli: CLI) -> None:
     done = cli.run("worker", "--pool", "processes")
 
     assert done.returncode == 2
-    [line] = done.stderr.splitlines()
+    [line] = cli.errors(done)
     assert "--pool processes" in line
     assert "-A/--app" in line
 
@@ -126,6 +126,6 @@ def test_solo_pool_runs_one_task_at_a_time(cli: CLI) -> None:
 
     assert done.returncode == 2
     assert "Traceback" not in done.stderr
-    [line] = done.stderr.splitlines()
+    [line] = cli.errors(done)
     assert "concurrency" in line
     assert "pool='solo' runs one task at a time, so it must be 1, got 2" in line
