@@ -1072,6 +1072,7 @@ class Task(Generic[P, R]):
     acks_on_failure: bool | None = None
     acks_on_timeout: bool | None = None
     reject_on_worker_lost: bool | None = None
+    retry_on_worker_lost: bool | None = None
     store_errors_even_if_ignored: bool | None = None
     store_eager_result: bool | None = None
     trail: bool = True

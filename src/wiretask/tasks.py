@@ -197,6 +197,9 @@ TASK_OPTIONS: Mapping[str, TaskOption] = {
         TaskOption("reject_on_worker_lost", True, "only False or None",
                    _only(False, None, why="a task whose worker process died is failed and "
                          "acknowledged; requeueing it: " + _LATER)),
+        TaskOption("retry_on_worker_lost", True, "only False or None",
+                   _only(False, None, why="a task whose worker process died is failed, not "
+                         "retried: " + _LATER)),
         TaskOption("store_errors_even_if_ignored", True, "only False or None",
                    _only(False, None, why="storing the failures of ignore_result tasks: "
                          + _LATER)),
