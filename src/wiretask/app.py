@@ -1627,9 +1627,9 @@ class AsyncResult:
     def children(self) -> list[AsyncResult] | None:
         """The results of the tasks this one sent, as stored (Celery's worker stores
         them), or ``None`` while there is nothing stored."""
-        meta = self._meta()
-        children = meta.get("children")
-        if not meta.get("status") or children is None:
+        meta = self.backend.get(self.id)
+        children = None if meta is None else meta.get("children")
+        if children is None:
             return None
         return [_result_from_tuple(item, self.app, f"children[{index}]")
                 for index, item in enumerate(children)]
