@@ -7,7 +7,18 @@ The public API is exactly ``__all__``: the calling API (``App``, ``Task``,
 entry point and the exception tree. Everything else is an implementation detail.
 """
 
-from wiretask.app import App, AsyncResult, Request, Task, TaskSignature
+from wiretask.app import (
+    App,
+    AsyncResult,
+    EagerResult,
+    Request,
+    Task,
+    TaskChain,
+    TaskSignature,
+    allow_join_result,
+    current_app,
+    shared_task,
+)
 from wiretask.codecs import (
     DEFAULT_MAX_DECOMPRESSED_SIZE,
     Compressor,
@@ -22,6 +33,7 @@ from wiretask.errors import (
     DecodeError,
     EncodeError,
     ImproperlyConfigured,
+    MaxRetriesExceededError,
     MessageTooLarge,
     NotRegistered,
     PublishError,
@@ -37,6 +49,7 @@ from wiretask.errors import (
     ValidationError,
     WiretaskError,
     WorkerLostError,
+    WouldBlock,
 )
 from wiretask.protocol import states
 from wiretask.protocol.celery import decode, encode
@@ -63,9 +76,11 @@ __all__ = [
     "DeadLetter",
     "DecodeError",
     "Delivery",
+    "EagerResult",
     "EncodeError",
     "Frame",
     "ImproperlyConfigured",
+    "MaxRetriesExceededError",
     "MessageTooLarge",
     "NotRegistered",
     "Outgoing",
@@ -82,6 +97,7 @@ __all__ = [
     "Signature",
     "SoftTimeLimitExceeded",
     "Task",
+    "TaskChain",
     "TaskError",
     "TaskMessage",
     "TaskRevokedError",
@@ -95,12 +111,16 @@ __all__ = [
     "WiretaskError",
     "Worker",
     "WorkerLostError",
+    "WouldBlock",
     "__version__",
+    "allow_join_result",
     "backend_from_url",
     "call_with_retry",
+    "current_app",
     "decode",
     "default_registry",
     "encode",
+    "shared_task",
     "states",
     "transport_from_url",
 ]

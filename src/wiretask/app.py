@@ -43,6 +43,8 @@ from pathlib import Path
 from typing import Any, Concatenate, Generic, Literal, ParamSpec, TypeVar, cast, overload
 from zoneinfo import ZoneInfo
 
+import attrs
+
 from wiretask import calling
 from wiretask._trace import errback_runs_in_worker, format_traceback
 from wiretask.canvas import TaskChain, TaskSignature
@@ -218,6 +220,7 @@ def shared_task(fn: Callable[..., Any] | None = None, /, **options: Any) -> Any:
 # -- the request ------------------------------------------------------------------------------
 
 
+@attrs.define(kw_only=True)
 class Request:
     """The context of the task being run: ``self.request`` inside a bound task.
 
@@ -226,35 +229,24 @@ class Request:
     (``Task.apply``) too, with ``is_eager=True``.
     """
 
-    def __init__(
-        self, *, id: str | None = None, task: str | None = None,
-        args: tuple[Any, ...] = (), kwargs: Mapping[str, Any] | None = None,
-        retries: int = 0, eta: datetime | None = None, expires: datetime | None = None,
-        root_id: str | None = None, parent_id: str | None = None, group: str | None = None,
-        group_index: int | None = None, called_directly: bool = True, is_eager: bool = False,
-        hostname: str | None = None, delivery_info: Mapping[str, Any] | None = None,
-        message: TaskMessage | None = None,
-    ) -> None:
-        self.id = id
-        self.task = task
-        self.args = args
-        self.kwargs: Mapping[str, Any] = {} if kwargs is None else kwargs
-        self.retries = retries
-        self.eta = eta
-        self.expires = expires
-        self.root_id = root_id
-        self.parent_id = parent_id
-        self.group = group
-        self.group_index = group_index
-        self.called_directly = called_directly
-        self.is_eager = is_eager
-        self.hostname = hostname
-        self.delivery_info = delivery_info
-        #: The message being run: ``Task.retry`` derives the re-sent one from it.
-        self.message = message
-
-    def __repr__(self) -> str:
-        return f"<Request {self.task}[{self.id}]>"
+    id: str | None = None
+    task: str | None = None
+    args: tuple[Any, ...] = ()
+    kwargs: Mapping[str, Any] = attrs.Factory(dict)
+    retries: int = 0
+    eta: datetime | None = None
+    expires: datetime | None = None
+    root_id: str | None = None
+    parent_id: str | None = None
+    group: str | None = None
+    group_index: int | None = None
+    called_directly: bool = True
+    is_eager: bool = False
+    hostname: str | None = None
+    delivery_info: Mapping[str, Any] | None = None
+    #: The message being run (worker and eager path): ``Task.retry`` derives the re-sent
+    #: one from it.
+    message: TaskMessage | None = None
 
 
 _current_request: ContextVar[Request | None] = ContextVar("wiretask_request", default=None)
