@@ -326,3 +326,29 @@ def test_annotations_refuse_what_wiretask_cannot_honour(make_app: MakeApp) -> No
         make_app(task_annotations={"proj.add": {"rate_limt": "1/s"}})
     with pytest.raises(ImproperlyConfigured, match="annotate"):
         make_app(task_annotations=[42])
+
+
+def test_typing_and_strict_typing_decide_argument_checks(make_app: MakeApp) -> None:
+    app = make_app()
+
+    @app.task
+    def checked(x: int) -> int:
+        return x
+
+    @app.task(typing=False, throws=(KeyError,))
+    def unchecked(x: int) -> int:
+        return x
+
+    with pytest.raises(TypeError, match="checked"):
+        checked.delay(1, 2)
+    unchecked.delay(1, 2)  # sent as is, as Celery does with typing=False
+    assert received(app).args == (1, 2)
+    assert unchecked.throws == (KeyError,)
+    loose = make_app(strict_typing=False)
+
+    @loose.task
+    def anything(x: int) -> int:
+        return x
+
+    anything.delay(1, 2, 3)
+    assert received(loose).args == (1, 2, 3)
