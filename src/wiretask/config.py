@@ -35,6 +35,8 @@ import attrs
 
 from wiretask.codecs import DEFAULT_MAX_DECOMPRESSED_SIZE
 from wiretask.errors import ImproperlyConfigured
+from wiretask.routing import declared_queues, prepare_routes
+from wiretask.tasks import check_annotations
 
 __all__ = [
     "HONOURED",
@@ -81,10 +83,6 @@ def _bool(name: str, value: Any) -> Any:
     if not isinstance(value, bool):
         raise ImproperlyConfigured(f"{name} must be True or False, got {value!r}", setting=name)
     return value
-
-
-def _optional_bool(name: str, value: Any) -> Any:
-    return None if value is None else _bool(name, value)
 
 
 def _seconds(name: str, value: Any) -> Any:
@@ -135,30 +133,17 @@ def _string(name: str, value: Any) -> Any:
 
 
 def _routes(name: str, value: Any) -> Any:
-    from wiretask.routing import prepare_routes  # noqa: PLC0415 - routing imports this module
-
     prepare_routes(value)  # raises, naming the entry
     return value
 
 
 def _queues(name: str, value: Any) -> Any:
-    from wiretask.routing import declared_queues  # noqa: PLC0415 - routing imports this module
-
     declared_queues(value)
     return value
 
 
 def _annotations(name: str, value: Any) -> Any:
-    from wiretask.tasks import check_annotations  # noqa: PLC0415 - tasks imports this module
-
     check_annotations(value)
-    return value
-
-
-def _rate(name: str, value: Any) -> Any:
-    from wiretask.tasks import parse_rate  # noqa: PLC0415 - tasks imports this module
-
-    parse_rate(value, field=name)
     return value
 
 
@@ -356,7 +341,7 @@ def _task_rows() -> Iterator[Setting]:
         Setting("task_default_routing_key", h, "None: the default queue's name, as in Celery",
                 check=_string),
         Setting("task_default_rate_limit", r, f"rate limits are parsed and stored on tasks, "
-                f"but {_WORKER_HALF}", check=_rate),
+                f"but {_WORKER_HALF}"),
         Setting("task_default_priority", h, ""),
         Setting("task_eager_propagates", h, "eager tasks re-raise their exception at once",
                 False, check=_bool),
