@@ -715,14 +715,15 @@ class App:
         return self._register(task)
 
     def task_name(self, fn: Callable[..., Any]) -> str:
-        """Celery's naming rule: ``module.qualname``, with ``main`` standing in for
-        ``__main__``."""
-        module = fn.__module__
+        """The name of a task made from ``fn``: ``gen_task_name(qualname, module)``."""
+        return self.gen_task_name(fn.__qualname__, fn.__module__)
+
+    def gen_task_name(self, name: str, module: str) -> str:
+        """Celery's naming rule: ``module.name``, with ``main`` standing in for
+        ``__main__``. An ``App`` subclass may override it, as with Celery."""
         if module == "__main__" and self.main:
             module = self.main
-        return f"{module}.{fn.__qualname__}"
-
-    gen_task_name = task_name
+        return f"{module}.{name}"
 
     def signature(
         self, name: str, args: Sequence[Any] | None = None,

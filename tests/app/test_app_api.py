@@ -235,3 +235,18 @@ def test_result_settings_reach_the_backend(make_app: MakeApp, redis_url: str) ->
         client.close()
     assert isinstance(stored, bytes) and stored.startswith(b"\x00celery-compressed\x00")
     assert app.AsyncResult("x").get(timeout=1) == "r" * 2000
+
+
+def test_an_app_subclass_can_name_tasks_its_way() -> None:
+    class Short(App):
+        def gen_task_name(self, name: str, module: str) -> str:
+            return f"short.{name.rpartition('.')[2]}"
+
+    app = Short("proj", broker="memory://short", backend="memory://short")
+
+    @app.task
+    def add(x: int, y: int) -> int:
+        return x + y
+
+    assert add.name == "short.add"
+    assert App("proj").gen_task_name("add", "__main__") == "proj.add"
