@@ -353,6 +353,13 @@ class App:
             self.conf.result_backend = backend
         if include is not None:
             self.conf.include = include
+        #: Settings given to the constructor: they beat a configuration object's, as
+        #: Celery's constructor arguments beat its ``config_from_object`` source.
+        self._preconf = frozenset(
+            {*(changes or {}), *settings}
+            | {name for name, value in (("broker_url", broker), ("result_backend", backend),
+                                        ("include", include)) if value is not None}
+        )
         self.strict_typing = strict_typing
         self.namespace = namespace
         self.autofinalize = autofinalize
@@ -395,8 +402,9 @@ class App:
         """Read settings from a module, a module path (``"proj.celeryconfig"``,
         ``"django.conf:settings"``), a class or an instance, as Celery does. With
         ``namespace="CELERY"`` (Django) only ``CELERY_``-prefixed names are read, the
-        prefix removed and the rest lower-cased. ``force`` is accepted for Celery's
-        sake: wiretask reads the object at once.
+        prefix removed and the rest lower-cased. Every setting read is checked; those
+        given to ``App(...)`` itself keep the constructor's value, as in Celery. ``force``
+        is accepted for Celery's sake: wiretask reads the object at once.
 
         Returns:
             True, or False when ``silent`` and the module does not import.
@@ -415,7 +423,9 @@ class App:
                 raise
         namespace = namespace or self.namespace
         self.namespace = namespace
-        self.conf.update(read_object(obj, namespace))
+        found = read_object(obj, namespace)
+        checked = Configuration(found)  # refuses what it must before anything changes
+        self.conf.update({k: checked[k] for k in found if k not in self._preconf})
         return True
 
     def config_from_envvar(self, variable_name: str, silent: bool = False,

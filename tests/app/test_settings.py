@@ -231,3 +231,15 @@ def test_read_object_keeps_misspelt_celery_names_for_the_check() -> None:
     assert found == {"CELERY_TASK_SERIALZER": "json"}
     with pytest.raises(ImproperlyConfigured, match="did you mean 'task_serializer'"):
         memory_app().conf.update(found)
+
+
+def test_constructor_settings_beat_a_configuration_object() -> None:
+    app = App("proj", broker="memory://given", task_default_queue="given")
+    app.config_from_object({"broker_url": "memory://file", "task_default_queue": "file",
+                            "result_expires": 10})
+    assert (app.broker_url, app.conf.task_default_queue) == ("memory://given", "given")
+    assert app.conf.result_expires == 10
+    app.conf.task_default_queue = "changed"  # a later change is a change
+    assert app.conf.task_default_queue == "changed"
+    with pytest.raises(ImproperlyConfigured, match="did you mean"):
+        app.config_from_object({"broker_urll": "memory://x"})
