@@ -1290,7 +1290,8 @@ class Task(Generic[P, R]):
         round trip where the broker allows it. Each item is an args sequence, or an
         ``(args, kwargs)`` pair when written as ``(tuple/list, dict)``. The options are
         resolved once, at one instant (the same ``eta``/``expires`` for every call); all
-        calls are validated and encoded before anything is sent."""
+        calls are validated and encoded before anything is sent. Under
+        ``task_always_eager`` each call runs here (``apply``) instead."""
         arguments: list[tuple[object, object]] = []
         for item in calls:
             if (
@@ -1300,6 +1301,9 @@ class Task(Generic[P, R]):
                 arguments.append(item)
             else:
                 arguments.append((item, _NO_KWARGS))
+        if self.app.conf.get("task_always_eager"):
+            return [self.apply(cast("Sequence[Any]", args), cast("Mapping[str, Any]", kwargs),
+                               **options) for args, kwargs in arguments]
         return self.app._send(self.app.build_many(self.name, arguments, **options))
 
     def apply(

@@ -146,3 +146,14 @@ def test_get_inside_an_eager_task_would_block(eager: App) -> None:
     with pytest.raises(WouldBlock):
         outer.apply((True,), throw=True)
     assert issubclass(WouldBlock, RuntimeError)  # what Celery raises
+
+
+def test_apply_many_runs_each_call_eagerly(eager: App) -> None:
+    @eager.task
+    def square(x: int) -> int:
+        return x * x
+
+    results = square.apply_many([(2,), ([3], {})])
+    assert all(isinstance(r, EagerResult) for r in results)
+    assert [r.get() for r in results] == [4, 9]
+    assert eager.transport.size("celery") == 0
