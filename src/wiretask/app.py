@@ -31,6 +31,7 @@ import inspect
 import logging
 import os
 import socket
+import sys
 import threading
 import time
 import types
@@ -387,6 +388,26 @@ class App:
 
     def __repr__(self) -> str:
         return f"<App {self.main or '__main__'} broker={self.broker_url}>"
+
+    def start(self, argv: Sequence[str] | None = None) -> int:
+        """Run the ``wiretask`` command with this app (Celery's ``app.start()``):
+        ``python myapp.py worker -l INFO`` runs a worker for the app of ``myapp.py``.
+        ``argv`` defaults to ``sys.argv[1:]``; returns the exit code."""
+        from wiretask.cli import main  # noqa: PLC0415 - the command sits above the app
+
+        return main(sys.argv[1:] if argv is None else argv, app=self)
+
+    def worker_main(self, argv: Sequence[str] | None = None) -> int:
+        """``start`` for the ``worker`` command only (Celery's ``worker_main``).
+
+        Raises:
+            ValueError: ``argv`` has no ``worker`` command.
+        """
+        argv = list(sys.argv[1:] if argv is None else argv)
+        if "worker" not in argv:
+            raise ValueError("the worker sub-command must be in argv; use app.start() for "
+                             "other commands")
+        return self.start(argv)
 
     def set_current(self) -> None:
         """Make this the current app (``current_app()``)."""

@@ -222,8 +222,10 @@ def _app_from_args(args: argparse.Namespace) -> App:
     spec: str | None = getattr(args, "app", None)
     broker: str | None = getattr(args, "broker", None)
     backend: str | None = getattr(args, "backend", None)
-    if spec:
-        app = load_app(spec)
+    default: App | None = getattr(args, "default_app", None)
+    if spec or default is not None:
+        app = load_app(spec) if spec else default
+        assert app is not None
         if broker:
             app.conf.broker_url = broker
         if backend:
@@ -614,10 +616,12 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Run the ``wiretask`` command; return its exit code."""
+def main(argv: Sequence[str] | None = None, *, app: App | None = None) -> int:
+    """Run the ``wiretask`` command; return its exit code. ``app`` is the app to use
+    when no ``-A`` is given (``App.start()``, Celery's ``app.start()``)."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.default_app = app
     handler: Callable[[argparse.Namespace], int] = args.handler
     prog = f"wiretask {args.command}"
     try:

@@ -120,3 +120,31 @@ def test_pickle_is_refused_with_how_to_opt_in(cli: CLI) -> None:
         assert transport.size("celery") == 0  # nothing was sent
     finally:
         transport.close()
+
+
+def test_app_start_runs_the_command_for_the_scripts_app(cli: CLI) -> None:
+    script = cli.cwd / "myapp.py"
+    script.write_text(
+        "from wiretask import App\n"
+        "app = App('myapp', task_acks_late=True)\n"
+        "@app.task\n"
+        "def add(x, y):\n"
+        "    return x + y\n"
+        "if __name__ == '__main__':\n"
+        "    raise SystemExit(app.start())\n"
+    )
+    task_id = subprocess.run(
+        [sys.executable, "myapp.py", "call", "myapp.add", "16", "16"], cwd=cli.cwd,
+        env=cli.env, capture_output=True, text=True, timeout=60, check=True,
+    ).stdout.strip()
+    worker = subprocess.Popen(
+        [sys.executable, "myapp.py", "worker", "-l", "INFO"], cwd=cli.cwd, env=cli.env,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        done = cli.run("result", task_id, "--wait", "30")
+        assert "result  32" in done.stdout, done.stderr
+    finally:
+        worker.terminate()
+        _, err = worker.communicate(timeout=30)
+    assert "myapp.add[" in err
