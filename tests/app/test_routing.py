@@ -16,6 +16,9 @@ from wiretask.worker import Worker
 
 from .conftest import MakeApp, StartWorker, received
 
+#: The module holding the routers given by dotted path (as this package is imported).
+ROUTERS = f"{__name__.rpartition('.')[0]}.routers"
+
 
 def route(app: App, name: str, args: Any = (), **options: Any) -> tuple[str, str, str | None]:
     call = app.build_call(name, args, **options)
@@ -39,9 +42,9 @@ def test_dict_routes_with_exact_glob_and_regex_keys(make_app: MakeApp) -> None:
 
 def test_a_list_of_routers_first_answer_wins(make_app: MakeApp) -> None:
     app = make_app(task_routes=[
-        "tests.app.routers.by_first_argument",
+        f"{ROUTERS}.by_first_argument",
         {"proj.resize": "fallback", "*": {"queue": "default-route"}},
-        "tests.app.routers.OldStyle",
+        f"{ROUTERS}.OldStyle",
     ])
     assert route(app, "proj.resize", ("png",)) == ("images-png", "", None)
     assert route(app, "proj.resize") == ("fallback", "", None)
@@ -51,7 +54,7 @@ def test_a_list_of_routers_first_answer_wins(make_app: MakeApp) -> None:
                         task: Any = None) -> Any:
         return "by-function" if name == "proj.f" else None
 
-    app.conf.task_routes = (function_router, "tests.app.routers.OldStyle")
+    app.conf.task_routes = (function_router, f"{ROUTERS}.OldStyle")
     assert route(app, "proj.f") == ("by-function", "", None)
     assert route(app, "proj.old") == ("legacy", "", None)
 
@@ -70,7 +73,7 @@ def test_the_call_and_the_task_win_over_the_route(app: App) -> None:
 
 
 def test_per_call_routers_see_each_calls_arguments(make_app: MakeApp) -> None:
-    app = make_app(task_routes=["tests.app.routers.by_first_argument"])
+    app = make_app(task_routes=[f"{ROUTERS}.by_first_argument"])
 
     @app.task(name="proj.resize")
     def resize(kind: str) -> None:
