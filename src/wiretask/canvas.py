@@ -16,6 +16,7 @@ back to the first. Groups, chords and chunks are not here yet.
 
 from __future__ import annotations
 
+import copy
 import itertools
 from collections.abc import Iterable, Mapping, MutableSequence, Sequence
 from typing import TYPE_CHECKING, Any
@@ -106,6 +107,16 @@ class TaskSignature(dict[str, Any]):
     @property
     def name(self) -> str:
         return self.task
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Pickled as its dict; rebuilt for the current app (as Celery's signature is).
+        return _rebuild, (dict(self),)
+
+    def __copy__(self) -> TaskSignature:
+        return self.clone()
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> TaskSignature:
+        return signature(copy.deepcopy(dict(self), memo), app=self.app)
 
     def __repr__(self) -> str:
         parts = [repr(a) for a in self.args] + [f"{k}={v!r}" for k, v in self.kwargs.items()]
@@ -276,6 +287,12 @@ def signature(value: Mapping[str, Any] | TaskSignature, *, app: App) -> TaskSign
         wire.task, wire.args, wire.kwargs, wire.options, subtask_type=wire.subtask_type,
         immutable=wire.immutable, app=app,
     )
+
+
+def _rebuild(value: dict[str, Any]) -> TaskSignature:
+    from wiretask.app import current_app  # noqa: PLC0415 - app imports this module
+
+    return signature(value, app=current_app())
 
 
 class TaskChain:

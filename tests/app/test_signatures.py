@@ -3,7 +3,9 @@ change it in place and return what Celery returns; ``|`` builds a chain."""
 
 from __future__ import annotations
 
+import copy
 import json
+import pickle
 from typing import Any
 
 import pytest
@@ -111,3 +113,15 @@ def test_a_chain_runs_on_a_worker_and_eagerly(app: App, start_worker: StartWorke
     result = (add.s(1, 1) | mul.s(5) | add.s(1)).apply_async()
     assert result.get() == 11
     assert result.parent is not None and result.parent.get() == 10
+
+
+def test_copies_and_pickles_keep_a_working_signature(app: App) -> None:
+    add, mul, _ = tasks(app)
+    sig = add.s(1)
+    sig.link(mul.s(2))
+    for copied in (copy.copy(sig), copy.deepcopy(sig), pickle.loads(pickle.dumps(sig))):
+        assert isinstance(copied, TaskSignature)
+        assert copied.to_dict() == sig.to_dict()
+        copied.link(mul.s(3))
+        assert len(sig.options["link"]) == 1  # the original is untouched
+    assert copy.copy(sig).app is app
