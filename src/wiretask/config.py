@@ -36,7 +36,7 @@ import attrs
 from wiretask.codecs import DEFAULT_MAX_DECOMPRESSED_SIZE
 from wiretask.errors import ImproperlyConfigured
 from wiretask.routing import declared_queues, prepare_routes
-from wiretask.tasks import check_annotations
+from wiretask.tasks import TASK_OPTIONS, check_annotations
 
 __all__ = [
     "HONOURED",
@@ -759,5 +759,20 @@ def render_markdown() -> str:
             note = row.note.replace("|", "\\|")
             lines.append(f"| `{row.name}` | {row.status} | {default} | {note} |")
         lines.append("")
+    lines += [
+        "## Task options",
+        "",
+        "What `@app.task(...)`, a `base=` class's attributes and `task_annotations` may set "
+        "(Celery's `Task` attributes). An unknown option is refused with the nearest known "
+        "name; a refused one with the reason.",
+        "",
+        "| Option | Status | Note |",
+        "|---|---|---|",
+    ]
+    for option in sorted(TASK_OPTIONS.values(), key=lambda o: o.name):
+        status = HONOURED if option.honoured else REFUSED
+        note = option.note.replace("|", "\\|")
+        lines.append(f"| `{option.name}` | {status} | {note} |")
+    lines.append("")
     return "\n".join(lines)
 

@@ -155,6 +155,11 @@ def _any(name: str, value: Any) -> Any:
 
 
 _LATER = "the worker does not do this yet (issue 14's worker half will)"
+_ACKS_LATE = "the worker always acknowledges a message after its task ran"
+_ACKS_FAILED = "the worker acknowledges failed and timed-out tasks"
+_LOST = "a task whose worker process died is failed and acknowledged; requeueing or " \
+    "retrying it: " + _LATER
+_IGNORED = "storing the failures of ignore_result tasks: " + _LATER
 
 #: Every option of Celery's ``Task`` that a decorator, a base class or an annotation can
 #: set, and what wiretask does with it.
@@ -179,34 +184,32 @@ TASK_OPTIONS: Mapping[str, TaskOption] = {
         TaskOption("retry_backoff", True, "exponential backoff factor (True: 1)", _backoff),
         TaskOption("retry_backoff_max", True, "the backoff's cap in seconds", _int),
         TaskOption("retry_jitter", True, "full jitter on the backoff", _bool),
-        TaskOption("throws", True, "expected exceptions (stored; the worker still logs them "
-                   "as failures: " + _LATER + ")", _exceptions),
+        TaskOption("throws", True, "expected exceptions, stored on the task; the worker "
+                   "still logs them as errors with a traceback (Celery: at INFO): " + _LATER,
+                   _exceptions),
         TaskOption("rate_limit", True, "'10/s', '100/m', '5/h' or a number per second; "
                    "parsed and stored on the task (Task.rate): " + _LATER, _rate),
         TaskOption("ignore_result", True, "", _optional_bool),
         TaskOption("track_started", True, "", _optional_bool),
-        TaskOption("acks_late", True, "only True or None: the worker always acknowledges "
-                   "after the task ran", _only(True, None, why="the worker always "
-                                                   "acknowledges after the task ran")),
-        TaskOption("acks_on_failure_or_timeout", True, "only True or None",
-                   _only(True, None, why="failed and timed-out tasks are acknowledged")),
-        TaskOption("acks_on_failure", True, "only True or None",
-                   _only(True, None, why="failed tasks are acknowledged")),
-        TaskOption("acks_on_timeout", True, "only True or None",
-                   _only(True, None, why="timed-out tasks are acknowledged")),
-        TaskOption("reject_on_worker_lost", True, "only False or None",
-                   _only(False, None, why="a task whose worker process died is failed and "
-                         "acknowledged; requeueing it: " + _LATER)),
-        TaskOption("retry_on_worker_lost", True, "only False or None",
-                   _only(False, None, why="a task whose worker process died is failed, not "
-                         "retried: " + _LATER)),
-        TaskOption("store_errors_even_if_ignored", True, "only False or None",
-                   _only(False, None, why="storing the failures of ignore_result tasks: "
-                         + _LATER)),
+        TaskOption("acks_late", True, "only True or None: " + _ACKS_LATE,
+                   _only(True, None, why=_ACKS_LATE)),
+        TaskOption("acks_on_failure_or_timeout", True, "only True or None: " + _ACKS_FAILED,
+                   _only(True, None, why=_ACKS_FAILED)),
+        TaskOption("acks_on_failure", True, "only True or None: " + _ACKS_FAILED,
+                   _only(True, None, why=_ACKS_FAILED)),
+        TaskOption("acks_on_timeout", True, "only True or None: " + _ACKS_FAILED,
+                   _only(True, None, why=_ACKS_FAILED)),
+        TaskOption("reject_on_worker_lost", True, "only False or None: " + _LOST,
+                   _only(False, None, why=_LOST)),
+        TaskOption("retry_on_worker_lost", True, "only False or None: " + _LOST,
+                   _only(False, None, why=_LOST)),
+        TaskOption("store_errors_even_if_ignored", True, "only False or None: " + _IGNORED,
+                   _only(False, None, why=_IGNORED)),
         TaskOption("store_eager_result", True, "store eager results in the backend",
                    _optional_bool),
-        TaskOption("trail", True, "(children are read from results stored by Celery; the "
-                   "wiretask worker does not record them yet)", _bool),
+        TaskOption("trail", True, "Celery's worker records a task's children in its result "
+                   "(AsyncResult.children reads them); the wiretask worker does not yet: "
+                   + _LATER, _bool),
         TaskOption("time_limit", True, "hard time limit (seconds)", _seconds),
         TaskOption("soft_time_limit", True, "soft time limit (seconds)", _seconds),
         TaskOption("expires", True, "default expiry of the task's calls", _any),

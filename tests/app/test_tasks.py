@@ -110,8 +110,8 @@ def test_misspelt_and_unknown_task_options_are_refused_with_a_suggestion(app: Ap
 @pytest.mark.parametrize(
     ("option", "value", "reason"),
     [
-        ("acks_late", False, "after the task ran"),
-        ("reject_on_worker_lost", True, "requeueing it"),
+        ("acks_late", False, "after its task ran"),
+        ("reject_on_worker_lost", True, "requeueing or retrying it"),
         ("send_events", True, "task events"),
         ("pydantic", True, "pydantic"),
         ("autoretry_for", "OSError", "tuple of exception classes"),
