@@ -62,3 +62,20 @@ def test_missing_command_prints_usage(cli: CLI) -> None:
     done = cli.run()
     assert done.returncode == 2
     assert "COMMAND" in done.stderr
+
+
+def test_an_unknown_flag_is_refused_by_name(cli: CLI) -> None:
+    done = cli.run("call", "proj.tasks.add", "--countdwn", "5")
+    assert done.returncode == 2
+    assert "unrecognized arguments: --countdwn" in done.stderr
+    assert queue_size(cli) == 0
+
+
+def test_a_misspelt_setting_in_the_app_is_a_usage_error(cli: CLI) -> None:
+    (cli.cwd / "proj" / "typo.py").write_text(
+        "from wiretask.app import App\napp = App('proj', task_serialzer='json')\n"
+    )
+    done = cli.run("-A", "proj.typo:app", "call", "proj.tasks.add")
+    assert done.returncode == 2
+    [line] = cli.errors(done)
+    assert "task_serialzer" in line and "did you mean 'task_serializer'?" in line
