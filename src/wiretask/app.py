@@ -961,11 +961,13 @@ class App:
 
 
 def _routes_itself(options: Mapping[str, Any], defaults: Mapping[str, Any] | None) -> bool:
-    """The call (or its task) names an exchange or routing key: route it in full."""
+    """The call (or its task) names an exchange or routing key, or gives its queue as a
+    kombu ``Queue``: route it in full."""
     for key in ("exchange", "routing_key", "exchange_type"):
         if options.get(key) is not None or (defaults is not None and key in defaults):
             return True
-    return False
+    queue = options.get("queue")
+    return queue is not None and not isinstance(queue, str)
 
 
 def _import_object(path: str) -> Any:

@@ -409,7 +409,7 @@ class Router:
         """
         given = {k: v for k, v in options.items() if v is not None}
         if self.trivial and "exchange" not in given and "routing_key" not in given and (
-            "exchange_type" not in given
+            "exchange_type" not in given and isinstance(given.get("queue", ""), str)
         ):
             return None
         result = dict(options)

@@ -176,3 +176,10 @@ def test_a_routed_task_runs_on_a_worker_consuming_the_declared_queues(
     worker: Worker = start_worker(app, queues=app.router.consume_from)
     assert worker.queues == ["math", "io"]
     assert add.delay(2, 3).get(timeout=10) == 5
+
+
+def test_a_kombu_queue_can_be_given_per_call(app: App) -> None:
+    assert route(app, "t", queue=Queue("adhoc")) == ("adhoc", "", None)
+    topic = Queue("news", Exchange("feeds", type="topic"), routing_key="news.#")
+    assert route(app, "t", queue=topic, routing_key="news.sport") == (
+        "news", "feeds", "news.sport")
