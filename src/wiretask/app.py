@@ -367,6 +367,7 @@ class App:
         self._task_cls = task_cls
         self._tasks: dict[str, Task[Any, Any]] = {}
         self._finalized = False
+        self._finalizing = False
         self._autodiscover: list[tuple[Any, str | None]] = []
         self._registry = registry
         self._clock = clock
@@ -589,11 +590,13 @@ class App:
 
     @property
     def finalized(self) -> bool:
-        return self._finalized
+        """Finalized, or being finalized (a module imported meanwhile may register)."""
+        return self._finalized or self._finalizing
 
     @property
     def tasks(self) -> dict[str, Task[Any, Any]]:
-        """The registered tasks by name; the first use finalizes the app."""
+        """The registered tasks by name; the first use finalizes the app (other threads
+        wait until that is done)."""
         if not self._finalized:
             self.finalize(auto=True)
         return self._tasks
@@ -601,31 +604,32 @@ class App:
     def finalize(self, auto: bool = False) -> None:
         """Import the ``imports`` and ``include`` modules and the packages given to
         ``autodiscover_tasks``, register the ``shared_task`` functions and apply
-        ``task_annotations``. Done once; ``app.tasks`` does it on first use.
+        ``task_annotations``. Done once; ``app.tasks`` does it on first use. A module
+        imported meanwhile may use ``app.tasks`` (it sees the tasks registered so far).
 
         Raises:
             RuntimeError: ``auto`` and the app was made with ``autofinalize=False``.
             ImportError: a module does not import (the app stays unfinalized).
         """
         with self._lock:
-            if self._finalized:
+            if self._finalized or self._finalizing:
                 return
             if auto and not self.autofinalize:
                 raise RuntimeError(
                     "the app is not finalized: call app.finalize() (autofinalize=False)"
                 )
-            self._finalized = True  # a module imported below may use app.tasks
+            self._finalizing = True
             try:
+                self.import_default_modules()
                 with _state_lock:
                     shared = list(_shared)
                 for function, options in shared:
                     self._shared_task(function, options)
-                self.import_default_modules()
                 for task in list(self._tasks.values()):
                     self._annotate(task)
-            except BaseException:
-                self._finalized = False
-                raise
+            finally:
+                self._finalizing = False
+            self._finalized = True
 
     def import_default_modules(self) -> list[types.ModuleType]:
         """Import the ``imports`` and ``include`` modules and discover the task modules of
@@ -647,7 +651,7 @@ class App:
         Celery does. Without packages, Django's installed apps (``INSTALLED_APPS``) are
         searched. A package without that module is skipped; an error raised while
         importing one is not."""
-        if force or self._finalized:
+        if force or self.finalized:
             self._discover(packages, related_name)
         else:
             self._autodiscover.append((packages, related_name))

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import sys
 import textwrap
+import threading
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -250,3 +252,26 @@ def test_an_app_subclass_can_name_tasks_its_way() -> None:
 
     assert add.name == "short.add"
     assert App("proj").gen_task_name("add", "__main__") == "proj.add"
+
+
+def test_other_threads_wait_for_finalizing_to_finish(
+    package: str, tmp_path: Path, make_app: MakeApp
+) -> None:
+    app = make_app(include=[f"{package}.slow"])
+    write(package, tmp_path, "slow", """
+        import time
+        from wiretask.app import current_app
+
+        time.sleep(0.3)
+
+        @current_app().task(name="PKG.late")
+        def late():
+            return None
+    """)
+    seen: list[bool] = []
+    first = threading.Thread(target=lambda: app.tasks)
+    first.start()
+    time.sleep(0.1)  # the first thread is importing the slow module now
+    seen.append(f"{package}.late" in app.tasks)
+    first.join(10)
+    assert seen == [True]
