@@ -385,6 +385,10 @@ class Router:
         """The declaration of a queue given by name or as a kombu ``Queue``; a missing
         one is created (a direct queue of its own name) or refused."""
         if not isinstance(queue, str):
+            if not isinstance(getattr(queue, "name", None), str):
+                raise ValidationError(
+                    "queue", f"must be a queue name or a kombu Queue, got {queue!r}", value=queue
+                )
             return _from_object(queue, self._defaults, where="queue")
         found = self.queues.get(queue)
         if found is not None:
