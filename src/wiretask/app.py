@@ -542,6 +542,14 @@ class App:
             )
         return made
 
+    @property
+    def broker_display(self) -> str:
+        """Where the app's broker is, for people: its URL with the password masked (the
+        transport's own URL when transports come from a ``transport=`` factory)."""
+        if self._transport_factory is not None:
+            return self.transport.url
+        return mask_url(self.broker_url)
+
     def _check_transport_source(self) -> None:
         if self._transport_factory is not None and self.conf.get("broker_url"):
             raise ImproperlyConfigured(

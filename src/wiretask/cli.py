@@ -233,7 +233,7 @@ def _app_from_args(args: argparse.Namespace) -> App:
     else:
         app = App(broker=broker, backend=backend)
     sys.stderr.write(
-        f"wiretask {args.command}: broker {mask_url(app.broker_url)}, "
+        f"wiretask {args.command}: broker {app.broker_display}, "
         f"results {mask_url(app.backend_url)}\n"
     )
     sys.stderr.flush()

@@ -148,3 +148,16 @@ def test_app_start_runs_the_command_for_the_scripts_app(cli: CLI) -> None:
         worker.terminate()
         _, err = worker.communicate(timeout=30)
     assert "myapp.add[" in err
+
+
+def test_an_app_with_a_transport_factory_announces_that_transport(cli: CLI) -> None:
+    (cli.cwd / "proj" / "factory.py").write_text(
+        "import functools\n"
+        "from wiretask.app import App\n"
+        "from wiretask.transports.memory import MemoryTransport\n"
+        "app = App('proj', transport=functools.partial(MemoryTransport.from_url, "
+        "'memory://made'), backend='memory://made')\n"
+    )
+    done = cli.run("-A", "proj.factory:app", "result", "some-id")
+    assert done.returncode == 0, done.stderr
+    assert "wiretask result: broker memory://made, results memory://made" in done.stderr
