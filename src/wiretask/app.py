@@ -34,6 +34,7 @@ import socket
 import sys
 import threading
 import time
+import traceback
 import types
 import uuid
 import weakref
@@ -47,7 +48,6 @@ from zoneinfo import ZoneInfo
 import attrs
 
 from wiretask import calling
-from wiretask._trace import errback_runs_in_worker, format_traceback
 from wiretask.canvas import TaskChain, TaskSignature
 from wiretask.codecs import Registry, default_registry
 from wiretask.config import Configuration, Settings, read_object
@@ -1146,32 +1146,14 @@ class Task(Generic[P, R]):
             self._bind(app, fn, options)
 
     def _bind(self, app: App, fn: Callable[..., R] | None, options: Mapping[str, Any]) -> None:
-        cls = type(self)
-        hooks = [hook for hook in HOOKS if _defined_below_task(cls, hook)]
-        if hooks:
-            raise ImproperlyConfigured(
-                f"{cls.__qualname__} defines {', '.join(hooks)}: wiretask's worker does not "
-                "call Task handler methods yet (issue 14's worker half), so they are refused "
-                "rather than ignored"
-            )
         self.app = app
-        explicit = dict(options)
-        for key in TASK_OPTIONS:
-            if key not in explicit and key not in ("name", "base") and _defined_below_task(
-                cls, key
-            ):
-                explicit[key] = check_task_option(key, getattr(cls, key))
-        for key in ("max_retries", "default_retry_delay"):
-            if key not in explicit:
-                explicit[key] = app.conf.get(f"task_{key}" if key == "max_retries"
-                                             else "task_default_retry_delay")
-        if "typing" not in explicit:
-            explicit["typing"] = app.strict_typing
+        explicit = self._class_options(app, options)
         if fn is None:
             run = getattr(self, "run", None)
-            if run is None or not _defined_below_task(cls, "run"):
-                raise ValidationError("run", f"{cls.__qualname__} defines no run() method")
-            self.name = options.get("name") or getattr(cls, "name", None) or app.task_name(cls)
+            if run is None or not _defined_below_task(type(self), "run"):
+                raise ValidationError("run", f"{type(self).__qualname__} defines no run() method")
+            self.name = (options.get("name") or getattr(type(self), "name", None)
+                         or app.task_name(type(self)))
             explicit["bind"] = False  # a method run gets self by itself
             real: Callable[..., Any] = run
         else:
@@ -1189,6 +1171,28 @@ class Task(Generic[P, R]):
             self.run = self._through_call(real)
         else:
             self.run = real
+
+    def _class_options(self, app: App, options: Mapping[str, Any]) -> dict[str, Any]:
+        """The options given, over the ones a subclass sets as class attributes, over
+        the app's defaults (``task_max_retries``, ``task_default_retry_delay``,
+        ``strict_typing``). Refuses a subclass defining a handler method the worker does
+        not call yet."""
+        cls = type(self)
+        hooks = [hook for hook in HOOKS if _defined_below_task(cls, hook)]
+        if hooks:
+            raise ImproperlyConfigured(
+                f"{cls.__qualname__} defines {', '.join(hooks)}: wiretask's worker does not "
+                "call Task handler methods yet (issue 14's worker half), so they are refused "
+                "rather than ignored"
+            )
+        explicit = dict(options)
+        for key in TASK_OPTIONS.keys() - {"name", "base"} - explicit.keys():
+            if _defined_below_task(cls, key):
+                explicit[key] = check_task_option(key, getattr(cls, key))
+        explicit.setdefault("max_retries", app.conf.get("task_max_retries"))
+        explicit.setdefault("default_retry_delay", app.conf.get("task_default_retry_delay"))
+        explicit.setdefault("typing", app.strict_typing)
+        return explicit
 
     def _set_options(self, options: Mapping[str, Any]) -> None:
         """Set checked options as attributes and recompute what derives from them."""
@@ -1439,17 +1443,12 @@ class Task(Generic[P, R]):
         """
         request = self.request
         if request.called_directly:
-            if exc is not None:
-                raise exc
-            raise Retry("Task can be retried")
-        limit = self.max_retries if max_retries is None else max_retries
-        retries = request.retries + 1
+            raise exc if exc is not None else Retry("Task can be retried")
         next_args = request.args if args is None else tuple(args)
         next_kwargs = request.kwargs if kwargs is None else kwargs
-        if limit is not None and retries > limit:
-            if exc is not None:
-                raise exc
-            raise MaxRetriesExceededError(
+        limit = self.max_retries if max_retries is None else max_retries
+        if limit is not None and request.retries + 1 > limit:
+            raise exc if exc is not None else MaxRetriesExceededError(
                 f"Can't retry {self.name}[{request.id}] args:{next_args} kwargs:{next_kwargs}",
                 task_args=next_args, task_kwargs=next_kwargs,
             )
@@ -1458,9 +1457,20 @@ class Task(Generic[P, R]):
         when = countdown if countdown is not None else eta
         if request.is_eager:
             signal = Retry(exc=exc, when=when, sig=(tuple(next_args), dict(next_kwargs)))
-            if throw:
-                raise signal
-            return signal
+        else:
+            retry_options = self._retry_options(request)
+            retry_options.update({"countdown": countdown} if countdown is not None
+                                 else {"eta": eta})
+            retry_options.update(options)
+            self.app.send_task(self.name, next_args, next_kwargs, **retry_options)
+            signal = Retry(exc=exc, when=when)
+        if throw:
+            raise signal
+        return signal
+
+    def _retry_options(self, request: Request) -> dict[str, Any]:
+        """What a retry carries over from the message being run (Celery's
+        ``signature_from_request``)."""
         message = request.message
         if message is None:
             raise ValidationError("retry", "Task.retry() needs the message being run")
@@ -1490,16 +1500,7 @@ class Task(Generic[P, R]):
         info = request.delivery_info or {}
         if info.get("queue"):
             retry_options["queue"] = info["queue"]
-        if countdown is not None:
-            retry_options["countdown"] = countdown
-        else:
-            retry_options["eta"] = eta
-        retry_options.update(options)
-        self.app.send_task(self.name, next_args, next_kwargs, **retry_options)
-        signal = Retry(exc=exc, when=when)
-        if throw:
-            raise signal
-        return signal
+        return retry_options
 
 
 class _EagerRun:
@@ -1560,10 +1561,14 @@ class _EagerRun:
 
     def failed(self, request: Request, exc: BaseException) -> EagerResult:
         message = self.message
-        tb = format_traceback(exc)
+        tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
         self.store(states.FAILURE, exc, tb)
         root_id = message.root_id or message.id
         for sig in message.errbacks or ():
+            # The worker's rule for which errbacks run in-process (imported here: the
+            # worker package is loaded only when there is an errback to call).
+            from wiretask.worker.links import errback_runs_in_worker  # noqa: PLC0415
+
             if errback_runs_in_worker(self.app, sig):
                 merged = sig.clone((request, exc, tb))
                 self.app.tasks[sig.task](*merged.args, **merged.kwargs)

@@ -417,22 +417,37 @@ class Router:
         ):
             return None
         result = dict(options)
+        found = self._lookup(name, args, kwargs, given, task)
+        for key, value in found.items():
+            if result.get(key) is None:  # the call's and the task's own options win
+                result[key] = value
+        declaration = self.declaration(result.get("queue") or self.default_queue)
+        exchange, routing_key = self._destination(declaration, result)
+        result.update(queue=declaration.name, exchange=exchange, routing_key=routing_key)
+        return result
+
+    def _lookup(self, name: str, args: Any, kwargs: Any, options: Mapping[str, Any],
+                task: Any) -> Mapping[str, Any]:
+        """The first route a router gives (Celery's ``lookup_route``), as a dict."""
         for router in self.routes:
-            found = _query(router, name, args, kwargs, given, task)
+            found = _query(router, name, args, kwargs, options, task)
             if found is None:
                 continue
             if isinstance(found, str):
-                found = {"queue": found}
+                return {"queue": found}
             if not isinstance(found, Mapping):
                 raise ValidationError(
                     "task_routes", f"a router returned {found!r} for {name!r}; expected a "
                     "dict or a queue name",
                 )
-            for key, value in found.items():
-                if result.get(key) is None:  # the call's and the task's own options win
-                    result[key] = value
-            break
-        declaration = self.declaration(result.get("queue") or self.default_queue)
+            return found
+        return {}
+
+    def _destination(
+        self, declaration: Declaration, result: dict[str, Any]
+    ) -> tuple[str, str | None]:
+        """The exchange and routing key of a message for a declared queue (Celery's
+        ``send_task_message``); consumes ``exchange_type`` from ``result``."""
         exchange = result.get("exchange")
         if exchange is not None and not isinstance(exchange, str):
             exchange = getattr(exchange, "name", None)
@@ -449,9 +464,8 @@ class Router:
                 value=exchange_type,
             )
         if (not exchange or not routing_key) and exchange_type == "direct":
-            exchange, routing_key = "", None  # the default exchange, keyed by queue name
-        elif exchange is None:
+            return "", None  # the default exchange, keyed by the queue's name
+        if exchange is None:
             exchange = declaration.exchange.name or self._defaults.exchange.name
             routing_key = routing_key or declaration.routing_key or self._defaults.routing_key
-        result.update(queue=declaration.name, exchange=exchange, routing_key=routing_key)
-        return result
+        return exchange, routing_key
