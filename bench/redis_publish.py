@@ -47,7 +47,7 @@ from celery import Celery
 from wiretask._ids import new_id
 from wiretask.app import App
 from wiretask.protocol.celery import encode
-from wiretask.transports._kombu_envelope import encode as kombu_entry
+from wiretask.transports.redis.envelope import encode as kombu_entry
 
 WT_QUEUE = "bench.wiretask"
 CELERY_QUEUE = "bench.celery"

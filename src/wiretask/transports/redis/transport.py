@@ -111,7 +111,17 @@ from wiretask.errors import (
     ValidationError,
 )
 from wiretask.protocol.frame import Frame, Route
-from wiretask.transports._kombu_envelope import (
+from wiretask.transports.base import (
+    Capabilities,
+    DeadLetter,
+    Delivery,
+    Peeked,
+    Prepared,
+    Settlement,
+    Transport,
+    queue_names,
+)
+from wiretask.transports.redis.envelope import (
     SEP,
     BadEntry,
     binding_member,
@@ -123,16 +133,6 @@ from wiretask.transports._kombu_envelope import (
     matches_binding,
     queue_key,
     topic_pattern,
-)
-from wiretask.transports.base import (
-    Capabilities,
-    DeadLetter,
-    Delivery,
-    Peeked,
-    Prepared,
-    Settlement,
-    Transport,
-    queue_names,
 )
 
 if TYPE_CHECKING:
