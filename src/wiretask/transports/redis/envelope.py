@@ -22,7 +22,7 @@ import binascii
 import json
 import re
 from bisect import bisect
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from json.encoder import c_make_encoder, encode_basestring_ascii  # type: ignore[attr-defined]
 from typing import Any
 
@@ -43,9 +43,11 @@ __all__ = [
     "clamp_priority",
     "decode",
     "encode",
+    "frame_or_none",
     "mark_redelivered",
     "matches_binding",
     "queue_key",
+    "route",
     "topic_pattern",
 ]
 
@@ -265,6 +267,15 @@ def decode(raw: bytes | str, *, queue: str) -> Received:
     )
 
 
+def frame_or_none(raw: bytes | str, *, queue: str) -> Frame | None:
+    """The frame of a list entry, or ``None`` when it is not an envelope (what
+    inspection shows of a queue leaves those out)."""
+    try:
+        return decode(raw, queue=queue).frame
+    except BadEntry:
+        return None
+
+
 def _body(envelope: Mapping[str, Any], properties: Mapping[str, Any]) -> bytes:
     if "body" not in envelope or envelope["body"] is None:
         raise BadEntry("entry has no 'body'")
@@ -343,3 +354,9 @@ def matches_binding(member: str, routing_key: str) -> str | None:
         except re.error:
             return None
     return queue if key == routing_key else None
+
+
+def route(members: Iterable[str], routing_key: str) -> list[str]:
+    """The queues, sorted, that binding ``members`` of one exchange route
+    ``routing_key`` to (``virtual.Channel._lookup`` over the table's members)."""
+    return sorted({q for m in members if (q := matches_binding(m, routing_key)) is not None})

@@ -1,0 +1,134 @@
+"""Admin and inspection: bindings, and looking at queues without consuming them.
+
+``Admin`` is the transport's ``Inspection`` capability (``size``, ``purge``, ``peek``,
+``dead_letters``) and its binding table writer (``bind_queue``). It reads and writes on
+redis-py's client (the cold paths), never on the hot paths' connections. Commands that
+report on queues or the database (counts, statistics) belong here, each exposed on
+``RedisTransport`` by a one-line delegate.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from typing import Literal, cast
+
+from wiretask._redis import scripts
+from wiretask.errors import ValidationError
+from wiretask.transports.base import DeadLetter, Peeked, queue_names
+from wiretask.transports.redis.database import Database
+from wiretask.transports.redis.deadletters import read_dead_entry
+from wiretask.transports.redis.envelope import (
+    binding_member,
+    frame_or_none,
+    queue_key,
+    topic_pattern,
+)
+
+__all__ = ["Admin"]
+
+
+class Admin:
+    """Bindings and inspection of one Redis database's queues (see the module doc)."""
+
+    def __init__(self, database: Database) -> None:
+        self._db = database
+
+    def bind_queue(
+        self, queue: str, exchange: str, routing_key: str, *,
+        exchange_type: Literal["direct", "topic"] = "direct",
+    ) -> None:
+        """Bind ``queue`` to a named exchange (Kombu's ``_queue_bind``), adding the member
+        to ``_kombu.binding_permanent.<exchange>`` too so that Kombu 5.7's sweep of
+        expiring bindings keeps the table. Fanout exchanges are not supported (Kombu
+        routes them over pub/sub, which has no queue to hold a message).
+
+        Raises:
+            ValidationError: an empty queue or exchange name, or another exchange type.
+            ConnectionLost, TransportError: Redis failed.
+        """
+        queue_names([queue])
+        if not exchange:
+            raise ValidationError("exchange", "the default exchange needs no binding")
+        if exchange_type not in ("direct", "topic"):
+            raise ValidationError("exchange_type", "must be 'direct' or 'topic'",
+                                  value=exchange_type)
+        pattern = topic_pattern(routing_key) if exchange_type == "topic" else ""
+        member = binding_member(routing_key, pattern, queue)
+        db = self._db
+        with db.errors("bind_queue"):
+            pipe = db.client.pipeline()
+            pipe.sadd(db.keys.binding(exchange), member)
+            pipe.sadd(db.keys.binding_permanent(exchange), member)
+            pipe.execute()
+
+    def size(self, queue: str) -> int:
+        """Ready and scheduled messages of ``queue`` (every bucket list, and its share of
+        the delayed index); not the ones in flight."""
+        queue_names([queue])
+        db = self._db
+        with db.errors("size"):
+            pipe = db.client.pipeline(transaction=False)
+            for step in db.steps:
+                pipe.llen(db.keys.p(queue_key(queue, step)))
+            pipe.zcard(db.keys.delayed_queue(queue))
+            return sum(int(n) for n in pipe.execute())
+
+    def purge(self, queue: str) -> int:
+        """Remove the ready and scheduled messages of ``queue`` in one ``PURGE`` script
+        run; return how many."""
+        queue_names([queue])
+        db = self._db
+        with db.errors("purge"):
+            return int(cast(int, db.commands.script(
+                scripts.purge(db.keys, queue, lists=db.lists([queue])))))
+
+    def peek(self, queue: str, *, limit: int = 100) -> list[Peeked]:
+        """Ready messages in delivery order (bucket 0 first, oldest first), then scheduled
+        ones by due time. Entries that are not envelopes are left out."""
+        queue_names([queue])
+        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 0:
+            raise ValidationError("limit", f"must be an int >= 0, got {limit!r}")
+        db = self._db
+        found: list[Peeked] = []
+        with db.errors("peek"):
+            for step in db.steps:
+                if len(found) >= limit:
+                    return found
+                entries = cast(list[bytes], db.client.lrange(
+                    db.keys.p(queue_key(queue, step)), -(limit - len(found)), -1))
+                for raw in reversed(entries):
+                    frame = frame_or_none(raw, queue=queue)
+                    if frame is not None:
+                        found.append(Peeked(frame=frame, queue=queue, state="ready"))
+            if len(found) >= limit:
+                return found
+            rows = cast(list[tuple[bytes, float]], db.client.zrange(
+                db.keys.delayed_queue(queue), 0, limit - len(found) - 1, withscores=True))
+            stored = cast(list[bytes | None], db.client.hmget(
+                db.keys.delayed_messages, [m for m, _ in rows])) if rows else []
+        return found + self._scheduled(queue, rows, stored)
+
+    @staticmethod
+    def _scheduled(
+        queue: str, rows: list[tuple[bytes, float]], stored: list[bytes | None]
+    ) -> list[Peeked]:
+        """The delayed messages of ``peek``: index ``rows`` (member, due time) and their
+        ``stored`` entries (``None`` for one that moved meanwhile)."""
+        found: list[Peeked] = []
+        for (_, due), item in zip(rows, stored, strict=True):
+            if item is None:
+                continue
+            frame = frame_or_none(json.loads(item)[2], queue=queue)
+            if frame is not None:
+                found.append(Peeked(frame=frame, queue=queue, state="scheduled",
+                                    not_before=datetime.fromtimestamp(due, UTC)))
+        return found
+
+    def dead_letters(self, queue: str) -> list[DeadLetter]:
+        """Entries of ``<queue>.dead``, oldest first."""
+        queue_names([queue])
+        db = self._db
+        with db.errors("dead_letters"):
+            rows = cast(list[bytes], db.client.lrange(db.keys.dead(queue), 0, -1))
+        return [read_dead_entry(queue, row) for row in rows]
