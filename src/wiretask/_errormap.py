@@ -92,20 +92,26 @@ class map_exceptions:  # lower case: httpcore's name, and it is used like a func
     translation (``ErrorTable.translate``) of a driver exception raised in the block,
     chained ``from`` it; other exceptions pass untouched.
 
+    ``on_error``, if given, is called with each driver exception the table translates,
+    before its translation is raised: a driver whose error shows a connection to be
+    unusable drops it there (``wiretask._redis.errors.Boundaries``).
+
     A class rather than a generator, as it wraps every command on the hot paths. It
     keeps no state between uses, so one instance may be kept per action and entered by
     any number of threads at once.
     """
 
-    __slots__ = ("_action", "_secret", "_table", "_url")
+    __slots__ = ("_action", "_on_error", "_secret", "_table", "_url")
 
     def __init__(
-        self, table: ErrorTable, action: str, *, url: str | None, secret: str | None = None
+        self, table: ErrorTable, action: str, *, url: str | None, secret: str | None = None,
+        on_error: Callable[[BaseException], object] | None = None,
     ) -> None:
         self._table = table
         self._action = action
         self._url = url
         self._secret = secret
+        self._on_error = on_error
 
     def __enter__(self) -> None:
         return None
@@ -121,4 +127,6 @@ class map_exceptions:  # lower case: httpcore's name, and it is used like a func
         error = self._table.translate(exc, self._action, url=self._url, secret=self._secret)
         if error is None:
             return False
+        if self._on_error is not None:
+            self._on_error(exc)
         raise error from exc

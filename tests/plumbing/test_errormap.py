@@ -93,3 +93,17 @@ def test_one_instance_serves_many_threads() -> None:
     for thread in threads:
         thread.join(10)
     assert causes == {i: {f"thread {i}"} for i in range(8)}
+
+
+def test_on_error_sees_each_translated_driver_exception_first() -> None:
+    seen: list[BaseException] = []
+    boundary = map_exceptions(TABLE, "publish", url=None, on_error=seen.append)
+    lost = DriverConnectionError("reset")
+    with pytest.raises(ConnectionLost) as info, boundary:
+        raise lost
+    assert seen == [lost] and info.value.__cause__ is lost
+    with pytest.raises(ValueError), boundary:
+        raise ValueError("a bug of ours")  # not translated: not the driver's to clean up
+    with boundary:
+        pass
+    assert seen == [lost]

@@ -5,7 +5,8 @@
 * ``scripts``: the Lua scripts, each with the builder that owns its ``KEYS``/``ARGV``.
 * ``keys``: the key names (Kombu's layout) behind ``global_keyprefix``.
 * ``options``: the transport's URL and keyword options, parsed once.
-* ``errors``: ``REDIS_ERRORS``, the table that translates redis-py's exceptions.
+* ``errors``: ``REDIS_ERRORS``, the table that translates redis-py's exceptions, and
+  ``Boundaries``, the error boundaries built on it for the users of a pool.
 
 Nothing here imports ``wiretask.transports`` or ``wiretask.results``; both import this.
 """

@@ -45,12 +45,23 @@ try:  # hiredis (the ``redis`` extra) packs and parses in C
 except (ImportError, TypeError):  # pragma: no cover - redis-py's packer and parser then
     _pack = _Reader = None
 
-__all__ = ["Commands", "Target", "target_of"]
+__all__ = ["Commands", "Target", "drop_wrong_server", "target_of"]
 
 #: Error replies after which a connection is dropped: its server is a replica (it
 #: refuses writes, or reads while its primary is away), which after a failover is the old
 #: primary; a new connection to the URL's host reaches whatever serves it now.
 _WRONG_SERVER = (ReadOnlyError, MasterDownError)
+
+
+def drop_wrong_server(pool: redis.ConnectionPool, exc: BaseException) -> None:
+    """What ``Commands`` does with its own connection, for redis-py's pooled ones: if
+    ``exc`` is a wrong-server reply (``READONLY``, ``MASTERDOWN``), disconnect the idle
+    connections of ``pool``, so that the retry reconnects, through the name in the URL,
+    to whatever serves it now. The one that got the reply is among them: redis-py puts a
+    connection back in its pool before the error reaches the caller. Connections another
+    thread is using are left alone; each is dropped when it gets such a reply itself."""
+    if isinstance(exc, _WRONG_SERVER):
+        pool.disconnect(inuse_connections=False)
 
 
 @attrs.frozen

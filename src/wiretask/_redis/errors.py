@@ -1,7 +1,8 @@
 """redis-py's exceptions to wiretask's: the one table every Redis module uses.
 
 The Redis transport, the Redis result backend and the delayed-message scheduler
-translate through ``REDIS_ERRORS`` with ``wiretask._errormap.map_exceptions``, so a
+translate through ``REDIS_ERRORS`` with ``wiretask._errormap.map_exceptions`` (made by
+``Boundaries``, which also drops redis-py's pooled connections that reached a replica), so a
 recoverable error (``ConnectionLost``) is the same thing to the publish retry policy, to
 the worker and to ``AsyncResult.get()``: worth a reconnect and another try, because the
 same call can succeed later without anyone changing the configuration. Everything else
@@ -14,12 +15,16 @@ Order matters (first match wins): redis-py makes its authentication and "loading
 
 from __future__ import annotations
 
+import functools
+
+import redis
 from redis import exceptions as rx
 
-from wiretask._errormap import ErrorTable, Row
+from wiretask._errormap import ErrorTable, Row, map_exceptions
+from wiretask._redis.client import drop_wrong_server
 from wiretask.errors import ConnectionLost, TransportError
 
-__all__ = ["REDIS_ERRORS"]
+__all__ = ["REDIS_ERRORS", "Boundaries"]
 
 REDIS_ERRORS = ErrorTable("Redis", (
     Row(rx.AuthenticationError, TransportError,
@@ -59,3 +64,28 @@ REDIS_ERRORS = ErrorTable("Redis", (
         "socket and TLS errors that redis-py passes on as they are (e.g. while reading "
         "a subscription): a broken connection"),
 ))
+
+
+class Boundaries:
+    """The error boundaries of the users of one redis-py pool (a transport, a result
+    backend): ``with boundaries(action):`` translates by ``REDIS_ERRORS``, naming
+    ``action`` and the masked ``url``, scrubbing ``secret`` (the password), and after a
+    wrong-server reply (``READONLY``, ``MASTERDOWN``) drops the pool's idle connections
+    (``drop_wrong_server``) so that a retry reconnects. The boundaries keep no state:
+    one per action is made once and reused, by any number of threads."""
+
+    def __init__(
+        self, pool: redis.ConnectionPool, *, url: str | None, secret: str | None
+    ) -> None:
+        self._url = url
+        self._secret = secret
+        self._drop = functools.partial(drop_wrong_server, pool)
+        self._made: dict[str, map_exceptions] = {}
+
+    def __call__(self, action: str) -> map_exceptions:
+        boundary = self._made.get(action)
+        if boundary is None:
+            boundary = self._made[action] = map_exceptions(
+                REDIS_ERRORS, action, url=self._url, secret=self._secret,
+                on_error=self._drop)
+        return boundary

@@ -57,7 +57,7 @@ import redis.exceptions
 from wiretask._errormap import map_exceptions
 from wiretask._ids import new_id
 from wiretask._redis.client import Commands, Target
-from wiretask._redis.errors import REDIS_ERRORS
+from wiretask._redis.errors import Boundaries
 from wiretask._redis.options import parse
 from wiretask._redis.scripts import store_if_absent, write_command
 from wiretask.errors import (
@@ -171,6 +171,7 @@ class RedisBackend(ResultBackend):
         #: this backend's states in the script that acks (``stores_results_of``).
         self._redis = Target.of(pool)
         self._password: str | None = pool.connection_kwargs.get("password")
+        self._boundaries = Boundaries(pool, url=self.url, secret=self._password)
         self._subscriptions: weakref.WeakSet[RedisSubscription] = weakref.WeakSet()
         self._closed = False
 
@@ -180,14 +181,15 @@ class RedisBackend(ResultBackend):
 
     def errors(self, action: str) -> map_exceptions:
         """``with backend.errors(action):`` translates redis-py exceptions raised inside
-        the block by ``REDIS_ERRORS``, scrubbing the password.
+        the block by ``REDIS_ERRORS``, scrubbing the password, and drops the pool's idle
+        connections after a wrong-server reply (``wiretask._redis.errors.Boundaries``).
 
         Raises:
             TransportError: the backend is closed.
         """
         if self._closed:
             raise TransportError("the result backend is closed", url=self.url)
-        return map_exceptions(REDIS_ERRORS, action, url=self.url, secret=self._password)
+        return self._boundaries(action)
 
     def _current_status(self, value: bytes | str | None) -> str | None:
         if value is None:

@@ -17,7 +17,7 @@ from redis.retry import Retry
 
 from wiretask._errormap import map_exceptions
 from wiretask._redis.client import Commands, Target
-from wiretask._redis.errors import REDIS_ERRORS
+from wiretask._redis.errors import Boundaries
 from wiretask._redis.options import RedisOptions
 from wiretask.errors import ImproperlyConfigured
 from wiretask.transports.redis.envelope import bucket_for, queue_key
@@ -60,18 +60,14 @@ class Database:
         self.client = redis.Redis(connection_pool=self.pool)
         #: The hot paths (receive, ack, publish) go through this, not ``client``.
         self.commands = Commands(self.pool)
-        #: One error boundary per action (they keep no state, see ``errors``).
-        self._boundaries: dict[str, map_exceptions] = {}
+        self._boundaries = Boundaries(self.pool, url=self.url, secret=self.password)
 
     def errors(self, action: str) -> map_exceptions:
         """``with database.errors(action):`` translates redis-py exceptions by
-        ``REDIS_ERRORS`` (the only place they are caught), scrubbing the password. The
-        context managers keep no state, so one per action is made once and reused."""
-        boundary = self._boundaries.get(action)
-        if boundary is None:
-            boundary = self._boundaries[action] = map_exceptions(
-                REDIS_ERRORS, action, url=self.url, secret=self.password)
-        return boundary
+        ``REDIS_ERRORS`` (the only place they are caught), scrubbing the password, and
+        drops the pool's idle connections after a wrong-server reply
+        (``wiretask._redis.errors.Boundaries``). One boundary per action, made once."""
+        return self._boundaries(action)
 
     def lists(self, queues: Sequence[str]) -> list[str]:
         """The bucket lists of ``queues``, bucket-major (every queue's list of bucket 0
