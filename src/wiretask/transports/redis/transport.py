@@ -257,9 +257,11 @@ class RedisTransport(Transport):
     # -- inspection (Inspection) and admin ------------------------------------------------
 
     def size(self, queue: str) -> int:
+        """Ready and scheduled messages of ``queue`` (not the ones in flight)."""
         return self._admin.size(queue)
 
     def purge(self, queue: str) -> int:
+        """Remove the ready and scheduled messages of ``queue``; return how many."""
         return self._admin.purge(queue)
 
     def peek(self, queue: str, *, limit: int = 100) -> list[Peeked]:
