@@ -1,0 +1,23 @@
+"""taskiq + taskiq-redis ``ListQueueBroker`` (LPUSH/BRPOP, no acknowledgements).
+
+Worker: ``taskiq worker _peers.lib_taskiq_list:broker`` (2 worker processes, 100 async
+tasks each); one slot: ``--workers 1 --max-async-tasks 1``.
+"""
+
+from __future__ import annotations
+
+from taskiq_redis import ListQueueBroker
+
+from _peers._taskiq_common import QUEUE, URL, BaseClient, setup
+
+broker, small = setup(ListQueueBroker(url=URL, queue_name=QUEUE))
+
+
+class Client(BaseClient):
+    def __init__(self) -> None:
+        super().__init__()
+        self.broker = broker
+        self.task = small
+
+    async def queued(self) -> int:
+        return int(await self.redis.llen(QUEUE))
