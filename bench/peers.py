@@ -77,15 +77,16 @@ def parse() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--scale", type=float, default=1.0,
                         help="multiply message counts (enqueue 2000, batch 3 x 1000, e2e "
-                             "3000 at scale 1; the batch shrinks below scale 1)")
+                             "5000 at scale 1; the batch shrinks below scale 1)")
     parser.add_argument("--repeat", type=int, default=3,
                         help="interleaved runs of everything; the best is reported (3)")
     parser.add_argument("--libs", default=",".join(lib.name for lib in LIBRARIES),
                         help="comma-separated: " + ", ".join(lib.name for lib in LIBRARIES))
     parser.add_argument("--rows", default=",".join(ROWS),
                         help="comma-separated: " + ", ".join(ROWS))
-    parser.add_argument("--cap", type=float, default=60.0,
-                        help="seconds one end-to-end run may take before it is cut (60)")
+    parser.add_argument("--cap", type=float, default=30.0,
+                        help="seconds one end-to-end run may take before it is cut and "
+                             "reported as what it did (30)")
     parser.add_argument("--redis-url", default=None,
                         help="a Redis to use (else $WIRETASK_BENCH_REDIS_URL or a private one)")
     parser.add_argument("--out", type=Path, default=None, help="also write the report here")
@@ -251,6 +252,8 @@ class Run:
 
     count: int
     wall: float
+    #: Messages the client sent (``count`` is what completed, less when capped).
+    sent: int
     client_cpu: float
     redis_cpu: float
     commands: int
@@ -294,7 +297,7 @@ class Bench:
         if reply["queued"] != self.n_enqueue:
             raise RuntimeError(f"{lib.name}: sent {self.n_enqueue}, its queue holds "
                                f"{reply['queued']}")
-        return Run(self.n_enqueue, reply["wall"], reply["cpu"], redis_cpu, commands)
+        return Run(self.n_enqueue, reply["wall"], self.n_enqueue, reply["cpu"], redis_cpu, commands)
 
     def batch(self, lib: Library) -> Run:
         driver = self.prepare(lib)
@@ -304,7 +307,7 @@ class Bench:
         sent = self.batch_size * self.batch_times
         if reply["queued"] != sent:
             raise RuntimeError(f"{lib.name}: sent {sent}, its queue holds {reply['queued']}")
-        return Run(sent, reply["wall"], reply["cpu"], redis_cpu, commands)
+        return Run(sent, reply["wall"], sent, reply["cpu"], redis_cpu, commands)
 
     def _wait_done(self, running: Worker, deadline: float, lib: Library) -> bool:
         """BLPOP ``DONE`` until it arrives (True) or ``deadline`` (False)."""
@@ -347,7 +350,7 @@ class Bench:
             note = f"CAPPED at {self.cap:g} s: {done}/{n} done"
         elif left > 0:
             note = f"DUPLICATES: {left} extra runs"
-        return Run(done, end - reply["start"], reply["cpu"], redis_cpu, commands,
+        return Run(done, end - reply["start"], n, reply["cpu"], redis_cpu, commands,
                    worker_cpu=worker_cpu, rss_kib=memory.peak.rss_kib, pss_kib=pss,
                    processes=memory.peak.processes, note=note)
 
@@ -369,6 +372,11 @@ def _per(value: float | None, count: int) -> str:
 
 def _ratio(ours: float, theirs: float | None) -> str:
     return "-" if not theirs else f"{ours / theirs:.2f}x"
+
+
+def _commands(commands: int, count: int) -> str:
+    per = commands / count
+    return f"{per:.2f}" if per >= 0.1 or per == 0 else f"{per:.3f}"
 
 
 def _mib(kib: int | None) -> str:
@@ -420,10 +428,10 @@ def report(results: dict[str, dict[str, list[Run]]], libs: Sequence[Library],
             cells = [lib.name, what, _rate(run.rate),
                      _ratio(run.rate, top[1].rate if top else None),
                      _ratio(run.rate, floor.rate if floor else None),
-                     _per(run.client_cpu, run.count)]
+                     _per(run.client_cpu, run.sent)]
             if e2e:
                 cells.append(_per(run.worker_cpu, run.count))
-            cells += [_per(run.redis_cpu, run.count), f"{run.commands / run.count:.2f}"]
+            cells += [_per(run.redis_cpu, run.count), _commands(run.commands, run.count)]
             if e2e:
                 cells.append(f"{_mib(run.rss_kib)} ({run.processes})")
                 cells.append(_mib(run.pss_kib))
@@ -453,8 +461,7 @@ def report(results: dict[str, dict[str, list[Run]]], libs: Sequence[Library],
                                f"{ours.rate / floor.rate:.2f}")
     rss_rows = [(row, results[row]) for row in ("e2e1", "e2e") if row in results]
     for row, per_lib in rss_rows:
-        peaks = {name: max(r.rss_kib or 0 for r in runs) for name, runs in per_lib.items()
-                 if name != FLOOR.name}
+        peaks = {name: max(r.rss_kib or 0 for r in runs) for name, runs in per_lib.items()}
         if wt not in peaks:
             continue
         peer_peaks = {n: v for n, v in peaks.items() if BY_NAME[n].peer}
@@ -462,8 +469,10 @@ def report(results: dict[str, dict[str, list[Run]]], libs: Sequence[Library],
         ok = peaks[wt] / MIB <= RSS_TARGET_MIB and (low is None or peaks[wt] <= low[1])
         summary.append([
             f"worker RSS, peak MiB ({'one slot' if row == 'e2e1' else 'default'})",
-            _mib(peaks[wt]), f"{low[0]} {_mib(low[1])}" if low else "-", "-",
-            f"{peaks[wt] / low[1]:.2f}x" if low else "-", "-",
+            _mib(peaks[wt]), f"{low[0]} {_mib(low[1])}" if low else "-",
+            _mib(peaks.get(FLOOR.name)),
+            f"{peaks[wt] / low[1]:.2f}x" if low else "-",
+            f"{peaks[wt] / peaks[FLOOR.name]:.2f}x" if peaks.get(FLOOR.name) else "-",
             f"<= {RSS_TARGET_MIB:g} MiB, <= best peer", "yes" if ok else "NO",
         ])
     if summary:
@@ -507,7 +516,7 @@ def main() -> None:
     n_enqueue = scaled(2000, scale, minimum=20)
     batch_size = min(BATCH, scaled(BATCH, scale, minimum=10))
     batch_times = max(1, round(3 * min(scale, 1.0)))
-    n_e2e = scaled(3000, scale, minimum=30)
+    n_e2e = scaled(5000, scale, minimum=30)
     libs: list[Library] = options.libraries
     base = options.redis_url or None
     with contextlib.ExitStack() as stack:
