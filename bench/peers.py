@@ -76,7 +76,7 @@ MIB = 1024.0
 def parse() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--scale", type=float, default=1.0,
-                        help="multiply message counts (enqueue 2000, batch 3 x 1000, e2e "
+                        help="multiply message counts (enqueue 5000, batch 5 x 1000, e2e "
                              "5000 at scale 1; the batch shrinks below scale 1)")
     parser.add_argument("--repeat", type=int, default=3,
                         help="interleaved runs of everything; the best is reported (3)")
@@ -513,9 +513,9 @@ def main() -> None:
         install()
         return
     scale = options.scale
-    n_enqueue = scaled(2000, scale, minimum=20)
+    n_enqueue = scaled(5000, scale, minimum=20)
     batch_size = min(BATCH, scaled(BATCH, scale, minimum=10))
-    batch_times = max(1, round(3 * min(scale, 1.0)))
+    batch_times = max(1, round(5 * min(scale, 1.0)))
     n_e2e = scaled(5000, scale, minimum=30)
     libs: list[Library] = options.libraries
     base = options.redis_url or None
