@@ -4,9 +4,10 @@ delivery guarantee as read in its source (the versions pinned in
 
 Worker commands are each library's own CLI (arq's and the floor's excepted, see
 below) with ``{bin}`` standing for the scripts directory and ``{python}`` for the
-interpreter of the library's environment, ``{url}`` for the Redis URL. Every worker logs
-at WARNING (a flag each CLI has; arq through its ``--custom-log-dict``): RQ, Huey, arq and
-taskiq log every task at INFO by default, which would measure their log formatting.
+interpreter of the library's environment, ``{url}`` for the Redis URL. Every worker but
+Dramatiq's (which logs nothing per message) logs at WARNING (a flag of its CLI; arq's
+through ``--custom-log-dict``): RQ, Huey, arq and taskiq log every task at INFO by
+default, which would measure their log formatting.
 """
 
 from __future__ import annotations
