@@ -11,11 +11,12 @@ to stderr):
 ``{"op": "batch", "n": B, "times": K}``      K ``batch(B)`` calls, timed
 ``{"op": "publish", "n": N}``                N messages by ``batch`` in chunks of
                                              ``BATCH`` (an end-to-end run), timed
+``{"op": "queued"}``                         ``{"ok": true, "queued": k}``: what
+                                             the library's queue holds
 ``{"op": "warmup"}``, ``{"op": "reset"}``, ``{"op": "close"}``
 
-A timed reply is ``{"ok": true, "start": <time.monotonic()>, "wall": s, "cpu": s,
-"queued": k}``: ``cpu`` is this process's user + system time over the loop
-(``getrusage``), ``queued`` what the library's queue holds afterwards (untimed). The
+A timed reply is ``{"ok": true, "start": <time.monotonic()>, "wall": s, "cpu": s}``:
+``cpu`` is this process's user + system time over the loop (``getrusage``). The
 handshake (first line) carries the versions and the batch API. Errors come back as
 ``{"ok": false, "error": traceback}``.
 """
@@ -75,8 +76,7 @@ class Driver:
             for _ in range(count):
                 method(*args)
             wall, cpu = time.monotonic() - start, _cpu() - cpu
-        return {"ok": True, "start": start, "wall": wall, "cpu": cpu,
-                "queued": self.call("queued")}
+        return {"ok": True, "start": start, "wall": wall, "cpu": cpu}
 
     def publish(self, n: int) -> dict[str, Any]:
         """``n`` messages through ``batch``, in chunks of ``BATCH``, timed as one."""
@@ -106,6 +106,8 @@ class Driver:
             return self.timed("batch", int(command["times"]), int(command["n"]))
         if op == "publish":
             return self.publish(int(command["n"]))
+        if op == "queued":
+            return {"ok": True, "queued": self.call("queued")}
         if op == "warmup":
             self.call("enqueue")
             return {"ok": True}
