@@ -58,7 +58,7 @@ LIBRARIES: tuple[Library, ...] = (
         guarantee="ack after the result is stored; at least once (unacked restored after "
                   "the visibility timeout, leases while running); a retried publish is "
                   "de-duplicated (marker in the same MULTI/EXEC)",
-        source="src/wiretask/worker.py (module doc, ack after store); "
+        source="src/wiretask/worker/__init__.py (module doc, ack after store); "
                "src/wiretask/transports/redis.py (module doc: idempotent publishing, leases)",
         peer=False,
     ),
