@@ -34,6 +34,7 @@ from typing import Any, Final
 import attrs
 
 from wiretask.errors import ValidationError
+from wiretask.protocol.exceptions import exception_to_meta
 
 __all__ = [
     "ALL_STATES",
@@ -171,7 +172,7 @@ def make_meta(
         status: the state (a built-in one or a custom string such as ``"PROGRESS"``).
         result: the return value, the custom state's meta, or for an exception state
             (``FAILURE``, ``RETRY``, ``REVOKED``) an exception instance, which is
-            converted with ``wiretask.results.exceptions.exception_to_meta``, or an
+            converted with ``wiretask.protocol.exceptions.exception_to_meta``, or an
             already converted ``{"exc_type", "exc_message", "exc_module"}`` dict.
         traceback: the formatted traceback of an exception state.
         children: result tuples of subtasks (Celery's ``[[id, parent], null]`` form).
@@ -191,9 +192,6 @@ def make_meta(
     if not isinstance(status, str) or not status:
         raise ValidationError("status", "must be a non-empty string", value=status)
     if status in EXCEPTION_STATES and isinstance(result, BaseException):
-        # Imported here: results/ imports this module, and the conversion is pure.
-        from wiretask.results.exceptions import exception_to_meta  # noqa: PLC0415
-
         result = exception_to_meta(result)
     done: str | None = None
     if status in READY_STATES and date_done is not None:

@@ -16,7 +16,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from wiretask import errors
-from wiretask.results.exceptions import (
+from wiretask.protocol.exceptions import (
     exception_from_meta,
     exception_to_meta,
     expired_meta_result,
