@@ -1,8 +1,10 @@
 """Coverage-guided fuzzing of the task-message decoder (atheris).
 
 The property: for any input, ``decode_raw`` either returns a valid ``TaskMessage`` (which
-then encodes again) or raises a ``WiretaskError`` subclass. Anything else (a ``KeyError``,
-a ``TypeError``, a hang, a crash) is a bug.
+then encodes again) or raises ``DecodeError`` (or a subclass: ``ContentDisallowed``,
+``MessageTooLarge``, ``MalformedMessage``), as ``spec/PROTOCOL.md`` §11.3 promises.
+Anything else (another ``WiretaskError``, a ``KeyError``, a ``TypeError``, a hang, a
+crash) is a bug.
 
 Each fuzz input is split deterministically, so a crashing input can be replayed without
 atheris::
@@ -36,7 +38,7 @@ except ImportError:  # the harness still imports, replays and builds corpora wit
 _instrument = atheris.instrument_imports() if atheris is not None else contextlib.nullcontext()
 with _instrument:
     from wiretask.codecs import default_registry
-    from wiretask.errors import WiretaskError
+    from wiretask.errors import DecodeError, WiretaskError
     from wiretask.protocol import TaskMessage, decode_raw, encode
 
 REGISTRY = default_registry(max_decompressed_size=1 << 20)
@@ -94,7 +96,7 @@ def test_one_input(data: bytes) -> None:
         headers["compression"] = compression
     try:
         message = decode_raw(body, headers, properties, content_type, "utf-8", REGISTRY)
-    except WiretaskError:
+    except DecodeError:
         return
     if not isinstance(message, TaskMessage):
         raise TypeError(f"decode_raw returned {type(message).__name__}")
