@@ -34,6 +34,28 @@ __all__ = ["ThreadControl", "async_raise", "run_in_this_thread"]
 
 logger = logging.getLogger("wiretask.worker")
 
+class _Absorbed(BaseException):
+    """Put in place of a time-limit exception still pending for the calling thread, and
+    caught at once (``_take_pending``)."""
+
+
+def _take_pending() -> None:
+    """Take whatever asynchronous exception is pending for the calling thread.
+
+    Clearing it with ``PyThreadState_SetAsyncExc(id, NULL)`` would leave CPython's
+    interpreter-wide "async exception pending" flag set (only delivering an exception
+    unsets it), after which, under a trace function (coverage, a debugger), every thread
+    of the process livelocks. So the pending exception is replaced by ``_Absorbed``,
+    which the loop below receives: the eval loop checks for it on every backward jump.
+    """
+    try:
+        if async_raise(threading.get_ident(), _Absorbed):
+            while True:
+                pass
+    except _Absorbed:
+        return
+
+
 def async_raise(thread_id: int, exc_type: type[BaseException] | None) -> bool:
     """Raise ``exc_type`` in the thread ``thread_id`` at its next bytecode (``None``
     clears a pending one). Returns True if the thread was found."""
@@ -75,6 +97,7 @@ class ThreadControl:
         self._phase = "new"  # new -> running -> done | abandoned
         self._thread_id: int | None = None
         self._timers: list[threading.Timer] = []
+        self._soft_raised = False  # the soft limit's exception was sent to the thread
 
     @property
     def abandoned(self) -> bool:
@@ -105,16 +128,18 @@ class ThreadControl:
                     timer.start()
 
     def end(self) -> bool:
+        """Disarm the limits; called by the thread that ran the body. False if the run
+        was abandoned (the hard limit passed, or the worker is stopping)."""
         with self._lock:
             self._cancel()
             if self._phase == "abandoned":
                 return False
             self._phase = "done"
-            if self._thread_id is not None and (self._soft, self._hard) != (None, None):
-                # A limit that fired just before we took the lock may still be pending
-                # for this thread: clear it so it cannot hit the worker's own code.
-                # (Without limits nothing can be pending: skip the C call.)
-                async_raise(self._thread_id, None)
+            if self._soft_raised:
+                # The soft limit fired: its exception may still be pending for this
+                # thread (it fired just before we took the lock). Take it here so it
+                # cannot hit the worker's own code. (No limit fired: nothing pending.)
+                _take_pending()
             return True
 
     def _cancel(self) -> None:
@@ -127,7 +152,7 @@ class ThreadControl:
             if self._phase != "running" or self._thread_id is None:
                 return
             logger.warning("task %s: soft time limit (%gs) exceeded", self._describe, self._soft)
-            async_raise(self._thread_id, SoftTimeLimitExceeded)
+            self._soft_raised = async_raise(self._thread_id, SoftTimeLimitExceeded)
 
     def _fire_hard(self) -> None:
         with self._lock:
