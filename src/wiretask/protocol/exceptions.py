@@ -2,7 +2,7 @@
 
 Under a non-pickle result serializer Celery stores a task's exception as
 ``{"exc_type": <qualname>, "exc_message": <args as a list>, "exc_module": <module>}``
-(``celery-protocol.md`` §F, ``Backend.prepare_exception``), and rebuilds it with
+(``spec/PROTOCOL.md`` §18.1; Celery's ``Backend.prepare_exception``), and rebuilds it with
 ``Backend.exception_to_python``. This module does both, pure and without a registry. It
 belongs to the protocol layer because the exception dict is part of the result meta dict
 (``wiretask.protocol.states.make_meta``); ``wiretask.results.exceptions`` re-exports it.
@@ -89,7 +89,7 @@ _repr.maxstring = 1024
 _repr.maxother = 1024
 _repr.maxlevel = 4
 
-#: Leaf types the Kombu JSON dialect encodes (§F); an argument made of these is kept.
+#: Leaf types the Kombu JSON dialect encodes (§7); an argument made of these is kept.
 _JSON_LEAVES: Final = (
     str, int, float, bool, type(None), bytes, _dt.datetime, _dt.date, _dt.time,
     decimal.Decimal, uuid.UUID,
@@ -146,7 +146,7 @@ def is_exception_meta(value: object) -> bool:
 
 
 def revoked_meta_result(reason: str) -> dict[str, Any]:
-    """The ``result`` of a ``REVOKED`` meta, as Celery writes it (§G.1).
+    """The ``result`` of a ``REVOKED`` meta, as Celery writes it (§18.1).
 
     Celery's ``AsyncResult`` rebuilds this as ``celery.exceptions.TaskRevokedError``.
     """
