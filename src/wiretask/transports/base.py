@@ -29,9 +29,9 @@ finite timeout >= 0, a limit >= 1, ``Prepared`` messages), so a transport author
 calls a validation helper. ``docs/writing-a-transport.md`` walks through writing one.
 
 **Optional capabilities** are separate typed protocols at the end of this module
-(``Inspection``, ``BrokerDelay``, ``FusedSettlement``): a transport offers one by having
-its methods, and the worker, the CLI and the conformance kit detect it with
-``isinstance`` (never ``getattr``).
+(``Inspection``, ``QueueStatistics``, ``BrokerDelay``, ``FusedSettlement``): a transport
+offers one by having its methods, and the worker, the CLI and the conformance kit detect
+it with ``isinstance`` (never ``getattr``).
 
 Rules every transport follows (``wiretask.testing.check_transport`` checks them):
 
@@ -87,6 +87,8 @@ __all__ = [
     "Inspection",
     "Peeked",
     "Prepared",
+    "QueueStatistics",
+    "QueueStats",
     "Settlement",
     "Transport",
     "queue_names",
@@ -142,6 +144,97 @@ class Peeked:
     #: ``"ready"`` (deliverable now) or ``"scheduled"`` (waiting for ``not_before``).
     state: Literal["ready", "scheduled"]
     not_before: datetime | None = None
+
+
+def _count_or_none(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValidationError(
+            attribute.name, f"must be an int >= 0 or None, got {value!r}", value=value
+        )
+
+
+def _time_or_none(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, int | float) \
+            or not math.isfinite(value):
+        raise ValidationError(
+            attribute.name, f"must be a finite Unix time or None, got {value!r}", value=value
+        )
+
+
+@attrs.frozen(kw_only=True)
+class QueueStats:
+    """The numbers of one queue at one instant, read by ``QueueStatistics.queue_stats``.
+
+    Every number is exact, read from the broker's own counters and indexes. ``None``
+    means the broker cannot tell that number (it never stands for zero); each transport
+    says in its docstring which numbers it gives. Times are Unix seconds.
+    """
+
+    queue: str = attrs.field()
+    #: When the numbers were read (the reader's clock; ages are measured against it).
+    at: float = attrs.field(validator=_time_or_none)
+    #: Messages a consumer could take now (not in flight, not waiting for a time).
+    ready: int = attrs.field()
+    #: Messages the broker holds until their ``not_before``.
+    scheduled: int | None = attrs.field(default=None, validator=_count_or_none)
+    #: When the first scheduled message falls due (``None`` when none is scheduled).
+    next_due: float | None = attrs.field(default=None, validator=_time_or_none)
+    #: Messages delivered to a consumer and not settled yet.
+    in_flight: int | None = attrs.field(default=None, validator=_count_or_none)
+    #: Dead letters kept for this queue.
+    dead: int | None = attrs.field(default=None, validator=_count_or_none)
+    #: Since when the longest-waiting ready message has been ready: the later of its
+    #: publish time and its ``not_before``. ``None`` when nothing is ready, or (with
+    #: ``ready > 0``) when the broker cannot tell. Which message counts is the
+    #: transport's to say (the exact oldest, or the oldest of the heads of its
+    #: priority lanes, which in a FIFO lane is the same message).
+    oldest_ready_at: float | None = attrs.field(default=None, validator=_time_or_none)
+    #: Totals since the broker started counting (monotonic, for rates): messages
+    #: published to the queue, deliveries to consumers (redeliveries included), acks,
+    #: and dead letters. ``None`` where the broker keeps no such counter.
+    published: int | None = attrs.field(default=None, validator=_count_or_none)
+    delivered: int | None = attrs.field(default=None, validator=_count_or_none)
+    acked: int | None = attrs.field(default=None, validator=_count_or_none)
+    dead_lettered: int | None = attrs.field(default=None, validator=_count_or_none)
+
+    @queue.validator
+    def _check_queue(self, attribute: attrs.Attribute[str], value: object) -> None:
+        if not isinstance(value, str) or not value:
+            raise ValidationError("queue", f"must be a non-empty string, got {value!r}")
+
+    @ready.validator
+    def _check_ready(self, attribute: attrs.Attribute[int], value: object) -> None:
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise ValidationError("ready", f"must be an int >= 0, got {value!r}", value=value)
+
+    def __attrs_post_init__(self) -> None:
+        if self.ready == 0 and self.oldest_ready_at is not None:
+            raise ValidationError(
+                "oldest_ready_at", "must be None when no message is ready",
+                value=self.oldest_ready_at,
+            )
+        if self.scheduled == 0 and self.next_due is not None:
+            raise ValidationError(
+                "next_due", "must be None when no message is scheduled", value=self.next_due
+            )
+
+    @property
+    def oldest_age(self) -> float | None:
+        """Seconds the longest-waiting ready message has been ready (``at`` minus
+        ``oldest_ready_at``, never below 0), or ``None`` (see ``oldest_ready_at``)."""
+        if self.oldest_ready_at is None:
+            return None
+        return max(0.0, self.at - self.oldest_ready_at)
+
+    @property
+    def waiting(self) -> int | None:
+        """Ready plus scheduled: what ``Inspection.size`` counts (``None`` if the
+        scheduled number is unknown)."""
+        return None if self.scheduled is None else self.ready + self.scheduled
 
 
 class Prepared(NamedTuple):
@@ -692,6 +785,44 @@ class Inspection(Protocol):
 
         Raises:
             ValidationError: an empty queue name.
+            ConnectionLost, TransportError: the broker failed.
+        """
+        ...
+
+
+@runtime_checkable
+class QueueStatistics(Protocol):
+    """Exact numbers of queues without consuming anything: what ``wiretask stats``,
+    ``wiretask inspect``, the Munin plugin and the Prometheus exporter read.
+
+    Rules for an implementation:
+
+    * **Exact, and cheap at any depth.** Numbers come from the broker's own counters and
+      indexes (a list length, a sorted-set cardinality, an SQL ``COUNT`` over an index,
+      the head of a list), never from walking the messages in Python: reading a queue
+      of a million messages costs about what reading an empty one costs (the
+      ``bench/queue_stats.py`` numbers are in ``bench/README.md``).
+    * **One instant per queue.** The numbers of one queue are read in one atomic step
+      where the broker allows (a script, a read transaction, a lock), so that they add
+      up; say so where they cannot.
+    * **Unknown is None, never 0.** A broker that cannot tell a number returns ``None``
+      for it: AMQP 0-9-1, whose passive ``queue.declare`` tells only the ready count
+      (``message_count``), returns ``ready`` and ``None`` for the rest, and a broker
+      that keeps no counters returns ``None`` for ``published``, ``delivered``,
+      ``acked`` and ``dead_lettered``. The docstring of ``queue_stats`` says which
+      numbers the transport gives and how it reads each.
+    * A queue nobody has used reads as empty (all known numbers 0), not as an error.
+
+    Each method refuses an empty queue name with ``ValidationError`` and translates
+    broker errors as the core methods do.
+    """
+
+    def queue_stats(self, queues: Sequence[str]) -> list[QueueStats]:
+        """The numbers of each of ``queues``, in that order (one round trip where the
+        broker allows).
+
+        Raises:
+            ValidationError: a single string instead of a list, or an empty queue name.
             ConnectionLost, TransportError: the broker failed.
         """
         ...

@@ -47,6 +47,7 @@ from wiretask.transports.base import (
     Delivery,
     Peeked,
     Prepared,
+    QueueStats,
     Settlement,
     Transport,
     queue_names,
@@ -84,6 +85,17 @@ class _Message:
     redelivered: bool = False
     #: The broker's generation when stored; ``reset`` moves the broker to a new one.
     generation: int = 0
+    #: Unix time of the publish.
+    published_at: float = 0.0
+    #: Whether the message sits in its queue's ready heap (for the lazy age heap).
+    ready: bool = False
+
+    @property
+    def ready_at(self) -> float:
+        """Since when the message is deliverable: the later of publish and not_before."""
+        if self.not_before is None:
+            return self.published_at
+        return max(self.published_at, self.not_before)
 
     def frame(self) -> Frame:
         return Frame(
@@ -101,9 +113,48 @@ class _Queue:
         self.ready: list[tuple[int, int, _Message]] = []
         # (not_before, seq, message).
         self.scheduled: list[tuple[float, int, _Message]] = []
+        # (ready_at, push number, message) of ready messages, for the oldest one:
+        # entries of messages taken since are dropped lazily (``oldest``), and the heap
+        # is rebuilt from ``ready`` when it grows past twice that size, so it stays
+        # O(ready). The push number keeps entries of one requeued message apart.
+        self.ages: list[tuple[float, int, _Message]] = []
+        self.pushes = itertools.count()
+        # Totals since the queue was created (``QueueStats`` counters), and the
+        # messages delivered and not settled yet.
+        self.published = self.delivered = self.acked = self.dead_lettered = 0
+        self.in_flight = 0
 
     def push(self, message: _Message) -> None:
         heapq.heappush(self.ready, (-message.priority, message.seq, message))
+        message.ready = True
+        if len(self.ages) > 2 * len(self.ready) + 64:
+            self.ages = [(m.ready_at, next(self.pushes), m) for _, _, m in self.ready]
+            heapq.heapify(self.ages)
+        else:
+            heapq.heappush(self.ages, (message.ready_at, next(self.pushes), message))
+
+    def pop(self) -> _Message:
+        """Take the best ready message (there must be one)."""
+        message = heapq.heappop(self.ready)[2]
+        message.ready = False
+        return message
+
+    def oldest(self) -> float | None:
+        """The ``ready_at`` of the longest-waiting ready message (``None``: none)."""
+        ages = self.ages
+        while ages and not ages[0][2].ready:
+            heapq.heappop(ages)
+        return ages[0][0] if ages else None
+
+    def clear(self) -> int:
+        """Drop every waiting message; return how many there were."""
+        count = len(self)
+        for _, _, message in self.ready:
+            message.ready = False
+        self.ready.clear()
+        self.scheduled.clear()
+        self.ages.clear()
+        return count
 
     def promote(self, now: float) -> None:
         while self.scheduled and self.scheduled[0][0] <= now:
@@ -130,7 +181,7 @@ class _Broker:
     def requeue(self, message: _Message) -> None:
         """Put a delivered message back at its place, unless ``reset`` emptied the broker
         since it was stored (then it is forgotten, as ``reset`` promises)."""
-        if message.generation == self.generation:
+        if self.settled(message, "requeue"):
             message.redelivered = True
             self.queue(message.queue).push(message)
 
@@ -142,6 +193,7 @@ class _Broker:
 
     def put(self, message: _Message) -> None:
         queue = self.queue(message.queue)
+        queue.published += 1
         if message.not_before is not None and message.not_before > time.time():
             heapq.heappush(queue.scheduled, (message.not_before, message.seq, message))
         else:
@@ -163,7 +215,23 @@ class _Broker:
                 next_due = due if next_due is None else min(next_due, due)
         if best is None:
             return None, next_due
-        return heapq.heappop(best.ready)[2], next_due
+        best.delivered += 1
+        best.in_flight += 1
+        return best.pop(), next_due
+
+    def settled(self, message: _Message, how: Settlement) -> bool:
+        """Count the settlement of a delivered message (``how``, or ``"requeue"`` when a
+        closing transport gives it back); return whether the message still belongs to
+        this broker (``reset`` forgets earlier generations)."""
+        if message.generation != self.generation:
+            return False
+        queue = self.queue(message.queue)
+        queue.in_flight -= 1
+        if how == "ack":
+            queue.acked += 1
+        elif how == "dead_letter":
+            queue.dead_lettered += 1
+        return True
 
 
 _BROKERS: dict[str, _Broker] = {}
@@ -293,9 +361,11 @@ class MemoryTransport(Transport):
             for m in messages
         ]
         with self._broker.changed:
+            now = time.time()
             for message in stored:
                 message.seq = next(self._broker.seq)
                 message.generation = self._broker.generation
+                message.published_at = now
                 self._broker.put(message)
             self._broker.changed.notify_all()
 
@@ -329,7 +399,7 @@ class MemoryTransport(Transport):
             if how == "requeue":
                 broker.requeue(message)
                 broker.changed.notify_all()
-            elif how == "dead_letter":
+            elif broker.settled(message, how) and how == "dead_letter":
                 broker.dead.setdefault(message.queue, []).append(
                     DeadLetter(queue=message.queue, reason=reason, frame=message.frame(),
                                at=time.time())
@@ -349,10 +419,7 @@ class MemoryTransport(Transport):
             found = self._broker.queues.get(queue)
             if found is None:
                 return 0
-            count = len(found)
-            found.ready.clear()
-            found.scheduled.clear()
-            return count
+            return found.clear()
 
     def peek(self, queue: str, *, limit: int = 100) -> list[Peeked]:
         queue_names([queue])
@@ -378,3 +445,32 @@ class MemoryTransport(Transport):
         queue_names([queue])
         with self._broker.lock:
             return list(self._broker.dead.get(queue, ()))
+
+    def queue_stats(self, queues: Sequence[str]) -> list[QueueStats]:
+        """``QueueStatistics``: every number, exact, each queue read under the broker's
+        lock. ``oldest_ready_at`` is the exact oldest ``ready_at`` (publish time, or
+        ``not_before`` if later) of all ready messages, from a heap kept beside the
+        ready heap; the counters count since the queue was first used (or ``reset``)."""
+        names = queue_names(queues)
+        found: list[QueueStats] = []
+        with self._broker.lock:
+            now = time.time()
+            for name in names:
+                queue = self._broker.queues.get(name)
+                dead = len(self._broker.dead.get(name, ()))
+                if queue is None:
+                    found.append(QueueStats(
+                        queue=name, at=now, ready=0, scheduled=0, in_flight=0, dead=dead,
+                        published=0, delivered=0, acked=0, dead_lettered=0,
+                    ))
+                    continue
+                queue.promote(now)
+                found.append(QueueStats(
+                    queue=name, at=now, ready=len(queue.ready),
+                    scheduled=len(queue.scheduled),
+                    next_due=queue.scheduled[0][0] if queue.scheduled else None,
+                    in_flight=queue.in_flight, dead=dead, oldest_ready_at=queue.oldest(),
+                    published=queue.published, delivered=queue.delivered,
+                    acked=queue.acked, dead_lettered=queue.dead_lettered,
+                ))
+        return found
