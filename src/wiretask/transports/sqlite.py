@@ -88,6 +88,7 @@ from wiretask.transports.base import (
     Delivery,
     Peeked,
     Prepared,
+    QueueStats,
     Settlement,
     Transport,
     queue_names,
@@ -752,6 +753,84 @@ class SQLiteTransport(Transport):
                 raw=None if frame is not None or body is None else bytes(body), at=at,
             ))
         return letters
+
+    def queue_stats(self, queues: Sequence[str]) -> list[QueueStats]:
+        """``QueueStatistics``: ready, scheduled (and the next due time), in flight and
+        dead, exact, each queue in one statement (one snapshot of the file), every part
+        an index search (``_STATS``): a queue of a million rows reads in tens of
+        milliseconds, not seconds (``bench/queue_stats.py``).
+
+        ``oldest_ready_at`` is the oldest ``ready_at`` (the later of ``published_at``
+        and ``not_before``) among the head of each priority lane (the row the next
+        receive of that priority takes), the due rows not promoted yet (the first by
+        due time) and rows whose lease lapsed. In a FIFO lane the head is the oldest
+        row; a delayed row promoted to the ready index keeps its place by id, ahead of
+        rows published after it but before it fell due, so while it waits at the head
+        the lane reads as young as that row. An exact minimum over every ready row
+        would need an index on the ready time, which would cost every publish and
+        receive an index update.
+
+        The broker keeps no counters (``published``, ``delivered``, ``acked``,
+        ``dead_lettered`` are ``None``): one would add a write to every publish and
+        receive transaction.
+        """
+        names = queue_names(queues)
+        found: list[QueueStats] = []
+        with self._session("reading queue statistics") as conn:
+            for name in names:
+                now = time.time()
+                (ready, later, in_flight, next_due, heads, due_head, lapsed,
+                 dead) = conn.execute(_STATS, (name, now)).fetchone()
+                starts = [t for t in (heads, due_head, lapsed) if t is not None]
+                found.append(QueueStats(
+                    queue=name, at=now, ready=ready, scheduled=later - in_flight,
+                    next_due=next_due, in_flight=in_flight, dead=dead,
+                    oldest_ready_at=min(starts) if starts and ready else None,
+                ))
+        return found
+
+
+#: ``SQLiteTransport.queue_stats``: one statement per queue (one snapshot), each part one
+#: index search. ?1 is the queue, ?2 the time of the reading. A row is ready when its
+#: ``visible_at`` has passed (0: promoted or fresh; else a due delayed row, or a lapsed
+#: lease, that the next receive promotes), later otherwise: in flight if a consumer owns
+#: it, else scheduled. The ready count and the later count are ranges of the covering
+#: ``(queue, visible_at)`` index; the in-flight rows are found through the small ``owner``
+#: index; ``lanes`` walks the distinct priorities of the ready index (one search each)
+#: to read the head of each priority lane, the row the next receive of that priority
+#: takes.
+_STATS = """
+WITH RECURSIVE lanes(p) AS (
+    SELECT MAX(priority) FROM wiretask_messages INDEXED BY wiretask_messages_ready
+    WHERE queue = ?1 AND visible_at = 0
+    UNION ALL
+    SELECT (SELECT MAX(priority) FROM wiretask_messages INDEXED BY wiretask_messages_ready
+            WHERE queue = ?1 AND visible_at = 0 AND priority < lanes.p)
+    FROM lanes WHERE lanes.p IS NOT NULL
+)
+SELECT
+    (SELECT COUNT(*) FROM wiretask_messages INDEXED BY wiretask_messages_due
+     WHERE queue = ?1 AND visible_at <= ?2),
+    (SELECT COUNT(*) FROM wiretask_messages INDEXED BY wiretask_messages_due
+     WHERE queue = ?1 AND visible_at > ?2),
+    (SELECT COUNT(*) FROM wiretask_messages INDEXED BY wiretask_messages_owner
+     WHERE owner IS NOT NULL AND queue = ?1 AND visible_at > ?2),
+    (SELECT visible_at FROM wiretask_messages INDEXED BY wiretask_messages_due
+     WHERE queue = ?1 AND visible_at > ?2 AND owner IS NULL ORDER BY visible_at LIMIT 1),
+    (SELECT MIN((SELECT MAX(published_at, COALESCE(not_before, 0))
+                 FROM wiretask_messages INDEXED BY wiretask_messages_ready
+                 WHERE queue = ?1 AND visible_at = 0 AND priority = lanes.p
+                 ORDER BY id LIMIT 1))
+     FROM lanes WHERE lanes.p IS NOT NULL),
+    (SELECT MAX(published_at, COALESCE(not_before, 0))
+     FROM wiretask_messages INDEXED BY wiretask_messages_due
+     WHERE queue = ?1 AND visible_at > 0 AND visible_at <= ?2 AND owner IS NULL
+     ORDER BY visible_at LIMIT 1),
+    (SELECT MIN(MAX(published_at, COALESCE(not_before, 0)))
+     FROM wiretask_messages INDEXED BY wiretask_messages_owner
+     WHERE owner IS NOT NULL AND queue = ?1 AND visible_at <= ?2),
+    (SELECT COUNT(*) FROM wiretask_dead_letters WHERE queue = ?1)
+"""
 
 
 # Every live transport, so that a fork can reset the copies the child inherits.
