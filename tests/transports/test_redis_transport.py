@@ -97,6 +97,7 @@ def test_entry_is_kombus_envelope_key_for_key(transport: RedisTransport,
                  content_encoding="utf-8", headers={"task": "tasks.add", "id": "i-1"},
                  properties={"correlation_id": "i-1", "reply_to": "r", "custom": "c",
                              "priority": 7, "expiration": "3600000", "delivery_mode": 2})
+    before = time.time()
     transport.publish(sent, Route("celery"))
     assert client.llen("celery") == 0
     (raw,) = client.lrange(f"celery{SEP}6", 0, -1)
@@ -109,7 +110,9 @@ def test_entry_is_kombus_envelope_key_for_key(transport: RedisTransport,
     props = entry["properties"]
     assert list(props) == ["correlation_id", "reply_to", "custom", "delivery_mode",
                            "expiration", "delivery_info", "priority", "body_encoding",
-                           "delivery_tag"]
+                           "delivery_tag", "x-wiretask-published"]
+    # wiretask's publish time, after everything Kombu writes (Kombu ignores it).
+    assert before - 1e-6 <= props["x-wiretask-published"] <= time.time()
     assert props["delivery_info"] == {"exchange": "", "routing_key": "celery"}
     assert props["priority"] == 7 and props["body_encoding"] == "base64"
     assert uuid.UUID(props["delivery_tag"]).version == 4
@@ -122,7 +125,8 @@ def test_absent_delivery_mode_and_priority_stay_absent(transport: RedisTransport
     sent = frame(b"1")
     transport.publish(sent, Route("q"))
     props = json.loads(client.lindex("q", 0))["properties"]
-    assert list(props) == ["delivery_info", "body_encoding", "delivery_tag"]
+    assert list(props) == ["delivery_info", "body_encoding", "delivery_tag",
+                           "x-wiretask-published"]
     assert take(transport, ["q"]).frame == sent
 
 

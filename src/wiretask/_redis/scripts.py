@@ -10,8 +10,8 @@ A script addresses its inputs by position (``KEYS[3]``, ``ARGV[7]``); only its
 **builder** here knows those positions. Callers pass named values, the builder checks
 that they fit together (refusing, say, a bucket list missing for one queue) and lays them
 out in a ``ScriptCall`` that ``wiretask._redis.client.Commands.script`` runs. ``POP``'s
-reply is read back by ``read_pop``. The scripts' text is what Kombu-compatible
-deployments run: it changes only together with ``spec/``.
+reply is read back by ``read_pop``, ``STATS``' by ``read_stats``. The scripts' text is
+what Kombu-compatible deployments run: it changes only together with ``spec/``.
 """
 
 from __future__ import annotations
@@ -31,16 +31,21 @@ __all__ = [
     "DUE",
     "POP",
     "PURGE",
+    "STATS",
     "STORE_IF_ABSENT",
     "TRANSPORT_SCRIPTS",
+    "Lanes",
     "Popped",
     "Script",
     "ScriptCall",
+    "Stats",
     "ack",
     "due",
     "pop",
     "purge",
     "read_pop",
+    "read_stats",
+    "stats",
     "store_if_absent",
     "write_command",
 ]
@@ -365,6 +370,151 @@ def store_if_absent(key: str, value: bytes | str, expires: float | None) -> Scri
     """``STORE_IF_ABSENT``: ``value`` at ``key``, expiring in ``expires`` seconds
     (``None``: never), unless the key exists."""
     return ScriptCall(STORE_IF_ABSENT, [key], [value, *write_command(expires)])
+
+
+#: Read the numbers of several queues in one atomic step (``QueueStatistics``). Nothing
+#: walks a queue: lengths are ``LLEN`` and ``ZCARD``, the next due time the first member
+#: of the delayed index, and each bucket's head entry (``LINDEX -1``, what the next pop
+#: takes) is returned for its publish time. Only the values of ``unacked`` are read one
+#: by one, to tell which queue each held message belongs to: they are what consumers hold
+#: right now (bounded by their prefetch), not the depth of any queue.
+#:
+#: KEYS[1] is ``unacked``; then, per queue, its ``b`` bucket lists (bucket 0 first), its
+#: delayed index and its dead-letter list. ARGV[1] is the number of queues, ARGV[2] ``b``.
+#:
+#: Reply: ``{pairs, unread, q1, q2, ...}``. ``pairs`` is a flat list ``exchange,
+#: routing_key, count, ...`` of the held messages (values of ``unacked``, which are
+#: ``[entry, exchange, routing_key]`` JSON); ``unread`` counts the values that are not
+#: that shape. Each ``q`` is ``{len_1..len_b, head_1..head_b, scheduled, next_due, dead}``
+#: where ``head_i`` is '' for an empty bucket and ``next_due`` the lowest score of the
+#: delayed index as text ('' when empty). The exchange and routing key are read off the
+#: end of each value with a pattern (the common case: no quote or backslash in them, so
+#: no JSON decode of the whole message); anything else goes through ``cjson``.
+STATS = Script(r"""
+local queues = tonumber(ARGV[1])
+local buckets = tonumber(ARGV[2])
+local counts = {}
+local unread = 0
+for _, value in ipairs(redis.call('HVALS', KEYS[1])) do
+  local exchange, routing_key = string.match(string.sub(value, -600),
+                                             ', "([^"\\]*)", "([^"\\]*)"%]$')
+  if not exchange then
+    local ok, stored = pcall(cjson.decode, value)
+    if ok and type(stored) == 'table' and type(stored[2]) == 'string'
+        and type(stored[3]) == 'string' then
+      exchange, routing_key = stored[2], stored[3]
+    end
+  end
+  if exchange then
+    local by_key = counts[exchange]
+    if not by_key then
+      by_key = {}
+      counts[exchange] = by_key
+    end
+    by_key[routing_key] = (by_key[routing_key] or 0) + 1
+  else
+    unread = unread + 1
+  end
+end
+local pairs_out = {}
+for exchange, by_key in pairs(counts) do
+  for routing_key, count in pairs(by_key) do
+    pairs_out[#pairs_out + 1] = exchange
+    pairs_out[#pairs_out + 1] = routing_key
+    pairs_out[#pairs_out + 1] = count
+  end
+end
+local out = {pairs_out, unread}
+local k = 2
+for q = 1, queues do
+  local numbers = {}
+  local heads = {}
+  for b = 1, buckets do
+    local key = KEYS[k + b - 1]
+    numbers[b] = redis.call('LLEN', key)
+    heads[b] = numbers[b] > 0 and redis.call('LINDEX', key, -1) or ''
+  end
+  for b = 1, buckets do numbers[buckets + b] = heads[b] end
+  local delayed = KEYS[k + buckets]
+  numbers[2 * buckets + 1] = redis.call('ZCARD', delayed)
+  local first = redis.call('ZRANGE', delayed, 0, 0, 'WITHSCORES')
+  numbers[2 * buckets + 2] = first[2] or ''
+  numbers[2 * buckets + 3] = redis.call('LLEN', KEYS[k + buckets + 1])
+  out[#out + 1] = numbers
+  k = k + buckets + 2
+end
+return out
+""")
+
+
+def stats(keys: Keys, queues: Sequence[str], *, lists: Sequence[Sequence[str]]) -> ScriptCall:
+    """``STATS`` of ``queues``; ``lists`` holds each queue's bucket lists (bucket 0
+    first), in the order of ``queues``.
+
+    Raises:
+        ValidationError: no queue, or not the same number of bucket lists for each.
+    """
+    buckets = len(lists[0]) if lists else 0
+    if not queues or len(lists) != len(queues) or not buckets \
+            or any(len(names) != buckets for names in lists):
+        raise ValidationError(
+            "lists", f"STATS needs the same bucket lists for each of {len(queues)} "
+            f"queue(s), got {[len(names) for names in lists]}"
+        )
+    script_keys: list[Any] = [keys.unacked]
+    for queue, names in zip(queues, lists, strict=True):
+        script_keys += [*names, keys.delayed_queue(queue), keys.dead(queue)]
+    return ScriptCall(STATS, script_keys, [len(queues), buckets])
+
+
+class Lanes(NamedTuple):
+    """One queue's part of ``STATS``' reply."""
+
+    #: ``LLEN`` of each bucket list, bucket 0 first.
+    lengths: list[int]
+    #: The head entry of each non-empty bucket list.
+    heads: list[bytes]
+    scheduled: int
+    #: The lowest due time (unix s) of the queue's delayed messages, if any.
+    next_due: float | None
+    dead: int
+
+
+class Stats(NamedTuple):
+    """``STATS``' reply, read."""
+
+    #: ``{(exchange, routing_key): count}`` of the messages consumers hold.
+    held: dict[tuple[str, str], int]
+    #: Values of ``unacked`` that are not ``[entry, exchange, routing_key]``.
+    unread: int
+    #: Per queue, in the order of the call.
+    lanes: list[Lanes]
+
+
+def read_stats(reply: Any, buckets: int) -> Stats:
+    """Read the reply of a ``STATS`` call made with ``buckets`` lists per queue."""
+    held: dict[tuple[str, str], int] = {}
+    flat = reply[0]
+    for i in range(0, len(flat), 3):
+        pair = (_text(flat[i]), _text(flat[i + 1]))
+        held[pair] = held.get(pair, 0) + int(flat[i + 2])
+    lanes = []
+    for part in reply[2:]:
+        lengths = [int(n) for n in part[:buckets]]
+        due = part[2 * buckets + 1]
+        lanes.append(Lanes(
+            lengths=lengths,
+            heads=[head for n, head in zip(lengths, part[buckets:2 * buckets], strict=True)
+                   if n],
+            scheduled=int(part[2 * buckets]),
+            next_due=float(due) if due else None,
+            dead=int(part[2 * buckets + 2]),
+        ))
+    return Stats(held, int(reply[1]), lanes)
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode("utf-8") if isinstance(value, bytes) else value
 
 
 #: The transport's scripts, for ``SCRIPT LOAD`` when it connects.

@@ -1,7 +1,8 @@
 """Admin and inspection: bindings, and looking at queues without consuming them.
 
 ``Admin`` is the transport's ``Inspection`` capability (``size``, ``purge``, ``peek``,
-``dead_letters``) and its binding table writer (``bind_queue``). It reads and writes on
+``dead_letters``), its ``QueueStatistics`` (``queue_stats``) and its binding table
+writer (``bind_queue``). It reads and writes on
 redis-py's client (the cold paths), never on the hot paths' connections. Commands that
 report on queues or the database (counts, statistics) belong here, each exposed on
 ``RedisTransport`` by a one-line delegate.
@@ -10,18 +11,22 @@ report on queues or the database (counts, statistics) belong here, each exposed 
 from __future__ import annotations
 
 import json
+import time
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Literal, cast
 
 from wiretask._redis import scripts
 from wiretask.errors import ValidationError
-from wiretask.transports.base import DeadLetter, Peeked, queue_names
-from wiretask.transports.redis.database import Database
+from wiretask.transports.base import DeadLetter, Peeked, QueueStats, queue_names
+from wiretask.transports.redis.database import Database, text
 from wiretask.transports.redis.deadletters import read_dead_entry
 from wiretask.transports.redis.envelope import (
     binding_member,
     frame_or_none,
     queue_key,
+    ready_at,
+    route,
     topic_pattern,
 )
 
@@ -132,3 +137,65 @@ class Admin:
         with db.errors("dead_letters"):
             rows = cast(list[bytes], db.client.lrange(db.keys.dead(queue), 0, -1))
         return [read_dead_entry(queue, row) for row in rows]
+
+    def queue_stats(self, queues: Sequence[str]) -> list[QueueStats]:
+        """``QueueStatistics``: the numbers of every queue in one ``STATS`` script run
+        (one atomic step, one round trip; a second one only to read the binding tables
+        of named exchanges that in-flight messages came through).
+
+        * ``ready``: ``LLEN`` of the priority lists; ``scheduled`` and ``next_due``:
+          ``ZCARD`` and the first score of ``_wiretask.delayed.queue.<queue>`` (0 and
+          ``None`` with ``delay_mode=celery``, where the worker holds early messages:
+          they count as in flight); ``dead``: ``LLEN <queue>.dead``.
+        * ``in_flight``: the entries of Kombu's ``unacked`` hash (shared by every
+          consumer, wiretask or Celery) whose exchange and routing key route to the
+          queue, as a restore would route them; values that are not Kombu's
+          ``[message, exchange, routing_key]`` count nowhere. This reads each held
+          message once, in the script: its cost grows with what consumers hold, not
+          with the depth of any queue.
+        * ``oldest_ready_at``: the ``ready_at`` of the head entry of each priority list
+          (the one the next pop takes; the lists are FIFO, so it is the oldest but for
+          a message pushed back to the end by ``reject(requeue=True)``), the later of
+          its ``x-wiretask-published`` and ``x-wiretask-due`` properties. ``None``
+          (unknown) when a head carries no publish time: Celery and Kombu write none.
+        * The counters are ``None``: Redis keeps none per list, and Celery's publishers
+          and consumers would not update one of ours.
+        """
+        names = queue_names(queues)
+        if not names:
+            return []
+        db = self._db
+        lists = [[db.keys.p(queue_key(name, step)) for step in db.steps] for name in names]
+        with db.errors("queue_stats"):
+            reply = db.commands.script(scripts.stats(db.keys, names, lists=lists))
+            at = time.time()
+            held, _, lanes = scripts.read_stats(reply, len(db.steps))
+            exchanges = sorted({exchange for exchange, _ in held if exchange})
+            tables: dict[str, list[str]] = {}
+            if exchanges:
+                read = db.commands.run([("SMEMBERS", db.keys.binding(exchange))
+                                        for exchange in exchanges])
+                tables = {exchange: sorted(text(m) for m in members)
+                          for exchange, members in zip(exchanges, read, strict=True)}
+        in_flight = dict.fromkeys(names, 0)
+        for (exchange, routing_key), count in held.items():
+            for queue in (route(tables[exchange], routing_key) if exchange
+                          else [routing_key]):
+                if queue in in_flight:
+                    in_flight[queue] += count
+        return [
+            QueueStats(
+                queue=name, at=at, ready=sum(lane.lengths), scheduled=lane.scheduled,
+                next_due=lane.next_due, in_flight=in_flight[name], dead=lane.dead,
+                oldest_ready_at=_oldest(lane.heads),
+            )
+            for name, lane in zip(names, lanes, strict=True)
+        ]
+
+
+def _oldest(heads: Sequence[bytes]) -> float | None:
+    """The oldest ``ready_at`` of a queue's bucket heads; ``None`` when there is none, or
+    when any carries no time (it may be the oldest: the queue's age is then unknown)."""
+    times = [ready_at(head) for head in heads]
+    known = [t for t in times if t is not None]
+    return min(known) if known and len(known) == len(times) else None

@@ -20,6 +20,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import math
 import re
 from bisect import bisect
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -34,7 +35,9 @@ from wiretask.errors import EncodeError
 from wiretask.protocol.frame import Frame
 
 __all__ = [
+    "DUE_AT",
     "PRIORITY_STEPS",
+    "PUBLISHED_AT",
     "SEP",
     "BadEntry",
     "Received",
@@ -47,6 +50,7 @@ __all__ = [
     "mark_redelivered",
     "matches_binding",
     "queue_key",
+    "ready_at",
     "route",
     "topic_pattern",
 ]
@@ -56,8 +60,15 @@ SEP = "\x06\x16"
 #: Kombu clamps priorities to this range (``virtual.Channel.min/max_priority``).
 MIN_PRIORITY, MAX_PRIORITY = 0, 9
 
+#: wiretask's own envelope properties (after Kombu's, which ignores them): when the
+#: message was published, and, for a message held broker-side, when it falls due (Unix
+#: seconds). Celery's wire has no publish time; queue statistics read these.
+PUBLISHED_AT = "x-wiretask-published"
+DUE_AT = "x-wiretask-due"
 #: Properties the transport owns: written per publish, never part of a Frame.
-TRANSPORT_PROPERTIES = frozenset({"delivery_info", "delivery_tag", "body_encoding"})
+TRANSPORT_PROPERTIES = frozenset({
+    "delivery_info", "delivery_tag", "body_encoding", PUBLISHED_AT, DUE_AT,
+})
 #: Properties Kombu writes at fixed positions (after the caller's own properties).
 _PLACED = TRANSPORT_PROPERTIES | {"delivery_mode", "expiration", "priority"}
 
@@ -102,13 +113,18 @@ def queue_key(queue: str, bucket: int) -> str:
     return f"{queue}{SEP}{bucket}" if bucket else queue
 
 
-def encode(frame: Frame, *, exchange: str, routing_key: str, delivery_tag: str) -> str:
-    """The list entry for ``frame``, byte-for-byte as Kombu 5.7 writes it.
+def encode(
+    frame: Frame, *, exchange: str, routing_key: str, delivery_tag: str,
+    published: float | None = None, due: float | None = None,
+) -> str:
+    """The list entry for ``frame``, byte-for-byte as Kombu 5.7 writes it, followed by
+    wiretask's own ``published`` and ``due`` times when given.
 
     The caller's own properties come first in their order (Kombu passes them as
     ``**properties``), then ``delivery_mode``, ``expiration``, ``delivery_info``,
-    ``priority`` (the raw value, not the bucket), ``body_encoding`` and ``delivery_tag``.
-    Transport-owned keys in ``frame.properties`` are ignored.
+    ``priority`` (the raw value, not the bucket), ``body_encoding`` and ``delivery_tag``,
+    then ``x-wiretask-published`` and ``x-wiretask-due``. Transport-owned keys in
+    ``frame.properties`` are ignored.
 
     One deliberate difference: Kombu always writes ``delivery_mode`` (default 2) and
     ``priority`` (default 0); here they are written only when the frame has them, so a
@@ -129,6 +145,7 @@ def encode(frame: Frame, *, exchange: str, routing_key: str, delivery_tag: str) 
         properties["priority"] = given["priority"]
     properties["body_encoding"] = "base64"
     properties["delivery_tag"] = delivery_tag
+    _stamp(properties, published, due)
     headers = frame.headers
     envelope = {
         "body": base64.b64encode(frame.body).decode("ascii"),
@@ -158,6 +175,14 @@ def encode(frame: Frame, *, exchange: str, routing_key: str, delivery_tag: str) 
         return _dumps(envelope)
     except (TypeError, ValueError, RecursionError) as exc:
         raise EncodeError("envelope", f"headers/properties are not JSON: {exc}") from exc
+
+
+def _stamp(properties: dict[str, Any], published: float | None, due: float | None) -> None:
+    """Add wiretask's publish and due times (after everything Kombu writes)."""
+    if published is not None:
+        properties[PUBLISHED_AT] = published
+    if due is not None:
+        properties[DUE_AT] = due
 
 
 def _unserializable(value: Any) -> Any:
@@ -274,6 +299,26 @@ def frame_or_none(raw: bytes | str, *, queue: str) -> Frame | None:
         return decode(raw, queue=queue).frame
     except BadEntry:
         return None
+
+
+def ready_at(raw: bytes | str) -> float | None:
+    """Since when a list entry is ready: the later of its ``x-wiretask-published`` and
+    ``x-wiretask-due`` times, or ``None`` when it carries no publish time (Celery and
+    Kombu write none) or cannot be read. For queue statistics: one entry per list."""
+    try:
+        properties = orjson.loads(raw)["properties"]
+        published = properties[PUBLISHED_AT]
+        due = properties.get(DUE_AT)
+    except (orjson.JSONDecodeError, KeyError, TypeError, AttributeError):
+        return None
+    if not _is_time(published):
+        return None
+    return max(float(published), float(due)) if _is_time(due) else float(published)
+
+
+def _is_time(value: object) -> bool:
+    return (isinstance(value, int | float) and not isinstance(value, bool)
+            and math.isfinite(value))
 
 
 def _body(envelope: Mapping[str, Any], properties: Mapping[str, Any]) -> bytes:

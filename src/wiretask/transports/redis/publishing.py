@@ -133,13 +133,14 @@ class Publisher:
         batch: list[_Attempt] = []
         fresh: str | None = None
         retrying = routed = False
+        now = round(time.time(), 6)  # the publish time every entry of the attempt carries
         for message, tag in zip(messages, new_ids(len(messages)), strict=True):
             kept = self._take_unsettled(message) if markers else None
             if kept is not None:
                 batch.append((message, *kept))
                 retrying = True
             else:
-                batch.append((message, self._prepare(message, tag), None))
+                batch.append((message, self._prepare(message, tag, now), None))
                 fresh = fresh or tag
             routed = routed or bool(message.route.exchange)
         return batch, fresh, retrying, routed
@@ -209,7 +210,9 @@ class Publisher:
             return staged, marker
         return None
 
-    def _prepare(self, message: Prepared, tag: str) -> _Staged:
+    def _prepare(self, message: Prepared, tag: str, now: float) -> _Staged:
+        """Stage ``message``: its list entry stamped with its publish time ``now`` (and
+        its due time when it is held broker-side: queue statistics read both)."""
         where = message.route
         # An int outside 0..9 arrives clamped (``out_of_range_priority="clamp"``) and is
         # written as is, like Kombu (celery#8967): a worker re-publishing a Celery frame
@@ -217,10 +220,10 @@ class Publisher:
         priority = message.priority
         bucket = self._db.bucket0 if priority == 0 else bucket_for(priority, self._db.steps)
         due = message.due
-        if due is not None and (not self._native_delay or due <= time.time()):
+        if due is not None and (not self._native_delay or due <= now):
             due = None
         entry = encode(message.frame, exchange=where.exchange, routing_key=where.key,
-                       delivery_tag=tag)
+                       delivery_tag=tag, published=now, due=due)
         return _Staged(where, tag, entry, bucket, due)
 
     def _stage(self, writes: _Writes, staged: _Staged, queues: Sequence[str]) -> None:

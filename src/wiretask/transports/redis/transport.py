@@ -20,6 +20,7 @@ from wiretask.transports.base import (
     Delivery,
     Peeked,
     Prepared,
+    QueueStats,
     Settlement,
     Transport,
     queue_names,
@@ -272,3 +273,8 @@ class RedisTransport(Transport):
     def dead_letters(self, queue: str) -> list[DeadLetter]:
         """Entries of ``<queue>.dead``, oldest first."""
         return self._admin.dead_letters(queue)
+
+    def queue_stats(self, queues: Sequence[str]) -> list[QueueStats]:
+        """``QueueStatistics``: every queue's numbers in one script run (see
+        ``Admin.queue_stats`` for how each is read, and what Redis cannot tell)."""
+        return self._admin.queue_stats(queues)
