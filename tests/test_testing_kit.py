@@ -28,6 +28,7 @@ from wiretask.transports.base import (
     FusedSettlement,
     Inspection,
     Prepared,
+    QueueStatistics,
     Settlement,
     Transport,
 )
@@ -299,13 +300,17 @@ def test_it_offers_exactly_the_capabilities_of_the_inner_transport() -> None:
     assert isinstance(plain, Inspection)
     assert not isinstance(plain, BrokerDelay | FusedSettlement)
     assert plain.size("q") == 0
+    assert isinstance(plain, QueueStatistics)  # forwarded too
+    [stats] = plain.queue_stats(["q"])
+    assert (stats.queue, stats.ready, stats.in_flight) == ("q", 0, 0)
     delayed = Recording(WithDue(name))
     assert isinstance(delayed, Recording)  # a subclass stays itself
     assert isinstance(delayed, Inspection) and isinstance(delayed, BrokerDelay)
     assert delayed.due() == 0 and isinstance(delayed.inner, WithDue)
     assert delayed.inner.due_calls == 1
     assert type(delayed) is type(Recording(WithDue(name)))  # one class per combination
-    assert repr(delayed).startswith("<Recording[Inspection, BrokerDelay] of ")
+    assert repr(delayed).startswith(
+        "<Recording[Inspection, QueueStatistics, BrokerDelay] of ")
     with pytest.raises(ValidationError, match="inner"):
         ForwardingTransport(cast(Any, "memory://"))
 

@@ -25,10 +25,10 @@ empties its queues afterwards (dead letters stay: the contract has no way to del
 them).
 
 Every check exercises the public methods the worker and the calling API use; checks of
-an optional capability (``Inspection``, ``BrokerDelay``, ``FusedSettlement``,
-``DeferredStore``) run when the transport or backend offers it and are skipped, with the
-reason, when it does not. So are the checks that need something only the caller can
-give (``process_factory``, ``broken_factory``, ``fused_backend``).
+an optional capability (``Inspection``, ``QueueStatistics``, ``BrokerDelay``,
+``FusedSettlement``, ``DeferredStore``) run when the transport or backend offers it and
+are skipped, with the reason, when it does not. So are the checks that need something
+only the caller can give (``process_factory``, ``broken_factory``, ``fused_backend``).
 
 A failed check raises ``ConformanceError`` (an ``AssertionError``, so pytest shows it as
 a test failure) naming the check and what was wrong; with ``fail_fast=False`` every

@@ -16,6 +16,8 @@ from wiretask.transports.base import (
     Inspection,
     Peeked,
     Prepared,
+    QueueStatistics,
+    QueueStats,
     Settlement,
     Transport,
 )
@@ -54,9 +56,10 @@ class ForwardingTransport(Transport):
     public methods check their arguments before any hook runs, as for every transport.
 
     It offers exactly the optional capabilities ``inner`` offers (``Inspection``,
-    ``BrokerDelay``, ``FusedSettlement``), forwarded too: ``__init__`` turns the instance
-    into one of a subclass of its class that adds the forwarding methods of each
-    (cached per class and set of capabilities), so ``isinstance(wrapper, Inspection)``
+    ``QueueStatistics``, ``BrokerDelay``, ``FusedSettlement``), forwarded too:
+    ``__init__`` turns the instance into one of a subclass of its class that adds the
+    forwarding methods of each (cached per class and set of capabilities), so
+    ``isinstance(wrapper, Inspection)``
     is ``isinstance(inner, Inspection)``. A subclass may build ``inner`` in its own
     ``__init__``; its methods come first, so it can watch a capability method too and
     reach the forwarder with ``super()``.
@@ -159,6 +162,11 @@ class _ForwardInspection(ForwardingTransport):
         return cast(Inspection, self.inner).dead_letters(queue)
 
 
+class _ForwardStatistics(ForwardingTransport):
+    def queue_stats(self, queues: Sequence[str]) -> list[QueueStats]:
+        return cast(QueueStatistics, self.inner).queue_stats(queues)
+
+
 class _ForwardDelay(ForwardingTransport):
     def due(self) -> int:
         return cast(BrokerDelay, self.inner).due()
@@ -186,6 +194,7 @@ class _ForwardFused(ForwardingTransport):
 #: (capability, the class that forwards it), in the order their names are shown.
 _FORWARDERS: tuple[tuple[type, type[ForwardingTransport]], ...] = (
     (Inspection, _ForwardInspection),
+    (QueueStatistics, _ForwardStatistics),
     (BrokerDelay, _ForwardDelay),
     (FusedSettlement, _ForwardFused),
 )

@@ -34,6 +34,8 @@ from wiretask.transports.base import (
     Delivery,
     FusedSettlement,
     Inspection,
+    QueueStatistics,
+    QueueStats,
     Transport,
 )
 
@@ -62,6 +64,7 @@ CHECKS: tuple[str, ...] = (
     "headers_properties_roundtrip",
     "unacked_returns_on_close",
     "size_purge_peek",
+    "queue_stats",
     "broker_delay",
     "fused_settlement",
     "error_translation",
@@ -180,6 +183,8 @@ class _Kit:
             return "the transport does not support priorities (capabilities.priorities)"
         if name == "size_purge_peek" and not isinstance(probe, Inspection):
             return "the transport does not offer Inspection (size, purge, peek, dead_letters)"
+        if name == "queue_stats" and not isinstance(probe, QueueStatistics):
+            return "the transport does not offer QueueStatistics (queue_stats)"
         if name == "broker_delay" and not isinstance(probe, BrokerDelay):
             return "the transport does not offer BrokerDelay (no due() to call)"
         if name == "fused_settlement":
@@ -597,6 +602,72 @@ class _Kit:
         expect(t.size(q) == 0, f"size() is {t.size(q)} after purge()")
         held.ack()  # an in-flight message survives purge and can still be settled
         self.must_be_empty(t, [q], "purge() must remove waiting messages")
+
+    def check_queue_stats(self) -> None:
+        t = self.new()
+        assert isinstance(t, QueueStatistics)  # not_applicable() skips otherwise
+        q = self.queue("stats")
+        for what, bad in (("queue_stats('q')", q), ("queue_stats([''])", [""])):
+            try:
+                t.queue_stats(cast(Any, bad))
+            except ValidationError:
+                continue
+            fail(f"{what} did not raise ValidationError")
+
+        def read(when: str) -> QueueStats:
+            found = t.queue_stats([q])
+            expect(len(found) == 1 and isinstance(found[0], QueueStats)
+                   and found[0].queue == q,
+                   f"queue_stats([{q!r}]) gave {found!r} {when}")
+            return found[0]
+
+        def numbers(stats: QueueStats, **expected: int) -> None:
+            # A number the broker cannot tell is None; one it tells must be exact.
+            for field, value in expected.items():
+                got = getattr(stats, field)
+                expect(got is None or got == value,
+                       f"queue_stats: {field} is {got!r} {when}; expected {value}")
+
+        when = "for a queue nobody used"
+        empty = read(when)
+        numbers(empty, ready=0, scheduled=0, in_flight=0, dead=0, published=0,
+                delivered=0, acked=0, dead_lettered=0)
+        expect(empty.oldest_ready_at is None and empty.next_due is None,
+               f"an unused queue has oldest_ready_at={empty.oldest_ready_at!r}, "
+               f"next_due={empty.next_due!r}")
+        before = time.time()
+        t.publish_many([Outgoing(self.frame(f"r{i}".encode()), Route(q)) for i in range(4)])
+        after = time.time()
+        native = t.capabilities.native_delay
+        later = datetime.now(UTC) + timedelta(minutes=10)
+        if native:
+            t.publish_many([
+                Outgoing(self.frame(b"s-late"), Route(q), later + timedelta(minutes=1)),
+                Outgoing(self.frame(b"s-early"), Route(q), later),
+            ])
+        scheduled = 2 if native else 0
+        self.wait_visible(t, q, 4 + scheduled)
+        dead, held = self.take(t, q, 2, "messages")
+        dead.dead_letter("queue_stats check")
+        when = "with 2 ready, 1 in flight and 1 dead letter"
+        stats = read(when)
+        numbers(stats, ready=2, scheduled=scheduled, in_flight=1, dead=1,
+                published=4 + scheduled, delivered=2, acked=0, dead_lettered=1)
+        if native and stats.scheduled is not None:
+            expect(stats.next_due is not None
+                   and abs(stats.next_due - later.timestamp()) < 0.01,
+                   f"next_due is {stats.next_due!r}; expected {later.timestamp()}")
+        if stats.oldest_ready_at is not None:
+            expect(before - self.clock_tolerance <= stats.oldest_ready_at
+                   <= after + self.clock_tolerance,
+                   f"oldest_ready_at is {stats.oldest_ready_at!r}; the ready messages "
+                   f"were published between {before} and {after}")
+        if isinstance(t, Inspection) and stats.waiting is not None:
+            expect(stats.waiting == t.size(q),
+                   f"ready + scheduled is {stats.waiting}, size() is {t.size(q)}")
+        held.ack()
+        when = "after the held message was acked"
+        numbers(read(when), ready=2, in_flight=0, acked=1)
 
     def check_argument_validation(self) -> None:
         t = self.new()
