@@ -6,7 +6,11 @@ is built from ``--broker``/``--backend``, or from ``$WIRETASK_BROKER_URL`` and t
 embedded SQLite default. ``--broker``/``--backend`` also override an imported app's URLs.
 
 Exit codes: 0 success, 1 a runtime failure (the broker could not be reached, a waited-for
-task failed), 2 a usage error (a bad option value, an app that does not import).
+task failed), 2 a usage error (a bad option value, an app that does not import), 3 a
+health-check threshold of ``wiretask stats`` was crossed (or could not be checked).
+
+Linked under another name as a Munin plugin (``wiretask_<queue>``), the script runs
+``wiretask munin`` (``wiretask.monitoring.munin``).
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ import os
 import signal
 import sys
 import threading
+import time
 from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from types import FrameType
@@ -37,10 +42,12 @@ from wiretask.errors import (
     ValidationError,
     WiretaskError,
 )
+from wiretask.monitoring import munin
+from wiretask.monitoring.report import breaches, iso, rates, stats_record, stats_table
 from wiretask.protocol import states
 from wiretask.protocol.celery import decode
 from wiretask.results.exceptions import exception_from_meta
-from wiretask.transports.base import Inspection, Peeked
+from wiretask.transports.base import Inspection, Peeked, QueueStatistics, QueueStats
 from wiretask.transports.url import mask_url
 
 __all__ = ["CommandError", "load_app", "main", "parse_arg"]
@@ -216,9 +223,10 @@ def load_app(spec: str) -> App:
     return target
 
 
-def _app_from_args(args: argparse.Namespace) -> App:
+def _app_from_args(args: argparse.Namespace, *, quiet: bool = False) -> App:
     """The command's app; says on stderr which broker and result store it talks to (a
-    client and a worker that do not meet are the first thing to rule out)."""
+    client and a worker that do not meet are the first thing to rule out), unless
+    ``quiet`` (a Munin plugin, whose stderr goes to munin-node's log at every run)."""
     spec: str | None = getattr(args, "app", None)
     broker: str | None = getattr(args, "broker", None)
     backend: str | None = getattr(args, "backend", None)
@@ -232,11 +240,12 @@ def _app_from_args(args: argparse.Namespace) -> App:
             app.conf.result_backend = backend
     else:
         app = App(broker=broker, backend=backend)
-    sys.stderr.write(
-        f"wiretask {args.command}: broker {app.broker_display}, "
-        f"results {mask_url(app.backend_url)}\n"
-    )
-    sys.stderr.flush()
+    if not quiet:
+        sys.stderr.write(
+            f"wiretask {args.command}: broker {app.broker_display}, "
+            f"results {mask_url(app.backend_url)}\n"
+        )
+        sys.stderr.flush()
     return app
 
 
@@ -399,9 +408,15 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
         if not isinstance(transport, Inspection):
             raise CommandError(f"the broker {transport.url} cannot show a queue without "
                                "consuming it (its transport does not offer Inspection)", code=1)
-        waiting = transport.size(args.queue)
+        # Exact counts from QueueStatistics where the transport offers it; peek() only
+        # shows messages (at most --limit of them).
+        stats = (transport.queue_stats([args.queue])[0]
+                 if isinstance(transport, QueueStatistics) else None)
+        waiting = (stats.waiting if stats is not None and stats.waiting is not None
+                   else transport.size(args.queue))
         peeked = transport.peek(args.queue, limit=args.limit)
-        dead = len(transport.dead_letters(args.queue))
+        dead = (stats.dead if stats is not None and stats.dead is not None
+                else len(transport.dead_letters(args.queue)))
     except TransportError as exc:
         raise CommandError(f"cannot read queue {args.queue!r}: {exc}", code=1) from exc
     finally:
@@ -413,18 +428,22 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
         row, record = _describe(item, app, now)
         rows.append(row)
         records.append(record)
+    ready, scheduled = _inspect_counts(stats, waiting, peeked)
     if args.json:
         _out(json.dumps(
-            {"queue": args.queue, "waiting": waiting, "dead_letters": dead,
-             "messages": records},
+            {"queue": args.queue, "waiting": waiting, "ready": ready, "scheduled": scheduled,
+             "dead_letters": dead, "messages": records},
             indent=2, default=repr,
         ))
         return 0
-    ready = sum(1 for item in peeked if item.state == "ready")
     shown = f", showing the first {len(peeked)}" if len(peeked) < waiting else ""
+    if ready is None or scheduled is None:
+        counts = f"showing the first {len(peeked)}"
+    else:
+        counts = f"{ready} ready, {scheduled} scheduled{shown}"
     _out(
         f"queue {args.queue!r} on {transport.url}: {waiting} waiting "
-        f"({ready} ready, {len(peeked) - ready} scheduled{shown}), {dead} dead-lettered"
+        f"({counts}), {dead} dead-lettered"
     )
     if rows:
         _out()
@@ -437,6 +456,213 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
             _out()
             for record in errors:
                 _out(f"undecodable {record['id'] or '(no id)'}: {record['error']}")
+    return 0
+
+
+def _inspect_counts(
+    stats: QueueStats | None, waiting: int, peeked: Sequence[Peeked]
+) -> tuple[int | None, int | None]:
+    """Ready and scheduled counts for ``inspect``: exact from ``stats``; without it, from
+    the peeked messages only when they are all of them (``None``: not known)."""
+    if stats is not None:
+        return stats.ready, waiting - stats.ready
+    if len(peeked) < waiting:
+        return None, None
+    ready = sum(1 for item in peeked if item.state == "ready")
+    return ready, len(peeked) - ready
+
+
+def _statistics(app: App) -> QueueStatistics:
+    """The app's transport as a ``QueueStatistics``, or a one-line error saying the
+    broker cannot tell."""
+    transport = app.transport
+    if not isinstance(transport, QueueStatistics):
+        raise CommandError(
+            f"the broker {transport.url} cannot report queue statistics (its transport "
+            "does not offer QueueStatistics)", code=1,
+        )
+    return transport
+
+
+def _read_stats(app: App, source: QueueStatistics, queues: Sequence[str]) -> list[QueueStats]:
+    try:
+        return source.queue_stats(queues)
+    except TransportError as exc:
+        raise CommandError(
+            f"cannot read queue statistics from {app.transport.url}: {exc}", code=1
+        ) from exc
+
+
+def _cmd_stats(args: argparse.Namespace) -> int:
+    if args.count is not None and args.watch is None:
+        raise CommandError("--count: only with --watch")
+    app = _app_from_args(args)
+    previous: dict[str, QueueStats] = {}
+    rounds = 0
+    try:
+        source = _statistics(app)
+        url = app.transport.url
+        while True:
+            readings = _read_stats(app, source, args.queues)
+            rounds += 1
+            _show_stats(args, url, readings, previous if args.watch is not None else None)
+            crossed = breaches(readings, max_ready=args.fail_above, max_age=args.max_age)
+            if crossed:
+                for breach in crossed:
+                    sys.stderr.write(f"wiretask stats: threshold: {breach}\n")
+                return 3
+            if args.watch is None or (args.count is not None and rounds >= args.count):
+                return 0
+            previous = {stats.queue: stats for stats in readings}
+            time.sleep(args.watch)
+    except KeyboardInterrupt:
+        return 0  # Ctrl-C is how --watch ends
+    finally:
+        app.close()
+
+
+def _show_stats(
+    args: argparse.Namespace, url: str, readings: Sequence[QueueStats],
+    previous: Mapping[str, QueueStats] | None,
+) -> None:
+    at = readings[0].at if readings else time.time()
+    if args.json:
+        document = {"broker": url, "at": at, "queues": [stats_record(s) for s in readings]}
+        # --watch writes one line per reading (JSON Lines); once, an indented document.
+        _out(json.dumps(document) if args.watch is not None
+             else json.dumps(document, indent=2))
+        sys.stdout.flush()
+        return
+    per_second = None
+    if previous:
+        per_second = {s.queue: rates(previous[s.queue], s) for s in readings
+                      if s.queue in previous}
+    if args.watch is not None:
+        _out(f"{url} at {iso(at)} (every {args.watch:g}s, Ctrl-C to stop)")
+    else:
+        _out(f"{url} at {iso(at)}")
+    for line in stats_table(readings, per_second):
+        _out(line)
+    if args.watch is not None:
+        _out()
+    sys.stdout.flush()
+
+
+def _cmd_purge(args: argparse.Namespace) -> int:
+    app = _app_from_args(args)
+    try:
+        transport = app.transport
+        if not isinstance(transport, Inspection):
+            raise CommandError(f"the broker {transport.url} cannot purge a queue (its "
+                               "transport does not offer Inspection)", code=1)
+        names = ", ".join(args.queues)
+        if not args.force:
+            sys.stderr.write(
+                f"WARNING: this removes every waiting message (ready and scheduled) of "
+                f"{'queue' if len(args.queues) == 1 else 'queues'} {names} on "
+                f"{transport.url}.\n"
+                "There is no undo for this operation.\n"
+                "(to skip this prompt use the -f option)\n"
+                "Are you sure you want to delete them (yes/NO)? "
+            )
+            sys.stderr.flush()
+            answer = sys.stdin.readline().strip().lower()
+            if answer not in ("y", "yes"):
+                raise CommandError("aborted: nothing was purged", code=1)
+        total = 0
+        for queue in args.queues:
+            try:
+                removed = transport.purge(queue)
+            except TransportError as exc:
+                raise CommandError(f"cannot purge queue {queue!r}: {exc}", code=1) from exc
+            total += removed
+            _out(f"purged {_plural(removed, 'message')} from {queue!r}")
+        if len(args.queues) > 1:
+            _out(f"purged {_plural(total, 'message')} from "
+                 f"{_plural(len(args.queues), 'queue')}")
+    finally:
+        app.close()
+    return 0
+
+
+def _plural(count: int, noun: str) -> str:
+    return f"{count} {noun}" if count == 1 else f"{count} {noun}s"
+
+
+def _cmd_munin(args: argparse.Namespace) -> int:
+    queues = munin.plugin_queues(args.plugin_name, os.environ, args.queues)
+    app = _app_from_args(args, quiet=True)
+    try:
+        if args.mode == "autoconf":
+            # Munin's rule: always exit 0, answer "yes" or "no (why)".
+            try:
+                _read_stats(app, _statistics(app), queues)
+            except (CommandError, WiretaskError) as exc:
+                _out(f"no ({exc})")
+                return 0
+            _out("yes")
+            return 0
+        limits = munin.thresholds(os.environ)
+        readings = _read_stats(app, _statistics(app), queues)
+        if args.mode == "config":
+            lines = munin.config_lines(readings, limits, app.transport.url)
+        else:
+            lines = munin.fetch_lines(readings)
+    finally:
+        app.close()
+    for line in lines:
+        _out(line)
+    return 0
+
+
+def _cmd_exporter(args: argparse.Namespace) -> int:
+    try:
+        from wiretask.monitoring.prometheus import (  # noqa: PLC0415 - optional extra
+            Exporter,
+            QueueCollector,
+        )
+    except ImportError as exc:
+        raise CommandError(
+            "the exporter needs the prometheus extra (pip install 'wiretask[prometheus]'): "
+            f"{exc}", code=1,
+        ) from exc
+    app = _app_from_args(args)
+    log = logging.getLogger("wiretask.cli")
+    logging.basicConfig(
+        level=args.loglevel, format="[%(asctime)s %(levelname)s] %(name)s: %(message)s"
+    )
+    try:
+        source = _statistics(app)
+        _read_stats(app, source, args.queues)  # an unreachable broker fails here, loudly
+        exporter = Exporter([QueueCollector(source, args.queues)], bind=args.bind,
+                            port=args.port)
+        try:
+            port = exporter.start()
+        except OSError as exc:
+            raise CommandError(
+                f"--bind/--port: cannot listen on {args.bind} port {args.port}: {exc}", code=1
+            ) from exc
+        host = f"[{args.bind}]" if ":" in args.bind else args.bind
+        _out(f"serving http://{host}:{port}/metrics ({_plural(len(args.queues), 'queue')} "
+             f"of {app.transport.url}) until SIGTERM/SIGINT")
+        sys.stdout.flush()
+        stop = threading.Event()
+
+        def on_signal(signum: int, frame: FrameType | None) -> None:
+            del frame
+            log.info("exporter: %s, stopping", signal.Signals(signum).name)
+            stop.set()
+
+        previous = {sig: signal.signal(sig, on_signal)
+                    for sig in (signal.SIGTERM, signal.SIGINT)}
+        try:
+            stop.wait()
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+            exporter.stop()
+    finally:
+        app.close()
     return 0
 
 
@@ -596,6 +822,58 @@ def build_parser() -> argparse.ArgumentParser:
                          help="show at most N messages (default: 100)")
     inspect.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
+    stats = command(
+        "stats", _cmd_stats,
+        "exact numbers of queues: ready, scheduled, in flight, dead, oldest ready age",
+    )
+    stats.add_argument("queues", metavar="QUEUE", nargs="*", default=["celery"],
+                       help="queues to read (default: celery)")
+    stats.add_argument("--json", action="store_true",
+                       help="print JSON (one line per reading with --watch)")
+    stats.add_argument("--watch", type=_positive_seconds, nargs="?", const=2.0,
+                       metavar="S", help="read again every S seconds (default 2) until "
+                       "Ctrl-C, with rates where the broker counts")
+    stats.add_argument("--count", type=_positive_int, metavar="N",
+                       help="with --watch: stop after N readings")
+    stats.add_argument("--fail-above", type=_non_negative_int, metavar="N",
+                       help="exit 3 when a queue has more than N ready messages")
+    stats.add_argument("--max-age", type=_non_negative_seconds, metavar="S",
+                       help="exit 3 when a queue's oldest ready message has waited more "
+                       "than S seconds (or its age cannot be told)")
+
+    purge = command(
+        "purge", _cmd_purge,
+        "remove every waiting message (ready and scheduled) of queues; asks first",
+    )
+    purge.add_argument("queues", metavar="QUEUE", nargs="+", help="the queues to empty")
+    purge.add_argument("-f", "--force", action="store_true",
+                       help="do not ask for confirmation")
+
+    munin_plugin = command(
+        "munin", _cmd_munin,
+        "a Munin plugin (or link the wiretask script as /etc/munin/plugins/wiretask_<queue>)",
+    )
+    munin_plugin.add_argument("mode", nargs="?", default="fetch",
+                              choices=("config", "fetch", "autoconf"),
+                              help="what Munin asks for (default: fetch)")
+    munin_plugin.add_argument("--queues", type=_queues, metavar="Q1,Q2",
+                              help="queues to graph (default: from the plugin's link name "
+                              "wiretask_<queue>, else env.queues, else celery)")
+    munin_plugin.add_argument("--plugin-name", default=None, help=argparse.SUPPRESS)
+
+    exporter = command(
+        "exporter", _cmd_exporter,
+        "serve queue metrics for Prometheus at /metrics, until SIGTERM/SIGINT",
+    )
+    exporter.add_argument("-Q", "--queues", type=_queues, default=["celery"],
+                          metavar="Q1,Q2", help="queues to export (default: celery)")
+    exporter.add_argument("--bind", default="127.0.0.1", metavar="ADDRESS",
+                          help="address to listen on (default: 127.0.0.1)")
+    exporter.add_argument("--port", type=_non_negative_int, default=9808, metavar="PORT",
+                          help="port to listen on (default: 9808; 0 takes a free one)")
+    exporter.add_argument("-l", "--loglevel", type=_loglevel, default=logging.WARNING,
+                          metavar="LEVEL", help="DEBUG, INFO, WARNING, ... (default: WARNING)")
+
     result = command("result", _cmd_result, "show a task's state and result")
     result.add_argument("id", metavar="ID", help="the task id")
     result.add_argument("--wait", type=_non_negative_seconds, metavar="S",
@@ -618,8 +896,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None, *, app: App | None = None) -> int:
     """Run the ``wiretask`` command; return its exit code. ``app`` is the app to use
-    when no ``-A`` is given (``App.start()``, Celery's ``app.start()``)."""
+    when no ``-A`` is given (``App.start()``, Celery's ``app.start()``). Run from a link
+    named ``wiretask_<queue>`` (a Munin plugin), it is ``wiretask munin`` for that
+    queue."""
     parser = build_parser()
+    if argv is None:
+        program = os.path.basename(sys.argv[0])
+        argv = sys.argv[1:]
+        if program.startswith(munin.PLUGIN_PREFIX):
+            argv = ["munin", "--plugin-name", program, *argv]
     args = parser.parse_args(argv)
     args.default_app = app
     handler: Callable[[argparse.Namespace], int] = args.handler

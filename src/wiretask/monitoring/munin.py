@@ -57,7 +57,7 @@ FIELDS: tuple[str, ...] = (*STATES, "age", *COUNTERS)
 _LABELS = {
     "ready": "ready", "scheduled": "scheduled (delayed)", "in_flight": "in flight",
     "dead": "dead letters", "published": "published", "delivered": "delivered",
-    "acked": "acked", "dead_lettered": "dead-lettered",
+    "acked": "acked", "dead_lettered": "dead-lettered", "age": "oldest ready message",
 }
 _INFO = {
     "ready": "Messages a consumer could take now.",
