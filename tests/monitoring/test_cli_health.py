@@ -115,8 +115,8 @@ def test_thresholds_make_stats_fail(broker: tuple[str, Transport]) -> None:
     assert run_cli(url, "stats", "--fail-above", "150", "--max-age", "60").returncode == 0
     over = run_cli(url, "stats", "--fail-above", "149")
     assert over.returncode == 3
-    assert over.stderr == ("wiretask stats: threshold: queue 'celery': 150 ready "
-                           "messages, above 149\n")
+    assert over.stderr.splitlines()[-1] == (
+        "wiretask stats: threshold: queue 'celery': 150 ready messages, above 149")
     assert "celery" in over.stdout  # the table is still printed
     old = run_cli(url, "stats", "--max-age", "0", "--json")
     assert old.returncode == 3
@@ -138,7 +138,8 @@ def test_an_unreachable_broker_is_a_failure_with_a_clear_message(command: list[s
     done = run_cli(url, *command, timeout=60)
 
     assert done.returncode == 1, (done.stdout, done.stderr)
-    [line] = done.stderr.splitlines()
+    *announced, line = done.stderr.splitlines()  # munin stays quiet but for errors
+    assert len(announced) == (0 if command[0] == "munin" else 1), done.stderr
     assert line.startswith(f"wiretask {command[0]}: error: ")
     assert "127.0.0.1" in line and "secret" not in line
     assert "Connection refused" in line or "connect" in line.lower()
