@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import attrs
 import pytest
@@ -43,9 +44,10 @@ class Known:
     held: tuple[Delivery, ...]
 
 
-def frame(body: bytes) -> Frame:
+def frame(body: bytes, **properties: Any) -> Frame:
     return Frame(body=body, content_type="application/octet-stream",
-                 content_encoding="binary", headers={"id": body.decode(), "task": "t"})
+                 content_encoding="binary", headers={"id": body.decode(), "task": "t"},
+                 properties=properties)
 
 
 def fill(transport: Transport, queue: str, monkeypatch: pytest.MonkeyPatch, *,
