@@ -69,3 +69,12 @@ def test_end_to_end_bench_runs() -> None:
     check_output(output, ["e2e 30 tasks, solo (apply_many publish)",
                           "e2e 30 tasks, solo (apply_async publish)",
                           "e2e 30 tasks, 2 threads (apply_many publish)"])
+
+
+@pytest.mark.redis
+def test_queue_stats_bench_runs() -> None:
+    needs_redis()
+    output = run_bench("queue_stats.py", "--scale", "0.0001", "--repeat", "1")
+    check_output(output, ["SQLite queue_stats, 100 messages",
+                          "Redis queue_stats, 100 messages",
+                          "Redis queue_stats, 10 in flight (any queue)"])
