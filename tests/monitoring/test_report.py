@@ -3,6 +3,9 @@ answers, from readings built by hand."""
 
 from __future__ import annotations
 
+import json
+import re
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -137,3 +140,15 @@ def test_munin_fetch_unknown_and_counters() -> None:
     config = munin.config_lines([reading(queue="amqp", ready=3, scheduled=None,
                                          in_flight=None, dead=None)], {}, "amqp://h")
     assert "ready.label ready" in config and "scheduled.label scheduled (delayed)" not in config
+
+
+def test_the_grafana_dashboard_reads_only_metrics_the_exporter_serves() -> None:
+    path = Path(__file__).resolve().parents[2] / "examples" / "grafana" / "wiretask-queues.json"
+    dashboard = json.loads(path.read_text())
+    served = {"wiretask_queue_messages", "wiretask_queue_oldest_message_age_seconds",
+              "wiretask_queue_next_due_timestamp_seconds", "wiretask_broker_up",
+              "wiretask_broker_read_seconds"}
+    exprs = [t["expr"] for p in dashboard["panels"] for t in p["targets"]]
+    assert exprs
+    for expr in exprs:
+        assert set(re.findall(r"wiretask_[a-z_]+", expr)) <= served, expr
