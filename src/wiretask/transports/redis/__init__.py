@@ -28,6 +28,9 @@ key                                   type   content
 ===================================== ====== ==============================================
 
 A delayed member is ``<delivery_tag>\\x06\\x16<queue>``: one per destination queue.
+Every entry wiretask writes carries its publish time in the envelope property
+``x-wiretask-published`` (and a delayed one its due time in ``x-wiretask-due``), after
+Kombu's own properties; Kombu and Celery ignore them, queue statistics read them.
 
 **Priorities** follow Kombu: ``priority_steps`` ``[0, 3, 6, 9]``, values clamped to 0..9, and
 BRPOP drains bucket 0 first, so on Redis **a lower number is a higher priority**.
