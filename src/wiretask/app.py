@@ -1,6 +1,6 @@
 """The calling API users touch: ``App``, ``Task``, signatures and results.
 
-This is Celery's calling API (``celery-protocol.md`` §A) on wiretask's core:
+This is Celery's calling API (``celery/app/task.py``, ``celery/result.py``) on wiretask's core:
 
 * ``task(*a, **kw)`` runs the function here, no message;
 * ``task.delay(*a, **kw)`` sends with default options (every keyword is a task kwarg);

@@ -4,9 +4,9 @@ This module turns ``(task name, args, kwargs, options)`` into a validated ``Task
 plus where and when to send it. It does no I/O and reads no clock (``now`` is passed in),
 so every rule here is unit-testable on its own; ``wiretask.app`` adds the I/O.
 
-The rules follow Celery's calling API (``celery-protocol.md`` §A.2) with the documented
-places where wiretask refuses what Celery silently accepts (``spec/PROTOCOL.md``,
-"Stricter than Celery"): unknown options, options of the wrong type, ``countdown`` with
+The rules follow Celery's calling API (``celery/app/task.py`` ``apply_async``) with the documented
+places where wiretask refuses what Celery silently accepts (``spec/PROTOCOL.md``
+§12): unknown options, options of the wrong type, ``countdown`` with
 ``eta``, priorities outside the transport's range, and unknown codec names are all
 ``ValidationError``s naming the option, raised before anything is sent.
 """

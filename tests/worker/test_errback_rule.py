@@ -1,5 +1,5 @@
 """Which errbacks run in the worker (``errback(request, exc, traceback)``) and which are
-sent as tasks with the failed id: the exact rule of spec/PROTOCOL.md, "Worker", W.5."""
+sent as tasks with the failed id: the exact rule of spec/PROTOCOL.md §17.5."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""Key names of the Redis transport (Kombu's layout, ``spec/``), behind ``global_keyprefix``."""
+"""Key names of the Redis transport (Kombu's layout, ``spec/TRANSPORTS.md`` §1), behind
+``global_keyprefix``."""
 
 from __future__ import annotations
 

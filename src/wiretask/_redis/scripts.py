@@ -11,7 +11,7 @@ A script addresses its inputs by position (``KEYS[3]``, ``ARGV[7]``); only its
 that they fit together (refusing, say, a bucket list missing for one queue) and lays them
 out in a ``ScriptCall`` that ``wiretask._redis.client.Commands.script`` runs. ``POP``'s
 reply is read back by ``read_pop``, ``STATS``' by ``read_stats``. The scripts' text is
-what Kombu-compatible deployments run: it changes only together with ``spec/``.
+what Kombu-compatible deployments run: it changes only together with ``spec/TRANSPORTS.md`` §1.
 """
 
 from __future__ import annotations

@@ -567,7 +567,7 @@ _CHECKS: dict[str, _Check] = {
     "stamped_headers": _check_stamped_headers,
     "stamps": _mapping("stamps"),
     # Celery merges ``headers=`` over the protocol headers, so a custom header named
-    # "task" silently replaces the task name (celery-protocol.md §A.2). wiretask refuses.
+    # "task" silently replaces the task name (Celery's ``Task.apply_async``). wiretask refuses.
     "extra_headers": _mapping(
         "extra_headers", RESERVED_HEADERS, "is a protocol header; set its field instead"
     ),

@@ -4,7 +4,7 @@ On the wire a signature is a plain mapping (Celery's ``Signature`` is a ``dict``
 subclass) with exactly the keys ``task``, ``args``, ``kwargs``, ``options``,
 ``subtask_type`` and ``immutable``. Celery up to 5.0 also wrote ``chord_size``; it was
 removed in 5.1 but consumers must tolerate it, and unknown keys in general
-(``celery-protocol.md`` §A.8). wiretask keeps every unknown key in ``extra`` so that a
+(``spec/PROTOCOL.md`` §6). wiretask keeps every unknown key in ``extra`` so that a
 signature decoded from a peer re-encodes to the same dict.
 
 Nested signatures inside ``kwargs`` or ``options`` (a chain's ``kwargs["tasks"]``, a

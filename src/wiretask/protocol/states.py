@@ -1,7 +1,7 @@
 """Task states, their precedence, which state may follow which, and the result meta dict.
 
 Everything here is pure: no I/O and no clock (``make_meta`` takes ``date_done`` from the
-caller). The values are Celery's (``celery.states``, ``celery-protocol.md`` §B and §G.1),
+caller). The values are Celery's (``celery.states``; the meta dict is ``spec/PROTOCOL.md`` §18.1),
 so a meta dict built here is byte-for-byte what a Celery backend stores and what
 Celery's ``AsyncResult`` reads.
 

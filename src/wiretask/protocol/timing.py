@@ -3,7 +3,7 @@
 Everything here is a pure function of its arguments; the caller passes ``now`` (an
 aware datetime), so the rules can be tested without a clock.
 
-Conventions, following Celery protocol 2 (``celery-protocol.md`` §A.3, §E.1):
+Conventions, following Celery protocol 2 (``spec/PROTOCOL.md`` §10):
 
 * On the wire ``eta`` and ``expires`` are ISO 8601 strings written by
   ``datetime.isoformat()`` with an offset, e.g. ``2026-11-23T19:29:02.846359+00:00``.

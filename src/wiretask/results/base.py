@@ -1,7 +1,7 @@
 """The result backend interface, and what every backend shares.
 
 A result backend stores the meta dict of each task (``wiretask.protocol.states.make_meta``,
-Celery's shape, ``celery-protocol.md`` §G.1), reads it back, and streams state changes of
+Celery's shape, ``spec/PROTOCOL.md`` §18.1), reads it back, and streams state changes of
 one task to subscribers (``AsyncResult.get(on_message=...)``).
 
 Rules every backend follows (``wiretask.testing.check_backend`` checks each of them, and

@@ -1,7 +1,7 @@
 """The Redis result backend, in Celery's key layout: ``redis://`` and ``rediss://``.
 
-Celery reads what this backend writes and the other way round (``celery-protocol.md``
-§G.2):
+Celery reads what this backend writes and the other way round (``spec/TRANSPORTS.md``
+§4.1):
 
 * The key is ``celery-task-meta-<task_id>`` (with ``global_keyprefix`` in front, plus
   ``_`` unless it ends in one of ``:_-.``, exactly as Celery prefixes it).

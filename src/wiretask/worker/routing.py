@@ -126,7 +126,7 @@ class Router:
 
 class RefuseUnregistered:
     """A task this worker does not know: Celery logs, rejects the message and stores
-    FAILURE/NotRegistered for the id (§E.2). wiretask dead-letters it instead of
+    FAILURE/NotRegistered for the id (PROTOCOL.md §17.9). wiretask dead-letters it instead of
     dropping it: nothing is lost."""
 
     def __init__(self, app: App, tracer: Tracer) -> None:

@@ -16,7 +16,7 @@ The order of events follows Celery's tracer:
    ``self.retry`` and ``self.update_state`` work inside it.
 4. The final state is stored (``SUCCESS``/``FAILURE``/``RETRY``), *then* callbacks or
    errbacks run (``links.py``), as in Celery (errbacks "run after FAILURE is stored",
-   §A.9).
+   PROTOCOL.md §17.5).
 
 Threading: a ``Tracer`` keeps no per-run state, so every pool thread (and the time-limit
 timers that record a hard limit) share the worker's one instance.
@@ -312,7 +312,7 @@ class Tracer:
         if settle == "requeue":
             return Outcome(states.FAILURE, settle, runtime)
         # Celery stores the failure under the ids of the chain's remaining elements too,
-        # so that waiting on the chain's last result does not hang (§A.9).
+        # so that waiting on the chain's last result does not hang (PROTOCOL.md §17.4).
         for sig in message.chain or ():
             task_id = sig.options.get("task_id")
             if isinstance(task_id, str) and task_id and not message.ignore_result:
