@@ -910,7 +910,8 @@ class App:
             encode(c.message, registry, compress_threshold=c.compression_threshold) for c in calls
         ]
         transport = self.transport
-        native_delay = transport.capabilities.native_delay
+        capabilities = transport.capabilities
+        native_delay = capabilities.native_delay and capabilities.native_delay_on_send
         outgoing = [
             Outgoing(frame, c.route, c.eta if native_delay else None)
             for frame, c in zip(frames, calls, strict=True)

@@ -100,7 +100,9 @@ class Capabilities:
     """What a transport can do. The calling API validates options against it (a priority
     outside ``0..max_priority`` is refused before anything is sent)."""
 
-    #: The broker holds delayed messages itself (no consumer holds them unacked).
+    #: The broker holds delayed messages itself (no consumer holds them unacked):
+    #: ``publish(not_before=...)`` waits broker-side, and the worker hands an early
+    #: message back that way instead of holding it.
     native_delay: bool
     #: Per-message priorities are honoured.
     priorities: bool
@@ -120,6 +122,11 @@ class Capabilities:
     visibility_timeout: float | None = None
     #: Several processes can share the broker (False only for in-process transports).
     multi_process: bool = True
+    #: Whether the calling API sends an eta through ``native_delay`` (``not_before``).
+    #: False where the peers on the broker expect Celery's own form (the ``eta`` header,
+    #: deliverable at once, held by the consumer): AMQP classic queues, on which Celery
+    #: does not use its delay ladder. The worker still hands early messages back.
+    native_delay_on_send: bool = True
 
 
 @attrs.frozen(kw_only=True)

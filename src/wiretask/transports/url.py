@@ -11,6 +11,8 @@ Supported schemes:
 * ``redis://`` and ``rediss://`` (TLS): ``wiretask.transports.redis.RedisTransport``,
   imported only when such a URL is used, so that redis-py is needed only by those who
   use Redis.
+* ``amqp://``, ``pyamqp://`` and ``amqps://`` (TLS): ``wiretask.transports.amqp.AMQPTransport``
+  (RabbitMQ, on py-amqp), imported only when such a URL is used.
 
 **Third-party transports** plug in through the entry-point group ``wiretask.transports``:
 the entry point's name is the URL scheme, its value the transport class
@@ -50,13 +52,16 @@ SCHEMES: dict[str, tuple[str, str]] = {
     "sqlite": ("wiretask.transports.sqlite", "SQLiteTransport"),
     "redis": ("wiretask.transports.redis", "RedisTransport"),
     "rediss": ("wiretask.transports.redis", "RedisTransport"),
+    "amqp": ("wiretask.transports.amqp", "AMQPTransport"),
+    "pyamqp": ("wiretask.transports.amqp", "AMQPTransport"),
+    "amqps": ("wiretask.transports.amqp", "AMQPTransport"),
 }
 
 #: The entry-point group of third-party transports: name = URL scheme, value = class.
 ENTRY_POINT_GROUP = "wiretask.transports"
 
 # What to install when a transport's module cannot be imported for want of its driver.
-_EXTRAS = {"redis": "redis", "rediss": "redis"}
+_EXTRAS = {"redis": "redis", "rediss": "redis", "pyamqp": "amqp", "amqps": "amqp"}
 
 
 def transport_from_url(url: str, **options: Any) -> Transport:

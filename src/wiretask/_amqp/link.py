@@ -1,0 +1,204 @@
+"""One py-amqp connection, shared by threads under a lock.
+
+py-amqp is not thread-safe: a ``Link`` is used only under its ``lock``. Waiting for the
+broker never holds it: ``Waiter`` polls the socket with the lock released, so that acks
+and heartbeats from other threads go through while a consumer waits, and ``pump`` then
+reads, under the lock and without blocking, whatever has arrived.
+
+``epoch`` grows every time the connection is replaced or given up; channels, consumer
+tags and delivery tags belong to one epoch, and a holder of an older one knows they are
+dead (a delivery tag of a lost channel can never be acknowledged).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import select
+import socket
+import ssl
+import threading
+from typing import Any
+
+import amqp
+
+from wiretask._amqp.errors import Translate
+from wiretask._amqp.options import Options
+
+__all__ = ["Link", "Waiter"]
+
+log = logging.getLogger("wiretask.transports.amqp")
+
+#: Longest time ``pump`` waits for the rest of a frame that has started to arrive.
+_FRAME_WAIT = 5.0
+#: Bound on the close handshake.
+_CLOSE_WAIT = 2.0
+
+_READ_EVENTS = select.POLLIN | select.POLLPRI | select.POLLERR | select.POLLHUP | select.POLLNVAL
+
+
+class Link:
+    """A py-amqp connection for one ``role`` (``"publish"`` or ``"consume"``)."""
+
+    def __init__(self, options: Options, role: str) -> None:
+        self._options = options
+        self.role = role
+        self.lock = threading.RLock()
+        self.connection: amqp.Connection | None = None
+        self.epoch = 0
+        self._poller: Any = None
+
+    @property
+    def url(self) -> str:
+        return self._options.masked_url
+
+    def translate(self, action: str) -> Translate:
+        """``with link.translate(action):`` around every driver call."""
+        return Translate(action, self._options.masked_url, self._options.password)
+
+    def open(self) -> amqp.Connection:
+        """The open connection, connecting first if there is none (caller holds ``lock``).
+
+        Raises:
+            ConnectionLost: the broker cannot be reached.
+            TransportError: refused for good (credentials, virtual host, TLS trust).
+        """
+        connection = self.connection
+        if connection is not None and connection.connected:
+            return connection
+        self.discard()
+        kwargs = self._options.connection_kwargs()
+        properties = dict(kwargs.pop("client_properties", None) or {})
+        properties.setdefault(
+            "connection_name", f"wiretask {self.role} {socket.gethostname()}:{os.getpid()}"
+        )
+        connection = amqp.Connection(client_properties=properties, **kwargs)
+        with self.translate("connect"):
+            connection.connect()
+        self.connection = connection
+        self.epoch += 1
+        poller = select.poll()
+        poller.register(connection.sock, _READ_EVENTS)
+        self._poller = poller
+        return connection
+
+    def discard(self) -> None:
+        """Give the connection up without a close handshake (it failed, or is in an
+        unknown state). The broker requeues what it had delivered on it."""
+        connection, self.connection = self.connection, None
+        self._poller = None
+        if connection is None:
+            return
+        self.epoch += 1
+        try:
+            connection.collect()
+        except Exception:  # a dead socket may fail to close; nothing else to do
+            log.debug("discarding the %s connection failed", self.role, exc_info=True)
+
+    def close(self) -> None:
+        """Close the connection with the AMQP handshake (bounded), then drop it."""
+        connection, self.connection = self.connection, None
+        self._poller = None
+        if connection is None:
+            return
+        self.epoch += 1
+        try:
+            if connection.connected:
+                connection.sock.settimeout(_CLOSE_WAIT)
+                connection.close()
+        except Exception:  # the broker is gone or slow: the socket closes below anyway
+            log.debug("closing the %s connection failed", self.role, exc_info=True)
+        finally:
+            try:
+                connection.collect()
+            except Exception:
+                log.debug("collecting the %s connection failed", self.role, exc_info=True)
+
+    def readable(self) -> bool:
+        """Whether a frame (or part of one) is waiting to be read (caller holds ``lock``)."""
+        connection = self.connection
+        if connection is None or self._poller is None:
+            return False
+        sock = connection.sock
+        if isinstance(sock, ssl.SSLSocket) and sock.pending():
+            return True
+        return bool(self._poller.poll(0))
+
+    def pump(self) -> int:
+        """Read and dispatch every frame that has arrived, without waiting for more
+        (caller holds ``lock``); return how many methods were handled. A frame that has
+        started to arrive is read to its end (at most ``_FRAME_WAIT`` seconds).
+
+        Raises:
+            ConnectionLost / TransportError: the connection failed (it is discarded).
+        """
+        connection = self.connection
+        handled = 0
+        if connection is None:
+            return handled
+        try:
+            with self.translate("read"):
+                while self.readable():
+                    try:
+                        connection.drain_events(timeout=_FRAME_WAIT)
+                    except TimeoutError:
+                        break
+                    handled += 1
+        except Exception:
+            self.discard()
+            raise
+        return handled
+
+    def waiter(self) -> Waiter | None:
+        """A ``Waiter`` on the current connection's socket (caller holds ``lock``)."""
+        connection = self.connection
+        if connection is None:
+            return None
+        return Waiter(connection.sock)
+
+    def heartbeat(self) -> None:
+        """Read what has arrived and send a heartbeat if one is due (caller holds
+        ``lock``).
+
+        Raises:
+            ConnectionLost: heartbeats were missed or the connection failed (discarded).
+        """
+        connection = self.connection
+        if connection is None:
+            return
+        self.pump()
+        try:
+            with self.translate("heartbeat"):
+                connection.heartbeat_tick(rate=2)
+        except Exception:
+            self.discard()
+            raise
+
+
+class Waiter:
+    """Waits for a socket to become readable, without any lock held. A socket closed
+    meanwhile by another thread counts as readable (the caller then finds out why)."""
+
+    __slots__ = ("_poller", "_sock")
+
+    def __init__(self, sock: socket.socket) -> None:
+        self._sock = sock
+        poller = select.poll()
+        try:
+            poller.register(sock, _READ_EVENTS)
+        except (ValueError, OSError):  # closed already
+            self._poller: select.poll | None = None
+        else:
+            self._poller = poller
+
+    def wait(self, timeout: float) -> bool:
+        if self._poller is None:
+            return True
+        sock = self._sock
+        if isinstance(sock, ssl.SSLSocket) and sock.pending():
+            return True
+        try:
+            return bool(self._poller.poll(max(math.ceil(timeout * 1000), 0)))
+        except (ValueError, OSError):
+            return True

@@ -1,0 +1,348 @@
+"""The AMQP broker URL and transport options, parsed once and frozen.
+
+URLs follow Kombu's rules (``kombu.utils.url``), so a Celery ``broker_url`` carries over:
+
+* ``amqp://``, ``pyamqp://`` (the same) and ``amqps://`` (TLS, port 5671 by default);
+* ``user:password@`` (default ``guest:guest``; ``%``-escapes are decoded);
+* host and port (default ``localhost``, sent as ``127.0.0.1`` as Kombu does, and 5672);
+* the virtual host is the path without its first ``/``, unquoted: ``amqp://h//`` and
+  ``amqp://h/%2F`` are ``/``, ``amqp://h/app`` is ``app``, no path is ``/``;
+* the query string holds options (below); a name that is not one is refused.
+
+Options come as keyword arguments (what Celery users put in ``broker_transport_options``)
+or in the query string; the query string wins. Every name is checked: a Kombu or Celery
+option that means nothing here (``visibility_timeout``, ``max_retries``...) is refused by
+name instead of being ignored.
+"""
+
+from __future__ import annotations
+
+import math
+import ssl
+from collections.abc import Callable, Mapping
+from typing import Any, Literal, NoReturn
+from urllib.parse import parse_qsl, unquote, urlsplit
+
+import attrs
+
+from wiretask.errors import ImproperlyConfigured
+from wiretask.transports.url import mask_url
+
+__all__ = [
+    "DelayMode",
+    "ExchangeType",
+    "Options",
+    "QueueType",
+    "parse",
+]
+
+DelayMode = Literal["auto", "ladder", "celery"]
+QueueType = Literal["classic", "quorum"]
+ExchangeType = Literal["direct", "topic", "fanout"]
+
+SCHEMES = ("amqp", "pyamqp", "amqps")
+
+#: Options whose meaning is Kombu's or Celery's but which wiretask does not take, with
+#: what to use instead. Refused by name (a silently ignored option is a divergence).
+_NOT_HERE = {
+    "max_retries": "the publish retry policy (task_publish_retry_policy) governs retries",
+    "interval_start": "the publish retry policy (task_publish_retry_policy) governs retries",
+    "interval_step": "the publish retry policy (task_publish_retry_policy) governs retries",
+    "interval_max": "the publish retry policy (task_publish_retry_policy) governs retries",
+    "connect_retries_timeout": "the publish retry policy's timeout bounds reconnecting",
+    "visibility_timeout": "AMQP has no visibility timeout: the broker redelivers the "
+    "unacked messages of a lost connection",
+    "failover_strategy": "failover URLs are not supported",
+}
+
+_SSL_QUERY = {
+    "ssl_ca_certs": "ca_certs",
+    "ssl_certfile": "certfile",
+    "ssl_keyfile": "keyfile",
+    "ssl_cert_reqs": "cert_reqs",
+    "ssl_server_hostname": "server_hostname",
+}
+#: What py-amqp's TLS wrapper takes (``SSLTransport._wrap_socket_sni`` / ``context``).
+_SSL_KEYS = frozenset({
+    "keyfile", "certfile", "server_side", "cert_reqs", "ca_certs", "do_handshake_on_connect",
+    "suppress_ragged_eofs", "server_hostname", "ciphers", "ssl_version",
+    "tls_maximum_version", "tls_minimum_version", "context",
+})
+_CERT_REQS = {
+    "cert_required": ssl.CERT_REQUIRED, "required": ssl.CERT_REQUIRED,
+    "cert_optional": ssl.CERT_OPTIONAL, "optional": ssl.CERT_OPTIONAL,
+    "cert_none": ssl.CERT_NONE, "none": ssl.CERT_NONE,
+}
+
+
+def _flag(text: str) -> bool:
+    value = text.strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"must be true or false, not {text!r}")
+
+
+#: Options that may appear in the query string, and how to read each.
+_QUERY: dict[str, Callable[[str], Any]] = {
+    "heartbeat": float,
+    "connect_timeout": float,
+    "confirm_timeout": float,
+    "confirm_publish": _flag,
+    "read_timeout": float,
+    "write_timeout": float,
+    "login_method": str,
+    "frame_max": int,
+    "channel_max": int,
+    "ssl": _flag,
+    "queue_type": str,
+    "exchange_type": str,
+    "max_priority": int,
+    "delay_mode": str,
+    "delayed_delivery_queue_type": str,
+}
+#: Options taken only as keyword arguments (mappings have no query-string form).
+_KEYWORD_ONLY = frozenset({"queue_arguments", "socket_settings", "client_properties"})
+KNOWN = frozenset(_QUERY) | _KEYWORD_ONLY
+
+
+@attrs.frozen(kw_only=True)
+class Options:
+    """Everything an ``AMQPTransport`` was configured with (see its docstring)."""
+
+    masked_url: str
+    host: str
+    port: int
+    userid: str
+    password: str
+    virtual_host: str
+    #: ``False``, or py-amqp's TLS options (``{}`` for the defaults).
+    ssl: bool | Mapping[str, Any]
+    heartbeat: float
+    connect_timeout: float
+    confirm_timeout: float
+    confirm_publish: bool
+    #: Passed to ``amqp.Connection`` as they are.
+    connection_extra: Mapping[str, Any]
+    queue_type: QueueType
+    queue_arguments: Mapping[str, Mapping[str, Any]]
+    max_priority: int | None
+    exchange_type: ExchangeType
+    delay_mode: DelayMode
+    delayed_delivery_queue_type: QueueType
+
+    def connection_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments for ``amqp.Connection``."""
+        return {
+            "host": f"{self.host}:{self.port}" if ":" not in self.host
+            else f"[{self.host}]:{self.port}",
+            "userid": self.userid,
+            "password": self.password,
+            "virtual_host": self.virtual_host,
+            "ssl": dict(self.ssl) if isinstance(self.ssl, Mapping) else self.ssl,
+            "connect_timeout": self.connect_timeout,
+            "heartbeat": self.heartbeat,
+            **self.connection_extra,
+        }
+
+    def arguments_of(self, queue: str) -> dict[str, Any]:
+        """The arguments Celery declares ``queue`` with under the same configuration:
+        the queue's own (``queue_arguments``, as ``task_queues``), else ``x-queue-type``
+        when the type is quorum (``task_default_queue_type``), plus ``x-max-priority``
+        when ``max_priority`` is set and the queue has none (``task_queue_max_priority``)."""
+        own = self.queue_arguments.get(queue)
+        if own is not None:
+            arguments = dict(own)
+        elif self.queue_type == "quorum":
+            arguments = {"x-queue-type": "quorum"}
+        else:
+            arguments = {}
+        if self.max_priority is not None:
+            arguments.setdefault("x-max-priority", self.max_priority)
+        return arguments
+
+    def queue_type_of(self, queue: str) -> str:
+        own = self.queue_arguments.get(queue)
+        if own is not None:
+            return str(own.get("x-queue-type", "classic"))
+        return self.queue_type
+
+
+def _bad(name: str, problem: str) -> ImproperlyConfigured:
+    return ImproperlyConfigured(f"AMQP transport option {name!r}: {problem}", setting=name)
+
+
+def _number(name: str, value: Any, *, minimum: float, inclusive: bool = True) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise _bad(name, f"must be a number, got {value!r}")
+    if value < minimum or (not inclusive and value == minimum):
+        relation = ">=" if inclusive else ">"
+        raise _bad(name, f"must be {relation} {minimum:g}, got {value!r}")
+    return float(value)
+
+
+def _choice(name: str, value: Any, choices: tuple[str, ...]) -> Any:
+    if value not in choices:
+        raise _bad(name, f"must be one of {', '.join(map(repr, choices))}, got {value!r}")
+    return value
+
+
+def parse(url: str, options: Mapping[str, Any]) -> Options:
+    """Read and check ``url`` and ``options``.
+
+    Raises:
+        ImproperlyConfigured: not an AMQP URL, several hosts, or an unknown or bad option.
+    """
+    masked = mask_url(url) if isinstance(url, str) else repr(url)
+    if not isinstance(url, str):
+        raise ImproperlyConfigured(f"the broker URL must be a string, got {masked}",
+                                   setting="broker_url")
+    if ";" in url:
+        raise ImproperlyConfigured(
+            f"failover URLs (several hosts separated by ';') are not supported: {masked}",
+            setting="broker_url",
+        )
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError as exc:
+        raise ImproperlyConfigured(f"cannot parse the broker URL {masked}: {exc}",
+                                   setting="broker_url") from exc
+    scheme = parts.scheme.lower()
+    if scheme not in SCHEMES:
+        raise ImproperlyConfigured(
+            f"not an AMQP URL (scheme {parts.scheme!r}): {masked}", setting="broker_url"
+        )
+    merged: dict[str, Any] = dict(options)
+    ssl_from_query: dict[str, Any] = {}
+    for name, value in parse_qsl(parts.query, keep_blank_values=True):
+        if name in _SSL_QUERY:
+            key = _SSL_QUERY[name]
+            if key == "cert_reqs":
+                if value.lower() not in _CERT_REQS:
+                    raise _bad(name, f"must be one of CERT_REQUIRED, CERT_OPTIONAL, "
+                                     f"CERT_NONE, got {value!r}")
+                ssl_from_query[key] = _CERT_REQS[value.lower()]
+            else:
+                ssl_from_query[key] = value
+            continue
+        reader = _QUERY.get(name)
+        if reader is None:
+            _unknown(name)
+        try:
+            merged[name] = reader(value)
+        except ValueError as exc:
+            raise _bad(name, f"bad value {value!r} in the broker URL ({exc})") from exc
+    for name in merged:
+        if name not in KNOWN:
+            _unknown(name)
+    take = merged.pop
+
+    tls = take("ssl", scheme == "amqps")
+    if isinstance(tls, Mapping):
+        unknown = sorted(set(tls) - _SSL_KEYS)
+        if unknown:
+            raise _bad("ssl", f"unknown TLS option(s) {', '.join(unknown)}; known: "
+                              f"{', '.join(sorted(_SSL_KEYS))}")
+        tls = {**tls, **ssl_from_query}
+    elif isinstance(tls, bool):
+        if ssl_from_query:
+            tls = dict(ssl_from_query)
+    else:
+        raise _bad("ssl", f"must be True, False or a dict of TLS options, got {tls!r}")
+
+    heartbeat = _number("heartbeat", take("heartbeat", 60.0), minimum=0)
+    connect_timeout = _number("connect_timeout", take("connect_timeout", 4.0), minimum=0,
+                              inclusive=False)
+    confirm_timeout = _number("confirm_timeout", take("confirm_timeout", 30.0), minimum=0,
+                              inclusive=False)
+    confirm_publish = take("confirm_publish", True)
+    if not isinstance(confirm_publish, bool):
+        raise _bad("confirm_publish", f"must be True or False, got {confirm_publish!r}")
+
+    queue_type = _choice("queue_type", take("queue_type", "classic"), ("classic", "quorum"))
+    exchange_type = _choice("exchange_type", take("exchange_type", "direct"),
+                            ("direct", "topic", "fanout"))
+    delay_mode = _choice("delay_mode", take("delay_mode", "auto"),
+                         ("auto", "ladder", "celery"))
+    ladder_type = _choice("delayed_delivery_queue_type",
+                          take("delayed_delivery_queue_type", "quorum"), ("classic", "quorum"))
+    max_priority = take("max_priority", None)
+    if max_priority is not None and (
+        isinstance(max_priority, bool) or not isinstance(max_priority, int)
+        or not 1 <= max_priority <= 255
+    ):
+        raise _bad("max_priority", f"must be an int within 1..255, got {max_priority!r}")
+    queue_arguments = _queue_arguments(take("queue_arguments", {}))
+
+    extra: dict[str, Any] = {}
+    for name in ("read_timeout", "write_timeout"):
+        if name in merged:
+            extra[name] = _number(name, take(name), minimum=0, inclusive=False)
+    for name in ("frame_max", "channel_max"):
+        if name in merged:
+            value = take(name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise _bad(name, f"must be a positive int, got {value!r}")
+            extra[name] = value
+    if "login_method" in merged:
+        method = take("login_method")
+        extra["login_method"] = _choice("login_method", method,
+                                        ("AMQPLAIN", "PLAIN", "EXTERNAL", "GSSAPI"))
+    for name in ("socket_settings", "client_properties"):
+        if name in merged:
+            value = take(name)
+            if not isinstance(value, Mapping):
+                raise _bad(name, f"must be a mapping, got {value!r}")
+            extra[name] = dict(value)
+
+    host = unquote(parts.hostname or "") or "localhost"
+    if host == "localhost":
+        host = "127.0.0.1"  # as Kombu: no IPv6 lookup for the usual case
+    path = parts.path[1:] if parts.path.startswith("/") else parts.path
+    return Options(
+        masked_url=masked,
+        host=host,
+        port=port or (5671 if tls else 5672),
+        userid=unquote(parts.username or "") or "guest",
+        password=unquote(parts.password or "") or "guest",
+        virtual_host=unquote(path) or "/",
+        ssl=tls,
+        heartbeat=heartbeat,
+        connect_timeout=connect_timeout,
+        confirm_timeout=confirm_timeout,
+        confirm_publish=confirm_publish,
+        connection_extra=extra,
+        queue_type=queue_type,
+        queue_arguments=queue_arguments,
+        max_priority=max_priority,
+        exchange_type=exchange_type,
+        delay_mode=delay_mode,
+        delayed_delivery_queue_type=ladder_type,
+    )
+
+
+def _unknown(name: str) -> NoReturn:
+    hint = _NOT_HERE.get(name)
+    if hint is not None:
+        raise _bad(name, f"not supported by the AMQP transport: {hint}")
+    raise _bad(name, f"unknown option; known: {', '.join(sorted(KNOWN))}")
+
+
+def _queue_arguments(value: Any) -> dict[str, dict[str, Any]]:
+    if not isinstance(value, Mapping):
+        raise _bad("queue_arguments", f"must map queue names to argument dicts, got {value!r}")
+    result: dict[str, dict[str, Any]] = {}
+    for queue, arguments in value.items():
+        if not isinstance(queue, str) or not queue:
+            raise _bad("queue_arguments", f"queue names must be non-empty strings, got {queue!r}")
+        if not isinstance(arguments, Mapping) or not all(isinstance(k, str) for k in arguments):
+            raise _bad("queue_arguments",
+                       f"the arguments of {queue!r} must be a dict with string keys")
+        kind = arguments.get("x-queue-type", "classic")
+        if kind not in ("classic", "quorum"):
+            raise _bad("queue_arguments",
+                       f"x-queue-type of {queue!r} must be 'classic' or 'quorum', got {kind!r}")
+        result[queue] = dict(arguments)
+    return result

@@ -1,0 +1,248 @@
+"""A ``Frame`` on AMQP 0-9-1: the basic properties, the header table, the publish frames.
+
+The mapping is Kombu's (``kombu.transport.pyamqp``), so the bytes are what Celery sends:
+
+* the body goes as it is (no base64, nothing added);
+* ``content_type`` and ``content_encoding`` are the basic properties of those names;
+* the headers are ``application_headers``, written by py-amqp's table writer, as Kombu
+  writes them (``str`` as ``S``, ``int`` as ``I`` or ``L``, ``bool`` as ``t``, ``None`` as
+  ``V``, lists as ``A``, dicts as ``F``...);
+* the AMQP properties (``delivery_mode``, ``priority``, ``correlation_id``, ``reply_to``,
+  ``expiration``, ``message_id``, ``timestamp``, ``type``, ``user_id``, ``app_id``,
+  ``cluster_id``) are the basic properties of those names. A frame property that is not
+  one of them (Kombu would drop it without a word) travels in the header
+  ``x-wiretask-properties`` and is restored on receipt; Celery's frames have none, so
+  their bytes are unchanged.
+
+``encode`` serializes every message of a batch before anything is written (a value the
+table writer cannot encode is an ``EncodeError`` naming it, raised before the first
+message is sent), and ``publish_frames`` lays out the ``basic.publish`` frames, so that a
+whole batch goes out in one write.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Mapping
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
+
+import attrs
+from amqp import spec
+from amqp.basic_message import Message
+from amqp.exceptions import FrameSyntaxError
+from amqp.serialization import dumps
+
+from wiretask.errors import EncodeError, ValidationError
+from wiretask.protocol.frame import Frame
+
+__all__ = [
+    "AMQP_PROPERTIES",
+    "PROPERTIES_HEADER",
+    "Encoded",
+    "check_name",
+    "encode",
+    "publish_frames",
+    "to_frame",
+]
+
+#: The basic properties other than the content labels and the header table.
+AMQP_PROPERTIES = frozenset({
+    "delivery_mode", "priority", "correlation_id", "reply_to", "expiration", "message_id",
+    "timestamp", "type", "user_id", "app_id", "cluster_id",
+})
+#: Carries a frame's non-AMQP properties (see the module doc).
+PROPERTIES_HEADER = "x-wiretask-properties"
+
+_SHORT_STRINGS = frozenset({
+    "correlation_id", "reply_to", "expiration", "message_id", "type", "user_id", "app_id",
+    "cluster_id",
+})
+_OCTETS = frozenset({"delivery_mode", "priority"})
+_PUBLISH = struct.pack(">HH", *spec.Basic.Publish)
+_HEADER_PREFIX = struct.pack(">HH", spec.Basic.CLASS_ID, 0)
+_FRAME_END = b"\xce"
+
+
+def to_frame(message: Message) -> Frame:
+    """The frame of a received py-amqp message (read from a channel opened with
+    ``auto_decode=False``, so ``body`` is the bytes as they came). Takes the message's
+    property dict over: the message must not be used afterwards."""
+    properties: dict[str, Any] = message.properties
+    content_type = properties.pop("content_type", "")
+    content_encoding = properties.pop("content_encoding", "")
+    headers = properties.pop("application_headers", None)
+    if headers is None:
+        headers = {}
+    elif PROPERTIES_HEADER in headers:
+        extra = headers.pop(PROPERTIES_HEADER)
+        if isinstance(extra, dict):
+            properties.update(extra)
+        else:  # not ours after all: leave it where it was
+            headers[PROPERTIES_HEADER] = extra
+    body = message.body
+    if not isinstance(body, bytes):  # bytearray/memoryview from a chunked body
+        body = bytes(body)
+    return Frame.adopt(body, content_type, content_encoding, headers, properties)
+
+
+def check_name(field: str, value: str) -> bytes:
+    """An exchange name or routing key as the short string AMQP carries (at most 255
+    bytes of UTF-8).
+
+    Raises:
+        ValidationError: longer than 255 bytes.
+    """
+    raw = value.encode("utf-8", "surrogatepass")
+    if len(raw) > 255:
+        raise ValidationError(
+            field, f"at most 255 bytes in AMQP, got {len(raw)}: {value[:60]!r}...", value=value
+        )
+    return raw
+
+
+@attrs.frozen
+class Encoded:
+    """A message's content header fields, serialized, and its body: what
+    ``publish_frames`` frames. Made before any connection is touched, so that an
+    unencodable value fails the whole batch before anything is sent."""
+
+    properties: bytes
+    body: bytes
+
+
+def encode(frame: Frame) -> Encoded:
+    """Serialize ``frame``'s properties and headers as py-amqp (and so Kombu) does.
+
+    Raises:
+        EncodeError: a header or property AMQP cannot carry (the field is named).
+    """
+    try:
+        properties = _serialize_properties(frame)
+    except (FrameSyntaxError, struct.error, TypeError, ValueError, OverflowError) as exc:
+        raise _encode_error(frame, exc) from exc
+    return Encoded(properties, frame.body)
+
+
+def publish_frames(
+    encoded: Encoded, exchange: str, routing_key: str, *, channel: int, frame_max: int,
+    mandatory: bool = True,
+) -> bytes:
+    """The ``basic.publish`` method, content header and body frames of one message, as
+    py-amqp's frame writer lays them out (body frames of at most ``frame_max - 8``
+    bytes, none for an empty body).
+
+    Raises:
+        ValidationError: ``exchange`` or ``routing_key`` over 255 bytes.
+    """
+    check_name("exchange", exchange)
+    check_name("routing_key", routing_key)
+    arguments = dumps("Bssbb", (0, exchange, routing_key, mandatory, False))
+    body = encoded.body
+    method = _PUBLISH + arguments
+    header = _HEADER_PREFIX + struct.pack(">Q", len(body)) + encoded.properties
+    parts = [
+        struct.pack(">BHI", 1, channel, len(method)), method, _FRAME_END,
+        struct.pack(">BHI", 2, channel, len(header)), header, _FRAME_END,
+    ]
+    chunk = frame_max - 8
+    for start in range(0, len(body), chunk):
+        piece = body[start:start + chunk]
+        parts += (struct.pack(">BHI", 3, channel, len(piece)), piece, _FRAME_END)
+    return b"".join(parts)
+
+
+def _serialize_properties(frame: Frame) -> bytes:
+    properties = frame.properties
+    message = Message(
+        content_type=frame.content_type, content_encoding=frame.content_encoding,
+        application_headers=_headers_with_extra(frame),
+    )
+    table = message.properties
+    for name, value in properties.items():
+        if name in AMQP_PROPERTIES:
+            table[name] = value
+    result: bytes = message._serialize_properties()
+    return result
+
+
+def _headers_with_extra(frame: Frame) -> Mapping[str, Any]:
+    headers = frame.headers
+    if PROPERTIES_HEADER in headers:
+        raise EncodeError(f"headers[{PROPERTIES_HEADER!r}]",
+                          "this header name is reserved for the transport")
+    properties = frame.properties
+    if properties.keys() <= AMQP_PROPERTIES:
+        return headers
+    extra = {k: v for k, v in properties.items() if k not in AMQP_PROPERTIES}
+    return {**headers, PROPERTIES_HEADER: extra}
+
+
+def _encode_error(frame: Frame, cause: BaseException) -> EncodeError:
+    """Find what py-amqp could not encode, and name it."""
+    for name, value in frame.properties.items():
+        found = _property_problem(name, value)
+        if found is not None:
+            return EncodeError(*found)
+    for name, value in (("content_type", frame.content_type),
+                        ("content_encoding", frame.content_encoding)):
+        problem = _short_string_problem(value)
+        if problem is not None:
+            return EncodeError(name, problem)
+    found = _table_value_problem("headers", dict(frame.headers))
+    if found is not None:
+        return EncodeError(*found)
+    return EncodeError("message", f"py-amqp could not encode it: {cause}")
+
+
+def _property_problem(name: str, value: Any) -> tuple[str, str] | None:
+    where = f"properties[{name!r}]"
+    if name in _SHORT_STRINGS:
+        problem = _short_string_problem(value)
+    elif name in _OCTETS:
+        fits = isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= 255
+        problem = None if fits else f"must be an int within 0..255, got {value!r}"
+    elif name == "timestamp":
+        fits = isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 2**64
+        problem = None if fits else f"must be an int of seconds >= 0, got {value!r}"
+    else:  # carried in the properties header: a table value
+        return _table_value_problem(where, value)
+    return None if problem is None else (where, problem)
+
+
+def _short_string_problem(value: Any) -> str | None:
+    if not isinstance(value, str):
+        return f"must be a string, got {type(value).__name__}"
+    if len(value.encode("utf-8", "surrogatepass")) > 255:
+        return "an AMQP short string holds at most 255 bytes"
+    return None
+
+
+def _table_value_problem(path: str, value: Any) -> tuple[str, str] | None:
+    """(path, problem) of the first value py-amqp's table writer refuses, or None."""
+    if value is None or isinstance(value, str | bytes | bool | float | Decimal | datetime):
+        return None
+    if isinstance(value, int):
+        if -(2**63) <= value < 2**63:
+            return None
+        return path, f"{value} does not fit AMQP's signed 64-bit integer"
+    if isinstance(value, Mapping):
+        for key, item in value.items():
+            where = f"{path}[{key!r}]"
+            if not isinstance(key, str):
+                return where, f"table keys must be strings, got {type(key).__name__}"
+            if len(key.encode("utf-8", "surrogatepass")) > 255:
+                return where, "a table key holds at most 255 bytes"
+            found = _table_value_problem(where, item)
+            if found is not None:
+                return found
+        return None
+    if isinstance(value, list | tuple):
+        for index, item in enumerate(value):
+            found = _table_value_problem(f"{path}[{index}]", item)
+            if found is not None:
+                return found
+        return None
+    return path, (f"a {type(value).__name__} value cannot be carried in an AMQP table "
+                  "(use str, int, float, bool, None, lists and string-keyed dicts)")

@@ -1,0 +1,947 @@
+"""RabbitMQ (AMQP 0-9-1) transport on py-amqp, wire-compatible with Kombu's ``pyamqp``.
+
+What wiretask publishes runs on a Celery worker and what Celery publishes runs on
+wiretask's worker: the same bytes (``wiretask._amqp.wire``), the same declarations
+(``wiretask._amqp.topology``), the same delay ladder. ``spec/amqp.md`` is the normative
+description; this docstring says how the transport works.
+
+**Two connections.** Publishing (and declaring, counting, purging) uses one connection,
+consuming another, as Celery does; each is a ``Link`` used under its own lock, so a
+consumer waiting for messages never delays a publish. A heartbeat thread (when
+``heartbeat`` > 0) keeps both alive while their owner is busy, and notices a dead broker.
+
+**Publishing** writes a whole batch (``publish_many``) in one socket write and then, with
+publisher confirms (the default), waits until the broker has confirmed every message of
+it: a publish that returned is on the broker. Messages are published ``mandatory``; an
+unroutable one comes back (``basic.return``) and a refused one is nacked: both raise
+``TransportError`` naming the messages and the cause (the others of the batch are on the
+broker). A connection lost before the confirms arrive raises ``ConnectionLost``: the
+outcome is unknown and a retry may publish a message twice (as Kombu's does). Queues are
+declared before their first publish on a connection, exactly as Celery declares them.
+
+**Consuming** subscribes (``basic.consume``) to the requested queues with a per-consumer
+prefetch window (``basic.qos``, not global: quorum queues refuse global QoS). The window is
+the largest ``limit`` a ``receive_many`` has asked for: the worker asks for its room
+(``concurrency + prefetch - running``), so the broker never pushes more than the worker
+has room for, like Celery's prefetch. RabbitMQ applies a new window only to new
+consumers, so a larger ``limit`` re-subscribes (messages already pushed stay buffered).
+Deliveries are buffered as they arrive and handed out in arrival order; waiting polls the
+socket without holding the connection's lock. Asking for a different set of queues
+cancels the consumers of the others and requeues what they had pushed (RabbitMQ marks
+those ``redelivered``).
+
+**Settling** acks, rejects or requeues on the channel that delivered the message. If that
+channel or connection is gone, the broker has already requeued the message: settling it
+raises ``TransportError`` and the message comes back (``redelivered=True``) to whoever
+consumes next. ``dead_letter`` publishes a copy, with the reason in its headers, to
+``wiretask.dead`` (routed to ``<queue>.dead``), waits for its confirm, then acks the
+original: a crash in between leaves a duplicate dead letter, never a loss.
+
+**Delays.** ``publish(..., not_before=t)`` sends the message through Celery's delay ladder
+(declared on first use): it reaches its queue after ``ceil(t - now)`` whole seconds,
+however long that is, and no consumer holds it meanwhile. The ``delay_mode`` option
+decides whether the *calling API* sends delayed messages that way
+(``capabilities.native_delay_on_send``): ``"auto"`` (default) does when every queue is a
+quorum queue (where Celery 5.5+ uses the ladder itself) and otherwise sends Celery's own
+form (the ``eta`` header, delivered at once, held by the consumer), which a Celery fleet
+on classic queues expects; ``"ladder"`` always does; ``"celery"`` never uses the ladder,
+not even for ``not_before``. Whenever the ladder may be used (``native_delay``), the
+worker hands an early message back to it instead of holding it unacked, so RabbitMQ's
+``consumer_timeout`` never closes its channel.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import os
+import threading
+import time
+from collections import deque
+from collections.abc import Iterable, Sequence
+from datetime import datetime
+from typing import Any, Literal
+
+import amqp
+from amqp import exceptions as amqp_errors
+from amqp.channel import Channel
+
+from wiretask._amqp import topology, wire
+from wiretask._amqp.errors import connection_is_gone
+from wiretask._amqp.link import Link
+from wiretask._amqp.options import Options, parse
+from wiretask.errors import ConnectionLost, TransportError, ValidationError
+from wiretask.protocol.frame import Frame, Outgoing, Route
+from wiretask.transports.base import (
+    Capabilities,
+    DeadLetter,
+    Delivery,
+    Peeked,
+    Settlement,
+    Transport,
+    TransportDelivery,
+    not_before_timestamp,
+    queue_names,
+    receive_arguments,
+    receive_limit,
+)
+
+__all__ = ["AMQPDelivery", "AMQPTransport"]
+
+log = logging.getLogger("wiretask.transports.amqp")
+
+#: Headers a dead letter carries besides the original ones.
+DEAD_REASON = "x-wiretask-dead-reason"
+DEAD_QUEUE = "x-wiretask-dead-queue"
+DEAD_AT = "x-wiretask-dead-at"
+
+#: Longest single wait on the consumer socket (the caller's timeout bounds it too).
+_WAIT_SLICE = 1.0
+
+
+class AMQPDelivery(TransportDelivery):
+    """A message received from RabbitMQ; settle it with ``ack``/``reject``/``dead_letter``."""
+
+    def __init__(
+        self, transport: AMQPTransport, *, frame: Frame, queue: str, redelivered: bool,
+        delivery_tag: int, exchange: str, routing_key: str, channel: object,
+    ) -> None:
+        self.frame = frame
+        self.queue = queue
+        self.redelivered = redelivered
+        #: The broker's per-channel delivery tag.
+        self.delivery_tag = delivery_tag
+        #: Where it was published (``celery_delayed_delivery`` after the delay ladder).
+        self.exchange = exchange
+        self.routing_key = routing_key
+        self._transport = transport
+        self._channel = channel
+        self._settled: str | None = None
+
+    def _settle(self, how: Settlement, reason: str = "") -> None:
+        self._transport._settle(self, how, reason)
+
+
+class AMQPTransport(Transport):
+    """Kombu-compatible RabbitMQ transport for ``amqp://``, ``pyamqp://`` and ``amqps://``.
+
+    Args:
+        url: ``amqp[s]://[user[:password]@]host[:port][/vhost][?option=value&...]``, with
+            Kombu's rules (``//`` is the vhost ``/``; see ``wiretask._amqp.options``).
+        heartbeat: Seconds of AMQP heartbeat (default 60; 0 disables).
+        connect_timeout: Seconds to connect and open (default 4, Celery's
+            ``broker_connection_timeout``).
+        confirm_publish: Wait for publisher confirms (default True).
+        confirm_timeout: Seconds to wait for them before the outcome counts as unknown
+            (``ConnectionLost``; default 30).
+        ssl: True, or py-amqp's TLS options (``ca_certs``, ``certfile``, ``keyfile``,
+            ``cert_reqs``, ``server_hostname``...); ``amqps://`` implies True. The query
+            may hold ``ssl_ca_certs``, ``ssl_certfile``, ``ssl_keyfile``,
+            ``ssl_cert_reqs`` and ``ssl_server_hostname``.
+        login_method, read_timeout, write_timeout, socket_settings, client_properties,
+            frame_max, channel_max: passed to ``amqp.Connection``.
+        queue_type: ``"classic"`` (default) or ``"quorum"``: how queues without their own
+            arguments are declared (Celery's ``task_default_queue_type``).
+        queue_arguments: ``{queue: arguments}`` for queues declared with arguments of
+            their own (what Celery's ``task_queues`` declare).
+        max_priority: ``x-max-priority`` for queues without one (Celery's
+            ``task_queue_max_priority``); enables ``capabilities.priorities``.
+        exchange_type: Type of the exchange declared per queue (default ``"direct"``,
+            Celery's ``task_default_exchange_type``).
+        delay_mode: ``"auto"`` (default), ``"ladder"`` or ``"celery"`` (see above).
+        delayed_delivery_queue_type: Type of the ladder's queues (default ``"quorum"``,
+            Celery's ``broker_native_delayed_delivery_queue_type``).
+
+    Raises:
+        ImproperlyConfigured: a bad URL, or an unknown or bad option (named).
+    """
+
+    def __init__(self, url: str, **options: Any) -> None:
+        config = parse(url, options)
+        self._options: Options = config
+        self.url = config.masked_url
+        quorum_only = config.queue_type == "quorum" and all(
+            config.queue_type_of(queue) == "quorum" for queue in config.queue_arguments
+        )
+        ladder = config.delay_mode != "celery"
+        self.capabilities = Capabilities(
+            native_delay=ladder,
+            native_delay_on_send=ladder and (config.delay_mode == "ladder" or quorum_only),
+            priorities=config.max_priority is not None,
+            priority_order="higher-first",
+            max_priority=config.max_priority if config.max_priority is not None else 255,
+            per_message_ttl=True,
+            visibility_timeout=None,
+        )
+        self._publisher = Link(config, "publish")
+        self._consumer = Link(config, "consume")
+        # Publishing state (under the publisher's lock).
+        self._pub_channel: Channel | None = None
+        self._admin_channel: Channel | None = None
+        self._pub_epoch = -1
+        self._declared: set[topology.Declaration] = set()
+        self._next_tag = 1
+        self._confirm_floor = 1  # every tag below it is settled (acked or nacked)
+        self._confirm_ceiling = 1  # tags of the batch in flight end below it
+        self._confirmed: set[int] = set()  # settled tags at or above the floor
+        self._nacked: set[int] = set()
+        self._returned: list[tuple[str, str, str, amqp.Message]] = []
+        # Consuming state (under the consumer's lock).
+        self._sub_channel: Channel | None = None
+        self._sub_epoch = -1
+        self._sub_token: object = object()  # identifies the consumer channel of the day
+        self._window = 0
+        self._tags: dict[str, str] = {}  # consumer tag -> queue
+        self._by_queue: dict[str, str] = {}  # queue -> consumer tag
+        self._buffer: deque[amqp.Message] = deque()
+        self._reading = False
+        self._arrived = threading.Condition(self._consumer.lock)
+        self._consuming = False
+        #: Queue lists a receive declared, with the publisher epoch it did so in.
+        self._queues_declared: dict[tuple[str, ...], int] = {}
+        self._tag_numbers = itertools.count(1)
+        self._heartbeat_stop = threading.Event()
+        self._heartbeat: threading.Thread | None = None
+        self._heartbeat_lock = threading.Lock()
+
+    def __repr__(self) -> str:
+        return f"<AMQPTransport {self.url} delay_mode={self._options.delay_mode}>"
+
+    # -- life cycle -----------------------------------------------------------------
+
+    def connect(self) -> None:
+        """Open the publishing connection (and the consuming one, if this transport has
+        consumed before), checking that the broker answers and accepts the credentials.
+
+        Raises:
+            ConnectionLost: the broker cannot be reached.
+            TransportError: it refused (credentials, virtual host, TLS trust).
+        """
+        with self._publisher.lock:
+            self._open_publisher()
+        if self._consuming:
+            with self._consumer.lock:
+                self._open_consumer()
+
+    def close(self) -> None:
+        """Close both connections. The broker requeues every delivery this transport
+        held and had not settled (marked redelivered); settling one afterwards raises
+        ``TransportError``. Idempotent; a later call reconnects."""
+        self._heartbeat_stop.set()
+        with self._heartbeat_lock:
+            thread, self._heartbeat = self._heartbeat, None
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout=5)
+        with self._consumer.lock:
+            self._consumer.close()
+            self._forget_subscription()
+            self._arrived.notify_all()
+        with self._publisher.lock:
+            self._publisher.close()
+            self._pub_channel = self._admin_channel = None
+
+    def _open_publisher(self) -> amqp.Connection:
+        """The publishing connection and its channels (caller holds its lock)."""
+        link = self._publisher
+        connection = link.open()
+        if self._pub_epoch != link.epoch:
+            self._pub_epoch = link.epoch
+            self._pub_channel = self._admin_channel = None
+            self._declared.clear()
+            self._start_heartbeat()
+        if self._pub_channel is None:
+            with link.translate("open the publishing channel"):
+                channel = connection.channel()
+                channel.auto_decode = False
+                if self._options.confirm_publish:
+                    channel.confirm_select()
+            channel.events["basic_ack"].add(self._on_ack)
+            channel.events["basic_nack"].add(self._on_nack)
+            channel.events["basic_return"].add(self._on_return)
+            self._pub_channel = channel
+            self._next_tag = self._confirm_floor = self._confirm_ceiling = 1
+            self._confirmed.clear()
+            self._nacked.clear()
+        return connection
+
+    def _admin(self) -> Channel:
+        """The channel for declarations and queue inspection (publisher's lock held)."""
+        connection = self._open_publisher()
+        if self._admin_channel is None:
+            with self._publisher.translate("open a channel"):
+                channel = connection.channel()
+                channel.auto_decode = False
+            self._admin_channel = channel
+        return self._admin_channel
+
+    def _channel_failed(self, exc: BaseException, channel: Literal["admin", "publish"]) -> None:
+        """After a driver error on the publisher's connection: drop what it broke."""
+        if connection_is_gone(exc):
+            self._publisher.discard()
+            self._pub_channel = self._admin_channel = None
+            return
+        # A channel error: py-amqp has reopened the channel without our settings.
+        broken = self._admin_channel if channel == "admin" else self._pub_channel
+        if channel == "admin":
+            self._admin_channel = None
+        else:
+            self._pub_channel = None
+        if broken is not None:
+            try:
+                broken.close()
+            except Exception:
+                log.debug("closing a failed channel", exc_info=True)
+
+    def _start_heartbeat(self) -> None:
+        interval = self._options.heartbeat
+        if not interval:
+            return
+        with self._heartbeat_lock:
+            if self._heartbeat is not None:
+                return
+            self._heartbeat_stop = threading.Event()
+            self._heartbeat = threading.Thread(
+                target=self._beat, args=(self._heartbeat_stop, max(interval / 4, 0.5)),
+                name="wiretask-amqp-heartbeat", daemon=True,
+            )
+            self._heartbeat.start()
+
+    def _beat(self, stop: threading.Event, interval: float) -> None:
+        """Heartbeat thread: read what arrived on both connections and send heartbeats,
+        so that a busy owner does not lose its connections."""
+        while not stop.wait(interval):
+            for link in (self._publisher, self._consumer):
+                with link.lock:
+                    try:
+                        link.heartbeat()
+                    except TransportError as exc:
+                        log.warning("%s connection lost: %s", link.role, exc)
+                    if link is self._consumer:
+                        self._arrived.notify_all()
+
+    # -- declaring ------------------------------------------------------------------
+
+    def declare_queue(self, queue: str) -> None:
+        """Declare ``queue`` as Celery does (its exchange, itself, its binding), with the
+        delay ladder and the queue's ladder binding when the calling API uses it.
+
+        Raises:
+            ConnectionLost: the broker cannot be reached.
+            TransportError: e.g. ``PRECONDITION_FAILED``: the queue exists with other
+                arguments (the message names them; match ``queue_type``/``max_priority``
+                /``queue_arguments`` to the fleet's configuration).
+        """
+        queue_names([queue])
+        self._declare(self._queue_declarations(queue))
+
+    def _queue_declarations(self, queue: str) -> list[topology.Declaration]:
+        """Celery's declaration of ``queue``; with the ladder and the queue's binding to
+        it when the calling API sends delayed messages that way (as Celery's worker
+        declares them for its quorum queues, so that Celery's own delayed messages
+        reach a fleet of wiretask workers)."""
+        options = self._options
+        declarations = topology.queue_declaration(
+            queue, options.arguments_of(queue), options.exchange_type
+        )
+        if self.capabilities.native_delay_on_send:
+            declarations += self._ladder_for(queue)
+        return declarations
+
+    def _ladder_for(self, queue: str) -> list[topology.Declaration]:
+        return [*topology.ladder(self._options.delayed_delivery_queue_type),
+                topology.delayed_destination(queue)]
+
+    def _declare(self, declarations: Iterable[topology.Declaration]) -> None:
+        with self._publisher.lock:
+            self._declare_locked(declarations)
+
+    def _declare_locked(self, declarations: Iterable[topology.Declaration]) -> None:
+        """Declare what was not declared on this connection yet: everything without
+        waiting for replies, then one round trip that also reports any failure."""
+        channel = self._admin()
+        todo = [d for d in dict.fromkeys(declarations) if d not in self._declared]
+        if not todo:
+            return
+        try:
+            with self._publisher.translate("declare"):
+                for item in todo:
+                    _send_declaration(channel, item)
+                channel.basic_qos(0, 0, False)  # a synchronous barrier: errors arrive first
+        except TransportError as exc:
+            self._channel_failed(exc.__cause__ or exc, "admin")
+            raise
+        self._declared.update(todo)
+
+    # -- producing ------------------------------------------------------------------
+
+    def publish(self, frame: Frame, route: Route, *, not_before: datetime | None = None) -> None:
+        """Publish one message and wait for its confirm (see the module doc).
+
+        Raises:
+            ConnectionLost: the connection failed; the outcome may be unknown.
+            TransportError: the broker refused or could not route it (named).
+            EncodeError, ValidationError: the message or route cannot be sent.
+        """
+        self.publish_many((Outgoing(frame, route, not_before),))
+
+    def publish_many(self, messages: Sequence[Outgoing]) -> None:
+        """Publish a batch in one write, then wait for every confirm (one round of
+        confirms for the whole batch). Every message is encoded first: one that cannot
+        be is an error before anything is sent.
+
+        Raises:
+            ConnectionLost: the connection failed; the outcome may be unknown.
+            TransportError: some messages were nacked or unroutable (named); the others
+                of the batch are on the broker.
+            EncodeError, ValidationError: a message or route cannot be sent.
+        """
+        plan = [self._plan(message) for message in messages]
+        if plan:
+            self._send(plan)
+
+    def _send(self, plan: Sequence[_Planned]) -> None:
+        """Declare what ``plan`` needs, write it in one go, wait for its confirms."""
+        link = self._publisher
+        with link.lock:
+            connection = self._open_publisher()
+            needed: dict[topology.Declaration, None] = {}
+            for item in plan:
+                needed.update(dict.fromkeys(item.declarations))
+            self._declare_locked(needed)
+            channel = self._pub_channel
+            assert channel is not None
+            frame_max = connection.frame_max
+            data = b"".join(
+                wire.publish_frames(item.encoded, item.exchange, item.routing_key,
+                                    channel=channel.channel_id, frame_max=frame_max)
+                for item in plan
+            )
+            first = self._next_tag
+            self._next_tag += len(plan)
+            self._confirm_ceiling = self._next_tag
+            self._returned.clear()
+            try:
+                with link.translate("publish"):
+                    connection.transport.write(data)
+                    connection.bytes_sent += 1
+                    if self._options.confirm_publish:
+                        self._await_confirms(connection)
+            except TransportError as exc:
+                self._channel_failed(exc.__cause__ or exc, "publish")
+                raise
+            nacked = sorted(t for t in self._nacked if t >= first)
+            self._nacked.clear()
+            returned = list(self._returned)
+            self._returned.clear()
+        if nacked or returned:
+            raise self._refused(plan, first, nacked, returned)
+
+    def _await_confirms(self, connection: amqp.Connection) -> None:
+        deadline = time.monotonic() + self._options.confirm_timeout
+        while self._confirm_floor < self._confirm_ceiling:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise TimeoutError(
+                    f"no publisher confirm within {self._options.confirm_timeout:g} s; "
+                    "whether the messages are on the broker is unknown"
+                )
+            connection.drain_events(timeout=remaining)
+
+    def _on_ack(self, tag: int, multiple: bool) -> None:
+        self._settle_confirm(tag, multiple)
+
+    def _on_nack(self, tag: int, multiple: bool) -> None:
+        low = self._confirm_floor if multiple else tag
+        self._nacked.update(t for t in range(low, tag + 1) if t not in self._confirmed)
+        self._settle_confirm(tag, multiple)
+
+    def _settle_confirm(self, tag: int, multiple: bool) -> None:
+        if multiple:
+            self._confirm_floor = max(self._confirm_floor, tag + 1)
+        else:
+            self._confirmed.add(tag)
+        floor = self._confirm_floor
+        confirmed = self._confirmed
+        while floor in confirmed:
+            confirmed.discard(floor)
+            floor += 1
+        self._confirm_floor = floor
+        if multiple and confirmed:
+            self._confirmed = {t for t in confirmed if t >= floor}
+
+    def _on_return(self, exc: Exception, exchange: str, routing_key: str,
+                   message: amqp.Message) -> None:
+        if not self._options.confirm_publish:
+            log.warning("the broker returned an unroutable message (exchange %r, routing "
+                        "key %r): %s", exchange, routing_key, exc)
+        self._returned.append((str(exc), exchange, routing_key, message))
+
+    def _refused(
+        self, plan: Sequence[_Planned], first: int, nacked: Sequence[int],
+        returned: Sequence[tuple[str, str, str, amqp.Message]],
+    ) -> TransportError:
+        problems = []
+        if returned:
+            what = [f"task {_task_id(m)} (exchange {ex!r}, routing key {rk!r}: {why})"
+                    for why, ex, rk, m in returned[:5]]
+            problems.append(f"{len(returned)} unroutable message(s), returned by the "
+                            f"broker: {'; '.join(what)}")
+        if nacked:
+            ids = [plan[t - first].task_id for t in nacked if 0 <= t - first < len(plan)]
+            problems.append(f"{len(nacked)} message(s) refused (nacked) by the broker, e.g. "
+                            f"a full queue with x-overflow=reject-publish: tasks {ids[:5]}")
+        return TransportError("publish: " + "; ".join(problems), url=self.url)
+
+    def _plan(self, message: Outgoing) -> _Planned:
+        """Validate and encode one message and decide where it goes (no I/O)."""
+        frame, route = message.frame, message.route
+        if not isinstance(frame, Frame):
+            raise ValidationError("frame", f"must be a Frame, got {type(frame).__name__}")
+        if not isinstance(route, Route):
+            raise ValidationError("route", f"must be a Route, got {type(route).__name__}")
+        key = route.key
+        exchange = route.exchange
+        if not isinstance(exchange, str) or not isinstance(key, str):
+            raise ValidationError("route", f"exchange and routing key must be strings: {route!r}")
+        destination = key if not exchange else route.queue
+        queue_names([destination])
+        encoded = wire.encode(frame)
+        options = self._options
+        if exchange:
+            declarations: list[topology.Declaration] = [
+                topology.Exchange(exchange, options.exchange_type),
+                topology.Queue(route.queue, options.arguments_of(route.queue)),
+                topology.Bind(route.queue, exchange, key),
+            ]
+        else:
+            declarations = self._queue_declarations(key)
+        due = not_before_timestamp(message.not_before)
+        if due is not None and self.capabilities.native_delay:
+            seconds = topology.delay_seconds(due - time.time())
+            if seconds:
+                declarations = [*declarations, *self._ladder_for(destination)]
+                exchange, key = topology.TOP_LEVEL, topology.delay_routing_key(
+                    seconds, destination)
+        wire.check_name("exchange", exchange)
+        wire.check_name("routing_key", key)
+        return _Planned(encoded, exchange, key, declarations, frame.task_id)
+
+    # -- consuming ------------------------------------------------------------------
+
+    def receive(self, queues: Sequence[str], *, timeout: float) -> AMQPDelivery | None:
+        """Next message from ``queues`` (see ``receive_many``)."""
+        received = self.receive_many(queues, limit=1, timeout=timeout)
+        return received[0] if received else None
+
+    def receive_many(
+        self, queues: Sequence[str], *, limit: int, timeout: float
+    ) -> list[AMQPDelivery]:
+        """Up to ``limit`` messages from ``queues``, in the order the broker pushed them;
+        waits up to ``timeout`` seconds for the first. Subscribes to ``queues`` with a
+        prefetch window of at least ``limit`` (see the module doc).
+
+        Raises:
+            ConnectionLost: the connection failed (deliveries it held come back to the
+                queue; this transport reconnects on the next call).
+            TransportError: e.g. a queue declared with other arguments.
+        """
+        names, deadline = receive_arguments(queues, timeout)
+        limit = receive_limit(limit)
+        self._consuming = True
+        if self._queues_declared.get(tuple(names)) != self._pub_epoch:
+            self._declare([d for queue in names for d in self._queue_declarations(queue)])
+            self._queues_declared[tuple(names)] = self._pub_epoch
+        link = self._consumer
+        with link.lock:
+            while True:
+                self._subscribe(names, limit)
+                self._pump_consumer()
+                taken = self._take(names, limit)
+                if taken:
+                    return taken
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return []
+                if self._reading:  # another thread waits on the socket and will tell
+                    self._arrived.wait(min(remaining, _WAIT_SLICE))
+                    continue
+                waiter = link.waiter()
+                if waiter is None:
+                    continue
+                self._reading = True
+                link.lock.release()
+                try:
+                    waiter.wait(min(remaining, _WAIT_SLICE))
+                finally:
+                    link.lock.acquire()
+                    self._reading = False
+                    self._arrived.notify_all()
+
+    def _open_consumer(self) -> amqp.Connection:
+        """The consuming connection (caller holds its lock); a new one starts a new
+        subscription, and makes every delivery of the old one unsettleable."""
+        link = self._consumer
+        connection = link.open()
+        if self._sub_epoch != link.epoch:
+            self._forget_subscription()
+            self._sub_epoch = link.epoch
+            self._start_heartbeat()
+        return connection
+
+    def _forget_subscription(self) -> None:
+        self._sub_channel = None
+        self._sub_token = object()
+        self._window = 0
+        self._tags.clear()
+        self._by_queue.clear()
+        self._buffer.clear()
+
+    def _subscribe(self, names: list[str], limit: int) -> None:
+        """Consume exactly ``names`` with a window of at least ``limit`` (caller holds
+        the consumer's lock)."""
+        link = self._consumer
+        connection = self._open_consumer()
+        wanted = set(names)
+        window = max(self._window, limit)
+        if (self._sub_channel is not None and window == self._window
+                and wanted == self._by_queue.keys()):
+            return
+        try:
+            with link.translate("subscribe"):
+                channel = self._sub_channel
+                if channel is None:
+                    channel = connection.channel()
+                    channel.auto_decode = False
+                    self._sub_channel = channel
+                    self._sub_token = object()
+                resubscribe = window != self._window
+                for queue in [q for q in self._by_queue if resubscribe or q not in wanted]:
+                    self._unsubscribe(channel, queue, requeue=queue not in wanted)
+                if resubscribe:
+                    channel.basic_qos(0, window, False)
+                    self._window = window
+                for queue in names:
+                    if queue in self._by_queue:
+                        continue
+                    tag = f"wiretask.{os.getpid()}.{id(self):x}.{next(self._tag_numbers)}"
+                    channel.basic_consume(queue, consumer_tag=tag, callback=self._on_delivery,
+                                          on_cancel=self._on_cancel)
+                    self._tags[tag] = queue
+                    self._by_queue[queue] = tag
+        except TransportError as exc:
+            cause = exc.__cause__ or exc
+            if connection_is_gone(cause):
+                link.discard()
+                self._forget_subscription()
+            else:  # a channel error: start again on a fresh channel next time
+                self._drop_sub_channel()
+            raise
+
+    def _unsubscribe(self, channel: Channel, queue: str, *, requeue: bool) -> None:
+        tag = self._by_queue.pop(queue)
+        channel.basic_cancel(tag)  # its buffered messages keep their tag -> queue entry
+        if not requeue:
+            return
+        kept: deque[amqp.Message] = deque()
+        for message in self._buffer:
+            if message.delivery_info["consumer_tag"] == tag:
+                channel.basic_reject(message.delivery_info["delivery_tag"], requeue=True)
+            else:
+                kept.append(message)
+        self._buffer = kept
+
+    def _drop_sub_channel(self) -> None:
+        """Close the consumer channel after a channel error: its deliveries are requeued
+        by the broker."""
+        channel = self._sub_channel
+        self._forget_subscription()
+        if channel is not None:
+            try:
+                channel.close()
+            except Exception:
+                log.debug("closing a failed consumer channel", exc_info=True)
+
+    def _on_delivery(self, message: amqp.Message) -> None:
+        self._buffer.append(message)
+
+    def _on_cancel(self, tag: str) -> None:
+        """The broker cancelled a consumer (its queue was deleted): subscribe again on
+        the next receive (which fails loudly if the queue is gone for good)."""
+        queue = self._tags.get(tag)
+        if queue is not None and self._by_queue.get(queue) == tag:
+            del self._by_queue[queue]
+            log.warning("the broker cancelled the consumer of %r", queue)
+
+    def _pump_consumer(self) -> None:
+        try:
+            self._consumer.pump()
+        except TransportError:
+            self._forget_subscription()
+            raise
+
+    def _take(self, names: list[str], limit: int) -> list[AMQPDelivery]:
+        buffer = self._buffer
+        if not buffer:
+            return []
+        taken: list[AMQPDelivery] = []
+        token = self._sub_token
+        tags = self._tags
+        while buffer and len(taken) < limit:
+            message = buffer.popleft()
+            info = message.delivery_info
+            queue = tags.get(info["consumer_tag"])
+            if queue is None:  # its consumer was cancelled by the broker
+                queue = info["routing_key"] if not info["exchange"] else ""
+            taken.append(AMQPDelivery(
+                self, frame=wire.to_frame(message), queue=queue,
+                redelivered=info["redelivered"], delivery_tag=info["delivery_tag"],
+                exchange=info["exchange"], routing_key=info["routing_key"], channel=token,
+            ))
+        return taken
+
+    # -- settling -------------------------------------------------------------------
+
+    def _settle(self, delivery: AMQPDelivery, how: Settlement, reason: str) -> None:
+        if how == "dead_letter":
+            self._dead_letter(delivery, reason)
+            return
+        link = self._consumer
+        with link.lock:
+            self._check_settleable(delivery)
+            channel = self._sub_channel
+            assert channel is not None
+            try:
+                with link.translate(how):
+                    if how == "ack":
+                        channel.basic_ack(delivery.delivery_tag)
+                    else:
+                        channel.basic_reject(delivery.delivery_tag, requeue=how == "requeue")
+            except TransportError:
+                delivery._settled = "lost with its connection (the broker redelivers it)"
+                link.discard()
+                self._forget_subscription()
+                raise
+            delivery._settled = _SETTLED[how]
+
+    def _check_settleable(self, delivery: AMQPDelivery) -> None:
+        """Raise unless ``delivery`` can be settled now (consumer's lock held)."""
+        if delivery._transport is not self:
+            raise TransportError("a delivery of another transport", url=self.url)
+        if delivery._settled is not None:
+            raise TransportError(
+                f"delivery {delivery.delivery_tag} from {delivery.queue!r} was already "
+                f"{delivery._settled}", url=self.url,
+            )
+        if delivery._channel is not self._sub_token or self._sub_channel is None:
+            delivery._settled = ("lost with the channel that delivered it (the broker has "
+                                 "requeued it; it comes back redelivered)")
+            raise TransportError(
+                f"delivery {delivery.delivery_tag} from {delivery.queue!r} cannot be "
+                f"settled: it was {delivery._settled}", url=self.url,
+            )
+
+    def ack_many(self, deliveries: Sequence[Delivery]) -> None:
+        """Acknowledge several deliveries under one lock (each ack is a small write, with
+        no reply to wait for). Deliveries of another transport are acknowledged one by
+        one; every one is tried, and the first failure raised after."""
+        first: TransportError | None = None
+        ours: list[AMQPDelivery] = []
+        for delivery in deliveries:
+            if isinstance(delivery, AMQPDelivery) and delivery._transport is self:
+                ours.append(delivery)
+            else:
+                try:
+                    delivery.ack()
+                except TransportError as exc:
+                    first = first or exc
+        if ours:
+            link = self._consumer
+            with link.lock:
+                for delivery in ours:
+                    try:
+                        self._check_settleable(delivery)
+                        channel = self._sub_channel
+                        assert channel is not None
+                        with link.translate("ack"):
+                            channel.basic_ack(delivery.delivery_tag)
+                    except TransportError as exc:
+                        first = first or exc
+                        if delivery._settled is None:
+                            delivery._settled = "lost with its connection"
+                            link.discard()
+                            self._forget_subscription()
+                        continue
+                    delivery._settled = "acked"
+        if first is not None:
+            raise first
+
+    def _dead_letter(self, delivery: AMQPDelivery, reason: str) -> None:
+        """Publish a copy with the reason to ``<queue>.dead`` (confirmed), then ack. If
+        the copy cannot be published the delivery stays unsettled."""
+        link = self._consumer
+        with link.lock:
+            self._check_settleable(delivery)
+            delivery._settled = "being dead-lettered"
+        try:
+            frame = delivery.frame
+            headers = {**frame.headers, DEAD_REASON: reason, DEAD_QUEUE: delivery.queue,
+                       DEAD_AT: time.time()}
+            copy = Frame.adopt(frame.body, frame.content_type, frame.content_encoding,
+                               headers, dict(frame.properties))
+            self._send([_Planned(wire.encode(copy), topology.DEAD_EXCHANGE, delivery.queue,
+                                 topology.dead_letter_place(delivery.queue), frame.task_id)])
+        except BaseException:
+            with link.lock:
+                if delivery._settled == "being dead-lettered":
+                    delivery._settled = None
+            raise
+        with link.lock:
+            delivery._settled = None
+            try:
+                self._check_settleable(delivery)
+            except TransportError as exc:
+                raise ConnectionLost(
+                    f"dead-letter: the copy is in {delivery.queue}.dead, but the original "
+                    "could not be acknowledged (its channel is gone): it comes back and "
+                    "will be dead-lettered again", url=self.url,
+                ) from exc
+            channel = self._sub_channel
+            assert channel is not None
+            try:
+                with link.translate("dead-letter (ack)"):
+                    channel.basic_ack(delivery.delivery_tag)
+            except TransportError:
+                delivery._settled = "lost with its connection (the broker redelivers it)"
+                link.discard()
+                self._forget_subscription()
+                raise
+            delivery._settled = "dead-lettered"
+
+    # -- inspecting and housekeeping --------------------------------------------------
+
+    def size(self, queue: str) -> int:
+        """Messages ready in ``queue`` (a passive declare); 0 if it does not exist.
+        Messages waiting in the delay ladder are not counted: the ladder's queues are
+        shared by every destination and cannot be counted per queue without consuming."""
+        queue_names([queue])
+        return self._inspect(queue, "size")
+
+    def purge(self, queue: str) -> int:
+        """Remove the ready messages of ``queue``; return how many (0 if it does not
+        exist). Messages in flight stay; those in the delay ladder arrive later."""
+        queue_names([queue])
+        return self._inspect(queue, "purge")
+
+    def _inspect(self, queue: str, what: Literal["size", "purge"]) -> int:
+        with self._publisher.lock:
+            channel = self._admin()
+            try:
+                with self._publisher.translate(what):
+                    if what == "size":
+                        return int(channel.queue_declare(queue, passive=True).message_count)
+                    return int(channel.queue_purge(queue) or 0)
+            except TransportError as exc:
+                cause = exc.__cause__ or exc
+                self._channel_failed(cause, "admin")
+                if isinstance(cause, amqp_errors.NotFound):
+                    return 0
+                raise
+
+    def peek(self, queue: str, *, limit: int = 100) -> list[Peeked]:
+        """Not offered: AMQP cannot read a queue without taking its messages, and giving
+        them back marks them redelivered, counts a delivery attempt on quorum queues
+        (which a ``delivery-limit`` turns into a dead letter) and hides them from
+        consumers meanwhile.
+
+        Raises:
+            TransportError: always, saying so.
+        """
+        raise TransportError(
+            f"peek is not available on AMQP: RabbitMQ cannot show the messages of "
+            f"{queue!r} without taking them from its consumers (and marking them "
+            "redelivered); use size() for a count", url=self.url,
+        )
+
+    def dead_letters(self, queue: str) -> list[DeadLetter]:
+        """The dead letters of ``queue`` (``<queue>.dead``), oldest first. They are read
+        with ``basic.get`` and given back by closing the reading channel, which RabbitMQ
+        puts back in their places: nothing is lost or reordered, and they are marked
+        redelivered (which means nothing for a dead letter). Nothing should consume
+        ``<queue>.dead`` meanwhile."""
+        queue_names([queue])
+        letters: list[DeadLetter] = []
+        with self._publisher.lock:
+            connection = self._open_publisher()
+            try:
+                with self._publisher.translate("dead_letters"):
+                    channel = connection.channel()
+                    channel.auto_decode = False
+                    try:
+                        while True:
+                            message = channel.basic_get(f"{queue}.dead", no_ack=False)
+                            if message is None:
+                                break
+                            letters.append(_read_dead_letter(queue, message))
+                    finally:
+                        if channel.is_open:
+                            channel.close()
+            except TransportError as exc:
+                cause = exc.__cause__ or exc
+                if connection_is_gone(cause):
+                    self._publisher.discard()
+                    raise
+                if isinstance(cause, amqp_errors.NotFound):
+                    return []
+                raise
+        return letters
+
+
+class _Planned:
+    """One message ready to publish: encoded, routed, with what it needs declared."""
+
+    __slots__ = ("declarations", "encoded", "exchange", "routing_key", "task_id")
+
+    def __init__(self, encoded: wire.Encoded, exchange: str, routing_key: str,
+                 declarations: list[topology.Declaration], task_id: str | None) -> None:
+        self.encoded = encoded
+        self.exchange = exchange
+        self.routing_key = routing_key
+        self.declarations = declarations
+        self.task_id = task_id
+
+
+_SETTLED: dict[str, str] = {"ack": "acked", "reject": "rejected", "requeue": "requeued"}
+
+
+def _send_declaration(channel: Channel, item: topology.Declaration) -> None:
+    if isinstance(item, topology.Exchange):
+        channel.exchange_declare(item.name, item.type, durable=item.durable,
+                                 auto_delete=item.auto_delete, nowait=True)
+    elif isinstance(item, topology.Queue):
+        channel.queue_declare(item.name, durable=item.durable, exclusive=False,
+                              auto_delete=False, arguments=item.arguments, nowait=True)
+    elif isinstance(item, topology.Bind):
+        channel.queue_bind(item.queue, item.exchange, item.routing_key, nowait=True)
+    else:
+        channel.exchange_bind(item.destination, item.source, item.routing_key, nowait=True)
+
+
+def _task_id(message: amqp.Message) -> str:
+    headers = message.properties.get("application_headers") or {}
+    value = headers.get("id") or message.properties.get("correlation_id")
+    return str(value) if value else "<no id>"
+
+
+def _read_dead_letter(queue: str, message: amqp.Message) -> DeadLetter:
+    frame = wire.to_frame(message)
+    headers = dict(frame.headers)
+    reason = headers.pop(DEAD_REASON, None)
+    headers.pop(DEAD_QUEUE, None)
+    at = headers.pop(DEAD_AT, 0.0)
+    original = Frame.adopt(frame.body, frame.content_type, frame.content_encoding, headers,
+                           dict(frame.properties))
+    return DeadLetter(
+        queue=queue, reason=str(reason) if reason is not None else "unknown (no reason header)",
+        frame=original, raw=frame.body,
+        at=float(at) if isinstance(at, int | float) and not isinstance(at, bool) else 0.0,
+    )
