@@ -16,6 +16,7 @@ import tempfile
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import NoReturn
 
 import pytest
 import redis
@@ -39,7 +40,7 @@ def free_port() -> int:
         return port
 
 
-def missing_broker(what: str) -> None:
+def missing_broker(what: str) -> NoReturn:
     """Fail under CI, skip on a developer machine."""
     if IN_CI:
         pytest.fail(f"{what} is required under CI=true but is not available")
@@ -137,6 +138,16 @@ def redis_server() -> Iterator[RedisServer]:
         yield server
     finally:
         server.cleanup()
+
+
+@pytest.fixture(scope="session")
+def amqp_url() -> str:
+    """``amqp://guest:guest@127.0.0.1:PORT//`` of the RabbitMQ node ``./scripts/test``
+    starts (``scripts/rabbitmq.sh``): skipped without it, failed under ``CI=true``."""
+    url = os.environ.get("WIRETASK_TEST_AMQP_URL")
+    if not url:
+        missing_broker("RabbitMQ (WIRETASK_TEST_AMQP_URL, set by scripts/test)")
+    return url
 
 
 @pytest.fixture

@@ -82,8 +82,9 @@ def to_frame(message: Message) -> Frame:
         else:  # not ours after all: leave it where it was
             headers[PROPERTIES_HEADER] = extra
     body = message.body
-    if not isinstance(body, bytes):  # bytearray/memoryview from a chunked body
-        body = bytes(body)
+    if not isinstance(body, bytes):
+        # py-amqp leaves its default '' when the body is empty (no body frame).
+        body = b"" if isinstance(body, str) else bytes(body)
     return Frame.adopt(body, content_type, content_encoding, headers, properties)
 
 

@@ -170,7 +170,11 @@ class AMQPTransport(Transport):
             priorities=config.max_priority is not None,
             priority_order="higher-first",
             max_priority=config.max_priority if config.max_priority is not None else 255,
-            per_message_ttl=True,
+            # RabbitMQ drops a message whose ``expiration`` passes while it waits in its
+            # queue, but a consumer with room in its prefetch window is pushed messages
+            # at once, so no expired message being received cannot be promised: the
+            # worker checks ``expires`` itself, as Celery's does.
+            per_message_ttl=False,
             visibility_timeout=None,
         )
         self._publisher = Link(config, "publish")
