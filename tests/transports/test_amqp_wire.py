@@ -1,0 +1,147 @@
+"""The AMQP wire mapping (``wiretask._amqp.wire``) without a broker: the frames are
+py-amqp's (and so Kombu's) byte for byte, values AMQP cannot carry are refused by name
+before anything is sent, and what comes back is the frame that was sent."""
+
+from __future__ import annotations
+
+import struct
+from typing import Any
+
+import amqp
+import pytest
+from amqp import spec
+from amqp.method_framing import frame_writer
+from amqp.serialization import dumps
+
+from amqp_support import celery_like_frame
+from wiretask._amqp import wire
+from wiretask.errors import EncodeError, ValidationError
+from wiretask.protocol.frame import Frame
+
+
+class _Sink:
+    def __init__(self) -> None:
+        self.data = b""
+
+    def write(self, data: Any) -> None:
+        self.data += bytes(data)
+
+
+class _FakeConnection:
+    def __init__(self, frame_max: int) -> None:
+        self.frame_max = frame_max
+        self.bytes_sent = 0
+        self.bytes_recv = 0
+
+
+def kombu_bytes(frame: Frame, exchange: str, routing_key: str, *, frame_max: int,
+                mandatory: bool, channel: int = 1) -> bytes:
+    """What py-amqp writes for Kombu's ``basic_publish`` of ``frame`` (Kombu's
+    ``prepare_message`` builds exactly this ``amqp.Message``)."""
+    sink = _Sink()
+    write = frame_writer(_FakeConnection(frame_max), sink)
+    message = amqp.Message(
+        frame.body, content_type=frame.content_type, content_encoding=frame.content_encoding,
+        application_headers=dict(frame.headers), **dict(frame.properties),
+    )
+    arguments = dumps("Bssbb", (0, exchange, routing_key, mandatory, False))
+    write(1, channel, spec.Basic.Publish, arguments, message)
+    return sink.data
+
+
+def received(data: bytes) -> amqp.Message:
+    """Read publish frames back into the message a consumer gets: the content header's
+    properties and the body, as py-amqp parses them."""
+    frames = []
+    offset = 0
+    while offset < len(data):
+        kind, _, size = struct.unpack_from(">BHI", data, offset)
+        assert data[offset + 7 + size] == 0xCE
+        frames.append((kind, data[offset + 7:offset + 7 + size]))
+        offset += 8 + size
+    assert [kind for kind, _ in frames[:2]] == [1, 2]
+    message = amqp.Message()
+    message.inbound_header(frames[1][1])
+    for kind, payload in frames[2:]:
+        assert kind == 3
+        message.inbound_body(payload)
+    return message
+
+
+@pytest.mark.parametrize("frame_max", [131072, 4096])
+@pytest.mark.parametrize("mandatory", [True, False])
+def test_publish_frames_are_py_amqps_bytes(frame_max: int, mandatory: bool) -> None:
+    frame = celery_like_frame(body=b"[[2, 2], {}, {}]" * 1000)
+
+    ours = wire.publish_frames(wire.encode(frame), "", "celery", channel=1,
+                               frame_max=frame_max, mandatory=mandatory)
+
+    assert ours == kombu_bytes(frame, "", "celery", frame_max=frame_max, mandatory=mandatory)
+
+
+def test_an_empty_body_has_no_body_frame_and_comes_back_empty() -> None:
+    frame = celery_like_frame(body=b"")
+    ours = wire.publish_frames(wire.encode(frame), "x", "y", channel=3, frame_max=131072)
+    assert ours == kombu_bytes(frame, "x", "y", frame_max=131072, mandatory=True, channel=3)
+
+    assert wire.to_frame(received(ours)) == frame
+
+
+def test_a_frame_comes_back_as_it_was_sent() -> None:
+    frame = celery_like_frame(body=bytes(range(256)))
+    data = wire.publish_frames(wire.encode(frame), "", "q", channel=1, frame_max=4096)
+
+    back = wire.to_frame(received(data))
+
+    assert back == frame
+    assert list(back.headers) == list(frame.headers)  # the order of the wire
+
+
+def test_non_amqp_properties_travel_in_a_header_and_come_back() -> None:
+    frame = celery_like_frame(properties={"correlation_id": "c", "custom": {"k": [1, None]}})
+    message = received(wire.publish_frames(wire.encode(frame), "", "q", channel=1,
+                                           frame_max=131072))
+
+    assert message.properties["application_headers"][wire.PROPERTIES_HEADER] == {
+        "custom": {"k": [1, None]}}
+    assert wire.to_frame(message) == frame
+
+
+def test_a_frame_with_only_amqp_properties_carries_no_extra_header() -> None:
+    frame = celery_like_frame()
+    message = received(wire.publish_frames(wire.encode(frame), "", "q", channel=1,
+                                           frame_max=131072))
+    assert wire.PROPERTIES_HEADER not in message.properties["application_headers"]
+
+
+@pytest.mark.parametrize(
+    ("headers", "properties", "field"),
+    [
+        ({"bad": {1, 2}}, {}, "headers['bad']"),
+        ({"deep": {"list": [1, object()]}}, {}, "headers['deep']['list'][1]"),
+        ({"huge": 2**70}, {}, "headers['huge']"),
+        ({"keys": {1: "x"}}, {}, "headers['keys'][1]"),
+        ({}, {"correlation_id": "x" * 256}, "properties['correlation_id']"),
+        ({}, {"priority": 300}, "properties['priority']"),
+        ({}, {"delivery_mode": "2"}, "properties['delivery_mode']"),
+        ({}, {"custom": {3.5j}}, "properties['custom']"),
+        ({wire.PROPERTIES_HEADER: {}}, {}, f"headers[{wire.PROPERTIES_HEADER!r}]"),
+    ],
+)
+def test_values_amqp_cannot_carry_are_refused_by_name(
+    headers: dict[str, Any], properties: dict[str, Any], field: str
+) -> None:
+    frame = Frame(body=b"{}", content_type="application/json", content_encoding="utf-8",
+                  headers={"id": "x", **headers}, properties=properties)
+
+    with pytest.raises(EncodeError) as raised:
+        wire.encode(frame)
+
+    assert raised.value.field == field
+
+
+def test_names_over_255_bytes_are_refused() -> None:
+    encoded = wire.encode(celery_like_frame())
+    with pytest.raises(ValidationError, match="255 bytes") as raised:
+        wire.publish_frames(encoded, "", "é" * 128, channel=1, frame_max=131072)
+    assert raised.value.field == "routing_key"
