@@ -194,7 +194,7 @@ def parse(url: str, options: Mapping[str, Any]) -> Options:
     Raises:
         ImproperlyConfigured: not an AMQP URL, several hosts, or an unknown or bad option.
     """
-    masked = mask_url(url) if isinstance(url, str) else repr(url)
+    masked = ";".join(map(mask_url, url.split(";"))) if isinstance(url, str) else repr(url)
     if not isinstance(url, str):
         raise ImproperlyConfigured(f"the broker URL must be a string, got {masked}",
                                    setting="broker_url")
