@@ -3,7 +3,6 @@ passwords never shown; and the error table, row by row (``wiretask._amqp.errors`
 
 from __future__ import annotations
 
-import socket
 import ssl
 from typing import Any
 
@@ -138,7 +137,7 @@ ROWS = [
     (amqp_errors.InternalError("internal"), ConnectionLost),
     (amqp_errors.RecoverableConnectionError("connection already closed"), ConnectionLost),
     (amqp_errors.NoConsumers("no consumers"), ConnectionLost),
-    (socket.timeout("timed out"), ConnectionLost),
+    (TimeoutError("timed out"), ConnectionLost),
     (ConnectionRefusedError(111, "Connection refused"), ConnectionLost),
     (ConnectionResetError(104, "reset"), ConnectionLost),
     (ssl.SSLError("wrong version number"), ConnectionLost),
