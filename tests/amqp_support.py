@@ -1,9 +1,17 @@
-"""Frames shaped like Celery's, for the AMQP tests that need one without a broker."""
+"""Helpers of the AMQP tests: frames shaped like Celery's, a raw py-amqp channel, unique
+queue names."""
 
 from __future__ import annotations
 
+import contextlib
+import uuid
+from collections.abc import Iterator
 from typing import Any
 
+import amqp
+from amqp.channel import Channel
+
+from wiretask._amqp.options import parse
 from wiretask.protocol.frame import Frame
 
 
@@ -28,3 +36,21 @@ def celery_like_frame(
         properties={"correlation_id": base["id"], "reply_to": "9a8b7c6d", "delivery_mode": 2,
                     "priority": 0, "expiration": "600000"} if properties is None else properties,
     )
+
+
+@contextlib.contextmanager
+def raw_channel(url: str) -> Iterator[Channel]:
+    """A plain py-amqp channel on ``url`` (Kombu's URL rules), for setting the broker up
+    behind the transport's back."""
+    options = parse(url, {})
+    connection = amqp.Connection(**{**options.connection_kwargs(), "heartbeat": 0})
+    connection.connect()
+    try:
+        yield connection.channel()
+    finally:
+        connection.close()
+
+
+def unique(label: str) -> str:
+    """A queue name no other test uses."""
+    return f"wt-test-{label}-{uuid.uuid4().hex[:8]}"

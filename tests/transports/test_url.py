@@ -49,20 +49,21 @@ def test_redis_urls_dispatch_lazily_to_the_redis_transport() -> None:
 
 
 @pytest.mark.parametrize(
-    "url", ["amqp://guest@localhost//", "sqs://", "celery", "localhost:6379", ""]
+    "url", ["kafka://guest@localhost//", "sqs://", "celery", "localhost:6379", ""]
 )
 def test_unknown_schemes_name_the_supported_ones(url: str) -> None:
     with pytest.raises(ImproperlyConfigured) as info:
         transport_from_url(url)
     assert info.value.setting == "broker_url"
     if url:
-        for scheme in ("memory://", "sqlite://", "redis://", "rediss://"):
+        for scheme in ("memory://", "sqlite://", "redis://", "rediss://", "amqp://",
+                       "pyamqp://", "amqps://"):
             assert scheme in str(info.value)
 
 
 def test_unknown_scheme_error_does_not_leak_the_password() -> None:
     with pytest.raises(ImproperlyConfigured) as info:
-        transport_from_url("amqp://user:hunter2@host//")
+        transport_from_url("kafka://user:hunter2@host//")
     assert "hunter2" not in str(info.value)
 
 

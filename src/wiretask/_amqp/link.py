@@ -127,8 +127,9 @@ class Link:
 
     def pump(self) -> int:
         """Read and dispatch every frame that has arrived, without waiting for more
-        (caller holds ``lock``); return how many methods were handled. A frame that has
-        started to arrive is read to its end (at most ``_FRAME_WAIT`` seconds).
+        (caller holds ``lock``); return how many methods were completed. A frame that has
+        started to arrive is read to its end (at most ``_FRAME_WAIT`` seconds); a message
+        whose later frames have not arrived yet is completed by a later call.
 
         Raises:
             ConnectionLost / TransportError: the connection failed (it is discarded).
@@ -140,11 +141,13 @@ class Link:
         try:
             with self.translate("read"):
                 while self.readable():
+                    # One frame at a time (drain_events would wait for a whole method,
+                    # past heartbeat frames, for as long as its timeout).
                     try:
-                        connection.drain_events(timeout=_FRAME_WAIT)
+                        if connection.blocking_read(timeout=_FRAME_WAIT):
+                            handled += 1
                     except TimeoutError:
                         break
-                    handled += 1
         except Exception:
             self.discard()
             raise
