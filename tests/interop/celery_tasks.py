@@ -1,7 +1,9 @@
 """The Celery side of the interop tests: a Celery app and the tasks wiretask sends.
 
 The tests start ``celery -A interop.celery_tasks worker`` as a subprocess with
-``INTEROP_REDIS_URL`` pointing at the test Redis (broker and result backend), and use the
+``INTEROP_REDIS_URL`` pointing at the test Redis (broker and result backend; the broker is
+``INTEROP_BROKER_URL`` instead when set, e.g. RabbitMQ, and ``INTEROP_CELERY_CONF`` is
+JSON that updates the configuration), and use the
 same module in-process as a *client* (``make_client``) to send tasks to wiretask's worker
 and to read results with Celery's own ``AsyncResult``.
 
@@ -11,6 +13,7 @@ on whichever side consumes the message.
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from typing import Any
@@ -26,9 +29,13 @@ SEQUENCE_KEY = "interop:sequence"
 GATE_WAIT = 10.0
 
 
-def make_client(url: str, main: str = "interop-client") -> Celery:
-    """A Celery app configured like the worker's (broker and backend on ``url``)."""
-    client = Celery(main, broker=url, backend=url, set_as_current=False)
+def make_client(
+    url: str, main: str = "interop-client", *, broker: str | None = None,
+    conf: dict[str, Any] | None = None,
+) -> Celery:
+    """A Celery app configured like the worker's (result backend on ``url``, broker on
+    ``broker`` or ``url``; ``conf`` updates the configuration)."""
+    client = Celery(main, broker=broker or url, backend=url, set_as_current=False)
     client.conf.update(
         accept_content=["json", "msgpack"],
         result_accept_content=["json", "msgpack"],
@@ -41,10 +48,16 @@ def make_client(url: str, main: str = "interop-client") -> Celery:
         worker_hijack_root_logger=False,
         task_create_missing_queues=True,
     )
+    if conf:
+        client.conf.update(conf)
     return client
 
 
-app = make_client(os.environ.get("INTEROP_REDIS_URL", "redis://127.0.0.1:6379/14"), "interop")
+app = make_client(
+    os.environ.get("INTEROP_REDIS_URL", "redis://127.0.0.1:6379/14"), "interop",
+    broker=os.environ.get("INTEROP_BROKER_URL"),
+    conf=json.loads(os.environ.get("INTEROP_CELERY_CONF", "{}")),
+)
 
 
 @app.task(name="interop.add")
@@ -66,7 +79,20 @@ def when(self: Task) -> dict[str, Any]:
         "eta": self.request.eta,
         "seq": int(self.app.backend.client.incr(SEQUENCE_KEY)),
         "priority": (self.request.delivery_info or {}).get("priority"),
+        "exchange": (self.request.delivery_info or {}).get("exchange"),
     }
+
+
+@app.task(name="interop.retry_once", bind=True)
+def retry_once(self: Task, key: str, countdown: float) -> dict[str, Any]:
+    """Retry once after ``countdown`` seconds (the Redis counter ``key`` counts the runs),
+    then return when each run happened."""
+    client = self.app.backend.client
+    client.rpush(key, time.time())
+    if self.request.retries == 0:
+        raise self.retry(countdown=countdown)
+    return {"runs": [float(t) for t in client.lrange(key, 0, -1)],
+            "retries": self.request.retries}
 
 
 @app.task(name="interop.fail")

@@ -3,6 +3,7 @@ subprocesses, and a real ``celery worker`` subprocess."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -11,7 +12,7 @@ import tempfile
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import pytest
 import redis
@@ -42,9 +43,17 @@ def wait_for(
         time.sleep(interval)
 
 
-def subprocess_env(url: str) -> dict[str, str]:
+def subprocess_env(
+    url: str, *, broker: str | None = None, celery_conf: dict[str, Any] | None = None
+) -> dict[str, str]:
     env = dict(os.environ)
     env["INTEROP_REDIS_URL"] = url
+    env.pop("INTEROP_BROKER_URL", None)
+    env.pop("INTEROP_CELERY_CONF", None)
+    if broker is not None:
+        env["INTEROP_BROKER_URL"] = broker
+    if celery_conf:
+        env["INTEROP_CELERY_CONF"] = json.dumps(celery_conf)
     env["PYTHONPATH"] = os.pathsep.join(
         p for p in (str(TESTS_DIR), env.get("PYTHONPATH", "")) if p
     )
@@ -53,17 +62,23 @@ def subprocess_env(url: str) -> dict[str, str]:
 
 
 class CeleryWorker:
-    """``celery -A interop.celery_tasks worker -P solo`` on ``url``, consuming ``queues``.
+    """``celery -A interop.celery_tasks worker -P solo`` on ``url``, consuming ``queues``
+    (on ``broker`` when given, with ``conf`` updating its configuration).
 
     ``start()`` returns once the worker consumes (its ``worker_ready`` signal handler
     writes its pid to Redis); ``stop()`` asks for a warm shutdown and kills it if it
     does not exit in time.
     """
 
-    def __init__(self, url: str, queues: Sequence[str], *, name: str = "interop") -> None:
+    def __init__(
+        self, url: str, queues: Sequence[str], *, name: str = "interop",
+        broker: str | None = None, conf: dict[str, Any] | None = None,
+    ) -> None:
         self.url = url
         self.queues = list(queues)
         self.name = name
+        self.broker = broker
+        self.conf = conf
         self.proc: subprocess.Popen[bytes] | None = None
         self.log = Path(tempfile.mkstemp(prefix="celery-worker-", suffix=".log")[1])
 
@@ -77,7 +92,8 @@ class CeleryWorker:
                      "-P", "solo", "-c", "1", "-Q", ",".join(self.queues),
                      "-n", f"{self.name}@%h", "--without-heartbeat", "--without-mingle",
                      "--without-gossip", "--loglevel", "WARNING"],
-                    cwd=TESTS_DIR, env=subprocess_env(self.url), stdout=log,
+                    cwd=TESTS_DIR, env=subprocess_env(self.url, broker=self.broker,
+                                                      celery_conf=self.conf), stdout=log,
                     stderr=subprocess.STDOUT,
                 )
             deadline = time.monotonic() + timeout

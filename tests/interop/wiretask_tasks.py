@@ -25,11 +25,11 @@ STARTED_KEY = "interop:started"
 GATE_WAIT = 10.0
 
 
-def make_app(url: str, main: str = "interop") -> App:
+def make_app(url: str, main: str = "interop", *, broker: str | None = None) -> App:
     """A wiretask app with the interop tasks, broker and result backend on ``url``
     (whose query may hold transport options such as ``delay_mode``: the backend
-    ignores them)."""
-    app = App(main, broker=url, backend=url, accept_content=("json", "msgpack"))
+    ignores them), or the broker on ``broker`` when given (e.g. RabbitMQ)."""
+    app = App(main, broker=broker or url, backend=url, accept_content=("json", "msgpack"))
     client = redis.Redis.from_url(url.partition("?")[0])
 
     @app.task(name="interop.add")
@@ -70,6 +70,15 @@ def make_app(url: str, main: str = "interop") -> App:
                     time.sleep(0.01)
         return "done"
 
+    @app.task(name="interop.retry_once", bind=True)
+    def retry_once(self: Task[Any, Any], key: str, countdown: float) -> dict[str, Any]:
+        """As Celery's ``interop.retry_once``."""
+        client.rpush(key, time.time())
+        if self.request.retries == 0:
+            raise self.retry(countdown=countdown)
+        return {"runs": [float(t) for t in client.lrange(key, 0, -1)],
+                "retries": self.request.retries}
+
     @app.task(name="interop.slow", bind=True)
     def slow(self: Task[Any, Any], seconds: float) -> str:
         client.rpush(STARTED_KEY, str(self.request.id))
@@ -79,4 +88,5 @@ def make_app(url: str, main: str = "interop") -> App:
     return app
 
 
-app = make_app(os.environ.get("INTEROP_REDIS_URL", "redis://127.0.0.1:6379/14"))
+app = make_app(os.environ.get("INTEROP_REDIS_URL", "redis://127.0.0.1:6379/14"),
+               broker=os.environ.get("INTEROP_BROKER_URL"))

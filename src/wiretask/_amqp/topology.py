@@ -42,6 +42,7 @@ from wiretask.errors import ValidationError
 __all__ = [
     "DEAD_EXCHANGE",
     "DELIVERY_EXCHANGE",
+    "LADDER_PREFIX",
     "LEVELS",
     "MAX_DELAY",
     "TOP_LEVEL",
@@ -67,8 +68,11 @@ DELIVERY_EXCHANGE = "celery_delayed_delivery"
 DEAD_EXCHANGE = "wiretask.dead"
 
 
+LADDER_PREFIX = "celery_delayed_"
+
+
 def level_name(level: int) -> str:
-    return f"celery_delayed_{level}"
+    return f"{LADDER_PREFIX}{level}"
 
 
 #: Where a delayed message is published.

@@ -373,6 +373,12 @@ class AMQPTransport(Transport):
                 channel.basic_qos(0, 0, False)  # a synchronous barrier: errors arrive first
         except TransportError as exc:
             self._channel_failed(exc.__cause__ or exc, "admin")
+            if "PRECONDITION_FAILED" in str(exc) and topology.LADDER_PREFIX in str(exc):
+                raise TransportError(
+                    f"{exc}; the delay ladder exists with other arguments: set "
+                    "delayed_delivery_queue_type to the fleet's "
+                    "broker_native_delayed_delivery_queue_type", url=self.url,
+                ) from exc
             raise
         self._declared.update(todo)
 
