@@ -216,6 +216,15 @@ def _number(field: str, value: object, *, minimum: float | None = None) -> float
     return number
 
 
+def _limit(field: str, value: object) -> float | None:
+    """A time limit for the ``timelimit`` header, as Celery writes it: the number as
+    given (an int stays an int: ``30``, not ``30.0``, on every wire)."""
+    number = _number(field, value, minimum=0)
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    return number
+
+
 def _string(field: str, value: object, *, optional: bool = True) -> str | None:
     if value is None and optional:
         return None
@@ -396,8 +405,8 @@ def _plan(
             f"must be 1, 2, 'transient' or 'persistent', got {opts['delivery_mode']!r}",
         )
 
-    hard = _number("time_limit", opts["time_limit"], minimum=0)
-    soft = _number("soft_time_limit", opts["soft_time_limit"], minimum=0)
+    hard = _limit("time_limit", opts["time_limit"])
+    soft = _limit("soft_time_limit", opts["soft_time_limit"])
 
     retry = opts.get("retry", settings.get("task_publish_retry", True))
     if not isinstance(retry, bool):
