@@ -12,6 +12,8 @@ import pytest
 from amqp import spec
 from amqp.method_framing import frame_writer
 from amqp.serialization import dumps
+from hypothesis import given
+from hypothesis import strategies as st
 
 from amqp_support import celery_like_frame
 from wiretask._amqp import wire
@@ -145,3 +147,39 @@ def test_names_over_255_bytes_are_refused() -> None:
     with pytest.raises(ValidationError, match="255 bytes") as raised:
         wire.publish_frames(encoded, "", "é" * 128, channel=1, frame_max=131072)
     assert raised.value.field == "routing_key"
+
+
+# -- the fast writer makes py-amqp's bytes ------------------------------------------------
+
+_leaves = (st.none() | st.booleans() | st.floats(allow_nan=False)
+           | st.integers(min_value=-(2**63), max_value=2**63 - 1)
+           | st.sampled_from([2**31 - 1, 2**31, -(2**31) + 1, -(2**31), 0, -1])
+           | st.text(max_size=20) | st.binary(max_size=8))
+_values = st.recursive(
+    _leaves,
+    lambda inner: st.lists(inner, max_size=4) | st.tuples(inner, inner)
+    | st.dictionaries(st.text(max_size=10), inner, max_size=4),
+    max_leaves=20,
+)
+
+
+@given(
+    headers=st.dictionaries(st.text(max_size=12), _values, max_size=8),
+    correlation_id=st.none() | st.text(max_size=40),
+    priority=st.none() | st.integers(min_value=0, max_value=255),
+    timestamp=st.none() | st.integers(min_value=0, max_value=2**40),
+    content_type=st.text(max_size=30),
+)
+def test_the_fast_writer_makes_py_amqps_bytes(
+    headers: dict[str, Any], correlation_id: str | None, priority: int | None,
+    timestamp: int | None, content_type: str,
+) -> None:
+    properties = {k: v for k, v in (("correlation_id", correlation_id),
+                                    ("priority", priority), ("timestamp", timestamp),
+                                    ("delivery_mode", 2)) if v is not None}
+    frame = Frame(body=b"", content_type=content_type, content_encoding="utf-8",
+                  headers=headers, properties=properties)
+    message = amqp.Message(b"", content_type=content_type, content_encoding="utf-8",
+                           application_headers=headers, **properties)
+
+    assert wire.encode(frame).properties == message._serialize_properties()

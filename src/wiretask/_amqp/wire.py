@@ -155,17 +155,116 @@ def publish_frames(
 
 
 def _serialize_properties(frame: Frame) -> bytes:
-    properties = frame.properties
+    headers = _headers_with_extra(frame)
+    try:
+        return _fast_properties(frame, headers)
+    except _Unusual:
+        pass
     message = Message(
         content_type=frame.content_type, content_encoding=frame.content_encoding,
-        application_headers=_headers_with_extra(frame),
+        application_headers=headers,
     )
     table = message.properties
-    for name, value in properties.items():
+    for name, value in frame.properties.items():
         if name in AMQP_PROPERTIES:
             table[name] = value
     result: bytes = message._serialize_properties()
     return result
+
+
+# -- the hot path: py-amqp's property and table writer, for the types messages carry ----
+#
+# py-amqp's writer makes a BytesIO per table and sends every value through a chain of
+# isinstance tests: it was half the cost of a batch publish. This one makes the same
+# bytes (``test_amqp_wire`` checks it against py-amqp's on generated trees) for str,
+# bool, int, float, None, lists, tuples and dicts with str keys, and gives anything else
+# (bytes, Decimal, datetime, subclasses) to py-amqp's own writer, so that the bytes and
+# the errors stay py-amqp's.
+
+
+class _Unusual(Exception):
+    """A value the fast writer leaves to py-amqp's."""
+
+
+_pack = struct.pack
+#: (property, its basic-property flag bit, its AMQP type), in py-amqp's order.
+_PROPERTY_LAYOUT = tuple(
+    (name, 1 << (15 - index), kind) for index, (name, kind) in enumerate(Message.PROPERTIES)
+)
+
+
+def _fast_properties(frame: Frame, headers: Mapping[str, Any]) -> bytes:
+    properties = frame.properties
+    flags = 0
+    parts: list[bytes] = []
+    for name, bit, kind in _PROPERTY_LAYOUT:
+        if name == "content_type":
+            value: Any = frame.content_type
+        elif name == "content_encoding":
+            value = frame.content_encoding
+        elif name == "application_headers":
+            value = headers
+        else:
+            value = properties.get(name)
+        if value is None:
+            continue
+        flags |= bit
+        if kind == "s":
+            if type(value) is not str:
+                raise _Unusual
+            raw = value.encode("utf-8", "surrogatepass")
+            parts += (_pack("B", len(raw)), raw)
+        elif kind == "o":
+            parts.append(_pack("B", value))
+        elif kind == "F":
+            if type(value) is not dict:
+                raise _Unusual
+            parts.append(_table(value))
+        else:  # "L": the timestamp
+            parts.append(_pack(">Q", value))
+    return _pack(">H", flags) + b"".join(parts)
+
+
+def _table(table: dict[str, Any]) -> bytes:
+    parts: list[bytes] = []
+    for key, value in table.items():
+        if type(key) is not str:
+            raise _Unusual
+        raw = key.encode("utf-8", "surrogatepass")
+        if len(raw) > 255:
+            raise _Unusual
+        parts += (_pack("B", len(raw)), raw)
+        _item(value, parts)
+    data = b"".join(parts)
+    return _pack(">I", len(data)) + data
+
+
+def _item(value: Any, parts: list[bytes]) -> None:
+    kind = type(value)
+    if kind is str:
+        raw = value.encode("utf-8", "surrogatepass")
+        parts += (_pack(">cI", b"S", len(raw)), raw)
+    elif kind is bool:
+        parts.append(b"t\x01" if value else b"t\x00")
+    elif kind is int:
+        if value > 2147483647 or value < -2147483647:  # py-amqp's bounds, as they are
+            parts.append(_pack(">cq", b"L", value))
+        else:
+            parts.append(_pack(">ci", b"I", value))
+    elif value is None:
+        parts.append(b"V")
+    elif kind is float:
+        parts.append(_pack(">cd", b"d", value))
+    elif kind is dict:
+        parts += (b"F", _table(value))
+    elif kind is list or kind is tuple:
+        items: list[bytes] = []
+        for item in value:
+            _item(item, items)
+        data = b"".join(items)
+        parts += (b"A", _pack(">I", len(data)), data)
+    else:
+        raise _Unusual
 
 
 def _headers_with_extra(frame: Frame) -> Mapping[str, Any]:

@@ -97,6 +97,8 @@ DEAD_AT = "x-wiretask-dead-at"
 
 #: Longest single wait on the consumer socket (the caller's timeout bounds it too).
 _WAIT_SLICE = 1.0
+#: Most routes whose declarations are remembered (a bound, should routes be endless).
+_ROUTE_CACHE = 10_000
 
 
 class AMQPDelivery(TransportDelivery):
@@ -184,6 +186,10 @@ class AMQPTransport(Transport):
         self._admin_channel: Channel | None = None
         self._pub_epoch = -1
         self._declared: set[topology.Declaration] = set()
+        #: Routes whose declarations were made on this connection (checked per publish).
+        self._ready_routes: set[tuple[str, str, str, bool]] = set()
+        #: (exchange, routing key, queue, delayed) -> what the route needs declared.
+        self._routes: dict[tuple[str, str, str, bool], tuple[topology.Declaration, ...]] = {}
         self._next_tag = 1
         self._confirm_floor = 1  # every tag below it is settled (acked or nacked)
         self._confirm_ceiling = 1  # tags of the batch in flight end below it
@@ -252,6 +258,7 @@ class AMQPTransport(Transport):
             self._pub_epoch = link.epoch
             self._pub_channel = self._admin_channel = None
             self._declared.clear()
+            self._ready_routes.clear()
             self._start_heartbeat()
         if self._pub_channel is None:
             with link.translate("open the publishing channel"):
@@ -414,10 +421,11 @@ class AMQPTransport(Transport):
         link = self._publisher
         with link.lock:
             connection = self._open_publisher()
-            needed: dict[topology.Declaration, None] = {}
-            for item in plan:
-                needed.update(dict.fromkeys(item.declarations))
-            self._declare_locked(needed)
+            ready = self._ready_routes
+            fresh = {item.where: item.declarations for item in plan if item.where not in ready}
+            if fresh:
+                self._declare_locked(d for declarations in fresh.values() for d in declarations)
+                ready.update(fresh)
             channel = self._pub_channel
             assert channel is not None
             frame_max = connection.frame_max
@@ -514,27 +522,44 @@ class AMQPTransport(Transport):
         if not isinstance(exchange, str) or not isinstance(key, str):
             raise ValidationError("route", f"exchange and routing key must be strings: {route!r}")
         destination = key if not exchange else route.queue
-        queue_names([destination])
         encoded = wire.encode(frame)
+        due = not_before_timestamp(message.not_before)
+        delayed = 0
+        if due is not None and self.capabilities.native_delay:
+            delayed = topology.delay_seconds(due - time.time())
+        where = (exchange, key, route.queue, delayed > 0)
+        declarations = self._routes.get(where)
+        if declarations is None:
+            declarations = self._route_declarations(exchange, key, route.queue, destination,
+                                                    delayed=delayed > 0)
+        if delayed:
+            exchange, key = topology.TOP_LEVEL, topology.delay_routing_key(delayed, destination)
+            wire.check_name("routing_key", key)
+        return _Planned(encoded, exchange, key, where, declarations, frame.task_id)
+
+    def _route_declarations(
+        self, exchange: str, key: str, queue: str, destination: str, *, delayed: bool
+    ) -> tuple[topology.Declaration, ...]:
+        """What a route needs declared, checked and remembered (``_routes``): the same
+        routes come back on every publish."""
+        queue_names([destination])
+        wire.check_name("exchange", exchange)
+        wire.check_name("routing_key", key)
         options = self._options
         if exchange:
             declarations: list[topology.Declaration] = [
                 topology.Exchange(exchange, options.exchange_type),
-                topology.Queue(route.queue, options.arguments_of(route.queue)),
-                topology.Bind(route.queue, exchange, key),
+                topology.Queue(queue, options.arguments_of(queue)),
+                topology.Bind(queue, exchange, key),
             ]
         else:
             declarations = self._queue_declarations(key)
-        due = not_before_timestamp(message.not_before)
-        if due is not None and self.capabilities.native_delay:
-            seconds = topology.delay_seconds(due - time.time())
-            if seconds:
-                declarations = [*declarations, *self._ladder_for(destination)]
-                exchange, key = topology.TOP_LEVEL, topology.delay_routing_key(
-                    seconds, destination)
-        wire.check_name("exchange", exchange)
-        wire.check_name("routing_key", key)
-        return _Planned(encoded, exchange, key, declarations, frame.task_id)
+        if delayed:
+            declarations += self._ladder_for(destination)
+        result = tuple(declarations)
+        if len(self._routes) < _ROUTE_CACHE:
+            self._routes[(exchange, key, queue, delayed)] = result
+        return result
 
     # -- consuming ------------------------------------------------------------------
 
@@ -799,7 +824,9 @@ class AMQPTransport(Transport):
             copy = Frame.adopt(frame.body, frame.content_type, frame.content_encoding,
                                headers, dict(frame.properties))
             self._send([_Planned(wire.encode(copy), topology.DEAD_EXCHANGE, delivery.queue,
-                                 topology.dead_letter_place(delivery.queue), frame.task_id)])
+                                 (topology.DEAD_EXCHANGE, delivery.queue, "", False),
+                                 tuple(topology.dead_letter_place(delivery.queue)),
+                                 frame.task_id)])
         except BaseException:
             with link.lock:
                 if delivery._settled == "being dead-lettered":
@@ -907,15 +934,18 @@ class AMQPTransport(Transport):
 
 
 class _Planned:
-    """One message ready to publish: encoded, routed, with what it needs declared."""
+    """One message ready to publish: encoded, routed, with what its route needs declared
+    (``where`` names the route)."""
 
-    __slots__ = ("declarations", "encoded", "exchange", "routing_key", "task_id")
+    __slots__ = ("declarations", "encoded", "exchange", "routing_key", "task_id", "where")
 
     def __init__(self, encoded: wire.Encoded, exchange: str, routing_key: str,
-                 declarations: list[topology.Declaration], task_id: str | None) -> None:
+                 where: tuple[str, str, str, bool],
+                 declarations: tuple[topology.Declaration, ...], task_id: str | None) -> None:
         self.encoded = encoded
         self.exchange = exchange
         self.routing_key = routing_key
+        self.where = where
         self.declarations = declarations
         self.task_id = task_id
 
