@@ -61,3 +61,15 @@ def raw_connection(url: str, **options: object) -> Iterator[amqp.Connection]:
         yield connection
     finally:
         connection.close()
+
+
+def empty_queues(url: str, *queues: str, delete: bool = False) -> None:
+    """Purge (or delete) ``queues``; a missing one is fine."""
+    with raw_connection(url) as connection:
+        channel = connection.channel()
+        for queue in queues:
+            if delete:
+                channel.queue_delete(queue)
+            else:  # declared as Celery and wiretask declare it, then emptied
+                channel.queue_declare(queue, durable=True, auto_delete=False)
+                channel.queue_purge(queue)

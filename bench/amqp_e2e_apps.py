@@ -1,0 +1,72 @@
+"""The apps the RabbitMQ end-to-end benchmark runs (``bench/amqp_end_to_end.py``): one
+wiretask app and one Celery app, same task, broker RabbitMQ
+(``$WIRETASK_BENCH_E2E_BROKER``), results and the completion counter in Redis
+(``$WIRETASK_BENCH_E2E_URL``), as ``_e2e_apps`` does for Redis alone.
+
+Workers: ``celery -A amqp_e2e_apps:celery_app worker -P solo`` and ``python
+bench/amqp_e2e_apps.py`` (a wiretask ``Worker``: ``--pool solo`` or a thread pool).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+from typing import Any
+
+import redis
+from celery import Celery
+
+from wiretask.app import App
+from wiretask.worker import Worker
+
+URL = os.environ.get("WIRETASK_BENCH_E2E_URL", "redis://127.0.0.1:6379/9")
+BROKER = os.environ.get("WIRETASK_BENCH_E2E_BROKER", "amqp://guest:guest@127.0.0.1:5672//")
+TASK_NAME = "bench.e2e.small"
+WT_QUEUE = "bench.amqp.e2e.wiretask"
+CELERY_QUEUE = "bench.amqp.e2e.celery"
+WT_COUNTER = "bench.amqp.e2e.done.wiretask"
+CELERY_COUNTER = "bench.amqp.e2e.done.celery"
+
+_counter = redis.Redis.from_url(URL)
+
+wiretask_app = App("bench", broker=BROKER, backend=URL, task_default_queue=WT_QUEUE)
+
+
+@wiretask_app.task(name=TASK_NAME)
+def small(user_id: int, email: str, account: dict[str, Any], notify: bool = False,
+          retries_left: int = 0) -> int:
+    _counter.incr(WT_COUNTER)
+    return user_id
+
+
+celery_app = Celery("bench", broker=BROKER, backend=URL, set_as_current=False)
+celery_app.conf.update(
+    task_default_queue=CELERY_QUEUE,
+    broker_connection_retry_on_startup=True,
+    worker_hijack_root_logger=False,
+)
+
+
+@celery_app.task(name=TASK_NAME, shared=False)
+def celery_small(user_id: int, email: str, account: dict[str, Any], notify: bool = False,
+                 retries_left: int = 0) -> int:
+    _counter.incr(CELERY_COUNTER)
+    return user_id
+
+
+def main() -> None:
+    """Run the wiretask worker until SIGTERM."""
+    parser = argparse.ArgumentParser(description="wiretask worker for the AMQP e2e benchmark")
+    parser.add_argument("--pool", choices=("threads", "solo"), default="threads")
+    parser.add_argument("--concurrency", type=int, default=4, help="threads pool only")
+    parser.add_argument("--prefetch", type=int, default=1)
+    options = parser.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+    concurrency = None if options.pool == "solo" else options.concurrency
+    Worker(wiretask_app, queues=[WT_QUEUE], pool=options.pool, concurrency=concurrency,
+           prefetch=options.prefetch).run()
+
+
+if __name__ == "__main__":
+    main()
