@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from amqp import exceptions as amqp_errors
 
-from wiretask._amqp.errors import TABLE, Translate, connection_is_gone, translate
+from wiretask._amqp.errors import AMQP_ERRORS, connection_is_gone, translate
 from wiretask._amqp.options import parse
 from wiretask.errors import ConnectionLost, ImproperlyConfigured, TransportError
 from wiretask.transports.amqp import AMQPTransport
@@ -147,31 +147,31 @@ ROWS = [
 
 @pytest.mark.parametrize(("exc", "expected"), ROWS, ids=lambda v: type(v).__name__)
 def test_each_row_of_the_error_table(exc: BaseException, expected: type[TransportError]) -> None:
-    error = translate("publish", exc, url="amqp://u:**@h//", password="s3cret")
+    error = AMQP_ERRORS.translate(exc, "publish", url="amqp://u:**@h//", secret="s3cret")
     assert type(error) is expected
-    assert str(error).startswith("publish failed: ")
+    assert str(error).startswith(f"RabbitMQ publish failed: {type(exc).__name__}")
     assert error.url == "amqp://u:**@h//"
     assert error.recoverable is (expected is ConnectionLost)
 
 
 def test_every_row_is_exercised() -> None:
-    classes = {kind for kind, _, _ in TABLE}
-    covered = {next(k for k, _, _ in TABLE if isinstance(exc, k)) for exc, _ in ROWS}
-    assert covered == classes
+    rows = {row.driver for row in AMQP_ERRORS.rows}
+    covered = {row.driver for exc, _ in ROWS if (row := AMQP_ERRORS.row_for(exc)) is not None}
+    assert covered == rows
 
 
 def test_translate_scrubs_the_password_and_chains() -> None:
-    with pytest.raises(ConnectionLost) as raised, Translate("connect", "amqp://u:**@h//",
-                                                            "s3cret"):
+    with pytest.raises(ConnectionLost) as raised, translate("connect", url="amqp://u:**@h//",
+                                                            secret="s3cret"):
         raise OSError("cannot reach u:s3cret@h")
     assert "s3cret" not in str(raised.value)
     assert isinstance(raised.value.__cause__, OSError)
 
 
 def test_non_driver_errors_pass_through() -> None:
-    with pytest.raises(KeyError), Translate("publish", "amqp://h//"):
+    with pytest.raises(KeyError), translate("publish", url="amqp://h//"):
         raise KeyError("a bug, not the broker")
-    assert translate("x", ValueError("no"), url="u") is None
+    assert AMQP_ERRORS.translate(ValueError("no"), "x", url="u") is None
 
 
 def test_which_errors_end_the_connection() -> None:

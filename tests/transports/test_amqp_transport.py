@@ -19,9 +19,11 @@ from kombu import Connection
 
 from amqp_support import celery_like_frame, raw_channel, unique
 from conftest import free_port
+from wiretask.cli import main
 from wiretask.errors import ConnectionLost, EncodeError, TransportError
 from wiretask.protocol.frame import Frame, Outgoing, Route
 from wiretask.transports.amqp import AMQPTransport
+from wiretask.transports.base import Inspection
 
 
 @pytest.fixture
@@ -240,9 +242,18 @@ def test_size_and_purge_of_a_missing_queue_are_zero(transport: AMQPTransport) ->
     assert transport.purge(q) == 1
 
 
-def test_peek_is_refused_saying_why(transport: AMQPTransport) -> None:
-    with pytest.raises(TransportError, match="without taking them"):
-        transport.peek("celery")
+def test_no_inspection_and_wiretask_inspect_says_so(
+    transport: AMQPTransport, amqp_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """No ``peek``, so no ``Inspection``: ``wiretask inspect`` refuses with the reason
+    instead of showing an empty queue."""
+    assert not isinstance(transport, Inspection)
+    assert not hasattr(transport, "peek")
+
+    code = main(["inspect", "--broker", amqp_url, "celery"])
+
+    assert code == 1
+    assert "cannot show a queue without consuming it" in capsys.readouterr().err
 
 
 # -- declarations shared with Celery -----------------------------------------------------

@@ -1,110 +1,73 @@
-"""py-amqp and socket errors as wiretask errors: one table, read top to bottom.
+"""py-amqp's (and the socket's) exceptions to wiretask's: the one table every AMQP
+module uses, with ``wiretask._errormap.map_exceptions``.
 
-Every call into py-amqp runs under ``Translate`` (a context manager, cheap enough for the
-hot paths), which looks the exception up in ``TABLE``: the first row whose class matches
-decides. ``ConnectionLost`` is recoverable (the publish retry policy reconnects and tries
-again, the worker backs off and reconnects); ``TransportError`` is not (retrying cannot
-fix a wrong password or an inequivalent queue declaration). The original exception is
-chained with ``from``, and the message names the action and the masked URL, with the
-password scrubbed from the driver's text.
-
-The table has the shape of the shared ``map_exceptions``-style helper that is being
-introduced for the other drivers (``{driver class: wiretask class}`` in order), so it can
-move there as it is.
+``ConnectionLost`` is recoverable: the same call can succeed later without anyone
+changing the configuration (the publish retry policy reconnects and tries again, the
+worker backs off and reconnects). ``TransportError`` is not: retrying a wrong password
+or an inequivalent queue declaration fails the same way. Order matters (first match
+wins): py-amqp makes ``AccessRefused`` a channel error and ``ConnectionForced`` a
+recoverable connection error, each meaning something else than its parent.
 """
 
 from __future__ import annotations
 
 import ssl
-from types import TracebackType
-from typing import Literal
 
-from amqp import exceptions as amqp_errors
+from amqp import exceptions as ax
 
+from wiretask._errormap import ErrorTable, Row, map_exceptions
 from wiretask.errors import ConnectionLost, TransportError
 
-__all__ = ["TABLE", "Translate", "connection_is_gone", "translate"]
+__all__ = ["AMQP_ERRORS", "connection_is_gone", "translate"]
 
-#: (driver exception class, wiretask class, why): the first matching row wins.
-TABLE: tuple[tuple[type[BaseException], type[TransportError], str], ...] = (
-    (ssl.SSLCertVerificationError, TransportError,
-     "the broker's TLS certificate is not trusted: retrying will not change that"),
-    (amqp_errors.AccessRefused, TransportError,
-     "403: wrong user or password, or no permission on the virtual host or resource"),
-    (amqp_errors.NotAllowed, TransportError,
-     "530: e.g. a virtual host that does not exist"),
-    (amqp_errors.InvalidPath, TransportError, "402: a malformed virtual host"),
-    (amqp_errors.PreconditionFailed, TransportError,
-     "406: e.g. a queue declared again with other arguments (the text names them)"),
-    (amqp_errors.NotFound, TransportError, "404: no such queue or exchange"),
-    (amqp_errors.ResourceLocked, TransportError,
-     "405: an exclusive queue of another connection"),
-    (amqp_errors.ContentTooLarge, TransportError, "311: a message over the broker's limit"),
-    (amqp_errors.AMQPNotImplementedError, TransportError,
-     "540: e.g. global QoS on a quorum queue"),
-    (amqp_errors.FrameError, TransportError, "501: a protocol error (a bug, not an outage)"),
-    (amqp_errors.FrameSyntaxError, TransportError, "502: a protocol error"),
-    (amqp_errors.UnexpectedFrame, TransportError, "505: a protocol error"),
-    (amqp_errors.InvalidCommand, TransportError, "503: a protocol error"),
-    (amqp_errors.ChannelNotOpen, TransportError, "504: a protocol error"),
-    (amqp_errors.ConnectionForced, ConnectionLost,
-     "320: the broker is shutting down, or heartbeats were missed"),
-    (amqp_errors.InternalError, ConnectionLost,
-     "541: the broker failed internally; a new connection may work"),
-    (amqp_errors.RecoverableConnectionError, ConnectionLost,
-     "the connection is closed, blocked or out of channels"),
-    (amqp_errors.RecoverableChannelError, ConnectionLost,
-     "a channel-level condition that a new attempt may not meet again"),
-    (TimeoutError, ConnectionLost, "the broker did not answer in time (socket.timeout too)"),
-    (OSError, ConnectionLost,
-     "refused, reset or dropped connection; TLS errors other than a bad certificate"),
-    (amqp_errors.AMQPError, TransportError, "any other broker error"),
-)
+AMQP_ERRORS = ErrorTable("RabbitMQ", (
+    Row(ssl.SSLCertVerificationError, TransportError,
+        "the broker's TLS certificate is not trusted: retrying cannot change that"),
+    Row(ax.AccessRefused, TransportError,
+        "403 ACCESS_REFUSED: a wrong user or password, or no permission on the virtual "
+        "host or resource; the same credentials are refused again"),
+    Row(ax.NotAllowed, TransportError,
+        "530 NOT_ALLOWED: e.g. a virtual host that does not exist"),
+    Row(ax.InvalidPath, TransportError, "402 INVALID_PATH: a malformed virtual host"),
+    Row(ax.PreconditionFailed, TransportError,
+        "406 PRECONDITION_FAILED: e.g. a queue declared again with other arguments (the "
+        "broker's text names them); the configuration must match the fleet's"),
+    Row(ax.NotFound, TransportError, "404 NOT_FOUND: no such queue or exchange"),
+    Row(ax.ResourceLocked, TransportError,
+        "405 RESOURCE_LOCKED: an exclusive queue of another connection"),
+    Row(ax.ContentTooLarge, TransportError, "311: a message over the broker's size limit"),
+    Row(ax.AMQPNotImplementedError, TransportError,
+        "540 NOT_IMPLEMENTED: e.g. global QoS on a quorum queue"),
+    Row(ax.FrameError, TransportError, "501: a protocol error, a bug and not an outage"),
+    Row(ax.FrameSyntaxError, TransportError, "502: a protocol error"),
+    Row(ax.UnexpectedFrame, TransportError, "505: a protocol error"),
+    Row(ax.InvalidCommand, TransportError, "503: a protocol error"),
+    Row(ax.ChannelNotOpen, TransportError, "504: a protocol error"),
+    Row(ax.ConnectionForced, ConnectionLost,
+        "320 CONNECTION_FORCED: the broker is shutting down, or heartbeats were missed"),
+    Row(ax.InternalError, ConnectionLost,
+        "541 INTERNAL_ERROR: the broker failed internally; a new connection may work"),
+    Row(ax.RecoverableConnectionError, ConnectionLost,
+        "the connection is closed, blocked, or out of channels"),
+    Row(ax.RecoverableChannelError, ConnectionLost,
+        "a channel-level condition (no consumers, ...) a later attempt may not meet"),
+    Row(TimeoutError, ConnectionLost,
+        "no answer in time (socket.timeout too): the outcome is unknown, the connection "
+        "is dropped, a retry reconnects"),
+    Row(OSError, ConnectionLost,
+        "refused, reset or dropped connection, unknown host, TLS errors other than an "
+        "untrusted certificate: the broker is down or restarting, or the network is"),
+    Row(ax.AMQPError, TransportError, "any other broker error"),
+))
 
 
-def translate(action: str, exc: BaseException, *, url: str, password: str = "",
-              ) -> TransportError | None:
-    """The wiretask error for ``exc`` (not chained yet), or None if the table has no row
-    for it (then it is not a driver error and must propagate as it is)."""
-    for kind, ours, _ in TABLE:
-        if isinstance(exc, kind):
-            text = str(exc) or type(exc).__name__
-            if password:
-                text = text.replace(password, "**")
-            return ours(f"{action} failed: {text}", url=url)
-    return None
+def translate(action: str, *, url: str, secret: str = "") -> map_exceptions:
+    """``with translate(action, url=..., secret=...):`` around every py-amqp call."""
+    return map_exceptions(AMQP_ERRORS, action, url=url, secret=secret or None)
 
 
 def connection_is_gone(exc: BaseException) -> bool:
     """Whether ``exc`` leaves the whole connection unusable (not just one channel)."""
-    if isinstance(exc, amqp_errors.ChannelError):
+    if isinstance(exc, ax.ChannelError):
         return False
-    return isinstance(exc, amqp_errors.AMQPError | OSError | TimeoutError)
-
-
-class Translate:
-    """``with Translate(action, url, password):`` raises the table's wiretask error for a
-    driver exception, chained ``from`` it. A class, not a generator: it wraps every
-    publish and ack."""
-
-    __slots__ = ("_action", "_password", "_url")
-
-    def __init__(self, action: str, url: str, password: str = "") -> None:
-        self._action = action
-        self._url = url
-        self._password = password
-
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(
-        self, kind: type[BaseException] | None, exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> Literal[False]:
-        if exc is None:
-            return False
-        error = translate(self._action, exc, url=self._url, password=self._password)
-        if error is None:
-            return False
-        raise error from exc
-
+    return isinstance(exc, ax.AMQPError | OSError | TimeoutError)

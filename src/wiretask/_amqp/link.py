@@ -23,8 +23,9 @@ from typing import Any
 
 import amqp
 
-from wiretask._amqp.errors import Translate
+from wiretask._amqp.errors import translate
 from wiretask._amqp.options import Options
+from wiretask._errormap import map_exceptions
 
 __all__ = ["Link", "Waiter"]
 
@@ -53,9 +54,9 @@ class Link:
     def url(self) -> str:
         return self._options.masked_url
 
-    def translate(self, action: str) -> Translate:
+    def translate(self, action: str) -> map_exceptions:
         """``with link.translate(action):`` around every driver call."""
-        return Translate(action, self._options.masked_url, self._options.password)
+        return translate(action, url=self._options.masked_url, secret=self._options.password)
 
     def open(self) -> amqp.Connection:
         """The open connection, connecting first if there is none (caller holds ``lock``).

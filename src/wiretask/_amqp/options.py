@@ -25,8 +25,8 @@ from urllib.parse import parse_qsl, unquote, urlsplit
 
 import attrs
 
+from wiretask._url import mask_url
 from wiretask.errors import ImproperlyConfigured
-from wiretask.transports.url import mask_url
 
 __all__ = [
     "DelayMode",

@@ -41,6 +41,7 @@ __all__ = [
     "AMQP_PROPERTIES",
     "PROPERTIES_HEADER",
     "Encoded",
+    "ack_frames",
     "check_name",
     "encode",
     "publish_frames",
@@ -151,6 +152,19 @@ def publish_frames(
     for start in range(0, len(body), chunk):
         piece = body[start:start + chunk]
         parts += (struct.pack(">BHI", 3, channel, len(piece)), piece, _FRAME_END)
+    return b"".join(parts)
+
+
+_ACK = struct.pack(">HH", *spec.Basic.Ack)
+
+
+def ack_frames(channel: int, tags: list[int]) -> bytes:
+    """``basic.ack`` (single, not ``multiple``) of each delivery tag, as py-amqp's
+    ``basic_ack`` writes it, for one write."""
+    parts: list[bytes] = []
+    for tag in tags:
+        method = _ACK + dumps("Lb", (tag, False))
+        parts += (struct.pack(">BHI", 1, channel, len(method)), method, _FRAME_END)
     return b"".join(parts)
 
 

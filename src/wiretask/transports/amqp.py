@@ -59,7 +59,6 @@ import threading
 import time
 from collections import deque
 from collections.abc import Iterable, Sequence
-from datetime import datetime
 from typing import Any, Literal
 
 import amqp
@@ -70,20 +69,16 @@ from wiretask._amqp import topology, wire
 from wiretask._amqp.errors import connection_is_gone
 from wiretask._amqp.link import Link
 from wiretask._amqp.options import Options, parse
-from wiretask.errors import ConnectionLost, TransportError, ValidationError
-from wiretask.protocol.frame import Frame, Outgoing, Route
+from wiretask.errors import TransportError
+from wiretask.protocol.frame import Frame
 from wiretask.transports.base import (
     Capabilities,
     DeadLetter,
     Delivery,
-    Peeked,
+    Prepared,
     Settlement,
     Transport,
-    TransportDelivery,
-    not_before_timestamp,
     queue_names,
-    receive_arguments,
-    receive_limit,
 )
 
 __all__ = ["AMQPDelivery", "AMQPTransport"]
@@ -101,27 +96,20 @@ _WAIT_SLICE = 1.0
 _ROUTE_CACHE = 10_000
 
 
-class AMQPDelivery(TransportDelivery):
+class AMQPDelivery(Delivery):
     """A message received from RabbitMQ; settle it with ``ack``/``reject``/``dead_letter``."""
 
     def __init__(
-        self, transport: AMQPTransport, *, frame: Frame, queue: str, redelivered: bool,
+        self, transport: AMQPTransport, frame: Frame, queue: str, redelivered: bool, *,
         delivery_tag: int, exchange: str, routing_key: str, channel: object,
     ) -> None:
-        self.frame = frame
-        self.queue = queue
-        self.redelivered = redelivered
+        super().__init__(transport, frame, queue, redelivered)
         #: The broker's per-channel delivery tag.
         self.delivery_tag = delivery_tag
-        #: Where it was published (``celery_delayed_delivery`` after the delay ladder).
+        #: Where it was published (``celery_delayed_...`` after the delay ladder).
         self.exchange = exchange
         self.routing_key = routing_key
-        self._transport = transport
         self._channel = channel
-        self._settled: str | None = None
-
-    def _settle(self, how: Settlement, reason: str = "") -> None:
-        self._transport._settle(self, how, reason)
 
 
 class AMQPTransport(Transport):
@@ -172,6 +160,9 @@ class AMQPTransport(Transport):
             priorities=config.max_priority is not None,
             priority_order="higher-first",
             max_priority=config.max_priority if config.max_priority is not None else 255,
+            # RabbitMQ delivers a priority above the queue's maximum as the maximum: a
+            # worker re-publishing a Celery frame with priority 15 must not fail.
+            out_of_range_priority="clamp",
             # RabbitMQ drops a message whose ``expiration`` passes while it waits in its
             # queue, but a consumer with room in its prefetch window is pushed messages
             # at once, so no expired message being received cannot be promised: the
@@ -332,9 +323,10 @@ class AMQPTransport(Transport):
 
     # -- declaring ------------------------------------------------------------------
 
-    def declare_queue(self, queue: str) -> None:
-        """Declare ``queue`` as Celery does (its exchange, itself, its binding), with the
-        delay ladder and the queue's ladder binding when the calling API uses it.
+    def _declare(self, queue: str) -> None:
+        """Hook of ``declare_queue``: declare ``queue`` as Celery does (its exchange,
+        itself, its binding), with the delay ladder and the queue's ladder binding when
+        the calling API uses it.
 
         Raises:
             ConnectionLost: the broker cannot be reached.
@@ -342,8 +334,7 @@ class AMQPTransport(Transport):
                 arguments (the message names them; match ``queue_type``/``max_priority``
                 /``queue_arguments`` to the fleet's configuration).
         """
-        queue_names([queue])
-        self._declare(self._queue_declarations(queue))
+        self._declare_all(self._queue_declarations(queue))
 
     def _queue_declarations(self, queue: str) -> list[topology.Declaration]:
         """Celery's declaration of ``queue``; with the ladder and the queue's binding to
@@ -362,7 +353,7 @@ class AMQPTransport(Transport):
         return [*topology.ladder(self._options.delayed_delivery_queue_type),
                 topology.delayed_destination(queue)]
 
-    def _declare(self, declarations: Iterable[topology.Declaration]) -> None:
+    def _declare_all(self, declarations: Iterable[topology.Declaration]) -> None:
         with self._publisher.lock:
             self._declare_locked(declarations)
 
@@ -391,30 +382,19 @@ class AMQPTransport(Transport):
 
     # -- producing ------------------------------------------------------------------
 
-    def publish(self, frame: Frame, route: Route, *, not_before: datetime | None = None) -> None:
-        """Publish one message and wait for its confirm (see the module doc).
+    def _publish(self, messages: Sequence[Prepared]) -> None:
+        """Hook of ``publish`` and ``publish_many``: the batch in one write, then one
+        round of confirms for all of it. Every message is encoded first: one that cannot
+        be is an ``EncodeError`` before anything is sent.
 
         Raises:
-            ConnectionLost: the connection failed; the outcome may be unknown.
-            TransportError: the broker refused or could not route it (named).
-            EncodeError, ValidationError: the message or route cannot be sent.
-        """
-        self.publish_many((Outgoing(frame, route, not_before),))
-
-    def publish_many(self, messages: Sequence[Outgoing]) -> None:
-        """Publish a batch in one write, then wait for every confirm (one round of
-        confirms for the whole batch). Every message is encoded first: one that cannot
-        be is an error before anything is sent.
-
-        Raises:
+            EncodeError, ValidationError: a message or route cannot be carried (nothing
+                was sent).
             ConnectionLost: the connection failed; the outcome may be unknown.
             TransportError: some messages were nacked or unroutable (named); the others
                 of the batch are on the broker.
-            EncodeError, ValidationError: a message or route cannot be sent.
         """
-        plan = [self._plan(message) for message in messages]
-        if plan:
-            self._send(plan)
+        self._send([self._plan(message) for message in messages])
 
     def _send(self, plan: Sequence[_Planned]) -> None:
         """Declare what ``plan`` needs, write it in one go, wait for its confirms."""
@@ -510,23 +490,14 @@ class AMQPTransport(Transport):
                             f"a full queue with x-overflow=reject-publish: tasks {ids[:5]}")
         return TransportError("publish: " + "; ".join(problems), url=self.url)
 
-    def _plan(self, message: Outgoing) -> _Planned:
-        """Validate and encode one message and decide where it goes (no I/O)."""
-        frame, route = message.frame, message.route
-        if not isinstance(frame, Frame):
-            raise ValidationError("frame", f"must be a Frame, got {type(frame).__name__}")
-        if not isinstance(route, Route):
-            raise ValidationError("route", f"must be a Route, got {type(route).__name__}")
-        key = route.key
-        exchange = route.exchange
-        if not isinstance(exchange, str) or not isinstance(key, str):
-            raise ValidationError("route", f"exchange and routing key must be strings: {route!r}")
-        destination = key if not exchange else route.queue
-        encoded = wire.encode(frame)
-        due = not_before_timestamp(message.not_before)
+    def _plan(self, message: Prepared) -> _Planned:
+        """Encode one message and decide where it goes (no I/O)."""
+        route = message.route
+        exchange, key, destination = route.exchange, route.key, message.queue
+        encoded = wire.encode(message.frame)
         delayed = 0
-        if due is not None and self.capabilities.native_delay:
-            delayed = topology.delay_seconds(due - time.time())
+        if message.due is not None and self.capabilities.native_delay:
+            delayed = topology.delay_seconds(message.due - time.time())
         where = (exchange, key, route.queue, delayed > 0)
         declarations = self._routes.get(where)
         if declarations is None:
@@ -535,7 +506,7 @@ class AMQPTransport(Transport):
         if delayed:
             exchange, key = topology.TOP_LEVEL, topology.delay_routing_key(delayed, destination)
             wire.check_name("routing_key", key)
-        return _Planned(encoded, exchange, key, where, declarations, frame.task_id)
+        return _Planned(encoded, exchange, key, where, declarations, message.frame.task_id)
 
     def _route_declarations(
         self, exchange: str, key: str, queue: str, destination: str, *, delayed: bool
@@ -563,28 +534,29 @@ class AMQPTransport(Transport):
 
     # -- consuming ------------------------------------------------------------------
 
-    def receive(self, queues: Sequence[str], *, timeout: float) -> AMQPDelivery | None:
-        """Next message from ``queues`` (see ``receive_many``)."""
-        received = self.receive_many(queues, limit=1, timeout=timeout)
+    def _receive(self, queues: list[str], timeout: float) -> AMQPDelivery | None:
+        """Hook of ``receive`` (see ``_receive_many``)."""
+        received = self._receive_many(queues, 1, timeout)
         return received[0] if received else None
 
-    def receive_many(
-        self, queues: Sequence[str], *, limit: int, timeout: float
+    def _receive_many(
+        self, queues: list[str], limit: int, timeout: float
     ) -> list[AMQPDelivery]:
-        """Up to ``limit`` messages from ``queues``, in the order the broker pushed them;
-        waits up to ``timeout`` seconds for the first. Subscribes to ``queues`` with a
-        prefetch window of at least ``limit`` (see the module doc).
+        """Hook of ``receive_many``: up to ``limit`` messages from ``queues``, in the
+        order the broker pushed them; waits up to ``timeout`` seconds for the first.
+        Subscribes to ``queues`` with a prefetch window of at least ``limit`` (see the
+        module doc).
 
         Raises:
             ConnectionLost: the connection failed (deliveries it held come back to the
                 queue; this transport reconnects on the next call).
             TransportError: e.g. a queue declared with other arguments.
         """
-        names, deadline = receive_arguments(queues, timeout)
-        limit = receive_limit(limit)
+        names = queues
+        deadline = time.monotonic() + timeout
         self._consuming = True
         if self._queues_declared.get(tuple(names)) != self._pub_epoch:
-            self._declare([d for queue in names for d in self._queue_declarations(queue)])
+            self._declare_all([d for queue in names for d in self._queue_declarations(queue)])
             self._queues_declared[tuple(names)] = self._pub_epoch
         link = self._consumer
         with link.lock:
@@ -736,123 +708,144 @@ class AMQPTransport(Transport):
 
     # -- settling -------------------------------------------------------------------
 
-    def _settle(self, delivery: AMQPDelivery, how: Settlement, reason: str) -> None:
+    def _settle(self, delivery: Delivery, how: Settlement, reason: str) -> None:
+        """Hook of the ``Delivery`` verbs (the delivery's lock is held): ``basic.ack``,
+        ``basic.reject`` (``requeue`` or not) on the channel that delivered it; a dead
+        letter is first published, confirmed, to ``<queue>.dead``, then acked.
+
+        Raises:
+            TransportError: the channel that delivered it is gone (the broker has
+                requeued the message, which comes back redelivered); the delivery is
+                marked so, and cannot be settled any more.
+            ConnectionLost: the connection failed while settling (likewise marked: the
+                broker requeues the message).
+        """
+        assert isinstance(delivery, AMQPDelivery)  # the base hands back our own
         if how == "dead_letter":
-            self._dead_letter(delivery, reason)
-            return
+            self._publish_dead_letter(delivery, reason)
         link = self._consumer
         with link.lock:
-            self._check_settleable(delivery)
-            channel = self._sub_channel
-            assert channel is not None
             try:
-                with link.translate(how):
-                    if how == "ack":
+                channel = self._channel_of(delivery)
+            except TransportError as exc:
+                if how != "dead_letter":
+                    raise
+                raise TransportError(
+                    f"{exc}; its dead letter is in {delivery.queue}.dead already, and it "
+                    "will be dead-lettered again when it comes back", url=self.url,
+                ) from exc
+            try:
+                with link.translate(_VERB[how]):
+                    if how in ("ack", "dead_letter"):
                         channel.basic_ack(delivery.delivery_tag)
                     else:
                         channel.basic_reject(delivery.delivery_tag, requeue=how == "requeue")
             except TransportError:
-                delivery._settled = "lost with its connection (the broker redelivers it)"
+                delivery._settled = _LOST
                 link.discard()
                 self._forget_subscription()
                 raise
-            delivery._settled = _SETTLED[how]
 
-    def _check_settleable(self, delivery: AMQPDelivery) -> None:
-        """Raise unless ``delivery`` can be settled now (consumer's lock held)."""
-        if delivery._transport is not self:
-            raise TransportError("a delivery of another transport", url=self.url)
-        if delivery._settled is not None:
+    def _channel_of(self, delivery: AMQPDelivery) -> Channel:
+        """The channel ``delivery`` can be settled on (consumer's lock held); if that
+        channel is gone, mark the delivery and raise ``TransportError``."""
+        channel = self._sub_channel
+        if delivery._channel is not self._sub_token or channel is None:
+            delivery._settled = _GONE
             raise TransportError(
-                f"delivery {delivery.delivery_tag} from {delivery.queue!r} was already "
-                f"{delivery._settled}", url=self.url,
+                f"cannot settle delivery {delivery.delivery_tag} from {delivery.queue!r} "
+                f"(task {delivery.frame.task_id!r}): it was {_GONE}", url=self.url,
             )
-        if delivery._channel is not self._sub_token or self._sub_channel is None:
-            delivery._settled = ("lost with the channel that delivered it (the broker has "
-                                 "requeued it; it comes back redelivered)")
-            raise TransportError(
-                f"delivery {delivery.delivery_tag} from {delivery.queue!r} cannot be "
-                f"settled: it was {delivery._settled}", url=self.url,
-            )
+        return channel
 
-    def ack_many(self, deliveries: Sequence[Delivery]) -> None:
-        """Acknowledge several deliveries under one lock (each ack is a small write, with
-        no reply to wait for). Deliveries of another transport are acknowledged one by
-        one; every one is tried, and the first failure raised after."""
+    def _ack_many(self, deliveries: list[Delivery]) -> None:
+        """Hook of ``ack_many``: the acks of this transport's deliveries in one write
+        (an ack has no reply to wait for), keeping the settle-once rule (each
+        delivery's lock is held, taken in one global order); other transports'
+        deliveries are acked by their own ``ack()``. Every one is tried; the first
+        failure is raised after."""
         first: TransportError | None = None
-        ours: list[AMQPDelivery] = []
+        ours: dict[int, AMQPDelivery] = {}
         for delivery in deliveries:
             if isinstance(delivery, AMQPDelivery) and delivery._transport is self:
-                ours.append(delivery)
+                ours.setdefault(id(delivery), delivery)
             else:
                 try:
                     delivery.ack()
                 except TransportError as exc:
                     first = first or exc
-        if ours:
-            link = self._consumer
-            with link.lock:
-                for delivery in ours:
-                    try:
-                        self._check_settleable(delivery)
-                        channel = self._sub_channel
-                        assert channel is not None
-                        with link.translate("ack"):
-                            channel.basic_ack(delivery.delivery_tag)
-                    except TransportError as exc:
-                        first = first or exc
-                        if delivery._settled is None:
-                            delivery._settled = "lost with its connection"
-                            link.discard()
-                            self._forget_subscription()
-                        continue
-                    delivery._settled = "acked"
+        locked = sorted(ours.values(), key=id)
+        taken: list[AMQPDelivery] = []
+        try:
+            for delivery in locked:
+                delivery._lock.acquire()
+                taken.append(delivery)
+            pending: list[AMQPDelivery] = []
+            for delivery in deliveries:
+                if not isinstance(delivery, AMQPDelivery) or id(delivery) not in ours:
+                    continue
+                if delivery._settled is not None or delivery in pending:
+                    first = first or TransportError(
+                        f"cannot ack a delivery that was already "
+                        f"{delivery._settled or 'acked'} (queue {delivery.queue!r}, task "
+                        f"{delivery.frame.task_id!r})", url=self.url)
+                    continue
+                pending.append(delivery)
+            if pending:
+                first = self._write_acks(pending) or first
+        finally:
+            for delivery in taken:
+                delivery._lock.release()
         if first is not None:
             raise first
 
-    def _dead_letter(self, delivery: AMQPDelivery, reason: str) -> None:
-        """Publish a copy with the reason to ``<queue>.dead`` (confirmed), then ack. If
-        the copy cannot be published the delivery stays unsettled."""
+    def _write_acks(self, pending: list[AMQPDelivery]) -> TransportError | None:
+        """``basic.ack`` of ``pending`` (their locks held) in one write; marks each one
+        acked or lost; returns the first error."""
         link = self._consumer
+        first: TransportError | None = None
         with link.lock:
-            self._check_settleable(delivery)
-            delivery._settled = "being dead-lettered"
-        try:
-            frame = delivery.frame
-            headers = {**frame.headers, DEAD_REASON: reason, DEAD_QUEUE: delivery.queue,
-                       DEAD_AT: time.time()}
-            copy = Frame.adopt(frame.body, frame.content_type, frame.content_encoding,
-                               headers, dict(frame.properties))
-            self._send([_Planned(wire.encode(copy), topology.DEAD_EXCHANGE, delivery.queue,
-                                 (topology.DEAD_EXCHANGE, delivery.queue, "", False),
-                                 tuple(topology.dead_letter_place(delivery.queue)),
-                                 frame.task_id)])
-        except BaseException:
-            with link.lock:
-                if delivery._settled == "being dead-lettered":
-                    delivery._settled = None
-            raise
-        with link.lock:
-            delivery._settled = None
-            try:
-                self._check_settleable(delivery)
-            except TransportError as exc:
-                raise ConnectionLost(
-                    f"dead-letter: the copy is in {delivery.queue}.dead, but the original "
-                    "could not be acknowledged (its channel is gone): it comes back and "
-                    "will be dead-lettered again", url=self.url,
-                ) from exc
+            live: list[AMQPDelivery] = []
+            for delivery in pending:
+                try:
+                    self._channel_of(delivery)
+                except TransportError as exc:
+                    first = first or exc
+                    continue
+                live.append(delivery)
+            if not live:
+                return first
             channel = self._sub_channel
+            connection = link.connection
             assert channel is not None
+            assert connection is not None
+            data = wire.ack_frames(channel.channel_id, [d.delivery_tag for d in live])
             try:
-                with link.translate("dead-letter (ack)"):
-                    channel.basic_ack(delivery.delivery_tag)
-            except TransportError:
-                delivery._settled = "lost with its connection (the broker redelivers it)"
+                with link.translate("ack"):
+                    connection.transport.write(data)
+                    connection.bytes_sent += 1
+            except TransportError as exc:
+                for delivery in live:
+                    delivery._settled = _LOST
                 link.discard()
                 self._forget_subscription()
-                raise
-            delivery._settled = "dead-lettered"
+                return first or exc
+            for delivery in live:
+                delivery._settled = "acked"
+        return first
+
+    def _publish_dead_letter(self, delivery: AMQPDelivery, reason: str) -> None:
+        """Publish a copy of ``delivery`` with the reason to ``<queue>.dead`` and wait
+        for its confirm (if that fails, the delivery stays unsettled)."""
+        frame = delivery.frame
+        headers = {**frame.headers, DEAD_REASON: reason, DEAD_QUEUE: delivery.queue,
+                   DEAD_AT: time.time()}
+        copy = Frame.adopt(frame.body, frame.content_type, frame.content_encoding, headers,
+                           dict(frame.properties))
+        self._send([_Planned(wire.encode(copy), topology.DEAD_EXCHANGE, delivery.queue,
+                             (topology.DEAD_EXCHANGE, delivery.queue, "", False),
+                             tuple(topology.dead_letter_place(delivery.queue)),
+                             frame.task_id)])
 
     # -- inspecting and housekeeping --------------------------------------------------
 
@@ -883,21 +876,6 @@ class AMQPTransport(Transport):
                 if isinstance(cause, amqp_errors.NotFound):
                     return 0
                 raise
-
-    def peek(self, queue: str, *, limit: int = 100) -> list[Peeked]:
-        """Not offered: AMQP cannot read a queue without taking its messages, and giving
-        them back marks them redelivered, counts a delivery attempt on quorum queues
-        (which a ``delivery-limit`` turns into a dead letter) and hides them from
-        consumers meanwhile.
-
-        Raises:
-            TransportError: always, saying so.
-        """
-        raise TransportError(
-            f"peek is not available on AMQP: RabbitMQ cannot show the messages of "
-            f"{queue!r} without taking them from its consumers (and marking them "
-            "redelivered); use size() for a count", url=self.url,
-        )
 
     def dead_letters(self, queue: str) -> list[DeadLetter]:
         """The dead letters of ``queue`` (``<queue>.dead``), oldest first. They are read
@@ -950,7 +928,12 @@ class _Planned:
         self.task_id = task_id
 
 
-_SETTLED: dict[str, str] = {"ack": "acked", "reject": "rejected", "requeue": "requeued"}
+_VERB: dict[str, str] = {"ack": "ack", "reject": "reject", "requeue": "requeue",
+                         "dead_letter": "dead-letter"}
+#: Why a delivery can no longer be settled once its channel is gone.
+_GONE = ("lost with the channel that delivered it (the broker has requeued the message; "
+         "it comes back redelivered)")
+_LOST = "lost with its connection (the broker requeues the message; it comes back redelivered)"
 
 
 def _send_declaration(channel: Channel, item: topology.Declaration) -> None:
