@@ -242,7 +242,9 @@ def test_celery_priorities_queued_before_wiretask_consumes_come_out_highest_firs
     queue = f"interop.prio.{uuid.uuid4().hex[:8]}"
     sent = [9, 0, 5, 0, 9, 3]
     results = [celery.send_task("interop.when", queue=queue, priority=p) for p in sent]
-    assert ready(classic_url, queue) == len(sent)
+    # Celery publishes without confirms: its send returns before the broker has them all.
+    wait_for(lambda: ready(classic_url, queue) == len(sent), timeout=5.0,
+             what="Celery's messages to be on the broker")
 
     with Worker(wt, queues=[queue], concurrency=1, prefetch=0, shutdown_timeout=5):
         outcomes = [r.get(timeout=WAIT) for r in results]
