@@ -30,6 +30,10 @@ socket without holding the connection's lock. Asking for a different set of queu
 cancels the consumers of the others and requeues what they had pushed (RabbitMQ marks
 those ``redelivered``).
 
+**Inspection.** ``size``, ``purge`` and ``dead_letters`` are here; ``peek`` is not (AMQP
+cannot show messages without taking them from their consumers), so the ``Inspection``
+capability is not offered (``spec/amqp.md`` §9).
+
 **Settling** acks, rejects or requeues on the channel that delivered the message. If that
 channel or connection is gone, the broker has already requeued the message: settling it
 raises ``TransportError`` and the message comes back (``redelivered=True``) to whoever
