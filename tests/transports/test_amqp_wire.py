@@ -183,3 +183,14 @@ def test_the_fast_writer_makes_py_amqps_bytes(
                            application_headers=headers, **properties)
 
     assert wire.encode(frame).properties == message._serialize_properties()
+
+
+def test_a_buffered_frame_is_readable_only_when_whole() -> None:
+    from wiretask._amqp.link import _whole_frame  # noqa: PLC0415 - a private helper
+
+    frame = struct.pack(">BHI", 1, 1, 4) + b"abcd" + b"\xce"
+    assert _whole_frame(frame)
+    assert _whole_frame(frame + frame[:3])
+    assert not _whole_frame(frame[:-1])
+    assert not _whole_frame(frame[:6])
+    assert not _whole_frame(b"")

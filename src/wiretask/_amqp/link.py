@@ -18,6 +18,7 @@ import os
 import select
 import socket
 import ssl
+import struct
 import threading
 from typing import Any
 
@@ -35,6 +36,8 @@ log = logging.getLogger("wiretask.transports.amqp")
 _FRAME_WAIT = 5.0
 #: Bound on the close handshake.
 _CLOSE_WAIT = 2.0
+#: Bytes asked of the socket per read (see ``_read_greedily``).
+_READ_SIZE = 1 << 16
 
 _READ_EVENTS = select.POLLIN | select.POLLPRI | select.POLLERR | select.POLLHUP | select.POLLNVAL
 
@@ -77,6 +80,7 @@ class Link:
         connection = amqp.Connection(client_properties=properties, **kwargs)
         with self.translate("connect"):
             connection.connect()
+        _read_greedily(connection.transport)
         self.connection = connection
         self.epoch += 1
         poller = select.poll()
@@ -121,6 +125,8 @@ class Link:
         connection = self.connection
         if connection is None or self._poller is None:
             return False
+        if _whole_frame(connection.transport._read_buffer):
+            return True
         sock = connection.sock
         if isinstance(sock, ssl.SSLSocket) and sock.pending():
             return True
@@ -178,6 +184,32 @@ class Link:
         except Exception:
             self.discard()
             raise
+
+
+def _read_greedily(transport: Any) -> None:
+    """Make py-amqp's reader take everything the socket has in one call.
+
+    py-amqp reads a frame with three ``recv`` calls sized to its parts (header, payload,
+    end byte): three system calls per frame, nine per message. Its reader keeps what a
+    call returns beyond what it asked for (``_read_buffer``) for the next read, so asking
+    for all that has arrived gives the same frames with about one call per burst: on the
+    consume path, where it cost a third of the time per message."""
+    receive = transport._quick_recv
+
+    def greedy(size: int) -> bytes:
+        data: bytes = receive(max(size, _READ_SIZE))
+        return data
+
+    transport._quick_recv = greedy
+
+
+def _whole_frame(buffered: bytes) -> bool:
+    """Whether py-amqp's read buffer holds at least one whole frame (7 bytes of header,
+    the payload, the end byte): then there is something to read without the socket."""
+    if len(buffered) < 7:
+        return False
+    size: int = struct.unpack_from(">I", buffered, 3)[0]
+    return len(buffered) >= size + 8
 
 
 class Waiter:
