@@ -19,9 +19,11 @@ from kombu import Connection
 
 from amqp_support import celery_like_frame, raw_channel, unique
 from conftest import free_port
+from wiretask.app import App
 from wiretask.cli import main
 from wiretask.errors import ConnectionLost, EncodeError, TransportError
 from wiretask.protocol.frame import Frame, Outgoing, Route
+from wiretask.routing import QueueBinding
 from wiretask.transports.amqp import AMQPTransport
 from wiretask.transports.base import Inspection
 
@@ -339,3 +341,28 @@ def test_celery_delay_mode_sends_at_once(amqp_url: str) -> None:
         t.purge(q)
     finally:
         t.close()
+
+
+def test_a_task_queue_on_a_topic_exchange_is_bound_as_celery_binds_it(amqp_url: str) -> None:
+    """``task_queues`` with an exchange of its own: the app binds the queue through
+    ``bind_queue`` (``routing.QueueBinding``) before publishing to that exchange, with
+    the exchange's type, and the message arrives."""
+    q = unique("topic")
+    exchange = f"{q}.exchange"
+    app = App("amqp-topic", broker=amqp_url, backend="memory://",
+              task_queues={q: {"exchange": exchange, "exchange_type": "topic",
+                               "routing_key": "jobs.#"}})
+    try:
+        assert isinstance(app.transport, QueueBinding)
+        result = app.send_task("any.task", (1,), queue=q, routing_key="jobs.high")
+        t = app.transport
+        d = t.receive([q], timeout=5)
+        assert d is not None and d.frame.task_id == result.id
+        assert (d.exchange, d.routing_key) == (exchange, "jobs.high")
+        d.ack()
+    finally:
+        with raw_channel(amqp_url) as channel:
+            channel.queue_delete(q)
+            channel.exchange_delete(exchange)
+            channel.exchange_delete(q)
+        app.close()

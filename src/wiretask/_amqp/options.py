@@ -21,7 +21,7 @@ import math
 import ssl
 from collections.abc import Callable, Mapping
 from typing import Any, Literal, NoReturn
-from urllib.parse import parse_qsl, unquote, urlsplit
+from urllib.parse import SplitResult, parse_qsl, unquote, urlsplit
 
 import attrs
 
@@ -194,10 +194,63 @@ def parse(url: str, options: Mapping[str, Any]) -> Options:
     Raises:
         ImproperlyConfigured: not an AMQP URL, several hosts, or an unknown or bad option.
     """
-    masked = ";".join(map(mask_url, url.split(";"))) if isinstance(url, str) else repr(url)
+    parts, masked = _split(url)
+    scheme = parts.scheme.lower()
+    merged = dict(options)
+    ssl_from_query = _read_query(parts.query, merged)
+    for name in merged:
+        if name not in KNOWN:
+            _unknown(name)
+    take = merged.pop
+    tls = _tls(take("ssl", scheme == "amqps"), ssl_from_query)
+    confirm_publish = take("confirm_publish", True)
+    if not isinstance(confirm_publish, bool):
+        raise _bad("confirm_publish", f"must be True or False, got {confirm_publish!r}")
+    max_priority = take("max_priority", None)
+    if max_priority is not None and (
+        isinstance(max_priority, bool) or not isinstance(max_priority, int)
+        or not 1 <= max_priority <= 255
+    ):
+        raise _bad("max_priority", f"must be an int within 1..255, got {max_priority!r}")
+    host = unquote(parts.hostname or "") or "localhost"
+    if host == "localhost":
+        host = "127.0.0.1"  # as Kombu: no IPv6 lookup for the usual case
+    path = parts.path[1:] if parts.path.startswith("/") else parts.path
+    return Options(
+        masked_url=masked,
+        host=host,
+        port=parts.port or (5671 if tls else 5672),
+        userid=unquote(parts.username or "") or "guest",
+        password=unquote(parts.password or "") or "guest",
+        virtual_host=unquote(path) or "/",
+        ssl=tls,
+        heartbeat=_number("heartbeat", take("heartbeat", 60.0), minimum=0),
+        connect_timeout=_number("connect_timeout", take("connect_timeout", 4.0), minimum=0,
+                                inclusive=False),
+        confirm_timeout=_number("confirm_timeout", take("confirm_timeout", 30.0), minimum=0,
+                                inclusive=False),
+        confirm_publish=confirm_publish,
+        queue_type=_choice("queue_type", take("queue_type", "classic"), ("classic", "quorum")),
+        queue_arguments=_queue_arguments(take("queue_arguments", {})),
+        max_priority=max_priority,
+        exchange_type=_choice("exchange_type", take("exchange_type", "direct"),
+                              ("direct", "topic", "fanout")),
+        delay_mode=_choice("delay_mode", take("delay_mode", "auto"),
+                           ("auto", "ladder", "celery")),
+        delayed_delivery_queue_type=_choice(
+            "delayed_delivery_queue_type", take("delayed_delivery_queue_type", "quorum"),
+            ("classic", "quorum")),
+        # Last: what is left are py-amqp's own options.
+        connection_extra=_connection_extra(merged),
+    )
+
+
+def _split(url: object) -> tuple[SplitResult, str]:
+    """The URL's parts and its masked form (every host's password masked)."""
     if not isinstance(url, str):
-        raise ImproperlyConfigured(f"the broker URL must be a string, got {masked}",
+        raise ImproperlyConfigured(f"the broker URL must be a string, got {url!r}",
                                    setting="broker_url")
+    masked = ";".join(map(mask_url, url.split(";")))
     if ";" in url:
         raise ImproperlyConfigured(
             f"failover URLs (several hosts separated by ';') are not supported: {masked}",
@@ -205,27 +258,31 @@ def parse(url: str, options: Mapping[str, Any]) -> Options:
         )
     try:
         parts = urlsplit(url)
-        port = parts.port
+        parts.port  # noqa: B018 - a bad port raises here, not later
     except ValueError as exc:
         raise ImproperlyConfigured(f"cannot parse the broker URL {masked}: {exc}",
                                    setting="broker_url") from exc
-    scheme = parts.scheme.lower()
-    if scheme not in SCHEMES:
+    if parts.scheme.lower() not in SCHEMES:
         raise ImproperlyConfigured(
             f"not an AMQP URL (scheme {parts.scheme!r}): {masked}", setting="broker_url"
         )
-    merged: dict[str, Any] = dict(options)
-    ssl_from_query: dict[str, Any] = {}
-    for name, value in parse_qsl(parts.query, keep_blank_values=True):
+    return parts, masked
+
+
+def _read_query(query: str, merged: dict[str, Any]) -> dict[str, Any]:
+    """Put the query's options into ``merged`` (over the keyword options); return the
+    TLS options it holds (``ssl_*``)."""
+    tls: dict[str, Any] = {}
+    for name, value in parse_qsl(query, keep_blank_values=True):
         if name in _SSL_QUERY:
             key = _SSL_QUERY[name]
-            if key == "cert_reqs":
-                if value.lower() not in _CERT_REQS:
-                    raise _bad(name, f"must be one of CERT_REQUIRED, CERT_OPTIONAL, "
-                                     f"CERT_NONE, got {value!r}")
-                ssl_from_query[key] = _CERT_REQS[value.lower()]
+            if key != "cert_reqs":
+                tls[key] = value
+            elif value.lower() in _CERT_REQS:
+                tls[key] = _CERT_REQS[value.lower()]
             else:
-                ssl_from_query[key] = value
+                raise _bad(name, "must be one of CERT_REQUIRED, CERT_OPTIONAL, CERT_NONE, "
+                                 f"got {value!r}")
             continue
         reader = _QUERY.get(name)
         if reader is None:
@@ -234,93 +291,38 @@ def parse(url: str, options: Mapping[str, Any]) -> Options:
             merged[name] = reader(value)
         except ValueError as exc:
             raise _bad(name, f"bad value {value!r} in the broker URL ({exc})") from exc
-    for name in merged:
-        if name not in KNOWN:
-            _unknown(name)
-    take = merged.pop
+    return tls
 
-    tls = take("ssl", scheme == "amqps")
-    if isinstance(tls, Mapping):
-        unknown = sorted(set(tls) - _SSL_KEYS)
+
+def _tls(value: Any, from_query: dict[str, Any]) -> bool | dict[str, Any]:
+    if isinstance(value, Mapping):
+        unknown = sorted(set(value) - _SSL_KEYS)
         if unknown:
             raise _bad("ssl", f"unknown TLS option(s) {', '.join(unknown)}; known: "
                               f"{', '.join(sorted(_SSL_KEYS))}")
-        tls = {**tls, **ssl_from_query}
-    elif isinstance(tls, bool):
-        if ssl_from_query:
-            tls = dict(ssl_from_query)
-    else:
-        raise _bad("ssl", f"must be True, False or a dict of TLS options, got {tls!r}")
+        return {**value, **from_query}
+    if isinstance(value, bool):
+        return dict(from_query) if from_query else value
+    raise _bad("ssl", f"must be True, False or a dict of TLS options, got {value!r}")
 
-    heartbeat = _number("heartbeat", take("heartbeat", 60.0), minimum=0)
-    connect_timeout = _number("connect_timeout", take("connect_timeout", 4.0), minimum=0,
-                              inclusive=False)
-    confirm_timeout = _number("confirm_timeout", take("confirm_timeout", 30.0), minimum=0,
-                              inclusive=False)
-    confirm_publish = take("confirm_publish", True)
-    if not isinstance(confirm_publish, bool):
-        raise _bad("confirm_publish", f"must be True or False, got {confirm_publish!r}")
 
-    queue_type = _choice("queue_type", take("queue_type", "classic"), ("classic", "quorum"))
-    exchange_type = _choice("exchange_type", take("exchange_type", "direct"),
-                            ("direct", "topic", "fanout"))
-    delay_mode = _choice("delay_mode", take("delay_mode", "auto"),
-                         ("auto", "ladder", "celery"))
-    ladder_type = _choice("delayed_delivery_queue_type",
-                          take("delayed_delivery_queue_type", "quorum"), ("classic", "quorum"))
-    max_priority = take("max_priority", None)
-    if max_priority is not None and (
-        isinstance(max_priority, bool) or not isinstance(max_priority, int)
-        or not 1 <= max_priority <= 255
-    ):
-        raise _bad("max_priority", f"must be an int within 1..255, got {max_priority!r}")
-    queue_arguments = _queue_arguments(take("queue_arguments", {}))
-
+def _connection_extra(rest: dict[str, Any]) -> dict[str, Any]:
+    """py-amqp's own connection options, checked."""
     extra: dict[str, Any] = {}
-    for name in ("read_timeout", "write_timeout"):
-        if name in merged:
-            extra[name] = _number(name, take(name), minimum=0, inclusive=False)
-    for name in ("frame_max", "channel_max"):
-        if name in merged:
-            value = take(name)
+    for name, value in rest.items():
+        if name in ("read_timeout", "write_timeout"):
+            extra[name] = _number(name, value, minimum=0, inclusive=False)
+        elif name in ("frame_max", "channel_max"):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise _bad(name, f"must be a positive int, got {value!r}")
             extra[name] = value
-    if "login_method" in merged:
-        method = take("login_method")
-        extra["login_method"] = _choice("login_method", method,
-                                        ("AMQPLAIN", "PLAIN", "EXTERNAL", "GSSAPI"))
-    for name in ("socket_settings", "client_properties"):
-        if name in merged:
-            value = take(name)
+        elif name == "login_method":
+            extra[name] = _choice(name, value, ("AMQPLAIN", "PLAIN", "EXTERNAL", "GSSAPI"))
+        else:  # socket_settings, client_properties
             if not isinstance(value, Mapping):
                 raise _bad(name, f"must be a mapping, got {value!r}")
             extra[name] = dict(value)
-
-    host = unquote(parts.hostname or "") or "localhost"
-    if host == "localhost":
-        host = "127.0.0.1"  # as Kombu: no IPv6 lookup for the usual case
-    path = parts.path[1:] if parts.path.startswith("/") else parts.path
-    return Options(
-        masked_url=masked,
-        host=host,
-        port=port or (5671 if tls else 5672),
-        userid=unquote(parts.username or "") or "guest",
-        password=unquote(parts.password or "") or "guest",
-        virtual_host=unquote(path) or "/",
-        ssl=tls,
-        heartbeat=heartbeat,
-        connect_timeout=connect_timeout,
-        confirm_timeout=confirm_timeout,
-        confirm_publish=confirm_publish,
-        connection_extra=extra,
-        queue_type=queue_type,
-        queue_arguments=queue_arguments,
-        max_priority=max_priority,
-        exchange_type=exchange_type,
-        delay_mode=delay_mode,
-        delayed_delivery_queue_type=ladder_type,
-    )
+    return extra
 
 
 def _unknown(name: str) -> NoReturn:

@@ -209,34 +209,33 @@ _PROPERTY_LAYOUT = tuple(
 
 def _fast_properties(frame: Frame, headers: Mapping[str, Any]) -> bytes:
     properties = frame.properties
+    values: dict[str, Any] = {"content_type": frame.content_type,
+                              "content_encoding": frame.content_encoding,
+                              "application_headers": headers}
     flags = 0
     parts: list[bytes] = []
     for name, bit, kind in _PROPERTY_LAYOUT:
-        if name == "content_type":
-            value: Any = frame.content_type
-        elif name == "content_encoding":
-            value = frame.content_encoding
-        elif name == "application_headers":
-            value = headers
-        else:
-            value = properties.get(name)
+        value = values[name] if name in values else properties.get(name)
         if value is None:
             continue
         flags |= bit
-        if kind == "s":
-            if type(value) is not str:
-                raise _Unusual
-            raw = value.encode("utf-8", "surrogatepass")
-            parts += (_pack("B", len(raw)), raw)
-        elif kind == "o":
-            parts.append(_pack("B", value))
-        elif kind == "F":
-            if type(value) is not dict:
-                raise _Unusual
-            parts.append(_table(value))
-        else:  # "L": the timestamp
-            parts.append(_pack(">Q", value))
+        parts.append(_property(kind, value))
     return _pack(">H", flags) + b"".join(parts)
+
+
+def _property(kind: str, value: Any) -> bytes:
+    if kind == "s":
+        if type(value) is not str:
+            raise _Unusual
+        raw = value.encode("utf-8", "surrogatepass")
+        return _pack("B", len(raw)) + raw
+    if kind == "o":
+        return _pack("B", value)
+    if kind == "F":
+        if type(value) is not dict:
+            raise _Unusual
+        return _table(value)
+    return _pack(">Q", value)  # "L": the timestamp
 
 
 def _table(table: dict[str, Any]) -> bytes:
@@ -335,28 +334,32 @@ def _short_string_problem(value: Any) -> str | None:
 
 def _table_value_problem(path: str, value: Any) -> tuple[str, str] | None:
     """(path, problem) of the first value py-amqp's table writer refuses, or None."""
-    if value is None or isinstance(value, str | bytes | bool | float | Decimal | datetime):
-        return None
-    if isinstance(value, int):
-        if -(2**63) <= value < 2**63:
-            return None
-        return path, f"{value} does not fit AMQP's signed 64-bit integer"
     if isinstance(value, Mapping):
-        for key, item in value.items():
-            where = f"{path}[{key!r}]"
-            if not isinstance(key, str):
-                return where, f"table keys must be strings, got {type(key).__name__}"
-            if len(key.encode("utf-8", "surrogatepass")) > 255:
-                return where, "a table key holds at most 255 bytes"
-            found = _table_value_problem(where, item)
-            if found is not None:
-                return found
-        return None
+        return _table_problem(path, value)
     if isinstance(value, list | tuple):
         for index, item in enumerate(value):
             found = _table_value_problem(f"{path}[{index}]", item)
             if found is not None:
                 return found
         return None
+    if isinstance(value, int) and not isinstance(value, bool):
+        if -(2**63) <= value < 2**63:
+            return None
+        return path, f"{value} does not fit AMQP's signed 64-bit integer"
+    if value is None or isinstance(value, str | bytes | bool | float | Decimal | datetime):
+        return None
     return path, (f"a {type(value).__name__} value cannot be carried in an AMQP table "
                   "(use str, int, float, bool, None, lists and string-keyed dicts)")
+
+
+def _table_problem(path: str, table: Mapping[Any, Any]) -> tuple[str, str] | None:
+    for key, item in table.items():
+        where = f"{path}[{key!r}]"
+        if not isinstance(key, str):
+            return where, f"table keys must be strings, got {type(key).__name__}"
+        if len(key.encode("utf-8", "surrogatepass")) > 255:
+            return where, "a table key holds at most 255 bytes"
+        found = _table_value_problem(where, item)
+        if found is not None:
+            return found
+    return None

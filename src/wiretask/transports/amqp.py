@@ -73,7 +73,7 @@ from wiretask._amqp import topology, wire
 from wiretask._amqp.errors import connection_is_gone
 from wiretask._amqp.link import Link
 from wiretask._amqp.options import Options, parse
-from wiretask.errors import TransportError
+from wiretask.errors import TransportError, ValidationError
 from wiretask.protocol.frame import Frame
 from wiretask.transports.base import (
     Capabilities,
@@ -183,6 +183,8 @@ class AMQPTransport(Transport):
         self._declared: set[topology.Declaration] = set()
         #: Routes whose declarations were made on this connection (checked per publish).
         self._ready_routes: set[tuple[str, str, str, bool]] = set()
+        #: Exchanges declared by ``bind_queue``, with their type.
+        self._exchange_types: dict[str, str] = {}
         #: (exchange, routing key, queue, delayed) -> what the route needs declared.
         self._routes: dict[tuple[str, str, str, bool], tuple[topology.Declaration, ...]] = {}
         self._next_tag = 1
@@ -339,6 +341,35 @@ class AMQPTransport(Transport):
                 /``queue_arguments`` to the fleet's configuration).
         """
         self._declare_all(self._queue_declarations(queue))
+
+    def bind_queue(
+        self, queue: str, exchange: str, routing_key: str, *,
+        exchange_type: Literal["direct", "topic"] = "direct",
+    ) -> None:
+        """Declare ``exchange`` (of ``exchange_type``), ``queue`` and the binding between
+        them with ``routing_key``, as Celery declares a queue of ``task_queues`` bound
+        to an exchange of its own (``routing.QueueBinding``: the app calls it before
+        publishing to that exchange). Later publishes to ``exchange`` declare it with
+        this type too.
+
+        Raises:
+            ValidationError: an empty queue or exchange name, or an unknown type.
+            ConnectionLost, TransportError: as ``declare_queue``.
+        """
+        queue_names([queue])
+        if not isinstance(exchange, str) or not exchange:
+            raise ValidationError("exchange", f"must be a non-empty string, got {exchange!r}")
+        if exchange_type not in ("direct", "topic"):
+            raise ValidationError("exchange_type", "must be 'direct' or 'topic'",
+                                  value=exchange_type)
+        wire.check_name("exchange", exchange)
+        wire.check_name("routing_key", routing_key)
+        self._exchange_types[exchange] = exchange_type
+        self._declare_all([
+            topology.Exchange(exchange, exchange_type),
+            topology.Queue(queue, self._options.arguments_of(queue)),
+            topology.Bind(queue, exchange, routing_key),
+        ])
 
     def _queue_declarations(self, queue: str) -> list[topology.Declaration]:
         """Celery's declaration of ``queue``; with the ladder and the queue's binding to
@@ -523,7 +554,8 @@ class AMQPTransport(Transport):
         options = self._options
         if exchange:
             declarations: list[topology.Declaration] = [
-                topology.Exchange(exchange, options.exchange_type),
+                topology.Exchange(exchange,
+                                  self._exchange_types.get(exchange, options.exchange_type)),
                 topology.Queue(queue, options.arguments_of(queue)),
                 topology.Bind(queue, exchange, key),
             ]
@@ -784,17 +816,8 @@ class AMQPTransport(Transport):
             for delivery in locked:
                 delivery._lock.acquire()
                 taken.append(delivery)
-            pending: list[AMQPDelivery] = []
-            for delivery in deliveries:
-                if not isinstance(delivery, AMQPDelivery) or id(delivery) not in ours:
-                    continue
-                if delivery._settled is not None or delivery in pending:
-                    first = first or TransportError(
-                        f"cannot ack a delivery that was already "
-                        f"{delivery._settled or 'acked'} (queue {delivery.queue!r}, task "
-                        f"{delivery.frame.task_id!r})", url=self.url)
-                    continue
-                pending.append(delivery)
+            pending, refused = self._unsettled_of(deliveries, ours)
+            first = first or refused
             if pending:
                 first = self._write_acks(pending) or first
         finally:
@@ -802,6 +825,27 @@ class AMQPTransport(Transport):
                 delivery._lock.release()
         if first is not None:
             raise first
+
+    def _unsettled_of(
+        self, deliveries: list[Delivery], ours: dict[int, AMQPDelivery]
+    ) -> tuple[list[AMQPDelivery], TransportError | None]:
+        """This transport's deliveries among ``deliveries`` that may be acked (their
+        locks held), in order, and the error for the first that may not (settled
+        already, or listed twice)."""
+        pending: list[AMQPDelivery] = []
+        refused: TransportError | None = None
+        for delivery in deliveries:
+            if id(delivery) not in ours:
+                continue
+            assert isinstance(delivery, AMQPDelivery)
+            if delivery._settled is not None or delivery in pending:
+                refused = refused or TransportError(
+                    f"cannot ack a delivery that was already {delivery._settled or 'acked'} "
+                    f"(queue {delivery.queue!r}, task {delivery.frame.task_id!r})",
+                    url=self.url)
+                continue
+            pending.append(delivery)
+        return pending, refused
 
     def _write_acks(self, pending: list[AMQPDelivery]) -> TransportError | None:
         """``basic.ack`` of ``pending`` (their locks held) in one write; marks each one
