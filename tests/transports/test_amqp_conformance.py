@@ -2,7 +2,7 @@
 
 Three checks do not apply, for reasons the kit states itself: ``size_purge_peek``
 (``Inspection``: AMQP cannot peek without taking messages from their consumers, see
-``spec/amqp.md`` §9), ``broker_delay`` (``BrokerDelay``: the broker moves delayed messages
+``spec/amqp.md``, *Inspection*), ``broker_delay`` (``BrokerDelay``: the broker moves delayed messages
 itself, nobody calls ``due()``) and ``fused_settlement`` (results do not live in the
 broker).
 """

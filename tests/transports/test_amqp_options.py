@@ -59,7 +59,7 @@ def test_the_query_wins_over_keyword_options() -> None:
 @pytest.mark.parametrize(
     ("url", "options", "setting", "message"),
     [
-        ("amqp://h//?visbility=1", {}, "visbility", "unknown option; known:"),
+        ("amqp://h//?colour=blue", {}, "colour", "unknown option; known:"),
         ("amqp://h//", {"visibility_timeout": 10}, "visibility_timeout", "no visibility"),
         ("amqp://h//", {"max_retries": 3}, "max_retries", "task_publish_retry_policy"),
         ("amqp://h//?heartbeat=soon", {}, "heartbeat", "bad value 'soon'"),

@@ -32,7 +32,7 @@ those ``redelivered``).
 
 **Inspection.** ``size``, ``purge`` and ``dead_letters`` are here; ``peek`` is not (AMQP
 cannot show messages without taking them from their consumers), so the ``Inspection``
-capability is not offered (``spec/amqp.md`` §9).
+capability is not offered (``spec/amqp.md``, *Inspection*).
 
 **Settling** acks, rejects or requeues on the channel that delivered the message. If that
 channel or connection is gone, the broker has already requeued the message: settling it
