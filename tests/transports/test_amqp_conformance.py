@@ -2,9 +2,9 @@
 
 Three checks do not apply, for reasons the kit states itself: ``size_purge_peek``
 (``Inspection``: AMQP cannot peek without taking messages from their consumers, see
-``spec/amqp.md``, *Inspection*), ``broker_delay`` (``BrokerDelay``: the broker moves delayed messages
-itself, nobody calls ``due()``) and ``fused_settlement`` (results do not live in the
-broker).
+``spec/amqp.md``, *Inspection*), ``broker_delay`` (``BrokerDelay``: the broker moves
+delayed messages itself, nobody calls ``due()``) and ``fused_settlement`` (results do
+not live in the broker).
 """
 
 from __future__ import annotations
