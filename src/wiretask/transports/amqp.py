@@ -30,9 +30,10 @@ socket without holding the connection's lock. Asking for a different set of queu
 cancels the consumers of the others and requeues what they had pushed (RabbitMQ marks
 those ``redelivered``).
 
-**Inspection.** ``size``, ``purge`` and ``dead_letters`` are here; ``peek`` is not (AMQP
-cannot show messages without taking them from their consumers), so the ``Inspection``
-capability is not offered (``spec/amqp.md``, *Inspection*).
+**Inspection.** ``QueueStatistics`` is offered with what AMQP can tell (the ready count,
+the dead letters' count). ``size``, ``purge`` and ``dead_letters`` are here too; ``peek``
+is not (AMQP cannot show messages without taking them from their consumers), so the
+``Inspection`` capability is not offered (``spec/amqp.md``, *Inspection*).
 
 **Settling** acks, rejects or requeues on the channel that delivered the message. If that
 channel or connection is gone, the broker has already requeued the message: settling it
@@ -61,7 +62,7 @@ import logging
 import os
 import threading
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Iterable, Sequence
 from typing import Any, Literal
 
@@ -80,6 +81,7 @@ from wiretask.transports.base import (
     DeadLetter,
     Delivery,
     Prepared,
+    QueueStats,
     Settlement,
     Transport,
     queue_names,
@@ -106,8 +108,10 @@ class AMQPDelivery(Delivery):
     def __init__(
         self, transport: AMQPTransport, frame: Frame, queue: str, redelivered: bool, *,
         delivery_tag: int, exchange: str, routing_key: str, channel: object,
+        consumer_tag: str = "",
     ) -> None:
         super().__init__(transport, frame, queue, redelivered)
+        self._consumer_tag = consumer_tag
         #: The broker's per-channel delivery tag.
         self.delivery_tag = delivery_tag
         #: Where it was published (``celery_delayed_...`` after the delay ladder).
@@ -200,6 +204,8 @@ class AMQPTransport(Transport):
         self._window = 0
         self._tags: dict[str, str] = {}  # consumer tag -> queue
         self._by_queue: dict[str, str] = {}  # queue -> consumer tag
+        #: consumer tag -> messages it delivered that are not settled yet (its window).
+        self._in_window: Counter[str] = Counter()
         self._buffer: deque[amqp.Message] = deque()
         self._reading = False
         self._arrived = threading.Condition(self._consumer.lock)
@@ -638,6 +644,7 @@ class AMQPTransport(Transport):
         self._tags.clear()
         self._by_queue.clear()
         self._buffer.clear()
+        self._in_window.clear()
 
     def _subscribe(self, names: list[str], limit: int) -> None:
         """Consume exactly ``names`` with a window of at least ``limit`` (caller holds
@@ -646,7 +653,12 @@ class AMQPTransport(Transport):
         connection = self._open_consumer()
         wanted = set(names)
         window = max(self._window, limit)
-        if (self._sub_channel is not None and window == self._window
+        # Every consumer's window is taken by messages the caller holds unsettled (a
+        # worker holding eta messages): RabbitMQ pushes nothing more to them, but a new
+        # consumer starts with an empty window of its own.
+        full = bool(self._by_queue) and not self._buffer and all(
+            self._in_window[self._by_queue[q]] >= self._window for q in self._by_queue)
+        if (self._sub_channel is not None and window == self._window and not full
                 and wanted == self._by_queue.keys()):
             return
         try:
@@ -657,10 +669,10 @@ class AMQPTransport(Transport):
                     channel.auto_decode = False
                     self._sub_channel = channel
                     self._sub_token = object()
-                resubscribe = window != self._window
+                resubscribe = window != self._window or full
                 for queue in [q for q in self._by_queue if resubscribe or q not in wanted]:
                     self._unsubscribe(channel, queue, requeue=queue not in wanted)
-                if resubscribe:
+                if window != self._window:
                     channel.basic_qos(0, window, False)
                     self._window = window
                 for queue in names:
@@ -689,6 +701,7 @@ class AMQPTransport(Transport):
         for message in self._buffer:
             if message.delivery_info["consumer_tag"] == tag:
                 channel.basic_reject(message.delivery_info["delivery_tag"], requeue=True)
+                self._release(tag)
             else:
                 kept.append(message)
         self._buffer = kept
@@ -705,7 +718,21 @@ class AMQPTransport(Transport):
                 log.debug("closing a failed consumer channel", exc_info=True)
 
     def _on_delivery(self, message: amqp.Message) -> None:
+        self._in_window[message.delivery_info["consumer_tag"]] += 1
         self._buffer.append(message)
+
+    def _release(self, tag: str) -> None:
+        """A message delivered on consumer ``tag`` was settled: it leaves that
+        consumer's prefetch window (consumer's lock held). A cancelled consumer with
+        nothing left is forgotten."""
+        left = self._in_window[tag] - 1
+        if left > 0:
+            self._in_window[tag] = left
+            return
+        self._in_window.pop(tag, None)
+        queue = self._tags.get(tag)
+        if queue is not None and self._by_queue.get(queue) != tag:
+            del self._tags[tag]
 
     def _on_cancel(self, tag: str) -> None:
         """The broker cancelled a consumer (its queue was deleted): subscribe again on
@@ -739,6 +766,7 @@ class AMQPTransport(Transport):
                 self, frame=wire.to_frame(message), queue=queue,
                 redelivered=info["redelivered"], delivery_tag=info["delivery_tag"],
                 exchange=info["exchange"], routing_key=info["routing_key"], channel=token,
+                consumer_tag=info["consumer_tag"],
             ))
         return taken
 
@@ -781,6 +809,7 @@ class AMQPTransport(Transport):
                 link.discard()
                 self._forget_subscription()
                 raise
+            self._release(delivery._consumer_tag)
 
     def _channel_of(self, delivery: AMQPDelivery) -> Channel:
         """The channel ``delivery`` can be settled on (consumer's lock held); if that
@@ -880,6 +909,7 @@ class AMQPTransport(Transport):
                 return first or exc
             for delivery in live:
                 delivery._settled = "acked"
+                self._release(delivery._consumer_tag)
         return first
 
     def _publish_dead_letter(self, delivery: AMQPDelivery, reason: str) -> None:
@@ -909,6 +939,61 @@ class AMQPTransport(Transport):
         exist). Messages in flight stay; those in the delay ladder arrive later."""
         queue_names([queue])
         return self._inspect(queue, "purge")
+
+    def queue_stats(self, queues: Sequence[str]) -> list[QueueStats]:
+        """``QueueStatistics``: what AMQP 0-9-1 tells without consuming. ``ready`` is the
+        queue's ``message_count`` (a passive ``queue.declare``), plus, for a queue this
+        transport consumes, what its consumer was pushed and has not handed out
+        (RabbitMQ counts those as delivered; another process's prefetch is invisible);
+        ``dead`` is the ``message_count`` of ``<queue>.dead``, read after it. The rest
+        is ``None``: the protocol reports no in-flight count, no ages and no counters
+        (RabbitMQ's management plugin does), and messages waiting in the delay ladder
+        cannot be counted per queue. A queue that does not exist reads as empty.
+
+        Raises:
+            ValidationError: a single string instead of a list, or an empty queue name.
+            ConnectionLost, TransportError: the broker failed.
+        """
+        names = queue_names(queues)
+        stats: list[QueueStats] = []
+        for queue in names:
+            ready = self._ready_as_consumed(queue)
+            if ready is None:
+                ready = self._inspect(queue, "size")
+            dead = self._inspect(f"{queue}.dead", "size")
+            stats.append(QueueStats(queue=queue, at=time.time(), ready=ready, dead=dead))
+        return stats
+
+    def _ready_as_consumed(self, queue: str) -> int | None:
+        """For a queue this transport consumes: its ``message_count`` read on the
+        consumer's own channel, plus the messages pushed to the consumer and not handed
+        out yet; ``None`` for a queue it does not consume.
+
+        On the consumer's channel the count is one instant with the pushes of a
+        classic queue: RabbitMQ answers a channel's methods in order, so every message
+        it pushed (after the acks this channel sent) arrives before the answer and is in
+        the buffer then. A quorum queue settles acks and pushes through its Raft log,
+        apart from that answer: a message on its way to this consumer at that moment
+        is missed (one read later it is counted). RabbitMQ counts pushed messages as
+        delivered, but they are as ready as the queue's for this consumer."""
+        link = self._consumer
+        with link.lock:
+            channel = self._sub_channel
+            if channel is None or queue not in self._by_queue:
+                return None
+            try:
+                with link.translate("size"):
+                    count = int(channel.queue_declare(queue, passive=True).message_count)
+            except TransportError as exc:
+                if connection_is_gone(exc.__cause__ or exc):
+                    link.discard()
+                    self._forget_subscription()
+                else:
+                    self._drop_sub_channel()
+                raise
+            tags = self._tags
+            return count + sum(1 for m in self._buffer
+                               if tags.get(m.delivery_info["consumer_tag"]) == queue)
 
     def _inspect(self, queue: str, what: Literal["size", "purge"]) -> int:
         with self._publisher.lock:
