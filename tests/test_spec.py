@@ -29,7 +29,7 @@ SKIP_DIRS = {".git", "__pycache__", "build", "dist", ".venv", "venv", "node_modu
 
 SIGN = "\u00a7"  # written escaped so that this file holds no reference of its own
 SECTION_REF = re.compile(
-    r"(?:(?P<doc>PROTOCOL|TRANSPORTS)\.md`?\)?,?\s*)?" + SIGN + r"\s?(?P<number>\d+(?:\.\d+)*)"
+    r"(?:(?P<doc>PROTOCOL|TRANSPORTS)\.md`{0,2}\)?,?\s*)?" + SIGN + r"\s?(?P<number>\d+(?:\.\d+)*)"
 )
 HEADING = re.compile(r"^(#{1,6})\s+(.*?)\s*#*\s*$")
 NUMBERED = re.compile(r"^(\d+(?:\.\d+)*)\.?\s")

@@ -5,7 +5,7 @@ gives; ``test_amqp_transport.py`` checks the numbers there once the push has arr
 
 Three checks do not apply, for reasons the kit states itself: ``size_purge_peek``
 (``Inspection``: AMQP cannot peek without taking messages from their consumers, see
-``spec/amqp.md``, *Inspection*), ``broker_delay`` (``BrokerDelay``: the broker moves
+``spec/TRANSPORTS.md`` §6.9), ``broker_delay`` (``BrokerDelay``: the broker moves
 delayed messages itself, nobody calls ``due()``) and ``fused_settlement`` (results do
 not live in the broker).
 """

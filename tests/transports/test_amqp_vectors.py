@@ -138,7 +138,7 @@ def compare(ours: dict[str, Any], theirs: dict[str, Any]) -> None:
             assert fieldtable.untyped(ours_headers[key]) == fieldtable.untyped(node), key
     if "priority" not in ours and theirs.get("priority") == ["o", 0]:
         # Kombu writes priority 0 for a call without one; wiretask leaves the property
-        # out, which AMQP reads as 0 (the one difference, stated in spec/amqp.md).
+        # out, which AMQP reads as 0 (the one difference, stated in spec/TRANSPORTS.md §6.2).
         del theirs["priority"]
     assert list(ours) == list(theirs)
     for key, (kind, value) in theirs.items():

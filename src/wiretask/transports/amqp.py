@@ -2,7 +2,7 @@
 
 What wiretask publishes runs on a Celery worker and what Celery publishes runs on
 wiretask's worker: the same bytes (``wiretask._amqp.wire``), the same declarations
-(``wiretask._amqp.topology``), the same delay ladder. ``spec/amqp.md`` is the normative
+(``wiretask._amqp.topology``), the same delay ladder. ``spec/TRANSPORTS.md`` §6 is the normative
 description; this docstring says how the transport works.
 
 **Two connections.** Publishing (and declaring, counting, purging) uses one connection,
@@ -33,7 +33,7 @@ those ``redelivered``).
 **Inspection.** ``QueueStatistics`` is offered with what AMQP can tell (the ready count,
 the dead letters' count). ``size``, ``purge`` and ``dead_letters`` are here too; ``peek``
 is not (AMQP cannot show messages without taking them from their consumers), so the
-``Inspection`` capability is not offered (``spec/amqp.md``, *Inspection*).
+``Inspection`` capability is not offered (``spec/TRANSPORTS.md`` §6.9).
 
 **Settling** acks, rejects or requeues on the channel that delivered the message. If that
 channel or connection is gone, the broker has already requeued the message: settling it
