@@ -15,8 +15,9 @@ from .conftest import CLI
 def test_scheduler_moves_due_messages_and_exits_0_on_sigterm(cli: CLI, redis_url: str) -> None:
     # Long enough that the message is still delayed when the broker gets it (a message
     # already due on arrival is queued at once).
-    task_id = cli.ok("--broker", redis_url, "call", "proj.tasks.add", "1", "2",
-                     "--countdown", "3").strip()
+    # delay_mode=native: held broker-side although no mover runs yet.
+    task_id = cli.ok("--broker", f"{redis_url}?delay_mode=native", "call", "proj.tasks.add",
+                     "1", "2", "--countdown", "3").strip()
     [listed] = json.loads(cli.ok("--broker", redis_url, "inspect", "--json"))["messages"]
     assert (listed["id"], listed["state"]) == (task_id, "scheduled")
     due = datetime.fromisoformat(listed["not_before"])

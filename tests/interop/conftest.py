@@ -9,6 +9,7 @@ worker (``interop.support.CeleryWorker``) can be shared by its tests.
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -16,7 +17,8 @@ import redis
 from celery import Celery
 
 from interop import celery_tasks
-from wiretask.transports.redis import run_scheduler
+from wiretask.transports.redis import RedisTransport, run_scheduler
+from wiretask.transports.redis.scheduler import MOVER_CACHE
 
 
 @pytest.fixture(scope="module")
@@ -50,13 +52,22 @@ def celery_client(interop_url: str) -> Iterator[Celery]:
 
 @pytest.fixture
 def scheduler(interop_url: str) -> Iterator[None]:
-    """``run_scheduler`` in a thread: moves wiretask's delayed messages when due."""
+    """``run_scheduler`` in a thread: moves wiretask's delayed messages when due. Ready
+    once its heartbeat is written and every publisher's cached view of the heartbeats
+    (at most ``MOVER_CACHE`` old) has seen it: from then on ``delay_mode=auto``
+    publishers hold delayed messages broker-side."""
     stop = threading.Event()
     thread = threading.Thread(
         target=run_scheduler, args=(interop_url,),
         kwargs={"interval": 0.05, "stop_event": stop}, daemon=True,
     )
     thread.start()
+    with RedisTransport(interop_url) as probe:
+        deadline = time.monotonic() + 10
+        while not probe.movers():
+            assert time.monotonic() < deadline, "the scheduler wrote no heartbeat"
+            time.sleep(0.02)
+    time.sleep(MOVER_CACHE)
     yield
     stop.set()
     thread.join(10)

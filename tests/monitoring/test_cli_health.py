@@ -29,7 +29,7 @@ def broker(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[str
         url = f"sqlite:///{db}"
     else:
         url = request.getfixturevalue("redis_url")
-        transport = RedisTransport(url)
+        transport = RedisTransport(url, delay_mode="native")  # holds without a mover
     try:
         yield url, transport
     finally:
@@ -97,7 +97,7 @@ def test_purge_removes_ready_and_delayed_messages_after_asking(
 
 def test_purge_sees_what_celery_purge_cannot(redis_url: str) -> None:
     """On Redis, delayed messages wait outside the queue's list (what Celery purges)."""
-    transport = RedisTransport(redis_url)
+    transport = RedisTransport(redis_url, delay_mode="native")
     try:
         issue_example(transport)
     finally:

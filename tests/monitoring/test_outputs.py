@@ -40,7 +40,7 @@ def broker(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[str
         url = f"sqlite:///{db}"
     else:
         url = request.getfixturevalue("redis_url")
-        transport = RedisTransport(url)
+        transport = RedisTransport(url, delay_mode="native")  # holds without a mover
     try:
         yield url, transport
     finally:

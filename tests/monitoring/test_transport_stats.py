@@ -124,7 +124,7 @@ def test_redis_celery_delay_mode_holds_nothing_broker_side(redis_url: str) -> No
 
 
 def test_redis_native_delay_counts_from_the_due_time(redis_url: str) -> None:
-    transport = RedisTransport(redis_url)
+    transport = RedisTransport(redis_url, delay_mode="native")
     try:
         due = datetime.now(UTC) + timedelta(seconds=0.2)
         transport.publish(frame(b"soon"), Route("q"), not_before=due)

@@ -33,7 +33,8 @@ def client(redis_url: str) -> Iterator[redis.Redis]:
 
 @pytest.fixture
 def transport(redis_url: str) -> Iterator[RedisTransport]:
-    t = RedisTransport(redis_url)
+    # Native: a delayed message is held broker-side whether or not a mover is alive.
+    t = RedisTransport(redis_url, delay_mode="native")
     yield t
     t.close()
 

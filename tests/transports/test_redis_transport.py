@@ -55,7 +55,9 @@ def client(redis_url: str) -> Iterator[redis.Redis]:
 
 @pytest.fixture
 def transport(redis_url: str) -> Iterator[RedisTransport]:
-    t = RedisTransport(redis_url)
+    # Native: a delayed message is held broker-side whether or not a mover is alive
+    # (the default, auto, is tested in test_redis_delay*.py).
+    t = RedisTransport(redis_url, delay_mode="native")
     yield t
     t.close()
 
@@ -645,7 +647,11 @@ def test_delayed_message_waits_in_the_zset_until_due(transport: RedisTransport,
     assert abs((peeked.not_before - due_at).total_seconds()) < 0.001
     assert transport.due() == 0
     assert transport.receive(["q"], timeout=0.1) is None
-    assert client.hlen("unacked") == 0  # nobody holds it while it waits
+    # Nobody holds it while it waits: ``unacked`` has only its restore token, scored
+    # so that no restore_visible takes it before it is due.
+    [(member, score)] = client.zrange("unacked_index", 0, -1, withscores=True)
+    assert client.hkeys("unacked") == [member] and member.endswith(f"{SEP}q".encode())
+    assert score == pytest.approx(due_at.timestamp() - transport.visibility_timeout)
     time.sleep(max(0.0, (due_at - datetime.now(UTC)).total_seconds()) + 0.05)
     assert transport.due() == 1
     assert client.zcard("_wiretask.delayed") == 0 and client.hlen("_wiretask.delayed.messages") == 0
@@ -672,7 +678,8 @@ def test_receive_promotes_its_queues_due_messages_without_a_scheduler(
 
 def test_long_delay_is_never_restored_by_visibility(redis_url: str,
                                                     client: redis.Redis) -> None:
-    with RedisTransport(redis_url, visibility_timeout=0.2, restore_interval=0) as t:
+    with RedisTransport(redis_url, visibility_timeout=0.2, restore_interval=0,
+                        delay_mode="native") as t:
         t.publish(frame(b"next-week"), Route("q"), not_before=later(7 * 24 * 3600))
         time.sleep(0.3)
         assert t.restore_visible() == 0
@@ -694,7 +701,7 @@ def test_naive_not_before_is_refused(transport: RedisTransport) -> None:
 def test_concurrent_due_callers_never_duplicate(redis_url: str,
                                                 client: redis.Redis) -> None:
     n = 300
-    with RedisTransport(redis_url) as t:
+    with RedisTransport(redis_url, delay_mode="native") as t:
         due_at = later(0.5)
         t.publish_many([Outgoing(frame(str(i).encode()), Route("q"), due_at)
                         for i in range(n)])
@@ -737,7 +744,7 @@ def test_run_scheduler_moves_due_messages_until_stopped(redis_url: str,
         run_scheduler(redis_url, interval=0.05, stop_event=stop)))
     thread.start()
     try:
-        with RedisTransport(redis_url) as t:
+        with RedisTransport(redis_url, delay_mode="native") as t:
             t.publish(frame(b"tick"), Route("q"), not_before=later(0.2))
             # Nobody consumes until the scheduler moved it (a receive would move it
             # itself once due, and the scheduler would find nothing to move).
@@ -940,7 +947,7 @@ def test_publish_markers_can_be_turned_off(redis_url: str, client: redis.Redis,
 
 
 def test_global_keyprefix_applies_to_every_key(redis_url: str, client: redis.Redis) -> None:
-    with RedisTransport(f"{redis_url}?global_keyprefix=pfx:") as t:
+    with RedisTransport(f"{redis_url}?global_keyprefix=pfx:&delay_mode=native") as t:
         t.declare_queue("q")
         t.publish(frame(b"a", priority=5), Route("q"))
         t.publish(frame(b"c", priority=5), Route("q"))

@@ -34,6 +34,11 @@ class Keys:
     def binding_permanent(self, exchange: str) -> str:
         return f"{self.prefix}_kombu.binding_permanent.{exchange}"
 
+    @property
+    def movers(self) -> str:
+        """The movers' heartbeats (zset: mover id -> expiry, unix s)."""
+        return f"{self.prefix}_wiretask.movers"
+
     def delayed_queue(self, queue: str) -> str:
         return self.prefix + self.delayed_queue_root + queue
 

@@ -20,9 +20,13 @@ from wiretask._redis.keys import PRIORITY_STEPS, Keys
 from wiretask._url import mask_url
 from wiretask.errors import ImproperlyConfigured
 
-__all__ = ["DelayMode", "RedisOptions", "parse"]
+__all__ = ["DELAY_MODES", "DelayMode", "RedisOptions", "parse"]
 
-DelayMode = Literal["native", "celery"]
+#: How the Redis transport treats a message published with ``not_before`` (see
+#: ``RedisTransport``): ``"auto"`` holds it broker-side only while a mover is alive,
+#: ``"native"`` always, ``"celery"`` never.
+DelayMode = Literal["auto", "native", "celery"]
+DELAY_MODES: tuple[DelayMode, ...] = ("auto", "native", "celery")
 
 #: wiretask's options and how to read each from a query string.
 _PARSERS: dict[str, Callable[[str], Any]] = {
@@ -98,10 +102,11 @@ def parse(url: str, options: Mapping[str, Any]) -> RedisOptions:
                 f"bad value {value!r} for {name!r} in the broker URL", setting=name
             ) from exc
     take = merged.pop
-    delay_mode = take("delay_mode", "native")
-    if delay_mode not in ("native", "celery"):
+    delay_mode = take("delay_mode", "auto")
+    if delay_mode not in DELAY_MODES:
         raise ImproperlyConfigured(
-            f"delay_mode must be 'native' or 'celery', not {delay_mode!r}", setting="delay_mode"
+            f"delay_mode must be 'auto', 'native' or 'celery', not {delay_mode!r}",
+            setting="delay_mode",
         )
     steps = tuple(int(step) for step in take("priority_steps", PRIORITY_STEPS))
     if not steps or steps[0] != 0 or list(steps) != sorted(set(steps)) or steps[-1] > 9:

@@ -1,7 +1,7 @@
 """The Lua scripts of the Redis transport and result backend, each with its builder.
 
 Each script runs atomically on the server. Keys named in ``KEYS`` arrive with
-``global_keyprefix`` already applied. ``DUE`` builds two key names at run time from
+``global_keyprefix`` already applied. ``DUE`` and ``POP`` build key names at run time from
 ``ARGV`` (the prefix and the stored destination), which is fine on a single Redis server
 or a replica set but not on Redis Cluster (nor is Kombu's transport). ``cjson`` is the
 JSON library every Redis ships to Lua.
@@ -34,6 +34,7 @@ __all__ = [
     "STATS",
     "STORE_IF_ABSENT",
     "TRANSPORT_SCRIPTS",
+    "Due",
     "Lanes",
     "Popped",
     "Script",
@@ -43,6 +44,7 @@ __all__ = [
     "due",
     "pop",
     "purge",
+    "read_due",
     "read_pop",
     "read_stats",
     "stats",
@@ -84,7 +86,8 @@ def write_command(expires: float | None) -> tuple[str, ...]:
 
 
 #: Promote the consumed queues' due delayed messages, then pop up to ``limit`` messages
-#: and record each as unacked in the same step.
+#: and record each as unacked in the same step. A held message with a restore token
+#: (see ``DUE``) is promoted only if its token is still there.
 #:
 #: KEYS: [1] unacked_index (zset), [2] unacked (hash), [3] the due index, [4] the entry
 #: hash, [5 .. 4+n] the consumed queues' own delayed indexes, then the bucket lists,
@@ -152,7 +155,12 @@ for q = 5, 4 + n do
     redis.call('HDEL', KEYS[4], member)
     if stored then
       local entry = cjson.decode(stored)
-      redis.call('LPUSH', ARGV[3] .. entry[1], entry[3])
+      local owned = true
+      if entry[4] then
+        owned = redis.call('HDEL', KEYS[2], member) == 1
+        redis.call('ZREM', KEYS[1], member)
+      end
+      if owned then redis.call('LPUSH', ARGV[3] .. entry[1], entry[3]) end
     end
   end
 end
@@ -288,14 +296,28 @@ def ack(keys: Keys, tags: Sequence[str]) -> ScriptCall:
     return ScriptCall(ACK, [keys.unacked_index, keys.unacked], list(tags))
 
 
-#: Move up to ARGV[2] due messages into their lists; return how many moved.
+#: Move up to ARGV[2] due messages into their lists, and refresh the caller's mover
+#: heartbeat. Returns ``{scanned, moved}``: the due members taken off the index (at
+#: most ARGV[2]; fewer means no more are due) and how many of them were pushed.
 #:
-#: KEYS[1] the due index, KEYS[2] the entry hash. ARGV[1] now (unix s), ARGV[3] the
-#: global key prefix, ARGV[4] the queue-index name without prefix and queue. LPUSH puts
-#: the message at the back of its bucket, as a fresh publish would. Concurrent callers
-#: cannot duplicate a message: each member is read and removed inside one script.
+#: KEYS: [1] the due index, [2] the entry hash, [3] unacked, [4] unacked_index, [5] the
+#: movers' heartbeats. ARGV: [1] now (unix s), [2] limit, [3] the global key prefix, [4]
+#: the queue-index name without prefix and queue, [5] the mover id ('' for none: no
+#: heartbeat), [6] its heartbeat's expiry (unix s). LPUSH puts the message at the back of
+#: its bucket, as a fresh publish would.
+#:
+#: A stored entry is ``[list, queue, entry]`` or, with a restore token, ``[list, queue,
+#: entry, 1]``: the token is the ``unacked`` record the publisher wrote under the same
+#: member (``[entry, "", queue]``, scored ``due - visibility_timeout`` in
+#: ``unacked_index``), which any consumer's ``restore_visible`` (Kombu's or wiretask's)
+#: pushes to the queue once the message is due. Whoever removes the token pushes the
+#: message: the script pushes only if its ``HDEL`` of the token removed it, so a message
+#: a restorer already pushed is not pushed again. Concurrent callers cannot duplicate a
+#: message either: each member is read and removed inside one script. Expired
+#: heartbeats are dropped before the caller's is written.
 DUE = Script("""
 local due = redis.call('ZRANGE', KEYS[1], '-inf', ARGV[1], 'BYSCORE', 'LIMIT', 0, ARGV[2])
+local moved = 0
 for _, member in ipairs(due) do
   local stored = redis.call('HGET', KEYS[2], member)
   redis.call('ZREM', KEYS[1], member)
@@ -303,23 +325,56 @@ for _, member in ipairs(due) do
   if stored then
     local entry = cjson.decode(stored)
     redis.call('ZREM', ARGV[3] .. ARGV[4] .. entry[2], member)
-    redis.call('LPUSH', ARGV[3] .. entry[1], entry[3])
+    local owned = true
+    if entry[4] then
+      owned = redis.call('HDEL', KEYS[3], member) == 1
+      redis.call('ZREM', KEYS[4], member)
+    end
+    if owned then
+      redis.call('LPUSH', ARGV[3] .. entry[1], entry[3])
+      moved = moved + 1
+    end
   end
 end
-return #due
+if ARGV[5] ~= '' then
+  redis.call('ZREMRANGEBYSCORE', KEYS[5], '-inf', ARGV[1])
+  redis.call('ZADD', KEYS[5], ARGV[6], ARGV[5])
+end
+return {#due, moved}
 """)
 
 
-def due(keys: Keys, *, now: float, limit: int) -> ScriptCall:
-    """``DUE``: move up to ``limit`` messages due at ``now`` (unix s)."""
-    return ScriptCall(DUE, [keys.delayed, keys.delayed_messages],
-                      [repr(now), limit, keys.prefix, keys.delayed_queue_root])
+def due(
+    keys: Keys, *, now: float, limit: int, mover: str = "", expires: float = 0.0
+) -> ScriptCall:
+    """``DUE``: move up to ``limit`` messages due at ``now`` (unix s); with a ``mover``
+    id, also write its heartbeat, valid until ``expires`` (unix s)."""
+    return ScriptCall(DUE, [keys.delayed, keys.delayed_messages, keys.unacked,
+                            keys.unacked_index, keys.movers],
+                      [repr(now), limit, keys.prefix, keys.delayed_queue_root, mover,
+                       repr(expires)])
 
 
-#: Remove every waiting message of one queue: ready and scheduled. Returns the count.
+class Due(NamedTuple):
+    """``DUE``'s reply, read."""
+
+    #: Due members taken off the index (fewer than the limit: no more are due).
+    scanned: int
+    #: Messages pushed to their lists (the others had been restored already).
+    moved: int
+
+
+def read_due(reply: Any) -> Due:
+    """Read the reply of a ``DUE`` call."""
+    return Due(int(reply[0]), int(reply[1]))
+
+
+#: Remove every waiting message of one queue: ready and scheduled (with their restore
+#: tokens). Returns the count; a held member whose token a restorer took (its message
+#: is in a list now, counted there) is removed without being counted again.
 #:
-#: KEYS[1..n] the bucket lists (n = ARGV[1]), then the queue's own index, the due index
-#: and the entry hash.
+#: KEYS[1..n] the bucket lists (n = ARGV[1]), then the queue's own index, the due index,
+#: the entry hash, unacked and unacked_index.
 PURGE = Script("""
 local n = tonumber(ARGV[1])
 local removed = 0
@@ -329,11 +384,20 @@ for i = 1, n do
 end
 local members = redis.call('ZRANGE', KEYS[n + 1], 0, -1)
 for _, member in ipairs(members) do
+  local stored = redis.call('HGET', KEYS[n + 3], member)
   redis.call('ZREM', KEYS[n + 2], member)
   redis.call('HDEL', KEYS[n + 3], member)
+  if stored then
+    local counted = true
+    if cjson.decode(stored)[4] then
+      counted = redis.call('HDEL', KEYS[n + 4], member) == 1
+      redis.call('ZREM', KEYS[n + 5], member)
+    end
+    if counted then removed = removed + 1 end
+  end
 end
 redis.call('DEL', KEYS[n + 1])
-return removed + #members
+return removed
 """)
 
 
@@ -346,7 +410,8 @@ def purge(keys: Keys, queue: str, *, lists: Sequence[str]) -> ScriptCall:
     if not lists:
         raise ValidationError("lists", f"PURGE needs the bucket lists of {queue!r}")
     return ScriptCall(PURGE, [*lists, keys.delayed_queue(queue), keys.delayed,
-                              keys.delayed_messages], [len(lists)])
+                              keys.delayed_messages, keys.unacked, keys.unacked_index],
+                      [len(lists)])
 
 
 #: The result backend's ``store`` fast path: write and publish a state when the key does
@@ -377,7 +442,9 @@ def store_if_absent(key: str, value: bytes | str, expires: float | None) -> Scri
 #: of the delayed index, and each bucket's head entry (``LINDEX -1``, what the next pop
 #: takes) is returned for its publish time. Only the values of ``unacked`` are read one
 #: by one, to tell which queue each held message belongs to: they are what consumers hold
-#: right now (bounded by their prefetch), not the depth of any queue.
+#: right now (bounded by their prefetch), not the depth of any queue. The restore tokens
+#: of delayed messages (see ``DUE``) share the hash: they are told by their names, which
+#: hold ``\x06\x16`` (no delivery tag does), and their values are not read.
 #:
 #: KEYS[1] is ``unacked``; then, per queue, its ``b`` bucket lists (bucket 0 first), its
 #: delayed index and its dead-letter list. ARGV[1] is the number of queues, ARGV[2] ``b``.
@@ -395,7 +462,7 @@ local queues = tonumber(ARGV[1])
 local buckets = tonumber(ARGV[2])
 local counts = {}
 local unread = 0
-for _, value in ipairs(redis.call('HVALS', KEYS[1])) do
+local function tally(value)
   local exchange, routing_key = string.match(string.sub(value, -600),
                                              ', "([^"\\]*)", "([^"\\]*)"%]$')
   if not exchange then
@@ -414,6 +481,16 @@ for _, value in ipairs(redis.call('HVALS', KEYS[1])) do
     by_key[routing_key] = (by_key[routing_key] or 0) + 1
   else
     unread = unread + 1
+  end
+end
+local tags = {}
+for _, tag in ipairs(redis.call('HKEYS', KEYS[1])) do
+  if not string.find(tag, '\6\22', 1, true) then tags[#tags + 1] = tag end
+end
+for first = 1, #tags, 1000 do
+  local last = math.min(first + 999, #tags)
+  for _, value in ipairs(redis.call('HMGET', KEYS[1], unpack(tags, first, last))) do
+    tally(value)
   end
 end
 local pairs_out = {}

@@ -12,11 +12,13 @@ key                                   type   content
 ``_kombu.binding.<exchange>``         set    ``routing_key\\x06\\x16pattern\\x06\\x16queue``
 ``_kombu.binding_permanent.<ex>``     set    the same members (keeps Kombu 5.7's sweeper off)
 ``unacked`` / ``unacked_index``       hash / tag -> ``[envelope, exchange, routing_key]`` /
-                                      zset   tag -> delivery (or last lease) time
+                                      zset   tag -> delivery (or last lease) time; also
+                                             the restore tokens of held messages
 ``unacked_mutex``                     string redis-py lock guarding ``restore_visible``
 ``_wiretask.delayed``                 zset   member -> due time (unix s), all queues
-``_wiretask.delayed.messages``        hash   member -> ``[list, queue, envelope]`` JSON
+``_wiretask.delayed.messages``        hash   member -> ``[list, queue, envelope, 1]`` JSON
 ``_wiretask.delayed.queue.<queue>``   zset   member -> due time, one queue's share
+``_wiretask.movers``                  zset   mover id -> heartbeat expiry (unix s)
 ``_wiretask.published.<id>``          string publish marker of one publish attempt (one
                                              message or a batch), set by the same script
                                              as the pushes; expires after
@@ -49,13 +51,20 @@ seconds, which closes that window for good at the price of latency and idle poll
 Entries that are not envelopes are popped by ``POP`` without being recorded and then
 written to ``<queue>.dead`` (one round trip in which a crash loses them).
 
-**Delayed delivery** (``delay_mode="native"``): a ``not_before`` message waits in the
-``_wiretask.delayed*`` keys, not in ``unacked``, so no visibility timeout can redeliver it
-however long it waits (kombu#337). ``receive`` moves the due messages of the queues it
-consumes inside ``POP`` and never blocks past the next one, so a wiretask consumer needs
-no scheduler; ``due()`` (which the worker calls periodically) and ``run_scheduler`` move
-those of every queue, which Celery consumers need. Moved messages are plain entries
-with their ``eta`` header, so Celery workers run them too.
+**Delayed delivery** (spec/TRANSPORTS.md §1.5): a held ``not_before`` message waits
+in the ``_wiretask.delayed*`` keys, held by no consumer, so no visibility timeout can
+redeliver it however long it waits (kombu#337). ``receive`` moves the due messages of
+the queues it consumes inside ``POP`` and never blocks past the next one, so a wiretask
+consumer needs no scheduler; ``due()`` (which the worker calls periodically) and
+``run_scheduler`` move those of every queue, which Celery consumers need: they are the
+*movers*, and each run refreshes the mover's heartbeat in ``_wiretask.movers``. With
+``delay_mode="auto"`` (the default) a publisher holds a message only while a mover is
+alive (checked at most once a second); otherwise it pushes it at once with its ``eta``
+header, as Celery does. Every held message also has a *restore token* in ``unacked``
+(member -> ``[envelope, "", queue]``, scored ``due - visibility_timeout``), so that any
+consumer's ``restore_visible``, Celery's included, pushes it once due if no mover did;
+whoever removes the token pushes the message, so it is pushed once. Moved messages are
+plain entries with their ``eta`` header, so Celery workers run them too.
 
 **Publishing is idempotent across retries.** Every publish attempt writes one marker key
 atomically with its pushes (one ``MULTI``/``EXEC`` transaction for one message or a
@@ -97,7 +106,8 @@ module              job
                     (``restore_visible``, restore by tag, the ``unacked_mutex``)
 ``admin``           ``Admin``: bindings, ``size``/``purge``/``peek``/``dead_letters``, and
                     any other command that reports on queues
-``scheduler``       ``Scheduler`` (``due``) and ``run_scheduler``
+``scheduler``       ``Scheduler`` (``due``), ``Movers`` (the heartbeat) and
+                    ``run_scheduler``
 ``envelope``        Kombu's list entry, priorities and bindings (pure)
 ``deadletters``     the ``<queue>.dead`` entries (written by several parts, read by admin)
 ``delivery``        ``RedisDelivery``

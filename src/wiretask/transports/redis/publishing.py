@@ -12,8 +12,14 @@ marker, so a retry that sends only part of an earlier batch, and fails again, st
 leaves each message's fate readable. With ``publish_markers=False`` the same without
 the marker, and a single ready message is one bare ``LPUSH``, as Kombu sends it.
 
+A message not yet due is held in the delayed index, with its restore token, when the
+delay mode says so (``hold``: always, never, or while a mover is alive); otherwise it is
+pushed at once with its ``eta`` header, as Celery sends it
+(spec/TRANSPORTS.md §1.5).
+
 This is a hot path: one publish is a handful of dictionary and list operations around
-one ``Commands`` round trip; keep it that way.
+one ``Commands`` round trip; keep it that way. (Only a publish with a message not yet
+due asks ``hold``, which reads Redis at most once a second in ``auto`` mode.)
 """
 
 from __future__ import annotations
@@ -22,13 +28,12 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Any, NamedTuple
 
 from wiretask._ids import new_id, new_ids
 from wiretask._redis.keys import Keys
-from wiretask._redis.options import DelayMode
 from wiretask.errors import ConnectionLost
 from wiretask.protocol.frame import Frame, Route
 from wiretask.transports.base import Prepared
@@ -68,17 +73,27 @@ class Publisher:
 
     Args:
         database: the Redis database.
-        delay_mode: ``"native"`` holds ``not_before`` messages in the delayed index;
-            ``"celery"`` pushes them at once (their ``eta`` header holds them).
+        hold: asked once per publish call that has a message not yet due: whether to
+            hold such messages in the delayed index (else they are pushed at once, and
+            their ``eta`` header holds them in the consumer, as Celery sends them). It
+            is the delay mode: always (``native``), never (``celery``), or while a
+            mover is alive (``auto``: ``Movers.alive``). It may read Redis; it is
+            called under the publish error boundary.
+        visibility_timeout: a held message's restore token is scored ``due`` minus
+            this, so a ``restore_visible`` with this timeout pushes it once it is due.
         markers: write a publish marker per attempt (``publish_markers``).
     """
 
-    def __init__(self, database: Database, *, delay_mode: DelayMode, markers: bool) -> None:
+    def __init__(
+        self, database: Database, *, hold: Callable[[], bool], visibility_timeout: float,
+        markers: bool,
+    ) -> None:
         self._db = database
         self._keys = database.keys
         self._commands = database.commands
         self._errors = database.errors("publish")
-        self._native_delay = delay_mode == "native"
+        self._hold = hold
+        self._visibility_timeout = visibility_timeout
         self._markers = markers
         #: id(frame) -> (frame, route, not_before, staged, marker, monotonic time) of
         #: publishes that failed with an unknown outcome; a retry of the same frame reuses
@@ -100,7 +115,14 @@ class Publisher:
             TransportError: any other failure.
         """
         markers = self._markers
-        batch, fresh, retrying, routed = self._stage_all(messages)
+        hold = False
+        now = time.time()
+        for message in messages:
+            if message.due is not None and message.due > now:
+                with self._errors:  # asked before staging: a failure takes nothing out
+                    hold = self._hold()  # of the unsettled memory
+                break
+        batch, fresh, retrying, routed = self._stage_all(messages, hold)
         if not batch:
             return
         # One marker per attempt, named after a tag that is new in this attempt (a
@@ -124,11 +146,11 @@ class Publisher:
             raise
 
     def _stage_all(
-        self, messages: Sequence[Prepared]
+        self, messages: Sequence[Prepared], hold: bool
     ) -> tuple[list[_Attempt], str | None, bool, bool]:
-        """Each message staged (a retried one as it was staged before), the first tag
-        new in this attempt, whether any message is retried and whether any goes to a
-        named exchange."""
+        """Each message staged (a retried one as it was staged before; a new one held
+        until due if ``hold``), the first tag new in this attempt, whether any message
+        is retried and whether any goes to a named exchange."""
         markers = self._markers
         batch: list[_Attempt] = []
         fresh: str | None = None
@@ -140,7 +162,7 @@ class Publisher:
                 batch.append((message, *kept))
                 retrying = True
             else:
-                batch.append((message, self._prepare(message, tag, now), None))
+                batch.append((message, self._prepare(message, tag, now, hold), None))
                 fresh = fresh or tag
             routed = routed or bool(message.route.exchange)
         return batch, fresh, retrying, routed
@@ -159,7 +181,7 @@ class Publisher:
         """Send what did not land yet, with ``marker`` ('' for none): one transaction,
         or one bare command when that is all there is (atomic by itself)."""
         tables = self._tables(batch) if routed else {}
-        writes = _Writes(self._keys)
+        writes = _Writes(self._keys, self._visibility_timeout)
         for _, item, earlier in batch:
             if earlier in landed:
                 continue  # the attempt whose reply was lost did land
@@ -210,9 +232,10 @@ class Publisher:
             return staged, marker
         return None
 
-    def _prepare(self, message: Prepared, tag: str, now: float) -> _Staged:
-        """Stage ``message``: its list entry stamped with its publish time ``now`` (and
-        its due time when it is held broker-side: queue statistics read both)."""
+    def _prepare(self, message: Prepared, tag: str, now: float, hold: bool) -> _Staged:
+        """Stage ``message``: held broker-side if it is not due at ``now`` and ``hold``
+        says so; its list entry stamped with its publish time ``now`` (and its due time
+        when it is held: queue statistics read both)."""
         where = message.route
         # An int outside 0..9 arrives clamped (``out_of_range_priority="clamp"``) and is
         # written as is, like Kombu (celery#8967): a worker re-publishing a Celery frame
@@ -220,7 +243,7 @@ class Publisher:
         priority = message.priority
         bucket = self._db.bucket0 if priority == 0 else bucket_for(priority, self._db.steps)
         due = message.due
-        if due is not None and (not self._native_delay or due <= now):
+        if due is not None and (not hold or due <= now):
             due = None
         entry = encode(message.frame, exchange=where.exchange, routing_key=where.key,
                        delivery_tag=tag, published=now, due=due)
@@ -242,20 +265,23 @@ class Publisher:
             if staged.due is None:
                 writes.lpush(self._keys.p(name), staged.entry)
             else:
-                writes.schedule(queue, f"{staged.tag}{SEP}{queue}", staged.due,
-                                json.dumps([name, queue, staged.entry]))
+                writes.schedule(queue, f"{staged.tag}{SEP}{queue}", staged.due, name,
+                                staged.entry)
 
 
 class _Writes:
     """The commands of one publish transaction: the pushes of each list grouped, in
     their order, into one variadic ``LPUSH``; dead letters into one ``RPUSH`` per list;
-    delayed holds into one ``HSET`` of their entries and one ``ZADD`` per index."""
+    delayed holds into one ``HSET`` of their entries, one ``ZADD`` per index, and one
+    ``HSET`` and ``ZADD`` of their restore tokens."""
 
-    def __init__(self, keys: Keys) -> None:
+    def __init__(self, keys: Keys, visibility_timeout: float) -> None:
         self._names = keys
+        self._visibility_timeout = visibility_timeout
         self._pushes: dict[str, list[str]] = {}
         self._dead: dict[str, list[str]] = {}
-        self._held: list[tuple[str, str, str, str]] = []  # (queue, member, due, stored)
+        #: (queue, member, due, list, entry) of each held message
+        self._held: list[tuple[str, str, float, str, str]] = []
 
     def lpush(self, key: str, entry: str) -> None:
         entries = self._pushes.get(key)
@@ -267,13 +293,13 @@ class _Writes:
     def rpush(self, key: str, text: str) -> None:
         self._dead.setdefault(key, []).append(text)
 
-    def schedule(self, queue: str, member: str, due: float, stored: str) -> None:
-        self._held.append((queue, member, repr(due), stored))
+    def schedule(self, queue: str, member: str, due: float, name: str, entry: str) -> None:
+        self._held.append((queue, member, due, name, entry))
 
     def commands(self, marker: str) -> list[tuple[Any, ...]]:
         """The transaction's commands, the ``marker`` ('' for none) first; none at all
         when there is nothing to write. A delayed message's entry is written with its
-        index entries, so ``DUE`` never finds a member without its entry."""
+        index entries and its token, so ``DUE`` never finds a member without them."""
         commands: list[tuple[Any, ...]] = []
         if not (self._pushes or self._dead or self._held):
             return commands
@@ -288,15 +314,26 @@ class _Writes:
         return commands
 
     def _delayed(self) -> list[tuple[Any, ...]]:
+        """A held message is ``[list, queue, entry, 1]`` in the entry hash (the 1: it has
+        a token), its member in the due index and its queue's index, and its restore
+        token: Kombu's unacked record ``[entry, "", queue]`` under the same member,
+        scored so that a ``restore_visible`` pushes it to ``queue`` once it is due."""
         names = self._names
         held: list[str] = []
         everything: list[str] = []
         per_queue: dict[str, list[str]] = {}
-        for queue, member, due, stored in self._held:
-            held += (member, stored)
-            everything += (due, member)
-            per_queue.setdefault(queue, []).extend((due, member))
+        tokens: list[str] = []
+        restore_at: list[str] = []
+        for queue, member, due, name, entry in self._held:
+            at = repr(due)
+            held += (member, json.dumps([name, queue, entry, 1]))
+            everything += (at, member)
+            per_queue.setdefault(queue, []).extend((at, member))
+            tokens += (member, f'[{entry}, "", {json.dumps(queue)}]')
+            restore_at += (repr(due - self._visibility_timeout), member)
         return [("HSET", names.delayed_messages, *held),
                 *[("ZADD", names.delayed_queue(queue), *pairs)
                   for queue, pairs in per_queue.items()],
-                ("ZADD", names.delayed, *everything)]
+                ("ZADD", names.delayed, *everything),
+                ("HSET", names.unacked, *tokens),
+                ("ZADD", names.unacked_index, *restore_at)]

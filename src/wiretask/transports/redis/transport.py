@@ -31,7 +31,7 @@ from wiretask.transports.redis.database import Database
 from wiretask.transports.redis.delivery import RedisDelivery
 from wiretask.transports.redis.leases import LeaseKeeper, Restorer
 from wiretask.transports.redis.publishing import Publisher
-from wiretask.transports.redis.scheduler import Scheduler
+from wiretask.transports.redis.scheduler import Movers, Scheduler
 from wiretask.transports.redis.settling import Settler
 
 if TYPE_CHECKING:
@@ -47,10 +47,17 @@ class RedisTransport(Transport):
         url: ``redis[s]://[[user]:password@]host[:port][/db][?option=value&...]``. Query
             options are wiretask's own (below) or redis-py connection options; the URL
             wins over keyword arguments.
-        delay_mode: ``"native"`` (default): messages with ``not_before`` wait in
-            ``_wiretask.delayed`` until ``due()`` moves them; ``"celery"``: they go
-            straight to the queue with their ``eta`` header, as Celery sends them, and the
-            worker holds them (``capabilities.native_delay`` is then False).
+        delay_mode: what becomes of a message published with ``not_before`` (see the
+            package doc and spec/TRANSPORTS.md §1.5). ``"auto"`` (default): it waits
+            broker-side in ``_wiretask.delayed`` while a mover (a wiretask worker or
+            ``wiretask scheduler`` on this database and key prefix) is alive, as its
+            heartbeat read at most ``MOVER_CACHE`` (1 s) ago says; with none it goes
+            straight to the queue with its ``eta`` header, as Celery sends it, and the
+            consumer holds it. ``"native"``: it always waits broker-side (a message held
+            while no mover runs reaches its queue only through a consumer's
+            ``restore_visible`` after its due time: late by up to that scan's period,
+            about 100 s for Celery workers). ``"celery"``: never (and
+            ``capabilities.native_delay`` is False).
         global_keyprefix: Prepended to every key, as Kombu's option of that name.
         visibility_timeout: Seconds after which an unacked message of a dead consumer is
             restored (Kombu's default 3600).
@@ -88,7 +95,7 @@ class RedisTransport(Transport):
         self.poll_interval = config.poll_interval
         self.publish_markers = config.publish_markers
         self.capabilities = Capabilities(
-            native_delay=config.delay_mode == "native",
+            native_delay=config.delay_mode != "celery",
             priorities=True,
             priority_order="lower-first",
             max_priority=9,
@@ -111,10 +118,13 @@ class RedisTransport(Transport):
             self, db, leases=self._leases, restorer=self._restorer, settler=self._settler,
             poll_interval=config.poll_interval,
         )
-        self._publisher = Publisher(db, delay_mode=config.delay_mode,
+        movers = Movers(db)
+        hold = {"auto": movers.alive, "native": lambda: True, "celery": lambda: False}
+        self._publisher = Publisher(db, hold=hold[config.delay_mode],
+                                    visibility_timeout=config.visibility_timeout,
                                     markers=config.publish_markers)
         self._admin = Admin(db)
-        self._scheduler = Scheduler(db)
+        self._scheduler = Scheduler(db, movers)
 
     def __repr__(self) -> str:
         return f"<RedisTransport {self.url} delay_mode={self.delay_mode}>"
@@ -130,10 +140,12 @@ class RedisTransport(Transport):
 
     def close(self) -> None:
         """Stop the lease heartbeat, return held deliveries to the front of their queues
-        (RPUSH, flagged redelivered, like Kombu's ``restore_unacked``) and disconnect.
-        If Redis is unreachable the messages stay in ``unacked`` and come back through
-        ``restore_visible`` after ``visibility_timeout``."""
+        (RPUSH, flagged redelivered, like Kombu's ``restore_unacked``), remove this
+        process's mover heartbeat if ``due()`` wrote one, and disconnect. If Redis is
+        unreachable the messages stay in ``unacked`` and come back through
+        ``restore_visible`` after ``visibility_timeout``, and the heartbeat expires."""
         self._leases.close(self._restorer)
+        self._scheduler.retire()
         self._db.disconnect()
 
     # -- producing ------------------------------------------------------------------
@@ -248,12 +260,25 @@ class RedisTransport(Transport):
     def due(self, *, limit: int = 1000) -> int:
         """Move every due delayed message into its list (``Scheduler.due``: the ``DUE``
         script, ``limit`` per call to Redis); return how many moved. Safe to call from
-        many processes.
+        many processes. Each call refreshes this process's mover heartbeat, valid for
+        ``MOVER_TTL`` (10 s): a process that calls it is a mover, for which publishers
+        in ``delay_mode="auto"`` hold delayed messages broker-side.
 
         Raises:
             ConnectionLost, TransportError: Redis failed.
         """
         return self._scheduler.due(limit=limit)
+
+    def movers(self) -> dict[str, float]:
+        """The live movers of this database and key prefix (wiretask workers and
+        schedulers that ran ``DUE`` within their heartbeat): mover id -> when its
+        heartbeat expires (unix s). While there is one, ``delay_mode="auto"`` holds
+        delayed messages broker-side.
+
+        Raises:
+            ConnectionLost, TransportError: Redis failed.
+        """
+        return self._scheduler.live()
 
     # -- inspection (Inspection) and admin ------------------------------------------------
 
