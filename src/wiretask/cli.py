@@ -719,7 +719,9 @@ def _cmd_scheduler(args: argparse.Namespace) -> int:
     )
     stop = threading.Event()
     log = logging.getLogger("wiretask.cli")
-    log.info("scheduler: moving due messages on %s every %g s", app.transport.url, args.interval)
+    log.info("scheduler: moving due messages on %s every %g s (a mover: while it runs, "
+             "delay_mode=auto publishers hold delayed messages broker-side)",
+             app.transport.url, args.interval)
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
         del frame
@@ -728,7 +730,9 @@ def _cmd_scheduler(args: argparse.Namespace) -> int:
 
     previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
-        run_scheduler(url, interval=args.interval, stop_event=stop)
+        # The app's transport options too: global_keyprefix must match the publishers'.
+        run_scheduler(url, interval=args.interval, stop_event=stop,
+                      **app.conf.broker_transport_options)
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
@@ -882,7 +886,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     scheduler = command(
         "scheduler", _cmd_scheduler,
-        "move due delayed messages into their queues on a Redis broker, until SIGTERM/SIGINT",
+        "move due delayed messages into their queues on a Redis broker, until SIGTERM/SIGINT "
+        "(its heartbeat lets delay_mode=auto publishers hold delayed messages broker-side)",
     )
     scheduler.add_argument("--interval", type=_positive_seconds, default=1.0, metavar="S",
                            help="seconds between scans (default: 1)")

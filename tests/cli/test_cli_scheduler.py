@@ -7,8 +7,9 @@ import time
 from datetime import UTC, datetime
 
 import pytest
+import redis
 
-from .conftest import CLI
+from .conftest import CLI, wait_until
 
 
 @pytest.mark.redis
@@ -39,6 +40,32 @@ def test_scheduler_moves_due_messages_and_exits_0_on_sigterm(cli: CLI, redis_url
         code, _, err = cli.stop(scheduler)
     assert code == 0, err
     assert "scheduler: SIGTERM, stopping" in err
+
+
+@pytest.mark.redis
+def test_scheduler_is_a_mover_under_the_apps_key_prefix_until_sigterm(
+    cli: CLI, redis_url: str
+) -> None:
+    """The scheduler writes its heartbeat (``_wiretask.movers``, behind the
+    ``global_keyprefix`` of the app's ``broker_transport_options``) while it runs, and
+    removes it when it stops, so ``delay_mode=auto`` publishers stop holding at once."""
+    (cli.cwd / "prefixed.py").write_text(
+        "from wiretask.app import App\n"
+        "app = App('prefixed', broker_transport_options={'global_keyprefix': 'p1:'})\n")
+    client = redis.Redis.from_url(redis_url)
+    try:
+        scheduler = cli.popen("-A", "prefixed:app", "scheduler", "--broker", redis_url,
+                              "--interval", "4")
+        wait_until(lambda: client.zcard("p1:_wiretask.movers") == 1)
+        [(_, expires)] = client.zrange("p1:_wiretask.movers", 0, -1, withscores=True)
+        # 3 x the interval (12 s) is longer than MOVER_TTL (10 s)
+        assert 11 < expires - time.time() <= 12
+        assert client.keys("_wiretask.*") == []
+        code, _, err = cli.stop(scheduler)
+        assert code == 0, err
+        assert client.zcard("p1:_wiretask.movers") == 0
+    finally:
+        client.close()
 
 
 def test_scheduler_refuses_brokers_that_need_none(cli: CLI) -> None:
