@@ -9,7 +9,6 @@ worker (``interop.support.CeleryWorker``) can be shared by its tests.
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Iterator
 
 import pytest
@@ -17,8 +16,8 @@ import redis
 from celery import Celery
 
 from interop import celery_tasks
-from wiretask.transports.redis import RedisTransport, run_scheduler
-from wiretask.transports.redis.scheduler import MOVER_CACHE
+from interop.support import wait_for_movers
+from wiretask.transports.redis import run_scheduler
 
 
 @pytest.fixture(scope="module")
@@ -62,12 +61,7 @@ def scheduler(interop_url: str) -> Iterator[None]:
         kwargs={"interval": 0.05, "stop_event": stop}, daemon=True,
     )
     thread.start()
-    with RedisTransport(interop_url) as probe:
-        deadline = time.monotonic() + 10
-        while not probe.movers():
-            assert time.monotonic() < deadline, "the scheduler wrote no heartbeat"
-            time.sleep(0.02)
-    time.sleep(MOVER_CACHE)
+    wait_for_movers(interop_url)
     yield
     stop.set()
     thread.join(10)

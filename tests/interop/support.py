@@ -18,6 +18,8 @@ import pytest
 import redis
 
 from interop import celery_tasks
+from wiretask.transports.redis import RedisTransport
+from wiretask.transports.redis.scheduler import MOVER_CACHE
 
 T = TypeVar("T")
 
@@ -41,6 +43,17 @@ def wait_for(
         if time.monotonic() >= deadline:
             pytest.fail(f"timed out after {timeout:g} s waiting for {what}")
         time.sleep(interval)
+
+
+def wait_for_movers(url: str, *, alive: bool = True) -> None:
+    """Wait until wiretask's mover heartbeat on ``url`` is written (a wiretask worker or
+    scheduler runs ``DUE``), or with ``alive=False`` until none is left, then for every
+    publisher's cached view of it (at most ``MOVER_CACHE`` old) to catch up: from then
+    on ``delay_mode=auto`` publishers hold delayed messages broker-side (or do not)."""
+    with RedisTransport(url) as probe:
+        wait_for(lambda: bool(probe.movers()) == alive,
+                 what="a mover heartbeat" if alive else "no mover heartbeat")
+    time.sleep(MOVER_CACHE)
 
 
 def subprocess_env(
