@@ -1,6 +1,6 @@
-"""Delayed messages in a mixed fleet (spec §15.1): a wiretask client on default settings
-sends countdown/eta messages that real Celery 5.7 workers run at their eta, whether or
-not a wiretask process is there to hold them broker-side.
+"""Delayed messages in a mixed fleet (TRANSPORTS.md §1.5): a wiretask client on default
+settings sends countdown/eta messages that real Celery 5.7 workers run at their eta,
+whether or not a wiretask process is there to hold them broker-side.
 
 * no wiretask process consuming: the messages go out as Celery sends them and a Celery
   worker holds them until their eta (before ``delay_mode=auto`` they waited forever in

@@ -1,6 +1,6 @@
-"""Delayed messages on Redis in a mixed fleet (spec §15.1): the delay modes, the movers'
-heartbeat and the publishers' cached view of it, and the restore tokens that let any
-consumer (Kombu's ``restore_visible`` included) push a held message once it is due."""
+"""Delayed messages on Redis in a mixed fleet (TRANSPORTS.md §1.5): the delay modes, the
+movers' heartbeat and the publishers' cached view of it, and the restore tokens that let
+any consumer (Kombu's ``restore_visible`` included) push a held message once it is due."""
 
 from __future__ import annotations
 
@@ -345,6 +345,20 @@ def test_purge_removes_held_messages_and_their_tokens_counting_each_once(
         assert t.size("elsewhere") == 1 and t.size("q") == 0
 
 
+def test_queue_stats_count_a_held_message_as_scheduled_not_in_flight(
+    redis_url: str, client: redis.Redis
+) -> None:
+    with RedisTransport(redis_url, delay_mode="native") as t:
+        t.publish(frame(b"held"), Route("q"), not_before=later(600))
+        t.publish(frame(b"taken"), Route("q"))
+        taken = t.receive(["q"], timeout=1)
+        assert taken is not None
+        assert client.hlen("unacked") == 2  # the delivery and the held message's token
+        [stats] = t.queue_stats(["q"])
+        assert (stats.ready, stats.scheduled, stats.in_flight) == (0, 1, 1)
+        taken.ack()
+
+
 def test_entries_held_before_tokens_existed_still_move(
     redis_url: str, client: redis.Redis
 ) -> None:
@@ -370,7 +384,7 @@ def test_expires_before_the_eta_still_waits_for_the_eta(
     redis_url: str, client: redis.Redis
 ) -> None:
     """The due time is the eta, as a Celery worker holds such a message until its eta
-    and then revokes it (spec §15.1): nothing is dropped broker-side."""
+    and then revokes it (TRANSPORTS.md §1.5): nothing is dropped broker-side."""
     app = App("a", broker=f"{redis_url}?delay_mode=native", backend=None)
     try:
         sent = app.send_task("t.x", countdown=30, expires=5)
