@@ -1,11 +1,17 @@
-"""RetryPolicy, its pure schedule, and the retry driver (with a fake clock)."""
+"""RetryPolicy, its pure schedule, and the retry drivers (with a fake clock).
+
+Every driver test runs against both drivers: ``call_with_retry`` and, through
+``run_async``, ``acall_with_retry`` with the same operation, clock and policy.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import math
 import random
 from collections.abc import Callable
+from typing import Any, TypeVar
 
 import pytest
 from hypothesis import given
@@ -19,7 +25,9 @@ from wiretask.errors import (
     TransportError,
     ValidationError,
 )
-from wiretask.retry import RetryPolicy, call_with_retry, is_recoverable
+from wiretask.retry import RetryPolicy, acall_with_retry, call_with_retry, is_recoverable
+
+T = TypeVar("T")
 
 
 def take(policy: RetryPolicy, n: int) -> list[float]:
@@ -246,9 +254,41 @@ def test_delay_of_a_huge_retry_number_is_the_steady_value() -> None:
 # -- the driver -----------------------------------------------------------------------------
 
 
+def run_async(
+    operation: Callable[[], T],
+    policy: RetryPolicy | None,
+    *,
+    recover: Callable[[], None] | None = None,
+    sleep: Callable[[float], None] | None = None,
+    **options: Any,
+) -> T:
+    """``acall_with_retry`` with the sync test doubles made awaitable, in a fresh loop."""
+
+    async def attempt() -> T:
+        return operation()
+
+    async def reconnect() -> None:
+        assert recover is not None
+        recover()
+
+    async def pause(seconds: float) -> None:
+        assert sleep is not None
+        sleep(seconds)
+
+    return asyncio.run(acall_with_retry(
+        attempt, policy, recover=None if recover is None else reconnect,
+        sleep=asyncio.sleep if sleep is None else pause, **options,
+    ))
+
+
+DRIVERS = [pytest.param(call_with_retry, id="sync"), pytest.param(run_async, id="async")]
+Driver = Callable[..., Any]
+
+
+@pytest.mark.parametrize("drive", DRIVERS)
 @given(st.integers(0, 12), intervals_st)
 def test_total_attempts_is_max_retries_plus_one(
-    max_retries: int, params: tuple[float, float, float]
+    drive: Driver, max_retries: int, params: tuple[float, float, float]
 ) -> None:
     start, step, ceiling = params
     policy = RetryPolicy(
@@ -257,19 +297,20 @@ def test_total_attempts_is_max_retries_plus_one(
     clock = FakeClock()
     operation = Flaky(10**6, lost)
     with pytest.raises(PublishError) as info:
-        call_with_retry(operation, policy, sleep=clock.sleep, monotonic=clock.monotonic)
+        drive(operation, policy, sleep=clock.sleep, monotonic=clock.monotonic)
     assert operation.calls == max_retries + 1
     assert info.value.attempts == max_retries + 1
     expected = [v for v in take(policy, max_retries) if v > 0]
     assert clock.sleeps == expected
 
 
-def test_default_policy_attempts_and_sleeps_exactly() -> None:
+@pytest.mark.parametrize("drive", DRIVERS)
+def test_default_policy_attempts_and_sleeps_exactly(drive: Driver) -> None:
     clock = FakeClock()
     operation = Flaky(10, lost)
     retries: list[tuple[int, float]] = []
     with pytest.raises(PublishError) as info:
-        call_with_retry(
+        drive(
             operation, RetryPolicy.celery_default(), sleep=clock.sleep,
             monotonic=clock.monotonic, task_id="t-1",
             on_retry=lambda exc, n, delay: retries.append((n, delay)),
@@ -285,7 +326,8 @@ def test_default_policy_attempts_and_sleeps_exactly() -> None:
     assert "4 attempt" in str(err)
 
 
-def test_success_after_failures_calls_recover_before_each_retry() -> None:
+@pytest.mark.parametrize("drive", DRIVERS)
+def test_success_after_failures_calls_recover_before_each_retry(drive: Driver) -> None:
     events: list[str] = []
 
     def operation() -> str:
@@ -295,7 +337,7 @@ def test_success_after_failures_calls_recover_before_each_retry() -> None:
         return "sent"
 
     clock = FakeClock()
-    result = call_with_retry(
+    result = drive(
         operation, RetryPolicy(), recover=lambda: events.append("recover"),
         sleep=clock.sleep, monotonic=clock.monotonic,
     )
@@ -304,11 +346,12 @@ def test_success_after_failures_calls_recover_before_each_retry() -> None:
     assert clock.sleeps == [0.2]
 
 
-def test_retry_false_fails_at_once_with_publish_error() -> None:
+@pytest.mark.parametrize("drive", DRIVERS)
+def test_retry_false_fails_at_once_with_publish_error(drive: Driver) -> None:
     clock = FakeClock()
     operation = Flaky(1, lost)
     with pytest.raises(PublishError) as info:
-        call_with_retry(operation, RetryPolicy(), retry=False, sleep=clock.sleep)
+        drive(operation, RetryPolicy(), retry=False, sleep=clock.sleep)
     assert operation.calls == 1
     assert info.value.attempts == 1
     assert clock.sleeps == []
@@ -323,18 +366,22 @@ def test_retry_false_fails_at_once_with_publish_error() -> None:
         lambda: KeyError("x"),
     ],
 )
-def test_non_recoverable_errors_propagate_untouched(error: Callable[[], Exception]) -> None:
+@pytest.mark.parametrize("drive", DRIVERS)
+def test_non_recoverable_errors_propagate_untouched(
+    drive: Driver, error: Callable[[], Exception]
+) -> None:
     clock = FakeClock()
     operation = Flaky(1, error)
     with pytest.raises(type(error())) as info:
-        call_with_retry(operation, RetryPolicy(), sleep=clock.sleep)
+        drive(operation, RetryPolicy(), sleep=clock.sleep)
     assert not isinstance(info.value, PublishError)
     assert info.value.__cause__ is None
     assert operation.calls == 1
     assert clock.sleeps == []
 
 
-def test_recover_failing_recoverably_counts_as_an_attempt() -> None:
+@pytest.mark.parametrize("drive", DRIVERS)
+def test_recover_failing_recoverably_counts_as_an_attempt(drive: Driver) -> None:
     clock = FakeClock()
     reconnects = Flaky(10**6, lost)  # the broker never comes back
 
@@ -343,7 +390,7 @@ def test_recover_failing_recoverably_counts_as_an_attempt() -> None:
 
     operation = Flaky(1, lost)
     with pytest.raises(PublishError) as info:
-        call_with_retry(
+        drive(
             operation, RetryPolicy(max_retries=3), recover=recover,
             sleep=clock.sleep, monotonic=clock.monotonic,
         )
@@ -353,7 +400,8 @@ def test_recover_failing_recoverably_counts_as_an_attempt() -> None:
     assert clock.sleeps == [0.2, 0.2]
 
 
-def test_recover_succeeding_later_lets_the_publish_through() -> None:
+@pytest.mark.parametrize("drive", DRIVERS)
+def test_recover_succeeding_later_lets_the_publish_through(drive: Driver) -> None:
     clock = FakeClock()
     reconnects = Flaky(2, lost)  # two failed reconnects, then the broker is back
 
@@ -361,27 +409,29 @@ def test_recover_succeeding_later_lets_the_publish_through() -> None:
         reconnects()
 
     operation = Flaky(1, lost)
-    assert call_with_retry(
+    assert drive(
         operation, RetryPolicy(max_retries=3), recover=recover, sleep=clock.sleep
     ) == "ok"
     assert reconnects.calls == 3
     assert operation.calls == 2
 
 
-def test_recover_failing_non_recoverably_propagates() -> None:
+@pytest.mark.parametrize("drive", DRIVERS)
+def test_recover_failing_non_recoverably_propagates(drive: Driver) -> None:
     def recover() -> None:
         raise TransportError("authentication failed")
 
     with pytest.raises(TransportError, match="authentication failed"):
-        call_with_retry(Flaky(1, lost), RetryPolicy(), recover=recover, sleep=FakeClock().sleep)
+        drive(Flaky(1, lost), RetryPolicy(), recover=recover, sleep=FakeClock().sleep)
 
 
-def test_retry_errors_are_retried_without_recover() -> None:
+@pytest.mark.parametrize("drive", DRIVERS)
+def test_retry_errors_are_retried_without_recover(drive: Driver) -> None:
     clock = FakeClock()
     recovered: list[int] = []
     operation = Flaky(2, lambda: KeyError("stale fd"))
     policy = RetryPolicy.from_options({"retry_errors": (KeyError,), "interval_start": 0.1})
-    assert call_with_retry(
+    assert drive(
         operation, policy, recover=lambda: recovered.append(1), sleep=clock.sleep
     ) == "ok"
     assert operation.calls == 3
@@ -391,16 +441,18 @@ def test_retry_errors_are_retried_without_recover() -> None:
     assert not is_recoverable(KeyError(), RetryPolicy())
 
 
-def test_forever_stops_on_success() -> None:
+@pytest.mark.parametrize("drive", DRIVERS)
+def test_forever_stops_on_success(drive: Driver) -> None:
     clock = FakeClock()
     operation = Flaky(50, lost)
     policy = RetryPolicy(max_retries=None)
-    assert call_with_retry(operation, policy, sleep=clock.sleep) == "ok"
+    assert drive(operation, policy, sleep=clock.sleep) == "ok"
     assert operation.calls == 51
     assert clock.sleeps == [0.2] * 49
 
 
-def test_timeout_bounds_the_whole_publish_and_never_sleeps_past_it() -> None:
+@pytest.mark.parametrize("drive", DRIVERS)
+def test_timeout_bounds_the_whole_publish_and_never_sleeps_past_it(drive: Driver) -> None:
     clock = FakeClock()
     # Attempts cost time too (a connect that times out): 0.3 s each on the fake clock.
     def operation() -> str:
@@ -411,7 +463,7 @@ def test_timeout_bounds_the_whole_publish_and_never_sleeps_past_it() -> None:
                          interval_max=1, timeout=3)
     start = clock.now
     with pytest.raises(PublishError) as info:
-        call_with_retry(operation, policy, sleep=clock.sleep, monotonic=clock.monotonic)
+        drive(operation, policy, sleep=clock.sleep, monotonic=clock.monotonic)
     # attempt at 0 (ends 0.3), sleep 0.5, attempt at 0.8 (ends 1.1), sleep 1,
     # attempt at 2.1 (ends 2.4); the next sleep (1) would end at 3.4 > 3 → give up now.
     assert info.value.attempts == 3
@@ -420,7 +472,8 @@ def test_timeout_bounds_the_whole_publish_and_never_sleeps_past_it() -> None:
     assert "deadline" in str(info.value)
 
 
-def test_timeout_passed_during_an_attempt_stops_without_sleeping() -> None:
+@pytest.mark.parametrize("drive", DRIVERS)
+def test_timeout_passed_during_an_attempt_stops_without_sleeping(drive: Driver) -> None:
     clock = FakeClock()
 
     def operation() -> str:
@@ -428,20 +481,21 @@ def test_timeout_passed_during_an_attempt_stops_without_sleeping() -> None:
         raise ConnectionLost("slow")
 
     with pytest.raises(PublishError) as info:
-        call_with_retry(operation, RetryPolicy(timeout=1), sleep=clock.sleep,
+        drive(operation, RetryPolicy(timeout=1), sleep=clock.sleep,
                         monotonic=clock.monotonic)
     assert info.value.attempts == 1
     assert clock.sleeps == []
 
 
-def test_jittered_sleeps_are_reproducible_with_a_seeded_rng() -> None:
+@pytest.mark.parametrize("drive", DRIVERS)
+def test_jittered_sleeps_are_reproducible_with_a_seeded_rng(drive: Driver) -> None:
     policy = RetryPolicy(max_retries=5, interval_start=1, interval_step=1, interval_max=3,
                          jitter=0.2)
 
     def run(seed: int) -> list[float]:
         clock = FakeClock()
         with pytest.raises(PublishError):
-            call_with_retry(Flaky(99, lost), policy, sleep=clock.sleep, rng=random.Random(seed))
+            drive(Flaky(99, lost), policy, sleep=clock.sleep, rng=random.Random(seed))
         return clock.sleeps
 
     first = run(3)
@@ -452,9 +506,10 @@ def test_jittered_sleeps_are_reproducible_with_a_seeded_rng() -> None:
     assert first != [1, 2, 3, 3, 3]
 
 
-def test_keyboard_interrupt_is_not_swallowed() -> None:
+@pytest.mark.parametrize("drive", DRIVERS)
+def test_keyboard_interrupt_is_not_swallowed(drive: Driver) -> None:
     def operation() -> str:
         raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        call_with_retry(operation, RetryPolicy(), sleep=FakeClock().sleep)
+        drive(operation, RetryPolicy(), sleep=FakeClock().sleep)

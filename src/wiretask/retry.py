@@ -14,23 +14,28 @@ The schedule (``intervals``/``delay``) is kombu 5.7's: ``fxrange(start, start + 
 repeatlast=True)`` with every value clamped to ``interval_max``, computed with the same
 float accumulation, so the sleeps are bit-for-bit the ones Celery would sleep.
 
-The driver ``call_with_retry`` is separate and takes ``sleep``/``monotonic``/``rng`` as
-arguments, so tests drive it with a fake clock and count attempts exactly.
+The drivers are separate and take ``sleep``/``monotonic``/``rng`` as arguments, so tests
+drive them with a fake clock and count attempts exactly: ``call_with_retry`` for the sync
+calling API, ``acall_with_retry`` for the asyncio one (it sleeps with ``asyncio.sleep`` and
+holds ``timeout`` with ``asyncio.timeout``, cutting short an attempt that runs past it).
+Both leave every decision (recoverable or not, another try or ``PublishError``, how long to
+sleep) to ``Attempts``, so the two cannot differ in what they retry.
 """
 
 from __future__ import annotations
 
+import asyncio
 import math
 import random
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from typing import Any, TypeVar
 
 import attrs
 
 from wiretask.errors import PublishError, TransportError, ValidationError
 
-__all__ = ["RetryPolicy", "call_with_retry", "is_recoverable"]
+__all__ = ["Attempts", "RetryPolicy", "acall_with_retry", "call_with_retry", "is_recoverable"]
 
 T = TypeVar("T")
 
@@ -279,6 +284,91 @@ def is_recoverable(exc: BaseException, policy: RetryPolicy | None = None) -> boo
     )
 
 
+class Attempts:
+    """The bookkeeping both retry drivers share: what an attempt's failure means.
+
+    A driver makes one after the first attempt failed recoverably (the success path of a
+    publish never builds one) and calls ``failed`` after that failure and every later
+    one: it counts the attempt and returns how long to sleep before the next, or raises
+    ``PublishError`` when the policy gives up. ``reconnect`` says whether the next
+    attempt calls ``recover()`` first.
+
+    Args:
+        policy: the retry policy.
+        retry: ``False`` turns a recoverable error into ``PublishError`` at once.
+        deadline: ``monotonic()`` time of ``policy.timeout``, or ``None``.
+        monotonic: the clock of ``deadline``.
+        rng: the source of jitter (``None``: none, or an unseeded one if the policy
+            has jitter).
+        task_id: put on the ``PublishError``.
+    """
+
+    __slots__ = (
+        "_intervals", "_monotonic", "_rng", "attempts", "deadline", "last", "policy",
+        "reconnect", "retry", "task_id",
+    )
+
+    def __init__(
+        self,
+        policy: RetryPolicy,
+        *,
+        retry: bool,
+        deadline: float | None,
+        monotonic: Callable[[], float],
+        rng: random.Random | None,
+        task_id: str | None,
+    ) -> None:
+        self.policy = policy
+        self.retry = retry
+        self.deadline = deadline
+        self._monotonic = monotonic
+        self._rng = rng if rng is not None or not policy.jitter else random.Random()
+        self.task_id = task_id
+        self._intervals = policy.intervals()
+        #: Attempts made so far (each ``failed`` call counts one).
+        self.attempts = 0
+        #: The last recoverable error.
+        self.last: BaseException | None = None
+        #: The next attempt reconnects first (``recover()``).
+        self.reconnect = False
+
+    def failed(self, exc: Exception) -> float:
+        """An attempt failed recoverably with ``exc`` (``is_recoverable``): the seconds
+        to sleep before the next one.
+
+        Raises:
+            PublishError: retries exhausted, the deadline would pass before the next
+                attempt, or ``retry`` is off (chained from ``exc``).
+        """
+        self.attempts += 1
+        self.last = exc
+        policy = self.policy
+        # A retry_errors error leaves the connection alone (kombu retries those without
+        # reconnecting); a recoverable transport error means reconnect first.
+        self.reconnect = isinstance(exc, TransportError) and exc.recoverable
+        if not self.retry:
+            raise self.give_up("publish failed (retry disabled)") from exc
+        if policy.max_retries is not None and self.attempts > policy.max_retries:
+            raise self.give_up("publish failed, retries exhausted") from exc
+        pause = policy.jittered(next(self._intervals), self._rng)
+        if self.deadline is not None:
+            remaining = self.deadline - self._monotonic()
+            # ">=": an attempt that would start exactly at the deadline is after it.
+            if remaining <= 0 or pause >= remaining:
+                raise self.deadline_passed() from exc
+        return pause
+
+    def give_up(self, why: str, cause: BaseException | None = None) -> PublishError:
+        """The ``PublishError`` to raise: ``why``, the attempts, the last error."""
+        last = cause if cause is not None else self.last
+        assert last is not None  # only called after a failure
+        return PublishError(why, attempts=self.attempts, cause=last, task_id=self.task_id)
+
+    def deadline_passed(self, cause: BaseException | None = None) -> PublishError:
+        """The ``PublishError`` of a passed ``timeout``."""
+        return self.give_up(f"publish deadline of {self.policy.timeout:g} s passed", cause)
+
+
 def call_with_retry(
     operation: Callable[[], T],
     policy: RetryPolicy | None,
@@ -305,7 +395,8 @@ def call_with_retry(
 
     With ``policy.timeout`` set, the driver never sleeps past the deadline: when the next
     attempt would start after it, it gives up at once rather than sleep in vain. A single
-    attempt that blocks is bounded by the transport's own timeouts, not by this deadline.
+    attempt that blocks is bounded by the transport's own timeouts, not by this deadline
+    (``acall_with_retry`` cuts it short).
 
     Args:
         operation: the publish (any zero-argument callable).
@@ -327,45 +418,120 @@ def call_with_retry(
             ``from`` the last recoverable error, which is also ``.cause``).
     """
     policy = policy if policy is not None else RetryPolicy()
-    if policy.jitter and rng is None:
-        rng = random.Random()
     deadline = None if policy.timeout is None else monotonic() + policy.timeout
-    intervals = policy.intervals()
-    attempts = 0
-    reconnect = False
+    try:
+        return operation()  # the common case: no bookkeeping at all
+    except Exception as exc:
+        if not is_recoverable(exc, policy):
+            raise
+        attempts = Attempts(policy, retry=retry, deadline=deadline, monotonic=monotonic,
+                            rng=rng, task_id=task_id)
+        pause = attempts.failed(exc)
+        last: Exception = exc
     while True:
-        attempts += 1
+        if on_retry is not None:
+            on_retry(last, attempts.attempts, pause)
+        if pause > 0:
+            sleep(pause)
         try:
-            if reconnect and recover is not None:
+            if attempts.reconnect and recover is not None:
                 recover()
             return operation()
         except Exception as exc:
             if not is_recoverable(exc, policy):
                 raise
+            pause = attempts.failed(exc)
             last = exc
-            # A retry_errors error leaves the connection alone (kombu retries those
-            # without reconnecting); a recoverable transport error means reconnect first.
-            reconnect = isinstance(exc, TransportError) and exc.recoverable
 
-        if not retry:
-            raise PublishError(
-                "publish failed (retry disabled)", attempts=attempts, cause=last, task_id=task_id
-            ) from last
-        if policy.max_retries is not None and attempts > policy.max_retries:
-            raise PublishError(
-                "publish failed, retries exhausted", attempts=attempts, cause=last,
-                task_id=task_id,
-            ) from last
-        pause = policy.jittered(next(intervals), rng)
-        if deadline is not None:
-            remaining = deadline - monotonic()
-            # ">=": an attempt that would start exactly at the deadline is after it.
-            if remaining <= 0 or pause >= remaining:
-                raise PublishError(
-                    f"publish deadline of {policy.timeout:g} s passed",
-                    attempts=attempts, cause=last, task_id=task_id,
-                ) from last
+
+async def acall_with_retry(
+    operation: Callable[[], Awaitable[T]],
+    policy: RetryPolicy | None,
+    *,
+    retry: bool = True,
+    recover: Callable[[], Awaitable[None]] | None = None,
+    sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    monotonic: Callable[[], float] = time.monotonic,
+    rng: random.Random | None = None,
+    on_retry: Callable[[BaseException, int, float], None] | None = None,
+    task_id: str | None = None,
+) -> T:
+    """``call_with_retry`` for coroutines: the same schedule and decisions (``Attempts``),
+    ``await``-ed attempts and sleeps (``asyncio.sleep``).
+
+    ``policy.timeout`` holds for the whole call, attempts included: it runs under
+    ``asyncio.timeout``, so an attempt still running at the deadline is cancelled and
+    ``PublishError`` is raised (chained from the last recoverable error, or from the
+    ``TimeoutError`` when the first attempt was cut short). A cancelled attempt's outcome
+    is unknown, as after a lost connection; a transport that can tell a retry (Redis's
+    publish markers) treats it as such. A cancellation from outside (the caller's own
+    ``asyncio.timeout``, a closing connection) propagates untouched.
+
+    Raises:
+        PublishError: as ``call_with_retry``.
+    """
+    policy = policy if policy is not None else RetryPolicy()
+    if policy.timeout is None:
+        return await _retrying(operation, policy, None, retry=retry, recover=recover,
+                               sleep=sleep, monotonic=monotonic, rng=rng, on_retry=on_retry,
+                               task_id=task_id)
+    state: list[Attempts] = []
+    deadline = asyncio.timeout(policy.timeout)
+    try:
+        async with deadline:
+            return await _retrying(
+                operation, policy, monotonic() + policy.timeout, retry=retry,
+                recover=recover, sleep=sleep, monotonic=monotonic, rng=rng,
+                on_retry=on_retry, task_id=task_id, state=state,
+            )
+    except TimeoutError as exc:
+        if not deadline.expired():
+            raise  # raised by the operation itself, not by the deadline
+        attempts = state[0] if state else Attempts(
+            policy, retry=retry, deadline=None, monotonic=monotonic, rng=rng, task_id=task_id)
+        attempts.attempts += 1  # the attempt the deadline cut short
+        cause = attempts.last if attempts.last is not None else exc
+        raise attempts.deadline_passed(cause) from cause
+
+
+async def _retrying(
+    operation: Callable[[], Awaitable[T]],
+    policy: RetryPolicy,
+    deadline: float | None,
+    *,
+    retry: bool,
+    recover: Callable[[], Awaitable[None]] | None,
+    sleep: Callable[[float], Awaitable[None]],
+    monotonic: Callable[[], float],
+    rng: random.Random | None,
+    on_retry: Callable[[BaseException, int, float], None] | None,
+    task_id: str | None,
+    state: list[Attempts] | None = None,
+) -> T:
+    """``acall_with_retry`` without its deadline; ``state`` receives the ``Attempts``
+    once there is one (the deadline's error reads the count from it)."""
+    try:
+        return await operation()
+    except Exception as exc:
+        if not is_recoverable(exc, policy):
+            raise
+        attempts = Attempts(policy, retry=retry, deadline=deadline, monotonic=monotonic,
+                            rng=rng, task_id=task_id)
+        if state is not None:
+            state.append(attempts)
+        pause = attempts.failed(exc)
+        last: Exception = exc
+    while True:
         if on_retry is not None:
-            on_retry(last, attempts, pause)
+            on_retry(last, attempts.attempts, pause)
         if pause > 0:
-            sleep(pause)
+            await sleep(pause)
+        try:
+            if attempts.reconnect and recover is not None:
+                await recover()
+            return await operation()
+        except Exception as exc:
+            if not is_recoverable(exc, policy):
+                raise
+            pause = attempts.failed(exc)
+            last = exc
