@@ -77,6 +77,7 @@ from wiretask.protocol.frame import Frame, Outgoing, Route
 
 if TYPE_CHECKING:
     from wiretask.protocol.states import PendingState
+    from wiretask.transports.aio import AsyncTransport
 
 __all__ = [
     "BrokerDelay",
@@ -91,6 +92,9 @@ __all__ = [
     "QueueStats",
     "Settlement",
     "Transport",
+    "prepare",
+    "prepare_many",
+    "queue_name",
     "queue_names",
 ]
 
@@ -419,6 +423,16 @@ class Transport(abc.ABC):
         ``TransportError``. Idempotent; a broker that cannot be reached is not an
         error here (its messages come back by the broker's own rules)."""
 
+    def async_twin(self) -> AsyncTransport:
+        """This transport's asyncio twin (``wiretask.transports.aio``), for the asyncio
+        calling API, which makes one per event loop from a fresh transport. The twin owns
+        this transport (closing it closes this one). The default runs the hooks in a
+        thread of the twin's own; a broker with an asyncio driver returns a native twin,
+        an in-process one runs its hooks inline."""
+        from wiretask.transports.aio import ThreadedTransport  # noqa: PLC0415 - its base
+
+        return ThreadedTransport.around(self)
+
     def __enter__(self) -> Self:
         self.connect()
         return self
@@ -442,9 +456,7 @@ class Transport(abc.ABC):
             ConnectionLost: the broker cannot be reached (recoverable).
             TransportError: any other broker failure.
         """
-        if not isinstance(queue, str) or not queue:
-            raise ValidationError("queue", f"queue names must be non-empty strings, got {queue!r}")
-        self._declare(queue)
+        self._declare(queue_name(queue))
 
     @final
     def publish(self, frame: Frame, route: Route, *, not_before: datetime | None = None) -> None:
@@ -460,7 +472,7 @@ class Transport(abc.ABC):
                 same ``frame`` object: brokers that can tell a retry use that).
             TransportError: not recoverable.
         """
-        self._publish((self._prepare_one(frame, route, not_before),))
+        self._publish((prepare(self.capabilities, frame, route, not_before),))
 
     @final
     def publish_many(self, messages: Sequence[Outgoing]) -> None:
@@ -473,59 +485,10 @@ class Transport(abc.ABC):
             EncodeError, ConnectionLost, TransportError: as ``publish``; whether part
                 of the batch was sent depends on the broker (``_publish`` says).
         """
-        prepared = []
-        for message in messages:
-            if not isinstance(message, Outgoing):
-                raise ValidationError(
-                    "messages", f"must hold Outgoing values, got {type(message).__name__}"
-                )
-            prepared.append(self._prepare_one(message.frame, message.route, message.not_before))
+        prepared = prepare_many(self.capabilities, messages)
         if prepared:
             self._publish(prepared)
 
-    def _prepare_one(
-        self, frame: Frame, route: Route, not_before: datetime | None
-    ) -> Prepared:
-        # The one place where a message is checked on its way out (the publish hot path:
-        # keep it to type checks and arithmetic).
-        if not isinstance(frame, Frame):
-            raise ValidationError("frame", f"must be a Frame, got {type(frame).__name__}")
-        if not isinstance(route, Route):
-            raise ValidationError("route", f"must be a Route, got {type(route).__name__}")
-        queue = route.key if route.exchange == "" else route.queue
-        if not isinstance(queue, str) or not queue:
-            raise ValidationError("queue", f"queue names must be non-empty strings, got {queue!r}")
-        priority = frame.properties.get("priority")
-        if priority is None:
-            priority = 0
-        elif type(priority) is not int:
-            if isinstance(priority, bool) or not isinstance(priority, int):
-                raise ValidationError(
-                    "priority", f"must be an int, got {priority!r}", value=priority
-                )
-            priority = int(priority)
-        caps = self.capabilities
-        if not 0 <= priority <= caps.max_priority:
-            if caps.out_of_range_priority != "clamp":
-                raise ValidationError(
-                    "priority", f"must be within 0..{caps.max_priority}, got {priority}",
-                    value=priority,
-                )
-            priority = min(max(priority, 0), caps.max_priority)
-        due = None
-        if not_before is not None:
-            if not isinstance(not_before, datetime):
-                raise ValidationError(
-                    "not_before", f"must be an aware datetime, got {not_before!r}",
-                    value=not_before,
-                )
-            if not_before.tzinfo is None or not_before.utcoffset() is None:
-                raise ValidationError(
-                    "not_before", f"must be timezone-aware, got naive {not_before!r}",
-                    value=not_before,
-                )
-            due = not_before.timestamp()
-        return Prepared(frame, route, queue, priority, not_before, due)
 
     # -- consuming --------------------------------------------------------------------
 
@@ -700,6 +663,86 @@ class Transport(abc.ABC):
         """
         self._ack_many(deliveries)
         return self._receive_many(queues, limit, 0.0)
+
+
+def prepare(
+    capabilities: Capabilities, frame: Frame, route: Route, not_before: datetime | None
+) -> Prepared:
+    """Check one outgoing message against ``capabilities`` and lay it out for a
+    ``_publish`` hook: what ``publish`` does for every transport, sync or asyncio
+    (``wiretask.transports.aio``).
+
+    Raises:
+        ValidationError: as ``Transport.publish``.
+    """
+    # The one place where a message is checked on its way out (the publish hot path:
+    # keep it to type checks and arithmetic).
+    if not isinstance(frame, Frame):
+        raise ValidationError("frame", f"must be a Frame, got {type(frame).__name__}")
+    if not isinstance(route, Route):
+        raise ValidationError("route", f"must be a Route, got {type(route).__name__}")
+    queue = route.key if route.exchange == "" else route.queue
+    if not isinstance(queue, str) or not queue:
+        raise ValidationError("queue", f"queue names must be non-empty strings, got {queue!r}")
+    priority = frame.properties.get("priority")
+    if priority is None:
+        priority = 0
+    elif type(priority) is not int:
+        if isinstance(priority, bool) or not isinstance(priority, int):
+            raise ValidationError(
+                "priority", f"must be an int, got {priority!r}", value=priority
+            )
+        priority = int(priority)
+    caps = capabilities
+    if not 0 <= priority <= caps.max_priority:
+        if caps.out_of_range_priority != "clamp":
+            raise ValidationError(
+                "priority", f"must be within 0..{caps.max_priority}, got {priority}",
+                value=priority,
+            )
+        priority = min(max(priority, 0), caps.max_priority)
+    due = None
+    if not_before is not None:
+        if not isinstance(not_before, datetime):
+            raise ValidationError(
+                "not_before", f"must be an aware datetime, got {not_before!r}",
+                value=not_before,
+            )
+        if not_before.tzinfo is None or not_before.utcoffset() is None:
+            raise ValidationError(
+                "not_before", f"must be timezone-aware, got naive {not_before!r}",
+                value=not_before,
+            )
+        due = not_before.timestamp()
+    return Prepared(frame, route, queue, priority, not_before, due)
+
+
+def prepare_many(capabilities: Capabilities, messages: Sequence[Outgoing]) -> list[Prepared]:
+    """``prepare`` for each of ``messages`` (``Outgoing`` values): what ``publish_many``
+    checks before sending anything.
+
+    Raises:
+        ValidationError: an entry that is not an ``Outgoing``, or as ``prepare``.
+    """
+    prepared = []
+    for message in messages:
+        if not isinstance(message, Outgoing):
+            raise ValidationError(
+                "messages", f"must hold Outgoing values, got {type(message).__name__}"
+            )
+        prepared.append(prepare(capabilities, message.frame, message.route, message.not_before))
+    return prepared
+
+
+def queue_name(queue: object) -> str:
+    """Check one queue name (what ``declare_queue`` does).
+
+    Raises:
+        ValidationError: not a non-empty string.
+    """
+    if not isinstance(queue, str) or not queue:
+        raise ValidationError("queue", f"queue names must be non-empty strings, got {queue!r}")
+    return queue
 
 
 def queue_names(queues: Iterable[str], *, required: bool = False) -> list[str]:

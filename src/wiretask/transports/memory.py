@@ -41,6 +41,7 @@ import attrs
 from wiretask.errors import ImproperlyConfigured, ValidationError
 from wiretask.protocol.frame import Frame
 from wiretask.transports._json import dump_json_mapping, load_json_mapping
+from wiretask.transports.aio import InlineTransport
 from wiretask.transports.base import (
     Capabilities,
     DeadLetter,
@@ -312,6 +313,11 @@ class MemoryTransport(Transport):
 
     def __repr__(self) -> str:
         return f"<MemoryTransport {self.url}>"
+
+    def async_twin(self) -> InlineTransport:
+        """Publishing takes a lock held for microseconds and does no I/O: the asyncio
+        twin runs the hooks on the event loop itself."""
+        return InlineTransport(self)
 
     # -- life cycle -------------------------------------------------------------------
 

@@ -12,6 +12,12 @@ marker, so a retry that sends only part of an earlier batch, and fails again, st
 leaves each message's fate readable. With ``publish_markers=False`` the same without
 the marker, and a single ready message is one bare ``LPUSH``, as Kombu sends it.
 
+The logic lives in ``Staging`` (encoding, markers, the commands of each step, the
+memory of unknown outcomes) and ``Attempt`` (one attempt's steps); ``Publisher`` is the
+sync driver that sends each step's commands, and the asyncio twin
+(``transports.redis.aio``) the other, so both write the same bytes and keep the same
+promise.
+
 A message not yet due is held in the delayed index, with its restore token, when the
 delay mode says so (``hold``: always, never, or while a mover is alive); otherwise it is
 pushed at once with its ``eta`` header, as Celery sends it
@@ -41,7 +47,7 @@ from wiretask.transports.redis.database import Database, text
 from wiretask.transports.redis.deadletters import dead_entry
 from wiretask.transports.redis.envelope import SEP, bucket_for, encode, queue_key, route
 
-__all__ = ["PUBLISH_MARKER_TTL", "Publisher"]
+__all__ = ["PUBLISH_MARKER_TTL", "Attempt", "Publisher", "Staging", "needs_hold"]
 
 log = logging.getLogger(__name__)
 
@@ -67,34 +73,121 @@ class _Staged(NamedTuple):
 _Attempt = tuple[Prepared, _Staged, str | None]
 
 
-class Publisher:
-    """Writes messages to their lists (or the delayed index), remembering the ones whose
-    outcome is unknown so that a retry of the same frames does not duplicate them.
+class Attempt:
+    """One publish attempt, staged: what to check, read and write, in that order, and
+    what its outcome leaves to remember when it is unknown. The I/O is the driver's
+    (``Publisher.publish``, and the asyncio twin's in ``transports.redis.aio``), which
+    sends each step's commands and hands the replies back.
+
+    Steps: ``marker_checks()`` when ``retrying`` (the markers of earlier attempts whose
+    outcome was unknown; ``read_landed`` their replies), ``table_reads()`` when
+    ``routed`` (the binding tables of named exchanges; ``read_tables``), then
+    ``writes()``. If an attempt fails with its outcome unknown (a lost connection, a
+    cancelled ``await``), ``Staging.keep_unsettled(attempt)``.
+    """
+
+    __slots__ = ("_staging", "batch", "checked", "fresh", "landed", "marker", "retrying",
+                 "routed", "tables")
+
+    def __init__(
+        self, staging: Staging, batch: list[_Attempt], fresh: str | None, retrying: bool,
+        routed: bool,
+    ) -> None:
+        self._staging = staging
+        self.batch = batch
+        self.fresh = fresh
+        self.retrying = retrying
+        self.routed = routed
+        # One marker per attempt, named after a tag that is new in this attempt (a
+        # retried message's earlier marker must keep meaning "that attempt landed").
+        self.marker = f"{staging.keys.prefix}_wiretask.published.{fresh or new_id()}" \
+            if staging.markers else ""
+        #: Markers of earlier attempts that exist: those attempts landed.
+        self.landed: set[str] = set()
+        #: The marker checks were done (or there were none): what is written from here
+        #: on is this attempt's.
+        self.checked = not retrying
+        self.tables: dict[str, list[str]] = {}
+
+    def marker_checks(self) -> list[tuple[Any, ...]]:
+        """``EXISTS`` of each earlier attempt's marker in the batch."""
+        return [("EXISTS", m) for m in self._earlier()]
+
+    def _earlier(self) -> list[str]:
+        return sorted({m for _, _, m in self.batch if m is not None})
+
+    def read_landed(self, replies: Sequence[Any]) -> None:
+        self.landed = {m for m, n in zip(self._earlier(), replies, strict=True) if n}
+        self.checked = True
+
+    def table_reads(self) -> list[tuple[Any, ...]]:
+        """``SMEMBERS`` of the binding table of each named exchange in the batch."""
+        keys = self._staging.keys
+        return [("SMEMBERS", keys.binding(exchange)) for exchange in self._exchanges()]
+
+    def _exchanges(self) -> list[str]:
+        return sorted({s.route.exchange for _, s, _ in self.batch if s.route.exchange})
+
+    def read_tables(self, replies: Sequence[Any]) -> None:
+        self.tables = {exchange: sorted(text(m) for m in members)
+                       for exchange, members in zip(self._exchanges(), replies, strict=True)}
+
+    def writes(self) -> tuple[list[tuple[Any, ...]], bool]:
+        """What did not land yet, with the marker: the commands, and whether they go in
+        a ``MULTI``/``EXEC`` transaction (False: one bare command, atomic by itself, or
+        nothing at all)."""
+        writes = _Writes(self._staging.keys, self._staging.visibility_timeout)
+        for _, item, earlier in self.batch:
+            if earlier in self.landed:
+                continue  # the attempt whose reply was lost did land
+            where = item.route
+            queues = (route(self.tables[where.exchange], where.key) if where.exchange
+                      else [where.key])
+            self._staging.stage(writes, item, queues)
+        writing = writes.commands(self.marker)
+        # Without a marker, a ready message (or a batch for one list) is one LPUSH, as
+        # Kombu's ``_put`` sends it.
+        return writing, len(writing) > 1
+
+    def unknown(self) -> list[tuple[Prepared, _Staged, str]]:
+        """The messages whose fate an interrupted attempt leaves unknown, each with the
+        marker that tells it: this attempt's, or (before the checks were done) the
+        earlier attempt's it was retrying."""
+        return [
+            (message, staged, self.marker if self.checked or earlier is None else earlier)
+            for message, staged, earlier in self.batch if earlier not in self.landed
+        ]
+
+
+def needs_hold(messages: Sequence[Prepared]) -> bool:
+    """Whether a message of ``messages`` is not due yet: only then does a publish ask
+    the delay mode whether to hold it (which may read Redis)."""
+    now = time.time()
+    return any(m.due is not None and m.due > now for m in messages)
+
+
+class Staging:
+    """What the sync and asyncio publishers share: messages encoded as list entries,
+    markers, the commands of a write, and the memory of publishes whose outcome is
+    unknown, so that a retry of the same frames does not duplicate them.
 
     Args:
-        database: the Redis database.
-        hold: asked once per publish call that has a message not yet due: whether to
-            hold such messages in the delayed index (else they are pushed at once, and
-            their ``eta`` header holds them in the consumer, as Celery sends them). It
-            is the delay mode: always (``native``), never (``celery``), or while a
-            mover is alive (``auto``: ``Movers.alive``). It may read Redis; it is
-            called under the publish error boundary.
+        keys: the key names; ``steps``/``bucket0``: Kombu's priority steps and the
+            bucket of priority 0.
         visibility_timeout: a held message's restore token is scored ``due`` minus
             this, so a ``restore_visible`` with this timeout pushes it once it is due.
         markers: write a publish marker per attempt (``publish_markers``).
     """
 
     def __init__(
-        self, database: Database, *, hold: Callable[[], bool], visibility_timeout: float,
+        self, keys: Keys, steps: Sequence[int], bucket0: int, *, visibility_timeout: float,
         markers: bool,
     ) -> None:
-        self._db = database
-        self._keys = database.keys
-        self._commands = database.commands
-        self._errors = database.errors("publish")
-        self._hold = hold
-        self._visibility_timeout = visibility_timeout
-        self._markers = markers
+        self.keys = keys
+        self.steps = steps
+        self.bucket0 = bucket0
+        self.visibility_timeout = visibility_timeout
+        self.markers = markers
         #: id(frame) -> (frame, route, not_before, staged, marker, monotonic time) of
         #: publishes that failed with an unknown outcome; a retry of the same frame reuses
         #: ``staged``, and skips it if that attempt's ``marker`` exists.
@@ -103,55 +196,11 @@ class Publisher:
         ] = {}
         self._unsettled_lock = threading.Lock()
 
-    def publish(self, messages: Sequence[Prepared]) -> None:
-        """The whole batch, with its publish marker, in one ``MULTI``/``EXEC``
-        transaction (one round trip, plus one read of the binding tables of named
-        exchanges, and one marker check when retrying): all of it lands or none.
-
-        Raises:
-            EncodeError: a header or property JSON cannot carry (nothing was sent).
-            ConnectionLost: the outcome is unknown; publishing the same frames again
-                will not duplicate what landed (see the module doc).
-            TransportError: any other failure.
-        """
-        markers = self._markers
-        hold = False
-        now = time.time()
-        for message in messages:
-            if message.due is not None and message.due > now:
-                with self._errors:  # asked before staging: a failure takes nothing out
-                    hold = self._hold()  # of the unsettled memory
-                break
-        batch, fresh, retrying, routed = self._stage_all(messages, hold)
-        if not batch:
-            return
-        # One marker per attempt, named after a tag that is new in this attempt (a
-        # retried message's earlier marker must keep meaning "that attempt landed").
-        marker = f"{self._keys.prefix}_wiretask.published.{fresh or new_id()}" \
-            if markers else ""
-        landed: set[str] = set()
-        checked = False
-        try:
-            with self._errors:
-                if retrying:
-                    landed = self._landed(batch)
-                checked = True
-                self._write(batch, landed, marker, routed)
-        except ConnectionLost:
-            if markers:
-                self._keep_unsettled([
-                    (message, staged, marker if checked or earlier is None else earlier)
-                    for message, staged, earlier in batch if earlier not in landed
-                ])
-            raise
-
-    def _stage_all(
-        self, messages: Sequence[Prepared], hold: bool
-    ) -> tuple[list[_Attempt], str | None, bool, bool]:
-        """Each message staged (a retried one as it was staged before; a new one held
-        until due if ``hold``), the first tag new in this attempt, whether any message
-        is retried and whether any goes to a named exchange."""
-        markers = self._markers
+    def attempt(self, messages: Sequence[Prepared], hold: bool) -> Attempt | None:
+        """Stage ``messages`` for one attempt (a retried message as it was staged
+        before; a new one held until due if ``hold``: the delay mode's answer, which the
+        driver asks, see ``needs_hold``); ``None`` when there is nothing to send."""
+        markers = self.markers
         batch: list[_Attempt] = []
         fresh: str | None = None
         retrying = routed = False
@@ -165,50 +214,18 @@ class Publisher:
                 batch.append((message, self._prepare(message, tag, now, hold), None))
                 fresh = fresh or tag
             routed = routed or bool(message.route.exchange)
-        return batch, fresh, retrying, routed
+        if not batch:
+            return None
+        return Attempt(self, batch, fresh, retrying, routed)
 
-    def _landed(self, batch: list[_Attempt]) -> set[str]:
-        """The markers of the earlier attempts in ``batch`` that exist: those landed."""
-        earlier = sorted({m for _, _, m in batch if m is not None})
-        if not earlier:
-            return set()
-        found = self._commands.run([("EXISTS", m) for m in earlier])
-        return {m for m, n in zip(earlier, found, strict=True) if n}
-
-    def _write(
-        self, batch: list[_Attempt], landed: set[str], marker: str, routed: bool
-    ) -> None:
-        """Send what did not land yet, with ``marker`` ('' for none): one transaction,
-        or one bare command when that is all there is (atomic by itself)."""
-        tables = self._tables(batch) if routed else {}
-        writes = _Writes(self._keys, self._visibility_timeout)
-        for _, item, earlier in batch:
-            if earlier in landed:
-                continue  # the attempt whose reply was lost did land
-            where = item.route
-            queues = (route(tables[where.exchange], where.key) if where.exchange
-                      else [where.key])
-            self._stage(writes, item, queues)
-        writing = writes.commands(marker)
-        if len(writing) == 1:
-            # Without a marker, a ready message (or a batch for one list) is one LPUSH,
-            # as Kombu's ``_put`` sends it.
-            self._commands.run(writing)
-        elif writing:
-            self._commands.transaction(writing)
-
-    def _tables(self, batch: list[_Attempt]) -> dict[str, list[str]]:
-        """The binding table (its members, sorted) of each named exchange in ``batch``."""
-        exchanges = sorted({s.route.exchange for _, s, _ in batch if s.route.exchange})
-        read = self._commands.run([("SMEMBERS", self._keys.binding(exchange))
-                                   for exchange in exchanges])
-        return {exchange: sorted(text(m) for m in members)
-                for exchange, members in zip(exchanges, read, strict=True)}
-
-    def _keep_unsettled(self, batch: Sequence[tuple[Prepared, _Staged, str]]) -> None:
+    def keep_unsettled(self, attempt: Attempt) -> None:
+        """Remember the messages of an attempt whose outcome is unknown (``markers``
+        only: without them a retry cannot tell)."""
+        if not self.markers:
+            return
         now = time.monotonic()
         with self._unsettled_lock:
-            for message, staged, marker in batch:
+            for message, staged, marker in attempt.unknown():
                 self._unsettled[id(message.frame)] = (
                     message.frame, message.route, message.not_before, staged, marker, now
                 )
@@ -241,7 +258,7 @@ class Publisher:
         # written as is, like Kombu (celery#8967): a worker re-publishing a Celery frame
         # with priority 15 must not fail. The calling API refuses such values earlier.
         priority = message.priority
-        bucket = self._db.bucket0 if priority == 0 else bucket_for(priority, self._db.steps)
+        bucket = self.bucket0 if priority == 0 else bucket_for(priority, self.steps)
         due = message.due
         if due is not None and (not hold or due <= now):
             due = None
@@ -249,24 +266,83 @@ class Publisher:
                        delivery_tag=tag, published=now, due=due)
         return _Staged(where, tag, entry, bucket, due)
 
-    def _stage(self, writes: _Writes, staged: _Staged, queues: Sequence[str]) -> None:
+    def stage(self, writes: _Writes, staged: _Staged, queues: Sequence[str]) -> None:
         where = staged.route
         if not queues:
             # Kombu drops an unroutable message silently; wiretask keeps it.
             reason = f"unroutable: no queue bound to exchange {where.exchange!r} " \
                      f"with routing key {where.key!r}"
             log.warning("dead-lettering a message for %r: %s", where.queue, reason)
-            writes.rpush(self._keys.dead(where.queue),
+            writes.rpush(self.keys.dead(where.queue),
                          dead_entry(where.queue, reason, staged.entry.encode(),
                                     at=time.time()))
             return
         for queue in queues:
             name = queue_key(queue, staged.bucket)
             if staged.due is None:
-                writes.lpush(self._keys.p(name), staged.entry)
+                writes.lpush(self.keys.p(name), staged.entry)
             else:
                 writes.schedule(queue, f"{staged.tag}{SEP}{queue}", staged.due, name,
                                 staged.entry)
+
+
+class Publisher:
+    """The sync publisher: one ``Staging`` and the ``Commands`` client.
+
+    Args:
+        database: the Redis database.
+        hold: asked once per publish call that has a message not yet due: whether to
+            hold such messages in the delayed index (else they are pushed at once, and
+            their ``eta`` header holds them in the consumer, as Celery sends them). It
+            is the delay mode: always (``native``), never (``celery``), or while a
+            mover is alive (``auto``: ``Movers.alive``). It may read Redis; it is
+            called under the publish error boundary.
+        visibility_timeout, markers: as ``Staging``.
+    """
+
+    def __init__(
+        self, database: Database, *, hold: Callable[[], bool], visibility_timeout: float,
+        markers: bool,
+    ) -> None:
+        self._commands = database.commands
+        self._errors = database.errors("publish")
+        self._hold = hold
+        self.staging = Staging(database.keys, database.steps, database.bucket0,
+                               visibility_timeout=visibility_timeout, markers=markers)
+
+    def publish(self, messages: Sequence[Prepared]) -> None:
+        """The whole batch, with its publish marker, in one ``MULTI``/``EXEC``
+        transaction (one round trip, plus one read of the binding tables of named
+        exchanges, and one marker check when retrying): all of it lands or none.
+
+        Raises:
+            EncodeError: a header or property JSON cannot carry (nothing was sent).
+            ConnectionLost: the outcome is unknown; publishing the same frames again
+                will not duplicate what landed (see the module doc).
+            TransportError: any other failure.
+        """
+        hold = False
+        if needs_hold(messages):
+            with self._errors:  # asked before staging: a failure takes nothing out
+                hold = self._hold()  # of the unsettled memory
+        attempt = self.staging.attempt(messages, hold)
+        if attempt is None:
+            return
+        run = self._commands.run
+        try:
+            with self._errors:
+                if attempt.retrying:
+                    attempt.read_landed(run(attempt.marker_checks()))
+                if attempt.routed:
+                    attempt.read_tables(run(attempt.table_reads()))
+                writing, transaction = attempt.writes()
+                if transaction:
+                    self._commands.transaction(writing)
+                elif writing:
+                    run(writing)
+        except ConnectionLost:
+            self.staging.keep_unsettled(attempt)
+            raise
 
 
 class _Writes:
