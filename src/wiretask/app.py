@@ -24,6 +24,7 @@ Publishing goes through the retry driver (``wiretask.retry``) with the call's po
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import functools
 import importlib
@@ -38,11 +39,21 @@ import traceback
 import types
 import uuid
 import weakref
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping, Sequence
 from contextvars import ContextVar
 from datetime import UTC, datetime, tzinfo
 from pathlib import Path
-from typing import Any, Concatenate, Generic, Literal, ParamSpec, TypeVar, cast, overload
+from typing import (
+    Any,
+    Concatenate,
+    Generic,
+    Literal,
+    NamedTuple,
+    ParamSpec,
+    TypeVar,
+    cast,
+    overload,
+)
 from zoneinfo import ZoneInfo
 
 import attrs
@@ -58,6 +69,7 @@ from wiretask.errors import (
     MaxRetriesExceededError,
     Retry,
     TimeoutError,
+    TransportError,
     ValidationError,
     WouldBlock,
 )
@@ -68,8 +80,9 @@ from wiretask.protocol.frame import Outgoing
 from wiretask.protocol.signature import Signature
 from wiretask.protocol.timing import parse_iso
 from wiretask.results import ResultBackend, backend_from_url
+from wiretask.results.aio import AsyncResultBackend, AsyncSubscription
 from wiretask.results.exceptions import exception_from_meta
-from wiretask.retry import RetryPolicy, call_with_retry
+from wiretask.retry import RetryPolicy, acall_with_retry, call_with_retry
 from wiretask.routing import QueueBinding, Router
 from wiretask.tasks import (
     CALL_DEFAULTS,
@@ -80,7 +93,8 @@ from wiretask.tasks import (
     check_task_option,
     parse_rate,
 )
-from wiretask.transports.base import Transport
+from wiretask.transports.aio import AsyncQueueBinding, AsyncTransport
+from wiretask.transports.base import Capabilities, Transport
 from wiretask.transports.url import mask_url, transport_from_url
 
 __all__ = [
@@ -380,6 +394,8 @@ class App:
         self._call_builder: calling.CallBuilder | None = None
         self._contexts: dict[tuple[int, int], calling.CallContext] = {}
         self._router: tuple[int, Router] | None = None
+        #: The asyncio API's transport and backend, one of each per event loop.
+        self._loops: dict[asyncio.AbstractEventLoop, _LoopState] = {}
         with _state_lock:
             _apps.add(self)
         if set_as_current:
@@ -563,19 +579,23 @@ class App:
         if self._backend is None:
             with self._lock:
                 if self._backend is None:
-                    registry = self.registry
-                    accept = self.conf.get("result_accept_content")
-                    if accept is not None:
-                        registry = registry.copy(accept=accept)
-                    self._backend = backend_from_url(
-                        self.backend_url,
-                        serializer=self.conf.result_serializer,
-                        expires=self.conf.result_expires,
-                        registry=registry,
-                        compression=self.conf.get("result_compression"),
-                        transport_options=self.conf.get("result_backend_transport_options"),
-                    )
+                    self._backend = self._new_backend()
         return self._backend
+
+    def _new_backend(self) -> ResultBackend:
+        """A result backend for ``backend_url`` with the result settings."""
+        registry = self.registry
+        accept = self.conf.get("result_accept_content")
+        if accept is not None:
+            registry = registry.copy(accept=accept)
+        return backend_from_url(
+            self.backend_url,
+            serializer=self.conf.result_serializer,
+            expires=self.conf.result_expires,
+            registry=registry,
+            compression=self.conf.get("result_compression"),
+            transport_options=self.conf.get("result_backend_transport_options"),
+        )
 
     def close(self) -> None:
         """Close the broker connection and the result backend."""
@@ -587,6 +607,7 @@ class App:
                 self._backend.close()
                 self._backend = None
             self._declared.clear()
+            self._forget_closed_loops()
 
     def __enter__(self) -> App:
         return self
@@ -829,14 +850,22 @@ class App:
             QueueNotFound: a queue missing from ``task_queues`` while
                 ``task_create_missing_queues`` is off.
         """
+        return self._build_many(name, arguments, options, None)
+
+    def _build_many(
+        self, name: str, arguments: Iterable[tuple[object, object]],
+        options: Mapping[str, Any], capabilities: Capabilities | None,
+    ) -> list[calling.Call]:
+        """``build_many`` against ``capabilities`` (``None``: the sync transport's; the
+        asyncio API passes its own transport's)."""
         task = self.tasks.get(name)
         router = self.router
         defaults = None if task is None else task.defaults
         if not router.trivial or _routes_itself(options, defaults):
             items = list(arguments)
             if router.routes and len(items) > 1:
-                return [call for item in items for call in self.build_many(name, [item],
-                                                                          **options)]
+                return [call for item in items
+                        for call in self._build_many(name, [item], options, capabilities)]
             first_args, first_kwargs = items[0] if items else ((), {})
             routed = router.route(
                 name, first_args, first_kwargs, {**(defaults or {}), **options}, task
@@ -846,7 +875,8 @@ class App:
             arguments = items
         # The transport first: creating it imports the driver, and "now" must be read
         # after that, or a short countdown is already due when it reaches the broker.
-        capabilities = self.transport.capabilities
+        if capabilities is None:
+            capabilities = self.transport.capabilities
         return self._builder.build_many(
             name, arguments, options, now=self.now(), context=self._context(),
             task_defaults=defaults,
@@ -902,24 +932,33 @@ class App:
             for c in calls
         ]
 
-    def _publish(self, calls: Sequence[calling.Call]) -> None:
-        if not calls:
-            return
+    def _dispatch(self, calls: Sequence[calling.Call], capabilities: Capabilities) -> _Dispatch:
+        """What publishing ``calls`` sends, for the sync and the asyncio API alike: the
+        encoded messages, and the queues to declare or bind before them."""
         registry = self.registry
         frames = [
             encode(c.message, registry, compress_threshold=c.compression_threshold) for c in calls
         ]
-        transport = self.transport
-        capabilities = transport.capabilities
+        # Broker-side delay only where the transport holds messages for the time the
+        # caller gives (``native_delay_on_send``).
         native_delay = capabilities.native_delay and capabilities.native_delay_on_send
         outgoing = [
             Outgoing(frame, c.route, c.eta if native_delay else None)
             for frame, c in zip(frames, calls, strict=True)
         ]
-        queues = {c.route.queue for c in calls if not c.route.exchange}
-        # A message sent through a named exchange needs its queue bound to it first, as
-        # Celery declares the queue it publishes to (brokers with exchange bindings).
-        bound = {c.route.queue for c in calls if c.route.exchange}
+        return _Dispatch(
+            outgoing=outgoing,
+            queues={c.route.queue for c in calls if not c.route.exchange},
+            # A message sent through a named exchange needs its queue bound to it first,
+            # as Celery declares the queue it publishes to (brokers with bindings).
+            bound={c.route.queue for c in calls if c.route.exchange},
+        )
+
+    def _publish(self, calls: Sequence[calling.Call]) -> None:
+        if not calls:
+            return
+        transport = self.transport
+        outgoing, queues, bound = self._dispatch(calls, transport.capabilities)
 
         def attempt() -> None:
             for queue in queues - self._declared:
@@ -969,8 +1008,186 @@ class App:
             return task.apply_async(sig.args, sig.kwargs, **options)
         return self.send_task(sig.task, sig.args, sig.kwargs, **options)
 
+    # -- asyncio: the async twin of sending, one transport and backend per loop ----------
+    #
+    # The same build path (``_build_many``), encoding (``_dispatch``) and retry schedule
+    # (``wiretask.retry.Attempts``) as the sync API; only the I/O is awaited, on the
+    # loop's own ``AsyncTransport`` (``Transport.async_twin()``) and result backend
+    # (``ResultBackend.async_twin()``).
+
+    def _loop_state(self) -> _LoopState:
+        """This event loop's transport and backend (made on first use)."""
+        loop = asyncio.get_running_loop()
+        state = self._loops.get(loop)
+        if state is None:
+            with self._lock:
+                state = self._loops.get(loop)
+                if state is None:
+                    self._forget_closed_loops()
+                    state = self._loops[loop] = _LoopState(self)
+        return state
+
+    def _forget_closed_loops(self) -> None:
+        """Drop the asyncio state of loops that were closed without ``aclose()`` (their
+        connections cannot be closed politely any more: they are dropped)."""
+        for loop in [loop for loop in self._loops if loop.is_closed()]:
+            self._loops.pop(loop).abandon()
+
+    @property
+    def async_transport(self) -> AsyncTransport:
+        """The running event loop's broker connection (made on first use, connected
+        lazily). Call it from a coroutine.
+
+        Raises:
+            RuntimeError: no event loop is running in this thread.
+        """
+        return self._loop_state().transport
+
+    @property
+    def async_backend(self) -> AsyncResultBackend:
+        """The running event loop's result backend (see ``async_transport``)."""
+        return self._loop_state().backend
+
+    async def aclose(self) -> None:
+        """Close the running loop's broker connection and result backend (the asyncio
+        twin of ``close``; the sync ones stay open). Call it when the loop's work is
+        done, e.g. in a FastAPI lifespan."""
+        state = self._loops.pop(asyncio.get_running_loop(), None)
+        if state is not None:
+            await state.aclose()
+
+    async def asend_task(
+        self, name: str, args: object = None, kwargs: object = None, **options: Any
+    ) -> AsyncResult:
+        """``send_task``, awaited: the same options, checks and message; the publish and
+        its retry policy do not block the loop (``asyncio.sleep`` between attempts, the
+        policy's ``timeout`` held with ``asyncio.timeout``).
+
+        Raises:
+            ValidationError, EncodeError, PublishError: as ``send_task``.
+        """
+        if self.conf.get("task_always_eager"):
+            logger.warning("asend_task(%r) sends a message: task_always_eager applies to "
+                           "apply_async/delay only", name)
+        state = self._loop_state()
+        calls = self._build_many(name, ((args, kwargs),), options,
+                                 state.transport.capabilities)
+        return (await self._asend(calls, state))[0]
+
+    async def asend_many(
+        self,
+        signatures: Iterable[Signature | TaskSignature],
+        *,
+        retry: bool | None = None,
+        retry_policy: Mapping[str, Any] | RetryPolicy | None = None,
+    ) -> list[AsyncResult]:
+        """``send_many``, awaited: one round trip where the broker allows it."""
+        extra: dict[str, Any] = {}
+        if retry is not None:
+            extra["retry"] = retry
+        if retry_policy is not None:
+            extra["retry_policy"] = retry_policy
+        state = self._loop_state()
+        capabilities = state.transport.capabilities
+        calls = [
+            call for sig in signatures
+            for call in self._build_many(sig.task, ((sig.args, sig.kwargs),),
+                                         {**sig.options, **extra}, capabilities)
+        ]
+        return await self._asend(calls, state)
+
+    async def _asend(
+        self, calls: Sequence[calling.Call], state: _LoopState | None = None
+    ) -> list[AsyncResult]:
+        """``_send``, awaited: publish built calls with the retry policy of the first."""
+        state = state or self._loop_state()
+        if calls:
+            await self._apublish(calls, state)
+        return [
+            AsyncResult(c.message.id, app=self, ignore_result=c.message.ignore_result)
+            for c in calls
+        ]
+
+    async def _apublish(self, calls: Sequence[calling.Call], state: _LoopState) -> None:
+        transport = state.transport
+        outgoing, queues, bound = self._dispatch(calls, transport.capabilities)
+        declared = state.declared
+
+        async def attempt() -> None:
+            for queue in queues - declared:
+                await transport.declare_queue(queue)
+                declared.add(queue)
+            for queue in bound - declared:
+                await self._abind(transport, queue)
+                declared.add(queue)
+            if len(outgoing) == 1:
+                one = outgoing[0]
+                await transport.publish(one.frame, one.route, not_before=one.not_before)
+            else:
+                await transport.publish_many(outgoing)
+
+        async def recover() -> None:
+            declared.clear()
+            await transport.connect()
+
+        first = calls[0]
+        await acall_with_retry(
+            attempt, first.retry_policy, retry=first.retry, recover=recover,
+            task_id=first.message.id,
+        )
+
+    async def _abind(self, transport: AsyncTransport, queue: str) -> None:
+        await transport.declare_queue(queue)
+        if isinstance(transport, AsyncQueueBinding):
+            declaration = self.router.declaration(queue)
+            if declaration.exchange.name and declaration.exchange.name != queue:
+                await transport.bind_queue(
+                    queue, declaration.exchange.name, declaration.routing_key,
+                    exchange_type=declaration.exchange.type,
+                )
+
     def AsyncResult(self, task_id: str) -> AsyncResult:  # Celery's name
         return AsyncResult(task_id, app=self)
+
+
+class _Dispatch(NamedTuple):
+    """What publishing some calls sends (``App._dispatch``)."""
+
+    outgoing: list[Outgoing]
+    #: Queues to declare first (the default exchange).
+    queues: set[str]
+    #: Queues to declare and bind to their named exchange first.
+    bound: set[str]
+
+
+class _LoopState:
+    """An app's asyncio transport and result backend on one event loop, and the queues
+    declared through that transport. Made by ``App._loop_state``."""
+
+    def __init__(self, app: App) -> None:
+        self._app = app
+        self.transport: AsyncTransport = app.new_transport().async_twin()
+        self.declared: set[str] = set()
+        self._backend: AsyncResultBackend | None = None
+
+    @property
+    def backend(self) -> AsyncResultBackend:
+        if self._backend is None:
+            self._backend = self._app._new_backend().async_twin()
+        return self._backend
+
+    async def aclose(self) -> None:
+        try:
+            await self.transport.close()
+        finally:
+            if self._backend is not None:
+                await self._backend.close()
+
+    def abandon(self) -> None:
+        """The loop was closed without ``App.aclose()``: nothing can be awaited on it
+        any more, so its connections are left to be closed when they are collected."""
+        self.declared.clear()
+        self._backend = None
 
 
 def _routes_itself(options: Mapping[str, Any], defaults: Mapping[str, Any] | None) -> bool:
@@ -1071,6 +1288,23 @@ def _thread_oid(app: App) -> str:
 
 #: The kwargs of an ``apply_many`` item given as args alone (the builder copies it).
 _NO_KWARGS: dict[str, Any] = {}
+
+
+def _call_arguments(
+    calls: Iterable[Sequence[Any] | tuple[Sequence[Any], Mapping[str, Any]]],
+) -> list[tuple[object, object]]:
+    """``apply_many``'s items as ``(args, kwargs)`` pairs: an args sequence, or an
+    ``(args, kwargs)`` pair when written as ``(tuple/list, dict)``."""
+    arguments: list[tuple[object, object]] = []
+    for item in calls:
+        if (
+            isinstance(item, tuple) and len(item) == 2
+            and isinstance(item[0], list | tuple) and isinstance(item[1], Mapping)
+        ):
+            arguments.append(item)
+        else:
+            arguments.append((item, _NO_KWARGS))
+    return arguments
 
 
 def _defined_below_task(cls: type, name: str) -> bool:
@@ -1332,19 +1566,16 @@ class Task(Generic[P, R]):
         resolved once, at one instant (the same ``eta``/``expires`` for every call); all
         calls are validated and encoded before anything is sent. Under
         ``task_always_eager`` each call runs here (``apply``) instead."""
-        arguments: list[tuple[object, object]] = []
-        for item in calls:
-            if (
-                isinstance(item, tuple) and len(item) == 2
-                and isinstance(item[0], list | tuple) and isinstance(item[1], Mapping)
-            ):
-                arguments.append(item)
-            else:
-                arguments.append((item, _NO_KWARGS))
+        arguments = _call_arguments(calls)
         if self.app.conf.get("task_always_eager"):
-            return [self.apply(cast("Sequence[Any]", args), cast("Mapping[str, Any]", kwargs),
-                               **options) for args, kwargs in arguments]
+            return self._apply_each(arguments, options)
         return self.app._send(self.app.build_many(self.name, arguments, **options))
+
+    def _apply_each(
+        self, arguments: list[tuple[object, object]], options: Mapping[str, Any]
+    ) -> list[AsyncResult]:
+        return [self.apply(cast("Sequence[Any]", args), cast("Mapping[str, Any]", kwargs),
+                           **options) for args, kwargs in arguments]
 
     def apply(
         self,
@@ -1396,6 +1627,46 @@ class Task(Generic[P, R]):
     def si(self, *args: Any, **kwargs: Any) -> TaskSignature:
         """An immutable signature: callbacks get exactly these arguments."""
         return self.signature(args, kwargs, immutable=True)
+
+    # -- asyncio: sending from coroutines -------------------------------------------
+    #
+    # ``delay``/``apply_async``/``apply_many`` with the same options, checks and
+    # messages (``App.asend_task``); under ``task_always_eager`` the task runs in a
+    # worker thread (``asyncio.to_thread``), so neither it nor an ``async def`` body it
+    # runs with ``asyncio.run`` blocks the loop.
+
+    async def adelay(self, *args: P.args, **kwargs: P.kwargs) -> AsyncResult:
+        """``delay``, awaited: every keyword is a task kwarg."""
+        return await self.aapply_async(args, kwargs)
+
+    async def aapply_async(
+        self,
+        args: Sequence[Any] | None = None,
+        kwargs: Mapping[str, Any] | None = None,
+        **options: Any,
+    ) -> AsyncResult:
+        """``apply_async``, awaited: the same options and checks (see
+        ``App.asend_task`` for what the publish does on the loop)."""
+        if self.app.conf.get("task_always_eager"):
+            return await asyncio.to_thread(functools.partial(self.apply, args, kwargs,
+                                                             **options))
+        return await self.app.asend_task(self.name, args, kwargs, **options)
+
+    async def aapply_many(
+        self,
+        calls: Iterable[Sequence[Any] | tuple[Sequence[Any], Mapping[str, Any]]],
+        **options: Any,
+    ) -> list[AsyncResult]:
+        """``apply_many``, awaited: one round trip where the broker allows it."""
+        arguments = _call_arguments(calls)
+        app = self.app
+        if app.conf.get("task_always_eager"):
+            return await asyncio.to_thread(self._apply_each, arguments, options)
+        state = app._loop_state()
+        return await app._asend(
+            app._build_many(self.name, arguments, options, state.transport.capabilities),
+            state,
+        )
 
     def AsyncResult(self, task_id: str) -> AsyncResult:  # Celery's name
         return AsyncResult(task_id, app=self.app)
@@ -1726,22 +1997,14 @@ class AsyncResult:
             _assert_will_not_block()
         if self.ignore_result:
             return None
-        if interval is not None and (
-            isinstance(interval, bool) or not isinstance(interval, int | float) or interval <= 0
-        ):
-            raise ValidationError("interval", f"must be a number of seconds > 0, got {interval!r}")
+        _check_interval(interval)
         if propagate and follow_parents:
             self._raise_failed_parent()
         if interval is None:
             meta = self._stream(timeout, on_message)
         else:
             meta = self._poll(timeout, float(interval), on_message)
-        value = _value(meta)
-        if propagate and meta.get("status") in states.PROPAGATE_STATES and isinstance(
-            value, BaseException
-        ):
-            raise value
-        return value
+        return _outcome(meta, propagate)
 
     wait = get
 
@@ -1793,6 +2056,133 @@ class AsyncResult:
                 state = str(last.get("status")) if last is not None else states.PENDING
                 raise TimeoutError(self.id, timeout or 0.0, state)
             _sleep(interval if deadline is None else min(interval, deadline - now))
+
+    # -- asyncio: awaiting results without blocking the loop ------------------------------
+    #
+    # The same rules as ``get`` (the checks, ``propagate``/``follow_parents``, the
+    # stream or the polling, the timeout naming the last state), read through the
+    # running loop's result backend (``App.async_backend``).
+
+    async def aget(
+        self,
+        timeout: float | None = None,
+        propagate: bool = True,
+        interval: float | None = None,
+        on_message: Callable[[dict[str, Any]], object] | None = None,
+        disable_sync_subtasks: bool = True,
+        follow_parents: bool = True,
+    ) -> Any:
+        """``get``, awaited: wait for the task without blocking the event loop, and
+        return its result. The arguments are ``get``'s; ``timeout`` holds for the whole
+        wait, and a cancelled ``await`` closes the subscription it opened.
+
+        Raises:
+            TimeoutError: as ``get`` (wiretask's, also the built-in ``TimeoutError``).
+            WouldBlock: inside a running task, as ``get`` (an ``async def`` task awaiting
+                another one holds a slot of the worker's asyncio pool).
+        """
+        if disable_sync_subtasks:
+            _assert_will_not_block()
+        if self.ignore_result:
+            return None
+        _check_interval(interval)
+        backend = self.app.async_backend
+        if propagate and follow_parents:
+            await self._araise_failed_parent(backend)
+        if interval is None:
+            meta = await self._astream(backend, timeout, on_message)
+        else:
+            meta = await self._apoll(backend, timeout, float(interval), on_message)
+        return _outcome(meta, propagate)
+
+    async def astates(self, timeout: float | None = None) -> AsyncIterator[dict[str, Any]]:
+        """The task's state changes as they happen, for ``async for``: each as Celery's
+        meta dict (``status``, ``result``, ...), the current state first, each once, in
+        order, ending after the ready state (which is never missed: a late iterator gets
+        it first). ``timeout``: seconds for the whole iteration, then wiretask's
+        ``TimeoutError``. Leaving the loop early closes the subscription when the
+        iterator is collected; ``contextlib.aclosing(result.astates())`` closes it at
+        once."""
+        loop = asyncio.get_running_loop()
+        deadline = None if timeout is None else loop.time() + timeout
+        last_state = states.PENDING
+        subscription = await self.app.async_backend.subscribe(self.id)
+        try:
+            while True:
+                remaining = None if deadline is None else deadline - loop.time()
+                meta = await self._anext_state(subscription, remaining, timeout, last_state)
+                last_state = str(meta.get("status"))
+                yield dict(meta)
+                if last_state in states.READY_STATES:
+                    return
+        finally:
+            await subscription.close()
+
+    async def _anext_state(
+        self, subscription: AsyncSubscription, remaining: float | None,
+        timeout: float | None, last_state: str,
+    ) -> Mapping[str, Any]:
+        """The subscription's next state, or ``TimeoutError`` once ``remaining`` (None:
+        no limit) seconds passed."""
+        if remaining is not None and remaining <= 0:
+            raise TimeoutError(self.id, timeout or 0.0, last_state)
+        meta = await subscription.next(remaining)
+        if meta is not None:
+            return meta
+        if subscription.closed:
+            raise TransportError(
+                f"the subscription to task {self.id} was closed while waiting (the app's "
+                "asyncio backend was closed)"
+            )
+        raise TimeoutError(self.id, timeout or 0.0, last_state)
+
+    async def _araise_failed_parent(self, backend: AsyncResultBackend) -> None:
+        node = self._parent
+        while node is not None:
+            meta = await backend.get(node.id)
+            if meta is not None and meta.get("status") in states.PROPAGATE_STATES:
+                value = _value(meta)
+                if isinstance(value, BaseException):
+                    raise value
+            node = node._parent
+
+    async def _astream(
+        self, backend: AsyncResultBackend, timeout: float | None,
+        on_message: Callable[[dict[str, Any]], object] | None,
+    ) -> Mapping[str, Any]:
+        loop = asyncio.get_running_loop()
+        deadline = None if timeout is None else loop.time() + timeout
+        last_state = states.PENDING
+        async with await backend.subscribe(self.id) as subscription:
+            while True:
+                remaining = None if deadline is None else deadline - loop.time()
+                meta = await self._anext_state(subscription, remaining, timeout, last_state)
+                last_state = str(meta.get("status"))
+                if on_message is not None:
+                    on_message(dict(meta))
+                if last_state in states.READY_STATES:
+                    return meta
+
+    async def _apoll(
+        self, backend: AsyncResultBackend, timeout: float | None, interval: float,
+        on_message: Callable[[dict[str, Any]], object] | None,
+    ) -> Mapping[str, Any]:
+        loop = asyncio.get_running_loop()
+        deadline = None if timeout is None else loop.time() + timeout
+        last: Mapping[str, Any] | None = None
+        while True:
+            meta = await backend.get(self.id)
+            if meta is not None and meta != last:
+                last = meta
+                if on_message is not None:
+                    on_message(dict(meta))
+                if meta.get("status") in states.READY_STATES:
+                    return meta
+            now = loop.time()
+            if deadline is not None and now >= deadline:
+                state = str(last.get("status")) if last is not None else states.PENDING
+                raise TimeoutError(self.id, timeout or 0.0, state)
+            await asyncio.sleep(interval if deadline is None else min(interval, deadline - now))
 
 
 class EagerResult(AsyncResult):
@@ -1870,9 +2260,45 @@ class EagerResult(AsyncResult):
 
     wait = get
 
+    async def aget(
+        self,
+        timeout: float | None = None,
+        propagate: bool = True,
+        interval: float | None = None,
+        on_message: Callable[[dict[str, Any]], object] | None = None,
+        disable_sync_subtasks: bool = True,
+        follow_parents: bool = True,
+    ) -> Any:
+        """``get``: the result is known already."""
+        return self.get(timeout, propagate, interval, on_message, disable_sync_subtasks,
+                        follow_parents)
+
+    async def astates(self, timeout: float | None = None) -> AsyncIterator[dict[str, Any]]:
+        """The one, final state."""
+        del timeout
+        yield dict(self._meta())
+
 
 _monotonic = time.monotonic
 _sleep = time.sleep
+
+
+def _check_interval(interval: object) -> None:
+    if interval is not None and (
+        isinstance(interval, bool) or not isinstance(interval, int | float) or interval <= 0
+    ):
+        raise ValidationError("interval", f"must be a number of seconds > 0, got {interval!r}")
+
+
+def _outcome(meta: Mapping[str, Any], propagate: bool) -> Any:
+    """What ``get`` returns for a ready ``meta``: the result, or (``propagate``) the
+    exception of a failed or revoked task, raised."""
+    value = _value(meta)
+    if propagate and meta.get("status") in states.PROPAGATE_STATES and isinstance(
+        value, BaseException
+    ):
+        raise value
+    return value
 
 
 def _value(meta: Mapping[str, Any]) -> Any:

@@ -637,7 +637,9 @@ class CallBuilder:
             and plan.settings_version == settings_version
             and plan.task_defaults is task_defaults
             and plan.registry_version == self.registry.version
-            and plan.capabilities is capabilities
+            # Equal capabilities will do: an app's asyncio transport (one per event
+            # loop) has capabilities equal to its sync transport's, not the same object.
+            and (plan.capabilities is capabilities or plan.capabilities == capabilities)
         ):
             return plan
         plan = _plan(

@@ -16,6 +16,7 @@ back to the first. Groups, chords and chunks are not here yet.
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import itertools
 from collections.abc import Iterable, Mapping, MutableSequence, Sequence
@@ -241,6 +242,23 @@ class TaskSignature(dict[str, Any]):
     def delay(self, *args: Any, **kwargs: Any) -> AsyncResult:
         return self.apply_async(args, kwargs)
 
+    # -- asyncio: sending from coroutines (``apply_async``/``delay``, awaited) -------------
+
+    async def aapply_async(
+        self, args: Sequence[Any] | None = None, kwargs: Mapping[str, Any] | None = None,
+        **options: Any,
+    ) -> AsyncResult:
+        """``apply_async``, awaited (``Task.aapply_async``, or ``App.asend_task`` for a
+        task not registered here)."""
+        sig = self.clone(args, kwargs, **options)
+        task = self.app.tasks.get(sig.task)
+        if task is not None:
+            return await task.aapply_async(sig.args, sig.kwargs, **sig.options)
+        return await self.app.asend_task(sig.task, sig.args, sig.kwargs, **sig.options)
+
+    async def adelay(self, *args: Any, **kwargs: Any) -> AsyncResult:
+        return await self.aapply_async(args, kwargs)
+
     def apply(
         self, args: Sequence[Any] | None = None, kwargs: Mapping[str, Any] | None = None,
         **options: Any,
@@ -323,27 +341,57 @@ class TaskChain:
         """Send the first task (``args``/``kwargs`` applied to it, ``options`` to every
         task) with the rest as its chain. Under ``task_always_eager`` the tasks run here,
         in order."""
+        steps, results = self._freeze(args, kwargs, options)
+        if self.app.conf.task_always_eager:
+            return self._run_eagerly(steps, results)
+        rest = [step.to_dict() for step in reversed(steps[1:])]
+        steps[0].apply_async(chain=rest or None)
+        return results[-1]
+
+    def _freeze(
+        self, args: Sequence[Any] | None, kwargs: Mapping[str, Any] | None,
+        options: Mapping[str, Any],
+    ) -> tuple[list[TaskSignature], list[AsyncResult]]:
+        """The chain's steps with ``options`` applied (and ``args``/``kwargs`` to the
+        first), each with its task id, and their results linked to their parents."""
         check_options(options)
         steps = [task.clone(**options) for task in self.tasks]
         steps[0] = steps[0].clone(args, kwargs)
         results = [step.freeze() for step in steps]
         for parent, child in itertools.pairwise(results):
             child.parent = parent
-        if self.app.conf.task_always_eager:
-            value: Any = None
-            for index, step in enumerate(steps):
-                done = step.apply((value,) if index else ())
-                value = done.get(disable_sync_subtasks=False)
-                done.parent = results[index - 1] if index else None
-                results[index] = done
-            return results[-1]
-        rest = [step.to_dict() for step in reversed(steps[1:])]
-        first = steps[0]
-        first.apply_async(chain=rest or None)
+        return steps, results
+
+    @staticmethod
+    def _run_eagerly(steps: list[TaskSignature], results: list[AsyncResult]) -> AsyncResult:
+        value: Any = None
+        for index, step in enumerate(steps):
+            done = step.apply((value,) if index else ())
+            value = done.get(disable_sync_subtasks=False)
+            done.parent = results[index - 1] if index else None
+            results[index] = done
         return results[-1]
 
     def delay(self, *args: Any, **kwargs: Any) -> AsyncResult:
         return self.apply_async(args, kwargs)
+
+    # -- asyncio: sending from coroutines (``apply_async``/``delay``, awaited) -------------
+
+    async def aapply_async(
+        self, args: Sequence[Any] | None = None, kwargs: Mapping[str, Any] | None = None,
+        **options: Any,
+    ) -> AsyncResult:
+        """``apply_async``, awaited: the first task is sent with the rest as its chain
+        (under ``task_always_eager`` the tasks run in a worker thread, in order)."""
+        steps, results = self._freeze(args, kwargs, options)
+        if self.app.conf.task_always_eager:
+            return await asyncio.to_thread(self._run_eagerly, steps, results)
+        rest = [step.to_dict() for step in reversed(steps[1:])]
+        await steps[0].aapply_async(chain=rest or None)
+        return results[-1]
+
+    async def adelay(self, *args: Any, **kwargs: Any) -> AsyncResult:
+        return await self.aapply_async(args, kwargs)
 
     def __call__(self, *args: Any, **kwargs: Any) -> AsyncResult:
         """As in Celery, calling a chain sends it."""

@@ -47,6 +47,7 @@ from wiretask.errors import DecodeError, ImproperlyConfigured, ValidationError
 if TYPE_CHECKING:
     from wiretask.codecs import Encoded, Registry
     from wiretask.protocol.states import PendingState
+    from wiretask.results.aio import AsyncResultBackend
 
 __all__ = [
     "COMPRESSED_PAYLOAD_MAGIC",
@@ -289,6 +290,16 @@ class ResultBackend(abc.ABC):
     def close(self) -> None:
         """Release connections. Idempotent; open subscriptions stop working, and what
         was stored stays stored."""
+
+    def async_twin(self) -> AsyncResultBackend:
+        """This backend's asyncio twin (``wiretask.results.aio``), for
+        ``AsyncResult.aget()``/``astates()``; the app makes one per event loop from a
+        fresh backend, which the twin owns (closing it closes this one). The default
+        runs the methods in threads of the twin's own; the bundled backends return
+        their own twins."""
+        from wiretask.results.aio import ThreadedBackend  # noqa: PLC0415 - its base
+
+        return ThreadedBackend(self)
 
     def __enter__(self) -> Self:
         return self

@@ -11,6 +11,7 @@ test against ``memory://`` refuses what Redis would refuse.
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import threading
 import time
@@ -18,12 +19,13 @@ import urllib.parse
 import weakref
 from collections.abc import Mapping
 from datetime import timedelta
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final, Protocol
 
 import attrs
 
 from wiretask.errors import ImproperlyConfigured, TransportError
 from wiretask.protocol import states
+from wiretask.results.aio import AsyncResultBackend, AsyncSubscription
 from wiretask.results.base import (
     DEFAULT_EXPIRES,
     MetaCodec,
@@ -36,7 +38,7 @@ from wiretask.results.base import (
 if TYPE_CHECKING:
     from wiretask.codecs import Encoded, Registry
 
-__all__ = ["MemoryBackend"]
+__all__ = ["AsyncMemoryBackend", "AsyncMemorySubscription", "MemoryBackend"]
 
 #: Expired entries are swept at most this often (they are also dropped when read).
 _SWEEP_INTERVAL: Final = 1.0
@@ -50,13 +52,20 @@ class _Entry:
     expires_at: float | None
 
 
+class _Listener(Protocol):
+    """A subscription as the store sees it: ``_push`` is called with the store's
+    condition held, from the thread that stores."""
+
+    def _push(self, encoded: Encoded) -> None: ...
+
+
 class _Store:
     """One named store: entries, subscribers, one condition for both."""
 
     def __init__(self) -> None:
         self.cond = threading.Condition()
         self.entries: dict[str, _Entry] = {}
-        self.listeners: dict[str, set[MemorySubscription]] = {}
+        self.listeners: dict[str, set[_Listener]] = {}
         self.last_sweep = time.monotonic()
 
     def current(self, task_id: str, now: float) -> _Entry | None:
@@ -138,11 +147,7 @@ class MemorySubscription(Subscription):
             if self._closed:
                 return
             self._closed = True
-            listeners = self._store.listeners.get(self.task_id)
-            if listeners is not None:
-                listeners.discard(self)
-                if not listeners:
-                    del self._store.listeners[self.task_id]
+            self._backend._unlisten(self.task_id, self)
             # The queue of a closed subscription is useless; a ready state already
             # popped is kept by ``finished``.
             self._pending.clear()
@@ -220,17 +225,123 @@ class MemoryBackend(ResultBackend):
     def subscribe(self, task_id: str) -> MemorySubscription:
         self._check_open()
         subscription = MemorySubscription(self, task_id)
+        self._listen(task_id, subscription)
+        self._subscriptions.add(subscription)
+        return subscription
+
+    def _listen(self, task_id: str, listener: _Listener) -> None:
         with self._store.cond:
             # Snapshot and registration under one lock: no store can fall in between,
             # so the current state is delivered once and nothing is missed.
             entry = self._store.current(task_id, time.monotonic())
             if entry is not None:
-                subscription._push(entry.encoded)
-            self._store.listeners.setdefault(task_id, set()).add(subscription)
-        self._subscriptions.add(subscription)
-        return subscription
+                listener._push(entry.encoded)
+            self._store.listeners.setdefault(task_id, set()).add(listener)
+
+    def _unlisten(self, task_id: str, listener: _Listener) -> None:
+        """Called with the store's condition held."""
+        listeners = self._store.listeners.get(task_id)
+        if listeners is not None:
+            listeners.discard(listener)
+            if not listeners:
+                del self._store.listeners[task_id]
 
     def close(self) -> None:
         self._closed = True
         for subscription in list(self._subscriptions):
             subscription.close()
+
+    def async_twin(self) -> AsyncMemoryBackend:
+        """Nothing here blocks (a lock held for microseconds): the twin calls this
+        backend on the loop, and its subscriptions are woken there."""
+        return AsyncMemoryBackend(self)
+
+
+class AsyncMemoryBackend(AsyncResultBackend):
+    """The asyncio twin of a ``MemoryBackend`` (which it owns): the same store."""
+
+    def __init__(self, backend: MemoryBackend) -> None:
+        self.backend = backend
+        self.url = backend.url
+        self.expires = backend.expires
+        self.codec = backend.codec
+        self._subscriptions: weakref.WeakSet[AsyncMemorySubscription] = weakref.WeakSet()
+
+    async def store(self, task_id: str, meta: Mapping[str, Any]) -> None:
+        self.backend.store(task_id, meta)
+
+    async def get(self, task_id: str) -> dict[str, Any] | None:
+        return self.backend.get(task_id)
+
+    async def forget(self, task_id: str) -> None:
+        self.backend.forget(task_id)
+
+    async def subscribe(self, task_id: str) -> AsyncMemorySubscription:
+        self.backend._check_open()
+        subscription = AsyncMemorySubscription(self.backend, task_id)
+        self.backend._listen(task_id, subscription)
+        self._subscriptions.add(subscription)
+        return subscription
+
+    async def close(self) -> None:
+        for subscription in list(self._subscriptions):
+            await subscription.close()
+        self.backend.close()
+
+
+class AsyncMemorySubscription(AsyncSubscription):
+    """A subscription to one task in a memory store, read by a coroutine: a store (in
+    any thread) queues the state and wakes the subscriber's loop."""
+
+    def __init__(self, backend: MemoryBackend, task_id: str) -> None:
+        self._backend = backend
+        self._store = backend._store
+        self.task_id = task_id
+        self._pending: collections.deque[Encoded] = collections.deque()
+        self._loop = asyncio.get_running_loop()
+        self._wakeup = asyncio.Event()
+
+    def _push(self, encoded: Encoded) -> None:
+        # Called with the store's condition held, from whichever thread stored.
+        self._pending.append(encoded)
+        try:
+            self._loop.call_soon_threadsafe(self._wakeup.set)
+        except RuntimeError:  # the loop is closed: nobody is waiting any more
+            pass
+
+    async def next(self, timeout: float | None) -> dict[str, Any] | None:
+        deadline = None if timeout is None else self._loop.time() + max(0.0, timeout)
+        while not (self.finished or self.closed):
+            with self._store.cond:
+                encoded = self._pending.popleft() if self._pending else None
+                if encoded is None:
+                    self._wakeup.clear()  # under the lock: no push can slip in between
+            if encoded is not None:
+                meta = self._backend.codec.decode(
+                    encoded.data, encoded.content_type, encoded.content_encoding
+                )
+                if meta["status"] in states.READY_STATES:
+                    self.finished = True
+                    await self.close()
+                return meta
+            if deadline is None:
+                await self._wakeup.wait()
+                continue
+            remaining = deadline - self._loop.time()
+            if remaining <= 0:
+                return None
+            try:
+                async with asyncio.timeout(remaining):
+                    await self._wakeup.wait()
+            except TimeoutError:
+                return None
+        return None
+
+    async def close(self) -> None:
+        with self._store.cond:
+            if self.closed:
+                return
+            self.closed = True
+            self._backend._unlisten(self.task_id, self)
+            self._pending.clear()
+        self._wakeup.set()

@@ -39,6 +39,8 @@ new one.
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 import contextlib
 import os
 import sqlite3
@@ -46,7 +48,7 @@ import threading
 import time
 import urllib.parse
 import weakref
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, Final
 
@@ -54,6 +56,7 @@ from wiretask._sqlite import SQLITE_ERRORS, must_reopen, open_database
 from wiretask._url import mask_url
 from wiretask.errors import ImproperlyConfigured, TransportError
 from wiretask.protocol import states
+from wiretask.results.aio import AsyncResultBackend, AsyncSubscription
 from wiretask.results.base import (
     DEFAULT_EXPIRES,
     MetaCodec,
@@ -66,7 +69,13 @@ from wiretask.results.base import (
 if TYPE_CHECKING:
     from wiretask.codecs import Registry
 
-__all__ = ["SQLiteBackend", "SQLiteSubscription", "path_from_url"]
+__all__ = [
+    "AsyncSQLiteBackend",
+    "AsyncSQLiteSubscription",
+    "SQLiteBackend",
+    "SQLiteSubscription",
+    "path_from_url",
+]
 
 #: Poll backoff of a subscription: first wait, and the cap it doubles up to.
 POLL_MIN: Final = 0.005
@@ -131,16 +140,22 @@ def path_from_url(url: str) -> str:
 
 
 class _Notifier:
-    """Wakes same-process subscribers of one database file when a store commits."""
+    """Wakes same-process subscribers of one database file when a store commits: the
+    threads waiting on ``cond``, and the ``watchers`` (asyncio subscriptions, which wake
+    their loops)."""
 
     def __init__(self) -> None:
         self.cond = threading.Condition()
         self.generation = 0
+        self.watchers: set[Callable[[], None]] = set()
 
     def notify(self) -> None:
         with self.cond:
             self.generation += 1
             self.cond.notify_all()
+            watchers = list(self.watchers)
+        for watcher in watchers:
+            watcher()
 
     def wait(self, generation: int, timeout: float) -> None:
         with self.cond:
@@ -388,6 +403,10 @@ class SQLiteBackend(ResultBackend):
                 connection.conn.close()
         self._notifier.notify()  # wake this process's subscribers so they see the close
 
+    def async_twin(self) -> AsyncSQLiteBackend:
+        """The asyncio twin: every statement in a thread of the twin's own."""
+        return AsyncSQLiteBackend(self)
+
 
 class SQLiteSubscription(Subscription):
     """Polls the events table for one task (see the module doc)."""
@@ -447,3 +466,120 @@ class SQLiteSubscription(Subscription):
     def close(self) -> None:
         self._closed = True
         self._pending.clear()
+
+
+class AsyncSQLiteBackend(AsyncResultBackend):
+    """The asyncio twin of an ``SQLiteBackend`` (which it owns). Every statement runs in
+    one thread of the twin's own, on that thread's connection, so the event loop never
+    waits for the file's lock (``busy_timeout``) or the disk; subscriptions poll the
+    events table from that thread and wait on the loop, woken at once by a store made
+    in this process (the sync subscriptions' notifier) and otherwise by their backoff
+    (5 ms doubling to 100 ms), as sync subscriptions are."""
+
+    def __init__(self, backend: SQLiteBackend) -> None:
+        self.backend = backend
+        self.url = backend.url
+        self.expires = backend.expires
+        self.codec = backend.codec
+        self._executor = concurrent.futures.ThreadPoolExecutor(
+            max_workers=1, thread_name_prefix="wiretask-aio-sqlite-results"
+        )
+        self._subscriptions: weakref.WeakSet[AsyncSQLiteSubscription] = weakref.WeakSet()
+
+    async def run(self, function: Callable[..., Any], *args: object) -> Any:
+        """``function(*args)`` in the twin's thread."""
+        return await asyncio.wrap_future(self._executor.submit(function, *args))
+
+    async def store(self, task_id: str, meta: Mapping[str, Any]) -> None:
+        await self.run(self.backend.store, task_id, meta)
+
+    async def get(self, task_id: str) -> dict[str, Any] | None:
+        meta: dict[str, Any] | None = await self.run(self.backend.get, task_id)
+        return meta
+
+    async def forget(self, task_id: str) -> None:
+        await self.run(self.backend.forget, task_id)
+
+    async def subscribe(self, task_id: str) -> AsyncSQLiteSubscription:
+        subscription = AsyncSQLiteSubscription(self, await self.run(self.backend.subscribe,
+                                                                    task_id))
+        self._subscriptions.add(subscription)
+        return subscription
+
+    async def close(self) -> None:
+        for subscription in list(self._subscriptions):
+            await subscription.close()
+        try:
+            await self.run(self.backend.close)
+        finally:
+            self._executor.shutdown(wait=False)
+
+
+class AsyncSQLiteSubscription(AsyncSubscription):
+    """A ``SQLiteSubscription`` read by a coroutine (see ``AsyncSQLiteBackend``)."""
+
+    def __init__(self, backend: AsyncSQLiteBackend, subscription: SQLiteSubscription) -> None:
+        self._backend = backend
+        self._subscription = subscription
+        self._loop = asyncio.get_running_loop()
+        self._wakeup = asyncio.Event()
+        self._notifier = notifier = backend.backend._notifier
+        with notifier.cond:
+            notifier.watchers.add(self._notified)
+        #: A poll whose ``await`` was cancelled: what it read is in ``_pending`` after.
+        self._polling: asyncio.Future[None] | None = None
+
+    def _notified(self) -> None:
+        # From the thread that stored.
+        try:
+            self._loop.call_soon_threadsafe(self._wakeup.set)
+        except RuntimeError:  # the loop is closed: nobody is waiting any more
+            pass
+
+    async def _poll(self) -> None:
+        polling = self._polling
+        if polling is None:
+            polling = self._polling = asyncio.wrap_future(
+                self._backend._executor.submit(self._subscription._poll)
+            )
+        try:
+            await asyncio.shield(polling)  # cancelled: the poll goes on, its rows are kept
+        finally:
+            if polling.done():
+                self._polling = None
+
+    async def next(self, timeout: float | None) -> dict[str, Any] | None:
+        subscription = self._subscription
+        loop = self._loop
+        deadline = None if timeout is None else loop.time() + max(0.0, timeout)
+        backoff = POLL_MIN
+        while not (subscription.finished or subscription._closed or self.closed
+                   or self._backend.backend._closed):
+            # Cleared before polling: a store committed after the poll sets it, and the
+            # wait below returns at once.
+            self._wakeup.clear()
+            if not subscription._pending:
+                await self._poll()
+            if subscription._pending:
+                meta = subscription._pending.pop(0)
+                if meta["status"] in states.READY_STATES:
+                    subscription.finished = self.finished = True
+                    subscription._pending.clear()
+                return meta
+            wait = backoff
+            if deadline is not None:
+                remaining = deadline - loop.time()
+                if remaining <= 0:
+                    return None
+                wait = min(backoff, remaining)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(wait):
+                    await self._wakeup.wait()
+            backoff = min(backoff * 2, POLL_MAX)
+        return None
+
+    async def close(self) -> None:
+        self.closed = True
+        with self._notifier.cond:
+            self._notifier.watchers.discard(self._notified)
+        self._subscription.close()

@@ -17,6 +17,7 @@ from datetime import UTC, datetime
 from typing import Literal, cast
 
 from wiretask._redis import scripts
+from wiretask._redis.keys import Keys
 from wiretask.errors import ValidationError
 from wiretask.transports.base import DeadLetter, Peeked, QueueStats, queue_names
 from wiretask.transports.redis.database import Database, text
@@ -30,7 +31,33 @@ from wiretask.transports.redis.envelope import (
     topic_pattern,
 )
 
-__all__ = ["Admin"]
+__all__ = ["Admin", "binding_writes"]
+
+
+def binding_writes(
+    keys: Keys, queue: str, exchange: str, routing_key: str, *,
+    exchange_type: Literal["direct", "topic"] = "direct",
+) -> list[tuple[str, str, str]]:
+    """The commands that bind ``queue`` to a named exchange (Kombu's ``_queue_bind``):
+    the member added to ``_kombu.binding.<exchange>`` and to
+    ``_kombu.binding_permanent.<exchange>`` too, so that Kombu 5.7's sweep of expiring
+    bindings keeps the table. Fanout exchanges are not supported (Kombu routes them over
+    pub/sub, which has no queue to hold a message). The sync transport and its asyncio
+    twin both send these.
+
+    Raises:
+        ValidationError: an empty queue or exchange name, or another exchange type.
+    """
+    queue_names([queue])
+    if not exchange:
+        raise ValidationError("exchange", "the default exchange needs no binding")
+    if exchange_type not in ("direct", "topic"):
+        raise ValidationError("exchange_type", "must be 'direct' or 'topic'",
+                              value=exchange_type)
+    pattern = topic_pattern(routing_key) if exchange_type == "topic" else ""
+    member = binding_member(routing_key, pattern, queue)
+    return [("SADD", keys.binding(exchange), member),
+            ("SADD", keys.binding_permanent(exchange), member)]
 
 
 class Admin:
@@ -43,28 +70,20 @@ class Admin:
         self, queue: str, exchange: str, routing_key: str, *,
         exchange_type: Literal["direct", "topic"] = "direct",
     ) -> None:
-        """Bind ``queue`` to a named exchange (Kombu's ``_queue_bind``), adding the member
-        to ``_kombu.binding_permanent.<exchange>`` too so that Kombu 5.7's sweep of
-        expiring bindings keeps the table. Fanout exchanges are not supported (Kombu
-        routes them over pub/sub, which has no queue to hold a message).
+        """Bind ``queue`` to a named exchange (Kombu's ``_queue_bind``, see
+        ``binding_writes``).
 
         Raises:
             ValidationError: an empty queue or exchange name, or another exchange type.
             ConnectionLost, TransportError: Redis failed.
         """
-        queue_names([queue])
-        if not exchange:
-            raise ValidationError("exchange", "the default exchange needs no binding")
-        if exchange_type not in ("direct", "topic"):
-            raise ValidationError("exchange_type", "must be 'direct' or 'topic'",
-                                  value=exchange_type)
-        pattern = topic_pattern(routing_key) if exchange_type == "topic" else ""
-        member = binding_member(routing_key, pattern, queue)
+        writes = binding_writes(self._db.keys, queue, exchange, routing_key,
+                                exchange_type=exchange_type)
         db = self._db
         with db.errors("bind_queue"):
             pipe = db.client.pipeline()
-            pipe.sadd(db.keys.binding(exchange), member)
-            pipe.sadd(db.keys.binding_permanent(exchange), member)
+            for _, key, member in writes:  # SADD key member
+                pipe.sadd(key, member)
             pipe.execute()
 
     def size(self, queue: str) -> int:

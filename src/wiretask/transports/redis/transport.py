@@ -36,6 +36,7 @@ from wiretask.transports.redis.settling import Settler
 
 if TYPE_CHECKING:
     from wiretask.protocol.states import PendingState
+    from wiretask.transports.redis.aio import AsyncRedisTransport
 
 __all__ = ["RedisTransport"]
 
@@ -85,6 +86,8 @@ class RedisTransport(Transport):
 
     def __init__(self, url: str, **options: Any) -> None:
         config = parse(url, options)
+        #: What the asyncio twin is built from (``async_twin``).
+        self._config = config
         self._db = db = Database(config)
         self.url = db.url
         self.delay_mode: DelayMode = config.delay_mode
@@ -128,6 +131,14 @@ class RedisTransport(Transport):
 
     def __repr__(self) -> str:
         return f"<RedisTransport {self.url} delay_mode={self.delay_mode}>"
+
+    def async_twin(self) -> AsyncRedisTransport:
+        """The asyncio twin: the same URL, options, key layout and publish markers, over
+        ``redis.asyncio`` (``transports.redis.aio``). It shares no connection with this
+        transport."""
+        from wiretask.transports.redis.aio import AsyncRedisTransport  # noqa: PLC0415
+
+        return AsyncRedisTransport(self._config, self.capabilities)
 
     # -- life cycle -----------------------------------------------------------------
 

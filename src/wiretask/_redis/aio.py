@@ -1,0 +1,294 @@
+"""The asyncio twin of ``Commands``: the hot paths' commands from coroutines.
+
+``AsyncCommands`` sends commands and scripts (``run``, ``call``, ``transaction``,
+``script``: the same methods as ``wiretask._redis.client.Commands``) on one connection
+that every coroutine of its event loop shares, pipelined:
+
+* redis-py's asyncio connection connects it (handshake, AUTH, SELECT, TLS, with the
+  options of a ``redis.asyncio`` pool built from the same URL and keywords as the sync
+  one); then the connection's transport is handed to a small ``asyncio.Protocol`` of
+  this module, which parses replies with hiredis in ``data_received`` and resolves each
+  request's future in order. One request is one ``transport.write`` of all its packed
+  commands, so a ``MULTI``/``EXEC`` transaction is never interleaved with another
+  coroutine's commands, and Redis runs it whole or not at all.
+* **Cancellation never corrupts the connection.** A request whose ``await`` is cancelled
+  keeps its place in the queue of expected replies; its replies are read and dropped
+  when they come. So a cancelled publish is as if its reply had been lost: the request
+  ran whole or not at all (the caller cannot tell which, as after a lost connection),
+  and the next request still gets its own replies.
+* **Timeouts.** A request that gets no reply within ``socket_timeout`` fails with
+  redis-py's ``TimeoutError`` and the connection is dropped (every request waiting on
+  it fails with ``ConnectionError``); the next request reconnects. Connecting is bounded
+  by ``socket_connect_timeout``.
+* **One event loop.** The connection belongs to the loop it was made on; using the same
+  instance from another loop raises ``RuntimeError`` (the app keeps one per loop).
+
+Errors are redis-py's exceptions, as ``Commands`` raises them: the caller translates
+them (``REDIS_ERRORS``). hiredis is required (the ``redis`` extra installs it).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+from collections.abc import Sequence
+from typing import Any
+
+import redis.asyncio
+from hiredis import Reader, pack_command
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import (
+    InvalidResponse,
+    MasterDownError,
+    NoScriptError,
+    ReadOnlyError,
+    RedisError,
+    ResponseError,
+)
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from wiretask._redis.scripts import ScriptCall
+
+__all__ = ["AsyncCommands"]
+
+#: What the reader returns while a reply is incomplete (False is a RESP3 value).
+_MORE = object()
+#: Error replies after which the connection is dropped (see ``Commands``).
+_WRONG_SERVER = (ReadOnlyError, MasterDownError)
+
+
+class _Request:
+    __slots__ = ("count", "future", "replies")
+
+    def __init__(self, future: asyncio.Future[list[Any]], count: int) -> None:
+        self.future = future
+        self.count = count
+        self.replies: list[Any] = []
+
+
+class _Pipe(asyncio.Protocol):
+    """One connected socket: writes requests, reads replies in order."""
+
+    def __init__(self, reader: Any, transport: asyncio.Transport, streams: object) -> None:
+        self.reader = reader
+        self.transport = transport
+        #: redis-py's stream reader and writer, kept alive: a ``StreamWriter`` that is
+        #: collected closes its transport, which is this pipe's now.
+        self._streams = streams
+        self.waiting: collections.deque[_Request] = collections.deque()
+        self.lost: BaseException | None = None
+        self._drained: asyncio.Event | None = None
+
+    # -- asyncio.Protocol -------------------------------------------------------------
+
+    def data_received(self, data: bytes) -> None:
+        reader = self.reader
+        reader.feed(data)
+        waiting = self.waiting
+        while True:
+            reply = reader.gets()
+            if reply is _MORE:
+                return
+            if not waiting:
+                self.fail(InvalidResponse("a reply nobody asked for"))
+                return
+            request = waiting[0]
+            request.replies.append(reply)
+            if len(request.replies) == request.count:
+                waiting.popleft()
+                if not request.future.done():  # a cancelled request's replies are dropped
+                    request.future.set_result(request.replies)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.fail(RedisConnectionError(f"Connection closed: {exc}" if exc else
+                                  "Connection closed by server."))
+
+    def pause_writing(self) -> None:
+        self._drained = asyncio.Event()
+
+    def resume_writing(self) -> None:
+        drained, self._drained = self._drained, None
+        if drained is not None:
+            drained.set()
+
+    # -- ours -------------------------------------------------------------------------
+
+    def send(self, request: bytes, count: int) -> asyncio.Future[list[Any]]:
+        future: asyncio.Future[list[Any]] = asyncio.get_running_loop().create_future()
+        self.waiting.append(_Request(future, count))
+        self.transport.write(request)
+        return future
+
+    async def drained(self) -> None:
+        """Wait while the transport's write buffer is over its high-water mark."""
+        drained = self._drained
+        if drained is not None:
+            await drained.wait()
+
+    def fail(self, exc: BaseException) -> None:
+        """Drop the connection: every request waiting on it fails with ``exc``."""
+        if self.lost is None:
+            self.lost = exc
+        self.transport.abort()
+        waiting, self.waiting = self.waiting, collections.deque()
+        for request in waiting:
+            if not request.future.done():
+                request.future.set_exception(exc)
+        self.resume_writing()
+
+
+class AsyncCommands:
+    """Commands and scripts on one pipelined connection of one event loop (see the
+    module doc), built with the options of ``pool`` (a ``redis.asyncio`` pool: URL,
+    TLS, timeouts and credentials).
+
+    Args:
+        pool: where the connection's options come from (its own connections are not
+            used).
+    """
+
+    def __init__(self, pool: redis.asyncio.ConnectionPool) -> None:
+        self._pool = pool
+        kwargs = pool.connection_kwargs
+        timeout = kwargs.get("socket_timeout")
+        self.socket_timeout: float | None = float(timeout) if timeout else None
+        self._pipe: _Pipe | None = None
+        self._connecting: asyncio.Future[_Pipe] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._closed = False
+
+    @property
+    def connected(self) -> bool:
+        """Whether the connection is up (for tests and ``repr``)."""
+        return self._pipe is not None and self._pipe.lost is None
+
+    async def _connected(self) -> _Pipe:
+        loop = asyncio.get_running_loop()
+        if self._loop is None:
+            self._loop = loop
+        elif self._loop is not loop:
+            raise RuntimeError(
+                "this Redis connection belongs to another event loop (each loop needs its "
+                "own; the app keeps one per loop)"
+            )
+        if self._closed:
+            raise RedisConnectionError("the connection was closed")
+        pipe = self._pipe
+        if pipe is not None and pipe.lost is None:
+            return pipe
+        # One connect at a time; the others wait for it (shielded: a cancelled waiter
+        # does not cancel the connect the others share).
+        connecting = self._connecting
+        if connecting is None:
+            connecting = self._connecting = loop.create_task(self._connect())
+            connecting.add_done_callback(self._connect_done)
+        return await asyncio.shield(connecting)
+
+    def _connect_done(self, task: asyncio.Future[_Pipe]) -> None:
+        self._connecting = None
+        if not task.cancelled() and task.exception() is None:
+            self._pipe = task.result()
+        elif not task.cancelled():
+            task.exception()  # retrieved: the waiters raise it
+
+    async def _connect(self) -> _Pipe:
+        connection: Any = self._pool.connection_class(**self._pool.connection_kwargs)
+        try:
+            await connection.connect()
+            streams = (connection._reader, connection._writer)
+            transport: asyncio.Transport = streams[1].transport
+        except BaseException:
+            await connection.disconnect(nowait=True)
+            raise
+        # From here on the socket is ours: redis-py's streams are left behind (without
+        # them its connection object has nothing to close or warn about).
+        connection._reader = connection._writer = None
+        reader = Reader(protocolError=InvalidResponse,
+                        replyError=connection._parser.parse_error, notEnoughData=_MORE)
+        pipe = _Pipe(reader, transport, streams)
+        transport.set_protocol(pipe)
+        if self._closed:  # closed while connecting
+            pipe.fail(RedisConnectionError("the connection was closed"))
+            raise RedisConnectionError("the connection was closed")
+        return pipe
+
+    async def run(self, commands: Sequence[tuple[Any, ...]]) -> list[Any]:
+        """Send ``commands`` in one write and return their replies, in order. An error
+        reply is raised (the first one, as redis-py's exception for it) after every
+        reply was read."""
+        pipe = await self._connected()
+        request = b"".join([pack_command(command) for command in commands])
+        future = pipe.send(request, len(commands))
+        if pipe._drained is not None:
+            await pipe.drained()
+        if self.socket_timeout is None:
+            replies = await future
+        else:
+            deadline = asyncio.timeout(self.socket_timeout)
+            try:
+                async with deadline:
+                    replies = await future
+            except TimeoutError as exc:
+                if not deadline.expired():
+                    raise
+                # The server is hung or the network lost: drop the connection, and
+                # every request waiting on it with it.
+                pipe.fail(RedisConnectionError("dropped after a reply timed out"))
+                raise RedisTimeoutError(
+                    f"Timeout reading from Redis: no reply in {self.socket_timeout:g} s"
+                ) from exc
+        error: RedisError | None = None
+        for reply in replies:
+            # An error reply, parsed into redis-py's class for it.
+            if isinstance(reply, RedisError):
+                error = error or reply
+                if isinstance(reply, _WRONG_SERVER):
+                    pipe.fail(RedisConnectionError("dropped: the server cannot serve this"))
+        if error is not None:
+            raise error
+        return replies
+
+    async def call(self, *command: Any) -> Any:
+        """One command; its reply."""
+        return (await self.run((command,)))[0]
+
+    async def transaction(self, commands: Sequence[tuple[Any, ...]]) -> list[Any]:
+        """``commands`` between ``MULTI`` and ``EXEC``, in one write (see
+        ``Commands.transaction``)."""
+        replies = (await self.run([("MULTI",), *commands, ("EXEC",)]))[-1]
+        if not isinstance(replies, list):  # pragma: no cover - nil only after a WATCH
+            raise ResponseError(f"EXEC: transaction not run ({replies!r})")
+        for reply in replies:
+            if isinstance(reply, RedisError):
+                raise reply
+        return replies
+
+    async def script(self, call: ScriptCall) -> Any:
+        """Run a script by its SHA, falling back to ``EVAL`` (see ``Commands.script``)."""
+        script, keys, args = call
+        try:
+            return await self.call("EVALSHA", script.sha, len(keys), *keys, *args)
+        except NoScriptError:
+            return await self.call("EVAL", script.text, len(keys), *keys, *args)
+
+    def disconnect(self) -> None:
+        """Drop the connection (requests waiting on it fail); the next request
+        reconnects."""
+        pipe, self._pipe = self._pipe, None
+        if pipe is not None and pipe.lost is None:
+            _abort(pipe, RedisConnectionError("disconnected"))
+
+    def close(self) -> None:
+        """Drop the connection for good: later requests raise ``ConnectionError``."""
+        self._closed = True
+        self.disconnect()
+
+
+def _abort(pipe: _Pipe, exc: BaseException) -> None:
+    """``pipe.fail(exc)``, also when its loop is closed already (then the socket closes
+    when the transport is collected)."""
+    try:
+        pipe.fail(exc)
+    except RuntimeError:  # "Event loop is closed": nothing can be scheduled on it
+        pipe.lost = exc
+
