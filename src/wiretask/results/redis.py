@@ -80,8 +80,15 @@ from wiretask.results.base import (
 
 if TYPE_CHECKING:
     from wiretask.codecs import Registry
+    from wiretask.results.redis_aio import AsyncRedisBackend
 
-__all__ = ["TASK_KEYPREFIX", "PendingResult", "RedisBackend", "RedisSubscription"]
+__all__ = [
+    "TASK_KEYPREFIX",
+    "PendingResult",
+    "RedisBackend",
+    "RedisSubscription",
+    "SyncedChannel",
+]
 
 #: Celery's ``task_keyprefix`` (``KeyValueStoreBackend``).
 TASK_KEYPREFIX: Final = "celery-task-meta-"
@@ -153,9 +160,11 @@ class RedisBackend(ResultBackend):
         self.codec = MetaCodec(registry, serializer, compression)
         self.global_keyprefix = global_keyprefix or ""
         self.keyprefix = celery_keyprefix(global_keyprefix)
+        #: The URL redis-py connects to (password included: never shown).
+        self._connection_url = _without_transport_options(url)
         try:
             self.client: redis.Redis = redis.Redis.from_url(
-                _without_transport_options(url),
+                self._connection_url,
                 socket_timeout=float(socket_timeout),
                 socket_connect_timeout=float(socket_connect_timeout),
             )
@@ -278,6 +287,70 @@ class RedisBackend(ResultBackend):
             self._commands.disconnect()
             self.client.close()
 
+    def async_twin(self) -> AsyncRedisBackend:
+        """The asyncio twin over ``redis.asyncio`` (``results.redis_aio``): the same
+        keys, values, rules and subscription protocol, its own connections."""
+        from wiretask.results.redis_aio import AsyncRedisBackend  # noqa: PLC0415
+
+        return AsyncRedisBackend(self)
+
+
+class SyncedChannel:
+    """A subscription's place in a task's channel, without the I/O: what the sync
+    subscription here and its asyncio twin (``results.redis_aio``) share (the module
+    doc's snapshot-and-token protocol).
+
+    A (re)start takes a new private sync channel and token (``restart``); once both
+    channels are subscribed the caller runs ``MULTI: GET key; PUBLISH sync token``
+    and hands the value to ``snapshot``; then every pub/sub message to ``message``.
+    ``pop`` gives the next value to deliver.
+    """
+
+    def __init__(self, channel: bytes, global_keyprefix: str) -> None:
+        self.channel = channel
+        self._prefix = global_keyprefix
+        self.sync_channel = b""
+        self.token = b""
+        #: Skipping messages until the sync token comes by.
+        self._syncing = False
+        self._pending: list[bytes] = []
+        #: The last value delivered.
+        self.last: bytes | None = None
+
+    def restart(self) -> None:
+        """A new sync channel and token (for a first start or a resynchronization)."""
+        self.sync_channel = f"{self._prefix}{SYNC_PREFIX}{new_id()}".encode()
+        self.token = new_id().encode()
+
+    def snapshot(self, current: bytes | None, *, deliver_unchanged: bool) -> None:
+        """The value read with the token: delivered first (after a resynchronization
+        only if it differs from the last one delivered); older messages are skipped."""
+        self._syncing = True
+        self._pending.clear()
+        if current is not None and (deliver_unchanged or current != self.last):
+            self._pending.append(current)
+
+    def message(self, message: Mapping[str, Any] | None) -> None:
+        """A message read from the pub/sub connection (``None``: none came)."""
+        if message is None or message["type"] != "message":
+            return
+        if message["channel"] == self.sync_channel:
+            if message["data"] == self.token:
+                self._syncing = False
+        elif message["channel"] == self.channel and not self._syncing:
+            self._pending.append(message["data"])
+
+    def pop(self) -> bytes | None:
+        """The next value to deliver, if any."""
+        if not self._pending:
+            return None
+        data = self._pending.pop(0)
+        self.last = data
+        return data
+
+    def clear(self) -> None:
+        self._pending.clear()
+
 
 class RedisSubscription(Subscription):
     """One task's channel plus a private sync channel (see the module doc)."""
@@ -287,38 +360,28 @@ class RedisSubscription(Subscription):
         self.task_id = task_id
         self.channel = backend.key_for(task_id).encode()
         self._pubsub: Any = None
-        self._sync_channel = b""
-        self._token = b""
-        #: Skipping messages until the sync token comes by.
-        self._syncing = False
-        self._pending: list[bytes] = []
-        self._last: bytes | None = None
+        self._synced = SyncedChannel(self.channel, backend.global_keyprefix)
         self._closed = False
         self._start(deliver_unchanged=True)
 
     def _start(self, *, deliver_unchanged: bool) -> None:
         """Subscribe, wait for the confirmations, take the snapshot with the token."""
-        backend = self._backend
-        sync = f"{backend.global_keyprefix}{SYNC_PREFIX}{new_id()}"
-        self._sync_channel = sync.encode()
-        self._token = new_id().encode()
+        self._synced.restart()
         try:
             current = self._subscribe_and_snapshot()
         except BaseException:
             self._stop()
             raise
-        self._syncing = True
-        self._pending.clear()
-        if current is not None and (deliver_unchanged or current != self._last):
-            self._pending.append(current)
+        self._synced.snapshot(current, deliver_unchanged=deliver_unchanged)
 
     def _subscribe_and_snapshot(self) -> bytes | None:
         backend = self._backend
+        synced = self._synced
         with backend.errors("subscribe"):
             client: Any = backend.client  # redis-py's pubsub() is untyped
             pubsub = client.pubsub()
             self._pubsub = pubsub
-            pubsub.subscribe(self.channel, self._sync_channel)
+            pubsub.subscribe(self.channel, synced.sync_channel)
             # The snapshot must not run before the SUBSCRIBE did, or the token would
             # be published to nobody. Confirmations come in order; wait for the last.
             deadline = time.monotonic() + backend.socket_timeout
@@ -328,11 +391,11 @@ class RedisSubscription(Subscription):
                     raise redis.exceptions.TimeoutError("no SUBSCRIBE confirmation")
                 message = pubsub.get_message(timeout=remaining)
                 if (message is not None and message["type"] == "subscribe"
-                        and message["channel"] == self._sync_channel):
+                        and message["channel"] == synced.sync_channel):
                     break
             with backend.client.pipeline(transaction=True) as pipe:
                 pipe.get(backend.key_for(self.task_id))
-                pipe.publish(self._sync_channel, self._token)
+                pipe.publish(synced.sync_channel, synced.token)
                 current, _ = pipe.execute()
         return current  # type: ignore[no-any-return]
 
@@ -342,23 +405,11 @@ class RedisSubscription(Subscription):
             with contextlib.suppress(redis.exceptions.RedisError, OSError):
                 pubsub.close()
 
-    def _receive(self, timeout: float) -> None:
-        """Read one message (or none within ``timeout``) into ``_pending``."""
-        message = self._pubsub.get_message(timeout=timeout)
-        if message is None or message["type"] != "message":
-            return
-        if message["channel"] == self._sync_channel:
-            if message["data"] == self._token:
-                self._syncing = False
-        elif message["channel"] == self.channel and not self._syncing:
-            self._pending.append(message["data"])
-
     def next(self, timeout: float | None) -> dict[str, Any] | None:
         deadline = None if timeout is None else time.monotonic() + max(0.0, timeout)
         while not (self.finished or self._closed):
-            if self._pending:
-                data = self._pending.pop(0)
-                self._last = data
+            data = self._synced.pop()
+            if data is not None:
                 meta = self._backend.codec.decode(data)
                 if meta["status"] in states.READY_STATES:
                     self.finished = True
@@ -373,7 +424,7 @@ class RedisSubscription(Subscription):
                     self._start(deliver_unchanged=False)
                     continue
                 with self._backend.errors("receive"):
-                    self._receive(wait)
+                    self._synced.message(self._pubsub.get_message(timeout=wait))
             except ConnectionLost:
                 if self._closed:
                     return None
@@ -388,5 +439,5 @@ class RedisSubscription(Subscription):
 
     def close(self) -> None:
         self._closed = True
-        self._pending.clear()
+        self._synced.clear()
         self._stop()
