@@ -1366,6 +1366,8 @@ class Task(Generic[P, R]):
     serializer: str | None = None
     compression: str | None = None
     delivery_mode: Any = None
+    #: An ``async def`` task (set when the function is bound; see ``_bind``).
+    is_coroutine: bool = False
 
     MaxRetriesExceededError = MaxRetriesExceededError
 
@@ -1399,6 +1401,9 @@ class Task(Generic[P, R]):
         self._set_options(explicit)
         self._signature = inspect.signature(real)
         self._check = calling.argument_checker(self._signature)
+        #: An ``async def`` task: the worker's asyncio pool awaits it on its event loop
+        #: (the other pools run it with ``asyncio.run``).
+        self.is_coroutine = inspect.iscoroutinefunction(real)
         if self.autoretry_for:
             real = autoretry(self, real)
         self._real_run = real

@@ -792,9 +792,11 @@ def build_parser() -> argparse.ArgumentParser:
     worker.add_argument("-c", "--concurrency", type=_positive_int, default=None,
                         metavar="N", help="tasks run at once (default: the app's "
                         "worker_concurrency, else the CPU count; 1 with --pool solo)")
-    worker.add_argument("--pool", choices=("threads", "processes", "solo"), default="threads",
-                        help="run tasks in threads, in child processes, or one at a time "
-                        "in the receiving thread (default: threads)")
+    worker.add_argument("--pool", choices=("threads", "processes", "solo", "asyncio"),
+                        default="threads",
+                        help="run tasks in threads, in child processes, one at a time "
+                        "in the receiving thread, or async def tasks on an event loop "
+                        "(default: threads)")
     worker.add_argument("--prefetch", type=_non_negative_int, default=1, metavar="N",
                         help="messages taken beyond the free slots (default: 1)")
     worker.add_argument("-l", "--loglevel", type=_loglevel, default=logging.INFO,

@@ -16,6 +16,7 @@ from __future__ import annotations
 import difflib
 import functools
 import importlib
+import inspect
 import numbers
 import random
 from collections.abc import Callable, Iterable, Mapping
@@ -320,6 +321,8 @@ def autoretry(task: Task[Any, Any], run: Callable[..., Any]) -> Callable[..., An
     same arguments as ``run``."""
     autoretry_for = tuple(task.autoretry_for)
     dont_autoretry_for = tuple(task.dont_autoretry_for)
+    if inspect.iscoroutinefunction(run):
+        return _autoretry_awaiting(task, run, autoretry_for, dont_autoretry_for)
 
     @functools.wraps(run)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -330,16 +333,44 @@ def autoretry(task: Task[Any, Any], run: Callable[..., Any]) -> Callable[..., An
         except dont_autoretry_for:
             raise
         except autoretry_for as exc:
-            retry_kwargs = dict(task.retry_kwargs)
-            factor = task.retry_backoff
-            if factor:
-                retry_kwargs["countdown"] = backoff(
-                    int(max(1.0, float(factor))), task.request.retries,
-                    int(task.retry_backoff_max), full_jitter=bool(task.retry_jitter),
-                )
-            raise task.retry(exc=exc, **retry_kwargs) from None
+            raise _autoretry_signal(task, exc) from None
 
     return wrapper
+
+
+def _autoretry_awaiting(
+    task: Task[Any, Any], run: Callable[..., Any],
+    autoretry_for: tuple[type[BaseException], ...],
+    dont_autoretry_for: tuple[type[BaseException], ...],
+) -> Callable[..., Any]:
+    """``autoretry`` of an ``async def`` task, which raises when awaited, not when
+    called."""
+
+    @functools.wraps(run)
+    async def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return await run(*args, **kwargs)
+        except Retry:
+            raise
+        except dont_autoretry_for:
+            raise
+        except autoretry_for as exc:
+            raise _autoretry_signal(task, exc) from None
+
+    return wrapper
+
+
+def _autoretry_signal(task: Task[Any, Any], exc: BaseException) -> BaseException:
+    """``task.retry(exc=exc, ...)`` with the task's ``retry_kwargs`` and backoff (it
+    raises ``Retry`` itself)."""
+    retry_kwargs = dict(task.retry_kwargs)
+    factor = task.retry_backoff
+    if factor:
+        retry_kwargs["countdown"] = backoff(
+            int(max(1.0, float(factor))), task.request.retries,
+            int(task.retry_backoff_max), full_jitter=bool(task.retry_jitter),
+        )
+    return task.retry(exc=exc, **retry_kwargs)
 
 
 # -- annotations ---------------------------------------------------------------------------

@@ -24,12 +24,14 @@ timers that record a hard limit) share the worker's one instance.
 
 from __future__ import annotations
 
+import asyncio
+import inspect
 import logging
 import os
 import threading
 import time
 import traceback
-from collections.abc import Mapping
+from collections.abc import Coroutine, Mapping
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from wiretask import calling
@@ -54,7 +56,7 @@ if TYPE_CHECKING:
     from wiretask.app import App, Request, Task
     from wiretask.protocol.envelope import TaskMessage
 
-__all__ = ["Tracer", "format_traceback"]
+__all__ = ["Run", "Started", "Tracer", "format_traceback"]
 
 logger = logging.getLogger("wiretask.worker")
 
@@ -189,6 +191,19 @@ class Tracer:
 
         Never raises for anything the task does; ``control`` arms the time limits.
         """
+        started = self.start(message, delivery_info)
+        if isinstance(started, Outcome):
+            return started
+        run = _run_body(started.task, message, started.request, control)
+        return self.conclude(message, started, run)
+
+    # The two halves of ``execute`` around the body, for a pool that runs the body
+    # elsewhere (the asyncio pool awaits an ``async def`` body on its event loop and
+    # runs these, which store states and send callbacks, in a thread).
+
+    def start(self, message: TaskMessage, delivery_info: Mapping[str, Any]) -> Outcome | Started:
+        """Everything before the body: the task looked up, ``expires`` checked,
+        ``STARTED`` stored. An ``Outcome`` when the body must not run."""
         task = self.app.tasks.get(message.task)
         request = self.request_for(message, delivery_info)
         if task is None:
@@ -202,13 +217,18 @@ class Tracer:
             self._try_store(
                 message, states.STARTED, {"pid": os.getpid(), "hostname": self.hostname}
             )
-        run = _run_body(task, message, request, control)
+        return Started(task, request, tracked)
+
+    def conclude(self, message: TaskMessage, started: Started, run: Run) -> Outcome:
+        """Everything after the body: the final state stored, then callbacks or
+        errbacks; how to settle the delivery."""
         if not run.claimed:
             return Outcome("", "none", run.runtime)
         if run.error is None:
-            defer = not tracked and self.defer_results_of is not None
-            return self._succeeded(message, request, run.retval, run.runtime, defer=defer)
-        return self._raised(message, request, run.error, run.runtime)
+            defer = not started.tracked and self.defer_results_of is not None
+            return self._succeeded(message, started.request, run.retval, run.runtime,
+                                   defer=defer)
+        return self._raised(message, started.request, run.error, run.runtime)
 
     def _unregistered(self, message: TaskMessage) -> Outcome:
         # The worker checks on receipt; a child process whose app module does not
@@ -368,7 +388,16 @@ class Tracer:
         return Outcome(states.REVOKED, settle)
 
 
-class _Run(NamedTuple):  # a tuple: made once per task, on the hot path
+class Started(NamedTuple):  # a tuple: made once per task, on the hot path
+    """What ``Tracer.start`` found: the task, the request it runs with, and whether a
+    ``STARTED`` state was stored."""
+
+    task: Task[Any, Any]
+    request: Request
+    tracked: bool
+
+
+class Run(NamedTuple):  # a tuple: made once per task, on the hot path
     """How the body went: what it returned or raised, for how long, and whether the
     run is still ours to record (``Control.end``)."""
 
@@ -380,7 +409,7 @@ class _Run(NamedTuple):  # a tuple: made once per task, on the hot path
 
 def _run_body(
     task: Task[Any, Any], message: TaskMessage, request: Request, control: Control
-) -> _Run:
+) -> Run:
     """Run the task's body with the request current, between ``control.begin()`` and
     ``control.end()``."""
     error: BaseException | None = None
@@ -393,12 +422,39 @@ def _run_body(
                 retval = task.run(task, *message.args, **message.kwargs)
             else:
                 retval = task.run(*message.args, **message.kwargs)
+            if inspect.iscoroutine(retval):
+                # An ``async def`` task on a pool without an event loop: run it on a
+                # loop of its own, never return the coroutine object as the result.
+                retval = asyncio.run(_ticking(retval))
         except BaseException as exc:  # a task never kills the worker
             error = exc
         claimed, late = _end(control)
     if error is None and late is not None:
         error = late  # a time limit that landed right as the body returned
-    return _Run(claimed, time.monotonic() - started, retval, error)
+    return Run(claimed, time.monotonic() - started, retval, error)
+
+
+#: How often the event loop of an ``async def`` task run by ``asyncio.run`` wakes up.
+_TICK = 0.05
+
+
+async def _ticking(body: Coroutine[Any, Any, Any]) -> Any:
+    """Await ``body`` with the loop waking every ``_TICK`` seconds: a time limit raised
+    in this thread (``PyThreadState_SetAsyncExc``) is delivered when Python code runs,
+    and a loop asleep in ``epoll_wait`` would deliver it only when its next timer fell
+    due. The limit then ends the run (the loop stops, the coroutine is cancelled) and
+    the task fails with it; the asyncio pool raises it inside the coroutine instead."""
+    loop = asyncio.get_running_loop()
+    timer: list[asyncio.TimerHandle] = []
+
+    def tick() -> None:
+        timer[:] = [loop.call_later(_TICK, tick)]
+
+    tick()
+    try:
+        return await body
+    finally:
+        timer[0].cancel()
 
 
 def _end(control: Control) -> tuple[bool, BaseException | None]:

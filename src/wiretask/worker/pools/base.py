@@ -24,11 +24,11 @@ worker. Its life:
 between threads). ``terminate`` ends one running task at once where the pool can (the
 process pool kills the child; a thread cannot be killed, so the others refuse).
 
-An asyncio pool fits the same shape: ``start`` runs an event loop in a thread of its
-own, ``submit`` hands the job to it (``call_soon_threadsafe``), each job runs as an
-asyncio task under its time limits, ``report`` is called from a thread that may block
-(settlement does I/O), ``capacity`` is how many tasks may be in flight, and
-``abandon``/``terminate`` cancel the task.
+The asyncio pool (``asyncio.py``) fits the same shape: ``start`` runs an event loop in
+a thread of its own, ``submit`` hands the job to it (``call_soon_threadsafe``), each job
+runs as an asyncio task under its time limits, ``report`` is called from a thread that
+may block (settlement does I/O), ``capacity`` is how many tasks may be in flight, and
+``abandon`` cancels the task.
 
 Threading: ``submit`` is called with the ledger's ``receiving`` lock held; ``report``
 from the pool's own threads (and time-limit timers); ``abandon``, ``terminate`` and
@@ -57,7 +57,7 @@ if TYPE_CHECKING:
 __all__ = ["ConsumerHandle", "Pool", "PoolContext", "PoolName", "PoolSetup"]
 
 #: The pools the worker has built in (``Worker(pool=...)``).
-PoolName = Literal["threads", "processes", "solo"]
+PoolName = Literal["threads", "processes", "solo", "asyncio"]
 
 
 @attrs.frozen
