@@ -8,6 +8,7 @@ starts a private ``redis-server`` on a free port if the binary is on PATH. Under
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
 import socket
@@ -16,7 +17,7 @@ import tempfile
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn
 
 import pytest
 import redis
@@ -154,3 +155,58 @@ def amqp_url() -> str:
 def tmp_db(tmp_path: Path) -> Path:
     """A path for a fresh SQLite database file."""
     return tmp_path / "wiretask.db"
+
+
+# -- the calling API, sync and asyncio ------------------------------------------------------
+
+
+class Calls:
+    """``calls(obj).method(...)``: the sync API's ``method`` on ``obj``, or (for the
+    asyncio run of a parametrised test) its asyncio twin ``a<method>`` awaited on this
+    test's event loop. So one test body checks both APIs: ``calls(add).delay(1, 2)``
+    is ``add.delay(1, 2)`` or ``await add.adelay(1, 2)``; ``calls(result).get()`` is
+    ``result.get()`` or ``await result.aget()``."""
+
+    def __init__(self, mode: str) -> None:
+        self.mode = mode
+        self.runner = asyncio.Runner() if mode == "async" else None
+
+    def __call__(self, target: Any) -> Any:
+        if self.runner is None:
+            return target
+        return _Awaiting(target, self.runner)
+
+    def close(self) -> None:
+        if self.runner is None:
+            return
+        from wiretask.app import _apps  # noqa: PLC0415 - every app made in the test
+
+        loop = self.runner.get_loop()
+        for app in list(_apps):
+            if loop in app._loops:
+                self.runner.run(app.aclose())
+        self.runner.close()
+
+
+class _Awaiting:
+    def __init__(self, target: Any, runner: asyncio.Runner) -> None:
+        self._target = target
+        self._runner = runner
+
+    def __getattr__(self, name: str) -> Any:
+        method = getattr(self._target, f"a{name}")
+
+        def call(*args: Any, **kwargs: Any) -> Any:
+            return self._runner.run(method(*args, **kwargs))
+
+        return call
+
+
+@pytest.fixture(params=["sync", "async"])
+def calls(request: pytest.FixtureRequest) -> Iterator[Calls]:
+    """The calling API under test: sync, then asyncio (see ``Calls``)."""
+    made = Calls(request.param)
+    try:
+        yield made
+    finally:
+        made.close()

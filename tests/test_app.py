@@ -1,5 +1,9 @@
 """The calling API through the public surface, against the real memory and SQLite brokers.
 
+The calling tests take ``calls`` (``tests/conftest.py``): each runs twice, against the
+sync API and against its asyncio twin (``adelay``, ``aapply_async``, ``asend_task``,
+``aget``, ...), so both send the same messages and refuse the same mistakes.
+
 Each test sends with ``App``/``Task`` and then reads the message back off the broker and
 decodes it, so what is asserted is what goes on the wire.
 """
@@ -12,7 +16,7 @@ import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
@@ -23,6 +27,9 @@ from wiretask.protocol.celery import decode
 from wiretask.protocol.envelope import TaskMessage
 from wiretask.protocol.signature import Signature
 from wiretask.results.exceptions import exception_to_meta
+
+if TYPE_CHECKING:
+    from conftest import Calls  # tests/conftest.py: the sync and asyncio calling API
 
 NOW = datetime(2026, 11, 23, 19, 0, 0, tzinfo=UTC)
 
@@ -64,12 +71,12 @@ def test_bound_direct_call_sees_a_direct_request(app: App) -> None:
     assert seen == {"id": None, "direct": True}
 
 
-def test_delay_sends_every_keyword_as_a_task_kwarg(app: App) -> None:
+def test_delay_sends_every_keyword_as_a_task_kwarg(app: App, calls: Calls) -> None:
     @app.task
     def greet(name: str, **extra: Any) -> str:
         return name
 
-    result = greet.delay("ada", countdown=5)
+    result = calls(greet).delay("ada", countdown=5)
     message = received(app)
     assert isinstance(result, AsyncResult)
     assert message.id == result.id
@@ -83,8 +90,10 @@ def test_delay_sends_every_keyword_as_a_task_kwarg(app: App) -> None:
     assert message.origin.startswith(f"gen{os.getpid()}@")
 
 
-def test_properties_carry_the_id_and_reply_to_like_celery(app: App) -> None:
-    result = app.send_task("remote.task")
+def test_properties_carry_the_id_and_reply_to_like_celery(
+    app: App, calls: Calls
+) -> None:
+    result = calls(app).send_task("remote.task")
     delivery = app.transport.receive(["celery"], timeout=1.0)
     assert delivery is not None
     delivery.ack()
@@ -93,14 +102,14 @@ def test_properties_carry_the_id_and_reply_to_like_celery(app: App) -> None:
     assert uuid.UUID(delivery.frame.properties["reply_to"])
 
 
-def test_apply_async_options_reach_the_wire(app: App) -> None:
+def test_apply_async_options_reach_the_wire(app: App, calls: Calls) -> None:
     @app.task
     def add(x: int, y: int) -> int:
         return x + y
 
     cb = add.s(10)
     eb = add.si(1, 1)
-    add.apply_async(
+    calls(add).apply_async(
         (2, 2), countdown=10, expires=120, link=cb, link_error=[eb], priority=5,
         time_limit=30, soft_time_limit=20, headers={"x-custom": "v"}, shadow="adder",
         task_id="fixed-id", queue="math", serializer="msgpack", compression="zstd",
@@ -125,7 +134,9 @@ def test_apply_async_options_reach_the_wire(app: App) -> None:
     assert message.errbacks[0].immutable
 
 
-def test_call_option_beats_task_attribute_beats_setting(app: App) -> None:
+def test_call_option_beats_task_attribute_beats_setting(
+    app: App, calls: Calls
+) -> None:
     app.conf.task_serializer = "msgpack"
     app.conf.task_default_priority = 1
 
@@ -133,7 +144,7 @@ def test_call_option_beats_task_attribute_beats_setting(app: App) -> None:
     def job() -> None:
         return None
 
-    job.delay()
+    calls(job).delay()
     message = received(app, "slow")
     assert message.priority == 3  # task beats setting
     assert message.content_type == "application/x-msgpack"  # setting applies
@@ -141,7 +152,7 @@ def test_call_option_beats_task_attribute_beats_setting(app: App) -> None:
     assert message.expires == NOW + timedelta(seconds=30)
 
     # An explicit None clears a task default (Celery: soft_time_limit=None sends none).
-    job.apply_async(priority=7, soft_time_limit=None, expires=None, queue="fast")
+    calls(job).apply_async(priority=7, soft_time_limit=None, expires=None, queue="fast")
     message = received(app, "fast")
     assert message.priority == 7
     assert message.timelimit == (60, None)
@@ -174,61 +185,67 @@ def test_call_option_beats_task_attribute_beats_setting(app: App) -> None:
     ],
 )
 def test_bad_options_are_refused_by_name_before_sending(
-    app: App, options: dict[str, Any], field: str
+    app: App, options: dict[str, Any], field: str, calls: Calls
 ) -> None:
     @app.task
     def noop() -> None:
         return None
 
     with pytest.raises(errors.ValidationError) as info:
-        noop.apply_async(**options)
+        calls(noop).apply_async(**options)
     assert field in str(info.value)
     assert app.transport.size("celery") == 0
 
 
-def test_unknown_option_suggests_the_close_one(app: App) -> None:
+def test_unknown_option_suggests_the_close_one(app: App, calls: Calls) -> None:
     @app.task
     def noop() -> None:
         return None
 
     with pytest.raises(errors.ValidationError, match="did you mean 'countdown'"):
-        noop.apply_async(contdown=1)
+        calls(noop).apply_async(contdown=1)
 
 
-def test_arguments_are_checked_against_the_signature(app: App) -> None:
+def test_arguments_are_checked_against_the_signature(app: App, calls: Calls) -> None:
     @app.task
     def add(x: int, y: int) -> int:
         return x + y
 
     with pytest.raises(TypeError, match="missing a required argument"):
-        add.delay(1)
+        calls(add).delay(1)
     with pytest.raises(errors.ArgumentsError) as info:
-        add.apply_async(5)  # type: ignore[arg-type]
+        calls(add).apply_async(5)  # type: ignore[arg-type]
     assert info.value.field == "args"
     with pytest.raises(TypeError):
-        add.apply_async((1, 2), kwargs=[1])  # type: ignore[arg-type]
+        calls(add).apply_async((1, 2), kwargs=[1])  # type: ignore[arg-type]
     assert app.transport.size("celery") == 0
 
 
-def test_a_value_that_cannot_be_encoded_is_refused_before_sending(app: App) -> None:
+def test_a_value_that_cannot_be_encoded_is_refused_before_sending(
+    app: App, calls: Calls
+) -> None:
     @app.task
     def take(x: Any) -> None:
         return None
 
     with pytest.raises(errors.EncodeError):
-        take.delay({1, 2, 3})
+        calls(take).delay({1, 2, 3})
     assert app.transport.size("celery") == 0
 
 
-def test_send_task_by_name_needs_no_local_function(app: App) -> None:
-    result = app.send_task("other.service.task", args=(1,), kwargs={"a": "b"}, countdown=3)
+def test_send_task_by_name_needs_no_local_function(app: App, calls: Calls) -> None:
+    result = calls(app).send_task(
+        "other.service.task", args=(1,), kwargs={"a": "b"}, countdown=3
+    )
     message = received(app)
     assert (message.task, message.id) == ("other.service.task", result.id)
     assert message.args == (1,)
     assert message.kwargs == {"a": "b"}
 
 
-def test_signatures_partial_args_prepend_and_options_merge(app: App) -> None:
+def test_signatures_partial_args_prepend_and_options_merge(
+    app: App, calls: Calls
+) -> None:
     @app.task
     def add(x: int, y: int) -> int:
         return x + y
@@ -237,50 +254,54 @@ def test_signatures_partial_args_prepend_and_options_merge(app: App) -> None:
     assert isinstance(sig, TaskSignature)
     assert sig.to_dict()["options"] == {"countdown": 5, "queue": "q"}
     assert sig(3) == 5  # runs here, partial args prepended
-    sig.delay(7)
+    calls(sig).delay(7)
     message = received(app, "q")
     assert message.args == (7, 2)
     assert message.eta == NOW + timedelta(seconds=5)
     immutable = add.si(1, 1)
-    immutable.apply_async((99,))
+    calls(immutable).apply_async((99,))
     assert received(app).args == (1, 1)
     assert add.signature((1,), {"y": 2}, priority=4).apply_async().id
 
 
-def test_link_accepts_a_list_and_dicts(app: App) -> None:
+def test_link_accepts_a_list_and_dicts(app: App, calls: Calls) -> None:
     @app.task
     def add(x: int, y: int) -> int:
         return x + y
 
-    add.apply_async((1, 1), link=[add.s(1), Signature(task="remote.cb").to_dict()])
+    calls(add).apply_async((1, 1), link=[add.s(1), Signature(task="remote.cb").to_dict()])
     message = received(app)
     assert message.callbacks is not None
     assert [s.task for s in message.callbacks] == [add.name, "remote.cb"]
 
 
-def test_apply_many_sends_all_with_the_same_options(app: App) -> None:
+def test_apply_many_sends_all_with_the_same_options(app: App, calls: Calls) -> None:
     @app.task
     def add(x: int, y: int) -> int:
         return x + y
 
-    results = add.apply_many([(1, 2), ([3, 4], {}), [5, 6]], priority=2, queue="batch")
+    results = calls(add).apply_many(
+        [(1, 2), ([3, 4], {}), [5, 6]], priority=2, queue="batch"
+    )
     assert len({r.id for r in results}) == 3
     messages = [received(app, "batch") for _ in range(3)]
     assert [m.args for m in messages] == [(1, 2), (3, 4), (5, 6)]
     assert {m.priority for m in messages} == {2}
     with pytest.raises(TypeError):
-        add.apply_many([(1,)])
+        calls(add).apply_many([(1,)])
     assert app.transport.size("batch") == 0
 
 
-def test_apply_many_resolves_the_options_once_and_checks_every_call(app: App) -> None:
+def test_apply_many_resolves_the_options_once_and_checks_every_call(
+    app: App, calls: Calls
+) -> None:
     @app.task
     def add(x: int, y: int = 0) -> int:
         return x + y
 
-    calls = app.build_many(add.name, [((1,), {}), ([2], {"y": 3})], countdown=30, expires=60,
+    built = app.build_many(add.name, [((1,), {}), ([2], {"y": 3})], countdown=30, expires=60,
                            headers={"tenant": "a"})
-    first, second = (c.message for c in calls)
+    first, second = (c.message for c in built)
     assert first.id != second.id
     assert (first.root_id, second.root_id) == (first.id, second.id)
     assert first.eta == second.eta and first.expires == second.expires
@@ -289,23 +310,23 @@ def test_apply_many_resolves_the_options_once_and_checks_every_call(app: App) ->
     assert (first.kwargsrepr, second.kwargsrepr) == ("{}", "{'y': 3}")
 
     with pytest.raises(errors.ValidationError) as info:
-        add.apply_many([(1,), (2,)], task_id="same")
+        calls(add).apply_many([(1,), (2,)], task_id="same")
     assert info.value.field == "task_id"
     with pytest.raises(errors.ArgumentsError) as args_info:
-        add.apply_many([(1,), ((1, 2), {"z": 1})])
+        calls(add).apply_many([(1,), ((1, 2), {"z": 1})])
     assert args_info.value.field == "args"
     with pytest.raises(errors.ArgumentsError) as kwargs_info:
-        add.apply_many([(1,), ((1,), {2: 1})])
+        calls(add).apply_many([(1,), ((1,), {2: 1})])
     assert kwargs_info.value.field == "kwargs"
     assert app.transport.size("celery") == 0
-    assert [r.id for r in add.apply_many([(5,)], task_id="only")] == ["only"]
+    assert [r.id for r in calls(add).apply_many([(5,)], task_id="only")] == ["only"]
 
 
-def test_timezone_setting_gives_offsets_like_celery() -> None:
+def test_timezone_setting_gives_offsets_like_celery(calls: Calls) -> None:
     name = f"memory://tz-{uuid.uuid4().hex}"
     berlin = App("proj", broker=name, backend=name, timezone="Europe/Berlin")
     try:
-        berlin.send_task("t", countdown=1)
+        calls(berlin).send_task("t", countdown=1)
         message = received(berlin)
         assert message.eta is not None
         assert message.eta.utcoffset() in {timedelta(hours=1), timedelta(hours=2)}
@@ -313,7 +334,9 @@ def test_timezone_setting_gives_offsets_like_celery() -> None:
         berlin.close()
 
 
-def test_update_state_and_async_result_read_the_backend(app: App) -> None:
+def test_update_state_and_async_result_read_the_backend(
+    app: App, calls: Calls
+) -> None:
     @app.task
     def job() -> None:
         return None
@@ -326,35 +349,39 @@ def test_update_state_and_async_result_read_the_backend(app: App) -> None:
     assert result.info == {"done": 1}
     seen: list[dict[str, Any]] = []
     app.backend.store("abc", states.make_meta("abc", states.SUCCESS, 42, date_done="x"))
-    assert result.get(timeout=1, on_message=seen.append) == 42
+    assert calls(result).get(timeout=1, on_message=seen.append) == 42
     assert [m["status"] for m in seen] == [states.SUCCESS]
     assert result.successful()
     result.forget()
     assert result.state == states.PENDING
 
 
-def test_failed_result_raises_and_get_times_out_with_the_state(app: App) -> None:
+def test_failed_result_raises_and_get_times_out_with_the_state(
+    app: App, calls: Calls
+) -> None:
     result = app.AsyncResult("bad")
     with pytest.raises(errors.TimeoutError, match=r"bad.*PENDING"):
-        result.get(timeout=0.2)
+        calls(result).get(timeout=0.2)
     app.backend.store(
         "bad", states.make_meta("bad", states.FAILURE, exception_to_meta(ValueError("no")))
     )
     with pytest.raises(ValueError, match="no"):
-        result.get(timeout=1)
-    assert isinstance(result.get(timeout=1, propagate=False), ValueError)
+        calls(result).get(timeout=1)
+    assert isinstance(calls(result).get(timeout=1, propagate=False), ValueError)
     assert result.failed()
 
 
-def test_ignore_result_get_returns_none_at_once(app: App) -> None:
+def test_ignore_result_get_returns_none_at_once(app: App, calls: Calls) -> None:
     @app.task(ignore_result=True)
     def quiet() -> None:
         return None
 
-    assert quiet.delay().get(timeout=0.1) is None
+    assert calls(calls(quiet).delay()).get(timeout=0.1) is None
 
 
-def test_publish_error_after_the_policy_on_an_unusable_sqlite_broker(tmp_path: Path) -> None:
+def test_publish_error_after_the_policy_on_an_unusable_sqlite_broker(
+    tmp_path: Path, calls: Calls
+) -> None:
     blocker = tmp_path / "a-file"
     blocker.write_text("not a directory")
     missing = blocker / "broker.db"  # its "directory" is a file: cannot be opened
@@ -362,11 +389,11 @@ def test_publish_error_after_the_policy_on_an_unusable_sqlite_broker(tmp_path: P
     policy = {"max_retries": 2, "interval_start": 0, "interval_step": 0.01, "interval_max": 0.01}
     try:
         with pytest.raises(errors.PublishError) as info:
-            app.send_task("t", retry_policy=policy)
+            calls(app).send_task("t", retry_policy=policy)
         assert info.value.attempts == 3
         assert isinstance(info.value.cause, errors.ConnectionLost)
         with pytest.raises(errors.PublishError) as info:
-            app.send_task("t", retry=False)
+            calls(app).send_task("t", retry=False)
         assert info.value.attempts == 1
     finally:
         app.close()
@@ -404,6 +431,6 @@ def test_unknown_task_decorator_option(app: App) -> None:
         app.task(serialiser="json")
 
 
-def test_ids_are_unique_across_many_sends(app: App) -> None:
-    ids = {app.send_task("t").id for _ in itertools.repeat(None, 50)}
+def test_ids_are_unique_across_many_sends(app: App, calls: Calls) -> None:
+    ids = {calls(app).send_task("t").id for _ in itertools.repeat(None, 50)}
     assert len(ids) == 50
