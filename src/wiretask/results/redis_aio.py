@@ -171,11 +171,13 @@ class AsyncRedisSubscription(AsyncSubscription):
                 pubsub: Any = backend.client.pubsub()
                 self._pubsub = pubsub
                 await pubsub.subscribe(self.channel, synced.sync_channel)
+                _raise_if_cancelling()
                 # The snapshot must not run before the SUBSCRIBE did, or the token would
                 # be published to nobody. Confirmations come in order; wait for the last.
                 async with asyncio.timeout(backend.socket_timeout):
                     while True:
                         message = await pubsub.get_message(timeout=backend.socket_timeout)
+                        _raise_if_cancelling()
                         if (message is not None and message["type"] == "subscribe"
                                 and message["channel"] == synced.sync_channel):
                             break
@@ -218,11 +220,13 @@ class AsyncRedisSubscription(AsyncSubscription):
                 self._resync = True  # until the read below completes
                 with self._backend.errors("receive"):
                     message = await self._pubsub.get_message(timeout=wait)
+                _raise_if_cancelling()
                 self._resync = False
                 self._synced.message(message)
             except ConnectionLost:
                 if self.closed:
                     return None
+                _raise_if_cancelling()
                 # Resynchronize once; if Redis is still away, this raises.
                 await self._restart()
         return None
@@ -233,3 +237,13 @@ class AsyncRedisSubscription(AsyncSubscription):
         self.closed = True
         self._synced.clear()
         await self._stop()
+
+
+def _raise_if_cancelling() -> None:
+    """Raise ``CancelledError`` if this task was asked to stop and is going on: a
+    cancellation that lands in some of redis-py 8's pub/sub reads is swallowed there (or
+    turned into a connection error) instead of reaching the caller, so every read of a
+    subscription checks after it returns, and a cancelled ``await`` always ends."""
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
