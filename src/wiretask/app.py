@@ -1686,17 +1686,29 @@ class Task(Generic[P, R]):
     ) -> None:
         """Store a state (e.g. a custom ``PROGRESS`` with ``meta``) for this task or
         ``task_id``; ``on_message`` listeners receive it."""
+        self.app.backend.store(*self._state_meta(task_id, state, meta))
+
+    async def aupdate_state(
+        self,
+        task_id: str | None = None,
+        state: str = states.PENDING,
+        meta: Any = None,
+    ) -> None:
+        """``update_state``, awaited (from an ``async def`` task: the store does not
+        block the event loop)."""
+        await self.app.async_backend.store(*self._state_meta(task_id, state, meta))
+
+    def _state_meta(
+        self, task_id: str | None, state: str, meta: Any
+    ) -> tuple[str, dict[str, Any]]:
         task_id = task_id or self.request.id
         if task_id is None:
             raise ValidationError("task_id", "update_state outside a worker needs a task_id")
         request = self.request
-        self.app.backend.store(
-            task_id,
-            states.make_meta(
-                task_id, state, meta,
-                parent_id=request.parent_id if request.id == task_id else None,
-                group_id=request.group if request.id == task_id else None,
-            ),
+        return task_id, states.make_meta(
+            task_id, state, meta,
+            parent_id=request.parent_id if request.id == task_id else None,
+            group_id=request.group if request.id == task_id else None,
         )
 
     def retry(

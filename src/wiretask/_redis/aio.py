@@ -23,6 +23,11 @@ that every coroutine of its event loop shares, pipelined:
 * **One event loop.** The connection belongs to the loop it was made on; using the same
   instance from another loop raises ``RuntimeError`` (the app keeps one per loop).
 
+``AsyncSubscriber`` is the pub/sub side: one subscriber connection per event loop,
+shared by every subscription of a result backend (a thousand results awaited at once
+are a thousand channels on one connection, not a thousand connections), dispatching
+each message to the listeners of its channel.
+
 Errors are redis-py's exceptions, as ``Commands`` raises them: the caller translates
 them (``REDIS_ERRORS``). hiredis is required (the ``redis`` extra installs it).
 """
@@ -31,8 +36,9 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Protocol
 
 import redis.asyncio
 from hiredis import Reader, pack_command
@@ -49,7 +55,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from wiretask._redis.scripts import ScriptCall
 
-__all__ = ["AsyncCommands"]
+__all__ = ["AsyncCommands", "AsyncSubscriber", "Listener"]
 
 #: What the reader returns while a reply is incomplete (False is a RESP3 value).
 _MORE = object()
@@ -292,3 +298,165 @@ def _abort(pipe: _Pipe, exc: BaseException) -> None:
     except RuntimeError:  # "Event loop is closed": nothing can be scheduled on it
         pipe.lost = exc
 
+
+
+class Listener(Protocol):
+    """What ``AsyncSubscriber`` hands messages to: called on the loop, never blocking."""
+
+    def message(self, channel: bytes, data: bytes) -> None:
+        """A message published on one of the listener's channels."""
+        ...
+
+    def lost(self, exc: BaseException) -> None:
+        """The subscriber connection was lost: messages may have been missed."""
+        ...
+
+
+class _Subscribed(asyncio.Protocol):
+    """A connection in subscriber mode: dispatches messages and confirmations."""
+
+    def __init__(self, owner: AsyncSubscriber, reader: Any, transport: asyncio.Transport,
+                 streams: object) -> None:
+        self.owner = owner
+        self.reader = reader
+        self.transport = transport
+        self._streams = streams  # see ``_Pipe``
+        self.lost_with: BaseException | None = None
+
+    def data_received(self, data: bytes) -> None:
+        reader = self.reader
+        reader.feed(data)
+        while True:
+            reply = reader.gets()
+            if reply is _MORE:
+                return
+            self.owner._dispatch(self, reply)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.owner._lost(self, RedisConnectionError(
+            f"Connection closed: {exc}" if exc else "Connection closed by server."))
+
+
+class AsyncSubscriber:
+    """One pub/sub connection per event loop, shared by every subscription of its owner
+    (a result backend): ``subscribe(listener, channels)`` returns once Redis confirmed
+    every channel, then the listener gets each message published on them, in the order
+    Redis sent them; ``unsubscribe`` stops that (and ``UNSUBSCRIBE``s a channel nobody
+    listens to any more). If the connection is lost every listener is told
+    (``Listener.lost``) and the next ``subscribe`` reconnects. Options come from
+    ``pool`` as for ``AsyncCommands``.
+    """
+
+    def __init__(self, pool: redis.asyncio.ConnectionPool) -> None:
+        self._commands = AsyncCommands(pool)  # only for its connect
+        self.socket_timeout = self._commands.socket_timeout
+        self._conn: _Subscribed | None = None
+        self._connecting: asyncio.Future[_Subscribed] | None = None
+        self._listeners: dict[bytes, set[Listener]] = {}
+        self._confirming: dict[bytes, collections.deque[asyncio.Future[None]]] = {}
+
+    async def _connected(self) -> _Subscribed:
+        conn = self._conn
+        if conn is not None and conn.lost_with is None:
+            return conn
+        connecting = self._connecting
+        if connecting is None:
+            connecting = self._connecting = asyncio.get_running_loop().create_task(
+                self._connect())
+            connecting.add_done_callback(self._connect_done)
+        return await asyncio.shield(connecting)
+
+    def _connect_done(self, task: asyncio.Future[_Subscribed]) -> None:
+        self._connecting = None
+        if not task.cancelled() and task.exception() is None:
+            self._conn = task.result()
+        elif not task.cancelled():
+            task.exception()  # retrieved: the waiters raise it
+
+    async def _connect(self) -> _Subscribed:
+        pipe = await self._commands._connect()
+        conn = _Subscribed(self, pipe.reader, pipe.transport, pipe._streams)
+        pipe.transport.set_protocol(conn)
+        return conn
+
+    async def subscribe(self, listener: Listener, channels: Sequence[bytes]) -> None:
+        """Listen to ``channels``; return once Redis confirmed them all.
+
+        Raises:
+            redis-py's ``ConnectionError``/``TimeoutError``: the connection failed, or
+                no confirmation came within ``socket_timeout``.
+        """
+        conn = await self._connected()
+        loop = asyncio.get_running_loop()
+        waiting = []
+        for channel in channels:
+            self._listeners.setdefault(channel, set()).add(listener)
+            confirmed: asyncio.Future[None] = loop.create_future()
+            self._confirming.setdefault(channel, collections.deque()).append(confirmed)
+            waiting.append(confirmed)
+        command: tuple[Any, ...] = ("SUBSCRIBE", *channels)
+        conn.transport.write(pack_command(command))
+        try:
+            async with asyncio.timeout(self.socket_timeout):
+                await asyncio.gather(*waiting)
+        except TimeoutError as exc:
+            raise RedisTimeoutError("no SUBSCRIBE confirmation in time") from exc
+
+    def unsubscribe(self, listener: Listener, channels: Sequence[bytes]) -> None:
+        """Stop handing ``channels``' messages to ``listener`` (no reply to wait for)."""
+        idle = []
+        for channel in channels:
+            listeners = self._listeners.get(channel)
+            if listeners is None:
+                continue
+            listeners.discard(listener)
+            if not listeners:
+                del self._listeners[channel]
+                idle.append(channel)
+        conn = self._conn
+        if idle and conn is not None and conn.lost_with is None:
+            command: tuple[Any, ...] = ("UNSUBSCRIBE", *idle)
+            with contextlib.suppress(RuntimeError):  # a closed loop: the socket is gone
+                conn.transport.write(pack_command(command))
+
+    def _dispatch(self, conn: _Subscribed, reply: Any) -> None:
+        if isinstance(reply, RedisError) or not isinstance(reply, list) or len(reply) < 3:
+            self._lost(conn, InvalidResponse(f"unexpected reply to a subscriber: {reply!r}"))
+            return
+        kind, channel, data = reply[0], reply[1], reply[2]
+        if kind == b"message":
+            for listener in list(self._listeners.get(channel, ())):
+                listener.message(channel, data)
+        elif kind == b"subscribe":
+            confirming = self._confirming.get(channel)
+            if confirming:
+                confirmed = confirming.popleft()
+                if not confirming:
+                    del self._confirming[channel]
+                if not confirmed.done():  # its subscribe was cancelled
+                    confirmed.set_result(None)
+        # "unsubscribe" confirmations need no answer.
+
+    def _lost(self, conn: _Subscribed, exc: BaseException) -> None:
+        if conn.lost_with is not None:
+            return
+        conn.lost_with = exc
+        with contextlib.suppress(RuntimeError):  # the loop is closed
+            conn.transport.abort()
+        if self._conn is conn:
+            self._conn = None
+        confirming, self._confirming = self._confirming, {}
+        for futures in confirming.values():
+            for future in futures:
+                if not future.done():
+                    future.set_exception(exc)
+        listeners, self._listeners = self._listeners, {}
+        for listener in {item for group in listeners.values() for item in group}:
+            listener.lost(exc)
+
+    def close(self) -> None:
+        """Drop the connection; listeners are told it was lost."""
+        conn = self._conn
+        if conn is not None:
+            self._lost(conn, RedisConnectionError("the subscriber was closed"))
+        self._commands.close()

@@ -318,17 +318,20 @@ class SyncedChannel:
         self.last: bytes | None = None
 
     def restart(self) -> None:
-        """A new sync channel and token (for a first start or a resynchronization)."""
+        """A new sync channel and token (for a first start or a resynchronization):
+        from now on messages are skipped until the token comes by."""
         self.sync_channel = f"{self._prefix}{SYNC_PREFIX}{new_id()}".encode()
         self.token = new_id().encode()
-
-    def snapshot(self, current: bytes | None, *, deliver_unchanged: bool) -> None:
-        """The value read with the token: delivered first (after a resynchronization
-        only if it differs from the last one delivered); older messages are skipped."""
         self._syncing = True
         self._pending.clear()
+
+    def snapshot(self, current: bytes | None, *, deliver_unchanged: bool) -> None:
+        """The value read with the token: delivered before anything newer (after a
+        resynchronization only if it differs from the last one delivered). Messages
+        that came after the token (a subscriber reading on its own may see them before
+        the snapshot's reply) are newer and stay queued behind it."""
         if current is not None and (deliver_unchanged or current != self.last):
-            self._pending.append(current)
+            self._pending.insert(0, current)
 
     def message(self, message: Mapping[str, Any] | None) -> None:
         """A message read from the pub/sub connection (``None``: none came)."""

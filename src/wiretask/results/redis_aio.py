@@ -6,16 +6,18 @@ same subscription protocol (``results.redis.SyncedChannel``: subscribe, then ``M
 GET key; PUBLISH sync-channel token`` to place the snapshot in the message stream), so
 a late subscriber gets the current state once and nothing is missed.
 
-Connections: reads, the first store and the snapshots go through one pipelined
-connection per event loop (``wiretask._redis.aio.AsyncCommands``); each subscription
-has its own pub/sub connection from a ``redis.asyncio`` pool, returned when it closes
-(also when the ``await`` that opened it is cancelled), and the rare contended store
-uses a ``WATCH`` connection from that pool.
+Connections, per event loop: reads, the first store and the snapshots go through one
+pipelined connection (``wiretask._redis.aio.AsyncCommands``); every subscription shares
+one subscriber connection (``AsyncSubscriber``: a thousand results awaited at once are
+a thousand channels on it); the rare contended store uses a ``WATCH`` connection from a
+``redis.asyncio`` pool.
 
-**Cancellation.** A cancelled ``next()`` may have been cancelled in the middle of
-reading a message: the subscription then resynchronizes on the next call (subscribe,
-snapshot, token again) and delivers the current state if it differs from the last one
-delivered, so the final state is never missed.
+**Cancellation and outages.** Messages are handed to a subscription by the shared
+connection as they arrive, so a cancelled ``next()`` loses nothing; closing a
+subscription (also from the ``finally`` of a cancelled ``aget``) unsubscribes its
+channels. A start cut short, or a lost subscriber connection, makes the next ``next()``
+resynchronize (subscribe, snapshot, token again) and deliver the current state if it
+differs from the last one delivered, so the final state is never missed.
 """
 
 from __future__ import annotations
@@ -30,10 +32,10 @@ import redis.asyncio
 import redis.exceptions
 
 from wiretask._errormap import map_exceptions
-from wiretask._redis.aio import AsyncCommands
+from wiretask._redis.aio import AsyncCommands, AsyncSubscriber
 from wiretask._redis.errors import REDIS_ERRORS
 from wiretask._redis.scripts import store_if_absent, write_command
-from wiretask.errors import ConnectionLost, TransportError
+from wiretask.errors import TransportError
 from wiretask.protocol import states
 from wiretask.results.aio import AsyncResultBackend, AsyncSubscription
 from wiretask.results.base import check_meta
@@ -44,8 +46,6 @@ if TYPE_CHECKING:
 
 __all__ = ["AsyncRedisBackend", "AsyncRedisSubscription"]
 
-#: Longest single wait inside ``next`` (so a close from elsewhere is noticed).
-_WAIT_SLICE = 1.0
 
 
 class AsyncRedisBackend(AsyncResultBackend):
@@ -66,6 +66,8 @@ class AsyncRedisBackend(AsyncResultBackend):
                 "socket_connect_timeout"),
         )
         self._commands = AsyncCommands(self.client.connection_pool)
+        #: Every subscription of this backend shares one subscriber connection.
+        self.subscriber = AsyncSubscriber(self.client.connection_pool)
         self._password: str | None = self.client.connection_pool.connection_kwargs.get(
             "password")
         self._subscriptions: weakref.WeakSet[AsyncRedisSubscription] = weakref.WeakSet()
@@ -121,6 +123,8 @@ class AsyncRedisBackend(AsyncResultBackend):
             await self._commands.call("DEL", self.key_for(task_id))
 
     async def subscribe(self, task_id: str) -> AsyncRedisSubscription:
+        if self._closed:
+            raise TransportError("the result backend is closed", url=self.url)
         subscription = AsyncRedisSubscription(self, task_id)
         try:
             await subscription._start(deliver_unchanged=True)
@@ -143,65 +147,67 @@ class AsyncRedisBackend(AsyncResultBackend):
         self._closed = True
         for subscription in list(self._subscriptions):
             await subscription.close()
+        self.subscriber.close()
         self._commands.close()
         with contextlib.suppress(redis.exceptions.RedisError, OSError):
             await self.client.aclose()
 
 
 class AsyncRedisSubscription(AsyncSubscription):
-    """One task's channel plus a private sync channel, on a pub/sub connection of its
-    own (see the module doc)."""
+    """One task's channel plus a private sync channel, on the backend's shared
+    subscriber connection (see the module doc)."""
 
     def __init__(self, backend: AsyncRedisBackend, task_id: str) -> None:
         self._backend = backend
         self.task_id = task_id
         self.channel = backend.key_for(task_id).encode()
-        self._pubsub: Any = None
         self._synced = SyncedChannel(self.channel, backend.global_keyprefix)
-        #: A read was cancelled part-way: resynchronize before reading again.
-        self._resync = False
+        self._channels: tuple[bytes, ...] = ()
+        self._wakeup = asyncio.Event()
+        #: The subscriber connection was lost, or a start was cut short: subscribe and
+        #: take a snapshot again before reading on.
+        self._resync = True
+
+    # -- Listener (called on the loop by the shared subscriber) ---------------------------
+
+    def message(self, channel: bytes, data: bytes) -> None:
+        self._synced.message({"type": "message", "channel": channel, "data": data})
+        self._wakeup.set()
+
+    def lost(self, exc: BaseException) -> None:
+        self._resync = True
+        self._wakeup.set()
+
+    # -- ours ---------------------------------------------------------------------------
 
     async def _start(self, *, deliver_unchanged: bool) -> None:
-        """Subscribe, wait for the confirmations, take the snapshot with the token."""
+        """Subscribe (both channels, confirmed), then take the snapshot with the token."""
         backend = self._backend
         synced = self._synced
+        self._unsubscribe()
         synced.restart()
-        try:
-            with backend.errors("subscribe"):
-                pubsub: Any = backend.client.pubsub()
-                self._pubsub = pubsub
-                await pubsub.subscribe(self.channel, synced.sync_channel)
-                _raise_if_cancelling()
-                # The snapshot must not run before the SUBSCRIBE did, or the token would
-                # be published to nobody. Confirmations come in order; wait for the last.
-                async with asyncio.timeout(backend.socket_timeout):
-                    while True:
-                        message = await pubsub.get_message(timeout=backend.socket_timeout)
-                        _raise_if_cancelling()
-                        if (message is not None and message["type"] == "subscribe"
-                                and message["channel"] == synced.sync_channel):
-                            break
-                current = await backend.snapshot(self.task_id, synced)
-        except BaseException:
-            await self._stop()
-            raise
+        self._channels = (self.channel, synced.sync_channel)
+        with backend.errors("subscribe"):
+            await backend.subscriber.subscribe(self, self._channels)
+            current = await backend.snapshot(self.task_id, synced)
         synced.snapshot(current, deliver_unchanged=deliver_unchanged)
         self._resync = False
 
-    async def _stop(self) -> None:
-        pubsub, self._pubsub = self._pubsub, None
-        if pubsub is not None:
-            with contextlib.suppress(redis.exceptions.RedisError, OSError):
-                await pubsub.aclose()
-
-    async def _restart(self) -> None:
-        await self._stop()
-        await self._start(deliver_unchanged=False)
+    def _unsubscribe(self) -> None:
+        if self._channels:
+            self._backend.subscriber.unsubscribe(self, self._channels)
+            self._channels = ()
 
     async def next(self, timeout: float | None) -> dict[str, Any] | None:
         loop = asyncio.get_running_loop()
         deadline = None if timeout is None else loop.time() + max(0.0, timeout)
         while not (self.finished or self.closed):
+            if self._resync:
+                # A lost connection (or a start cut short by a cancellation): subscribe
+                # again; the snapshot delivers the current state if it changed. If
+                # Redis is away, this raises.
+                await self._start(deliver_unchanged=False)
+            self._wakeup.clear()
             data = self._synced.pop()
             if data is not None:
                 meta = self._backend.codec.decode(data)
@@ -209,26 +215,15 @@ class AsyncRedisSubscription(AsyncSubscription):
                     self.finished = True
                     await self.close()
                 return meta
-            remaining = None if deadline is None else deadline - loop.time()
-            if remaining is not None and remaining <= 0:
+            if deadline is None:
+                await self._wakeup.wait()
+                continue
+            remaining = deadline - loop.time()
+            if remaining <= 0:
                 return None
-            wait = _WAIT_SLICE if remaining is None else min(_WAIT_SLICE, remaining)
-            try:
-                if self._pubsub is None or self._resync:  # a read cut short, or a failed
-                    await self._restart()                 # resynchronization before
-                    continue
-                self._resync = True  # until the read below completes
-                with self._backend.errors("receive"):
-                    message = await self._pubsub.get_message(timeout=wait)
-                _raise_if_cancelling()
-                self._resync = False
-                self._synced.message(message)
-            except ConnectionLost:
-                if self.closed:
-                    return None
-                _raise_if_cancelling()
-                # Resynchronize once; if Redis is still away, this raises.
-                await self._restart()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(remaining):
+                    await self._wakeup.wait()
         return None
 
     async def close(self) -> None:
@@ -236,14 +231,5 @@ class AsyncRedisSubscription(AsyncSubscription):
             return
         self.closed = True
         self._synced.clear()
-        await self._stop()
-
-
-def _raise_if_cancelling() -> None:
-    """Raise ``CancelledError`` if this task was asked to stop and is going on: a
-    cancellation that lands in some of redis-py 8's pub/sub reads is swallowed there (or
-    turned into a connection error) instead of reaching the caller, so every read of a
-    subscription checks after it returns, and a cancelled ``await`` always ends."""
-    task = asyncio.current_task()
-    if task is not None and task.cancelling():
-        raise asyncio.CancelledError
+        self._unsubscribe()
+        self._wakeup.set()
