@@ -1792,6 +1792,27 @@ class Task(Generic[P, R]):
         return retry_options
 
 
+def _run_eagerly(body: Any) -> Any:
+    """Run an ``async def`` task's coroutine to its end here (``Task.apply``), on a
+    loop of its own.
+
+    Raises:
+        ImproperlyConfigured: an event loop is running in this thread (``asyncio.run``
+            cannot nest): the asyncio API (``await task.adelay()``) runs eager tasks in
+            a thread for that.
+    """
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(body)
+    body.close()
+    raise ImproperlyConfigured(
+        "an async def task cannot run eagerly inside a running event loop (apply(), or "
+        "delay() under task_always_eager): await task.aapply_async()/adelay() instead, "
+        "which runs it in a worker thread"
+    )
+
+
 class _EagerRun:
     """One eager run of a decoded message (``Task.apply``): the worker's tracer order
     (run, then callbacks or errbacks), without a broker or a stored state."""
@@ -1824,6 +1845,8 @@ class _EagerRun:
                     retval = task.run(task, *message.args, **message.kwargs)
                 else:
                     retval = task.run(*message.args, **message.kwargs)
+                if inspect.iscoroutine(retval):
+                    retval = _run_eagerly(retval)
         except Retry as signal:
             if signal.sig is None:
                 return self.failed(request, signal)

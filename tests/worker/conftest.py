@@ -96,9 +96,10 @@ def kind(request: pytest.FixtureRequest) -> str:
 StartWorker = Callable[..., Worker]
 
 
-#: Parametrize a test with this to run it on the thread pool and on the solo pool
-#: (``start_worker`` then uses the ``pool`` value; ``concurrency`` is dropped for solo).
-BOTH_POOLS = pytest.mark.parametrize("pool", ["threads", "solo"])
+#: Parametrize a test with this to run it on the thread pool, the solo pool and the
+#: asyncio pool, which runs these (sync) tasks in its threads (``start_worker`` then uses
+#: the ``pool`` value; ``concurrency`` is dropped for solo).
+BOTH_POOLS = pytest.mark.parametrize("pool", ["threads", "solo", "asyncio"])
 
 
 @pytest.fixture

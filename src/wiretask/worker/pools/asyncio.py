@@ -3,7 +3,8 @@ asyncio``).
 
 One event loop runs in a thread of its own; ``submit`` hands each job to it
 (``call_soon_threadsafe``) and it runs as an asyncio task, at most ``concurrency`` at
-once (the worker's ledger never hands out more). The tracer is the same as every
+once (the prefetched ones wait their turn, unclaimed, so a stopping worker gives them
+back). The tracer is the same as every
 pool's: its parts before and after the body (``Tracer.start``: expiry, ``STARTED``;
 ``Tracer.conclude``: the final state, callbacks or errbacks) and the report to
 settlement do blocking I/O, so they run in a few I/O threads of the pool; only the
@@ -40,6 +41,7 @@ that stops the worker (``abandon`` hands the cancellation to the loop).
 from __future__ import annotations
 
 import asyncio
+import collections
 import concurrent.futures
 import logging
 import threading
@@ -81,6 +83,9 @@ class AsyncioPool(Pool):
         self._io: concurrent.futures.ThreadPoolExecutor | None = None
         self._threads: ThreadPool | None = None
         self._threads_lock = threading.Lock()
+        #: On the loop: tasks running, and jobs waiting for one of them to end.
+        self._active = 0
+        self._queued: collections.deque[Job] = collections.deque()
 
     # -- life cycle -------------------------------------------------------------------
 
@@ -160,9 +165,22 @@ class AsyncioPool(Pool):
             return self._threads
 
     def _begin(self, job: Job) -> None:
-        """On the loop: start the job's asyncio task, unless it was given back."""
+        """On the loop: start the job's asyncio task, unless it was given back, or
+        queue it while ``capacity`` tasks run (the consumer takes a few messages more
+        than there are free slots, the prefetch)."""
+        if self._active >= self.capacity:
+            self._queued.append(job)
+            return
         if job.claim():
-            asyncio.get_running_loop().create_task(self._run(job), name=job.describe)
+            self._active += 1
+            task = asyncio.get_running_loop().create_task(self._run(job), name=job.describe)
+            task.add_done_callback(self._done)
+
+    def _done(self, _: asyncio.Task[None]) -> None:
+        """On the loop: a job's task ended; start the next queued one."""
+        self._active -= 1
+        while self._queued and self._active < self.capacity:
+            self._begin(self._queued.popleft())
 
     async def _in_thread(self, function: Callable[..., T], *args: Any) -> T:
         assert self._io is not None
