@@ -60,6 +60,14 @@ def test_redis_publish_bench_runs() -> None:
 
 
 @pytest.mark.redis
+def test_async_api_bench_runs() -> None:
+    needs_redis()
+    output = run_bench("async_api.py", "--scale", "0.01", "--repeat", "1")
+    check_output(output, ["publish: await aapply_async (1 at a time)",
+                          "await: adelay + aget (100 in flight)"])
+
+
+@pytest.mark.redis
 @pytest.mark.interop
 @pytest.mark.slow
 def test_end_to_end_bench_runs() -> None:

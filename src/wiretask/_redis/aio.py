@@ -16,10 +16,12 @@ that every coroutine of its event loop shares, pipelined:
   when they come. So a cancelled publish is as if its reply had been lost: the request
   ran whole or not at all (the caller cannot tell which, as after a lost connection),
   and the next request still gets its own replies.
-* **Timeouts.** A request that gets no reply within ``socket_timeout`` fails with
-  redis-py's ``TimeoutError`` and the connection is dropped (every request waiting on
-  it fails with ``ConnectionError``); the next request reconnects. Connecting is bounded
-  by ``socket_connect_timeout``.
+* **Timeouts.** When a request gets no reply within ``socket_timeout`` the connection
+  is dropped and every request waiting on it fails with redis-py's ``TimeoutError`` (one
+  watchdog timer per connection, not one per request); the next request reconnects.
+  Connecting is bounded by ``socket_connect_timeout``.
+* **Coalesced writes.** Requests made in the same turn of the event loop go out in one
+  write: a hundred coroutines publishing at once cost one system call.
 * **One event loop.** The connection belongs to the loop it was made on; using the same
   instance from another loop raises ``RuntimeError`` (the app keeps one per loop).
 
@@ -64,11 +66,12 @@ _WRONG_SERVER = (ReadOnlyError, MasterDownError)
 
 
 class _Request:
-    __slots__ = ("count", "future", "replies")
+    __slots__ = ("count", "future", "replies", "sent")
 
-    def __init__(self, future: asyncio.Future[list[Any]], count: int) -> None:
+    def __init__(self, future: asyncio.Future[list[Any]], count: int, sent: float) -> None:
         self.future = future
         self.count = count
+        self.sent = sent
         self.replies: list[Any] = []
 
 
@@ -84,6 +87,12 @@ class _Pipe(asyncio.Protocol):
         self.waiting: collections.deque[_Request] = collections.deque()
         self.lost: BaseException | None = None
         self._drained: asyncio.Event | None = None
+        #: Requests written in this turn of the loop, sent together at its end.
+        self._outbox: list[bytes] = []
+        #: The reply timeout: when the oldest request was sent (``loop.time()``), and
+        #: the one timer that checks it.
+        self.timeout: float | None = None
+        self._watchdog: asyncio.TimerHandle | None = None
 
     # -- asyncio.Protocol -------------------------------------------------------------
 
@@ -120,10 +129,38 @@ class _Pipe(asyncio.Protocol):
     # -- ours -------------------------------------------------------------------------
 
     def send(self, request: bytes, count: int) -> asyncio.Future[list[Any]]:
-        future: asyncio.Future[list[Any]] = asyncio.get_running_loop().create_future()
-        self.waiting.append(_Request(future, count))
-        self.transport.write(request)
+        """Queue ``request`` (all of its commands, in one piece) and return the future
+        of its ``count`` replies. Requests made in the same turn of the loop go out in
+        one write at its end (many coroutines publishing at once cost one system call,
+        not one each); a request is never split, so a ``MULTI``/``EXEC`` stays whole."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[list[Any]] = loop.create_future()
+        self.waiting.append(_Request(future, count, loop.time()))
+        if not self._outbox:
+            loop.call_soon(self._flush)
+        self._outbox.append(request)
+        if self.timeout is not None and self._watchdog is None:
+            self._watchdog = loop.call_later(self.timeout, self._check)
         return future
+
+    def _flush(self) -> None:
+        outbox, self._outbox = self._outbox, []
+        if outbox and self.lost is None:
+            self.transport.write(b"".join(outbox))
+
+    def _check(self) -> None:
+        """The watchdog: fail the connection if its oldest request has waited past the
+        timeout, else look again when it would."""
+        self._watchdog = None
+        if not self.waiting or self.lost is not None or self.timeout is None:
+            return
+        loop = asyncio.get_running_loop()
+        overdue = self.waiting[0].sent + self.timeout - loop.time()
+        if overdue <= 0:
+            self.fail(RedisTimeoutError(
+                f"Timeout reading from Redis: no reply in {self.timeout:g} s"))
+            return
+        self._watchdog = loop.call_later(overdue, self._check)
 
     async def drained(self) -> None:
         """Wait while the transport's write buffer is over its high-water mark."""
@@ -135,6 +172,10 @@ class _Pipe(asyncio.Protocol):
         """Drop the connection: every request waiting on it fails with ``exc``."""
         if self.lost is None:
             self.lost = exc
+        self._outbox.clear()
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+            self._watchdog = None
         self.transport.abort()
         waiting, self.waiting = self.waiting, collections.deque()
         for request in waiting:
@@ -212,6 +253,7 @@ class AsyncCommands:
         reader = Reader(protocolError=InvalidResponse,
                         replyError=connection._parser.parse_error, notEnoughData=_MORE)
         pipe = _Pipe(reader, transport, streams)
+        pipe.timeout = self.socket_timeout
         transport.set_protocol(pipe)
         if self._closed:  # closed while connecting
             pipe.fail(RedisConnectionError("the connection was closed"))
@@ -227,22 +269,10 @@ class AsyncCommands:
         future = pipe.send(request, len(commands))
         if pipe._drained is not None:
             await pipe.drained()
-        if self.socket_timeout is None:
-            replies = await future
-        else:
-            deadline = asyncio.timeout(self.socket_timeout)
-            try:
-                async with deadline:
-                    replies = await future
-            except TimeoutError as exc:
-                if not deadline.expired():
-                    raise
-                # The server is hung or the network lost: drop the connection, and
-                # every request waiting on it with it.
-                pipe.fail(RedisConnectionError("dropped after a reply timed out"))
-                raise RedisTimeoutError(
-                    f"Timeout reading from Redis: no reply in {self.socket_timeout:g} s"
-                ) from exc
+        # No reply within ``socket_timeout``: the pipe's watchdog drops the connection
+        # (the server is hung or the network lost) and this raises redis-py's
+        # TimeoutError, as does every request waiting on it.
+        replies = await future
         error: RedisError | None = None
         for reply in replies:
             # An error reply, parsed into redis-py's class for it.
