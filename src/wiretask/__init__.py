@@ -66,7 +66,7 @@ if _typing.TYPE_CHECKING:
     from wiretask.protocol.frame import Frame, Outgoing, Route
     from wiretask.protocol.signature import Signature
     from wiretask.results import ResultBackend, backend_from_url
-    from wiretask.retry import RetryPolicy, call_with_retry
+    from wiretask.retry import RetryPolicy, acall_with_retry, call_with_retry
     from wiretask.transports.base import Capabilities, DeadLetter, Delivery, Peeked, Transport
     from wiretask.transports.url import transport_from_url
     from wiretask.worker import Worker
@@ -135,7 +135,7 @@ _HOMES: _typing.Final[dict[str, str]] = {
     **dict.fromkeys(("Frame", "Outgoing", "Route"), "wiretask.protocol.frame"),
     "Signature": "wiretask.protocol.signature",
     **dict.fromkeys(("ResultBackend", "backend_from_url"), "wiretask.results"),
-    **dict.fromkeys(("RetryPolicy", "call_with_retry"), "wiretask.retry"),
+    **dict.fromkeys(("RetryPolicy", "acall_with_retry", "call_with_retry"), "wiretask.retry"),
     **dict.fromkeys(
         ("Capabilities", "DeadLetter", "Delivery", "Peeked", "Transport"),
         "wiretask.transports.base",
@@ -193,6 +193,7 @@ __all__ = [
     "WorkerLostError",
     "WouldBlock",
     "__version__",
+    "acall_with_retry",
     "allow_join_result",
     "backend_from_url",
     "call_with_retry",
