@@ -23,24 +23,31 @@ from wiretask.worker import Worker
 from .conftest import make_app
 
 
-def store_later(app: App, task_id: str, *metas: dict[str, Any], delay: float = 0.1) -> None:
-    """Store ``metas`` from another thread (a worker's), ``delay`` seconds apart."""
+def store_later(
+    app: App, task_id: str, *metas: dict[str, Any], delay: float = 0.1
+) -> threading.Thread:
+    """Store ``metas`` from another thread (a worker's), ``delay`` seconds apart. Join it
+    before the test ends: the app's backend is closed then."""
 
     def run() -> None:
         for meta in metas:
             time.sleep(delay)
             app.backend.store(task_id, meta)
 
-    threading.Thread(target=run, daemon=True).start()
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return thread
 
 
 @pytest.mark.asyncio
 async def test_astates_streams_every_change_then_ends(aio_app: App) -> None:
     result = aio_app.AsyncResult("t-stream")
-    store_later(aio_app, "t-stream", make_meta("t-stream", states.STARTED, {"pid": 1}),
-                make_meta("t-stream", "PROGRESS", {"done": 1}),
-                make_meta("t-stream", states.SUCCESS, 42))
+    storing = store_later(
+        aio_app, "t-stream", make_meta("t-stream", states.STARTED, {"pid": 1}),
+        make_meta("t-stream", "PROGRESS", {"done": 1}), make_meta("t-stream", states.SUCCESS, 42),
+    )
     seen = [meta["status"] async for meta in result.astates(timeout=10)]
+    storing.join(5)
     assert seen == [states.STARTED, "PROGRESS", states.SUCCESS]
 
 
@@ -66,10 +73,11 @@ async def test_aget_raises_the_failure_and_times_out_with_the_last_state(aio_app
     with pytest.raises(errors.TimeoutError, match="STARTED"):
         async for _ in result.astates(timeout=0.3):
             pass
-    store_later(aio_app, "t-bad", make_meta(
+    storing = store_later(aio_app, "t-bad", make_meta(
         "t-bad", states.FAILURE, exception_to_meta(ValueError("no"))))
     with pytest.raises(ValueError, match="no"):
         await result.aget(timeout=5)
+    storing.join(5)
     assert isinstance(await result.aget(timeout=5, propagate=False), ValueError)
     assert isinstance(await result.aget(timeout=5, interval=0.01, propagate=False), ValueError)
 
@@ -85,8 +93,9 @@ async def test_the_loop_keeps_running_while_aget_waits(aio_app: App) -> None:
             ticks += 1
 
     running = asyncio.create_task(ticker())
-    store_later(aio_app, "t-wait", make_meta("t-wait", states.SUCCESS, 1), delay=0.5)
+    storing = store_later(aio_app, "t-wait", make_meta("t-wait", states.SUCCESS, 1), delay=0.5)
     assert await aio_app.AsyncResult("t-wait").aget(timeout=5) == 1
+    storing.join(5)
     running.cancel()
     assert ticks >= 20  # about 50 in 0.5 s, unless the wait blocked the loop
 

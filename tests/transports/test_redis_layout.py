@@ -14,12 +14,13 @@ PACKAGE = "wiretask.transports.redis"
 ROOT = Path(package.__file__).parent
 
 #: Lowest first. The pure envelope; the values and the database every part shares; the
-#: parts; the parts built on other parts; the transport that composes them; the package.
+#: parts; the parts built on other parts (settling; ``aio``, the asyncio twin, on the
+#: publishing and admin parts); the transport that composes them; the package.
 LAYERS: list[set[str]] = [
     {"envelope"},
     {"deadletters", "delivery", "database"},
     {"leases", "publishing", "admin", "scheduler"},
-    {"settling"},
+    {"settling", "aio"},
     {"consuming"},
     {"transport"},
     {"__init__"},
