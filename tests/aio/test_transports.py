@@ -4,6 +4,7 @@ checks (the same functions), the same bytes on the wire, and a twin for every tr
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -41,7 +42,33 @@ def sync_transport(request: pytest.FixtureRequest, tmp_path: Path) -> Transport:
         return MemoryTransport(uuid.uuid4().hex)
     if request.param == "sqlite":
         return SQLiteTransport.from_url(f"sqlite:///{tmp_path / 'b.db'}")
-    return RedisTransport(request.getfixturevalue("redis_url"))
+    # Held broker-side whatever the movers (``auto`` is the next test's).
+    return RedisTransport(request.getfixturevalue("redis_url") + "?delay_mode=native")
+
+
+async def test_the_redis_twin_asks_the_delay_mode_as_the_sync_transport(
+    redis_url: str,
+) -> None:
+    client = redis.Redis.from_url(redis_url)
+    sync = RedisTransport(redis_url)  # delay_mode="auto": hold while a mover is alive
+    twin = sync.async_twin()
+    soon = datetime.now(UTC) + timedelta(seconds=30)
+    try:
+        for transport in (sync, twin):  # no mover: pushed at once, its eta header holds it
+            result = transport.publish(frame(), Route("q"), not_before=soon)
+            if asyncio.iscoroutine(result):
+                await result
+        assert client.llen("q") == 2 and client.zcard("_wiretask.delayed") == 0
+        # A mover's heartbeat: both now hold such messages broker-side.
+        client.zadd("_wiretask.movers", {"elsewhere": time.time() + 60})
+        await asyncio.sleep(1.1)  # past the cached answer of the publishes above
+        sync.publish(frame(), Route("q"), not_before=soon)
+        await twin.publish(frame(), Route("q"), not_before=soon)
+        assert client.llen("q") == 2 and client.zcard("_wiretask.delayed") == 2
+    finally:
+        await twin.close()
+        sync.close()
+        client.close()
 
 
 async def test_every_transport_has_a_twin_that_publishes_what_the_sync_one_reads(

@@ -17,6 +17,8 @@ checked first and nothing is pushed twice.
 from __future__ import annotations
 
 import asyncio
+import math
+import time
 from collections.abc import Sequence
 from typing import Literal
 
@@ -33,7 +35,8 @@ from wiretask.transports.aio import AsyncTransport
 from wiretask.transports.base import Capabilities, Prepared
 from wiretask.transports.redis.admin import binding_writes
 from wiretask.transports.redis.envelope import bucket_for
-from wiretask.transports.redis.publishing import Staging
+from wiretask.transports.redis.publishing import Staging, needs_hold
+from wiretask.transports.redis.scheduler import MOVER_CACHE
 
 __all__ = ["AsyncRedisTransport"]
 
@@ -72,7 +75,13 @@ class AsyncRedisTransport(AsyncTransport):
         }
         steps = config.priority_steps
         self.staging = Staging(config.keys, steps, bucket_for(0, steps),
-                               delay_mode=config.delay_mode, markers=config.publish_markers)
+                               visibility_timeout=config.visibility_timeout,
+                               markers=config.publish_markers)
+        self.delay_mode = config.delay_mode
+        #: ``delay_mode="auto"``: whether a mover was alive, and when that was read
+        #: (``loop.time()``), as the sync transport's ``Movers.alive`` caches it.
+        self._movers_alive = False
+        self._movers_read_at = -math.inf
 
     def __repr__(self) -> str:
         return f"<AsyncRedisTransport {self.url}>"
@@ -85,6 +94,21 @@ class AsyncRedisTransport(AsyncTransport):
     async def close(self) -> None:
         """Drop the connection. Idempotent."""
         self._commands.close()
+
+    async def _hold(self) -> bool:
+        """The delay mode's answer, as the sync transport's ``hold``: hold a message not
+        yet due broker-side always (``native``), never (``celery``), or while a mover is
+        alive (``auto``: a mover's heartbeat in ``_wiretask.movers``, read at most every
+        ``MOVER_CACHE`` seconds; this process runs no mover of its own)."""
+        if self.delay_mode != "auto":
+            return self.delay_mode == "native"
+        loop = asyncio.get_running_loop()
+        if loop.time() - self._movers_read_at >= MOVER_CACHE:
+            count = await self._commands.call("ZCOUNT", self.keys.movers, repr(time.time()),
+                                              "+inf")
+            self._movers_alive = int(count) > 0
+            self._movers_read_at = loop.time()
+        return self._movers_alive
 
     async def _declare(self, queue: str) -> None:
         """As ``RedisTransport._declare``: bind ``queue`` to the exchange of its name."""
@@ -111,10 +135,14 @@ class AsyncRedisTransport(AsyncTransport):
         ``MULTI``/``EXEC``; all of it lands or none. After ``ConnectionLost`` or a
         cancellation the outcome is unknown and a retry of the same frames does not
         duplicate what landed."""
-        attempt = self.staging.attempt(messages)
+        commands = self._commands
+        hold = False
+        if needs_hold(messages):
+            with self._errors["publish"]:  # asked before staging, as the sync driver does
+                hold = await self._hold()
+        attempt = self.staging.attempt(messages, hold)
         if attempt is None:
             return
-        commands = self._commands
         try:
             with self._errors["publish"]:
                 if attempt.retrying:
