@@ -109,7 +109,9 @@ def make_corpus(folder: Path) -> int:
     folder.mkdir(parents=True, exist_ok=True)
     count = 0
     for path in sorted(VECTORS.rglob("*.json")):
-        frame = json.loads(path.read_text(encoding="utf-8"))["frame"]
+        frame = json.loads(path.read_text(encoding="utf-8")).get("frame")
+        if frame is None:  # a canvas vector (spec/vectors/canvas): decoded messages
+            continue
         if frame["content_type"] not in CONTENT_TYPES:
             continue
         headers = dict(frame["headers"])

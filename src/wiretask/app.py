@@ -48,12 +48,20 @@ from zoneinfo import ZoneInfo
 import attrs
 
 from wiretask import calling
-from wiretask.canvas import TaskChain, TaskSignature
+from wiretask.canvas import (
+    GroupResult,
+    ResultSet,
+    TaskChain,
+    TaskSignature,
+    chunks,
+    result_from_tuple,
+    xmap,
+    xstarmap,
+)
 from wiretask.codecs import Registry, default_registry
 from wiretask.config import Configuration, Settings, read_object
 from wiretask.errors import (
     ArgumentsError,
-    DecodeError,
     ImproperlyConfigured,
     MaxRetriesExceededError,
     Retry,
@@ -68,6 +76,7 @@ from wiretask.protocol.frame import Outgoing
 from wiretask.protocol.signature import Signature
 from wiretask.protocol.timing import parse_iso
 from wiretask.results import ResultBackend, backend_from_url
+from wiretask.results.base import ChordCounter, resolve_expires
 from wiretask.results.exceptions import exception_from_meta
 from wiretask.retry import RetryPolicy, call_with_retry
 from wiretask.routing import QueueBinding, Router
@@ -87,7 +96,9 @@ __all__ = [
     "App",
     "AsyncResult",
     "EagerResult",
+    "GroupResult",
     "Request",
+    "ResultSet",
     "Settings",
     "Task",
     "TaskChain",
@@ -567,7 +578,7 @@ class App:
                     accept = self.conf.get("result_accept_content")
                     if accept is not None:
                         registry = registry.copy(accept=accept)
-                    self._backend = backend_from_url(
+                    backend = backend_from_url(
                         self.backend_url,
                         serializer=self.conf.result_serializer,
                         expires=self.conf.result_expires,
@@ -575,6 +586,10 @@ class App:
                         compression=self.conf.get("result_compression"),
                         transport_options=self.conf.get("result_backend_transport_options"),
                     )
+                    chord_expires = self.conf.get("result_chord_expires")
+                    if chord_expires is not None and isinstance(backend, ChordCounter):
+                        backend.chord_expires = resolve_expires(chord_expires)
+                    self._backend = backend
         return self._backend
 
     def close(self) -> None:
@@ -971,6 +986,11 @@ class App:
 
     def AsyncResult(self, task_id: str) -> AsyncResult:  # Celery's name
         return AsyncResult(task_id, app=self)
+
+    def GroupResult(  # Celery's name
+        self, group_id: str, results: Iterable[Any] = (),
+    ) -> GroupResult:
+        return GroupResult(group_id, results, app=self)
 
 
 def _routes_itself(options: Mapping[str, Any], defaults: Mapping[str, Any] | None) -> bool:
@@ -1397,6 +1417,19 @@ class Task(Generic[P, R]):
         """An immutable signature: callbacks get exactly these arguments."""
         return self.signature(args, kwargs, immutable=True)
 
+    def chunks(self, it: Iterable[Sequence[Any]], n: int) -> chunks:
+        """``it`` cut into parts of ``n`` argument tuples, each part one
+        ``celery.starmap`` message (Celery's ``task.chunks``)."""
+        return chunks(self.s(), it, n, app=self.app)
+
+    def map(self, it: Iterable[Any]) -> xmap:
+        """One ``celery.map`` message calling this task for each item (``task.map``)."""
+        return xmap(self.s(), it, app=self.app)
+
+    def starmap(self, it: Iterable[Sequence[Any]]) -> xstarmap:
+        """One ``celery.starmap`` message calling this task with each argument tuple."""
+        return xstarmap(self.s(), it, app=self.app)
+
     def AsyncResult(self, task_id: str) -> AsyncResult:  # Celery's name
         return AsyncResult(task_id, app=self.app)
 
@@ -1607,7 +1640,7 @@ class AsyncResult:
     """
 
     def __init__(self, id: str, *, app: App | None = None, ignore_result: bool = False,
-                 parent: AsyncResult | None = None) -> None:
+                 parent: AsyncResult | GroupResult | None = None) -> None:
         self.id = id
         self.app = app if app is not None else current_app()
         self.ignore_result = ignore_result
@@ -1659,7 +1692,7 @@ class AsyncResult:
         return _datetime(self._meta().get("date_done"))
 
     @property
-    def parent(self) -> AsyncResult | None:
+    def parent(self) -> AsyncResult | GroupResult | None:
         """The result of the task that sent this one: set by a chain, else read from the
         stored ``parent_id``."""
         if self._parent is not None:
@@ -1668,18 +1701,18 @@ class AsyncResult:
         return AsyncResult(str(parent_id), app=self.app) if parent_id else None
 
     @parent.setter
-    def parent(self, value: AsyncResult | None) -> None:
+    def parent(self, value: AsyncResult | GroupResult | None) -> None:
         self._parent = value
 
     @property
-    def children(self) -> list[AsyncResult] | None:
+    def children(self) -> list[AsyncResult | GroupResult] | None:
         """The results of the tasks this one sent, as stored (Celery's worker stores
         them), or ``None`` while there is nothing stored."""
         meta = self.backend.get(self.id)
         children = None if meta is None else meta.get("children")
         if children is None:
             return None
-        return [_result_from_tuple(item, self.app, f"children[{index}]")
+        return [result_from_tuple(item, self.app, f"children[{index}]")
                 for index, item in enumerate(children)]
 
     def ready(self) -> bool:
@@ -1687,6 +1720,52 @@ class AsyncResult:
 
     def successful(self) -> bool:
         return self.state == states.SUCCESS
+
+    def as_tuple(self) -> tuple[Any, Any]:
+        """Celery's result tuple, ``((id, parent_tuple), None)`` (stored in
+        ``children`` and in a saved group)."""
+        parent = self._parent.as_tuple() if self._parent is not None else None
+        return (self.id, parent), None
+
+    # -- result_extended: what the worker that ran the task stored about it ------------
+
+    def _extended(self, field: str) -> Any:
+        return self._meta().get(field)
+
+    def _extended_text(self, field: str) -> str | None:
+        value = self._extended(field)
+        return None if value is None else str(value)
+
+    @property
+    def name(self) -> str | None:
+        """The task's name (stored with ``result_extended``, by wiretask or Celery)."""
+        return self._extended_text("name")
+
+    @property
+    def args(self) -> Any:
+        """The task's positional arguments (``result_extended``)."""
+        return self._extended("args")
+
+    @property
+    def kwargs(self) -> Any:
+        """The task's keyword arguments (``result_extended``)."""
+        return self._extended("kwargs")
+
+    @property
+    def worker(self) -> str | None:
+        """The node name of the worker that ran it (``result_extended``)."""
+        return self._extended_text("worker")
+
+    @property
+    def queue(self) -> str | None:
+        """The routing key it was delivered with (``result_extended``)."""
+        return self._extended_text("queue")
+
+    @property
+    def retries(self) -> int | None:
+        """How many times it had been retried (``result_extended``)."""
+        value = self._extended("retries")
+        return None if value is None else int(value)
 
     def failed(self) -> bool:
         return self.state == states.FAILURE
@@ -1745,15 +1824,25 @@ class AsyncResult:
 
     wait = get
 
+    def maybe_throw(self, propagate: bool = True) -> None:
+        """Raise the task's error now if it failed or was revoked (Celery's
+        ``maybe_throw``); otherwise do nothing."""
+        meta = self._meta()
+        if propagate and meta.get("status") in states.PROPAGATE_STATES:
+            value = _value(meta)
+            if isinstance(value, BaseException):
+                raise value
+
     def _raise_failed_parent(self) -> None:
+        """Celery's ``_maybe_reraise_parent_error``: the oldest failed ancestor's error
+        (a group ancestor: its first failed task's)."""
+        parents = []
         node = self._parent
         while node is not None:
-            meta = node._meta()
-            if meta.get("status") in states.PROPAGATE_STATES:
-                value = _value(meta)
-                if isinstance(value, BaseException):
-                    raise value
+            parents.append(node)
             node = node._parent
+        for node in reversed(parents):
+            node.maybe_throw()
 
     def _stream(self, timeout: float | None,
                 on_message: Callable[[dict[str, Any]], object] | None) -> Mapping[str, Any]:
@@ -1805,11 +1894,15 @@ class EagerResult(AsyncResult):
         self._result = ret_value
         self._state = state
         self._traceback = traceback
-        self.name = name
+        self._name = name
         self._date_done = datetime.now(UTC)
 
     def __repr__(self) -> str:
         return f"<EagerResult: {self.id}>"
+
+    @property
+    def name(self) -> str | None:
+        return self._name
 
     def _meta(self) -> Mapping[str, Any]:
         return {"task_id": self.id, "status": self._state, "result": self._result,
@@ -1836,7 +1929,7 @@ class EagerResult(AsyncResult):
         return self._date_done
 
     @property
-    def children(self) -> list[AsyncResult] | None:
+    def children(self) -> list[AsyncResult | GroupResult] | None:
         return None
 
     def ready(self) -> bool:
@@ -1886,19 +1979,3 @@ def _datetime(value: Any) -> datetime | None:
     if value is None or isinstance(value, datetime):
         return value
     return parse_iso(value, field="date_done", decoding=True)
-
-
-def _result_from_tuple(value: Any, app: App, field: str) -> AsyncResult:
-    """Celery's ``result_from_tuple`` for a plain result: ``[[id, parent], null]``."""
-    if isinstance(value, list | tuple) and len(value) == 2:
-        head, nodes = value
-        if nodes:
-            raise DecodeError(field, "a group result; group results are not supported yet")
-        parent = None
-        if isinstance(head, list | tuple) and len(head) == 2:
-            head, parent_tuple = head
-            if parent_tuple:
-                parent = _result_from_tuple(parent_tuple, app, f"{field}.parent")
-        if isinstance(head, str) and head:
-            return AsyncResult(head, app=app, parent=parent)
-    raise DecodeError(field, f"not a result tuple: {value!r}")

@@ -51,11 +51,13 @@ SCHEMES: Final[Mapping[str, tuple[str, str, frozenset[str]]]] = {
     ),
     "redis": (
         "wiretask.results.redis", "RedisBackend",
-        frozenset({"global_keyprefix", "socket_timeout", "socket_connect_timeout"}),
+        frozenset({"global_keyprefix", "socket_timeout", "socket_connect_timeout",
+                   "result_chord_ordered"}),
     ),
     "rediss": (
         "wiretask.results.redis", "RedisBackend",
-        frozenset({"global_keyprefix", "socket_timeout", "socket_connect_timeout"}),
+        frozenset({"global_keyprefix", "socket_timeout", "socket_connect_timeout",
+                   "result_chord_ordered"}),
     ),
 }
 
@@ -81,7 +83,8 @@ def backend_from_url(
             Celery 5.7 and later read them). Compressed values are read either way.
         transport_options: backend options (Celery's
             ``result_backend_transport_options``): ``global_keyprefix``,
-            ``socket_timeout``, ``socket_connect_timeout`` for Redis; ``busy_timeout``,
+            ``socket_timeout``, ``socket_connect_timeout``, ``result_chord_ordered``
+            for Redis; ``busy_timeout``,
             ``event_retention`` for SQLite.
 
     Raises:

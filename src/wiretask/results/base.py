@@ -36,7 +36,7 @@ import math
 from collections.abc import Mapping
 from datetime import timedelta
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Final, Protocol, Self, runtime_checkable
+from typing import TYPE_CHECKING, Any, Final, NamedTuple, Protocol, Self, runtime_checkable
 
 import attrs
 
@@ -51,7 +51,10 @@ if TYPE_CHECKING:
 __all__ = [
     "COMPRESSED_PAYLOAD_MAGIC",
     "DEFAULT_EXPIRES",
+    "ChordCounter",
+    "ChordProgress",
     "DeferredStore",
+    "GroupStore",
     "MetaCodec",
     "ResultBackend",
     "Subscription",
@@ -151,7 +154,16 @@ class MetaCodec:
         Raises:
             EncodeError: the result (or another field) cannot be serialized.
         """
-        encoded = self.registry.dumps(dict(meta), self.serializer, field="result")
+        return self.encode_value(dict(meta))
+
+    def encode_value(self, value: Any) -> Encoded:
+        """Serialize any value as a result is (Celery's ``Backend.encode``: a saved
+        group, a chord header task's entry).
+
+        Raises:
+            EncodeError: the value cannot be serialized.
+        """
+        encoded = self.registry.dumps(value, self.serializer, field="result")
         if self.compression is None:
             return encoded
         body, mime = self.registry.compress(encoded.data, self.compression)
@@ -178,22 +190,36 @@ class MetaCodec:
                 ``status``.
             ContentDisallowed: the content type is not in the registry's accept policy.
         """
+        value = self.decode_value(data, content_type, content_encoding)
+        if not isinstance(value, dict) or not isinstance(value.get("status"), str):
+            raise DecodeError(
+                "result", f"stored value is not a meta dict with a status: {type(value).__name__}"
+            )
+        return value
+
+    def decode_value(
+        self,
+        data: bytes | str,
+        content_type: str | None = None,
+        content_encoding: str | None = None,
+    ) -> Any:
+        """Deserialize any stored value (see ``encode_value``).
+
+        Raises:
+            DecodeError: the bytes do not decode.
+            ContentDisallowed: the content type is not in the registry's accept policy.
+        """
         raw = data.encode("utf-8") if isinstance(data, str) else bytes(data)
         if raw.startswith(COMPRESSED_PAYLOAD_MAGIC):
             mime, sep, body = raw[len(COMPRESSED_PAYLOAD_MAGIC):].partition(b"\x00")
             if not sep:
                 raise DecodeError("result", "compressed result without a content type")
             raw = self.registry.decompress(body, mime.decode("ascii", "replace"))
-        value = self.registry.loads(
+        return self.registry.loads(
             raw,
             content_type or self.content_type,
             content_encoding or (None if content_type else self.content_encoding),
         )
-        if not isinstance(value, dict) or not isinstance(value.get("status"), str):
-            raise DecodeError(
-                "result", f"stored value is not a meta dict with a status: {type(value).__name__}"
-            )
-        return value
 
 
 class Subscription(abc.ABC):
@@ -327,4 +353,106 @@ class DeferredStore(Protocol):
             ConnectionLost: the backend cannot be reached.
             TransportError: any other failure.
         """
+        ...
+
+
+@runtime_checkable
+class GroupStore(Protocol):
+    """Capability: group results stored by id (Celery's ``save_group``,
+    ``restore_group``, ``delete_group``), for ``GroupResult.save``/``restore``. The
+    value is ``{"result": <the group's result tuple>}``, serialized like a result; it
+    expires like one. Every bundled backend has it (Redis in Celery's
+    ``celery-taskset-meta-<group_id>`` key)."""
+
+    def save_group(self, group_id: str, value: Mapping[str, Any]) -> None:
+        """Store ``value`` under ``group_id`` (replacing what was there).
+
+        Raises:
+            EncodeError: the value cannot be serialized.
+            ConnectionLost, TransportError: the store failed.
+        """
+        ...
+
+    def restore_group(self, group_id: str) -> dict[str, Any] | None:
+        """What ``save_group`` stored, or ``None``.
+
+        Raises:
+            DecodeError: the stored value does not decode to a mapping.
+            ConnectionLost, TransportError: the read failed.
+        """
+        ...
+
+    def delete_group(self, group_id: str) -> None:
+        """Remove it (nothing happens if there is nothing).
+
+        Raises:
+            ConnectionLost, TransportError: the delete failed.
+        """
+        ...
+
+
+class ChordProgress(NamedTuple):
+    """Where a chord stands once a header task's part was counted."""
+
+    #: Parts recorded so far (each header task once).
+    ready: int
+    #: The chord's size (``None``: not set, the chord is not counted here).
+    size: int | None
+    #: Celery's ``.t`` adjustment to the size (tasks added to the chord while it runs).
+    diff: int
+    #: This call, and no other, completed the chord and may send its body.
+    claimed: bool
+
+    @property
+    def complete(self) -> bool:
+        return self.size is not None and self.ready == self.size + self.diff
+
+
+@runtime_checkable
+class ChordCounter(Protocol):
+    """Capability: the backend counts the header tasks of a chord itself, so that the
+    worker running the last one sends the body (Celery's ``on_chord_part_return`` on
+    its Redis backend). Backends without it are polled by ``celery.chord_unlock``
+    instead, as Celery's are. See ``spec/canvas.md`` for the Redis keys."""
+
+    #: Seconds the chord's keys are kept (``result_chord_expires``, else the results').
+    chord_expires: float | None
+
+    def set_chord_size(self, group_id: str, size: int) -> None:
+        """Record the chord's size before its last header task is sent (a new run of
+        a chord with the same group id starts afresh)."""
+        ...
+
+    def save_chord_header(self, group_id: str, value: Mapping[str, Any]) -> None:
+        """Keep the header's result tuple (``{"result": ...}``) when it nests groups,
+        so the body gets their results in their structure."""
+        ...
+
+    def add_chord_part(
+        self, group_id: str, task_id: str, index: int | None, part: bytes,
+        *, claim_seconds: int, token: str,
+    ) -> ChordProgress | None:
+        """Count one header task's outcome (``part``: the encoded ``[1, task_id, state,
+        result]``) at its ``index``, once per task and index. When that completes the
+        chord, claim the right to send the body for ``claim_seconds`` under ``token``.
+        ``None`` when the chord was already finished."""
+        ...
+
+    def chord_parts(self, group_id: str) -> list[bytes]:
+        """The recorded parts, in header order."""
+        ...
+
+    def extend_chord_claim(self, group_id: str, token: str, seconds: int) -> bool:
+        """Keep the claim (or take it again if it lapsed and the chord is unfinished);
+        False if another worker holds it."""
+        ...
+
+    def finish_chord(self, group_id: str, token: str, done_seconds: int) -> bool:
+        """Drop the chord's keys and mark it done for ``done_seconds`` (so a late copy
+        of a header task does not start it again), if ``token`` still holds the claim."""
+        ...
+
+    def drop_chord_size(self, group_id: str) -> None:
+        """Forget the size of a chord that failed, so a late copy of a header task does
+        not fail it again."""
         ...

@@ -56,6 +56,7 @@ import redis.exceptions
 
 from wiretask._errormap import map_exceptions
 from wiretask._ids import new_id
+from wiretask._redis.chords import chord_claim, chord_finish, chord_part
 from wiretask._redis.client import Commands, Target
 from wiretask._redis.errors import Boundaries
 from wiretask._redis.options import parse
@@ -70,6 +71,7 @@ from wiretask.protocol import states
 from wiretask.protocol.states import PendingState
 from wiretask.results.base import (
     DEFAULT_EXPIRES,
+    ChordProgress,
     MetaCodec,
     ResultBackend,
     Subscription,
@@ -81,10 +83,14 @@ from wiretask.results.base import (
 if TYPE_CHECKING:
     from wiretask.codecs import Registry
 
-__all__ = ["TASK_KEYPREFIX", "PendingResult", "RedisBackend", "RedisSubscription"]
+__all__ = [
+    "GROUP_KEYPREFIX", "TASK_KEYPREFIX", "PendingResult", "RedisBackend", "RedisSubscription",
+]
 
 #: Celery's ``task_keyprefix`` (``KeyValueStoreBackend``).
 TASK_KEYPREFIX: Final = "celery-task-meta-"
+#: Celery's ``group_keyprefix``: saved groups, and the chord keys (``<key>.s``, ...).
+GROUP_KEYPREFIX: Final = "celery-taskset-meta-"
 #: Prefix of a subscription's private sync channel (after ``global_keyprefix``).
 SYNC_PREFIX: Final = "wiretask-result-sync-"
 #: ``store`` retries its WATCH transaction this often when other writers keep winning.
@@ -93,14 +99,14 @@ MAX_WATCH_RETRIES: Final = 100
 _WAIT_SLICE: Final = 1.0
 
 
-def celery_keyprefix(global_keyprefix: str | None) -> str:
-    """Celery's task key prefix with ``global_keyprefix`` applied as Celery applies it
-    (``BaseKeyValueStoreBackend._add_global_keyprefix``)."""
+def celery_keyprefix(global_keyprefix: str | None, prefix: str = TASK_KEYPREFIX) -> str:
+    """Celery's task (or group) key prefix with ``global_keyprefix`` applied as Celery
+    applies it (``BaseKeyValueStoreBackend._add_global_keyprefix``)."""
     if not global_keyprefix:
-        return TASK_KEYPREFIX
+        return prefix
     if global_keyprefix[-1] not in ":_-.":
         global_keyprefix += "_"
-    return f"{global_keyprefix}{TASK_KEYPREFIX}"
+    return f"{global_keyprefix}{prefix}"
 
 
 def _without_transport_options(url: str) -> str:
@@ -130,6 +136,13 @@ class RedisBackend(ResultBackend):
         socket_timeout: seconds a command may take (Celery's ``redis_socket_timeout``
             default, 120).
         socket_connect_timeout: seconds a connection attempt may take.
+        result_chord_ordered: Celery's transport option of that name: a chord's parts
+            in a sorted set by header position (True, Celery's default) or a list in
+            arrival order. Every worker of a chord must agree.
+
+    Chords: this backend counts a chord's header tasks itself (``ChordCounter``), in
+    Celery's ``celery-taskset-meta-<group_id>.j/.t/.s/.d/.c`` keys (``_redis/chords``),
+    and saves groups under ``celery-taskset-meta-<group_id>`` (``GroupStore``).
     """
 
     def __init__(
@@ -143,8 +156,17 @@ class RedisBackend(ResultBackend):
         global_keyprefix: str | None = None,
         socket_timeout: float = 120.0,
         socket_connect_timeout: float = 10.0,
+        result_chord_ordered: bool = True,
     ) -> None:
         self.url = mask_url(url)
+        if not isinstance(result_chord_ordered, bool):
+            raise ImproperlyConfigured(
+                f"result_chord_ordered must be True or False, got {result_chord_ordered!r}",
+                setting="result_backend_transport_options",
+            )
+        self.chord_ordered = result_chord_ordered
+        #: ``result_chord_expires`` (the app sets it); ``None``: as ``expires``.
+        self.chord_expires: float | None = None
         self.expires = resolve_expires(expires)
         if registry is None:
             from wiretask.codecs import default_registry  # noqa: PLC0415 - avoid a cycle
@@ -153,6 +175,7 @@ class RedisBackend(ResultBackend):
         self.codec = MetaCodec(registry, serializer, compression)
         self.global_keyprefix = global_keyprefix or ""
         self.keyprefix = celery_keyprefix(global_keyprefix)
+        self.group_keyprefix = celery_keyprefix(global_keyprefix, GROUP_KEYPREFIX)
         try:
             self.client: redis.Redis = redis.Redis.from_url(
                 _without_transport_options(url),
@@ -248,6 +271,104 @@ class RedisBackend(ResultBackend):
             f"{MAX_WATCH_RETRIES} attempts",
             url=self.url,
         )
+
+    # -- groups (GroupStore) -----------------------------------------------------------
+
+    def group_key(self, group_id: str) -> str:
+        """The key of a saved group, and the stem of its chord's keys:
+        ``celery-taskset-meta-<group_id>``."""
+        return f"{self.group_keyprefix}{group_id}"
+
+    def save_group(self, group_id: str, value: Mapping[str, Any]) -> None:
+        """Celery's ``_save_group``: the value, expiring as results do, also
+        ``PUBLISH``ed on the key's channel."""
+        key, data = self.group_key(group_id), self.codec.encode_value(dict(value)).data
+        write = write_command(self.expires)
+        with self.errors("save group"):
+            self._commands.transaction([(write[0], key, *write[1:], data), ("PUBLISH", key, data)])
+
+    def restore_group(self, group_id: str) -> dict[str, Any] | None:
+        with self.errors("restore group"):
+            data = self._commands.call("GET", self.group_key(group_id))
+        if data is None:
+            return None
+        value = self.codec.decode_value(data)
+        if not isinstance(value, dict):
+            raise DecodeError("group", f"a saved group must be a mapping, got {value!r:.100}")
+        return value
+
+    def delete_group(self, group_id: str) -> None:
+        with self.errors("delete group"):
+            self._commands.call("DEL", self.group_key(group_id))
+
+    # -- chords (ChordCounter) -----------------------------------------------------------
+
+    def _chord_seconds(self) -> int:
+        """Celery's ``chord_expires`` in whole seconds (0: the keys do not expire)."""
+        expires = self.chord_expires if self.chord_expires is not None else self.expires
+        return int(expires or 0)
+
+    def _chord_result_seconds(self) -> int:
+        """Celery's ``_chord_result_expires``: a saved header is read by users too, so
+        it is kept at least as long as results (0: no change)."""
+        keep = self._chord_seconds()
+        if not keep or not self.expires:
+            return 0
+        return max(keep, int(self.expires))
+
+    def _set_chord_key(self, key: str, value: bytes | str | int) -> tuple[Any, ...]:
+        keep = self._chord_seconds()
+        return ("SET", key, value, "EX", keep) if keep else ("SET", key, value)
+
+    def set_chord_size(self, group_id: str, size: int) -> None:
+        """Celery's ``set_chord_size``: drop a previous run's claim, then ``.s``."""
+        stem = self.group_key(group_id)
+        with self.errors("set chord size"):
+            self._commands.call("DEL", f"{stem}.c")
+            self._commands.call(*self._set_chord_key(f"{stem}.s", int(size)))
+
+    def save_chord_header(self, group_id: str, value: Mapping[str, Any]) -> None:
+        data = self.codec.encode_value(dict(value)).data
+        with self.errors("save chord header"):
+            self._commands.call(*self._set_chord_key(self.group_key(group_id), data))
+
+    def add_chord_part(
+        self, group_id: str, task_id: str, index: int | None, part: bytes,
+        *, claim_seconds: int, token: str,
+    ) -> ChordProgress | None:
+        call = chord_part(
+            self.group_key(group_id), task_id, "+inf" if index is None else str(int(index)),
+            part, ordered=self.chord_ordered, keep=self._chord_seconds(),
+            keep_group=self._chord_result_seconds(), claim_seconds=claim_seconds,
+            token=token,
+        )
+        with self.errors("count a chord part"):
+            ready, diff, size, claimed = self._commands.script(call)
+        if int(ready) == -1:
+            return None
+        return ChordProgress(ready=int(ready), size=None if size is None else int(size),
+                             diff=int(diff or 0), claimed=bool(claimed))
+
+    def chord_parts(self, group_id: str) -> list[bytes]:
+        key = f"{self.group_key(group_id)}.j"
+        with self.errors("read chord parts"):
+            command = "ZRANGE" if self.chord_ordered else "LRANGE"
+            parts: list[bytes] = self._commands.call(command, key, 0, -1)
+        return parts
+
+    def extend_chord_claim(self, group_id: str, token: str, seconds: int) -> bool:
+        with self.errors("extend a chord claim"):
+            return bool(self._commands.script(chord_claim(self.group_key(group_id), token,
+                                                          seconds)))
+
+    def finish_chord(self, group_id: str, token: str, done_seconds: int) -> bool:
+        with self.errors("finish a chord"):
+            return bool(self._commands.script(chord_finish(self.group_key(group_id), token,
+                                                           done_seconds)))
+
+    def drop_chord_size(self, group_id: str) -> None:
+        with self.errors("drop a chord size"):
+            self._commands.call("DEL", f"{self.group_key(group_id)}.s")
 
     def same_database(self, pool: redis.ConnectionPool) -> bool:
         """Whether connections of ``pool`` reach this backend's Redis database (same
