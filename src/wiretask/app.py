@@ -58,6 +58,7 @@ from wiretask.canvas import (
     xmap,
     xstarmap,
 )
+from wiretask.canvas import signature as canvas_signature
 from wiretask.codecs import Registry, default_registry
 from wiretask.config import Configuration, Settings, read_object
 from wiretask.errors import (
@@ -643,11 +644,16 @@ class App:
                 )
             self._finalizing = True
             try:
+                # Celery's built-in tasks (celery.chord_unlock, celery.map, ...); a
+                # task of the app's own with one of their names is kept.
+                from wiretask.worker.builtins import register_builtins  # noqa: PLC0415
+
                 self.import_default_modules()
                 with _state_lock:
                     shared = list(_shared)
                 for function, options in shared:
                     self._shared_task(function, options)
+                register_builtins(self)
                 for task in list(self._tasks.values()):
                     self._annotate(task)
             finally:
@@ -974,15 +980,14 @@ class App:
 
     # -- running here ----------------------------------------------------------------
 
-    def _apply_signature(self, sig: Signature) -> AsyncResult:
+    def _apply_signature(self, sig: Signature) -> Any:
         """Send a callback as the worker would (options a call does not know dropped),
-        through the task's ``apply_async`` when it is registered here (so that it runs
-        eagerly under ``task_always_eager``)."""
+        through the canvas (a group or chord callback runs as one) and the task's
+        ``apply_async`` when it is registered here (so that it runs eagerly under
+        ``task_always_eager``)."""
         options = {k: v for k, v in sig.options.items() if k in calling.CALL_OPTIONS}
-        task = self.tasks.get(sig.task)
-        if task is not None:
-            return task.apply_async(sig.args, sig.kwargs, **options)
-        return self.send_task(sig.task, sig.args, sig.kwargs, **options)
+        return canvas_signature(attrs.evolve(sig, options=options).to_dict(),
+                                app=self).apply_async()
 
     def AsyncResult(self, task_id: str) -> AsyncResult:  # Celery's name
         return AsyncResult(task_id, app=self)

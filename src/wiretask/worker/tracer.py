@@ -47,6 +47,7 @@ from wiretask.protocol import states
 from wiretask.protocol.timing import is_expired
 from wiretask.results.base import DeferredStore
 from wiretask.results.exceptions import expired_meta_result, revoked_meta_result
+from wiretask.worker.canvas import Chords
 from wiretask.worker.links import Links
 from wiretask.worker.outcome import NO_LIMITS, Control, Outcome, Settle
 
@@ -87,6 +88,7 @@ class Tracer:
         #: backend's results in its ack.
         self.defer_results_of: DeferredStore | None = None
         self.links = Links(app)
+        self.chords = Chords(app, self.links)
 
     # -- the request ------------------------------------------------------------------
 
@@ -243,7 +245,7 @@ class Tracer:
         backend = self.defer_results_of
         current: object = self.app.backend
         if defer and backend is not None and backend is current and not (
-            message.ignore_result or message.callbacks or message.chain
+            message.ignore_result or message.callbacks or message.chain or message.chord
         ):
             # Nothing has to happen between the store and the ack: encode now (a value
             # the serializer refuses still fails the task), write with the ack.
@@ -269,6 +271,7 @@ class Tracer:
                 return Outcome(states.SUCCESS, "requeue", runtime)
         self._log_success(message, runtime, retval)
         self.links.send_callbacks(message, retval)
+        self.chords.message_returned(message, states.SUCCESS, retval)
         return Outcome(states.SUCCESS, "ack", runtime)
 
     @staticmethod
@@ -311,12 +314,10 @@ class Tracer:
             )
         if settle == "requeue":
             return Outcome(states.FAILURE, settle, runtime)
-        # Celery stores the failure under the ids of the chain's remaining elements too,
-        # so that waiting on the chain's last result does not hang (PROTOCOL.md §17.4).
-        for sig in message.chain or ():
-            task_id = sig.options.get("task_id")
-            if isinstance(task_id, str) and task_id and not message.ignore_result:
-                self._try_store(message, states.FAILURE, exc, tb=tb, task_id=task_id)
+        # Celery: the chord's part, then the failure stored under the ids of the chain's
+        # remaining elements, so that waiting on the chain's last result does not hang
+        # (PROTOCOL.md §17.4), then the errbacks.
+        self.chords.message_failed(message, exc, tb)
         self.links.call_errbacks(message, request, exc, tb)
         return Outcome(states.FAILURE, settle, runtime)
 
@@ -351,6 +352,8 @@ class Tracer:
         errbacks), and ack."""
         settle = self._store_final(message, states.REVOKED, revoked_meta_result(reason))
         logger.warning("task %s[%s] revoked: %s", message.task, message.id, reason)
+        if settle == "ack":
+            self.chords.message_returned(message, states.REVOKED, TaskRevokedError(reason))
         return Outcome(states.REVOKED, settle)
 
     def revoke_expired(self, message: TaskMessage, request: Request) -> Outcome:
@@ -364,6 +367,7 @@ class Tracer:
             message.expires.isoformat() if message.expires else "?",
         )
         if settle == "ack":
+            self.chords.message_returned(message, states.REVOKED, TaskRevokedError("expired"))
             self.links.call_errbacks(message, request, TaskRevokedError("expired"), None)
         return Outcome(states.REVOKED, settle)
 
