@@ -154,7 +154,6 @@ _NO_BEAT = "wiretask has no periodic-task scheduler (beat) yet"
 _NO_EVENTS = "wiretask does not send task events yet"
 _NO_CONTROL = "wiretask has no remote control yet"
 _IN_URL = "put it in broker_url (and give transport options in broker_transport_options)"
-_NO_CHORDS = "wiretask has no chords yet"
 
 
 def _backend(kind: str) -> str:
@@ -269,18 +268,24 @@ def _rows() -> Iterator[Setting]:
                 "has no rpc:// backend"),
         Setting("result_expires", h, "seconds (or a timedelta) a result is kept; None or 0: "
                 "forever", 86400, check=_seconds),
-        Setting("result_chord_expires", n, f"chord counters: {_NO_CHORDS}"),
+        Setting("result_chord_expires", h, "seconds a chord's counting keys live on Redis "
+                "(None: result_expires)", check=_seconds),
         Setting("result_failure_expires", r, "failures are kept for result_expires like "
                 "every result"),
         Setting("result_persistent", n, "the rpc:// result backend's messages; wiretask has "
                 "no rpc:// backend"),
-        Setting("result_extended", h, "only False: the worker does not store the extended "
-                "fields yet", False, only=(False,)),
+        Setting("result_extended", h, "the worker stores name, args, kwargs, worker, "
+                "retries and queue with every state, as Celery's; AsyncResult reads them",
+                False, check=_bool),
         Setting("result_serializer", h, "", "json"),
         Setting("result_backend_transport_options", h, "passed to the result backend, which "
                 "refuses an option it does not know by name", {}, check=_mapping),
-        Setting("result_chord_retry_interval", n, _NO_CHORDS, 1.0),
-        Setting("result_chord_join_timeout", n, _NO_CHORDS, 3.0),
+        Setting("result_chord_retry_interval", h, "how often celery.chord_unlock polls a "
+                "chord's header (backends that do not count chords: SQLite, memory)", 1.0,
+                check=_seconds),
+        Setting("result_chord_join_timeout", h, "how long the worker completing a chord "
+                "waits for the header's results when they nest groups, and "
+                "celery.chord_unlock for all of them", 3.0, check=_seconds),
     )
     for key in ("backend_max_sleep_between_retries_ms", "backend_max_retries",
                 "backend_base_sleep_between_retries_ms", "backend_always_retry"):
@@ -378,7 +383,8 @@ def _task_rows() -> Iterator[Setting]:
         Setting("task_store_errors_even_if_ignored", h, "only False: the worker does not "
                 "store the failures of ignore_result tasks yet", False, only=(False,)),
         Setting("task_track_started", h, "", False, check=_bool),
-        Setting("task_allow_error_cb_on_chord_header", h, f"only False: {_NO_CHORDS}", False,
+        Setting("task_allow_error_cb_on_chord_header", h, "only False: a chord's errbacks "
+                "go to its body (True would also link them to every header task)", False,
                 only=(False,)),
     )
 

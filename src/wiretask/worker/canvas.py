@@ -46,11 +46,12 @@ from wiretask.results.base import ChordCounter
 from wiretask.results.exceptions import exception_from_meta, exception_to_meta
 
 if TYPE_CHECKING:
-    from wiretask.app import App
+    from wiretask.app import App, Request
     from wiretask.protocol.envelope import TaskMessage
     from wiretask.worker.links import Links
 
-__all__ = ["Chords", "apply", "as_canvas", "chord_error_for", "result_value"]
+__all__ = ["Chords", "apply", "as_canvas", "chord_error_for", "extended_fields",
+           "result_value"]
 
 logger = logging.getLogger("wiretask.worker")
 
@@ -87,6 +88,31 @@ def _plain(value: Any) -> Any:
     if isinstance(value, tuple | list):
         return [_plain(v) for v in value]
     return value
+
+
+def extended_fields(
+    app: App, message: TaskMessage, request: Request | None, hostname: str,
+) -> dict[str, Any] | None:
+    """With ``result_extended``, what Celery's ``_get_result_meta`` adds to every state
+    it stores for a task: ``name``, ``args``, ``kwargs``, ``worker``, ``retries``,
+    ``queue`` (the routing key it was delivered with), and its stamps; ``None`` when
+    the setting is off."""
+    if not app.conf.get("result_extended"):
+        return None
+    info = (request.delivery_info if request is not None else None) or {}
+    fields: dict[str, Any] = {
+        "name": message.task,
+        "args": list(message.args),
+        "kwargs": dict(message.kwargs),
+        "worker": request.hostname if request is not None else hostname,
+        "retries": message.retries,
+        "queue": info.get("routing_key"),
+    }
+    if message.stamps:
+        stamped = list(message.stamped_headers or ())
+        fields["stamped_headers"] = stamped
+        fields.update({k: v for k, v in message.stamps.items() if k in stamped})
+    return fields
 
 
 def chord_error_for(task_id: str, exc: BaseException) -> ChordError:

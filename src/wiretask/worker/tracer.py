@@ -47,7 +47,7 @@ from wiretask.protocol import states
 from wiretask.protocol.timing import is_expired
 from wiretask.results.base import DeferredStore
 from wiretask.results.exceptions import expired_meta_result, revoked_meta_result
-from wiretask.worker.canvas import Chords
+from wiretask.worker.canvas import Chords, extended_fields
 from wiretask.worker.links import Links
 from wiretask.worker.outcome import NO_LIMITS, Control, Outcome, Settle
 
@@ -119,7 +119,7 @@ class Tracer:
 
     def _meta(
         self, message: TaskMessage, status: str, result: Any, *, tb: str | None = None,
-        task_id: str | None = None,
+        task_id: str | None = None, request: Request | None = None,
     ) -> dict[str, Any]:
         own = task_id is None or task_id == message.id
         return states.make_meta(
@@ -130,21 +130,23 @@ class Tracer:
             date_done=self.app.now() if status in states.READY_STATES else None,
             group_id=message.group if own else None,
             parent_id=message.parent_id if own else None,
+            extra=extended_fields(self.app, message, request, self.hostname) if own else None,
         )
 
     def store(self, message: TaskMessage, status: str, result: Any, *, tb: str | None = None,
-              task_id: str | None = None) -> None:
+              task_id: str | None = None, request: Request | None = None) -> None:
         """Store a state for the message's task (or ``task_id``). Raises what the backend
         raises; callers decide whether that is fatal for the delivery."""
-        self.app.backend.store(
-            task_id or message.id, self._meta(message, status, result, tb=tb, task_id=task_id)
-        )
+        self.app.backend.store(task_id or message.id, self._meta(
+            message, status, result, tb=tb, task_id=task_id, request=request
+        ))
 
     def _try_store(self, message: TaskMessage, status: str, result: Any, *,
-                   tb: str | None = None, task_id: str | None = None) -> bool:
+                   tb: str | None = None, task_id: str | None = None,
+                   request: Request | None = None) -> bool:
         """Store, logging a failure instead of raising. True if it was stored."""
         try:
-            self.store(message, status, result, tb=tb, task_id=task_id)
+            self.store(message, status, result, tb=tb, task_id=task_id, request=request)
         except Exception:
             logger.exception(
                 "task %s[%s]: could not store state %s", message.task,
@@ -154,13 +156,13 @@ class Tracer:
         return True
 
     def _store_final(self, message: TaskMessage, status: str, result: Any, *,
-                     tb: str | None = None) -> Settle:
+                     tb: str | None = None, request: Request | None = None) -> Settle:
         """Store a final state; ``ack`` if stored (or ignored), ``requeue`` if the backend
         failed, so that the outcome is not lost (at least once)."""
         if message.ignore_result:
             return "ack"
         try:
-            self.store(message, status, result, tb=tb)
+            self.store(message, status, result, tb=tb, request=request)
         except (EncodeError, ValidationError):
             # Permanent: storing it again later would fail the same way.
             logger.exception("task %s[%s]: could not store %s", message.task, message.id, status)
@@ -202,7 +204,8 @@ class Tracer:
             # Celery: track_started is off for ignore_result tasks.
             tracked = True
             self._try_store(
-                message, states.STARTED, {"pid": os.getpid(), "hostname": self.hostname}
+                message, states.STARTED, {"pid": os.getpid(), "hostname": self.hostname},
+                request=request,
             )
         run = _run_body(task, message, request, control)
         if not run.claimed:
@@ -225,7 +228,7 @@ class Tracer:
     ) -> Outcome:
         """The body raised ``error``: a retry, a rejection, or a failure."""
         if isinstance(error, Retry):
-            return self._retried(message, error, runtime)
+            return self._retried(message, error, runtime, request)
         if isinstance(error, Reject):
             logger.info(
                 "task %s[%s] rejected (requeue=%s): %s",
@@ -251,7 +254,7 @@ class Tracer:
             # the serializer refuses still fails the task), write with the ack.
             try:
                 pending = backend.pending(
-                    message.id, self._meta(message, states.SUCCESS, retval)
+                    message.id, self._meta(message, states.SUCCESS, retval, request=request)
                 )
             except (EncodeError, ValidationError) as exc:
                 return self.fail(message, request, exc, runtime=runtime)
@@ -259,7 +262,7 @@ class Tracer:
             return Outcome(states.SUCCESS, "ack", runtime, pending=pending)
         if not message.ignore_result:
             try:
-                self.store(message, states.SUCCESS, retval)
+                self.store(message, states.SUCCESS, retval, request=request)
             except (EncodeError, ValidationError) as exc:
                 # Celery: a return value the result serializer refuses fails the task.
                 return self.fail(message, request, exc, runtime=runtime)
@@ -282,7 +285,8 @@ class Tracer:
                 message.task, message.id, runtime, _short_repr(retval),
             )
 
-    def _retried(self, message: TaskMessage, signal: Retry, runtime: float) -> Outcome:
+    def _retried(self, message: TaskMessage, signal: Retry, runtime: float,
+                 request: Request | None = None) -> Outcome:
         # Task.retry has already re-sent the message (same id, retries + 1). RETRY is not
         # final, so a failure to store it is logged and the original is acked anyway:
         # requeueing it would run the task twice next to its re-sent copy.
@@ -293,7 +297,7 @@ class Tracer:
             tb = "".join(traceback.format_exception(
                 type(reason), reason, reason.__traceback__ or signal.__traceback__
             ))
-            self._try_store(message, states.RETRY, reason, tb=tb)
+            self._try_store(message, states.RETRY, reason, tb=tb, request=request)
         logger.info("task %s[%s] retry: %s", message.task, message.id, signal)
         return Outcome(states.RETRY, "ack", runtime)
 
@@ -304,7 +308,7 @@ class Tracer:
         """Record a failure: store ``FAILURE`` (and fail the rest of the chain forward),
         then call the errbacks."""
         tb = tb if tb is not None else format_traceback(exc)
-        settle = self._store_final(message, states.FAILURE, exc, tb=tb)
+        settle = self._store_final(message, states.FAILURE, exc, tb=tb, request=request)
         if isinstance(exc, SoftTimeLimitExceeded | TimeLimitExceeded):
             logger.error("task %s[%s] %s", message.task, message.id, exc)
         else:
@@ -360,7 +364,8 @@ class Tracer:
         """Do not run an expired task: store ``REVOKED`` with the meta Celery stores
         (``TaskRevokedError('expired')`` under ``celery.exceptions``) and call the
         errbacks with that exception."""
-        settle = self._store_final(message, states.REVOKED, expired_meta_result())
+        settle = self._store_final(message, states.REVOKED, expired_meta_result(),
+                                   request=request)
         logger.warning(
             "task %s[%s] expired at %s: revoked, not run",
             message.task, message.id,
