@@ -65,6 +65,12 @@ def add(x: int, y: int) -> int:
     return x + y
 
 
+@app.task(name="interop.tsum")
+def tsum(values: list[int]) -> int:
+    """A chord body: the sum of the header's results."""
+    return sum(values)
+
+
 @app.task(name="interop.echo")
 def echo(*args: Any, **kwargs: Any) -> dict[str, Any]:
     """What arrived, so the sender can compare it with what it sent."""
