@@ -394,12 +394,16 @@ class TaskSignature(dict[str, Any]):
         (``None`` options dropped). A task registered here goes through its
         ``apply_async`` (so ``task_always_eager`` applies, as in Celery); any other is
         sent by name."""
-        sig = self.clone(args, kwargs, **options)
-        call_args, call_kwargs = _as_arguments(sig.args), _as_arguments(sig.kwargs)
-        task = self.app.tasks.get(sig.task)
+        # Merged, not cloned (Celery's apply_async does not copy the options either: a
+        # chain step's options hold the rest of the chain).
+        call_args, call_kwargs, call_options = self._merge(
+            args, kwargs, {k: v for k, v in options.items() if v is not None}
+        )
+        call_args, call_kwargs = _as_arguments(call_args), _as_arguments(call_kwargs)
+        task = self.app.tasks.get(self.task)
         if task is not None:
-            return task.apply_async(call_args, call_kwargs, **sig.options)
-        return self.app.send_task(sig.task, call_args, call_kwargs, **sig.options)
+            return task.apply_async(call_args, call_kwargs, **call_options)
+        return self.app.send_task(self.task, call_args, call_kwargs, **call_options)
 
     def delay(self, *args: Any, **kwargs: Any) -> Any:
         return self.apply_async(args, kwargs)
@@ -1545,7 +1549,7 @@ def _apply_chord(
         "result": [r.as_tuple() for r in header_result.results],
     }
     app.send_task(
-        "celery.chord_unlock", (header_result.id, body), unlock_kwargs,
+        "celery.chord_unlock", _as_arguments((header_result.id, body)), unlock_kwargs,
         countdown=countdown, queue=queue, priority=priority or 0, **routing,
     )
 

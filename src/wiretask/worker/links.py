@@ -104,7 +104,7 @@ class Links:
             self._send_callback_group(message, callbacks, retval, ids)
         if message.chain:
             self._send_logged(message, "chain", message.chain[-1], (retval,),
-                              chain=list(message.chain[:-1]), **ids)
+                              chain=[sig.to_dict() for sig in message.chain[:-1]], **ids)
 
     def _send_callback_group(
         self, message: TaskMessage, callbacks: Sequence[Signature], retval: Any,
