@@ -1375,7 +1375,9 @@ class TaskChord(TaskSignature):
         callbacks: dict[str, Any] = {
             key: options.pop(key) for key in ("link", "link_error") if key in options
         }
-        body = body.clone(**_body_options(options))
+        body = body.clone(**_body_options(
+            {k: v for k, v in options.items() if k not in _CHORD_RUN_OPTIONS}
+        ))
         header = self.tasks
         if isinstance(header, TaskGroup):
             header = header.clone()
@@ -1456,6 +1458,12 @@ class TaskChord(TaskSignature):
                          if k not in _CHAIN_RUN_OPTIONS}
         task.body = body_tasks[0].clone(**first_options)
         return [task, *body_tasks[1:]]
+
+
+#: A chord's own ``apply_async`` options (how ``celery.chord_unlock`` polls). Celery
+#: also copies them into the body's options, where they end up as junk message
+#: properties; wiretask keeps them off the body (spec/canvas.md).
+_CHORD_RUN_OPTIONS = frozenset({"interval", "max_retries"})
 
 
 def _maybe_group(tasks: Any, app: App | None) -> Any:
@@ -1581,11 +1589,11 @@ class _MapSignature(TaskSignature):
         _, _, merged = self._merge(None, None, {k: v for k, v in options.items()
                                                 if v is not None})
         merged.pop("route_name", None)
-        return self.app.send_task(
-            self._task_name, (),
-            _as_arguments({"task": self.kwargs["task"], "it": list(self.kwargs["it"])}),
-            **merged,
-        )
+        kwargs = _as_arguments({"task": self.kwargs["task"], "it": list(self.kwargs["it"])})
+        task = self.app.tasks.get(self._task_name)  # Celery: self.type.apply_async
+        if task is not None:
+            return task.apply_async((), kwargs, **merged)
+        return self.app.send_task(self._task_name, (), kwargs, **merged)
 
 
 class xmap(_MapSignature):
