@@ -951,17 +951,18 @@ def _strip_chord_header_links(sig: TaskSignature) -> None:
 
 def chain(*tasks: Any, app: App | None = None, **options: Any) -> TaskSignature:
     """Celery's ``chain(a, b, c)``, the same as ``a | b | c`` (a group followed by a task
-    becomes a chord); one iterable argument is taken as the tasks. With options (or no
-    tasks) a :class:`TaskChain` of exactly the given tasks."""
-    if options or not tasks or (len(tasks) == 1 and isinstance(tasks[0], Mapping)):
+    becomes a chord); one iterable argument is taken as the tasks. With keywords (options
+    or ``app``) or no tasks, a :class:`TaskChain` of exactly the given tasks (the chord
+    upgrade then happens when it is sent), as Celery's."""
+    if options or app is not None or not tasks or (
+        len(tasks) == 1 and isinstance(tasks[0], Mapping)
+    ):
+        # Celery folds only ``chain(a, b, ...)`` without keywords (``app=`` included).
         return TaskChain(*tasks, app=app, **options)
     members: Sequence[Any] = list(tasks[0]) if len(tasks) == 1 else tasks
-    first_app = app if app is not None else _app_of(
-        [maybe_signature(t) for t in members]
-    )
-    folded: TaskSignature = TaskChain(app=first_app)
+    folded: TaskSignature = TaskChain(app=_app_of([maybe_signature(t) for t in members]))
     for task in members:
-        folded = folded | maybe_signature(task, app=app)
+        folded = folded | maybe_signature(task)
     return folded
 
 

@@ -245,3 +245,23 @@ def test_result_tuples_round_trip(app: App) -> None:
     assert rebuilt == "g" and str(rebuilt) == "g" and hash(rebuilt) == hash("g")
     with pytest.raises(DecodeError, match="result"):
         result_from_tuple(["g"], app)
+
+
+def test_chain_with_keywords_is_not_folded_but_sends_the_same_chord(
+    app: App, celery_app: celery.Celery
+) -> None:
+    def make(module: Any, add: Any, tsum: Any, owner: Any) -> Any:
+        return module.chain(add.s(1), module.group(add.s(2), add.s(3)), tsum.s(), app=owner)
+
+    theirs = make(_Celery, celery_app.tasks["canvas.add"], celery_app.tasks["canvas.tsum"],
+                  celery_app)
+    ours = make(_Wiretask, app.tasks["canvas.add"], app.tasks["canvas.tsum"], app)
+    assert isinstance(ours, TaskChain) and isinstance(ours.tasks[1], TaskGroup)
+    assert json.loads(json.dumps(ours)) == json.loads(json.dumps(theirs))
+    # Sending upgrades the group and the task after it to a chord, as Celery's does.
+    tasks, _ = ours.prepare_steps((), {}, ours.tasks)
+    their_tasks, _ = theirs.prepare_steps((), {}, theirs.tasks, app=celery_app)
+    assert [type(t).__name__ for t in tasks] == ["TaskChord", "TaskSignature"]
+    assert [type(t).__name__ for t in their_tasks] == ["_chord", "Signature"]
+    ours_chord, theirs_chord = tasks[0], their_tasks[0]
+    assert set(ours_chord.options) == set(theirs_chord.options) == {"task_id", "root_id"}
