@@ -1627,9 +1627,13 @@ class _EagerRun:
         if not store or self.message.ignore_result:
             return
         message = self.message
+        # result_extended: the fields Celery's eager run stores too (worker.canvas).
+        from wiretask.worker.canvas import extended_fields  # noqa: PLC0415 - lazily
+
         self.app.backend.store(message.id, states.make_meta(
             message.id, status, result, traceback=tb, date_done=self.app.now(),
             parent_id=message.parent_id, group_id=message.group,
+            extra=extended_fields(self.app, message, self.request(), _hostname()),
         ))
 
 

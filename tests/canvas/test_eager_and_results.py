@@ -103,3 +103,16 @@ def test_a_result_set_of_results(app: App, worker: Worker) -> None:
     results.remove(two)
     results.clear()
     assert len(results) == 0 and results.ready()
+
+
+def test_an_eager_result_stored_with_result_extended_has_celerys_fields(
+    make_app: MakeApp,
+) -> None:
+    app = make_app(task_always_eager=True, task_store_eager_result=True,
+                   result_extended=True)
+    result = t(app, "add").delay(2, 3)
+    stored = AsyncResult(result.id, app=app)
+    assert (stored.name, stored.args, stored.kwargs, stored.retries, stored.queue) == (
+        "canvas.add", [2, 3], {}, 0, None,
+    )
+    assert stored.worker
