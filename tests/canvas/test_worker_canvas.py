@@ -217,3 +217,37 @@ def test_result_extended_stores_celerys_fields(make_app: MakeApp) -> None:
         result = t(plain, "add").delay(1, 1)
         assert result.get(timeout=WAIT) == 2
         assert result.name is None and result.worker is None and result.args is None
+
+
+def test_celerys_compatibility_builtins_sent_by_name(app: App, worker: Worker) -> None:
+    add, tsum = t(app, "add"), t(app, "tsum")
+    members = [add.s(1), add.s(2)]
+    for sig in members:
+        sig.freeze()
+    gid = "group-by-name"
+    tuple_ = GroupResult(gid, [AsyncResult(s.id, app=app) for s in members],
+                         app=app).as_tuple()
+    sent = app.send_task("celery.group", (), {
+        "tasks": [s.to_dict() for s in members], "result": tuple_, "group_id": gid,
+        "partial_args": [10],
+    })
+    assert sent.get(timeout=WAIT) == [[gid, None], [[[m.id, None], None] for m in members]]
+    assert GroupResult(gid, [AsyncResult(s.id, app=app) for s in members],
+                       app=app).get(timeout=WAIT) == [11, 12]
+
+    body = tsum.s()
+    ran = app.send_task("celery.chord", (), {
+        "header": [add.s(1, 1).to_dict(), add.s(2, 2).to_dict()], "body": body.to_dict(),
+        "interval": 0.05,
+    })
+    body_tuple = ran.get(timeout=WAIT)
+    assert AsyncResult(body_tuple[0][0], app=app).get(timeout=WAIT) == 6
+
+    assert app.send_task("celery.accumulate", (1, 2, 3), {"index": 1}).get(timeout=WAIT) == 2
+    assert app.send_task("celery.accumulate", (1, 2)).get(timeout=WAIT) == [1, 2]
+    assert app.send_task("celery.backend_cleanup").get(timeout=WAIT) is None
+    with pytest.raises(NotImplementedError, match="chain is not a real task"):
+        app.send_task("celery.chain").get(timeout=WAIT)
+    assert set(app.tasks) >= {"celery.chord_unlock", "celery.map", "celery.starmap",
+                              "celery.chunks", "celery.group", "celery.chain",
+                              "celery.chord", "celery.accumulate", "celery.backend_cleanup"}

@@ -34,6 +34,8 @@ The parts, one module each (a message meets them in this order):
   solo, processes.
 * ``tracer`` (and ``links``): runs one message: states, body, callbacks, errbacks; it
   takes a ``Control`` (time limits) and returns an ``Outcome`` (``outcome``).
+  ``canvas``: its chord parts and the failures it carries through a chain;
+  ``builtins``: Celery's built-in tasks (``celery.chord_unlock``, ``celery.map``, ...).
 * ``settlement``: ack once, after the outcome is stored; batched acks that also take
   the next messages; ack retry; requeue with a pause.
 """
