@@ -251,3 +251,12 @@ def test_celerys_compatibility_builtins_sent_by_name(app: App, worker: Worker) -
     assert set(app.tasks) >= {"celery.chord_unlock", "celery.map", "celery.starmap",
                               "celery.chunks", "celery.group", "celery.chain",
                               "celery.chord", "celery.accumulate", "celery.backend_cleanup"}
+
+
+def test_a_header_chain_failing_early_still_reports_its_part(app: App, worker: Worker) -> None:
+    add, tsum, fail = t(app, "add"), t(app, "tsum"), t(app, "fail")
+    # The chain's last task carries the chord; it never runs, its failure is carried
+    # forward to it and counted, so the chord fails instead of waiting for ever.
+    result = chord([chain(fail.s("early"), add.s(1)), add.s(2, 2)], tsum.s()).apply_async()
+    with pytest.raises(ChordError, match=r"raised ValueError\('early'\)"):
+        result.get(timeout=WAIT, follow_parents=False)
