@@ -47,7 +47,7 @@ def test_wiretask_sends_what_celery_sends(
     vector: dict[str, Any], wire_app: App, redis_url: str
 ) -> None:
     scope = {"add": wire_app.tasks["canvas.add"], "tsum": wire_app.tasks["canvas.tsum"],
-             "chain": chain, "group": group, "chord": chord}
+             "chain": chain, "group": group, "chord": chord, "app": wire_app}
     eval(vector["call"], scope)
     client = redis.Redis.from_url(redis_url)
     try:

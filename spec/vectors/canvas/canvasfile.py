@@ -49,7 +49,7 @@ PROPERTIES = ("correlation_id", "reply_to", "delivery_mode", "priority", "expira
 KEY_PATTERNS = ("celery-taskset-meta-*", "chord-unlock-*")
 
 #: The calls, evaluated with ``add`` and ``tsum`` (tasks named ``canvas.add`` and
-#: ``canvas.tsum``) and ``chain``, ``group``, ``chord`` in scope: name -> call.
+#: ``canvas.tsum``), ``chain``, ``group``, ``chord`` and the ``app`` in scope: name -> call.
 CASES: dict[str, str] = {
     "chain": "chain(add.s(1, 2), add.s(3), add.s(4)).apply_async()",
     "chain-pipe": "(add.s(1, 1) | add.si(2, 2)).apply_async()",
@@ -68,6 +68,8 @@ CASES: dict[str, str] = {
     "chain-ending-in-group": "(add.s(1, 1) | group(add.s(1), add.s(2))).apply_async()",
     "chain-group-inside": "chain(add.s(1, 1), group(add.s(1), add.s(2)), "
                           "tsum.s()).apply_async()",
+    "chain-unfolded": "chain(add.s(1, 1), group(add.s(1), add.s(2)), tsum.s(), "
+                      "app=app).apply_async()",
     "chunks": "add.chunks([(1, 1), (2, 2), (3, 3)], 2).apply_async()",
     "map": "add.map([1, 2]).apply_async()",
     "starmap": "add.starmap([(1, 1), (2, 2)]).apply_async()",

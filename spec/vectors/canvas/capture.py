@@ -42,7 +42,7 @@ def main(url: str) -> None:
     client = redis.Redis.from_url(url)
     app = make_app(url)
     scope = {"add": app.tasks["canvas.add"], "tsum": app.tasks["canvas.tsum"],
-             "chain": chain, "group": group, "chord": chord}
+             "chain": chain, "group": group, "chord": chord, "app": app}
     for name, call in canvasfile.CASES.items():
         client.flushdb()
         eval(call, dict(scope))  # noqa: S307 - the calls are this project's own constants
