@@ -54,12 +54,16 @@ CASES: dict[str, str] = {
     "chain": "chain(add.s(1, 2), add.s(3), add.s(4)).apply_async()",
     "chain-pipe": "(add.s(1, 1) | add.si(2, 2)).apply_async()",
     "chain-one": "chain([add.s(1, 1)]).apply_async()",
+    "chain-options": "(add.s(1, 1) | add.s(2)).apply_async(priority=4, "
+                     "headers={'x-trace': 'abc'})",
     "group": "group(add.s(1, 1), add.s(2, 2)).apply_async()",
     "group-options": "group([add.s(1, 1), add.s(2, 2)], queue='celery').apply_async(priority=3)",
     "group-partial": "group(add.s(1), add.s(2)).apply_async((10,))",
     "chord": "chord([add.s(1, 1), add.s(2, 2)], tsum.s()).apply_async()",
     "chord-call": "chord([add.s(1, 1), add.s(2, 2)])(tsum.s())",
     "chord-link": "chord([add.s(1, 1)], tsum.s()).apply_async(link=add.s(10))",
+    "chord-options": "chord([add.s(1, 1), add.s(2, 2)], tsum.s()).apply_async(priority=4, "
+                     "headers={'x-trace': 'abc'})",
     "chord-group-body": "chord([add.s(1, 1)], group(tsum.s(), tsum.s())).apply_async()",
     "chord-nested-group": "chord([chain(add.s(1, 1), group(add.s(1), add.s(2)))], "
                           "tsum.s()).apply_async()",
