@@ -2,7 +2,7 @@
 
 Everything here is a ``dict`` with Celery's keys (``task``, ``args``, ``kwargs``,
 ``options``, ``subtask_type``, ``immutable``), changed in place like Celery's, so that
-what it sends is exactly what Celery sends (``spec/canvas.md``):
+what it sends is exactly what Celery sends (``spec/PROTOCOL.md`` §19):
 
 * :class:`TaskSignature` (``task.s(...)``): ``link``, ``link_error`` and ``set`` change
   it and return what Celery returns; :meth:`TaskSignature.freeze` gives it its ids (a
@@ -1463,7 +1463,7 @@ class TaskChord(TaskSignature):
 
 #: A chord's own ``apply_async`` options (how ``celery.chord_unlock`` polls). Celery
 #: also copies them into the body's options, where they end up as junk message
-#: properties; wiretask keeps them off the body (spec/canvas.md).
+#: properties; wiretask keeps them off the body (spec/PROTOCOL.md §19.9).
 _CHORD_RUN_OPTIONS = frozenset({"interval", "max_retries"})
 
 

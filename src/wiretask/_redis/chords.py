@@ -16,7 +16,7 @@ every result key), so that Celery workers and wiretask workers can share one cho
 * the group key itself, when the client kept the header's result tuple there, is given
   the chord's expiry too.
 
-Each script is one atomic step (``spec/canvas.md`` describes them in full). They are
+Each script is one atomic step (``spec/PROTOCOL.md`` §19.4 describes them in full). They are
 written for wiretask; what they do to the keys is what Celery 5.7's do, so the two mix.
 """
 

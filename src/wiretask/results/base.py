@@ -413,7 +413,7 @@ class ChordCounter(Protocol):
     """Capability: the backend counts the header tasks of a chord itself, so that the
     worker running the last one sends the body (Celery's ``on_chord_part_return`` on
     its Redis backend). Backends without it are polled by ``celery.chord_unlock``
-    instead, as Celery's are. See ``spec/canvas.md`` for the Redis keys."""
+    instead, as Celery's are. See ``spec/PROTOCOL.md`` §19.4 for the Redis keys."""
 
     #: Seconds the chord's keys are kept (``result_chord_expires``, else the results').
     chord_expires: float | None
