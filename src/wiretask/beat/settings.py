@@ -1,0 +1,156 @@
+"""The beat settings, read in one place.
+
+Every ``beat_*`` setting beat honours is read here (``beat_settings``), and the one it
+writes (``beat_schedule``, by ``add_periodic_task``) is reached through
+``beat_schedule_of``. Reads go through ``app.conf.get`` with Celery's defaults, so they
+work whether or not the app's settings table lists the name.
+"""
+
+from __future__ import annotations
+
+import numbers
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+import attrs
+
+from wiretask.errors import ImproperlyConfigured
+
+if TYPE_CHECKING:
+    from wiretask.app import App
+
+__all__ = [
+    "DEFAULT_MAX_INTERVAL",
+    "DEFAULT_SCHEDULE_FILENAME",
+    "PERSISTENT_SCHEDULER",
+    "BeatSettings",
+    "beat_schedule_of",
+    "beat_settings",
+    "check_scheduler",
+]
+
+#: Celery's ``DEFAULT_MAX_INTERVAL``: the longest sleep between two looks at the schedule
+#: when ``beat_max_loop_interval`` is 0 (its default).
+DEFAULT_MAX_INTERVAL = 300.0
+#: Celery's default ``beat_schedule_filename``.
+DEFAULT_SCHEDULE_FILENAME = "celerybeat-schedule"
+#: The names of Celery's default scheduler, the only one wiretask has (its schedule
+#: file and broker record stand for Celery's ``shelve`` file).
+PERSISTENT_SCHEDULER = frozenset(
+    {"celery.beat:PersistentScheduler", "celery.beat.PersistentScheduler"}
+)
+
+
+@attrs.frozen
+class BeatSettings:
+    """The beat settings of an app, checked."""
+
+    #: ``beat_schedule``: entry name -> entry (checked when the scheduler reads it).
+    schedule: Mapping[str, Any]
+    schedule_filename: str
+    #: Seconds; ``beat_max_loop_interval`` or, when it is 0, ``DEFAULT_MAX_INTERVAL``.
+    max_loop_interval: float
+    #: ``beat_sync_every``: honoured by syncing after every send (which is at least as
+    #: often as any value asks).
+    sync_every: int
+    #: ``beat_cron_starting_deadline``: seconds, or None.
+    cron_starting_deadline: float | None
+
+
+def _number(name: str, value: Any, *, allow_none: bool = False) -> float | None:
+    if value is None and allow_none:
+        return None
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or value < 0:
+        raise ImproperlyConfigured(
+            f"{name} must be a number of seconds >= 0, got {value!r}", setting=name
+        )
+    return float(value)
+
+
+def check_scheduler(value: Any, *, setting: str = "beat_scheduler") -> None:
+    """Refuse any scheduler but Celery's default ``PersistentScheduler``.
+
+    Raises:
+        ImproperlyConfigured: another scheduler class (``django_celery_beat``'s
+            ``DatabaseScheduler``, a custom one), naming it.
+    """
+    if value not in PERSISTENT_SCHEDULER:
+        raise ImproperlyConfigured(
+            f"{setting}={value!r} is not supported by wiretask: its beat has one scheduler, "
+            "Celery's default celery.beat:PersistentScheduler (a schedule file plus a "
+            "record on the broker); custom and database schedulers cannot be loaded",
+            setting=setting,
+        )
+
+
+def beat_settings(app: App) -> BeatSettings:
+    """The app's beat settings, with Celery's defaults.
+
+    Raises:
+        ImproperlyConfigured: a beat setting of the wrong shape, a scheduler other than
+            Celery's default, or ``beat_enable_remote_control`` (naming it).
+    """
+    conf = app.conf
+    if conf.get("beat_enable_remote_control"):
+        raise ImproperlyConfigured(
+            "beat_enable_remote_control=True is not supported by wiretask: beat does not "
+            "answer remote control (no remote control yet); watch its log or its lease "
+            "on the broker instead",
+            setting="beat_enable_remote_control",
+        )
+    if conf.get("beat_remote_control_max_tick_age") is not None:
+        raise ImproperlyConfigured(
+            "beat_remote_control_max_tick_age is not supported by wiretask: beat does not "
+            "answer remote control",
+            setting="beat_remote_control_max_tick_age",
+        )
+    check_scheduler(conf.get("beat_scheduler") or "celery.beat:PersistentScheduler")
+    schedule = conf.get("beat_schedule")
+    if schedule is None:
+        schedule = {}
+    if not isinstance(schedule, Mapping):
+        raise ImproperlyConfigured(
+            f"beat_schedule must be a dict of entries by name, got {type(schedule).__name__}",
+            setting="beat_schedule",
+        )
+    filename = conf.get("beat_schedule_filename") or DEFAULT_SCHEDULE_FILENAME
+    if not isinstance(filename, str):
+        raise ImproperlyConfigured(
+            f"beat_schedule_filename must be a path, got {filename!r}",
+            setting="beat_schedule_filename",
+        )
+    interval = _number("beat_max_loop_interval", conf.get("beat_max_loop_interval") or 0)
+    sync_every = conf.get("beat_sync_every") or 0
+    if isinstance(sync_every, bool) or not isinstance(sync_every, int) or sync_every < 0:
+        raise ImproperlyConfigured(
+            f"beat_sync_every must be an integer >= 0, got {sync_every!r}",
+            setting="beat_sync_every",
+        )
+    return BeatSettings(
+        schedule=schedule,
+        schedule_filename=filename,
+        max_loop_interval=interval or DEFAULT_MAX_INTERVAL,
+        sync_every=sync_every,
+        cron_starting_deadline=_number(
+            "beat_cron_starting_deadline", conf.get("beat_cron_starting_deadline"),
+            allow_none=True,
+        ),
+    )
+
+
+def beat_schedule_of(app: App) -> dict[str, Any]:
+    """``app.conf.beat_schedule`` as the dict to add entries to (created if unset).
+
+    Raises:
+        ImproperlyConfigured: ``beat_schedule`` is set to something else than a dict.
+    """
+    schedule = app.conf.get("beat_schedule")
+    if schedule is None:
+        schedule = {}
+        app.conf["beat_schedule"] = schedule
+    if not isinstance(schedule, dict):
+        raise ImproperlyConfigured(
+            f"beat_schedule must be a dict of entries by name, got {type(schedule).__name__}",
+            setting="beat_schedule",
+        )
+    return schedule
