@@ -48,6 +48,7 @@ from zoneinfo import ZoneInfo
 import attrs
 
 from wiretask import calling
+from wiretask.beat.periodic import PeriodicTasks
 from wiretask.canvas import (
     GroupResult,
     ResultSet,
@@ -294,7 +295,7 @@ def _assert_will_not_block() -> None:
 # -- the app ----------------------------------------------------------------------------------
 
 
-class App:
+class App(PeriodicTasks):
     """A wiretask application: settings, registered tasks, a broker and a result backend.
 
     Args:
@@ -530,6 +531,7 @@ class App:
     def transport(self) -> Transport:
         """The app's broker connection (created on first use, connected lazily)."""
         if self._transport is None:
+            self.configure()  # on_after_configure, before the lock (a receiver may send)
             with self._lock:
                 if self._transport is None:
                     self._transport = self.new_transport()
@@ -543,6 +545,7 @@ class App:
             ImproperlyConfigured: a bad broker URL or transport option, or a factory that
                 did not return a ``Transport``.
         """
+        self.configure()
         if self._transport_factory is None:
             return transport_from_url(self.broker_url, **self.conf.broker_transport_options)
         self._check_transport_source()
