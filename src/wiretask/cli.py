@@ -739,6 +739,44 @@ def _cmd_scheduler(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_beat(args: argparse.Namespace) -> int:
+    from wiretask.beat.service import Service  # noqa: PLC0415 - only this command needs it
+    from wiretask.beat.settings import check_scheduler  # noqa: PLC0415
+
+    if args.detach:
+        raise CommandError("--detach is not supported: run wiretask beat in the foreground "
+                           "under a process supervisor (systemd, supervisord, a container)")
+    if args.scheduler is not None:
+        try:
+            check_scheduler(args.scheduler, setting="-S/--scheduler")
+        except ImproperlyConfigured as exc:
+            raise CommandError(str(exc)) from exc
+    app = _app_from_args(args)
+    logging.basicConfig(
+        level=args.loglevel, format="[%(asctime)s %(levelname)s] %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    service = Service(
+        app, schedule_filename=args.schedule, max_interval=args.max_interval,
+        lock_name=args.lock_name, lock_ttl=args.lock_ttl,
+    )
+    log = logging.getLogger("wiretask.cli")
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        del frame
+        log.info("beat: %s, stopping", signal.Signals(signum).name)
+        service.stop()
+
+    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        service.run()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        app.close()
+    return 0
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from wiretask.demo import run_demo  # noqa: PLC0415
 
@@ -893,6 +931,30 @@ def build_parser() -> argparse.ArgumentParser:
                            help="seconds between scans (default: 1)")
     scheduler.add_argument("-l", "--loglevel", type=_loglevel, default=logging.INFO,
                            metavar="LEVEL", help="DEBUG, INFO, WARNING, ... (default: INFO)")
+
+    beat = command(
+        "beat", _cmd_beat,
+        "send the app's periodic tasks (beat_schedule) when due, until SIGTERM/SIGINT; "
+        "safe to run twice (one beat sends, the others wait on its lease)",
+    )
+    beat.add_argument("-s", "--schedule", metavar="PATH", default=None,
+                      help="the schedule file (default: beat_schedule_filename, "
+                      "celerybeat-schedule)")
+    beat.add_argument("-S", "--scheduler", metavar="CLASS", default=None,
+                      help="only celery.beat:PersistentScheduler, the one wiretask has")
+    beat.add_argument("--max-interval", type=_positive_seconds, default=None, metavar="S",
+                      help="longest sleep between looks at the schedule (default: "
+                      "beat_max_loop_interval, else 300)")
+    beat.add_argument("--lock-ttl", type=_positive_seconds, default=10.0, metavar="S",
+                      help="seconds the lease lasts unless renewed: a standby takes over "
+                      "within about 1.25 times this after the sending beat dies (default: 10)")
+    beat.add_argument("--lock-name", metavar="NAME", default=None,
+                      help="the lease's name: beats with the same name share one schedule "
+                      "(default: the app's name)")
+    beat.add_argument("--detach", action="store_true", help=argparse.SUPPRESS)
+    beat.add_argument("-l", "--loglevel", type=_loglevel, default=logging.WARNING,
+                      metavar="LEVEL", help="DEBUG, INFO, WARNING, ... (default: WARNING, "
+                      "as Celery's beat)")
 
     demo = command("demo", _cmd_demo, "a guided tour of the calling API (a few seconds)")
     demo.add_argument("--no-color", action="store_true", help="plain output")

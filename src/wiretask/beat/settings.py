@@ -55,6 +55,9 @@ class BeatSettings:
     sync_every: int
     #: ``beat_cron_starting_deadline``: seconds, or None.
     cron_starting_deadline: float | None
+    #: ``timezone``: the zone name a schedule's history is recorded in (a change resets
+    #: it, as in Celery).
+    timezone: str = "UTC"
 
 
 def _number(name: str, value: Any, *, allow_none: bool = False) -> float | None:
@@ -135,6 +138,7 @@ def beat_settings(app: App) -> BeatSettings:
             "beat_cron_starting_deadline", conf.get("beat_cron_starting_deadline"),
             allow_none=True,
         ),
+        timezone=str(conf.get("timezone") or "UTC"),
     )
 
 
