@@ -103,14 +103,20 @@ class ScheduleFile:
     def check(self) -> None:
         """Refuse now a file that ``load`` would refuse, and a directory that cannot be
         written (before beat starts rather than at its first send)."""
-        self._read()
         directory = self.path.parent
+        if not directory.is_dir():
+            raise ImproperlyConfigured(
+                f"beat cannot write its schedule file {self.path}: {directory} is not a "
+                "directory (give another path with -s/--schedule)",
+                setting="beat_schedule_filename",
+            )
         if not os.access(directory, os.W_OK | os.X_OK):
             raise ImproperlyConfigured(
                 f"beat cannot write its schedule file {self.path}: the directory "
                 f"{directory} is not writable (give another path with -s/--schedule)",
                 setting="beat_schedule_filename",
             )
+        self._read()
 
     def load(self, timezone: str) -> dict[str, Run]:
         """The runs in the file, by entry name; none if it was written in another time
