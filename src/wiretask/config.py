@@ -33,6 +33,7 @@ from typing import Any, Literal, Self
 
 import attrs
 
+from wiretask.beat.settings import CHECKS as BEAT_CHECKS
 from wiretask.codecs import DEFAULT_MAX_DECOMPRESSED_SIZE
 from wiretask.errors import ImproperlyConfigured
 from wiretask.routing import declared_queues, prepare_routes
@@ -150,7 +151,6 @@ def _annotations(name: str, value: Any) -> Any:
 # -- the table ---------------------------------------------------------------------------
 
 _WORKER_HALF = "the worker does not do this yet (issue 14's worker half will)"
-_NO_BEAT = "wiretask has no periodic-task scheduler (beat) yet"
 _NO_EVENTS = "wiretask does not send task events yet"
 _NO_CONTROL = "wiretask has no remote control yet"
 _IN_URL = "put it in broker_url (and give transport options in broker_transport_options)"
@@ -181,10 +181,7 @@ def _rows() -> Iterator[Setting]:
         Setting("timezone", h, "the zone of eta/expires headers and app.now() (default UTC)",
                 "UTC", check=_string),
     )
-    for key in ("enable_remote_control", "remote_control_max_tick_age", "max_loop_interval",
-                "schedule", "scheduler", "schedule_filename", "sync_every",
-                "cron_starting_deadline"):
-        yield Setting(f"beat_{key}", r, _NO_BEAT)
+    yield from _beat_rows()
     yield from (
         Setting("broker_url", h, "memory://, sqlite:///path.db, redis://... (default: "
                 "$WIRETASK_BROKER_URL, else the embedded SQLite file; see App)"),
@@ -306,6 +303,33 @@ def _rows() -> Iterator[Setting]:
                 celery=False),
         Setting("task_max_retries", h, "wiretask: the max_retries of tasks that set none, "
                 "read when a task is registered (Celery's Task default)", 3, celery=False),
+    )
+
+
+def _beat_rows() -> Iterator[Setting]:
+    h, n = HONOURED, NOT_APPLICABLE
+    yield from (
+        Setting("beat_schedule", h, "the periodic tasks wiretask beat sends (entries checked "
+                "when beat reads them; see docs/periodic-tasks.md)", {},
+                check=BEAT_CHECKS["beat_schedule"]),
+        Setting("beat_schedule_filename", h, "beat's schedule file (JSON, not Celery's "
+                "shelve: a Celery file there is refused, not overwritten)",
+                "celerybeat-schedule", check=BEAT_CHECKS["beat_schedule_filename"]),
+        Setting("beat_max_loop_interval", h, "seconds; 0: 300, as in Celery", 0,
+                check=BEAT_CHECKS["beat_max_loop_interval"]),
+        Setting("beat_scheduler", h, "only Celery's default: wiretask beat keeps its history "
+                "in a file and on the broker (custom and database schedulers cannot be "
+                "loaded)", "celery.beat:PersistentScheduler",
+                only=("celery.beat:PersistentScheduler", "celery.beat.PersistentScheduler")),
+        Setting("beat_sync_every", h, "beat writes its schedule file after every send, "
+                "which is at least as often as any value asks", 0,
+                check=BEAT_CHECKS["beat_sync_every"]),
+        Setting("beat_cron_starting_deadline", h, "seconds: a crontab run missed by more is "
+                "not made up", check=BEAT_CHECKS["beat_cron_starting_deadline"]),
+        Setting("beat_enable_remote_control", h, f"only False: {_NO_CONTROL}", False,
+                only=(False,)),
+        Setting("beat_remote_control_max_tick_age", n, "beat's remote-control health check; "
+                f"beat answers no remote control ({_NO_CONTROL})"),
     )
 
 

@@ -112,7 +112,7 @@ def test_on_after_configure_is_sent_once_when_the_app_is_first_used() -> None:
                                  say.s("Happy Mondays!"))
 
     assert not app.configured and seen == []
-    assert "beat_schedule" not in app.conf
+    assert app.conf.beat_schedule == {}
     app.transport  # noqa: B018 - first use
     app.transport  # noqa: B018
     app.configure()

@@ -296,13 +296,25 @@ def test_a_bad_entry_is_refused_before_anything_starts(broker: str, tmp_path: Pa
         ({"beat_schedule": [1]}, "beat_schedule must be a dict"),
     ],
 )
-def test_beat_settings_are_honoured_or_refused_by_name(
-    broker: str, tmp_path: Path, settings: dict[str, Any], words: str
+def test_beat_settings_are_refused_by_name_when_set(
+    broker: str, settings: dict[str, Any], words: str
 ) -> None:
-    app = make_app(broker, **settings)
-
     with pytest.raises(ImproperlyConfigured, match=re.escape(words)):
-        Service(app, schedule_filename=str(tmp_path / "s")).run()
+        make_app(broker, **settings)
+
+
+def test_beat_settings_are_honoured(broker: str, tmp_path: Path) -> None:
+    app = make_app(broker, beat_schedule_filename=str(tmp_path / "from-setting"),
+                   beat_max_loop_interval=timedelta(seconds=0.2),
+                   beat_scheduler="celery.beat:PersistentScheduler", beat_sync_every=5,
+                   beat_schedule={"tick": {"task": "proj.add", "schedule": 3600}})
+    service = Service(app)
+
+    run_for(service, 0.5)
+
+    assert service.scheduler is not None
+    assert service.scheduler.max_interval == 0.2
+    assert ScheduleFile(tmp_path / "from-setting").load("UTC")["tick"].total_run_count == 0
 
 
 def test_on_after_configure_entries_are_scheduled(broker: str, clock: Clock,

@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 from wiretask import calling
 from wiretask.beat.schedules import BaseSchedule, maybe_schedule
+from wiretask.canvas import TaskChain, TaskSignature
 from wiretask.errors import ImproperlyConfigured, ValidationError
 from wiretask.protocol.signature import Signature
 
@@ -157,7 +158,7 @@ def _refuse(entry: str, problem: str) -> ImproperlyConfigured:
     return ImproperlyConfigured(f"beat_schedule[{entry!r}]: {problem}", setting="beat_schedule")
 
 
-def _entry(app: App, name: object, raw: object) -> ScheduleEntry:
+def _check_shape(name: object, raw: object) -> Mapping[Any, Any]:
     if not isinstance(name, str) or not name:
         raise ImproperlyConfigured(
             f"beat_schedule: entry names must be non-empty strings, got {name!r}",
@@ -172,9 +173,10 @@ def _entry(app: App, name: object, raw: object) -> ScheduleEntry:
             hint = f"; did you mean {close[0]!r}?" if close else ""
             raise _refuse(name, f"unknown field {key!r}{hint} (the fields are "
                           f"{', '.join(ENTRY_FIELDS)})")
-    task = raw.get("task")
-    if not isinstance(task, str) or not task:
-        raise _refuse(name, f"'task' must be the task's name, got {task!r}")
+    return raw
+
+
+def _schedule_of(app: App, name: str, raw: Mapping[Any, Any]) -> BaseSchedule:
     if "schedule" not in raw:
         raise _refuse(name, "'schedule' is missing (seconds, a timedelta, a crontab or a "
                       "schedule)")
@@ -182,9 +184,14 @@ def _entry(app: App, name: object, raw: object) -> ScheduleEntry:
     if not isinstance(relative, bool):
         raise _refuse(name, f"'relative' must be True or False, got {relative!r}")
     try:
-        schedule = maybe_schedule(raw["schedule"], relative, app=app)
+        return maybe_schedule(raw["schedule"], relative, app=app)
     except ValidationError as exc:
         raise _refuse(name, f"'schedule' {exc.problem}") from None
+
+
+def _call_of(
+    name: str, raw: Mapping[Any, Any]
+) -> tuple[tuple[Any, ...], Mapping[str, Any], Mapping[str, Any]]:
     args = raw.get("args", ())
     if args is None:
         args = ()
@@ -202,8 +209,19 @@ def _entry(app: App, name: object, raw: object) -> ScheduleEntry:
         calling.check_options(options)
     except ValidationError as exc:
         raise _refuse(name, f"'options': {exc}") from None
-    return ScheduleEntry(name=name, task=task, schedule=schedule, args=tuple(args),
-                         kwargs=kwargs, options=options)
+    return tuple(args), kwargs, options
+
+
+def _entry(app: App, name: object, raw: object) -> ScheduleEntry:
+    entry = _check_shape(name, raw)
+    assert isinstance(name, str)
+    task = entry.get("task")
+    if not isinstance(task, str) or not task:
+        raise _refuse(name, f"'task' must be the task's name, got {task!r}")
+    schedule = _schedule_of(app, name, entry)
+    args, kwargs, options = _call_of(name, entry)
+    return ScheduleEntry(name=name, task=task, schedule=schedule, args=args, kwargs=kwargs,
+                         options=options)
 
 
 def entries_from_schedule(app: App, beat_schedule: Mapping[Any, Any]) -> dict[str, ScheduleEntry]:
@@ -227,6 +245,13 @@ def periodic_task_entry(
         ValidationError: ``sig`` is not a task signature or a task, or an option is
             unknown.
     """
+    if isinstance(sig, TaskChain):
+        raise ValidationError(
+            "sig", "a chain cannot be a periodic task (beat sends one task per run): "
+            "schedule a task that starts it", value=sig,
+        )
+    if isinstance(sig, TaskSignature):
+        sig = sig.to_signature()
     if isinstance(sig, Signature):
         if sig.subtask_type is not None:
             raise ValidationError(
@@ -235,7 +260,7 @@ def periodic_task_entry(
             )
         call = sig.clone(tuple(args), dict(kwargs or {}))
     elif isinstance(getattr(sig, "name", None), str):  # a task, as Celery takes it
-        call = app.signature(sig.name, tuple(args), dict(kwargs or {}))
+        call = app.signature(sig.name, tuple(args), dict(kwargs or {})).to_signature()
     else:
         raise ValidationError(
             "sig", f"must be a task signature (task.s(...)) or a task, got {sig!r}", value=sig

@@ -9,7 +9,8 @@ work whether or not the app's settings table lists the name.
 from __future__ import annotations
 
 import numbers
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 import attrs
@@ -20,6 +21,7 @@ if TYPE_CHECKING:
     from wiretask.app import App
 
 __all__ = [
+    "CHECKS",
     "DEFAULT_MAX_INTERVAL",
     "DEFAULT_SCHEDULE_FILENAME",
     "PERSISTENT_SCHEDULER",
@@ -70,6 +72,45 @@ def _number(name: str, value: Any, *, allow_none: bool = False) -> float | None:
     return float(value)
 
 
+def _seconds(name: str, value: Any) -> Any:
+    if isinstance(value, timedelta):
+        value = value.total_seconds()
+    return _number(name, value, allow_none=name == "beat_cron_starting_deadline")
+
+
+def _schedule(name: str, value: Any) -> Any:
+    if not isinstance(value, Mapping):
+        raise ImproperlyConfigured(
+            f"{name} must be a dict of entries by name, got {type(value).__name__}",
+            setting=name,
+        )
+    return value  # kept as given: entries added to it later are seen, as in Celery
+
+
+def _filename(name: str, value: Any) -> Any:
+    if not isinstance(value, str) or not value:
+        raise ImproperlyConfigured(f"{name} must be a path, got {value!r}", setting=name)
+    return value
+
+
+def _sync_every(name: str, value: Any) -> Any:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ImproperlyConfigured(f"{name} must be an integer >= 0, got {value!r}",
+                                   setting=name)
+    return value
+
+
+#: The checks of the beat settings wiretask honours (``wiretask.config``'s table uses
+#: them): each raises ``ImproperlyConfigured`` naming the setting, or returns the value.
+CHECKS: Mapping[str, Callable[[str, Any], Any]] = {
+    "beat_schedule": _schedule,
+    "beat_schedule_filename": _filename,
+    "beat_max_loop_interval": _seconds,
+    "beat_sync_every": _sync_every,
+    "beat_cron_starting_deadline": _seconds,
+}
+
+
 def check_scheduler(value: Any, *, setting: str = "beat_scheduler") -> None:
     """Refuse any scheduler but Celery's default ``PersistentScheduler``.
 
@@ -97,47 +138,23 @@ def beat_settings(app: App) -> BeatSettings:
     if conf.get("beat_enable_remote_control"):
         raise ImproperlyConfigured(
             "beat_enable_remote_control=True is not supported by wiretask: beat does not "
-            "answer remote control (no remote control yet); watch its log or its lease "
-            "on the broker instead",
+            "answer remote control (there is no remote control yet); watch its log, or its "
+            "lease on the broker",
             setting="beat_enable_remote_control",
         )
-    if conf.get("beat_remote_control_max_tick_age") is not None:
-        raise ImproperlyConfigured(
-            "beat_remote_control_max_tick_age is not supported by wiretask: beat does not "
-            "answer remote control",
-            setting="beat_remote_control_max_tick_age",
-        )
     check_scheduler(conf.get("beat_scheduler") or "celery.beat:PersistentScheduler")
-    schedule = conf.get("beat_schedule")
-    if schedule is None:
-        schedule = {}
-    if not isinstance(schedule, Mapping):
-        raise ImproperlyConfigured(
-            f"beat_schedule must be a dict of entries by name, got {type(schedule).__name__}",
-            setting="beat_schedule",
-        )
-    filename = conf.get("beat_schedule_filename") or DEFAULT_SCHEDULE_FILENAME
-    if not isinstance(filename, str):
-        raise ImproperlyConfigured(
-            f"beat_schedule_filename must be a path, got {filename!r}",
-            setting="beat_schedule_filename",
-        )
-    interval = _number("beat_max_loop_interval", conf.get("beat_max_loop_interval") or 0)
-    sync_every = conf.get("beat_sync_every") or 0
-    if isinstance(sync_every, bool) or not isinstance(sync_every, int) or sync_every < 0:
-        raise ImproperlyConfigured(
-            f"beat_sync_every must be an integer >= 0, got {sync_every!r}",
-            setting="beat_sync_every",
-        )
+
+    def read(name: str, default: Any) -> Any:
+        value = conf.get(name)
+        return CHECKS[name](name, default if value is None else value)
+
     return BeatSettings(
-        schedule=schedule,
-        schedule_filename=filename,
-        max_loop_interval=interval or DEFAULT_MAX_INTERVAL,
-        sync_every=sync_every,
-        cron_starting_deadline=_number(
-            "beat_cron_starting_deadline", conf.get("beat_cron_starting_deadline"),
-            allow_none=True,
-        ),
+        schedule=read("beat_schedule", {}),
+        schedule_filename=read("beat_schedule_filename", DEFAULT_SCHEDULE_FILENAME),
+        max_loop_interval=read("beat_max_loop_interval", 0) or DEFAULT_MAX_INTERVAL,
+        sync_every=read("beat_sync_every", 0),
+        cron_starting_deadline=CHECKS["beat_cron_starting_deadline"](
+            "beat_cron_starting_deadline", conf.get("beat_cron_starting_deadline")),
         timezone=str(conf.get("timezone") or "UTC"),
     )
 
