@@ -28,7 +28,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from types import FrameType
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import wiretask
 from wiretask.app import App, AsyncResult
@@ -49,6 +49,9 @@ from wiretask.protocol.celery import decode
 from wiretask.results.exceptions import exception_from_meta
 from wiretask.transports.base import Inspection, Peeked, QueueStatistics, QueueStats
 from wiretask.transports.url import mask_url
+
+if TYPE_CHECKING:
+    from wiretask.beat.service import EmbeddedBeat
 
 __all__ = ["CommandError", "load_app", "main", "parse_arg"]
 
@@ -318,11 +321,25 @@ def _cmd_worker(args: argparse.Namespace) -> int:
         "app %r: broker %s, results %s", app.main or "__main__", app.transport.url,
         app.backend.url,
     )
+    beat = _embedded_beat(app, args) if args.beat else None
     try:
         worker.run()
     finally:
+        if beat is not None:
+            beat.stop()
         app.close()
     return 0
+
+
+def _embedded_beat(app: App, args: argparse.Namespace) -> EmbeddedBeat:
+    """``worker -B``: the beat service in a thread of the worker (its lease makes it safe
+    on every worker: one sends, the others wait). Its settings and schedule are checked
+    before the worker starts."""
+    from wiretask.beat.service import EmbeddedBeat  # noqa: PLC0415
+
+    beat = EmbeddedBeat(app, schedule_filename=args.schedule_filename)
+    beat.start()
+    return beat
 
 
 def _call_options(args: argparse.Namespace) -> dict[str, Any]:
@@ -837,6 +854,11 @@ def build_parser() -> argparse.ArgumentParser:
                         help="messages taken beyond the free slots (default: 1)")
     worker.add_argument("-l", "--loglevel", type=_loglevel, default=logging.INFO,
                         metavar="LEVEL", help="DEBUG, INFO, WARNING, ... (default: INFO)")
+    worker.add_argument("-B", "--beat", action="store_true",
+                        help="also run beat in this worker (safe on several workers: one "
+                        "sends, the others wait on its lease)")
+    worker.add_argument("-s", "--schedule-filename", metavar="PATH", default=None,
+                        help="-B's schedule file (default: beat_schedule_filename)")
 
     call = command("call", _cmd_call, "send a task by name and print its id")
     call.add_argument("task", metavar="TASK", help="the task name, e.g. proj.tasks.add")

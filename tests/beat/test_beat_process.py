@@ -214,3 +214,45 @@ def test_a_bad_entry_in_add_periodic_task_names_the_call(
     beat.wait_for("Signal handler .* raised")
     assert beat.stop() == 0
     assert re.search(r"schedule: must be more than 0 seconds, got 0", beat.text())
+
+
+@pytest.mark.slow
+def test_worker_b_embeds_beat_and_two_such_workers_send_each_run_once(
+    project_factory: Callable[[str], Project], tmp_path: Path
+) -> None:
+    project = make_project(project_factory, f"sqlite:///{tmp_path / 'broker.db'}")
+    workers = [
+        project.wiretask("worker", "-A", "proj", "--pool", "solo", "-B", "-s",
+                         str(tmp_path / name))
+        for name in ("one", "two")
+    ]
+    deadline = time.monotonic() + 60
+    while len(ticks(project)) < 4:
+        assert time.monotonic() < deadline, [w.text() for w in workers]
+        time.sleep(0.05)
+    codes = [worker.stop() for worker in workers]
+
+    assert codes == [0, 0]
+    runs = sorted(int(m.group(1)) for w in workers for _, m in w.lines(SENDING))
+    assert runs == list(range(1, len(runs) + 1))
+    # Only one of them sent, the other waited on the lease.
+    senders = [w for w in workers if w.lines(SENDING)]
+    assert len(senders) == 1
+    assert any("standby: another beat holds the lease 'proj'" in w.text() for w in workers)
+    assert len(ticks(project)) == len(runs)
+
+
+def test_worker_b_checks_the_schedule_before_it_starts(
+    project_factory: Callable[[str], Project], tmp_path: Path
+) -> None:
+    project = make_project(project_factory, f"sqlite:///{tmp_path / 'broker.db'}")
+    (project.cwd / "bad.py").write_text(
+        "from wiretask.app import App\n"
+        "app = App('bad')\n"
+        "app.conf.beat_schedule = {'x': {'task': 't', 'schedule': 'hourly'}}\n"
+    )
+
+    done = project.run("worker", "-A", "bad", "-B")
+
+    assert done.returncode == 2, done.stderr
+    assert "beat_schedule['x']: 'schedule' must be a number of seconds" in done.stderr

@@ -191,31 +191,47 @@ class Service:
         self.lease: Lease | None = None
         self._timezone = "UTC"
         self._valid_until = 0.0
+        self.max_interval = max_interval or 0.0
 
     def stop(self) -> None:
         """Ask ``run`` to return (from a signal handler or another thread)."""
         self._stop.set()
 
-    def run(self) -> None:
-        """Run until ``stop()``.
+    def prepare(self) -> None:
+        """Check everything ``run`` needs, before anything is sent: the settings, every
+        entry, the schedule file and the broker's lease (``run`` calls it if not done).
 
         Raises:
             ImproperlyConfigured: a bad beat setting or entry, a schedule file that is
-                not beat's, or a broker without a lease (before anything is sent).
+                not beat's, or a broker without a lease.
         """
+        if self.lease is not None:
+            return
         app = self.app
         app.configure()
         settings = beat_settings(app)
         self._timezone = settings.timezone
         entries_from_schedule(app, settings.schedule)  # refuse a bad entry now
-        max_interval = self._max_interval or settings.max_loop_interval
-        self.file = ScheduleFile(self._schedule_filename or settings.schedule_filename)
-        self.file.check()
-        self.lease = lease = lease_for(app, self.lock_name)
+        self.max_interval = self._max_interval or settings.max_loop_interval
+        file = ScheduleFile(self._schedule_filename or settings.schedule_filename)
+        file.check()
+        self.file = file
+        self.lease = lease_for(app, self.lock_name)
+
+    def run(self) -> None:
+        """Run until ``stop()``.
+
+        Raises:
+            ImproperlyConfigured: as ``prepare``.
+        """
+        self.prepare()
+        lease, file = self.lease, self.file
+        assert lease is not None
+        assert file is not None
         log.info("beat: Starting... schedule file %s, lease %r on %s, max interval %s",
-                 self.file.path, self.lock_name, lease.url, humanize_seconds(max_interval))
+                 file.path, self.lock_name, lease.url, humanize_seconds(self.max_interval))
         try:
-            self._loop(max_interval)
+            self._loop(self.max_interval)
         finally:
             self._shutdown()
 
@@ -403,6 +419,9 @@ class EmbeddedBeat:
             log.exception("beat: the embedded beat stopped")
 
     def start(self) -> None:
+        """Check the beat settings and schedule (raising here, before the worker
+        starts), then run the service in its thread."""
+        self.service.prepare()
         self._thread.start()
 
     def stop(self, timeout: float | None = 30.0) -> None:
