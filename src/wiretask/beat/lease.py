@@ -436,7 +436,7 @@ class RedisLease(Lease):
         from redis.backoff import NoBackoff  # noqa: PLC0415
         from redis.retry import Retry  # noqa: PLC0415
 
-        from wiretask._redis.errors import REDIS_ERRORS  # noqa: PLC0415
+        from wiretask._redis.errors import Boundaries  # noqa: PLC0415
         from wiretask._redis.options import parse  # noqa: PLC0415
 
         config = parse(url, options)
@@ -451,8 +451,10 @@ class RedisLease(Lease):
                 f"bad Redis connection option for {self.url}: {exc}", setting="broker_url"
             ) from exc
         self._client = redis.Redis(connection_pool=pool)
-        self._password = pool.connection_kwargs.get("password")
-        self._errors = REDIS_ERRORS
+        # The error boundary the Redis transport and result backend use: REDIS_ERRORS,
+        # the password scrubbed, and a pool reconnected after a failover's wrong server.
+        self._errors = Boundaries(pool, url=self.url,
+                                  secret=pool.connection_kwargs.get("password"))
         prefix = config.keys.prefix
         self.lock_key = f"{prefix}_wiretask.beat.{name}"
         self.runs_key = f"{prefix}_wiretask.beat.{name}.runs"
@@ -462,8 +464,7 @@ class RedisLease(Lease):
         }
 
     def _call(self, doing: str, script: str, keys: list[str], args: list[Any]) -> int:
-        with map_exceptions(self._errors, f"beat lease: {doing}", url=self.url,
-                            secret=self._password):
+        with self._errors(f"beat lease: {doing}"):
             return int(self._scripts[script](keys=keys, args=args))
 
     def acquire(self, owner: str, ttl: float) -> bool:
@@ -476,14 +477,12 @@ class RedisLease(Lease):
         self._call("release", _RELEASE, [self.lock_key], [owner])
 
     def holder(self) -> str | None:
-        with map_exceptions(self._errors, "beat lease: read the holder", url=self.url,
-                            secret=self._password):
+        with self._errors("beat lease: read the holder"):
             value = self._client.get(self.lock_key)
         return None if value is None else _text(value)
 
     def runs(self, timezone: str) -> dict[str, Run]:
-        with map_exceptions(self._errors, "beat lease: read the runs", url=self.url,
-                            secret=self._password):
+        with self._errors("beat lease: read the runs"):
             stored = self._client.hgetall(self.runs_key)
         return _decode({_text(k): _text(v) for k, v in stored.items()}, timezone, self.url)
 
@@ -533,10 +532,12 @@ def lease_for(app: App, name: str) -> Lease:
         if isinstance(transport, SQLiteTransport):
             return SQLiteLease(name, transport.path, busy_timeout=transport.busy_timeout)
         url = app.broker_url
-        scheme = urlsplit(url).scheme.lower()
-        if scheme in ("redis", "rediss") and type(transport).__name__ == "RedisTransport":
-            options = app.conf.get("broker_transport_options") or {}
-            return RedisLease(name, url, **options)
+        if urlsplit(url).scheme.lower() in ("redis", "rediss"):
+            from wiretask.transports.redis import RedisTransport  # noqa: PLC0415
+
+            if isinstance(transport, RedisTransport):
+                options = app.conf.get("broker_transport_options") or {}
+                return RedisLease(name, url, **options)
         raise ImproperlyConfigured(
             f"wiretask beat keeps a lease on the broker so that two beats never send the "
             f"same run, and has none for {type(transport).__name__} ({transport.url}): use a "
