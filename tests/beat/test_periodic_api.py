@@ -178,7 +178,7 @@ def test_add_periodic_task_after_configure_writes_at_once_and_warns_on_shadowing
     ("call", "words"),
     [
         (lambda app: app.add_periodic_task(5, "proj.ping"), "must be a task signature"),
-        (lambda app: app.add_periodic_task(5, app.signature("t"), queueu="x"),
+        (lambda app: app.add_periodic_task(5, app.signature("t"), quue="x"),
          "did you mean 'queue'"),
         (lambda app: app.add_periodic_task(0, app.signature("t")), "more than 0 seconds"),
         (lambda app: app.add_periodic_task("daily", app.signature("t")),
