@@ -144,9 +144,9 @@ def test_two_beats_on_one_broker_send_every_run_once_when_the_sender_is_killed(
                            "-s", str(tmp_path / "two"))
     two.wait_for("standby: another beat holds the lease 'proj'")
     # Kill the sender just after a send: the next run is a second away.
-    sent_by_one = one.wait_for(SENT, count=3)
+    one.wait_for(SENT, count=3)
+    killed_at = time.time()
     one.kill()
-    killed_at = sent_by_one[-1][0]
     sent_by_two = two.wait_for(SENT, count=3, timeout=30)
     assert two.stop() == 0
 
@@ -161,11 +161,12 @@ def test_two_beats_on_one_broker_send_every_run_once_when_the_sender_is_killed(
     assert len(set(ids)) == len(runs_one) + len(runs_two)
     # The standby took over within the lease's lifetime plus one standby poll, sent one
     # catch-up at once, then kept the one-second rhythm (no burst of missed runs).
-    takeover = two.lines("leading: holds the lease 'proj'")[0][0]
-    assert takeover - killed_at <= ttl + ttl / 4 + 1.5
-    first_two = [at for at, _ in two.lines(SENDING)]
+    # (By the beats' own log clocks, which are the wall clock.)
+    takeover = logged_at(two.lines("leading: holds the lease 'proj'")[0][1].string)
+    assert takeover - killed_at <= ttl + ttl / 4 + 2.0
+    first_two = [logged_at(m.string) for _, m in two.lines(SENDING)]
     assert first_two[0] - takeover < 0.5
-    assert first_two[1] - first_two[0] >= 0.9
+    assert first_two[1] - first_two[0] >= 0.99
     assert sent_by_two
 
 
