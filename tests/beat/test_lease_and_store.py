@@ -168,6 +168,14 @@ def test_lease_for_refuses_a_transport_without_one() -> None:
         lease_for(app, "p")
 
 
+def test_lease_for_refuses_rabbitmq_for_now_without_showing_the_password() -> None:
+    app = App("p", broker="amqp://guest:secret@127.0.0.1:1//")  # no I/O: nothing listens
+
+    with pytest.raises(ImproperlyConfigured, match="has none for AMQPTransport") as raised:
+        lease_for(app, "p")
+    assert "secret" not in str(raised.value)
+
+
 # -- the schedule file --------------------------------------------------------------------
 
 
