@@ -807,9 +807,12 @@ class _Kit:
         bodies = [f"r{i}".encode() for i in range(4)]
         t.publish_many([Outgoing(self.frame(body), Route(q)) for body in bodies])
         first = self.take(t, q, 2, "messages")
-        self.wait_visible(t, q, 2)
+        # Where the kit cannot tell that the two are waiting (no Inspection: a push
+        # broker may not have handed them to this consumer yet), a call that never
+        # waits may take none of them; the order check below still holds.
+        told = self.wait_visible(t, q, 2)
         second = t.ack_and_receive(first, [q], limit=5)
-        expect(1 <= len(second) <= 2,
+        expect((1 if told else 0) <= len(second) <= 2,
                f"ack_and_receive(limit=5) with 2 waiting returned {len(second)} messages")
         second = [*second, *self.take(t, q, 2 - len(second), "messages")]
         order = [d.frame.body for d in [*first, *second]]
