@@ -315,7 +315,8 @@ def _cmd_worker(args: argparse.Namespace) -> int:
     queues = args.queues if args.queues is not None else app.router.consume_from
     worker = Worker(
         app, queues=queues, concurrency=args.concurrency, pool=args.pool,
-        prefetch=args.prefetch, app_path=getattr(args, "app", None),
+        prefetch=args.prefetch, prefetch_multiplier=args.prefetch_multiplier,
+        app_path=getattr(args, "app", None),
     )
     logging.getLogger("wiretask.cli").info(
         "app %r: broker %s, results %s", app.main or "__main__", app.transport.url,
@@ -850,8 +851,14 @@ def build_parser() -> argparse.ArgumentParser:
     worker.add_argument("--pool", choices=("threads", "processes", "solo"), default="threads",
                         help="run tasks in threads, in child processes, or one at a time "
                         "in the receiving thread (default: threads)")
-    worker.add_argument("--prefetch", type=_non_negative_int, default=1, metavar="N",
-                        help="messages taken beyond the free slots (default: 1)")
+    prefetch = worker.add_mutually_exclusive_group()
+    prefetch.add_argument("--prefetch-multiplier", type=_non_negative_int, default=None,
+                          metavar="N", help="reserve concurrency x N messages beyond the "
+                          "running ones, as Celery; 0: no limit (default: the app's "
+                          "worker_prefetch_multiplier, 4)")
+    prefetch.add_argument("--prefetch", type=_non_negative_int, default=None, metavar="N",
+                          help="wiretask's own: reserve exactly N messages beyond the "
+                          "running ones, instead of the multiplier")
     worker.add_argument("-l", "--loglevel", type=_loglevel, default=logging.INFO,
                         metavar="LEVEL", help="DEBUG, INFO, WARNING, ... (default: INFO)")
     worker.add_argument("-B", "--beat", action="store_true",

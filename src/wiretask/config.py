@@ -102,6 +102,12 @@ def _count(name: str, value: Any) -> Any:
     return value
 
 
+def _non_negative(name: str, value: Any) -> Any:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ImproperlyConfigured(f"{name} must be an integer >= 0, got {value!r}", setting=name)
+    return value
+
+
 def _mapping(name: str, value: Any) -> Any:
     if value is None:
         return {}
@@ -438,9 +444,7 @@ def _worker_rows() -> Iterator[Setting]:
         "pool_restarts": "pool restarts are not supported",
         "pool_start_method": "the processes pool picks its own start method",
         "proc_alive_timeout": "not configurable",
-        "prefetch_multiplier": f"pass Worker(prefetch=...); the multiplier: {_WORKER_HALF}",
         "enable_prefetch_count_reduction": "not applicable to wiretask's consumer",
-        "disable_prefetch": "pass Worker(prefetch=0)",
         "redirect_stdouts": "the wiretask command does not redirect stdout",
         "redirect_stdouts_level": "the wiretask command does not redirect stdout",
         "send_task_events": _NO_EVENTS,
@@ -455,6 +459,13 @@ def _worker_rows() -> Iterator[Setting]:
         yield Setting(f"worker_{key}", r, note)
     yield Setting("worker_concurrency", h, "tasks run at once (default: the CPU count)",
                   check=_count)
+    yield Setting("worker_prefetch_multiplier", h, "messages a worker reserves beyond "
+                  "the running ones: concurrency x this (Celery's worker acks a message as "
+                  "it starts, so its prefetch count is what waits); 0: no limit",
+                  4, check=_non_negative)
+    yield Setting("worker_disable_prefetch", h, "True: reserve no message beyond the "
+                  "running ones (Celery honours it on Redis only; wiretask on every "
+                  "broker)", False, check=_bool)
     yield Setting("worker_eta_task_limit", h, "early-eta messages a worker holds (None: "
                   "wiretask's bound, DEFAULT_ETA_TASK_LIMIT)", check=_count)
     yield Setting("worker_enable_remote_control", h, f"only False: {_NO_CONTROL}", False,

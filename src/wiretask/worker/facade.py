@@ -62,6 +62,31 @@ def _pool_class(pool: PoolName | type[Pool]) -> type[Pool]:
     return found
 
 
+def _prefetch(
+    app: App, concurrency: int, prefetch: int | None, multiplier: int | None
+) -> int | None:
+    """Messages reserved beyond the running ones (None: no limit), Celery's way:
+    ``concurrency * worker_prefetch_multiplier``, 0 meaning no limit, none at all
+    with ``worker_disable_prefetch``; an explicit ``prefetch`` wins."""
+    if prefetch is not None and multiplier is not None:
+        raise ValidationError(
+            "prefetch", "give prefetch or prefetch_multiplier, not both", value=prefetch
+        )
+    if prefetch is not None:
+        if isinstance(prefetch, bool) or not isinstance(prefetch, int) or prefetch < 0:
+            raise ValidationError("prefetch", f"must be an integer >= 0, got {prefetch!r}")
+        return prefetch
+    if multiplier is None:
+        if app.conf.get("worker_disable_prefetch"):
+            return 0
+        multiplier = app.conf.get("worker_prefetch_multiplier", 4)
+    if isinstance(multiplier, bool) or not isinstance(multiplier, int) or multiplier < 0:
+        raise ValidationError(
+            "prefetch_multiplier", f"must be an integer >= 0, got {multiplier!r}"
+        )
+    return None if multiplier == 0 else concurrency * multiplier
+
+
 class Worker:
     """Consume queues and run the app's tasks.
 
@@ -82,9 +107,16 @@ class Worker:
         app_path: ``"package.module:attribute"`` of the app, for child processes to
             import (default: found among the imported modules; required when the app
             lives in ``__main__``).
-        prefetch: messages received beyond the free slots. A busy worker takes no more,
-            so other workers get the rest. A solo worker receives only between batches,
-            so a batch is up to ``1 + prefetch`` messages, run one after the other.
+        prefetch_multiplier: Celery's ``worker_prefetch_multiplier`` (default: that
+            setting, 4): the worker reserves ``concurrency * prefetch_multiplier``
+            messages beyond the ones running, as Celery's worker (which acks a message
+            when it starts) reserves that many unacked ones. ``0``: no limit, as in
+            Celery (the worker takes what it is given, ``UNLIMITED_RECEIVE`` per call).
+            ``worker_disable_prefetch`` makes it reserve none.
+        prefetch: wiretask's own, instead of the multiplier: exactly this many messages
+            reserved beyond the free slots. A busy worker takes no more, so other
+            workers get the rest. A solo worker receives only between batches, so a
+            batch is up to ``1 + prefetch`` messages, run one after the other.
         eta_task_limit: most messages held for a future eta when the transport cannot
             delay them itself (default ``worker_eta_task_limit``, else 1000). At the
             limit the worker stops receiving until some come due.
@@ -93,8 +125,8 @@ class Worker:
         transport: the transport to consume from (default ``app.new_transport()``).
 
     Raises:
-        ValidationError: a bad queue name, concurrency or prefetch (or a concurrency
-            other than 1 with ``pool="solo"``).
+        ValidationError: a bad queue name, concurrency, prefetch or prefetch
+            multiplier (or a concurrency other than 1 with ``pool="solo"``).
         ImproperlyConfigured: an unknown pool, or a process pool on an in-process broker
             or backend, or with no importable app path.
     """
@@ -108,7 +140,8 @@ class Worker:
         pool: PoolName | type[Pool] = "threads",
         hostname: str | None = None,
         app_path: str | None = None,
-        prefetch: int = 1,
+        prefetch_multiplier: int | None = None,
+        prefetch: int | None = None,
         eta_task_limit: int | None = None,
         shutdown_timeout: float | None = None,
         transport: Transport | None = None,
@@ -126,9 +159,8 @@ class Worker:
         if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
             raise ValidationError("concurrency", f"must be an integer >= 1, got {concurrency!r}")
         self.concurrency: int = concurrency
-        if isinstance(prefetch, bool) or not isinstance(prefetch, int) or prefetch < 0:
-            raise ValidationError("prefetch", f"must be an integer >= 0, got {prefetch!r}")
-        self.prefetch = prefetch
+        #: Messages reserved beyond the running ones; None: no limit.
+        self.prefetch: int | None = _prefetch(app, concurrency, prefetch, prefetch_multiplier)
         if eta_task_limit is None:
             eta_task_limit = app.conf.get("worker_eta_task_limit") or DEFAULT_ETA_TASK_LIMIT
         self.eta_task_limit: int = eta_task_limit
@@ -155,7 +187,8 @@ class Worker:
         self._stopping = threading.Event()  # stop taking work
         self._tracer = Tracer(app, self.hostname)
         self._ledger = Ledger(
-            self._pool.capacity + self.prefetch, self.eta_task_limit,
+            None if self.prefetch is None else self._pool.capacity + self.prefetch,
+            self.eta_task_limit,
             lambda: app.now().timestamp(),
         )
         self._unacked = AckRetry()
