@@ -86,6 +86,7 @@ from wiretask.tasks import (
     CALL_DEFAULTS,
     HOOKS,
     TASK_OPTIONS,
+    ExceptionInfo,
     annotations_for,
     autoretry,
     check_task_option,
@@ -238,9 +239,20 @@ def shared_task(fn: Callable[..., Any] | None = None, /, **options: Any) -> Any:
 class Request:
     """The context of the task being run: ``self.request`` inside a bound task.
 
-    A direct call (``task(...)``) sees ``id=None`` and ``called_directly=True``, as in
-    Celery; the worker fills everything from the message, and the eager path
+    It has every field of Celery's ``Context``, with Celery's defaults. A direct call
+    (``task(...)``) sees ``id=None`` and ``called_directly=True``, as in Celery; the
+    worker fills everything from the message and its delivery, and the eager path
     (``Task.apply``) too, with ``is_eager=True``.
+
+    As in Celery's worker: ``headers`` holds the message's custom headers (None when
+    there are none), ``timelimit`` is ``[hard, soft]``, ``callbacks``/``errbacks``/
+    ``chain`` are lists of signature dicts and ``chord`` one (None when absent),
+    ``properties`` are the message's properties and ``delivery_info`` has
+    ``exchange``, ``routing_key``, ``priority`` and ``redelivered`` (and wiretask's
+    ``queue``). One difference, on purpose: ``eta`` and ``expires`` are aware
+    ``datetime`` values where Celery's worker leaves the header's ISO 8601 string.
+    ``children`` collects the results of the tasks sent while this one runs; the
+    worker stores them with its state (``AsyncResult.children``).
     """
 
     id: str | None = None
@@ -258,13 +270,106 @@ class Request:
     is_eager: bool = False
     hostname: str | None = None
     delivery_info: Mapping[str, Any] | None = None
+    headers: dict[str, Any] | None = None
+    reply_to: str | None = None
+    correlation_id: str | None = None
+    timelimit: list[float | None] | None = None
+    time_limit: float | None = None
+    soft_time_limit: float | None = None
+    origin: str | None = None
+    callbacks: list[dict[str, Any]] | None = None
+    errbacks: list[dict[str, Any]] | None = None
+    chain: list[dict[str, Any]] | None = None
+    chord: dict[str, Any] | None = None
+    shadow: str | None = None
+    stamps: dict[str, Any] | None = None
+    stamped_headers: list[str] | None = None
+    argsrepr: str | None = None
+    kwargsrepr: str | None = None
+    properties: dict[str, Any] | None = None
+    ignore_result: bool = False
+    replaced_task_nesting: int = 0
+    utc: bool | None = None
+    logfile: str | None = None
+    loglevel: int | None = None
+    #: The results of the tasks sent while this one ran (Celery's ``request.children``).
+    children: list[AsyncResult] = attrs.Factory(list)
     #: The message being run (worker and eager path): ``Task.retry`` derives the re-sent
     #: one from it.
     message: TaskMessage | None = None
 
+    @property
+    def taskset(self) -> str | None:
+        """Celery's old name of ``group``."""
+        return self.group
+
+    def get(self, key: str, default: Any = None) -> Any:
+        """A field by name, or ``default`` (Celery's ``Context.get``)."""
+        return getattr(self, key, default)
+
+    @classmethod
+    def from_message(
+        cls, message: TaskMessage, *, hostname: str | None, is_eager: bool,
+        delivery_info: Mapping[str, Any],
+    ) -> Request:
+        """The request of a received (or eagerly run) message, as Celery's worker
+        builds its ``Context`` from the headers, the body's embed and the delivery."""
+        hard, soft = message.timelimit
+        properties: dict[str, Any] = {
+            "correlation_id": message.correlation_id or message.id,
+            "reply_to": message.reply_to,
+            "delivery_mode": message.delivery_mode,
+            "priority": message.priority,
+            **message.extra_properties,
+        }
+        return cls(
+            id=message.id,
+            task=message.task,
+            args=message.args,
+            kwargs=dict(message.kwargs),
+            retries=message.retries,
+            eta=message.eta,
+            expires=message.expires,
+            root_id=message.root_id,
+            parent_id=message.parent_id,
+            group=message.group,
+            group_index=message.group_index,
+            called_directly=False,
+            is_eager=is_eager,
+            hostname=hostname,
+            delivery_info=dict(delivery_info),
+            headers=dict(message.extra_headers) or None,
+            reply_to=message.reply_to,
+            correlation_id=message.correlation_id or message.id,
+            timelimit=[hard, soft],
+            time_limit=hard,
+            soft_time_limit=soft,
+            origin=message.origin,
+            callbacks=_sig_dicts(message.callbacks),
+            errbacks=_sig_dicts(message.errbacks),
+            chain=_sig_dicts(message.chain),
+            chord=message.chord.to_dict() if message.chord is not None else None,
+            shadow=message.shadow,
+            stamps=dict(message.stamps) or None,
+            stamped_headers=(list(message.stamped_headers)
+                             if message.stamped_headers is not None else None),
+            argsrepr=message.argsrepr,
+            kwargsrepr=message.kwargsrepr,
+            properties=properties,
+            ignore_result=message.ignore_result,
+            replaced_task_nesting=message.replaced_task_nesting,
+            utc=True,
+            message=message,
+        )
+
+
+def _sig_dicts(sigs: Sequence[Signature] | None) -> list[dict[str, Any]] | None:
+    return None if sigs is None else [sig.to_dict() for sig in sigs]
+
 
 _current_request: ContextVar[Request | None] = ContextVar("wiretask_request", default=None)
-#: The task whose custom ``__call__`` is running (see ``Task._through_call``).
+#: The task whose custom ``__call__`` the worker or the eager path is running (see
+#: ``Task._trace_call``).
 _inside_call: ContextVar[Task[Any, Any] | None] = ContextVar("wiretask_call", default=None)
 #: ``allow_join_result()`` is active.
 _join_allowed: ContextVar[bool] = ContextVar("wiretask_join_allowed", default=False)
@@ -921,10 +1026,12 @@ class App(PeriodicTasks):
         """Publish built calls (with the retry policy of the first) and return their
         results."""
         self._publish(calls)
-        return [
+        results = [
             AsyncResult(c.message.id, app=self, ignore_result=c.message.ignore_result)
             for c in calls
         ]
+        _add_to_parent(self, results)
+        return results
 
     def _publish(self, calls: Sequence[calling.Call]) -> None:
         if not calls:
@@ -999,6 +1106,18 @@ class App(PeriodicTasks):
         self, group_id: str, results: Iterable[Any] = (),
     ) -> GroupResult:
         return GroupResult(group_id, results, app=self)
+
+
+def _add_to_parent(app: App, results: Sequence[AsyncResult]) -> None:
+    """Sent from inside a running task (worker or eager path, not a direct call): the
+    results join that task's children, as Celery's ``send_task`` adds them to the
+    current worker task's trail (``Task.trail``; stored with its state)."""
+    request = _current_request.get()
+    if request is None or request.called_directly or request.task is None:
+        return
+    task = app._tasks.get(request.task)
+    if task is not None and task.trail:
+        request.children.extend(results)
 
 
 def _routes_itself(options: Mapping[str, Any], defaults: Mapping[str, Any] | None) -> bool:
@@ -1119,9 +1238,13 @@ class Task(Generic[P, R]):
 
     ``@app.task`` makes one from a function; ``@app.task(base=MyTask)`` makes it an
     instance of a subclass, whose class attributes are the defaults of its options
-    (the decorator's options win) and whose ``__call__`` wraps the run (the worker and
-    the eager path go through it, as in Celery). A subclass that defines ``run`` is a
-    class-based task (``app.register_task(MyTask)``).
+    (the decorator's options win), whose ``__call__`` wraps the run (the worker and
+    the eager path go through it, as in Celery) and whose handler methods
+    (``before_start``, ``on_success``, ``on_retry``, ``on_failure``, ``after_return``)
+    the worker and the eager path call with Celery's arguments, in Celery's order. A
+    subclass that defines ``run`` is a class-based task (``app.register_task(MyTask)``).
+    ``task.run`` is the body; for a bound task the task is already bound to it, as in
+    Celery (``task.run(2, 3)``).
     """
 
     # Celery's Task attributes and their defaults (``wiretask.tasks.TASK_OPTIONS``).
@@ -1195,25 +1318,23 @@ class Task(Generic[P, R]):
         self._check = calling.argument_checker(self._signature)
         if self.autoretry_for:
             real = autoretry(self, real)
-        self._real_run = real
-        if type(self).__call__ is not Task.__call__:
-            self.run = self._through_call(real)
-        else:
-            self.run = real
+        # A bound function task's run takes the task first: bind it, as Celery does.
+        self.run = types.MethodType(real, self) if self.bind and fn is not None else real
+        cls = type(self)
+        #: The handler methods this task's class defines (Celery's ``task_has_custom``):
+        #: the tracer calls only these.
+        self.custom_hooks: frozenset[str] = frozenset(
+            hook for hook in HOOKS if _defined_below_task(cls, hook)
+        )
+        #: Whether the class overrides ``__call__``: the worker then runs the body
+        #: through it, as Celery's tracer does.
+        self.custom_call = cls.__call__ is not Task.__call__
 
     def _class_options(self, app: App, options: Mapping[str, Any]) -> dict[str, Any]:
         """The options given, over the ones a subclass sets as class attributes, over
         the app's defaults (``task_max_retries``, ``task_default_retry_delay``,
-        ``strict_typing``). Refuses a subclass defining a handler method the worker does
-        not call yet."""
+        ``strict_typing``)."""
         cls = type(self)
-        hooks = [hook for hook in HOOKS if _defined_below_task(cls, hook)]
-        if hooks:
-            raise ImproperlyConfigured(
-                f"{cls.__qualname__} defines {', '.join(hooks)}: wiretask's worker does not "
-                "call Task handler methods yet (issue 14's worker half), so they are refused "
-                "rather than ignored"
-            )
         explicit = dict(options)
         for key in TASK_OPTIONS.keys() - {"name", "base"} - explicit.keys():
             if _defined_below_task(cls, key):
@@ -1243,31 +1364,62 @@ class Task(Generic[P, R]):
             {k: getattr(self, k) for k in CALL_DEFAULTS if getattr(self, k) is not None}
         )
 
-    def _through_call(self, real: Callable[..., Any]) -> Callable[..., Any]:
-        """``run`` for a subclass that overrides ``__call__``: what the worker calls goes
-        through that ``__call__`` (as Celery's tracer calls a custom ``__call__``), and
-        ``self.run(...)`` or ``super().__call__(...)`` inside it reaches the task body.
-        The worker passes the task first to a bound task; ``self.run(...)`` inside
-        ``__call__`` takes the arguments alone, as in Celery."""
-
-        @functools.wraps(real)
-        def run(*args: Any, **kwargs: Any) -> Any:
-            if _inside_call.get() is self:
-                return self._call_run(*args, **kwargs)
-            if self.bind:
-                args = args[1:]
-            token = _inside_call.set(self)
-            try:
-                return type(self).__call__(self, *args, **kwargs)
-            finally:
-                _inside_call.reset(token)
-
-        return run
-
     def _call_run(self, *args: Any, **kwargs: Any) -> R:
-        if self.bind:
-            return cast("R", self._real_run(self, *args, **kwargs))
-        return cast("R", self._real_run(*args, **kwargs))
+        return self.run(*args, **kwargs)
+
+    def _trace_call(self, args: Sequence[Any], kwargs: Mapping[str, Any]) -> R:
+        """Run the body as Celery's tracer does (the worker and the eager path): through
+        the class's own ``__call__`` if it overrides it (``super().__call__(...)`` or
+        ``self.run(...)`` in it reach the body), else ``run`` directly."""
+        if not self.custom_call:
+            return self.run(*args, **kwargs)
+        token = _inside_call.set(self)
+        try:
+            return type(self).__call__(self, *args, **kwargs)
+        finally:
+            _inside_call.reset(token)
+
+    # -- handlers (Celery's; a subclass overrides them) -------------------------------
+
+    def before_start(self, task_id: str, args: Sequence[Any],
+                     kwargs: Mapping[str, Any]) -> None:
+        """Called by the worker right before the body runs."""
+
+    def on_success(self, retval: Any, task_id: str, args: Sequence[Any],
+                   kwargs: Mapping[str, Any]) -> None:
+        """Called by the worker after ``SUCCESS`` was stored."""
+
+    def on_retry(self, exc: BaseException | None, task_id: str, args: Sequence[Any],
+                 kwargs: Mapping[str, Any], einfo: ExceptionInfo) -> None:
+        """Called by the worker after ``RETRY`` was stored (``exc``: ``retry(exc=...)``)."""
+
+    def on_failure(self, exc: BaseException, task_id: str, args: Sequence[Any],
+                   kwargs: Mapping[str, Any], einfo: ExceptionInfo) -> None:
+        """Called by the worker after ``FAILURE`` was stored and the errbacks called."""
+
+    def after_return(self, status: str, retval: Any, task_id: str, args: Sequence[Any],
+                     kwargs: Mapping[str, Any], einfo: ExceptionInfo | None) -> None:
+        """Called by the worker after ``on_success`` or ``on_failure`` (``einfo`` is
+        always None, as in Celery's tracer)."""
+
+    def call_hook(self, name: str, *args: Any) -> BaseException | None:
+        """Call the handler ``name`` (one of ``HOOKS``) if this task's class defines it.
+        What it raises is logged and returned (the caller decides what it means)."""
+        if name not in self.custom_hooks:
+            return None
+        try:
+            getattr(self, name)(*args)
+        except Exception as exc:
+            logger.exception("task %s[%s]: %s raised", self.name, self.request.id, name)
+            return exc
+        return None
+
+    def add_trail(self, result: AsyncResult) -> AsyncResult:
+        """Record ``result`` as a child of the running task (when ``trail`` is on), as
+        sending a task from inside one does."""
+        if self.trail:
+            self.request.children.append(result)
+        return result
 
     def __repr__(self) -> str:
         return f"<Task {self.name}>"
@@ -1557,38 +1709,41 @@ class _EagerRun:
 
     def request(self) -> Request:
         message = self.message
-        return Request(
-            id=message.id, task=message.task, args=message.args, kwargs=dict(message.kwargs),
-            retries=message.retries, eta=message.eta, expires=message.expires,
-            root_id=message.root_id, parent_id=message.parent_id, group=message.group,
-            group_index=message.group_index, called_directly=False, is_eager=True,
-            hostname=_hostname(),
+        return Request.from_message(
+            message, hostname=_hostname(), is_eager=True,
             delivery_info={"is_eager": True, "exchange": None, "routing_key": None,
                            "priority": message.priority},
-            message=message,
         )
 
     def run(self) -> EagerResult:
-        task, message = self.task, self.message
+        task = self.task
         request = self.request()
+        with task.running(request):
+            return self._traced(request)
+
+    def _traced(self, request: Request) -> EagerResult:
+        """The run, with the request current (the handlers and the callbacks see it,
+        and what they send becomes the task's children), in Celery's tracer order."""
+        task, message = self.task, self.message
+        args, kwargs = list(message.args), dict(message.kwargs)
         try:
-            with task.running(request):
-                if task.bind:
-                    retval = task.run(task, *message.args, **message.kwargs)
-                else:
-                    retval = task.run(*message.args, **message.kwargs)
+            task.before_start(message.id, args, kwargs)
+            retval = task._trace_call(message.args, message.kwargs)
         except Retry as signal:
             if signal.sig is None:
                 return self.failed(request, signal)
-            args, kwargs = signal.sig
+            reason: BaseException = signal.exc if signal.exc is not None else signal
+            task.call_hook("on_retry", signal.exc, message.id, args, kwargs,
+                           ExceptionInfo.of(reason, "".join(traceback.format_exception(
+                               type(reason), reason, reason.__traceback__
+                               or signal.__traceback__))))
             return task.apply(
-                args, kwargs, task_id=message.id, retries=message.retries + 1,
+                *signal.sig, task_id=message.id, retries=message.retries + 1,
                 throw=self.throw, link=message.callbacks, link_error=message.errbacks,
                 chain=message.chain, root_id=message.root_id, parent_id=message.parent_id,
             )
         except Exception as exc:  # the task's failure, as the tracer records it
             return self.failed(request, exc)
-        self.store(states.SUCCESS, retval)
         root_id = message.root_id or message.id
         for sig in message.callbacks or ():
             self.app._apply_signature(
@@ -1599,12 +1754,20 @@ class _EagerRun:
             self.app._apply_signature(message.chain[-1].clone(
                 (retval,), parent_id=message.id, root_id=root_id, chain=rest or None
             ))
+        # Celery: the callbacks are applied before the result is stored (so that it
+        # lists them among its children), then on_success and after_return.
+        self.store(states.SUCCESS, retval, children=request.children)
+        failed = task.call_hook("on_success", retval, message.id, args, kwargs)
+        if failed is not None:
+            return self.failed(request, failed)
+        task.call_hook("after_return", states.SUCCESS, retval, message.id, args, kwargs,
+                       None)
         return EagerResult(message.id, retval, states.SUCCESS, name=task.name, app=self.app)
 
     def failed(self, request: Request, exc: BaseException) -> EagerResult:
         message = self.message
         tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
-        self.store(states.FAILURE, exc, tb)
+        self.store(states.FAILURE, exc, tb, children=request.children)
         root_id = message.root_id or message.id
         for sig in message.errbacks or ():
             # The worker's rule for which errbacks run in-process (imported here: the
@@ -1619,11 +1782,18 @@ class _EagerRun:
                     sig.clone((message.id,), parent_id=message.id, root_id=root_id)
                 )
         if self.throw:
+            # Celery's eager tracer propagates at once: no on_failure, no after_return.
             raise exc
+        args, kwargs = list(message.args), dict(message.kwargs)
+        self.task.call_hook("on_failure", exc, message.id, args, kwargs,
+                            ExceptionInfo.of(exc, tb))
+        self.task.call_hook("after_return", states.FAILURE, exc, message.id, args, kwargs,
+                            None)
         return EagerResult(message.id, exc, states.FAILURE, traceback=tb,
                            name=self.task.name, app=self.app)
 
-    def store(self, status: str, result: Any, tb: str | None = None) -> None:
+    def store(self, status: str, result: Any, tb: str | None = None, *,
+              children: Sequence[AsyncResult] = ()) -> None:
         store = self.task.store_eager_result
         if store is None:
             store = bool(self.app.conf.get("task_store_eager_result"))
@@ -1637,6 +1807,7 @@ class _EagerRun:
             message.id, status, result, traceback=tb, date_done=self.app.now(),
             parent_id=message.parent_id, group_id=message.group,
             extra=extended_fields(self.app, message, self.request(), _hostname()),
+            children=[child.as_tuple() for child in children],
         ))
 
 

@@ -13,13 +13,15 @@ syntax (:func:`parse_rate`), the ``autoretry_for`` wrapper around ``run``
 
 from __future__ import annotations
 
+import builtins
 import difflib
 import functools
 import importlib
 import numbers
 import random
+import types
 from collections.abc import Callable, Iterable, Mapping
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Self
 
 import attrs
 
@@ -32,6 +34,7 @@ __all__ = [
     "CALL_DEFAULTS",
     "HOOKS",
     "TASK_OPTIONS",
+    "ExceptionInfo",
     "TaskOption",
     "annotations_for",
     "autoretry",
@@ -184,9 +187,8 @@ TASK_OPTIONS: Mapping[str, TaskOption] = {
         TaskOption("retry_backoff", True, "exponential backoff factor (True: 1)", _backoff),
         TaskOption("retry_backoff_max", True, "the backoff's cap in seconds", _int),
         TaskOption("retry_jitter", True, "full jitter on the backoff", _bool),
-        TaskOption("throws", True, "expected exceptions, stored on the task; the worker "
-                   "still logs them as errors with a traceback (Celery: at INFO): " + _LATER,
-                   _exceptions),
+        TaskOption("throws", True, "expected exceptions: a failure with one of them is "
+                   "logged at INFO without a traceback, as Celery does", _exceptions),
         TaskOption("rate_limit", True, "'10/s', '100/m', '5/h' or a number per second; "
                    "parsed and stored on the task (Task.rate): " + _LATER, _rate),
         TaskOption("ignore_result", True, "", _optional_bool),
@@ -207,9 +209,9 @@ TASK_OPTIONS: Mapping[str, TaskOption] = {
                    _only(False, None, why=_IGNORED)),
         TaskOption("store_eager_result", True, "store eager results in the backend",
                    _optional_bool),
-        TaskOption("trail", True, "Celery's worker records a task's children in its result "
-                   "(AsyncResult.children reads them); the wiretask worker does not yet: "
-                   + _LATER, _bool),
+        TaskOption("trail", True, "record the tasks sent while it runs as its children, "
+                   "stored with its state (AsyncResult.children), as Celery's worker",
+                   _bool),
         TaskOption("time_limit", True, "hard time limit (seconds)", _seconds),
         TaskOption("soft_time_limit", True, "soft time limit (seconds)", _seconds),
         TaskOption("expires", True, "default expiry of the task's calls", _any),
@@ -242,9 +244,41 @@ TASK_OPTIONS: Mapping[str, TaskOption] = {
 CALL_DEFAULTS = ("queue", "exchange", "routing_key", "priority", "serializer", "compression",
                  "delivery_mode", "time_limit", "soft_time_limit", "ignore_result", "expires")
 
-#: Handler methods Celery's tracer calls on a Task subclass. wiretask's worker does not
-#: call them yet, so a base class that defines one is refused rather than ignored.
+#: Handler methods Celery's tracer calls on a Task subclass; the worker's tracer and the
+#: eager path call the ones a subclass defines.
 HOOKS = ("before_start", "on_success", "on_failure", "on_retry", "after_return")
+
+
+@attrs.frozen
+class ExceptionInfo:
+    """What ``on_failure`` and ``on_retry`` receive as ``einfo``: the attributes of
+    Celery's (billiard's) ``ExceptionInfo``.
+
+    Attributes:
+        exception: the exception (for a retry, the ``Retry`` raised by ``retry()``).
+        type: its class.
+        traceback: the formatted traceback, as stored with the state.
+        tb: the traceback object, if the exception was raised here.
+        internal: True for an error outside the task body (Celery's flag).
+    """
+
+    exception: BaseException
+    type: builtins.type[BaseException]
+    traceback: str
+    tb: types.TracebackType | None = None
+    internal: bool = False
+
+    @classmethod
+    def of(cls, exc: BaseException, traceback: str, *, internal: bool = False) -> Self:
+        return cls(exc, type(exc), traceback, exc.__traceback__, internal)
+
+    @property
+    def exc_info(self) -> tuple[builtins.type[BaseException], BaseException,
+                                types.TracebackType | None]:
+        return self.type, self.exception, self.tb
+
+    def __str__(self) -> str:
+        return self.traceback
 
 
 def check_task_option(name: str, value: Any) -> Any:

@@ -7,16 +7,26 @@ worker process or in a child process (``pools/_child.py``): Celery calls it the 
 never touches the delivery itself, so a child process can run it and send the outcome
 back.
 
-The order of events follows Celery's tracer:
+The order of events follows Celery's tracer (``celery/app/trace.py``):
 
 1. ``expires`` is checked first; an expired task is not run, ``REVOKED`` is stored with
    Celery's exact meta and its errbacks are called.
 2. ``STARTED`` (``{"pid", "hostname"}``) is stored when tracking is on.
-3. The body runs with the request current (``Task.running``), so ``self.request``,
-   ``self.retry`` and ``self.update_state`` work inside it.
-4. The final state is stored (``SUCCESS``/``FAILURE``/``RETRY``), *then* callbacks or
-   errbacks run (``links.py``), as in Celery (errbacks "run after FAILURE is stored",
-   PROTOCOL.md §17.5).
+3. ``before_start`` and the body run with the request current (``Task.running``), so
+   ``self.request``, ``self.retry`` and ``self.update_state`` work inside them; the body
+   through the class's own ``__call__`` when it has one (``Task._trace_call``).
+4. Success: the callbacks and the chain's next step are sent (``links.py``), *then*
+   ``SUCCESS`` is stored (Celery sends them first, so that the stored result lists them
+   among its ``children``; a store that fails and requeues the message may send them
+   twice, at least once as in Celery), then ``on_success``, then ``after_return``.
+   Retry: ``RETRY`` is stored, then ``on_retry``. Failure: ``FAILURE`` is stored, *then*
+   the errbacks run (as in Celery: errbacks "run after FAILURE is stored", PROTOCOL.md §17.5), then
+   ``on_failure`` and ``after_return``. A failure whose exception the task ``throws``
+   is logged at INFO without a traceback, as Celery does.
+
+The request stays current until the run is recorded, so every task sent meanwhile (by
+the body, a handler, or as a callback) is one of its ``children``, stored with each
+state (``Task.trail``).
 
 Threading: a ``Tracer`` keeps no per-run state, so every pool thread (and the time-limit
 timers that record a hard limit) share the worker's one instance.
@@ -24,6 +34,7 @@ timers that record a hard limit) share the worker's one instance.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import threading
@@ -42,11 +53,13 @@ from wiretask.errors import (
     TaskRevokedError,
     TimeLimitExceeded,
     ValidationError,
+    WorkerLostError,
 )
 from wiretask.protocol import states
 from wiretask.protocol.timing import is_expired
 from wiretask.results.base import DeferredStore
 from wiretask.results.exceptions import expired_meta_result, revoked_meta_result
+from wiretask.tasks import ExceptionInfo
 from wiretask.worker.canvas import Chords, extended_fields
 from wiretask.worker.links import Links
 from wiretask.worker.outcome import NO_LIMITS, Control, Outcome, Settle
@@ -60,6 +73,8 @@ __all__ = ["Tracer", "format_traceback"]
 logger = logging.getLogger("wiretask.worker")
 
 _RESULT_REPR_LIMIT = 256
+#: Handlers that run after ``SUCCESS`` is stored.
+_AFTER_SUCCESS = frozenset({"on_success", "after_return"})
 
 
 def _short_repr(value: object) -> str:
@@ -96,23 +111,8 @@ class Tracer:
         """The ``Request`` a running task sees as ``self.request``."""
         from wiretask.app import Request  # noqa: PLC0415 - app imports the worker lazily
 
-        return Request(
-            id=message.id,
-            task=message.task,
-            args=message.args,
-            kwargs=dict(message.kwargs),
-            retries=message.retries,
-            eta=message.eta,
-            expires=message.expires,
-            root_id=message.root_id,
-            parent_id=message.parent_id,
-            group=message.group,
-            group_index=message.group_index,
-            called_directly=False,
-            is_eager=False,
-            hostname=self.hostname,
-            delivery_info=dict(delivery_info),
-            message=message,
+        return Request.from_message(
+            message, hostname=self.hostname, is_eager=False, delivery_info=delivery_info
         )
 
     # -- storing states ---------------------------------------------------------------
@@ -122,11 +122,13 @@ class Tracer:
         task_id: str | None = None, request: Request | None = None,
     ) -> dict[str, Any]:
         own = task_id is None or task_id == message.id
+        children = request.children if own and request is not None else ()
         return states.make_meta(
             task_id or message.id,
             status,
             result,
             traceback=tb,
+            children=[child.as_tuple() for child in children],
             date_done=self.app.now() if status in states.READY_STATES else None,
             group_id=message.group if own else None,
             parent_id=message.parent_id if own else None,
@@ -135,8 +137,9 @@ class Tracer:
 
     def store(self, message: TaskMessage, status: str, result: Any, *, tb: str | None = None,
               task_id: str | None = None, request: Request | None = None) -> None:
-        """Store a state for the message's task (or ``task_id``). Raises what the backend
-        raises; callers decide whether that is fatal for the delivery."""
+        """Store a state for the message's task (or ``task_id``), with the children
+        ``request`` recorded. Raises what the backend raises; callers decide whether
+        that is fatal for the delivery."""
         self.app.backend.store(task_id or message.id, self._meta(
             message, status, result, tb=tb, task_id=task_id, request=request
         ))
@@ -194,26 +197,31 @@ class Tracer:
         Never raises for anything the task does; ``control`` arms the time limits.
         """
         task = self.app.tasks.get(message.task)
-        request = self.request_for(message, delivery_info)
         if task is None:
             return self._unregistered(message)
+        request = self.request_for(message, delivery_info)
         if message.expires is not None and is_expired(message.expires, now=self.app.now()):
             return self.revoke_expired(message, request)
-        tracked = False  # a STARTED state was (or may have been) stored by this run
-        if not message.ignore_result and self.track_started(task):
-            # Celery: track_started is off for ignore_result tasks.
-            tracked = True
-            self._try_store(
-                message, states.STARTED, {"pid": os.getpid(), "hostname": self.hostname},
-                request=request,
-            )
-        run = _run_body(task, message, request, control)
-        if not run.claimed:
-            return Outcome("", "none", run.runtime)
-        if run.error is None:
-            defer = not tracked and self.defer_results_of is not None
-            return self._succeeded(message, request, run.retval, run.runtime, defer=defer)
-        return self._raised(message, request, run.error, run.runtime)
+        with task.running(request):  # until the run is recorded: children, handlers
+            tracked = False  # a STARTED state was (or may have been) stored by this run
+            if not message.ignore_result and self.track_started(task):
+                # Celery: track_started is off for ignore_result tasks.
+                tracked = True
+                self._try_store(
+                    message, states.STARTED, {"pid": os.getpid(), "hostname": self.hostname},
+                    request=request,
+                )
+            run = _run_body(task, message, control)
+            if not run.claimed:
+                return Outcome("", "none", run.runtime)
+            if run.error is None:
+                # The fused store-with-ack writes the result after on_success would
+                # run: not for a task whose handlers follow the store.
+                defer = (not tracked and self.defer_results_of is not None
+                         and not task.custom_hooks & _AFTER_SUCCESS)
+                return self._succeeded(task, message, request, run.retval, run.runtime,
+                                       defer=defer)
+            return self._raised(message, request, run.error, run.runtime)
 
     def _unregistered(self, message: TaskMessage) -> Outcome:
         # The worker checks on receipt; a child process whose app module does not
@@ -228,7 +236,7 @@ class Tracer:
     ) -> Outcome:
         """The body raised ``error``: a retry, a rejection, or a failure."""
         if isinstance(error, Retry):
-            return self._retried(message, error, runtime, request)
+            return self._retried(message, request, error, runtime)
         if isinstance(error, Reject):
             logger.info(
                 "task %s[%s] rejected (requeue=%s): %s",
@@ -242,8 +250,8 @@ class Tracer:
         return self.fail(message, request, error, runtime=runtime)
 
     def _succeeded(
-        self, message: TaskMessage, request: Request, retval: Any, runtime: float, *,
-        defer: bool = False,
+        self, task: Task[Any, Any], message: TaskMessage, request: Request, retval: Any,
+        runtime: float, *, defer: bool = False,
     ) -> Outcome:
         backend = self.defer_results_of
         current: object = self.app.backend
@@ -260,6 +268,8 @@ class Tracer:
                 return self.fail(message, request, exc, runtime=runtime)
             self._log_success(message, runtime, retval)
             return Outcome(states.SUCCESS, "ack", runtime, pending=pending)
+        # Celery sends the callbacks before storing, so the result lists them as children.
+        self.links.send_callbacks(message, retval)
         if not message.ignore_result:
             try:
                 self.store(message, states.SUCCESS, retval, request=request)
@@ -272,9 +282,16 @@ class Tracer:
                     "again", message.task, message.id,
                 )
                 return Outcome(states.SUCCESS, "requeue", runtime)
-        self._log_success(message, runtime, retval)
-        self.links.send_callbacks(message, retval)
+        # Celery's mark_as_done: the chord's part right after the store.
         self.chords.message_returned(message, states.SUCCESS, retval)
+        args, kwargs = list(message.args), dict(message.kwargs)
+        raised = task.call_hook("on_success", retval, message.id, args, kwargs)
+        if raised is not None:
+            # Celery: an error in on_success is the task's failure (errbacks and
+            # on_failure follow; the SUCCESS stored stays, as Celery's backends keep it).
+            return self.fail(message, request, raised, runtime=runtime)
+        self._log_success(message, runtime, retval)
+        task.call_hook("after_return", states.SUCCESS, retval, message.id, args, kwargs, None)
         return Outcome(states.SUCCESS, "ack", runtime)
 
     @staticmethod
@@ -285,32 +302,42 @@ class Tracer:
                 message.task, message.id, runtime, _short_repr(retval),
             )
 
-    def _retried(self, message: TaskMessage, signal: Retry, runtime: float,
-                 request: Request | None = None) -> Outcome:
+    def _retried(
+        self, message: TaskMessage, request: Request, signal: Retry, runtime: float
+    ) -> Outcome:
         # Task.retry has already re-sent the message (same id, retries + 1). RETRY is not
         # final, so a failure to store it is logged and the original is acked anyway:
         # requeueing it would run the task twice next to its re-sent copy.
         reason: BaseException = signal.exc if signal.exc is not None else signal
+        # An ``exc`` that was never raised has no traceback: use the retry's own,
+        # with the reason's type and value (Celery's ExceptionInfo does the same).
+        tb = "".join(traceback.format_exception(
+            type(reason), reason, reason.__traceback__ or signal.__traceback__
+        ))
         if not message.ignore_result:
-            # An ``exc`` that was never raised has no traceback: use the retry's own,
-            # with the reason's type and value (Celery's ExceptionInfo does the same).
-            tb = "".join(traceback.format_exception(
-                type(reason), reason, reason.__traceback__ or signal.__traceback__
-            ))
             self._try_store(message, states.RETRY, reason, tb=tb, request=request)
+        task = self.app.tasks.get(message.task)
+        if task is not None:
+            task.call_hook("on_retry", signal.exc, message.id, list(message.args),
+                           dict(message.kwargs), ExceptionInfo.of(reason, tb))
         logger.info("task %s[%s] retry: %s", message.task, message.id, signal)
         return Outcome(states.RETRY, "ack", runtime)
 
     def fail(
         self, message: TaskMessage, request: Request, exc: BaseException, *,
-        runtime: float = 0.0, tb: str | None = None,
+        runtime: float = 0.0, tb: str | None = None, handlers: bool = True,
     ) -> Outcome:
         """Record a failure: store ``FAILURE`` (and fail the rest of the chain forward),
-        then call the errbacks."""
+        call the errbacks, then the task's ``on_failure`` and ``after_return`` (unless
+        ``handlers`` is False: a lost worker process, as Celery)."""
         tb = tb if tb is not None else format_traceback(exc)
         settle = self._store_final(message, states.FAILURE, exc, tb=tb, request=request)
+        task = self.app.tasks.get(message.task)
         if isinstance(exc, SoftTimeLimitExceeded | TimeLimitExceeded):
             logger.error("task %s[%s] %s", message.task, message.id, exc)
+        elif task is not None and task.throws and isinstance(exc, task.throws):
+            # Celery's policy for expected errors: INFO, no traceback.
+            logger.info("task %s[%s] raised expected: %r", message.task, message.id, exc)
         else:
             logger.error(
                 "task %s[%s] raised unexpected: %r\n%s",
@@ -323,16 +350,29 @@ class Tracer:
         # (PROTOCOL.md §17.4), then the errbacks.
         self.chords.message_failed(message, exc, tb)
         self.links.call_errbacks(message, request, exc, tb)
+        if handlers and task is not None:
+            args, kwargs = list(message.args), dict(message.kwargs)
+            task.call_hook("on_failure", exc, message.id, args, kwargs,
+                           ExceptionInfo.of(exc, tb))
+            task.call_hook("after_return", states.FAILURE, exc, message.id, args, kwargs,
+                           None)
         return Outcome(states.FAILURE, settle, runtime)
 
     def fail_outside(
         self, message: TaskMessage, delivery_info: Mapping[str, Any], exc: BaseException
     ) -> Outcome:
         """Record a failure that happened outside the task body, where the pool saw it:
-        a hard time limit (Celery stores ``TimeLimitExceeded(<hard>)``) or a child
-        process that died (``WorkerLostError``). Stores ``FAILURE``, calls errbacks."""
+        a hard time limit (Celery stores ``TimeLimitExceeded(<hard>)`` and calls
+        ``on_failure`` and ``after_return``) or a child process that died
+        (``WorkerLostError``: Celery calls no handler). Stores ``FAILURE``, calls
+        errbacks."""
         request = self.request_for(message, delivery_info)
-        return self.fail(message, request, exc, tb=format_traceback(exc))
+        task = self.app.tasks.get(message.task)
+        handlers = not isinstance(exc, WorkerLostError)
+        context = task.running(request) if task is not None else contextlib.nullcontext()
+        with context:
+            return self.fail(message, request, exc, tb=format_traceback(exc),
+                             handlers=handlers)
 
     def time_limits(self, message: TaskMessage) -> tuple[float | None, float | None]:
         """``(hard, soft)`` seconds: the message's ``timelimit``, else the app's
@@ -387,24 +427,20 @@ class _Run(NamedTuple):  # a tuple: made once per task, on the hot path
     error: BaseException | None = None
 
 
-def _run_body(
-    task: Task[Any, Any], message: TaskMessage, request: Request, control: Control
-) -> _Run:
-    """Run the task's body with the request current, between ``control.begin()`` and
-    ``control.end()``."""
+def _run_body(task: Task[Any, Any], message: TaskMessage, control: Control) -> _Run:
+    """Run ``before_start`` and the task's body (the request is current), between
+    ``control.begin()`` and ``control.end()``."""
     error: BaseException | None = None
     retval: Any = None
     started = time.monotonic()
-    with task.running(request):
-        control.begin()
-        try:
-            if task.bind:
-                retval = task.run(task, *message.args, **message.kwargs)
-            else:
-                retval = task.run(*message.args, **message.kwargs)
-        except BaseException as exc:  # a task never kills the worker
-            error = exc
-        claimed, late = _end(control)
+    control.begin()
+    try:
+        if task.custom_hooks:
+            task.before_start(message.id, list(message.args), dict(message.kwargs))
+        retval = task._trace_call(message.args, message.kwargs)
+    except BaseException as exc:  # a task never kills the worker
+        error = exc
+    claimed, late = _end(control)
     if error is None and late is not None:
         error = late  # a time limit that landed right as the body returned
     return _Run(claimed, time.monotonic() - started, retval, error)
