@@ -1354,12 +1354,6 @@ class Task(Generic[P, R]):
                 "soft_time_limit", f"{soft} is greater than time_limit {hard}", value=soft
             )
         self.rate = parse_rate(self.rate_limit)
-        if self.rate is not None and "rate_limit" in options:
-            logger.warning(
-                "task %s: rate_limit %r is stored on the task (Task.rate), but wiretask's "
-                "worker does not enforce rate limits yet", getattr(self, "name", "?"),
-                self.rate_limit,
-            )
         self.defaults = types.MappingProxyType(
             {k: getattr(self, k) for k in CALL_DEFAULTS if getattr(self, k) is not None}
         )

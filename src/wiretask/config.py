@@ -35,9 +35,9 @@ import attrs
 
 from wiretask.beat.settings import CHECKS as BEAT_CHECKS
 from wiretask.codecs import DEFAULT_MAX_DECOMPRESSED_SIZE
-from wiretask.errors import ImproperlyConfigured
+from wiretask.errors import ImproperlyConfigured, ValidationError
 from wiretask.routing import declared_queues, prepare_routes
-from wiretask.tasks import TASK_OPTIONS, check_annotations
+from wiretask.tasks import TASK_OPTIONS, check_annotations, parse_rate
 
 __all__ = [
     "HONOURED",
@@ -84,6 +84,10 @@ def _bool(name: str, value: Any) -> Any:
     if not isinstance(value, bool):
         raise ImproperlyConfigured(f"{name} must be True or False, got {value!r}", setting=name)
     return value
+
+
+def _optional_bool(name: str, value: Any) -> Any:
+    return None if value is None else _bool(name, value)
 
 
 def _seconds(name: str, value: Any) -> Any:
@@ -149,6 +153,14 @@ def _queues(name: str, value: Any) -> Any:
     return value
 
 
+def _rate(name: str, value: Any) -> Any:
+    try:
+        parse_rate(value, field=name)
+    except ValidationError as exc:
+        raise ImproperlyConfigured(f"{name}: {exc.problem}", setting=name) from exc
+    return value
+
+
 def _annotations(name: str, value: Any) -> Any:
     check_annotations(value)
     return value
@@ -156,7 +168,6 @@ def _annotations(name: str, value: Any) -> Any:
 
 # -- the table ---------------------------------------------------------------------------
 
-_WORKER_HALF = "the worker does not do this yet (issue 14's worker half will)"
 _NO_EVENTS = "wiretask does not send task events yet"
 _NO_CONTROL = "wiretask has no remote control yet"
 _IN_URL = "put it in broker_url (and give transport options in broker_transport_options)"
@@ -340,17 +351,22 @@ def _beat_rows() -> Iterator[Setting]:
 
 
 def _task_rows() -> Iterator[Setting]:
-    h, r = HONOURED, REFUSED
+    h = HONOURED
     yield from (
         Setting("task_acks_late", h, "only True: wiretask's worker always acknowledges a "
-                "message after its task ran (at least once); early acknowledgement is not "
-                "supported", True, only=(True,)),
-        Setting("task_acks_on_failure_or_timeout", h, "only True: failed and timed-out tasks "
-                "are acknowledged", True, only=(True,)),
-        Setting("task_acks_on_failure", h, "only True or None: failed tasks are acknowledged",
-                only=(True, None)),
-        Setting("task_acks_on_timeout", h, "only True or None: timed-out tasks are "
-                "acknowledged", only=(True, None)),
+                "message after its task ran and its outcome was stored (at least once); "
+                "Celery's early acknowledgement (False: at most once, the task lost if its "
+                "worker dies while it runs) is refused rather than silently made late",
+                True, only=(True,)),
+        Setting("task_acks_on_failure_or_timeout", h, "the default of task_acks_on_failure "
+                "and task_acks_on_timeout", True, check=_bool),
+        Setting("task_acks_on_failure", h, "False: a failed task's message is rejected "
+                "(dead-lettered with the reason) once its FAILURE is stored; None: "
+                "task_acks_on_failure_or_timeout", check=_optional_bool),
+        Setting("task_acks_on_timeout", h, "False: the message of a task past its hard time "
+                "limit is requeued to run again (its FAILURE is not stored: a stored final "
+                "state is never replaced, and the next run's counts); None: "
+                "task_acks_on_failure_or_timeout", check=_optional_bool),
         Setting("task_always_eager", h, "run tasks in-process on apply_async/delay and "
                 "return an EagerResult (send_task still sends)", False, check=_bool),
         Setting("task_annotations", h, "a dict, a list of dicts, or objects with annotate(); "
@@ -375,8 +391,9 @@ def _task_rows() -> Iterator[Setting]:
                 "headers exchanges are not supported)", "direct", only=("direct", "topic")),
         Setting("task_default_routing_key", h, "None: the default queue's name, as in Celery",
                 check=_string),
-        Setting("task_default_rate_limit", r, f"rate limits are parsed and stored on tasks, "
-                f"but {_WORKER_HALF}"),
+        Setting("task_default_rate_limit", h, "the rate limit of tasks that set none "
+                "('10/s', '100/m', '5/h'), enforced per worker and task type as Celery's "
+                "token bucket", check=_rate),
         Setting("task_default_priority", h, ""),
         Setting("task_eager_propagates", h, "eager tasks re-raise their exception at once",
                 False, check=_bool),
@@ -395,8 +412,10 @@ def _task_rows() -> Iterator[Setting]:
                 check=_queues),
         Setting("task_queue_max_priority", h, "x-max-priority of declared queues (RabbitMQ "
                 "reads it; Redis, SQLite and memory always have priorities)", check=_count),
-        Setting("task_reject_on_worker_lost", h, "only None or False: a task whose worker "
-                "process died is failed and acknowledged", only=(None, False)),
+        Setting("task_reject_on_worker_lost", h, "True: a task whose child process died "
+                "(pool='processes') is requeued instead of failed, as Celery (which warns "
+                "that a task killing its process then comes back for ever)",
+                check=_optional_bool),
         Setting("task_retry_on_worker_lost", h, "only False: a task whose worker process died "
                 "is failed, not retried", False, only=(False,)),
         Setting("task_remote_tracebacks", h, "only False (tblib remote tracebacks are not "
@@ -408,11 +427,15 @@ def _task_rows() -> Iterator[Setting]:
                 check=_routes),
         Setting("task_send_sent_event", h, f"only False: {_NO_EVENTS}", False, only=(False,)),
         Setting("task_serializer", h, "", "json"),
-        Setting("task_soft_time_limit", h, "", check=_seconds),
-        Setting("task_time_limit", h, "", check=_seconds),
-        Setting("task_store_errors_even_if_ignored", h, "only False: the worker does not "
-                "store the failures of ignore_result tasks yet", False, only=(False,)),
-        Setting("task_track_started", h, "", False, check=_bool),
+        Setting("task_soft_time_limit", h, "seconds before SoftTimeLimitExceeded is raised "
+                "in a task whose message sets none", check=_seconds),
+        Setting("task_time_limit", h, "seconds before a task whose message sets none is "
+                "ended (processes: its child killed; threads and solo: abandoned) and "
+                "failed with TimeLimitExceeded", check=_seconds),
+        Setting("task_store_errors_even_if_ignored", h, "True: the failures (and retries) of "
+                "ignore_result tasks are stored", False, check=_bool),
+        Setting("task_track_started", h, "store STARTED (pid, hostname) when a task "
+                "starts; never for ignore_result tasks, as Celery", False, check=_bool),
         Setting("task_allow_error_cb_on_chord_header", h, "only False: a chord's errbacks "
                 "go to its body (True would also link them to every header task)", False,
                 only=(False,)),
@@ -424,12 +447,12 @@ def _worker_rows() -> Iterator[Setting]:
     refused = {
         "agent": "the cell agent is not supported",
         "autoscaler": "autoscaling is not supported yet",
-        "cancel_long_running_tasks_on_connection_loss": _WORKER_HALF,
+        "cancel_long_running_tasks_on_connection_loss": "running tasks go on through a "
+        "broker outage and are acknowledged when it is back",
         "soft_shutdown_timeout": "pass Worker(shutdown_timeout=...)",
         "enable_soft_shutdown_on_idle": "pass Worker(shutdown_timeout=...)",
         "consumer": "the consumer class cannot be replaced",
         "direct": "per-worker direct queues are not supported",
-        "disable_rate_limits": f"rate limits: {_WORKER_HALF}",
         "deduplicate_successful_tasks": "deduplication is not supported",
         "hijack_root_logger": "the wiretask command configures logging itself; an embedded "
         "Worker leaves logging to you",
@@ -437,8 +460,6 @@ def _worker_rows() -> Iterator[Setting]:
         "log_datefmt": "the wiretask command's log format is fixed",
         "log_format": "the wiretask command's log format is fixed",
         "lost_wait": "a lost child process is detected at once",
-        "max_memory_per_child": _WORKER_HALF,
-        "max_tasks_per_child": _WORKER_HALF,
         "pool": "pass Worker(pool=...) or wiretask worker --pool (threads, processes, solo)",
         "pool_putlocks": "not applicable to wiretask's pools",
         "pool_restarts": "pool restarts are not supported",
@@ -459,6 +480,14 @@ def _worker_rows() -> Iterator[Setting]:
         yield Setting(f"worker_{key}", r, note)
     yield Setting("worker_concurrency", h, "tasks run at once (default: the CPU count)",
                   check=_count)
+    yield Setting("worker_max_tasks_per_child", h, "pool='processes': a child process is "
+                  "replaced after this many tasks (other pools refuse it: no child)",
+                  check=_count)
+    yield Setting("worker_max_memory_per_child", h, "pool='processes': a child process is "
+                  "replaced after a task that left its peak resident memory above this "
+                  "many KiB (other pools refuse it: no child)", check=_count)
+    yield Setting("worker_disable_rate_limits", h, "True: the worker ignores every rate "
+                  "limit", False, check=_bool)
     yield Setting("worker_prefetch_multiplier", h, "messages a worker reserves beyond "
                   "the running ones: concurrency x this (Celery's worker acks a message as "
                   "it starts, so its prefetch count is what waits); 0: no limit",

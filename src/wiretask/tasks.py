@@ -157,12 +157,11 @@ def _any(name: str, value: Any) -> Any:
     return value
 
 
-_LATER = "the worker does not do this yet (issue 14's worker half will)"
-_ACKS_LATE = "the worker always acknowledges a message after its task ran"
-_ACKS_FAILED = "the worker acknowledges failed and timed-out tasks"
-_LOST = "a task whose worker process died is failed and acknowledged; requeueing or " \
-    "retrying it: " + _LATER
-_IGNORED = "storing the failures of ignore_result tasks: " + _LATER
+_ACKS_LATE = "the worker always acknowledges a message after its task ran and its " \
+    "outcome was stored (at least once); Celery's early acknowledgement (at most once) " \
+    "is refused rather than silently made late"
+_LOST = "a task whose worker process died is failed and acknowledged, or requeued with " \
+    "reject_on_worker_lost; retrying it as retry() would is not supported"
 
 #: Every option of Celery's ``Task`` that a decorator, a base class or an annotation can
 #: set, and what wiretask does with it.
@@ -189,24 +188,25 @@ TASK_OPTIONS: Mapping[str, TaskOption] = {
         TaskOption("retry_jitter", True, "full jitter on the backoff", _bool),
         TaskOption("throws", True, "expected exceptions: a failure with one of them is "
                    "logged at INFO without a traceback, as Celery does", _exceptions),
-        TaskOption("rate_limit", True, "'10/s', '100/m', '5/h' or a number per second; "
-                   "parsed and stored on the task (Task.rate): " + _LATER, _rate),
+        TaskOption("rate_limit", True, "'10/s', '100/m', '5/h' or a number per second, "
+                   "enforced per worker as Celery's token bucket (Task.rate)", _rate),
         TaskOption("ignore_result", True, "", _optional_bool),
         TaskOption("track_started", True, "", _optional_bool),
         TaskOption("acks_late", True, "only True or None: " + _ACKS_LATE,
                    _only(True, None, why=_ACKS_LATE)),
-        TaskOption("acks_on_failure_or_timeout", True, "only True or None: " + _ACKS_FAILED,
-                   _only(True, None, why=_ACKS_FAILED)),
-        TaskOption("acks_on_failure", True, "only True or None: " + _ACKS_FAILED,
-                   _only(True, None, why=_ACKS_FAILED)),
-        TaskOption("acks_on_timeout", True, "only True or None: " + _ACKS_FAILED,
-                   _only(True, None, why=_ACKS_FAILED)),
-        TaskOption("reject_on_worker_lost", True, "only False or None: " + _LOST,
-                   _only(False, None, why=_LOST)),
+        TaskOption("acks_on_failure_or_timeout", True, "False: acks_on_failure and "
+                   "acks_on_timeout default to False", _optional_bool),
+        TaskOption("acks_on_failure", True, "False: a failed task's message is rejected "
+                   "(dead-lettered with the reason) after its FAILURE is stored",
+                   _optional_bool),
+        TaskOption("acks_on_timeout", True, "False: the message of a task past its hard "
+                   "time limit is requeued to run again (no FAILURE stored)", _optional_bool),
+        TaskOption("reject_on_worker_lost", True, "True: a task whose child process died "
+                   "is requeued instead of failed (pool='processes')", _optional_bool),
         TaskOption("retry_on_worker_lost", True, "only False or None: " + _LOST,
                    _only(False, None, why=_LOST)),
-        TaskOption("store_errors_even_if_ignored", True, "only False or None: " + _IGNORED,
-                   _only(False, None, why=_IGNORED)),
+        TaskOption("store_errors_even_if_ignored", True, "store the failures (and "
+                   "retries) of an ignore_result task", _optional_bool),
         TaskOption("store_eager_result", True, "store eager results in the backend",
                    _optional_bool),
         TaskOption("trail", True, "record the tasks sent while it runs as its children, "

@@ -51,3 +51,14 @@ def crash(code: int) -> None:
 @app.task
 def report(task_id: str) -> str:
     return f"reported {task_id}"
+
+
+@app.task
+def hog(mib: int) -> int:
+    """Touches ``mib`` MiB (the child's peak resident memory stays above it) and
+    returns its pid."""
+    block = bytearray(mib * 1024 * 1024)
+    for offset in range(0, len(block), 4096):
+        block[offset] = 1
+    del block
+    return os.getpid()

@@ -30,7 +30,14 @@ from wiretask.transports.base import Transport, queue_names
 from wiretask.worker.consumer import Consumer
 from wiretask.worker.ledger import Ledger
 from wiretask.worker.pools import POOLS, Pool, PoolContext, PoolName, PoolSetup
-from wiretask.worker.routing import HoldEarly, LogReceived, RefuseUnregistered, Router
+from wiretask.worker.routing import (
+    HoldEarly,
+    LogReceived,
+    RateLimit,
+    RefuseUnregistered,
+    Router,
+    Step,
+)
 from wiretask.worker.settlement import AckRetry, Settlement, requeue
 from wiretask.worker.tracer import Tracer
 
@@ -60,6 +67,14 @@ def _pool_class(pool: PoolName | type[Pool]) -> type[Pool]:
             f"unknown pool {pool!r}: use 'threads', 'processes' or 'solo'"
         )
     return found
+
+
+def _positive(name: str, given: int | None, setting: int | None) -> int | None:
+    value = given if given is not None else setting
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int)
+                              or value < 1):
+        raise ValidationError(name, f"must be an integer >= 1, got {value!r}")
+    return value
 
 
 def _prefetch(
@@ -117,9 +132,15 @@ class Worker:
             reserved beyond the free slots. A busy worker takes no more, so other
             workers get the rest. A solo worker receives only between batches, so a
             batch is up to ``1 + prefetch`` messages, run one after the other.
-        eta_task_limit: most messages held for a future eta when the transport cannot
-            delay them itself (default ``worker_eta_task_limit``, else 1000). At the
-            limit the worker stops receiving until some come due.
+        eta_task_limit: most messages held for a future eta (or for a rate limit) when
+            the transport cannot delay them itself (default ``worker_eta_task_limit``,
+            else 1000). At the limit the worker stops receiving until some come due.
+        max_tasks_per_child: ``pool="processes"``: replace a child process after it ran
+            this many tasks (default ``worker_max_tasks_per_child``; Celery's
+            ``--max-tasks-per-child``). Other pools refuse it: they have no child.
+        max_memory_per_child: ``pool="processes"``: replace a child process after a
+            task that left its peak resident memory above this many KiB (default
+            ``worker_max_memory_per_child``).
         shutdown_timeout: seconds ``run()`` (and the context manager) waits for running
             tasks on stop before requeueing them; ``None`` waits for them to finish.
         transport: the transport to consume from (default ``app.new_transport()``).
@@ -143,6 +164,8 @@ class Worker:
         prefetch_multiplier: int | None = None,
         prefetch: int | None = None,
         eta_task_limit: int | None = None,
+        max_tasks_per_child: int | None = None,
+        max_memory_per_child: int | None = None,
         shutdown_timeout: float | None = None,
         transport: Transport | None = None,
     ) -> None:
@@ -171,6 +194,14 @@ class Worker:
         self._pool = pool_class(PoolSetup(
             app=app, transport=self.transport, hostname=self.hostname,
             concurrency=concurrency, app_path=app_path,
+            max_tasks_per_child=_positive(
+                "max_tasks_per_child", max_tasks_per_child,
+                app.conf.get("worker_max_tasks_per_child"),
+            ),
+            max_memory_per_child=_positive(
+                "max_memory_per_child", max_memory_per_child,
+                app.conf.get("worker_max_memory_per_child"),
+            ),
         ))
         self.app_path = self._pool.app_path
         self._build()
@@ -186,19 +217,26 @@ class Worker:
         app = self.app
         self._stopping = threading.Event()  # stop taking work
         self._tracer = Tracer(app, self.hostname)
+
+        def clock() -> float:
+            return app.now().timestamp()
+
         self._ledger = Ledger(
             None if self.prefetch is None else self._pool.capacity + self.prefetch,
             self.eta_task_limit,
-            lambda: app.now().timestamp(),
+            clock,
         )
         self._unacked = AckRetry()
+        steps: list[Step] = [
+            RefuseUnregistered(app, self._tracer),
+            LogReceived(),
+            HoldEarly(app, self.transport, self._ledger, self._unacked),
+        ]
+        if not app.conf.get("worker_disable_rate_limits"):
+            steps.append(RateLimit(app, self._ledger, clock))
         self._router = Router(
             app,
-            [
-                RefuseUnregistered(app, self._tracer),
-                LogReceived(),
-                HoldEarly(app, self.transport, self._ledger, self._unacked),
-            ],
+            steps,
             self._ledger,
             self._pool.submit,
             self._stopping,

@@ -159,10 +159,12 @@ class Tracer:
         return True
 
     def _store_final(self, message: TaskMessage, status: str, result: Any, *,
-                     tb: str | None = None, request: Request | None = None) -> Settle:
+                     tb: str | None = None, request: Request | None = None,
+                     even_if_ignored: bool = False) -> Settle:
         """Store a final state; ``ack`` if stored (or ignored), ``requeue`` if the backend
-        failed, so that the outcome is not lost (at least once)."""
-        if message.ignore_result:
+        failed, so that the outcome is not lost (at least once). ``even_if_ignored``:
+        store it for an ``ignore_result`` message too."""
+        if message.ignore_result and not even_if_ignored:
             return "ack"
         try:
             self.store(message, status, result, tb=tb, request=request)
@@ -179,9 +181,43 @@ class Tracer:
         return "ack"
 
     def track_started(self, task: Task[Any, Any]) -> bool:
-        if task.track_started is not None:
-            return task.track_started
-        return bool(self.app.conf.get("task_track_started", False))
+        return bool(self.option(task, "track_started", "task_track_started"))
+
+    def option(self, task: Task[Any, Any] | None, *names: str, default: Any = None) -> Any:
+        """A task option as Celery resolves it: ``names`` alternate a task attribute
+        and the setting it defaults to (``Task.from_config``), the first that is not
+        None wins; else ``default``."""
+        conf = self.app.conf
+        for index, name in enumerate(names):
+            value = (getattr(task, name, None) if task is not None else None) \
+                if index % 2 == 0 else conf.get(name)
+            if value is not None:
+                return value
+        return default
+
+    def _store_errors(self, task: Task[Any, Any] | None) -> bool:
+        """``store_errors_even_if_ignored``: the failures of an ``ignore_result`` task
+        are stored."""
+        return bool(self.option(task, "store_errors_even_if_ignored",
+                                "task_store_errors_even_if_ignored"))
+
+    def _failed_settle(self, task: Task[Any, Any] | None, exc: BaseException) -> Settle:
+        """How to settle a failed task's message, as Celery's worker with
+        ``acks_late``: ack, unless ``acks_on_timeout`` (a hard time limit) is False,
+        which requeues it (before anything is recorded: it runs again), or
+        ``acks_on_failure`` is False, which rejects it once its failure is recorded
+        (here: dead-lettered, with the reason, as a rejected AMQP message goes to its
+        dead-letter exchange)."""
+        if isinstance(exc, TimeLimitExceeded):
+            if not self.option(task, "acks_on_timeout", "task_acks_on_timeout",
+                               "acks_on_failure_or_timeout",
+                               "task_acks_on_failure_or_timeout", default=True):
+                return "requeue"
+        elif not self.option(task, "acks_on_failure", "task_acks_on_failure",
+                             "acks_on_failure_or_timeout", "task_acks_on_failure_or_timeout",
+                             default=True):
+            return "dead_letter"
+        return "ack"
 
     # -- running ----------------------------------------------------------------------
 
@@ -314,9 +350,9 @@ class Tracer:
         tb = "".join(traceback.format_exception(
             type(reason), reason, reason.__traceback__ or signal.__traceback__
         ))
-        if not message.ignore_result:
-            self._try_store(message, states.RETRY, reason, tb=tb, request=request)
         task = self.app.tasks.get(message.task)
+        if not message.ignore_result or self._store_errors(task):
+            self._try_store(message, states.RETRY, reason, tb=tb, request=request)
         if task is not None:
             task.call_hook("on_retry", signal.exc, message.id, list(message.args),
                            dict(message.kwargs), ExceptionInfo.of(reason, tb))
@@ -331,8 +367,16 @@ class Tracer:
         call the errbacks, then the task's ``on_failure`` and ``after_return`` (unless
         ``handlers`` is False: a lost worker process, as Celery)."""
         tb = tb if tb is not None else format_traceback(exc)
-        settle = self._store_final(message, states.FAILURE, exc, tb=tb, request=request)
         task = self.app.tasks.get(message.task)
+        if self._failed_settle(task, exc) == "requeue":
+            # acks_on_timeout is False: the task is not over, it runs again. Its FAILURE
+            # is not stored (a stored final state is never replaced here, and the next
+            # run's outcome is the one that counts), nor are errbacks or handlers called.
+            logger.warning("task %s[%s] %s; acks_on_timeout is False: requeued to run "
+                           "again", message.task, message.id, exc)
+            return Outcome(states.FAILURE, "requeue", runtime)
+        settle = self._store_final(message, states.FAILURE, exc, tb=tb, request=request,
+                                   even_if_ignored=self._store_errors(task))
         if isinstance(exc, SoftTimeLimitExceeded | TimeLimitExceeded):
             logger.error("task %s[%s] %s", message.task, message.id, exc)
         elif task is not None and task.throws and isinstance(exc, task.throws):
@@ -356,7 +400,11 @@ class Tracer:
                            ExceptionInfo.of(exc, tb))
             task.call_hook("after_return", states.FAILURE, exc, message.id, args, kwargs,
                            None)
-        return Outcome(states.FAILURE, settle, runtime)
+        settle = self._failed_settle(task, exc)
+        reason = ""
+        if settle == "dead_letter":
+            reason = f"task failed with {type(exc).__name__} and acks_on_failure is False"
+        return Outcome(states.FAILURE, settle, runtime, reason)
 
     def fail_outside(
         self, message: TaskMessage, delivery_info: Mapping[str, Any], exc: BaseException
@@ -369,6 +417,13 @@ class Tracer:
         request = self.request_for(message, delivery_info)
         task = self.app.tasks.get(message.task)
         handlers = not isinstance(exc, WorkerLostError)
+        if not handlers and self.option(task, "reject_on_worker_lost",
+                                        "task_reject_on_worker_lost"):
+            # Celery: requeued, and no FAILURE stored (a task that kills its process
+            # every time comes back every time: Celery's documented risk).
+            logger.warning("task %s[%s]: %s; reject_on_worker_lost: requeued", message.task,
+                           message.id, exc)
+            return Outcome(states.FAILURE, "requeue")
         context = task.running(request) if task is not None else contextlib.nullcontext()
         with context:
             return self.fail(message, request, exc, tb=format_traceback(exc),

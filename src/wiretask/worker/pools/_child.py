@@ -21,6 +21,7 @@ import multiprocessing
 import multiprocessing.connection
 import os
 import pickle
+import resource
 import signal
 import sys
 import traceback
@@ -125,6 +126,13 @@ class AlarmControl:
         return True
 
 
+def max_rss_kib() -> int:
+    """The peak resident memory of this process in KiB, as Celery's
+    ``max_memory_per_child`` reads it (``ru_maxrss``: KiB on Linux, bytes on macOS)."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak // 1024 if sys.platform == "darwin" else peak
+
+
 def _on_alarm(signum: int, frame: FrameType | None) -> None:
     del signum, frame
     raise SoftTimeLimitExceeded
@@ -170,7 +178,7 @@ def _child_main(
             outcome = tracer.execute(
                 message, delivery_info=delivery_info, control=AlarmControl(soft)
             )
-            conn.send(outcome)
+            conn.send((outcome, max_rss_kib()))
     finally:
         app.close()
 
@@ -203,6 +211,9 @@ class ChildProcess:
         child_conn.close()
         self._ready = False
         self._app_path = app_path
+        #: Tasks run, and the peak resident memory (KiB) reported after the last one.
+        self.tasks_run = 0
+        self.rss_kib = 0
 
     def wait_ready(self, timeout: float = CHILD_START_TIMEOUT) -> None:
         """Wait for the child to report that it loaded the app."""
@@ -251,7 +262,9 @@ class ChildProcess:
         """
         if not self._conn.poll(timeout):
             return None
-        outcome: Outcome = self._conn.recv()
+        outcome: Outcome
+        outcome, self.rss_kib = self._conn.recv()
+        self.tasks_run += 1
         return outcome
 
     def signal_kill(self) -> None:
