@@ -20,8 +20,8 @@ The order of events follows Celery's tracer (``celery/app/trace.py``):
    among its ``children``; a store that fails and requeues the message may send them
    twice, at least once as in Celery), then ``on_success``, then ``after_return``.
    Retry: ``RETRY`` is stored, then ``on_retry``. Failure: ``FAILURE`` is stored, *then*
-   the errbacks run (as in Celery: errbacks "run after FAILURE is stored", PROTOCOL.md §17.5), then
-   ``on_failure`` and ``after_return``. A failure whose exception the task ``throws``
+   the errbacks run (as in Celery: errbacks "run after FAILURE is stored", PROTOCOL.md
+   §17.5), then ``on_failure`` and ``after_return``. A failure whose exception the task ``throws``
    is logged at INFO without a traceback, as Celery does.
 
 The request stays current until the run is recorded, so every task sent meanwhile (by
