@@ -16,18 +16,21 @@ Linked under another name as a Munin plugin (``wiretask_<queue>``), the script r
 from __future__ import annotations
 
 import argparse
+import contextlib
+import difflib
 import importlib
 import json
 import logging
 import math
 import os
 import signal
+import socket
 import sys
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
-from types import FrameType
+from types import FrameType, ModuleType
 from typing import TYPE_CHECKING, Any, NoReturn
 
 import wiretask
@@ -80,10 +83,25 @@ class CommandError(Exception):
 
 
 class _Parser(argparse.ArgumentParser):
-    """An ``ArgumentParser`` whose usage errors are one line: ``prog: error: message``."""
+    """An ``ArgumentParser`` whose usage errors are one line: ``prog: error: message``,
+    and whose unknown options are refused with the nearest known one."""
 
     def error(self, message: str) -> NoReturn:
         self.exit(2, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
+
+    def refuse_unknown(self, extras: Sequence[str]) -> NoReturn:
+        """Refuse what no option took, naming the nearest option of this parser
+        (Python 3.11's argparse has no suggestions of its own)."""
+        known = [flag for action in self._actions for flag in action.option_strings]
+        parts = []
+        for extra in extras:
+            hint = ""
+            if extra.startswith("-"):
+                close = difflib.get_close_matches(extra.partition("=")[0], known, n=1,
+                                                  cutoff=0.6)
+                hint = f" (did you mean {close[0]}?)" if close else ""
+            parts.append(f"{extra}{hint}")
+        self.error(f"unrecognized arguments: {' '.join(parts)}")
 
 
 # -- argument types ---------------------------------------------------------------------
@@ -191,39 +209,100 @@ def parse_arg(text: str) -> Any:
 
 
 def load_app(spec: str) -> App:
-    """Import ``pkg.module:attribute`` (or ``pkg.module``, meaning its ``app``) and return
-    the ``App`` found there. The current directory is put first on ``sys.path``.
+    """The ``App`` that ``-A spec`` names, found as Celery's ``find_app`` finds one.
+
+    ``pkg.module:attribute`` is that attribute. ``pkg.module`` (no colon) is the
+    attribute ``module`` of ``pkg`` if there is one, else the module; a module stands
+    for its ``app``, else its ``celery`` attribute, else (a package) its ``celery``
+    submodule's app, else the first ``App`` among its attributes, so ``-A proj`` finds
+    ``proj.celery:app`` as Celery does. The current directory is put first on
+    ``sys.path``.
 
     Raises:
-        CommandError: the module does not import, has no such attribute, or the
-            attribute is not an ``App`` (the message names which, and why).
+        CommandError: the module does not import, has no such attribute, or what was
+            found is not an ``App`` (the message names which, and why).
     """
-    module_name, _, attribute = spec.partition(":")
-    attribute = attribute or "app"
+    module_name, colon, attribute = spec.partition(":")
     if not module_name:
         raise CommandError(f"-A/--app: expected 'package.module:app', got {spec!r}")
     cwd = os.getcwd()
     if cwd not in sys.path:
         sys.path.insert(0, cwd)
-    try:
-        module = importlib.import_module(module_name)
-    except Exception as exc:
-        raise CommandError(
-            f"-A/--app: cannot import {module_name!r}: {type(exc).__name__}: {exc}"
-        ) from exc
-    target: Any = module
-    for part in attribute.split("."):
-        try:
-            target = getattr(target, part)
-        except AttributeError:
-            raise CommandError(
-                f"-A/--app: module {module_name!r} has no attribute {attribute!r}"
-            ) from None
+    if colon:
+        target: Any = _import(module_name)
+        for part in (attribute or "app").split("."):
+            try:
+                target = getattr(target, part)
+            except AttributeError:
+                raise CommandError(
+                    f"-A/--app: module {module_name!r} has no attribute "
+                    f"{attribute or 'app'!r}"
+                ) from None
+    else:
+        target = _symbol(module_name)
+        if isinstance(target, ModuleType):
+            found = _app_in_module(target)
+            if found is None:
+                raise CommandError(
+                    f"-A/--app: module {module_name!r} has no attribute 'app' (nor "
+                    "'celery', nor a wiretask App among its attributes)"
+                )
+            target = found
     if not isinstance(target, App):
         raise CommandError(
             f"-A/--app: {spec!r} is a {type(target).__name__}, not a wiretask App"
         )
     return target
+
+
+def _import(module_name: str) -> ModuleType:
+    try:
+        return importlib.import_module(module_name)
+    except Exception as exc:
+        raise CommandError(
+            f"-A/--app: cannot import {module_name!r}: {type(exc).__name__}: {exc}"
+        ) from exc
+
+
+def _symbol(name: str) -> Any:
+    """Kombu's ``symbol_by_name`` without a colon: ``a.b`` is attribute ``b`` of module
+    ``a`` when it has one, else the module ``a.b``."""
+    parent, _, last = name.rpartition(".")
+    if parent:
+        try:
+            module = importlib.import_module(parent)
+        except ImportError:
+            module = None
+        if module is not None and hasattr(module, last):
+            return getattr(module, last)
+    return _import(name)
+
+
+def _app_in_module(module: ModuleType) -> Any:
+    """Celery's rules for a module given to ``-A``: its ``app``, its ``celery``, its
+    ``celery`` submodule (a package), then any ``App`` it holds (None: nothing)."""
+    for attribute in ("app", "celery"):
+        found = getattr(module, attribute, None)
+        if found is not None and not isinstance(found, ModuleType):
+            return found
+    if getattr(module, "__path__", None):
+        try:
+            submodule = importlib.import_module(f"{module.__name__}.celery")
+        except ModuleNotFoundError as exc:
+            if exc.name != f"{module.__name__}.celery":
+                raise CommandError(
+                    f"-A/--app: cannot import {module.__name__}.celery: {exc}"
+                ) from exc
+        except Exception as exc:
+            raise CommandError(
+                f"-A/--app: cannot import {module.__name__}.celery: "
+                f"{type(exc).__name__}: {exc}"
+            ) from exc
+        else:
+            found = _app_in_module(submodule)
+            if found is not None:
+                return found
+    return next((value for value in vars(module).values() if isinstance(value, App)), None)
 
 
 def _app_from_args(args: argparse.Namespace, *, quiet: bool = False) -> App:
@@ -297,26 +376,139 @@ def _relative(value: datetime | None, now: datetime) -> str:
 # -- commands ---------------------------------------------------------------------------
 
 
+#: Celery's pool names: ``prefork`` is the process pool; what wiretask has not.
+_POOL_NAMES: Mapping[str, str] = {"prefork": "processes", "processes": "processes",
+                                  "threads": "threads", "solo": "solo"}
+_POOLS_REFUSED: Mapping[str, str] = {
+    "eventlet": "wiretask's worker does not run on green threads (its transports block "
+    "on sockets): use --pool threads for I/O-bound tasks",
+    "gevent": "wiretask's worker does not run on green threads (its transports block on "
+    "sockets): use --pool threads for I/O-bound tasks",
+    "custom": "give a Pool subclass to Worker(pool=...) in Python instead",
+}
+
+#: Celery worker flags wiretask refuses, and what to do instead (checked by
+#: ``_cmd_worker``, so that ``--help`` still lists them).
+_WORKER_REFUSED: Mapping[str, tuple[str, str]] = {
+    "detach": ("-D/--detach", "wiretask worker runs in the foreground: start it from a "
+               "service manager (systemd, supervisord) or with 'nohup wiretask worker "
+               "... &'"),
+    "events": ("-E/--events", "wiretask does not send task events yet"),
+    "scheduler": ("--scheduler", "wiretask beat keeps its history in a file and on the "
+                  "broker: only Celery's default scheduler (leave it out)"),
+    "autoscale": ("--autoscale", "the pool has a fixed size: give -c N"),
+    "statedb": ("-S/--statedb", "revoked task ids are not kept across restarts (there is "
+                "no remote control yet)"),
+    "uid": ("--uid", "it belongs to --detach, which is refused"),
+    "gid": ("--gid", "it belongs to --detach, which is refused"),
+    "umask": ("--umask", "it belongs to --detach, which is refused"),
+    "executable": ("--executable", "it belongs to --detach, which is refused"),
+}
+
+
+def _pool(text: str) -> str:
+    name = text.strip().lower()
+    if name in _POOL_NAMES:
+        return _POOL_NAMES[name]
+    if name in _POOLS_REFUSED:
+        raise argparse.ArgumentTypeError(f"{name!r} is not supported: {_POOLS_REFUSED[name]}")
+    close = difflib.get_close_matches(name, list(_POOL_NAMES), n=1)
+    hint = f"; did you mean {close[0]!r}?" if close else ""
+    raise argparse.ArgumentTypeError(
+        f"unknown pool {text!r}{hint} (prefork or processes, threads, solo)"
+    )
+
+
+def _nodename(text: str) -> str:
+    """``-n``: Celery's node-name formats: ``%h`` the host name, ``%n`` its first part,
+    ``%d`` the rest (the domain), ``%%`` a percent sign; without ``@``, ``@<host>`` is
+    added, as Celery's ``default_nodename``."""
+    host = socket.gethostname()
+    name, _, domain = host.partition(".")
+    out, i = [], 0
+    while i < len(text):
+        if text[i] == "%" and i + 1 < len(text) and text[i + 1] in "hnd%":
+            out.append({"h": host, "n": name, "d": domain, "%": "%"}[text[i + 1]])
+            i += 2
+        else:
+            out.append(text[i])
+            i += 1
+    value = "".join(out)
+    if not value:
+        raise argparse.ArgumentTypeError("must be a non-empty node name")
+    return value if "@" in value else f"{value}@{host}"
+
+
+class _PidFile:
+    """``--pidfile``: the worker's pid in a file while it runs, removed when it stops.
+    A file naming a process that is still running is refused, as Celery does; a stale
+    one is replaced."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def __enter__(self) -> _PidFile:
+        try:
+            with open(self.path) as existing:
+                pid = int(existing.read().strip() or 0)
+        except FileNotFoundError:
+            pid = 0
+        except (OSError, ValueError) as exc:
+            raise CommandError(f"--pidfile: cannot read {self.path}: {exc}") from exc
+        if pid and pid != os.getpid() and _running(pid):
+            raise CommandError(
+                f"--pidfile: {self.path} names process {pid}, which is running "
+                "(another worker?)"
+            )
+        try:
+            with open(self.path, "w") as file:
+                file.write(f"{os.getpid()}\n")
+        except OSError as exc:
+            raise CommandError(f"--pidfile: cannot write {self.path}: {exc}") from exc
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        try:
+            os.remove(self.path)
+        except OSError:
+            pass
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def _cmd_worker(args: argparse.Namespace) -> int:
     from wiretask.worker import Worker  # noqa: PLC0415 - only this command needs it
 
+    for attribute, (flag, why) in _WORKER_REFUSED.items():
+        if getattr(args, attribute) not in (None, False):
+            raise CommandError(f"{flag} is not supported: {why}")
     if args.pool == "processes" and not getattr(args, "app", None):
         raise CommandError("--pool processes: child processes import the app, so give -A/--app")
-    app = _app_from_args(args)
-    logging.basicConfig(
-        level=args.loglevel,
-        format="[%(asctime)s %(levelname)s %(processName)s] %(name)s: %(message)s",
-        stream=sys.stderr,
+    handler: logging.Handler = (
+        logging.FileHandler(args.logfile) if args.logfile else logging.StreamHandler(sys.stderr)
     )
-    # Celery's worker imports the include/imports modules when it starts.
-    app.finalize()
-    # No -Q: the declared queues (task_queues), else task_default_queue, as Celery's
-    # worker consumes. No -c: worker_concurrency, else the CPU count (the Worker's rule).
-    queues = args.queues if args.queues is not None else app.router.consume_from
+    handler.setFormatter(logging.Formatter(
+        "[%(asctime)s %(levelname)s %(processName)s] %(name)s: %(message)s"
+    ))
+    logging.basicConfig(level=args.loglevel, handlers=[handler])
+    app = _app_from_args(args)
+    queues = _worker_app(args, app)
     worker = Worker(
         app, queues=queues, concurrency=args.concurrency, pool=args.pool,
         prefetch=args.prefetch, prefetch_multiplier=args.prefetch_multiplier,
-        app_path=getattr(args, "app", None),
+        hostname=args.hostname, max_tasks_per_child=args.max_tasks_per_child,
+        # module:attribute is what the children import; -A proj (Celery's search) is
+        # found among the imported modules by the pool.
+        app_path=args.app if ":" in (getattr(args, "app", None) or "") else None,
+        max_memory_per_child=args.max_memory_per_child,
     )
     logging.getLogger("wiretask.cli").info(
         "app %r: broker %s, results %s", app.main or "__main__", app.transport.url,
@@ -324,7 +516,10 @@ def _cmd_worker(args: argparse.Namespace) -> int:
     )
     beat = _embedded_beat(app, args) if args.beat else None
     try:
-        worker.run()
+        with contextlib.ExitStack() as stack:
+            if args.pidfile:
+                stack.enter_context(_PidFile(args.pidfile))
+            worker.run()
     finally:
         if beat is not None:
             beat.stop()
@@ -341,6 +536,125 @@ def _embedded_beat(app: App, args: argparse.Namespace) -> EmbeddedBeat:
     beat = EmbeddedBeat(app, schedule_filename=args.schedule_filename)
     beat.start()
     return beat
+
+
+def _worker_app(args: argparse.Namespace, app: App) -> list[str]:
+    """Apply the worker's flags to the app's settings, import its modules (Celery's
+    worker imports the include/imports modules when it starts), and return the queues
+    to consume: ``-Q``, else the declared queues (task_queues), else
+    task_default_queue, as Celery's worker consumes, less the ``-X`` ones."""
+    if args.include:
+        app.conf.include = (*app.conf.include, *args.include)
+    if args.time_limit is not None:
+        app.conf.task_time_limit = args.time_limit
+    if args.soft_time_limit is not None:
+        app.conf.task_soft_time_limit = args.soft_time_limit
+    if args.disable_prefetch:
+        app.conf.worker_disable_prefetch = True
+    app.finalize()
+    queues = list(args.queues if args.queues is not None else app.router.consume_from)
+    if args.exclude_queues:
+        queues = [name for name in queues if name not in args.exclude_queues]
+        if not queues:
+            raise CommandError("-X/--exclude-queues: every queue is excluded")
+    if args.purge:
+        _purge(app, queues)
+    return queues
+
+
+def _purge(app: App, queues: Sequence[str]) -> None:
+    """``--purge``: remove the messages waiting in the worker's queues before it starts,
+    as Celery's worker does (``wiretask purge`` without the question)."""
+    transport = app.transport
+    if not isinstance(transport, Inspection):
+        raise CommandError(f"--purge: the broker {transport.url} cannot purge a queue (its "
+                           "transport does not offer Inspection)")
+    removed = sum(transport.purge(name) for name in queues)
+    logging.getLogger("wiretask.cli").warning(
+        "purged %d message(s) from %s", removed, ", ".join(queues)
+    )
+
+
+def _worker_options(worker: argparse.ArgumentParser) -> None:
+    """The ``worker`` subcommand's options: Celery's ``celery worker`` flags (refused ones
+    say what to do instead) and wiretask's ``--prefetch``."""
+    worker.add_argument("-Q", "--queues", type=_queues, default=None, metavar="Q1,Q2",
+                        help="queues to consume (default: the app's task_queues, else its "
+                        "task_default_queue, celery)")
+    worker.add_argument("-X", "--exclude-queues", type=_queues, default=None,
+                        metavar="Q1,Q2", help="queues not to consume of the default ones")
+    worker.add_argument("-I", "--include", type=_queues, default=None, metavar="M1,M2",
+                        help="more modules to import (added to the app's include)")
+    worker.add_argument("-c", "--concurrency", type=_positive_int, default=None,
+                        metavar="N", help="tasks run at once (default: the app's "
+                        "worker_concurrency, else the CPU count; 1 with --pool solo)")
+    worker.add_argument("-P", "--pool", type=_pool, default="threads",
+                        metavar="POOL", help="prefork (or processes: child processes), "
+                        "threads, or solo (one at a time in the receiving thread); "
+                        "eventlet and gevent are refused (default: threads)")
+    worker.add_argument("-n", "--hostname", type=_nodename, default=None, metavar="NAME",
+                        help="node name, e.g. w1@%%h (%%h host, %%n its first part, %%d "
+                        "domain; default: wiretask@<host>)")
+    prefetch = worker.add_mutually_exclusive_group()
+    prefetch.add_argument("--prefetch-multiplier", type=_non_negative_int, default=None,
+                          metavar="N", help="reserve concurrency x N messages beyond the "
+                          "running ones, as Celery; 0: no limit (default: the app's "
+                          "worker_prefetch_multiplier, 4)")
+    prefetch.add_argument("--prefetch", type=_non_negative_int, default=None, metavar="N",
+                          help="wiretask's own: reserve exactly N messages beyond the "
+                          "running ones, instead of the multiplier")
+    prefetch.add_argument("--disable-prefetch", action="store_true",
+                          help="reserve no message beyond the running ones")
+    worker.add_argument("-O", "--optimization", choices=("default", "fair"),
+                        default="default", help="accepted for Celery's command lines: "
+                        "wiretask's pools already hand a message to a slot only when the "
+                        "slot is free (what -O fair asks of Celery's prefork pool)")
+    worker.add_argument("--time-limit", type=_non_negative_seconds, default=None,
+                        metavar="S", help="hard time limit of tasks that set none "
+                        "(task_time_limit)")
+    worker.add_argument("--soft-time-limit", type=_non_negative_seconds, default=None,
+                        metavar="S", help="soft time limit of tasks that set none "
+                        "(task_soft_time_limit)")
+    worker.add_argument("--max-tasks-per-child", type=_positive_int, default=None,
+                        metavar="N", help="--pool prefork: replace a child process after "
+                        "N tasks")
+    worker.add_argument("--max-memory-per-child", type=_positive_int, default=None,
+                        metavar="KIB", help="--pool prefork: replace a child process after "
+                        "a task that left it above KIB KiB resident")
+    worker.add_argument("-B", "--beat", action="store_true",
+                        help="also run beat in this worker (safe on several workers: one "
+                        "sends, the others wait on its lease)")
+    worker.add_argument("-s", "--schedule-filename", "--schedule", metavar="PATH",
+                        default=None,
+                        help="-B's schedule file (default: beat_schedule_filename)")
+    worker.add_argument("--purge", "--discard", action="store_true",
+                        help="remove the messages waiting in the worker's queues first")
+    worker.add_argument("-l", "--loglevel", type=_loglevel, default=logging.INFO,
+                        metavar="LEVEL", help="DEBUG, INFO, WARNING, ... (default: INFO)")
+    worker.add_argument("-f", "--logfile", default=None, metavar="FILE",
+                        help="log to FILE instead of stderr")
+    worker.add_argument("--pidfile", default=None, metavar="FILE",
+                        help="write the worker's pid to FILE while it runs (refused if "
+                        "FILE names a running process)")
+    no_ops = worker.add_argument_group(
+        "accepted for Celery's command lines, no effect here",
+        "wiretask workers do not gossip, synchronise at start (mingle) or send heartbeat "
+        "events",
+    )
+    no_ops.add_argument("--without-gossip", action="store_true")
+    no_ops.add_argument("--without-mingle", action="store_true")
+    no_ops.add_argument("--without-heartbeat", action="store_true")
+    no_ops.add_argument("--heartbeat-interval", type=_non_negative_seconds, metavar="S")
+    refused = worker.add_argument_group(
+        "Celery's flags that wiretask refuses (each says what to do instead)"
+    )
+    refused.add_argument("-D", "--detach", action="store_true")
+    refused.add_argument("-E", "--events", "--task-events", action="store_true")
+    refused.add_argument("--scheduler", metavar="CLASS")
+    refused.add_argument("--autoscale", metavar="MAX,MIN")
+    refused.add_argument("-S", "--statedb", metavar="FILE")
+    for flag in ("--uid", "--gid", "--umask", "--executable"):
+        refused.add_argument(flag, metavar="VALUE")
 
 
 def _call_options(args: argparse.Namespace) -> dict[str, Any]:
@@ -835,37 +1149,15 @@ def build_parser() -> argparse.ArgumentParser:
         name: str, handler: Callable[[argparse.Namespace], int], help_text: str
     ) -> argparse.ArgumentParser:
         sub = commands.add_parser(name, help=help_text, description=help_text)
-        sub.set_defaults(handler=handler, command=name)
+        sub.set_defaults(handler=handler, command=name, parser=sub)
         if name != "demo":
             # SUPPRESS: an option given before the command is not reset by this one.
             _app_options(sub, default=argparse.SUPPRESS)
         return sub
 
-    worker = command("worker", _cmd_worker, "run a worker until SIGTERM/SIGINT")
-    worker.add_argument("-Q", "--queues", type=_queues, default=None, metavar="Q1,Q2",
-                        help="queues to consume (default: the app's task_queues, else its "
-                        "task_default_queue, celery)")
-    worker.add_argument("-c", "--concurrency", type=_positive_int, default=None,
-                        metavar="N", help="tasks run at once (default: the app's "
-                        "worker_concurrency, else the CPU count; 1 with --pool solo)")
-    worker.add_argument("--pool", choices=("threads", "processes", "solo"), default="threads",
-                        help="run tasks in threads, in child processes, or one at a time "
-                        "in the receiving thread (default: threads)")
-    prefetch = worker.add_mutually_exclusive_group()
-    prefetch.add_argument("--prefetch-multiplier", type=_non_negative_int, default=None,
-                          metavar="N", help="reserve concurrency x N messages beyond the "
-                          "running ones, as Celery; 0: no limit (default: the app's "
-                          "worker_prefetch_multiplier, 4)")
-    prefetch.add_argument("--prefetch", type=_non_negative_int, default=None, metavar="N",
-                          help="wiretask's own: reserve exactly N messages beyond the "
-                          "running ones, instead of the multiplier")
-    worker.add_argument("-l", "--loglevel", type=_loglevel, default=logging.INFO,
-                        metavar="LEVEL", help="DEBUG, INFO, WARNING, ... (default: INFO)")
-    worker.add_argument("-B", "--beat", action="store_true",
-                        help="also run beat in this worker (safe on several workers: one "
-                        "sends, the others wait on its lease)")
-    worker.add_argument("-s", "--schedule-filename", metavar="PATH", default=None,
-                        help="-B's schedule file (default: beat_schedule_filename)")
+    worker = command("worker", _cmd_worker, "run a worker until SIGTERM/SIGINT (Celery's "
+                     "celery worker flags)")
+    _worker_options(worker)
 
     call = command("call", _cmd_call, "send a task by name and print its id")
     call.add_argument("task", metavar="TASK", help="the task name, e.g. proj.tasks.add")
@@ -1001,7 +1293,11 @@ def main(argv: Sequence[str] | None = None, *, app: App | None = None) -> int:
         argv = sys.argv[1:]
         if program.startswith(munin.PLUGIN_PREFIX):
             argv = ["munin", "--plugin-name", program, *argv]
-    args = parser.parse_args(argv)
+    args, extras = parser.parse_known_args(argv)
+    if extras:
+        command_parser = getattr(args, "parser", parser)
+        assert isinstance(command_parser, _Parser)
+        command_parser.refuse_unknown(extras)
     args.default_app = app
     handler: Callable[[argparse.Namespace], int] = args.handler
     prog = f"wiretask {args.command}"

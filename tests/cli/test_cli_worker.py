@@ -4,11 +4,12 @@ file, and what ``-A`` says when the app cannot be loaded."""
 from __future__ import annotations
 
 import json
+import socket
 import uuid
 
 import pytest
 
-from .conftest import CLI
+from .conftest import CLI, wait_until
 
 
 @pytest.mark.parametrize(
@@ -129,3 +130,161 @@ def test_solo_pool_runs_one_task_at_a_time(cli: CLI) -> None:
     [line] = cli.errors(done)
     assert "concurrency" in line
     assert "pool='solo' runs one task at a time, so it must be 1, got 2" in line
+
+
+# -- Celery's worker command line ------------------------------------------------------------
+
+CELERY_LAYOUT = '''
+import os
+
+from wiretask import App
+
+app = App("proj", include=["proj.jobs"])
+'''
+
+JOBS = '''
+import os
+import time
+
+from proj.celery import app
+
+
+@app.task(bind=True)
+def where(self):
+    return {"pid": os.getpid(), "hostname": self.request.hostname}
+
+
+@app.task
+def nap(seconds):
+    time.sleep(seconds)
+    return "rested"
+'''
+
+
+@pytest.fixture
+def celery_proj(cli: CLI) -> CLI:
+    """``proj`` laid out as Celery's guide has it: the app in ``proj/celery.py``."""
+    (cli.cwd / "proj" / "tasks.py").unlink()
+    (cli.cwd / "proj" / "celery.py").write_text(CELERY_LAYOUT)
+    (cli.cwd / "proj" / "jobs.py").write_text(JOBS)
+    return cli
+
+
+def _run_until_done(cli: CLI, worker_args: list[str], task_id: str) -> tuple[str, str]:
+    worker = cli.popen(*worker_args)
+    try:
+        done = cli.run("result", task_id, "--wait", "30", "--json", timeout=60)
+        assert done.returncode in (0, 1), done.stderr
+    finally:
+        code, _, err = cli.stop(worker)
+    assert code == 0, err
+    return done.stdout, err
+
+
+@pytest.mark.parametrize("order", ["app-first", "command-first"])
+def test_dash_a_finds_proj_celery_app_before_or_after_the_command(
+    celery_proj: CLI, order: str
+) -> None:
+    cli = celery_proj
+    task_id = cli.ok("-A", "proj", "call", "proj.jobs.where").strip()
+    args = ["-A", "proj", "worker"] if order == "app-first" else ["worker", "-A", "proj"]
+    out, err = _run_until_done(cli, [*args, "-c", "1", "-n", "w1@%h"], task_id)
+    meta = json.loads(out)
+    assert meta["status"] == "SUCCESS"
+    assert meta["result"]["hostname"] == f"w1@{socket.gethostname()}"
+    assert "prefetch 4" in err  # Celery's default multiplier x concurrency 1
+
+
+def test_prefork_pool_with_max_tasks_per_child(celery_proj: CLI) -> None:
+    cli = celery_proj
+    ids = [cli.ok("call", "proj.jobs.where").strip() for _ in range(3)]
+    worker = cli.popen("-A", "proj", "worker", "-P", "prefork", "-c", "1",
+                       "--max-tasks-per-child", "1", "--prefetch-multiplier", "1",
+                       "-n", "%n-prefork")
+    try:
+        pids = []
+        for task_id in ids:
+            done = cli.run("result", task_id, "--wait", "60", "--json", timeout=90)
+            meta = json.loads(done.stdout)
+            assert meta["status"] == "SUCCESS", done.stdout
+            pids.append(meta["result"]["pid"])
+            assert meta["result"]["hostname"].startswith(
+                socket.gethostname().partition(".")[0] + "-prefork@"
+            )
+    finally:
+        code, _, err = cli.stop(worker)
+    assert code == 0, err
+    assert len(set(pids)) == 3  # a new child for every task
+    assert "processes pool" in err
+
+
+def test_time_limit_exclude_queues_logfile_and_pidfile(celery_proj: CLI) -> None:
+    cli = celery_proj
+    slow = cli.ok("call", "proj.jobs.nap", "30").strip()
+    other = cli.ok("call", "proj.jobs.where", "--queue", "other").strip()
+    logfile, pidfile = cli.cwd / "worker.log", cli.cwd / "worker.pid"
+    worker = cli.popen("-A", "proj", "worker", "-Q", "celery,other", "-X", "other",
+                       "--time-limit", "0.5", "-c", "1", "--logfile", str(logfile),
+                       "--pidfile", str(pidfile), "--without-gossip", "--without-mingle",
+                       "--without-heartbeat", "-O", "fair", "-l", "info")
+    try:
+        done = cli.run("result", slow, "--wait", "30", timeout=60)
+        assert "TimeLimitExceeded" in done.stdout, done.stdout + done.stderr
+        assert pidfile.read_text().strip() == str(worker.pid)
+        # A second worker with the same pidfile is refused while the first runs.
+        twice = cli.run("-A", "proj", "worker", "--pidfile", str(pidfile), timeout=60)
+        assert twice.returncode == 2
+        assert f"names process {worker.pid}, which is running" in twice.stderr
+    finally:
+        code, _, err = cli.stop(worker)
+    assert code == 0, err
+    assert not pidfile.exists()
+    assert "ready: queues celery," in logfile.read_text()
+    assert "hard time limit" in logfile.read_text()
+    assert "state   PENDING" in cli.run("result", other).stdout  # -X: not consumed
+
+
+def test_purge_removes_waiting_messages_before_starting(cli: CLI) -> None:
+    stale = cli.ok("call", "proj.tasks.add", "1", "1").strip()
+    worker = cli.popen("worker", "-A", "proj.tasks", "--purge", "-c", "1")
+    try:
+        wait_until(lambda: json.loads(cli.ok("inspect", "--json"))["waiting"] == 0)
+        fresh = cli.ok("call", "proj.tasks.add", "2", "2").strip()
+        assert cli.run("result", fresh, "--wait", "30", timeout=60).returncode == 0
+    finally:
+        code, _, err = cli.stop(worker)
+    assert code == 0, err
+    assert "purged 1 message(s) from celery" in err
+    assert "state   PENDING" in cli.run("result", stale).stdout
+
+
+@pytest.mark.parametrize(
+    ("flags", "says"),
+    [
+        (["-D"], "-D/--detach is not supported: wiretask worker runs in the foreground"),
+        (["--detach"], "service manager"),
+        (["-E"], "-E/--events is not supported: wiretask does not send task events"),
+        (["-B"], "-B/--beat is not supported: run the periodic-task scheduler as its own "
+                 "process: wiretask beat"),
+        (["--autoscale", "10,3"], "--autoscale is not supported: the pool has a fixed size"),
+        (["-S", "state.db"], "-S/--statedb is not supported"),
+        (["--uid", "1000"], "--uid is not supported: it belongs to --detach"),
+        (["-P", "eventlet"], "'eventlet' is not supported: wiretask's worker does not run on "
+                             "green threads"),
+        (["-P", "gevent"], "'gevent' is not supported"),
+        (["-P", "prefrok"], "unknown pool 'prefrok'; did you mean 'prefork'?"),
+        (["--prefetch-multiplyer", "2"], "unrecognized arguments: --prefetch-multiplyer "
+                                         "(did you mean --prefetch-multiplier?)"),
+        (["--max-task-per-child", "2"], "(did you mean --max-tasks-per-child?)"),
+        (["--prefetch", "1", "--prefetch-multiplier", "2"], "not allowed with argument"),
+        (["-P", "threads", "--max-tasks-per-child", "5"],
+         "worker_max_tasks_per_child=5: pool='threads' runs tasks in this process"),
+    ],
+)
+def test_refused_and_unknown_worker_flags_say_why(
+    cli: CLI, flags: list[str], says: str
+) -> None:
+    done = cli.run("worker", "-A", "proj.tasks", *flags, timeout=60)
+    assert done.returncode == 2
+    assert says in done.stderr
+    assert "Traceback" not in done.stderr

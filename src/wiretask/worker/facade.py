@@ -288,8 +288,9 @@ class Worker:
             raise
         self._consumer.start()
         logger.info(
-            "worker %s ready: queues %s, %s pool, concurrency %d",
+            "worker %s ready: queues %s, %s pool, concurrency %d, prefetch %s",
             self.hostname, ",".join(self.queues), self.pool, self.concurrency,
+            "unlimited" if self.prefetch is None else self.prefetch,
         )
 
     def stop(self, timeout: float | None = None) -> None:

@@ -83,10 +83,14 @@ def load_app(app_path: str) -> App:
 
 def find_app_path(app: App) -> str | None:
     """``"module:attribute"`` of an imported module that holds ``app``, if there is one
-    (``__main__`` does not count: a child process cannot import it by that name)."""
+    (``__main__`` does not count: a child process cannot import it by that name; nor do
+    wiretask's own modules, which hold the current app in a variable a child would not
+    have set)."""
     for name, module in list(sys.modules.items()):
         if name in ("__main__", "__mp_main__") or not isinstance(module, ModuleType):
             continue
+        if name == "wiretask" or name.startswith("wiretask."):
+            continue  # its own references (the current app) are not importable paths
         for attribute, value in list(vars(module).items()):
             if value is app:
                 return f"{name}:{attribute}"

@@ -219,7 +219,7 @@ class ProcessPool(Pool):
         if setup.max_tasks_per_child is not None and (
             child.tasks_run >= setup.max_tasks_per_child
         ):
-            logger.info("child process %s ran %d tasks (max_tasks_per_child): replaced",
+            logger.info("child process %s ran %d task(s) (max_tasks_per_child): replaced",
                         child.pid, child.tasks_run)
             return True
         if setup.max_memory_per_child is not None and (
