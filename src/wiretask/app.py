@@ -296,7 +296,7 @@ class Request:
     children: list[AsyncResult] = attrs.Factory(list)
     #: The message being run (worker and eager path): ``Task.retry`` derives the re-sent
     #: one from it.
-    message: TaskMessage | None = None
+    message: TaskMessage | None = attrs.field(default=None, repr=False)
 
     @property
     def taskset(self) -> str | None:
@@ -1174,15 +1174,31 @@ def _find_related_module(package: str, related_name: str | None) -> types.Module
         raise
 
 
-def _django_apps() -> list[str]:
-    """Django's installed apps, for ``autodiscover_tasks()`` without packages."""
+def _django_transaction(method: str) -> Any:
     try:
-        from django.apps import apps  # type: ignore[import-not-found]  # noqa: PLC0415
+        from django.db import transaction  # noqa: PLC0415
+    except ImportError as exc:
+        raise ImproperlyConfigured(
+            f"Task.{method} waits for a Django transaction, and Django is not installed: "
+            "use delay/apply_async"
+        ) from exc
+    return transaction
+
+
+def _django_apps() -> list[str]:
+    """Django's installed apps, for ``autodiscover_tasks()`` without packages. Django is
+    set up first if it was not (a worker started by the command line), as Celery's
+    Django fix-up does when its worker starts."""
+    try:
+        import django  # noqa: PLC0415
+        from django.apps import apps  # noqa: PLC0415
     except ImportError as exc:
         raise ImproperlyConfigured(
             "autodiscover_tasks() without packages searches Django's installed apps, and "
             "Django is not installed: give the packages"
         ) from exc
+    if not apps.ready:
+        django.setup()
     return [config.name for config in apps.get_app_configs()]
 
 
@@ -1478,6 +1494,25 @@ class Task(Generic[P, R]):
     def delay(self, *args: P.args, **kwargs: P.kwargs) -> AsyncResult:
         """``apply_async(args, kwargs)``: every keyword is a task kwarg, never an option."""
         return self.apply_async(args, kwargs)
+
+    def delay_on_commit(self, *args: P.args, **kwargs: P.kwargs) -> None:
+        """Django: ``delay`` once the current database transaction commits (at once
+        outside one). Returns None, as Celery's ``DjangoTask.delay_on_commit``.
+
+        Raises:
+            ImproperlyConfigured: Django is not installed.
+        """
+        transaction = _django_transaction("delay_on_commit")
+        transaction.on_commit(functools.partial(self.apply_async, args, kwargs))
+
+    def apply_async_on_commit(
+        self, args: Sequence[Any] | None = None, kwargs: Mapping[str, Any] | None = None,
+        **options: Any,
+    ) -> None:
+        """Django: ``apply_async`` once the current database transaction commits.
+        Returns None, as Celery's ``DjangoTask.apply_async_on_commit``."""
+        transaction = _django_transaction("apply_async_on_commit")
+        transaction.on_commit(functools.partial(self.apply_async, args, kwargs, **options))
 
     def apply_async(
         self,

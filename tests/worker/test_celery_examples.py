@@ -1,4 +1,5 @@
-"""Celery's examples in ``examples/celery/`` (first steps, next steps, ``app/myapp.py``):
+"""Celery's examples in ``examples/celery/`` (first steps, next steps, ``app/myapp.py``,
+Django):
 each is Celery's file but for its import line and broker URL, and runs as its docstring
 or guide says, with a real worker process started by the command line, while another
 process makes the guide's calls."""
@@ -92,16 +93,16 @@ class Running:
     def __init__(self, argv: list[str], cwd: Path, env: dict[str, str]) -> None:
         self.process = subprocess.Popen(argv, cwd=cwd, env=env, stdout=subprocess.PIPE,
                                         stderr=subprocess.PIPE, text=True)
-        self.err = ""
+        self.out = self.err = ""
 
     def stop(self) -> int:
         if self.process.poll() is None:
             self.process.send_signal(signal.SIGTERM)
         try:
-            _, self.err = self.process.communicate(timeout=30)
+            self.out, self.err = self.process.communicate(timeout=30)
         except subprocess.TimeoutExpired:
             self.process.kill()
-            _, self.err = self.process.communicate()
+            self.out, self.err = self.process.communicate()
         return self.process.returncode
 
 
@@ -283,3 +284,82 @@ def test_next_steps_as_the_guide_says(
     # Sent to lopri, which this worker does not consume: it never ran.
     assert isinstance(lopri_id, str) and lopri_id not in worker.err
     assert "proj.tasks.xsum[" in worker.err
+
+
+
+#: The Django example's ported lines, by file; the rest of its 14 files are Celery's.
+DJANGO_PORT = {
+    "proj/celery.py": {"from wiretask import App as Celery\n": "from celery import Celery\n"},
+    "demoapp/tasks.py": {"from wiretask import shared_task\n": "from celery import shared_task\n"},
+    "proj/settings.py": {
+        "CELERY_BROKER_URL = 'redis://localhost:6379/0'\n":
+            "CELERY_BROKER_URL = 'amqp://guest:guest@localhost'\n",
+        # wiretask's SQLite result store instead of Celery's SQLAlchemy one (db+).
+        "CELERY_RESULT_BACKEND = 'sqlite:///results.sqlite'\n":
+            "CELERY_RESULT_BACKEND = 'db+sqlite:///results.sqlite'\n",
+    },
+}
+#: sha256 over Celery's examples/django (each file's path, NUL, content, NUL, in path
+#: order; celery/celery a0e6996b68c2a55c319e7589485544d845306b99).
+DJANGO_SHA256 = "09e46a320ba4cb5a7f13d3d74dffb216833a82bd5fde6f08eb4b45230ea279a2"
+
+
+def test_the_django_port_changes_only_the_import_lines_and_the_urls() -> None:
+    root = EXAMPLES / "django"
+    files = sorted(p for p in root.rglob("*") if p.is_file() and "__pycache__" not in p.parts)
+    assert len(files) == 14
+    digest = hashlib.sha256()
+    for path in files:
+        name = path.relative_to(root).as_posix()
+        text = _unported(path, DJANGO_PORT.get(name, {}))
+        digest.update(name.encode() + b"\0" + text.encode() + b"\0")
+    assert digest.hexdigest() == DJANGO_SHA256
+
+
+DJANGO_CALLS = """
+from proj.celery import app, debug_task
+from demoapp.models import Widget
+from demoapp.tasks import add, count_widgets, mul, rename_widget, xsum
+
+app.conf.broker_url = app.conf.result_backend = os.environ['EXAMPLE_URL']
+out = {}
+out['delay_on_commit'] = add.delay_on_commit(2, 3)   # None, as Celery's
+out['add'] = add.delay(2, 3).get(timeout=30)
+out['mul'] = mul.delay(4, 5).get(timeout=30)
+out['xsum'] = xsum.delay([1, 2, 3]).get(timeout=30)
+widget = Widget.objects.create(name='old')
+out['count'] = count_widgets.delay().get(timeout=30)
+rename_widget.delay(widget.id, 'new').get(timeout=30)
+widget.refresh_from_db()
+out['renamed'] = widget.name
+out['debug'] = debug_task.delay().id
+"""
+
+
+def test_the_django_example_as_its_readme_says(
+    examples: list[Example], tmp_path: Path, redis_url: str
+) -> None:
+    pytest.importorskip("django", reason="the test extra installs Django")
+    example = Example("django", tmp_path)
+    examples.append(example)
+    migrate = subprocess.run([sys.executable, "manage.py", "migrate", "-v", "0"],
+                             cwd=example.dir, env=example.env, capture_output=True,
+                             text=True, timeout=120, check=False)
+    assert migrate.returncode == 0, migrate.stderr
+    # The README's worker: celery -A proj worker -l INFO (the app in proj/celery.py,
+    # configured from Django's settings, its tasks found in the installed apps).
+    worker = example.start("-m", "wiretask", "-A", "proj", "worker", "-l", "INFO",
+                           "--broker", redis_url, "--backend", redis_url)
+    # The README's shell: python ./manage.py shell.
+    shell = subprocess.run([sys.executable, "manage.py", "shell", "-c",
+                            "import json, os\n" + DJANGO_CALLS + "\nprint(json.dumps(out))"],
+                           cwd=example.dir, env={**example.env, "EXAMPLE_URL": redis_url},
+                           capture_output=True, text=True, timeout=120, check=False)
+    assert shell.returncode == 0, shell.stdout + shell.stderr
+    out = json.loads(shell.stdout.splitlines()[-1])
+    debug_id = out.pop("debug")
+    assert out == {"delay_on_commit": None, "add": 5, "mul": 20, "xsum": 6, "count": 1,
+                   "renamed": "new"}
+    assert worker.stop() == 0, worker.err
+    assert f"Request: Request(id='{debug_id}'" in worker.out  # debug_task prints it
+    assert worker.err.count("demoapp.tasks.add[") >= 3  # delay_on_commit's ran too
