@@ -484,7 +484,7 @@ def _worker_rows() -> Iterator[Setting]:
                   "replaced after this many tasks (other pools refuse it: no child)",
                   check=_count)
     yield Setting("worker_max_memory_per_child", h, "pool='processes': a child process is "
-                  "replaced after a task that left its peak resident memory above this "
+                  "replaced after a task that left its resident memory above this "
                   "many KiB (other pools refuse it: no child)", check=_count)
     yield Setting("worker_disable_rate_limits", h, "True: the worker ignores every rate "
                   "limit", False, check=_bool)

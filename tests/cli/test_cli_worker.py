@@ -3,11 +3,28 @@ file, and what ``-A`` says when the app cannot be loaded."""
 
 from __future__ import annotations
 
+import argparse
 import json
+import os
 import socket
+import subprocess
+import sys
 import uuid
+from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
+
+from wiretask.cli import (
+    CommandError,
+    _nodename,
+    _PidFile,
+    _pool,
+    _worker_app,
+    build_parser,
+    load_app,
+    main,
+)
 
 from .conftest import CLI, wait_until
 
@@ -288,3 +305,134 @@ def test_refused_and_unknown_worker_flags_say_why(
     assert done.returncode == 2
     assert says in done.stderr
     assert "Traceback" not in done.stderr
+
+
+# -- the same rules in-process (fast, and measured by the coverage gate) ----------------------
+
+
+@pytest.fixture
+def project_on_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """Packages for -A in a fresh directory on sys.path, forgotten afterwards."""
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.chdir(tmp_path)
+    before = set(sys.modules)
+    try:
+        yield tmp_path
+    finally:
+        for name in set(sys.modules) - before:
+            del sys.modules[name]
+
+
+def _package(root: Path, name: str, files: dict[str, str]) -> None:
+    package = root / name
+    package.mkdir()
+    for filename, text in {"__init__.py": "", **files}.items():
+        (package / filename).write_text(text)
+
+
+APP = "from wiretask import App\napp = App('{name}', broker='memory://{name}')\n"
+
+
+def test_load_app_follows_celerys_find_app(project_on_path: Path) -> None:
+    root = project_on_path
+    _package(root, "p_celery", {"celery.py": APP.format(name="p_celery")})
+    _package(root, "p_attr", {"__init__.py": "from wiretask import App as _A\n"
+                              "celery = _A('p_attr', broker='memory://p_attr')\n"})
+    _package(root, "p_any", {"__init__.py": "from wiretask import App as _A\n"
+                             "mine = _A('p_any', broker='memory://p_any')\n"})
+    _package(root, "p_mod", {"tasks.py": APP.format(name="p_mod")})
+    _package(root, "p_none", {})
+    _package(root, "p_broken", {"celery.py": "raise RuntimeError('half-written')\n"})
+
+    assert load_app("p_celery").main == "p_celery"  # the celery submodule's app
+    assert load_app("p_attr").main == "p_attr"  # a 'celery' attribute
+    assert load_app("p_any").main == "p_any"  # any App the module holds
+    assert load_app("p_mod.tasks").main == "p_mod"  # a module's app
+    assert load_app("p_mod.tasks:app").main == "p_mod"
+    assert load_app("p_celery.celery.app").main == "p_celery"  # module.attribute, no colon
+    with pytest.raises(CommandError, match="has no attribute 'app' \\(nor 'celery'"):
+        load_app("p_none")
+    with pytest.raises(CommandError, match=r"cannot import p_broken\.celery: RuntimeError"):
+        load_app("p_broken")
+    with pytest.raises(CommandError, match="cannot import 'p_missing'"):
+        load_app("p_missing")
+    with pytest.raises(CommandError, match="has no attribute 'nope'"):
+        load_app("p_mod.tasks:nope")
+
+
+def test_node_names_and_pools() -> None:
+    host = socket.gethostname()
+    short, _, domain = host.partition(".")
+    assert _nodename("w1@%h") == f"w1@{host}"
+    assert _nodename("%n-x") == f"{short}-x@{host}"
+    assert _nodename("a%%b@%d") == f"a%b@{domain}"
+    with pytest.raises(argparse.ArgumentTypeError):
+        _nodename("")
+    assert [_pool(name) for name in ("prefork", "PROCESSES", "threads", "solo")] == [
+        "processes", "processes", "threads", "solo",
+    ]
+    for refused in ("eventlet", "gevent", "custom"):
+        with pytest.raises(argparse.ArgumentTypeError, match="not supported"):
+            _pool(refused)
+    with pytest.raises(argparse.ArgumentTypeError, match="did you mean 'solo'"):
+        _pool("sola")
+
+
+@pytest.mark.parametrize("flag", [
+    ["-D"], ["-E"], ["-B"], ["-s", "x"], ["--scheduler", "x"], ["--autoscale", "3,1"],
+    ["-S", "x"], ["--uid", "1"], ["--gid", "1"], ["--umask", "0"], ["--executable", "x"],
+])
+def test_refused_flags_in_process(flag: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["worker", *flag]) == 2
+    err = capsys.readouterr().err
+    assert "is not supported" in err and flag[0] in err
+
+
+def test_unknown_flags_in_process(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as info:
+        main(["worker", "--concurency", "2", "stray"])
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert "--concurency (did you mean --concurrency?) 2 stray" in err
+
+
+def test_worker_app_applies_the_flags(project_on_path: Path) -> None:
+    _package(project_on_path, "p_flags", {"celery.py": APP.format(name="p_flags")})
+    app = load_app("p_flags")
+    app.send_task("p_flags.stale")
+    args = build_parser().parse_args([
+        "worker", "-Q", "celery,b,c", "-X", "b", "-I", "json", "--time-limit", "9",
+        "--soft-time-limit", "7", "--disable-prefetch", "--purge",
+    ])
+    try:
+        assert _worker_app(args, app) == ["celery", "c"]
+        assert app.conf.include == ("json",)
+        assert (app.conf.task_time_limit, app.conf.task_soft_time_limit) == (9, 7)
+        assert app.conf.worker_disable_prefetch is True
+        assert app.transport.size("celery") == 0  # purged
+        everything = build_parser().parse_args(["worker", "-Q", "a", "-X", "a"])
+        with pytest.raises(CommandError, match="every queue is excluded"):
+            _worker_app(everything, app)
+    finally:
+        app.close()
+
+
+def test_pidfile_written_removed_and_refused_while_its_process_runs(tmp_path: Path) -> None:
+    path = tmp_path / "w.pid"
+    with _PidFile(str(path)):
+        assert path.read_text() == f"{os.getpid()}\n"
+    assert not path.exists()
+    path.write_text("999999999\n")  # stale: no such process
+    with _PidFile(str(path)):
+        assert path.read_text() == f"{os.getpid()}\n"
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        path.write_text(f"{child.pid}\n")
+        with pytest.raises(CommandError, match=f"names process {child.pid}, which is running"):
+            _PidFile(str(path)).__enter__()
+    finally:
+        child.kill()
+        child.wait()
+    path.write_text("not a pid")
+    with pytest.raises(CommandError, match="cannot read"):
+        _PidFile(str(path)).__enter__()

@@ -351,3 +351,15 @@ def test_reject_on_worker_lost_requeues_instead_of_failing(procapp_app: App) -> 
         time.sleep(2.5)
         assert procapp_app.backend.get(result.id) is None
     assert procapp_app.transport.size("celery") == 1  # given back at stop
+
+
+def test_resident_memory_is_the_current_figure_not_the_inherited_peak() -> None:
+    from wiretask.worker.pools._child import rss_kib  # noqa: PLC0415 - the child's helper
+
+    before = rss_kib()
+    block = bytearray(64 * 1024 * 1024)
+    for offset in range(0, len(block), 4096):
+        block[offset] = 1
+    grown = rss_kib()
+    del block
+    assert before > 1000 and grown - before > 50 * 1024

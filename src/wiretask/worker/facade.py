@@ -139,7 +139,7 @@ class Worker:
             this many tasks (default ``worker_max_tasks_per_child``; Celery's
             ``--max-tasks-per-child``). Other pools refuse it: they have no child.
         max_memory_per_child: ``pool="processes"``: replace a child process after a
-            task that left its peak resident memory above this many KiB (default
+            task that left its resident memory above this many KiB (default
             ``worker_max_memory_per_child``).
         shutdown_timeout: seconds ``run()`` (and the context manager) waits for running
             tasks on stop before requeueing them; ``None`` waits for them to finish.

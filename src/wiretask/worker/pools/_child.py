@@ -130,11 +130,19 @@ class AlarmControl:
         return True
 
 
-def max_rss_kib() -> int:
-    """The peak resident memory of this process in KiB, as Celery's
-    ``max_memory_per_child`` reads it (``ru_maxrss``: KiB on Linux, bytes on macOS)."""
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak // 1024 if sys.platform == "darwin" else peak
+def rss_kib() -> int:
+    """The resident memory of this process in KiB, for ``max_memory_per_child``: the
+    current figure where the system tells it (``/proc/self/statm``), else the peak
+    (``ru_maxrss``). Not the peak on Linux: a spawned child's ``ru_maxrss`` starts at
+    its parent's high-water mark (it survives ``execve``), so a large worker process
+    would replace every child at once."""
+    try:
+        with open("/proc/self/statm", "rb") as statm:
+            pages = int(statm.read().split()[1])
+    except (OSError, ValueError, IndexError):
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        return peak // 1024 if sys.platform == "darwin" else peak
+    return pages * (os.sysconf("SC_PAGE_SIZE") // 1024)
 
 
 def _on_alarm(signum: int, frame: FrameType | None) -> None:
@@ -182,7 +190,7 @@ def _child_main(
             outcome = tracer.execute(
                 message, delivery_info=delivery_info, control=AlarmControl(soft)
             )
-            conn.send((outcome, max_rss_kib()))
+            conn.send((outcome, rss_kib()))
     finally:
         app.close()
 
@@ -215,7 +223,7 @@ class ChildProcess:
         child_conn.close()
         self._ready = False
         self._app_path = app_path
-        #: Tasks run, and the peak resident memory (KiB) reported after the last one.
+        #: Tasks run, and the resident memory (KiB) reported after the last one.
         self.tasks_run = 0
         self.rss_kib = 0
 

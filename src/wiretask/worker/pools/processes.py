@@ -9,7 +9,7 @@ as Celery's prefork pool does: the slot kills the child, records
 (a crash, ``os._exit``) is recorded as ``WorkerLostError`` and replaced the same way,
 and ``terminate`` kills the child running a given job on request.
 
-A child that has run ``max_tasks_per_child`` tasks, or whose peak resident memory
+A child that has run ``max_tasks_per_child`` tasks, or whose resident memory
 after a task is above ``max_memory_per_child`` KiB, is replaced after that task, as
 Celery's prefork pool recycles its children (a leaking task's memory goes back to the
 system).
