@@ -1,8 +1,8 @@
 """Celery's examples in ``examples/celery/`` (first steps, next steps, ``app/myapp.py``,
-Django):
-each is Celery's file but for its import line and broker URL, and runs as its docstring
-or guide says, with a real worker process started by the command line, while another
-process makes the guide's calls."""
+Django): each is Celery's file but for its import line (and the ``rpc://`` or SQLAlchemy
+result backend wiretask does not have), and runs as its docstring or guide says, on
+RabbitMQ as Celery's does, with a real worker process started by the command line, while
+another process makes the guide's calls."""
 
 from __future__ import annotations
 
@@ -20,6 +20,13 @@ import pytest
 
 pytestmark = [pytest.mark.slow, pytest.mark.redis, pytest.mark.timeout(180)]
 
+# The test's servers, given to each process the way a user would override the example's
+# URLs (which name servers on the default ports): the worker on its command line, the
+# calling process through these variables, set on the app after import.
+BROKER, BACKEND = "EXAMPLE_BROKER", "EXAMPLE_BACKEND"
+OVERRIDE = (f"app.conf.broker_url = os.environ['{BROKER}']\n"
+            f"app.conf.result_backend = os.environ['{BACKEND}']")
+
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = ROOT / "examples" / "celery"
 SRC = ROOT / "src"
@@ -28,14 +35,13 @@ SRC = ROOT / "src"
 #: of Celery's file (celery/celery, the commit that last changed it).
 PORTS = {
     "app/myapp.py": (
-        {"from wiretask import App as Celery\n": "from celery import Celery\n",
-         "    broker='redis://localhost:6379/0',\n": "    broker='amqp://guest@localhost//',\n"},
+        {"from wiretask import App as Celery\n": "from celery import Celery\n"},
         # 89db86304f57ec1cfbeffc0c2764b2cf97c83545
         "f25a548e5dde142052011009ad4d9f7608331aa6bab9257bb72b85a1e0d9deb7",
     ),
     "next-steps/proj/celery.py": (
         {"from wiretask import App as Celery\n": "from celery import Celery\n",
-         "             broker='redis://localhost:6379/0',\n": "             broker='amqp://',\n",
+         # wiretask has no rpc:// result backend.
          "             backend='redis://localhost:6379/0',\n": "             backend='rpc://',\n"},
         # 84951b1441ef242c75fe48e2100783b3081487c0
         "d8c128fa7716a45ae2c0713dbfcd70a32e53393d70583b475c0b281fc7fdc5c0",
@@ -60,11 +66,7 @@ app = Celery('tasks', backend='redis://localhost', broker='pyamqp://')
 def add(x, y):
     return x + y
 """
-FIRST_STEPS_PORT = {
-    "from wiretask import App as Celery\n": "from celery import Celery\n",
-    "app = Celery('tasks', backend='redis://localhost', broker='redis://localhost')\n":
-        "app = Celery('tasks', backend='redis://localhost', broker='pyamqp://')\n",
-}
+FIRST_STEPS_PORT = {"from wiretask import App as Celery\n": "from celery import Celery\n"}
 
 
 def _unported(path: Path, port: dict[str, str]) -> str:
@@ -80,7 +82,7 @@ def test_each_port_changes_only_the_import_line_and_the_urls(name: str) -> None:
     assert hashlib.sha256(original.encode()).hexdigest() == sha256
 
 
-def test_the_first_steps_port_changes_only_the_import_line_and_the_broker_url() -> None:
+def test_the_first_steps_port_changes_only_the_import_line() -> None:
     assert _unported(EXAMPLES / "first-steps" / "tasks.py", FIRST_STEPS_PORT) == FIRST_STEPS
 
 
@@ -107,10 +109,9 @@ class Running:
 
 
 class Example:
-    """A copy of one example in a temporary directory, with an environment whose URLs
-    point at the test's brokers: the worker gets them with ``--broker``/``--backend``,
-    the calling process through ``EXAMPLE_URL`` (set on the app after import: the
-    example's own URL names a server on the default port)."""
+    """A copy of one example in a temporary directory. The worker gets the test's
+    servers with ``--broker``/``--backend``, the calling process through ``BROKER`` and
+    ``BACKEND`` (``OVERRIDE``): the example's own URLs name servers on default ports."""
 
     def __init__(self, name: str, where: Path) -> None:
         self.dir = where / name
@@ -127,7 +128,7 @@ class Example:
         self.running.append(program)
         return program
 
-    def call(self, url: str, code: str) -> dict[str, object]:
+    def call(self, broker: str, backend: str, code: str) -> dict[str, object]:
         """Run the guide's calls (``code`` sets ``out``) in a fresh interpreter."""
         script = (
             "import json, os\n"
@@ -135,7 +136,8 @@ class Example:
             "print(json.dumps(out))\n"
         )
         done = subprocess.run([sys.executable, "-c", script], cwd=self.dir,
-                              env={**self.env, "EXAMPLE_URL": url}, capture_output=True,
+                              env={**self.env, BROKER: broker, BACKEND: backend},
+                              capture_output=True,
                               text=True, timeout=120, check=False)
         assert done.returncode == 0, done.stdout + done.stderr
         result: dict[str, object] = json.loads(done.stdout.splitlines()[-1])
@@ -155,46 +157,48 @@ def examples(tmp_path: Path) -> Iterator[list[Example]]:
 
 
 def test_app_myapp_runs_the_three_ways_its_docstring_says(
-    examples: list[Example], tmp_path: Path, redis_url: str
+    examples: list[Example], tmp_path: Path, amqp_url: str, redis_url: str
 ) -> None:
-    # python myapp.py on Redis; wiretask -A myapp and -A myapp:app on SQLite files (each
-    # worker its own broker, so each call is answered by the way under test).
+    # python myapp.py on RabbitMQ (results on Redis: the example has no backend); wiretask
+    # -A myapp and -A myapp:app on SQLite files (each worker its own broker, so each call
+    # is answered by the way under test).
     ways = {
-        "script": (["myapp.py"], redis_url),
-        "module": (["-m", "wiretask", "-A", "myapp"], None),
-        "attribute": (["-m", "wiretask", "-A", "myapp:app"], None),
+        "script": (["myapp.py"], amqp_url, redis_url),
+        "module": (["-m", "wiretask", "-A", "myapp"], None, None),
+        "attribute": (["-m", "wiretask", "-A", "myapp:app"], None, None),
     }
     workers = {}
     urls = {}
-    for way, (argv, given) in ways.items():
+    for way, (argv, broker, backend) in ways.items():
         example = Example("app", tmp_path / way)
         examples.append(example)
-        url = given or f"sqlite:///{example.dir / 'broker.db'}"
-        urls[way] = url
+        sqlite = f"sqlite:///{example.dir / 'broker.db'}"
+        urls[way] = (broker or sqlite, backend or sqlite)
         workers[way] = (example, example.start(*argv, "worker", "-l", "INFO",
-                                               "--broker", url, "--backend", url))
+                                               "--broker", urls[way][0],
+                                               "--backend", urls[way][1]))
     calls = "\n".join((
         "from myapp import add, app",
-        "app.conf.broker_url = app.conf.result_backend = os.environ['EXAMPLE_URL']",
+        OVERRIDE,
         "out = {'get': add.delay(16, 16).get(timeout=60)}",  # add sleeps 10 s
     ))
     for way, (example, _) in workers.items():
-        assert example.call(urls[way], calls) == {"get": 32}, way
+        assert example.call(*urls[way], calls) == {"get": 32}, way
     for way, (_, worker) in workers.items():
         assert worker.stop() == 0, worker.err
         assert "myapp.add[" in worker.err and "succeeded" in worker.err, way
 
 
 def test_first_steps_as_the_tutorial_says(
-    examples: list[Example], tmp_path: Path, redis_url: str
+    examples: list[Example], tmp_path: Path, amqp_url: str, redis_url: str
 ) -> None:
     example = Example("first-steps", tmp_path)
     examples.append(example)
     worker = example.start("-m", "wiretask", "-A", "tasks", "worker", "--loglevel=INFO",
-                           "--broker", redis_url, "--backend", redis_url)
-    out = example.call(redis_url, "\n".join((
+                           "--broker", amqp_url, "--backend", redis_url)
+    out = example.call(amqp_url, redis_url, "\n".join((
         "from tasks import add, app",
-        "app.conf.broker_url = app.conf.result_backend = os.environ['EXAMPLE_URL']",
+        OVERRIDE,
         "add.delay(4, 4)",
         "result = add.delay(4, 4)",
         "out = {'ready': result.ready() in (True, False),",
@@ -212,8 +216,8 @@ from proj.celery import app
 from proj.tasks import add, mul, xsum
 from wiretask.errors import ArgumentsError
 
-url = os.environ['EXAMPLE_URL']
-app.conf.broker_url = app.conf.result_backend = url
+app.conf.broker_url = os.environ['EXAMPLE_BROKER']
+app.conf.result_backend = os.environ['EXAMPLE_BACKEND']
 out = {}
 out['delay'] = add.delay(2, 2).get(timeout=30)
 out['apply_async'] = add.apply_async((2, 2)).get(timeout=30)
@@ -246,7 +250,7 @@ out['xsum'] = xsum.delay([1, 2, 3]).get(timeout=30)
 out['lopri'] = lopri.state
 out['lopri_id'] = lopri.id
 import redis
-ttl = redis.Redis.from_url(url).ttl('celery-task-meta-' + res.id)
+ttl = redis.Redis.from_url(app.conf.result_backend).ttl('celery-task-meta-' + res.id)
 out['expires'] = 3500 < ttl <= 3600
 """
 
@@ -263,15 +267,15 @@ CANVAS_CALLS_NOT_MADE = (
 
 
 def test_next_steps_as_the_guide_says(
-    examples: list[Example], tmp_path: Path, redis_url: str
+    examples: list[Example], tmp_path: Path, amqp_url: str, redis_url: str
 ) -> None:
     example = Example("next-steps", tmp_path)
     examples.append(example)
     # The guide's worker for the priority queue: celery -A proj worker -Q hipri,celery
     worker = example.start("-m", "wiretask", "-A", "proj", "worker", "-l", "INFO",
-                           "-Q", "hipri,celery", "--broker", redis_url,
+                           "-Q", "hipri,celery", "--broker", amqp_url,
                            "--backend", redis_url)
-    out = example.call(redis_url, NEXT_STEPS_CALLS)
+    out = example.call(amqp_url, redis_url, NEXT_STEPS_CALLS)
     lopri_id = out.pop("lopri_id")
     assert out == {
         "delay": 4, "apply_async": 4, "direct": 4, "get": 4, "id": True,
@@ -292,8 +296,6 @@ DJANGO_PORT = {
     "proj/celery.py": {"from wiretask import App as Celery\n": "from celery import Celery\n"},
     "demoapp/tasks.py": {"from wiretask import shared_task\n": "from celery import shared_task\n"},
     "proj/settings.py": {
-        "CELERY_BROKER_URL = 'redis://localhost:6379/0'\n":
-            "CELERY_BROKER_URL = 'amqp://guest:guest@localhost'\n",
         # wiretask's SQLite result store instead of Celery's SQLAlchemy one (db+).
         "CELERY_RESULT_BACKEND = 'sqlite:///results.sqlite'\n":
             "CELERY_RESULT_BACKEND = 'db+sqlite:///results.sqlite'\n",
@@ -321,7 +323,8 @@ from proj.celery import app, debug_task
 from demoapp.models import Widget
 from demoapp.tasks import add, count_widgets, mul, rename_widget, xsum
 
-app.conf.broker_url = app.conf.result_backend = os.environ['EXAMPLE_URL']
+app.conf.broker_url = os.environ['EXAMPLE_BROKER']
+app.conf.result_backend = os.environ['EXAMPLE_BACKEND']
 out = {}
 out['delay_on_commit'] = add.delay_on_commit(2, 3)   # None, as Celery's
 out['add'] = add.delay(2, 3).get(timeout=30)
@@ -337,7 +340,7 @@ out['debug'] = debug_task.delay().id
 
 
 def test_the_django_example_as_its_readme_says(
-    examples: list[Example], tmp_path: Path, redis_url: str
+    examples: list[Example], tmp_path: Path, amqp_url: str, redis_url: str
 ) -> None:
     pytest.importorskip("django", reason="the test extra installs Django")
     example = Example("django", tmp_path)
@@ -349,11 +352,12 @@ def test_the_django_example_as_its_readme_says(
     # The README's worker: celery -A proj worker -l INFO (the app in proj/celery.py,
     # configured from Django's settings, its tasks found in the installed apps).
     worker = example.start("-m", "wiretask", "-A", "proj", "worker", "-l", "INFO",
-                           "--broker", redis_url, "--backend", redis_url)
+                           "--broker", amqp_url, "--backend", redis_url)
     # The README's shell: python ./manage.py shell.
     shell = subprocess.run([sys.executable, "manage.py", "shell", "-c",
                             "import json, os\n" + DJANGO_CALLS + "\nprint(json.dumps(out))"],
-                           cwd=example.dir, env={**example.env, "EXAMPLE_URL": redis_url},
+                           cwd=example.dir,
+                           env={**example.env, BROKER: amqp_url, BACKEND: redis_url},
                            capture_output=True, text=True, timeout=120, check=False)
     assert shell.returncode == 0, shell.stdout + shell.stderr
     out = json.loads(shell.stdout.splitlines()[-1])

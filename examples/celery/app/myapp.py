@@ -28,7 +28,7 @@ from wiretask import App as Celery
 
 app = Celery(
     'myapp',
-    broker='redis://localhost:6379/0',
+    broker='amqp://guest@localhost//',
     # ## add result backend here if needed.
     # backend='rpc'
     task_acks_late=True

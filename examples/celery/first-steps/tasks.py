@@ -1,6 +1,6 @@
 from wiretask import App as Celery
 
-app = Celery('tasks', backend='redis://localhost', broker='redis://localhost')
+app = Celery('tasks', backend='redis://localhost', broker='pyamqp://')
 
 @app.task
 def add(x, y):

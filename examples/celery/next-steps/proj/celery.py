@@ -1,7 +1,7 @@
 from wiretask import App as Celery
 
 app = Celery('proj',
-             broker='redis://localhost:6379/0',
+             broker='amqp://',
              backend='redis://localhost:6379/0',
              include=['proj.tasks'])
 
