@@ -1198,7 +1198,20 @@ def _django_apps() -> list[str]:
             "Django is not installed: give the packages"
         ) from exc
     if not apps.ready:
-        django.setup()
+        from django.conf import settings  # noqa: PLC0415
+
+        if not settings.configured and not os.environ.get("DJANGO_SETTINGS_MODULE"):
+            raise ImproperlyConfigured(
+                "autodiscover_tasks() without packages searches Django's installed apps, "
+                "and Django is not configured (DJANGO_SETTINGS_MODULE is not set): give "
+                "the packages"
+            )
+        try:
+            django.setup()
+        except Exception as exc:
+            raise ImproperlyConfigured(
+                f"autodiscover_tasks(): Django could not be set up: {exc}"
+            ) from exc
     return [config.name for config in apps.get_app_configs()]
 
 
