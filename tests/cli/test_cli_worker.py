@@ -281,8 +281,8 @@ def test_purge_removes_waiting_messages_before_starting(cli: CLI) -> None:
         (["-D"], "-D/--detach is not supported: wiretask worker runs in the foreground"),
         (["--detach"], "service manager"),
         (["-E"], "-E/--events is not supported: wiretask does not send task events"),
-        (["-B"], "-B/--beat is not supported: run the periodic-task scheduler as its own "
-                 "process: wiretask beat"),
+        (["--scheduler", "django_celery_beat.schedulers:DatabaseScheduler"],
+         "--scheduler is not supported: wiretask beat keeps its history in a file"),
         (["--autoscale", "10,3"], "--autoscale is not supported: the pool has a fixed size"),
         (["-S", "state.db"], "-S/--statedb is not supported"),
         (["--uid", "1000"], "--uid is not supported: it belongs to --detach"),
@@ -379,7 +379,7 @@ def test_node_names_and_pools() -> None:
 
 
 @pytest.mark.parametrize("flag", [
-    ["-D"], ["-E"], ["-B"], ["-s", "x"], ["--scheduler", "x"], ["--autoscale", "3,1"],
+    ["-D"], ["-E"], ["--scheduler", "x"], ["--autoscale", "3,1"],
     ["-S", "x"], ["--uid", "1"], ["--gid", "1"], ["--umask", "0"], ["--executable", "x"],
 ])
 def test_refused_flags_in_process(flag: list[str], capsys: pytest.CaptureFixture[str]) -> None:
