@@ -270,8 +270,11 @@ def read_pop(reply: Any, queues: Sequence[str]) -> Popped:
     not_stored = [int(i) - 1 for i in reply[2]] if reply[2] else []
     if not taken:
         return Popped(0, float(reply[1]) if reply[1] else None, not_stored, [])
+    # A tag is the entry's own delivery_tag as Lua's cjson read it; bytes that are not
+    # UTF-8 (a lone surrogate escape) come back as surrogate escapes, and the consumer,
+    # whose JSON reader reads the tag differently, dead-letters such an entry.
     return Popped(taken, None, not_stored, [
-        (queues[int(reply[i]) - 1], reply[i + 1], reply[i + 2].decode("utf-8"))
+        (queues[int(reply[i]) - 1], reply[i + 1], reply[i + 2].decode("utf-8", "surrogateescape"))
         for i in range(3, 3 + 3 * taken, 3)
     ])
 

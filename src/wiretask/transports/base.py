@@ -647,9 +647,10 @@ class Transport(abc.ABC):
         while len(taken) < limit:
             try:
                 delivery = self._receive(queues, 0.0)
-            except TransportError:
+            except Exception:
                 # What was taken is held by this transport: hand it over, or it would
-                # stay leased to nobody. The next call sees the error again, if any.
+                # stay leased to nobody (its lease renewed for ever). The next call sees
+                # the error again, if any; that includes a bug in a transport's hook.
                 break
             if delivery is None:
                 break

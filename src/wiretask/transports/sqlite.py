@@ -578,14 +578,12 @@ class SQLiteTransport(Transport):
                     return None, None
                 row_id, queue, redelivered, ctype, cenc, headers, properties, body = row
                 try:
-                    frame = Frame(
-                        body=bytes(body), content_type=ctype, content_encoding=cenc,
-                        headers=load_json_mapping("headers", headers),
-                        properties=load_json_mapping("properties", properties),
-                    )
+                    frame = _stored_frame(ctype, cenc, headers, properties, body)
                 except DecodeError as exc:
-                    # A row that no longer reads as a frame would block the queue
-                    # forever: dead-letter it in this same transaction and look again.
+                    # A row that does not read as a frame would be first again on every
+                    # receive and stop the queue for good: dead-letter it, raw, with
+                    # the reason, in this same transaction, and look again.
+                    log.warning("dead-lettering row %d of %r: %s", row_id, queue, exc)
                     self._move_to_dead_letters(conn, row_id, f"unreadable stored frame: {exc}")
                     continue
                 delivery = SQLiteDelivery(
@@ -719,11 +717,10 @@ class SQLiteTransport(Transport):
             ).fetchall()
         peeked = []
         for scheduled, not_before, ctype, cenc, headers, properties, body in rows:
-            frame = Frame(
-                body=bytes(body), content_type=ctype, content_encoding=cenc,
-                headers=load_json_mapping("headers", headers),
-                properties=load_json_mapping("properties", properties),
-            )
+            try:
+                frame = _stored_frame(ctype, cenc, headers, properties, body)
+            except DecodeError:
+                continue  # receive dead-letters it; there is no frame to show
             peeked.append(Peeked(
                 frame=frame, queue=queue, state="scheduled" if scheduled else "ready",
                 not_before=None if not_before is None
@@ -741,17 +738,15 @@ class SQLiteTransport(Transport):
         letters = []
         for reason, at, ctype, cenc, headers, properties, body in rows:
             try:
-                frame: Frame | None = Frame(
-                    body=bytes(body), content_type=ctype, content_encoding=cenc,
-                    headers=load_json_mapping("headers", headers),
-                    properties=load_json_mapping("properties", properties),
-                )
-            except (DecodeError, TypeError):
+                frame: Frame | None = _stored_frame(ctype, cenc, headers, properties, body)
+            except DecodeError:
                 frame = None
-            letters.append(DeadLetter(
-                queue=queue, reason=reason, frame=frame,
-                raw=None if frame is not None or body is None else bytes(body), at=at,
-            ))
+            raw = None
+            if frame is None and body is not None:
+                raw = body.encode("utf-8", "surrogateescape") if isinstance(body, str) \
+                    else bytes(body) if isinstance(body, bytes | memoryview) \
+                    else str(body).encode()
+            letters.append(DeadLetter(queue=queue, reason=reason, frame=frame, raw=raw, at=at))
         return letters
 
     def queue_stats(self, queues: Sequence[str]) -> list[QueueStats]:
@@ -831,6 +826,34 @@ SELECT
      WHERE owner IS NOT NULL AND queue = ?1 AND visible_at <= ?2),
     (SELECT COUNT(*) FROM wiretask_dead_letters WHERE queue = ?1)
 """
+
+
+def _stored_frame(
+    content_type: object, content_encoding: object, headers: object, properties: object,
+    body: object,
+) -> Frame:
+    """The frame a ``wiretask_messages`` row holds.
+
+    Raises:
+        DecodeError: the row does not hold one: a body that is not a BLOB (stored as
+            TEXT by another writer), a label that is not text, or headers or properties
+            that are not a JSON object (whatever else they are, however deeply nested).
+    """
+    if not isinstance(body, bytes):
+        raise DecodeError("body", f"stored as {type(body).__name__}, not as a BLOB")
+    if not isinstance(content_type, str):
+        raise DecodeError("content_type", f"stored as {type(content_type).__name__}, not text")
+    if not isinstance(content_encoding, str):
+        raise DecodeError("content_encoding",
+                          f"stored as {type(content_encoding).__name__}, not text")
+    for field, text in (("headers", headers), ("properties", properties)):
+        if not isinstance(text, str | bytes):
+            raise DecodeError(field, f"stored as {type(text).__name__}, not as JSON text")
+    return Frame(
+        body=body, content_type=content_type, content_encoding=content_encoding,
+        headers=load_json_mapping("headers", cast(str, headers)),
+        properties=load_json_mapping("properties", cast(str, properties)),
+    )
 
 
 # Every live transport, so that a fork can reset the copies the child inherits.

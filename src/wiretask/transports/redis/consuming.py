@@ -147,7 +147,17 @@ class Consumer:
             reply = scripts.read_pop(self._commands.script(call), order)
         if not reply.taken:
             return [], 0, reply.next_due, reply.not_stored
-        return self._take_all(names, reply.entries), reply.taken, None, reply.not_stored
+        try:
+            taken = self._take_all(names, reply.entries)
+        except TransportError as exc:
+            if not (ack or results):
+                raise
+            # The script ran: its results are stored and its acks done. A failure to
+            # take what it popped must not read as a failure of those (the entries are
+            # in ``unacked`` and come back by restore, or were dead letters).
+            log.error("receive after acknowledging: %s", exc)
+            taken = []
+        return taken, reply.taken, None, reply.not_stored
 
     def _block(self, names: list[str], remaining: float) -> list[RedisDelivery]:
         """BRPOP on every bucket list of ``names`` for up to ``remaining`` seconds."""
@@ -165,9 +175,11 @@ class Consumer:
         self, names: list[str], popped: list[tuple[str, bytes, str]]
     ) -> list[RedisDelivery]:
         """Deliveries for popped ``(queue, entry, tag)``s, rotating the round robin for
-        each, as ``POP`` did. Every entry is handled even if one fails (a dead-letter
-        write, the BRPOP path's recording); the failure is raised only when no
-        delivery came out, so none is left held without its caller knowing."""
+        each, as ``POP`` did. Every entry is handled whatever happens to another: one
+        that is not a readable envelope is dead-lettered and the others are delivered,
+        so none is left recorded in ``unacked`` without a delivery (its lease renewed
+        for nobody). A failure to record or dead-letter one is raised only when no
+        delivery came out (the caller sees the broker error); otherwise it is logged."""
         deliveries: list[RedisDelivery] = []
         error: TransportError | None = None
         for queue, raw, tag in popped:
@@ -212,6 +224,16 @@ class Consumer:
         except BadEntry as exc:
             self._dead_letter_entry(queue, raw, tag, exc.reason)
             return None
+        except Exception as exc:  # a bug in the decoder must not lose the entry
+            log.exception("unexpected error reading an entry of %r", queue)
+            self._dead_letter_entry(queue, raw, tag, f"unreadable entry: {exc!r}")
+            return None
+        if tag is not None and tag != received.delivery_tag:
+            # Lua's cjson read the tag differently (a lone surrogate escape): the entry
+            # was recorded under a tag no ack of ours could name.
+            self._dead_letter_entry(queue, raw, tag, "entry 'properties.delivery_tag' is "
+                                    "not UTF-8 text")
+            return None
         entry = raw.decode("utf-8")
         if tag is None:  # BRPOP path: Kombu's QoS.append (MULTI ZADD + HSET)
             stored = f"[{entry}, {json.dumps(received.exchange)}, " \
@@ -241,6 +263,7 @@ class Consumer:
             pipe = db.client.pipeline()
             pipe.rpush(db.keys.dead(queue), dead_entry(queue, reason, raw, at=time.time()))
             if tag is not None:
-                pipe.zrem(db.keys.unacked_index, tag)
-                pipe.hdel(db.keys.unacked, tag)
+                name = tag.encode("utf-8", "surrogateescape")  # the bytes POP recorded
+                pipe.zrem(db.keys.unacked_index, name)
+                pipe.hdel(db.keys.unacked, name)
             pipe.execute()

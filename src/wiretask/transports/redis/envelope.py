@@ -243,26 +243,13 @@ def decode(raw: bytes | str, *, queue: str) -> Received:
     Raises:
         BadEntry: the entry cannot be read; the reason is meant for the dead-letter list.
     """
-    try:
-        # orjson reads what json reads into the same values; what it refuses (a lone
-        # surrogate escape, NaN, a huge int, bad UTF-8) goes to json for the verdict.
-        envelope = orjson.loads(raw)
-    except orjson.JSONDecodeError:
-        try:
-            text = raw.decode("utf-8") if isinstance(raw, bytes) else raw
-            envelope = json.loads(text)
-        except UnicodeDecodeError:
-            raise BadEntry("entry is not UTF-8 text") from None
-        except ValueError as exc:
-            raise BadEntry(f"entry is not JSON: {exc}") from None
+    envelope = _parse(raw)
     if not isinstance(envelope, dict):
         raise BadEntry(f"entry is a JSON {type(envelope).__name__}, not an object")
     properties = envelope.get("properties")
     if not isinstance(properties, dict):
         raise BadEntry("entry has no 'properties' object")
-    tag = properties.get("delivery_tag")
-    if not isinstance(tag, str) or not tag:
-        raise BadEntry("entry has no 'properties.delivery_tag' string")
+    tag = _tag(properties)
     body = _body(envelope, properties)
     headers = envelope.get("headers")
     if headers is None:
@@ -290,6 +277,37 @@ def decode(raw: bytes | str, *, queue: str) -> Received:
         routing_key=routing_key if isinstance(routing_key, str) else queue,
         redelivered=redelivered,
     )
+
+
+def _parse(raw: bytes | str) -> Any:
+    """The entry's JSON value."""
+    try:
+        # orjson reads what json reads into the same values; what it refuses (a lone
+        # surrogate escape, NaN, a huge int, bad UTF-8) goes to json for the verdict.
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        pass
+    try:
+        text = raw.decode("utf-8") if isinstance(raw, bytes) else raw
+        return json.loads(text)
+    except UnicodeDecodeError:
+        raise BadEntry("entry is not UTF-8 text") from None
+    except RecursionError:  # orjson reads 1024 levels, json less than Python's stack
+        raise BadEntry("entry is JSON nested too deep to read") from None
+    except ValueError as exc:
+        raise BadEntry(f"entry is not JSON: {exc}") from None
+
+
+def _tag(properties: Mapping[str, Any]) -> str:
+    tag = properties.get("delivery_tag")
+    if not isinstance(tag, str) or not tag:
+        raise BadEntry("entry has no 'properties.delivery_tag' string")
+    if not tag.isascii():  # a lone surrogate (a JSON escape) cannot be a Redis field name
+        try:
+            tag.encode("utf-8")
+        except UnicodeEncodeError:
+            raise BadEntry("entry 'properties.delivery_tag' is not UTF-8 text") from None
+    return tag
 
 
 def frame_or_none(raw: bytes | str, *, queue: str) -> Frame | None:
