@@ -54,7 +54,7 @@ def insert_raw(path: Path, **columns: Any) -> None:
            "headers": '{"task": "t", "id": "raw"}', "properties": "{}",
            "body": b"[[], {}, null]", **columns}
     with sqlite3.connect(path) as conn:
-        conn.execute(f"INSERT INTO wiretask_messages ({', '.join(row)}) "  # noqa: S608
+        conn.execute(f"INSERT INTO wiretask_messages ({', '.join(row)}) "
                      f"VALUES ({', '.join('?' * len(row))})", tuple(row.values()))
     conn.close()
 

@@ -149,13 +149,13 @@ class Consumer:
             return [], 0, reply.next_due, reply.not_stored
         try:
             taken = self._take_all(names, reply.entries)
-        except TransportError as exc:
+        except TransportError:
             if not (ack or results):
                 raise
             # The script ran: its results are stored and its acks done. A failure to
             # take what it popped must not read as a failure of those (the entries are
             # in ``unacked`` and come back by restore, or were dead letters).
-            log.error("receive after acknowledging: %s", exc)
+            log.exception("could not take what a receive popped after acknowledging")
             taken = []
         return taken, reply.taken, None, reply.not_stored
 
