@@ -58,11 +58,13 @@ class Consumer:
     Args:
         poll_interval: seconds between ``POP`` attempts while the queues are empty,
             instead of blocking in BRPOP (``None``: BRPOP).
+        lease_timeout: seconds a received message stays leased without a renewal.
     """
 
     def __init__(
         self, transport: Transport, database: Database, *, leases: LeaseKeeper,
         restorer: Restorer, settler: Settler, poll_interval: float | None,
+        lease_timeout: float,
     ) -> None:
         self._transport = transport
         self._db = database
@@ -73,6 +75,7 @@ class Consumer:
         self._restorer = restorer
         self._settler = settler
         self._poll_interval = poll_interval
+        self._lease_timeout = lease_timeout
         self._lock = threading.Lock()
         #: The current round-robin order of each list of queues consumed together.
         self._cycles: dict[tuple[str, ...], list[str]] = {}
@@ -86,8 +89,10 @@ class Consumer:
         to ``timeout`` seconds for the first one, never for more, and never past the
         next delayed message of ``queues`` (so that ``POP`` can move it)."""
         deadline = time.monotonic() + timeout
-        self._restorer.maybe_restore()
         while True:
+            # Each turn (a turn blocks at most restore_interval): a lapsed lease is
+            # brought back while this consumer waits, and it may be the one to take it.
+            self._restorer.maybe_restore()
             deliveries, popped, next_due, _ = self.pop(queues, limit, (), ())
             if deliveries:
                 return deliveries
@@ -139,9 +144,10 @@ class Consumer:
         the due time of the next delayed message of these queues when none was, and
         the positions of the results that were not written."""
         order = self._order(names)
+        now = time.time()
         call = scripts.pop(self._keys, queues=order, lists=self._db.lists(order),
-                           now=time.time(), promote_limit=_PROMOTE_LIMIT, limit=limit,
-                           ack_tags=ack,
+                           now=now, promote_limit=_PROMOTE_LIMIT, limit=limit,
+                           lease_until=now + self._lease_timeout, ack_tags=ack,
                            results=[(d.delivery_tag, p) for d, p in results] if results else ())
         with self._receiving:
             reply = scripts.read_pop(self._commands.script(call), order)
@@ -199,10 +205,14 @@ class Consumer:
 
     def _block_for(self, remaining: float) -> float:
         # One BRPOP must answer before the socket timeout: block at most half of it
-        # (and receive loops). Never 0, which means "forever" to Redis; its timeout
-        # resolution is a millisecond, 10 ms keeps the number exact.
+        # (and receive loops). Nor past the next restore scan: a message whose lease
+        # lapsed comes back within lease_timeout + restore_interval while anyone waits.
+        # Never 0, which means "forever" to Redis; its timeout resolution is a
+        # millisecond, 10 ms keeps the number exact.
         if self._db.socket_timeout:
             remaining = min(remaining, self._db.socket_timeout / 2)
+        if self._restorer.interval > 0:
+            remaining = min(remaining, self._restorer.interval)
         return max(round(remaining, 3), 0.01)
 
     def _order(self, names: list[str]) -> list[str]:
@@ -238,12 +248,14 @@ class Consumer:
         if tag is None:  # BRPOP path: Kombu's QoS.append (MULTI ZADD + HSET)
             stored = f"[{entry}, {json.dumps(received.exchange)}, " \
                      f"{json.dumps(received.routing_key)}]"
+            now = time.time()
             with self._receiving:
                 self._commands.run([
                     ("MULTI",),
-                    ("ZADD", self._keys.unacked_index, repr(time.time()),
-                     received.delivery_tag),
+                    ("ZADD", self._keys.unacked_index, repr(now), received.delivery_tag),
                     ("HSET", self._keys.unacked, received.delivery_tag, stored),
+                    ("ZADD", self._keys.leases, repr(now + self._lease_timeout),
+                     received.delivery_tag),
                     ("EXEC",),
                 ])
         delivery = RedisDelivery(
@@ -266,4 +278,5 @@ class Consumer:
                 name = tag.encode("utf-8", "surrogateescape")  # the bytes POP recorded
                 pipe.zrem(db.keys.unacked_index, name)
                 pipe.hdel(db.keys.unacked, name)
+                pipe.zrem(db.keys.leases, name)
             pipe.execute()

@@ -145,4 +145,5 @@ class Settler:
                                   at=time.time()))
             pipe.zrem(db.keys.unacked_index, delivery.delivery_tag)
             pipe.hdel(db.keys.unacked, delivery.delivery_tag)
+            pipe.zrem(db.keys.leases, delivery.delivery_tag)
             pipe.execute()
