@@ -60,6 +60,10 @@ __all__ = ["Tracer", "format_traceback"]
 logger = logging.getLogger("wiretask.worker")
 
 _RESULT_REPR_LIMIT = 256
+#: First pause before storing a final state again after a backend error; it doubles up
+#: to ``STORE_RETRY_MAX`` while the backend stays away.
+STORE_RETRY_START = 0.5
+STORE_RETRY_MAX = 5.0
 
 
 def _short_repr(value: object) -> str:
@@ -89,6 +93,10 @@ class Tracer:
         self.defer_results_of: DeferredStore | None = None
         self.links = Links(app)
         self.chords = Chords(app, self.links)
+        #: The run this thread is tracing (its ``Control``, which says how long to keep
+        #: trying to store its outcome); absent outside ``execute`` (a time-limit timer
+        #: recording a failure): then as long as the process lives.
+        self._run = threading.local()
 
     # -- the request ------------------------------------------------------------------
 
@@ -157,23 +165,35 @@ class Tracer:
 
     def _store_final(self, message: TaskMessage, status: str, result: Any, *,
                      tb: str | None = None, request: Request | None = None) -> Settle:
-        """Store a final state; ``ack`` if stored (or ignored), ``requeue`` if the backend
-        failed, so that the outcome is not lost (at least once)."""
+        """Store a final state; ``ack`` if stored (or ignored). While the backend fails
+        (it is down, or restarting), keep trying with backoff for as long as the worker
+        wants the run (``Control.wait``): the task ran, and running it again because the
+        backend was away a while is worse than waiting for it. ``requeue`` only if the
+        worker gave up on the run first (it is stopping): then it runs again (at least
+        once)."""
         if message.ignore_result:
             return "ack"
-        try:
-            self.store(message, status, result, tb=tb, request=request)
-        except (EncodeError, ValidationError):
-            # Permanent: storing it again later would fail the same way.
-            logger.exception("task %s[%s]: could not store %s", message.task, message.id, status)
+        control: Control = getattr(self._run, "control", NO_LIMITS)
+        delay = STORE_RETRY_START
+        while True:
+            try:
+                self.store(message, status, result, tb=tb, request=request)
+            except (EncodeError, ValidationError):
+                # Permanent: storing it again later would fail the same way.
+                logger.exception("task %s[%s]: could not store %s", message.task, message.id,
+                                 status)
+                return "ack"
+            except Exception as exc:
+                logger.warning("task %s[%s]: could not store %s (%s); trying again in %gs",
+                               message.task, message.id, status, exc, delay)
+                if not control.wait(delay):
+                    logger.warning("task %s[%s]: %s not stored; the worker gave up on it, "
+                                   "so its message is requeued to run again",
+                                   message.task, message.id, status)
+                    return "requeue"
+                delay = min(delay * 2, STORE_RETRY_MAX)
+                continue
             return "ack"
-        except Exception:
-            logger.exception(
-                "task %s[%s]: could not store %s; the message is requeued to run again",
-                message.task, message.id, status,
-            )
-            return "requeue"
-        return "ack"
 
     def track_started(self, task: Task[Any, Any]) -> bool:
         if task.track_started is not None:
@@ -193,6 +213,15 @@ class Tracer:
 
         Never raises for anything the task does; ``control`` arms the time limits.
         """
+        self._run.control = control
+        try:
+            return self._execute(message, delivery_info, control)
+        finally:
+            self._run.control = NO_LIMITS
+
+    def _execute(
+        self, message: TaskMessage, delivery_info: Mapping[str, Any], control: Control
+    ) -> Outcome:
         task = self.app.tasks.get(message.task)
         request = self.request_for(message, delivery_info)
         if task is None:
@@ -266,12 +295,13 @@ class Tracer:
             except (EncodeError, ValidationError) as exc:
                 # Celery: a return value the result serializer refuses fails the task.
                 return self.fail(message, request, exc, runtime=runtime)
-            except Exception:
-                logger.exception(
-                    "task %s[%s]: could not store SUCCESS; the message is requeued to run "
-                    "again", message.task, message.id,
-                )
-                return Outcome(states.SUCCESS, "requeue", runtime)
+            except Exception as exc:
+                # A broker error: keep trying, as for every final state.
+                logger.debug("task %s[%s]: first SUCCESS store failed: %s",
+                             message.task, message.id, exc)
+                if self._store_final(message, states.SUCCESS, retval,
+                                     request=request) == "requeue":
+                    return Outcome(states.SUCCESS, "requeue", runtime)
         self._log_success(message, runtime, retval)
         self.links.send_callbacks(message, retval)
         self.chords.message_returned(message, states.SUCCESS, retval)

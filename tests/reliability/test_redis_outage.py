@@ -1,0 +1,124 @@
+"""Redis goes away while tasks finish (issue 13 item 3) and while a caller waits for a
+result (item 5): against a private ``redis-server`` that keeps its data across a
+restart (append-only file), as a production Redis would."""
+
+from __future__ import annotations
+
+import signal
+import threading
+import time
+from typing import TYPE_CHECKING
+
+import pytest
+import redis
+
+from wiretask.app import App
+from wiretask.worker import Worker
+
+from .support import wait_until
+
+if TYPE_CHECKING:
+    from conftest import RedisServer  # tests/conftest.py
+
+pytestmark = [pytest.mark.redis, pytest.mark.slow, pytest.mark.timeout(120)]
+
+
+@pytest.fixture
+def durable_redis(redis_server: RedisServer) -> RedisServer:
+    """The private server, restarted with an append-only file: a stop and start keeps
+    the queues, the unacked records and the results."""
+    redis_server.stop()
+    redis_server.args = ("--appendonly", "yes", "--appendfsync", "always")
+    redis_server.start()
+    return redis_server
+
+
+class Runs:
+    """How many times each task ran, counted in this process."""
+
+    def __init__(self) -> None:
+        self.counts: dict[str, int] = {}
+        self.started = threading.Event()
+        self._lock = threading.Lock()
+
+    def add(self, tag: str) -> None:
+        with self._lock:
+            self.counts[tag] = self.counts.get(tag, 0) + 1
+        self.started.set()
+
+
+def make_app(url: str, backend_url: str, runs: Runs) -> App:
+    app = App("outage", broker=url, backend=backend_url)
+
+    @app.task(name="outage.finish")
+    def finish(tag: str, seconds: float) -> str:
+        runs.add(tag)
+        time.sleep(seconds)
+        return f"done {tag}"
+
+    return app
+
+
+@pytest.mark.parametrize("same_database", [True, False], ids=["fused", "separate-backend"])
+@pytest.mark.parametrize("outage", ["restart", "hang"])
+def test_a_task_that_finishes_during_an_outage_is_stored_once_redis_is_back(
+    durable_redis: RedisServer, same_database: bool, outage: str
+) -> None:
+    """The task finishes while Redis is away: its result cannot be stored, nor can its
+    message be acked or requeued. The worker keeps trying (with backoff) and does not
+    run the task again; once Redis is back, ``get()`` sees the result, the message is
+    acked, and no other worker runs it afterwards."""
+    url = f"{durable_redis.url}/0?socket_timeout=1"
+    backend_url = url if same_database else f"{durable_redis.url}/1?socket_timeout=1"
+    runs = Runs()
+    app = make_app(url, backend_url, runs)
+    client = redis.Redis.from_url(f"{durable_redis.url}/0")
+    try:
+        with Worker(app, concurrency=1, shutdown_timeout=10):
+            result = app.tasks["outage.finish"].delay("a", 1.0)
+            assert runs.started.wait(10)
+            if outage == "restart":
+                durable_redis.stop()
+                time.sleep(2.0)  # the task finishes meanwhile; its store fails
+                durable_redis.start()
+            else:
+                assert durable_redis.proc is not None
+                durable_redis.proc.send_signal(signal.SIGSTOP)
+                time.sleep(2.5)
+                durable_redis.proc.send_signal(signal.SIGCONT)
+            assert result.get(timeout=30) == "done a"
+            wait_until(lambda: client.hlen("unacked") == 0, 20, "the message to be acked")
+        # A second worker finds nothing to run: the message was settled, not requeued.
+        with Worker(app, concurrency=1, shutdown_timeout=10):
+            time.sleep(1.0)
+        assert runs.counts == {"a": 1}
+        assert client.llen("celery") == 0
+    finally:
+        client.close()
+        app.close()
+
+
+def test_a_stopping_worker_gives_the_unstored_message_back(
+    durable_redis: RedisServer,
+) -> None:
+    """The worker stops before Redis comes back: it gives up on the run, the message
+    stays in Redis, and the next worker runs it (at least once); nothing is lost."""
+    url = f"{durable_redis.url}/0?socket_timeout=1&visibility_timeout=4&lease_interval=1"
+    runs = Runs()
+    app = make_app(url, url, runs)
+    try:
+        worker = Worker(app, concurrency=1, shutdown_timeout=1)
+        worker.start()
+        result = app.tasks["outage.finish"].delay("b", 0.5)
+        assert runs.started.wait(10)
+        durable_redis.stop()
+        time.sleep(1.0)
+        worker.stop(1.0)  # gives up while Redis is down
+        durable_redis.start()
+        with Worker(app, concurrency=1, shutdown_timeout=10):
+            assert result.get(timeout=30) == "done b"
+        assert runs.counts == {"b": 2}
+    finally:
+        app.close()
+
+
