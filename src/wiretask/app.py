@@ -64,6 +64,7 @@ from wiretask.codecs import Registry, default_registry
 from wiretask.config import Configuration, Settings, read_object
 from wiretask.errors import (
     ArgumentsError,
+    ConnectionLost,
     ImproperlyConfigured,
     MaxRetriesExceededError,
     Retry,
@@ -1882,7 +1883,14 @@ class AsyncResult:
         deadline = None if timeout is None else _monotonic() + timeout
         last: Mapping[str, Any] | None = None
         while True:
-            meta = self.backend.get(self.id)
+            try:
+                meta = self.backend.get(self.id)
+            except ConnectionLost:
+                # The backend is away (restarting): read again at the next interval,
+                # within the caller's timeout.
+                if deadline is not None and _monotonic() >= deadline:
+                    raise
+                meta = None
             if meta is not None and meta != last:
                 last = meta
                 if on_message is not None:

@@ -13,6 +13,9 @@ import pytest
 import redis
 
 from wiretask.app import App
+from wiretask.errors import ConnectionLost, TimeoutError
+from wiretask.protocol import states
+from wiretask.results.redis import SUBSCRIBE_TIMEOUT
 from wiretask.worker import Worker
 
 from .support import wait_until
@@ -122,3 +125,67 @@ def test_a_stopping_worker_gives_the_unstored_message_back(
         app.close()
 
 
+
+
+# -- a caller waiting for a result (item 5) ----------------------------------------------
+
+
+def _wait_in_thread(app: App, task_id: str, timeout: float,
+                    seen: list[str]) -> tuple[threading.Thread, dict[str, object]]:
+    outcome: dict[str, object] = {}
+
+    def wait() -> None:
+        started = time.monotonic()
+        try:
+            outcome["value"] = app.AsyncResult(task_id).get(
+                timeout=timeout, on_message=lambda meta: seen.append(str(meta["status"])))
+        except Exception as exc:
+            outcome["error"] = exc
+        outcome["took"] = time.monotonic() - started
+
+    thread = threading.Thread(target=wait)
+    thread.start()
+    return thread, outcome
+
+
+@pytest.mark.parametrize("downtime", [0.0, 1.5])
+def test_get_waits_through_a_restart_and_sees_the_state_stored_meanwhile(
+    redis_server: RedisServer, downtime: float
+) -> None:
+    url = f"{redis_server.url}/0"
+    app = App("waiter", broker=url, backend=url)
+    try:
+        task_id = "waited-through-a-restart"
+        app.backend.store(task_id, states.make_meta(task_id, "PROGRESS", 1))
+        seen: list[str] = []
+        thread, outcome = _wait_in_thread(app, task_id, 30, seen)
+        wait_until(lambda: seen == ["PROGRESS"], 10, "the subscription's first state")
+        redis_server.stop()
+        time.sleep(downtime)
+        redis_server.start()
+        # Stored right after the restart, maybe before the waiter resubscribed.
+        app.backend.store(task_id, states.make_meta(task_id, states.SUCCESS, "ok"))
+        thread.join(30)
+        assert outcome.get("value") == "ok", outcome
+        assert seen[-1] == states.SUCCESS
+        assert float(str(outcome["took"])) < 20
+    finally:
+        app.close()
+
+
+def test_get_does_not_wait_past_its_timeout_while_redis_is_frozen(
+    redis_server: RedisServer,
+) -> None:
+    url = f"{redis_server.url}/0"
+    app = App("frozen", broker=url, backend=url)
+    assert redis_server.proc is not None
+    try:
+        redis_server.proc.send_signal(signal.SIGSTOP)
+        started = time.monotonic()
+        with pytest.raises((ConnectionLost, TimeoutError)):
+            app.AsyncResult("never-stored").get(timeout=3)
+        took = time.monotonic() - started
+        assert took < 3 + SUBSCRIBE_TIMEOUT + 1.5, f"get(timeout=3) took {took:.1f}s"
+    finally:
+        redis_server.proc.send_signal(signal.SIGCONT)
+        app.close()
