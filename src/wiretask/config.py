@@ -297,7 +297,9 @@ def _rows() -> Iterator[Setting]:
         Setting("task_compression_threshold", h, "wiretask: compress only bodies of at least "
                 "this many bytes (None: always)", celery=False),
         Setting("max_decompressed_size", h, "wiretask: the cap on a received body's "
-                "decompressed size, in bytes", DEFAULT_MAX_DECOMPRESSED_SIZE, celery=False),
+                "size, in bytes, once decompressed (an uncompressed body's own size); a "
+                "bigger one is dead-lettered before it is parsed",
+                DEFAULT_MAX_DECOMPRESSED_SIZE, celery=False),
         Setting("task_default_retry_delay", h, "wiretask: the default_retry_delay of tasks "
                 "that set none, read when a task is registered (Celery's Task default)", 180,
                 celery=False),

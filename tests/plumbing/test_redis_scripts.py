@@ -38,6 +38,7 @@ def test_the_scripts_are_the_bytes_they_were() -> None:
         "991f0c76156d9715c4fbca4a2b5af8c452ab8ed4",  # ACK
         "9ebf01d9eadcd0237939ab95e09c0b4129dbad2f",  # DUE
         "4f3b7d90a67eceb332f5e3f5388c4e38b7d5a00e",  # PURGE
+        "81ea524d4e1be29b1ca9800af7febc4ecaaa4458",  # DEAD_LETTER
     }
     assert scripts.STORE_IF_ABSENT.sha == "1d92e761207bc0a5dcc2f848fd88e9385f904187"
 
@@ -93,6 +94,11 @@ def test_the_fixed_layouts() -> None:
         scripts.STORE_IF_ABSENT, ["k"], [b"v", "SETEX", "3"])
     with pytest.raises(ValidationError):
         scripts.purge(KEYS, "a", lists=[])
+    assert scripts.dead_letter(KEYS, "t1", queue="q", reason="why", at=2.5,
+                               entry_size=10) == (
+        scripts.DEAD_LETTER,
+        ["p:unacked_index", "p:unacked", "p:_wiretask.leases", "p:q.dead"],
+        ["t1", 10, "why", "q", "2.5"])
 
 
 @pytest.mark.parametrize(("expires", "command"), [

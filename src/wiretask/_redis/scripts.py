@@ -28,6 +28,7 @@ from wiretask.protocol.states import PendingState
 
 __all__ = [
     "ACK",
+    "DEAD_LETTER",
     "DUE",
     "POP",
     "PURGE",
@@ -41,6 +42,7 @@ __all__ = [
     "ScriptCall",
     "Stats",
     "ack",
+    "dead_letter",
     "due",
     "pop",
     "purge",
@@ -609,5 +611,42 @@ def _text(value: bytes | str) -> str:
     return value.decode("utf-8") if isinstance(value, bytes) else value
 
 
+#: Dead-letter a delivery from what Redis holds of it: move the entry recorded in
+#: ``unacked`` to the dead-letter list, ending its records and its lease, in one step.
+#: The consumer keeps no copy of a received entry (a large one would cost its memory
+#: twice); the entry is the first ``entry size`` bytes after the ``[`` of the stored
+#: ``[entry, exchange, routing_key]``, which embeds it verbatim.
+#:
+#: KEYS[1] unacked_index, KEYS[2] unacked, KEYS[3] the leases, KEYS[4] the dead-letter
+#: list. ARGV: [1] the delivery tag, [2] the entry's size in bytes, [3] the reason,
+#: [4] the queue, [5] the time (unix s). Returns 1, or 0 (nothing moved) when the
+#: delivery is not recorded any more (its lease ran out and it was restored).
+DEAD_LETTER = Script("""
+local stored = redis.call('HGET', KEYS[2], ARGV[1])
+if not stored then return 0 end
+local size = tonumber(ARGV[2])
+local entry = string.sub(stored, 2, 1 + size)
+if #entry ~= size or string.sub(stored, 2 + size, 2 + size) ~= ',' then
+  entry = stored
+end
+redis.call('RPUSH', KEYS[4], cjson.encode({reason = ARGV[3], raw = entry,
+  raw_encoding = 'text', queue = ARGV[4], at = tonumber(ARGV[5])}))
+redis.call('ZREM', KEYS[1], ARGV[1])
+redis.call('HDEL', KEYS[2], ARGV[1])
+redis.call('ZREM', KEYS[3], ARGV[1])
+return 1
+""")
+
+
+def dead_letter(
+    keys: Keys, tag: str, *, queue: str, reason: str, at: float, entry_size: int
+) -> ScriptCall:
+    """``DEAD_LETTER`` of delivery ``tag`` (an entry of ``entry_size`` bytes) of
+    ``queue``, for ``reason``, at ``at`` (unix s)."""
+    return ScriptCall(DEAD_LETTER, [keys.unacked_index, keys.unacked, keys.leases,
+                                    keys.dead(queue)],
+                      [tag, entry_size, reason, queue, repr(at)])
+
+
 #: The transport's scripts, for ``SCRIPT LOAD`` when it connects.
-TRANSPORT_SCRIPTS: tuple[Script, ...] = (POP, ACK, DUE, PURGE)
+TRANSPORT_SCRIPTS: tuple[Script, ...] = (POP, ACK, DUE, PURGE, DEAD_LETTER)

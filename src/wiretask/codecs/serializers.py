@@ -409,6 +409,24 @@ _DIGITS_TO_ZERO: Final = bytes(0x30 if 0x30 <= byte <= 0x39 else 0x2E for byte i
 _LONG_DIGIT_RUN: Final = b"0" * 19
 
 
+#: A body longer than this is scanned for long digit runs a slice at a time, so the scan
+#: does not copy a large body whole (the worker's memory bound, spec §9).
+_SCAN_SLICE: Final = 1 << 20
+
+
+def _long_digit_run(data: bytes) -> bool:
+    """Whether ``data`` holds 19 digits in a row (see ``_LONG_DIGIT_RUN``)."""
+    if len(data) <= _SCAN_SLICE:
+        return _LONG_DIGIT_RUN in data.translate(_DIGITS_TO_ZERO)
+    view = memoryview(data)
+    overlap = len(_LONG_DIGIT_RUN) - 1
+    for start in range(0, len(data), _SCAN_SLICE):
+        part = bytes(view[start:start + _SCAN_SLICE + overlap])
+        if _LONG_DIGIT_RUN in part.translate(_DIGITS_TO_ZERO):
+            return True
+    return False
+
+
 def json_loads(data: bytes) -> Any:
     """Decode JSON written in Kombu's dialect, by Kombu or by :func:`json_dumps`.
 
@@ -424,7 +442,7 @@ def json_loads(data: bytes) -> Any:
             an unknown ``__type__``; ``TypeError``/``ValueError`` and friends for a marker whose
             value does not fit its type; ``UnicodeDecodeError`` for bytes that are not UTF-8.
     """
-    if _LONG_DIGIT_RUN not in data.translate(_DIGITS_TO_ZERO):
+    if not _long_digit_run(data):
         try:
             value = orjson.loads(data)
         except orjson.JSONDecodeError:

@@ -29,7 +29,7 @@ from typing import Any
 from wiretask._saferepr import safe_repr
 from wiretask.codecs import MAX_DEPTH, Registry, normalize_content_type
 from wiretask.codecs.nesting import exceeds, too_deep
-from wiretask.errors import EncodeError, MalformedMessage
+from wiretask.errors import EncodeError, MalformedMessage, MessageTooLarge
 from wiretask.protocol.envelope import (
     CONTENT_ENCODINGS,
     EMBED_KEYS,
@@ -175,12 +175,14 @@ def decode(
         registry: Serializers, compressors, the accept policy and the size cap.
         accept: Content types (or serializer names) to accept instead of the registry's
             policy.
-        max_size: Cap on the decompressed body instead of the registry's.
+        max_size: Cap on the body (decompressed, or as received when it is not
+            compressed) instead of the registry's ``max_decompressed_size``.
 
     Raises:
         ContentDisallowed: The content type is not accepted. Raised before the body is
             decompressed or parsed.
-        MessageTooLarge: The body decompresses to more than the cap.
+        MessageTooLarge: The body (once decompressed, when it is compressed) is larger
+            than the cap; nothing of it is parsed.
         DecodeError: The body cannot be decompressed or deserialised.
         MalformedMessage: The message does not have the shape of a task message; the
             error's ``field`` says where.
@@ -234,6 +236,11 @@ def decode_raw(
             raise MalformedMessage("headers.compression", "must be a compression name")
         body = registry.decompress(body, compression, max_size=max_size)
         canonical = registry.compressor(compression).content_type
+    else:
+        # The same cap on a body that came uncompressed: nothing is parsed past it.
+        limit = registry.max_decompressed_size if max_size is None else max_size
+        if len(body) > limit:
+            raise MessageTooLarge("body", limit, len(body))
     # 3. Deserialise, refusing a document nested deeper than MAX_DEPTH (which every
     #    encoder writes and every walk handles), checked as cheaply as the body allows.
     payload = registry.loads(body, content_type, content_encoding, accept=accept,

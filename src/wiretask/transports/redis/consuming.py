@@ -29,11 +29,12 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, cast
 
 from wiretask._redis import scripts
+from wiretask._redis.client import Pieces
 from wiretask.errors import TransportError
 from wiretask.transports.base import Delivery, Transport
 from wiretask.transports.redis.database import Database, text
 from wiretask.transports.redis.deadletters import dead_entry
-from wiretask.transports.redis.delivery import RedisDelivery
+from wiretask.transports.redis.delivery import KEPT_ENTRY, RedisDelivery
 from wiretask.transports.redis.envelope import BadEntry, decode
 from wiretask.transports.redis.leases import LeaseKeeper, Restorer
 from wiretask.transports.redis.settling import Settler
@@ -244,10 +245,10 @@ class Consumer:
             self._dead_letter_entry(queue, raw, tag, "entry 'properties.delivery_tag' is "
                                     "not UTF-8 text")
             return None
-        entry = raw.decode("utf-8")
         if tag is None:  # BRPOP path: Kombu's QoS.append (MULTI ZADD + HSET)
-            stored = f"[{entry}, {json.dumps(received.exchange)}, " \
-                     f"{json.dumps(received.routing_key)}]"
+            # Written in pieces, not joined: a large entry is not copied again.
+            stored = Pieces((b"[", raw, f", {json.dumps(received.exchange)}, "
+                             f"{json.dumps(received.routing_key)}]".encode()))
             now = time.time()
             with self._receiving:
                 self._commands.run([
@@ -261,7 +262,8 @@ class Consumer:
         delivery = RedisDelivery(
             self._transport, frame=received.frame, queue=queue,
             redelivered=received.redelivered, delivery_tag=received.delivery_tag,
-            entry=entry, exchange=received.exchange, routing_key=received.routing_key,
+            entry=raw.decode("utf-8") if len(raw) <= KEPT_ENTRY else None,
+            entry_size=len(raw), exchange=received.exchange, routing_key=received.routing_key,
         )
         self._leases.hold(delivery)
         return delivery
