@@ -244,19 +244,29 @@ def decode(raw: bytes | str, *, queue: str) -> Received:
         BadEntry: the entry cannot be read; the reason is meant for the dead-letter list.
     """
     split = _split_body(raw)
-    envelope = _parse(raw) if split is None else split[0]
+    if split is not None:
+        try:
+            return _read(split[0], split[1], queue)
+        except BadEntry:
+            pass  # the full parse decides, and says why
+    return _read(_parse(raw), None, queue)
+
+
+def _read(envelope: Any, base64_body: memoryview | None, queue: str) -> Received:
+    """``decode`` of a parsed entry (``base64_body``: its body's text, when it was read
+    apart, ``_split_body``)."""
     if not isinstance(envelope, dict):
         raise BadEntry(f"entry is a JSON {type(envelope).__name__}, not an object")
     properties = envelope.get("properties")
     if not isinstance(properties, dict):
         raise BadEntry("entry has no 'properties' object")
     tag = _tag(properties)
-    if split is None or properties.get("body_encoding") != "base64":
-        if split is not None:  # a text body: JSON's own rules decide, in the full parse
-            envelope = _parse(raw)
+    if base64_body is None:
         body = _body(envelope, properties)
-    else:
-        body = _base64(split[1])
+    elif properties.get("body_encoding") == "base64":
+        body = _base64(base64_body)
+    else:  # a text body: JSON's own rules decide, in the full parse
+        raise BadEntry("body is not base64")
     headers = envelope.get("headers")
     if headers is None:
         headers = {}
