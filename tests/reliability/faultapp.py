@@ -29,8 +29,10 @@ def _append(path: str, line: str) -> None:
 
 
 @app.task
-def record(path: str, tag: str) -> str:
-    """Append ``tag`` to the file ``path``: one line per run."""
+def record(path: str, tag: str, seconds: float = 0.0) -> str:
+    """Take ``seconds``, then append ``tag`` to the file ``path``: one line per run."""
+    if seconds:
+        time.sleep(seconds)
     _append(path, tag)
     return tag
 

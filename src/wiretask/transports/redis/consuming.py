@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, cast
 
 from wiretask._redis import scripts
 from wiretask._redis.client import Pieces
-from wiretask.errors import TransportError
+from wiretask.errors import ConnectionLost, TransportError
 from wiretask.transports.base import Delivery, Transport
 from wiretask.transports.redis.database import Database, text
 from wiretask.transports.redis.deadletters import dead_entry
@@ -80,6 +80,10 @@ class Consumer:
         self._lock = threading.Lock()
         #: The current round-robin order of each list of queues consumed together.
         self._cycles: dict[tuple[str, ...], list[str]] = {}
+        #: Entries a BRPOP took that could not be recorded in ``unacked`` yet (Redis
+        #: went away right after answering): recorded, and delivered, first thing at
+        #: the next receive. Only in this process's memory meanwhile.
+        self._unrecorded: list[tuple[str, bytes]] = []
 
     def receive_many(
         self, queues: list[str], limit: int, timeout: float
@@ -90,6 +94,8 @@ class Consumer:
         to ``timeout`` seconds for the first one, never for more, and never past the
         next delayed message of ``queues`` (so that ``POP`` can move it)."""
         deadline = time.monotonic() + timeout
+        if self._unrecorded:
+            return self._record_unrecorded(queues)
         while True:
             # Each turn (a turn blocks at most restore_interval): a lapsed lease is
             # brought back while this consumer waits, and it may be the one to take it.
@@ -176,7 +182,36 @@ class Consumer:
         if not blocked:
             return []
         key, raw = cast(list[bytes], blocked)
-        return self._take_all(names, [(owners[text(key)], raw, "")])
+        queue = owners[text(key)]
+        try:
+            return self._take_all(names, [(queue, raw, "")])
+        except ConnectionLost:
+            # Popped, and only here now: keep it, record it when Redis answers again
+            # (a Redis restart between the pop and its record would otherwise lose it).
+            self._unrecorded.append((queue, raw))
+            raise
+
+    def _record_unrecorded(self, names: list[str]) -> list[RedisDelivery]:
+        """Record and deliver what a BRPOP took while Redis went away.
+
+        Raises:
+            ConnectionLost: Redis is still away (they stay kept).
+        """
+        kept, self._unrecorded = self._unrecorded, []
+        deliveries: list[RedisDelivery] = []
+        for index, (queue, raw) in enumerate(kept):
+            try:
+                delivery = self._take(queue, raw, None)
+            except ConnectionLost:
+                self._unrecorded = kept[index:] + self._unrecorded
+                if deliveries:
+                    return deliveries
+                raise
+            if delivery is not None:
+                self._rotate(names, queue)
+                deliveries.append(delivery)
+        log.info("recorded %d message(s) taken just before Redis went away", len(kept))
+        return deliveries
 
     def _take_all(
         self, names: list[str], popped: list[tuple[str, bytes, str]]
