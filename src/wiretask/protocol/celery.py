@@ -26,7 +26,6 @@ from collections.abc import Collection, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
-from wiretask._saferepr import safe_repr
 from wiretask.codecs import MAX_DEPTH, Registry, normalize_content_type
 from wiretask.codecs.nesting import exceeds, too_deep
 from wiretask.errors import EncodeError, MalformedMessage, MessageTooLarge
@@ -285,9 +284,17 @@ def _kind(value: Any) -> str:
 
 
 def _show(value: Any) -> str:
-    """A value from the wire in an error message: its ``repr`` when it is small, a
-    bounded rendering otherwise (never a ``RecursionError``, whatever its depth)."""
-    return safe_repr(value, 100)
+    """A value from the wire in an error message: its ``repr``, cut to 100 characters;
+    a container nested deeper than 3 levels, or a value whose ``repr`` fails (an int
+    past Python's digit limit), by its type alone (never a ``RecursionError``, whatever
+    its depth)."""
+    if isinstance(value, list | tuple | dict) and exceeds(value, 3):
+        return f"<a {type(value).__name__} nested deeper than 3 levels>"
+    try:
+        text = repr(value)
+    except (ValueError, RecursionError):
+        return f"<{type(value).__name__}>"
+    return text if len(text) <= 100 else text[:97] + "..."
 
 
 def _within(
