@@ -1,7 +1,7 @@
-"""How long a lost message takes to come back (issue 13 item 4; spec §15.1 and §15.2
-state the bounds, these tests hold the transports to them): a pop whose reply was lost,
-a consumer that died, and a Celery worker's message, which wiretask leaves alone for
-Kombu's whole visibility timeout."""
+"""How long a lost message takes to come back (issue 13 item 4; the bounds are stated in
+PROTOCOL.md §13.1 and TRANSPORTS.md §1.3 and §2, and these tests hold the transports to
+them): a pop whose reply was lost, a consumer that died, and a Celery worker's message,
+which wiretask leaves alone for Kombu's whole visibility timeout."""
 
 from __future__ import annotations
 

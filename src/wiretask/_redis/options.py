@@ -47,7 +47,7 @@ _PARSERS: dict[str, Callable[[str], Any]] = {
 }
 
 #: How long a wiretask consumer's lease on a message lasts without renewal, by default
-#: (spec §15.1): a message whose consumer died comes back after this, not after Kombu's
+#: (spec TRANSPORTS.md §1.3): a message whose consumer died comes back after this, not after Kombu's
 #: ``visibility_timeout``. The heartbeat renews it four times as often.
 DEFAULT_LEASE_TIMEOUT = 60.0
 

@@ -93,7 +93,7 @@ loopback round trip takes.
 running message to a second consumer. A lease nobody renews runs out after
 ``lease_timeout`` (default 60 s) and a wiretask restorer brings the message back then,
 while messages without a lease (a Celery worker's) wait for Kombu's whole
-``visibility_timeout`` (spec §15.1 says why that is safe). Set ``lease_interval`` below
+``visibility_timeout`` (spec TRANSPORTS.md §1.3 says why that is safe). Set ``lease_interval`` below
 the smallest ``visibility_timeout`` of any consumer on the database.
 
 **Layout.** The package is split by job; ``RedisTransport`` (``transport``) composes one

@@ -304,7 +304,7 @@ def _split_body(raw: bytes | str) -> tuple[dict[str, Any], memoryview] | None:
     string of the body: ``(envelope, body text)``, or None when the entry does not
     have that shape (then the full parse decides).
 
-    This is the receive path's memory bound (spec §15.1): a body of N bytes is an
+    This is the receive path's memory bound (spec TRANSPORTS.md §1.6): a body of N bytes is an
     entry of 4N/3 base64 characters, and parsing it whole makes a string of those,
     then bytes of them, then the body; read straight from the entry's bytes, the
     base64 text costs nothing and only the body is made. Kombu writes the body first,

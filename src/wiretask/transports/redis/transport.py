@@ -66,7 +66,7 @@ class RedisTransport(Transport):
         lease_timeout: Seconds after which a message received by a wiretask consumer
             that stopped renewing its lease (it died, or lost the reply of the pop that
             took it) is restored (default 60, at most ``visibility_timeout``). See spec
-            §15.1: why this is safe next to Celery workers, and how long a lost message
+            TRANSPORTS.md §1.3: why this is safe next to Celery workers, and how long a lost message
             takes to come back.
         lease_interval: Seconds between lease renewals of held deliveries (default:
             ``lease_timeout / 4``, and at most ``visibility_timeout / 6`` and 60).
