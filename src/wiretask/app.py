@@ -42,7 +42,17 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextvars import ContextVar
 from datetime import UTC, datetime, tzinfo
 from pathlib import Path
-from typing import Any, Concatenate, Generic, Literal, ParamSpec, TypeVar, cast, overload
+from typing import (
+    TYPE_CHECKING,
+    Any,
+    Concatenate,
+    Generic,
+    Literal,
+    ParamSpec,
+    TypeVar,
+    cast,
+    overload,
+)
 from zoneinfo import ZoneInfo
 
 import attrs
@@ -94,6 +104,9 @@ from wiretask.tasks import (
 from wiretask.transports.base import Transport
 from wiretask.transports.url import mask_url, transport_from_url
 
+if TYPE_CHECKING:
+    from wiretask.control import Control
+
 __all__ = [
     "App",
     "AsyncResult",
@@ -125,7 +138,8 @@ _UNSUPPORTED_ARGUMENTS: Mapping[str, str] = {
     "amqp": "the AMQP helper cannot be replaced",
     "events": "wiretask does not send events yet",
     "log": "configure logging yourself",
-    "control": "wiretask has no remote control yet",
+    "control": "the remote-control client cannot be replaced (app.control is "
+    "wiretask.control.Control)",
     "tasks": "register tasks with @app.task or app.register_task",
     "fixups": "wiretask has no fix-ups (Django: config_from_object('django.conf:settings', "
     "namespace='CELERY') and autodiscover_tasks() work without one)",
@@ -1000,6 +1014,15 @@ class App(PeriodicTasks):
     ) -> GroupResult:
         return GroupResult(group_id, results, app=self)
 
+    @functools.cached_property
+    def control(self) -> Control:
+        """The remote-control client, Celery's ``app.control``: ``ping()``,
+        ``revoke(task_id, terminate=...)``, ``inspect(timeout=...).active()`` and the
+        rest, to Celery's workers and wiretask's alike (``wiretask.control``)."""
+        from wiretask.control import Control  # noqa: PLC0415 - only callers of control load it
+
+        return Control(self)
+
 
 def _routes_itself(options: Mapping[str, Any], defaults: Mapping[str, Any] | None) -> bool:
     """The call (or its task) names an exchange or routing key, or gives its queue as a
@@ -1786,6 +1809,22 @@ class AsyncResult:
         """Remove the stored result."""
         self.backend.forget(self.id)
 
+    def revoke(
+        self, connection: object = None, terminate: bool = False, signal: str | None = None,
+        wait: bool = False, timeout: float | None = None,
+    ) -> None:
+        """Tell every worker to revoke this task (Celery's ``AsyncResult.revoke``): one
+        that has not run it will not, and with ``terminate`` one whose pool can stop a
+        running task stops it. ``wait`` waits up to ``timeout`` seconds for each
+        worker's reply (the replies are not returned, as in Celery).
+
+        Raises:
+            ImproperlyConfigured: the broker cannot broadcast (``spec/control.md``).
+            TransportError: the broker failed.
+        """
+        self.app.control.revoke(self.id, connection=connection, terminate=terminate,
+                                signal=signal, reply=wait, timeout=timeout)
+
     def get(
         self,
         timeout: float | None = None,
@@ -1915,6 +1954,12 @@ class EagerResult(AsyncResult):
     @property
     def name(self) -> str | None:
         return self._name
+
+    def revoke(self, *args: Any, **kwargs: Any) -> None:
+        """Celery's: the task ran already, here; the result only reads ``REVOKED`` now
+        (no worker is told anything)."""
+        del args, kwargs
+        self._state = states.REVOKED
 
     def _meta(self) -> Mapping[str, Any]:
         return {"task_id": self.id, "status": self._state, "result": self._result,

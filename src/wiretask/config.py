@@ -26,6 +26,7 @@ from __future__ import annotations
 import difflib
 import inspect
 import numbers
+import os
 import types
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from datetime import timedelta
@@ -127,6 +128,12 @@ def _module_names(name: str, value: Any) -> Any:
     return tuple(items)
 
 
+def _path(name: str, value: Any) -> Any:
+    if value is not None and not isinstance(value, str | os.PathLike):
+        raise ImproperlyConfigured(f"{name} must be a file path, got {value!r}", setting=name)
+    return value
+
+
 def _string(name: str, value: Any) -> Any:
     if value is not None and not isinstance(value, str):
         raise ImproperlyConfigured(f"{name} must be a string, got {value!r}", setting=name)
@@ -152,7 +159,8 @@ def _annotations(name: str, value: Any) -> Any:
 
 _WORKER_HALF = "the worker does not do this yet (issue 14's worker half will)"
 _NO_EVENTS = "wiretask does not send task events yet"
-_NO_CONTROL = "wiretask has no remote control yet"
+_CONTROL = "the remote-control channel (spec/control.md)"
+_NO_CONTROL = "wiretask's beat is not on the remote-control channel"
 _IN_URL = "put it in broker_url (and give transport options in broker_transport_options)"
 
 
@@ -243,8 +251,18 @@ def _rows() -> Iterator[Setting]:
     for prefix, (kind, keys) in backends.items():
         for key in keys:
             yield Setting(f"{prefix}_{key}", n, _backend(kind))
-    for key in ("queue_ttl", "queue_expires", "queue_exclusive", "queue_durable", "exchange"):
-        yield Setting(f"control_{key}", n, f"the remote-control queues: {_NO_CONTROL}")
+    yield from (
+        Setting("control_exchange", h, f"the pidbox namespace of {_CONTROL}: exchanges "
+                "<name>.pidbox and reply.<name>.pidbox", "celery", check=_string),
+        Setting("control_queue_ttl", h, f"x-message-ttl of the queues of {_CONTROL}", 300.0,
+                check=_seconds),
+        Setting("control_queue_expires", h, f"x-expires of the queues of {_CONTROL} (on "
+                "Redis: the binding table's deadline)", 10.0, check=_seconds),
+        Setting("control_queue_exclusive", h, f"only True: the queues of {_CONTROL} are "
+                "exclusive", True, only=(True,)),
+        Setting("control_queue_durable", h, f"only False: the queues of {_CONTROL} are "
+                "transient", False, only=(False,)),
+    )
     for key in ("queue_expires", "queue_ttl", "queue_prefix", "queue_exclusive",
                 "queue_durable", "serializer", "exchange"):
         yield Setting(f"event_{key}", n, f"the event queues: {_NO_EVENTS}")
@@ -444,7 +462,6 @@ def _worker_rows() -> Iterator[Setting]:
         "redirect_stdouts": "the wiretask command does not redirect stdout",
         "redirect_stdouts_level": "the wiretask command does not redirect stdout",
         "send_task_events": _NO_EVENTS,
-        "state_db": "revokes are not persisted (there is no remote control yet)",
         "task_log_datefmt": "the wiretask command's log format is fixed",
         "task_log_format": "the wiretask command's log format is fixed",
         "timer": "the timer cannot be replaced",
@@ -457,8 +474,12 @@ def _worker_rows() -> Iterator[Setting]:
                   check=_count)
     yield Setting("worker_eta_task_limit", h, "early-eta messages a worker holds (None: "
                   "wiretask's bound, DEFAULT_ETA_TASK_LIMIT)", check=_count)
-    yield Setting("worker_enable_remote_control", h, f"only False: {_NO_CONTROL}", False,
-                  only=(False,))
+    yield Setting("worker_enable_remote_control", h, f"the worker answers {_CONTROL} "
+                  "(ping, inspect, revoke); needs a broker that can broadcast", True,
+                  check=_bool)
+    yield Setting("worker_state_db", h, "a file that keeps the revoked task ids across "
+                  "restarts (wiretask's JSON format; a Celery shelve is refused)",
+                  check=_path)
 
 
 def _sorted_table() -> dict[str, Setting]:
