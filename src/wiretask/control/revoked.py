@@ -95,6 +95,8 @@ class RevokedStore:
     # -- reading ----------------------------------------------------------------------
 
     def __contains__(self, task_id: object) -> bool:
+        if not self._ids:  # every received message asks: the common answer, lock-free
+            return False
         with self._lock:
             at = self._ids.get(task_id) if isinstance(task_id, str) else None
             return at is not None and self._clock() - at <= self.expires
@@ -117,7 +119,7 @@ class RevokedStore:
     def stamp_revoked(self, stamps: Mapping[str, Any] | None) -> tuple[str, Any] | None:
         """The ``(header, value)`` of ``stamps`` (a message's ``stamps`` header) that a
         ``revoke_by_stamped_headers`` revoked, or None (Celery's ``Request.revoked``)."""
-        if not stamps:
+        if not stamps or not self._stamps:
             return None
         with self._lock:
             if not self._stamps:

@@ -580,17 +580,13 @@ class MemoryTransport(Transport):
             broker.changed.notify_all()
 
     def listen(self, exchange: Exchange, queue: BoundQueue) -> _Inbox:
-        """Bind a new inbox for ``queue`` to ``exchange``. An exclusive queue that an
-        open inbox already uses is refused, as AMQP refuses a second declarer of an
-        exclusive queue (two workers with one node name)."""
+        """Bind a new inbox for ``queue`` to ``exchange``. Two listeners of one queue
+        name (two workers with one node name) each get every message, as two Redis
+        subscribers do (AMQP would refuse the second declarer of an exclusive queue)."""
         check_listen(exchange, queue)
         broker = self._broker
         with broker.changed:
-            inboxes = broker.exchange(exchange)
-            if queue.exclusive and any(i.queue == queue.name for i in _live(inboxes)):
-                raise TransportError(
-                    f"queue {queue.name!r} is exclusive and already in use", url=self.url
-                )
+            inboxes = _live(broker.exchange(exchange))
             inbox = _Inbox(broker, exchange, queue)
             inboxes.append(inbox)
             return inbox
