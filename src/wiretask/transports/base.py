@@ -763,7 +763,7 @@ def _deliveries(deliveries: Iterable[Delivery]) -> list[Delivery]:
 
 @runtime_checkable
 class Inspection(Protocol):
-    """Look at queues without consuming: what ``wiretask inspect`` and ``purge`` use.
+    """Look at queues without consuming: what ``wiretask queue show`` and ``purge`` use.
     Brokers that cannot count or list without consuming (AMQP's dead letters) leave it
     out, and the CLI says so. Each method refuses an empty queue name with
     ``ValidationError`` and translates broker errors as the core methods do."""
