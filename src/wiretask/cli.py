@@ -799,7 +799,7 @@ def _pretty(reply: Any) -> tuple[str, str]:
 def _say_reply(body: Mapping[str, Any], *, show: bool) -> None:
     for node, reply in body.items():
         status, text = _pretty(reply)
-        _out(f"-> {node}: {status}")
+        _out(f"->  {node}: {status}")  # two spaces, as Celery prints it
         if show and text:
             for line in text.splitlines():
                 _out(f"    {line}")

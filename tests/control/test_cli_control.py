@@ -56,7 +56,7 @@ def wiretask(url: str, *args: str) -> subprocess.CompletedProcess[str]:
 def test_inspect_ping_sees_the_worker(url: str, running: Worker) -> None:
     done = wiretask(url, "inspect", "ping", "-t", "0.5")
     assert done.returncode == 0, done.stderr
-    assert done.stdout.splitlines() == ["-> cli1@test: OK", "        pong", "",
+    assert done.stdout.splitlines() == ["->  cli1@test: OK", "        pong", "",
                                         "1 node online."]
 
 
@@ -75,7 +75,7 @@ def test_a_liveness_probe_for_one_node(url: str, running: Worker) -> None:
 def test_status_lists_the_nodes(url: str, running: Worker) -> None:
     done = wiretask(url, "status", "-t", "0.5")
     assert done.returncode == 0, done.stderr
-    assert done.stdout.splitlines() == ["-> cli1@test: OK", "", "1 node online."]
+    assert done.stdout.splitlines() == ["->  cli1@test: OK", "", "1 node online."]
 
 
 def test_json_is_one_object_by_node(url: str, running: Worker) -> None:
@@ -91,7 +91,7 @@ def test_control_revoke(url: str, app: App, running: Worker) -> None:
     done = wiretask(url, "control", "revoke", task_id, "-d", "cli1@test")
     assert done.returncode == 0, done.stderr
     assert done.stdout.splitlines()[:2] == [
-        "-> cli1@test: OK", f"        tasks {{'{task_id}'}} flagged as revoked"]
+        "->  cli1@test: OK", f"        tasks {{'{task_id}'}} flagged as revoked"]
     assert app.AsyncResult(task_id).state == states.REVOKED
     revoked = wiretask(url, "inspect", "revoked", "-j", "-d", "cli1@test")
     assert json.loads(revoked.stdout) == {"cli1@test": [task_id]}
