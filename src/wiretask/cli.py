@@ -1117,7 +1117,8 @@ def build_parser() -> argparse.ArgumentParser:
     inspect.formatter_class = argparse.RawDescriptionHelpFormatter
     inspect.epilog = f"commands:\n{listing('inspect')}"
     inspect.add_argument("remote_command", metavar="COMMAND", help="ping, active, stats, ...")
-    inspect.add_argument("arguments", metavar="ARG", nargs="*", help="the command's arguments")
+    inspect.add_argument("arguments", metavar="ARG", nargs="*", default=[],
+                         help="the command's arguments")
     _remote_options(inspect)
 
     control = command(
@@ -1127,7 +1128,8 @@ def build_parser() -> argparse.ArgumentParser:
     control.formatter_class = argparse.RawDescriptionHelpFormatter
     control.epilog = f"commands:\n{listing('control')}"
     control.add_argument("remote_command", metavar="COMMAND", help="revoke, terminate, ...")
-    control.add_argument("arguments", metavar="ARG", nargs="*", help="the command's arguments")
+    control.add_argument("arguments", metavar="ARG", nargs="*", default=[],
+                         help="the command's arguments")
     _remote_options(control)
 
     status = command("status", _cmd_status, "list the workers that answer a ping: "

@@ -81,7 +81,8 @@ def test_status_lists_the_nodes(url: str, running: Worker) -> None:
 def test_json_is_one_object_by_node(url: str, running: Worker) -> None:
     done = wiretask(url, "inspect", "registered", "--json", "-t", "0.5")
     assert done.returncode == 0, done.stderr
-    assert json.loads(done.stdout) == {"cli1@test": ["c.add"]}
+    [(node, names)] = json.loads(done.stdout).items()
+    assert node == "cli1@test" and "c.add" in names  # (and other tests' shared tasks)
     done = wiretask(url, "inspect", "stats", "-j", "-d", "cli1@test")
     assert json.loads(done.stdout)["cli1@test"]["pool"]["max-concurrency"] == 1
 

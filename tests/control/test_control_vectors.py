@@ -25,8 +25,8 @@ from wiretask.control.wire import (
     reply_queue,
 )
 from wiretask.protocol.frame import Frame
-from wiretask.transports._kombu_envelope import encode as envelope_of
-from wiretask.transports._redis_fanout import channel
+from wiretask.transports.redis.broadcast import channel
+from wiretask.transports.redis.envelope import encode as envelope_of
 
 VECTORS = Path(__file__).resolve().parents[2] / "spec" / "vectors" / "control"
 ALL = [json.loads(path.read_text(encoding="utf-8")) for path in sorted(VECTORS.glob("*.json"))]

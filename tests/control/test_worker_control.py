@@ -172,9 +172,11 @@ def test_stats_registered_queues_and_clock(app: App, tasks: Tasks) -> None:
     assert stats["total"] == {"t.note": 1}
     assert stats["pool"]["max-concurrency"] == 1 and stats["pool"]["processes"]
     assert {"hostname", "port", "transport", "virtual_host"} <= set(stats["broker"])
-    assert registered == ["t.fail", "t.gate", "t.note"]
-    assert with_items == ["t.fail [name=t.fail]", "t.gate [name=t.gate]",
-                          "t.note [name=t.note]"]
+    # (Other tests' shared_task functions are registered in every app of the process.)
+    assert [name for name in registered if not name.startswith("shared.")] == [
+        "t.fail", "t.gate", "t.note"]
+    assert [item for item in with_items if item.startswith("t.")] == [
+        "t.fail [name=t.fail]", "t.gate [name=t.gate]", "t.note [name=t.note]"]
     assert [q["name"] for q in queues] == ["celery", "other"]
     assert queues[0]["exchange"] == {"name": "celery", "type": "direct", "arguments": None,
                                      "durable": True, "passive": False, "auto_delete": False,
