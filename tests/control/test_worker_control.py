@@ -9,7 +9,7 @@ import json
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -19,8 +19,9 @@ import redis
 from wiretask.app import App, Task
 from wiretask.errors import ImproperlyConfigured, TaskRevokedError
 from wiretask.protocol import states
+from wiretask.protocol.frame import Outgoing
 from wiretask.testing import ForwardingTransport
-from wiretask.transports.base import Inspection
+from wiretask.transports.base import Delivery, Inspection, Prepared, Settlement, Transport
 from wiretask.transports.sqlite import SQLiteTransport
 from wiretask.worker import Worker
 
@@ -407,20 +408,45 @@ def test_scheduled_and_revoke_of_an_eta_task_the_worker_holds(
     assert tasks.ran == []
 
 
+class Plain(Transport):
+    """The SQLite broker through the core contract only (no capability at all)."""
+
+    def __init__(self, url: str) -> None:
+        self.inner = SQLiteTransport.from_url(url)
+        self.capabilities = self.inner.capabilities
+        self.url = "plain://"
+
+    def connect(self) -> None:
+        self.inner.connect()
+
+    def close(self) -> None:
+        self.inner.close()
+
+    def _publish(self, messages: Sequence[Prepared]) -> None:
+        self.inner.publish_many([Outgoing(m.frame, m.route, m.not_before) for m in messages])
+
+    def _receive(self, queues: list[str], timeout: float) -> Delivery | None:
+        return self.inner.receive(queues, timeout=timeout)  # settles through the inner one
+
+    def _settle(self, delivery: Delivery, how: Settlement, reason: str) -> None:
+        raise AssertionError("the inner transport's deliveries settle themselves")
+
+
 def test_a_broker_that_cannot_broadcast(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     url = f"sqlite:///{tmp_path / 'b.db'}"
-
-    class Plain(ForwardingTransport):
-        """Forwards only the core contract (and the capabilities it forwards)."""
-
-    app = App("plain", transport=lambda: Plain(SQLiteTransport.from_url(url)),
-              backend=url)
+    app = App("plain", transport=lambda: Plain(url), backend=url)
     Tasks(app)
     try:
         with caplog.at_level("WARNING", logger="wiretask.worker"), worker(app):
             pass
-        assert "remote control is off" in caplog.text
+        assert "remote control is off: plain:// cannot broadcast" in caplog.text
         with pytest.raises(ImproperlyConfigured, match="needs a broker that can broadcast"):
             app.control.ping()
     finally:
         app.close()
+
+
+def test_the_forwarding_transport_forwards_broadcast(app: App, tasks: Tasks) -> None:
+    """The testing kit's wrapper offers what it wraps, Broadcast included."""
+    with worker(app, transport=ForwardingTransport(app.new_transport())):
+        assert app.control.ping(**ONE) == [{"w1@test": {"ok": "pong"}}]

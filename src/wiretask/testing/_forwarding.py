@@ -7,12 +7,16 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, TypeVar, cast
 
 from wiretask.errors import ValidationError
-from wiretask.protocol.frame import Outgoing
+from wiretask.protocol.frame import Frame, Outgoing
 from wiretask.transports.base import (
+    BoundQueue,
+    Broadcast,
     BrokerDelay,
     DeadLetter,
     Delivery,
+    Exchange,
     FusedSettlement,
+    Inbox,
     Inspection,
     Peeked,
     Prepared,
@@ -56,13 +60,12 @@ class ForwardingTransport(Transport):
     public methods check their arguments before any hook runs, as for every transport.
 
     It offers exactly the optional capabilities ``inner`` offers (``Inspection``,
-    ``QueueStatistics``, ``BrokerDelay``, ``FusedSettlement``), forwarded too:
-    ``__init__`` turns the instance into one of a subclass of its class that adds the
-    forwarding methods of each (cached per class and set of capabilities), so
-    ``isinstance(wrapper, Inspection)``
-    is ``isinstance(inner, Inspection)``. A subclass may build ``inner`` in its own
-    ``__init__``; its methods come first, so it can watch a capability method too and
-    reach the forwarder with ``super()``.
+    ``QueueStatistics``, ``BrokerDelay``, ``FusedSettlement``, ``Broadcast``), forwarded
+    too: ``__init__`` turns the instance into one of a subclass of its class that adds
+    the forwarding methods of each (cached per class and set of capabilities), so
+    ``isinstance(wrapper, Inspection)`` is ``isinstance(inner, Inspection)``. A subclass
+    may build ``inner`` in its own ``__init__``; its methods come first, so it can watch
+    a capability method too and reach the forwarder with ``super()``.
 
     Deliveries are wrapped (``ForwardedDelivery``) so that single settlements reach
     ``_settle``; they are unwrapped on the way back to ``inner`` (``ack_many``, the
@@ -191,12 +194,21 @@ class _ForwardFused(ForwardingTransport):
         return [ForwardedDelivery(self, d) for d in taken], skipped
 
 
+class _ForwardBroadcast(ForwardingTransport):
+    def broadcast(self, exchange: Exchange, frame: Frame, *, routing_key: str = "") -> None:
+        cast(Broadcast, self.inner).broadcast(exchange, frame, routing_key=routing_key)
+
+    def listen(self, exchange: Exchange, queue: BoundQueue) -> Inbox:
+        return cast(Broadcast, self.inner).listen(exchange, queue)
+
+
 #: (capability, the class that forwards it), in the order their names are shown.
 _FORWARDERS: tuple[tuple[type, type[ForwardingTransport]], ...] = (
     (Inspection, _ForwardInspection),
     (QueueStatistics, _ForwardStatistics),
     (BrokerDelay, _ForwardDelay),
     (FusedSettlement, _ForwardFused),
+    (Broadcast, _ForwardBroadcast),
 )
 ForwardingTransportT = TypeVar("ForwardingTransportT", bound=ForwardingTransport)
 
