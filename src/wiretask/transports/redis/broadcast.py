@@ -211,6 +211,9 @@ class RedisInbox:
                     return None
 
     def _next(self, wait: float) -> bytes | None:
+        # One blocking read stays well inside the socket timeout (15 s by default), or
+        # the client would take a long wait for a dead server; get() loops to its end.
+        wait = min(wait, max((self._db.socket_timeout or 15.0) / 2, 0.1))
         pubsub = self._pubsub
         if pubsub is not None:
             message = pubsub.get_message(ignore_subscribe_messages=True, timeout=wait)
