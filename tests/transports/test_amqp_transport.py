@@ -244,15 +244,15 @@ def test_size_and_purge_of_a_missing_queue_are_zero(transport: AMQPTransport) ->
     assert transport.purge(q) == 1
 
 
-def test_no_inspection_and_wiretask_inspect_says_so(
+def test_no_inspection_and_wiretask_queue_show_says_so(
     transport: AMQPTransport, amqp_url: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """No ``peek``, so no ``Inspection``: ``wiretask inspect`` refuses with the reason
+    """No ``peek``, so no ``Inspection``: ``wiretask queue show`` refuses with the reason
     instead of showing an empty queue."""
     assert not isinstance(transport, Inspection)
     assert not hasattr(transport, "peek")
 
-    code = main(["inspect", "--broker", amqp_url, "celery"])
+    code = main(["queue", "show", "--broker", amqp_url, "celery"])
 
     assert code == 1
     assert "cannot show a queue without consuming it" in capsys.readouterr().err
