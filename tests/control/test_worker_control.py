@@ -17,6 +17,7 @@ import pytest
 import redis
 
 from wiretask.app import App, Task
+from wiretask.canvas import ResultSet
 from wiretask.errors import ImproperlyConfigured, TaskRevokedError
 from wiretask.protocol import states
 from wiretask.protocol.frame import Outgoing
@@ -232,6 +233,17 @@ def test_asyncresult_revoke_reaches_the_worker(app: App, tasks: Tasks) -> None:
         tasks.note.delay("after").get(timeout=WAIT)
         assert tasks.ran == ["after"]
         assert revoked.state == states.REVOKED
+
+
+def test_a_result_set_revokes_all_its_tasks(app: App, tasks: Tasks) -> None:
+    ids = [str(uuid.uuid4()), str(uuid.uuid4())]
+    with worker(app):
+        ResultSet([app.AsyncResult(i) for i in ids], app=app).revoke(wait=True, timeout=1)
+        sent = [tasks.note.apply_async((i,), task_id=i) for i in ids]
+        tasks.note.delay("after").get(timeout=WAIT)
+        assert tasks.ran == ["after"]
+        assert [r.state for r in sent] == [states.REVOKED, states.REVOKED]
+        assert sorted(ask(app).revoked()["w1@test"]) == sorted(ids)
 
 
 def test_revoke_of_a_reserved_task(app: App, tasks: Tasks) -> None:
