@@ -31,9 +31,10 @@ cancels the consumers of the others and requeues what they had pushed (RabbitMQ 
 those ``redelivered``).
 
 **Inspection.** ``QueueStatistics`` is offered with what AMQP can tell (the ready count,
-the dead letters' count). ``size``, ``purge`` and ``dead_letters`` are here too; ``peek``
-is not (AMQP cannot show messages without taking them from their consumers), so the
-``Inspection`` capability is not offered (``spec/TRANSPORTS.md`` §6.9).
+the dead letters' count), and ``QueueAdmin`` (``size``, ``purge``, ``dead_letters``: what
+``wiretask purge`` and the counts of ``wiretask inspect`` use); ``peek`` is not (AMQP
+cannot show messages without taking them from their consumers), so the ``Inspection``
+capability is not offered (``spec/TRANSPORTS.md`` §6.9).
 
 **Settling** acks, rejects or requeues on the channel that delivered the message. If that
 channel or connection is gone, the broker has already requeued the message: settling it

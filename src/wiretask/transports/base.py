@@ -29,9 +29,9 @@ finite timeout >= 0, a limit >= 1, ``Prepared`` messages), so a transport author
 calls a validation helper. ``docs/writing-a-transport.md`` walks through writing one.
 
 **Optional capabilities** are separate typed protocols at the end of this module
-(``Inspection``, ``QueueStatistics``, ``BrokerDelay``, ``FusedSettlement``): a transport
-offers one by having its methods, and the worker, the CLI and the conformance kit detect
-it with ``isinstance`` (never ``getattr``).
+(``QueueAdmin``, ``Inspection``, ``QueueStatistics``, ``BrokerDelay``,
+``FusedSettlement``): a transport offers one by having its methods, and the worker, the
+CLI and the conformance kit detect it with ``isinstance`` (never ``getattr``).
 
 Rules every transport follows (``wiretask.testing.check_transport`` checks them):
 
@@ -47,7 +47,7 @@ Rules every transport follows (``wiretask.testing.check_transport`` checks them)
   that time. Transports with ``capabilities.native_delay`` hold it broker-side.
 * **Nothing is lost.** ``Delivery.dead_letter(reason)`` moves a message that cannot be
   processed to the transport's dead-letter place, with the reason (where
-  ``Inspection.dead_letters()`` can read it back, if the transport offers it).
+  ``QueueAdmin.dead_letters()`` can read it back, if the transport offers it).
 """
 
 from __future__ import annotations
@@ -87,6 +87,7 @@ __all__ = [
     "Inspection",
     "Peeked",
     "Prepared",
+    "QueueAdmin",
     "QueueStatistics",
     "QueueStats",
     "Settlement",
@@ -239,7 +240,7 @@ class QueueStats:
 
     @property
     def waiting(self) -> int | None:
-        """Ready plus scheduled: what ``Inspection.size`` counts (``None`` if the
+        """Ready plus scheduled: what ``QueueAdmin.size`` counts (``None`` if the
         scheduled number is unknown)."""
         return None if self.scheduled is None else self.ready + self.scheduled
 
@@ -753,14 +754,17 @@ def _deliveries(deliveries: Iterable[Delivery]) -> list[Delivery]:
 
 
 @runtime_checkable
-class Inspection(Protocol):
-    """Look at queues without consuming: what ``wiretask inspect`` and ``purge`` use.
-    Brokers that cannot count or list without consuming (AMQP's dead letters) leave it
-    out, and the CLI says so. Each method refuses an empty queue name with
+class QueueAdmin(Protocol):
+    """Count, empty and read the dead letters of queues without consuming their
+    messages: what ``wiretask purge`` and the counting part of ``wiretask inspect`` use.
+    Every broker that can count offers it, AMQP included (which cannot ``peek``, so it
+    offers this and not ``Inspection``). Each method refuses an empty queue name with
     ``ValidationError`` and translates broker errors as the core methods do."""
 
     def size(self, queue: str) -> int:
-        """Number of messages waiting in ``queue``: ready and scheduled, not in flight.
+        """Number of messages waiting in ``queue``: ready and scheduled, not in flight
+        (a transport that cannot count its scheduled messages per queue says so in its
+        docstring: AMQP counts the ready ones).
 
         Raises:
             ValidationError: an empty queue name.
@@ -777,21 +781,30 @@ class Inspection(Protocol):
         """
         ...
 
+    def dead_letters(self, queue: str) -> list[DeadLetter]:
+        """Messages dead-lettered from ``queue``, oldest first.
+
+        Raises:
+            ValidationError: an empty queue name.
+            ConnectionLost, TransportError: the broker failed.
+        """
+        ...
+
+
+@runtime_checkable
+class Inspection(QueueAdmin, Protocol):
+    """``QueueAdmin`` plus ``peek``: look at a queue's messages without consuming them,
+    what ``wiretask inspect`` needs to list them. Brokers that cannot show messages
+    without taking them from their consumers (AMQP) leave it out and offer
+    ``QueueAdmin`` alone; the CLI then shows the counts and says why it lists no
+    message."""
+
     def peek(self, queue: str, *, limit: int = 100) -> list[Peeked]:
         """Waiting messages of ``queue`` (ready first, then scheduled by time), without
         consuming them.
 
         Raises:
             ValidationError: an empty queue name, or ``limit`` not an int >= 0.
-            ConnectionLost, TransportError: the broker failed.
-        """
-        ...
-
-    def dead_letters(self, queue: str) -> list[DeadLetter]:
-        """Messages dead-lettered from ``queue``, oldest first.
-
-        Raises:
-            ValidationError: an empty queue name.
             ConnectionLost, TransportError: the broker failed.
         """
         ...
