@@ -61,7 +61,7 @@ from wiretask.canvas import (
 )
 from wiretask.canvas import signature as canvas_signature
 from wiretask.codecs import Registry, default_registry
-from wiretask.config import Configuration, Settings, read_object
+from wiretask.config import Configuration, Settings, broker_options, read_object
 from wiretask.errors import (
     ArgumentsError,
     ImproperlyConfigured,
@@ -92,7 +92,7 @@ from wiretask.tasks import (
     parse_rate,
 )
 from wiretask.transports.base import Transport
-from wiretask.transports.url import mask_url, transport_from_url
+from wiretask.transports.url import mask_url, transport_class
 
 __all__ = [
     "App",
@@ -548,7 +548,9 @@ class App(PeriodicTasks):
         """
         self.configure()
         if self._transport_factory is None:
-            return transport_from_url(self.broker_url, **self.conf.broker_transport_options)
+            url = self.broker_url
+            transport_type = transport_class(url)
+            return transport_type.from_url(url, **broker_options(transport_type, self.conf))
         self._check_transport_source()
         made = self._transport_factory()
         if not isinstance(made, Transport):
@@ -570,8 +572,9 @@ class App(PeriodicTasks):
     def _via_broker(self) -> ViaBroker:
         """The broker and reply queue, for a result backend that sends states through
         the broker (``rpc://``)."""
+        url = self.broker_url
         return ViaBroker(
-            url=self.broker_url, options=dict(self.conf.broker_transport_options),
+            url=url, options=broker_options(transport_class(url), self.conf),
             oid=lambda: self.oid, persistent=bool(self.conf.get("result_persistent")),
         )
 

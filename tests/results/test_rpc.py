@@ -378,3 +378,39 @@ def test_a_lost_connection_loses_no_state(vhost: str, amqp_url: str) -> None:
     assert got == [progress, final]
     client.close()
     writer.close()
+
+
+# -- the other result backends with a RabbitMQ broker -----------------------------------
+
+
+@pytest.mark.parametrize("kind", ["redis", "sqlite"])
+def test_redis_and_sqlite_results_work_with_a_rabbitmq_broker(
+    kind: str, vhost: str, request: pytest.FixtureRequest, tmp_path: Any
+) -> None:
+    backend = (request.getfixturevalue("redis_url") if kind == "redis"
+               else f"sqlite:///{tmp_path / 'results.db'}")
+    app = App(f"{kind}-results", broker=vhost, backend=backend, task_track_started=True,
+              task_default_queue=f"{kind}-{uuid.uuid4().hex[:8]}")
+
+    @app.task(name="rpc.neighbour", bind=True)
+    def neighbour(self: Task[Any, Any], x: int) -> int:
+        self.update_state(state="PROGRESS", meta={"x": x})
+        return x * 10
+
+    try:
+        assert not isinstance(app.backend, ReplyRouted)
+        with Worker(app, concurrency=1, shutdown_timeout=5):
+            seen: list[dict[str, Any]] = []
+            result = neighbour.delay(4)
+            assert result.get(timeout=WAIT, on_message=seen.append) == 40
+        statuses = [m["status"] for m in seen]
+        assert statuses[-1] == states.SUCCESS
+        assert set(statuses) <= {states.STARTED, "PROGRESS", states.SUCCESS}
+        # Any process reads these: another app, no worker running.
+        other = App("reader", broker=vhost, backend=backend)
+        try:
+            assert other.AsyncResult(result.id).get(timeout=WAIT) == 40
+        finally:
+            other.close()
+    finally:
+        app.close()

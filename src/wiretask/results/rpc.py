@@ -66,7 +66,7 @@ from amqp import exceptions as amqp_errors
 from amqp.channel import Channel
 
 from wiretask._amqp.errors import connection_is_gone
-from wiretask._amqp.link import Link
+from wiretask._amqp.link import Link, heartbeat_period
 from wiretask._amqp.options import Options, parse
 from wiretask._url import mask_url
 from wiretask.errors import (
@@ -616,12 +616,12 @@ class RPCBackend(ResultBackend):
             raise
 
     def _start_heartbeat(self) -> None:
-        interval = self._options.heartbeat
-        if not interval or (self._heartbeat is not None and self._heartbeat.is_alive()):
+        period = heartbeat_period(self._options)
+        if period is None or (self._heartbeat is not None and self._heartbeat.is_alive()):
             return
         self._heartbeat_stop = threading.Event()
         self._heartbeat = threading.Thread(
-            target=self._beat, args=(self._heartbeat_stop, max(interval / 4, 0.5)),
+            target=self._beat, args=(self._heartbeat_stop, period),
             name="wiretask-rpc-heartbeat", daemon=True,
         )
         self._heartbeat.start()
@@ -634,7 +634,7 @@ class RPCBackend(ResultBackend):
                 if self._pid != os.getpid() or self._link.connection is None:
                     continue
                 try:
-                    self._link.heartbeat()
+                    self._link.heartbeat(self._options.heartbeat_checkrate)
                 except TransportError as exc:
                     log.warning("rpc:// result connection lost: %s", exc)
                     self._forget_channels()

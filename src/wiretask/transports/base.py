@@ -55,12 +55,13 @@ from __future__ import annotations
 import abc
 import math
 import threading
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime
 from types import TracebackType
 from typing import (
     TYPE_CHECKING,
     Any,
+    ClassVar,
     Final,
     Literal,
     NamedTuple,
@@ -400,6 +401,23 @@ class Transport(abc.ABC):
         # The interface declares no constructor, so type the call through Callable.
         construct: Callable[..., Self] = cls
         return construct(url, **options)
+
+    #: Celery settings (``app.conf`` names) this transport turns into options
+    #: (``options_from_settings``); the app refuses a setting that only another broker
+    #: honours (``wiretask.config.BROKER_ONLY``) unless it is named here.
+    honoured_settings: ClassVar[frozenset[str]] = frozenset()
+
+    @classmethod
+    def options_from_settings(cls, settings: Mapping[str, Any]) -> dict[str, Any]:
+        """The options that Celery's settings (``app.conf``) mean for this broker, for
+        ``from_url``; the app puts ``broker_transport_options`` over them. The default:
+        none.
+
+        Raises:
+            ImproperlyConfigured: a setting's value this broker cannot honour (named).
+        """
+        del settings
+        return {}
 
     # -- life cycle (public, implemented by each broker) ------------------------------
 
