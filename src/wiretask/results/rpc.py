@@ -90,7 +90,7 @@ from wiretask.results.base import (
 if TYPE_CHECKING:
     from wiretask.codecs import Encoded, Registry
 
-__all__ = ["MAX_TASKS", "MAX_UNREAD", "RPCBackend", "RPCSubscription"]
+__all__ = ["MAX_TASKS", "MAX_UNREAD", "RPCBackend", "RPCSubscription", "reply_message"]
 
 log = logging.getLogger("wiretask.results.rpc")
 
@@ -279,11 +279,7 @@ class RPCBackend(ResultBackend):
         """One state to ``queue`` through the default exchange, as Kombu's producer
         writes it, confirmed (caller holds the lock)."""
         link = self._link
-        message = amqp.Message(
-            encoded.data, content_type=encoded.content_type,
-            content_encoding=encoded.content_encoding, application_headers={},
-            delivery_mode=self._delivery_mode, priority=0, correlation_id=correlation_id,
-        )
+        message = reply_message(encoded, correlation_id, persistent=self._delivery_mode == 2)
         channel = self._publisher()
         self._returned.clear()
         try:
@@ -695,6 +691,18 @@ class RPCBackend(ResultBackend):
                                 "%s is dropped", MAX_TASKS, old.latest.get("status"), old_id)
                 break
         return record
+
+
+def reply_message(encoded: Encoded, correlation_id: str, *, persistent: bool) -> amqp.Message:
+    """A state as Kombu's producer writes Celery's reply (``spec/TRANSPORTS.md`` §4.3;
+    ``spec/vectors/amqp/celery-rpc-*.json``): the serialized meta dict, its content
+    labels, an empty header table, delivery mode 1 (2 when ``persistent``), priority 0
+    and the correlation id, in py-amqp's property order."""
+    return amqp.Message(
+        encoded.data, content_type=encoded.content_type,
+        content_encoding=encoded.content_encoding, application_headers={},
+        delivery_mode=2 if persistent else 1, priority=0, correlation_id=correlation_id,
+    )
 
 
 def _broker_options(via: ViaBroker) -> Options:
