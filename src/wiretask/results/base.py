@@ -27,6 +27,10 @@ Rules every backend follows (``wiretask.testing.check_backend`` checks each of t
 * Meta dicts are **serialized with the result serializer** (``json`` by default, Kombu's
   dialect) by every backend, the in-memory one included, so a value that a Redis
   backend would refuse is refused everywhere.
+
+``rpc://`` (``wiretask.results.rpc``) keeps no shared store: its states are messages to
+the client that sent the task (``ReplyRouted``), and ``spec/TRANSPORTS.md`` §4.3 says
+where these rules differ for it.
 """
 
 from __future__ import annotations
