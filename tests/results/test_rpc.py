@@ -275,7 +275,7 @@ def test_a_message_without_reply_to_is_answered_with_nothing(vhost: str) -> None
     task_id = str(uuid.uuid4())
     backend.store_reply(task_id, states.make_meta(task_id, states.SUCCESS, 1),
                         reply_to=None, correlation_id=None)
-    assert backend._link.connection is None  # nothing was even connected
+    assert backend._out.link.connection is None  # nothing was even connected
     backend.close()
 
 

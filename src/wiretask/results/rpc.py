@@ -10,7 +10,8 @@ app and process. Before a task is published the app hands its id to ``track``, w
 declares that reply queue (once per connection, and again when half of ``expires`` has
 passed, as Celery declares it on every send) so that the worker's answer has somewhere
 to go. The states arrive on that queue; a consumer on the backend's own connection
-files each under its ``correlation_id`` (the task id) and acknowledges it, and
+(another one publishes, as in the AMQP transport) files each under its
+``correlation_id`` (the task id) and acknowledges it, and
 ``get``, ``subscribe`` and ``AsyncResult.get(on_message=...)`` read them from there:
 
 * ``get`` and ``subscribe`` first take in everything the queue holds at that instant
@@ -26,7 +27,7 @@ files each under its ``correlation_id`` (the task id) and acknowledges it, and
   latest one (``states.may_follow``) is ignored.
 * States are kept in this process, for at most ``MAX_TASKS`` tasks (the oldest are
   dropped first, logged); a task's final state can be read again and again until then.
-* A heartbeat thread (when ``heartbeat`` > 0) keeps the connection alive and takes in
+* A heartbeat thread (when ``heartbeat`` > 0) keeps both connections alive and takes in
   arriving states while nobody waits. A lost connection is opened again by the next
   call; states it had not acknowledged are delivered again and not shown twice.
 
@@ -52,6 +53,7 @@ reply queue's ``x-expires``), and no chord support.
 from __future__ import annotations
 
 import collections
+import itertools
 import logging
 import os
 import threading
@@ -203,24 +205,24 @@ class RPCBackend(ResultBackend):
     def _reset(self) -> None:
         """The per-process state (a forked child starts afresh: another client)."""
         self._pid = os.getpid()
-        self._link = Link(self._options, "results")
-        self._lock = self._link.lock
+        #: Publishing states and declaring the reply queue (its lock guards it).
+        self._out = _Side(self._options, "results-publish")
+        #: Consuming the reply queue; its lock also guards the table of tasks.
+        self._in = _Side(self._options, "results-consume")
+        self._lock = self._in.lock
         self._arrived = threading.Condition(self._lock)
         self._reading = False
-        self._epoch = -1
-        self._pub: Channel | None = None
-        self._sub: Channel | None = None
-        self._consuming: str | None = None  # the queue consumed on ``_sub``
-        self._declared: tuple[str, float] | None = None  # (queue, monotonic time)
+        self._consuming: str | None = None  # the queue consumed on ``_in``'s channel
         self._returned: list[tuple[str, str]] = []
         self._tasks: collections.OrderedDict[str, _Task] = collections.OrderedDict()
         self._heartbeat: threading.Thread | None = None
         self._heartbeat_stop = threading.Event()
 
     def _check_pid(self) -> None:
+        """Called before any lock is taken: in a forked child, the parent's sockets
+        and locks are not ours; they are dropped without a close handshake (which would
+        shut the parent's connection down)."""
         if self._pid != os.getpid():
-            # The parent's sockets and locks are not ours: drop them without a close
-            # handshake (which would shut the parent's connection down).
             self._reset()
 
     @property
@@ -246,11 +248,12 @@ class RPCBackend(ResultBackend):
         """
         check_meta(task_id, meta)
         encoded = self.codec.encode(meta)
+        self._check_pid()
+        queue = self.reply_to
         with self._lock:
-            self._check_pid()
-            queue = self.reply_to
-            self._declare_own(queue)
             self._record(task_id).reply_to = queue
+        with self._out.lock:
+            self._declare(self._out, queue)
             self._publish(encoded, queue, task_id)
 
     def store_reply(
@@ -271,19 +274,19 @@ class RPCBackend(ResultBackend):
             log.debug("task %s: no reply_to, so its %s state is not sent (as Celery)",
                       task_id, meta.get("status"))
             return
-        with self._lock:
-            self._check_pid()
+        self._check_pid()
+        with self._out.lock:
             self._publish(encoded, reply_to, correlation_id or task_id)
 
     def _publish(self, encoded: Encoded, queue: str, correlation_id: str) -> None:
         """One state to ``queue`` through the default exchange, as Kombu's producer
-        writes it, confirmed (caller holds the lock)."""
-        link = self._link
+        writes it, confirmed (caller holds the publishing lock)."""
+        side = self._out
         message = reply_message(encoded, correlation_id, persistent=self._delivery_mode == 2)
         channel = self._publisher()
         self._returned.clear()
         try:
-            with link.translate(f"send a state to the reply queue {queue!r}"):
+            with side.link.translate(f"send a state to the reply queue {queue!r}"):
                 if self._options.confirm_publish:
                     channel.basic_publish_confirm(
                         message, exchange="", routing_key=queue, mandatory=True,
@@ -298,7 +301,7 @@ class RPCBackend(ResultBackend):
                 f"reply queue {queue!r}", url=self.broker_url,
             ) from exc
         except TransportError as exc:
-            self._failed(exc)
+            side.failed(exc)
             raise
         for why, routing_key in self._returned:
             log.warning(
@@ -312,6 +315,20 @@ class RPCBackend(ResultBackend):
                    message: amqp.Message) -> None:
         self._returned.append((str(exc), routing_key))
 
+    def _publisher(self) -> Channel:
+        """The publishing channel, in confirm mode (caller holds its lock)."""
+        side = self._out
+        connection = self._open(side)
+        if side.channel is None:
+            with side.link.translate("open a channel"):
+                channel = connection.channel()
+                channel.auto_decode = False
+                if self._options.confirm_publish:
+                    channel.confirm_select()
+            channel.events["basic_return"].add(self._on_return)
+            side.channel = channel
+        return side.channel
+
     # -- the client's side --------------------------------------------------------------
 
     def track(self, sent: Sequence[tuple[str, str | None]]) -> None:
@@ -321,11 +338,12 @@ class RPCBackend(ResultBackend):
         Raises:
             ConnectionLost, TransportError: the declaration failed.
         """
+        self._check_pid()
+        own = self.reply_to
+        if any(reply_to == own for _, reply_to in sent):
+            with self._out.lock:
+                self._declare(self._out, own)
         with self._lock:
-            self._check_pid()
-            own = self.reply_to
-            if any(reply_to == own for _, reply_to in sent):
-                self._declare_own(own)
             for task_id, reply_to in sent:
                 record = self._record(task_id)
                 record.reply_to = reply_to
@@ -334,10 +352,10 @@ class RPCBackend(ResultBackend):
     def check_wait(self, task_id: str) -> None:
         """Return if this client receives the task's states; else raise
         ``ValidationError`` saying why (``ReplyRouted``)."""
+        self._check_pid()
+        own = self.reply_to
         with self._lock:
-            self._check_pid()
             record = self._tasks.get(task_id)
-            own = self.reply_to
             if record is None or (record.reply_to is None and record.latest is None):
                 raise ValidationError(
                     "task_id",
@@ -366,10 +384,9 @@ class RPCBackend(ResultBackend):
 
         Raises:
             ConnectionLost, TransportError: the broker failed.
-            DecodeError: the latest state did not decode.
         """
+        self._check_pid()
         with self._lock:
-            self._check_pid()
             self._sync()
             record = self._tasks.get(task_id)
             if record is None or record.latest is None:
@@ -380,8 +397,8 @@ class RPCBackend(ResultBackend):
     def forget(self, task_id: str) -> None:
         """Drop what this client holds of ``task_id`` (nothing is on the broker; a later
         state starts afresh)."""
+        self._check_pid()
         with self._lock:
-            self._check_pid()
             record = self._tasks.get(task_id)
             if record is not None:
                 record.latest = None
@@ -397,8 +414,8 @@ class RPCBackend(ResultBackend):
         Raises:
             ConnectionLost, TransportError: the broker failed.
         """
+        self._check_pid()
         with self._lock:
-            self._check_pid()
             self._sync()
             subscription = RPCSubscription(self, task_id)
             record = self._record(task_id)
@@ -411,30 +428,32 @@ class RPCBackend(ResultBackend):
             return subscription
 
     def close(self) -> None:
-        """Close the connection and end open subscriptions; what this client holds is
+        """Close the connections and end open subscriptions; what this client holds is
         kept, and a later call connects again."""
+        if self._pid != os.getpid():
+            self._reset()
+            return
         self._heartbeat_stop.set()
         thread, self._heartbeat = self._heartbeat, None
         if thread is not None and thread is not threading.current_thread():
             thread.join(timeout=5)
         with self._lock:
-            if self._pid != os.getpid():
-                self._reset()
-                return
             for record in self._tasks.values():
                 for subscription in record.subscriptions:
                     subscription._closed = True
                 record.subscriptions.clear()
-            self._link.close()
-            self._forget_channels()
+            self._in.close()
+            self._consuming = None
             self._arrived.notify_all()
+        with self._out.lock:
+            self._out.close()
 
     # -- subscriptions ------------------------------------------------------------------
 
     def _next(self, subscription: RPCSubscription, timeout: float | None) -> dict[str, Any] | None:
         deadline = None if timeout is None else time.monotonic() + max(timeout, 0.0)
+        self._check_pid()
         with self._lock:
-            self._check_pid()
             while True:
                 if subscription._closed or subscription.finished:
                     return None
@@ -458,94 +477,68 @@ class RPCBackend(ResultBackend):
             if record is not None and subscription in record.subscriptions:
                 record.subscriptions.remove(subscription)
 
-    # -- the connection -----------------------------------------------------------------
+    # -- the connections ----------------------------------------------------------------
 
-    def _open(self) -> amqp.Connection:
-        """The connection (caller holds the lock); a new one forgets the channels."""
-        connection = self._link.open()
-        if self._epoch != self._link.epoch:
-            self._epoch = self._link.epoch
-            self._forget_channels()
+    def _open(self, side: _Side) -> amqp.Connection:
+        """``side``'s connection (caller holds its lock); a new one forgets the channel."""
+        connection = side.link.open()
+        if side.epoch != side.link.epoch:
+            side.epoch = side.link.epoch
+            side.forget()
+            if side is self._in:
+                self._consuming = None
             self._start_heartbeat()
         return connection
 
-    def _forget_channels(self) -> None:
-        self._pub = self._sub = None
-        self._consuming = None
-        self._declared = None
-        self._reading = False
-
-    def _failed(self, exc: TransportError) -> None:
-        """After a driver error: drop the connection, or the channels a channel error
-        closed (py-amqp reopens them without our settings)."""
-        cause = exc.__cause__ or exc
-        if connection_is_gone(cause):
-            self._link.discard()
-            self._forget_channels()
-            return
-        for channel in (self._pub, self._sub):
-            if channel is not None:
-                try:
-                    channel.close()
-                except Exception:  # closing a failed channel may fail too
-                    log.debug("closing a failed channel", exc_info=True)
-        self._forget_channels()
-
-    def _publisher(self) -> Channel:
-        connection = self._open()
-        if self._pub is None:
-            with self._link.translate("open a channel"):
-                channel = connection.channel()
-                channel.auto_decode = False
-                if self._options.confirm_publish:
-                    channel.confirm_select()
-            channel.events["basic_return"].add(self._on_return)
-            self._pub = channel
-        return self._pub
-
-    def _consumer_channel(self) -> Channel:
-        connection = self._open()
-        if self._sub is None:
-            with self._link.translate("open a channel"):
-                channel = connection.channel()
-                channel.auto_decode = False
-            self._sub = channel
-        return self._sub
-
-    def _declare_own(self, queue: str) -> None:
-        """Declare this client's reply queue unless done on this connection within
-        half of ``expires`` (its ``x-expires`` counts from the last use)."""
+    def _declare(self, side: _Side, queue: str) -> None:
+        """Declare this client's reply queue on ``side`` unless done on its connection
+        within half of ``expires`` (the queue's ``x-expires`` counts from the last use);
+        caller holds ``side``'s lock."""
         now = time.monotonic()
-        declared = self._declared
+        declared = side.declared
         if declared is not None and declared[0] == queue and (
             self.expires is None or now - declared[1] < self.expires / 2
         ):
             return
-        channel = self._consumer_channel()
+        channel = self._publisher() if side is self._out else self._consumer_channel()
         arguments: dict[str, Any] = {}
         if self.expires is not None:
             arguments["x-expires"] = max(1, int(self.expires * 1000))
         try:
-            with self._link.translate(f"declare the reply queue {queue!r}"):
+            with side.link.translate(f"declare the reply queue {queue!r}"):
                 channel.queue_declare(queue, durable=True, exclusive=False,
                                       auto_delete=self.expires is None, arguments=arguments)
         except TransportError as exc:
-            self._failed(exc)
+            side.failed(exc)
+            if side is self._in:
+                self._consuming = None
             raise
-        self._declared = (queue, now)
+        side.declared = (queue, now)
+
+    def _consumer_channel(self) -> Channel:
+        side = self._in
+        connection = self._open(side)
+        if side.channel is None:
+            with side.link.translate("open a channel"):
+                channel = connection.channel()
+                channel.auto_decode = False
+            side.channel = channel
+        return side.channel
 
     def _consume(self) -> Channel:
         """Consume this client's reply queue (declared first); caller holds the lock."""
         queue = self.reply_to
-        if self._consuming == queue and self._sub is not None:
-            return self._sub
-        self._declare_own(queue)
+        channel = self._consumer_channel()
+        if self._consuming == queue:
+            return channel
+        self._declare(self._in, queue)
         channel = self._consumer_channel()
         try:
-            with self._link.translate(f"consume the reply queue {queue!r}"):
+            with self._in.link.translate(f"consume the reply queue {queue!r}"):
                 channel.basic_consume(queue, callback=self._on_reply, no_ack=False)
         except TransportError as exc:
-            self._failed(exc)
+            self._in.failed(exc)
+            self._consuming = None
             raise
         self._consuming = queue
         return channel
@@ -553,7 +546,8 @@ class RPCBackend(ResultBackend):
     def _sync(self) -> None:
         """Take in every state the reply queue holds now (caller holds the lock): on the
         consumer's channel, RabbitMQ answers ``queue.declare`` after the messages it
-        pushed before, so once the queue reports none ready, all of them are in."""
+        pushed before, so once the queue reports none ready, all of them are in. A lost
+        connection is opened again, once."""
         try:
             self._sync_once()
         except ConnectionLost:
@@ -566,10 +560,11 @@ class RPCBackend(ResultBackend):
         while True:
             channel = self._consume()
             try:
-                with self._link.translate(f"read the reply queue {queue!r}"):
+                with self._in.link.translate(f"read the reply queue {queue!r}"):
                     count = int(channel.queue_declare(queue, passive=True).message_count)
             except TransportError as exc:
-                self._failed(exc)
+                self._in.failed(exc)
+                self._consuming = None
                 raise
             self._pump()
             if count == 0 or time.monotonic() >= deadline:
@@ -587,7 +582,7 @@ class RPCBackend(ResultBackend):
             self._consume()
         except ConnectionLost:
             self._consume()
-        waiter = self._link.waiter()
+        waiter = self._in.link.waiter()
         if waiter is None:
             return
         self._reading = True
@@ -606,9 +601,10 @@ class RPCBackend(ResultBackend):
 
     def _pump(self) -> None:
         try:
-            self._link.pump()
+            self._in.link.pump()
         except TransportError:
-            self._forget_channels()
+            self._in.forget()
+            self._consuming = None
             raise
 
     def _start_heartbeat(self) -> None:
@@ -623,18 +619,25 @@ class RPCBackend(ResultBackend):
         self._heartbeat.start()
 
     def _beat(self, stop: threading.Event, interval: float) -> None:
-        """Heartbeat thread: send heartbeats, notice a dead broker, and take in the
-        states that arrived while nobody waits."""
+        """Heartbeat thread: send heartbeats on both connections, notice a dead broker,
+        and take in the states that arrived while nobody waits."""
+        rate = self._options.heartbeat_checkrate
         while not stop.wait(interval):
-            with self._lock:
-                if self._pid != os.getpid() or self._link.connection is None:
-                    continue
-                try:
-                    self._link.heartbeat(self._options.heartbeat_checkrate)
-                except TransportError as exc:
-                    log.warning("rpc:// result connection lost: %s", exc)
-                    self._forget_channels()
-                self._arrived.notify_all()
+            if self._pid != os.getpid():
+                return
+            for side in (self._out, self._in):
+                with side.lock:
+                    if side.link.connection is None:
+                        continue
+                    try:
+                        side.link.heartbeat(rate)
+                    except TransportError as exc:
+                        log.warning("rpc:// %s connection lost: %s", side.link.role, exc)
+                        side.forget()
+                        if side is self._in:
+                            self._consuming = None
+                    if side is self._in:
+                        self._arrived.notify_all()
 
     # -- states arriving ----------------------------------------------------------------
 
@@ -673,7 +676,8 @@ class RPCBackend(ResultBackend):
             subscription._pending.append(meta)
 
     def _record(self, task_id: str) -> _Task:
-        """The task's record, made if new (the oldest dropped past ``MAX_TASKS``)."""
+        """The task's record, made if new (past ``MAX_TASKS`` the oldest without a
+        listener is dropped); caller holds the lock."""
         tasks = self._tasks
         record = tasks.get(task_id)
         if record is not None:
@@ -681,7 +685,7 @@ class RPCBackend(ResultBackend):
             return record
         record = tasks[task_id] = _Task()
         if len(tasks) > MAX_TASKS:
-            for old_id in list(tasks)[:16]:
+            for old_id in list(itertools.islice(tasks, 16)):
                 old = tasks[old_id]
                 if old.subscriptions:
                     continue
@@ -691,6 +695,39 @@ class RPCBackend(ResultBackend):
                                 "%s is dropped", MAX_TASKS, old.latest.get("status"), old_id)
                 break
         return record
+
+
+class _Side:
+    """One of the backend's two connections with its channel and what was declared on
+    it; used under ``lock``."""
+
+    def __init__(self, options: Options, role: str) -> None:
+        self.link = Link(options, role)
+        self.lock = self.link.lock
+        self.epoch = -1
+        self.channel: Channel | None = None
+        self.declared: tuple[str, float] | None = None  # (queue, monotonic time)
+
+    def forget(self) -> None:
+        self.channel = None
+        self.declared = None
+
+    def failed(self, exc: TransportError) -> None:
+        """After a driver error: drop the connection, or the channel a channel error
+        closed (py-amqp reopens it without our settings)."""
+        cause = exc.__cause__ or exc
+        if connection_is_gone(cause):
+            self.link.discard()
+        elif self.channel is not None:
+            try:
+                self.channel.close()
+            except Exception:  # closing a failed channel may fail too
+                log.debug("closing a failed channel", exc_info=True)
+        self.forget()
+
+    def close(self) -> None:
+        self.link.close()
+        self.forget()
 
 
 def reply_message(encoded: Encoded, correlation_id: str, *, persistent: bool) -> amqp.Message:
