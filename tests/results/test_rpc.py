@@ -8,6 +8,7 @@ Celery's own worker and client are in ``tests/interop/test_amqp_rpc.py``.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 import uuid
@@ -414,3 +415,29 @@ def test_redis_and_sqlite_results_work_with_a_rabbitmq_broker(
             other.close()
     finally:
         app.close()
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(90)
+def test_worker_child_processes_answer_the_sender(vhost: str) -> None:
+    """The process pool's children open their own connections and send each state to
+    the reply queue of the message they run."""
+    from worker import procapp  # noqa: PLC0415 - tests/ on the path, as test_processes
+
+    saved = dict(procapp.app.conf)
+    procapp.app.conf.update(broker_url=vhost, result_backend="rpc://",
+                            task_track_started=True,
+                            task_default_queue=f"rpc-pool-{uuid.uuid4().hex[:8]}")
+    try:
+        with Worker(procapp.app, pool="processes", concurrency=2, shutdown_timeout=10,
+                    app_path="worker.procapp:app"):
+            seen: list[dict[str, Any]] = []
+            who = procapp.whoami.delay().get(timeout=WAIT, on_message=seen.append)
+            results = [procapp.add.delay(i, i) for i in range(10)]
+            assert [r.get(timeout=WAIT) for r in results] == [2 * i for i in range(10)]
+        assert [m["status"] for m in seen] == [states.STARTED, states.SUCCESS]
+        assert seen[0]["result"]["pid"] == who["pid"] != os.getpid()
+    finally:
+        procapp.app.close()
+        procapp.app.conf.clear()
+        procapp.app.conf.update(saved)
