@@ -51,7 +51,13 @@ from wiretask.monitoring.report import breaches, iso, rates, stats_record, stats
 from wiretask.protocol import states
 from wiretask.protocol.celery import decode
 from wiretask.results.exceptions import exception_from_meta
-from wiretask.transports.base import Inspection, Peeked, QueueStatistics, QueueStats
+from wiretask.transports.base import (
+    Inspection,
+    Peeked,
+    QueueAdmin,
+    QueueStatistics,
+    QueueStats,
+)
 from wiretask.transports.url import mask_url
 
 if TYPE_CHECKING:
@@ -423,26 +429,45 @@ def _describe(peeked: Peeked, app: App, now: datetime) -> tuple[list[str], dict[
     return row, record
 
 
+def _read_queue(
+    transport: QueueAdmin, queue: str, limit: int
+) -> tuple[QueueStats | None, int, list[Peeked] | None, int]:
+    """What ``inspect`` shows of ``queue``: exact counts from ``QueueStatistics`` where
+    the transport offers it, else from ``QueueAdmin``; the first ``limit`` messages
+    where the broker can show them (``Inspection``), else ``None``."""
+    stats = (transport.queue_stats([queue])[0]
+             if isinstance(transport, QueueStatistics) else None)
+    waiting = (stats.waiting if stats is not None and stats.waiting is not None
+               else transport.size(queue))
+    peeked = transport.peek(queue, limit=limit) if isinstance(transport, Inspection) else None
+    dead = (stats.dead if stats is not None and stats.dead is not None
+            else len(transport.dead_letters(queue)))
+    return stats, waiting, peeked, dead
+
+
 def _cmd_inspect(args: argparse.Namespace) -> int:
     app = _app_from_args(args)
     try:
         transport = app.transport
-        if not isinstance(transport, Inspection):
+        if not isinstance(transport, QueueAdmin):
             raise CommandError(f"the broker {transport.url} cannot show a queue without "
                                "consuming it (its transport does not offer Inspection)", code=1)
-        # Exact counts from QueueStatistics where the transport offers it; peek() only
-        # shows messages (at most --limit of them).
-        stats = (transport.queue_stats([args.queue])[0]
-                 if isinstance(transport, QueueStatistics) else None)
-        waiting = (stats.waiting if stats is not None and stats.waiting is not None
-                   else transport.size(args.queue))
-        peeked = transport.peek(args.queue, limit=args.limit)
-        dead = (stats.dead if stats is not None and stats.dead is not None
-                else len(transport.dead_letters(args.queue)))
+        stats, waiting, peeked, dead = _read_queue(transport, args.queue, args.limit)
     except TransportError as exc:
         raise CommandError(f"cannot read queue {args.queue!r}: {exc}", code=1) from exc
     finally:
         app.close()
+    if peeked is None:
+        return _show_counts_only(args, transport.url, stats, waiting, dead)
+    return _show_peeked(args, app, transport.url, (stats, waiting, peeked, dead))
+
+
+def _show_peeked(
+    args: argparse.Namespace, app: App, url: str,
+    read: tuple[QueueStats | None, int, list[Peeked], int],
+) -> int:
+    """``inspect`` on a broker that shows messages: the counts, then the messages."""
+    stats, waiting, peeked, dead = read
     now = app.now()
     rows: list[list[str]] = []
     records: list[dict[str, Any]] = []
@@ -463,10 +488,7 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
         counts = f"showing the first {len(peeked)}"
     else:
         counts = f"{ready} ready, {scheduled} scheduled{shown}"
-    _out(
-        f"queue {args.queue!r} on {transport.url}: {waiting} waiting "
-        f"({counts}), {dead} dead-lettered"
-    )
+    _out(f"queue {args.queue!r} on {url}: {waiting} waiting ({counts}), {dead} dead-lettered")
     if rows:
         _out()
         headers = ["STATE", "ID", "TASK", "ETA", "EXPIRES", "RETRIES", "LINK", "LINK_ERROR",
@@ -478,6 +500,34 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
             _out()
             for record in errors:
                 _out(f"undecodable {record['id'] or '(no id)'}: {record['error']}")
+    return 0
+
+
+#: Why ``queue show`` lists no message on a broker that offers ``QueueAdmin`` alone.
+_NO_PEEK = ("its messages cannot be listed without consuming them (the transport offers "
+            "QueueAdmin, not Inspection's peek)")
+
+
+def _show_counts_only(
+    args: argparse.Namespace, url: str, stats: QueueStats | None, waiting: int, dead: int
+) -> int:
+    """``queue show`` on a broker that can count but not show messages (AMQP): the counts
+    it can tell (``None`` in JSON for those it cannot), and why no message is listed."""
+    ready = stats.ready if stats is not None else None
+    scheduled = stats.scheduled if stats is not None else None
+    if args.json:
+        _out(json.dumps(
+            {"queue": args.queue, "waiting": waiting, "ready": ready, "scheduled": scheduled,
+             "dead_letters": dead, "messages": None, "messages_not_shown": _NO_PEEK},
+            indent=2,
+        ))
+        return 0
+    known = [f"{ready} ready"] if ready is not None else []
+    known.append(f"{scheduled} scheduled" if scheduled is not None
+                 else "scheduled ones not known")
+    counts = f" ({', '.join(known)})"
+    _out(f"queue {args.queue!r} on {url}: {waiting} waiting{counts}, {dead} dead-lettered")
+    _out(_NO_PEEK)
     return 0
 
 
@@ -574,9 +624,9 @@ def _cmd_purge(args: argparse.Namespace) -> int:
     app = _app_from_args(args)
     try:
         transport = app.transport
-        if not isinstance(transport, Inspection):
+        if not isinstance(transport, QueueAdmin):
             raise CommandError(f"the broker {transport.url} cannot purge a queue (its "
-                               "transport does not offer Inspection)", code=1)
+                               "transport does not offer QueueAdmin)", code=1)
         names = ", ".join(args.queues)
         if not args.force:
             sys.stderr.write(

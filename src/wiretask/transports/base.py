@@ -29,9 +29,10 @@ finite timeout >= 0, a limit >= 1, ``Prepared`` messages), so a transport author
 calls a validation helper. ``docs/writing-a-transport.md`` walks through writing one.
 
 **Optional capabilities** are separate typed protocols at the end of this module
-(``Inspection``, ``QueueStatistics``, ``BrokerDelay``, ``FusedSettlement``,
-``Broadcast``): a transport offers one by having its methods, and the worker, the CLI
-and the conformance kit detect it with ``isinstance`` (never ``getattr``).
+(``QueueAdmin``, ``Inspection``, ``QueueStatistics``, ``BrokerDelay``,
+``FusedSettlement``, ``Broadcast``): a transport offers one by having its methods, and
+the worker, the CLI and the conformance kit detect it with ``isinstance`` (never
+``getattr``).
 
 Rules every transport follows (``wiretask.testing.check_transport`` checks them):
 
@@ -47,7 +48,7 @@ Rules every transport follows (``wiretask.testing.check_transport`` checks them)
   that time. Transports with ``capabilities.native_delay`` hold it broker-side.
 * **Nothing is lost.** ``Delivery.dead_letter(reason)`` moves a message that cannot be
   processed to the transport's dead-letter place, with the reason (where
-  ``Inspection.dead_letters()`` can read it back, if the transport offers it).
+  ``QueueAdmin.dead_letters()`` can read it back, if the transport offers it).
 """
 
 from __future__ import annotations
@@ -55,12 +56,13 @@ from __future__ import annotations
 import abc
 import math
 import threading
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime
 from types import TracebackType
 from typing import (
     TYPE_CHECKING,
     Any,
+    ClassVar,
     Final,
     Literal,
     NamedTuple,
@@ -91,6 +93,7 @@ __all__ = [
     "Inspection",
     "Peeked",
     "Prepared",
+    "QueueAdmin",
     "QueueStatistics",
     "QueueStats",
     "Settlement",
@@ -248,7 +251,7 @@ class QueueStats:
 
     @property
     def waiting(self) -> int | None:
-        """Ready plus scheduled: what ``Inspection.size`` counts (``None`` if the
+        """Ready plus scheduled: what ``QueueAdmin.size`` counts (``None`` if the
         scheduled number is unknown)."""
         return None if self.scheduled is None else self.ready + self.scheduled
 
@@ -408,6 +411,23 @@ class Transport(abc.ABC):
         # The interface declares no constructor, so type the call through Callable.
         construct: Callable[..., Self] = cls
         return construct(url, **options)
+
+    #: Celery settings (``app.conf`` names) this transport turns into options
+    #: (``options_from_settings``); the app refuses a setting that only another broker
+    #: honours (``wiretask.config.BROKER_ONLY``) unless it is named here.
+    honoured_settings: ClassVar[frozenset[str]] = frozenset()
+
+    @classmethod
+    def options_from_settings(cls, settings: Mapping[str, Any]) -> dict[str, Any]:
+        """The options that Celery's settings (``app.conf``) mean for this broker, for
+        ``from_url``; the app puts ``broker_transport_options`` over them. The default:
+        none.
+
+        Raises:
+            ImproperlyConfigured: a setting's value this broker cannot honour (named).
+        """
+        del settings
+        return {}
 
     # -- life cycle (public, implemented by each broker) ------------------------------
 
@@ -762,14 +782,17 @@ def _deliveries(deliveries: Iterable[Delivery]) -> list[Delivery]:
 
 
 @runtime_checkable
-class Inspection(Protocol):
-    """Look at queues without consuming: what ``wiretask queue show`` and ``purge`` use.
-    Brokers that cannot count or list without consuming (AMQP's dead letters) leave it
-    out, and the CLI says so. Each method refuses an empty queue name with
+class QueueAdmin(Protocol):
+    """Count, empty and read the dead letters of queues without consuming their
+    messages: what ``wiretask purge`` and the counting part of ``wiretask queue show`` use.
+    Every broker that can count offers it, AMQP included (which cannot ``peek``, so it
+    offers this and not ``Inspection``). Each method refuses an empty queue name with
     ``ValidationError`` and translates broker errors as the core methods do."""
 
     def size(self, queue: str) -> int:
-        """Number of messages waiting in ``queue``: ready and scheduled, not in flight.
+        """Number of messages waiting in ``queue``: ready and scheduled, not in flight
+        (a transport that cannot count its scheduled messages per queue says so in its
+        docstring: AMQP counts the ready ones).
 
         Raises:
             ValidationError: an empty queue name.
@@ -786,16 +809,6 @@ class Inspection(Protocol):
         """
         ...
 
-    def peek(self, queue: str, *, limit: int = 100) -> list[Peeked]:
-        """Waiting messages of ``queue`` (ready first, then scheduled by time), without
-        consuming them.
-
-        Raises:
-            ValidationError: an empty queue name, or ``limit`` not an int >= 0.
-            ConnectionLost, TransportError: the broker failed.
-        """
-        ...
-
     def dead_letters(self, queue: str) -> list[DeadLetter]:
         """Messages dead-lettered from ``queue``, oldest first.
 
@@ -807,9 +820,28 @@ class Inspection(Protocol):
 
 
 @runtime_checkable
+class Inspection(QueueAdmin, Protocol):
+    """``QueueAdmin`` plus ``peek``: look at a queue's messages without consuming them,
+    what ``wiretask queue show`` needs to list them. Brokers that cannot show messages
+    without taking them from their consumers (AMQP) leave it out and offer
+    ``QueueAdmin`` alone; the CLI then shows the counts and says why it lists no
+    message."""
+
+    def peek(self, queue: str, *, limit: int = 100) -> list[Peeked]:
+        """Waiting messages of ``queue`` (ready first, then scheduled by time), without
+        consuming them.
+
+        Raises:
+            ValidationError: an empty queue name, or ``limit`` not an int >= 0.
+            ConnectionLost, TransportError: the broker failed.
+        """
+        ...
+
+
+@runtime_checkable
 class QueueStatistics(Protocol):
     """Exact numbers of queues without consuming anything: what ``wiretask stats``,
-    ``wiretask inspect``, the Munin plugin and the Prometheus exporter read.
+    ``wiretask queue show``, the Munin plugin and the Prometheus exporter read.
 
     Rules for an implementation:
 
