@@ -55,7 +55,7 @@ def test_worker_process_runs_tasks_sent_by_call_and_exits_0_on_sigterm(
         assert 'raise ValueError(reason)' in failure.stdout
 
         # Both were consumed (and are not waiting any more).
-        assert json.loads(cli.ok("inspect", "--json"))["waiting"] == 0
+        assert json.loads(cli.ok("queue", "show", "--json"))["waiting"] == 0
     finally:
         code, _, err = cli.stop(worker)
     assert code == 0, err
@@ -75,7 +75,7 @@ def test_worker_consumes_the_queues_it_is_given(cli: CLI) -> None:
     assert code == 0, err
     pending = cli.run("result", other_id)
     assert "state   PENDING" in pending.stdout
-    assert json.loads(cli.ok("inspect", "other", "--json"))["waiting"] == 1
+    assert json.loads(cli.ok("queue", "show", "other", "--json"))["waiting"] == 1
 
 
 def test_result_of_an_unknown_id_is_pending(cli: CLI) -> None:

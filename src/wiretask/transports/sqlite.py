@@ -82,11 +82,14 @@ from wiretask.errors import (
     ValidationError,
 )
 from wiretask.protocol.frame import Frame
+from wiretask.transports import _sqlite_broadcast
 from wiretask.transports._json import dump_json_mapping, load_json_mapping
 from wiretask.transports.base import (
+    BoundQueue,
     Capabilities,
     DeadLetter,
     Delivery,
+    Exchange,
     Peeked,
     Prepared,
     QueueStats,
@@ -796,6 +799,16 @@ class SQLiteTransport(Transport):
                 ))
         return found
 
+    # -- broadcast (``base.Broadcast``; the table and the polling: _sqlite_broadcast) ---
+
+    def broadcast(self, exchange: Exchange, frame: Frame, *, routing_key: str = "") -> None:
+        """One row in ``wiretask_broadcast``, read by every inbox listening now."""
+        _sqlite_broadcast.broadcast(self, exchange, frame, routing_key)
+
+    def listen(self, exchange: Exchange, queue: BoundQueue) -> _sqlite_broadcast.SQLiteInbox:
+        """A cursor into ``wiretask_broadcast`` that polls for rows routed to ``queue``."""
+        return _sqlite_broadcast.listen(self, exchange, queue)
+
 
 #: ``SQLiteTransport.queue_stats``: one statement per queue (one snapshot), each part one
 #: index search. ?1 is the queue, ?2 the time of the reading. A row is ready when its
@@ -806,6 +819,7 @@ class SQLiteTransport(Transport):
 #: index; ``lanes`` walks the distinct priorities of the ready index (one search each)
 #: to read the head of each priority lane, the row the next receive of that priority
 #: takes.
+
 _STATS = """
 WITH RECURSIVE lanes(p) AS (
     SELECT MAX(priority) FROM wiretask_messages INDEXED BY wiretask_messages_ready

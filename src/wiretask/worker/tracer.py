@@ -143,11 +143,17 @@ class Tracer:
 
     def store(self, message: TaskMessage, status: str, result: Any, *, tb: str | None = None,
               task_id: str | None = None, request: Request | None = None) -> None:
-        """Store a state for the message's task (or ``task_id``). Raises what the backend
-        raises; callers decide whether that is fatal for the delivery."""
-        self.app.backend.store(task_id or message.id, self._meta(
-            message, status, result, tb=tb, task_id=task_id, request=request
-        ))
+        """Store a state for the message's task (or ``task_id``), addressed to where the
+        message's sender listens (``reply_to``: ``rpc://`` sends it there; other backends
+        ignore it). Raises what the backend raises; callers decide whether that is fatal
+        for the delivery."""
+        own = task_id is None or task_id == message.id
+        self.app.backend.store_reply(
+            task_id or message.id,
+            self._meta(message, status, result, tb=tb, task_id=task_id, request=request),
+            reply_to=message.reply_to,
+            correlation_id=(message.correlation_id or message.id) if own else task_id,
+        )
 
     def _try_store(self, message: TaskMessage, status: str, result: Any, *,
                    tb: str | None = None, task_id: str | None = None,

@@ -114,6 +114,8 @@ module              job
                     any other command that reports on queues
 ``scheduler``       ``Scheduler`` (``due``), ``Movers`` (the heartbeat) and
                     ``run_scheduler``
+``broadcast``       ``Broadcaster``: fanout over pub/sub and reply queues (``Broadcast``:
+                    Celery's remote control, ``spec/control.md``)
 ``envelope``        Kombu's list entry, priorities and bindings (pure)
 ``deadletters``     the ``<queue>.dead`` entries (written by several parts, read by admin)
 ``delivery``        ``RedisDelivery``

@@ -14,10 +14,13 @@ from wiretask._redis import scripts
 from wiretask._redis.client import target_of
 from wiretask._redis.options import DelayMode, parse
 from wiretask.errors import ValidationError
+from wiretask.protocol.frame import Frame
 from wiretask.transports.base import (
+    BoundQueue,
     Capabilities,
     DeadLetter,
     Delivery,
+    Exchange,
     Peeked,
     Prepared,
     QueueStats,
@@ -26,6 +29,7 @@ from wiretask.transports.base import (
     queue_names,
 )
 from wiretask.transports.redis.admin import Admin
+from wiretask.transports.redis.broadcast import Broadcaster, RedisInbox
 from wiretask.transports.redis.consuming import Consumer
 from wiretask.transports.redis.database import Database
 from wiretask.transports.redis.delivery import RedisDelivery
@@ -135,6 +139,7 @@ class RedisTransport(Transport):
                                     markers=config.publish_markers)
         self._admin = Admin(db)
         self._scheduler = Scheduler(db, movers)
+        self._broadcaster = Broadcaster(db)
 
     def __repr__(self) -> str:
         return f"<RedisTransport {self.url} delay_mode={self.delay_mode}>"
@@ -313,3 +318,14 @@ class RedisTransport(Transport):
         """``QueueStatistics``: every queue's numbers in one script run (see
         ``Admin.queue_stats`` for how each is read, and what Redis cannot tell)."""
         return self._admin.queue_stats(queues)
+
+    # -- broadcast (Broadcast: Kombu's fanout over pub/sub and its reply queues) ----------
+
+    def broadcast(self, exchange: Exchange, frame: Frame, *, routing_key: str = "") -> None:
+        """``Broadcaster.broadcast``: fanout over pub/sub, direct and topic through
+        Kombu's binding table."""
+        self._broadcaster.broadcast(exchange, frame, routing_key)
+
+    def listen(self, exchange: Exchange, queue: BoundQueue) -> RedisInbox:
+        """``Broadcaster.listen``: a pub/sub subscription (fanout) or the queue's lists."""
+        return self._broadcaster.listen(exchange, queue)
