@@ -35,7 +35,8 @@ try:
 except ImportError:  # the harness still imports, replays and builds corpora without it
     atheris = None
 
-_instrument = atheris.instrument_imports() if atheris is not None else contextlib.nullcontext()
+_instrument = (atheris.instrument_imports(include=["wiretask"]) if atheris is not None
+               else contextlib.nullcontext())
 with _instrument:
     from wiretask.codecs import default_registry
     from wiretask.errors import DecodeError, WiretaskError

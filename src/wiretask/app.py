@@ -42,7 +42,17 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextvars import ContextVar
 from datetime import UTC, datetime, tzinfo
 from pathlib import Path
-from typing import Any, Concatenate, Generic, Literal, ParamSpec, TypeVar, cast, overload
+from typing import (
+    TYPE_CHECKING,
+    Any,
+    Concatenate,
+    Generic,
+    Literal,
+    ParamSpec,
+    TypeVar,
+    cast,
+    overload,
+)
 from zoneinfo import ZoneInfo
 
 import attrs
@@ -61,9 +71,10 @@ from wiretask.canvas import (
 )
 from wiretask.canvas import signature as canvas_signature
 from wiretask.codecs import Registry, default_registry
-from wiretask.config import Configuration, Settings, read_object
+from wiretask.config import Configuration, Settings, broker_options, read_object
 from wiretask.errors import (
     ArgumentsError,
+    ConnectionLost,
     ImproperlyConfigured,
     MaxRetriesExceededError,
     Retry,
@@ -77,7 +88,7 @@ from wiretask.protocol.envelope import TaskMessage
 from wiretask.protocol.frame import Outgoing
 from wiretask.protocol.signature import Signature
 from wiretask.protocol.timing import parse_iso
-from wiretask.results import ResultBackend, backend_from_url
+from wiretask.results import ReplyRouted, ResultBackend, ViaBroker, backend_from_url
 from wiretask.results.base import ChordCounter, resolve_expires
 from wiretask.results.exceptions import exception_from_meta
 from wiretask.retry import RetryPolicy, call_with_retry
@@ -93,7 +104,10 @@ from wiretask.tasks import (
     parse_rate,
 )
 from wiretask.transports.base import Transport
-from wiretask.transports.url import mask_url, transport_from_url
+from wiretask.transports.url import mask_url, transport_class
+
+if TYPE_CHECKING:
+    from wiretask.control import Control
 
 __all__ = [
     "App",
@@ -126,7 +140,8 @@ _UNSUPPORTED_ARGUMENTS: Mapping[str, str] = {
     "amqp": "the AMQP helper cannot be replaced",
     "events": "wiretask does not send events yet",
     "log": "configure logging yourself",
-    "control": "wiretask has no remote control yet",
+    "control": "the remote-control client cannot be replaced (app.control is "
+    "wiretask.control.Control)",
     "tasks": "register tasks with @app.task or app.register_task",
     "fixups": "wiretask has no fix-ups (Django: config_from_object('django.conf:settings', "
     "namespace='CELERY') and autodiscover_tasks() work without one)",
@@ -494,6 +509,7 @@ class App(PeriodicTasks):
         self._transport_factory = transport
         self._check_transport_source()
         self._backend: ResultBackend | None = None
+        self._oid: tuple[int, str] | None = None
         self._declared: set[str] = set()
         self._call_builder: calling.CallBuilder | None = None
         self._contexts: dict[tuple[int, int], calling.CallContext] = {}
@@ -652,7 +668,9 @@ class App(PeriodicTasks):
         """
         self.configure()
         if self._transport_factory is None:
-            return transport_from_url(self.broker_url, **self.conf.broker_transport_options)
+            url = self.broker_url
+            transport_type = transport_class(url)
+            return transport_type.from_url(url, **broker_options(transport_type, self.conf))
         self._check_transport_source()
         made = self._transport_factory()
         if not isinstance(made, Transport):
@@ -661,6 +679,24 @@ class App(PeriodicTasks):
                 setting="transport",
             )
         return made
+
+    @property
+    def oid(self) -> str:
+        """Celery's ``app.oid``: this app's id in this process, a UUID sent as every
+        message's ``reply_to`` (the reply queue of ``rpc://`` results)."""
+        cached = self._oid
+        if cached is None or cached[0] != _forks:
+            cached = self._oid = (_forks, _oid(self))
+        return cached[1]
+
+    def _via_broker(self) -> ViaBroker:
+        """The broker and reply queue, for a result backend that sends states through
+        the broker (``rpc://``)."""
+        url = self.broker_url
+        return ViaBroker(
+            url=url, options=broker_options(transport_class(url), self.conf),
+            oid=lambda: self.oid, persistent=bool(self.conf.get("result_persistent")),
+        )
 
     @property
     def broker_display(self) -> str:
@@ -694,6 +730,7 @@ class App(PeriodicTasks):
                         registry=registry,
                         compression=self.conf.get("result_compression"),
                         transport_options=self.conf.get("result_backend_transport_options"),
+                        via=self._via_broker,
                     )
                     chord_expires = self.conf.get("result_chord_expires")
                     if chord_expires is not None and isinstance(backend, ChordCounter):
@@ -928,7 +965,7 @@ class App(PeriodicTasks):
         context = self._contexts.get(key)
         if context is None:
             context = self._contexts[key] = calling.CallContext(
-                origin=_origin(), reply_to=_thread_oid(self)
+                origin=_origin(), reply_to=self.oid
             )
         return context
 
@@ -1051,8 +1088,16 @@ class App(PeriodicTasks):
         # A message sent through a named exchange needs its queue bound to it first, as
         # Celery declares the queue it publishes to (brokers with exchange bindings).
         bound = {c.route.queue for c in calls if c.route.exchange}
+        # rpc:// results: the reply queue must exist before the worker answers (Celery's
+        # on_task_call), and the backend must know which tasks are this app's.
+        replies = self._reply_backend()
+        sent = [(c.message.id, c.message.reply_to) for c in calls
+                if not c.message.ignore_result] if replies is not None else []
 
         def attempt() -> None:
+            if sent:
+                assert replies is not None
+                replies.track(sent)
             for queue in queues - self._declared:
                 transport.declare_queue(queue)
                 self._declared.add(queue)
@@ -1077,6 +1122,14 @@ class App(PeriodicTasks):
             recover=recover,
             task_id=first.message.id,
         )
+
+    def _reply_backend(self) -> ReplyRouted | None:
+        """The result backend, when it must hear of every send (``rpc://``); decided
+        from the backend URL, so that sending never opens another backend."""
+        if not self.backend_url.lower().startswith("rpc:"):
+            return None
+        backend = self.backend
+        return backend if isinstance(backend, ReplyRouted) else None
 
     def _bind(self, transport: Transport, queue: str) -> None:
         transport.declare_queue(queue)
@@ -1106,6 +1159,15 @@ class App(PeriodicTasks):
         self, group_id: str, results: Iterable[Any] = (),
     ) -> GroupResult:
         return GroupResult(group_id, results, app=self)
+
+    @functools.cached_property
+    def control(self) -> Control:
+        """The remote-control client, Celery's ``app.control``: ``ping()``,
+        ``revoke(task_id, terminate=...)``, ``inspect(timeout=...).active()`` and the
+        rest, to Celery's workers and wiretask's alike (``wiretask.control``)."""
+        from wiretask.control import Control  # noqa: PLC0415 - only callers of control load it
+
+        return Control(self)
 
 
 def _add_to_parent(app: App, results: Sequence[AsyncResult]) -> None:
@@ -1238,11 +1300,17 @@ def _hostname() -> str:
     return socket.gethostname()
 
 
-def _thread_oid(app: App) -> str:
-    """A UUID-format id stable per app, process and thread (Celery's ``thread_oid``,
-    sent as ``reply_to``). ``App._thread_context`` keeps it per process and thread."""
-    node = f"{_hostname()}/{os.getpid()}/{threading.get_ident()}/{id(app)}"
-    return str(uuid.uuid3(uuid.NAMESPACE_OID, node))
+#: Kombu's node id (``kombu.common.get_node_id``): random, drawn once per process tree.
+_NODE = uuid.uuid4().int
+
+
+def _oid(app: App) -> str:
+    """Celery's ``app.oid`` (``kombu.common.oid_from(app, threads=False)``): a UUID 3 of
+    the node, the process and the app, stable per app and process. Sent as every
+    message's ``reply_to``: the app's reply queue (``rpc://``). Celery sends the
+    per-thread ``thread_oid`` because its rpc backend is per thread; wiretask's reads
+    one queue per app and process for all its threads."""
+    return str(uuid.uuid3(uuid.NAMESPACE_OID, f"{_NODE:x}-{os.getpid():x}-0-{id(app):x}"))
 
 
 #: The kwargs of an ``apply_many`` item given as args alone (the builder copies it).
@@ -1649,13 +1717,18 @@ class Task(Generic[P, R]):
         if task_id is None:
             raise ValidationError("task_id", "update_state outside a worker needs a task_id")
         request = self.request
-        self.app.backend.store(
+        message = request.message
+        self.app.backend.store_reply(
             task_id,
             states.make_meta(
                 task_id, state, meta,
                 parent_id=request.parent_id if request.id == task_id else None,
                 group_id=request.group if request.id == task_id else None,
             ),
+            # A worker's request: the state goes where its sender listens (rpc://).
+            reply_to=message.reply_to if message is not None else None,
+            correlation_id=(message.correlation_id or message.id)
+            if message is not None and request.id == task_id else task_id,
         )
 
     def retry(
@@ -1999,6 +2072,22 @@ class AsyncResult:
         """Remove the stored result."""
         self.backend.forget(self.id)
 
+    def revoke(
+        self, connection: object = None, terminate: bool = False, signal: str | None = None,
+        wait: bool = False, timeout: float | None = None,
+    ) -> None:
+        """Tell every worker to revoke this task (Celery's ``AsyncResult.revoke``): one
+        that has not run it will not, and with ``terminate`` one whose pool can stop a
+        running task stops it. ``wait`` waits up to ``timeout`` seconds for each
+        worker's reply (the replies are not returned, as in Celery).
+
+        Raises:
+            ImproperlyConfigured: the broker cannot broadcast (``spec/control.md``).
+            TransportError: the broker failed.
+        """
+        self.app.control.revoke(self.id, connection=connection, terminate=terminate,
+                                signal=signal, reply=wait, timeout=timeout)
+
     def get(
         self,
         timeout: float | None = None,
@@ -2036,6 +2125,9 @@ class AsyncResult:
             raise ValidationError("interval", f"must be a number of seconds > 0, got {interval!r}")
         if propagate and follow_parents:
             self._raise_failed_parent()
+        backend = self.backend
+        if isinstance(backend, ReplyRouted):
+            backend.check_wait(self.id)  # rpc://: states that go elsewhere never come
         if interval is None:
             meta = self._stream(timeout, on_message)
         else:
@@ -2095,7 +2187,14 @@ class AsyncResult:
         deadline = None if timeout is None else _monotonic() + timeout
         last: Mapping[str, Any] | None = None
         while True:
-            meta = self.backend.get(self.id)
+            try:
+                meta = self.backend.get(self.id)
+            except ConnectionLost:
+                # The backend is away (restarting): read again at the next interval,
+                # within the caller's timeout.
+                if deadline is not None and _monotonic() >= deadline:
+                    raise
+                meta = None
             if meta is not None and meta != last:
                 last = meta
                 if on_message is not None:
@@ -2128,6 +2227,12 @@ class EagerResult(AsyncResult):
     @property
     def name(self) -> str | None:
         return self._name
+
+    def revoke(self, *args: Any, **kwargs: Any) -> None:
+        """Celery's: the task ran already, here; the result only reads ``REVOKED`` now
+        (no worker is told anything)."""
+        del args, kwargs
+        self._state = states.REVOKED
 
     def _meta(self) -> Mapping[str, Any]:
         return {"task_id": self.id, "status": self._state, "result": self._result,

@@ -1711,6 +1711,19 @@ class ResultSet:  # noqa: PLW1641 - mutable, so unhashable (Celery's is too)
     def clear(self) -> None:
         self.results.clear()
 
+    def revoke(
+        self, connection: object = None, terminate: bool = False, signal: str | None = None,
+        wait: bool = False, timeout: float | None = None,
+    ) -> None:
+        """Tell every worker to revoke every task of the set (Celery's
+        ``ResultSet.revoke``: one broadcast with the list of ids; see
+        ``AsyncResult.revoke``)."""
+        if not self.results:
+            return
+        self.app.control.revoke([r.id for r in self.results], connection=connection,
+                                timeout=timeout, terminate=terminate, signal=signal,
+                                reply=wait)
+
     def successful(self) -> bool:
         return all(result.successful() for result in self.results)
 

@@ -7,7 +7,9 @@ embedded SQLite default. ``--broker``/``--backend`` also override an imported ap
 
 Exit codes: 0 success, 1 a runtime failure (the broker could not be reached, a waited-for
 task failed), 2 a usage error (a bad option value, an app that does not import), 3 a
-health-check threshold of ``wiretask stats`` was crossed (or could not be checked).
+health-check threshold of ``wiretask stats`` was crossed (or could not be checked), 69 no
+worker answered a remote-control command in time (``inspect``, ``control``, ``status``:
+Celery's ``EX_UNAVAILABLE``, so a health check copied from Celery fails as it should).
 
 Linked under another name as a Munin plugin (``wiretask_<queue>``), the script runs
 ``wiretask munin`` (``wiretask.monitoring.munin``).
@@ -50,7 +52,13 @@ from wiretask.monitoring.report import breaches, iso, rates, stats_record, stats
 from wiretask.protocol import states
 from wiretask.protocol.celery import decode
 from wiretask.results.exceptions import exception_from_meta
-from wiretask.transports.base import Inspection, Peeked, QueueStatistics, QueueStats
+from wiretask.transports.base import (
+    Inspection,
+    Peeked,
+    QueueAdmin,
+    QueueStatistics,
+    QueueStats,
+)
 from wiretask.transports.url import mask_url
 
 if TYPE_CHECKING:
@@ -397,8 +405,6 @@ _WORKER_REFUSED: Mapping[str, tuple[str, str]] = {
     "scheduler": ("--scheduler", "wiretask beat keeps its history in a file and on the "
                   "broker: only Celery's default scheduler (leave it out)"),
     "autoscale": ("--autoscale", "the pool has a fixed size: give -c N"),
-    "statedb": ("-S/--statedb", "revoked task ids are not kept across restarts (there is "
-                "no remote control yet)"),
     "uid": ("--uid", "it belongs to --detach, which is refused"),
     "gid": ("--gid", "it belongs to --detach, which is refused"),
     "umask": ("--umask", "it belongs to --detach, which is refused"),
@@ -509,6 +515,7 @@ def _cmd_worker(args: argparse.Namespace) -> int:
         # found among the imported modules by the pool.
         app_path=args.app if ":" in (getattr(args, "app", None) or "") else None,
         max_memory_per_child=args.max_memory_per_child,
+        statedb=args.statedb,
     )
     logging.getLogger("wiretask.cli").info(
         "app %r: broker %s, results %s", app.main or "__main__", app.transport.url,
@@ -593,8 +600,11 @@ def _worker_options(worker: argparse.ArgumentParser) -> None:
                         "threads, or solo (one at a time in the receiving thread); "
                         "eventlet and gevent are refused (default: threads)")
     worker.add_argument("-n", "--hostname", type=_nodename, default=None, metavar="NAME",
-                        help="node name, e.g. w1@%%h (%%h host, %%n its first part, %%d "
-                        "domain; default: wiretask@<host>)")
+                        help="node name for remote control, e.g. w1@%%h (%%h host, %%n "
+                        "its first part, %%d domain; default: wiretask@<host>)")
+    worker.add_argument("-S", "--statedb", metavar="FILE", default=None,
+                        help="keep revoked task ids in FILE across restarts "
+                        "(default: the worker_state_db setting)")
     prefetch = worker.add_mutually_exclusive_group()
     prefetch.add_argument("--prefetch-multiplier", type=_non_negative_int, default=None,
                           metavar="N", help="reserve concurrency x N messages beyond the "
@@ -652,7 +662,6 @@ def _worker_options(worker: argparse.ArgumentParser) -> None:
     refused.add_argument("-E", "--events", "--task-events", action="store_true")
     refused.add_argument("--scheduler", metavar="CLASS")
     refused.add_argument("--autoscale", metavar="MAX,MIN")
-    refused.add_argument("-S", "--statedb", metavar="FILE")
     for flag in ("--uid", "--gid", "--umask", "--executable"):
         refused.add_argument(flag, metavar="VALUE")
 
@@ -733,26 +742,45 @@ def _describe(peeked: Peeked, app: App, now: datetime) -> tuple[list[str], dict[
     return row, record
 
 
+def _read_queue(
+    transport: QueueAdmin, queue: str, limit: int
+) -> tuple[QueueStats | None, int, list[Peeked] | None, int]:
+    """What ``inspect`` shows of ``queue``: exact counts from ``QueueStatistics`` where
+    the transport offers it, else from ``QueueAdmin``; the first ``limit`` messages
+    where the broker can show them (``Inspection``), else ``None``."""
+    stats = (transport.queue_stats([queue])[0]
+             if isinstance(transport, QueueStatistics) else None)
+    waiting = (stats.waiting if stats is not None and stats.waiting is not None
+               else transport.size(queue))
+    peeked = transport.peek(queue, limit=limit) if isinstance(transport, Inspection) else None
+    dead = (stats.dead if stats is not None and stats.dead is not None
+            else len(transport.dead_letters(queue)))
+    return stats, waiting, peeked, dead
+
+
 def _cmd_inspect(args: argparse.Namespace) -> int:
     app = _app_from_args(args)
     try:
         transport = app.transport
-        if not isinstance(transport, Inspection):
+        if not isinstance(transport, QueueAdmin):
             raise CommandError(f"the broker {transport.url} cannot show a queue without "
                                "consuming it (its transport does not offer Inspection)", code=1)
-        # Exact counts from QueueStatistics where the transport offers it; peek() only
-        # shows messages (at most --limit of them).
-        stats = (transport.queue_stats([args.queue])[0]
-                 if isinstance(transport, QueueStatistics) else None)
-        waiting = (stats.waiting if stats is not None and stats.waiting is not None
-                   else transport.size(args.queue))
-        peeked = transport.peek(args.queue, limit=args.limit)
-        dead = (stats.dead if stats is not None and stats.dead is not None
-                else len(transport.dead_letters(args.queue)))
+        stats, waiting, peeked, dead = _read_queue(transport, args.queue, args.limit)
     except TransportError as exc:
         raise CommandError(f"cannot read queue {args.queue!r}: {exc}", code=1) from exc
     finally:
         app.close()
+    if peeked is None:
+        return _show_counts_only(args, transport.url, stats, waiting, dead)
+    return _show_peeked(args, app, transport.url, (stats, waiting, peeked, dead))
+
+
+def _show_peeked(
+    args: argparse.Namespace, app: App, url: str,
+    read: tuple[QueueStats | None, int, list[Peeked], int],
+) -> int:
+    """``inspect`` on a broker that shows messages: the counts, then the messages."""
+    stats, waiting, peeked, dead = read
     now = app.now()
     rows: list[list[str]] = []
     records: list[dict[str, Any]] = []
@@ -773,10 +801,7 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
         counts = f"showing the first {len(peeked)}"
     else:
         counts = f"{ready} ready, {scheduled} scheduled{shown}"
-    _out(
-        f"queue {args.queue!r} on {transport.url}: {waiting} waiting "
-        f"({counts}), {dead} dead-lettered"
-    )
+    _out(f"queue {args.queue!r} on {url}: {waiting} waiting ({counts}), {dead} dead-lettered")
     if rows:
         _out()
         headers = ["STATE", "ID", "TASK", "ETA", "EXPIRES", "RETRIES", "LINK", "LINK_ERROR",
@@ -788,6 +813,34 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
             _out()
             for record in errors:
                 _out(f"undecodable {record['id'] or '(no id)'}: {record['error']}")
+    return 0
+
+
+#: Why ``queue show`` lists no message on a broker that offers ``QueueAdmin`` alone.
+_NO_PEEK = ("its messages cannot be listed without consuming them (the transport offers "
+            "QueueAdmin, not Inspection's peek)")
+
+
+def _show_counts_only(
+    args: argparse.Namespace, url: str, stats: QueueStats | None, waiting: int, dead: int
+) -> int:
+    """``queue show`` on a broker that can count but not show messages (AMQP): the counts
+    it can tell (``None`` in JSON for those it cannot), and why no message is listed."""
+    ready = stats.ready if stats is not None else None
+    scheduled = stats.scheduled if stats is not None else None
+    if args.json:
+        _out(json.dumps(
+            {"queue": args.queue, "waiting": waiting, "ready": ready, "scheduled": scheduled,
+             "dead_letters": dead, "messages": None, "messages_not_shown": _NO_PEEK},
+            indent=2,
+        ))
+        return 0
+    known = [f"{ready} ready"] if ready is not None else []
+    known.append(f"{scheduled} scheduled" if scheduled is not None
+                 else "scheduled ones not known")
+    counts = f" ({', '.join(known)})"
+    _out(f"queue {args.queue!r} on {url}: {waiting} waiting{counts}, {dead} dead-lettered")
+    _out(_NO_PEEK)
     return 0
 
 
@@ -884,9 +937,9 @@ def _cmd_purge(args: argparse.Namespace) -> int:
     app = _app_from_args(args)
     try:
         transport = app.transport
-        if not isinstance(transport, Inspection):
+        if not isinstance(transport, QueueAdmin):
             raise CommandError(f"the broker {transport.url} cannot purge a queue (its "
-                               "transport does not offer Inspection)", code=1)
+                               "transport does not offer QueueAdmin)", code=1)
         names = ", ".join(args.queues)
         if not args.force:
             sys.stderr.write(
@@ -996,6 +1049,190 @@ def _cmd_exporter(args: argparse.Namespace) -> int:
     finally:
         app.close()
     return 0
+
+# -- remote control: inspect, control, status ----------------------------------------------
+
+#: Celery's ``EX_UNAVAILABLE``: no worker answered in time.
+EX_UNAVAILABLE = 69
+
+def _flag_text(text: str) -> bool:
+    value = text.strip().lower()
+    if value in ("1", "true", "yes", "on", "y"):
+        return True
+    if value in ("0", "false", "no", "off", "n"):
+        return False
+    raise ValueError(f"expected true or false, got {text!r}")
+
+
+#: The remote commands the CLI sends, as Celery's ``Panel`` declares them: their kind,
+#: their positional arguments (name, type) and the name of the variadic rest, if any.
+_Spec = tuple[str, tuple[tuple[str, Callable[[str], Any]], ...], str | None, str]
+_REMOTE: Mapping[str, _Spec] = {
+    # inspect: read-only
+    "ping": ("inspect", (), None, "is anyone there? ({'ok': 'pong'})"),
+    "active": ("inspect", (), None, "tasks running now"),
+    "reserved": ("inspect", (), None, "tasks received and waiting for a pool slot"),
+    "scheduled": ("inspect", (), None, "tasks held until their eta"),
+    "registered": ("inspect", (), "taskinfoitems", "registered tasks [attr ...]"),
+    "stats": ("inspect", (), None, "worker statistics"),
+    "revoked": ("inspect", (), None, "revoked task ids"),
+    "active_queues": ("inspect", (), None, "queues consumed"),
+    "query_task": ("inspect", (), "ids", "what a worker knows of task ids: ID [ID ...]"),
+    "conf": ("inspect", (("with_defaults", _flag_text),), None,
+             "the worker app's settings [with_defaults]"),
+    "clock": ("inspect", (), None, "the worker's logical clock"),
+    "report": ("inspect", (), None, "software and broker of the worker"),
+    # control: changes something
+    "revoke": ("control", (), "task_id", "revoke tasks: ID [ID ...]"),
+    "terminate": ("control", (("signal", str),), "task_id",
+                  "revoke and end running tasks: SIGNAL ID [ID ...]"),
+    "revoke_by_stamped_headers": ("control", (), "headers",
+                                  "revoke tasks by stamp: KEY=VALUE [KEY=VALUE ...]"),
+    "shutdown": ("control", (), None, "stop the workers (warm)"),
+    "rate_limit": ("control", (("task_name", str), ("rate_limit", str)), None,
+                   "set a task's rate limit (Celery workers): TASK RATE"),
+    "time_limit": ("control", (("task_name", str), ("soft", float), ("hard", float)), None,
+                   "set a task's time limits (Celery workers): TASK SOFT [HARD]"),
+    "enable_events": ("control", (), None, "start sending task events (Celery workers)"),
+    "disable_events": ("control", (), None, "stop sending task events (Celery workers)"),
+    "pool_grow": ("control", (("n", int),), None, "grow the pool (Celery workers): [N]"),
+    "pool_shrink": ("control", (("n", int),), None, "shrink the pool (Celery workers): [N]"),
+    "add_consumer": ("control", (("queue", str), ("exchange", str), ("exchange_type", str),
+                                 ("routing_key", str)), None,
+                     "consume another queue (Celery workers): QUEUE"),
+    "cancel_consumer": ("control", (("queue", str),), None,
+                        "stop consuming a queue (Celery workers): QUEUE"),
+}
+
+
+def _node_names(text: str) -> list[str]:
+    names = [name.strip() for name in text.split(",")]
+    if not all(names):
+        raise argparse.ArgumentTypeError(f"must be comma-separated node names, got {text!r}")
+    return names
+
+
+def _remote_arguments(kind: str, command: str, given: Sequence[str]) -> dict[str, Any]:
+    """The command's arguments from the command line, as Celery's ``_compile_arguments``
+    reads them: the declared ones in order, the rest as the variadic one."""
+    if command not in _REMOTE or _REMOTE[command][0] != kind:
+        names = sorted(name for name, spec in _REMOTE.items() if spec[0] == kind)
+        close = difflib.get_close_matches(command, names, n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        if kind == "inspect" and not close:
+            hint += f" (to list the messages of a queue: wiretask queue show {command})"
+        raise CommandError(f"unknown {kind} command {command!r}{hint} "
+                           f"(known: {', '.join(names)})")
+    _, declared, variadic, _ = _REMOTE[command]
+    arguments: dict[str, Any] = {}
+    rest = list(given)
+    for name, kind_of in declared:
+        if not rest:
+            break
+        text = rest.pop(0)
+        try:
+            arguments[name] = kind_of(text)
+        except ValueError as exc:
+            raise CommandError(f"{command} {name}: {exc}") from None
+    if rest and variadic is None:
+        raise CommandError(f"{command} takes at most {len(declared)} argument(s), got "
+                           f"{len(given)}: {' '.join(given)}")
+    if variadic is not None:
+        arguments[variadic] = rest
+    if command in ("revoke", "terminate") and not rest:
+        raise CommandError(f"{command}: give at least one task id")
+    if command == "query_task" and not rest:
+        raise CommandError("query_task: give at least one task id")
+    return arguments
+
+
+def _pretty(reply: Any) -> tuple[str, str]:
+    """``(status, text)`` of one node's reply, as Celery's ``pretty``."""
+    if isinstance(reply, dict) and ("ok" in reply or "error" in reply):
+        status = "OK" if "ok" in reply else "ERROR"
+        text = _pretty(reply["ok"] if "ok" in reply else reply["error"])[1]
+        return status, "\n".join("    " + line for line in text.splitlines())
+    if isinstance(reply, list):
+        return "OK", "\n".join(f"* {item}" for item in reply) if reply else "- empty -"
+    if isinstance(reply, dict):
+        return "OK", json.dumps(reply, sort_keys=True, indent=4, default=repr)
+    return "OK", str(reply)
+
+
+def _say_reply(body: Mapping[str, Any], *, show: bool) -> None:
+    for node, reply in body.items():
+        status, text = _pretty(reply)
+        _out(f"->  {node}: {status}")  # two spaces, as Celery prints it
+        if show and text:
+            for line in text.splitlines():
+                _out(f"    {line}")
+
+
+def _remote(args: argparse.Namespace, kind: str) -> int:
+    """``inspect`` and ``control``: send the command, show each reply as it comes, exit
+    ``EX_UNAVAILABLE`` when none came within ``--timeout``."""
+    arguments = _remote_arguments(kind, args.remote_command, args.arguments)
+    app = _app_from_args(args)
+    show = None if args.json else (lambda body: _say_reply(body, show=True))
+    try:
+        replies = app.control.broadcast(
+            args.remote_command, arguments=arguments, destination=args.destination,
+            reply=True, timeout=args.timeout, callback=show,
+        )
+    except TransportError as exc:
+        raise CommandError(f"{kind} {args.remote_command}: {exc}", code=1) from exc
+    finally:
+        app.close()
+    return _replied(args, replies)
+
+
+def _replied(args: argparse.Namespace, replies: list[dict[str, Any]] | None) -> int:
+    if not replies:
+        sys.stderr.write(f"wiretask {args.command}: error: no nodes replied within "
+                         f"{args.timeout:g} s\n")
+        return EX_UNAVAILABLE
+    nodes: dict[str, Any] = {}
+    for body in replies:
+        nodes.update(body)
+    if args.json:
+        _out(json.dumps(nodes, default=repr))
+    elif not args.quiet:
+        _out()
+        _out(f"{len(nodes)} node{'' if len(nodes) == 1 else 's'} online.")
+    return 0
+
+
+def _cmd_remote_inspect(args: argparse.Namespace) -> int:
+    return _remote(args, "inspect")
+
+
+def _cmd_control(args: argparse.Namespace) -> int:
+    return _remote(args, "control")
+
+
+def _cmd_status(args: argparse.Namespace) -> int:
+    """``celery status``: ping, one line per node that answered."""
+    app = _app_from_args(args)
+    show = None if args.json else (lambda body: _say_reply(body, show=False))
+    try:
+        replies = app.control.broadcast("ping", destination=args.destination, reply=True,
+                                        timeout=args.timeout, callback=show)
+    except TransportError as exc:
+        raise CommandError(f"status: {exc}", code=1) from exc
+    finally:
+        app.close()
+    return _replied(args, replies)
+
+
+def _remote_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("-t", "--timeout", type=_non_negative_seconds, default=1.0,
+                        metavar="S", help="seconds to wait for each next reply (default: 1)")
+    parser.add_argument("-d", "--destination", type=_node_names, metavar="NODE[,NODE]",
+                        help="only these worker node names (default: every worker)")
+    parser.add_argument("-j", "--json", action="store_true",
+                        help="print the replies as one JSON object by node")
+    parser.add_argument("-q", "--quiet", action="store_true",
+                        help="no 'N nodes online.' line")
 
 
 def _cmd_result(args: argparse.Namespace) -> int:
@@ -1176,14 +1413,49 @@ def build_parser() -> argparse.ArgumentParser:
     call.add_argument("--compression", metavar="NAME", help="zstd, gzip, zlib, bzip2, ...")
     call.add_argument("--priority", type=_integer, metavar="P", help="message priority")
 
-    inspect = command(
-        "inspect", _cmd_inspect, "list the messages waiting in a queue without consuming them"
+    queue = command("queue", _cmd_inspect, "look at a queue without consuming it")
+    queue_commands = queue.add_subparsers(title="queue commands", metavar="ACTION",
+                                          required=True)
+    show = queue_commands.add_parser(
+        "show", help="list the messages waiting in a queue without consuming them",
+        description="list the messages waiting in a queue without consuming them",
     )
-    inspect.add_argument("queue", metavar="QUEUE", nargs="?", default="celery",
-                         help="the queue (default: celery)")
-    inspect.add_argument("--limit", type=_positive_int, default=100, metavar="N",
-                         help="show at most N messages (default: 100)")
-    inspect.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    _app_options(show, default=argparse.SUPPRESS)
+    show.add_argument("queue", metavar="QUEUE", nargs="?", default="celery",
+                      help="the queue (default: celery)")
+    show.add_argument("--limit", type=_positive_int, default=100, metavar="N",
+                      help="show at most N messages (default: 100)")
+    show.add_argument("--json", action="store_true", help="print JSON instead of a table")
+
+    def listing(kind: str) -> str:
+        return "\n".join(f"  {name:<26}{spec[3]}" for name, spec in _REMOTE.items()
+                         if spec[0] == kind)
+
+    inspect = command(
+        "inspect", _cmd_remote_inspect,
+        "ask the workers (Celery's and wiretask's) for their state: celery inspect",
+    )
+    inspect.formatter_class = argparse.RawDescriptionHelpFormatter
+    inspect.epilog = f"commands:\n{listing('inspect')}"
+    inspect.add_argument("remote_command", metavar="COMMAND", help="ping, active, stats, ...")
+    inspect.add_argument("arguments", metavar="ARG", nargs="*", default=[],
+                         help="the command's arguments")
+    _remote_options(inspect)
+
+    control = command(
+        "control", _cmd_control,
+        "send the workers (Celery's and wiretask's) a command: celery control",
+    )
+    control.formatter_class = argparse.RawDescriptionHelpFormatter
+    control.epilog = f"commands:\n{listing('control')}"
+    control.add_argument("remote_command", metavar="COMMAND", help="revoke, terminate, ...")
+    control.add_argument("arguments", metavar="ARG", nargs="*", default=[],
+                         help="the command's arguments")
+    _remote_options(control)
+
+    status = command("status", _cmd_status, "list the workers that answer a ping: "
+                     "celery status")
+    _remote_options(status)
 
     stats = command(
         "stats", _cmd_stats,

@@ -26,6 +26,7 @@ from __future__ import annotations
 import difflib
 import inspect
 import numbers
+import os
 import types
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from datetime import timedelta
@@ -38,8 +39,10 @@ from wiretask.codecs import DEFAULT_MAX_DECOMPRESSED_SIZE
 from wiretask.errors import ImproperlyConfigured, ValidationError
 from wiretask.routing import declared_queues, prepare_routes
 from wiretask.tasks import TASK_OPTIONS, check_annotations, parse_rate
+from wiretask.transports.base import Transport
 
 __all__ = [
+    "BROKER_ONLY",
     "HONOURED",
     "NOT_APPLICABLE",
     "OLD_NAMES",
@@ -48,6 +51,7 @@ __all__ = [
     "Configuration",
     "Setting",
     "Settings",
+    "broker_options",
     "check_setting",
     "read_object",
     "render_markdown",
@@ -137,6 +141,29 @@ def _module_names(name: str, value: Any) -> Any:
     return tuple(items)
 
 
+def _path(name: str, value: Any) -> Any:
+    if value is not None and not isinstance(value, str | os.PathLike):
+        raise ImproperlyConfigured(f"{name} must be a file path, got {value!r}", setting=name)
+    return value
+
+
+def _positive(name: str, value: Any) -> Any:
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int | float)
+                              or not value > 0):
+        raise ImproperlyConfigured(f"{name} must be a number > 0, got {value!r}", setting=name)
+    return value
+
+
+def _ssl(name: str, value: Any) -> Any:
+    if value is None or isinstance(value, bool):
+        return value
+    if isinstance(value, Mapping) and all(isinstance(k, str) for k in value):
+        return dict(value)
+    raise ImproperlyConfigured(
+        f"{name} must be True, False or a dict of TLS options, got {value!r}", setting=name
+    )
+
+
 def _string(name: str, value: Any) -> Any:
     if value is not None and not isinstance(value, str):
         raise ImproperlyConfigured(f"{name} must be a string, got {value!r}", setting=name)
@@ -169,7 +196,8 @@ def _annotations(name: str, value: Any) -> Any:
 # -- the table ---------------------------------------------------------------------------
 
 _NO_EVENTS = "wiretask does not send task events yet"
-_NO_CONTROL = "wiretask has no remote control yet"
+_CONTROL = "the remote-control channel (spec/control.md)"
+_NO_CONTROL = "wiretask's beat is not on the remote-control channel"
 _IN_URL = "put it in broker_url (and give transport options in broker_transport_options)"
 
 
@@ -200,7 +228,7 @@ def _rows() -> Iterator[Setting]:
     )
     yield from _beat_rows()
     yield from (
-        Setting("broker_url", h, "memory://, sqlite:///path.db, redis://... (default: "
+        Setting("broker_url", h, "memory://, sqlite:///path.db, redis://..., amqp://... (default: "
                 "$WIRETASK_BROKER_URL, else the embedded SQLite file; see App)"),
         Setting("broker_read_url", r, "wiretask uses one broker URL: set broker_url"),
         Setting("broker_write_url", r, "wiretask uses one broker URL: set broker_url"),
@@ -209,29 +237,40 @@ def _rows() -> Iterator[Setting]:
                 "option it does not know by name (Redis: visibility_timeout, "
                 "global_keyprefix, ... and redis-py's connection options)", {},
                 check=_mapping),
-        Setting("broker_connection_timeout", r, "give the transport's own option instead "
-                "(Redis: socket_connect_timeout in broker_transport_options)"),
+        Setting("broker_connection_timeout", h, "AMQP: seconds to connect and open (None: "
+                "the transport's 4 s, Celery's default); other brokers refuse it: give the "
+                "transport's own option (Redis: socket_connect_timeout in "
+                "broker_transport_options)", check=_seconds),
         Setting("broker_connection_retry", r, "a worker always reconnects; publish retries "
                 "follow task_publish_retry_policy"),
         Setting("broker_connection_retry_on_startup", r, "a worker always reconnects; "
                 "publish retries follow task_publish_retry_policy"),
         Setting("broker_connection_max_retries", r, "a worker always reconnects; publish "
                 "retries follow task_publish_retry_policy"),
-        Setting("broker_channel_error_retry", r, "AMQP channel errors: no AMQP transport yet"),
+        Setting("broker_channel_error_retry", r, "an AMQP channel error (a queue declared "
+                "with other arguments, a missing queue) is reported, not retried; a lost "
+                "connection is (the worker reconnects)"),
         Setting("broker_failover_strategy", r, "wiretask connects to one broker URL"),
-        Setting("broker_heartbeat", n, "AMQP heartbeats; the bundled transports have none",
-                120),
-        Setting("broker_heartbeat_checkrate", n, "AMQP heartbeats; the bundled transports "
-                "have none", 3.0),
-        Setting("broker_login_method", n, "AMQP login; the bundled transports have none"),
-        Setting("broker_native_delayed_delivery_queue_type", n, "RabbitMQ quorum-queue "
-                "delayed delivery; the bundled transports delay messages themselves",
-                "quorum"),
+        Setting("broker_heartbeat", h, "AMQP: heartbeat seconds of every connection, the "
+                "app's and the worker's (None: the transport's 60 s; Celery's worker uses "
+                "120 and its client none; 0 disables); other brokers have no heartbeats and "
+                "ignore it, as Celery's do", check=_seconds),
+        Setting("broker_heartbeat_checkrate", h, "AMQP: heartbeat checks per heartbeat "
+                "interval (None: four); ignored by other brokers, as in Celery",
+                check=_positive),
+        Setting("broker_login_method", h, "AMQP: the login method (AMQPLAIN, PLAIN, "
+                "EXTERNAL, GSSAPI); ignored by other brokers, as in Celery", check=_string),
+        Setting("broker_native_delayed_delivery_queue_type", h, "AMQP: the type of the "
+                "delay ladder's queues (Celery 5.5+'s native delayed delivery); other "
+                "brokers delay messages themselves and ignore it", "quorum",
+                only=("classic", "quorum")),
         Setting("broker_pool_limit", n, "Kombu's producer connection pool: wiretask keeps "
                 "one broker connection per app and per worker", 10),
         Setting("broker_pool_acquire_timeout", n, "Kombu's producer connection pool: "
                 "wiretask keeps one broker connection per app and per worker"),
-        Setting("broker_use_ssl", r, "use a rediss:// URL with its ssl_* query options"),
+        Setting("broker_use_ssl", h, "AMQP: True, or py-amqp's TLS options (keyfile, "
+                "certfile, ca_certs, cert_reqs, server_hostname, ...); other brokers refuse "
+                "it: use a rediss:// URL with its ssl_* query options", check=_ssl),
     )
     for key in ("host", "port", "user", "password", "vhost"):
         yield Setting(f"broker_{key}", r, _IN_URL)
@@ -260,8 +299,18 @@ def _rows() -> Iterator[Setting]:
     for prefix, (kind, keys) in backends.items():
         for key in keys:
             yield Setting(f"{prefix}_{key}", n, _backend(kind))
-    for key in ("queue_ttl", "queue_expires", "queue_exclusive", "queue_durable", "exchange"):
-        yield Setting(f"control_{key}", n, f"the remote-control queues: {_NO_CONTROL}")
+    yield from (
+        Setting("control_exchange", h, f"the pidbox namespace of {_CONTROL}: exchanges "
+                "<name>.pidbox and reply.<name>.pidbox", "celery", check=_string),
+        Setting("control_queue_ttl", h, f"x-message-ttl of the queues of {_CONTROL}", 300.0,
+                check=_seconds),
+        Setting("control_queue_expires", h, f"x-expires of the queues of {_CONTROL} (on "
+                "Redis: the binding table's deadline)", 10.0, check=_seconds),
+        Setting("control_queue_exclusive", h, f"only True: the queues of {_CONTROL} are "
+                "exclusive", True, only=(True,)),
+        Setting("control_queue_durable", h, f"only False: the queues of {_CONTROL} are "
+                "transient", False, only=(False,)),
+    )
     for key in ("queue_expires", "queue_ttl", "queue_prefix", "queue_exclusive",
                 "queue_durable", "serializer", "exchange"):
         yield Setting(f"event_{key}", n, f"the event queues: {_NO_EVENTS}")
@@ -271,23 +320,26 @@ def _rows() -> Iterator[Setting]:
         yield Setting(f"redis_{key}", r, "give the Redis result backend's connection in the "
                       "result_backend URL and result_backend_transport_options")
     yield from (
-        Setting("result_backend", h, "memory://, sqlite:///path.db, redis://... (default: "
+        Setting("result_backend", h, "memory://, sqlite:///path.db, redis://..., rpc:// (default: "
                 "$WIRETASK_RESULT_BACKEND, else the broker URL)"),
         Setting("result_cache_max", n, "wiretask does not cache results in the client "
                 "(Celery's default, -1, means the same)", -1),
         Setting("result_compression", h, "compress stored results (Celery 5.7 reads them)"),
-        Setting("result_exchange", n, "the rpc:// result backend's exchange; wiretask has no "
-                "rpc:// backend"),
-        Setting("result_exchange_type", n, "the rpc:// result backend's exchange; wiretask "
-                "has no rpc:// backend"),
+        Setting("result_exchange", n, "Celery 5.7's rpc:// backend reads it and ignores it "
+                "(states go through the default exchange to the reply queue); wiretask's "
+                "does the same", "celeryresults"),
+        Setting("result_exchange_type", n, "Celery 5.7's rpc:// backend reads it and "
+                "ignores it (states go through the default exchange to the reply queue); "
+                "wiretask's does the same", "direct"),
         Setting("result_expires", h, "seconds (or a timedelta) a result is kept; None or 0: "
                 "forever", 86400, check=_seconds),
         Setting("result_chord_expires", h, "seconds a chord's counting keys live on Redis "
                 "(None: result_expires)", check=_seconds),
         Setting("result_failure_expires", r, "failures are kept for result_expires like "
                 "every result"),
-        Setting("result_persistent", n, "the rpc:// result backend's messages; wiretask has "
-                "no rpc:// backend"),
+        Setting("result_persistent", h, "rpc://: send states as persistent messages "
+                "(delivery mode 2; False: transient, Celery's default); the other backends "
+                "store states and ignore it", False, check=_bool),
         Setting("result_extended", h, "the worker stores name, args, kwargs, worker, "
                 "retries and queue with every state, as Celery's; AsyncResult reads them",
                 False, check=_bool),
@@ -314,7 +366,9 @@ def _rows() -> Iterator[Setting]:
         Setting("task_compression_threshold", h, "wiretask: compress only bodies of at least "
                 "this many bytes (None: always)", celery=False),
         Setting("max_decompressed_size", h, "wiretask: the cap on a received body's "
-                "decompressed size, in bytes", DEFAULT_MAX_DECOMPRESSED_SIZE, celery=False),
+                "size, in bytes, once decompressed (an uncompressed body's own size); a "
+                "bigger one is dead-lettered before it is parsed",
+                DEFAULT_MAX_DECOMPRESSED_SIZE, celery=False),
         Setting("task_default_retry_delay", h, "wiretask: the default_retry_delay of tasks "
                 "that set none, read when a task is registered (Celery's Task default)", 180,
                 celery=False),
@@ -374,21 +428,25 @@ def _task_rows() -> Iterator[Setting]:
                 "honour is refused by name", check=_annotations),
         Setting("task_compression", h, ""),
         Setting("task_create_missing_queues", h, "", True, check=_bool),
-        Setting("task_create_missing_queue_type", h, "only 'classic': quorum queues need "
-                "RabbitMQ", "classic", only=("classic",)),
-        Setting("task_create_missing_queue_exchange_type", h, "only None or 'direct'",
-                only=(None, "direct")),
+        Setting("task_create_missing_queue_type", h, "'quorum': queues created on first use "
+                "are quorum queues (AMQP only; other brokers refuse it)", "classic",
+                only=("classic", "quorum")),
+        Setting("task_create_missing_queue_exchange_type", h, "AMQP: the exchange type of "
+                "queues created on first use (None: direct); other brokers refuse 'topic'",
+                only=(None, "direct", "topic")),
         Setting("task_inherit_parent_priority", h, "only False: child tasks do not inherit "
                 "the parent's priority yet", False, only=(False,)),
         Setting("task_default_delivery_mode", h, "", 2),
         Setting("task_default_queue", h, "also the queue a worker consumes when no queues "
                 "are given and task_queues is empty", "celery", check=_string),
-        Setting("task_default_queue_type", h, "only 'classic': quorum queues need RabbitMQ",
-                "classic", only=("classic",)),
+        Setting("task_default_queue_type", h, "'quorum': the default queue is a quorum queue "
+                "when task_queues is empty, as in Celery (AMQP only; other brokers refuse "
+                "it)", "classic", only=("classic", "quorum")),
         Setting("task_default_exchange", h, "None: the default queue's name, as in Celery",
                 check=_string),
         Setting("task_default_exchange_type", h, "only 'direct' or 'topic' (fanout and "
-                "headers exchanges are not supported)", "direct", only=("direct", "topic")),
+                "headers exchanges are not supported); on AMQP the default queue's exchange "
+                "is declared with it", "direct", only=("direct", "topic")),
         Setting("task_default_routing_key", h, "None: the default queue's name, as in Celery",
                 check=_string),
         Setting("task_default_rate_limit", h, "the rate limit of tasks that set none "
@@ -469,7 +527,6 @@ def _worker_rows() -> Iterator[Setting]:
         "redirect_stdouts": "the wiretask command does not redirect stdout",
         "redirect_stdouts_level": "the wiretask command does not redirect stdout",
         "send_task_events": _NO_EVENTS,
-        "state_db": "revokes are not persisted (there is no remote control yet)",
         "task_log_datefmt": "the wiretask command's log format is fixed",
         "task_log_format": "the wiretask command's log format is fixed",
         "timer": "the timer cannot be replaced",
@@ -497,8 +554,12 @@ def _worker_rows() -> Iterator[Setting]:
                   "broker)", False, check=_bool)
     yield Setting("worker_eta_task_limit", h, "early-eta messages a worker holds (None: "
                   "wiretask's bound, DEFAULT_ETA_TASK_LIMIT)", check=_count)
-    yield Setting("worker_enable_remote_control", h, f"only False: {_NO_CONTROL}", False,
-                  only=(False,))
+    yield Setting("worker_enable_remote_control", h, f"the worker answers {_CONTROL} "
+                  "(ping, inspect, revoke); needs a broker that can broadcast", True,
+                  check=_bool)
+    yield Setting("worker_state_db", h, "a file that keeps the revoked task ids across "
+                  "restarts (wiretask's JSON format; a Celery shelve is refused)",
+                  check=_path)
 
 
 def _sorted_table() -> dict[str, Setting]:
@@ -728,6 +789,48 @@ class Configuration(Settings):
             raise AttributeError(name)
         error = _refusal(name)
         raise AttributeError(str(error)) from error
+
+
+# -- settings a broker turns into options -------------------------------------------------
+
+#: Settings that only some brokers honour, as ``{name: (values that ask nothing, why
+#: another broker refuses the others)}``. A transport that honours one names it in its
+#: ``honoured_settings`` and reads it in ``options_from_settings`` (AMQP reads them
+#: all); with any other transport, a value that asks something is refused by name when
+#: the transport is made. (``broker_heartbeat``, ``broker_heartbeat_checkrate``,
+#: ``broker_login_method`` and ``broker_native_delayed_delivery_queue_type`` are not
+#: here: other brokers ignore them, as Celery's do.)
+BROKER_ONLY: Mapping[str, tuple[tuple[Any, ...], str]] = types.MappingProxyType({
+    "task_default_queue_type": (("classic",), "quorum queues need RabbitMQ"),
+    "task_create_missing_queue_type": (("classic",), "quorum queues need RabbitMQ"),
+    "task_create_missing_queue_exchange_type": (
+        (None, "direct"), "exchange types of the queues it creates are RabbitMQ's"),
+    "broker_connection_timeout": (
+        (None,), "give the transport's own option in broker_transport_options (Redis: "
+                 "socket_connect_timeout)"),
+    "broker_use_ssl": ((None, False), "use a rediss:// URL with its ssl_* query options"),
+})
+
+
+def broker_options(transport: type[Transport], settings: Mapping[str, Any]) -> dict[str, Any]:
+    """The options a transport class is made with: what Celery's settings mean for it
+    (``transport.options_from_settings``), with ``broker_transport_options`` over them.
+
+    Raises:
+        ImproperlyConfigured: a setting of ``BROKER_ONLY`` asks something this
+            transport does not honour (named, with the transport and why).
+    """
+    honoured = transport.honoured_settings
+    for name, (neutral, why) in BROKER_ONLY.items():
+        value = settings.get(name)
+        if name not in honoured and not any(value == ok for ok in neutral):
+            raise ImproperlyConfigured(
+                f"{name}={value!r} is not supported by the {transport.__name__} broker: "
+                f"{why}", setting=name,
+            )
+    options = transport.options_from_settings(settings)
+    options.update(settings.get("broker_transport_options") or {})
+    return options
 
 
 # -- reading a configuration object -------------------------------------------------------

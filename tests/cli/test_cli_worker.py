@@ -73,7 +73,7 @@ def test_worker_process_runs_tasks_sent_by_call_and_exits_0_on_sigterm(
         assert 'raise ValueError(reason)' in failure.stdout
 
         # Both were consumed (and are not waiting any more).
-        assert json.loads(cli.ok("inspect", "--json"))["waiting"] == 0
+        assert json.loads(cli.ok("queue", "show", "--json"))["waiting"] == 0
     finally:
         code, _, err = cli.stop(worker)
     assert code == 0, err
@@ -93,7 +93,7 @@ def test_worker_consumes_the_queues_it_is_given(cli: CLI) -> None:
     assert code == 0, err
     pending = cli.run("result", other_id)
     assert "state   PENDING" in pending.stdout
-    assert json.loads(cli.ok("inspect", "other", "--json"))["waiting"] == 1
+    assert json.loads(cli.ok("queue", "show", "other", "--json"))["waiting"] == 1
 
 
 def test_result_of_an_unknown_id_is_pending(cli: CLI) -> None:
@@ -284,7 +284,6 @@ def test_purge_removes_waiting_messages_before_starting(cli: CLI) -> None:
         (["--scheduler", "django_celery_beat.schedulers:DatabaseScheduler"],
          "--scheduler is not supported: wiretask beat keeps its history in a file"),
         (["--autoscale", "10,3"], "--autoscale is not supported: the pool has a fixed size"),
-        (["-S", "state.db"], "-S/--statedb is not supported"),
         (["--uid", "1000"], "--uid is not supported: it belongs to --detach"),
         (["-P", "eventlet"], "'eventlet' is not supported: wiretask's worker does not run on "
                              "green threads"),

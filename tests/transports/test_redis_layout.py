@@ -18,7 +18,7 @@ ROOT = Path(package.__file__).parent
 LAYERS: list[set[str]] = [
     {"envelope"},
     {"deadletters", "delivery", "database"},
-    {"leases", "publishing", "admin", "scheduler"},
+    {"leases", "publishing", "admin", "scheduler", "broadcast"},
     {"settling"},
     {"consuming"},
     {"transport"},

@@ -27,16 +27,29 @@ Rules every backend follows (``wiretask.testing.check_backend`` checks each of t
 * Meta dicts are **serialized with the result serializer** (``json`` by default, Kombu's
   dialect) by every backend, the in-memory one included, so a value that a Redis
   backend would refuse is refused everywhere.
+
+``rpc://`` (``wiretask.results.rpc``) keeps no shared store: its states are messages to
+the client that sent the task (``ReplyRouted``), and ``spec/TRANSPORTS.md`` §4.3 says
+where these rules differ for it.
 """
 
 from __future__ import annotations
 
 import abc
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from datetime import timedelta
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Final, NamedTuple, Protocol, Self, runtime_checkable
+from typing import (
+    TYPE_CHECKING,
+    Any,
+    ClassVar,
+    Final,
+    NamedTuple,
+    Protocol,
+    Self,
+    runtime_checkable,
+)
 
 import attrs
 
@@ -56,8 +69,10 @@ __all__ = [
     "DeferredStore",
     "GroupStore",
     "MetaCodec",
+    "ReplyRouted",
     "ResultBackend",
     "Subscription",
+    "ViaBroker",
     "check_meta",
     "mask_url",
     "resolve_expires",
@@ -270,6 +285,9 @@ class ResultBackend(abc.ABC):
     #: Seconds a result is kept after its last store; ``None``: forever.
     expires: float | None
     codec: MetaCodec
+    #: The backend sends states through the broker (``rpc://``): ``backend_from_url``
+    #: gives it the app's broker (``ViaBroker``) as ``via=``.
+    sends_through_broker: ClassVar[bool] = False
 
     @abc.abstractmethod
     def store(self, task_id: str, meta: Mapping[str, Any]) -> None:
@@ -283,6 +301,22 @@ class ResultBackend(abc.ABC):
             EncodeError: ``meta`` cannot be serialized with the result serializer.
             ConnectionLost, TransportError: the store failed.
         """
+
+    def store_reply(
+        self, task_id: str, meta: Mapping[str, Any], *, reply_to: str | None,
+        correlation_id: str | None,
+    ) -> None:
+        """Store a state on behalf of a received task message, whose ``reply_to`` and
+        ``correlation_id`` properties say where its sender listens: what the worker and
+        ``Task.update_state`` call. A backend that keeps states in a shared store (every
+        one but ``rpc://``) ignores the address and stores as ``store`` does; ``rpc://``
+        sends the state there (``ReplyRouted``).
+
+        Raises:
+            as ``store``.
+        """
+        del reply_to, correlation_id
+        self.store(task_id, meta)
 
     @abc.abstractmethod
     def get(self, task_id: str) -> dict[str, Any] | None:
@@ -455,4 +489,49 @@ class ChordCounter(Protocol):
     def drop_chord_size(self, group_id: str) -> None:
         """Forget the size of a chord that failed, so a late copy of a header task does
         not fail it again."""
+        ...
+@attrs.frozen(kw_only=True)
+class ViaBroker:
+    """What a backend that sends states through the broker (``rpc://``) needs from the
+    app: the broker, and the app's reply queue."""
+
+    #: The app's broker URL (``broker_url``).
+    url: str
+    #: The transport options the app's broker is opened with (``broker_transport_options``
+    #: and the broker settings they come from).
+    options: Mapping[str, Any]
+    #: The app's reply queue name (its ``oid``, sent as every message's ``reply_to``); a
+    #: function, because the oid of a forked child is not its parent's.
+    oid: Callable[[], str]
+    #: ``result_persistent``: send states as persistent messages (delivery mode 2).
+    persistent: bool = False
+
+
+@runtime_checkable
+class ReplyRouted(Protocol):
+    """Capability: a task's states travel as messages to the reply queue of the client
+    that sent it (Celery's ``rpc://``), not to a store every process can read. So the
+    app tells the backend of every send before publishing (``track``: the reply queue
+    must exist when the worker answers), the worker stores with the message's reply
+    address (``ResultBackend.store_reply``), and ``AsyncResult.get`` asks first whether
+    the task's states can reach this client at all (``check_wait``), instead of waiting
+    for states that go elsewhere."""
+
+    def track(self, sent: Sequence[tuple[str, str | None]]) -> None:
+        """Note tasks about to be sent, as ``(task id, reply_to)`` pairs, and declare
+        this client's reply queue if one of them names it.
+
+        Raises:
+            ConnectionLost, TransportError: the declaration failed.
+        """
+        ...
+
+    def check_wait(self, task_id: str) -> None:
+        """Return if this client receives the task's states; else raise.
+
+        Raises:
+            ValidationError: the task was not sent by this client (another app, another
+                process), was sent with another ``reply_to``, or its states were
+                forgotten: waiting would never end. The message says which.
+        """
         ...

@@ -30,7 +30,14 @@ Where wiretask goes further than Celery:
 * **A lost subscription connection resynchronizes** (subscribe, snapshot, token again)
   and delivers the current state if it differs from the last one delivered; states
   stored during the outage itself cannot be recovered from Celery's layout, but the
-  final one is never missed. If Redis stays unreachable, ``ConnectionLost`` is raised.
+  final one is never missed. While Redis is away (stopped, restarting, loading, or
+  frozen), ``next(timeout)`` keeps trying (backing off from 50 ms to 1 s) until its
+  timeout, and does not wait past it: waiting for the SUBSCRIBE confirmation and for
+  published states is bounded by the caller's timeout, and every other step (connect,
+  the snapshot) runs on connections of the subscription's own whose socket timeout is
+  ``SUBSCRIBE_TIMEOUT`` (1 s), not the backend's (Celery's 120 s). So a frozen server
+  costs a waiting ``get(timeout=5)`` five seconds, not two minutes (at most one second
+  more if it froze in the middle of a snapshot).
 
 Every subscription uses its own pub/sub connection from the client's pool. redis-py
 uses ``hiredis`` for parsing when it is installed (the ``redis`` extra installs it).
@@ -97,6 +104,13 @@ SYNC_PREFIX: Final = "wiretask-result-sync-"
 MAX_WATCH_RETRIES: Final = 100
 #: Longest single wait inside ``Subscription.next`` (so ``close()`` is noticed).
 _WAIT_SLICE: Final = 1.0
+#: The socket timeouts of a subscription's connections: the longest any one step of
+#: (re)subscribing may block. A step that takes longer is retried, within the caller's
+#: timeout.
+SUBSCRIBE_TIMEOUT: Final = 1.0
+#: Pauses between attempts to resubscribe while Redis is away: from the first to the
+#: last, doubling.
+_RESUBSCRIBE_BACKOFF: Final = (0.05, 1.0)
 
 
 def celery_keyprefix(global_keyprefix: str | None, prefix: str = TASK_KEYPREFIX) -> str:
@@ -195,6 +209,18 @@ class RedisBackend(ResultBackend):
         self._redis = Target.of(pool)
         self._password: str | None = pool.connection_kwargs.get("password")
         self._boundaries = Boundaries(pool, url=self.url, secret=self._password)
+        # Subscriptions: their own pool, whose connections give up after
+        # SUBSCRIBE_TIMEOUT (a frozen server must not hold a waiting get() for the
+        # backend's socket_timeout); the caller's timeout bounds the retries.
+        quick = min(SUBSCRIBE_TIMEOUT, float(socket_timeout))
+        listener_pool = redis.ConnectionPool(
+            connection_class=pool.connection_class,
+            **{**pool.connection_kwargs, "socket_timeout": quick,
+               "socket_connect_timeout": min(quick, float(socket_connect_timeout))},
+        )
+        #: The subscriptions' client (pub/sub connections and the snapshot).
+        self.listener = redis.Redis(connection_pool=listener_pool)
+        self._listening = Boundaries(listener_pool, url=self.url, secret=self._password)
         self._subscriptions: weakref.WeakSet[RedisSubscription] = weakref.WeakSet()
         self._closed = False
 
@@ -213,6 +239,12 @@ class RedisBackend(ResultBackend):
         if self._closed:
             raise TransportError("the result backend is closed", url=self.url)
         return self._boundaries(action)
+
+    def listen_errors(self, action: str) -> map_exceptions:
+        """``errors``, for the subscriptions' own connections (``listener``)."""
+        if self._closed:
+            raise TransportError("the result backend is closed", url=self.url)
+        return self._listening(action)
 
     def _current_status(self, value: bytes | str | None) -> str | None:
         if value is None:
@@ -398,10 +430,15 @@ class RedisBackend(ResultBackend):
         with contextlib.suppress(redis.exceptions.RedisError):
             self._commands.disconnect()
             self.client.close()
+            self.listener.close()
 
 
 class RedisSubscription(Subscription):
-    """One task's channel plus a private sync channel (see the module doc)."""
+    """One task's channel plus a private sync channel (see the module doc).
+
+    It subscribes at once if Redis answers within ``SUBSCRIBE_TIMEOUT``; otherwise
+    (Redis is away) the first ``next`` subscribes, within its own timeout, and still
+    delivers the current state first."""
 
     def __init__(self, backend: RedisBackend, task_id: str) -> None:
         self._backend = backend
@@ -415,34 +452,43 @@ class RedisSubscription(Subscription):
         self._pending: list[bytes] = []
         self._last: bytes | None = None
         self._closed = False
-        self._start(deliver_unchanged=True)
+        #: Nothing delivered yet: the first snapshot is delivered even if "unchanged".
+        self._fresh = True
+        #: Why the subscription is not connected now (raised by ``next`` if it still is
+        #: not when its timeout runs out).
+        self._lost: ConnectionLost | None = None
+        try:
+            self._start(time.monotonic() + SUBSCRIBE_TIMEOUT)
+        except ConnectionLost as exc:
+            self._lost = exc  # the first next() subscribes, within its timeout
 
-    def _start(self, *, deliver_unchanged: bool) -> None:
-        """Subscribe, wait for the confirmations, take the snapshot with the token."""
+    def _start(self, deadline: float) -> None:
+        """Subscribe, wait for the confirmations (until ``deadline``), take the snapshot
+        with the token."""
         backend = self._backend
         sync = f"{backend.global_keyprefix}{SYNC_PREFIX}{new_id()}"
         self._sync_channel = sync.encode()
         self._token = new_id().encode()
         try:
-            current = self._subscribe_and_snapshot()
+            current = self._subscribe_and_snapshot(deadline)
         except BaseException:
             self._stop()
             raise
         self._syncing = True
         self._pending.clear()
-        if current is not None and (deliver_unchanged or current != self._last):
+        if current is not None and (self._fresh or current != self._last):
             self._pending.append(current)
+        self._fresh = False
 
-    def _subscribe_and_snapshot(self) -> bytes | None:
+    def _subscribe_and_snapshot(self, deadline: float) -> bytes | None:
         backend = self._backend
-        with backend.errors("subscribe"):
-            client: Any = backend.client  # redis-py's pubsub() is untyped
+        with backend.listen_errors("subscribe"):
+            client: Any = backend.listener  # redis-py's pubsub() is untyped
             pubsub = client.pubsub()
             self._pubsub = pubsub
             pubsub.subscribe(self.channel, self._sync_channel)
             # The snapshot must not run before the SUBSCRIBE did, or the token would
             # be published to nobody. Confirmations come in order; wait for the last.
-            deadline = time.monotonic() + backend.socket_timeout
             while True:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
@@ -451,7 +497,7 @@ class RedisSubscription(Subscription):
                 if (message is not None and message["type"] == "subscribe"
                         and message["channel"] == self._sync_channel):
                     break
-            with backend.client.pipeline(transaction=True) as pipe:
+            with client.pipeline(transaction=True) as pipe:
                 pipe.get(backend.key_for(self.task_id))
                 pipe.publish(self._sync_channel, self._token)
                 current, _ = pipe.execute()
@@ -475,37 +521,53 @@ class RedisSubscription(Subscription):
             self._pending.append(message["data"])
 
     def next(self, timeout: float | None) -> dict[str, Any] | None:
+        """The next state within ``timeout``. A lost connection is resubscribed (with a
+        fresh snapshot, so the final state is not missed) as often as it takes within
+        ``timeout`` (``None``: for as long as it takes); the wait does not pass it.
+
+        Raises:
+            ConnectionLost: Redis was still unreachable when ``timeout`` ran out.
+            TransportError: any other failure (a refused password: not retried).
+        """
         deadline = None if timeout is None else time.monotonic() + max(0.0, timeout)
+        pause = _RESUBSCRIBE_BACKOFF[0]
         while not (self.finished or self._closed):
             if self._pending:
-                data = self._pending.pop(0)
-                self._last = data
-                meta = self._backend.codec.decode(data)
-                if meta["status"] in states.READY_STATES:
-                    self.finished = True
-                    self.close()
-                return meta
+                return self._deliver(self._pending.pop(0))
             remaining = None if deadline is None else deadline - time.monotonic()
             if remaining is not None and remaining <= 0:
+                if self._lost is not None:
+                    raise self._lost
                 return None
             wait = _WAIT_SLICE if remaining is None else min(_WAIT_SLICE, remaining)
             try:
-                if self._pubsub is None:  # a resynchronization failed before
-                    self._start(deliver_unchanged=False)
+                if self._pubsub is None:  # never subscribed, or the connection was lost
+                    self._start(time.monotonic() + min(SUBSCRIBE_TIMEOUT, wait))
+                    pause, self._lost = _RESUBSCRIBE_BACKOFF[0], None
                     continue
-                with self._backend.errors("receive"):
+                with self._backend.listen_errors("receive"):
                     self._receive(wait)
-            except ConnectionLost:
+            except ConnectionLost as exc:
                 if self._closed:
                     return None
-                # Resynchronize once; if Redis is still away, this raises.
-                self._stop()
-                self._start(deliver_unchanged=False)
+                self._lost = exc
+                self._stop()  # resubscribed at the next turn, after a pause
+                left = None if deadline is None else deadline - time.monotonic()
+                time.sleep(max(0.0, pause if left is None else min(pause, left)))
+                pause = min(pause * 2, _RESUBSCRIBE_BACKOFF[1])
             except Exception:
                 if self._closed:  # closed by another thread while reading
                     return None
                 raise
         return None
+
+    def _deliver(self, data: bytes) -> dict[str, Any]:
+        self._last = data
+        meta = self._backend.codec.decode(data)
+        if meta["status"] in states.READY_STATES:
+            self.finished = True
+            self.close()
+        return meta
 
     def close(self) -> None:
         self._closed = True

@@ -25,11 +25,21 @@ from collections.abc import Iterable
 from types import FrameType, TracebackType
 from typing import TYPE_CHECKING, Any
 
+from wiretask.control.mailbox import Mailbox
+from wiretask.control.revoked import RevokedStore
+from wiretask.control.wire import (
+    DEFAULT_NAMESPACE,
+    DEFAULT_QUEUE_EXPIRES,
+    DEFAULT_QUEUE_TTL,
+    LamportClock,
+    node_queue,
+)
 from wiretask.errors import ImproperlyConfigured, ValidationError
-from wiretask.transports.base import Transport, queue_names
+from wiretask.transports.base import Broadcast, Transport, queue_names
 from wiretask.worker.consumer import Consumer
 from wiretask.worker.ledger import Ledger
 from wiretask.worker.pools import POOLS, Pool, PoolContext, PoolName, PoolSetup
+from wiretask.worker.remote import RemoteControl
 from wiretask.worker.routing import (
     HoldEarly,
     LogReceived,
@@ -144,6 +154,12 @@ class Worker:
         shutdown_timeout: seconds ``run()`` (and the context manager) waits for running
             tasks on stop before requeueing them; ``None`` waits for them to finish.
         transport: the transport to consume from (default ``app.new_transport()``).
+        statedb: file that keeps the revoked task ids across restarts (default
+            ``worker_state_db``; Celery's ``--statedb``; ``control.revoked`` says what
+            it holds).
+        remote_control: listen on Celery's control channel (ping, inspect, revoke;
+            default ``worker_enable_remote_control``, else True). Needs a transport that
+            offers ``Broadcast``; without one a warning says remote control is off.
 
     Raises:
         ValidationError: a bad queue name, concurrency, prefetch or prefetch
@@ -168,6 +184,8 @@ class Worker:
         max_memory_per_child: int | None = None,
         shutdown_timeout: float | None = None,
         transport: Transport | None = None,
+        statedb: str | os.PathLike[str] | None = None,
+        remote_control: bool | None = None,
     ) -> None:
         self.app = app
         self.queues: list[str] = queue_names(
@@ -204,6 +222,12 @@ class Worker:
             ),
         ))
         self.app_path = self._pool.app_path
+        if statedb is None:
+            statedb = app.conf.get("worker_state_db")
+        self.statedb = statedb
+        if remote_control is None:
+            remote_control = app.conf.get("worker_enable_remote_control", True)
+        self.remote_control = bool(remote_control)
         self._build()
 
         self._stopped = threading.Event()
@@ -227,9 +251,20 @@ class Worker:
             clock,
         )
         self._unacked = AckRetry()
+        self._clock = LamportClock()
+        self._revoked = RevokedStore(path=self.statedb)
+        self._clock.adjust(self._revoked.saved_clock)
+        self._remote = RemoteControl(
+            app=app, hostname=self.hostname, queues=self.queues, pool=self._pool,
+            ledger=self._ledger, tracer=self._tracer, unacked=self._unacked,
+            revoked=self._revoked, clock=self._clock, stopping=self._stopping,
+            prefetch=self.prefetch,
+        )
+        self._mailbox: Mailbox | None = None
         steps: list[Step] = [
             RefuseUnregistered(app, self._tracer),
             LogReceived(),
+            self._remote.step,
             HoldEarly(app, self.transport, self._ledger, self._unacked),
         ]
         if not app.conf.get("worker_disable_rate_limits"):
@@ -287,11 +322,39 @@ class Worker:
             self.stop(0)  # release what was started (threads, the connection)
             raise
         self._consumer.start()
+        self._start_mailbox()
         logger.info(
             "worker %s ready: queues %s, %s pool, concurrency %d, prefetch %s",
             self.hostname, ",".join(self.queues), self.pool, self.concurrency,
             "unlimited" if self.prefetch is None else self.prefetch,
         )
+
+    def _start_mailbox(self) -> None:
+        """Listen on Celery's control channel (``control.mailbox``), if remote control
+        is on and the transport can broadcast."""
+        if not self.remote_control:
+            return
+        transport = self.transport
+        if not isinstance(transport, Broadcast):
+            logger.warning(
+                "remote control is off: %s cannot broadcast (its transport does not offer "
+                "Broadcast), so ping, inspect and revoke do not reach this worker",
+                transport.url,
+            )
+            return
+        conf = self.app.conf
+        namespace = str(conf.get("control_exchange") or DEFAULT_NAMESPACE)
+        self._mailbox = Mailbox(
+            transport=transport, hostname=self.hostname, namespace=namespace,
+            queue=node_queue(
+                self.hostname, namespace,
+                expires=conf.get("control_queue_expires", DEFAULT_QUEUE_EXPIRES),
+                message_ttl=conf.get("control_queue_ttl", DEFAULT_QUEUE_TTL),
+            ),
+            commands=self._remote.commands(), registry=self.app.registry,
+            serializer=str(conf.task_serializer), clock=self._clock,
+        )
+        self._mailbox.start()
 
     def stop(self, timeout: float | None = None) -> None:
         """Stop: take no more messages, give back held eta messages and those not yet
@@ -317,6 +380,9 @@ class Worker:
 
     def _shutdown(self, timeout: float | None) -> None:
         logger.info("worker %s stopping", self.hostname)
+        if self._mailbox is not None:
+            self._mailbox.stop()
+        self._revoked.save(self._clock.value)
         self._ledger.wake()
         self._consumer.quiesce()
         held, dispatched = self._ledger.give_back()

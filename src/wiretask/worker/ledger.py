@@ -16,6 +16,7 @@ dispatching what arrived, so that two receivers never count the same room.
 
 from __future__ import annotations
 
+import collections
 import threading
 import time
 from collections.abc import Callable
@@ -60,6 +61,8 @@ class Ledger:
         self.receiving = threading.Lock()
         self._active: set[Job] = set()
         self._held = EtaHeap()
+        #: Jobs dispatched so far, by task name (``inspect stats``' ``total``).
+        self.total: collections.Counter[str] = collections.Counter()
 
     # -- counting -------------------------------------------------------------------
 
@@ -107,6 +110,7 @@ class Ledger:
     def add(self, job: Job) -> None:
         with self.cv:
             self._active.add(job)
+            self.total[job.message.task] += 1
 
     def discard(self, job: Job) -> None:
         """``job`` is settled: it no longer takes room."""
@@ -150,6 +154,23 @@ class Ledger:
         now = self._clock()
         with self.cv:
             return self._held.pop_due(now)
+
+    def holds_any(self) -> bool:
+        """Whether any message is held (read without the lock: a hint for the hot path,
+        as ``release_due``'s own first test)."""
+        return bool(self._held)
+
+    def held_entries(self) -> list[tuple[float, Delivery, TaskMessage]]:
+        """``(eta, delivery, message)`` of the held messages, earliest first (a copy)."""
+        with self.cv:
+            return self._held.entries()
+
+    def take_held(
+        self, predicate: Callable[[TaskMessage], bool]
+    ) -> list[tuple[Delivery, TaskMessage]]:
+        """Take the held messages ``predicate`` selects (revoked ones)."""
+        with self.cv:
+            return self._held.remove(predicate)
 
     def give_back(self) -> tuple[list[tuple[Delivery, TaskMessage]], list[Job]]:
         """At stop: take every held message, and list the active jobs."""

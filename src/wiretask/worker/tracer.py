@@ -75,6 +75,10 @@ logger = logging.getLogger("wiretask.worker")
 _RESULT_REPR_LIMIT = 256
 #: Handlers that run after ``SUCCESS`` is stored.
 _AFTER_SUCCESS = frozenset({"on_success", "after_return"})
+#: First pause before storing a final state again after a backend error; it doubles up
+#: to ``STORE_RETRY_MAX`` while the backend stays away.
+STORE_RETRY_START = 0.5
+STORE_RETRY_MAX = 5.0
 
 
 def _short_repr(value: object) -> str:
@@ -104,6 +108,10 @@ class Tracer:
         self.defer_results_of: DeferredStore | None = None
         self.links = Links(app)
         self.chords = Chords(app, self.links)
+        #: The run this thread is tracing (its ``Control``, which says how long to keep
+        #: trying to store its outcome); absent outside ``execute`` (a time-limit timer
+        #: recording a failure): then as long as the process lives.
+        self._run = threading.local()
 
     # -- the request ------------------------------------------------------------------
 
@@ -138,11 +146,17 @@ class Tracer:
     def store(self, message: TaskMessage, status: str, result: Any, *, tb: str | None = None,
               task_id: str | None = None, request: Request | None = None) -> None:
         """Store a state for the message's task (or ``task_id``), with the children
-        ``request`` recorded. Raises what the backend raises; callers decide whether
-        that is fatal for the delivery."""
-        self.app.backend.store(task_id or message.id, self._meta(
-            message, status, result, tb=tb, task_id=task_id, request=request
-        ))
+        ``request`` recorded, addressed to where the
+        message's sender listens (``reply_to``: ``rpc://`` sends it there; other backends
+        ignore it). Raises what the backend raises; callers decide whether that is fatal
+        for the delivery."""
+        own = task_id is None or task_id == message.id
+        self.app.backend.store_reply(
+            task_id or message.id,
+            self._meta(message, status, result, tb=tb, task_id=task_id, request=request),
+            reply_to=message.reply_to,
+            correlation_id=(message.correlation_id or message.id) if own else task_id,
+        )
 
     def _try_store(self, message: TaskMessage, status: str, result: Any, *,
                    tb: str | None = None, task_id: str | None = None,
@@ -161,24 +175,35 @@ class Tracer:
     def _store_final(self, message: TaskMessage, status: str, result: Any, *,
                      tb: str | None = None, request: Request | None = None,
                      even_if_ignored: bool = False) -> Settle:
-        """Store a final state; ``ack`` if stored (or ignored), ``requeue`` if the backend
-        failed, so that the outcome is not lost (at least once). ``even_if_ignored``:
-        store it for an ``ignore_result`` message too."""
+        """Store a final state; ``ack`` if stored (or ignored). While the backend fails
+        (it is down, or restarting), keep trying with backoff for as long as the worker
+        wants the run (``Control.wait``): the task ran, and running it again because the
+        backend was away a while is worse than waiting for it. ``requeue`` only if the
+        worker gave up on the run first (it is stopping): then it runs again (at least
+        once). ``even_if_ignored``: store it for an ``ignore_result`` message too."""
         if message.ignore_result and not even_if_ignored:
             return "ack"
-        try:
-            self.store(message, status, result, tb=tb, request=request)
-        except (EncodeError, ValidationError):
-            # Permanent: storing it again later would fail the same way.
-            logger.exception("task %s[%s]: could not store %s", message.task, message.id, status)
+        control: Control = getattr(self._run, "control", NO_LIMITS)
+        delay = STORE_RETRY_START
+        while True:
+            try:
+                self.store(message, status, result, tb=tb, request=request)
+            except (EncodeError, ValidationError):
+                # Permanent: storing it again later would fail the same way.
+                logger.exception("task %s[%s]: could not store %s", message.task, message.id,
+                                 status)
+                return "ack"
+            except Exception as exc:
+                logger.warning("task %s[%s]: could not store %s (%s); trying again in %gs",
+                               message.task, message.id, status, exc, delay)
+                if not control.wait(delay):
+                    logger.warning("task %s[%s]: %s not stored; the worker gave up on it, "
+                                   "so its message is requeued to run again",
+                                   message.task, message.id, status)
+                    return "requeue"
+                delay = min(delay * 2, STORE_RETRY_MAX)
+                continue
             return "ack"
-        except Exception:
-            logger.exception(
-                "task %s[%s]: could not store %s; the message is requeued to run again",
-                message.task, message.id, status,
-            )
-            return "requeue"
-        return "ack"
 
     def track_started(self, task: Task[Any, Any]) -> bool:
         return bool(self.option(task, "track_started", "task_track_started"))
@@ -232,6 +257,15 @@ class Tracer:
 
         Never raises for anything the task does; ``control`` arms the time limits.
         """
+        self._run.control = control
+        try:
+            return self._execute(message, delivery_info, control)
+        finally:
+            self._run.control = NO_LIMITS
+
+    def _execute(
+        self, message: TaskMessage, delivery_info: Mapping[str, Any], control: Control
+    ) -> Outcome:
         task = self.app.tasks.get(message.task)
         if task is None:
             return self._unregistered(message)
@@ -312,12 +346,13 @@ class Tracer:
             except (EncodeError, ValidationError) as exc:
                 # Celery: a return value the result serializer refuses fails the task.
                 return self.fail(message, request, exc, runtime=runtime)
-            except Exception:
-                logger.exception(
-                    "task %s[%s]: could not store SUCCESS; the message is requeued to run "
-                    "again", message.task, message.id,
-                )
-                return Outcome(states.SUCCESS, "requeue", runtime)
+            except Exception as exc:
+                # A broker error: keep trying, as for every final state.
+                logger.debug("task %s[%s]: first SUCCESS store failed: %s",
+                             message.task, message.id, exc)
+                if self._store_final(message, states.SUCCESS, retval,
+                                     request=request) == "requeue":
+                    return Outcome(states.SUCCESS, "requeue", runtime)
         # Celery's mark_as_done: the chord's part right after the store.
         self.chords.message_returned(message, states.SUCCESS, retval)
         args, kwargs = list(message.args), dict(message.kwargs)

@@ -9,8 +9,15 @@ thread pools. Its soft time limit is a ``SIGALRM`` timer (``AlarmControl``) that
 raises ``SoftTimeLimitExceeded`` in the task; the hard limit is the parent's business
 (it kills the child, ``pools/processes.py``).
 
+A child never outlives its parent: a thread in the child waits on the pipe end that
+``multiprocessing`` gives every spawned child to watch its parent (it reaches end of
+file when the parent exits, however it exits, SIGKILL included) and ends the child at
+once, mid-task if need be (``watch_parent``). Otherwise the children of a killed worker
+would finish tasks whose messages the broker hands out again, and run them twice.
+
 Threading: a ``ChildProcess`` is driven by one parent thread at a time (its pool slot);
-the child itself runs one task at a time in its main thread.
+the child itself runs one task at a time in its main thread, next to the thread that
+watches its parent.
 """
 
 from __future__ import annotations
@@ -24,6 +31,8 @@ import pickle
 import resource
 import signal
 import sys
+import threading
+import time
 import traceback
 from collections.abc import Mapping
 from types import FrameType, ModuleType
@@ -54,6 +63,8 @@ logger = logging.getLogger("wiretask.worker")
 
 #: Seconds a new child process may take to import the app and report ready.
 CHILD_START_TIMEOUT = 60.0
+#: The exit code of a child whose parent died.
+PARENT_GONE_EXIT_CODE = 70
 
 
 # -- finding the app in a child process ----------------------------------------------
@@ -129,6 +140,11 @@ class AlarmControl:
         signal.setitimer(signal.ITIMER_REAL, 0)
         return True
 
+    def wait(self, seconds: float) -> bool:
+        # The parent gives up on a run by killing this process: keep waiting until then.
+        time.sleep(seconds)
+        return True
+
 
 def rss_kib() -> int:
     """The resident memory of this process in KiB, for ``max_memory_per_child``: the
@@ -150,6 +166,28 @@ def _on_alarm(signum: int, frame: FrameType | None) -> None:
     raise SoftTimeLimitExceeded
 
 
+def watch_parent() -> bool:
+    """In a spawned child: end this process as soon as its parent process is gone.
+
+    ``multiprocessing`` keeps the write end of a pipe open in the parent for each
+    spawned child and hands the child the read end (``parent_process().sentinel``);
+    the kernel closes it when the parent exits, for any reason. A daemon thread waits
+    for that and calls ``os._exit``: no cleanup runs, nothing more is stored or sent
+    (the message is not acked, so the broker delivers it again: at least once).
+    Returns False where there is no parent to watch (not a spawned child)."""
+    parent = multiprocessing.parent_process()
+    if parent is None:
+        return False
+    sentinel = parent.sentinel
+
+    def watch() -> None:
+        multiprocessing.connection.wait([sentinel])
+        os._exit(PARENT_GONE_EXIT_CODE)
+
+    threading.Thread(target=watch, name="wiretask-watch-parent", daemon=True).start()
+    return True
+
+
 def _child_main(
     conn: multiprocessing.connection.Connection,
     app_path: str,
@@ -165,6 +203,7 @@ def _child_main(
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     signal.signal(signal.SIGALRM, _on_alarm)
+    watch_parent()
     if not logging.getLogger().handlers:
         logging.basicConfig(
             level=log_level, format="[%(asctime)s: %(levelname)s/%(processName)s] %(message)s"

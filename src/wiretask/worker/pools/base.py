@@ -38,6 +38,7 @@ from the pool's own threads (and time-limit timers); ``abandon``, ``terminate`` 
 from __future__ import annotations
 
 import abc
+import os
 import threading
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, ClassVar, Literal, Protocol
@@ -218,6 +219,16 @@ class Pool(abc.ABC):
             f"pool={self.name!r} cannot terminate a running task (a thread cannot be "
             "stopped from outside); use pool='processes'"
         )
+
+    def processes(self) -> list[int]:
+        """The pids of the processes that run tasks (``inspect stats``): this one, for
+        pools that run tasks in threads of the worker process."""
+        return [os.getpid()]
+
+    def worker_pid(self, job: Job) -> int | None:
+        """The pid of the process running ``job`` (``inspect active``'s ``worker_pid``),
+        or None if it is not running."""
+        return os.getpid() if job.claimed else None
 
     @abc.abstractmethod
     def stop(self, until: float) -> None:

@@ -131,6 +131,14 @@ class ProcessPool(Pool):
         child.signal_kill()
         return True
 
+    def processes(self) -> list[int]:
+        return [child.pid for child in self._children if child.pid is not None]
+
+    def worker_pid(self, job: Job) -> int | None:
+        with self._lock:
+            index = next((i for i, running in self._running.items() if running is job), None)
+            return None if index is None else self._children[index].pid
+
     def stop(self, until: float) -> None:
         slots = list(self._slots)
         for _ in slots:
