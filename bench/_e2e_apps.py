@@ -60,7 +60,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description="wiretask worker for the e2e benchmark")
     parser.add_argument("--pool", choices=("threads", "solo"), default="threads")
     parser.add_argument("--concurrency", type=int, default=4, help="threads pool only")
-    parser.add_argument("--prefetch", type=int, default=1)
+    parser.add_argument("--prefetch", type=int, default=None,
+                        help="messages reserved beyond the running ones (default: the "
+                        "worker's, Celery's prefetch multiplier 4 x concurrency)")
     options = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     concurrency = None if options.pool == "solo" else options.concurrency

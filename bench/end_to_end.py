@@ -10,7 +10,11 @@ Each side: its worker runs in its own process (``bench/_e2e_apps.py``): Celery
 reserves 4 messages; acks early; results stored), and wiretask's ``Worker(app,
 pool="solo", prefetch=3)``: one task at a time in the receiving thread, 4 messages
 reserved like Celery's, acks after the result is stored. A row with wiretask's thread
-pool (``concurrency=N``, default prefetch 1) is shown too. A warm-up task proves the
+pool (``concurrency=N``, default prefetch) is shown too. Two more pairs of rows show the
+worker's defaults before and after Celery's prefetch multiplier became its default
+(issue 14): solo and threads with ``prefetch=1`` (the old default) against no prefetch
+given (now ``concurrency x worker_prefetch_multiplier``, 4: 4 messages reserved beyond
+the running one for solo, 16 for 4 threads). A warm-up task proves the
 worker is consuming; then the clock starts, N SMALL tasks are published from this
 process, and the clock stops when the task's Redis counter reaches N (polled every
 2 ms). So the figure covers publishing, transport, decoding, running, storing the
@@ -162,6 +166,10 @@ def main() -> None:
                        str(SOLO_PREFETCH)]
             wt_threads = [sys.executable, "_e2e_apps.py", "--pool", "threads",
                           "--concurrency", str(options.concurrency)]
+            wt_solo_default = [sys.executable, "_e2e_apps.py", "--pool", "solo"]
+            # The defaults before issue 14: prefetch 1 whatever the concurrency.
+            wt_solo_old = [*wt_solo_default, "--prefetch", "1"]
+            wt_threads_old = [*wt_threads, "--prefetch", "1"]
             celery_cmd = [sys.executable, "-m", "celery", "-A", "_e2e_apps:celery_app",
                           "worker", "-P", "solo", "-Q", apps.CELERY_QUEUE, "--without-gossip",
                           "--without-mingle", "--without-heartbeat", "-l", "WARNING"]
@@ -171,6 +179,9 @@ def main() -> None:
                 ("wt_many", wt_solo, apps.WT_COUNTER, wt_many),
                 ("wt_one", wt_solo, apps.WT_COUNTER, wt_one),
                 ("wt_threads", wt_threads, apps.WT_COUNTER, wt_many),
+                ("wt_solo_old", wt_solo_old, apps.WT_COUNTER, wt_many),
+                ("wt_solo_default", wt_solo_default, apps.WT_COUNTER, wt_many),
+                ("wt_threads_old", wt_threads_old, apps.WT_COUNTER, wt_many),
             )
             # Interleaved (all sides, then all sides again), the best run of each side
             # kept: as in the other benches, the least-disturbed run is the estimate.
@@ -202,6 +213,12 @@ def main() -> None:
             us_per_task("celery"), celery),
         Row(f"e2e {count} tasks, {options.concurrency} threads (apply_many publish)",
             us_per_task("wt_threads"), us_per_task("celery"), celery),
+        Row(f"e2e {count} tasks, solo, old default prefetch 1",
+            us_per_task("wt_solo_old"), us_per_task("celery"), celery),
+        Row(f"e2e {count} tasks, solo, default prefetch (multiplier 4)",
+            us_per_task("wt_solo_default"), us_per_task("celery"), celery),
+        Row(f"e2e {count} tasks, {options.concurrency} threads, old default prefetch 1",
+            us_per_task("wt_threads_old"), us_per_task("celery"), celery),
     ]
     print_table("End to end, SMALL tasks through a worker (higher tasks/s is better)", rows,
                 unit="tasks/s")

@@ -86,3 +86,12 @@ def test_queue_stats_bench_runs() -> None:
     check_output(output, ["SQLite queue_stats, 100 messages",
                           "Redis queue_stats, 100 messages",
                           "Redis queue_stats, 10 in flight (any queue)"])
+
+
+@pytest.mark.slow
+def test_soak_bench_runs() -> None:
+    """bench/soak.py on SQLite with a few hundred messages: its table counts them all."""
+    output = run_bench("soak.py", "--messages", "300", "--transports", "sqlite",
+                       "--cap", "120")
+    assert "| transport | messages | executed once | duplicated | lost |" in output
+    assert "| sqlite | 300 | 300 | 0 | 0 |" in output

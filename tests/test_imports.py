@@ -20,6 +20,7 @@ ERRORS = {"wiretask", "wiretask.errors"}
 CODECS = ERRORS | {
     "wiretask.codecs",
     "wiretask.codecs.compressors",
+    "wiretask.codecs.nesting",
     "wiretask.codecs.registry",
     "wiretask.codecs.serializers",
 }

@@ -23,6 +23,7 @@ from wiretask.testing import (
     check_transport,
 )
 from wiretask.transports.base import (
+    Broadcast,
     BrokerDelay,
     Delivery,
     FusedSettlement,
@@ -309,8 +310,9 @@ def test_it_offers_exactly_the_capabilities_of_the_inner_transport() -> None:
     assert delayed.due() == 0 and isinstance(delayed.inner, WithDue)
     assert delayed.inner.due_calls == 1
     assert type(delayed) is type(Recording(WithDue(name)))  # one class per combination
+    assert isinstance(delayed, Broadcast)  # the memory broker broadcasts too
     assert repr(delayed).startswith(
-        "<Recording[Inspection, QueueStatistics, BrokerDelay] of ")
+        "<Recording[Inspection, QueueStatistics, BrokerDelay, Broadcast] of ")
     with pytest.raises(ValidationError, match="inner"):
         ForwardingTransport(cast(Any, "memory://"))
 

@@ -373,6 +373,23 @@ def invalid() -> Iterator[tuple[str, str, dict[str, Any], str, str, dict[str, An
            _frame(b"", headers()), "DecodeError", "body", {})
     yield ("json-not-utf8", "JSON bytes that are not UTF-8.",
            _frame(b'[["\xff"], {}, null]', headers()), "DecodeError", "body", {})
+    # Nesting (spec §9, §11.3): the body document nests at most MAX_DEPTH = 254 levels.
+    # Here the body list, the embed, callbacks, the signature and its args are 5 levels.
+    deep = b"[" * 251 + b"1" + b"]" * 251
+    yield ("body-nested-too-deep", "A link callback whose args list holds 250 nested lists: "
+           "the body document is 255 levels, one past the limit (such a message used to "
+           "decode, and encode then failed with a RecursionError).",
+           _frame(b'[[], {}, {"callbacks": [{"task": "cb", "args": ' + deep + b"}]}]",
+                  headers()), "DecodeError", "body", {})
+    yield ("body-nested-too-deep-msgpack", "The same limit on a msgpack body: args holding "
+           "253 arrays, 255 levels in all.",
+           _frame(b"\x93\x91" + b"\x91" * 253 + b"\x01\x80\xc0", headers(),
+                  content_type="application/x-msgpack", content_encoding="binary"),
+           "DecodeError", "body", {})
+    yield ("header-nested-too-deep", "A custom header whose value nests 254 lists deep: the "
+           "headers mapping is 255 levels.",
+           _frame(GOOD_BODY, headers(**{"x-deep": json.loads("[" * 254 + "]" * 254)})),
+           "MalformedMessage", "headers.x-deep", {})
 
 
 class _Drop:

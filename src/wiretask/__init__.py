@@ -1,7 +1,8 @@
 """wiretask: a typed task-message core that speaks Celery's task protocol 2.
 
 The public API is exactly ``__all__``: the calling API (``App``, ``Task``,
-``TaskSignature``, ``AsyncResult``), the worker, the pure protocol values
+``TaskSignature``, ``AsyncResult``), Celery's canvas (``chain``, ``group``, ``chord``,
+``chunks``, ``GroupResult``), the worker, the pure protocol values
 (``TaskMessage``, ``Signature``, ``Frame``, ``Route``, ``encode``/``decode``), codecs
 (``default_registry``), the retry policy, the transport interface, the conformance kit
 entry point and the exception tree. Everything else is an implementation detail.
@@ -28,6 +29,20 @@ if _typing.TYPE_CHECKING:
         current_app,
         shared_task,
     )
+    from wiretask.canvas import (
+        GroupResult,
+        ResultSet,
+        TaskChord,
+        TaskGroup,
+        chain,
+        chord,
+        chunks,
+        group,
+        maybe_signature,
+        signature,
+        xmap,
+        xstarmap,
+    )
     from wiretask.codecs import (
         DEFAULT_MAX_DECOMPRESSED_SIZE,
         Compressor,
@@ -37,6 +52,7 @@ if _typing.TYPE_CHECKING:
     )
     from wiretask.errors import (
         ArgumentsError,
+        ChordError,
         ConnectionLost,
         ContentDisallowed,
         DecodeError,
@@ -93,6 +109,23 @@ _HOMES: _typing.Final[dict[str, str]] = {
     ),
     **dict.fromkeys(
         (
+            "GroupResult",
+            "ResultSet",
+            "TaskChord",
+            "TaskGroup",
+            "chain",
+            "chord",
+            "chunks",
+            "group",
+            "maybe_signature",
+            "signature",
+            "xmap",
+            "xstarmap",
+        ),
+        "wiretask.canvas",
+    ),
+    **dict.fromkeys(
+        (
             "DEFAULT_MAX_DECOMPRESSED_SIZE",
             "Compressor",
             "Registry",
@@ -104,6 +137,7 @@ _HOMES: _typing.Final[dict[str, str]] = {
     **dict.fromkeys(
         (
             "ArgumentsError",
+            "ChordError",
             "ConnectionLost",
             "ContentDisallowed",
             "DecodeError",
@@ -150,6 +184,7 @@ __all__ = [
     "ArgumentsError",
     "AsyncResult",
     "Capabilities",
+    "ChordError",
     "Compressor",
     "ConnectionLost",
     "ContentDisallowed",
@@ -159,6 +194,7 @@ __all__ = [
     "EagerResult",
     "EncodeError",
     "Frame",
+    "GroupResult",
     "ImproperlyConfigured",
     "MaxRetriesExceededError",
     "MessageTooLarge",
@@ -170,6 +206,7 @@ __all__ = [
     "Reject",
     "Request",
     "ResultBackend",
+    "ResultSet",
     "Retry",
     "RetryPolicy",
     "Route",
@@ -178,7 +215,9 @@ __all__ = [
     "SoftTimeLimitExceeded",
     "Task",
     "TaskChain",
+    "TaskChord",
     "TaskError",
+    "TaskGroup",
     "TaskMessage",
     "TaskRevokedError",
     "TaskSignature",
@@ -197,13 +236,21 @@ __all__ = [
     "allow_join_result",
     "backend_from_url",
     "call_with_retry",
+    "chain",
+    "chord",
+    "chunks",
     "current_app",
     "decode",
     "default_registry",
     "encode",
+    "group",
+    "maybe_signature",
     "shared_task",
+    "signature",
     "states",
     "transport_from_url",
+    "xmap",
+    "xstarmap",
 ]
 
 

@@ -44,6 +44,7 @@ from contextvars import ContextVar
 from datetime import UTC, datetime, tzinfo
 from pathlib import Path
 from typing import (
+    TYPE_CHECKING,
     Any,
     Concatenate,
     Generic,
@@ -59,12 +60,23 @@ from zoneinfo import ZoneInfo
 import attrs
 
 from wiretask import calling
-from wiretask.canvas import TaskChain, TaskSignature
+from wiretask.beat.periodic import PeriodicTasks
+from wiretask.canvas import (
+    GroupResult,
+    ResultSet,
+    TaskChain,
+    TaskSignature,
+    chunks,
+    result_from_tuple,
+    xmap,
+    xstarmap,
+)
+from wiretask.canvas import signature as canvas_signature
 from wiretask.codecs import Registry, default_registry
-from wiretask.config import Configuration, Settings, read_object
+from wiretask.config import Configuration, Settings, broker_options, read_object
 from wiretask.errors import (
     ArgumentsError,
-    DecodeError,
+    ConnectionLost,
     ImproperlyConfigured,
     MaxRetriesExceededError,
     Retry,
@@ -79,8 +91,9 @@ from wiretask.protocol.envelope import TaskMessage
 from wiretask.protocol.frame import Outgoing
 from wiretask.protocol.signature import Signature
 from wiretask.protocol.timing import parse_iso
-from wiretask.results import ResultBackend, backend_from_url
-from wiretask.results.aio import AsyncResultBackend, AsyncSubscription
+from wiretask.results import ReplyRouted, ResultBackend, ViaBroker, backend_from_url
+from wiretask.results.aio import AsyncReplyRouted, AsyncResultBackend, AsyncSubscription
+from wiretask.results.base import ChordCounter, resolve_expires
 from wiretask.results.exceptions import exception_from_meta
 from wiretask.retry import RetryPolicy, acall_with_retry, call_with_retry
 from wiretask.routing import QueueBinding, Router
@@ -88,6 +101,7 @@ from wiretask.tasks import (
     CALL_DEFAULTS,
     HOOKS,
     TASK_OPTIONS,
+    ExceptionInfo,
     annotations_for,
     autoretry,
     check_task_option,
@@ -95,13 +109,18 @@ from wiretask.tasks import (
 )
 from wiretask.transports.aio import AsyncQueueBinding, AsyncTransport
 from wiretask.transports.base import Capabilities, Transport
-from wiretask.transports.url import mask_url, transport_from_url
+from wiretask.transports.url import mask_url, transport_class
+
+if TYPE_CHECKING:
+    from wiretask.control import Control
 
 __all__ = [
     "App",
     "AsyncResult",
     "EagerResult",
+    "GroupResult",
     "Request",
+    "ResultSet",
     "Settings",
     "Task",
     "TaskChain",
@@ -113,6 +132,7 @@ __all__ = [
 
 P = ParamSpec("P")
 R = TypeVar("R")
+T = TypeVar("T")
 
 logger = logging.getLogger("wiretask.app")
 
@@ -126,7 +146,8 @@ _UNSUPPORTED_ARGUMENTS: Mapping[str, str] = {
     "amqp": "the AMQP helper cannot be replaced",
     "events": "wiretask does not send events yet",
     "log": "configure logging yourself",
-    "control": "wiretask has no remote control yet",
+    "control": "the remote-control client cannot be replaced (app.control is "
+    "wiretask.control.Control)",
     "tasks": "register tasks with @app.task or app.register_task",
     "fixups": "wiretask has no fix-ups (Django: config_from_object('django.conf:settings', "
     "namespace='CELERY') and autodiscover_tasks() work without one)",
@@ -239,9 +260,20 @@ def shared_task(fn: Callable[..., Any] | None = None, /, **options: Any) -> Any:
 class Request:
     """The context of the task being run: ``self.request`` inside a bound task.
 
-    A direct call (``task(...)``) sees ``id=None`` and ``called_directly=True``, as in
-    Celery; the worker fills everything from the message, and the eager path
+    It has every field of Celery's ``Context``, with Celery's defaults. A direct call
+    (``task(...)``) sees ``id=None`` and ``called_directly=True``, as in Celery; the
+    worker fills everything from the message and its delivery, and the eager path
     (``Task.apply``) too, with ``is_eager=True``.
+
+    As in Celery's worker: ``headers`` holds the message's custom headers (None when
+    there are none), ``timelimit`` is ``[hard, soft]``, ``callbacks``/``errbacks``/
+    ``chain`` are lists of signature dicts and ``chord`` one (None when absent),
+    ``properties`` are the message's properties and ``delivery_info`` has
+    ``exchange``, ``routing_key``, ``priority`` and ``redelivered`` (and wiretask's
+    ``queue``). One difference, on purpose: ``eta`` and ``expires`` are aware
+    ``datetime`` values where Celery's worker leaves the header's ISO 8601 string.
+    ``children`` collects the results of the tasks sent while this one runs; the
+    worker stores them with its state (``AsyncResult.children``).
     """
 
     id: str | None = None
@@ -259,16 +291,112 @@ class Request:
     is_eager: bool = False
     hostname: str | None = None
     delivery_info: Mapping[str, Any] | None = None
+    headers: dict[str, Any] | None = None
+    reply_to: str | None = None
+    correlation_id: str | None = None
+    timelimit: list[float | None] | None = None
+    time_limit: float | None = None
+    soft_time_limit: float | None = None
+    origin: str | None = None
+    callbacks: list[dict[str, Any]] | None = None
+    errbacks: list[dict[str, Any]] | None = None
+    chain: list[dict[str, Any]] | None = None
+    chord: dict[str, Any] | None = None
+    shadow: str | None = None
+    stamps: dict[str, Any] | None = None
+    stamped_headers: list[str] | None = None
+    argsrepr: str | None = None
+    kwargsrepr: str | None = None
+    properties: dict[str, Any] | None = None
+    ignore_result: bool = False
+    replaced_task_nesting: int = 0
+    utc: bool | None = None
+    logfile: str | None = None
+    loglevel: int | None = None
+    #: The results of the tasks sent while this one ran (Celery's ``request.children``).
+    children: list[AsyncResult] = attrs.Factory(list)
     #: The message being run (worker and eager path): ``Task.retry`` derives the re-sent
     #: one from it.
-    message: TaskMessage | None = None
+    message: TaskMessage | None = attrs.field(default=None, repr=False)
+
+    @property
+    def taskset(self) -> str | None:
+        """Celery's old name of ``group``."""
+        return self.group
+
+    def get(self, key: str, default: Any = None) -> Any:
+        """A field by name, or ``default`` (Celery's ``Context.get``)."""
+        return getattr(self, key, default)
+
+    @classmethod
+    def from_message(
+        cls, message: TaskMessage, *, hostname: str | None, is_eager: bool,
+        delivery_info: Mapping[str, Any],
+    ) -> Request:
+        """The request of a received (or eagerly run) message, as Celery's worker
+        builds its ``Context`` from the headers, the body's embed and the delivery."""
+        hard, soft = message.timelimit
+        properties: dict[str, Any] = {
+            "correlation_id": message.correlation_id or message.id,
+            "reply_to": message.reply_to,
+            "delivery_mode": message.delivery_mode,
+            "priority": message.priority,
+            **message.extra_properties,
+        }
+        return cls(
+            id=message.id,
+            task=message.task,
+            args=message.args,
+            kwargs=dict(message.kwargs),
+            retries=message.retries,
+            eta=message.eta,
+            expires=message.expires,
+            root_id=message.root_id,
+            parent_id=message.parent_id,
+            group=message.group,
+            group_index=message.group_index,
+            called_directly=False,
+            is_eager=is_eager,
+            hostname=hostname,
+            delivery_info=dict(delivery_info),
+            headers=dict(message.extra_headers) or None,
+            reply_to=message.reply_to,
+            correlation_id=message.correlation_id or message.id,
+            timelimit=[hard, soft],
+            time_limit=hard,
+            soft_time_limit=soft,
+            origin=message.origin,
+            callbacks=_sig_dicts(message.callbacks),
+            errbacks=_sig_dicts(message.errbacks),
+            chain=_sig_dicts(message.chain),
+            chord=message.chord.to_dict() if message.chord is not None else None,
+            shadow=message.shadow,
+            stamps=dict(message.stamps) or None,
+            stamped_headers=(list(message.stamped_headers)
+                             if message.stamped_headers is not None else None),
+            argsrepr=message.argsrepr,
+            kwargsrepr=message.kwargsrepr,
+            properties=properties,
+            ignore_result=message.ignore_result,
+            replaced_task_nesting=message.replaced_task_nesting,
+            utc=True,
+            message=message,
+        )
+
+
+def _sig_dicts(sigs: Sequence[Signature] | None) -> list[dict[str, Any]] | None:
+    return None if sigs is None else [sig.to_dict() for sig in sigs]
 
 
 _current_request: ContextVar[Request | None] = ContextVar("wiretask_request", default=None)
-#: The task whose custom ``__call__`` is running (see ``Task._through_call``).
+#: The task whose custom ``__call__`` the worker or the eager path is running (see
+#: ``Task._trace_call``).
 _inside_call: ContextVar[Task[Any, Any] | None] = ContextVar("wiretask_call", default=None)
 #: ``allow_join_result()`` is active.
 _join_allowed: ContextVar[bool] = ContextVar("wiretask_join_allowed", default=False)
+#: Set while ``App.asend_canvas`` runs a canvas's sync send: what it would publish or
+#: tell the result backend is recorded, to be done on the event loop in that order.
+_deferred: ContextVar[_Deferred | None] = ContextVar("wiretask_deferred", default=None)
 
 
 @contextlib.contextmanager
@@ -296,7 +424,7 @@ def _assert_will_not_block() -> None:
 # -- the app ----------------------------------------------------------------------------------
 
 
-class App:
+class App(PeriodicTasks):
     """A wiretask application: settings, registered tasks, a broker and a result backend.
 
     Args:
@@ -390,6 +518,7 @@ class App:
         self._transport_factory = transport
         self._check_transport_source()
         self._backend: ResultBackend | None = None
+        self._oid: tuple[int, str] | None = None
         self._declared: set[str] = set()
         self._call_builder: calling.CallBuilder | None = None
         self._contexts: dict[tuple[int, int], calling.CallContext] = {}
@@ -534,6 +663,7 @@ class App:
     def transport(self) -> Transport:
         """The app's broker connection (created on first use, connected lazily)."""
         if self._transport is None:
+            self.configure()  # on_after_configure, before the lock (a receiver may send)
             with self._lock:
                 if self._transport is None:
                     self._transport = self.new_transport()
@@ -547,8 +677,11 @@ class App:
             ImproperlyConfigured: a bad broker URL or transport option, or a factory that
                 did not return a ``Transport``.
         """
+        self.configure()
         if self._transport_factory is None:
-            return transport_from_url(self.broker_url, **self.conf.broker_transport_options)
+            url = self.broker_url
+            transport_type = transport_class(url)
+            return transport_type.from_url(url, **broker_options(transport_type, self.conf))
         self._check_transport_source()
         made = self._transport_factory()
         if not isinstance(made, Transport):
@@ -557,6 +690,24 @@ class App:
                 setting="transport",
             )
         return made
+
+    @property
+    def oid(self) -> str:
+        """Celery's ``app.oid``: this app's id in this process, a UUID sent as every
+        message's ``reply_to`` (the reply queue of ``rpc://`` results)."""
+        cached = self._oid
+        if cached is None or cached[0] != _forks:
+            cached = self._oid = (_forks, _oid(self))
+        return cached[1]
+
+    def _via_broker(self) -> ViaBroker:
+        """The broker and reply queue, for a result backend that sends states through
+        the broker (``rpc://``)."""
+        url = self.broker_url
+        return ViaBroker(
+            url=url, options=broker_options(transport_class(url), self.conf),
+            oid=lambda: self.oid, persistent=bool(self.conf.get("result_persistent")),
+        )
 
     @property
     def broker_display(self) -> str:
@@ -588,14 +739,19 @@ class App:
         accept = self.conf.get("result_accept_content")
         if accept is not None:
             registry = registry.copy(accept=accept)
-        return backend_from_url(
+        backend = backend_from_url(
             self.backend_url,
             serializer=self.conf.result_serializer,
             expires=self.conf.result_expires,
             registry=registry,
             compression=self.conf.get("result_compression"),
             transport_options=self.conf.get("result_backend_transport_options"),
+            via=self._via_broker,
         )
+        chord_expires = self.conf.get("result_chord_expires")
+        if chord_expires is not None and isinstance(backend, ChordCounter):
+            backend.chord_expires = resolve_expires(chord_expires)
+        return backend
 
     def close(self) -> None:
         """Close the broker connection and the result backend."""
@@ -649,11 +805,16 @@ class App:
                 )
             self._finalizing = True
             try:
+                # Celery's built-in tasks (celery.chord_unlock, celery.map, ...); a
+                # task of the app's own with one of their names is kept.
+                from wiretask.worker.builtins import register_builtins  # noqa: PLC0415
+
                 self.import_default_modules()
                 with _state_lock:
                     shared = list(_shared)
                 for function, options in shared:
                     self._shared_task(function, options)
+                register_builtins(self)
                 for task in list(self._tasks.values()):
                     self._annotate(task)
             finally:
@@ -820,7 +981,7 @@ class App:
         context = self._contexts.get(key)
         if context is None:
             context = self._contexts[key] = calling.CallContext(
-                origin=_origin(), reply_to=_thread_oid(self)
+                origin=_origin(), reply_to=self.oid
             )
         return context
 
@@ -876,7 +1037,9 @@ class App:
         # The transport first: creating it imports the driver, and "now" must be read
         # after that, or a short countdown is already due when it reaches the broker.
         if capabilities is None:
-            capabilities = self.transport.capabilities
+            deferred = _deferred.get()
+            capabilities = deferred.capabilities if deferred is not None and \
+                deferred.app is self else self.transport.capabilities
         return self._builder.build_many(
             name, arguments, options, now=self.now(), context=self._context(),
             task_defaults=defaults,
@@ -926,11 +1089,18 @@ class App:
     def _send(self, calls: Sequence[calling.Call]) -> list[AsyncResult]:
         """Publish built calls (with the retry policy of the first) and return their
         results."""
-        self._publish(calls)
-        return [
+        deferred = _deferred.get()
+        if deferred is not None and deferred.app is self:
+            if calls:
+                deferred.steps.append(list(calls))
+        else:
+            self._publish(calls)
+        results = [
             AsyncResult(c.message.id, app=self, ignore_result=c.message.ignore_result)
             for c in calls
         ]
+        _add_to_parent(self, results)
+        return results
 
     def _dispatch(self, calls: Sequence[calling.Call], capabilities: Capabilities) -> _Dispatch:
         """What publishing ``calls`` sends, for the sync and the asyncio API alike: the
@@ -946,21 +1116,29 @@ class App:
             Outgoing(frame, c.route, c.eta if native_delay else None)
             for frame, c in zip(frames, calls, strict=True)
         ]
+        # rpc:// results: the reply queue must exist before the worker answers (Celery's
+        # on_task_call), and the backend must know which tasks are this app's.
+        tracked = [(c.message.id, c.message.reply_to) for c in calls
+                   if not c.message.ignore_result] if self._replies_routed() else []
         return _Dispatch(
             outgoing=outgoing,
             queues={c.route.queue for c in calls if not c.route.exchange},
             # A message sent through a named exchange needs its queue bound to it first,
             # as Celery declares the queue it publishes to (brokers with bindings).
             bound={c.route.queue for c in calls if c.route.exchange},
+            tracked=tracked,
         )
 
     def _publish(self, calls: Sequence[calling.Call]) -> None:
         if not calls:
             return
         transport = self.transport
-        outgoing, queues, bound = self._dispatch(calls, transport.capabilities)
+        outgoing, queues, bound, sent = self._dispatch(calls, transport.capabilities)
+        replies = self._reply_backend() if sent else None
 
         def attempt() -> None:
+            if replies is not None:
+                replies.track(sent)
             for queue in queues - self._declared:
                 transport.declare_queue(queue)
                 self._declared.add(queue)
@@ -986,6 +1164,18 @@ class App:
             task_id=first.message.id,
         )
 
+    def _replies_routed(self) -> bool:
+        """The result backend must hear of every send (``rpc://``); decided from the
+        backend URL, so that sending never opens another backend."""
+        return self.backend_url.lower().startswith("rpc:")
+
+    def _reply_backend(self) -> ReplyRouted | None:
+        """The result backend, when it must hear of every send (``rpc://``)."""
+        if not self._replies_routed():
+            return None
+        backend = self.backend
+        return backend if isinstance(backend, ReplyRouted) else None
+
     def _bind(self, transport: Transport, queue: str) -> None:
         transport.declare_queue(queue)
         if isinstance(transport, QueueBinding):
@@ -998,15 +1188,14 @@ class App:
 
     # -- running here ----------------------------------------------------------------
 
-    def _apply_signature(self, sig: Signature) -> AsyncResult:
+    def _apply_signature(self, sig: Signature) -> Any:
         """Send a callback as the worker would (options a call does not know dropped),
-        through the task's ``apply_async`` when it is registered here (so that it runs
-        eagerly under ``task_always_eager``)."""
+        through the canvas (a group or chord callback runs as one) and the task's
+        ``apply_async`` when it is registered here (so that it runs eagerly under
+        ``task_always_eager``)."""
         options = {k: v for k, v in sig.options.items() if k in calling.CALL_OPTIONS}
-        task = self.tasks.get(sig.task)
-        if task is not None:
-            return task.apply_async(sig.args, sig.kwargs, **options)
-        return self.send_task(sig.task, sig.args, sig.kwargs, **options)
+        return canvas_signature(attrs.evolve(sig, options=options).to_dict(),
+                                app=self).apply_async()
 
     # -- asyncio: the async twin of sending, one transport and backend per loop ----------
     #
@@ -1103,17 +1292,22 @@ class App:
         state = state or self._loop_state()
         if calls:
             await self._apublish(calls, state)
-        return [
+        results = [
             AsyncResult(c.message.id, app=self, ignore_result=c.message.ignore_result)
             for c in calls
         ]
+        _add_to_parent(self, results)
+        return results
 
     async def _apublish(self, calls: Sequence[calling.Call], state: _LoopState) -> None:
         transport = state.transport
-        outgoing, queues, bound = self._dispatch(calls, transport.capabilities)
+        outgoing, queues, bound, sent = self._dispatch(calls, transport.capabilities)
         declared = state.declared
+        replies = state.backend if sent else None
 
         async def attempt() -> None:
+            if isinstance(replies, AsyncReplyRouted):
+                await replies.track(sent)
             for queue in queues - declared:
                 await transport.declare_queue(queue)
                 declared.add(queue)
@@ -1136,6 +1330,44 @@ class App:
             task_id=first.message.id,
         )
 
+    def _backend_step(self, step: Callable[[], object]) -> None:
+        """A result-backend call a canvas makes while it sends (a chord's size, its
+        header): made now, or under ``asend_canvas`` recorded in its place among the
+        sends, to run in a thread."""
+        deferred = _deferred.get()
+        if deferred is not None and deferred.app is self:
+            deferred.steps.append(step)
+        else:
+            step()
+
+    async def asend_canvas(self, send: Callable[[], T]) -> T:
+        """Run a canvas's sync ``send`` (``sig.apply_async``: a chain, group, chord,
+        ...) with the publishing awaited instead: ``send`` decides every message and id
+        at once, as it does for the sync API (no I/O: its publishes and chord backend
+        calls are recorded), then they are done here in the same order, the publishes
+        on the loop's transport with their own retry policies, the backend calls in a
+        thread. Under ``task_always_eager`` ``send`` runs in a thread (the tasks run
+        there). What ``send`` returns is returned.
+
+        A cancelled ``await`` stops between two publishes: the canvas is then sent in
+        part, as it is when a sync publish fails halfway.
+        """
+        if self.conf.get("task_always_eager"):
+            return await asyncio.to_thread(send)
+        state = self._loop_state()
+        deferred = _Deferred(self, state.transport.capabilities)
+        token = _deferred.set(deferred)
+        try:
+            result = send()
+        finally:
+            _deferred.reset(token)
+        for step in deferred.steps:
+            if isinstance(step, list):
+                await self._apublish(step, state)
+            else:
+                await asyncio.to_thread(step)
+        return result
+
     async def _abind(self, transport: AsyncTransport, queue: str) -> None:
         await transport.declare_queue(queue)
         if isinstance(transport, AsyncQueueBinding):
@@ -1149,6 +1381,32 @@ class App:
     def AsyncResult(self, task_id: str) -> AsyncResult:  # Celery's name
         return AsyncResult(task_id, app=self)
 
+    def GroupResult(  # Celery's name
+        self, group_id: str, results: Iterable[Any] = (),
+    ) -> GroupResult:
+        return GroupResult(group_id, results, app=self)
+
+    @functools.cached_property
+    def control(self) -> Control:
+        """The remote-control client, Celery's ``app.control``: ``ping()``,
+        ``revoke(task_id, terminate=...)``, ``inspect(timeout=...).active()`` and the
+        rest, to Celery's workers and wiretask's alike (``wiretask.control``)."""
+        from wiretask.control import Control  # noqa: PLC0415 - only callers of control load it
+
+        return Control(self)
+
+
+def _add_to_parent(app: App, results: Sequence[AsyncResult]) -> None:
+    """Sent from inside a running task (worker or eager path, not a direct call): the
+    results join that task's children, as Celery's ``send_task`` adds them to the
+    current worker task's trail (``Task.trail``; stored with its state)."""
+    request = _current_request.get()
+    if request is None or request.called_directly or request.task is None:
+        return
+    task = app._tasks.get(request.task)
+    if task is not None and task.trail:
+        request.children.extend(results)
+
 
 class _Dispatch(NamedTuple):
     """What publishing some calls sends (``App._dispatch``)."""
@@ -1158,6 +1416,28 @@ class _Dispatch(NamedTuple):
     queues: set[str]
     #: Queues to declare and bind to their named exchange first.
     bound: set[str]
+    #: ``(task id, reply_to)`` of the calls an ``rpc://`` backend must hear of before
+    #: they are published (``ReplyRouted.track``); empty for every other backend.
+    tracked: list[tuple[str, str | None]]
+
+
+class _Deferred:
+    """What a canvas sent under ``App.asend_canvas``: built calls to publish, and
+    result-backend calls, in order."""
+
+    def __init__(self, app: App, capabilities: Capabilities) -> None:
+        self.app = app
+        self.capabilities = capabilities
+        self.steps: list[list[calling.Call] | Callable[[], object]] = []
+
+
+class _StateUpdate(NamedTuple):
+    """A state ``Task.update_state`` stores, and where its sender listens."""
+
+    task_id: str
+    meta: dict[str, Any]
+    reply_to: str | None
+    correlation_id: str | None
 
 
 class _LoopState:
@@ -1173,7 +1453,13 @@ class _LoopState:
     @property
     def backend(self) -> AsyncResultBackend:
         if self._backend is None:
-            self._backend = self._app._new_backend().async_twin()
+            app = self._app
+            # A backend whose states are this client's (rpc://: one reply queue per app
+            # and process) is shared with its twins; any other gets one of its own.
+            if app._replies_routed():
+                self._backend = app.backend.async_twin()
+            else:
+                self._backend = app._new_backend().async_twin()
         return self._backend
 
     async def aclose(self) -> None:
@@ -1244,15 +1530,44 @@ def _find_related_module(package: str, related_name: str | None) -> types.Module
         raise
 
 
-def _django_apps() -> list[str]:
-    """Django's installed apps, for ``autodiscover_tasks()`` without packages."""
+def _django_transaction(method: str) -> Any:
     try:
-        from django.apps import apps  # type: ignore[import-not-found]  # noqa: PLC0415
+        from django.db import transaction  # noqa: PLC0415
+    except ImportError as exc:
+        raise ImproperlyConfigured(
+            f"Task.{method} waits for a Django transaction, and Django is not installed: "
+            "use delay/apply_async"
+        ) from exc
+    return transaction
+
+
+def _django_apps() -> list[str]:
+    """Django's installed apps, for ``autodiscover_tasks()`` without packages. Django is
+    set up first if it was not (a worker started by the command line), as Celery's
+    Django fix-up does when its worker starts."""
+    try:
+        import django  # noqa: PLC0415
+        from django.apps import apps  # noqa: PLC0415
     except ImportError as exc:
         raise ImproperlyConfigured(
             "autodiscover_tasks() without packages searches Django's installed apps, and "
             "Django is not installed: give the packages"
         ) from exc
+    if not apps.ready:
+        from django.conf import settings  # noqa: PLC0415
+
+        if not settings.configured and not os.environ.get("DJANGO_SETTINGS_MODULE"):
+            raise ImproperlyConfigured(
+                "autodiscover_tasks() without packages searches Django's installed apps, "
+                "and Django is not configured (DJANGO_SETTINGS_MODULE is not set): give "
+                "the packages"
+            )
+        try:
+            django.setup()
+        except Exception as exc:
+            raise ImproperlyConfigured(
+                f"autodiscover_tasks(): Django could not be set up: {exc}"
+            ) from exc
     return [config.name for config in apps.get_app_configs()]
 
 
@@ -1279,11 +1594,17 @@ def _hostname() -> str:
     return socket.gethostname()
 
 
-def _thread_oid(app: App) -> str:
-    """A UUID-format id stable per app, process and thread (Celery's ``thread_oid``,
-    sent as ``reply_to``). ``App._thread_context`` keeps it per process and thread."""
-    node = f"{_hostname()}/{os.getpid()}/{threading.get_ident()}/{id(app)}"
-    return str(uuid.uuid3(uuid.NAMESPACE_OID, node))
+#: Kombu's node id (``kombu.common.get_node_id``): random, drawn once per process tree.
+_NODE = uuid.uuid4().int
+
+
+def _oid(app: App) -> str:
+    """Celery's ``app.oid`` (``kombu.common.oid_from(app, threads=False)``): a UUID 3 of
+    the node, the process and the app, stable per app and process. Sent as every
+    message's ``reply_to``: the app's reply queue (``rpc://``). Celery sends the
+    per-thread ``thread_oid`` because its rpc backend is per thread; wiretask's reads
+    one queue per app and process for all its threads."""
+    return str(uuid.uuid3(uuid.NAMESPACE_OID, f"{_NODE:x}-{os.getpid():x}-0-{id(app):x}"))
 
 
 #: The kwargs of an ``apply_many`` item given as args alone (the builder copies it).
@@ -1325,9 +1646,13 @@ class Task(Generic[P, R]):
 
     ``@app.task`` makes one from a function; ``@app.task(base=MyTask)`` makes it an
     instance of a subclass, whose class attributes are the defaults of its options
-    (the decorator's options win) and whose ``__call__`` wraps the run (the worker and
-    the eager path go through it, as in Celery). A subclass that defines ``run`` is a
-    class-based task (``app.register_task(MyTask)``).
+    (the decorator's options win), whose ``__call__`` wraps the run (the worker and
+    the eager path go through it, as in Celery) and whose handler methods
+    (``before_start``, ``on_success``, ``on_retry``, ``on_failure``, ``after_return``)
+    the worker and the eager path call with Celery's arguments, in Celery's order. A
+    subclass that defines ``run`` is a class-based task (``app.register_task(MyTask)``).
+    ``task.run`` is the body; for a bound task the task is already bound to it, as in
+    Celery (``task.run(2, 3)``).
     """
 
     # Celery's Task attributes and their defaults (``wiretask.tasks.TASK_OPTIONS``).
@@ -1406,25 +1731,23 @@ class Task(Generic[P, R]):
         self.is_coroutine = inspect.iscoroutinefunction(real)
         if self.autoretry_for:
             real = autoretry(self, real)
-        self._real_run = real
-        if type(self).__call__ is not Task.__call__:
-            self.run = self._through_call(real)
-        else:
-            self.run = real
+        # A bound function task's run takes the task first: bind it, as Celery does.
+        self.run = types.MethodType(real, self) if self.bind and fn is not None else real
+        cls = type(self)
+        #: The handler methods this task's class defines (Celery's ``task_has_custom``):
+        #: the tracer calls only these.
+        self.custom_hooks: frozenset[str] = frozenset(
+            hook for hook in HOOKS if _defined_below_task(cls, hook)
+        )
+        #: Whether the class overrides ``__call__``: the worker then runs the body
+        #: through it, as Celery's tracer does.
+        self.custom_call = cls.__call__ is not Task.__call__
 
     def _class_options(self, app: App, options: Mapping[str, Any]) -> dict[str, Any]:
         """The options given, over the ones a subclass sets as class attributes, over
         the app's defaults (``task_max_retries``, ``task_default_retry_delay``,
-        ``strict_typing``). Refuses a subclass defining a handler method the worker does
-        not call yet."""
+        ``strict_typing``)."""
         cls = type(self)
-        hooks = [hook for hook in HOOKS if _defined_below_task(cls, hook)]
-        if hooks:
-            raise ImproperlyConfigured(
-                f"{cls.__qualname__} defines {', '.join(hooks)}: wiretask's worker does not "
-                "call Task handler methods yet (issue 14's worker half), so they are refused "
-                "rather than ignored"
-            )
         explicit = dict(options)
         for key in TASK_OPTIONS.keys() - {"name", "base"} - explicit.keys():
             if _defined_below_task(cls, key):
@@ -1444,41 +1767,66 @@ class Task(Generic[P, R]):
                 "soft_time_limit", f"{soft} is greater than time_limit {hard}", value=soft
             )
         self.rate = parse_rate(self.rate_limit)
-        if self.rate is not None and "rate_limit" in options:
-            logger.warning(
-                "task %s: rate_limit %r is stored on the task (Task.rate), but wiretask's "
-                "worker does not enforce rate limits yet", getattr(self, "name", "?"),
-                self.rate_limit,
-            )
         self.defaults = types.MappingProxyType(
             {k: getattr(self, k) for k in CALL_DEFAULTS if getattr(self, k) is not None}
         )
 
-    def _through_call(self, real: Callable[..., Any]) -> Callable[..., Any]:
-        """``run`` for a subclass that overrides ``__call__``: what the worker calls goes
-        through that ``__call__`` (as Celery's tracer calls a custom ``__call__``), and
-        ``self.run(...)`` or ``super().__call__(...)`` inside it reaches the task body.
-        The worker passes the task first to a bound task; ``self.run(...)`` inside
-        ``__call__`` takes the arguments alone, as in Celery."""
-
-        @functools.wraps(real)
-        def run(*args: Any, **kwargs: Any) -> Any:
-            if _inside_call.get() is self:
-                return self._call_run(*args, **kwargs)
-            if self.bind:
-                args = args[1:]
-            token = _inside_call.set(self)
-            try:
-                return type(self).__call__(self, *args, **kwargs)
-            finally:
-                _inside_call.reset(token)
-
-        return run
-
     def _call_run(self, *args: Any, **kwargs: Any) -> R:
-        if self.bind:
-            return cast("R", self._real_run(self, *args, **kwargs))
-        return cast("R", self._real_run(*args, **kwargs))
+        return self.run(*args, **kwargs)
+
+    def _trace_call(self, args: Sequence[Any], kwargs: Mapping[str, Any]) -> R:
+        """Run the body as Celery's tracer does (the worker and the eager path): through
+        the class's own ``__call__`` if it overrides it (``super().__call__(...)`` or
+        ``self.run(...)`` in it reach the body), else ``run`` directly."""
+        if not self.custom_call:
+            return self.run(*args, **kwargs)
+        token = _inside_call.set(self)
+        try:
+            return type(self).__call__(self, *args, **kwargs)
+        finally:
+            _inside_call.reset(token)
+
+    # -- handlers (Celery's; a subclass overrides them) -------------------------------
+
+    def before_start(self, task_id: str, args: Sequence[Any],
+                     kwargs: Mapping[str, Any]) -> None:
+        """Called by the worker right before the body runs."""
+
+    def on_success(self, retval: Any, task_id: str, args: Sequence[Any],
+                   kwargs: Mapping[str, Any]) -> None:
+        """Called by the worker after ``SUCCESS`` was stored."""
+
+    def on_retry(self, exc: BaseException | None, task_id: str, args: Sequence[Any],
+                 kwargs: Mapping[str, Any], einfo: ExceptionInfo) -> None:
+        """Called by the worker after ``RETRY`` was stored (``exc``: ``retry(exc=...)``)."""
+
+    def on_failure(self, exc: BaseException, task_id: str, args: Sequence[Any],
+                   kwargs: Mapping[str, Any], einfo: ExceptionInfo) -> None:
+        """Called by the worker after ``FAILURE`` was stored and the errbacks called."""
+
+    def after_return(self, status: str, retval: Any, task_id: str, args: Sequence[Any],
+                     kwargs: Mapping[str, Any], einfo: ExceptionInfo | None) -> None:
+        """Called by the worker after ``on_success`` or ``on_failure`` (``einfo`` is
+        always None, as in Celery's tracer)."""
+
+    def call_hook(self, name: str, *args: Any) -> BaseException | None:
+        """Call the handler ``name`` (one of ``HOOKS``) if this task's class defines it.
+        What it raises is logged and returned (the caller decides what it means)."""
+        if name not in self.custom_hooks:
+            return None
+        try:
+            getattr(self, name)(*args)
+        except Exception as exc:
+            logger.exception("task %s[%s]: %s raised", self.name, self.request.id, name)
+            return exc
+        return None
+
+    def add_trail(self, result: AsyncResult) -> AsyncResult:
+        """Record ``result`` as a child of the running task (when ``trail`` is on), as
+        sending a task from inside one does."""
+        if self.trail:
+            self.request.children.append(result)
+        return result
 
     def __repr__(self) -> str:
         return f"<Task {self.name}>"
@@ -1543,6 +1891,25 @@ class Task(Generic[P, R]):
     def delay(self, *args: P.args, **kwargs: P.kwargs) -> AsyncResult:
         """``apply_async(args, kwargs)``: every keyword is a task kwarg, never an option."""
         return self.apply_async(args, kwargs)
+
+    def delay_on_commit(self, *args: P.args, **kwargs: P.kwargs) -> None:
+        """Django: ``delay`` once the current database transaction commits (at once
+        outside one). Returns None, as Celery's ``DjangoTask.delay_on_commit``.
+
+        Raises:
+            ImproperlyConfigured: Django is not installed.
+        """
+        transaction = _django_transaction("delay_on_commit")
+        transaction.on_commit(functools.partial(self.apply_async, args, kwargs))
+
+    def apply_async_on_commit(
+        self, args: Sequence[Any] | None = None, kwargs: Mapping[str, Any] | None = None,
+        **options: Any,
+    ) -> None:
+        """Django: ``apply_async`` once the current database transaction commits.
+        Returns None, as Celery's ``DjangoTask.apply_async_on_commit``."""
+        transaction = _django_transaction("apply_async_on_commit")
+        transaction.on_commit(functools.partial(self.apply_async, args, kwargs, **options))
 
     def apply_async(
         self,
@@ -1673,6 +2040,19 @@ class Task(Generic[P, R]):
             state,
         )
 
+    def chunks(self, it: Iterable[Sequence[Any]], n: int) -> chunks:
+        """``it`` cut into parts of ``n`` argument tuples, each part one
+        ``celery.starmap`` message (Celery's ``task.chunks``)."""
+        return chunks(self.s(), it, n, app=self.app)
+
+    def map(self, it: Iterable[Any]) -> xmap:
+        """One ``celery.map`` message calling this task for each item (``task.map``)."""
+        return xmap(self.s(), it, app=self.app)
+
+    def starmap(self, it: Iterable[Sequence[Any]]) -> xstarmap:
+        """One ``celery.starmap`` message calling this task with each argument tuple."""
+        return xstarmap(self.s(), it, app=self.app)
+
     def AsyncResult(self, task_id: str) -> AsyncResult:  # Celery's name
         return AsyncResult(task_id, app=self.app)
 
@@ -1686,7 +2066,9 @@ class Task(Generic[P, R]):
     ) -> None:
         """Store a state (e.g. a custom ``PROGRESS`` with ``meta``) for this task or
         ``task_id``; ``on_message`` listeners receive it."""
-        self.app.backend.store(*self._state_meta(task_id, state, meta))
+        update = self._state_update(task_id, state, meta)
+        self.app.backend.store_reply(update.task_id, update.meta, reply_to=update.reply_to,
+                                     correlation_id=update.correlation_id)
 
     async def aupdate_state(
         self,
@@ -1696,19 +2078,29 @@ class Task(Generic[P, R]):
     ) -> None:
         """``update_state``, awaited (from an ``async def`` task: the store does not
         block the event loop)."""
-        await self.app.async_backend.store(*self._state_meta(task_id, state, meta))
+        update = self._state_update(task_id, state, meta)
+        await self.app.async_backend.store_reply(
+            update.task_id, update.meta, reply_to=update.reply_to,
+            correlation_id=update.correlation_id,
+        )
 
-    def _state_meta(
-        self, task_id: str | None, state: str, meta: Any
-    ) -> tuple[str, dict[str, Any]]:
+    def _state_update(self, task_id: str | None, state: str, meta: Any) -> _StateUpdate:
         task_id = task_id or self.request.id
         if task_id is None:
             raise ValidationError("task_id", "update_state outside a worker needs a task_id")
         request = self.request
-        return task_id, states.make_meta(
-            task_id, state, meta,
-            parent_id=request.parent_id if request.id == task_id else None,
-            group_id=request.group if request.id == task_id else None,
+        message = request.message
+        return _StateUpdate(
+            task_id,
+            states.make_meta(
+                task_id, state, meta,
+                parent_id=request.parent_id if request.id == task_id else None,
+                group_id=request.group if request.id == task_id else None,
+            ),
+            # A worker's request: the state goes where its sender listens (rpc://).
+            reply_to=message.reply_to if message is not None else None,
+            correlation_id=(message.correlation_id or message.id)
+            if message is not None and request.id == task_id else task_id,
         )
 
     def retry(
@@ -1825,40 +2217,43 @@ class _EagerRun:
 
     def request(self) -> Request:
         message = self.message
-        return Request(
-            id=message.id, task=message.task, args=message.args, kwargs=dict(message.kwargs),
-            retries=message.retries, eta=message.eta, expires=message.expires,
-            root_id=message.root_id, parent_id=message.parent_id, group=message.group,
-            group_index=message.group_index, called_directly=False, is_eager=True,
-            hostname=_hostname(),
+        return Request.from_message(
+            message, hostname=_hostname(), is_eager=True,
             delivery_info={"is_eager": True, "exchange": None, "routing_key": None,
                            "priority": message.priority},
-            message=message,
         )
 
     def run(self) -> EagerResult:
-        task, message = self.task, self.message
+        task = self.task
         request = self.request()
+        with task.running(request):
+            return self._traced(request)
+
+    def _traced(self, request: Request) -> EagerResult:
+        """The run, with the request current (the handlers and the callbacks see it,
+        and what they send becomes the task's children), in Celery's tracer order."""
+        task, message = self.task, self.message
+        args, kwargs = list(message.args), dict(message.kwargs)
         try:
-            with task.running(request):
-                if task.bind:
-                    retval = task.run(task, *message.args, **message.kwargs)
-                else:
-                    retval = task.run(*message.args, **message.kwargs)
-                if inspect.iscoroutine(retval):
-                    retval = _run_eagerly(retval)
+            task.before_start(message.id, args, kwargs)
+            retval = task._trace_call(message.args, message.kwargs)
+            if inspect.iscoroutine(retval):
+                retval = _run_eagerly(retval)
         except Retry as signal:
             if signal.sig is None:
                 return self.failed(request, signal)
-            args, kwargs = signal.sig
+            reason: BaseException = signal.exc if signal.exc is not None else signal
+            task.call_hook("on_retry", signal.exc, message.id, args, kwargs,
+                           ExceptionInfo.of(reason, "".join(traceback.format_exception(
+                               type(reason), reason, reason.__traceback__
+                               or signal.__traceback__))))
             return task.apply(
-                args, kwargs, task_id=message.id, retries=message.retries + 1,
+                *signal.sig, task_id=message.id, retries=message.retries + 1,
                 throw=self.throw, link=message.callbacks, link_error=message.errbacks,
                 chain=message.chain, root_id=message.root_id, parent_id=message.parent_id,
             )
         except Exception as exc:  # the task's failure, as the tracer records it
             return self.failed(request, exc)
-        self.store(states.SUCCESS, retval)
         root_id = message.root_id or message.id
         for sig in message.callbacks or ():
             self.app._apply_signature(
@@ -1869,12 +2264,20 @@ class _EagerRun:
             self.app._apply_signature(message.chain[-1].clone(
                 (retval,), parent_id=message.id, root_id=root_id, chain=rest or None
             ))
+        # Celery: the callbacks are applied before the result is stored (so that it
+        # lists them among its children), then on_success and after_return.
+        self.store(states.SUCCESS, retval, children=request.children)
+        failed = task.call_hook("on_success", retval, message.id, args, kwargs)
+        if failed is not None:
+            return self.failed(request, failed)
+        task.call_hook("after_return", states.SUCCESS, retval, message.id, args, kwargs,
+                       None)
         return EagerResult(message.id, retval, states.SUCCESS, name=task.name, app=self.app)
 
     def failed(self, request: Request, exc: BaseException) -> EagerResult:
         message = self.message
         tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
-        self.store(states.FAILURE, exc, tb)
+        self.store(states.FAILURE, exc, tb, children=request.children)
         root_id = message.root_id or message.id
         for sig in message.errbacks or ():
             # The worker's rule for which errbacks run in-process (imported here: the
@@ -1889,20 +2292,32 @@ class _EagerRun:
                     sig.clone((message.id,), parent_id=message.id, root_id=root_id)
                 )
         if self.throw:
+            # Celery's eager tracer propagates at once: no on_failure, no after_return.
             raise exc
+        args, kwargs = list(message.args), dict(message.kwargs)
+        self.task.call_hook("on_failure", exc, message.id, args, kwargs,
+                            ExceptionInfo.of(exc, tb))
+        self.task.call_hook("after_return", states.FAILURE, exc, message.id, args, kwargs,
+                            None)
         return EagerResult(message.id, exc, states.FAILURE, traceback=tb,
                            name=self.task.name, app=self.app)
 
-    def store(self, status: str, result: Any, tb: str | None = None) -> None:
+    def store(self, status: str, result: Any, tb: str | None = None, *,
+              children: Sequence[AsyncResult] = ()) -> None:
         store = self.task.store_eager_result
         if store is None:
             store = bool(self.app.conf.get("task_store_eager_result"))
         if not store or self.message.ignore_result:
             return
         message = self.message
+        # result_extended: the fields Celery's eager run stores too (worker.canvas).
+        from wiretask.worker.canvas import extended_fields  # noqa: PLC0415 - lazily
+
         self.app.backend.store(message.id, states.make_meta(
             message.id, status, result, traceback=tb, date_done=self.app.now(),
             parent_id=message.parent_id, group_id=message.group,
+            extra=extended_fields(self.app, message, self.request(), _hostname()),
+            children=[child.as_tuple() for child in children],
         ))
 
 
@@ -1918,7 +2333,7 @@ class AsyncResult:
     """
 
     def __init__(self, id: str, *, app: App | None = None, ignore_result: bool = False,
-                 parent: AsyncResult | None = None) -> None:
+                 parent: AsyncResult | GroupResult | None = None) -> None:
         self.id = id
         self.app = app if app is not None else current_app()
         self.ignore_result = ignore_result
@@ -1970,7 +2385,7 @@ class AsyncResult:
         return _datetime(self._meta().get("date_done"))
 
     @property
-    def parent(self) -> AsyncResult | None:
+    def parent(self) -> AsyncResult | GroupResult | None:
         """The result of the task that sent this one: set by a chain, else read from the
         stored ``parent_id``."""
         if self._parent is not None:
@@ -1979,18 +2394,18 @@ class AsyncResult:
         return AsyncResult(str(parent_id), app=self.app) if parent_id else None
 
     @parent.setter
-    def parent(self, value: AsyncResult | None) -> None:
+    def parent(self, value: AsyncResult | GroupResult | None) -> None:
         self._parent = value
 
     @property
-    def children(self) -> list[AsyncResult] | None:
+    def children(self) -> list[AsyncResult | GroupResult] | None:
         """The results of the tasks this one sent, as stored (Celery's worker stores
         them), or ``None`` while there is nothing stored."""
         meta = self.backend.get(self.id)
         children = None if meta is None else meta.get("children")
         if children is None:
             return None
-        return [_result_from_tuple(item, self.app, f"children[{index}]")
+        return [result_from_tuple(item, self.app, f"children[{index}]")
                 for index, item in enumerate(children)]
 
     def ready(self) -> bool:
@@ -1999,12 +2414,74 @@ class AsyncResult:
     def successful(self) -> bool:
         return self.state == states.SUCCESS
 
+    def as_tuple(self) -> tuple[Any, Any]:
+        """Celery's result tuple, ``((id, parent_tuple), None)`` (stored in
+        ``children`` and in a saved group)."""
+        parent = self._parent.as_tuple() if self._parent is not None else None
+        return (self.id, parent), None
+
+    # -- result_extended: what the worker that ran the task stored about it ------------
+
+    def _extended(self, field: str) -> Any:
+        return self._meta().get(field)
+
+    def _extended_text(self, field: str) -> str | None:
+        value = self._extended(field)
+        return None if value is None else str(value)
+
+    @property
+    def name(self) -> str | None:
+        """The task's name (stored with ``result_extended``, by wiretask or Celery)."""
+        return self._extended_text("name")
+
+    @property
+    def args(self) -> Any:
+        """The task's positional arguments (``result_extended``)."""
+        return self._extended("args")
+
+    @property
+    def kwargs(self) -> Any:
+        """The task's keyword arguments (``result_extended``)."""
+        return self._extended("kwargs")
+
+    @property
+    def worker(self) -> str | None:
+        """The node name of the worker that ran it (``result_extended``)."""
+        return self._extended_text("worker")
+
+    @property
+    def queue(self) -> str | None:
+        """The routing key it was delivered with (``result_extended``)."""
+        return self._extended_text("queue")
+
+    @property
+    def retries(self) -> int | None:
+        """How many times it had been retried (``result_extended``)."""
+        value = self._extended("retries")
+        return None if value is None else int(value)
+
     def failed(self) -> bool:
         return self.state == states.FAILURE
 
     def forget(self) -> None:
         """Remove the stored result."""
         self.backend.forget(self.id)
+
+    def revoke(
+        self, connection: object = None, terminate: bool = False, signal: str | None = None,
+        wait: bool = False, timeout: float | None = None,
+    ) -> None:
+        """Tell every worker to revoke this task (Celery's ``AsyncResult.revoke``): one
+        that has not run it will not, and with ``terminate`` one whose pool can stop a
+        running task stops it. ``wait`` waits up to ``timeout`` seconds for each
+        worker's reply (the replies are not returned, as in Celery).
+
+        Raises:
+            ImproperlyConfigured: the broker cannot broadcast (``spec/control.md``).
+            TransportError: the broker failed.
+        """
+        self.app.control.revoke(self.id, connection=connection, terminate=terminate,
+                                signal=signal, reply=wait, timeout=timeout)
 
     def get(
         self,
@@ -2040,6 +2517,9 @@ class AsyncResult:
         _check_interval(interval)
         if propagate and follow_parents:
             self._raise_failed_parent()
+        backend = self.backend
+        if isinstance(backend, ReplyRouted):
+            backend.check_wait(self.id)  # rpc://: states that go elsewhere never come
         if interval is None:
             meta = self._stream(timeout, on_message)
         else:
@@ -2048,15 +2528,25 @@ class AsyncResult:
 
     wait = get
 
+    def maybe_throw(self, propagate: bool = True) -> None:
+        """Raise the task's error now if it failed or was revoked (Celery's
+        ``maybe_throw``); otherwise do nothing."""
+        meta = self._meta()
+        if propagate and meta.get("status") in states.PROPAGATE_STATES:
+            value = _value(meta)
+            if isinstance(value, BaseException):
+                raise value
+
     def _raise_failed_parent(self) -> None:
+        """Celery's ``_maybe_reraise_parent_error``: the oldest failed ancestor's error
+        (a group ancestor: its first failed task's)."""
+        parents = []
         node = self._parent
         while node is not None:
-            meta = node._meta()
-            if meta.get("status") in states.PROPAGATE_STATES:
-                value = _value(meta)
-                if isinstance(value, BaseException):
-                    raise value
+            parents.append(node)
             node = node._parent
+        for node in reversed(parents):
+            node.maybe_throw()
 
     def _stream(self, timeout: float | None,
                 on_message: Callable[[dict[str, Any]], object] | None) -> Mapping[str, Any]:
@@ -2084,7 +2574,14 @@ class AsyncResult:
         deadline = None if timeout is None else _monotonic() + timeout
         last: Mapping[str, Any] | None = None
         while True:
-            meta = self.backend.get(self.id)
+            try:
+                meta = self.backend.get(self.id)
+            except ConnectionLost:
+                # The backend is away (restarting): read again at the next interval,
+                # within the caller's timeout.
+                if deadline is not None and _monotonic() >= deadline:
+                    raise
+                meta = None
             if meta is not None and meta != last:
                 last = meta
                 if on_message is not None:
@@ -2129,6 +2626,8 @@ class AsyncResult:
         backend = self.app.async_backend
         if propagate and follow_parents:
             await self._araise_failed_parent(backend)
+        if isinstance(backend, AsyncReplyRouted):
+            backend.check_wait(self.id)  # rpc://: states that go elsewhere never come
         if interval is None:
             meta = await self._astream(backend, timeout, on_message)
         else:
@@ -2146,7 +2645,10 @@ class AsyncResult:
         loop = asyncio.get_running_loop()
         deadline = None if timeout is None else loop.time() + timeout
         last_state = states.PENDING
-        subscription = await self.app.async_backend.subscribe(self.id)
+        backend = self.app.async_backend
+        if isinstance(backend, AsyncReplyRouted):
+            backend.check_wait(self.id)  # rpc://: states that go elsewhere never come
+        subscription = await backend.subscribe(self.id)
         try:
             while True:
                 remaining = None if deadline is None else deadline - loop.time()
@@ -2235,11 +2737,21 @@ class EagerResult(AsyncResult):
         self._result = ret_value
         self._state = state
         self._traceback = traceback
-        self.name = name
+        self._name = name
         self._date_done = datetime.now(UTC)
 
     def __repr__(self) -> str:
         return f"<EagerResult: {self.id}>"
+
+    @property
+    def name(self) -> str | None:
+        return self._name
+
+    def revoke(self, *args: Any, **kwargs: Any) -> None:
+        """Celery's: the task ran already, here; the result only reads ``REVOKED`` now
+        (no worker is told anything)."""
+        del args, kwargs
+        self._state = states.REVOKED
 
     def _meta(self) -> Mapping[str, Any]:
         return {"task_id": self.id, "status": self._state, "result": self._result,
@@ -2266,7 +2778,7 @@ class EagerResult(AsyncResult):
         return self._date_done
 
     @property
-    def children(self) -> list[AsyncResult] | None:
+    def children(self) -> list[AsyncResult | GroupResult] | None:
         return None
 
     def ready(self) -> bool:
@@ -2352,19 +2864,3 @@ def _datetime(value: Any) -> datetime | None:
     if value is None or isinstance(value, datetime):
         return value
     return parse_iso(value, field="date_done", decoding=True)
-
-
-def _result_from_tuple(value: Any, app: App, field: str) -> AsyncResult:
-    """Celery's ``result_from_tuple`` for a plain result: ``[[id, parent], null]``."""
-    if isinstance(value, list | tuple) and len(value) == 2:
-        head, nodes = value
-        if nodes:
-            raise DecodeError(field, "a group result; group results are not supported yet")
-        parent = None
-        if isinstance(head, list | tuple) and len(head) == 2:
-            head, parent_tuple = head
-            if parent_tuple:
-                parent = _result_from_tuple(parent_tuple, app, f"{field}.parent")
-        if isinstance(head, str) and head:
-            return AsyncResult(head, app=app, parent=parent)
-    raise DecodeError(field, f"not a result tuple: {value!r}")

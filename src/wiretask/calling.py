@@ -233,8 +233,12 @@ def _string(field: str, value: object, *, optional: bool = True) -> str | None:
     return value
 
 
-def _signatures(field: str, value: object) -> tuple[Signature, ...] | None:
-    """``link``/``link_error``/``chain``: one signature, a list of them, or None."""
+def _signatures(
+    field: str, value: object, *, keep_empty: bool = False
+) -> tuple[Signature, ...] | None:
+    """``link``/``link_error``/``chain``: one signature, a list of them, or None. An
+    empty list is None, unless ``keep_empty`` (a chain's last task carries ``[]``, as
+    Celery sends it)."""
     if value is None:
         return None
     items: Iterable[object] = (
@@ -252,7 +256,7 @@ def _signatures(field: str, value: object) -> tuple[Signature, ...] | None:
             raise ValidationError(
                 f"{field}[{index}]", f"must be a signature (task.s(...)), got {item!r}"
             )
-    return tuple(result) or None
+    return tuple(result) if result or keep_empty else None
 
 
 def _priority(value: object, capabilities: Capabilities | None) -> int | None:
@@ -689,7 +693,7 @@ def _rare_fields(options: Mapping[str, Any], fields: dict[str, Any]) -> None:
         ("extra_headers", dict(headers) if headers else None),
         ("callbacks", _signatures("link", get("link"))),
         ("errbacks", _signatures("link_error", get("link_error"))),
-        ("chain", _signatures("chain", get("chain"))),
+        ("chain", _signatures("chain", get("chain"), keep_empty=True)),
         ("chord", chord),
     )
     for key, value in rare:

@@ -7,7 +7,9 @@ embedded SQLite default. ``--broker``/``--backend`` also override an imported ap
 
 Exit codes: 0 success, 1 a runtime failure (the broker could not be reached, a waited-for
 task failed), 2 a usage error (a bad option value, an app that does not import), 3 a
-health-check threshold of ``wiretask stats`` was crossed (or could not be checked).
+health-check threshold of ``wiretask stats`` was crossed (or could not be checked), 69 no
+worker answered a remote-control command in time (``inspect``, ``control``, ``status``:
+Celery's ``EX_UNAVAILABLE``, so a health check copied from Celery fails as it should).
 
 Linked under another name as a Munin plugin (``wiretask_<queue>``), the script runs
 ``wiretask munin`` (``wiretask.monitoring.munin``).
@@ -16,19 +18,22 @@ Linked under another name as a Munin plugin (``wiretask_<queue>``), the script r
 from __future__ import annotations
 
 import argparse
+import contextlib
+import difflib
 import importlib
 import json
 import logging
 import math
 import os
 import signal
+import socket
 import sys
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
-from types import FrameType
-from typing import Any, NoReturn
+from types import FrameType, ModuleType
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import wiretask
 from wiretask.app import App, AsyncResult
@@ -47,8 +52,17 @@ from wiretask.monitoring.report import breaches, iso, rates, stats_record, stats
 from wiretask.protocol import states
 from wiretask.protocol.celery import decode
 from wiretask.results.exceptions import exception_from_meta
-from wiretask.transports.base import Inspection, Peeked, QueueStatistics, QueueStats
+from wiretask.transports.base import (
+    Inspection,
+    Peeked,
+    QueueAdmin,
+    QueueStatistics,
+    QueueStats,
+)
 from wiretask.transports.url import mask_url
+
+if TYPE_CHECKING:
+    from wiretask.beat.service import EmbeddedBeat
 
 __all__ = ["CommandError", "load_app", "main", "parse_arg"]
 
@@ -77,10 +91,25 @@ class CommandError(Exception):
 
 
 class _Parser(argparse.ArgumentParser):
-    """An ``ArgumentParser`` whose usage errors are one line: ``prog: error: message``."""
+    """An ``ArgumentParser`` whose usage errors are one line: ``prog: error: message``,
+    and whose unknown options are refused with the nearest known one."""
 
     def error(self, message: str) -> NoReturn:
         self.exit(2, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
+
+    def refuse_unknown(self, extras: Sequence[str]) -> NoReturn:
+        """Refuse what no option took, naming the nearest option of this parser
+        (Python 3.11's argparse has no suggestions of its own)."""
+        known = [flag for action in self._actions for flag in action.option_strings]
+        parts = []
+        for extra in extras:
+            hint = ""
+            if extra.startswith("-"):
+                close = difflib.get_close_matches(extra.partition("=")[0], known, n=1,
+                                                  cutoff=0.6)
+                hint = f" (did you mean {close[0]}?)" if close else ""
+            parts.append(f"{extra}{hint}")
+        self.error(f"unrecognized arguments: {' '.join(parts)}")
 
 
 # -- argument types ---------------------------------------------------------------------
@@ -188,39 +217,100 @@ def parse_arg(text: str) -> Any:
 
 
 def load_app(spec: str) -> App:
-    """Import ``pkg.module:attribute`` (or ``pkg.module``, meaning its ``app``) and return
-    the ``App`` found there. The current directory is put first on ``sys.path``.
+    """The ``App`` that ``-A spec`` names, found as Celery's ``find_app`` finds one.
+
+    ``pkg.module:attribute`` is that attribute. ``pkg.module`` (no colon) is the
+    attribute ``module`` of ``pkg`` if there is one, else the module; a module stands
+    for its ``app``, else its ``celery`` attribute, else (a package) its ``celery``
+    submodule's app, else the first ``App`` among its attributes, so ``-A proj`` finds
+    ``proj.celery:app`` as Celery does. The current directory is put first on
+    ``sys.path``.
 
     Raises:
-        CommandError: the module does not import, has no such attribute, or the
-            attribute is not an ``App`` (the message names which, and why).
+        CommandError: the module does not import, has no such attribute, or what was
+            found is not an ``App`` (the message names which, and why).
     """
-    module_name, _, attribute = spec.partition(":")
-    attribute = attribute or "app"
+    module_name, colon, attribute = spec.partition(":")
     if not module_name:
         raise CommandError(f"-A/--app: expected 'package.module:app', got {spec!r}")
     cwd = os.getcwd()
     if cwd not in sys.path:
         sys.path.insert(0, cwd)
-    try:
-        module = importlib.import_module(module_name)
-    except Exception as exc:
-        raise CommandError(
-            f"-A/--app: cannot import {module_name!r}: {type(exc).__name__}: {exc}"
-        ) from exc
-    target: Any = module
-    for part in attribute.split("."):
-        try:
-            target = getattr(target, part)
-        except AttributeError:
-            raise CommandError(
-                f"-A/--app: module {module_name!r} has no attribute {attribute!r}"
-            ) from None
+    if colon:
+        target: Any = _import(module_name)
+        for part in (attribute or "app").split("."):
+            try:
+                target = getattr(target, part)
+            except AttributeError:
+                raise CommandError(
+                    f"-A/--app: module {module_name!r} has no attribute "
+                    f"{attribute or 'app'!r}"
+                ) from None
+    else:
+        target = _symbol(module_name)
+        if isinstance(target, ModuleType):
+            found = _app_in_module(target)
+            if found is None:
+                raise CommandError(
+                    f"-A/--app: module {module_name!r} has no attribute 'app' (nor "
+                    "'celery', nor a wiretask App among its attributes)"
+                )
+            target = found
     if not isinstance(target, App):
         raise CommandError(
             f"-A/--app: {spec!r} is a {type(target).__name__}, not a wiretask App"
         )
     return target
+
+
+def _import(module_name: str) -> ModuleType:
+    try:
+        return importlib.import_module(module_name)
+    except Exception as exc:
+        raise CommandError(
+            f"-A/--app: cannot import {module_name!r}: {type(exc).__name__}: {exc}"
+        ) from exc
+
+
+def _symbol(name: str) -> Any:
+    """Kombu's ``symbol_by_name`` without a colon: ``a.b`` is attribute ``b`` of module
+    ``a`` when it has one, else the module ``a.b``."""
+    parent, _, last = name.rpartition(".")
+    if parent:
+        try:
+            module = importlib.import_module(parent)
+        except ImportError:
+            module = None
+        if module is not None and hasattr(module, last):
+            return getattr(module, last)
+    return _import(name)
+
+
+def _app_in_module(module: ModuleType) -> Any:
+    """Celery's rules for a module given to ``-A``: its ``app``, its ``celery``, its
+    ``celery`` submodule (a package), then any ``App`` it holds (None: nothing)."""
+    for attribute in ("app", "celery"):
+        found = getattr(module, attribute, None)
+        if found is not None and not isinstance(found, ModuleType):
+            return found
+    if getattr(module, "__path__", None):
+        try:
+            submodule = importlib.import_module(f"{module.__name__}.celery")
+        except ModuleNotFoundError as exc:
+            if exc.name != f"{module.__name__}.celery":
+                raise CommandError(
+                    f"-A/--app: cannot import {module.__name__}.celery: {exc}"
+                ) from exc
+        except Exception as exc:
+            raise CommandError(
+                f"-A/--app: cannot import {module.__name__}.celery: "
+                f"{type(exc).__name__}: {exc}"
+            ) from exc
+        else:
+            found = _app_in_module(submodule)
+            if found is not None:
+                return found
+    return next((value for value in vars(module).values() if isinstance(value, App)), None)
 
 
 def _app_from_args(args: argparse.Namespace, *, quiet: bool = False) -> App:
@@ -294,35 +384,287 @@ def _relative(value: datetime | None, now: datetime) -> str:
 # -- commands ---------------------------------------------------------------------------
 
 
+#: Celery's pool names: ``prefork`` is the process pool; what wiretask has not.
+_POOL_NAMES: Mapping[str, str] = {"prefork": "processes", "processes": "processes",
+                                  "threads": "threads", "solo": "solo", "asyncio": "asyncio"}
+_POOLS_REFUSED: Mapping[str, str] = {
+    "eventlet": "wiretask's worker does not run on green threads (its transports block "
+    "on sockets): use --pool threads for I/O-bound tasks",
+    "gevent": "wiretask's worker does not run on green threads (its transports block on "
+    "sockets): use --pool threads for I/O-bound tasks",
+    "custom": "give a Pool subclass to Worker(pool=...) in Python instead",
+}
+
+#: Celery worker flags wiretask refuses, and what to do instead (checked by
+#: ``_cmd_worker``, so that ``--help`` still lists them).
+_WORKER_REFUSED: Mapping[str, tuple[str, str]] = {
+    "detach": ("-D/--detach", "wiretask worker runs in the foreground: start it from a "
+               "service manager (systemd, supervisord) or with 'nohup wiretask worker "
+               "... &'"),
+    "events": ("-E/--events", "wiretask does not send task events yet"),
+    "scheduler": ("--scheduler", "wiretask beat keeps its history in a file and on the "
+                  "broker: only Celery's default scheduler (leave it out)"),
+    "autoscale": ("--autoscale", "the pool has a fixed size: give -c N"),
+    "uid": ("--uid", "it belongs to --detach, which is refused"),
+    "gid": ("--gid", "it belongs to --detach, which is refused"),
+    "umask": ("--umask", "it belongs to --detach, which is refused"),
+    "executable": ("--executable", "it belongs to --detach, which is refused"),
+}
+
+
+def _pool(text: str) -> str:
+    name = text.strip().lower()
+    if name in _POOL_NAMES:
+        return _POOL_NAMES[name]
+    if name in _POOLS_REFUSED:
+        raise argparse.ArgumentTypeError(f"{name!r} is not supported: {_POOLS_REFUSED[name]}")
+    close = difflib.get_close_matches(name, list(_POOL_NAMES), n=1)
+    hint = f"; did you mean {close[0]!r}?" if close else ""
+    raise argparse.ArgumentTypeError(
+        f"unknown pool {text!r}{hint} (prefork or processes, threads, solo, asyncio)"
+    )
+
+
+def _nodename(text: str) -> str:
+    """``-n``: Celery's node-name formats: ``%h`` the host name, ``%n`` its first part,
+    ``%d`` the rest (the domain), ``%%`` a percent sign; without ``@``, ``@<host>`` is
+    added, as Celery's ``default_nodename``."""
+    host = socket.gethostname()
+    name, _, domain = host.partition(".")
+    out, i = [], 0
+    while i < len(text):
+        if text[i] == "%" and i + 1 < len(text) and text[i + 1] in "hnd%":
+            out.append({"h": host, "n": name, "d": domain, "%": "%"}[text[i + 1]])
+            i += 2
+        else:
+            out.append(text[i])
+            i += 1
+    value = "".join(out)
+    if not value:
+        raise argparse.ArgumentTypeError("must be a non-empty node name")
+    return value if "@" in value else f"{value}@{host}"
+
+
+class _PidFile:
+    """``--pidfile``: the worker's pid in a file while it runs, removed when it stops.
+    A file naming a process that is still running is refused, as Celery does; a stale
+    one is replaced."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def __enter__(self) -> _PidFile:
+        try:
+            with open(self.path) as existing:
+                pid = int(existing.read().strip() or 0)
+        except FileNotFoundError:
+            pid = 0
+        except (OSError, ValueError) as exc:
+            raise CommandError(f"--pidfile: cannot read {self.path}: {exc}") from exc
+        if pid and pid != os.getpid() and _running(pid):
+            raise CommandError(
+                f"--pidfile: {self.path} names process {pid}, which is running "
+                "(another worker?)"
+            )
+        try:
+            with open(self.path, "w") as file:
+                file.write(f"{os.getpid()}\n")
+        except OSError as exc:
+            raise CommandError(f"--pidfile: cannot write {self.path}: {exc}") from exc
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        try:
+            os.remove(self.path)
+        except OSError:
+            pass
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def _cmd_worker(args: argparse.Namespace) -> int:
     from wiretask.worker import Worker  # noqa: PLC0415 - only this command needs it
 
+    for attribute, (flag, why) in _WORKER_REFUSED.items():
+        if getattr(args, attribute) not in (None, False):
+            raise CommandError(f"{flag} is not supported: {why}")
     if args.pool == "processes" and not getattr(args, "app", None):
         raise CommandError("--pool processes: child processes import the app, so give -A/--app")
-    app = _app_from_args(args)
-    logging.basicConfig(
-        level=args.loglevel,
-        format="[%(asctime)s %(levelname)s %(processName)s] %(name)s: %(message)s",
-        stream=sys.stderr,
+    handler: logging.Handler = (
+        logging.FileHandler(args.logfile) if args.logfile else logging.StreamHandler(sys.stderr)
     )
-    # Celery's worker imports the include/imports modules when it starts.
-    app.finalize()
-    # No -Q: the declared queues (task_queues), else task_default_queue, as Celery's
-    # worker consumes. No -c: worker_concurrency, else the CPU count (the Worker's rule).
-    queues = args.queues if args.queues is not None else app.router.consume_from
+    handler.setFormatter(logging.Formatter(
+        "[%(asctime)s %(levelname)s %(processName)s] %(name)s: %(message)s"
+    ))
+    logging.basicConfig(level=args.loglevel, handlers=[handler])
+    app = _app_from_args(args)
+    queues = _worker_app(args, app)
     worker = Worker(
         app, queues=queues, concurrency=args.concurrency, pool=args.pool,
-        prefetch=args.prefetch, app_path=getattr(args, "app", None),
+        prefetch=args.prefetch, prefetch_multiplier=args.prefetch_multiplier,
+        hostname=args.hostname, max_tasks_per_child=args.max_tasks_per_child,
+        # module:attribute is what the children import; -A proj (Celery's search) is
+        # found among the imported modules by the pool.
+        app_path=args.app if ":" in (getattr(args, "app", None) or "") else None,
+        max_memory_per_child=args.max_memory_per_child,
+        statedb=args.statedb,
     )
     logging.getLogger("wiretask.cli").info(
         "app %r: broker %s, results %s", app.main or "__main__", app.transport.url,
         app.backend.url,
     )
+    beat = _embedded_beat(app, args) if args.beat else None
     try:
-        worker.run()
+        with contextlib.ExitStack() as stack:
+            if args.pidfile:
+                stack.enter_context(_PidFile(args.pidfile))
+            worker.run()
     finally:
+        if beat is not None:
+            beat.stop()
         app.close()
     return 0
+
+
+def _embedded_beat(app: App, args: argparse.Namespace) -> EmbeddedBeat:
+    """``worker -B``: the beat service in a thread of the worker (its lease makes it safe
+    on every worker: one sends, the others wait). Its settings and schedule are checked
+    before the worker starts."""
+    from wiretask.beat.service import EmbeddedBeat  # noqa: PLC0415
+
+    beat = EmbeddedBeat(app, schedule_filename=args.schedule_filename)
+    beat.start()
+    return beat
+
+
+def _worker_app(args: argparse.Namespace, app: App) -> list[str]:
+    """Apply the worker's flags to the app's settings, import its modules (Celery's
+    worker imports the include/imports modules when it starts), and return the queues
+    to consume: ``-Q``, else the declared queues (task_queues), else
+    task_default_queue, as Celery's worker consumes, less the ``-X`` ones."""
+    if args.include:
+        app.conf.include = (*app.conf.include, *args.include)
+    if args.time_limit is not None:
+        app.conf.task_time_limit = args.time_limit
+    if args.soft_time_limit is not None:
+        app.conf.task_soft_time_limit = args.soft_time_limit
+    if args.disable_prefetch:
+        app.conf.worker_disable_prefetch = True
+    app.finalize()
+    queues = list(args.queues if args.queues is not None else app.router.consume_from)
+    if args.exclude_queues:
+        queues = [name for name in queues if name not in args.exclude_queues]
+        if not queues:
+            raise CommandError("-X/--exclude-queues: every queue is excluded")
+    if args.purge:
+        _purge(app, queues)
+    return queues
+
+
+def _purge(app: App, queues: Sequence[str]) -> None:
+    """``--purge``: remove the messages waiting in the worker's queues before it starts,
+    as Celery's worker does (``wiretask purge`` without the question)."""
+    transport = app.transport
+    if not isinstance(transport, Inspection):
+        raise CommandError(f"--purge: the broker {transport.url} cannot purge a queue (its "
+                           "transport does not offer Inspection)")
+    removed = sum(transport.purge(name) for name in queues)
+    logging.getLogger("wiretask.cli").warning(
+        "purged %d message(s) from %s", removed, ", ".join(queues)
+    )
+
+
+def _worker_options(worker: argparse.ArgumentParser) -> None:
+    """The ``worker`` subcommand's options: Celery's ``celery worker`` flags (refused ones
+    say what to do instead) and wiretask's ``--prefetch``."""
+    worker.add_argument("-Q", "--queues", type=_queues, default=None, metavar="Q1,Q2",
+                        help="queues to consume (default: the app's task_queues, else its "
+                        "task_default_queue, celery)")
+    worker.add_argument("-X", "--exclude-queues", type=_queues, default=None,
+                        metavar="Q1,Q2", help="queues not to consume of the default ones")
+    worker.add_argument("-I", "--include", type=_queues, default=None, metavar="M1,M2",
+                        help="more modules to import (added to the app's include)")
+    worker.add_argument("-c", "--concurrency", type=_positive_int, default=None,
+                        metavar="N", help="tasks run at once (default: the app's "
+                        "worker_concurrency, else the CPU count; 1 with --pool solo)")
+    worker.add_argument("-P", "--pool", type=_pool, default="threads",
+                        metavar="POOL", help="prefork (or processes: child processes), "
+                        "threads, solo (one at a time in the receiving thread), or "
+                        "asyncio (async def tasks many in flight on one event loop); "
+                        "eventlet and gevent are refused (default: threads)")
+    worker.add_argument("-n", "--hostname", type=_nodename, default=None, metavar="NAME",
+                        help="node name for remote control, e.g. w1@%%h (%%h host, %%n "
+                        "its first part, %%d domain; default: wiretask@<host>)")
+    worker.add_argument("-S", "--statedb", metavar="FILE", default=None,
+                        help="keep revoked task ids in FILE across restarts "
+                        "(default: the worker_state_db setting)")
+    prefetch = worker.add_mutually_exclusive_group()
+    prefetch.add_argument("--prefetch-multiplier", type=_non_negative_int, default=None,
+                          metavar="N", help="reserve concurrency x N messages beyond the "
+                          "running ones, as Celery; 0: no limit (default: the app's "
+                          "worker_prefetch_multiplier, 4)")
+    prefetch.add_argument("--prefetch", type=_non_negative_int, default=None, metavar="N",
+                          help="wiretask's own: reserve exactly N messages beyond the "
+                          "running ones, instead of the multiplier")
+    prefetch.add_argument("--disable-prefetch", action="store_true",
+                          help="reserve no message beyond the running ones")
+    worker.add_argument("-O", "--optimization", choices=("default", "fair"),
+                        default="default", help="accepted for Celery's command lines: "
+                        "wiretask's pools already hand a message to a slot only when the "
+                        "slot is free (what -O fair asks of Celery's prefork pool)")
+    worker.add_argument("--time-limit", type=_non_negative_seconds, default=None,
+                        metavar="S", help="hard time limit of tasks that set none "
+                        "(task_time_limit)")
+    worker.add_argument("--soft-time-limit", type=_non_negative_seconds, default=None,
+                        metavar="S", help="soft time limit of tasks that set none "
+                        "(task_soft_time_limit)")
+    worker.add_argument("--max-tasks-per-child", type=_positive_int, default=None,
+                        metavar="N", help="--pool prefork: replace a child process after "
+                        "N tasks")
+    worker.add_argument("--max-memory-per-child", type=_positive_int, default=None,
+                        metavar="KIB", help="--pool prefork: replace a child process after "
+                        "a task that left it above KIB KiB resident")
+    worker.add_argument("-B", "--beat", action="store_true",
+                        help="also run beat in this worker (safe on several workers: one "
+                        "sends, the others wait on its lease)")
+    worker.add_argument("-s", "--schedule-filename", "--schedule", metavar="PATH",
+                        default=None,
+                        help="-B's schedule file (default: beat_schedule_filename)")
+    worker.add_argument("--purge", "--discard", action="store_true",
+                        help="remove the messages waiting in the worker's queues first")
+    worker.add_argument("-l", "--loglevel", type=_loglevel, default=logging.INFO,
+                        metavar="LEVEL", help="DEBUG, INFO, WARNING, ... (default: INFO)")
+    worker.add_argument("-f", "--logfile", default=None, metavar="FILE",
+                        help="log to FILE instead of stderr")
+    worker.add_argument("--pidfile", default=None, metavar="FILE",
+                        help="write the worker's pid to FILE while it runs (refused if "
+                        "FILE names a running process)")
+    no_ops = worker.add_argument_group(
+        "accepted for Celery's command lines, no effect here",
+        "wiretask workers do not gossip, synchronise at start (mingle) or send heartbeat "
+        "events",
+    )
+    no_ops.add_argument("--without-gossip", action="store_true")
+    no_ops.add_argument("--without-mingle", action="store_true")
+    no_ops.add_argument("--without-heartbeat", action="store_true")
+    no_ops.add_argument("--heartbeat-interval", type=_non_negative_seconds, metavar="S")
+    refused = worker.add_argument_group(
+        "Celery's flags that wiretask refuses (each says what to do instead)"
+    )
+    refused.add_argument("-D", "--detach", action="store_true")
+    refused.add_argument("-E", "--events", "--task-events", action="store_true")
+    refused.add_argument("--scheduler", metavar="CLASS")
+    refused.add_argument("--autoscale", metavar="MAX,MIN")
+    for flag in ("--uid", "--gid", "--umask", "--executable"):
+        refused.add_argument(flag, metavar="VALUE")
 
 
 def _call_options(args: argparse.Namespace) -> dict[str, Any]:
@@ -401,26 +743,45 @@ def _describe(peeked: Peeked, app: App, now: datetime) -> tuple[list[str], dict[
     return row, record
 
 
+def _read_queue(
+    transport: QueueAdmin, queue: str, limit: int
+) -> tuple[QueueStats | None, int, list[Peeked] | None, int]:
+    """What ``inspect`` shows of ``queue``: exact counts from ``QueueStatistics`` where
+    the transport offers it, else from ``QueueAdmin``; the first ``limit`` messages
+    where the broker can show them (``Inspection``), else ``None``."""
+    stats = (transport.queue_stats([queue])[0]
+             if isinstance(transport, QueueStatistics) else None)
+    waiting = (stats.waiting if stats is not None and stats.waiting is not None
+               else transport.size(queue))
+    peeked = transport.peek(queue, limit=limit) if isinstance(transport, Inspection) else None
+    dead = (stats.dead if stats is not None and stats.dead is not None
+            else len(transport.dead_letters(queue)))
+    return stats, waiting, peeked, dead
+
+
 def _cmd_inspect(args: argparse.Namespace) -> int:
     app = _app_from_args(args)
     try:
         transport = app.transport
-        if not isinstance(transport, Inspection):
+        if not isinstance(transport, QueueAdmin):
             raise CommandError(f"the broker {transport.url} cannot show a queue without "
                                "consuming it (its transport does not offer Inspection)", code=1)
-        # Exact counts from QueueStatistics where the transport offers it; peek() only
-        # shows messages (at most --limit of them).
-        stats = (transport.queue_stats([args.queue])[0]
-                 if isinstance(transport, QueueStatistics) else None)
-        waiting = (stats.waiting if stats is not None and stats.waiting is not None
-                   else transport.size(args.queue))
-        peeked = transport.peek(args.queue, limit=args.limit)
-        dead = (stats.dead if stats is not None and stats.dead is not None
-                else len(transport.dead_letters(args.queue)))
+        stats, waiting, peeked, dead = _read_queue(transport, args.queue, args.limit)
     except TransportError as exc:
         raise CommandError(f"cannot read queue {args.queue!r}: {exc}", code=1) from exc
     finally:
         app.close()
+    if peeked is None:
+        return _show_counts_only(args, transport.url, stats, waiting, dead)
+    return _show_peeked(args, app, transport.url, (stats, waiting, peeked, dead))
+
+
+def _show_peeked(
+    args: argparse.Namespace, app: App, url: str,
+    read: tuple[QueueStats | None, int, list[Peeked], int],
+) -> int:
+    """``inspect`` on a broker that shows messages: the counts, then the messages."""
+    stats, waiting, peeked, dead = read
     now = app.now()
     rows: list[list[str]] = []
     records: list[dict[str, Any]] = []
@@ -441,10 +802,7 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
         counts = f"showing the first {len(peeked)}"
     else:
         counts = f"{ready} ready, {scheduled} scheduled{shown}"
-    _out(
-        f"queue {args.queue!r} on {transport.url}: {waiting} waiting "
-        f"({counts}), {dead} dead-lettered"
-    )
+    _out(f"queue {args.queue!r} on {url}: {waiting} waiting ({counts}), {dead} dead-lettered")
     if rows:
         _out()
         headers = ["STATE", "ID", "TASK", "ETA", "EXPIRES", "RETRIES", "LINK", "LINK_ERROR",
@@ -456,6 +814,34 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
             _out()
             for record in errors:
                 _out(f"undecodable {record['id'] or '(no id)'}: {record['error']}")
+    return 0
+
+
+#: Why ``queue show`` lists no message on a broker that offers ``QueueAdmin`` alone.
+_NO_PEEK = ("its messages cannot be listed without consuming them (the transport offers "
+            "QueueAdmin, not Inspection's peek)")
+
+
+def _show_counts_only(
+    args: argparse.Namespace, url: str, stats: QueueStats | None, waiting: int, dead: int
+) -> int:
+    """``queue show`` on a broker that can count but not show messages (AMQP): the counts
+    it can tell (``None`` in JSON for those it cannot), and why no message is listed."""
+    ready = stats.ready if stats is not None else None
+    scheduled = stats.scheduled if stats is not None else None
+    if args.json:
+        _out(json.dumps(
+            {"queue": args.queue, "waiting": waiting, "ready": ready, "scheduled": scheduled,
+             "dead_letters": dead, "messages": None, "messages_not_shown": _NO_PEEK},
+            indent=2,
+        ))
+        return 0
+    known = [f"{ready} ready"] if ready is not None else []
+    known.append(f"{scheduled} scheduled" if scheduled is not None
+                 else "scheduled ones not known")
+    counts = f" ({', '.join(known)})"
+    _out(f"queue {args.queue!r} on {url}: {waiting} waiting{counts}, {dead} dead-lettered")
+    _out(_NO_PEEK)
     return 0
 
 
@@ -552,9 +938,9 @@ def _cmd_purge(args: argparse.Namespace) -> int:
     app = _app_from_args(args)
     try:
         transport = app.transport
-        if not isinstance(transport, Inspection):
+        if not isinstance(transport, QueueAdmin):
             raise CommandError(f"the broker {transport.url} cannot purge a queue (its "
-                               "transport does not offer Inspection)", code=1)
+                               "transport does not offer QueueAdmin)", code=1)
         names = ", ".join(args.queues)
         if not args.force:
             sys.stderr.write(
@@ -665,6 +1051,190 @@ def _cmd_exporter(args: argparse.Namespace) -> int:
         app.close()
     return 0
 
+# -- remote control: inspect, control, status ----------------------------------------------
+
+#: Celery's ``EX_UNAVAILABLE``: no worker answered in time.
+EX_UNAVAILABLE = 69
+
+def _flag_text(text: str) -> bool:
+    value = text.strip().lower()
+    if value in ("1", "true", "yes", "on", "y"):
+        return True
+    if value in ("0", "false", "no", "off", "n"):
+        return False
+    raise ValueError(f"expected true or false, got {text!r}")
+
+
+#: The remote commands the CLI sends, as Celery's ``Panel`` declares them: their kind,
+#: their positional arguments (name, type) and the name of the variadic rest, if any.
+_Spec = tuple[str, tuple[tuple[str, Callable[[str], Any]], ...], str | None, str]
+_REMOTE: Mapping[str, _Spec] = {
+    # inspect: read-only
+    "ping": ("inspect", (), None, "is anyone there? ({'ok': 'pong'})"),
+    "active": ("inspect", (), None, "tasks running now"),
+    "reserved": ("inspect", (), None, "tasks received and waiting for a pool slot"),
+    "scheduled": ("inspect", (), None, "tasks held until their eta"),
+    "registered": ("inspect", (), "taskinfoitems", "registered tasks [attr ...]"),
+    "stats": ("inspect", (), None, "worker statistics"),
+    "revoked": ("inspect", (), None, "revoked task ids"),
+    "active_queues": ("inspect", (), None, "queues consumed"),
+    "query_task": ("inspect", (), "ids", "what a worker knows of task ids: ID [ID ...]"),
+    "conf": ("inspect", (("with_defaults", _flag_text),), None,
+             "the worker app's settings [with_defaults]"),
+    "clock": ("inspect", (), None, "the worker's logical clock"),
+    "report": ("inspect", (), None, "software and broker of the worker"),
+    # control: changes something
+    "revoke": ("control", (), "task_id", "revoke tasks: ID [ID ...]"),
+    "terminate": ("control", (("signal", str),), "task_id",
+                  "revoke and end running tasks: SIGNAL ID [ID ...]"),
+    "revoke_by_stamped_headers": ("control", (), "headers",
+                                  "revoke tasks by stamp: KEY=VALUE [KEY=VALUE ...]"),
+    "shutdown": ("control", (), None, "stop the workers (warm)"),
+    "rate_limit": ("control", (("task_name", str), ("rate_limit", str)), None,
+                   "set a task's rate limit (Celery workers): TASK RATE"),
+    "time_limit": ("control", (("task_name", str), ("soft", float), ("hard", float)), None,
+                   "set a task's time limits (Celery workers): TASK SOFT [HARD]"),
+    "enable_events": ("control", (), None, "start sending task events (Celery workers)"),
+    "disable_events": ("control", (), None, "stop sending task events (Celery workers)"),
+    "pool_grow": ("control", (("n", int),), None, "grow the pool (Celery workers): [N]"),
+    "pool_shrink": ("control", (("n", int),), None, "shrink the pool (Celery workers): [N]"),
+    "add_consumer": ("control", (("queue", str), ("exchange", str), ("exchange_type", str),
+                                 ("routing_key", str)), None,
+                     "consume another queue (Celery workers): QUEUE"),
+    "cancel_consumer": ("control", (("queue", str),), None,
+                        "stop consuming a queue (Celery workers): QUEUE"),
+}
+
+
+def _node_names(text: str) -> list[str]:
+    names = [name.strip() for name in text.split(",")]
+    if not all(names):
+        raise argparse.ArgumentTypeError(f"must be comma-separated node names, got {text!r}")
+    return names
+
+
+def _remote_arguments(kind: str, command: str, given: Sequence[str]) -> dict[str, Any]:
+    """The command's arguments from the command line, as Celery's ``_compile_arguments``
+    reads them: the declared ones in order, the rest as the variadic one."""
+    if command not in _REMOTE or _REMOTE[command][0] != kind:
+        names = sorted(name for name, spec in _REMOTE.items() if spec[0] == kind)
+        close = difflib.get_close_matches(command, names, n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        if kind == "inspect" and not close:
+            hint += f" (to list the messages of a queue: wiretask queue show {command})"
+        raise CommandError(f"unknown {kind} command {command!r}{hint} "
+                           f"(known: {', '.join(names)})")
+    _, declared, variadic, _ = _REMOTE[command]
+    arguments: dict[str, Any] = {}
+    rest = list(given)
+    for name, kind_of in declared:
+        if not rest:
+            break
+        text = rest.pop(0)
+        try:
+            arguments[name] = kind_of(text)
+        except ValueError as exc:
+            raise CommandError(f"{command} {name}: {exc}") from None
+    if rest and variadic is None:
+        raise CommandError(f"{command} takes at most {len(declared)} argument(s), got "
+                           f"{len(given)}: {' '.join(given)}")
+    if variadic is not None:
+        arguments[variadic] = rest
+    if command in ("revoke", "terminate") and not rest:
+        raise CommandError(f"{command}: give at least one task id")
+    if command == "query_task" and not rest:
+        raise CommandError("query_task: give at least one task id")
+    return arguments
+
+
+def _pretty(reply: Any) -> tuple[str, str]:
+    """``(status, text)`` of one node's reply, as Celery's ``pretty``."""
+    if isinstance(reply, dict) and ("ok" in reply or "error" in reply):
+        status = "OK" if "ok" in reply else "ERROR"
+        text = _pretty(reply["ok"] if "ok" in reply else reply["error"])[1]
+        return status, "\n".join("    " + line for line in text.splitlines())
+    if isinstance(reply, list):
+        return "OK", "\n".join(f"* {item}" for item in reply) if reply else "- empty -"
+    if isinstance(reply, dict):
+        return "OK", json.dumps(reply, sort_keys=True, indent=4, default=repr)
+    return "OK", str(reply)
+
+
+def _say_reply(body: Mapping[str, Any], *, show: bool) -> None:
+    for node, reply in body.items():
+        status, text = _pretty(reply)
+        _out(f"->  {node}: {status}")  # two spaces, as Celery prints it
+        if show and text:
+            for line in text.splitlines():
+                _out(f"    {line}")
+
+
+def _remote(args: argparse.Namespace, kind: str) -> int:
+    """``inspect`` and ``control``: send the command, show each reply as it comes, exit
+    ``EX_UNAVAILABLE`` when none came within ``--timeout``."""
+    arguments = _remote_arguments(kind, args.remote_command, args.arguments)
+    app = _app_from_args(args)
+    show = None if args.json else (lambda body: _say_reply(body, show=True))
+    try:
+        replies = app.control.broadcast(
+            args.remote_command, arguments=arguments, destination=args.destination,
+            reply=True, timeout=args.timeout, callback=show,
+        )
+    except TransportError as exc:
+        raise CommandError(f"{kind} {args.remote_command}: {exc}", code=1) from exc
+    finally:
+        app.close()
+    return _replied(args, replies)
+
+
+def _replied(args: argparse.Namespace, replies: list[dict[str, Any]] | None) -> int:
+    if not replies:
+        sys.stderr.write(f"wiretask {args.command}: error: no nodes replied within "
+                         f"{args.timeout:g} s\n")
+        return EX_UNAVAILABLE
+    nodes: dict[str, Any] = {}
+    for body in replies:
+        nodes.update(body)
+    if args.json:
+        _out(json.dumps(nodes, default=repr))
+    elif not args.quiet:
+        _out()
+        _out(f"{len(nodes)} node{'' if len(nodes) == 1 else 's'} online.")
+    return 0
+
+
+def _cmd_remote_inspect(args: argparse.Namespace) -> int:
+    return _remote(args, "inspect")
+
+
+def _cmd_control(args: argparse.Namespace) -> int:
+    return _remote(args, "control")
+
+
+def _cmd_status(args: argparse.Namespace) -> int:
+    """``celery status``: ping, one line per node that answered."""
+    app = _app_from_args(args)
+    show = None if args.json else (lambda body: _say_reply(body, show=False))
+    try:
+        replies = app.control.broadcast("ping", destination=args.destination, reply=True,
+                                        timeout=args.timeout, callback=show)
+    except TransportError as exc:
+        raise CommandError(f"status: {exc}", code=1) from exc
+    finally:
+        app.close()
+    return _replied(args, replies)
+
+
+def _remote_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("-t", "--timeout", type=_non_negative_seconds, default=1.0,
+                        metavar="S", help="seconds to wait for each next reply (default: 1)")
+    parser.add_argument("-d", "--destination", type=_node_names, metavar="NODE[,NODE]",
+                        help="only these worker node names (default: every worker)")
+    parser.add_argument("-j", "--json", action="store_true",
+                        help="print the replies as one JSON object by node")
+    parser.add_argument("-q", "--quiet", action="store_true",
+                        help="no 'N nodes online.' line")
+
 
 def _cmd_result(args: argparse.Namespace) -> int:
     app = _app_from_args(args)
@@ -739,6 +1309,44 @@ def _cmd_scheduler(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_beat(args: argparse.Namespace) -> int:
+    from wiretask.beat.service import Service  # noqa: PLC0415 - only this command needs it
+    from wiretask.beat.settings import check_scheduler  # noqa: PLC0415
+
+    if args.detach:
+        raise CommandError("--detach is not supported: run wiretask beat in the foreground "
+                           "under a process supervisor (systemd, supervisord, a container)")
+    if args.scheduler is not None:
+        try:
+            check_scheduler(args.scheduler, setting="-S/--scheduler")
+        except ImproperlyConfigured as exc:
+            raise CommandError(str(exc)) from exc
+    app = _app_from_args(args)
+    logging.basicConfig(
+        level=args.loglevel, format="[%(asctime)s %(levelname)s] %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    service = Service(
+        app, schedule_filename=args.schedule, max_interval=args.max_interval,
+        lock_name=args.lock_name, lock_ttl=args.lock_ttl,
+    )
+    log = logging.getLogger("wiretask.cli")
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        del frame
+        log.info("beat: %s, stopping", signal.Signals(signum).name)
+        service.stop()
+
+    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        service.run()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        app.close()
+    return 0
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from wiretask.demo import run_demo  # noqa: PLC0415
 
@@ -779,28 +1387,15 @@ def build_parser() -> argparse.ArgumentParser:
         name: str, handler: Callable[[argparse.Namespace], int], help_text: str
     ) -> argparse.ArgumentParser:
         sub = commands.add_parser(name, help=help_text, description=help_text)
-        sub.set_defaults(handler=handler, command=name)
+        sub.set_defaults(handler=handler, command=name, parser=sub)
         if name != "demo":
             # SUPPRESS: an option given before the command is not reset by this one.
             _app_options(sub, default=argparse.SUPPRESS)
         return sub
 
-    worker = command("worker", _cmd_worker, "run a worker until SIGTERM/SIGINT")
-    worker.add_argument("-Q", "--queues", type=_queues, default=None, metavar="Q1,Q2",
-                        help="queues to consume (default: the app's task_queues, else its "
-                        "task_default_queue, celery)")
-    worker.add_argument("-c", "--concurrency", type=_positive_int, default=None,
-                        metavar="N", help="tasks run at once (default: the app's "
-                        "worker_concurrency, else the CPU count; 1 with --pool solo)")
-    worker.add_argument("--pool", choices=("threads", "processes", "solo", "asyncio"),
-                        default="threads",
-                        help="run tasks in threads, in child processes, one at a time "
-                        "in the receiving thread, or async def tasks on an event loop "
-                        "(default: threads)")
-    worker.add_argument("--prefetch", type=_non_negative_int, default=1, metavar="N",
-                        help="messages taken beyond the free slots (default: 1)")
-    worker.add_argument("-l", "--loglevel", type=_loglevel, default=logging.INFO,
-                        metavar="LEVEL", help="DEBUG, INFO, WARNING, ... (default: INFO)")
+    worker = command("worker", _cmd_worker, "run a worker until SIGTERM/SIGINT (Celery's "
+                     "celery worker flags)")
+    _worker_options(worker)
 
     call = command("call", _cmd_call, "send a task by name and print its id")
     call.add_argument("task", metavar="TASK", help="the task name, e.g. proj.tasks.add")
@@ -819,14 +1414,49 @@ def build_parser() -> argparse.ArgumentParser:
     call.add_argument("--compression", metavar="NAME", help="zstd, gzip, zlib, bzip2, ...")
     call.add_argument("--priority", type=_integer, metavar="P", help="message priority")
 
-    inspect = command(
-        "inspect", _cmd_inspect, "list the messages waiting in a queue without consuming them"
+    queue = command("queue", _cmd_inspect, "look at a queue without consuming it")
+    queue_commands = queue.add_subparsers(title="queue commands", metavar="ACTION",
+                                          required=True)
+    show = queue_commands.add_parser(
+        "show", help="list the messages waiting in a queue without consuming them",
+        description="list the messages waiting in a queue without consuming them",
     )
-    inspect.add_argument("queue", metavar="QUEUE", nargs="?", default="celery",
-                         help="the queue (default: celery)")
-    inspect.add_argument("--limit", type=_positive_int, default=100, metavar="N",
-                         help="show at most N messages (default: 100)")
-    inspect.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    _app_options(show, default=argparse.SUPPRESS)
+    show.add_argument("queue", metavar="QUEUE", nargs="?", default="celery",
+                      help="the queue (default: celery)")
+    show.add_argument("--limit", type=_positive_int, default=100, metavar="N",
+                      help="show at most N messages (default: 100)")
+    show.add_argument("--json", action="store_true", help="print JSON instead of a table")
+
+    def listing(kind: str) -> str:
+        return "\n".join(f"  {name:<26}{spec[3]}" for name, spec in _REMOTE.items()
+                         if spec[0] == kind)
+
+    inspect = command(
+        "inspect", _cmd_remote_inspect,
+        "ask the workers (Celery's and wiretask's) for their state: celery inspect",
+    )
+    inspect.formatter_class = argparse.RawDescriptionHelpFormatter
+    inspect.epilog = f"commands:\n{listing('inspect')}"
+    inspect.add_argument("remote_command", metavar="COMMAND", help="ping, active, stats, ...")
+    inspect.add_argument("arguments", metavar="ARG", nargs="*", default=[],
+                         help="the command's arguments")
+    _remote_options(inspect)
+
+    control = command(
+        "control", _cmd_control,
+        "send the workers (Celery's and wiretask's) a command: celery control",
+    )
+    control.formatter_class = argparse.RawDescriptionHelpFormatter
+    control.epilog = f"commands:\n{listing('control')}"
+    control.add_argument("remote_command", metavar="COMMAND", help="revoke, terminate, ...")
+    control.add_argument("arguments", metavar="ARG", nargs="*", default=[],
+                         help="the command's arguments")
+    _remote_options(control)
+
+    status = command("status", _cmd_status, "list the workers that answer a ping: "
+                     "celery status")
+    _remote_options(status)
 
     stats = command(
         "stats", _cmd_stats,
@@ -896,6 +1526,30 @@ def build_parser() -> argparse.ArgumentParser:
     scheduler.add_argument("-l", "--loglevel", type=_loglevel, default=logging.INFO,
                            metavar="LEVEL", help="DEBUG, INFO, WARNING, ... (default: INFO)")
 
+    beat = command(
+        "beat", _cmd_beat,
+        "send the app's periodic tasks (beat_schedule) when due, until SIGTERM/SIGINT; "
+        "safe to run twice (one beat sends, the others wait on its lease)",
+    )
+    beat.add_argument("-s", "--schedule", metavar="PATH", default=None,
+                      help="the schedule file (default: beat_schedule_filename, "
+                      "celerybeat-schedule)")
+    beat.add_argument("-S", "--scheduler", metavar="CLASS", default=None,
+                      help="only celery.beat:PersistentScheduler, the one wiretask has")
+    beat.add_argument("--max-interval", type=_positive_seconds, default=None, metavar="S",
+                      help="longest sleep between looks at the schedule (default: "
+                      "beat_max_loop_interval, else 300)")
+    beat.add_argument("--lock-ttl", type=_positive_seconds, default=10.0, metavar="S",
+                      help="seconds the lease lasts unless renewed: a standby takes over "
+                      "within about 1.25 times this after the sending beat dies (default: 10)")
+    beat.add_argument("--lock-name", metavar="NAME", default=None,
+                      help="the lease's name: beats with the same name share one schedule "
+                      "(default: the app's name)")
+    beat.add_argument("--detach", action="store_true", help=argparse.SUPPRESS)
+    beat.add_argument("-l", "--loglevel", type=_loglevel, default=logging.WARNING,
+                      metavar="LEVEL", help="DEBUG, INFO, WARNING, ... (default: WARNING, "
+                      "as Celery's beat)")
+
     demo = command("demo", _cmd_demo, "a guided tour of the calling API (a few seconds)")
     demo.add_argument("--no-color", action="store_true", help="plain output")
     return parser
@@ -912,7 +1566,11 @@ def main(argv: Sequence[str] | None = None, *, app: App | None = None) -> int:
         argv = sys.argv[1:]
         if program.startswith(munin.PLUGIN_PREFIX):
             argv = ["munin", "--plugin-name", program, *argv]
-    args = parser.parse_args(argv)
+    args, extras = parser.parse_known_args(argv)
+    if extras:
+        command_parser = getattr(args, "parser", parser)
+        assert isinstance(command_parser, _Parser)
+        command_parser.refuse_unknown(extras)
     args.default_app = app
     handler: Callable[[argparse.Namespace], int] = args.handler
     prog = f"wiretask {args.command}"

@@ -26,6 +26,7 @@ from __future__ import annotations
 import difflib
 import inspect
 import numbers
+import os
 import types
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from datetime import timedelta
@@ -33,12 +34,15 @@ from typing import Any, Literal, Self
 
 import attrs
 
+from wiretask.beat.settings import CHECKS as BEAT_CHECKS
 from wiretask.codecs import DEFAULT_MAX_DECOMPRESSED_SIZE
-from wiretask.errors import ImproperlyConfigured
+from wiretask.errors import ImproperlyConfigured, ValidationError
 from wiretask.routing import declared_queues, prepare_routes
-from wiretask.tasks import TASK_OPTIONS, check_annotations
+from wiretask.tasks import TASK_OPTIONS, check_annotations, parse_rate
+from wiretask.transports.base import Transport
 
 __all__ = [
+    "BROKER_ONLY",
     "HONOURED",
     "NOT_APPLICABLE",
     "OLD_NAMES",
@@ -47,6 +51,7 @@ __all__ = [
     "Configuration",
     "Setting",
     "Settings",
+    "broker_options",
     "check_setting",
     "read_object",
     "render_markdown",
@@ -85,6 +90,10 @@ def _bool(name: str, value: Any) -> Any:
     return value
 
 
+def _optional_bool(name: str, value: Any) -> Any:
+    return None if value is None else _bool(name, value)
+
+
 def _seconds(name: str, value: Any) -> Any:
     if isinstance(value, timedelta):
         return value.total_seconds()
@@ -98,6 +107,12 @@ def _seconds(name: str, value: Any) -> Any:
 def _count(name: str, value: Any) -> Any:
     if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
         raise ImproperlyConfigured(f"{name} must be an integer >= 1, got {value!r}", setting=name)
+    return value
+
+
+def _non_negative(name: str, value: Any) -> Any:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ImproperlyConfigured(f"{name} must be an integer >= 0, got {value!r}", setting=name)
     return value
 
 
@@ -126,6 +141,29 @@ def _module_names(name: str, value: Any) -> Any:
     return tuple(items)
 
 
+def _path(name: str, value: Any) -> Any:
+    if value is not None and not isinstance(value, str | os.PathLike):
+        raise ImproperlyConfigured(f"{name} must be a file path, got {value!r}", setting=name)
+    return value
+
+
+def _positive(name: str, value: Any) -> Any:
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int | float)
+                              or not value > 0):
+        raise ImproperlyConfigured(f"{name} must be a number > 0, got {value!r}", setting=name)
+    return value
+
+
+def _ssl(name: str, value: Any) -> Any:
+    if value is None or isinstance(value, bool):
+        return value
+    if isinstance(value, Mapping) and all(isinstance(k, str) for k in value):
+        return dict(value)
+    raise ImproperlyConfigured(
+        f"{name} must be True, False or a dict of TLS options, got {value!r}", setting=name
+    )
+
+
 def _string(name: str, value: Any) -> Any:
     if value is not None and not isinstance(value, str):
         raise ImproperlyConfigured(f"{name} must be a string, got {value!r}", setting=name)
@@ -142,6 +180,14 @@ def _queues(name: str, value: Any) -> Any:
     return value
 
 
+def _rate(name: str, value: Any) -> Any:
+    try:
+        parse_rate(value, field=name)
+    except ValidationError as exc:
+        raise ImproperlyConfigured(f"{name}: {exc.problem}", setting=name) from exc
+    return value
+
+
 def _annotations(name: str, value: Any) -> Any:
     check_annotations(value)
     return value
@@ -149,12 +195,10 @@ def _annotations(name: str, value: Any) -> Any:
 
 # -- the table ---------------------------------------------------------------------------
 
-_WORKER_HALF = "the worker does not do this yet (issue 14's worker half will)"
-_NO_BEAT = "wiretask has no periodic-task scheduler (beat) yet"
 _NO_EVENTS = "wiretask does not send task events yet"
-_NO_CONTROL = "wiretask has no remote control yet"
+_CONTROL = "the remote-control channel (spec/control.md)"
+_NO_CONTROL = "wiretask's beat is not on the remote-control channel"
 _IN_URL = "put it in broker_url (and give transport options in broker_transport_options)"
-_NO_CHORDS = "wiretask has no chords yet"
 
 
 def _backend(kind: str) -> str:
@@ -182,12 +226,9 @@ def _rows() -> Iterator[Setting]:
         Setting("timezone", h, "the zone of eta/expires headers and app.now() (default UTC)",
                 "UTC", check=_string),
     )
-    for key in ("enable_remote_control", "remote_control_max_tick_age", "max_loop_interval",
-                "schedule", "scheduler", "schedule_filename", "sync_every",
-                "cron_starting_deadline"):
-        yield Setting(f"beat_{key}", r, _NO_BEAT)
+    yield from _beat_rows()
     yield from (
-        Setting("broker_url", h, "memory://, sqlite:///path.db, redis://... (default: "
+        Setting("broker_url", h, "memory://, sqlite:///path.db, redis://..., amqp://... (default: "
                 "$WIRETASK_BROKER_URL, else the embedded SQLite file; see App)"),
         Setting("broker_read_url", r, "wiretask uses one broker URL: set broker_url"),
         Setting("broker_write_url", r, "wiretask uses one broker URL: set broker_url"),
@@ -196,29 +237,40 @@ def _rows() -> Iterator[Setting]:
                 "option it does not know by name (Redis: visibility_timeout, "
                 "global_keyprefix, ... and redis-py's connection options)", {},
                 check=_mapping),
-        Setting("broker_connection_timeout", r, "give the transport's own option instead "
-                "(Redis: socket_connect_timeout in broker_transport_options)"),
+        Setting("broker_connection_timeout", h, "AMQP: seconds to connect and open (None: "
+                "the transport's 4 s, Celery's default); other brokers refuse it: give the "
+                "transport's own option (Redis: socket_connect_timeout in "
+                "broker_transport_options)", check=_seconds),
         Setting("broker_connection_retry", r, "a worker always reconnects; publish retries "
                 "follow task_publish_retry_policy"),
         Setting("broker_connection_retry_on_startup", r, "a worker always reconnects; "
                 "publish retries follow task_publish_retry_policy"),
         Setting("broker_connection_max_retries", r, "a worker always reconnects; publish "
                 "retries follow task_publish_retry_policy"),
-        Setting("broker_channel_error_retry", r, "AMQP channel errors: no AMQP transport yet"),
+        Setting("broker_channel_error_retry", r, "an AMQP channel error (a queue declared "
+                "with other arguments, a missing queue) is reported, not retried; a lost "
+                "connection is (the worker reconnects)"),
         Setting("broker_failover_strategy", r, "wiretask connects to one broker URL"),
-        Setting("broker_heartbeat", n, "AMQP heartbeats; the bundled transports have none",
-                120),
-        Setting("broker_heartbeat_checkrate", n, "AMQP heartbeats; the bundled transports "
-                "have none", 3.0),
-        Setting("broker_login_method", n, "AMQP login; the bundled transports have none"),
-        Setting("broker_native_delayed_delivery_queue_type", n, "RabbitMQ quorum-queue "
-                "delayed delivery; the bundled transports delay messages themselves",
-                "quorum"),
+        Setting("broker_heartbeat", h, "AMQP: heartbeat seconds of every connection, the "
+                "app's and the worker's (None: the transport's 60 s; Celery's worker uses "
+                "120 and its client none; 0 disables); other brokers have no heartbeats and "
+                "ignore it, as Celery's do", check=_seconds),
+        Setting("broker_heartbeat_checkrate", h, "AMQP: heartbeat checks per heartbeat "
+                "interval (None: four); ignored by other brokers, as in Celery",
+                check=_positive),
+        Setting("broker_login_method", h, "AMQP: the login method (AMQPLAIN, PLAIN, "
+                "EXTERNAL, GSSAPI); ignored by other brokers, as in Celery", check=_string),
+        Setting("broker_native_delayed_delivery_queue_type", h, "AMQP: the type of the "
+                "delay ladder's queues (Celery 5.5+'s native delayed delivery); other "
+                "brokers delay messages themselves and ignore it", "quorum",
+                only=("classic", "quorum")),
         Setting("broker_pool_limit", n, "Kombu's producer connection pool: wiretask keeps "
                 "one broker connection per app and per worker", 10),
         Setting("broker_pool_acquire_timeout", n, "Kombu's producer connection pool: "
                 "wiretask keeps one broker connection per app and per worker"),
-        Setting("broker_use_ssl", r, "use a rediss:// URL with its ssl_* query options"),
+        Setting("broker_use_ssl", h, "AMQP: True, or py-amqp's TLS options (keyfile, "
+                "certfile, ca_certs, cert_reqs, server_hostname, ...); other brokers refuse "
+                "it: use a rediss:// URL with its ssl_* query options", check=_ssl),
     )
     for key in ("host", "port", "user", "password", "vhost"):
         yield Setting(f"broker_{key}", r, _IN_URL)
@@ -247,8 +299,18 @@ def _rows() -> Iterator[Setting]:
     for prefix, (kind, keys) in backends.items():
         for key in keys:
             yield Setting(f"{prefix}_{key}", n, _backend(kind))
-    for key in ("queue_ttl", "queue_expires", "queue_exclusive", "queue_durable", "exchange"):
-        yield Setting(f"control_{key}", n, f"the remote-control queues: {_NO_CONTROL}")
+    yield from (
+        Setting("control_exchange", h, f"the pidbox namespace of {_CONTROL}: exchanges "
+                "<name>.pidbox and reply.<name>.pidbox", "celery", check=_string),
+        Setting("control_queue_ttl", h, f"x-message-ttl of the queues of {_CONTROL}", 300.0,
+                check=_seconds),
+        Setting("control_queue_expires", h, f"x-expires of the queues of {_CONTROL} (on "
+                "Redis: the binding table's deadline)", 10.0, check=_seconds),
+        Setting("control_queue_exclusive", h, f"only True: the queues of {_CONTROL} are "
+                "exclusive", True, only=(True,)),
+        Setting("control_queue_durable", h, f"only False: the queues of {_CONTROL} are "
+                "transient", False, only=(False,)),
+    )
     for key in ("queue_expires", "queue_ttl", "queue_prefix", "queue_exclusive",
                 "queue_durable", "serializer", "exchange"):
         yield Setting(f"event_{key}", n, f"the event queues: {_NO_EVENTS}")
@@ -258,29 +320,38 @@ def _rows() -> Iterator[Setting]:
         yield Setting(f"redis_{key}", r, "give the Redis result backend's connection in the "
                       "result_backend URL and result_backend_transport_options")
     yield from (
-        Setting("result_backend", h, "memory://, sqlite:///path.db, redis://... (default: "
+        Setting("result_backend", h, "memory://, sqlite:///path.db, redis://..., rpc:// (default: "
                 "$WIRETASK_RESULT_BACKEND, else the broker URL)"),
         Setting("result_cache_max", n, "wiretask does not cache results in the client "
                 "(Celery's default, -1, means the same)", -1),
         Setting("result_compression", h, "compress stored results (Celery 5.7 reads them)"),
-        Setting("result_exchange", n, "the rpc:// result backend's exchange; wiretask has no "
-                "rpc:// backend"),
-        Setting("result_exchange_type", n, "the rpc:// result backend's exchange; wiretask "
-                "has no rpc:// backend"),
+        Setting("result_exchange", n, "Celery 5.7's rpc:// backend reads it and ignores it "
+                "(states go through the default exchange to the reply queue); wiretask's "
+                "does the same", "celeryresults"),
+        Setting("result_exchange_type", n, "Celery 5.7's rpc:// backend reads it and "
+                "ignores it (states go through the default exchange to the reply queue); "
+                "wiretask's does the same", "direct"),
         Setting("result_expires", h, "seconds (or a timedelta) a result is kept; None or 0: "
                 "forever", 86400, check=_seconds),
-        Setting("result_chord_expires", n, f"chord counters: {_NO_CHORDS}"),
+        Setting("result_chord_expires", h, "seconds a chord's counting keys live on Redis "
+                "(None: result_expires)", check=_seconds),
         Setting("result_failure_expires", r, "failures are kept for result_expires like "
                 "every result"),
-        Setting("result_persistent", n, "the rpc:// result backend's messages; wiretask has "
-                "no rpc:// backend"),
-        Setting("result_extended", h, "only False: the worker does not store the extended "
-                "fields yet", False, only=(False,)),
+        Setting("result_persistent", h, "rpc://: send states as persistent messages "
+                "(delivery mode 2; False: transient, Celery's default); the other backends "
+                "store states and ignore it", False, check=_bool),
+        Setting("result_extended", h, "the worker stores name, args, kwargs, worker, "
+                "retries and queue with every state, as Celery's; AsyncResult reads them",
+                False, check=_bool),
         Setting("result_serializer", h, "", "json"),
         Setting("result_backend_transport_options", h, "passed to the result backend, which "
                 "refuses an option it does not know by name", {}, check=_mapping),
-        Setting("result_chord_retry_interval", n, _NO_CHORDS, 1.0),
-        Setting("result_chord_join_timeout", n, _NO_CHORDS, 3.0),
+        Setting("result_chord_retry_interval", h, "how often celery.chord_unlock polls a "
+                "chord's header (backends that do not count chords: SQLite, memory)", 1.0,
+                check=_seconds),
+        Setting("result_chord_join_timeout", h, "how long the worker completing a chord "
+                "waits for the header's results when they nest groups, and "
+                "celery.chord_unlock for all of them", 3.0, check=_seconds),
     )
     for key in ("backend_max_sleep_between_retries_ms", "backend_max_retries",
                 "backend_base_sleep_between_retries_ms", "backend_always_retry"):
@@ -295,7 +366,9 @@ def _rows() -> Iterator[Setting]:
         Setting("task_compression_threshold", h, "wiretask: compress only bodies of at least "
                 "this many bytes (None: always)", celery=False),
         Setting("max_decompressed_size", h, "wiretask: the cap on a received body's "
-                "decompressed size, in bytes", DEFAULT_MAX_DECOMPRESSED_SIZE, celery=False),
+                "size, in bytes, once decompressed (an uncompressed body's own size); a "
+                "bigger one is dead-lettered before it is parsed",
+                DEFAULT_MAX_DECOMPRESSED_SIZE, celery=False),
         Setting("task_default_retry_delay", h, "wiretask: the default_retry_delay of tasks "
                 "that set none, read when a task is registered (Celery's Task default)", 180,
                 celery=False),
@@ -304,18 +377,50 @@ def _rows() -> Iterator[Setting]:
     )
 
 
+def _beat_rows() -> Iterator[Setting]:
+    h, n = HONOURED, NOT_APPLICABLE
+    yield from (
+        Setting("beat_schedule", h, "the periodic tasks wiretask beat sends (entries checked "
+                "when beat reads them; see docs/periodic-tasks.md)", {},
+                check=BEAT_CHECKS["beat_schedule"]),
+        Setting("beat_schedule_filename", h, "beat's schedule file (JSON, not Celery's "
+                "shelve: a Celery file there is refused, not overwritten)",
+                "celerybeat-schedule", check=BEAT_CHECKS["beat_schedule_filename"]),
+        Setting("beat_max_loop_interval", h, "seconds; 0: 300, as in Celery", 0,
+                check=BEAT_CHECKS["beat_max_loop_interval"]),
+        Setting("beat_scheduler", h, "only Celery's default: wiretask beat keeps its history "
+                "in a file and on the broker (custom and database schedulers cannot be "
+                "loaded)", "celery.beat:PersistentScheduler",
+                only=("celery.beat:PersistentScheduler", "celery.beat.PersistentScheduler")),
+        Setting("beat_sync_every", h, "beat writes its schedule file after every send, "
+                "which is at least as often as any value asks", 0,
+                check=BEAT_CHECKS["beat_sync_every"]),
+        Setting("beat_cron_starting_deadline", h, "seconds: a crontab run missed by more is "
+                "not made up", check=BEAT_CHECKS["beat_cron_starting_deadline"]),
+        Setting("beat_enable_remote_control", h, f"only False: {_NO_CONTROL}", False,
+                only=(False,)),
+        Setting("beat_remote_control_max_tick_age", n, "beat's remote-control health check; "
+                f"beat answers no remote control ({_NO_CONTROL})"),
+    )
+
+
 def _task_rows() -> Iterator[Setting]:
-    h, r = HONOURED, REFUSED
+    h = HONOURED
     yield from (
         Setting("task_acks_late", h, "only True: wiretask's worker always acknowledges a "
-                "message after its task ran (at least once); early acknowledgement is not "
-                "supported", True, only=(True,)),
-        Setting("task_acks_on_failure_or_timeout", h, "only True: failed and timed-out tasks "
-                "are acknowledged", True, only=(True,)),
-        Setting("task_acks_on_failure", h, "only True or None: failed tasks are acknowledged",
-                only=(True, None)),
-        Setting("task_acks_on_timeout", h, "only True or None: timed-out tasks are "
-                "acknowledged", only=(True, None)),
+                "message after its task ran and its outcome was stored (at least once); "
+                "Celery's early acknowledgement (False: at most once, the task lost if its "
+                "worker dies while it runs) is refused rather than silently made late",
+                True, only=(True,)),
+        Setting("task_acks_on_failure_or_timeout", h, "the default of task_acks_on_failure "
+                "and task_acks_on_timeout", True, check=_bool),
+        Setting("task_acks_on_failure", h, "False: a failed task's message is rejected "
+                "(dead-lettered with the reason) once its FAILURE is stored; None: "
+                "task_acks_on_failure_or_timeout", check=_optional_bool),
+        Setting("task_acks_on_timeout", h, "False: the message of a task past its hard time "
+                "limit is requeued to run again (its FAILURE is not stored: a stored final "
+                "state is never replaced, and the next run's counts); None: "
+                "task_acks_on_failure_or_timeout", check=_optional_bool),
         Setting("task_always_eager", h, "run tasks in-process on apply_async/delay and "
                 "return an EagerResult (send_task still sends)", False, check=_bool),
         Setting("task_annotations", h, "a dict, a list of dicts, or objects with annotate(); "
@@ -323,25 +428,30 @@ def _task_rows() -> Iterator[Setting]:
                 "honour is refused by name", check=_annotations),
         Setting("task_compression", h, ""),
         Setting("task_create_missing_queues", h, "", True, check=_bool),
-        Setting("task_create_missing_queue_type", h, "only 'classic': quorum queues need "
-                "RabbitMQ", "classic", only=("classic",)),
-        Setting("task_create_missing_queue_exchange_type", h, "only None or 'direct'",
-                only=(None, "direct")),
+        Setting("task_create_missing_queue_type", h, "'quorum': queues created on first use "
+                "are quorum queues (AMQP only; other brokers refuse it)", "classic",
+                only=("classic", "quorum")),
+        Setting("task_create_missing_queue_exchange_type", h, "AMQP: the exchange type of "
+                "queues created on first use (None: direct); other brokers refuse 'topic'",
+                only=(None, "direct", "topic")),
         Setting("task_inherit_parent_priority", h, "only False: child tasks do not inherit "
                 "the parent's priority yet", False, only=(False,)),
         Setting("task_default_delivery_mode", h, "", 2),
         Setting("task_default_queue", h, "also the queue a worker consumes when no queues "
                 "are given and task_queues is empty", "celery", check=_string),
-        Setting("task_default_queue_type", h, "only 'classic': quorum queues need RabbitMQ",
-                "classic", only=("classic",)),
+        Setting("task_default_queue_type", h, "'quorum': the default queue is a quorum queue "
+                "when task_queues is empty, as in Celery (AMQP only; other brokers refuse "
+                "it)", "classic", only=("classic", "quorum")),
         Setting("task_default_exchange", h, "None: the default queue's name, as in Celery",
                 check=_string),
         Setting("task_default_exchange_type", h, "only 'direct' or 'topic' (fanout and "
-                "headers exchanges are not supported)", "direct", only=("direct", "topic")),
+                "headers exchanges are not supported); on AMQP the default queue's exchange "
+                "is declared with it", "direct", only=("direct", "topic")),
         Setting("task_default_routing_key", h, "None: the default queue's name, as in Celery",
                 check=_string),
-        Setting("task_default_rate_limit", r, f"rate limits are parsed and stored on tasks, "
-                f"but {_WORKER_HALF}"),
+        Setting("task_default_rate_limit", h, "the rate limit of tasks that set none "
+                "('10/s', '100/m', '5/h'), enforced per worker and task type as Celery's "
+                "token bucket", check=_rate),
         Setting("task_default_priority", h, ""),
         Setting("task_eager_propagates", h, "eager tasks re-raise their exception at once",
                 False, check=_bool),
@@ -360,8 +470,10 @@ def _task_rows() -> Iterator[Setting]:
                 check=_queues),
         Setting("task_queue_max_priority", h, "x-max-priority of declared queues (RabbitMQ "
                 "reads it; Redis, SQLite and memory always have priorities)", check=_count),
-        Setting("task_reject_on_worker_lost", h, "only None or False: a task whose worker "
-                "process died is failed and acknowledged", only=(None, False)),
+        Setting("task_reject_on_worker_lost", h, "True: a task whose child process died "
+                "(pool='processes') is requeued instead of failed, as Celery (which warns "
+                "that a task killing its process then comes back for ever)",
+                check=_optional_bool),
         Setting("task_retry_on_worker_lost", h, "only False: a task whose worker process died "
                 "is failed, not retried", False, only=(False,)),
         Setting("task_remote_tracebacks", h, "only False (tblib remote tracebacks are not "
@@ -373,12 +485,17 @@ def _task_rows() -> Iterator[Setting]:
                 check=_routes),
         Setting("task_send_sent_event", h, f"only False: {_NO_EVENTS}", False, only=(False,)),
         Setting("task_serializer", h, "", "json"),
-        Setting("task_soft_time_limit", h, "", check=_seconds),
-        Setting("task_time_limit", h, "", check=_seconds),
-        Setting("task_store_errors_even_if_ignored", h, "only False: the worker does not "
-                "store the failures of ignore_result tasks yet", False, only=(False,)),
-        Setting("task_track_started", h, "", False, check=_bool),
-        Setting("task_allow_error_cb_on_chord_header", h, f"only False: {_NO_CHORDS}", False,
+        Setting("task_soft_time_limit", h, "seconds before SoftTimeLimitExceeded is raised "
+                "in a task whose message sets none", check=_seconds),
+        Setting("task_time_limit", h, "seconds before a task whose message sets none is "
+                "ended (processes: its child killed; threads and solo: abandoned) and "
+                "failed with TimeLimitExceeded", check=_seconds),
+        Setting("task_store_errors_even_if_ignored", h, "True: the failures (and retries) of "
+                "ignore_result tasks are stored", False, check=_bool),
+        Setting("task_track_started", h, "store STARTED (pid, hostname) when a task "
+                "starts; never for ignore_result tasks, as Celery", False, check=_bool),
+        Setting("task_allow_error_cb_on_chord_header", h, "only False: a chord's errbacks "
+                "go to its body (True would also link them to every header task)", False,
                 only=(False,)),
     )
 
@@ -388,12 +505,12 @@ def _worker_rows() -> Iterator[Setting]:
     refused = {
         "agent": "the cell agent is not supported",
         "autoscaler": "autoscaling is not supported yet",
-        "cancel_long_running_tasks_on_connection_loss": _WORKER_HALF,
+        "cancel_long_running_tasks_on_connection_loss": "running tasks go on through a "
+        "broker outage and are acknowledged when it is back",
         "soft_shutdown_timeout": "pass Worker(shutdown_timeout=...)",
         "enable_soft_shutdown_on_idle": "pass Worker(shutdown_timeout=...)",
         "consumer": "the consumer class cannot be replaced",
         "direct": "per-worker direct queues are not supported",
-        "disable_rate_limits": f"rate limits: {_WORKER_HALF}",
         "deduplicate_successful_tasks": "deduplication is not supported",
         "hijack_root_logger": "the wiretask command configures logging itself; an embedded "
         "Worker leaves logging to you",
@@ -401,20 +518,15 @@ def _worker_rows() -> Iterator[Setting]:
         "log_datefmt": "the wiretask command's log format is fixed",
         "log_format": "the wiretask command's log format is fixed",
         "lost_wait": "a lost child process is detected at once",
-        "max_memory_per_child": _WORKER_HALF,
-        "max_tasks_per_child": _WORKER_HALF,
         "pool": "pass Worker(pool=...) or wiretask worker --pool (threads, processes, solo)",
         "pool_putlocks": "not applicable to wiretask's pools",
         "pool_restarts": "pool restarts are not supported",
         "pool_start_method": "the processes pool picks its own start method",
         "proc_alive_timeout": "not configurable",
-        "prefetch_multiplier": f"pass Worker(prefetch=...); the multiplier: {_WORKER_HALF}",
         "enable_prefetch_count_reduction": "not applicable to wiretask's consumer",
-        "disable_prefetch": "pass Worker(prefetch=0)",
         "redirect_stdouts": "the wiretask command does not redirect stdout",
         "redirect_stdouts_level": "the wiretask command does not redirect stdout",
         "send_task_events": _NO_EVENTS,
-        "state_db": "revokes are not persisted (there is no remote control yet)",
         "task_log_datefmt": "the wiretask command's log format is fixed",
         "task_log_format": "the wiretask command's log format is fixed",
         "timer": "the timer cannot be replaced",
@@ -425,10 +537,29 @@ def _worker_rows() -> Iterator[Setting]:
         yield Setting(f"worker_{key}", r, note)
     yield Setting("worker_concurrency", h, "tasks run at once (default: the CPU count)",
                   check=_count)
+    yield Setting("worker_max_tasks_per_child", h, "pool='processes': a child process is "
+                  "replaced after this many tasks (other pools refuse it: no child)",
+                  check=_count)
+    yield Setting("worker_max_memory_per_child", h, "pool='processes': a child process is "
+                  "replaced after a task that left its resident memory above this "
+                  "many KiB (other pools refuse it: no child)", check=_count)
+    yield Setting("worker_disable_rate_limits", h, "True: the worker ignores every rate "
+                  "limit", False, check=_bool)
+    yield Setting("worker_prefetch_multiplier", h, "messages a worker reserves beyond "
+                  "the running ones: concurrency x this (Celery's worker acks a message as "
+                  "it starts, so its prefetch count is what waits); 0: no limit",
+                  4, check=_non_negative)
+    yield Setting("worker_disable_prefetch", h, "True: reserve no message beyond the "
+                  "running ones (Celery honours it on Redis only; wiretask on every "
+                  "broker)", False, check=_bool)
     yield Setting("worker_eta_task_limit", h, "early-eta messages a worker holds (None: "
                   "wiretask's bound, DEFAULT_ETA_TASK_LIMIT)", check=_count)
-    yield Setting("worker_enable_remote_control", h, f"only False: {_NO_CONTROL}", False,
-                  only=(False,))
+    yield Setting("worker_enable_remote_control", h, f"the worker answers {_CONTROL} "
+                  "(ping, inspect, revoke); needs a broker that can broadcast", True,
+                  check=_bool)
+    yield Setting("worker_state_db", h, "a file that keeps the revoked task ids across "
+                  "restarts (wiretask's JSON format; a Celery shelve is refused)",
+                  check=_path)
 
 
 def _sorted_table() -> dict[str, Setting]:
@@ -658,6 +789,48 @@ class Configuration(Settings):
             raise AttributeError(name)
         error = _refusal(name)
         raise AttributeError(str(error)) from error
+
+
+# -- settings a broker turns into options -------------------------------------------------
+
+#: Settings that only some brokers honour, as ``{name: (values that ask nothing, why
+#: another broker refuses the others)}``. A transport that honours one names it in its
+#: ``honoured_settings`` and reads it in ``options_from_settings`` (AMQP reads them
+#: all); with any other transport, a value that asks something is refused by name when
+#: the transport is made. (``broker_heartbeat``, ``broker_heartbeat_checkrate``,
+#: ``broker_login_method`` and ``broker_native_delayed_delivery_queue_type`` are not
+#: here: other brokers ignore them, as Celery's do.)
+BROKER_ONLY: Mapping[str, tuple[tuple[Any, ...], str]] = types.MappingProxyType({
+    "task_default_queue_type": (("classic",), "quorum queues need RabbitMQ"),
+    "task_create_missing_queue_type": (("classic",), "quorum queues need RabbitMQ"),
+    "task_create_missing_queue_exchange_type": (
+        (None, "direct"), "exchange types of the queues it creates are RabbitMQ's"),
+    "broker_connection_timeout": (
+        (None,), "give the transport's own option in broker_transport_options (Redis: "
+                 "socket_connect_timeout)"),
+    "broker_use_ssl": ((None, False), "use a rediss:// URL with its ssl_* query options"),
+})
+
+
+def broker_options(transport: type[Transport], settings: Mapping[str, Any]) -> dict[str, Any]:
+    """The options a transport class is made with: what Celery's settings mean for it
+    (``transport.options_from_settings``), with ``broker_transport_options`` over them.
+
+    Raises:
+        ImproperlyConfigured: a setting of ``BROKER_ONLY`` asks something this
+            transport does not honour (named, with the transport and why).
+    """
+    honoured = transport.honoured_settings
+    for name, (neutral, why) in BROKER_ONLY.items():
+        value = settings.get(name)
+        if name not in honoured and not any(value == ok for ok in neutral):
+            raise ImproperlyConfigured(
+                f"{name}={value!r} is not supported by the {transport.__name__} broker: "
+                f"{why}", setting=name,
+            )
+    options = transport.options_from_settings(settings)
+    options.update(settings.get("broker_transport_options") or {})
+    return options
 
 
 # -- reading a configuration object -------------------------------------------------------

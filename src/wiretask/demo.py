@@ -400,7 +400,7 @@ class Tour:
 
     def _scheduled_eta(self, task_id: str) -> float:
         """The eta (wall-clock time) of a message the broker holds for later, read from
-        the message itself with ``Inspection.peek`` (what ``wiretask inspect`` shows)."""
+        the message itself with ``Inspection.peek`` (what ``wiretask queue show`` shows)."""
         transport = app.transport
         _expect(isinstance(transport, Inspection),
                 f"the demo's broker {transport.url} cannot show a waiting message")

@@ -23,6 +23,7 @@ from typing import Any
 
 __all__ = [
     "ArgumentsError",
+    "ChordError",
     "ConnectionLost",
     "ContentDisallowed",
     "DecodeError",
@@ -217,6 +218,12 @@ class TimeoutError(TaskError, builtins.TimeoutError):
 
 class TaskRevokedError(TaskError):
     """The task was revoked (for example because it expired before it ran)."""
+
+
+class ChordError(TaskError):
+    """A task of a chord's header failed (or its body could not be sent), so the body
+    does not run: its result is this error (Celery's ``celery.exceptions.ChordError``,
+    with Celery's message, e.g. ``Dependency <id> raised ValueError('bad')``)."""
 
 
 class SoftTimeLimitExceeded(TaskError):

@@ -13,14 +13,16 @@ syntax (:func:`parse_rate`), the ``autoretry_for`` wrapper around ``run``
 
 from __future__ import annotations
 
+import builtins
 import difflib
 import functools
 import importlib
 import inspect
 import numbers
 import random
+import types
 from collections.abc import Callable, Iterable, Mapping
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Self
 
 import attrs
 
@@ -33,6 +35,7 @@ __all__ = [
     "CALL_DEFAULTS",
     "HOOKS",
     "TASK_OPTIONS",
+    "ExceptionInfo",
     "TaskOption",
     "annotations_for",
     "autoretry",
@@ -155,12 +158,11 @@ def _any(name: str, value: Any) -> Any:
     return value
 
 
-_LATER = "the worker does not do this yet (issue 14's worker half will)"
-_ACKS_LATE = "the worker always acknowledges a message after its task ran"
-_ACKS_FAILED = "the worker acknowledges failed and timed-out tasks"
-_LOST = "a task whose worker process died is failed and acknowledged; requeueing or " \
-    "retrying it: " + _LATER
-_IGNORED = "storing the failures of ignore_result tasks: " + _LATER
+_ACKS_LATE = "the worker always acknowledges a message after its task ran and its " \
+    "outcome was stored (at least once); Celery's early acknowledgement (at most once) " \
+    "is refused rather than silently made late"
+_LOST = "a task whose worker process died is failed and acknowledged, or requeued with " \
+    "reject_on_worker_lost; retrying it as retry() would is not supported"
 
 #: Every option of Celery's ``Task`` that a decorator, a base class or an annotation can
 #: set, and what wiretask does with it.
@@ -185,32 +187,32 @@ TASK_OPTIONS: Mapping[str, TaskOption] = {
         TaskOption("retry_backoff", True, "exponential backoff factor (True: 1)", _backoff),
         TaskOption("retry_backoff_max", True, "the backoff's cap in seconds", _int),
         TaskOption("retry_jitter", True, "full jitter on the backoff", _bool),
-        TaskOption("throws", True, "expected exceptions, stored on the task; the worker "
-                   "still logs them as errors with a traceback (Celery: at INFO): " + _LATER,
-                   _exceptions),
-        TaskOption("rate_limit", True, "'10/s', '100/m', '5/h' or a number per second; "
-                   "parsed and stored on the task (Task.rate): " + _LATER, _rate),
+        TaskOption("throws", True, "expected exceptions: a failure with one of them is "
+                   "logged at INFO without a traceback, as Celery does", _exceptions),
+        TaskOption("rate_limit", True, "'10/s', '100/m', '5/h' or a number per second, "
+                   "enforced per worker as Celery's token bucket (Task.rate)", _rate),
         TaskOption("ignore_result", True, "", _optional_bool),
         TaskOption("track_started", True, "", _optional_bool),
         TaskOption("acks_late", True, "only True or None: " + _ACKS_LATE,
                    _only(True, None, why=_ACKS_LATE)),
-        TaskOption("acks_on_failure_or_timeout", True, "only True or None: " + _ACKS_FAILED,
-                   _only(True, None, why=_ACKS_FAILED)),
-        TaskOption("acks_on_failure", True, "only True or None: " + _ACKS_FAILED,
-                   _only(True, None, why=_ACKS_FAILED)),
-        TaskOption("acks_on_timeout", True, "only True or None: " + _ACKS_FAILED,
-                   _only(True, None, why=_ACKS_FAILED)),
-        TaskOption("reject_on_worker_lost", True, "only False or None: " + _LOST,
-                   _only(False, None, why=_LOST)),
+        TaskOption("acks_on_failure_or_timeout", True, "False: acks_on_failure and "
+                   "acks_on_timeout default to False", _optional_bool),
+        TaskOption("acks_on_failure", True, "False: a failed task's message is rejected "
+                   "(dead-lettered with the reason) after its FAILURE is stored",
+                   _optional_bool),
+        TaskOption("acks_on_timeout", True, "False: the message of a task past its hard "
+                   "time limit is requeued to run again (no FAILURE stored)", _optional_bool),
+        TaskOption("reject_on_worker_lost", True, "True: a task whose child process died "
+                   "is requeued instead of failed (pool='processes')", _optional_bool),
         TaskOption("retry_on_worker_lost", True, "only False or None: " + _LOST,
                    _only(False, None, why=_LOST)),
-        TaskOption("store_errors_even_if_ignored", True, "only False or None: " + _IGNORED,
-                   _only(False, None, why=_IGNORED)),
+        TaskOption("store_errors_even_if_ignored", True, "store the failures (and "
+                   "retries) of an ignore_result task", _optional_bool),
         TaskOption("store_eager_result", True, "store eager results in the backend",
                    _optional_bool),
-        TaskOption("trail", True, "Celery's worker records a task's children in its result "
-                   "(AsyncResult.children reads them); the wiretask worker does not yet: "
-                   + _LATER, _bool),
+        TaskOption("trail", True, "record the tasks sent while it runs as its children, "
+                   "stored with its state (AsyncResult.children), as Celery's worker",
+                   _bool),
         TaskOption("time_limit", True, "hard time limit (seconds)", _seconds),
         TaskOption("soft_time_limit", True, "soft time limit (seconds)", _seconds),
         TaskOption("expires", True, "default expiry of the task's calls", _any),
@@ -243,9 +245,41 @@ TASK_OPTIONS: Mapping[str, TaskOption] = {
 CALL_DEFAULTS = ("queue", "exchange", "routing_key", "priority", "serializer", "compression",
                  "delivery_mode", "time_limit", "soft_time_limit", "ignore_result", "expires")
 
-#: Handler methods Celery's tracer calls on a Task subclass. wiretask's worker does not
-#: call them yet, so a base class that defines one is refused rather than ignored.
+#: Handler methods Celery's tracer calls on a Task subclass; the worker's tracer and the
+#: eager path call the ones a subclass defines.
 HOOKS = ("before_start", "on_success", "on_failure", "on_retry", "after_return")
+
+
+@attrs.frozen
+class ExceptionInfo:
+    """What ``on_failure`` and ``on_retry`` receive as ``einfo``: the attributes of
+    Celery's (billiard's) ``ExceptionInfo``.
+
+    Attributes:
+        exception: the exception (for a retry, the ``Retry`` raised by ``retry()``).
+        type: its class.
+        traceback: the formatted traceback, as stored with the state.
+        tb: the traceback object, if the exception was raised here.
+        internal: True for an error outside the task body (Celery's flag).
+    """
+
+    exception: BaseException
+    type: builtins.type[BaseException]
+    traceback: str
+    tb: types.TracebackType | None = None
+    internal: bool = False
+
+    @classmethod
+    def of(cls, exc: BaseException, traceback: str, *, internal: bool = False) -> Self:
+        return cls(exc, type(exc), traceback, exc.__traceback__, internal)
+
+    @property
+    def exc_info(self) -> tuple[builtins.type[BaseException], BaseException,
+                                types.TracebackType | None]:
+        return self.type, self.exception, self.tb
+
+    def __str__(self) -> str:
+        return self.traceback
 
 
 def check_task_option(name: str, value: Any) -> Any:

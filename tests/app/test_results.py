@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from wiretask import App
-from wiretask.app import AsyncResult, allow_join_result
+from wiretask.app import AsyncResult, GroupResult, allow_join_result
 from wiretask.errors import DecodeError, ValidationError, WouldBlock
 from wiretask.protocol import states
 
@@ -90,8 +90,13 @@ def test_parent_and_children_come_from_the_meta(app: App) -> None:
     assert app.AsyncResult("pending").children is None
     store(app, "group-parent", states.SUCCESS, 3,
           children=[[["g", None], [[["m", None], None]]]])
-    with pytest.raises(DecodeError, match="group"):
-        _ = app.AsyncResult("group-parent").children
+    # A group among the children (Celery stores [[gid, parent], [members...]]).
+    (group_child,) = app.AsyncResult("group-parent").children or []
+    assert isinstance(group_child, GroupResult) and group_child.id == "g"
+    assert group_child.results == [app.AsyncResult("m")]
+    store(app, "bad-children", states.SUCCESS, 3, children=[["not", "a", "tuple"]])
+    with pytest.raises(DecodeError, match="children"):
+        _ = app.AsyncResult("bad-children").children
     explicit = AsyncResult("x", app=app, parent=app.AsyncResult("y"))
     assert explicit.parent == app.AsyncResult("y")
 

@@ -103,10 +103,11 @@ def test_an_old_upper_case_name_is_refused_with_the_new_one(how: str) -> None:
 
 @pytest.mark.parametrize("how", list(SETTERS))
 def test_a_refused_setting_says_why(how: str) -> None:
-    with pytest.raises(ImproperlyConfigured, match="worker_prefetch_multiplier") as info:
-        SETTERS[how]("worker_prefetch_multiplier", 1)
+    # (worker_prefetch_multiplier was the example until the worker honoured it.)
+    with pytest.raises(ImproperlyConfigured, match="worker_direct") as info:
+        SETTERS[how]("worker_direct", True)
     assert "not supported by wiretask" in str(info.value)
-    assert SETTINGS["worker_prefetch_multiplier"].note in str(info.value)
+    assert SETTINGS["worker_direct"].note in str(info.value)
 
 
 def test_a_value_wiretask_cannot_honour_is_refused_by_name() -> None:
@@ -132,11 +133,11 @@ def test_not_applicable_settings_are_accepted_and_documented() -> None:
 
 def test_reading_a_refused_or_unknown_setting_names_it() -> None:
     conf = Configuration()
-    with pytest.raises(AttributeError, match="beat"):
-        _ = conf.beat_schedule
+    with pytest.raises(AttributeError, match=r"broker_read_url.*one broker URL"):
+        _ = conf.broker_read_url
     with pytest.raises(AttributeError, match="did you mean 'task_routes'"):
         _ = conf.task_rotues
-    assert conf.get("worker_prefetch_multiplier") is None  # dict reads stay plain
+    assert conf.get("worker_direct") is None  # dict reads stay plain
 
 
 def test_values_are_checked_and_normalised() -> None:

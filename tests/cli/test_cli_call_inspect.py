@@ -75,7 +75,7 @@ def test_inspect_shows_ready_and_scheduled_messages_decoded(cli: CLI) -> None:
     later = cli.ok("call", "proj.tasks.add", "4", "4", "--countdown", "30",
                    "--compression", "zstd").strip()
 
-    out = cli.ok("inspect", "celery")
+    out = cli.ok("queue", "show", "celery")
 
     assert "2 waiting (1 ready, 1 scheduled), 0 dead-lettered" in out
     header, *rows = [line for line in out.splitlines()[2:] if line]
@@ -99,7 +99,7 @@ def test_inspect_shows_ready_and_scheduled_messages_decoded(cli: CLI) -> None:
 def test_inspect_json(cli: CLI) -> None:
     task_id = cli.ok("call", "proj.tasks.add", "2", "3", "--expires", "60").strip()
 
-    data = json.loads(cli.ok("inspect", "--json"))
+    data = json.loads(cli.ok("queue", "show", "--json"))
 
     assert data["queue"] == "celery"
     assert data["waiting"] == 1
@@ -131,13 +131,13 @@ def test_inspect_shows_undecodable_messages_and_dead_letters(cli: CLI) -> None:
     finally:
         transport.close()
 
-    out = cli.ok("inspect", "celery")
+    out = cli.ok("queue", "show", "celery")
 
     assert "1 waiting (1 ready, 0 scheduled), 1 dead-lettered" in out
     row = next(line for line in out.splitlines() if line.startswith("ready"))
     assert row.split()[1:3] == ["bad-1", "(undecodable)"]
     assert re.search(r"^undecodable bad-1: cannot decode .+", out, re.MULTILINE)
-    data = json.loads(cli.ok("inspect", "celery", "--json"))
+    data = json.loads(cli.ok("queue", "show", "celery", "--json"))
     assert data["dead_letters"] == 1
     assert "cannot decode" in data["messages"][0]["error"]
 
@@ -146,7 +146,7 @@ def test_inspect_limit(cli: CLI) -> None:
     for n in range(3):
         cli.ok("call", "proj.tasks.add", str(n), "0")
 
-    out = cli.ok("inspect", "--limit", "2")
+    out = cli.ok("queue", "show", "--limit", "2")
 
     assert "3 waiting (3 ready, 0 scheduled, showing the first 2)" in out  # exact counts
     assert sum(1 for line in out.splitlines() if line.startswith("ready")) == 2

@@ -46,7 +46,7 @@ def test_inspect_says_when_the_transport_cannot_inspect(cli: CLI) -> None:
     env = {k: v for k, v in cli.env.items() if k != "WIRETASK_BROKER_URL"}
     cli.env = env
 
-    done = cli.run("inspect", "-A", "proj.blind:app", "celery")
+    done = cli.run("queue", "show", "-A", "proj.blind:app", "celery")
 
     assert done.returncode == 1, done
     assert ("the broker blind:// cannot show a queue without consuming it (its transport "

@@ -69,8 +69,8 @@ def test_a_client_app_and_commands_without_an_app_meet_at_one_default_broker(
 @pytest.mark.parametrize("command", [
     ["call", "proj.tasks.add", "1", "2"],
     ["result", "some-id"],
-    ["inspect"],
-    ["-A", "proj.tasks:app", "inspect", "celery"],
+    ["queue", "show"],
+    ["-A", "proj.tasks:app", "queue", "show", "celery"],
 ])
 def test_every_command_says_which_broker_it_talks_to(cli: CLI, command: list[str]) -> None:
     done = cli.run(*command)
@@ -98,7 +98,7 @@ def test_the_worker_consumes_the_apps_default_queue_and_concurrency(cli: CLI) ->
         "    return x + y\n"
     )
     task_id = cli.ok("-A", "proj.jobs:app", "call", "proj.jobs.add", "2", "2").strip()
-    assert '"waiting": 1' in cli.ok("inspect", "jobs", "--json")
+    assert '"waiting": 1' in cli.ok("queue", "show", "jobs", "--json")
     worker = cli.popen("worker", "-A", "proj.jobs:app")
     try:
         done = cli.run("result", task_id, "--wait", "30")

@@ -19,12 +19,12 @@ def test_scheduler_moves_due_messages_and_exits_0_on_sigterm(cli: CLI, redis_url
     # delay_mode=native: held broker-side although no mover runs yet.
     task_id = cli.ok("--broker", f"{redis_url}?delay_mode=native", "call", "proj.tasks.add",
                      "1", "2", "--countdown", "3").strip()
-    [listed] = json.loads(cli.ok("--broker", redis_url, "inspect", "--json"))["messages"]
+    [listed] = json.loads(cli.ok("--broker", redis_url, "queue", "show", "--json"))["messages"]
     assert (listed["id"], listed["state"]) == (task_id, "scheduled")
     due = datetime.fromisoformat(listed["not_before"])
     time.sleep(max(0.0, (due - datetime.now(UTC)).total_seconds()) + 0.2)
     # Due now, but nothing moves it on Redis without a scheduler (or a consumer).
-    [before] = json.loads(cli.ok("--broker", redis_url, "inspect", "--json"))["messages"]
+    [before] = json.loads(cli.ok("--broker", redis_url, "queue", "show", "--json"))["messages"]
     assert before["state"] == "scheduled"
 
     scheduler = cli.popen("scheduler", "--broker", redis_url, "--interval", "0.1")
@@ -33,7 +33,7 @@ def test_scheduler_moves_due_messages_and_exits_0_on_sigterm(cli: CLI, redis_url
         state = before["state"]
         while state != "ready" and time.monotonic() < deadline:
             time.sleep(0.1)
-            listing = json.loads(cli.ok("--broker", redis_url, "inspect", "--json"))
+            listing = json.loads(cli.ok("--broker", redis_url, "queue", "show", "--json"))
             state = listing["messages"][0]["state"]
         assert state == "ready"
     finally:

@@ -18,6 +18,7 @@ import os
 import time
 from typing import Any
 
+import redis
 from celery import Celery, Task
 from celery.signals import worker_ready
 
@@ -53,16 +54,32 @@ def make_client(
     return client
 
 
+REDIS_URL = os.environ.get("INTEROP_REDIS_URL", "redis://127.0.0.1:6379/14")
 app = make_client(
-    os.environ.get("INTEROP_REDIS_URL", "redis://127.0.0.1:6379/14"), "interop",
+    REDIS_URL, "interop",
     broker=os.environ.get("INTEROP_BROKER_URL"),
     conf=json.loads(os.environ.get("INTEROP_CELERY_CONF", "{}")),
 )
+_redis: list[redis.Redis] = []
+
+
+def redis_client() -> redis.Redis:
+    """The test Redis (counters, gates, readiness), whatever the result backend is
+    (``rpc://`` has no Redis client of its own)."""
+    if not _redis:
+        _redis.append(redis.Redis.from_url(REDIS_URL))
+    return _redis[0]
 
 
 @app.task(name="interop.add")
 def add(x: int, y: int) -> int:
     return x + y
+
+
+@app.task(name="interop.tsum")
+def tsum(values: list[int]) -> int:
+    """A chord body: the sum of the header's results."""
+    return sum(values)
 
 
 @app.task(name="interop.echo")
@@ -77,7 +94,7 @@ def when(self: Task) -> dict[str, Any]:
     return {
         "ran_at": time.time(),
         "eta": self.request.eta,
-        "seq": int(self.app.backend.client.incr(SEQUENCE_KEY)),
+        "seq": int(redis_client().incr(SEQUENCE_KEY)),
         "priority": (self.request.delivery_info or {}).get("priority"),
         "exchange": (self.request.delivery_info or {}).get("exchange"),
     }
@@ -87,7 +104,7 @@ def when(self: Task) -> dict[str, Any]:
 def retry_once(self: Task, key: str, countdown: float) -> dict[str, Any]:
     """Retry once after ``countdown`` seconds (the Redis counter ``key`` counts the runs),
     then return when each run happened."""
-    client = self.app.backend.client
+    client = redis_client()
     client.rpush(key, time.time())
     if self.request.retries == 0:
         raise self.retry(countdown=countdown)
@@ -112,7 +129,7 @@ def progress(self: Task, steps: int, gate: str) -> str:
     (bounded) for the Redis key ``gate``, which the caller's ``on_message`` sets when
     that first state reaches it: the caller is then listening, and sees the rest as
     they happen (a condition, not a sleep)."""
-    client = self.app.backend.client
+    client = redis_client()
     for step in range(steps):
         self.update_state(state="PROGRESS", meta={"current": step, "total": steps})
         if step == 0:
@@ -124,4 +141,4 @@ def progress(self: Task, steps: int, gate: str) -> str:
 
 @worker_ready.connect
 def _announce_ready(sender: Any = None, **_: Any) -> None:
-    app.backend.client.set(READY_KEY, os.getpid())
+    redis_client().set(READY_KEY, os.getpid())

@@ -76,7 +76,8 @@ def subprocess_env(
 
 class CeleryWorker:
     """``celery -A interop.celery_tasks worker -P solo`` on ``url``, consuming ``queues``
-    (on ``broker`` when given, with ``conf`` updating its configuration).
+    (on ``broker`` when given, with ``conf`` updating its configuration; another ``pool``
+    and ``concurrency`` when given, and more ``options``).
 
     ``start()`` returns once the worker consumes (its ``worker_ready`` signal handler
     writes its pid to Redis); ``stop()`` asks for a warm shutdown and kills it if it
@@ -85,13 +86,18 @@ class CeleryWorker:
 
     def __init__(
         self, url: str, queues: Sequence[str], *, name: str = "interop",
-        broker: str | None = None, conf: dict[str, Any] | None = None,
+        broker: str | None = None, conf: dict[str, Any] | None = None, pool: str = "solo",
+        concurrency: int = 1, options: Sequence[str] = (),
     ) -> None:
         self.url = url
         self.queues = list(queues)
         self.name = name
         self.broker = broker
         self.conf = conf
+        self.pool = pool
+        self.concurrency = concurrency
+        #: More ``celery worker`` options (they win over the defaults above them).
+        self.options = list(options)
         self.proc: subprocess.Popen[bytes] | None = None
         self.log = Path(tempfile.mkstemp(prefix="celery-worker-", suffix=".log")[1])
 
@@ -102,9 +108,9 @@ class CeleryWorker:
             with self.log.open("wb") as log:
                 self.proc = subprocess.Popen(
                     [sys.executable, "-m", "celery", "-A", "interop.celery_tasks", "worker",
-                     "-P", "solo", "-c", "1", "-Q", ",".join(self.queues),
+                     "-P", self.pool, "-c", str(self.concurrency), "-Q", ",".join(self.queues),
                      "-n", f"{self.name}@%h", "--without-heartbeat", "--without-mingle",
-                     "--without-gossip", "--loglevel", "WARNING"],
+                     "--without-gossip", "--loglevel", "WARNING", *self.options],
                     cwd=TESTS_DIR, env=subprocess_env(self.url, broker=self.broker,
                                                       celery_conf=self.conf), stdout=log,
                     stderr=subprocess.STDOUT,

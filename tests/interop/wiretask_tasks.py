@@ -36,6 +36,10 @@ def make_app(url: str, main: str = "interop", *, broker: str | None = None) -> A
     def add(x: int, y: int) -> int:
         return x + y
 
+    @app.task(name="interop.tsum")
+    def tsum(values: list[int]) -> int:
+        return sum(values)
+
     @app.task(name="interop.echo")
     def echo(*args: Any, **kwargs: Any) -> dict[str, Any]:
         return {"args": list(args), "kwargs": kwargs}

@@ -1,4 +1,4 @@
-"""``wiretask inspect`` counts exactly whatever ``--limit`` is, ``wiretask purge`` sees
+"""``wiretask queue show`` counts exactly whatever ``--limit`` is, ``wiretask purge`` sees
 broker-side delayed messages and asks first, and every monitoring command fails loudly
 (non-zero, one clear line) when the broker cannot be reached or a threshold is crossed."""
 
@@ -50,12 +50,12 @@ def test_inspect_counts_ready_and_scheduled_exactly_past_the_limit(
     url, transport = broker
     issue_example(transport)
 
-    done = run_cli(url, "inspect", "celery")
+    done = run_cli(url, "queue", "show", "celery")
 
     assert done.returncode == 0, done.stderr
     assert ("155 waiting (150 ready, 5 scheduled, showing the first 100), "
             "0 dead-lettered") in done.stdout
-    data = json.loads(run_cli(url, "inspect", "--limit", "3", "--json").stdout)
+    data = json.loads(run_cli(url, "queue", "show", "--limit", "3", "--json").stdout)
     assert (data["waiting"], data["ready"], data["scheduled"]) == (155, 150, 5)
     assert len(data["messages"]) == 3
 
@@ -129,7 +129,8 @@ def test_thresholds_make_stats_fail(broker: tuple[str, Transport]) -> None:
 
 
 @pytest.mark.parametrize("command", [
-    ["stats"], ["stats", "--json"], ["inspect"], ["purge", "-f", "celery"],
+    ["stats"], ["stats", "--json"], ["queue", "show"], ["purge", "-f", "celery"],
+    ["inspect", "ping"], ["control", "revoke", "x"], ["status"],
     ["munin", "fetch"], ["munin", "config"], ["exporter", "--port", "0"],
 ])
 def test_an_unreachable_broker_is_a_failure_with_a_clear_message(command: list[str]) -> None:

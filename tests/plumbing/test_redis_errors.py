@@ -194,7 +194,12 @@ class Subscriber(Storer):
     action = "subscribe"
 
     def call(self) -> None:
-        self.backend.subscribe("t1").close()
+        # A subscription that cannot connect says so from next(), at its timeout.
+        subscription = self.backend.subscribe("t1")
+        try:
+            subscription.next(0)
+        finally:
+            subscription.close()
 
 
 class Scheduler(User):

@@ -8,6 +8,7 @@ declarations that interoperate with Celery's in both orders.
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -25,7 +26,7 @@ from wiretask.errors import ConnectionLost, EncodeError, TransportError
 from wiretask.protocol.frame import Frame, Outgoing, Route
 from wiretask.routing import QueueBinding
 from wiretask.transports.amqp import AMQPTransport
-from wiretask.transports.base import Inspection, QueueStatistics
+from wiretask.transports.base import Inspection, QueueAdmin, QueueStatistics
 
 
 @pytest.fixture
@@ -244,18 +245,38 @@ def test_size_and_purge_of_a_missing_queue_are_zero(transport: AMQPTransport) ->
     assert transport.purge(q) == 1
 
 
-def test_no_inspection_and_wiretask_inspect_says_so(
+def test_no_inspection_but_queue_admin_and_wiretask_queue_show_counts(
     transport: AMQPTransport, amqp_url: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """No ``peek``, so no ``Inspection``: ``wiretask inspect`` refuses with the reason
-    instead of showing an empty queue."""
+    """No ``peek``, so no ``Inspection``; ``QueueAdmin`` (size, purge, dead letters) is
+    offered, so ``wiretask queue show`` shows the counts and says why it lists no message,
+    and ``wiretask purge`` empties the queue."""
     assert not isinstance(transport, Inspection)
     assert not hasattr(transport, "peek")
+    assert isinstance(transport, QueueAdmin)
+    q = unique("admin")
+    transport.publish_many([Outgoing(frame(b"a"), Route(q)), Outgoing(frame(b"b"), Route(q))])
+    delivery = transport.receive([q], timeout=5)
+    assert delivery is not None
+    delivery.dead_letter("kept for inspect")
+    transport.close()  # the other message, pushed to this consumer, goes back to the queue
+    capsys.readouterr()
 
-    code = main(["inspect", "--broker", amqp_url, "celery"])
+    assert main(["queue", "show", "--broker", amqp_url, q]) == 0
+    out = capsys.readouterr().out
+    assert f"queue {q!r} on " in out
+    assert "1 waiting (1 ready, scheduled ones not known), 1 dead-lettered" in out
+    assert "cannot be listed without consuming them" in out
 
-    assert code == 1
-    assert "cannot show a queue without consuming it" in capsys.readouterr().err
+    assert main(["queue", "show", "--broker", amqp_url, "--json", q]) == 0
+    document = json.loads(capsys.readouterr().out)
+    assert (document["waiting"], document["ready"], document["scheduled"],
+            document["dead_letters"], document["messages"]) == (1, 1, None, 1, None)
+
+    assert main(["purge", "--broker", amqp_url, "-f", q]) == 0
+    assert f"purged 1 message from {q!r}" in capsys.readouterr().out
+    assert transport.size(q) == 0
+    assert [d.reason for d in transport.dead_letters(q)] == ["kept for inspect"]
 
 
 # -- declarations shared with Celery -----------------------------------------------------

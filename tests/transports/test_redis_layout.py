@@ -19,7 +19,7 @@ ROOT = Path(package.__file__).parent
 LAYERS: list[set[str]] = [
     {"envelope"},
     {"deadletters", "delivery", "database"},
-    {"leases", "publishing", "admin", "scheduler"},
+    {"leases", "publishing", "admin", "scheduler", "broadcast"},
     {"settling", "aio"},
     {"consuming"},
     {"transport"},

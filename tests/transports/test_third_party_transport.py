@@ -60,8 +60,8 @@ def test_the_document_holds_a_whole_transport(localbroker: ModuleType) -> None:
 def test_it_passes_the_conformance_kit(localbroker: ModuleType, name: str) -> None:
     report = check_transport(lambda: transport_from_url(f"local://{name}"))
     assert report.transport == f"local://{name}"
-    not_applicable = {"priority_order", "queue_stats", "broker_delay", "fused_settlement",
-                      "error_translation", "process_consumers"}
+    not_applicable = {"priority_order", "queue_stats", "broker_delay", "broadcast",
+                      "fused_settlement", "error_translation", "process_consumers"}
     assert {check for check, _ in report.skipped} == not_applicable, report
     assert report.passed == tuple(c for c in CHECKS if c not in not_applicable), report
 

@@ -51,3 +51,17 @@ def crash(code: int) -> None:
 @app.task
 def report(task_id: str) -> str:
     return f"reported {task_id}"
+
+
+_leaked: list[bytearray] = []
+
+
+@app.task
+def hog(mib: int) -> int:
+    """Keeps ``mib`` MiB more (a leaking task: the child's resident memory stays above
+    it) and returns its pid."""
+    block = bytearray(mib * 1024 * 1024)
+    for offset in range(0, len(block), 4096):
+        block[offset] = 1
+    _leaked.append(block)
+    return os.getpid()

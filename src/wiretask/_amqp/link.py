@@ -28,7 +28,7 @@ from wiretask._amqp.errors import translate
 from wiretask._amqp.options import Options
 from wiretask._errormap import map_exceptions
 
-__all__ = ["Link", "Waiter"]
+__all__ = ["Link", "Waiter", "heartbeat_period"]
 
 log = logging.getLogger("wiretask.transports.amqp")
 
@@ -167,9 +167,10 @@ class Link:
             return None
         return Waiter(connection.sock)
 
-    def heartbeat(self) -> None:
+    def heartbeat(self, rate: float | None = None) -> None:
         """Read what has arrived and send a heartbeat if one is due (caller holds
-        ``lock``).
+        ``lock``): py-amqp's ``heartbeat_tick`` with ``rate`` checks per interval
+        (``None``: 2, a heartbeat every half interval).
 
         Raises:
             ConnectionLost: heartbeats were missed or the connection failed (discarded).
@@ -180,10 +181,22 @@ class Link:
         self.pump()
         try:
             with self.translate("heartbeat"):
-                connection.heartbeat_tick(rate=2)
+                connection.heartbeat_tick(rate=rate or 2)
         except Exception:
             self.discard()
             raise
+
+
+def heartbeat_period(options: Options) -> float | None:
+    """Seconds between heartbeat checks: ``heartbeat / heartbeat_checkrate`` (Celery's
+    rule), else a quarter of the heartbeat, at least half a second; ``None`` without
+    heartbeats."""
+    interval = options.heartbeat
+    if not interval:
+        return None
+    if options.heartbeat_checkrate:
+        return max(interval / options.heartbeat_checkrate, 0.5)
+    return max(interval / 4, 0.5)
 
 
 def _read_greedily(transport: Any) -> None:

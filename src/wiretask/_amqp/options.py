@@ -29,10 +29,12 @@ from wiretask._url import mask_url
 from wiretask.errors import ImproperlyConfigured
 
 __all__ = [
+    "SETTINGS",
     "DelayMode",
     "ExchangeType",
     "Options",
     "QueueType",
+    "from_settings",
     "parse",
 ]
 
@@ -87,6 +89,7 @@ def _flag(text: str) -> bool:
 #: Options that may appear in the query string, and how to read each.
 _QUERY: dict[str, Callable[[str], Any]] = {
     "heartbeat": float,
+    "heartbeat_checkrate": float,
     "connect_timeout": float,
     "confirm_timeout": float,
     "confirm_publish": _flag,
@@ -103,7 +106,8 @@ _QUERY: dict[str, Callable[[str], Any]] = {
     "delayed_delivery_queue_type": str,
 }
 #: Options taken only as keyword arguments (mappings have no query-string form).
-_KEYWORD_ONLY = frozenset({"queue_arguments", "socket_settings", "client_properties"})
+_KEYWORD_ONLY = frozenset({"queue_arguments", "exchange_types", "socket_settings",
+                           "client_properties"})
 KNOWN = frozenset(_QUERY) | _KEYWORD_ONLY
 
 
@@ -120,6 +124,9 @@ class Options:
     #: ``False``, or py-amqp's TLS options (``{}`` for the defaults).
     ssl: bool | Mapping[str, Any]
     heartbeat: float
+    #: Heartbeat checks per interval (Celery's ``broker_heartbeat_checkrate``); ``None``:
+    #: four checks, each sending a heartbeat when half an interval passed without one.
+    heartbeat_checkrate: float | None
     connect_timeout: float
     confirm_timeout: float
     confirm_publish: bool
@@ -129,6 +136,9 @@ class Options:
     queue_arguments: Mapping[str, Mapping[str, Any]]
     max_priority: int | None
     exchange_type: ExchangeType
+    #: ``{exchange: type}`` of exchanges with a type of their own (the default queue's,
+    #: from ``task_default_exchange_type``); others are ``exchange_type``.
+    exchange_types: Mapping[str, ExchangeType]
     delay_mode: DelayMode
     delayed_delivery_queue_type: QueueType
 
@@ -225,6 +235,7 @@ def parse(url: str, options: Mapping[str, Any]) -> Options:
         virtual_host=unquote(path) or "/",
         ssl=tls,
         heartbeat=_number("heartbeat", take("heartbeat", 60.0), minimum=0),
+        heartbeat_checkrate=_optional_rate(take("heartbeat_checkrate", None)),
         connect_timeout=_number("connect_timeout", take("connect_timeout", 4.0), minimum=0,
                                 inclusive=False),
         confirm_timeout=_number("confirm_timeout", take("confirm_timeout", 30.0), minimum=0,
@@ -235,6 +246,7 @@ def parse(url: str, options: Mapping[str, Any]) -> Options:
         max_priority=max_priority,
         exchange_type=_choice("exchange_type", take("exchange_type", "direct"),
                               ("direct", "topic", "fanout")),
+        exchange_types=_exchange_types(take("exchange_types", {})),
         delay_mode=_choice("delay_mode", take("delay_mode", "auto"),
                            ("auto", "ladder", "celery")),
         delayed_delivery_queue_type=_choice(
@@ -348,3 +360,81 @@ def _queue_arguments(value: Any) -> dict[str, dict[str, Any]]:
                        f"x-queue-type of {queue!r} must be 'classic' or 'quorum', got {kind!r}")
         result[queue] = dict(arguments)
     return result
+
+
+def _optional_rate(value: Any) -> float | None:
+    if value is None:
+        return None
+    return _number("heartbeat_checkrate", value, minimum=0, inclusive=False)
+
+
+def _exchange_types(value: Any) -> dict[str, ExchangeType]:
+    if not isinstance(value, Mapping):
+        raise _bad("exchange_types", f"must map exchange names to types, got {value!r}")
+    result: dict[str, ExchangeType] = {}
+    for name, kind in value.items():
+        if not isinstance(name, str) or not name:
+            raise _bad("exchange_types", f"exchange names must be non-empty strings, got "
+                                         f"{name!r}")
+        result[name] = _choice("exchange_types", kind, ("direct", "topic", "fanout"))
+    return result
+
+
+# -- Celery's settings ---------------------------------------------------------------
+
+#: Celery settings whose value (when set) is the option of the same meaning.
+_SCALAR_SETTINGS = {
+    "broker_heartbeat": "heartbeat",
+    "broker_heartbeat_checkrate": "heartbeat_checkrate",
+    "broker_connection_timeout": "connect_timeout",
+    "broker_login_method": "login_method",
+    "broker_native_delayed_delivery_queue_type": "delayed_delivery_queue_type",
+    "task_queue_max_priority": "max_priority",
+    "task_create_missing_queue_exchange_type": "exchange_type",
+}
+#: Every Celery setting ``from_settings`` reads (``AMQPTransport.honoured_settings``).
+SETTINGS = frozenset({
+    *_SCALAR_SETTINGS, "broker_use_ssl", "task_create_missing_queue_type",
+    "task_default_queue_type", "task_default_exchange_type",
+})
+
+
+def from_settings(settings: Mapping[str, Any]) -> dict[str, Any]:
+    """Celery's broker and queue settings (``app.conf``) as the options of the same
+    meaning (``broker_transport_options`` and the URL's query go over them):
+
+    * ``broker_heartbeat`` -> ``heartbeat``, ``broker_heartbeat_checkrate`` ->
+      ``heartbeat_checkrate``, ``broker_connection_timeout`` -> ``connect_timeout``,
+      ``broker_use_ssl`` (True or py-amqp's TLS options) -> ``ssl``,
+      ``broker_login_method`` -> ``login_method``,
+      ``broker_native_delayed_delivery_queue_type`` -> ``delayed_delivery_queue_type``,
+      ``task_queue_max_priority`` -> ``max_priority``: each when set;
+    * queues made on first use (Celery's ``Queues.new_missing``):
+      ``task_create_missing_queue_type`` ``quorum`` -> ``queue_type``,
+      ``task_create_missing_queue_exchange_type`` -> ``exchange_type``;
+    * the default queue, when ``task_queues`` is empty (Celery's ``app.amqp.Queues``):
+      ``task_default_queue_type`` ``quorum`` -> its own ``x-queue-type`` argument
+      (``queue_arguments``), ``task_default_exchange_type`` ``topic`` -> its exchange's
+      type (``exchange_types``; the exchange is ``task_default_exchange``, else the
+      queue's name).
+
+    Values the settings table has checked already; ``parse`` checks the options again.
+    """
+    options: dict[str, Any] = {}
+    for setting, option in _SCALAR_SETTINGS.items():
+        value = settings.get(setting)
+        if value is not None:
+            options[option] = value
+    tls = settings.get("broker_use_ssl")
+    if tls:
+        options["ssl"] = dict(tls) if isinstance(tls, Mapping) else True
+    if settings.get("task_create_missing_queue_type") == "quorum":
+        options["queue_type"] = "quorum"
+    if not settings.get("task_queues"):
+        queue = settings.get("task_default_queue") or "celery"
+        if settings.get("task_default_queue_type") == "quorum":
+            options["queue_arguments"] = {queue: {"x-queue-type": "quorum"}}
+        if settings.get("task_default_exchange_type") == "topic":
+            exchange = settings.get("task_default_exchange") or queue
+            options["exchange_types"] = {exchange: "topic"}
+    return options

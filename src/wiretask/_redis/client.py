@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import select
+import ssl
 import threading
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -45,7 +46,7 @@ try:  # hiredis (the ``redis`` extra) packs and parses in C
 except (ImportError, TypeError):  # pragma: no cover - redis-py's packer and parser then
     _pack = _Reader = None
 
-__all__ = ["Commands", "Target", "drop_wrong_server", "target_of"]
+__all__ = ["Commands", "Pieces", "Target", "drop_wrong_server", "target_of"]
 
 #: Error replies after which a connection is dropped: its server is a replica (it
 #: refuses writes, or reads while its primary is away), which after a failover is the old
@@ -184,14 +185,15 @@ class Commands:
             else:
                 if sock is not link.sock:  # a new socket: a new reader and poller
                     link.sock = sock
-                    link.reader = _Reader(protocolError=InvalidResponse,
-                                          replyError=connection._parser.parse_error,
-                                          notEnoughData=_MORE)
+                    link.reader = None
                     if _poll is not None:
                         link.poller = _poll()
                         link.poller.register(sock, select.POLLIN)
-                replies = _round_trip(link, b"".join(_pack(c) for c in commands),
-                                      len(commands))
+                if link.reader is None:
+                    link.reader = _Reader(protocolError=InvalidResponse,
+                                          replyError=connection._parser.parse_error,
+                                          notEnoughData=_MORE)
+                replies = _round_trip(link, _request(commands), len(commands))
             for reply in replies:
                 # An error reply, parsed into redis-py's class for it: a ResponseError,
                 # or another (LOADING is a BusyLoadingError, a ConnectionError).
@@ -214,6 +216,8 @@ class Commands:
     def _run_slowly(
         connection: Any, commands: Sequence[tuple[Any, ...]]
     ) -> list[Any]:  # pragma: no cover - only without hiredis
+        commands = [tuple(b"".join(a) if isinstance(a, Pieces) else a for a in c)
+                    for c in commands]
         connection.send_packed_command(connection.pack_commands(commands))
         replies: list[Any] = []
         for _ in commands:
@@ -260,11 +264,72 @@ class Commands:
             link.connection.disconnect()
 
 
-def _round_trip(link: _Link, request: bytes, count: int) -> list[Any]:
+class Pieces(tuple[bytes | memoryview, ...]):
+    """One argument of a command given in parts (a large value and what frames it),
+    written to the socket as they are, never joined: ``Commands.run`` sends a request
+    holding one as a vector of buffers, so a large message is not copied on its way
+    to Redis (the worker's memory bound)."""
+
+    __slots__ = ()
+
+
+def _request(commands: Sequence[tuple[Any, ...]]) -> bytes | list[bytes | memoryview]:
+    """The request for ``commands``: packed by hiredis into one bytes object, or, when
+    an argument is ``Pieces``, the buffers to write one after the other."""
+    pack = _pack
+    assert pack is not None  # run() calls this only where hiredis packs
+    if not any(isinstance(arg, Pieces) for command in commands for arg in command):
+        return b"".join(pack(c) for c in commands)
+    parts: list[bytes | memoryview] = []
+    for command in commands:
+        if not any(isinstance(arg, Pieces) for arg in command):
+            parts.append(pack(command))
+            continue
+        parts.append(b"*%d\r\n" % len(command))
+        for arg in command:
+            if isinstance(arg, Pieces):
+                parts += [b"$%d\r\n" % sum(memoryview(p).nbytes for p in arg), *arg, b"\r\n"]
+                continue
+            data = arg if isinstance(arg, bytes) else str(arg).encode("utf-8")
+            parts += [b"$%d\r\n" % len(data), data, b"\r\n"]
+    return parts
+
+
+def _send(sock: Any, request: bytes | list[bytes | memoryview]) -> None:
+    """Write ``request``: one buffer, or several without joining them (``sendmsg``;
+    joined where the socket has none, as TLS sockets do not)."""
+    if isinstance(request, bytes):
+        sock.sendall(request)
+        return
+    if isinstance(sock, ssl.SSLSocket) or not hasattr(sock, "sendmsg"):
+        sock.sendall(b"".join(request))
+        return
+    views = [memoryview(part).cast("B") for part in request]
+    while views:
+        sent = sock.sendmsg(views[:_IOV_MAX])
+        while sent:
+            if sent >= views[0].nbytes:
+                sent -= views.pop(0).nbytes
+            else:
+                views[0], sent = views[0][sent:], 0
+
+
+#: The most buffers one ``sendmsg`` takes (POSIX's minimum for IOV_MAX).
+_IOV_MAX = 16
+
+#: A reply read in more than this many bytes leaves the reader with a buffer as big
+#: (hiredis keeps it until the next reply): it gets a fresh reader instead.
+_BIG_REPLY = 1 << 20
+
+
+def _round_trip(
+    link: _Link, request: bytes | list[bytes | memoryview], count: int
+) -> list[Any]:
     """Write ``request`` and read ``count`` replies (error replies as exceptions)."""
     sock, reader, buffer = link.sock, link.reader, link.buffer
+    fed = 0
     try:
-        sock.sendall(request)
+        _send(sock, request)
         replies: list[Any] = []
         for _ in range(count):
             reply = reader.gets()
@@ -273,10 +338,16 @@ def _round_trip(link: _Link, request: bytes, count: int) -> list[Any]:
                 if not received:
                     raise redis.ConnectionError("Connection closed by server.")
                 reader.feed(buffer, 0, received)
+                fed += received
                 reply = reader.gets()
             replies.append(reply)
     except TimeoutError as exc:  # socket.timeout
         raise redis.TimeoutError(f"Timeout talking to Redis: {exc}") from exc
     except OSError as exc:
         raise redis.ConnectionError(f"Error talking to Redis: {exc}") from exc
+    if fed > _BIG_REPLY:
+        # The worker's memory bound (a large message): free the copy of the reply the
+        # reader still holds now, not at the next command on this connection (the next
+        # command makes a new reader).
+        link.reader = None
     return replies

@@ -24,6 +24,10 @@ class Keys:
     delayed_messages: str
     #: Without the prefix: the DUE script builds ``prefix + root + queue`` itself.
     delayed_queue_root: str = "_wiretask.delayed.queue."
+    #: The leases of wiretask's own deliveries: tag -> the time its lease runs out.
+    leases: str = attrs.field(
+        default=attrs.Factory(lambda keys: f"{keys.prefix}_wiretask.leases", takes_self=True)
+    )
 
     def p(self, name: str) -> str:
         return self.prefix + name

@@ -20,7 +20,7 @@ from wiretask._redis.keys import PRIORITY_STEPS, Keys
 from wiretask._url import mask_url
 from wiretask.errors import ImproperlyConfigured
 
-__all__ = ["DELAY_MODES", "DelayMode", "RedisOptions", "parse"]
+__all__ = ["DEFAULT_LEASE_TIMEOUT", "DELAY_MODES", "DelayMode", "RedisOptions", "parse"]
 
 #: How the Redis transport treats a message published with ``not_before`` (see
 #: ``RedisTransport``): ``"auto"`` holds it broker-side only while a mover is alive,
@@ -33,6 +33,7 @@ _PARSERS: dict[str, Callable[[str], Any]] = {
     "delay_mode": str,
     "global_keyprefix": str,
     "visibility_timeout": float,
+    "lease_timeout": float,
     "lease_interval": float,
     "restore_interval": float,
     "restore_limit": int,
@@ -44,6 +45,11 @@ _PARSERS: dict[str, Callable[[str], Any]] = {
     "unacked_mutex_key": str,
     "unacked_mutex_expire": float,
 }
+
+#: How long a wiretask consumer's lease on a message lasts without renewal, by default
+#: (spec TRANSPORTS.md §1.3): a message whose consumer died comes back after this, not after Kombu's
+#: ``visibility_timeout``. The heartbeat renews it four times as often.
+DEFAULT_LEASE_TIMEOUT = 60.0
 
 #: Connection defaults. redis-py's are "wait forever", so a host that vanished without
 #: closing the socket would hang a publish for good.
@@ -60,6 +66,7 @@ class RedisOptions:
     delay_mode: DelayMode
     priority_steps: tuple[int, ...]
     visibility_timeout: float
+    lease_timeout: float
     lease_interval: float
     restore_interval: float
     restore_limit: int | None
@@ -76,6 +83,29 @@ def _flag(name: str, text: str) -> bool:
     if value in ("0", "false", "no", "off"):
         return False
     raise ValueError(f"{name} must be true or false, not {text!r}")
+
+
+def _leases(take: Callable[[str, Any], Any]) -> tuple[float, float, float]:
+    """``visibility_timeout``, ``lease_timeout`` and ``lease_interval``, checked."""
+    visibility = float(take("visibility_timeout", 3600.0))
+    lease_timeout = take("lease_timeout", None)
+    lease_timeout = (float(lease_timeout) if lease_timeout is not None
+                     else min(visibility, DEFAULT_LEASE_TIMEOUT))
+    if not 0 < lease_timeout <= visibility:
+        raise ImproperlyConfigured(
+            f"need 0 < lease_timeout <= visibility_timeout, got {lease_timeout} and "
+            f"{visibility}", setting="lease_timeout",
+        )
+    lease = take("lease_interval", None)
+    lease = float(lease) if lease is not None else min(lease_timeout / 4, visibility / 6, 60.0)
+    if not 0 < lease < lease_timeout:
+        # A lease renewed less often than it lasts would let a restorer hand a running
+        # message to a second consumer.
+        raise ImproperlyConfigured(
+            f"need 0 < lease_interval < lease_timeout (<= visibility_timeout), got {lease} "
+            f"and {lease_timeout}", setting="lease_interval",
+        )
+    return visibility, lease_timeout, lease
 
 
 def parse(url: str, options: Mapping[str, Any]) -> RedisOptions:
@@ -114,21 +144,12 @@ def parse(url: str, options: Mapping[str, Any]) -> RedisOptions:
             f"priority_steps must rise from 0 to at most 9, got {list(steps)!r}",
             setting="priority_steps",
         )
-    visibility = float(take("visibility_timeout", 3600.0))
-    lease = take("lease_interval", None)
-    lease = float(lease) if lease is not None else min(visibility / 6, 60.0)
-    if not 0 < lease < visibility:
-        # A lease renewed less often than the timeout would let a restorer hand a
-        # running message to a second consumer.
-        raise ImproperlyConfigured(
-            f"need 0 < lease_interval < visibility_timeout, got {lease} and {visibility}",
-            setting="lease_interval",
-        )
+    visibility, lease_timeout, lease = _leases(take)
     limit = take("restore_limit", None)
     poll = take("poll_interval", None)
     if poll is not None and not float(poll) > 0:
         raise ImproperlyConfigured("poll_interval must be positive", setting="poll_interval")
-    restore_interval = float(take("restore_interval", 30.0))
+    restore_interval = float(take("restore_interval", min(30.0, lease_timeout / 4)))
     publish_markers = take("publish_markers", True)
     if not isinstance(publish_markers, bool):
         raise ImproperlyConfigured("publish_markers must be True or False",
@@ -151,6 +172,7 @@ def parse(url: str, options: Mapping[str, Any]) -> RedisOptions:
         delay_mode=delay_mode,
         priority_steps=steps,
         visibility_timeout=visibility,
+        lease_timeout=lease_timeout,
         lease_interval=lease,
         restore_interval=restore_interval,
         restore_limit=int(limit) if limit is not None else None,

@@ -28,6 +28,7 @@ from wiretask.protocol.states import PendingState
 
 __all__ = [
     "ACK",
+    "DEAD_LETTER",
     "DUE",
     "POP",
     "PURGE",
@@ -41,6 +42,7 @@ __all__ = [
     "ScriptCall",
     "Stats",
     "ack",
+    "dead_letter",
     "due",
     "pop",
     "purge",
@@ -86,22 +88,23 @@ def write_command(expires: float | None) -> tuple[str, ...]:
 
 
 #: Promote the consumed queues' due delayed messages, then pop up to ``limit`` messages
-#: and record each as unacked in the same step. A held message with a restore token
-#: (see ``DUE``) is promoted only if its token is still there.
+#: and record each as unacked, and leased, in the same step. A held message with a
+#: restore token (see ``DUE``) is promoted only if its token is still there.
 #:
 #: KEYS: [1] unacked_index (zset), [2] unacked (hash), [3] the due index, [4] the entry
-#: hash, [5 .. 4+n] the consumed queues' own delayed indexes, then the bucket lists,
-#: bucket-major: bucket b's list of queue q is KEYS[5 + n + b * n + (q - 1)], then r
-#: result keys. ARGV: [1] now (client clock, as Kombu's ``QoS.append``), [2] n, [3] the
-#: global key prefix, [4] most promotions per queue, [5] limit (0: pop nothing), [6] a,
-#: the number of tags to acknowledge, [7] r, [8 .. 7+n] the queue names in the caller's
-#: current round-robin order (the routing key when an entry names none), then the a
-#: delivery tags to acknowledge (``ACK``'s removals), then r results, four values each:
-#: the delivery tag, the value, the write command (``SET``, ``SETEX`` or ``PSETEX``) and
-#: its expiry. A result is written (and published, as the result backend's first-state
-#: script does) only if its key does not exist yet; its delivery is acknowledged only
-#: then. So a consumer stores what it finished, settles it and takes more in one round
-#: trip, store before ack.
+#: hash, [5] the leases (zset: tag -> the time its lease runs out), [6 .. 5+n] the
+#: consumed queues' own delayed indexes, then the bucket lists, bucket-major: bucket b's
+#: list of queue q is KEYS[6 + n + b * n + (q - 1)], then r result keys. ARGV: [1] now
+#: (client clock, as Kombu's ``QoS.append``), [2] n, [3] the global key prefix, [4] most
+#: promotions per queue, [5] limit (0: pop nothing), [6] a, the number of tags to
+#: acknowledge, [7] r, [8] when the leases of the popped messages run out, [9 .. 8+n]
+#: the queue names in the caller's current round-robin order (the routing key when an
+#: entry names none), then the a delivery tags to acknowledge (``ACK``'s removals), then
+#: r results, four values each: the delivery tag, the value, the write command (``SET``,
+#: ``SETEX`` or ``PSETEX``) and its expiry. A result is written (and published, as the
+#: result backend's first-state script does) only if its key does not exist yet; its
+#: delivery is acknowledged only then. So a consumer stores what it finished, settles
+#: it and takes more in one round trip, store before ack.
 #:
 #: The pops are exactly those of ``limit`` consecutive single receives: each takes the
 #: first non-empty list in BRPOP order (bucket 0 before 3, 6, 9; then queue order), and a
@@ -115,17 +118,20 @@ def write_command(expires: float | None) -> tuple[str, ...]:
 #: only when nothing was popped: the next delayed message's due time, or '', so that the
 #: caller never blocks past it. The unacked value is Kombu's ``[message, exchange,
 #: routing_key]`` JSON with the entry embedded verbatim (Kombu re-serializes the parsed
-#: dict, which gives the same text for entries Kombu wrote).
+#: dict, which gives the same text for entries Kombu wrote). The lease is wiretask's
+#: own record (Kombu ignores the key): a lease nobody renews (a consumer that died, or
+#: never got this reply) is restored after its own timeout, not Kombu's.
 POP = Script("""
 local now = ARGV[1]
 local n = tonumber(ARGV[2])
 local limit = tonumber(ARGV[5])
 local acks = tonumber(ARGV[6])
 local results = tonumber(ARGV[7])
-local first_list = 5 + n
-local buckets = (#KEYS - 4 - n - results) / n
+local lease = ARGV[8]
+local first_list = 6 + n
+local buckets = (#KEYS - 5 - n - results) / n
 local not_stored = {}
-local first_result = 8 + n + acks
+local first_result = 9 + n + acks
 for r = 1, results do
   local key = KEYS[#KEYS - results + r]
   local a = first_result + (r - 1) * 4
@@ -140,13 +146,15 @@ for r = 1, results do
     redis.call('PUBLISH', key, ARGV[a + 1])
     redis.call('ZREM', KEYS[1], ARGV[a])
     redis.call('HDEL', KEYS[2], ARGV[a])
+    redis.call('ZREM', KEYS[5], ARGV[a])
   end
 end
-for t = 8 + n, 7 + n + acks do
+for t = 9 + n, 8 + n + acks do
   redis.call('ZREM', KEYS[1], ARGV[t])
   redis.call('HDEL', KEYS[2], ARGV[t])
+  redis.call('ZREM', KEYS[5], ARGV[t])
 end
-for q = 5, 4 + n do
+for q = 6, 5 + n do
   local due = redis.call('ZRANGE', KEYS[q], '-inf', now, 'BYSCORE', 'LIMIT', 0, ARGV[4])
   for _, member in ipairs(due) do
     local stored = redis.call('HGET', KEYS[4], member)
@@ -189,10 +197,11 @@ while count < limit do
       local exchange = info.exchange
       if type(exchange) ~= 'string' then exchange = '' end
       local routing_key = info.routing_key
-      if type(routing_key) ~= 'string' then routing_key = ARGV[7 + q] end
+      if type(routing_key) ~= 'string' then routing_key = ARGV[8 + q] end
       redis.call('ZADD', KEYS[1], now, tag)
       redis.call('HSET', KEYS[2], tag, '[' .. raw .. ', ' .. cjson.encode(exchange)
                  .. ', ' .. cjson.encode(routing_key) .. ']')
+      redis.call('ZADD', KEYS[5], lease, tag)
       table.remove(order, pos)
       order[n] = q
     end
@@ -205,7 +214,7 @@ end
 out[1] = count
 if count > 0 then return out end
 local next_due = nil
-for q = 5, 4 + n do
+for q = 6, 5 + n do
   local head = redis.call('ZRANGE', KEYS[q], 0, 0, 'WITHSCORES')
   if head[2] and (next_due == nil or tonumber(head[2]) < next_due) then
     next_due = tonumber(head[2])
@@ -218,15 +227,16 @@ return out
 
 def pop(
     keys: Keys, *, queues: Sequence[str], lists: Sequence[str], now: float,
-    promote_limit: int, limit: int, ack_tags: Sequence[str] = (),
-    results: Sequence[tuple[str, PendingState]] = (),
+    promote_limit: int, limit: int, lease_until: float,
+    ack_tags: Sequence[str] = (), results: Sequence[tuple[str, PendingState]] = (),
 ) -> ScriptCall:
     """``POP`` for ``queues`` (in the caller's current round-robin order), whose bucket
     lists are ``lists``, bucket-major (every queue's list of bucket 0 in ``queues``
     order, then of the next bucket, ...); ``now`` is the client clock. First writes each
     of ``results`` (a delivery tag and the state its result backend prepared, with the
     key it goes to) and acknowledges the deliveries ``ack_tags``; then promotes at most
-    ``promote_limit`` due delayed messages per queue and pops up to ``limit``.
+    ``promote_limit`` due delayed messages per queue and pops up to ``limit``, each
+    leased until ``lease_until`` (unix s).
 
     Raises:
         ValidationError: no queue, or ``lists`` not a whole number of buckets of them.
@@ -237,9 +247,11 @@ def pop(
             "lists", f"POP needs every bucket list of each of {n} queue(s), got {len(lists)}"
         )
     script_keys: list[Any] = [keys.unacked_index, keys.unacked, keys.delayed,
-                              keys.delayed_messages, *map(keys.delayed_queue, queues), *lists]
+                              keys.delayed_messages, keys.leases,
+                              *map(keys.delayed_queue, queues), *lists]
     args: list[Any] = [repr(now), n, keys.prefix, promote_limit, limit, len(ack_tags),
-                       len(results), *queues, *ack_tags]
+                       len(results), repr(lease_until),
+                       *queues, *ack_tags]
     for tag, pending in results:
         script_keys.append(pending.key)
         write = write_command(pending.expires)
@@ -270,21 +282,26 @@ def read_pop(reply: Any, queues: Sequence[str]) -> Popped:
     not_stored = [int(i) - 1 for i in reply[2]] if reply[2] else []
     if not taken:
         return Popped(0, float(reply[1]) if reply[1] else None, not_stored, [])
+    # A tag is the entry's own delivery_tag as Lua's cjson read it; bytes that are not
+    # UTF-8 (a lone surrogate escape) come back as surrogate escapes, and the consumer,
+    # whose JSON reader reads the tag differently, dead-letters such an entry.
     return Popped(taken, None, not_stored, [
-        (queues[int(reply[i]) - 1], reply[i + 1], reply[i + 2].decode("utf-8"))
+        (queues[int(reply[i]) - 1], reply[i + 1], reply[i + 2].decode("utf-8", "surrogateescape"))
         for i in range(3, 3 + 3 * taken, 3)
     ])
 
 
 #: Acknowledge deliveries: Kombu's ``_remove_from_indices`` (``ZREM`` + ``HDEL``) for
-#: every tag, atomically (Kombu's ``MULTI``), in one command however many there are.
+#: every tag, and the end of its lease, atomically (Kombu's ``MULTI``), in one command
+#: however many there are.
 #:
-#: KEYS[1] unacked_index, KEYS[2] unacked. ARGV: the delivery tags. Returns how many
-#: were still recorded.
+#: KEYS[1] unacked_index, KEYS[2] unacked, KEYS[3] the leases. ARGV: the delivery tags.
+#: Returns how many were still recorded.
 ACK = Script("""
 local found = 0
 for i = 1, #ARGV do
   redis.call('ZREM', KEYS[1], ARGV[i])
+  redis.call('ZREM', KEYS[3], ARGV[i])
   found = found + redis.call('HDEL', KEYS[2], ARGV[i])
 end
 return found
@@ -293,7 +310,7 @@ return found
 
 def ack(keys: Keys, tags: Sequence[str]) -> ScriptCall:
     """``ACK`` of the delivery ``tags``."""
-    return ScriptCall(ACK, [keys.unacked_index, keys.unacked], list(tags))
+    return ScriptCall(ACK, [keys.unacked_index, keys.unacked, keys.leases], list(tags))
 
 
 #: Move up to ARGV[2] due messages into their lists, and refresh the caller's mover
@@ -594,5 +611,42 @@ def _text(value: bytes | str) -> str:
     return value.decode("utf-8") if isinstance(value, bytes) else value
 
 
+#: Dead-letter a delivery from what Redis holds of it: move the entry recorded in
+#: ``unacked`` to the dead-letter list, ending its records and its lease, in one step.
+#: The consumer keeps no copy of a received entry (a large one would cost its memory
+#: twice); the entry is the first ``entry size`` bytes after the ``[`` of the stored
+#: ``[entry, exchange, routing_key]``, which embeds it verbatim.
+#:
+#: KEYS[1] unacked_index, KEYS[2] unacked, KEYS[3] the leases, KEYS[4] the dead-letter
+#: list. ARGV: [1] the delivery tag, [2] the entry's size in bytes, [3] the reason,
+#: [4] the queue, [5] the time (unix s). Returns 1, or 0 (nothing moved) when the
+#: delivery is not recorded any more (its lease ran out and it was restored).
+DEAD_LETTER = Script("""
+local stored = redis.call('HGET', KEYS[2], ARGV[1])
+if not stored then return 0 end
+local size = tonumber(ARGV[2])
+local entry = string.sub(stored, 2, 1 + size)
+if #entry ~= size or string.sub(stored, 2 + size, 2 + size) ~= ',' then
+  entry = stored
+end
+redis.call('RPUSH', KEYS[4], cjson.encode({reason = ARGV[3], raw = entry,
+  raw_encoding = 'text', queue = ARGV[4], at = tonumber(ARGV[5])}))
+redis.call('ZREM', KEYS[1], ARGV[1])
+redis.call('HDEL', KEYS[2], ARGV[1])
+redis.call('ZREM', KEYS[3], ARGV[1])
+return 1
+""")
+
+
+def dead_letter(
+    keys: Keys, tag: str, *, queue: str, reason: str, at: float, entry_size: int
+) -> ScriptCall:
+    """``DEAD_LETTER`` of delivery ``tag`` (an entry of ``entry_size`` bytes) of
+    ``queue``, for ``reason``, at ``at`` (unix s)."""
+    return ScriptCall(DEAD_LETTER, [keys.unacked_index, keys.unacked, keys.leases,
+                                    keys.dead(queue)],
+                      [tag, entry_size, reason, queue, repr(at)])
+
+
 #: The transport's scripts, for ``SCRIPT LOAD`` when it connects.
-TRANSPORT_SCRIPTS: tuple[Script, ...] = (POP, ACK, DUE, PURGE)
+TRANSPORT_SCRIPTS: tuple[Script, ...] = (POP, ACK, DUE, PURGE, DEAD_LETTER)

@@ -30,6 +30,7 @@ from wiretask.codecs.compressors import (
     Compressor,
     available_compressors,
 )
+from wiretask.codecs.nesting import MAX_DEPTH
 from wiretask.codecs.registry import (
     DEFAULT_ACCEPT,
     DEFAULT_MAX_DECOMPRESSED_SIZE,
@@ -64,6 +65,7 @@ __all__ = [
     "JSON_CONTENT_TYPE",
     "LZMA",
     "LZMA_CONTENT_TYPE",
+    "MAX_DEPTH",
     "MSGPACK",
     "MSGPACK_CONTENT_TYPE",
     "PICKLE",

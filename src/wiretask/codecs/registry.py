@@ -16,6 +16,7 @@ from typing import Any, Final
 import attrs
 
 from wiretask.codecs.compressors import Compressor, available_compressors
+from wiretask.codecs.nesting import exceeds, too_deep
 from wiretask.codecs.serializers import (
     JSON,
     JSON_CONTENT_TYPE,
@@ -249,17 +250,29 @@ class Registry:
         """The names of the registered serializers."""
         return tuple(serializer.name for serializer in self._serializers.values())
 
-    def dumps(self, value: Any, serializer: str, *, field: str = "body") -> Encoded:
+    def dumps(
+        self, value: Any, serializer: str, *, field: str = "body", max_depth: int | None = None
+    ) -> Encoded:
         """Serialize ``value`` with the named serializer.
+
+        Args:
+            value: What to serialize.
+            serializer: A serializer name, alias or content type.
+            field: The field named in errors.
+            max_depth: Refuse a value that nests lists, tuples and dicts deeper than this
+                (``wiretask.codecs.nesting``; task messages use ``MAX_DEPTH``).
 
         Raises:
             UnknownCodec: For an unknown serializer name.
-            EncodeError: When the value cannot be serialized; ``field`` names it (default
-                ``"body"``) and ``content_type`` says with what.
+            EncodeError: When the value cannot be serialized, or nests deeper than
+                ``max_depth``; ``field`` names it (default ``"body"``) and ``content_type``
+                says with what.
         """
         codec = self.serializer(serializer)
         try:
-            data = codec.dumps(value)
+            data = codec.dumps(value) if max_depth is None else _dumps_within(
+                codec, value, max_depth
+            )
         except WiretaskError:
             raise
         except Exception as exc:  # a serializer's failure, whatever its type, is an encode error
@@ -307,6 +320,7 @@ class Registry:
         *,
         accept: Collection[str] | None = None,
         field: str = "body",
+        max_depth: int | None = None,
     ) -> Any:
         """Decode a (decompressed) body, after checking the accept policy.
 
@@ -318,6 +332,10 @@ class Registry:
         Unlike Kombu, which returns an empty body unchanged whatever its type, an empty body
         is a :class:`~wiretask.errors.DecodeError` for structured formats (JSON, msgpack, ...):
         it is not a valid document in any of them.
+
+        With ``max_depth``, a document nesting lists and dicts deeper than that is a
+        :class:`~wiretask.errors.DecodeError` too (``wiretask.codecs.nesting``; task
+        messages use ``MAX_DEPTH``).
 
         Raises:
             ContentDisallowed: When the content type is refused (nothing is decoded).
@@ -336,7 +354,9 @@ class Registry:
         if not data:
             raise DecodeError(field, f"empty {codec.name} body")
         try:
-            return codec.loads(data)
+            if max_depth is None:
+                return codec.loads(data)
+            return _loads_within(codec, data, max_depth)
         except WiretaskError:
             raise
         except Exception as exc:  # anything a decoder raises on bad input is a decode error
@@ -468,15 +488,17 @@ class Registry:
         *,
         threshold: int | None = None,
         field: str = "body",
+        max_depth: int | None = None,
     ) -> tuple[Encoded, str | None]:
-        """Serialize, then compress (see :meth:`maybe_compress` for ``threshold``).
+        """Serialize (refusing nesting past ``max_depth``, as :meth:`dumps`), then
+        compress (see :meth:`maybe_compress` for ``threshold``).
 
         Returns:
             The body (``data`` compressed when the header is not ``None``; ``content_type``
             and ``content_encoding`` describe the *uncompressed* payload, as on the wire) and
             the ``compression`` header value, or ``None``.
         """
-        encoded = self.dumps(value, serializer, field=field)
+        encoded = self.dumps(value, serializer, field=field, max_depth=max_depth)
         data, header = self.maybe_compress(encoded.data, compression, threshold)
         return attrs.evolve(encoded, data=data), header
 
@@ -490,6 +512,7 @@ class Registry:
         accept: Collection[str] | None = None,
         max_size: int | None = None,
         field: str = "body",
+        max_depth: int | None = None,
     ) -> Any:
         """Check the accept policy, decompress (bounded), then deserialize.
 
@@ -505,7 +528,28 @@ class Registry:
         self.check_accept(content_type, accept=accept)
         if compression:
             data = self.decompress(data, compression, max_size=max_size)
-        return self.loads(data, content_type, content_encoding, accept=accept, field=field)
+        return self.loads(data, content_type, content_encoding, accept=accept, field=field,
+                          max_depth=max_depth)
+
+
+def _loads_within(codec: Serializer, data: bytes, limit: int) -> Any:
+    """``codec.loads``, refusing (``ValueError``) a document nested deeper than ``limit``."""
+    if codec.loads_within is not None:
+        return codec.loads_within(data, limit)
+    value = codec.loads(data)  # no shortcut by length: a short pickle can hold a cycle
+    if exceeds(value, limit):
+        raise ValueError(too_deep(limit))
+    return value
+
+
+def _dumps_within(codec: Serializer, value: Any, limit: int) -> bytes:
+    """``codec.dumps``, refusing (``ValueError``) a value nested deeper than ``limit``."""
+    if codec.dumps_within is not None:
+        return codec.dumps_within(value, limit)
+    data = codec.dumps(value)
+    if exceeds(value, limit):
+        raise ValueError(too_deep(limit))
+    return data
 
 
 def _decode_charset(data: bytes, content_encoding: str | None, field: str) -> bytes | str:

@@ -34,6 +34,14 @@ import attrs
 import msgpack
 import orjson
 
+from wiretask.codecs.nesting import (
+    exceeds,
+    json_depth_within,
+    orjson_proves,
+    too_deep,
+)
+from wiretask.codecs.nesting import msgpack_loads_within as _loads_within
+
 __all__ = [
     "JSON",
     "JSON_CONTENT_TYPE",
@@ -46,9 +54,13 @@ __all__ = [
     "TEXT_CONTENT_TYPE",
     "Serializer",
     "json_dumps",
+    "json_dumps_within",
     "json_loads",
+    "json_loads_within",
     "msgpack_dumps",
+    "msgpack_dumps_within",
     "msgpack_loads",
+    "msgpack_loads_within",
 ]
 
 JSON_CONTENT_TYPE: Final = "application/json"
@@ -77,6 +89,10 @@ class Serializer:
         passthrough: ``True`` when the body *is* the value (raw bytes or text). Such bodies are
             decoded by Kombu's charset rule instead of ``loads``: bytes when the message's
             ``content_encoding`` is ``binary``, otherwise text in that charset.
+        loads_within: ``loads(data, limit)`` that also refuses (``ValueError``) a value
+            nesting deeper than ``limit`` (``wiretask.codecs.nesting``), cheaper than a walk
+            of the value. Optional: without it the registry walks what ``loads`` returned.
+        dumps_within: the same for ``dumps``.
     """
 
     name: str
@@ -86,6 +102,8 @@ class Serializer:
     loads: Callable[[bytes], Any]
     aliases: tuple[str, ...] = ()
     passthrough: bool = False
+    loads_within: Callable[[bytes, int], Any] | None = None
+    dumps_within: Callable[[Any, int], bytes] | None = None
 
 
 # -- JSON, Kombu's dialect -------------------------------------------------------------------
@@ -275,18 +293,47 @@ def json_dumps(value: Any) -> bytes:
             objects, and dicts with keys that are not str/int/float/bool/None.
         ValueError: For circular references.
     """
+    return _json_dumps(value)[0]
+
+
+def json_dumps_within(value: Any, limit: int) -> bytes:
+    """:func:`json_dumps`, refusing a value nested deeper than ``limit``.
+
+    What orjson wrote needs no check (it refuses anything deeper than 254 levels); what
+    the standard library wrote is checked on its text, or walked.
+
+    Raises:
+        ValueError: The value nests deeper than ``limit``; and as :func:`json_dumps`.
+        TypeError: As :func:`json_dumps`.
+    """
+    try:
+        data, by_orjson = _json_dumps(value)
+    except RecursionError:
+        raise ValueError(too_deep(limit)) from None
+    if by_orjson and orjson_proves(limit):
+        return data
+    within = json_depth_within(data, limit)
+    if within is None:
+        within = not exceeds(value, limit)
+    if not within:
+        raise ValueError(too_deep(limit))
+    return data
+
+
+def _json_dumps(value: Any) -> tuple[bytes, bool]:
+    """The JSON text of ``value``, and whether orjson wrote it (see :func:`json_dumps`)."""
     try:
         safe = _orjson_safe(value)
     except RecursionError:  # deeper than Python's stack: the stdlib encoder decides
         safe = False
     if safe:
         try:
-            return orjson.dumps(value, default=_orjson_default, option=_ORJSON_OPTIONS)
+            return orjson.dumps(value, default=_orjson_default, option=_ORJSON_OPTIONS), True
         except orjson.JSONEncodeError as exc:
             if isinstance(exc.__cause__, _NotSerializable):
                 raise TypeError(str(exc.__cause__)) from None
             # Big ints, lone surrogates, deep nesting, or _UseStdlib: the slow, exact path.
-    return _stdlib_dumps(value)
+    return _stdlib_dumps(value), False
 
 
 _MARKER_DECODERS: Final[dict[str, Callable[[Any], Any]]] = {
@@ -362,6 +409,24 @@ _DIGITS_TO_ZERO: Final = bytes(0x30 if 0x30 <= byte <= 0x39 else 0x2E for byte i
 _LONG_DIGIT_RUN: Final = b"0" * 19
 
 
+#: A body longer than this is scanned for long digit runs a slice at a time, so the scan
+#: does not copy a large body whole (the worker's memory bound, spec §9).
+_SCAN_SLICE: Final = 1 << 20
+
+
+def _long_digit_run(data: bytes) -> bool:
+    """Whether ``data`` holds 19 digits in a row (see ``_LONG_DIGIT_RUN``)."""
+    if len(data) <= _SCAN_SLICE:
+        return _LONG_DIGIT_RUN in data.translate(_DIGITS_TO_ZERO)
+    view = memoryview(data)
+    overlap = len(_LONG_DIGIT_RUN) - 1
+    for start in range(0, len(data), _SCAN_SLICE):
+        part = bytes(view[start:start + _SCAN_SLICE + overlap])
+        if _LONG_DIGIT_RUN in part.translate(_DIGITS_TO_ZERO):
+            return True
+    return False
+
+
 def json_loads(data: bytes) -> Any:
     """Decode JSON written in Kombu's dialect, by Kombu or by :func:`json_dumps`.
 
@@ -377,7 +442,7 @@ def json_loads(data: bytes) -> Any:
             an unknown ``__type__``; ``TypeError``/``ValueError`` and friends for a marker whose
             value does not fit its type; ``UnicodeDecodeError`` for bytes that are not UTF-8.
     """
-    if _LONG_DIGIT_RUN not in data.translate(_DIGITS_TO_ZERO):
+    if not _long_digit_run(data):
         try:
             value = orjson.loads(data)
         except orjson.JSONDecodeError:
@@ -396,12 +461,34 @@ def json_loads(data: bytes) -> Any:
     return json.loads(data.decode("utf-8"), object_hook=_object_hook)
 
 
+def json_loads_within(data: bytes, limit: int) -> Any:
+    """:func:`json_loads`, refusing a document nested deeper than ``limit``: proven on
+    the text where it can be (``nesting.json_depth_within``: a short text, or one without
+    a bracket inside a string), else by a walk of the value.
+
+    Raises:
+        ValueError: The document nests deeper than ``limit``; and as :func:`json_loads`.
+    """
+    try:
+        value = json_loads(data)
+    except RecursionError:  # deeper than the stdlib decoder's stack (orjson's is 1024)
+        raise ValueError(too_deep(limit)) from None
+    within = json_depth_within(data, limit)
+    if within is None:
+        within = not exceeds(value, limit)
+    if not within:
+        raise ValueError(too_deep(limit))
+    return value
+
+
 JSON: Final = Serializer(
     name="json",
     content_type=JSON_CONTENT_TYPE,
     content_encoding="utf-8",
     dumps=json_dumps,
     loads=json_loads,
+    loads_within=json_loads_within,
+    dumps_within=json_dumps_within,
 )
 
 
@@ -428,8 +515,29 @@ def msgpack_dumps(value: Any) -> bytes:
         packer = _packers.packer = msgpack.Packer(use_bin_type=True)
     packed: bytes = packer.pack(value)
     if not _msgpack_keys_ok(value):
-        raise ValueError("msgpack map keys must be str or bytes (Kombu's decoder refuses others)")
+        raise ValueError(_BAD_KEYS)
     return packed
+
+
+def msgpack_dumps_within(value: Any, limit: int) -> bytes:
+    """:func:`msgpack_dumps`, refusing a value nested deeper than ``limit`` (the key
+    check's orjson pass proves the depth for free when it succeeds).
+
+    Raises:
+        ValueError: The value nests deeper than ``limit``; and as :func:`msgpack_dumps`.
+        TypeError, OverflowError: As :func:`msgpack_dumps`.
+    """
+    packer = getattr(_packers, "packer", None)
+    if packer is None:
+        packer = _packers.packer = msgpack.Packer(use_bin_type=True)
+    packed: bytes = packer.pack(value)
+    problem = _msgpack_check(value, limit)
+    if problem is not None:
+        raise ValueError(problem)
+    return packed
+
+
+_BAD_KEYS: Final = "msgpack map keys must be str or bytes (Kombu's decoder refuses others)"
 
 
 # Values msgpack packs that hold no dict: orjson's ``default`` hook lets them through.
@@ -444,26 +552,47 @@ def _msgpack_leaf(obj: Any) -> None:
 
 
 def _msgpack_keys_ok(root: Any) -> bool:
-    """Whether every map key in ``root`` (already packed by msgpack) is ``str`` or ``bytes``.
+    """Whether every map key in ``root`` is ``str`` or ``bytes`` (see ``_msgpack_check``)."""
+    return _msgpack_check(root, None) is None
+
+
+def _msgpack_check(root: Any, limit: int | None) -> str | None:
+    """What is wrong with ``root`` (already packed by msgpack) for a peer: a map key that
+    is not ``str`` or ``bytes``, or (with ``limit``) nesting deeper than ``limit``; None
+    when nothing is.
 
     The fast check is orjson: without ``OPT_NON_STR_KEYS`` it refuses any dict key that is
     not a ``str``, and it walks dicts, lists, tuples and their dict/list subclasses in C,
     handing everything else to ``_msgpack_leaf``, which passes only types that cannot hold
-    a dict. So when it succeeds every key is a ``str``; when it raises for any reason
-    (bytes keys, a namedtuple, nesting deeper than 254, ...) the exact walk decides. The
-    JSON it writes is thrown away; it costs a fraction of the Python walk.
+    a dict. So when it succeeds every key is a ``str`` and the value nests at most 254
+    deep; when it raises for any reason (bytes keys, a namedtuple, nesting deeper than
+    254, ...) the exact walk decides. The JSON it writes is thrown away; it costs a
+    fraction of the Python walk.
     """
     try:
         orjson.dumps(root, default=_msgpack_leaf)
     except TypeError:
-        return _msgpack_keys_walk(root)
-    return True
+        pass
+    else:
+        if limit is None or orjson_proves(limit):
+            return None
+    if not _msgpack_keys_walk(root):
+        return _BAD_KEYS
+    if limit is not None and exceeds(root, limit):
+        return too_deep(limit)
+    return None
 
 
 def _msgpack_keys_walk(root: Any) -> bool:
+    # Iterative (any depth); a container inside itself is visited once.
     stack = [root]
+    seen: set[int] = set()
     while stack:
         node = stack.pop()
+        if isinstance(node, dict | list | tuple):
+            if id(node) in seen:
+                continue
+            seen.add(id(node))
         if isinstance(node, dict):
             for key, child in node.items():
                 if not isinstance(key, str | bytes):
@@ -488,12 +617,24 @@ def msgpack_loads(data: bytes) -> Any:
     return msgpack.unpackb(data, raw=False)
 
 
+def msgpack_loads_within(data: bytes, limit: int) -> Any:
+    """:func:`msgpack_loads`, refusing a document nested deeper than ``limit``
+    (``nesting.msgpack_loads_within``: the unpacker's own stack checks it).
+
+    Raises:
+        ValueError: The document nests deeper than ``limit``; and as :func:`msgpack_loads`.
+    """
+    return _loads_within(data, limit, msgpack_loads)
+
+
 MSGPACK: Final = Serializer(
     name="msgpack",
     content_type=MSGPACK_CONTENT_TYPE,
     content_encoding="binary",
     dumps=msgpack_dumps,
     loads=msgpack_loads,
+    loads_within=msgpack_loads_within,
+    dumps_within=msgpack_dumps_within,
 )
 
 

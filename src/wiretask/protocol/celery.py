@@ -26,8 +26,9 @@ from collections.abc import Collection, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
-from wiretask.codecs import Registry, normalize_content_type
-from wiretask.errors import EncodeError, MalformedMessage
+from wiretask.codecs import MAX_DEPTH, Registry, normalize_content_type
+from wiretask.codecs.nesting import exceeds, too_deep
+from wiretask.errors import EncodeError, MalformedMessage, MessageTooLarge
 from wiretask.protocol.envelope import (
     CONTENT_ENCODINGS,
     EMBED_KEYS,
@@ -78,15 +79,20 @@ def encode(
     """
     m = message
     callbacks, errbacks, chain, chord = m.callbacks, m.errbacks, m.chain, m.chord
-    embed: dict[str, Any] = {
-        "callbacks": None if callbacks is None else [sig.to_dict() for sig in callbacks],
-        "errbacks": None if errbacks is None else [sig.to_dict() for sig in errbacks],
-        "chain": None if chain is None else [sig.to_dict() for sig in chain],
-        "chord": None if chord is None else chord.to_dict(),
-    }
+    try:
+        embed: dict[str, Any] = {
+            "callbacks": None if callbacks is None else [sig.to_dict() for sig in callbacks],
+            "errbacks": None if errbacks is None else [sig.to_dict() for sig in errbacks],
+            "chain": None if chain is None else [sig.to_dict() for sig in chain],
+            "chord": None if chord is None else chord.to_dict(),
+        }
+    except RecursionError:  # a signature's data nests past Python's stack
+        raise EncodeError("embed", too_deep(MAX_DEPTH)) from None
     if m.extra_embed:
         embed.update(m.extra_embed)
-    encoded = registry.dumps([list(m.args), m.kwargs, embed], m.content_type)
+    # The body document nests at most MAX_DEPTH deep (spec §9): what is sent decodes.
+    encoded = registry.dumps([list(m.args), m.kwargs, embed], m.content_type,
+                             max_depth=MAX_DEPTH)
     if (
         encoded.content_encoding != m.content_encoding
         and encoded.content_encoding.lower() != m.content_encoding.lower()
@@ -125,7 +131,10 @@ def encode(
         if header is not None:
             headers["compression"] = header
     if m.extra_headers:
+        _within("headers", m.extra_headers, EncodeError)
         headers.update(m.extra_headers)
+    if m.stamps:
+        _within("headers", {"stamps": m.stamps}, EncodeError)
     properties: dict[str, Any] = {
         "correlation_id": m.id if m.correlation_id is None else m.correlation_id,
         "reply_to": "" if m.reply_to is None else m.reply_to,
@@ -136,6 +145,7 @@ def encode(
     if m.priority is not None:
         properties["priority"] = m.priority
     if m.extra_properties:
+        _within("properties", m.extra_properties, EncodeError)
         properties.update(m.extra_properties)
     return Frame.adopt(body, encoded.content_type, encoded.content_encoding, headers, properties)
 
@@ -164,12 +174,14 @@ def decode(
         registry: Serializers, compressors, the accept policy and the size cap.
         accept: Content types (or serializer names) to accept instead of the registry's
             policy.
-        max_size: Cap on the decompressed body instead of the registry's.
+        max_size: Cap on the body (decompressed, or as received when it is not
+            compressed) instead of the registry's ``max_decompressed_size``.
 
     Raises:
         ContentDisallowed: The content type is not accepted. Raised before the body is
             decompressed or parsed.
-        MessageTooLarge: The body decompresses to more than the cap.
+        MessageTooLarge: The body (once decompressed, when it is compressed) is larger
+            than the cap; nothing of it is parsed.
         DecodeError: The body cannot be decompressed or deserialised.
         MalformedMessage: The message does not have the shape of a task message; the
             error's ``field`` says where.
@@ -223,8 +235,15 @@ def decode_raw(
             raise MalformedMessage("headers.compression", "must be a compression name")
         body = registry.decompress(body, compression, max_size=max_size)
         canonical = registry.compressor(compression).content_type
-    # 3. Deserialise.
-    payload = registry.loads(body, content_type, content_encoding, accept=accept)
+    else:
+        # The same cap on a body that came uncompressed: nothing is parsed past it.
+        limit = registry.max_decompressed_size if max_size is None else max_size
+        if len(body) > limit:
+            raise MessageTooLarge("body", limit, len(body))
+    # 3. Deserialise, refusing a document nested deeper than MAX_DEPTH (which every
+    #    encoder writes and every walk handles), checked as cheaply as the body allows.
+    payload = registry.loads(body, content_type, content_encoding, accept=accept,
+                             max_depth=MAX_DEPTH)
     # 4. Shape.
     fields: dict[str, Any] = {}
     if content_type:
@@ -264,6 +283,32 @@ def _kind(value: Any) -> str:
     return "null" if value is None else type(value).__name__
 
 
+def _show(value: Any) -> str:
+    """A value from the wire in an error message: its ``repr``, cut to 100 characters;
+    a container nested deeper than 3 levels, or a value whose ``repr`` fails (an int
+    past Python's digit limit), by its type alone (never a ``RecursionError``, whatever
+    its depth)."""
+    if isinstance(value, list | tuple | dict) and exceeds(value, 3):
+        return f"<a {type(value).__name__} nested deeper than 3 levels>"
+    try:
+        text = repr(value)
+    except (ValueError, RecursionError):
+        return f"<{type(value).__name__}>"
+    return text if len(text) <= 100 else text[:97] + "..."
+
+
+def _within(
+    where: str, values: Mapping[str, Any], error: type[EncodeError] | type[MalformedMessage]
+) -> None:
+    """Refuse a header or property value that would make its mapping nest deeper than
+    ``MAX_DEPTH`` (the value's own containers, plus the mapping's level). Only free-form
+    values (stamps, custom headers and properties) are checked: the others have a fixed,
+    flat shape."""
+    for key, value in values.items():
+        if isinstance(value, list | tuple | dict) and value and exceeds(value, MAX_DEPTH - 1):
+            raise error(f"{where}.{key}", too_deep(MAX_DEPTH - 1))
+
+
 def _label(value: str | bytes | None, field: str) -> str:
     if value is None:
         return ""
@@ -301,7 +346,8 @@ def _required_str(headers: Mapping[str, Any], key: str, where: str) -> str:
         return value
     if value is None:
         raise MalformedMessage(f"{where}.{key}", "missing")
-    raise MalformedMessage(f"{where}.{key}", f"must be a non-empty string, got {value!r}")
+    raise MalformedMessage(f"{where}.{key}",
+                           f"must be a non-empty string, got {_show(value)}")
 
 
 def _time(headers: Mapping[str, Any], key: str, where: str) -> datetime | None:
@@ -333,14 +379,15 @@ def _count(headers: Mapping[str, Any], key: str, where: str, *, optional: bool) 
         return None if optional else 0
     if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
         return value
-    raise MalformedMessage(f"{where}.{key}", f"must be a non-negative integer, got {value!r}")
+    raise MalformedMessage(f"{where}.{key}",
+                           f"must be a non-negative integer, got {_show(value)}")
 
 
 def _timelimit(value: Any, field: str) -> tuple[float | None, float | None]:
     if value is None:
         return (None, None)
     if not isinstance(value, list | tuple) or len(value) != 2:
-        raise MalformedMessage(field, f"must be a [hard, soft] pair, got {value!r}")
+        raise MalformedMessage(field, f"must be a [hard, soft] pair, got {_show(value)}")
     for limit in value:
         if limit is None:
             continue
@@ -350,7 +397,9 @@ def _timelimit(value: Any, field: str) -> tuple[float | None, float | None]:
             or (type(limit) is float and not math.isfinite(limit))  # an int is finite
             or limit < 0
         ):
-            raise MalformedMessage(field, f"limits must be non-negative numbers or null: {value!r}")
+            raise MalformedMessage(
+                field, f"limits must be non-negative numbers or null: {_show(value)}"
+            )
     return (value[0], value[1])
 
 
@@ -361,7 +410,8 @@ def _read_headers(headers: Mapping[str, Any], fields: dict[str, Any], *, where: 
     lang = headers.get("lang")
     if lang is not None:
         if not isinstance(lang, str) or not lang:
-            raise MalformedMessage(f"{where}.lang", f"must be a non-empty string, got {lang!r}")
+            raise MalformedMessage(f"{where}.lang",
+                                   f"must be a non-empty string, got {_show(lang)}")
         fields["lang"] = lang
     for key in ("shadow", "group", "root_id", "parent_id", "argsrepr", "kwargsrepr", "origin"):
         value = _optional_str(headers, key, where)
@@ -382,24 +432,27 @@ def _read_headers(headers: Mapping[str, Any], fields: dict[str, Any], *, where: 
     if ignore_result is not None:
         if not isinstance(ignore_result, bool):
             raise MalformedMessage(
-                f"{where}.ignore_result", f"must be a boolean, got {ignore_result!r}"
+                f"{where}.ignore_result", f"must be a boolean, got {_show(ignore_result)}"
             )
         fields["ignore_result"] = ignore_result
     stamped = headers.get("stamped_headers")
     if stamped is not None:
         if not isinstance(stamped, list | tuple) or not all(isinstance(s, str) for s in stamped):
             raise MalformedMessage(
-                f"{where}.stamped_headers", f"must be a list of strings, got {stamped!r}"
+                f"{where}.stamped_headers", f"must be a list of strings, got {_show(stamped)}"
             )
         fields["stamped_headers"] = tuple(stamped)
     stamps = headers.get("stamps")
     if stamps is not None:
         if not isinstance(stamps, Mapping) or not all(isinstance(k, str) for k in stamps):
             raise MalformedMessage(f"{where}.stamps", f"must be a mapping, got {_kind(stamps)}")
+        if stamps:
+            _within(where, {"stamps": stamps}, MalformedMessage)
         fields["stamps"] = dict(stamps)
     if where == "headers":
         extra = _unknown(headers, RESERVED_HEADERS, "headers", "header")
         if extra:
+            _within("headers", extra, MalformedMessage)
             fields["extra_headers"] = extra
 
 
@@ -413,7 +466,7 @@ def _unknown(
         if key in known:
             continue
         if not isinstance(key, str):
-            raise MalformedMessage(field, f"{what} names must be strings, got {key!r}")
+            raise MalformedMessage(field, f"{what} names must be strings, got {_show(key)}")
         extra[key] = value
     return extra
 
@@ -432,7 +485,7 @@ def _kwargs(value: Any, field: str) -> dict[str, Any]:
         raise MalformedMessage(field, f"must be a mapping, got {_kind(value)}")
     for key in value:
         if not isinstance(key, str):
-            raise MalformedMessage(field, f"keys must be strings, got {key!r}")
+            raise MalformedMessage(field, f"keys must be strings, got {_show(key)}")
     return dict(value)
 
 
@@ -477,7 +530,7 @@ def _read_body(payload: Any, fields: dict[str, Any]) -> None:
         if key in EMBED_KEYS:
             continue
         if not isinstance(key, str):
-            raise MalformedMessage("embed", f"keys must be strings, got {key!r}")
+            raise MalformedMessage("embed", f"keys must be strings, got {_show(key)}")
         extra[key] = value
     if extra:
         fields["extra_embed"] = extra
@@ -517,9 +570,11 @@ def _read_protocol1(
                 f"headers.{key}", "a protocol-2 header in a message without a task header"
             )
         if not isinstance(key, str):
-            raise MalformedMessage("headers", f"header names must be strings, got {key!r}")
+            raise MalformedMessage("headers",
+                                   f"header names must be strings, got {_show(key)}")
         extra[key] = value
     if extra:
+        _within("headers", extra, MalformedMessage)
         fields["extra_headers"] = extra
 
 
@@ -538,20 +593,22 @@ def _read_properties(properties: Mapping[str, Any], fields: dict[str, Any]) -> N
     reply_to = properties.get("reply_to")
     if reply_to:  # Celery sends "" for "no reply queue"
         if not isinstance(reply_to, str):
-            raise MalformedMessage("properties.reply_to", f"must be a string, got {reply_to!r}")
+            raise MalformedMessage("properties.reply_to",
+                                   f"must be a string, got {_show(reply_to)}")
         fields["reply_to"] = reply_to
     priority = properties.get("priority")
     if priority is not None:
         if isinstance(priority, bool) or not isinstance(priority, int) or not 0 <= priority <= 255:
             raise MalformedMessage(
-                "properties.priority", f"must be an integer from 0 to 255, got {priority!r}"
+                "properties.priority",
+                f"must be an integer from 0 to 255, got {_show(priority)}",
             )
         fields["priority"] = priority
     delivery_mode = properties.get("delivery_mode")
     if delivery_mode is not None:
         if isinstance(delivery_mode, bool) or delivery_mode not in (1, 2):
             raise MalformedMessage(
-                "properties.delivery_mode", f"must be 1 or 2, got {delivery_mode!r}"
+                "properties.delivery_mode", f"must be 1 or 2, got {_show(delivery_mode)}"
             )
         fields["delivery_mode"] = int(delivery_mode)
     expiration = properties.get("expiration")
@@ -559,9 +616,10 @@ def _read_properties(properties: Mapping[str, Any], fields: dict[str, Any]) -> N
         if not isinstance(expiration, str) or not expiration.isascii() or not expiration.isdigit():
             raise MalformedMessage(
                 "properties.expiration",
-                f"must be milliseconds as a decimal string, got {expiration!r}",
+                f"must be milliseconds as a decimal string, got {_show(expiration)}",
             )
         fields["expiration"] = expiration
     extra = _unknown(properties, PROPERTY_NAMES, "properties", "property")
     if extra:
+        _within("properties", extra, MalformedMessage)
         fields["extra_properties"] = extra

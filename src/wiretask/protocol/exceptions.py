@@ -41,6 +41,7 @@ from types import ModuleType
 from typing import Any, Final
 
 from wiretask.errors import (
+    ChordError,
     DecodeError,
     NotRegistered,
     SoftTimeLimitExceeded,
@@ -63,6 +64,7 @@ __all__ = [
 #: where ``celery.exceptions`` re-exports them), so wiretask writes the same.
 WIRE_NAMES: Final[Mapping[type[BaseException], tuple[str, str]]] = {
     TaskRevokedError: ("celery.exceptions", "TaskRevokedError"),
+    ChordError: ("celery.exceptions", "ChordError"),
     TimeLimitExceeded: ("billiard.exceptions", "TimeLimitExceeded"),
     SoftTimeLimitExceeded: ("billiard.exceptions", "SoftTimeLimitExceeded"),
     NotRegistered: ("celery.exceptions", "NotRegistered"),
@@ -72,6 +74,7 @@ WIRE_NAMES: Final[Mapping[type[BaseException], tuple[str, str]]] = {
 #: (exc_module, exc_type) pairs read as wiretask's classes.
 _READ_ALIASES: Final[Mapping[tuple[str, str], type[BaseException]]] = {
     ("celery.exceptions", "TaskRevokedError"): TaskRevokedError,
+    ("celery.exceptions", "ChordError"): ChordError,
     ("celery.exceptions", "TimeLimitExceeded"): TimeLimitExceeded,
     ("billiard.exceptions", "TimeLimitExceeded"): TimeLimitExceeded,
     ("celery.exceptions", "SoftTimeLimitExceeded"): SoftTimeLimitExceeded,

@@ -59,13 +59,17 @@ def _to_dict(value: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _plain(value: Any) -> Any:
-    """Replace any :class:`Signature` found inside containers by its wire dict."""
+    """Replace any :class:`Signature` found inside containers by its wire dict.
+
+    One Python frame per level of nesting (``map``, not a comprehension, which would be
+    a second frame per level), so a value as deep as a message may be (``MAX_DEPTH``)
+    stays far from the recursion limit."""
     if isinstance(value, Signature):
         return value.to_dict()
     if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
+        return dict(zip(value.keys(), map(_plain, value.values()), strict=True))
     if isinstance(value, list | tuple):
-        return [_plain(v) for v in value]
+        return list(map(_plain, value))
     return value
 
 

@@ -6,7 +6,10 @@
 * ``sqlite:///relative.db`` / ``sqlite:////absolute.db`` — a file shared by processes
   (``wiretask.results.sqlite``);
 * ``redis://`` / ``rediss://`` — Celery's Redis layout, readable by Celery
-  (``wiretask.results.redis``, needs the ``redis`` extra).
+  (``wiretask.results.redis``, needs the ``redis`` extra);
+* ``rpc://`` — Celery's RPC backend: states as messages to the sending client's reply
+  queue on a RabbitMQ broker (``wiretask.results.rpc``, needs the ``amqp`` extra and an
+  app's broker: ``via``).
 
 The interface and the rules every backend follows are in ``wiretask.results.base``;
 exceptions in results are converted by ``wiretask.results.exceptions``.
@@ -16,7 +19,7 @@ from __future__ import annotations
 
 import importlib
 import urllib.parse
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, Final
 
@@ -24,8 +27,10 @@ from wiretask.errors import ImproperlyConfigured
 from wiretask.results.base import (
     DEFAULT_EXPIRES,
     MetaCodec,
+    ReplyRouted,
     ResultBackend,
     Subscription,
+    ViaBroker,
     mask_url,
 )
 
@@ -36,8 +41,10 @@ __all__ = [
     "DEFAULT_EXPIRES",
     "SCHEMES",
     "MetaCodec",
+    "ReplyRouted",
     "ResultBackend",
     "Subscription",
+    "ViaBroker",
     "backend_from_url",
 ]
 
@@ -51,13 +58,18 @@ SCHEMES: Final[Mapping[str, tuple[str, str, frozenset[str]]]] = {
     ),
     "redis": (
         "wiretask.results.redis", "RedisBackend",
-        frozenset({"global_keyprefix", "socket_timeout", "socket_connect_timeout"}),
+        frozenset({"global_keyprefix", "socket_timeout", "socket_connect_timeout",
+                   "result_chord_ordered"}),
     ),
     "rediss": (
         "wiretask.results.redis", "RedisBackend",
-        frozenset({"global_keyprefix", "socket_timeout", "socket_connect_timeout"}),
+        frozenset({"global_keyprefix", "socket_timeout", "socket_connect_timeout",
+                   "result_chord_ordered"}),
     ),
+    "rpc": ("wiretask.results.rpc", "RPCBackend", frozenset()),
 }
+#: What to install when a backend's module cannot be imported for want of its driver.
+_EXTRAS: Final[Mapping[str, str]] = {"redis": "redis", "rediss": "redis", "rpc": "amqp"}
 
 
 def backend_from_url(
@@ -68,6 +80,7 @@ def backend_from_url(
     registry: Registry | None = None,
     compression: str | None = None,
     transport_options: Mapping[str, Any] | None = None,
+    via: Callable[[], ViaBroker] | None = None,
 ) -> ResultBackend:
     """Open the result backend for ``url``. No I/O happens until it is used.
 
@@ -81,8 +94,12 @@ def backend_from_url(
             Celery 5.7 and later read them). Compressed values are read either way.
         transport_options: backend options (Celery's
             ``result_backend_transport_options``): ``global_keyprefix``,
-            ``socket_timeout``, ``socket_connect_timeout`` for Redis; ``busy_timeout``,
+            ``socket_timeout``, ``socket_connect_timeout``, ``result_chord_ordered``
+            for Redis; ``busy_timeout``,
             ``event_retention`` for SQLite.
+        via: the app's broker and reply queue, for a backend that sends states
+            through the broker (``rpc://``); called only by such a backend's opening
+            (``App.backend`` gives it).
 
     Raises:
         ImproperlyConfigured: an unknown scheme (the message names the supported
@@ -115,10 +132,18 @@ def backend_from_url(
             raise
         raise ImproperlyConfigured(
             f"the {scheme}:// result backend needs the {exc.name!r} package: "
-            "pip install 'wiretask[redis]'",
+            f"pip install 'wiretask[{_EXTRAS.get(scheme, scheme)}]'",
             setting="result_backend",
         ) from exc
     backend_class: type[ResultBackend] = getattr(module, class_name)
+    if backend_class.sends_through_broker:
+        if via is None:
+            raise ImproperlyConfigured(
+                f"the {scheme}:// result backend sends states through the broker: open it "
+                "through an App (App(broker='amqp://...', backend='rpc://')), which gives "
+                "it its broker and reply queue", setting="result_backend",
+            )
+        options["via"] = via()
     return backend_class(  # type: ignore[call-arg]
         url, serializer=serializer, expires=expires, registry=registry,
         compression=compression, **options,

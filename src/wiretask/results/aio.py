@@ -23,15 +23,18 @@ from __future__ import annotations
 import abc
 import asyncio
 import concurrent.futures
+import functools
 import time
 from collections.abc import Callable, Mapping
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Self, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, Self, TypeVar, runtime_checkable
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
+
     from wiretask.results.base import MetaCodec, ResultBackend, Subscription
 
-__all__ = ["AsyncResultBackend", "AsyncSubscription", "ThreadedBackend"]
+__all__ = ["AsyncReplyRouted", "AsyncResultBackend", "AsyncSubscription", "ThreadedBackend"]
 
 T = TypeVar("T")
 
@@ -84,6 +87,15 @@ class AsyncResultBackend(abc.ABC):
     async def store(self, task_id: str, meta: Mapping[str, Any]) -> None:
         """``ResultBackend.store``, awaited."""
 
+    async def store_reply(
+        self, task_id: str, meta: Mapping[str, Any], *, reply_to: str | None,
+        correlation_id: str | None,
+    ) -> None:
+        """``ResultBackend.store_reply``, awaited: every backend but ``rpc://`` stores
+        as ``store`` does."""
+        del reply_to, correlation_id
+        await self.store(task_id, meta)
+
     @abc.abstractmethod
     async def get(self, task_id: str) -> dict[str, Any] | None:
         """``ResultBackend.get``, awaited."""
@@ -116,6 +128,22 @@ class AsyncResultBackend(abc.ABC):
         return f"<{type(self).__name__} {self.url}>"
 
 
+@runtime_checkable
+class AsyncReplyRouted(Protocol):
+    """``results.base.ReplyRouted`` for the asyncio twin of a backend whose states go
+    to the sending client's reply queue (``rpc://``): the asyncio API tells it of every
+    send before publishing (``track``, awaited) and asks before waiting
+    (``check_wait``, no I/O)."""
+
+    async def track(self, sent: Sequence[tuple[str, str | None]]) -> None:
+        """``ReplyRouted.track``, awaited."""
+        ...
+
+    def check_wait(self, task_id: str) -> None:
+        """``ReplyRouted.check_wait``."""
+        ...
+
+
 #: How long one wait of a ``ThreadedSubscription`` may hold a thread.
 _THREAD_WAIT = 0.25
 
@@ -124,10 +152,12 @@ class ThreadedBackend(AsyncResultBackend):
     """The twin of any sync backend: its methods run in threads of the twin's own
     (``threads`` of them), so the loop never waits for them. A subscription waits in
     slices of at most a quarter of a second, so a thread is never held for long by a
-    wait nobody awaits any more. Owns ``backend``: ``close()`` closes it."""
+    wait nobody awaits any more. Owns ``backend`` (``close()`` closes it) unless
+    ``owns`` is False (a backend shared with the sync API: ``rpc://``)."""
 
-    def __init__(self, backend: ResultBackend, *, threads: int = 4) -> None:
+    def __init__(self, backend: ResultBackend, *, threads: int = 4, owns: bool = True) -> None:
         self.backend = backend
+        self._owns = owns
         self.url = backend.url
         self.expires = backend.expires
         self.codec = backend.codec
@@ -145,6 +175,13 @@ class ThreadedBackend(AsyncResultBackend):
     async def store(self, task_id: str, meta: Mapping[str, Any]) -> None:
         await self.run(self.backend.store, task_id, meta)
 
+    async def store_reply(
+        self, task_id: str, meta: Mapping[str, Any], *, reply_to: str | None,
+        correlation_id: str | None,
+    ) -> None:
+        await self.run(functools.partial(self.backend.store_reply, task_id, meta,
+                                         reply_to=reply_to, correlation_id=correlation_id))
+
     async def get(self, task_id: str) -> dict[str, Any] | None:
         return await self.run(self.backend.get, task_id)
 
@@ -156,7 +193,8 @@ class ThreadedBackend(AsyncResultBackend):
 
     async def close(self) -> None:
         try:
-            await self.run(self.backend.close)
+            if self._owns:
+                await self.run(self.backend.close)
         finally:
             self._executor.shutdown(wait=False)
 

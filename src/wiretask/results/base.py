@@ -27,16 +27,29 @@ Rules every backend follows (``wiretask.testing.check_backend`` checks each of t
 * Meta dicts are **serialized with the result serializer** (``json`` by default, Kombu's
   dialect) by every backend, the in-memory one included, so a value that a Redis
   backend would refuse is refused everywhere.
+
+``rpc://`` (``wiretask.results.rpc``) keeps no shared store: its states are messages to
+the client that sent the task (``ReplyRouted``), and ``spec/TRANSPORTS.md`` §4.3 says
+where these rules differ for it.
 """
 
 from __future__ import annotations
 
 import abc
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from datetime import timedelta
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Final, Protocol, Self, runtime_checkable
+from typing import (
+    TYPE_CHECKING,
+    Any,
+    ClassVar,
+    Final,
+    NamedTuple,
+    Protocol,
+    Self,
+    runtime_checkable,
+)
 
 import attrs
 
@@ -52,10 +65,15 @@ if TYPE_CHECKING:
 __all__ = [
     "COMPRESSED_PAYLOAD_MAGIC",
     "DEFAULT_EXPIRES",
+    "ChordCounter",
+    "ChordProgress",
     "DeferredStore",
+    "GroupStore",
     "MetaCodec",
+    "ReplyRouted",
     "ResultBackend",
     "Subscription",
+    "ViaBroker",
     "check_meta",
     "mask_url",
     "resolve_expires",
@@ -152,7 +170,16 @@ class MetaCodec:
         Raises:
             EncodeError: the result (or another field) cannot be serialized.
         """
-        encoded = self.registry.dumps(dict(meta), self.serializer, field="result")
+        return self.encode_value(dict(meta))
+
+    def encode_value(self, value: Any) -> Encoded:
+        """Serialize any value as a result is (Celery's ``Backend.encode``: a saved
+        group, a chord header task's entry).
+
+        Raises:
+            EncodeError: the value cannot be serialized.
+        """
+        encoded = self.registry.dumps(value, self.serializer, field="result")
         if self.compression is None:
             return encoded
         body, mime = self.registry.compress(encoded.data, self.compression)
@@ -179,22 +206,36 @@ class MetaCodec:
                 ``status``.
             ContentDisallowed: the content type is not in the registry's accept policy.
         """
+        value = self.decode_value(data, content_type, content_encoding)
+        if not isinstance(value, dict) or not isinstance(value.get("status"), str):
+            raise DecodeError(
+                "result", f"stored value is not a meta dict with a status: {type(value).__name__}"
+            )
+        return value
+
+    def decode_value(
+        self,
+        data: bytes | str,
+        content_type: str | None = None,
+        content_encoding: str | None = None,
+    ) -> Any:
+        """Deserialize any stored value (see ``encode_value``).
+
+        Raises:
+            DecodeError: the bytes do not decode.
+            ContentDisallowed: the content type is not in the registry's accept policy.
+        """
         raw = data.encode("utf-8") if isinstance(data, str) else bytes(data)
         if raw.startswith(COMPRESSED_PAYLOAD_MAGIC):
             mime, sep, body = raw[len(COMPRESSED_PAYLOAD_MAGIC):].partition(b"\x00")
             if not sep:
                 raise DecodeError("result", "compressed result without a content type")
             raw = self.registry.decompress(body, mime.decode("ascii", "replace"))
-        value = self.registry.loads(
+        return self.registry.loads(
             raw,
             content_type or self.content_type,
             content_encoding or (None if content_type else self.content_encoding),
         )
-        if not isinstance(value, dict) or not isinstance(value.get("status"), str):
-            raise DecodeError(
-                "result", f"stored value is not a meta dict with a status: {type(value).__name__}"
-            )
-        return value
 
 
 class Subscription(abc.ABC):
@@ -245,6 +286,9 @@ class ResultBackend(abc.ABC):
     #: Seconds a result is kept after its last store; ``None``: forever.
     expires: float | None
     codec: MetaCodec
+    #: The backend sends states through the broker (``rpc://``): ``backend_from_url``
+    #: gives it the app's broker (``ViaBroker``) as ``via=``.
+    sends_through_broker: ClassVar[bool] = False
 
     @abc.abstractmethod
     def store(self, task_id: str, meta: Mapping[str, Any]) -> None:
@@ -258,6 +302,22 @@ class ResultBackend(abc.ABC):
             EncodeError: ``meta`` cannot be serialized with the result serializer.
             ConnectionLost, TransportError: the store failed.
         """
+
+    def store_reply(
+        self, task_id: str, meta: Mapping[str, Any], *, reply_to: str | None,
+        correlation_id: str | None,
+    ) -> None:
+        """Store a state on behalf of a received task message, whose ``reply_to`` and
+        ``correlation_id`` properties say where its sender listens: what the worker and
+        ``Task.update_state`` call. A backend that keeps states in a shared store (every
+        one but ``rpc://``) ignores the address and stores as ``store`` does; ``rpc://``
+        sends the state there (``ReplyRouted``).
+
+        Raises:
+            as ``store``.
+        """
+        del reply_to, correlation_id
+        self.store(task_id, meta)
 
     @abc.abstractmethod
     def get(self, task_id: str) -> dict[str, Any] | None:
@@ -337,5 +397,152 @@ class DeferredStore(Protocol):
         Raises:
             ConnectionLost: the backend cannot be reached.
             TransportError: any other failure.
+        """
+        ...
+
+
+@runtime_checkable
+class GroupStore(Protocol):
+    """Capability: group results stored by id (Celery's ``save_group``,
+    ``restore_group``, ``delete_group``), for ``GroupResult.save``/``restore``. The
+    value is ``{"result": <the group's result tuple>}``, serialized like a result; it
+    expires like one. Every bundled backend has it (Redis in Celery's
+    ``celery-taskset-meta-<group_id>`` key)."""
+
+    def save_group(self, group_id: str, value: Mapping[str, Any]) -> None:
+        """Store ``value`` under ``group_id`` (replacing what was there).
+
+        Raises:
+            EncodeError: the value cannot be serialized.
+            ConnectionLost, TransportError: the store failed.
+        """
+        ...
+
+    def restore_group(self, group_id: str) -> dict[str, Any] | None:
+        """What ``save_group`` stored, or ``None``.
+
+        Raises:
+            DecodeError: the stored value does not decode to a mapping.
+            ConnectionLost, TransportError: the read failed.
+        """
+        ...
+
+    def delete_group(self, group_id: str) -> None:
+        """Remove it (nothing happens if there is nothing).
+
+        Raises:
+            ConnectionLost, TransportError: the delete failed.
+        """
+        ...
+
+
+class ChordProgress(NamedTuple):
+    """Where a chord stands once a header task's part was counted."""
+
+    #: Parts recorded so far (each header task once).
+    ready: int
+    #: The chord's size (``None``: not set, the chord is not counted here).
+    size: int | None
+    #: Celery's ``.t`` adjustment to the size (tasks added to the chord while it runs).
+    diff: int
+    #: This call, and no other, completed the chord and may send its body.
+    claimed: bool
+
+    @property
+    def complete(self) -> bool:
+        return self.size is not None and self.ready == self.size + self.diff
+
+
+@runtime_checkable
+class ChordCounter(Protocol):
+    """Capability: the backend counts the header tasks of a chord itself, so that the
+    worker running the last one sends the body (Celery's ``on_chord_part_return`` on
+    its Redis backend). Backends without it are polled by ``celery.chord_unlock``
+    instead, as Celery's are. See ``spec/PROTOCOL.md`` §19.4 for the Redis keys."""
+
+    #: Seconds the chord's keys are kept (``result_chord_expires``, else the results').
+    chord_expires: float | None
+
+    def set_chord_size(self, group_id: str, size: int) -> None:
+        """Record the chord's size before its last header task is sent (a new run of
+        a chord with the same group id starts afresh)."""
+        ...
+
+    def save_chord_header(self, group_id: str, value: Mapping[str, Any]) -> None:
+        """Keep the header's result tuple (``{"result": ...}``) when it nests groups,
+        so the body gets their results in their structure."""
+        ...
+
+    def add_chord_part(
+        self, group_id: str, task_id: str, index: int | None, part: bytes,
+        *, claim_seconds: int, token: str,
+    ) -> ChordProgress | None:
+        """Count one header task's outcome (``part``: the encoded ``[1, task_id, state,
+        result]``) at its ``index``, once per task and index. When that completes the
+        chord, claim the right to send the body for ``claim_seconds`` under ``token``.
+        ``None`` when the chord was already finished."""
+        ...
+
+    def chord_parts(self, group_id: str) -> list[bytes]:
+        """The recorded parts, in header order."""
+        ...
+
+    def extend_chord_claim(self, group_id: str, token: str, seconds: int) -> bool:
+        """Keep the claim (or take it again if it lapsed and the chord is unfinished);
+        False if another worker holds it."""
+        ...
+
+    def finish_chord(self, group_id: str, token: str, done_seconds: int) -> bool:
+        """Drop the chord's keys and mark it done for ``done_seconds`` (so a late copy
+        of a header task does not start it again), if ``token`` still holds the claim."""
+        ...
+
+    def drop_chord_size(self, group_id: str) -> None:
+        """Forget the size of a chord that failed, so a late copy of a header task does
+        not fail it again."""
+        ...
+@attrs.frozen(kw_only=True)
+class ViaBroker:
+    """What a backend that sends states through the broker (``rpc://``) needs from the
+    app: the broker, and the app's reply queue."""
+
+    #: The app's broker URL (``broker_url``).
+    url: str
+    #: The transport options the app's broker is opened with (``broker_transport_options``
+    #: and the broker settings they come from).
+    options: Mapping[str, Any]
+    #: The app's reply queue name (its ``oid``, sent as every message's ``reply_to``); a
+    #: function, because the oid of a forked child is not its parent's.
+    oid: Callable[[], str]
+    #: ``result_persistent``: send states as persistent messages (delivery mode 2).
+    persistent: bool = False
+
+
+@runtime_checkable
+class ReplyRouted(Protocol):
+    """Capability: a task's states travel as messages to the reply queue of the client
+    that sent it (Celery's ``rpc://``), not to a store every process can read. So the
+    app tells the backend of every send before publishing (``track``: the reply queue
+    must exist when the worker answers), the worker stores with the message's reply
+    address (``ResultBackend.store_reply``), and ``AsyncResult.get`` asks first whether
+    the task's states can reach this client at all (``check_wait``), instead of waiting
+    for states that go elsewhere."""
+
+    def track(self, sent: Sequence[tuple[str, str | None]]) -> None:
+        """Note tasks about to be sent, as ``(task id, reply_to)`` pairs, and declare
+        this client's reply queue if one of them names it.
+
+        Raises:
+            ConnectionLost, TransportError: the declaration failed.
+        """
+        ...
+
+    def check_wait(self, task_id: str) -> None:
+        """Return if this client receives the task's states; else raise.
+
+        Raises:
+            ValidationError: the task was not sent by this client (another app, another
+                process), was sent with another ``reply_to``, or its states were
+                forgotten: waiting would never end. The message says which.
         """
         ...

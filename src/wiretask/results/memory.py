@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any, Final, Protocol
 
 import attrs
 
-from wiretask.errors import ImproperlyConfigured, TransportError
+from wiretask.errors import DecodeError, ImproperlyConfigured, TransportError
 from wiretask.protocol import states
 from wiretask.results.aio import AsyncResultBackend, AsyncSubscription
 from wiretask.results.base import (
@@ -65,6 +65,8 @@ class _Store:
     def __init__(self) -> None:
         self.cond = threading.Condition()
         self.entries: dict[str, _Entry] = {}
+        #: Saved groups (``GroupResult.save``) by group id.
+        self.groups: dict[str, _Entry] = {}
         self.listeners: dict[str, set[_Listener]] = {}
         self.last_sweep = time.monotonic()
 
@@ -87,6 +89,9 @@ class _Store:
         ]
         for key in dead:
             del self.entries[key]
+        for key in [k for k, e in self.groups.items()
+                    if e.expires_at is not None and e.expires_at <= now]:
+            del self.groups[key]
 
 
 _stores_lock = threading.Lock()
@@ -221,6 +226,39 @@ class MemoryBackend(ResultBackend):
         self._check_open()
         with self._store.cond:
             self._store.entries.pop(task_id, None)
+
+    # -- groups (GroupStore) -----------------------------------------------------------
+
+    def save_group(self, group_id: str, value: Mapping[str, Any]) -> None:
+        self._check_open()
+        encoded = self.codec.encode_value(dict(value))
+        with self._store.cond:
+            now = time.monotonic()
+            expires_at = None if self.expires is None else now + self.expires
+            self._store.groups[group_id] = _Entry("group", encoded, expires_at)
+
+    def restore_group(self, group_id: str) -> dict[str, Any] | None:
+        self._check_open()
+        with self._store.cond:
+            entry = self._store.groups.get(group_id)
+            if entry is not None and entry.expires_at is not None and (
+                entry.expires_at <= time.monotonic()
+            ):
+                del self._store.groups[group_id]
+                entry = None
+        if entry is None:
+            return None
+        value = self.codec.decode_value(
+            entry.encoded.data, entry.encoded.content_type, entry.encoded.content_encoding
+        )
+        if not isinstance(value, dict):
+            raise DecodeError("group", f"a saved group must be a mapping, got {value!r:.100}")
+        return value
+
+    def delete_group(self, group_id: str) -> None:
+        self._check_open()
+        with self._store.cond:
+            self._store.groups.pop(group_id, None)
 
     def subscribe(self, task_id: str) -> MemorySubscription:
         self._check_open()

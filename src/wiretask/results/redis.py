@@ -30,7 +30,14 @@ Where wiretask goes further than Celery:
 * **A lost subscription connection resynchronizes** (subscribe, snapshot, token again)
   and delivers the current state if it differs from the last one delivered; states
   stored during the outage itself cannot be recovered from Celery's layout, but the
-  final one is never missed. If Redis stays unreachable, ``ConnectionLost`` is raised.
+  final one is never missed. While Redis is away (stopped, restarting, loading, or
+  frozen), ``next(timeout)`` keeps trying (backing off from 50 ms to 1 s) until its
+  timeout, and does not wait past it: waiting for the SUBSCRIBE confirmation and for
+  published states is bounded by the caller's timeout, and every other step (connect,
+  the snapshot) runs on connections of the subscription's own whose socket timeout is
+  ``SUBSCRIBE_TIMEOUT`` (1 s), not the backend's (Celery's 120 s). So a frozen server
+  costs a waiting ``get(timeout=5)`` five seconds, not two minutes (at most one second
+  more if it froze in the middle of a snapshot).
 
 Every subscription uses its own pub/sub connection from the client's pool. redis-py
 uses ``hiredis`` for parsing when it is installed (the ``redis`` extra installs it).
@@ -56,6 +63,7 @@ import redis.exceptions
 
 from wiretask._errormap import map_exceptions
 from wiretask._ids import new_id
+from wiretask._redis.chords import chord_claim, chord_finish, chord_part
 from wiretask._redis.client import Commands, Target
 from wiretask._redis.errors import Boundaries
 from wiretask._redis.options import parse
@@ -70,6 +78,7 @@ from wiretask.protocol import states
 from wiretask.protocol.states import PendingState
 from wiretask.results.base import (
     DEFAULT_EXPIRES,
+    ChordProgress,
     MetaCodec,
     ResultBackend,
     Subscription,
@@ -83,6 +92,7 @@ if TYPE_CHECKING:
     from wiretask.results.redis_aio import AsyncRedisBackend
 
 __all__ = [
+    "GROUP_KEYPREFIX",
     "TASK_KEYPREFIX",
     "PendingResult",
     "RedisBackend",
@@ -92,22 +102,31 @@ __all__ = [
 
 #: Celery's ``task_keyprefix`` (``KeyValueStoreBackend``).
 TASK_KEYPREFIX: Final = "celery-task-meta-"
+#: Celery's ``group_keyprefix``: saved groups, and the chord keys (``<key>.s``, ...).
+GROUP_KEYPREFIX: Final = "celery-taskset-meta-"
 #: Prefix of a subscription's private sync channel (after ``global_keyprefix``).
 SYNC_PREFIX: Final = "wiretask-result-sync-"
 #: ``store`` retries its WATCH transaction this often when other writers keep winning.
 MAX_WATCH_RETRIES: Final = 100
 #: Longest single wait inside ``Subscription.next`` (so ``close()`` is noticed).
 _WAIT_SLICE: Final = 1.0
+#: The socket timeouts of a subscription's connections: the longest any one step of
+#: (re)subscribing may block. A step that takes longer is retried, within the caller's
+#: timeout.
+SUBSCRIBE_TIMEOUT: Final = 1.0
+#: Pauses between attempts to resubscribe while Redis is away: from the first to the
+#: last, doubling.
+_RESUBSCRIBE_BACKOFF: Final = (0.05, 1.0)
 
 
-def celery_keyprefix(global_keyprefix: str | None) -> str:
-    """Celery's task key prefix with ``global_keyprefix`` applied as Celery applies it
-    (``BaseKeyValueStoreBackend._add_global_keyprefix``)."""
+def celery_keyprefix(global_keyprefix: str | None, prefix: str = TASK_KEYPREFIX) -> str:
+    """Celery's task (or group) key prefix with ``global_keyprefix`` applied as Celery
+    applies it (``BaseKeyValueStoreBackend._add_global_keyprefix``)."""
     if not global_keyprefix:
-        return TASK_KEYPREFIX
+        return prefix
     if global_keyprefix[-1] not in ":_-.":
         global_keyprefix += "_"
-    return f"{global_keyprefix}{TASK_KEYPREFIX}"
+    return f"{global_keyprefix}{prefix}"
 
 
 def _without_transport_options(url: str) -> str:
@@ -137,6 +156,13 @@ class RedisBackend(ResultBackend):
         socket_timeout: seconds a command may take (Celery's ``redis_socket_timeout``
             default, 120).
         socket_connect_timeout: seconds a connection attempt may take.
+        result_chord_ordered: Celery's transport option of that name: a chord's parts
+            in a sorted set by header position (True, Celery's default) or a list in
+            arrival order. Every worker of a chord must agree.
+
+    Chords: this backend counts a chord's header tasks itself (``ChordCounter``), in
+    Celery's ``celery-taskset-meta-<group_id>.j/.t/.s/.d/.c`` keys (``_redis/chords``),
+    and saves groups under ``celery-taskset-meta-<group_id>`` (``GroupStore``).
     """
 
     def __init__(
@@ -150,8 +176,17 @@ class RedisBackend(ResultBackend):
         global_keyprefix: str | None = None,
         socket_timeout: float = 120.0,
         socket_connect_timeout: float = 10.0,
+        result_chord_ordered: bool = True,
     ) -> None:
         self.url = mask_url(url)
+        if not isinstance(result_chord_ordered, bool):
+            raise ImproperlyConfigured(
+                f"result_chord_ordered must be True or False, got {result_chord_ordered!r}",
+                setting="result_backend_transport_options",
+            )
+        self.chord_ordered = result_chord_ordered
+        #: ``result_chord_expires`` (the app sets it); ``None``: as ``expires``.
+        self.chord_expires: float | None = None
         self.expires = resolve_expires(expires)
         if registry is None:
             from wiretask.codecs import default_registry  # noqa: PLC0415 - avoid a cycle
@@ -162,6 +197,7 @@ class RedisBackend(ResultBackend):
         self.keyprefix = celery_keyprefix(global_keyprefix)
         #: The URL redis-py connects to (password included: never shown).
         self._connection_url = _without_transport_options(url)
+        self.group_keyprefix = celery_keyprefix(global_keyprefix, GROUP_KEYPREFIX)
         try:
             self.client: redis.Redis = redis.Redis.from_url(
                 self._connection_url,
@@ -181,6 +217,18 @@ class RedisBackend(ResultBackend):
         self._redis = Target.of(pool)
         self._password: str | None = pool.connection_kwargs.get("password")
         self._boundaries = Boundaries(pool, url=self.url, secret=self._password)
+        # Subscriptions: their own pool, whose connections give up after
+        # SUBSCRIBE_TIMEOUT (a frozen server must not hold a waiting get() for the
+        # backend's socket_timeout); the caller's timeout bounds the retries.
+        quick = min(SUBSCRIBE_TIMEOUT, float(socket_timeout))
+        listener_pool = redis.ConnectionPool(
+            connection_class=pool.connection_class,
+            **{**pool.connection_kwargs, "socket_timeout": quick,
+               "socket_connect_timeout": min(quick, float(socket_connect_timeout))},
+        )
+        #: The subscriptions' client (pub/sub connections and the snapshot).
+        self.listener = redis.Redis(connection_pool=listener_pool)
+        self._listening = Boundaries(listener_pool, url=self.url, secret=self._password)
         self._subscriptions: weakref.WeakSet[RedisSubscription] = weakref.WeakSet()
         self._closed = False
 
@@ -199,6 +247,12 @@ class RedisBackend(ResultBackend):
         if self._closed:
             raise TransportError("the result backend is closed", url=self.url)
         return self._boundaries(action)
+
+    def listen_errors(self, action: str) -> map_exceptions:
+        """``errors``, for the subscriptions' own connections (``listener``)."""
+        if self._closed:
+            raise TransportError("the result backend is closed", url=self.url)
+        return self._listening(action)
 
     def _current_status(self, value: bytes | str | None) -> str | None:
         if value is None:
@@ -258,6 +312,104 @@ class RedisBackend(ResultBackend):
             url=self.url,
         )
 
+    # -- groups (GroupStore) -----------------------------------------------------------
+
+    def group_key(self, group_id: str) -> str:
+        """The key of a saved group, and the stem of its chord's keys:
+        ``celery-taskset-meta-<group_id>``."""
+        return f"{self.group_keyprefix}{group_id}"
+
+    def save_group(self, group_id: str, value: Mapping[str, Any]) -> None:
+        """Celery's ``_save_group``: the value, expiring as results do, also
+        ``PUBLISH``ed on the key's channel."""
+        key, data = self.group_key(group_id), self.codec.encode_value(dict(value)).data
+        write = write_command(self.expires)
+        with self.errors("save group"):
+            self._commands.transaction([(write[0], key, *write[1:], data), ("PUBLISH", key, data)])
+
+    def restore_group(self, group_id: str) -> dict[str, Any] | None:
+        with self.errors("restore group"):
+            data = self._commands.call("GET", self.group_key(group_id))
+        if data is None:
+            return None
+        value = self.codec.decode_value(data)
+        if not isinstance(value, dict):
+            raise DecodeError("group", f"a saved group must be a mapping, got {value!r:.100}")
+        return value
+
+    def delete_group(self, group_id: str) -> None:
+        with self.errors("delete group"):
+            self._commands.call("DEL", self.group_key(group_id))
+
+    # -- chords (ChordCounter) -----------------------------------------------------------
+
+    def _chord_seconds(self) -> int:
+        """Celery's ``chord_expires`` in whole seconds (0: the keys do not expire)."""
+        expires = self.chord_expires if self.chord_expires is not None else self.expires
+        return int(expires or 0)
+
+    def _chord_result_seconds(self) -> int:
+        """Celery's ``_chord_result_expires``: a saved header is read by users too, so
+        it is kept at least as long as results (0: no change)."""
+        keep = self._chord_seconds()
+        if not keep or not self.expires:
+            return 0
+        return max(keep, int(self.expires))
+
+    def _set_chord_key(self, key: str, value: bytes | str | int) -> tuple[Any, ...]:
+        keep = self._chord_seconds()
+        return ("SET", key, value, "EX", keep) if keep else ("SET", key, value)
+
+    def set_chord_size(self, group_id: str, size: int) -> None:
+        """Celery's ``set_chord_size``: drop a previous run's claim, then ``.s``."""
+        stem = self.group_key(group_id)
+        with self.errors("set chord size"):
+            self._commands.call("DEL", f"{stem}.c")
+            self._commands.call(*self._set_chord_key(f"{stem}.s", int(size)))
+
+    def save_chord_header(self, group_id: str, value: Mapping[str, Any]) -> None:
+        data = self.codec.encode_value(dict(value)).data
+        with self.errors("save chord header"):
+            self._commands.call(*self._set_chord_key(self.group_key(group_id), data))
+
+    def add_chord_part(
+        self, group_id: str, task_id: str, index: int | None, part: bytes,
+        *, claim_seconds: int, token: str,
+    ) -> ChordProgress | None:
+        call = chord_part(
+            self.group_key(group_id), task_id, "+inf" if index is None else str(int(index)),
+            part, ordered=self.chord_ordered, keep=self._chord_seconds(),
+            keep_group=self._chord_result_seconds(), claim_seconds=claim_seconds,
+            token=token,
+        )
+        with self.errors("count a chord part"):
+            ready, diff, size, claimed = self._commands.script(call)
+        if int(ready) == -1:
+            return None
+        return ChordProgress(ready=int(ready), size=None if size is None else int(size),
+                             diff=int(diff or 0), claimed=bool(claimed))
+
+    def chord_parts(self, group_id: str) -> list[bytes]:
+        key = f"{self.group_key(group_id)}.j"
+        with self.errors("read chord parts"):
+            command = "ZRANGE" if self.chord_ordered else "LRANGE"
+            parts: list[bytes] = self._commands.call(command, key, 0, -1)
+        return parts
+
+    def extend_chord_claim(self, group_id: str, token: str, seconds: int) -> bool:
+        with self.errors("extend a chord claim"):
+            return bool(self._commands.script(chord_claim(self.group_key(group_id), token,
+                                                          seconds)))
+
+    def finish_chord(self, group_id: str, token: str, done_seconds: int) -> bool:
+        with self.errors("finish a chord"):
+            return bool(self._commands.script(chord_finish(self.group_key(group_id), token,
+                                                           done_seconds)))
+
+    def drop_chord_size(self, group_id: str) -> None:
+        with self.errors("drop a chord size"):
+            self._commands.call("DEL", f"{self.group_key(group_id)}.s")
+
     def same_database(self, pool: redis.ConnectionPool) -> bool:
         """Whether connections of ``pool`` reach this backend's Redis database (same
         server, database number and credentials), so that one script may write both."""
@@ -286,6 +438,7 @@ class RedisBackend(ResultBackend):
         with contextlib.suppress(redis.exceptions.RedisError):
             self._commands.disconnect()
             self.client.close()
+            self.listener.close()
 
     def async_twin(self) -> AsyncRedisBackend:
         """The asyncio twin over ``redis.asyncio`` (``results.redis_aio``): the same
@@ -356,7 +509,11 @@ class SyncedChannel:
 
 
 class RedisSubscription(Subscription):
-    """One task's channel plus a private sync channel (see the module doc)."""
+    """One task's channel plus a private sync channel (see the module doc).
+
+    It subscribes at once if Redis answers within ``SUBSCRIBE_TIMEOUT``; otherwise
+    (Redis is away) the first ``next`` subscribes, within its own timeout, and still
+    delivers the current state first."""
 
     def __init__(self, backend: RedisBackend, task_id: str) -> None:
         self._backend = backend
@@ -365,29 +522,38 @@ class RedisSubscription(Subscription):
         self._pubsub: Any = None
         self._synced = SyncedChannel(self.channel, backend.global_keyprefix)
         self._closed = False
-        self._start(deliver_unchanged=True)
+        #: Nothing delivered yet: the first snapshot is delivered even if "unchanged".
+        self._fresh = True
+        #: Why the subscription is not connected now (raised by ``next`` if it still is
+        #: not when its timeout runs out).
+        self._lost: ConnectionLost | None = None
+        try:
+            self._start(time.monotonic() + SUBSCRIBE_TIMEOUT)
+        except ConnectionLost as exc:
+            self._lost = exc  # the first next() subscribes, within its timeout
 
-    def _start(self, *, deliver_unchanged: bool) -> None:
-        """Subscribe, wait for the confirmations, take the snapshot with the token."""
+    def _start(self, deadline: float) -> None:
+        """Subscribe, wait for the confirmations (until ``deadline``), take the snapshot
+        with the token."""
         self._synced.restart()
         try:
-            current = self._subscribe_and_snapshot()
+            current = self._subscribe_and_snapshot(deadline)
         except BaseException:
             self._stop()
             raise
-        self._synced.snapshot(current, deliver_unchanged=deliver_unchanged)
+        self._synced.snapshot(current, deliver_unchanged=self._fresh)
+        self._fresh = False
 
-    def _subscribe_and_snapshot(self) -> bytes | None:
+    def _subscribe_and_snapshot(self, deadline: float) -> bytes | None:
         backend = self._backend
         synced = self._synced
-        with backend.errors("subscribe"):
-            client: Any = backend.client  # redis-py's pubsub() is untyped
+        with backend.listen_errors("subscribe"):
+            client: Any = backend.listener  # redis-py's pubsub() is untyped
             pubsub = client.pubsub()
             self._pubsub = pubsub
             pubsub.subscribe(self.channel, synced.sync_channel)
             # The snapshot must not run before the SUBSCRIBE did, or the token would
             # be published to nobody. Confirmations come in order; wait for the last.
-            deadline = time.monotonic() + backend.socket_timeout
             while True:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
@@ -396,7 +562,7 @@ class RedisSubscription(Subscription):
                 if (message is not None and message["type"] == "subscribe"
                         and message["channel"] == synced.sync_channel):
                     break
-            with backend.client.pipeline(transaction=True) as pipe:
+            with client.pipeline(transaction=True) as pipe:
                 pipe.get(backend.key_for(self.task_id))
                 pipe.publish(synced.sync_channel, synced.token)
                 current, _ = pipe.execute()
@@ -409,36 +575,53 @@ class RedisSubscription(Subscription):
                 pubsub.close()
 
     def next(self, timeout: float | None) -> dict[str, Any] | None:
+        """The next state within ``timeout``. A lost connection is resubscribed (with a
+        fresh snapshot, so the final state is not missed) as often as it takes within
+        ``timeout`` (``None``: for as long as it takes); the wait does not pass it.
+
+        Raises:
+            ConnectionLost: Redis was still unreachable when ``timeout`` ran out.
+            TransportError: any other failure (a refused password: not retried).
+        """
         deadline = None if timeout is None else time.monotonic() + max(0.0, timeout)
+        pause = _RESUBSCRIBE_BACKOFF[0]
         while not (self.finished or self._closed):
             data = self._synced.pop()
             if data is not None:
-                meta = self._backend.codec.decode(data)
-                if meta["status"] in states.READY_STATES:
-                    self.finished = True
-                    self.close()
-                return meta
+                return self._deliver(data)
             remaining = None if deadline is None else deadline - time.monotonic()
             if remaining is not None and remaining <= 0:
+                if self._lost is not None:
+                    raise self._lost
                 return None
             wait = _WAIT_SLICE if remaining is None else min(_WAIT_SLICE, remaining)
             try:
-                if self._pubsub is None:  # a resynchronization failed before
-                    self._start(deliver_unchanged=False)
+                if self._pubsub is None:  # never subscribed, or the connection was lost
+                    self._start(time.monotonic() + min(SUBSCRIBE_TIMEOUT, wait))
+                    pause, self._lost = _RESUBSCRIBE_BACKOFF[0], None
                     continue
-                with self._backend.errors("receive"):
+                with self._backend.listen_errors("receive"):
                     self._synced.message(self._pubsub.get_message(timeout=wait))
-            except ConnectionLost:
+            except ConnectionLost as exc:
                 if self._closed:
                     return None
-                # Resynchronize once; if Redis is still away, this raises.
-                self._stop()
-                self._start(deliver_unchanged=False)
+                self._lost = exc
+                self._stop()  # resubscribed at the next turn, after a pause
+                left = None if deadline is None else deadline - time.monotonic()
+                time.sleep(max(0.0, pause if left is None else min(pause, left)))
+                pause = min(pause * 2, _RESUBSCRIBE_BACKOFF[1])
             except Exception:
                 if self._closed:  # closed by another thread while reading
                     return None
                 raise
         return None
+
+    def _deliver(self, data: bytes) -> dict[str, Any]:
+        meta = self._backend.codec.decode(data)
+        if meta["status"] in states.READY_STATES:
+            self.finished = True
+            self.close()
+        return meta
 
     def close(self) -> None:
         self._closed = True

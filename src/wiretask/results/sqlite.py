@@ -13,6 +13,8 @@ Layout:
   ``AUTOINCREMENT`` ``seq`` that never goes back. A subscription remembers the last
   ``seq`` it delivered and reads newer rows of its task, so a subscriber in another
   process sees every state change in order and none twice.
+* ``wiretask_result_groups``: saved groups (``GroupResult.save``), one row per group
+  id with the serialized ``{"result": <tuple>}`` and its expiry time.
 
 A store is one ``BEGIN IMMEDIATE`` transaction (read the current state, apply the
 ready-state rule, append the event, upsert the row), so concurrent writers in several
@@ -54,7 +56,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 from wiretask._sqlite import SQLITE_ERRORS, must_reopen, open_database
 from wiretask._url import mask_url
-from wiretask.errors import ImproperlyConfigured, TransportError
+from wiretask.errors import DecodeError, ImproperlyConfigured, TransportError
 from wiretask.protocol import states
 from wiretask.results.aio import AsyncResultBackend, AsyncSubscription
 from wiretask.results.base import (
@@ -113,6 +115,14 @@ _SCHEMA: Final = (
         ON wiretask_result_events (task_id, seq)""",
     """CREATE INDEX IF NOT EXISTS wiretask_result_events_created
         ON wiretask_result_events (created_at)""",
+    # Saved groups (GroupResult.save): one row per group id.
+    """CREATE TABLE IF NOT EXISTS wiretask_result_groups (
+        group_id TEXT PRIMARY KEY,
+        value BLOB NOT NULL,
+        content_type TEXT NOT NULL,
+        content_encoding TEXT NOT NULL,
+        expires_at REAL
+    )""",
 )
 
 
@@ -351,6 +361,10 @@ class SQLiteBackend(ResultBackend):
             (now,),
         )
         conn.execute(
+            "DELETE FROM wiretask_result_groups WHERE expires_at IS NOT NULL"
+            " AND expires_at <= ?", (now,),
+        )
+        conn.execute(
             "DELETE FROM wiretask_result_events WHERE created_at < ?",
             (now - self.event_retention,),
         )
@@ -375,6 +389,38 @@ class SQLiteBackend(ResultBackend):
         with self._transaction("forget", write=True) as conn:
             conn.execute("DELETE FROM wiretask_results WHERE task_id = ?", (task_id,))
             conn.execute("DELETE FROM wiretask_result_events WHERE task_id = ?", (task_id,))
+
+    # -- groups (GroupStore) -----------------------------------------------------------
+
+    def save_group(self, group_id: str, value: Mapping[str, Any]) -> None:
+        encoded = self.codec.encode_value(dict(value))
+        expires_at = None if self.expires is None else time.time() + self.expires
+        with self._transaction("save group", write=True) as conn:
+            conn.execute(
+                "INSERT OR REPLACE INTO wiretask_result_groups"
+                " (group_id, value, content_type, content_encoding, expires_at)"
+                " VALUES (?, ?, ?, ?, ?)",
+                (group_id, encoded.data, encoded.content_type, encoded.content_encoding,
+                 expires_at),
+            )
+
+    def restore_group(self, group_id: str) -> dict[str, Any] | None:
+        with self._errors("restore group"):
+            row = self._conn().execute(
+                "SELECT value, content_type, content_encoding FROM wiretask_result_groups"
+                " WHERE group_id = ? AND (expires_at IS NULL OR expires_at > ?)",
+                (group_id, time.time()),
+            ).fetchone()
+        if row is None:
+            return None
+        value = self.codec.decode_value(row[0], row[1], row[2])
+        if not isinstance(value, dict):
+            raise DecodeError("group", f"a saved group must be a mapping, got {value!r:.100}")
+        return value
+
+    def delete_group(self, group_id: str) -> None:
+        with self._transaction("delete group", write=True) as conn:
+            conn.execute("DELETE FROM wiretask_result_groups WHERE group_id = ?", (group_id,))
 
     def subscribe(self, task_id: str) -> SQLiteSubscription:
         with self._transaction("subscribe", write=False) as conn:

@@ -26,9 +26,10 @@ them).
 
 Every check exercises the public methods the worker and the calling API use; checks of
 an optional capability (``Inspection``, ``QueueStatistics``, ``BrokerDelay``,
-``FusedSettlement``, ``DeferredStore``) run when the transport or backend offers it and
-are skipped, with the reason, when it does not. So are the checks that need something
-only the caller can give (``process_factory``, ``broken_factory``, ``fused_backend``).
+``Broadcast``, ``FusedSettlement``, ``DeferredStore``) run when the transport or backend
+offers it and are skipped, with the reason, when it does not. So are the checks that
+need something only the caller can give (``process_factory``, ``broken_factory``,
+``fused_backend``).
 
 A failed check raises ``ConformanceError`` (an ``AssertionError``, so pytest shows it as
 a test failure) naming the check and what was wrong; with ``fail_fast=False`` every

@@ -7,15 +7,20 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, TypeVar, cast
 
 from wiretask.errors import ValidationError
-from wiretask.protocol.frame import Outgoing
+from wiretask.protocol.frame import Frame, Outgoing
 from wiretask.transports.base import (
+    BoundQueue,
+    Broadcast,
     BrokerDelay,
     DeadLetter,
     Delivery,
+    Exchange,
     FusedSettlement,
+    Inbox,
     Inspection,
     Peeked,
     Prepared,
+    QueueAdmin,
     QueueStatistics,
     QueueStats,
     Settlement,
@@ -55,8 +60,9 @@ class ForwardingTransport(Transport):
     ``close`` to watch or break one operation; call ``super()`` to forward it. The
     public methods check their arguments before any hook runs, as for every transport.
 
-    It offers exactly the optional capabilities ``inner`` offers (``Inspection``,
-    ``QueueStatistics``, ``BrokerDelay``, ``FusedSettlement``), forwarded too:
+    It offers exactly the optional capabilities ``inner`` offers (``QueueAdmin``,
+    ``Inspection``, ``QueueStatistics``, ``BrokerDelay``, ``FusedSettlement``,
+    ``Broadcast``), forwarded too:
     ``__init__`` turns the instance into one of a subclass of its class that adds the
     forwarding methods of each (cached per class and set of capabilities), so
     ``isinstance(wrapper, Inspection)``
@@ -85,9 +91,10 @@ class ForwardingTransport(Transport):
         self.inner = inner
         self.url = inner.url
         self.capabilities = inner.capabilities
-        offered = tuple(
-            mixin for capability, mixin in _FORWARDERS if isinstance(inner, capability)
-        )
+        offered: tuple[type[ForwardingTransport], ...] = ()
+        for capability, mixin in _FORWARDERS:
+            if isinstance(inner, capability) and not any(issubclass(m, mixin) for m in offered):
+                offered += (mixin,)
         # Now that ``inner`` is known (a subclass may build it in its own __init__), this
         # instance becomes one of its class plus the forwarders of what ``inner`` offers.
         self.__class__ = _forwarding_class(type(self), offered)
@@ -148,18 +155,20 @@ class ForwardingTransport(Transport):
         return delivery
 
 
-class _ForwardInspection(ForwardingTransport):
+class _ForwardQueueAdmin(ForwardingTransport):
     def size(self, queue: str) -> int:
-        return cast(Inspection, self.inner).size(queue)
+        return cast(QueueAdmin, self.inner).size(queue)
 
     def purge(self, queue: str) -> int:
-        return cast(Inspection, self.inner).purge(queue)
-
-    def peek(self, queue: str, *, limit: int = 100) -> list[Peeked]:
-        return cast(Inspection, self.inner).peek(queue, limit=limit)
+        return cast(QueueAdmin, self.inner).purge(queue)
 
     def dead_letters(self, queue: str) -> list[DeadLetter]:
-        return cast(Inspection, self.inner).dead_letters(queue)
+        return cast(QueueAdmin, self.inner).dead_letters(queue)
+
+
+class _ForwardInspection(_ForwardQueueAdmin):
+    def peek(self, queue: str, *, limit: int = 100) -> list[Peeked]:
+        return cast(Inspection, self.inner).peek(queue, limit=limit)
 
 
 class _ForwardStatistics(ForwardingTransport):
@@ -191,12 +200,24 @@ class _ForwardFused(ForwardingTransport):
         return [ForwardedDelivery(self, d) for d in taken], skipped
 
 
-#: (capability, the class that forwards it), in the order their names are shown.
+class _ForwardBroadcast(ForwardingTransport):
+    def broadcast(self, exchange: Exchange, frame: Frame, *, routing_key: str = "") -> None:
+        cast(Broadcast, self.inner).broadcast(exchange, frame, routing_key=routing_key)
+
+    def listen(self, exchange: Exchange, queue: BoundQueue) -> Inbox:
+        return cast(Broadcast, self.inner).listen(exchange, queue)
+
+
+#: (capability, the class that forwards it), in the order their names are shown. A
+#: capability whose forwarder is already there through a larger one (``QueueAdmin``
+#: through ``Inspection``) is not added again.
 _FORWARDERS: tuple[tuple[type, type[ForwardingTransport]], ...] = (
     (Inspection, _ForwardInspection),
+    (QueueAdmin, _ForwardQueueAdmin),
     (QueueStatistics, _ForwardStatistics),
     (BrokerDelay, _ForwardDelay),
     (FusedSettlement, _ForwardFused),
+    (Broadcast, _ForwardBroadcast),
 )
 ForwardingTransportT = TypeVar("ForwardingTransportT", bound=ForwardingTransport)
 

@@ -26,19 +26,25 @@ def dump_json_mapping(field: str, value: Mapping[str, Any]) -> str:
     Raises:
         EncodeError: ``field`` is the path of the offending value (``headers['a'][2]``).
     """
-    _check_json(field, value)
-    return json.dumps(value, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+    try:
+        _check_json(field, value)
+        return json.dumps(value, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+    except RecursionError:  # nested past Python's stack, or a container holding itself
+        raise EncodeError(field, "nests too deep, or contains itself") from None
 
 
 def load_json_mapping(field: str, text: str | bytes) -> dict[str, Any]:
     """Read back what ``dump_json_mapping`` wrote.
 
     Raises:
-        DecodeError: the text is not a JSON object.
+        DecodeError: the text is not a JSON object (whatever else it is: not text, not
+            JSON, or nested past what the parser reads).
     """
     try:
         value = json.loads(text)
-    except ValueError as exc:
+    except RecursionError:
+        raise DecodeError(field, "JSON nested too deep to read") from None
+    except (ValueError, TypeError) as exc:
         raise DecodeError(field, f"not valid JSON: {exc}") from exc
     if not isinstance(value, dict):
         raise DecodeError(field, f"expected a JSON object, got {type(value).__name__}")

@@ -31,9 +31,10 @@ cancels the consumers of the others and requeues what they had pushed (RabbitMQ 
 those ``redelivered``).
 
 **Inspection.** ``QueueStatistics`` is offered with what AMQP can tell (the ready count,
-the dead letters' count). ``size``, ``purge`` and ``dead_letters`` are here too; ``peek``
-is not (AMQP cannot show messages without taking them from their consumers), so the
-``Inspection`` capability is not offered (``spec/TRANSPORTS.md`` §6.9).
+the dead letters' count), and ``QueueAdmin`` (``size``, ``purge``, ``dead_letters``: what
+``wiretask purge`` and the counts of ``wiretask queue show`` use); ``peek`` is not (AMQP
+cannot show messages without taking them from their consumers), so the ``Inspection``
+capability is not offered (``spec/TRANSPORTS.md`` §6.9).
 
 **Settling** acks, rejects or requeues on the channel that delivered the message. If that
 channel or connection is gone, the broker has already requeued the message: settling it
@@ -63,8 +64,8 @@ import os
 import threading
 import time
 from collections import Counter, deque
-from collections.abc import Iterable, Sequence
-from typing import Any, Literal
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any, ClassVar, Literal
 
 import amqp
 from amqp import exceptions as amqp_errors
@@ -72,8 +73,8 @@ from amqp.channel import Channel
 
 from wiretask._amqp import topology, wire
 from wiretask._amqp.errors import connection_is_gone
-from wiretask._amqp.link import Link
-from wiretask._amqp.options import Options, parse
+from wiretask._amqp.link import Link, heartbeat_period
+from wiretask._amqp.options import SETTINGS, Options, from_settings, parse
 from wiretask.errors import TransportError, ValidationError
 from wiretask.protocol.frame import Frame
 from wiretask.transports.base import (
@@ -127,6 +128,8 @@ class AMQPTransport(Transport):
         url: ``amqp[s]://[user[:password]@]host[:port][/vhost][?option=value&...]``, with
             Kombu's rules (``//`` is the vhost ``/``; see ``wiretask._amqp.options``).
         heartbeat: Seconds of AMQP heartbeat (default 60; 0 disables).
+        heartbeat_checkrate: Heartbeat checks per interval (Celery's
+            ``broker_heartbeat_checkrate``; default: four).
         connect_timeout: Seconds to connect and open (default 4, Celery's
             ``broker_connection_timeout``).
         confirm_publish: Wait for publisher confirms (default True).
@@ -145,7 +148,9 @@ class AMQPTransport(Transport):
         max_priority: ``x-max-priority`` for queues without one (Celery's
             ``task_queue_max_priority``); enables ``capabilities.priorities``.
         exchange_type: Type of the exchange declared per queue (default ``"direct"``,
-            Celery's ``task_default_exchange_type``).
+            Celery's ``task_create_missing_queue_exchange_type``).
+        exchange_types: ``{exchange: type}`` of exchanges with a type of their own
+            (the default queue's: Celery's ``task_default_exchange_type``).
         delay_mode: ``"auto"`` (default), ``"ladder"`` or ``"celery"`` (see above).
         delayed_delivery_queue_type: Type of the ladder's queues (default ``"quorum"``,
             Celery's ``broker_native_delayed_delivery_queue_type``).
@@ -153,6 +158,14 @@ class AMQPTransport(Transport):
     Raises:
         ImproperlyConfigured: a bad URL, or an unknown or bad option (named).
     """
+
+    honoured_settings: ClassVar[frozenset[str]] = SETTINGS
+
+    @classmethod
+    def options_from_settings(cls, settings: Mapping[str, Any]) -> dict[str, Any]:
+        """Celery's broker and queue settings as this transport's options
+        (``wiretask._amqp.options.from_settings`` lists them)."""
+        return from_settings(settings)
 
     def __init__(self, url: str, **options: Any) -> None:
         config = parse(url, options)
@@ -187,8 +200,8 @@ class AMQPTransport(Transport):
         self._declared: set[topology.Declaration] = set()
         #: Routes whose declarations were made on this connection (checked per publish).
         self._ready_routes: set[tuple[str, str, str, bool]] = set()
-        #: Exchanges declared by ``bind_queue``, with their type.
-        self._exchange_types: dict[str, str] = {}
+        #: Exchanges with a type of their own (``exchange_types``, then ``bind_queue``).
+        self._exchange_types: dict[str, str] = dict(config.exchange_types)
         #: (exchange, routing key, queue, delayed) -> what the route needs declared.
         self._routes: dict[tuple[str, str, str, bool], tuple[topology.Declaration, ...]] = {}
         self._next_tag = 1
@@ -307,15 +320,15 @@ class AMQPTransport(Transport):
                 log.debug("closing a failed channel", exc_info=True)
 
     def _start_heartbeat(self) -> None:
-        interval = self._options.heartbeat
-        if not interval:
+        period = heartbeat_period(self._options)
+        if period is None:
             return
         with self._heartbeat_lock:
             if self._heartbeat is not None:
                 return
             self._heartbeat_stop = threading.Event()
             self._heartbeat = threading.Thread(
-                target=self._beat, args=(self._heartbeat_stop, max(interval / 4, 0.5)),
+                target=self._beat, args=(self._heartbeat_stop, period),
                 name="wiretask-amqp-heartbeat", daemon=True,
             )
             self._heartbeat.start()
@@ -323,11 +336,12 @@ class AMQPTransport(Transport):
     def _beat(self, stop: threading.Event, interval: float) -> None:
         """Heartbeat thread: read what arrived on both connections and send heartbeats,
         so that a busy owner does not lose its connections."""
+        rate = self._options.heartbeat_checkrate
         while not stop.wait(interval):
             for link in (self._publisher, self._consumer):
                 with link.lock:
                     try:
-                        link.heartbeat()
+                        link.heartbeat(rate)
                     except TransportError as exc:
                         log.warning("%s connection lost: %s", link.role, exc)
                     if link is self._consumer:
@@ -384,7 +398,8 @@ class AMQPTransport(Transport):
         reach a fleet of wiretask workers)."""
         options = self._options
         declarations = topology.queue_declaration(
-            queue, options.arguments_of(queue), options.exchange_type
+            queue, options.arguments_of(queue),
+            self._exchange_types.get(queue, options.exchange_type),
         )
         if self.capabilities.native_delay_on_send:
             declarations += self._ladder_for(queue)

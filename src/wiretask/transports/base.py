@@ -29,9 +29,10 @@ finite timeout >= 0, a limit >= 1, ``Prepared`` messages), so a transport author
 calls a validation helper. ``docs/writing-a-transport.md`` walks through writing one.
 
 **Optional capabilities** are separate typed protocols at the end of this module
-(``Inspection``, ``QueueStatistics``, ``BrokerDelay``, ``FusedSettlement``): a transport
-offers one by having its methods, and the worker, the CLI and the conformance kit detect
-it with ``isinstance`` (never ``getattr``).
+(``QueueAdmin``, ``Inspection``, ``QueueStatistics``, ``BrokerDelay``,
+``FusedSettlement``, ``Broadcast``): a transport offers one by having its methods, and
+the worker, the CLI and the conformance kit detect it with ``isinstance`` (never
+``getattr``).
 
 Rules every transport follows (``wiretask.testing.check_transport`` checks them):
 
@@ -47,7 +48,7 @@ Rules every transport follows (``wiretask.testing.check_transport`` checks them)
   that time. Transports with ``capabilities.native_delay`` hold it broker-side.
 * **Nothing is lost.** ``Delivery.dead_letter(reason)`` moves a message that cannot be
   processed to the transport's dead-letter place, with the reason (where
-  ``Inspection.dead_letters()`` can read it back, if the transport offers it).
+  ``QueueAdmin.dead_letters()`` can read it back, if the transport offers it).
 """
 
 from __future__ import annotations
@@ -55,12 +56,13 @@ from __future__ import annotations
 import abc
 import math
 import threading
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime
 from types import TracebackType
 from typing import (
     TYPE_CHECKING,
     Any,
+    ClassVar,
     Final,
     Literal,
     NamedTuple,
@@ -80,22 +82,32 @@ if TYPE_CHECKING:
     from wiretask.transports.aio import AsyncTransport
 
 __all__ = [
+    "BoundQueue",
+    "Broadcast",
     "BrokerDelay",
     "Capabilities",
     "DeadLetter",
     "Delivery",
+    "Exchange",
     "FusedSettlement",
+    "Inbox",
     "Inspection",
     "Peeked",
     "Prepared",
+    "QueueAdmin",
     "QueueStatistics",
     "QueueStats",
     "Settlement",
     "Transport",
+    "check_broadcast",
+    "check_listen",
+    "check_wait",
     "prepare",
     "prepare_many",
     "queue_name",
     "queue_names",
+    "routes_to",
+    "topic_matches",
 ]
 
 
@@ -243,7 +255,7 @@ class QueueStats:
 
     @property
     def waiting(self) -> int | None:
-        """Ready plus scheduled: what ``Inspection.size`` counts (``None`` if the
+        """Ready plus scheduled: what ``QueueAdmin.size`` counts (``None`` if the
         scheduled number is unknown)."""
         return None if self.scheduled is None else self.ready + self.scheduled
 
@@ -403,6 +415,23 @@ class Transport(abc.ABC):
         # The interface declares no constructor, so type the call through Callable.
         construct: Callable[..., Self] = cls
         return construct(url, **options)
+
+    #: Celery settings (``app.conf`` names) this transport turns into options
+    #: (``options_from_settings``); the app refuses a setting that only another broker
+    #: honours (``wiretask.config.BROKER_ONLY``) unless it is named here.
+    honoured_settings: ClassVar[frozenset[str]] = frozenset()
+
+    @classmethod
+    def options_from_settings(cls, settings: Mapping[str, Any]) -> dict[str, Any]:
+        """The options that Celery's settings (``app.conf``) mean for this broker, for
+        ``from_url``; the app puts ``broker_transport_options`` over them. The default:
+        none.
+
+        Raises:
+            ImproperlyConfigured: a setting's value this broker cannot honour (named).
+        """
+        del settings
+        return {}
 
     # -- life cycle (public, implemented by each broker) ------------------------------
 
@@ -610,9 +639,10 @@ class Transport(abc.ABC):
         while len(taken) < limit:
             try:
                 delivery = self._receive(queues, 0.0)
-            except TransportError:
+            except Exception:
                 # What was taken is held by this transport: hand it over, or it would
-                # stay leased to nobody. The next call sees the error again, if any.
+                # stay leased to nobody (its lease renewed for ever). The next call sees
+                # the error again, if any; that includes a bug in a transport's hook.
                 break
             if delivery is None:
                 break
@@ -796,14 +826,17 @@ def _deliveries(deliveries: Iterable[Delivery]) -> list[Delivery]:
 
 
 @runtime_checkable
-class Inspection(Protocol):
-    """Look at queues without consuming: what ``wiretask inspect`` and ``purge`` use.
-    Brokers that cannot count or list without consuming (AMQP's dead letters) leave it
-    out, and the CLI says so. Each method refuses an empty queue name with
+class QueueAdmin(Protocol):
+    """Count, empty and read the dead letters of queues without consuming their
+    messages: what ``wiretask purge`` and the counting part of ``wiretask queue show`` use.
+    Every broker that can count offers it, AMQP included (which cannot ``peek``, so it
+    offers this and not ``Inspection``). Each method refuses an empty queue name with
     ``ValidationError`` and translates broker errors as the core methods do."""
 
     def size(self, queue: str) -> int:
-        """Number of messages waiting in ``queue``: ready and scheduled, not in flight.
+        """Number of messages waiting in ``queue``: ready and scheduled, not in flight
+        (a transport that cannot count its scheduled messages per queue says so in its
+        docstring: AMQP counts the ready ones).
 
         Raises:
             ValidationError: an empty queue name.
@@ -820,16 +853,6 @@ class Inspection(Protocol):
         """
         ...
 
-    def peek(self, queue: str, *, limit: int = 100) -> list[Peeked]:
-        """Waiting messages of ``queue`` (ready first, then scheduled by time), without
-        consuming them.
-
-        Raises:
-            ValidationError: an empty queue name, or ``limit`` not an int >= 0.
-            ConnectionLost, TransportError: the broker failed.
-        """
-        ...
-
     def dead_letters(self, queue: str) -> list[DeadLetter]:
         """Messages dead-lettered from ``queue``, oldest first.
 
@@ -841,9 +864,28 @@ class Inspection(Protocol):
 
 
 @runtime_checkable
+class Inspection(QueueAdmin, Protocol):
+    """``QueueAdmin`` plus ``peek``: look at a queue's messages without consuming them,
+    what ``wiretask queue show`` needs to list them. Brokers that cannot show messages
+    without taking them from their consumers (AMQP) leave it out and offer
+    ``QueueAdmin`` alone; the CLI then shows the counts and says why it lists no
+    message."""
+
+    def peek(self, queue: str, *, limit: int = 100) -> list[Peeked]:
+        """Waiting messages of ``queue`` (ready first, then scheduled by time), without
+        consuming them.
+
+        Raises:
+            ValidationError: an empty queue name, or ``limit`` not an int >= 0.
+            ConnectionLost, TransportError: the broker failed.
+        """
+        ...
+
+
+@runtime_checkable
 class QueueStatistics(Protocol):
     """Exact numbers of queues without consuming anything: what ``wiretask stats``,
-    ``wiretask inspect``, the Munin plugin and the Prometheus exporter read.
+    ``wiretask queue show``, the Munin plugin and the Prometheus exporter read.
 
     Rules for an implementation:
 
@@ -924,3 +966,230 @@ class FusedSettlement(Protocol):
             TransportError: any other failure (a delivery settled already: nothing done).
         """
         ...
+
+
+# -- broadcast: exchanges and transient queues ----------------------------------------
+#
+# Celery's remote control (Kombu's "pidbox": a fanout exchange every worker listens on,
+# replies routed by a direct exchange to the caller's own queue) and its events (an
+# exchange monitors bind to) are not task messages: nobody acknowledges them, they live
+# in short-lived queues, and a message nobody listens for is gone. ``Broadcast`` is that
+# part of a broker, in AMQP's terms so that an AMQP transport maps it one to one
+# (``exchange_declare``, ``queue_declare`` with ``x-expires``/``x-message-ttl``,
+# ``queue_bind``, ``basic_publish``, ``basic_consume`` without acks).
+
+
+def _name(field: str, value: object) -> str:
+    if not isinstance(value, str) or not value:
+        raise ValidationError(field, f"must be a non-empty string, got {value!r}", value=value)
+    return value
+
+
+def _exchange_name(value: object) -> str:
+    return _name("exchange", value)
+
+
+def _queue_name(value: object) -> str:
+    return _name("queue", value)
+
+
+def _optional_seconds(field: str, value: object) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float) or not (
+        math.isfinite(value) and value > 0
+    ):
+        raise ValidationError(field, f"must be a number of seconds > 0, got {value!r}",
+                              value=value)
+    return float(value)
+
+
+def _expires(value: object) -> float | None:
+    return _optional_seconds("expires", value)
+
+
+def _message_ttl(value: object) -> float | None:
+    return _optional_seconds("message_ttl", value)
+
+
+@attrs.frozen(kw_only=True)
+class Exchange:
+    """A named exchange that broadcast messages are published to.
+
+    ``type`` routes as AMQP does: ``fanout`` to every bound queue whatever the routing
+    key, ``direct`` to the queues bound with exactly the routing key, ``topic`` to those
+    whose binding key matches it (``*`` one word, ``#`` any number). ``durable`` is
+    AMQP's exchange flag (an AMQP broker refuses a redeclaration that differs); brokers
+    without declarations ignore it.
+
+    Celery's: the control exchange ``celery.pidbox`` (fanout), the reply exchange
+    ``reply.celery.pidbox`` (direct), the event exchange ``celeryev`` (topic on AMQP,
+    fanout on Redis).
+
+    Raises:
+        ValidationError: an empty name or an unknown type.
+    """
+
+    name: str = attrs.field(converter=_exchange_name)
+    type: Literal["fanout", "direct", "topic"] = "fanout"
+    durable: bool = False
+
+    def __attrs_post_init__(self) -> None:
+        if self.type not in ("fanout", "direct", "topic"):
+            raise ValidationError(
+                "exchange_type", f"must be 'fanout', 'direct' or 'topic', got {self.type!r}",
+                value=self.type,
+            )
+
+
+@attrs.frozen(kw_only=True)
+class BoundQueue:
+    """A transient queue to listen on, and how it is bound to its exchange.
+
+    Attributes:
+        name: the queue's name (Celery's control queue of a worker is
+            ``<hostname>.celery.pidbox``, a caller's reply queue
+            ``<oid>.reply.celery.pidbox``).
+        binding_key: the binding's routing key: ignored by fanout exchanges, the exact
+            key for direct ones, a pattern for topic ones.
+        expires: seconds the queue may stay unused before the broker deletes it (AMQP's
+            ``x-expires``; Celery's ``control_queue_expires``, 10 s). None: never.
+        message_ttl: seconds a message may wait in the queue before it is dropped
+            (``x-message-ttl``; Celery's ``control_queue_ttl``, 300 s). None: no limit.
+        exclusive: only this connection may use the queue (AMQP's flag; Celery's
+            control queues are exclusive).
+
+    Raises:
+        ValidationError: an empty name, or a time that is not a number > 0.
+    """
+
+    name: str = attrs.field(converter=_queue_name)
+    binding_key: str = attrs.field(default="", validator=attrs.validators.instance_of(str))
+    expires: float | None = attrs.field(default=None, converter=_expires)
+    message_ttl: float | None = attrs.field(default=None, converter=_message_ttl)
+    exclusive: bool = True
+
+
+class Inbox(Protocol):
+    """The messages arriving at one ``BoundQueue`` (``Broadcast.listen``). Used by one
+    thread at a time; ``close`` may be called from any thread."""
+
+    #: The bound queue's name.
+    queue: str
+
+    def get(self, timeout: float) -> Frame | None:
+        """The next message, waiting up to ``timeout`` seconds (0: look once); None
+        when nothing arrived in time. Messages come in the order they were sent.
+
+        Raises:
+            ValidationError: a timeout that is not a finite number >= 0.
+            ConnectionLost: the broker cannot be reached (listen again: messages sent
+                meanwhile may be lost, as broadcast messages are).
+            TransportError: any other failure, or the inbox is closed.
+        """
+        ...
+
+    def close(self) -> None:
+        """Stop listening: delete the queue and its binding. Idempotent; never raises
+        (an unreachable broker deletes it by itself after ``expires``)."""
+        ...
+
+
+@runtime_checkable
+class Broadcast(Protocol):
+    """Exchanges and transient queues, for messages that are not tasks: Celery's remote
+    control (the pidbox: requests on a fanout exchange, replies on a direct one) and its
+    events. Nothing is acknowledged and nothing is redelivered: a message reaches the
+    queues bound when it is sent and nobody else (a broker that cannot route one drops
+    it, as AMQP and Kombu do). Brokers that cannot broadcast leave it out; the control
+    client and the worker then say so instead of pretending.
+
+    ``spec/control.md`` says what each bundled broker puts on the wire.
+    """
+
+    def broadcast(self, exchange: Exchange, frame: Frame, *, routing_key: str = "") -> None:
+        """Publish ``frame`` on ``exchange`` with ``routing_key``: it reaches every queue
+        the exchange routes that key to at this moment (see ``Exchange``).
+
+        Raises:
+            ValidationError: not an ``Exchange`` or ``Frame``, or a routing key that is
+                not a string.
+            EncodeError: the broker cannot carry a header or property value.
+            ConnectionLost: the broker cannot be reached (nothing is known to be sent).
+            TransportError: any other failure (an exchange declared with another type).
+        """
+        ...
+
+    def listen(self, exchange: Exchange, queue: BoundQueue) -> Inbox:
+        """Declare ``queue``, bind it to ``exchange`` and return its inbox: every message
+        routed to it from when this returns until the inbox is closed (or expires).
+
+        Raises:
+            ValidationError: not an ``Exchange`` or ``BoundQueue``.
+            ConnectionLost: the broker cannot be reached.
+            TransportError: any other failure.
+        """
+        ...
+
+
+def check_broadcast(exchange: object, frame: object, routing_key: object) -> None:
+    """The argument checks every ``Broadcast.broadcast`` makes first.
+
+    Raises:
+        ValidationError: as ``Broadcast.broadcast``.
+    """
+    if not isinstance(exchange, Exchange):
+        raise ValidationError("exchange", f"must be an Exchange, got {type(exchange).__name__}")
+    if not isinstance(frame, Frame):
+        raise ValidationError("frame", f"must be a Frame, got {type(frame).__name__}")
+    if not isinstance(routing_key, str):
+        raise ValidationError("routing_key", f"must be a string, got {routing_key!r}",
+                              value=routing_key)
+
+
+def check_listen(exchange: object, queue: object) -> None:
+    """The argument checks every ``Broadcast.listen`` makes first.
+
+    Raises:
+        ValidationError: as ``Broadcast.listen``.
+    """
+    if not isinstance(exchange, Exchange):
+        raise ValidationError("exchange", f"must be an Exchange, got {type(exchange).__name__}")
+    if not isinstance(queue, BoundQueue):
+        raise ValidationError("queue", f"must be a BoundQueue, got {type(queue).__name__}")
+
+
+def check_wait(timeout: object) -> float:
+    """An inbox's ``get`` timeout, checked (a finite number >= 0).
+
+    Raises:
+        ValidationError: anything else.
+    """
+    return _timeout(timeout)
+
+
+def topic_matches(binding_key: str, routing_key: str) -> bool:
+    """AMQP's topic rule: words are separated by ``.``; ``*`` in the binding key matches
+    exactly one word, ``#`` zero or more."""
+    return _topic(tuple(binding_key.split(".")), tuple(routing_key.split(".")))
+
+
+def _topic(pattern: tuple[str, ...], words: tuple[str, ...]) -> bool:
+    if not pattern:
+        return not words
+    head, rest = pattern[0], pattern[1:]
+    if head == "#":
+        return any(_topic(rest, words[i:]) for i in range(len(words) + 1))
+    if not words:
+        return False
+    return (head == "*" or head == words[0]) and _topic(rest, words[1:])
+
+
+def routes_to(exchange: Exchange, binding_key: str, routing_key: str) -> bool:
+    """Whether ``exchange`` routes a message with ``routing_key`` to a queue bound with
+    ``binding_key`` (for brokers that route broadcast messages themselves)."""
+    if exchange.type == "fanout":
+        return True
+    if exchange.type == "direct":
+        return binding_key == routing_key
+    return topic_matches(binding_key, routing_key)

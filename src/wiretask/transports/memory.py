@@ -22,10 +22,14 @@ Semantics, each chosen to match AMQP where AMQP has an answer:
   enforces ``expires`` (``per_message_ttl=False``), as Celery does on Redis.
 * **Routing**: there are no exchange bindings; see ``base.Prepared.queue``. Publishing to a
   queue nobody declared creates it (AMQP would drop the message, which loses it).
+* **Broadcast** (``base.Broadcast``, for remote control and events): exchanges route as
+  AMQP's do to the inboxes bound when a message is sent; an inbox drops messages older
+  than its ``message_ttl`` and is unbound once unread for ``expires`` seconds.
 """
 
 from __future__ import annotations
 
+import collections
 import functools
 import heapq
 import itertools
@@ -38,20 +42,26 @@ from urllib.parse import urlsplit
 
 import attrs
 
-from wiretask.errors import ImproperlyConfigured, ValidationError
+from wiretask.errors import ImproperlyConfigured, TransportError, ValidationError
 from wiretask.protocol.frame import Frame
 from wiretask.transports._json import dump_json_mapping, load_json_mapping
 from wiretask.transports.aio import InlineTransport
 from wiretask.transports.base import (
+    BoundQueue,
     Capabilities,
     DeadLetter,
     Delivery,
+    Exchange,
     Peeked,
     Prepared,
     QueueStats,
     Settlement,
     Transport,
+    check_broadcast,
+    check_listen,
+    check_wait,
     queue_names,
+    routes_to,
 )
 
 __all__ = ["MemoryDelivery", "MemoryTransport", "reset"]
@@ -178,6 +188,21 @@ class _Broker:
         self.dead: dict[str, list[DeadLetter]] = {}
         self.seq = itertools.count()
         self.generation = 0
+        #: Broadcast exchanges: name -> (the exchange as first declared, bound inboxes).
+        self.exchanges: dict[str, tuple[Exchange, list[_Inbox]]] = {}
+
+    def exchange(self, exchange: Exchange) -> list[_Inbox]:
+        """The inboxes bound to ``exchange`` (declared now if new); an exchange of the
+        same name declared with another type is refused, as AMQP refuses it."""
+        known = self.exchanges.get(exchange.name)
+        if known is None:
+            known = self.exchanges[exchange.name] = (exchange, [])
+        elif known[0].type != exchange.type:
+            raise TransportError(
+                f"exchange {exchange.name!r} is a {known[0].type} exchange, not "
+                f"{exchange.type}", url=f"memory://{self.name}",
+            )
+        return known[1]
 
     def requeue(self, message: _Message) -> None:
         """Put a delivered message back at its place, unless ``reset`` emptied the broker
@@ -261,6 +286,65 @@ def reset(name: str | None = None) -> None:
             broker.queues.clear()
             broker.dead.clear()
             broker.generation += 1
+
+
+class _Inbox:
+    """A ``BoundQueue`` of the in-process broker: the messages routed to it, in order."""
+
+    def __init__(self, broker: _Broker, exchange: Exchange, spec: BoundQueue) -> None:
+        self.queue = spec.name
+        self.spec = spec
+        self._broker = broker
+        self._exchange = exchange
+        #: (time stored, message), oldest first.
+        self.messages: collections.deque[tuple[float, _Message]] = collections.deque()
+        self.used = time.monotonic()
+        self.waiting = False
+        self.closed = False
+
+    def get(self, timeout: float) -> Frame | None:
+        deadline = time.monotonic() + check_wait(timeout)
+        ttl = self.spec.message_ttl
+        with self._broker.changed:
+            self.waiting = True  # in use while it waits, however long
+            try:
+                while True:
+                    if self.closed:
+                        raise TransportError(f"inbox {self.queue!r} is closed",
+                                             url=f"memory://{self._broker.name}")
+                    while self.messages:
+                        at, message = self.messages.popleft()
+                        if ttl is None or time.time() - at <= ttl:
+                            return message.frame()
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0:
+                        return None
+                    self._broker.changed.wait(remaining)
+            finally:
+                self.waiting = False
+                self.used = time.monotonic()
+
+    def close(self) -> None:
+        with self._broker.changed:
+            self.closed = True
+            self.messages.clear()
+            known = self._broker.exchanges.get(self._exchange.name)
+            if known is not None and self in known[1]:
+                known[1].remove(self)
+            self._broker.changed.notify_all()
+
+
+def _live(inboxes: list[_Inbox]) -> list[_Inbox]:
+    """Unbind (in place) the inboxes unread for longer than their ``expires``, as a
+    broker deletes an unused queue; return the others. Called under the broker's lock."""
+    now = time.monotonic()
+    for inbox in list(inboxes):
+        expires = inbox.spec.expires
+        if expires is not None and not inbox.waiting and now - inbox.used > expires:
+            inbox.closed = True
+            inbox.messages.clear()
+            inboxes.remove(inbox)
+    return inboxes
 
 
 class MemoryDelivery(Delivery):
@@ -480,3 +564,35 @@ class MemoryTransport(Transport):
                     acked=queue.acked, dead_lettered=queue.dead_lettered,
                 ))
         return found
+
+    # -- broadcast (``base.Broadcast``) -------------------------------------------------
+
+    def broadcast(self, exchange: Exchange, frame: Frame, *, routing_key: str = "") -> None:
+        """Copy ``frame`` into every inbox ``exchange`` routes ``routing_key`` to now
+        (see ``base.Exchange``); inboxes unread for their ``expires`` are unbound first."""
+        check_broadcast(exchange, frame, routing_key)
+        message = _Message(
+            seq=0, queue="", priority=0, not_before=None, body=bytes(frame.body),
+            content_type=frame.content_type, content_encoding=frame.content_encoding,
+            headers=dump_json_mapping("headers", frame.headers),
+            properties=dump_json_mapping("properties", frame.properties),
+        )
+        broker = self._broker
+        with broker.changed:
+            at = time.time()
+            for inbox in _live(broker.exchange(exchange)):
+                if routes_to(exchange, inbox.spec.binding_key, routing_key):
+                    inbox.messages.append((at, message))
+            broker.changed.notify_all()
+
+    def listen(self, exchange: Exchange, queue: BoundQueue) -> _Inbox:
+        """Bind a new inbox for ``queue`` to ``exchange``. Two listeners of one queue
+        name (two workers with one node name) each get every message, as two Redis
+        subscribers do (AMQP would refuse the second declarer of an exclusive queue)."""
+        check_listen(exchange, queue)
+        broker = self._broker
+        with broker.changed:
+            inboxes = _live(broker.exchange(exchange))
+            inbox = _Inbox(broker, exchange, queue)
+            inboxes.append(inbox)
+            return inbox

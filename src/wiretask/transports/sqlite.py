@@ -14,8 +14,9 @@ How it works, and what it guarantees:
   file is in WAL mode, so readers never block the writer, and every connection waits up
   to ``busy_timeout`` for the write lock before giving up with ``ConnectionLost``.
 * **Atomic receive.** Taking a message is one ``BEGIN IMMEDIATE`` transaction holding
-  SQLite's single write lock: ``UPDATE … WHERE id = (SELECT … ORDER BY priority DESC, id
-  LIMIT 1) RETURNING …``. Two consumers, in any processes, can never take the same row.
+  SQLite's single write lock: pick the row (``SELECT … ORDER BY priority DESC, id LIMIT
+  1``), lease it (``UPDATE``) and read it (the body in place, ``blobopen``). Two
+  consumers, in any processes, can never take the same row.
 * **Broker-side delays.** ``not_before`` is stored as ``visible_at``; the row is
   invisible until then (``native_delay=True``, nothing is held by a worker).
 * **Priorities** 0..255, higher first, FIFO (by insertion id) within a priority; the
@@ -81,11 +82,14 @@ from wiretask.errors import (
     ValidationError,
 )
 from wiretask.protocol.frame import Frame
+from wiretask.transports import _sqlite_broadcast
 from wiretask.transports._json import dump_json_mapping, load_json_mapping
 from wiretask.transports.base import (
+    BoundQueue,
     Capabilities,
     DeadLetter,
     Delivery,
+    Exchange,
     Peeked,
     Prepared,
     QueueStats,
@@ -154,7 +158,9 @@ _SYNCHRONOUS = ("normal", "full", "extra")
 _POLL_MIN = 0.005
 _POLL_MAX = 0.05
 
-_COLUMNS = "id, queue, redelivered, content_type, content_encoding, headers, properties, body"
+# The body is not among them: a large one is read on its own (``_read_body``).
+_COLUMNS = ("id, queue, redelivered, content_type, content_encoding, headers, properties, "
+            "typeof(body)")
 
 
 class SQLiteDelivery(Delivery):
@@ -567,25 +573,32 @@ class SQLiteTransport(Transport):
                     f"WHERE queue IN ({marks}) AND visible_at > 0 AND visible_at <= ?",
                     (*names, now),
                 )
-                row = conn.execute(
-                    "UPDATE wiretask_messages SET owner=?, lease=?, visible_at=? "  # noqa: S608
-                    f"WHERE id = (SELECT id FROM ({candidates}) "
-                    f"ORDER BY priority DESC, id LIMIT 1) RETURNING {_COLUMNS}",
-                    (self.owner, lease, now + self.visibility_timeout, *names),
+                # Pick, lease, read: three statements under the write lock (atomic as
+                # one). Not one UPDATE ... RETURNING: SQLite buffers the returned row
+                # whole, which for a large message costs its size again.
+                picked = conn.execute(
+                    f"SELECT id FROM ({candidates}) ORDER BY priority DESC, id LIMIT 1",  # noqa: S608
+                    names,
                 ).fetchone()
-                if row is None:
+                if picked is None:
                     # Another consumer took it between the read and the write.
                     return None, None
-                row_id, queue, redelivered, ctype, cenc, headers, properties, body = row
+                conn.execute(
+                    "UPDATE wiretask_messages SET owner=?, lease=?, visible_at=? WHERE id=?",
+                    (self.owner, lease, now + self.visibility_timeout, picked[0]),
+                )
+                row = conn.execute(
+                    f"SELECT {_COLUMNS} FROM wiretask_messages WHERE id=?", picked  # noqa: S608
+                ).fetchone()
+                row_id, queue, redelivered, ctype, cenc, headers, properties, kind = row
                 try:
-                    frame = Frame(
-                        body=bytes(body), content_type=ctype, content_encoding=cenc,
-                        headers=load_json_mapping("headers", headers),
-                        properties=load_json_mapping("properties", properties),
-                    )
+                    frame = _stored_frame(ctype, cenc, headers, properties,
+                                          _read_body(conn, row_id, kind))
                 except DecodeError as exc:
-                    # A row that no longer reads as a frame would block the queue
-                    # forever: dead-letter it in this same transaction and look again.
+                    # A row that does not read as a frame would be first again on every
+                    # receive and stop the queue for good: dead-letter it, raw, with
+                    # the reason, in this same transaction, and look again.
+                    log.warning("dead-lettering row %d of %r: %s", row_id, queue, exc)
                     self._move_to_dead_letters(conn, row_id, f"unreadable stored frame: {exc}")
                     continue
                 delivery = SQLiteDelivery(
@@ -719,11 +732,10 @@ class SQLiteTransport(Transport):
             ).fetchall()
         peeked = []
         for scheduled, not_before, ctype, cenc, headers, properties, body in rows:
-            frame = Frame(
-                body=bytes(body), content_type=ctype, content_encoding=cenc,
-                headers=load_json_mapping("headers", headers),
-                properties=load_json_mapping("properties", properties),
-            )
+            try:
+                frame = _stored_frame(ctype, cenc, headers, properties, body)
+            except DecodeError:
+                continue  # receive dead-letters it; there is no frame to show
             peeked.append(Peeked(
                 frame=frame, queue=queue, state="scheduled" if scheduled else "ready",
                 not_before=None if not_before is None
@@ -741,17 +753,15 @@ class SQLiteTransport(Transport):
         letters = []
         for reason, at, ctype, cenc, headers, properties, body in rows:
             try:
-                frame: Frame | None = Frame(
-                    body=bytes(body), content_type=ctype, content_encoding=cenc,
-                    headers=load_json_mapping("headers", headers),
-                    properties=load_json_mapping("properties", properties),
-                )
-            except (DecodeError, TypeError):
+                frame: Frame | None = _stored_frame(ctype, cenc, headers, properties, body)
+            except DecodeError:
                 frame = None
-            letters.append(DeadLetter(
-                queue=queue, reason=reason, frame=frame,
-                raw=None if frame is not None or body is None else bytes(body), at=at,
-            ))
+            raw = None
+            if frame is None and body is not None:
+                raw = body.encode("utf-8", "surrogateescape") if isinstance(body, str) \
+                    else bytes(body) if isinstance(body, bytes | memoryview) \
+                    else str(body).encode()
+            letters.append(DeadLetter(queue=queue, reason=reason, frame=frame, raw=raw, at=at))
         return letters
 
     def queue_stats(self, queues: Sequence[str]) -> list[QueueStats]:
@@ -789,6 +799,16 @@ class SQLiteTransport(Transport):
                 ))
         return found
 
+    # -- broadcast (``base.Broadcast``; the table and the polling: _sqlite_broadcast) ---
+
+    def broadcast(self, exchange: Exchange, frame: Frame, *, routing_key: str = "") -> None:
+        """One row in ``wiretask_broadcast``, read by every inbox listening now."""
+        _sqlite_broadcast.broadcast(self, exchange, frame, routing_key)
+
+    def listen(self, exchange: Exchange, queue: BoundQueue) -> _sqlite_broadcast.SQLiteInbox:
+        """A cursor into ``wiretask_broadcast`` that polls for rows routed to ``queue``."""
+        return _sqlite_broadcast.listen(self, exchange, queue)
+
 
 #: ``SQLiteTransport.queue_stats``: one statement per queue (one snapshot), each part one
 #: index search. ?1 is the queue, ?2 the time of the reading. A row is ready when its
@@ -799,6 +819,7 @@ class SQLiteTransport(Transport):
 #: index; ``lanes`` walks the distinct priorities of the ready index (one search each)
 #: to read the head of each priority lane, the row the next receive of that priority
 #: takes.
+
 _STATS = """
 WITH RECURSIVE lanes(p) AS (
     SELECT MAX(priority) FROM wiretask_messages INDEXED BY wiretask_messages_ready
@@ -831,6 +852,47 @@ SELECT
      WHERE owner IS NOT NULL AND queue = ?1 AND visible_at <= ?2),
     (SELECT COUNT(*) FROM wiretask_dead_letters WHERE queue = ?1)
 """
+
+
+def _read_body(conn: sqlite3.Connection, row_id: int, kind: str) -> object:
+    """The body of row ``row_id``: a BLOB read in place (``blobopen``), into exactly one
+    copy. ``UPDATE ... RETURNING body`` of a large row costs six times its size (SQLite
+    buffers the returned row, rebuilds the record, copies the value twice), which is
+    the worker's memory bound (spec §9); anything but a BLOB (a wrong writer's TEXT) is
+    read as it is, for the caller to dead-letter."""
+    if kind == "blob":
+        with conn.blobopen("wiretask_messages", "body", row_id, readonly=True) as blob:
+            return blob.read()
+    (body,) = conn.execute("SELECT body FROM wiretask_messages WHERE id=?", (row_id,)).fetchone()
+    return body
+
+
+def _stored_frame(
+    content_type: object, content_encoding: object, headers: object, properties: object,
+    body: object,
+) -> Frame:
+    """The frame a ``wiretask_messages`` row holds.
+
+    Raises:
+        DecodeError: the row does not hold one: a body that is not a BLOB (stored as
+            TEXT by another writer), a label that is not text, or headers or properties
+            that are not a JSON object (whatever else they are, however deeply nested).
+    """
+    if not isinstance(body, bytes):
+        raise DecodeError("body", f"stored as {type(body).__name__}, not as a BLOB")
+    if not isinstance(content_type, str):
+        raise DecodeError("content_type", f"stored as {type(content_type).__name__}, not text")
+    if not isinstance(content_encoding, str):
+        raise DecodeError("content_encoding",
+                          f"stored as {type(content_encoding).__name__}, not text")
+    for field, text in (("headers", headers), ("properties", properties)):
+        if not isinstance(text, str | bytes):
+            raise DecodeError(field, f"stored as {type(text).__name__}, not as JSON text")
+    return Frame(
+        body=body, content_type=content_type, content_encoding=content_encoding,
+        headers=load_json_mapping("headers", cast(str, headers)),
+        properties=load_json_mapping("properties", cast(str, properties)),
+    )
 
 
 # Every live transport, so that a fork can reset the copies the child inherits.

@@ -44,7 +44,14 @@ from wiretask.transports.base import Transport
 if TYPE_CHECKING:
     from importlib.metadata import EntryPoint
 
-__all__ = ["ENTRY_POINT_GROUP", "SCHEMES", "mask_url", "registered_schemes", "transport_from_url"]
+__all__ = [
+    "ENTRY_POINT_GROUP",
+    "SCHEMES",
+    "mask_url",
+    "registered_schemes",
+    "transport_class",
+    "transport_from_url",
+]
 
 #: scheme → (module, class). Modules are imported on first use.
 SCHEMES: dict[str, tuple[str, str]] = {
@@ -78,25 +85,33 @@ def transport_from_url(url: str, **options: Any) -> Transport:
             installed, or a bad ``wiretask.transports`` entry point (see the module
             doc).
     """
+    return transport_class(url).from_url(url, **options)
+
+
+def transport_class(url: str) -> type[Transport]:
+    """The transport class for a broker URL (its module imported), without building
+    one: what the app asks for its ``options_from_settings``.
+
+    Raises:
+        ImproperlyConfigured: as ``transport_from_url``.
+    """
     if not isinstance(url, str) or not url:
         raise ImproperlyConfigured(
             f"a broker URL must be a non-empty string, got {url!r}", setting="broker_url"
         )
     scheme = urlsplit(url).scheme.lower()
     if "://" in url and scheme in SCHEMES:
-        transport_class = _builtin(scheme)
-    else:
-        plugins = registered_schemes()
-        if "://" not in url or scheme not in plugins:
-            known = [f"{name}://" for name in SCHEMES]
-            known += [f"{name}:// ({_describe(entry)})" for name, entry in plugins.items()]
-            raise ImproperlyConfigured(
-                f"unsupported broker URL {mask_url(url)!r}: the scheme must be one of "
-                f"{', '.join(known)}",
-                setting="broker_url",
-            )
-        transport_class = _load(scheme, plugins[scheme])
-    return transport_class.from_url(url, **options)
+        return _builtin(scheme)
+    plugins = registered_schemes()
+    if "://" not in url or scheme not in plugins:
+        known = [f"{name}://" for name in SCHEMES]
+        known += [f"{name}:// ({_describe(entry)})" for name, entry in plugins.items()]
+        raise ImproperlyConfigured(
+            f"unsupported broker URL {mask_url(url)!r}: the scheme must be one of "
+            f"{', '.join(known)}",
+            setting="broker_url",
+        )
+    return _load(scheme, plugins[scheme])
 
 
 def registered_schemes() -> dict[str, EntryPoint]:

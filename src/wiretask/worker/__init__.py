@@ -27,13 +27,15 @@ The parts, one module each (a message meets them in this order):
 
 * ``facade``: the ``Worker`` itself: arguments, start/stop/run, signals, introspection.
 * ``consumer``: the receive loop (room, ``receive_many``, ``due()``, held etas).
-* ``routing``: decode, then a pipeline of small steps (unregistered tasks, early etas)
-  before a message is dispatched to the pool as a ``job.Job``; ``ledger`` counts what
+* ``routing``: decode, then a pipeline of small steps (unregistered tasks, early etas,
+  rate limits) before a message is dispatched to the pool as a ``job.Job``; ``ledger`` counts what
   is dispatched and held (``eta``: the heap of early-eta messages).
 * ``pools``: what runs the jobs, behind one interface (``pools.base.Pool``): threads,
   solo, processes.
 * ``tracer`` (and ``links``): runs one message: states, body, callbacks, errbacks; it
   takes a ``Control`` (time limits) and returns an ``Outcome`` (``outcome``).
+  ``canvas``: its chord parts and the failures it carries through a chain;
+  ``builtins``: Celery's built-in tasks (``celery.chord_unlock``, ``celery.map``, ...).
 * ``settlement``: ack once, after the outcome is stored; batched acks that also take
   the next messages; ack retry; requeue with a pause.
 """

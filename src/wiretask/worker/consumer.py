@@ -186,8 +186,12 @@ class Consumer:
         if self._due is not None and now >= loop.next_due:
             self._due()
             loop.next_due = now + DUE_INTERVAL
-        for delivery, message in self._ledger.release_due():
-            self._router.dispatch(delivery, message)
+        if self._ledger.holds_any():
+            # Under ``receiving``, as every dispatch is: a revoke looks at the held
+            # messages and the dispatched jobs under it, and must see each in one place.
+            with self._ledger.receiving:
+                for delivery, message in self._ledger.release_due():
+                    self._router.dispatch(delivery, message)
 
     def _receive(self, loop: _Loop) -> bool:
         """Receive as many messages as there is room for and route them. False if

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import heapq
 import itertools
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -55,3 +56,18 @@ class EtaHeap:
         held = [(delivery, message) for _, _, delivery, message in sorted(self._heap)]
         self._heap = []
         return held
+
+    def entries(self) -> list[tuple[float, Delivery, TaskMessage]]:
+        """``(eta, delivery, message)`` of every held message, earliest first (a copy)."""
+        return [(eta, delivery, message) for eta, _, delivery, message in sorted(self._heap)]
+
+    def remove(
+        self, predicate: Callable[[TaskMessage], bool]
+    ) -> list[tuple[Delivery, TaskMessage]]:
+        """Take the held messages ``predicate`` selects (a revoked one: its task must not
+        run), earliest first."""
+        taken = [entry for entry in self._heap if predicate(entry[3])]
+        if taken:
+            self._heap = [entry for entry in self._heap if not predicate(entry[3])]
+            heapq.heapify(self._heap)
+        return [(delivery, message) for _, _, delivery, message in sorted(taken)]

@@ -25,12 +25,29 @@ from collections.abc import Iterable
 from types import FrameType, TracebackType
 from typing import TYPE_CHECKING, Any
 
+from wiretask.control.mailbox import Mailbox
+from wiretask.control.revoked import RevokedStore
+from wiretask.control.wire import (
+    DEFAULT_NAMESPACE,
+    DEFAULT_QUEUE_EXPIRES,
+    DEFAULT_QUEUE_TTL,
+    LamportClock,
+    node_queue,
+)
 from wiretask.errors import ImproperlyConfigured, ValidationError
-from wiretask.transports.base import Transport, queue_names
+from wiretask.transports.base import Broadcast, Transport, queue_names
 from wiretask.worker.consumer import Consumer
 from wiretask.worker.ledger import Ledger
 from wiretask.worker.pools import POOLS, Pool, PoolContext, PoolName, PoolSetup
-from wiretask.worker.routing import HoldEarly, LogReceived, RefuseUnregistered, Router
+from wiretask.worker.remote import RemoteControl
+from wiretask.worker.routing import (
+    HoldEarly,
+    LogReceived,
+    RateLimit,
+    RefuseUnregistered,
+    Router,
+    Step,
+)
 from wiretask.worker.settlement import AckRetry, Settlement, requeue
 from wiretask.worker.tracer import Tracer
 
@@ -62,6 +79,39 @@ def _pool_class(pool: PoolName | type[Pool]) -> type[Pool]:
     return found
 
 
+def _positive(name: str, given: int | None, setting: int | None) -> int | None:
+    value = given if given is not None else setting
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int)
+                              or value < 1):
+        raise ValidationError(name, f"must be an integer >= 1, got {value!r}")
+    return value
+
+
+def _prefetch(
+    app: App, concurrency: int, prefetch: int | None, multiplier: int | None
+) -> int | None:
+    """Messages reserved beyond the running ones (None: no limit), Celery's way:
+    ``concurrency * worker_prefetch_multiplier``, 0 meaning no limit, none at all
+    with ``worker_disable_prefetch``; an explicit ``prefetch`` wins."""
+    if prefetch is not None and multiplier is not None:
+        raise ValidationError(
+            "prefetch", "give prefetch or prefetch_multiplier, not both", value=prefetch
+        )
+    if prefetch is not None:
+        if isinstance(prefetch, bool) or not isinstance(prefetch, int) or prefetch < 0:
+            raise ValidationError("prefetch", f"must be an integer >= 0, got {prefetch!r}")
+        return prefetch
+    if multiplier is None:
+        if app.conf.get("worker_disable_prefetch"):
+            return 0
+        multiplier = app.conf.get("worker_prefetch_multiplier", 4)
+    if isinstance(multiplier, bool) or not isinstance(multiplier, int) or multiplier < 0:
+        raise ValidationError(
+            "prefetch_multiplier", f"must be an integer >= 0, got {multiplier!r}"
+        )
+    return None if multiplier == 0 else concurrency * multiplier
+
+
 class Worker:
     """Consume queues and run the app's tasks.
 
@@ -82,19 +132,38 @@ class Worker:
         app_path: ``"package.module:attribute"`` of the app, for child processes to
             import (default: found among the imported modules; required when the app
             lives in ``__main__``).
-        prefetch: messages received beyond the free slots. A busy worker takes no more,
-            so other workers get the rest. A solo worker receives only between batches,
-            so a batch is up to ``1 + prefetch`` messages, run one after the other.
-        eta_task_limit: most messages held for a future eta when the transport cannot
-            delay them itself (default ``worker_eta_task_limit``, else 1000). At the
-            limit the worker stops receiving until some come due.
+        prefetch_multiplier: Celery's ``worker_prefetch_multiplier`` (default: that
+            setting, 4): the worker reserves ``concurrency * prefetch_multiplier``
+            messages beyond the ones running, as Celery's worker (which acks a message
+            when it starts) reserves that many unacked ones. ``0``: no limit, as in
+            Celery (the worker takes what it is given, ``UNLIMITED_RECEIVE`` per call).
+            ``worker_disable_prefetch`` makes it reserve none.
+        prefetch: wiretask's own, instead of the multiplier: exactly this many messages
+            reserved beyond the free slots. A busy worker takes no more, so other
+            workers get the rest. A solo worker receives only between batches, so a
+            batch is up to ``1 + prefetch`` messages, run one after the other.
+        eta_task_limit: most messages held for a future eta (or for a rate limit) when
+            the transport cannot delay them itself (default ``worker_eta_task_limit``,
+            else 1000). At the limit the worker stops receiving until some come due.
+        max_tasks_per_child: ``pool="processes"``: replace a child process after it ran
+            this many tasks (default ``worker_max_tasks_per_child``; Celery's
+            ``--max-tasks-per-child``). Other pools refuse it: they have no child.
+        max_memory_per_child: ``pool="processes"``: replace a child process after a
+            task that left its resident memory above this many KiB (default
+            ``worker_max_memory_per_child``).
         shutdown_timeout: seconds ``run()`` (and the context manager) waits for running
             tasks on stop before requeueing them; ``None`` waits for them to finish.
         transport: the transport to consume from (default ``app.new_transport()``).
+        statedb: file that keeps the revoked task ids across restarts (default
+            ``worker_state_db``; Celery's ``--statedb``; ``control.revoked`` says what
+            it holds).
+        remote_control: listen on Celery's control channel (ping, inspect, revoke;
+            default ``worker_enable_remote_control``, else True). Needs a transport that
+            offers ``Broadcast``; without one a warning says remote control is off.
 
     Raises:
-        ValidationError: a bad queue name, concurrency or prefetch (or a concurrency
-            other than 1 with ``pool="solo"``).
+        ValidationError: a bad queue name, concurrency, prefetch or prefetch
+            multiplier (or a concurrency other than 1 with ``pool="solo"``).
         ImproperlyConfigured: an unknown pool, or a process pool on an in-process broker
             or backend, or with no importable app path.
     """
@@ -108,10 +177,15 @@ class Worker:
         pool: PoolName | type[Pool] = "threads",
         hostname: str | None = None,
         app_path: str | None = None,
-        prefetch: int = 1,
+        prefetch_multiplier: int | None = None,
+        prefetch: int | None = None,
         eta_task_limit: int | None = None,
+        max_tasks_per_child: int | None = None,
+        max_memory_per_child: int | None = None,
         shutdown_timeout: float | None = None,
         transport: Transport | None = None,
+        statedb: str | os.PathLike[str] | None = None,
+        remote_control: bool | None = None,
     ) -> None:
         self.app = app
         self.queues: list[str] = queue_names(
@@ -126,9 +200,8 @@ class Worker:
         if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
             raise ValidationError("concurrency", f"must be an integer >= 1, got {concurrency!r}")
         self.concurrency: int = concurrency
-        if isinstance(prefetch, bool) or not isinstance(prefetch, int) or prefetch < 0:
-            raise ValidationError("prefetch", f"must be an integer >= 0, got {prefetch!r}")
-        self.prefetch = prefetch
+        #: Messages reserved beyond the running ones; None: no limit.
+        self.prefetch: int | None = _prefetch(app, concurrency, prefetch, prefetch_multiplier)
         if eta_task_limit is None:
             eta_task_limit = app.conf.get("worker_eta_task_limit") or DEFAULT_ETA_TASK_LIMIT
         self.eta_task_limit: int = eta_task_limit
@@ -139,8 +212,22 @@ class Worker:
         self._pool = pool_class(PoolSetup(
             app=app, transport=self.transport, hostname=self.hostname,
             concurrency=concurrency, app_path=app_path,
+            max_tasks_per_child=_positive(
+                "max_tasks_per_child", max_tasks_per_child,
+                app.conf.get("worker_max_tasks_per_child"),
+            ),
+            max_memory_per_child=_positive(
+                "max_memory_per_child", max_memory_per_child,
+                app.conf.get("worker_max_memory_per_child"),
+            ),
         ))
         self.app_path = self._pool.app_path
+        if statedb is None:
+            statedb = app.conf.get("worker_state_db")
+        self.statedb = statedb
+        if remote_control is None:
+            remote_control = app.conf.get("worker_enable_remote_control", True)
+        self.remote_control = bool(remote_control)
         self._build()
 
         self._stopped = threading.Event()
@@ -154,18 +241,37 @@ class Worker:
         app = self.app
         self._stopping = threading.Event()  # stop taking work
         self._tracer = Tracer(app, self.hostname)
+
+        def clock() -> float:
+            return app.now().timestamp()
+
         self._ledger = Ledger(
-            self._pool.capacity + self.prefetch, self.eta_task_limit,
-            lambda: app.now().timestamp(),
+            None if self.prefetch is None else self._pool.capacity + self.prefetch,
+            self.eta_task_limit,
+            clock,
         )
         self._unacked = AckRetry()
+        self._clock = LamportClock()
+        self._revoked = RevokedStore(path=self.statedb)
+        self._clock.adjust(self._revoked.saved_clock)
+        self._remote = RemoteControl(
+            app=app, hostname=self.hostname, queues=self.queues, pool=self._pool,
+            ledger=self._ledger, tracer=self._tracer, unacked=self._unacked,
+            revoked=self._revoked, clock=self._clock, stopping=self._stopping,
+            prefetch=self.prefetch,
+        )
+        self._mailbox: Mailbox | None = None
+        steps: list[Step] = [
+            RefuseUnregistered(app, self._tracer),
+            LogReceived(),
+            self._remote.step,
+            HoldEarly(app, self.transport, self._ledger, self._unacked),
+        ]
+        if not app.conf.get("worker_disable_rate_limits"):
+            steps.append(RateLimit(app, self._ledger, clock))
         self._router = Router(
             app,
-            [
-                RefuseUnregistered(app, self._tracer),
-                LogReceived(),
-                HoldEarly(app, self.transport, self._ledger, self._unacked),
-            ],
+            steps,
             self._ledger,
             self._pool.submit,
             self._stopping,
@@ -216,10 +322,39 @@ class Worker:
             self.stop(0)  # release what was started (threads, the connection)
             raise
         self._consumer.start()
+        self._start_mailbox()
         logger.info(
-            "worker %s ready: queues %s, %s pool, concurrency %d",
+            "worker %s ready: queues %s, %s pool, concurrency %d, prefetch %s",
             self.hostname, ",".join(self.queues), self.pool, self.concurrency,
+            "unlimited" if self.prefetch is None else self.prefetch,
         )
+
+    def _start_mailbox(self) -> None:
+        """Listen on Celery's control channel (``control.mailbox``), if remote control
+        is on and the transport can broadcast."""
+        if not self.remote_control:
+            return
+        transport = self.transport
+        if not isinstance(transport, Broadcast):
+            logger.warning(
+                "remote control is off: %s cannot broadcast (its transport does not offer "
+                "Broadcast), so ping, inspect and revoke do not reach this worker",
+                transport.url,
+            )
+            return
+        conf = self.app.conf
+        namespace = str(conf.get("control_exchange") or DEFAULT_NAMESPACE)
+        self._mailbox = Mailbox(
+            transport=transport, hostname=self.hostname, namespace=namespace,
+            queue=node_queue(
+                self.hostname, namespace,
+                expires=conf.get("control_queue_expires", DEFAULT_QUEUE_EXPIRES),
+                message_ttl=conf.get("control_queue_ttl", DEFAULT_QUEUE_TTL),
+            ),
+            commands=self._remote.commands(), registry=self.app.registry,
+            serializer=str(conf.task_serializer), clock=self._clock,
+        )
+        self._mailbox.start()
 
     def stop(self, timeout: float | None = None) -> None:
         """Stop: take no more messages, give back held eta messages and those not yet
@@ -245,6 +380,9 @@ class Worker:
 
     def _shutdown(self, timeout: float | None) -> None:
         logger.info("worker %s stopping", self.hostname)
+        if self._mailbox is not None:
+            self._mailbox.stop()
+        self._revoked.save(self._clock.value)
         self._ledger.wake()
         self._consumer.quiesce()
         held, dispatched = self._ledger.give_back()

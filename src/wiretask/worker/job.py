@@ -14,6 +14,7 @@ sets ``control`` before the body runs, settlement sets ``pending`` before the ac
 from __future__ import annotations
 
 import threading
+import time
 from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
@@ -42,7 +43,7 @@ class Job:
 
     __slots__ = (
         "abandoned", "claimed", "control", "delivery", "lock", "message", "pending",
-        "settled", "terminated",
+        "settled", "started", "terminated",
     )
 
     def __init__(self, delivery: Delivery, message: TaskMessage) -> None:
@@ -52,6 +53,9 @@ class Job:
         self.settled = False
         #: A pool has taken it to run (before that it is "queued").
         self.claimed = False
+        #: When a pool took it to run (``time.time()``; ``inspect active``'s
+        #: ``time_start``), or None while queued.
+        self.started: float | None = None
         #: How the pool gives up on the run at shutdown, while it runs in a thread.
         self.control: Abandonable | None = None
         #: Requeued by a stopping worker while it ran: its outcome is ignored.
@@ -87,6 +91,7 @@ class Job:
             if self.settled:
                 return False
             self.claimed = True
+            self.started = time.time()
             return True
 
     def take_settlement(self, *, only_if_queued: bool = False) -> bool:

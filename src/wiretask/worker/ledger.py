@@ -4,7 +4,8 @@ Two kinds of messages are held: **active** jobs (dispatched to the pool and not 
 yet: queued, running, or waiting for their ack) and **held** early-eta messages (the eta
 heap). The room to receive is ``capacity - active`` (capacity: the pool's plus the
 prefetch), capped by ``eta_task_limit - held``, so a busy worker takes no more and
-leaves the rest for other workers.
+leaves the rest for other workers. Without a capacity (Celery's prefetch multiplier 0:
+no limit) the room is ``UNLIMITED_RECEIVE`` at every turn.
 
 Threading: one condition variable, ``cv``, guards both collections. Settlement notifies
 it when jobs stop being active (the consumer waits on it for room, ``stop()`` for the
@@ -15,6 +16,7 @@ dispatching what arrived, so that two receivers never count the same room.
 
 from __future__ import annotations
 
+import collections
 import threading
 import time
 from collections.abc import Callable
@@ -29,24 +31,29 @@ if TYPE_CHECKING:
     from wiretask.transports.base import Delivery
     from wiretask.worker.job import Job
 
-__all__ = ["POLL_INTERVAL", "Ledger"]
+__all__ = ["POLL_INTERVAL", "UNLIMITED_RECEIVE", "Ledger"]
 
 #: Longest a worker thread waits before looking again at what it waits for (a receive,
 #: the room, the last running job, a child's outcome), so that ``stop()`` and due eta
 #: messages are noticed quickly.
 POLL_INTERVAL = 0.2
+#: The room of a worker without a prefetch limit: how many messages one receive takes.
+UNLIMITED_RECEIVE = 100
 
 
 class Ledger:
     """Active jobs and held eta messages, and the room they leave.
 
     Args:
-        capacity: most active jobs (the pool's capacity plus the prefetch).
+        capacity: most active jobs (the pool's capacity plus the prefetch); None: no
+            limit.
         eta_task_limit: most held eta messages.
         clock: the current Unix time (the app's ``now()``: etas are wall-clock times).
     """
 
-    def __init__(self, capacity: int, eta_task_limit: int, clock: Callable[[], float]) -> None:
+    def __init__(
+        self, capacity: int | None, eta_task_limit: int, clock: Callable[[], float]
+    ) -> None:
         self.capacity = capacity
         self.eta_task_limit = eta_task_limit
         self._clock = clock
@@ -54,6 +61,8 @@ class Ledger:
         self.receiving = threading.Lock()
         self._active: set[Job] = set()
         self._held = EtaHeap()
+        #: Jobs dispatched so far, by task name (``inspect stats``' ``total``).
+        self.total: collections.Counter[str] = collections.Counter()
 
     # -- counting -------------------------------------------------------------------
 
@@ -74,10 +83,10 @@ class Ledger:
             return self._room(freed)
 
     def _room(self, freed: int = 0) -> int:  # under cv
-        return min(
-            self.capacity - len(self._active) + freed,
-            self.eta_task_limit - len(self._held),
-        )
+        held_room = self.eta_task_limit - len(self._held)
+        if self.capacity is None:
+            return min(UNLIMITED_RECEIVE, held_room)
+        return min(self.capacity - len(self._active) + freed, held_room)
 
     def wait_for_room(self, wait: float) -> float | None:
         """The receive timeout to use now: ``wait``, shortened to the next held eta.
@@ -101,6 +110,7 @@ class Ledger:
     def add(self, job: Job) -> None:
         with self.cv:
             self._active.add(job)
+            self.total[job.message.task] += 1
 
     def discard(self, job: Job) -> None:
         """``job`` is settled: it no longer takes room."""
@@ -144,6 +154,23 @@ class Ledger:
         now = self._clock()
         with self.cv:
             return self._held.pop_due(now)
+
+    def holds_any(self) -> bool:
+        """Whether any message is held (read without the lock: a hint for the hot path,
+        as ``release_due``'s own first test)."""
+        return bool(self._held)
+
+    def held_entries(self) -> list[tuple[float, Delivery, TaskMessage]]:
+        """``(eta, delivery, message)`` of the held messages, earliest first (a copy)."""
+        with self.cv:
+            return self._held.entries()
+
+    def take_held(
+        self, predicate: Callable[[TaskMessage], bool]
+    ) -> list[tuple[Delivery, TaskMessage]]:
+        """Take the held messages ``predicate`` selects (revoked ones)."""
+        with self.cv:
+            return self._held.remove(predicate)
 
     def give_back(self) -> tuple[list[tuple[Delivery, TaskMessage]], list[Job]]:
         """At stop: take every held message, and list the active jobs."""

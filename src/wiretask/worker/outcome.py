@@ -7,6 +7,7 @@ the child), so they are plain values; settlement reads nothing else of a run.
 
 from __future__ import annotations
 
+import time
 from typing import TYPE_CHECKING, Literal, Protocol
 
 import attrs
@@ -47,16 +48,22 @@ class Outcome:
 
 
 class Control(Protocol):
-    """Arms and disarms a run's time limits around the task body.
+    """Arms and disarms a run's time limits around the task body, and says how long
+    the worker still wants the run's outcome.
 
     ``begin`` is called right before the body runs and ``end`` right after it (whether
     it returned or raised). ``end`` returns False when the run was abandoned meanwhile
     (a hard time limit already recorded the outcome): the tracer then records nothing.
+    ``wait`` pauses between attempts to store the outcome while the backend is away;
+    it returns False once the worker gave up on the run (it is stopping and requeues
+    the message), so that the tracer stops trying.
     """
 
     def begin(self) -> None: ...
 
     def end(self) -> bool: ...
+
+    def wait(self, seconds: float) -> bool: ...
 
 
 class _NoLimits:
@@ -64,6 +71,10 @@ class _NoLimits:
         return None
 
     def end(self) -> bool:
+        return True
+
+    def wait(self, seconds: float) -> bool:
+        time.sleep(seconds)
         return True
 
 

@@ -11,9 +11,14 @@ steps, in order:
 3. ``HoldEarly``: a message before its eta is re-published with a broker-side delay
    where the transport can delay, else held in the eta heap until it is due. An expired
    message goes through: the tracer revokes it and calls its errbacks.
+4. ``RateLimit`` (unless ``worker_disable_rate_limits``): a message of a task with a
+   ``rate_limit`` (or ``task_default_rate_limit``) that comes before its task type's next
+   token is held in the eta heap until then, so it waits without taking a pool slot or
+   holding back other tasks (Celery's token bucket per task type and worker). A message
+   released from the heap is dispatched at once, as Celery's eta tasks skip the bucket.
 
-A feature that looks at messages before they run (a revoked-id check, rate limits, task
-events) is one more step in that list, not another branch here.
+A feature that looks at messages before they run (a revoked-id check, task events) is
+one more step in that list, not another branch here.
 
 Threading: ``Router.handle`` runs in whichever thread received the deliveries (the
 consumer, or a pool thread whose acks took new messages), always under the ledger's
@@ -33,6 +38,7 @@ from wiretask.protocol import states
 from wiretask.protocol.celery import decode
 from wiretask.protocol.frame import Route
 from wiretask.protocol.timing import is_expired
+from wiretask.tasks import parse_rate
 from wiretask.worker.job import Job
 from wiretask.worker.settlement import dead_letter, requeue
 from wiretask.worker.tracer import format_traceback
@@ -45,7 +51,7 @@ if TYPE_CHECKING:
     from wiretask.worker.settlement import AckRetry
     from wiretask.worker.tracer import Tracer
 
-__all__ = ["HoldEarly", "LogReceived", "RefuseUnregistered", "Router", "Step"]
+__all__ = ["HoldEarly", "LogReceived", "RateLimit", "RefuseUnregistered", "Router", "Step"]
 
 logger = logging.getLogger("wiretask.worker")
 
@@ -209,4 +215,44 @@ class HoldEarly:
             "task %s[%s] eta %s: re-published for delayed delivery",
             message.task, message.id, message.eta.isoformat(),
         )
+        return True
+
+
+class RateLimit:
+    """Celery's rate limits: a token bucket per task type in this worker (Kombu's
+    ``TokenBucket(rate, capacity=1)``: one task at once, then one every ``1/rate``
+    seconds), kept here as the time its next token is free (the same schedule: a
+    bucket of capacity 1 that refills at ``rate``). A message that comes before that
+    time is held in the ledger's eta heap until then and its token taken, so messages
+    of one task type start ``1/rate`` apart in the order they came, while the pool runs
+    other tasks meanwhile.
+
+    The rate is the task's ``rate_limit`` (``Task.rate``), else
+    ``task_default_rate_limit``, read when a message comes (annotations and a changed
+    setting apply at once).
+    """
+
+    def __init__(self, app: App, ledger: Ledger, clock: Callable[[], float]) -> None:
+        self._app = app
+        self._ledger = ledger
+        self._clock = clock
+        #: Per task name: when its next token is free (the clock's time).
+        self._next: dict[str, float] = {}
+
+    def __call__(self, delivery: Delivery, message: TaskMessage) -> bool:
+        task = self._app.tasks.get(message.task)
+        rate = task.rate if task is not None else None
+        if rate is None and (task is None or task.rate_limit is None):
+            rate = parse_rate(self._app.conf.get("task_default_rate_limit"),
+                              field="task_default_rate_limit")
+        if rate is None:
+            return False
+        now = self._clock()
+        start = max(now, self._next.get(message.task, now))
+        self._next[message.task] = start + 1.0 / rate
+        if start <= now:
+            return False
+        self._ledger.hold(start, delivery, message)
+        logger.info("task %s[%s] rate limited (%s): held %.3fs", message.task, message.id,
+                    task.rate_limit if task is not None else "", start - now)
         return True

@@ -14,10 +14,14 @@ once). The rules, in the order a job meets them:
   write the results of the backend too (``FusedSettlement`` with a ``DeferredStore``
   backend, detected with ``isinstance``), a plain ``SUCCESS`` is written in that same
   call (``store_ack_and_receive``): one round trip for results, acks and refill.
-* **Ack retry.** An ack that fails after the outcome was stored is tried again by the
-  consumer every ``ACK_RETRY_INTERVAL`` (``AckRetry``), so a broker blip does not make a
-  task run twice; an outcome that could not be stored gets its message requeued after
-  ``REQUEUE_PAUSE`` (the backend is probably down: requeueing at once would spin).
+* **Settle retry.** An ack that fails after the outcome was stored is tried again by the
+  consumer (``AckRetry``), first after ``ACK_RETRY_INTERVAL``, then backing off to
+  ``MAX_SETTLE_RETRY_INTERVAL`` while the broker stays away, so a broker outage does not
+  make a task run twice. So is a result that was to be written with the ack: it is
+  stored (under the backend's full rules) and then acked, whatever the call that failed
+  had done. The tracer keeps trying to store the other outcomes itself, in the pool
+  (``Tracer``); a message is requeued only when the task asked for it or the worker gave
+  up on the run, after ``REQUEUE_PAUSE``.
 
 Threading: ``finish`` runs in the thread that saw the outcome (a pool thread, a
 time-limit timer); ``commit`` in any of them; ``flush`` in the solo pool's consumer or
@@ -40,12 +44,14 @@ from wiretask.results.base import DeferredStore
 from wiretask.transports.base import Delivery, FusedSettlement, Transport
 
 if TYPE_CHECKING:
+    from wiretask.protocol.states import PendingState
     from wiretask.worker.job import Job
     from wiretask.worker.ledger import Ledger
     from wiretask.worker.outcome import Outcome
 
 __all__ = [
     "ACK_RETRY_INTERVAL",
+    "MAX_SETTLE_RETRY_INTERVAL",
     "REQUEUE_PAUSE",
     "AckRetry",
     "Settlement",
@@ -58,8 +64,11 @@ logger = logging.getLogger("wiretask.worker")
 #: Pause before requeueing a message whose outcome could not be stored (the backend is
 #: probably down: requeueing at once would spin).
 REQUEUE_PAUSE = 1.0
-#: Seconds between attempts to acknowledge again a message whose ack failed.
+#: Seconds before the first attempt to acknowledge again a message whose ack failed
+#: (or to store the result that was to go with it).
 ACK_RETRY_INTERVAL = 1.0
+#: The longest pause between such attempts while the broker stays away (doubling).
+MAX_SETTLE_RETRY_INTERVAL = 5.0
 
 
 def requeue(delivery: Delivery, what: str) -> None:
@@ -85,43 +94,86 @@ def dead_letter(delivery: Delivery, reason: str) -> None:
 
 class AckRetry:
     """Deliveries whose outcome is recorded but whose ack failed (the broker was
-    unreachable): acknowledged again, by the consumer, until it goes through."""
+    unreachable), and deliveries whose result was to be written with their ack by a
+    call that failed: settled again, by the consumer, until it goes through. The pause
+    between rounds doubles from ``interval`` to ``max_interval`` while the broker
+    stays away, and starts again from ``interval`` once a round goes through."""
 
-    def __init__(self, interval: float = ACK_RETRY_INTERVAL) -> None:
+    def __init__(
+        self, interval: float = ACK_RETRY_INTERVAL,
+        max_interval: float = MAX_SETTLE_RETRY_INTERVAL,
+    ) -> None:
         self.interval = interval
+        self.max_interval = max_interval
+        self._pause = interval
         self._lock = threading.Lock()
-        self._unacked: list[Delivery] = []
+        self._unacked: list[tuple[Delivery, PendingState | None]] = []
         self._next = 0.0
+        #: Writes the results (``Settlement.use_fused`` sets it with its backend).
+        self.store: DeferredStore | None = None
 
     def __len__(self) -> int:
         with self._lock:
             return len(self._unacked)
 
     def add(self, deliveries: Iterable[Delivery]) -> None:
+        """Deliveries whose outcome is stored: ack them again."""
         with self._lock:
-            self._unacked.extend(deliveries)
+            self._unacked.extend((d, None) for d in deliveries)
+
+    def add_unstored(self, results: Iterable[tuple[Delivery, PendingState]]) -> None:
+        """Deliveries whose result (prepared, not known to be written) must be stored,
+        then the delivery acked."""
+        self._add(results)
+
+    def _add(self, entries: Iterable[tuple[Delivery, PendingState | None]]) -> None:
+        with self._lock:
+            self._unacked.extend(entries)
 
     def due(self, now: float) -> bool:
         """Whether there is something to retry at ``now`` (``time.monotonic()``)."""
         return bool(self._unacked) and now >= self._next
 
     def retry(self, now: float) -> None:
-        """Acknowledge them again, one by one, until the broker is unreachable again
-        (the rest wait ``interval``). An ack is idempotent where it can fail this way
-        (Redis: ZREM and HDEL of its tag); one that is settled after all (the broker
-        refuses it) is dropped."""
-        self._next = now + self.interval
+        """Settle them again, one by one, until the broker is unreachable again (the
+        rest wait, longer each time). A result is stored under the backend's full rules
+        (a state stored meanwhile stays), then its delivery is acked. An ack is
+        idempotent where it can fail this way (Redis: ZREM and HDEL of its tag); one
+        that is settled after all (the broker refuses it) is dropped."""
         with self._lock:
             retry, self._unacked = self._unacked, []
-        for index, delivery in enumerate(retry):
+        for index, (delivery, result) in enumerate(retry):
+            unstored = result
             try:
+                if result is not None:
+                    self._store(result)
+                    unstored = None
                 delivery.ack()
-            except ConnectionLost:
-                self.add(retry[index:])
+            except (ConnectionLost, _StoreFailed) as exc:
+                self._add([(delivery, unstored), *retry[index + 1:]])
+                self._next = now + self._pause
+                logger.warning("%d message(s) still to settle (%s); trying again in %gs",
+                               len(retry) - index, exc, self._pause)
+                self._pause = min(self._pause * 2, self.max_interval)
                 return
             except Exception as exc:  # settled after all, or a transport bug: not again
                 logger.warning("message %s: not acked again: %r", delivery.frame.task_id, exc)
-        logger.info("acked %d message(s) whose ack had failed", len(retry))
+        self._pause = self.interval
+        self._next = now + self.interval
+        logger.info("settled %d message(s) whose ack had failed", len(retry))
+
+    def _store(self, pending: PendingState) -> None:
+        store = self.store
+        if store is None:  # only the fused path prepares results, and it sets a store
+            raise _StoreFailed("no result backend to write to")
+        try:
+            store.store_pending(pending)
+        except Exception as exc:
+            raise _StoreFailed(f"result of {pending.task_id} not stored: {exc}") from exc
+
+
+class _StoreFailed(Exception):
+    """A result waiting in ``AckRetry`` could not be stored yet."""
 
 
 class Settlement:
@@ -170,6 +222,7 @@ class Settlement:
             and transport.stores_results_of(backend)
         ):
             self._fused, self._deferred = transport, backend
+            self._unacked.store = backend
         return self._deferred
 
     # -- one job ----------------------------------------------------------------------
@@ -311,14 +364,18 @@ class Settlement:
                 self._queues,
                 limit=max(room, 0),
             )
-        except Exception:
-            logger.exception(
-                "could not store the results of %s; their messages are requeued to run "
-                "again", ", ".join(j.describe for j in stored),
+        except Exception as exc:
+            # The call may or may not have landed (a lost reply): store each result
+            # under the backend's full rules (a state stored by it stays), then ack,
+            # until the broker answers. The tasks ran; they do not run again.
+            logger.warning(
+                "could not store the results of %s with their acks (%s); storing them "
+                "and acking again until the broker answers",
+                ", ".join(j.describe for j in stored), exc,
             )
-            self._stopping.wait(REQUEUE_PAUSE)
-            for job in stored:
-                requeue(job.delivery, job.describe)
+            self._unacked.add_unstored(
+                (j.delivery, j.pending) for j in stored if j.pending is not None
+            )
             self._unacked.add(plain)  # their outcomes are recorded
             return ()
         for index in skipped:
@@ -333,13 +390,10 @@ class Settlement:
         assert job.pending is not None  # what ``stored`` holds
         try:
             deferred.store_pending(job.pending)
-        except Exception:
-            logger.exception(
-                "task %s: could not store SUCCESS; the message is requeued to run "
-                "again", job.describe,
-            )
-            self._stopping.wait(REQUEUE_PAUSE)
-            requeue(job.delivery, job.describe)
+        except Exception as exc:
+            logger.warning("task %s: could not store SUCCESS (%s); storing it and acking "
+                           "again until the backend answers", job.describe, exc)
+            self._unacked.add_unstored([(job.delivery, job.pending)])
             return
         try:
             job.delivery.ack()

@@ -15,6 +15,8 @@ key                                   type   content
                                       zset   tag -> delivery (or last lease) time; also
                                              the restore tokens of held messages
 ``unacked_mutex``                     string redis-py lock guarding ``restore_visible``
+``_wiretask.leases``                  zset   tag -> when the lease of a wiretask
+                                             consumer on it runs out (unix s)
 ``_wiretask.delayed``                 zset   member -> due time (unix s), all queues
 ``_wiretask.delayed.messages``        hash   member -> ``[list, queue, envelope, 1]`` JSON
 ``_wiretask.delayed.queue.<queue>``   zset   member -> due time, one queue's share
@@ -86,9 +88,13 @@ commands through ``wiretask._redis.client.Commands``, on connections it keeps, i
 loopback round trip takes.
 
 **Leases.** While this process holds a delivery a heartbeat thread refreshes its
-``unacked_index`` score (``ZADD XX``) every ``lease_interval`` seconds, so neither wiretask's
-nor Celery's ``restore_visible`` hands a running message to a second consumer. Set
-``lease_interval`` below the smallest ``visibility_timeout`` of any consumer on the database.
+``unacked_index`` score and its lease in ``_wiretask.leases`` (``ZADD XX``) every
+``lease_interval`` seconds, so neither wiretask's nor Celery's ``restore_visible`` hands a
+running message to a second consumer. A lease nobody renews runs out after
+``lease_timeout`` (default 60 s) and a wiretask restorer brings the message back then,
+while messages without a lease (a Celery worker's) wait for Kombu's whole
+``visibility_timeout`` (spec TRANSPORTS.md §1.3 says why that is safe). Set ``lease_interval`` below
+the smallest ``visibility_timeout`` of any consumer on the database.
 
 **Layout.** The package is split by job; ``RedisTransport`` (``transport``) composes one
 part of each and delegates its hooks to them:
@@ -108,6 +114,8 @@ module              job
                     any other command that reports on queues
 ``scheduler``       ``Scheduler`` (``due``), ``Movers`` (the heartbeat) and
                     ``run_scheduler``
+``broadcast``       ``Broadcaster``: fanout over pub/sub and reply queues (``Broadcast``:
+                    Celery's remote control, ``spec/control.md``)
 ``envelope``        Kombu's list entry, priorities and bindings (pure)
 ``deadletters``     the ``<queue>.dead`` entries (written by several parts, read by admin)
 ``delivery``        ``RedisDelivery``

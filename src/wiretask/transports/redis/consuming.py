@@ -29,11 +29,12 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, cast
 
 from wiretask._redis import scripts
-from wiretask.errors import TransportError
+from wiretask._redis.client import Pieces
+from wiretask.errors import ConnectionLost, TransportError
 from wiretask.transports.base import Delivery, Transport
 from wiretask.transports.redis.database import Database, text
 from wiretask.transports.redis.deadletters import dead_entry
-from wiretask.transports.redis.delivery import RedisDelivery
+from wiretask.transports.redis.delivery import KEPT_ENTRY, RedisDelivery
 from wiretask.transports.redis.envelope import BadEntry, decode
 from wiretask.transports.redis.leases import LeaseKeeper, Restorer
 from wiretask.transports.redis.settling import Settler
@@ -58,11 +59,13 @@ class Consumer:
     Args:
         poll_interval: seconds between ``POP`` attempts while the queues are empty,
             instead of blocking in BRPOP (``None``: BRPOP).
+        lease_timeout: seconds a received message stays leased without a renewal.
     """
 
     def __init__(
         self, transport: Transport, database: Database, *, leases: LeaseKeeper,
         restorer: Restorer, settler: Settler, poll_interval: float | None,
+        lease_timeout: float,
     ) -> None:
         self._transport = transport
         self._db = database
@@ -73,9 +76,14 @@ class Consumer:
         self._restorer = restorer
         self._settler = settler
         self._poll_interval = poll_interval
+        self._lease_timeout = lease_timeout
         self._lock = threading.Lock()
         #: The current round-robin order of each list of queues consumed together.
         self._cycles: dict[tuple[str, ...], list[str]] = {}
+        #: Entries a BRPOP took that could not be recorded in ``unacked`` yet (Redis
+        #: went away right after answering): recorded, and delivered, first thing at
+        #: the next receive. Only in this process's memory meanwhile.
+        self._unrecorded: list[tuple[str, bytes]] = []
 
     def receive_many(
         self, queues: list[str], limit: int, timeout: float
@@ -86,8 +94,12 @@ class Consumer:
         to ``timeout`` seconds for the first one, never for more, and never past the
         next delayed message of ``queues`` (so that ``POP`` can move it)."""
         deadline = time.monotonic() + timeout
-        self._restorer.maybe_restore()
+        if self._unrecorded:
+            return self._record_unrecorded(queues)
         while True:
+            # Each turn (a turn blocks at most restore_interval): a lapsed lease is
+            # brought back while this consumer waits, and it may be the one to take it.
+            self._restorer.maybe_restore()
             deliveries, popped, next_due, _ = self.pop(queues, limit, (), ())
             if deliveries:
                 return deliveries
@@ -139,15 +151,26 @@ class Consumer:
         the due time of the next delayed message of these queues when none was, and
         the positions of the results that were not written."""
         order = self._order(names)
+        now = time.time()
         call = scripts.pop(self._keys, queues=order, lists=self._db.lists(order),
-                           now=time.time(), promote_limit=_PROMOTE_LIMIT, limit=limit,
-                           ack_tags=ack,
+                           now=now, promote_limit=_PROMOTE_LIMIT, limit=limit,
+                           lease_until=now + self._lease_timeout, ack_tags=ack,
                            results=[(d.delivery_tag, p) for d, p in results] if results else ())
         with self._receiving:
             reply = scripts.read_pop(self._commands.script(call), order)
         if not reply.taken:
             return [], 0, reply.next_due, reply.not_stored
-        return self._take_all(names, reply.entries), reply.taken, None, reply.not_stored
+        try:
+            taken = self._take_all(names, reply.entries)
+        except TransportError:
+            if not (ack or results):
+                raise
+            # The script ran: its results are stored and its acks done. A failure to
+            # take what it popped must not read as a failure of those (the entries are
+            # in ``unacked`` and come back by restore, or were dead letters).
+            log.exception("could not take what a receive popped after acknowledging")
+            taken = []
+        return taken, reply.taken, None, reply.not_stored
 
     def _block(self, names: list[str], remaining: float) -> list[RedisDelivery]:
         """BRPOP on every bucket list of ``names`` for up to ``remaining`` seconds."""
@@ -159,15 +182,46 @@ class Consumer:
         if not blocked:
             return []
         key, raw = cast(list[bytes], blocked)
-        return self._take_all(names, [(owners[text(key)], raw, "")])
+        queue = owners[text(key)]
+        try:
+            return self._take_all(names, [(queue, raw, "")])
+        except ConnectionLost:
+            # Popped, and only here now: keep it, record it when Redis answers again
+            # (a Redis restart between the pop and its record would otherwise lose it).
+            self._unrecorded.append((queue, raw))
+            raise
+
+    def _record_unrecorded(self, names: list[str]) -> list[RedisDelivery]:
+        """Record and deliver what a BRPOP took while Redis went away.
+
+        Raises:
+            ConnectionLost: Redis is still away (they stay kept).
+        """
+        kept, self._unrecorded = self._unrecorded, []
+        deliveries: list[RedisDelivery] = []
+        for index, (queue, raw) in enumerate(kept):
+            try:
+                delivery = self._take(queue, raw, None)
+            except ConnectionLost:
+                self._unrecorded = kept[index:] + self._unrecorded
+                if deliveries:
+                    return deliveries
+                raise
+            if delivery is not None:
+                self._rotate(names, queue)
+                deliveries.append(delivery)
+        log.info("recorded %d message(s) taken just before Redis went away", len(kept))
+        return deliveries
 
     def _take_all(
         self, names: list[str], popped: list[tuple[str, bytes, str]]
     ) -> list[RedisDelivery]:
         """Deliveries for popped ``(queue, entry, tag)``s, rotating the round robin for
-        each, as ``POP`` did. Every entry is handled even if one fails (a dead-letter
-        write, the BRPOP path's recording); the failure is raised only when no
-        delivery came out, so none is left held without its caller knowing."""
+        each, as ``POP`` did. Every entry is handled whatever happens to another: one
+        that is not a readable envelope is dead-lettered and the others are delivered,
+        so none is left recorded in ``unacked`` without a delivery (its lease renewed
+        for nobody). A failure to record or dead-letter one is raised only when no
+        delivery came out (the caller sees the broker error); otherwise it is logged."""
         deliveries: list[RedisDelivery] = []
         error: TransportError | None = None
         for queue, raw, tag in popped:
@@ -187,10 +241,14 @@ class Consumer:
 
     def _block_for(self, remaining: float) -> float:
         # One BRPOP must answer before the socket timeout: block at most half of it
-        # (and receive loops). Never 0, which means "forever" to Redis; its timeout
-        # resolution is a millisecond, 10 ms keeps the number exact.
+        # (and receive loops). Nor past the next restore scan: a message whose lease
+        # lapsed comes back within lease_timeout + restore_interval while anyone waits.
+        # Never 0, which means "forever" to Redis; its timeout resolution is a
+        # millisecond, 10 ms keeps the number exact.
         if self._db.socket_timeout:
             remaining = min(remaining, self._db.socket_timeout / 2)
+        if self._restorer.interval > 0:
+            remaining = min(remaining, self._restorer.interval)
         return max(round(remaining, 3), 0.01)
 
     def _order(self, names: list[str]) -> list[str]:
@@ -212,22 +270,35 @@ class Consumer:
         except BadEntry as exc:
             self._dead_letter_entry(queue, raw, tag, exc.reason)
             return None
-        entry = raw.decode("utf-8")
+        except Exception as exc:  # a bug in the decoder must not lose the entry
+            log.exception("unexpected error reading an entry of %r", queue)
+            self._dead_letter_entry(queue, raw, tag, f"unreadable entry: {exc!r}")
+            return None
+        if tag is not None and tag != received.delivery_tag:
+            # Lua's cjson read the tag differently (a lone surrogate escape): the entry
+            # was recorded under a tag no ack of ours could name.
+            self._dead_letter_entry(queue, raw, tag, "entry 'properties.delivery_tag' is "
+                                    "not UTF-8 text")
+            return None
         if tag is None:  # BRPOP path: Kombu's QoS.append (MULTI ZADD + HSET)
-            stored = f"[{entry}, {json.dumps(received.exchange)}, " \
-                     f"{json.dumps(received.routing_key)}]"
+            # Written in pieces, not joined: a large entry is not copied again.
+            stored = Pieces((b"[", raw, f", {json.dumps(received.exchange)}, "
+                             f"{json.dumps(received.routing_key)}]".encode()))
+            now = time.time()
             with self._receiving:
                 self._commands.run([
                     ("MULTI",),
-                    ("ZADD", self._keys.unacked_index, repr(time.time()),
-                     received.delivery_tag),
+                    ("ZADD", self._keys.unacked_index, repr(now), received.delivery_tag),
                     ("HSET", self._keys.unacked, received.delivery_tag, stored),
+                    ("ZADD", self._keys.leases, repr(now + self._lease_timeout),
+                     received.delivery_tag),
                     ("EXEC",),
                 ])
         delivery = RedisDelivery(
             self._transport, frame=received.frame, queue=queue,
             redelivered=received.redelivered, delivery_tag=received.delivery_tag,
-            entry=entry, exchange=received.exchange, routing_key=received.routing_key,
+            entry=raw.decode("utf-8") if len(raw) <= KEPT_ENTRY else None,
+            entry_size=len(raw), exchange=received.exchange, routing_key=received.routing_key,
         )
         self._leases.hold(delivery)
         return delivery
@@ -241,6 +312,8 @@ class Consumer:
             pipe = db.client.pipeline()
             pipe.rpush(db.keys.dead(queue), dead_entry(queue, reason, raw, at=time.time()))
             if tag is not None:
-                pipe.zrem(db.keys.unacked_index, tag)
-                pipe.hdel(db.keys.unacked, tag)
+                name = tag.encode("utf-8", "surrogateescape")  # the bytes POP recorded
+                pipe.zrem(db.keys.unacked_index, name)
+                pipe.hdel(db.keys.unacked, name)
+                pipe.zrem(db.keys.leases, name)
             pipe.execute()

@@ -2,17 +2,21 @@
 
 A received message is recorded in ``unacked`` (the message) and ``unacked_index`` (its
 delivery tag, scored with the time of delivery or of its last lease renewal), exactly
-as Kombu records it. Two parts look after those records:
+as Kombu records it, and, when a wiretask consumer took it, in ``_wiretask.leases``
+(its tag, scored with the time its lease runs out). Two parts look after those records:
 
 * ``LeaseKeeper`` owns the deliveries this process holds and the heartbeat thread that
-  refreshes their ``unacked_index`` scores (``ZADD XX``) every ``lease_interval``
-  seconds, so that neither wiretask's nor Celery's ``restore_visible`` hands a running
-  message to a second consumer. When the transport closes, it gives back what is still
-  held.
+  renews them every ``lease_interval`` seconds: a fresh ``unacked_index`` score (so
+  that neither wiretask's nor Celery's ``restore_visible`` hands a running message to a
+  second consumer) and a lease running ``lease_timeout`` from now (both ``ZADD XX``).
+  When the transport closes, it gives back what is still held.
 * ``Restorer`` puts messages back in their queues: Kombu's ``QoS.restore_visible``
   (every message whose score is older than ``visibility_timeout``, under the
-  ``unacked_mutex`` lock) and ``QoS.restore_by_tag`` (one message: a requeue, a give
-  back on close, or one found by the scan).
+  ``unacked_mutex`` lock), plus every message whose wiretask lease ran out, and
+  ``QoS.restore_by_tag`` (one message: a requeue, a give back on close, or one found by
+  the scan). So a message whose wiretask consumer died (or never got the reply of the
+  pop that took it) comes back after ``lease_timeout``, while a message a Celery worker
+  holds (Celery renews nothing) is left alone for Kombu's whole ``visibility_timeout``.
 """
 
 from __future__ import annotations
@@ -71,6 +75,11 @@ class Restorer:
         self._lock = threading.Lock()
         self._next = 0.0
 
+    @property
+    def interval(self) -> float:
+        """Least seconds between two scans that ``maybe_restore`` runs."""
+        return self._interval
+
     def maybe_restore(self) -> None:
         """``restore_visible`` if the last scan this process ran is ``interval`` ago."""
         now = time.monotonic()
@@ -83,21 +92,27 @@ class Restorer:
     def restore_visible(self) -> int:
         """Kombu's ``QoS.restore_visible``: under the non-blocking ``unacked_mutex`` lock,
         restore (RPUSH, flagged redelivered) every message whose ``unacked_index`` score
-        is older than ``visibility_timeout`` (at most ``limit``). Returns how many were
-        restored; 0 when another process holds the mutex."""
+        is older than ``visibility_timeout``, and every message whose wiretask lease ran
+        out (at most ``limit`` of each). Returns how many were restored; 0 when another
+        process holds the mutex."""
         db, keys = self._db, self._db.keys
-        ceiling = time.time() - self._visibility_timeout
+        now = time.time()
+        ceiling = now - self._visibility_timeout
         with db.errors("restore_visible"):
             lock = db.client.lock(keys.unacked_mutex, timeout=self._mutex_expire)
             if not lock.acquire(blocking=False):
                 return 0
             try:
-                rows = cast(list[tuple[bytes, float]], db.client.zrange(
+                offset = None if self._limit is None else 0
+                stale = cast(list[bytes], db.client.zrange(
                     keys.unacked_index, ceiling, 0, desc=True, byscore=True,
-                    withscores=True, offset=None if self._limit is None else 0,
-                    num=self._limit,
+                    offset=offset, num=self._limit,
                 ))
-                return sum(self.restore_tag(text(tag), leftmost=False) for tag, _ in rows)
+                lapsed = cast(list[bytes], db.client.zrange(
+                    keys.leases, "-inf", now, byscore=True, offset=offset, num=self._limit,
+                ))
+                tags = dict.fromkeys(text(tag) for tag in [*stale, *lapsed])
+                return sum(self.restore_tag(tag, leftmost=False) for tag in tags)
             finally:
                 try:
                     lock.release()
@@ -122,6 +137,7 @@ class Restorer:
             pipe.multi()
             pipe.zrem(keys.unacked_index, tag)
             pipe.hdel(keys.unacked, tag)
+            pipe.zrem(keys.leases, tag)
             for key, entry in pushes:
                 (pipe.lpush if leftmost else pipe.rpush)(key, entry)
             if dead is not None:
@@ -175,9 +191,16 @@ class LeaseKeeper:
     leases every ``interval`` seconds (started with the first hold, ended when nothing
     is held, restarted on demand)."""
 
-    def __init__(self, database: Database, interval: float) -> None:
+    def __init__(
+        self, database: Database, interval: float, timeout: float,
+        restorer: Restorer | None = None,
+    ) -> None:
         self._db = database
         self._interval = interval
+        self._timeout = timeout
+        #: Scans for lapsed leases at each beat too (``maybe_restore``), so a worker
+        #: too busy to receive still brings back what a dead consumer held.
+        self._restorer = restorer
         self._lock = threading.Lock()
         self._held: dict[str, RedisDelivery] = {}
         self._heartbeat: threading.Thread | None = None
@@ -222,8 +245,9 @@ class LeaseKeeper:
 
     def _renew(self, stop: threading.Event) -> None:
         """Heartbeat thread: ``ZADD XX`` the current time for every held tag, so a
-        restorer (ours or Kombu's) sees a fresh score. XX never re-adds a tag that an
-        ack removed meanwhile. Exits when nothing is held (restarted on demand)."""
+        restorer (ours or Kombu's) sees a fresh score, and the end of a new lease. XX
+        never re-adds a tag that an ack removed meanwhile. Exits when nothing is held
+        (restarted on demand)."""
         db = self._db
         while not stop.wait(self._interval):
             with self._lock:
@@ -235,6 +259,17 @@ class LeaseKeeper:
             now = time.time()
             try:
                 with db.errors("lease renewal"):
-                    db.client.zadd(db.keys.unacked_index, dict.fromkeys(tags, now), xx=True)
+                    db.commands.transaction([
+                        ("ZADD", db.keys.unacked_index, "XX",
+                         *(x for tag in tags for x in (repr(now), tag))),
+                        ("ZADD", db.keys.leases, "XX",
+                         *(x for tag in tags for x in (repr(now + self._timeout), tag))),
+                    ])
             except TransportError as exc:
                 log.warning("could not renew %d lease(s): %s", len(tags), exc)
+                continue
+            if self._restorer is not None:
+                try:
+                    self._restorer.maybe_restore()
+                except TransportError as exc:
+                    log.warning("could not restore lapsed messages: %s", exc)

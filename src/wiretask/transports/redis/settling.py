@@ -18,7 +18,6 @@ from wiretask._redis import scripts
 from wiretask.errors import TransportError
 from wiretask.transports.base import Delivery, Settlement, Transport
 from wiretask.transports.redis.database import Database
-from wiretask.transports.redis.deadletters import dead_entry
 from wiretask.transports.redis.delivery import RedisDelivery
 from wiretask.transports.redis.leases import LeaseKeeper, Restorer
 
@@ -137,12 +136,24 @@ class Settler:
         return stale, acked
 
     def _dead_letter(self, delivery: RedisDelivery, reason: str) -> None:
+        """Move the entry Redis holds for ``delivery`` to ``<queue>.dead`` (``DEAD_LETTER``:
+        the consumer keeps no copy of it).
+
+        Raises:
+            TransportError: the delivery is not recorded any more (its lease ran out and
+                it was restored to its queue, so it comes back); it is marked settled.
+        """
         db = self._db
+        call = scripts.dead_letter(db.keys, delivery.delivery_tag, queue=delivery.queue,
+                                   reason=reason, at=time.time(),
+                                   entry_size=delivery.entry_size)
         with db.errors("dead-letter"):
-            pipe = db.client.pipeline()
-            pipe.rpush(db.keys.dead(delivery.queue),
-                       dead_entry(delivery.queue, reason, delivery.entry.encode(),
-                                  at=time.time()))
-            pipe.zrem(db.keys.unacked_index, delivery.delivery_tag)
-            pipe.hdel(db.keys.unacked, delivery.delivery_tag)
-            pipe.execute()
+            moved = db.commands.script(call)
+        if not moved:
+            delivery._settled = "lost its lease"
+            self._leases.release(delivery)
+            raise TransportError(
+                f"cannot dead-letter {delivery.delivery_tag}: its lease ran out and the "
+                "message was restored to its queue (it will be delivered again)",
+                url=db.url,
+            )

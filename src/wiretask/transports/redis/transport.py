@@ -14,10 +14,13 @@ from wiretask._redis import scripts
 from wiretask._redis.client import target_of
 from wiretask._redis.options import DelayMode, parse
 from wiretask.errors import ValidationError
+from wiretask.protocol.frame import Frame
 from wiretask.transports.base import (
+    BoundQueue,
     Capabilities,
     DeadLetter,
     Delivery,
+    Exchange,
     Peeked,
     Prepared,
     QueueStats,
@@ -26,6 +29,7 @@ from wiretask.transports.base import (
     queue_names,
 )
 from wiretask.transports.redis.admin import Admin
+from wiretask.transports.redis.broadcast import Broadcaster, RedisInbox
 from wiretask.transports.redis.consuming import Consumer
 from wiretask.transports.redis.database import Database
 from wiretask.transports.redis.delivery import RedisDelivery
@@ -60,12 +64,20 @@ class RedisTransport(Transport):
             about 100 s for Celery workers). ``"celery"``: never (and
             ``capabilities.native_delay`` is False).
         global_keyprefix: Prepended to every key, as Kombu's option of that name.
-        visibility_timeout: Seconds after which an unacked message of a dead consumer is
-            restored (Kombu's default 3600).
-        lease_interval: Seconds between lease refreshes of held deliveries (default:
-            ``visibility_timeout / 6``, at most 60).
+        visibility_timeout: Kombu's: seconds after which an unacked message that no
+            wiretask consumer leases (a Celery worker's) is restored (default 3600, as
+            Kombu's). Keep it at least as long as the Celery workers sharing the
+            database hold a message (their longest task, their longest eta).
+        lease_timeout: Seconds after which a message received by a wiretask consumer
+            that stopped renewing its lease (it died, or lost the reply of the pop that
+            took it) is restored (default 60, at most ``visibility_timeout``). See spec
+            TRANSPORTS.md §1.3: why this is safe next to Celery workers, and how long a lost message
+            takes to come back.
+        lease_interval: Seconds between lease renewals of held deliveries (default:
+            ``lease_timeout / 4``, and at most ``visibility_timeout / 6`` and 60).
         restore_interval: Least seconds between two ``restore_visible`` scans that
-            ``receive`` runs (default 30; Kombu's effective cadence is about 100).
+            ``receive`` runs (default ``lease_timeout / 4``, at most 30; Kombu's
+            effective cadence is about 100).
         restore_limit: Most messages restored per scan (default: all).
         poll_interval: Seconds between atomic ``POP`` attempts while the queues are
             empty, instead of blocking in BRPOP (default: None, BRPOP). See the package
@@ -92,6 +104,7 @@ class RedisTransport(Transport):
         self.url = db.url
         self.delay_mode: DelayMode = config.delay_mode
         self.visibility_timeout = config.visibility_timeout
+        self.lease_timeout = config.lease_timeout
         self.lease_interval = config.lease_interval
         self.restore_interval = config.restore_interval
         self.restore_limit = config.restore_limit
@@ -110,16 +123,17 @@ class RedisTransport(Transport):
         #: through ``wiretask._redis.client.target_of``).
         self._redis = db.target
         # The parts, one per job (see the package doc).
-        self._leases = LeaseKeeper(db, config.lease_interval)
         self._restorer = Restorer(
             db, visibility_timeout=config.visibility_timeout,
             interval=config.restore_interval, limit=config.restore_limit,
             mutex_expire=config.mutex_expire,
         )
+        self._leases = LeaseKeeper(db, config.lease_interval, config.lease_timeout,
+                                   self._restorer)
         self._settler = Settler(self, db, self._leases, self._restorer)
         self._consumer = Consumer(
             self, db, leases=self._leases, restorer=self._restorer, settler=self._settler,
-            poll_interval=config.poll_interval,
+            poll_interval=config.poll_interval, lease_timeout=config.lease_timeout,
         )
         movers = Movers(db)
         hold = {"auto": movers.alive, "native": lambda: True, "celery": lambda: False}
@@ -128,6 +142,7 @@ class RedisTransport(Transport):
                                     markers=config.publish_markers)
         self._admin = Admin(db)
         self._scheduler = Scheduler(db, movers)
+        self._broadcaster = Broadcaster(db)
 
     def __repr__(self) -> str:
         return f"<RedisTransport {self.url} delay_mode={self.delay_mode}>"
@@ -314,3 +329,14 @@ class RedisTransport(Transport):
         """``QueueStatistics``: every queue's numbers in one script run (see
         ``Admin.queue_stats`` for how each is read, and what Redis cannot tell)."""
         return self._admin.queue_stats(queues)
+
+    # -- broadcast (Broadcast: Kombu's fanout over pub/sub and its reply queues) ----------
+
+    def broadcast(self, exchange: Exchange, frame: Frame, *, routing_key: str = "") -> None:
+        """``Broadcaster.broadcast``: fanout over pub/sub, direct and topic through
+        Kombu's binding table."""
+        self._broadcaster.broadcast(exchange, frame, routing_key)
+
+    def listen(self, exchange: Exchange, queue: BoundQueue) -> RedisInbox:
+        """``Broadcaster.listen``: a pub/sub subscription (fanout) or the queue's lists."""
+        return self._broadcaster.listen(exchange, queue)

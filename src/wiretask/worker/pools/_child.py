@@ -9,8 +9,15 @@ thread pools. Its soft time limit is a ``SIGALRM`` timer (``AlarmControl``) that
 raises ``SoftTimeLimitExceeded`` in the task; the hard limit is the parent's business
 (it kills the child, ``pools/processes.py``).
 
+A child never outlives its parent: a thread in the child waits on the pipe end that
+``multiprocessing`` gives every spawned child to watch its parent (it reaches end of
+file when the parent exits, however it exits, SIGKILL included) and ends the child at
+once, mid-task if need be (``watch_parent``). Otherwise the children of a killed worker
+would finish tasks whose messages the broker hands out again, and run them twice.
+
 Threading: a ``ChildProcess`` is driven by one parent thread at a time (its pool slot);
-the child itself runs one task at a time in its main thread.
+the child itself runs one task at a time in its main thread, next to the thread that
+watches its parent.
 """
 
 from __future__ import annotations
@@ -21,8 +28,11 @@ import multiprocessing
 import multiprocessing.connection
 import os
 import pickle
+import resource
 import signal
 import sys
+import threading
+import time
 import traceback
 from collections.abc import Mapping
 from types import FrameType, ModuleType
@@ -53,6 +63,8 @@ logger = logging.getLogger("wiretask.worker")
 
 #: Seconds a new child process may take to import the app and report ready.
 CHILD_START_TIMEOUT = 60.0
+#: The exit code of a child whose parent died.
+PARENT_GONE_EXIT_CODE = 70
 
 
 # -- finding the app in a child process ----------------------------------------------
@@ -82,10 +94,14 @@ def load_app(app_path: str) -> App:
 
 def find_app_path(app: App) -> str | None:
     """``"module:attribute"`` of an imported module that holds ``app``, if there is one
-    (``__main__`` does not count: a child process cannot import it by that name)."""
+    (``__main__`` does not count: a child process cannot import it by that name; nor do
+    wiretask's own modules, which hold the current app in a variable a child would not
+    have set)."""
     for name, module in list(sys.modules.items()):
         if name in ("__main__", "__mp_main__") or not isinstance(module, ModuleType):
             continue
+        if name == "wiretask" or name.startswith("wiretask."):
+            continue  # its own references (the current app) are not importable paths
         for attribute, value in list(vars(module).items()):
             if value is app:
                 return f"{name}:{attribute}"
@@ -124,10 +140,52 @@ class AlarmControl:
         signal.setitimer(signal.ITIMER_REAL, 0)
         return True
 
+    def wait(self, seconds: float) -> bool:
+        # The parent gives up on a run by killing this process: keep waiting until then.
+        time.sleep(seconds)
+        return True
+
+
+def rss_kib() -> int:
+    """The resident memory of this process in KiB, for ``max_memory_per_child``: the
+    current figure where the system tells it (``/proc/self/statm``), else the peak
+    (``ru_maxrss``). Not the peak on Linux: a spawned child's ``ru_maxrss`` starts at
+    its parent's high-water mark (it survives ``execve``), so a large worker process
+    would replace every child at once."""
+    try:
+        with open("/proc/self/statm", "rb") as statm:
+            pages = int(statm.read().split()[1])
+    except (OSError, ValueError, IndexError):
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        return peak // 1024 if sys.platform == "darwin" else peak
+    return pages * (os.sysconf("SC_PAGE_SIZE") // 1024)
+
 
 def _on_alarm(signum: int, frame: FrameType | None) -> None:
     del signum, frame
     raise SoftTimeLimitExceeded
+
+
+def watch_parent() -> bool:
+    """In a spawned child: end this process as soon as its parent process is gone.
+
+    ``multiprocessing`` keeps the write end of a pipe open in the parent for each
+    spawned child and hands the child the read end (``parent_process().sentinel``);
+    the kernel closes it when the parent exits, for any reason. A daemon thread waits
+    for that and calls ``os._exit``: no cleanup runs, nothing more is stored or sent
+    (the message is not acked, so the broker delivers it again: at least once).
+    Returns False where there is no parent to watch (not a spawned child)."""
+    parent = multiprocessing.parent_process()
+    if parent is None:
+        return False
+    sentinel = parent.sentinel
+
+    def watch() -> None:
+        multiprocessing.connection.wait([sentinel])
+        os._exit(PARENT_GONE_EXIT_CODE)
+
+    threading.Thread(target=watch, name="wiretask-watch-parent", daemon=True).start()
+    return True
 
 
 def _child_main(
@@ -145,6 +203,7 @@ def _child_main(
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     signal.signal(signal.SIGALRM, _on_alarm)
+    watch_parent()
     if not logging.getLogger().handlers:
         logging.basicConfig(
             level=log_level, format="[%(asctime)s: %(levelname)s/%(processName)s] %(message)s"
@@ -170,7 +229,7 @@ def _child_main(
             outcome = tracer.execute(
                 message, delivery_info=delivery_info, control=AlarmControl(soft)
             )
-            conn.send(outcome)
+            conn.send((outcome, rss_kib()))
     finally:
         app.close()
 
@@ -203,6 +262,9 @@ class ChildProcess:
         child_conn.close()
         self._ready = False
         self._app_path = app_path
+        #: Tasks run, and the resident memory (KiB) reported after the last one.
+        self.tasks_run = 0
+        self.rss_kib = 0
 
     def wait_ready(self, timeout: float = CHILD_START_TIMEOUT) -> None:
         """Wait for the child to report that it loaded the app."""
@@ -251,7 +313,9 @@ class ChildProcess:
         """
         if not self._conn.poll(timeout):
             return None
-        outcome: Outcome = self._conn.recv()
+        outcome: Outcome
+        outcome, self.rss_kib = self._conn.recv()
+        self.tasks_run += 1
         return outcome
 
     def signal_kill(self) -> None:

@@ -98,6 +98,9 @@ class ThreadControl:
         self._thread_id: int | None = None
         self._timers: list[threading.Timer] = []
         self._soft_raised = False  # the soft limit's exception was sent to the thread
+        #: Set when the worker gives up on the run, even after the body ended (it may
+        #: be storing the outcome, waiting for the backend to come back).
+        self._given_up = threading.Event()
 
     @property
     def abandoned(self) -> bool:
@@ -105,7 +108,9 @@ class ThreadControl:
 
     def abandon(self) -> bool:
         """Give up on the run (the worker is stopping and requeues the message).
-        Returns False if the body had already finished."""
+        Returns False if the body had already finished (a store of its outcome that is
+        still waiting for the backend stops trying)."""
+        self._given_up.set()
         with self._lock:
             if self._phase == "done":
                 return False
@@ -141,6 +146,11 @@ class ThreadControl:
                 # cannot hit the worker's own code. (No limit fired: nothing pending.)
                 _take_pending()
             return True
+
+    def wait(self, seconds: float) -> bool:
+        """Pause ``seconds`` before the next attempt to store the outcome; False once
+        the worker gave up on the run."""
+        return not self._given_up.wait(seconds)
 
     def _cancel(self) -> None:
         for timer in self._timers:

@@ -189,15 +189,19 @@ class AsyncioPool(Pool):
     async def _run(self, job: Job) -> None:
         tracer = self.context.tracer
         message = job.message
+        hard, soft = tracer.time_limits(message)
+        control = _LoopControl(self, job, asyncio.current_task(), soft=soft, hard=hard)
+        job.control = control
         try:
-            started = await self._in_thread(tracer.start, message, job.delivery_info)
+            started = await self._in_thread(tracer.start, message, job.delivery_info, control)
             if isinstance(started, Outcome):
                 outcome = started
             else:
-                run = await self._body(job, started)
+                run = await self._body(job, started, control)
                 if run is None:
                     return  # the hard limit recorded the outcome, or the worker stopped
-                outcome = await self._in_thread(tracer.conclude, message, started, run)
+                outcome = await self._in_thread(tracer.conclude, message, started, run,
+                                                control)
         except Exception as exc:
             # A bug in the worker, not in the task: keep the message, but out of the
             # queue, where it would fail the same way again and again.
@@ -206,23 +210,20 @@ class AsyncioPool(Pool):
         if outcome.settle != "none":
             await self._in_thread(self.report, job, outcome)
 
-    async def _body(self, job: Job, started: Started) -> Run | None:
-        """Await the task's body under its time limits; ``None`` if the run was given
-        up (hard limit, or the worker stopping)."""
+    async def _body(self, job: Job, started: Started, control: _LoopControl) -> Run | None:
+        """Await ``before_start`` and the task's body under its time limits, with the
+        request current (as the tracer's ``_run_body`` runs them in a thread); ``None``
+        if the run was given up (hard limit, or the worker stopping)."""
         task, request, message = started.task, started.request, job.message
-        hard, soft = self.context.tracer.time_limits(message)
-        control = _LoopControl(self, job, asyncio.current_task(), soft=soft, hard=hard)
-        job.control = control
         begun = time.monotonic()
         retval: Any = None
         error: BaseException | None = None
         with task.running(request):
             control.begin()
             try:
-                if task.bind:
-                    retval = task.run(task, *message.args, **message.kwargs)
-                else:
-                    retval = task.run(*message.args, **message.kwargs)
+                if task.custom_hooks:
+                    task.before_start(message.id, list(message.args), dict(message.kwargs))
+                retval = task._trace_call(message.args, message.kwargs)
                 if asyncio.iscoroutine(retval):
                     retval = await _Interruptible(retval, control)
             except asyncio.CancelledError as exc:
@@ -262,6 +263,8 @@ class _LoopControl:
         self._lock = threading.Lock()
         self._phase = "new"  # new -> running -> done | abandoned
         self._timers: list[asyncio.TimerHandle] = []
+        #: Set when the worker gives up on the run (``wait`` stops at once).
+        self._given_up = threading.Event()
         #: The soft limit fired and its exception is still to be raised in the body.
         self._soft_pending = False
 
@@ -292,7 +295,9 @@ class _LoopControl:
 
     def abandon(self) -> bool:
         """The worker stops and requeues the message: cancel the body (from any
-        thread). False if it had finished."""
+        thread). False if it had finished (a store of its outcome that is still waiting
+        for the backend stops trying)."""
+        self._given_up.set()
         with self._lock:
             if self._phase == "done":
                 return False
@@ -304,6 +309,11 @@ class _LoopControl:
             except RuntimeError:  # the loop is closed: nothing runs any more
                 pass
         return True
+
+    def wait(self, seconds: float) -> bool:
+        """From an I/O thread: pause ``seconds`` before the next attempt to store the
+        outcome; False once the worker gave up on the run."""
+        return not self._given_up.wait(seconds)
 
     def take_soft(self) -> bool:
         """Whether a cancellation the body sees is the soft limit's (once)."""

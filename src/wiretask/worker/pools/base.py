@@ -38,6 +38,7 @@ from the pool's own threads (and time-limit timers); ``abandon``, ``terminate`` 
 from __future__ import annotations
 
 import abc
+import os
 import threading
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, ClassVar, Literal, Protocol
@@ -70,6 +71,10 @@ class PoolSetup:
         hostname: the worker's node name.
         concurrency: how many tasks may run at once (already checked, >= 1).
         app_path: ``"package.module:attribute"`` of the app, if given.
+        max_tasks_per_child: replace a child process after it ran this many tasks
+            (Celery's ``worker_max_tasks_per_child``), if set.
+        max_memory_per_child: replace a child process after a task that left its
+            resident memory above this many KiB (``worker_max_memory_per_child``).
     """
 
     app: App
@@ -77,6 +82,8 @@ class PoolSetup:
     hostname: str
     concurrency: int
     app_path: str | None = None
+    max_tasks_per_child: int | None = None
+    max_memory_per_child: int | None = None
 
 
 class ConsumerHandle(Protocol):
@@ -122,8 +129,20 @@ class Pool(abc.ABC):
 
     #: The pool's name, as ``Worker(pool=...)`` takes it and logs show it.
     name: ClassVar[str]
+    #: Whether it runs tasks in child processes it can replace
+    #: (``max_tasks_per_child``, ``max_memory_per_child``).
+    replaces_children: ClassVar[bool] = False
 
     def __init__(self, setup: PoolSetup) -> None:
+        if not self.replaces_children:
+            for option, value in (("max_tasks_per_child", setup.max_tasks_per_child),
+                                  ("max_memory_per_child", setup.max_memory_per_child)):
+                if value is not None:
+                    raise ImproperlyConfigured(
+                        f"worker_{option}={value!r}: pool={self.name!r} runs tasks in this "
+                        "process, so there is no child process to replace; use "
+                        "pool='processes' (--pool prefork) or leave it unset"
+                    )
         self.setup = setup
         #: How many jobs run at once.
         self.capacity = setup.concurrency
@@ -200,6 +219,16 @@ class Pool(abc.ABC):
             f"pool={self.name!r} cannot terminate a running task (a thread cannot be "
             "stopped from outside); use pool='processes'"
         )
+
+    def processes(self) -> list[int]:
+        """The pids of the processes that run tasks (``inspect stats``): this one, for
+        pools that run tasks in threads of the worker process."""
+        return [os.getpid()]
+
+    def worker_pid(self, job: Job) -> int | None:
+        """The pid of the process running ``job`` (``inspect active``'s ``worker_pid``),
+        or None if it is not running."""
+        return os.getpid() if job.claimed else None
 
     @abc.abstractmethod
     def stop(self, until: float) -> None:

@@ -9,6 +9,11 @@ as Celery's prefork pool does: the slot kills the child, records
 (a crash, ``os._exit``) is recorded as ``WorkerLostError`` and replaced the same way,
 and ``terminate`` kills the child running a given job on request.
 
+A child that has run ``max_tasks_per_child`` tasks, or whose resident memory
+after a task is above ``max_memory_per_child`` KiB, is replaced after that task, as
+Celery's prefork pool recycles its children (a leaking task's memory goes back to the
+system).
+
 It needs a broker and a result backend that other processes can reach, and an app
 the children can import (``app_path``, found among the imported modules when not
 given); the constructor refuses anything else.
@@ -58,6 +63,7 @@ class ProcessPool(Pool):
     """``concurrency`` child processes, each running one task at a time."""
 
     name = "processes"
+    replaces_children = True
 
     def __init__(self, setup: PoolSetup) -> None:
         super().__init__(setup)
@@ -125,6 +131,14 @@ class ProcessPool(Pool):
         child.signal_kill()
         return True
 
+    def processes(self) -> list[int]:
+        return [child.pid for child in self._children if child.pid is not None]
+
+    def worker_pid(self, job: Job) -> int | None:
+        with self._lock:
+            index = next((i for i, running in self._running.items() if running is job), None)
+            return None if index is None else self._children[index].pid
+
     def stop(self, until: float) -> None:
         slots = list(self._slots)
         for _ in slots:
@@ -170,7 +184,10 @@ class ProcessPool(Pool):
         if isinstance(ended, Outcome):
             self.report(job, ended)
             if not job.terminated:
-                return True
+                if not self._spent(child):
+                    return True
+                child.close()
+                return self._replace_child(index)
             # Terminated as it finished: the outcome stands, but the child is killed.
             child.kill()
             return self._replace_child(index)
@@ -203,6 +220,25 @@ class ProcessPool(Pool):
             if deadline is not None and time.monotonic() >= deadline:
                 return "timeout"
         return "abandoned"
+
+    def _spent(self, child: ChildProcess) -> bool:
+        """Whether ``child`` is to be replaced after the task it just ran."""
+        setup = self.setup
+        if setup.max_tasks_per_child is not None and (
+            child.tasks_run >= setup.max_tasks_per_child
+        ):
+            logger.info("child process %s ran %d task(s) (max_tasks_per_child): replaced",
+                        child.pid, child.tasks_run)
+            return True
+        if setup.max_memory_per_child is not None and (
+            child.rss_kib > setup.max_memory_per_child
+        ):
+            logger.warning(
+                "child process %s uses %d KiB, above max_memory_per_child (%d KiB): "
+                "replaced", child.pid, child.rss_kib, setup.max_memory_per_child,
+            )
+            return True
+        return False
 
     def _failure(
         self, job: Job, child: ChildProcess, ended: _Ended, hard: float | None
