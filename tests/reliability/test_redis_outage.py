@@ -4,6 +4,7 @@ restart (append-only file), as a production Redis would."""
 
 from __future__ import annotations
 
+import asyncio
 import signal
 import threading
 import time
@@ -176,15 +177,29 @@ def test_a_stopping_worker_gives_the_unstored_message_back(
 # -- a caller waiting for a result (item 5) ----------------------------------------------
 
 
-def _wait_in_thread(app: App, task_id: str, timeout: float,
-                    seen: list[str]) -> tuple[threading.Thread, dict[str, object]]:
+def _wait_in_thread(app: App, task_id: str, timeout: float, seen: list[str],
+                    api: str = "sync") -> tuple[threading.Thread, dict[str, object]]:
+    """Wait for the result in a thread, with ``get`` (``api="sync"``) or with ``aget``
+    on an event loop of the thread's own (``"asyncio"``)."""
     outcome: dict[str, object] = {}
+
+    def on_message(meta: dict[str, Any]) -> None:
+        seen.append(str(meta["status"]))
+
+    async def aget() -> object:
+        try:
+            return await app.AsyncResult(task_id).aget(timeout=timeout, on_message=on_message)
+        finally:
+            await app.aclose()
 
     def wait() -> None:
         started = time.monotonic()
         try:
-            outcome["value"] = app.AsyncResult(task_id).get(
-                timeout=timeout, on_message=lambda meta: seen.append(str(meta["status"])))
+            if api == "sync":
+                outcome["value"] = app.AsyncResult(task_id).get(timeout=timeout,
+                                                                on_message=on_message)
+            else:
+                outcome["value"] = asyncio.run(aget())
         except Exception as exc:
             outcome["error"] = exc
         outcome["took"] = time.monotonic() - started
@@ -194,9 +209,10 @@ def _wait_in_thread(app: App, task_id: str, timeout: float,
     return thread, outcome
 
 
+@pytest.mark.parametrize("api", ["sync", "asyncio"])
 @pytest.mark.parametrize("downtime", [0.0, 1.5])
 def test_get_waits_through_a_restart_and_sees_the_state_stored_meanwhile(
-    redis_server: RedisServer, downtime: float
+    redis_server: RedisServer, downtime: float, api: str
 ) -> None:
     url = f"{redis_server.url}/0"
     app = App("waiter", broker=url, backend=url)
@@ -204,7 +220,7 @@ def test_get_waits_through_a_restart_and_sees_the_state_stored_meanwhile(
         task_id = "waited-through-a-restart"
         app.backend.store(task_id, states.make_meta(task_id, "PROGRESS", 1))
         seen: list[str] = []
-        thread, outcome = _wait_in_thread(app, task_id, 30, seen)
+        thread, outcome = _wait_in_thread(app, task_id, 30, seen, api)
         wait_until(lambda: seen == ["PROGRESS"], 10, "the subscription's first state")
         redis_server.stop()
         time.sleep(downtime)
@@ -219,17 +235,30 @@ def test_get_waits_through_a_restart_and_sees_the_state_stored_meanwhile(
         app.close()
 
 
+@pytest.mark.parametrize("api", ["sync", "asyncio"])
 def test_get_does_not_wait_past_its_timeout_while_redis_is_frozen(
-    redis_server: RedisServer,
+    redis_server: RedisServer, api: str
 ) -> None:
     url = f"{redis_server.url}/0"
     app = App("frozen", broker=url, backend=url)
     assert redis_server.proc is not None
+
+    async def aget() -> None:
+        try:
+            await app.AsyncResult("never-stored").aget(timeout=3)
+        finally:
+            await app.aclose()
+
     try:
         redis_server.proc.send_signal(signal.SIGSTOP)
         started = time.monotonic()
+        def wait() -> object:
+            if api == "sync":
+                return app.AsyncResult("never-stored").get(timeout=3)
+            return asyncio.run(aget())
+
         with pytest.raises((ConnectionLost, TimeoutError)):
-            app.AsyncResult("never-stored").get(timeout=3)
+            wait()
         took = time.monotonic() - started
         assert took < 3 + SUBSCRIBE_TIMEOUT + 1.5, f"get(timeout=3) took {took:.1f}s"
     finally:

@@ -17,7 +17,11 @@ connection as they arrive, so a cancelled ``next()`` loses nothing; closing a
 subscription (also from the ``finally`` of a cancelled ``aget``) unsubscribes its
 channels. A start cut short, or a lost subscriber connection, makes the next ``next()``
 resynchronize (subscribe, snapshot, token again) and deliver the current state if it
-differs from the last one delivered, so the final state is never missed.
+differs from the last one delivered, so the final state is never missed. While Redis is
+away (stopped, restarting, frozen), ``next(timeout)`` keeps trying, as the sync
+subscription does: backing off from 50 ms to 1 s, each attempt bounded by
+``SUBSCRIBE_TIMEOUT``, never past the caller's timeout (then ``ConnectionLost``); a
+subscription made while Redis is away subscribes at its first ``next()``.
 """
 
 from __future__ import annotations
@@ -35,11 +39,16 @@ from wiretask._errormap import map_exceptions
 from wiretask._redis.aio import AsyncCommands, AsyncSubscriber
 from wiretask._redis.errors import REDIS_ERRORS
 from wiretask._redis.scripts import store_if_absent, write_command
-from wiretask.errors import TransportError
+from wiretask.errors import ConnectionLost, TransportError
 from wiretask.protocol import states
 from wiretask.results.aio import AsyncResultBackend, AsyncSubscription
 from wiretask.results.base import check_meta
-from wiretask.results.redis import MAX_WATCH_RETRIES, SyncedChannel
+from wiretask.results.redis import (
+    _RESUBSCRIBE_BACKOFF,
+    MAX_WATCH_RETRIES,
+    SUBSCRIBE_TIMEOUT,
+    SyncedChannel,
+)
 
 if TYPE_CHECKING:
     from wiretask.results.redis import RedisBackend
@@ -127,7 +136,9 @@ class AsyncRedisBackend(AsyncResultBackend):
             raise TransportError("the result backend is closed", url=self.url)
         subscription = AsyncRedisSubscription(self, task_id)
         try:
-            await subscription._start(deliver_unchanged=True)
+            await subscription._start_within(SUBSCRIBE_TIMEOUT, deliver_unchanged=True)
+        except ConnectionLost as exc:
+            subscription._lost = exc  # Redis is away: the first next() subscribes
         except BaseException:
             await subscription.close()
             raise
@@ -167,6 +178,9 @@ class AsyncRedisSubscription(AsyncSubscription):
         #: The subscriber connection was lost, or a start was cut short: subscribe and
         #: take a snapshot again before reading on.
         self._resync = True
+        #: Why the last attempt to subscribe failed (raised by ``next`` if Redis is
+        #: still away when its timeout runs out).
+        self._lost: ConnectionLost | None = None
 
     # -- Listener (called on the loop by the shared subscriber) ---------------------------
 
@@ -193,20 +207,59 @@ class AsyncRedisSubscription(AsyncSubscription):
         synced.snapshot(current, deliver_unchanged=deliver_unchanged)
         self._resync = False
 
+    async def _start_within(self, seconds: float, *, deliver_unchanged: bool) -> None:
+        """``_start``, given up after ``seconds`` (a frozen server) as a lost connection.
+
+        Raises:
+            ConnectionLost: Redis is away, or did not answer in time.
+        """
+        try:
+            async with asyncio.timeout(seconds):
+                await self._start(deliver_unchanged=deliver_unchanged)
+        except TimeoutError as exc:
+            raise ConnectionLost(
+                f"Redis did not confirm the subscription within {seconds:g} s",
+                url=self._backend.url,
+            ) from exc
+
     def _unsubscribe(self) -> None:
         if self._channels:
             self._backend.subscriber.unsubscribe(self, self._channels)
             self._channels = ()
 
     async def next(self, timeout: float | None) -> dict[str, Any] | None:
+        """As ``RedisSubscription.next``: a lost connection is resubscribed (with a
+        fresh snapshot, so the final state is not missed) as often as it takes within
+        ``timeout``, backing off from 50 ms to 1 s while Redis is away, each attempt
+        bounded by ``SUBSCRIBE_TIMEOUT`` (a frozen server); the wait does not pass it.
+
+        Raises:
+            ConnectionLost: Redis was still unreachable when ``timeout`` ran out.
+            TransportError: any other failure (a refused password: not retried).
+        """
         loop = asyncio.get_running_loop()
         deadline = None if timeout is None else loop.time() + max(0.0, timeout)
+        pause = _RESUBSCRIBE_BACKOFF[0]
         while not (self.finished or self.closed):
             if self._resync:
                 # A lost connection (or a start cut short by a cancellation): subscribe
-                # again; the snapshot delivers the current state if it changed. If
-                # Redis is away, this raises.
-                await self._start(deliver_unchanged=False)
+                # again; the snapshot delivers the current state if it changed.
+                remaining = None if deadline is None else deadline - loop.time()
+                if remaining is not None and remaining <= 0:
+                    if self._lost is not None:
+                        raise self._lost
+                    return None
+                try:
+                    await self._start_within(SUBSCRIBE_TIMEOUT if remaining is None
+                                             else min(SUBSCRIBE_TIMEOUT, remaining),
+                                             deliver_unchanged=False)
+                except ConnectionLost as exc:
+                    self._lost = exc
+                    left = None if deadline is None else deadline - loop.time()
+                    await asyncio.sleep(max(0.0, pause if left is None else min(pause, left)))
+                    pause = min(pause * 2, _RESUBSCRIBE_BACKOFF[1])
+                    continue
+                pause, self._lost = _RESUBSCRIBE_BACKOFF[0], None
             self._wakeup.clear()
             data = self._synced.pop()
             if data is not None:
