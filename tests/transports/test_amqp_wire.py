@@ -16,7 +16,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from amqp_support import celery_like_frame
-from wiretask._amqp import wire
+from wiretask._amqp import topology, wire
 from wiretask.errors import EncodeError, ValidationError
 from wiretask.protocol.frame import Frame
 
@@ -194,3 +194,30 @@ def test_a_buffered_frame_is_readable_only_when_whole() -> None:
     assert not _whole_frame(frame[:-1])
     assert not _whole_frame(frame[:6])
     assert not _whole_frame(b"")
+
+
+def test_declarations_are_framed_as_py_amqp_frames_them() -> None:
+    """``declaration_frames`` (what the asyncio twin writes through aiormq) is what
+    py-amqp's channel methods write for the same declarations (the sync driver)."""
+    declarations: list[topology.Declaration] = [
+        topology.Exchange("e", "topic"),
+        topology.Queue("q", {"x-max-priority": 10, "x-queue-type": "classic"}),
+        topology.Bind("q", "e", "k.#"),
+        topology.BindExchange("d", "s", "0.#"),
+    ]
+    written: list[bytes] = []
+
+    class Transport:
+        def write(self, data: bytes | memoryview) -> None:
+            written.append(bytes(data))
+
+    class Connection:
+        transport = Transport()
+        bytes_sent = 0
+        frame_max = 131072
+
+    writer = frame_writer(Connection(), Transport())
+    for item in declarations:
+        method_sig, signature, arguments = wire.declaration_method(item)
+        writer(1, 3, method_sig, dumps(signature, arguments), None)
+    assert wire.declaration_frames(3, declarations) == b"".join(written)

@@ -92,6 +92,8 @@ class Queue:
     name: str
     arguments: dict[str, Any] = attrs.field(factory=dict, hash=False)
     durable: bool = True
+    #: Deleted with its last consumer (``rpc://``'s reply queue without ``x-expires``).
+    auto_delete: bool = False
 
 
 @attrs.frozen

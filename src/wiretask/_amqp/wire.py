@@ -23,7 +23,7 @@ whole batch goes out in one write.
 from __future__ import annotations
 
 import struct
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from datetime import datetime
 from decimal import Decimal
 from typing import Any
@@ -34,6 +34,7 @@ from amqp.basic_message import Message
 from amqp.exceptions import FrameSyntaxError
 from amqp.serialization import dumps
 
+from wiretask._amqp import topology
 from wiretask.errors import EncodeError, ValidationError
 from wiretask.protocol.frame import Frame
 
@@ -43,6 +44,8 @@ __all__ = [
     "Encoded",
     "ack_frames",
     "check_name",
+    "declaration_frames",
+    "declaration_method",
     "encode",
     "publish_frames",
     "to_frame",
@@ -164,6 +167,39 @@ def ack_frames(channel: int, tags: list[int]) -> bytes:
     parts: list[bytes] = []
     for tag in tags:
         method = _ACK + dumps("Lb", (tag, False))
+        parts += (struct.pack(">BHI", 1, channel, len(method)), method, _FRAME_END)
+    return b"".join(parts)
+
+
+def declaration_method(item: topology.Declaration) -> tuple[tuple[int, int], str, tuple[Any, ...]]:
+    """The method (its class and method ids), py-amqp's argument signature and the
+    arguments of a declaration, sent with ``nowait`` (the broker answers none of them;
+    a failure closes the channel), exactly as py-amqp's ``exchange_declare``,
+    ``queue_declare``, ``queue_bind`` and ``exchange_bind`` write them with the
+    arguments the transport and ``rpc://`` give (queues are never exclusive)."""
+    if isinstance(item, topology.Exchange):
+        return (spec.Exchange.Declare, "BssbbbbbF",
+                (0, item.name, item.type, False, item.durable, item.auto_delete, False, True,
+                 None))
+    if isinstance(item, topology.Queue):
+        return (spec.Queue.Declare, "BsbbbbbF",
+                (0, item.name, False, item.durable, False, item.auto_delete, True,
+                 item.arguments))
+    if isinstance(item, topology.Bind):
+        return (spec.Queue.Bind, "BsssbF",
+                (0, item.queue, item.exchange, item.routing_key, True, None))
+    return (spec.Exchange.Bind, "BsssbF",
+            (0, item.destination, item.source, item.routing_key, True, None))
+
+
+def declaration_frames(channel: int, declarations: Iterable[topology.Declaration]) -> bytes:
+    """The method frames of ``declarations`` (``declaration_method``) on ``channel``,
+    for one write: what py-amqp writes for them, for a driver whose own table writer
+    is not py-amqp's (Kombu's)."""
+    parts: list[bytes] = []
+    for item in declarations:
+        method_sig, signature, arguments = declaration_method(item)
+        method = struct.pack(">HH", *method_sig) + dumps(signature, arguments)
         parts += (struct.pack(">BHI", 1, channel, len(method)), method, _FRAME_END)
     return b"".join(parts)
 

@@ -65,7 +65,7 @@ import threading
 import time
 from collections import Counter, deque
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import amqp
 from amqp import exceptions as amqp_errors
@@ -88,7 +88,12 @@ from wiretask.transports.base import (
     queue_names,
 )
 
-__all__ = ["AMQPDelivery", "AMQPTransport"]
+if TYPE_CHECKING:
+    from wiretask.transports.amqp_aio import AsyncAMQPTransport
+
+__all__ = [
+    "AMQPDelivery", "AMQPTransport", "Planned", "Routes", "declaration_refused", "refused",
+]
 
 log = logging.getLogger("wiretask.transports.amqp")
 
@@ -200,10 +205,8 @@ class AMQPTransport(Transport):
         self._declared: set[topology.Declaration] = set()
         #: Routes whose declarations were made on this connection (checked per publish).
         self._ready_routes: set[tuple[str, str, str, bool]] = set()
-        #: Exchanges with a type of their own (``exchange_types``, then ``bind_queue``).
-        self._exchange_types: dict[str, str] = dict(config.exchange_types)
-        #: (exchange, routing key, queue, delayed) -> what the route needs declared.
-        self._routes: dict[tuple[str, str, str, bool], tuple[topology.Declaration, ...]] = {}
+        #: Where messages go and what to declare first (shared with the asyncio twin).
+        self.routes = Routes(config, self.capabilities)
         self._next_tag = 1
         self._confirm_floor = 1  # every tag below it is settled (acked or nacked)
         self._confirm_ceiling = 1  # tags of the batch in flight end below it
@@ -229,6 +232,11 @@ class AMQPTransport(Transport):
         self._heartbeat_stop = threading.Event()
         self._heartbeat: threading.Thread | None = None
         self._heartbeat_lock = threading.Lock()
+
+    @property
+    def options(self) -> Options:
+        """The parsed URL and options (the asyncio twin connects with them)."""
+        return self._options
 
     def __repr__(self) -> str:
         return f"<AMQPTransport {self.url} delay_mode={self._options.delay_mode}>"
@@ -265,6 +273,14 @@ class AMQPTransport(Transport):
         with self._publisher.lock:
             self._publisher.close()
             self._pub_channel = self._admin_channel = None
+
+    def async_twin(self) -> AsyncAMQPTransport:
+        """The asyncio twin over aiormq (``transports.amqp_aio``): the same declarations,
+        bytes, confirms and refusals, on a connection of its own; it owns this
+        transport (for its options and routes)."""
+        from wiretask.transports.amqp_aio import AsyncAMQPTransport  # noqa: PLC0415
+
+        return AsyncAMQPTransport(self)
 
     def _open_publisher(self) -> amqp.Connection:
         """The publishing connection and its channels (caller holds its lock)."""
@@ -360,7 +376,7 @@ class AMQPTransport(Transport):
                 arguments (the message names them; match ``queue_type``/``max_priority``
                 /``queue_arguments`` to the fleet's configuration).
         """
-        self._declare_all(self._queue_declarations(queue))
+        self._declare_all(self.routes.queue_declarations(queue))
 
     def bind_queue(
         self, queue: str, exchange: str, routing_key: str, *,
@@ -376,38 +392,7 @@ class AMQPTransport(Transport):
             ValidationError: an empty queue or exchange name, or an unknown type.
             ConnectionLost, TransportError: as ``declare_queue``.
         """
-        queue_names([queue])
-        if not isinstance(exchange, str) or not exchange:
-            raise ValidationError("exchange", f"must be a non-empty string, got {exchange!r}")
-        if exchange_type not in ("direct", "topic"):
-            raise ValidationError("exchange_type", "must be 'direct' or 'topic'",
-                                  value=exchange_type)
-        wire.check_name("exchange", exchange)
-        wire.check_name("routing_key", routing_key)
-        self._exchange_types[exchange] = exchange_type
-        self._declare_all([
-            topology.Exchange(exchange, exchange_type),
-            topology.Queue(queue, self._options.arguments_of(queue)),
-            topology.Bind(queue, exchange, routing_key),
-        ])
-
-    def _queue_declarations(self, queue: str) -> list[topology.Declaration]:
-        """Celery's declaration of ``queue``; with the ladder and the queue's binding to
-        it when the calling API sends delayed messages that way (as Celery's worker
-        declares them for its quorum queues, so that Celery's own delayed messages
-        reach a fleet of wiretask workers)."""
-        options = self._options
-        declarations = topology.queue_declaration(
-            queue, options.arguments_of(queue),
-            self._exchange_types.get(queue, options.exchange_type),
-        )
-        if self.capabilities.native_delay_on_send:
-            declarations += self._ladder_for(queue)
-        return declarations
-
-    def _ladder_for(self, queue: str) -> list[topology.Declaration]:
-        return [*topology.ladder(self._options.delayed_delivery_queue_type),
-                topology.delayed_destination(queue)]
+        self._declare_all(self.routes.binding(queue, exchange, routing_key, exchange_type))
 
     def _declare_all(self, declarations: Iterable[topology.Declaration]) -> None:
         with self._publisher.lock:
@@ -427,12 +412,9 @@ class AMQPTransport(Transport):
                 channel.basic_qos(0, 0, False)  # a synchronous barrier: errors arrive first
         except TransportError as exc:
             self._channel_failed(exc.__cause__ or exc, "admin")
-            if "PRECONDITION_FAILED" in str(exc) and topology.LADDER_PREFIX in str(exc):
-                raise TransportError(
-                    f"{exc}; the delay ladder exists with other arguments: set "
-                    "delayed_delivery_queue_type to the fleet's "
-                    "broker_native_delayed_delivery_queue_type", url=self.url,
-                ) from exc
+            refusal = declaration_refused(exc, self.url)
+            if refusal is not exc:
+                raise refusal from exc
             raise
         self._declared.update(todo)
 
@@ -450,9 +432,9 @@ class AMQPTransport(Transport):
             TransportError: some messages were nacked or unroutable (named); the others
                 of the batch are on the broker.
         """
-        self._send([self._plan(message) for message in messages])
+        self._send([self.routes.plan(message) for message in messages])
 
-    def _send(self, plan: Sequence[_Planned]) -> None:
+    def _send(self, plan: Sequence[Planned]) -> None:
         """Declare what ``plan`` needs, write it in one go, wait for its confirms."""
         link = self._publisher
         with link.lock:
@@ -488,7 +470,10 @@ class AMQPTransport(Transport):
             returned = list(self._returned)
             self._returned.clear()
         if nacked or returned:
-            raise self._refused(plan, first, nacked, returned)
+            raise refused(
+                self.url, plan, [tag - first for tag in nacked],
+                [(why, ex, rk, _task_id(m)) for why, ex, rk, m in returned],
+            )
 
     def _await_confirms(self, connection: amqp.Connection) -> None:
         deadline = time.monotonic() + self._options.confirm_timeout
@@ -530,65 +515,6 @@ class AMQPTransport(Transport):
                         "key %r): %s", exchange, routing_key, exc)
         self._returned.append((str(exc), exchange, routing_key, message))
 
-    def _refused(
-        self, plan: Sequence[_Planned], first: int, nacked: Sequence[int],
-        returned: Sequence[tuple[str, str, str, amqp.Message]],
-    ) -> TransportError:
-        problems = []
-        if returned:
-            what = [f"task {_task_id(m)} (exchange {ex!r}, routing key {rk!r}: {why})"
-                    for why, ex, rk, m in returned[:5]]
-            problems.append(f"{len(returned)} unroutable message(s), returned by the "
-                            f"broker: {'; '.join(what)}")
-        if nacked:
-            ids = [plan[t - first].task_id for t in nacked if 0 <= t - first < len(plan)]
-            problems.append(f"{len(nacked)} message(s) refused (nacked) by the broker, e.g. "
-                            f"a full queue with x-overflow=reject-publish: tasks {ids[:5]}")
-        return TransportError("publish: " + "; ".join(problems), url=self.url)
-
-    def _plan(self, message: Prepared) -> _Planned:
-        """Encode one message and decide where it goes (no I/O)."""
-        route = message.route
-        exchange, key, destination = route.exchange, route.key, message.queue
-        encoded = wire.encode(message.frame)
-        delayed = 0
-        if message.due is not None and self.capabilities.native_delay:
-            delayed = topology.delay_seconds(message.due - time.time())
-        where = (exchange, key, route.queue, delayed > 0)
-        declarations = self._routes.get(where)
-        if declarations is None:
-            declarations = self._route_declarations(exchange, key, route.queue, destination,
-                                                    delayed=delayed > 0)
-        if delayed:
-            exchange, key = topology.TOP_LEVEL, topology.delay_routing_key(delayed, destination)
-            wire.check_name("routing_key", key)
-        return _Planned(encoded, exchange, key, where, declarations, message.frame.task_id)
-
-    def _route_declarations(
-        self, exchange: str, key: str, queue: str, destination: str, *, delayed: bool
-    ) -> tuple[topology.Declaration, ...]:
-        """What a route needs declared, checked and remembered (``_routes``): the same
-        routes come back on every publish."""
-        queue_names([destination])
-        wire.check_name("exchange", exchange)
-        wire.check_name("routing_key", key)
-        options = self._options
-        if exchange:
-            declarations: list[topology.Declaration] = [
-                topology.Exchange(exchange,
-                                  self._exchange_types.get(exchange, options.exchange_type)),
-                topology.Queue(queue, options.arguments_of(queue)),
-                topology.Bind(queue, exchange, key),
-            ]
-        else:
-            declarations = self._queue_declarations(key)
-        if delayed:
-            declarations += self._ladder_for(destination)
-        result = tuple(declarations)
-        if len(self._routes) < _ROUTE_CACHE:
-            self._routes[(exchange, key, queue, delayed)] = result
-        return result
-
     # -- consuming ------------------------------------------------------------------
 
     def _receive(self, queues: list[str], timeout: float) -> AMQPDelivery | None:
@@ -613,7 +539,7 @@ class AMQPTransport(Transport):
         deadline = time.monotonic() + timeout
         self._consuming = True
         if self._queues_declared.get(tuple(names)) != self._pub_epoch:
-            self._declare_all([d for queue in names for d in self._queue_declarations(queue)])
+            self._declare_all([d for queue in names for d in self.routes.queue_declarations(queue)])
             self._queues_declared[tuple(names)] = self._pub_epoch
         link = self._consumer
         with link.lock:
@@ -935,7 +861,7 @@ class AMQPTransport(Transport):
                    DEAD_AT: time.time()}
         copy = Frame.adopt(frame.body, frame.content_type, frame.content_encoding, headers,
                            dict(frame.properties))
-        self._send([_Planned(wire.encode(copy), topology.DEAD_EXCHANGE, delivery.queue,
+        self._send([Planned(wire.encode(copy), topology.DEAD_EXCHANGE, delivery.queue,
                              (topology.DEAD_EXCHANGE, delivery.queue, "", False),
                              tuple(topology.dead_letter_place(delivery.queue)),
                              frame.task_id)])
@@ -1059,7 +985,7 @@ class AMQPTransport(Transport):
         return letters
 
 
-class _Planned:
+class Planned:
     """One message ready to publish: encoded, routed, with what its route needs declared
     (``where`` names the route)."""
 
@@ -1076,6 +1002,139 @@ class _Planned:
         self.task_id = task_id
 
 
+class Routes:
+    """Where messages go and what must be declared before them, with no I/O: the part
+    of publishing the sync transport and its asyncio twin (``transports.amqp_aio``)
+    share. Queues are declared as Celery declares them, with the delay ladder when the
+    calling API uses it; each route's declarations are checked once and remembered."""
+
+    def __init__(self, options: Options, capabilities: Capabilities) -> None:
+        self._options = options
+        self._capabilities = capabilities
+        #: Exchanges with a type of their own (``exchange_types``, then ``binding``).
+        self.exchange_types: dict[str, str] = dict(options.exchange_types)
+        #: (exchange, routing key, queue, delayed) -> what the route needs declared.
+        self._cache: dict[tuple[str, str, str, bool], tuple[topology.Declaration, ...]] = {}
+
+    def queue_declarations(self, queue: str) -> list[topology.Declaration]:
+        """Celery's declaration of ``queue``; with the ladder and the queue's binding to
+        it when the calling API sends delayed messages that way (as Celery's worker
+        declares them for its quorum queues, so that Celery's own delayed messages
+        reach a fleet of wiretask workers)."""
+        options = self._options
+        declarations = topology.queue_declaration(
+            queue, options.arguments_of(queue),
+            self.exchange_types.get(queue, options.exchange_type),
+        )
+        if self._capabilities.native_delay_on_send:
+            declarations += self.ladder_for(queue)
+        return declarations
+
+    def ladder_for(self, queue: str) -> list[topology.Declaration]:
+        return [*topology.ladder(self._options.delayed_delivery_queue_type),
+                topology.delayed_destination(queue)]
+
+    def binding(
+        self, queue: str, exchange: str, routing_key: str,
+        exchange_type: Literal["direct", "topic"],
+    ) -> list[topology.Declaration]:
+        """What ``bind_queue`` declares: ``exchange`` (of ``exchange_type``, which later
+        publishes to it use too), ``queue`` and the binding between them.
+
+        Raises:
+            ValidationError: an empty queue or exchange name, or an unknown type.
+        """
+        queue_names([queue])
+        if not isinstance(exchange, str) or not exchange:
+            raise ValidationError("exchange", f"must be a non-empty string, got {exchange!r}")
+        if exchange_type not in ("direct", "topic"):
+            raise ValidationError("exchange_type", "must be 'direct' or 'topic'",
+                                  value=exchange_type)
+        wire.check_name("exchange", exchange)
+        wire.check_name("routing_key", routing_key)
+        self.exchange_types[exchange] = exchange_type
+        return [
+            topology.Exchange(exchange, exchange_type),
+            topology.Queue(queue, self._options.arguments_of(queue)),
+            topology.Bind(queue, exchange, routing_key),
+        ]
+
+    def plan(self, message: Prepared) -> Planned:
+        """Encode one message and decide where it goes (no I/O)."""
+        route = message.route
+        exchange, key, destination = route.exchange, route.key, message.queue
+        encoded = wire.encode(message.frame)
+        delayed = 0
+        if message.due is not None and self._capabilities.native_delay:
+            delayed = topology.delay_seconds(message.due - time.time())
+        where = (exchange, key, route.queue, delayed > 0)
+        declarations = self._cache.get(where)
+        if declarations is None:
+            declarations = self._route_declarations(exchange, key, route.queue, destination,
+                                                    delayed=delayed > 0)
+        if delayed:
+            exchange, key = topology.TOP_LEVEL, topology.delay_routing_key(delayed, destination)
+            wire.check_name("routing_key", key)
+        return Planned(encoded, exchange, key, where, declarations, message.frame.task_id)
+
+    def _route_declarations(
+        self, exchange: str, key: str, queue: str, destination: str, *, delayed: bool
+    ) -> tuple[topology.Declaration, ...]:
+        """What a route needs declared, checked and remembered: the same routes come
+        back on every publish."""
+        queue_names([destination])
+        wire.check_name("exchange", exchange)
+        wire.check_name("routing_key", key)
+        options = self._options
+        if exchange:
+            declarations: list[topology.Declaration] = [
+                topology.Exchange(exchange,
+                                  self.exchange_types.get(exchange, options.exchange_type)),
+                topology.Queue(queue, options.arguments_of(queue)),
+                topology.Bind(queue, exchange, key),
+            ]
+        else:
+            declarations = self.queue_declarations(key)
+        if delayed:
+            declarations += self.ladder_for(destination)
+        result = tuple(declarations)
+        if len(self._cache) < _ROUTE_CACHE:
+            self._cache[(exchange, key, queue, delayed)] = result
+        return result
+
+
+def declaration_refused(exc: TransportError, url: str) -> TransportError:
+    """The error of a refused declaration: ``exc``, or, when the delay ladder exists
+    with other arguments, one that says which setting to match."""
+    if "PRECONDITION_FAILED" in str(exc) and topology.LADDER_PREFIX in str(exc):
+        return TransportError(
+            f"{exc}; the delay ladder exists with other arguments: set "
+            "delayed_delivery_queue_type to the fleet's "
+            "broker_native_delayed_delivery_queue_type", url=url,
+        )
+    return exc
+
+
+def refused(
+    url: str, plan: Sequence[Planned], nacked: Sequence[int],
+    returned: Sequence[tuple[str, str, str, str]],
+) -> TransportError:
+    """The error of a batch some of whose messages the broker refused: ``nacked``
+    (positions in ``plan``) and ``returned`` (unroutable: why, exchange, routing key,
+    task id); the others of the batch are on the broker."""
+    problems = []
+    if returned:
+        what = [f"task {task_id} (exchange {ex!r}, routing key {rk!r}: {why})"
+                for why, ex, rk, task_id in returned[:5]]
+        problems.append(f"{len(returned)} unroutable message(s), returned by the "
+                        f"broker: {'; '.join(what)}")
+    if nacked:
+        ids = [plan[i].task_id for i in nacked if 0 <= i < len(plan)]
+        problems.append(f"{len(nacked)} message(s) refused (nacked) by the broker, e.g. "
+                        f"a full queue with x-overflow=reject-publish: tasks {ids[:5]}")
+    return TransportError("publish: " + "; ".join(problems), url=url)
+
+
 _VERB: dict[str, str] = {"ack": "ack", "reject": "reject", "requeue": "requeue",
                          "dead_letter": "dead-letter"}
 #: Why a delivery can no longer be settled once its channel is gone.
@@ -1085,16 +1144,7 @@ _LOST = "lost with its connection (the broker requeues the message; it comes bac
 
 
 def _send_declaration(channel: Channel, item: topology.Declaration) -> None:
-    if isinstance(item, topology.Exchange):
-        channel.exchange_declare(item.name, item.type, durable=item.durable,
-                                 auto_delete=item.auto_delete, nowait=True)
-    elif isinstance(item, topology.Queue):
-        channel.queue_declare(item.name, durable=item.durable, exclusive=False,
-                              auto_delete=False, arguments=item.arguments, nowait=True)
-    elif isinstance(item, topology.Bind):
-        channel.queue_bind(item.queue, item.exchange, item.routing_key, nowait=True)
-    else:
-        channel.exchange_bind(item.destination, item.source, item.routing_key, nowait=True)
+    channel.send_method(*wire.declaration_method(item))
 
 
 def _task_id(message: amqp.Message) -> str:
