@@ -67,6 +67,7 @@ import amqp
 from amqp import exceptions as amqp_errors
 from amqp.channel import Channel
 
+from wiretask._amqp import topology
 from wiretask._amqp.errors import connection_is_gone
 from wiretask._amqp.link import Link, heartbeat_period
 from wiretask._amqp.options import Options, parse
@@ -79,7 +80,6 @@ from wiretask.errors import (
     ValidationError,
 )
 from wiretask.protocol import states
-from wiretask.results.aio import AsyncResultBackend, ThreadedBackend
 from wiretask.results.base import (
     DEFAULT_EXPIRES,
     MetaCodec,
@@ -92,6 +92,7 @@ from wiretask.results.base import (
 
 if TYPE_CHECKING:
     from wiretask.codecs import Encoded, Registry
+    from wiretask.results.rpc_aio import AsyncRPCBackend
 
 __all__ = ["MAX_TASKS", "MAX_UNREAD", "RPCBackend", "RPCSubscription", "reply_message"]
 
@@ -232,6 +233,11 @@ class RPCBackend(ResultBackend):
         return self._oid()
 
     @property
+    def options(self) -> Options:
+        """The broker's connection options (the asyncio twin connects with them)."""
+        return self._options
+
+    @property
     def broker_url(self) -> str:
         """The broker the states travel through (password masked)."""
         return self._options.masked_url
@@ -345,10 +351,14 @@ class RPCBackend(ResultBackend):
             with self._out.lock:
                 self._declare(self._out, own)
         with self._lock:
-            for task_id, reply_to in sent:
-                record = self._record(task_id)
-                record.reply_to = reply_to
-                record.forgotten = False
+            self._note_sent(sent)
+
+    def _note_sent(self, sent: Sequence[tuple[str, str | None]]) -> None:
+        """Record tasks as this client's (lock held)."""
+        for task_id, reply_to in sent:
+            record = self._record(task_id)
+            record.reply_to = reply_to
+            record.forgotten = False
 
     def check_wait(self, task_id: str) -> None:
         """Return if this client receives the task's states; else raise
@@ -389,11 +399,15 @@ class RPCBackend(ResultBackend):
         self._check_pid()
         with self._lock:
             self._sync()
-            record = self._tasks.get(task_id)
-            if record is None or record.latest is None:
-                return None
-            record.unread.clear()  # read: as Celery's poll keeps only the latest state
-            return dict(record.latest)
+            return self._latest(task_id)
+
+    def _latest(self, task_id: str) -> dict[str, Any] | None:
+        """The latest state received of ``task_id``, now read (lock held)."""
+        record = self._tasks.get(task_id)
+        if record is None or record.latest is None:
+            return None
+        record.unread.clear()  # read: as Celery's poll keeps only the latest state
+        return dict(record.latest)
 
     def forget(self, task_id: str) -> None:
         """Drop what this client holds of ``task_id`` (nothing is on the broker; a later
@@ -419,20 +433,28 @@ class RPCBackend(ResultBackend):
         with self._lock:
             self._sync()
             subscription = RPCSubscription(self, task_id)
-            record = self._record(task_id)
-            if record.unread:
-                subscription._pending.extend(record.unread)
-                record.unread.clear()
-            elif record.latest is not None:
-                subscription._pending.append(record.latest)
-            record.subscriptions.append(subscription)
+            self._listen(subscription)
             return subscription
 
-    def async_twin(self) -> AsyncResultBackend:
-        """The asyncio twin: this backend itself (what this client holds is one per app
-        and process), its calls run in threads of the twin's own; closing the twin
-        leaves this backend open."""
-        return _ThreadedRPC(self)
+    def _listen(self, subscription: RPCSubscription) -> None:
+        """Start ``subscription`` with the unread states (else the latest) and register
+        it for the later ones (lock held)."""
+        record = self._record(subscription.task_id)
+        if record.unread:
+            subscription._pending.extend(record.unread)
+            record.unread.clear()
+        elif record.latest is not None:
+            subscription._pending.append(record.latest)
+        record.subscriptions.append(subscription)
+
+    def async_twin(self) -> AsyncRPCBackend:
+        """The asyncio twin (``results.rpc_aio``): it consumes the reply queue on the
+        event loop and files what it reads into this backend's table (one per app and
+        process, shared by the sync and the asyncio API); closing the twin leaves this
+        backend open."""
+        from wiretask.results.rpc_aio import AsyncRPCBackend  # noqa: PLC0415 - its base
+
+        return AsyncRPCBackend(self)
 
     def close(self) -> None:
         """Close the connections and end open subscriptions; what this client holds is
@@ -508,19 +530,28 @@ class RPCBackend(ResultBackend):
         ):
             return
         channel = self._publisher() if side is self._out else self._consumer_channel()
-        arguments: dict[str, Any] = {}
-        if self.expires is not None:
-            arguments["x-expires"] = max(1, int(self.expires * 1000))
+        declaration = self.reply_queue(queue)
         try:
             with side.link.translate(f"declare the reply queue {queue!r}"):
-                channel.queue_declare(queue, durable=True, exclusive=False,
-                                      auto_delete=self.expires is None, arguments=arguments)
+                channel.queue_declare(queue, durable=declaration.durable, exclusive=False,
+                                      auto_delete=declaration.auto_delete,
+                                      arguments=declaration.arguments)
         except TransportError as exc:
             side.failed(exc)
             if side is self._in:
                 self._consuming = None
             raise
         side.declared = (queue, now)
+
+    def reply_queue(self, queue: str) -> topology.Queue:
+        """How a reply queue is declared (as Celery's rpc backend declares it): durable,
+        expiring after ``expires`` unused (``x-expires``), else deleted with its last
+        consumer."""
+        arguments: dict[str, Any] = {}
+        if self.expires is not None:
+            arguments["x-expires"] = max(1, int(self.expires * 1000))
+        return topology.Queue(queue, arguments, durable=True,
+                              auto_delete=self.expires is None)
 
     def _consumer_channel(self) -> Channel:
         side = self._in
@@ -651,11 +682,20 @@ class RPCBackend(ResultBackend):
     def _on_reply(self, message: amqp.Message) -> None:
         """A state arrived (the consumer's callback, lock held): file it, then ack."""
         properties = message.properties
-        correlation_id = properties.get("correlation_id")
         body = message.body if isinstance(message.body, bytes) else b""
+        self._take_in(body, properties.get("correlation_id"), properties.get("content_type"),
+                      properties.get("content_encoding"),
+                      redelivered=bool(message.delivery_info.get("redelivered")))
+        message.channel.basic_ack(message.delivery_info["delivery_tag"])
+
+    def _take_in(self, body: bytes, correlation_id: object, content_type: object,
+                 content_encoding: object, *, redelivered: bool) -> None:
+        """File a state read from the reply queue, by whichever consumer read it (this
+        backend's, or an asyncio twin's; lock held)."""
         try:
-            meta = self.codec.decode(body, properties.get("content_type"),
-                                     properties.get("content_encoding"))
+            meta = self.codec.decode(body, content_type if isinstance(content_type, str)
+                                     else None, content_encoding
+                                     if isinstance(content_encoding, str) else None)
         except DecodeError as exc:
             log.warning("a state for task %s in the reply queue does not decode: %s",
                         correlation_id, exc)
@@ -665,8 +705,7 @@ class RPCBackend(ResultBackend):
         else:
             task_id = correlation_id if isinstance(correlation_id, str) and correlation_id \
                 else str(meta.get("task_id"))
-            self._apply(task_id, meta, redelivered=bool(message.delivery_info.get("redelivered")))
-        message.channel.basic_ack(message.delivery_info["delivery_tag"])
+            self._apply(task_id, meta, redelivered=redelivered)
 
     def _apply(self, task_id: str, meta: dict[str, Any], *, redelivered: bool) -> None:
         record = self._record(task_id)
@@ -702,21 +741,6 @@ class RPCBackend(ResultBackend):
                                 "%s is dropped", MAX_TASKS, old.latest.get("status"), old_id)
                 break
         return record
-
-
-class _ThreadedRPC(ThreadedBackend):
-    """``RPCBackend``'s asyncio twin (``AsyncReplyRouted``), over the shared backend."""
-
-    backend: RPCBackend
-
-    def __init__(self, backend: RPCBackend) -> None:
-        super().__init__(backend, owns=False)
-
-    async def track(self, sent: Sequence[tuple[str, str | None]]) -> None:
-        await self.run(self.backend.track, sent)
-
-    def check_wait(self, task_id: str) -> None:
-        self.backend.check_wait(task_id)
 
 
 class _Side:
