@@ -15,6 +15,11 @@ What is compared, SMALL payload, one client process, the same Redis, one run:
   (await task.adelay(n)).aget()`` vs ``task.delay(n).get()`` vs the latter in
   ``asyncio.to_thread``; and **round trips with 100 in flight** (async vs to_thread).
 
+**AMQP rows**: the publish rates again on RabbitMQ (``$WIRETASK_BENCH_AMQP_URL``, else
+the test node's ``$WIRETASK_TEST_AMQP_URL``, else a private node started with
+``scripts/rabbitmq.sh``; skipped, and said so, when there is none): the asyncio twin over
+aiormq vs the sync transport over py-amqp, both with publisher confirms.
+
 Ratios are "x faster" of the asyncio API over the reference (below 1: slower). Rates are
 messages (or round trips) per second, best of the interleaved repeats.
 """
@@ -62,6 +67,11 @@ def small(user_id: int, email: str, account: dict[str, Any], notify: bool = Fals
     return user_id
 
 
+#: The same task on RabbitMQ (the AMQP rows).
+amqp_app = App("bench_async_amqp", task_default_queue=QUEUE)
+amqp_small = amqp_app.task(name="bench.async.small")(small.run)
+
+
 def best(run: Callable[[int], float], number: int, repeat: int) -> float:
     """Best µs per operation of ``run(number)`` (which returns its elapsed seconds)."""
     return min(run(number) for _ in range(repeat)) / number * 1e6
@@ -87,50 +97,54 @@ def worker(url: str) -> Iterator[None]:
             proc.wait()
 
 
-def run(url: str, client: redis.Redis, scale: float, repeat: int) -> list[Row]:
-    app.conf.broker_url = url
-    n = scaled(2000, scale, minimum=20)
-    trips = scaled(300, scale, minimum=10)
-    runner = asyncio.Runner()
-    rows: list[Row] = []
-
+def timer(runner: asyncio.Runner, empty: Callable[[], object]
+          ) -> Callable[[Callable[[int], Awaitable[None]]], Callable[[int], float]]:
+    """``timed(coro)``: a function of a count that runs ``coro(count)`` on ``runner`` and
+    returns the seconds it took (then empties the queue)."""
     def timed(coro: Callable[[int], Awaitable[None]]) -> Callable[[int], float]:
         def run_it(count: int) -> float:
             start = time.perf_counter()
             runner.run(coro(count))
             elapsed = time.perf_counter() - start
-            client.delete(QUEUE)
+            empty()
             return elapsed
         return run_it
+    return timed
 
-    # -- publish ---------------------------------------------------------------------------
+
+async def in_flight(count: int, one: Callable[[], Awaitable[Any]]) -> None:
+    limit = asyncio.Semaphore(IN_FLIGHT)
+
+    async def each() -> None:
+        async with limit:
+            await one()
+
+    await asyncio.gather(*[each() for _ in range(count)])
+
+
+def publish_rows(task: Any, runner: asyncio.Runner, n: int, repeat: int,
+                 empty: Callable[[], object], where: str) -> list[Row]:
+    """The publish rows of ``task`` (on its app's broker): async one at a time and
+    ``IN_FLIGHT`` in flight vs the sync loop, and vs ``to_thread`` in flight."""
+    timed = timer(runner, empty)
 
     def sync_publish(count: int) -> float:
         start = time.perf_counter()
         for _ in range(count):
-            small.apply_async(SMALL_ARGS, SMALL_KWARGS)
+            task.apply_async(SMALL_ARGS, SMALL_KWARGS)
         elapsed = time.perf_counter() - start
-        client.delete(QUEUE)
+        empty()
         return elapsed
 
     async def async_publish(count: int) -> None:
         for _ in range(count):
-            await small.aapply_async(SMALL_ARGS, SMALL_KWARGS)
-
-    async def in_flight(count: int, one: Callable[[], Awaitable[Any]]) -> None:
-        limit = asyncio.Semaphore(IN_FLIGHT)
-
-        async def each() -> None:
-            async with limit:
-                await one()
-
-        await asyncio.gather(*[each() for _ in range(count)])
+            await task.aapply_async(SMALL_ARGS, SMALL_KWARGS)
 
     async def async_publish_concurrent(count: int) -> None:
-        await in_flight(count, lambda: small.aapply_async(SMALL_ARGS, SMALL_KWARGS))
+        await in_flight(count, lambda: task.aapply_async(SMALL_ARGS, SMALL_KWARGS))
 
     async def thread_publish_concurrent(count: int) -> None:
-        await in_flight(count, lambda: asyncio.to_thread(small.apply_async, SMALL_ARGS,
+        await in_flight(count, lambda: asyncio.to_thread(task.apply_async, SMALL_ARGS,
                                                          SMALL_KWARGS))
 
     measured = {}
@@ -139,17 +153,49 @@ def run(url: str, client: redis.Redis, scale: float, repeat: int) -> list[Row]:
                      ("thread-100", timed(thread_publish_concurrent))):
         fn(max(1, n // 10))  # warm up: connections, plans, the executor's threads
         measured[name] = fn
-    results = {name: [] for name in measured}
+    results: dict[str, list[float]] = {name: [] for name in measured}
     for _ in range(repeat):  # interleaved, so that a change in load hits every side
         for name, fn in measured.items():
             results[name].append(fn(n) / n * 1e6)
     us = {name: min(values) for name, values in results.items()}
-    rows.append(Row("publish: await aapply_async (1 at a time)", us["async"], us["sync"],
-                    "sync apply_async loop", target=1.0))
-    rows.append(Row(f"publish: await aapply_async ({IN_FLIGHT} in flight)", us["async-100"],
-                    us["sync"], "sync apply_async loop", target=1.0))
-    rows.append(Row(f"publish: await aapply_async ({IN_FLIGHT} in flight)", us["async-100"],
-                    us["thread-100"], f"to_thread(apply_async), {IN_FLIGHT} in flight"))
+    return [
+        Row(f"publish{where}: await aapply_async (1 at a time)", us["async"], us["sync"],
+            "sync apply_async loop", target=1.0),
+        Row(f"publish{where}: await aapply_async ({IN_FLIGHT} in flight)", us["async-100"],
+            us["sync"], "sync apply_async loop", target=1.0),
+        Row(f"publish{where}: await aapply_async ({IN_FLIGHT} in flight)", us["async-100"],
+            us["thread-100"], f"to_thread(apply_async), {IN_FLIGHT} in flight"),
+    ]
+
+
+def run_amqp(url: str, scale: float, repeat: int) -> list[Row]:
+    """The publish rows on RabbitMQ."""
+    from amqp_common import empty_queues  # noqa: PLC0415 - py-amqp only for these rows
+
+    amqp_app.conf.broker_url = url
+    runner = asyncio.Runner()
+    try:
+        return publish_rows(amqp_small, runner, scaled(2000, scale, minimum=20), repeat,
+                            lambda: empty_queues(url, QUEUE), " (AMQP)")
+    finally:
+        runner.run(amqp_app.aclose())
+        runner.close()
+        amqp_app.close()
+        empty_queues(url, QUEUE, delete=True)
+
+
+def run(url: str, client: redis.Redis, scale: float, repeat: int) -> list[Row]:
+    app.conf.broker_url = url
+    n = scaled(2000, scale, minimum=20)
+    trips = scaled(300, scale, minimum=10)
+    runner = asyncio.Runner()
+    rows: list[Row] = []
+
+    timed = timer(runner, lambda: client.delete(QUEUE))
+
+    # -- publish ---------------------------------------------------------------------------
+
+    rows += publish_rows(small, runner, n, repeat, lambda: client.delete(QUEUE), "")
 
     # -- await ----------------------------------------------------------------------------
 
@@ -223,7 +269,24 @@ def main() -> None:
             client.flushdb()
             client.close()
     print_table("asyncio API on Redis, SMALL payload (higher /s is better)", rows, unit="msg/s")
-    print_ratio_lines(rows)
+    amqp_rows: list[Row] = []
+    if have_rabbitmq():
+        from amqp_common import amqp_url  # noqa: PLC0415 - py-amqp only for these rows
+
+        with amqp_url() as url:
+            amqp_rows = run_amqp(url, options.scale, repeat)
+        print_table("asyncio API on RabbitMQ (publisher confirms), SMALL payload (higher /s "
+                    "is better)", amqp_rows, unit="msg/s")
+    else:
+        print("AMQP rows skipped: no RabbitMQ (set WIRETASK_BENCH_AMQP_URL, or install "
+              "rabbitmq-server)")
+    print_ratio_lines(rows + amqp_rows)
+
+
+def have_rabbitmq() -> bool:
+    return bool(os.environ.get("WIRETASK_BENCH_AMQP_URL")
+                or os.environ.get("WIRETASK_TEST_AMQP_URL")
+                or os.path.exists("/usr/lib/rabbitmq/bin/rabbitmq-server"))
 
 
 if __name__ == "__main__":
