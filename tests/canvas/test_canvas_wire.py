@@ -6,6 +6,7 @@ Celery by ``spec/vectors/canvas/capture.py``."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterator
 from typing import Any
 
@@ -42,13 +43,33 @@ def test_every_case_has_a_vector() -> None:
     assert sorted(v["name"] for v in VECTORS) == sorted(canvasfile.CASES)
 
 
+@pytest.mark.parametrize("api", ["sync", "asyncio"])
 @pytest.mark.parametrize("vector", VECTORS, ids=[v["name"] for v in VECTORS])
 def test_wiretask_sends_what_celery_sends(
-    vector: dict[str, Any], wire_app: App, redis_url: str
+    vector: dict[str, Any], wire_app: App, redis_url: str, api: str
 ) -> None:
+    """Sent by the sync API, and by the asyncio one (``await sig.aapply_async(...)``,
+    or ``App.asend_canvas`` around a call that sends, such as ``chord(...)(body)``):
+    the same messages and keys."""
     scope = {"add": wire_app.tasks["canvas.add"], "tsum": wire_app.tasks["canvas.tsum"],
              "chain": chain, "group": group, "chord": chord, "app": wire_app}
-    eval(vector["call"], scope)
+    call: str = vector["call"]
+    if api == "sync":
+        eval(call, scope)
+    else:
+        head, found, tail = call.rpartition(".apply_async(")
+
+        async def send() -> None:
+            try:
+                if found:
+                    await eval(f"{head}.aapply_async({tail}", scope)
+                else:
+                    await wire_app.asend_canvas(lambda: eval(call, scope))
+            finally:
+                await wire_app.aclose()
+
+        asyncio.run(send())
+        assert wire_app._transport is None  # every message went through the loop's twin
     client = redis.Redis.from_url(redis_url)
     try:
         ours = canvasfile.normalize(canvasfile.snapshot(client))

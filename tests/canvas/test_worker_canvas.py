@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from conftest import Calls
 from wiretask.app import App, AsyncResult
 from wiretask.canvas import GroupResult, chain, chord, group
 from wiretask.errors import ChordError, TaskRevokedError
@@ -52,34 +53,37 @@ def test_group_members_carry_the_group_id(app: App, worker: Worker) -> None:
 @pytest.mark.parametrize("form", ["chord(header, body)", "chord(header)(body)",
                                   "group | task"])
 def test_a_chord_fires_its_body_with_the_results_in_header_order(
-    app: App, worker: Worker, form: str
+    app: App, worker: Worker, form: str, calls: Calls
 ) -> None:
+    """Sent with the sync API and with the asyncio one (``calls``)."""
     add, tsum, echo = t(app, "add"), t(app, "tsum"), t(app, "echo")
     header = [add.s(i, 0) for i in range(6)]
     body = tsum.s()
     if form == "chord(header, body)":
-        result = chord(header, body).apply_async()
+        result = calls(chord(header, body)).apply_async()
     elif form == "chord(header)(body)":
-        result = chord(header)(body)
+        if calls.runner is None:
+            result = chord(header)(body)
+        else:  # a call that sends, awaited
+            result = calls.runner.run(app.asend_canvas(lambda: chord(header)(body)))
     else:
-        result = (group(header) | body).apply_async()
-    assert result.get(timeout=WAIT) == 15
-    ordered = chord([echo.s(i) for i in range(6)], echo.s()).apply_async()
+        result = calls(group(header) | body).apply_async()
+    assert calls(result).get(timeout=WAIT) == 15
+    ordered = calls(chord([echo.s(i) for i in range(6)], echo.s())).apply_async()
     assert ordered.get(timeout=WAIT)["args"][0] == [{"args": [i], "kwargs": {}}
                                                     for i in range(6)]
 
 
 def test_a_chain_ending_in_a_group_and_a_chain_through_a_chord(
-    app: App, worker: Worker
+    app: App, worker: Worker, calls: Calls
 ) -> None:
     add, tsum = t(app, "add"), t(app, "tsum")
-    assert (add.s(1, 1) | group(add.s(10), add.s(20))).apply_async().get(timeout=WAIT) == [
-        12, 22,
-    ]
+    assert calls(add.s(1, 1) | group(add.s(10), add.s(20))).apply_async().get(
+        timeout=WAIT) == [12, 22]
     through = chain(add.s(1, 1), group(add.s(1), add.s(2)), tsum.s(), add.s(100))
-    result = through.apply_async()
-    assert result.get(timeout=WAIT) == 107
-    assert chord([add.s(1, 1), add.s(2, 2)], tsum.s() | add.s(5)).apply_async().get(
+    result = calls(through).apply_async()
+    assert calls(result).get(timeout=WAIT) == 107
+    assert calls(chord([add.s(1, 1), add.s(2, 2)], tsum.s() | add.s(5))).apply_async().get(
         timeout=WAIT) == 11
 
 
@@ -99,16 +103,15 @@ def test_an_empty_header_sends_the_body_with_an_empty_list(app: App, worker: Wor
 
 
 def test_chunks_map_and_starmap_run_as_celerys_builtin_tasks(
-    app: App, worker: Worker
+    app: App, worker: Worker, calls: Calls
 ) -> None:
     add, echo = t(app, "add"), t(app, "echo")
-    assert add.chunks([(i, i) for i in range(5)], 2).apply_async().get(timeout=WAIT) == [
-        [0, 2], [4, 6], [8],
-    ]
-    assert echo.map(["a", "b"]).apply_async().get(timeout=WAIT) == [
+    assert calls(add.chunks([(i, i) for i in range(5)], 2)).apply_async().get(
+        timeout=WAIT) == [[0, 2], [4, 6], [8]]
+    assert calls(echo.map(["a", "b"])).apply_async().get(timeout=WAIT) == [
         {"args": ["a"], "kwargs": {}}, {"args": ["b"], "kwargs": {}},
     ]
-    assert add.starmap([(1, 2), (3, 4)]).delay().get(timeout=WAIT) == [3, 7]
+    assert calls(add.starmap([(1, 2), (3, 4)])).delay().get(timeout=WAIT) == [3, 7]
 
 
 def test_several_callbacks_go_out_as_one_group(app: App, worker: Worker) -> None:
