@@ -251,8 +251,16 @@ class AsyncAMQPTransport(AsyncTransport):
         try:
             with aio.translate("publish", self._options):
                 async with asyncio.timeout(self._options.confirm_timeout):
-                    await asyncio.shield(drained)
-                    outcomes = await asyncio.gather(*confirms, return_exceptions=True)
+                    # A confirm implies the write: only without confirms is the write
+                    # itself awaited. One confirm is awaited as it is (the common case:
+                    # every hop through the loop is latency for a lone publish).
+                    if not confirms:
+                        await asyncio.shield(drained)
+                        outcomes: list[Any] = []
+                    elif len(confirms) == 1:
+                        outcomes = [await _outcome(confirms[0])]
+                    else:
+                        outcomes = await asyncio.gather(*confirms, return_exceptions=True)
         except ConnectionLost:
             self._drop_connection()
             raise
@@ -263,6 +271,11 @@ class AsyncAMQPTransport(AsyncTransport):
         if lost is not None:
             # The channel or connection closed before every confirm arrived.
             self._drop_connection()
+            if isinstance(lost, asyncio.CancelledError):
+                raise ConnectionLost(
+                    "publish: the channel closed before the broker confirmed; whether the "
+                    "messages are on the broker is unknown", url=self.url,
+                )
             with aio.translate("publish", self._options):
                 raise lost
         # A message's basic.return comes before its basic.ack: every return of this
@@ -274,3 +287,18 @@ class AsyncAMQPTransport(AsyncTransport):
         if nacked or mine:
             raise refused(self.url, plan, nacked,
                           [(r.reply_text, r.exchange, r.routing_key, r.task_id) for r in mine])
+
+
+async def _outcome(confirm: asyncio.Future[Any]) -> Any:
+    """A confirm's result, or its exception returned (``gather``'s
+    ``return_exceptions`` for one future, without its extra hops through the loop).
+    A cancellation of the caller (or of its timeout) propagates."""
+    try:
+        return await confirm
+    except asyncio.CancelledError as exc:
+        task = asyncio.current_task()
+        if task is not None and task.cancelling():
+            raise
+        return exc  # the confirm itself was cancelled (its channel closed)
+    except Exception as exc:
+        return exc
