@@ -122,7 +122,7 @@ def test_a_restarted_beat_continues_the_runs(
 
     runs = [int(m.group(1)) for p in (first, second) for _, m in p.lines(SENDING)]
     assert runs == list(range(1, len(runs) + 1))
-    waiting = json.loads(project.run("inspect", "--json").stdout)["waiting"]
+    waiting = json.loads(project.run("queue", "show", "--json").stdout)["waiting"]
     assert waiting == len(runs)
     assert json.loads(Path(schedule).read_text())["entries"]["tick"]["total_run_count"] \
         == len(runs)
@@ -156,7 +156,7 @@ def test_two_beats_on_one_broker_send_every_run_once_when_the_sender_is_killed(
     assert runs_one + runs_two == list(range(1, len(runs_one) + len(runs_two) + 1))
     assert runs_one == [1, 2, 3]
     ids = [m.group(1) for _, m in one.lines(SENT) + two.lines(SENT)]
-    listing = json.loads(project.run("inspect", "--json", "--limit", "1000").stdout)
+    listing = json.loads(project.run("queue", "show", "--json", "--limit", "1000").stdout)
     assert sorted(m["id"] for m in listing["messages"]) == sorted(ids)
     assert len(set(ids)) == len(runs_one) + len(runs_two)
     # The standby took over within the lease's lifetime plus one standby poll, sent one

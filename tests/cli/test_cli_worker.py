@@ -265,7 +265,7 @@ def test_purge_removes_waiting_messages_before_starting(cli: CLI) -> None:
     stale = cli.ok("call", "proj.tasks.add", "1", "1").strip()
     worker = cli.popen("worker", "-A", "proj.tasks", "--purge", "-c", "1")
     try:
-        wait_until(lambda: json.loads(cli.ok("inspect", "--json"))["waiting"] == 0)
+        wait_until(lambda: json.loads(cli.ok("queue", "show", "--json"))["waiting"] == 0)
         fresh = cli.ok("call", "proj.tasks.add", "2", "2").strip()
         assert cli.run("result", fresh, "--wait", "30", timeout=60).returncode == 0
     finally:
@@ -379,7 +379,7 @@ def test_node_names_and_pools() -> None:
 
 @pytest.mark.parametrize("flag", [
     ["-D"], ["-E"], ["--scheduler", "x"], ["--autoscale", "3,1"],
-    ["-S", "x"], ["--uid", "1"], ["--gid", "1"], ["--umask", "0"], ["--executable", "x"],
+    ["--uid", "1"], ["--gid", "1"], ["--umask", "0"], ["--executable", "x"],
 ])
 def test_refused_flags_in_process(flag: list[str], capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["worker", *flag]) == 2
