@@ -379,7 +379,7 @@ def test_node_names_and_pools() -> None:
 
 @pytest.mark.parametrize("flag", [
     ["-D"], ["-E"], ["--scheduler", "x"], ["--autoscale", "3,1"],
-    ["-S", "x"], ["--uid", "1"], ["--gid", "1"], ["--umask", "0"], ["--executable", "x"],
+    ["--uid", "1"], ["--gid", "1"], ["--umask", "0"], ["--executable", "x"],
 ])
 def test_refused_flags_in_process(flag: list[str], capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["worker", *flag]) == 2
