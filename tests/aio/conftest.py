@@ -13,30 +13,34 @@ import pytest_asyncio
 from wiretask.app import App
 from wiretask.transports import memory
 
-BROKERS = ["memory", "sqlite", "redis"]
+BROKERS = ["memory", "sqlite", "redis", "rpc"]
 
 
-def broker_urls(kind: str, tmp_path: Path, redis_url: Callable[[], str]) -> tuple[str, str]:
+def broker_urls(kind: str, tmp_path: Path, url_of: Callable[[str], str]) -> tuple[str, str]:
     if kind == "memory":
         name = uuid.uuid4().hex
         return f"memory://{name}", f"memory://{name}"
     if kind == "sqlite":
         return f"sqlite:///{tmp_path / 'broker.db'}", f"sqlite:///{tmp_path / 'results.db'}"
-    url = redis_url()
+    if kind == "rpc":  # RabbitMQ, results as messages to this app's reply queue
+        return url_of("amqp_url"), "rpc://"
+    url = url_of("redis_url")
     return url, url
 
 
 @pytest_asyncio.fixture(params=BROKERS)
 async def aio_app(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[App]:
-    """An app on each bundled broker and result backend (its own names, files or
-    flushed Redis database), closed (sync and asyncio) after the test."""
+    """An app on each bundled broker and result backend (its own names, files, flushed
+    Redis database or reply queue), closed (sync and asyncio) after the test."""
 
-    def redis_url() -> str:
-        url: str = request.getfixturevalue("redis_url")
+    def url_of(fixture: str) -> str:
+        url: str = request.getfixturevalue(fixture)
         return url
 
-    broker, backend = broker_urls(request.param, tmp_path, redis_url)
-    app = App("aio", broker=broker, backend=backend, set_as_current=False)
+    broker, backend = broker_urls(request.param, tmp_path, url_of)
+    # Its own name: rpc://'s reply queue is named after the app (its oid).
+    app = App(f"aio-{uuid.uuid4().hex[:8]}", broker=broker, backend=backend,
+              set_as_current=False)
     yield app
     await app.aclose()
     app.close()

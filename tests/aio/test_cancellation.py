@@ -201,4 +201,7 @@ def _open_subscriptions(app: App) -> int:
         return len(backend.subscriber._listeners)
     if inner is not None and hasattr(inner, "_store"):  # memory: the store's listeners
         return len(inner._store.listeners)
+    if inner is not None and hasattr(inner, "_tasks"):  # rpc://: the client's table
+        with inner._lock:
+            return sum(len(record.subscriptions) for record in inner._tasks.values())
     return len(inner._notifier.watchers)  # SQLite: the notifier's watchers

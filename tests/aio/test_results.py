@@ -17,6 +17,7 @@ from wiretask import errors
 from wiretask.app import App
 from wiretask.protocol import states
 from wiretask.protocol.states import make_meta
+from wiretask.results import ReplyRouted
 from wiretask.results.exceptions import exception_to_meta
 from wiretask.worker import Worker
 
@@ -39,8 +40,18 @@ def store_later(
     return thread
 
 
+def sent_here(app: App, task_id: str) -> None:
+    """Make ``task_id`` one this app sent, for a wait that starts before any state is
+    stored: rpc:// delivers states only to the app that sent the task (and refuses a
+    wait for any other); the other backends need nothing."""
+    backend = app.backend
+    if isinstance(backend, ReplyRouted):
+        backend.track([(task_id, app.oid)])
+
+
 @pytest.mark.asyncio
 async def test_astates_streams_every_change_then_ends(aio_app: App) -> None:
+    sent_here(aio_app, "t-stream")
     result = aio_app.AsyncResult("t-stream")
     storing = store_later(
         aio_app, "t-stream", make_meta("t-stream", states.STARTED, {"pid": 1}),
@@ -93,6 +104,7 @@ async def test_the_loop_keeps_running_while_aget_waits(aio_app: App) -> None:
             ticks += 1
 
     running = asyncio.create_task(ticker())
+    sent_here(aio_app, "t-wait")
     storing = store_later(aio_app, "t-wait", make_meta("t-wait", states.SUCCESS, 1), delay=0.5)
     assert await aio_app.AsyncResult("t-wait").aget(timeout=5) == 1
     storing.join(5)

@@ -64,7 +64,8 @@ class AsyncRPCBackend(AsyncResultBackend):
         self._channel: aiormq.Channel | None = None
         #: The queue this twin's channel consumes (``None``: not consuming).
         self._consuming: str | None = None
-        self._lock = asyncio.Lock()
+        #: The task connecting and subscribing (``_consumer``), while it runs.
+        self._starting: asyncio.Future[aiormq.Channel] | None = None
         self._subscriptions: weakref.WeakSet[AsyncRPCSubscription] = weakref.WeakSet()
         self._closed = False
 
@@ -72,40 +73,53 @@ class AsyncRPCBackend(AsyncResultBackend):
 
     async def _consumer(self) -> aiormq.Channel:
         """The channel consuming this client's reply queue, connecting, declaring the
-        queue and subscribing first if needed.
+        queue and subscribing first if needed. That work runs in a task of its own,
+        shared by concurrent callers and not cancelled with them: aiormq closes a
+        channel whose call is cancelled.
 
         Raises:
             ConnectionLost: the broker cannot be reached.
             TransportError: it refused.
         """
-        async with self._lock:
-            connection = self._connection
-            if connection is None or connection.is_closed:
-                self._forget()
-                connection = self._connection = await aio.open_connection(
-                    self._options, "results-consume")
-            channel = self._channel
-            if channel is None or channel.is_closed:
-                with aio.translate("open a channel", self._options):
-                    opened = await connection.channel(publisher_confirms=False)
-                assert isinstance(opened, aiormq.Channel)  # what aiormq makes
-                channel = self._channel = opened
-                self._consuming = None
-            queue = self.backend.reply_to
-            if self._consuming != queue:
-                try:
-                    with aio.translate(f"consume the reply queue {queue!r}", self._options):
-                        await aio.write(channel, wire.declaration_frames(
-                            channel.number, [self.backend.reply_queue(queue)]))
-                        await channel.basic_consume(queue, self._on_message, no_ack=False)
-                except ConnectionLost:
-                    self._forget()
-                    raise
-                except BaseException:
-                    self._channel = None  # closed by the broker, or cut short
-                    raise
-                self._consuming = queue
+        channel = self._channel
+        if channel is not None and not channel.is_closed \
+                and self._consuming == self.backend.reply_to:
             return channel
+        starting = self._starting
+        if starting is None or starting.done():
+            starting = self._starting = asyncio.ensure_future(self._start_consuming())
+            starting.add_done_callback(_observed)
+        return await asyncio.shield(starting)
+
+    async def _start_consuming(self) -> aiormq.Channel:
+        """``_consumer``'s work (one at a time: the ``_starting`` task)."""
+        connection = self._connection
+        if connection is None or connection.is_closed:
+            self._forget()
+            connection = self._connection = await aio.open_connection(
+                self._options, "results-consume")
+        channel = self._channel
+        if channel is None or channel.is_closed:
+            with aio.translate("open a channel", self._options):
+                opened = await connection.channel(publisher_confirms=False)
+            assert isinstance(opened, aiormq.Channel)  # what aiormq makes
+            channel = self._channel = opened
+            self._consuming = None
+        queue = self.backend.reply_to
+        if self._consuming != queue:
+            try:
+                with aio.translate(f"consume the reply queue {queue!r}", self._options):
+                    await aio.write(channel, wire.declaration_frames(
+                        channel.number, [self.backend.reply_queue(queue)]))
+                    await channel.basic_consume(queue, self._on_message, no_ack=False)
+            except ConnectionLost:
+                self._forget()
+                raise
+            except BaseException:
+                self._channel = None  # closed by the broker (a refusal)
+                raise
+            self._consuming = queue
+        return channel
 
     def _forget(self) -> None:
         connection = self._connection
@@ -137,12 +151,14 @@ class AsyncRPCBackend(AsyncResultBackend):
         deadline = loop.time() + _SYNC_WAIT
         queue = self.backend.reply_to
         while True:
+            # Not cancelled with the caller (aiormq would close the channel for it).
+            asking = asyncio.ensure_future(channel.queue_declare(queue, passive=True))
+            asking.add_done_callback(_observed)
             try:
                 with aio.translate(f"read the reply queue {queue!r}", self._options):
-                    declared = await channel.queue_declare(queue, passive=True)
+                    declared = await asyncio.shield(asking)
             except ConnectionLost:
-                async with self._lock:
-                    self._forget()
+                self._forget()
                 raise
             if not declared.message_count or loop.time() >= deadline:
                 return
@@ -196,12 +212,21 @@ class AsyncRPCBackend(AsyncResultBackend):
         self._closed = True
         for subscription in list(self._subscriptions):
             await subscription.close()
-        async with self._lock:
-            connection = self._connection
-            self._connection = self._channel = None
-            self._consuming = None
+        starting, self._starting = self._starting, None
+        if starting is not None and not starting.done():
+            starting.cancel()
+        connection = self._connection
+        self._connection = self._channel = None
+        self._consuming = None
         if connection is not None and not connection.is_closed:
             await aio.close_quietly(connection)
+
+
+def _observed(future: asyncio.Future[Any]) -> None:
+    """Retrieve the outcome of a shielded task whose caller was cancelled (the error is
+    raised to whoever awaits it next, or was; nothing to log twice)."""
+    if not future.cancelled():
+        future.exception()
 
 
 class _Waking(collections.deque[Any]):
