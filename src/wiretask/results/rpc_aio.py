@@ -21,6 +21,8 @@ first ``track`` (the first task sent through the asyncio API), ``get`` or
 * ``store`` and ``store_reply`` (``Task.aupdate_state`` in an ``async def`` task) publish
   through the sync backend in a thread: one confirmed publish, as the worker's.
 * ``check_wait`` is the sync backend's (no I/O).
+* Every round trip to the broker is bounded by ``connect_timeout`` (a frozen broker:
+  ``ConnectionLost``), as connecting is.
 
 The table's lock is taken on the loop for microseconds, except when the sync API of
 the same app is waiting in another thread of this process at that moment and holds it
@@ -101,7 +103,8 @@ class AsyncRPCBackend(AsyncResultBackend):
         channel = self._channel
         if channel is None or channel.is_closed:
             with aio.translate("open a channel", self._options):
-                opened = await connection.channel(publisher_confirms=False)
+                async with asyncio.timeout(self._options.connect_timeout):
+                    opened = await connection.channel(publisher_confirms=False)
             assert isinstance(opened, aiormq.Channel)  # what aiormq makes
             channel = self._channel = opened
             self._consuming = None
@@ -109,9 +112,10 @@ class AsyncRPCBackend(AsyncResultBackend):
         if self._consuming != queue:
             try:
                 with aio.translate(f"consume the reply queue {queue!r}", self._options):
-                    await aio.write(channel, wire.declaration_frames(
-                        channel.number, [self.backend.reply_queue(queue)]))
-                    await channel.basic_consume(queue, self._on_message, no_ack=False)
+                    async with asyncio.timeout(self._options.connect_timeout):
+                        await aio.write(channel, wire.declaration_frames(
+                            channel.number, [self.backend.reply_queue(queue)]))
+                        await channel.basic_consume(queue, self._on_message, no_ack=False)
             except ConnectionLost:
                 self._forget()
                 raise
@@ -156,7 +160,8 @@ class AsyncRPCBackend(AsyncResultBackend):
             asking.add_done_callback(_observed)
             try:
                 with aio.translate(f"read the reply queue {queue!r}", self._options):
-                    declared = await asyncio.shield(asking)
+                    async with asyncio.timeout(self._options.connect_timeout):
+                        declared = await asyncio.shield(asking)
             except ConnectionLost:
                 self._forget()
                 raise

@@ -19,6 +19,10 @@ callers pipeline: one is queued while others wait for their confirms. A returned
 message (``basic.return``, which RabbitMQ sends before the message's confirm) is
 matched to its batch by task id.
 
+**Timeouts.** Connecting, opening a channel and a declaration's round trip are bounded
+by ``connect_timeout``, the confirms by ``confirm_timeout`` (a frozen broker:
+``ConnectionLost``, the outcome unknown).
+
 **Cancellation.** A cancelled ``await`` before the batch was queued on the writer sends
 nothing; after, the whole batch is written and its outcome is unknown to the caller, as
 after a lost connection (a retry may publish it twice, as Kombu's may: RabbitMQ has no
@@ -100,9 +104,10 @@ class AsyncAMQPTransport(AsyncTransport):
         publisher = self._publisher
         if publisher is None or publisher.is_closed:
             with aio.translate("open the publishing channel", self._options):
-                opened = await connection.channel(
-                    publisher_confirms=self._options.confirm_publish,
-                )
+                async with asyncio.timeout(self._options.connect_timeout):
+                    opened = await connection.channel(
+                        publisher_confirms=self._options.confirm_publish,
+                    )
             assert isinstance(opened, aiormq.Channel)  # what aiormq makes
             publisher = opened
             aio.ReturnHook(publisher, self._on_return)
@@ -115,7 +120,8 @@ class AsyncAMQPTransport(AsyncTransport):
         if admin is None or admin.is_closed:
             assert self._connection is not None
             with aio.translate("open a channel", self._options):
-                opened = await self._connection.channel(publisher_confirms=False)
+                async with asyncio.timeout(self._options.connect_timeout):
+                    opened = await self._connection.channel(publisher_confirms=False)
             assert isinstance(opened, aiormq.Channel)  # what aiormq makes
             admin = self._admin = opened
         return admin
@@ -173,8 +179,9 @@ class AsyncAMQPTransport(AsyncTransport):
         admin = await self._admin_channel()
         try:
             with aio.translate("declare", self._options):
-                await aio.write(admin, wire.declaration_frames(admin.number, todo))
-                await admin.basic_qos(prefetch_count=0, prefetch_size=0)
+                async with asyncio.timeout(self._options.connect_timeout):
+                    await aio.write(admin, wire.declaration_frames(admin.number, todo))
+                    await admin.basic_qos(prefetch_count=0, prefetch_size=0)
         except ConnectionLost:
             self._drop_connection()
             raise
