@@ -1303,11 +1303,15 @@ class App(PeriodicTasks):
         transport = state.transport
         outgoing, queues, bound, sent = self._dispatch(calls, transport.capabilities)
         declared = state.declared
+        # Only rpc:// tracks (``sent`` is empty otherwise): a Protocol isinstance check
+        # costs more than the rest of a publish's bookkeeping, so none without it.
         replies = state.backend if sent else None
+        tracker = replies if replies is not None and isinstance(replies, AsyncReplyRouted) \
+            else None
 
         async def attempt() -> None:
-            if isinstance(replies, AsyncReplyRouted):
-                await replies.track(sent)
+            if tracker is not None:
+                await tracker.track(sent)
             for queue in queues - declared:
                 await transport.declare_queue(queue)
                 declared.add(queue)
