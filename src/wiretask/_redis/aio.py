@@ -130,15 +130,20 @@ class _Pipe(asyncio.Protocol):
 
     def send(self, request: bytes, count: int) -> asyncio.Future[list[Any]]:
         """Queue ``request`` (all of its commands, in one piece) and return the future
-        of its ``count`` replies. Requests made in the same turn of the loop go out in
-        one write at its end (many coroutines publishing at once cost one system call,
-        not one each); a request is never split, so a ``MULTI``/``EXEC`` stays whole."""
+        of its ``count`` replies. On an idle connection it is written at once (one at a
+        time, a turn of the loop is latency); requests made while others are in flight
+        go out in one write at the end of the loop's turn (many coroutines publishing at
+        once cost one system call, not one each). A request is never split, so a
+        ``MULTI``/``EXEC`` stays whole."""
         loop = asyncio.get_running_loop()
         future: asyncio.Future[list[Any]] = loop.create_future()
         self.waiting.append(_Request(future, count, loop.time()))
-        if not self._outbox:
-            loop.call_soon(self._flush)
-        self._outbox.append(request)
+        if len(self.waiting) == 1 and not self._outbox and self.lost is None:
+            self.transport.write(request)
+        else:
+            if not self._outbox:
+                loop.call_soon(self._flush)
+            self._outbox.append(request)
         if self.timeout is not None and self._watchdog is None:
             self._watchdog = loop.call_later(self.timeout, self._check)
         return future
