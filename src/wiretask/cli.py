@@ -1432,27 +1432,19 @@ def build_parser() -> argparse.ArgumentParser:
         return "\n".join(f"  {name:<26}{spec[3]}" for name, spec in _REMOTE.items()
                          if spec[0] == kind)
 
-    inspect = command(
-        "inspect", _cmd_remote_inspect,
-        "ask the workers (Celery's and wiretask's) for their state: celery inspect",
-    )
-    inspect.formatter_class = argparse.RawDescriptionHelpFormatter
-    inspect.epilog = f"commands:\n{listing('inspect')}"
-    inspect.add_argument("remote_command", metavar="COMMAND", help="ping, active, stats, ...")
-    inspect.add_argument("arguments", metavar="ARG", nargs="*", default=[],
-                         help="the command's arguments")
-    _remote_options(inspect)
-
-    control = command(
-        "control", _cmd_control,
-        "send the workers (Celery's and wiretask's) a command: celery control",
-    )
-    control.formatter_class = argparse.RawDescriptionHelpFormatter
-    control.epilog = f"commands:\n{listing('control')}"
-    control.add_argument("remote_command", metavar="COMMAND", help="revoke, terminate, ...")
-    control.add_argument("arguments", metavar="ARG", nargs="*", default=[],
-                         help="the command's arguments")
-    _remote_options(control)
+    for kind, run, what, examples in (
+        ("inspect", _cmd_remote_inspect, "ask the workers (Celery's and wiretask's) for "
+         "their state: celery inspect", "ping, active, stats, ..."),
+        ("control", _cmd_control, "send the workers (Celery's and wiretask's) a command: "
+         "celery control", "revoke, terminate, ..."),
+    ):
+        remote = command(kind, run, what)
+        remote.formatter_class = argparse.RawDescriptionHelpFormatter
+        remote.epilog = f"commands:\n{listing(kind)}"
+        remote.add_argument("remote_command", metavar="COMMAND", help=examples)
+        remote.add_argument("arguments", metavar="ARG", nargs="*", default=[],
+                            help="the command's arguments")
+        _remote_options(remote)
 
     status = command("status", _cmd_status, "list the workers that answer a ping: "
                      "celery status")
