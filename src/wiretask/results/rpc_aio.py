@@ -26,7 +26,11 @@ first ``track`` (the first task sent through the asyncio API), ``get`` or
 
 The table's lock is taken on the loop for microseconds, except when the sync API of
 the same app is waiting in another thread of this process at that moment and holds it
-across a round trip to the broker (its own ``_sync``).
+across a round trip to the broker (its own ``_sync``). When both APIs of one app read
+results in one process, the queue has two consumers and RabbitMQ hands each state to
+one of them: both file into the table, but a state the sync consumer received and has
+not read off its socket yet is not "in" for the twin's ``get`` (which then returns the
+state before it, as a poll a moment earlier would).
 """
 
 from __future__ import annotations
