@@ -75,7 +75,7 @@ from wiretask._amqp import topology, wire
 from wiretask._amqp.errors import connection_is_gone
 from wiretask._amqp.link import Link, heartbeat_period
 from wiretask._amqp.options import SETTINGS, Options, from_settings, parse
-from wiretask.errors import TransportError, ValidationError
+from wiretask.errors import EncodeError, TransportError, ValidationError
 from wiretask.protocol.frame import Frame
 from wiretask.transports.base import (
     Capabilities,
@@ -96,6 +96,8 @@ log = logging.getLogger("wiretask.transports.amqp")
 DEAD_REASON = "x-wiretask-dead-reason"
 DEAD_QUEUE = "x-wiretask-dead-queue"
 DEAD_AT = "x-wiretask-dead-at"
+#: On a dead letter whose original headers could not be written back: what was left out.
+DEAD_DROPPED = "x-wiretask-dead-dropped"
 
 #: Longest single wait on the consumer socket (the caller's timeout bounds it too).
 _WAIT_SLICE = 1.0
@@ -615,17 +617,29 @@ class AMQPTransport(Transport):
         if self._queues_declared.get(tuple(names)) != self._pub_epoch:
             self._declare_all([d for queue in names for d in self._queue_declarations(queue)])
             self._queues_declared[tuple(names)] = self._pub_epoch
+        while True:
+            taken, unreadable = self._receive_locked(names, limit, deadline)
+            for delivery, problem in unreadable:  # outside the consumer's lock
+                self._dead_letter_unreadable(delivery, problem)
+            if taken or time.monotonic() >= deadline:
+                return taken
+
+    def _receive_locked(
+        self, names: list[str], limit: int, deadline: float
+    ) -> tuple[list[AMQPDelivery], list[tuple[AMQPDelivery, str]]]:
+        """Wait (until ``deadline``) for deliveries; return the readable ones and the
+        unreadable ones with their problem (see ``_receive_many``)."""
         link = self._consumer
         with link.lock:
             while True:
                 self._subscribe(names, limit)
                 self._pump_consumer()
-                taken = self._take(names, limit)
-                if taken:
-                    return taken
+                taken, unreadable = self._take(names, limit)
+                if taken or unreadable:
+                    return taken, unreadable
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
-                    return []
+                    return [], []
                 if self._reading:  # another thread waits on the socket and will tell
                     self._arrived.wait(min(remaining, _WAIT_SLICE))
                     continue
@@ -640,6 +654,25 @@ class AMQPTransport(Transport):
                     link.lock.acquire()
                     self._reading = False
                     self._arrived.notify_all()
+
+    def _dead_letter_unreadable(self, delivery: AMQPDelivery, problem: str) -> None:
+        """Dead-letter a message whose content header could not be read (its frame
+        keeps the body and the raw property bytes): a worker could not even tell what
+        it is, and it must not come back to fail again (TRANSPORTS.md §6.8). If that
+        fails, the message is requeued, to be dead-lettered when it comes back."""
+        reason = f"unreadable message properties: {problem}"
+        log.error("message %d from %r dead-lettered: %s", delivery.delivery_tag,
+                  delivery.queue, reason)
+        try:
+            delivery.dead_letter(reason)
+        except TransportError:
+            log.exception("could not dead-letter an unreadable message from %r",
+                          delivery.queue)
+            try:
+                delivery.reject(requeue=True)
+            except TransportError:
+                log.debug("requeueing it failed too: the broker requeues it",
+                          exc_info=True)
 
     def _open_consumer(self) -> amqp.Connection:
         """The consuming connection (caller holds its lock); a new one starts a new
@@ -764,11 +797,16 @@ class AMQPTransport(Transport):
             self._forget_subscription()
             raise
 
-    def _take(self, names: list[str], limit: int) -> list[AMQPDelivery]:
+    def _take(
+        self, names: list[str], limit: int
+    ) -> tuple[list[AMQPDelivery], list[tuple[AMQPDelivery, str]]]:
+        """Up to ``limit`` buffered deliveries, and those among them whose content header
+        could not be read (``wire.unreadable_of``), apart, with the problem."""
         buffer = self._buffer
         if not buffer:
-            return []
+            return [], []
         taken: list[AMQPDelivery] = []
+        unreadable: list[tuple[AMQPDelivery, str]] = []
         token = self._sub_token
         tags = self._tags
         while buffer and len(taken) < limit:
@@ -777,13 +815,18 @@ class AMQPTransport(Transport):
             queue = tags.get(info["consumer_tag"])
             if queue is None:  # its consumer was cancelled by the broker
                 queue = info["routing_key"] if not info["exchange"] else ""
-            taken.append(AMQPDelivery(
+            delivery = AMQPDelivery(
                 self, frame=wire.to_frame(message), queue=queue,
                 redelivered=info["redelivered"], delivery_tag=info["delivery_tag"],
                 exchange=info["exchange"], routing_key=info["routing_key"], channel=token,
                 consumer_tag=info["consumer_tag"],
-            ))
-        return taken
+            )
+            problem = wire.unreadable_of(message)
+            if problem is None:
+                taken.append(delivery)
+            else:
+                unreadable.append((delivery, problem[0]))
+        return taken, unreadable
 
     # -- settling -------------------------------------------------------------------
 
@@ -931,14 +974,25 @@ class AMQPTransport(Transport):
         """Publish a copy of ``delivery`` with the reason to ``<queue>.dead`` and wait
         for its confirm (if that fails, the delivery stays unsettled)."""
         frame = delivery.frame
-        headers = {**frame.headers, DEAD_REASON: reason, DEAD_QUEUE: delivery.queue,
-                   DEAD_AT: time.time()}
-        copy = Frame.adopt(frame.body, frame.content_type, frame.content_encoding, headers,
-                           dict(frame.properties))
-        self._send([_Planned(wire.encode(copy), topology.DEAD_EXCHANGE, delivery.queue,
-                             (topology.DEAD_EXCHANGE, delivery.queue, "", False),
-                             tuple(topology.dead_letter_place(delivery.queue)),
-                             frame.task_id)])
+        dead = {DEAD_REASON: reason, DEAD_QUEUE: delivery.queue, DEAD_AT: time.time()}
+        copy = Frame.adopt(frame.body, frame.content_type, frame.content_encoding,
+                           {**frame.headers, **dead}, dict(frame.properties))
+        try:
+            self._send([self._dead_letter_plan(delivery, copy)])
+        except EncodeError as exc:
+            # Headers or properties of types, or a size, that cannot be written back
+            # (a received header table is not always one AMQP can carry again): the
+            # dead letter keeps the body and labels, and says what was left out.
+            dead[DEAD_DROPPED] = f"the original headers and properties: {exc}"[:1000]
+            bare = Frame.adopt(frame.body, frame.content_type, frame.content_encoding, dead, {})
+            self._send([self._dead_letter_plan(delivery, bare)])
+
+    @staticmethod
+    def _dead_letter_plan(delivery: AMQPDelivery, copy: Frame) -> _Planned:
+        return _Planned(wire.encode(copy), topology.DEAD_EXCHANGE, delivery.queue,
+                        (topology.DEAD_EXCHANGE, delivery.queue, "", False),
+                        tuple(topology.dead_letter_place(delivery.queue)),
+                        delivery.frame.task_id)
 
     # -- inspecting and housekeeping --------------------------------------------------
 
