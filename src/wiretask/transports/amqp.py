@@ -29,6 +29,9 @@ Deliveries are buffered as they arrive and handed out in arrival order; waiting 
 socket without holding the connection's lock. Asking for a different set of queues
 cancels the consumers of the others and requeues what they had pushed (RabbitMQ marks
 those ``redelivered``).
+A message whose content header py-amqp cannot read (``wire.tolerant_frame_handler``) is
+dead-lettered here, raw, and never handed out: neither the connection nor the message
+comes back to fail again.
 
 **Inspection.** ``QueueStatistics`` is offered with what AMQP can tell (the ready count,
 the dead letters' count), and ``QueueAdmin`` (``size``, ``purge``, ``dead_letters``: what
@@ -984,6 +987,7 @@ class AMQPTransport(Transport):
             # (a received header table is not always one AMQP can carry again): the
             # dead letter keeps the body and labels, and says what was left out.
             dead[DEAD_DROPPED] = f"the original headers and properties: {exc}"[:1000]
+            dead[DEAD_REASON] = reason[:1000]  # so that the rest fits AMQP's smallest frame
             bare = Frame.adopt(frame.body, frame.content_type, frame.content_encoding, dead, {})
             self._send([self._dead_letter_plan(delivery, bare)])
 
