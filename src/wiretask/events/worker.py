@@ -1,0 +1,241 @@
+"""The worker's events: Celery's task and worker events from wiretask's worker.
+
+One part, ``WorkerEvents``, that the worker plugs in where the events happen:
+
+* as a routing step (``unknown``, first), ``task-failed`` for a task the worker does not
+  know (Celery's ``on_unknown_task``);
+* as a routing step (``worker.routing.Step``), ``task-received`` for every message that
+  is going to run (after the revoked-id check, before an early message is held: Celery's
+  strategy sends it at receipt, eta or not);
+* ``started(job)`` when a pool takes a job to run: ``task-started``;
+* ``finished(message, outcome)`` when settlement gets the outcome: ``task-succeeded``
+  (``result``: the return value's repr, ``runtime``), ``task-failed`` (``exception``,
+  ``traceback``), ``task-retried`` (``exception``, ``traceback``), ``task-revoked``
+  (``terminated``, ``signum``, ``expired``) or ``task-rejected`` (``requeue``; a
+  ``Reject(requeue=False)`` sends ``task-failed`` first, as Celery), from the
+  ``Outcome``'s ``event`` fields that the tracer filled in;
+* a heart (``start``/``stop``): ``worker-online``, then ``worker-heartbeat`` every
+  ``freq`` seconds (2 as Celery), ``worker-offline`` at stop, each with ``freq``,
+  ``active``, ``processed``, ``loadavg`` and the software info;
+* the control commands ``enable_events``, ``disable_events`` and ``heartbeat``.
+
+As in Celery's worker, the ``worker`` group is always sent (unless the heart is off,
+``--without-heartbeat``) and the ``task`` group only with ``-E`` /
+``worker_send_task_events`` or after ``enable_events``. Sending is the dispatcher's
+(``dispatcher.py``): queued, published by its own thread, never raised into a task.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import platform
+import threading
+from collections.abc import Callable, Container
+from typing import TYPE_CHECKING, Any, Final
+
+import wiretask
+from wiretask.control.mailbox import Command
+from wiretask.control.wire import ok
+from wiretask.protocol import states
+
+if TYPE_CHECKING:
+    from wiretask.events.dispatcher import EventDispatcher
+    from wiretask.protocol.envelope import TaskMessage
+    from wiretask.transports.base import Delivery
+    from wiretask.worker.job import Job
+    from wiretask.worker.outcome import Outcome
+
+__all__ = ["HEARTBEAT_FREQ", "SOFTWARE_INFO", "WorkerEvents", "load_average"]
+
+logger = logging.getLogger("wiretask.worker")
+
+#: Seconds between heartbeats (Celery's ``Heart`` default).
+HEARTBEAT_FREQ: Final = 2.0
+#: The software fields of every worker event (Celery's ``SOFTWARE_INFO``).
+SOFTWARE_INFO: Final = {"sw_ident": "wiretask", "sw_ver": wiretask.__version__,
+                        "sw_sys": platform.system()}
+#: The ``freq`` of the heartbeat the ``heartbeat`` control command sends (Celery's).
+_COMMAND_FREQ: Final = 5
+
+
+def load_average() -> list[float]:
+    """Celery's ``load_average``: the three load averages rounded up to 2 decimals."""
+    try:
+        loads = os.getloadavg()
+    except OSError:
+        return [0.0, 0.0, 0.0]
+    return [math.ceil(load * 1e2) / 1e2 for load in loads]
+
+
+class WorkerEvents:
+    """The events of one worker (see the module docstring).
+
+    Args:
+        dispatcher: sends them; its groups say which are on.
+        tasks: the names of the tasks the worker knows.
+        active: the number of tasks the worker has running or reserved (heartbeats'
+            ``active``).
+        freq: seconds between heartbeats.
+        heartbeat: False: no worker events (Celery's ``--without-heartbeat``).
+        on_toggle: called with True/False when ``enable_events``/``disable_events``
+            turn task events on or off.
+    """
+
+    def __init__(
+        self, dispatcher: EventDispatcher, *, tasks: Container[str],
+        active: Callable[[], int], freq: float = HEARTBEAT_FREQ, heartbeat: bool = True,
+        on_toggle: Callable[[bool], None] | None = None,
+    ) -> None:
+        self._on_toggle = on_toggle
+        self.dispatcher = dispatcher
+        self._tasks = tasks
+        self.freq = freq
+        self.heartbeat = heartbeat
+        self._active = active
+        self._lock = threading.Lock()
+        #: Tasks finished (Celery's ``all_total_count``).
+        self.processed = 0
+        self._stop = threading.Event()
+        self._heart: threading.Thread | None = None
+
+    @property
+    def task_events(self) -> bool:
+        """Whether task events are being sent now."""
+        return self.dispatcher.wants("task-received")
+
+    # -- task events ------------------------------------------------------------------
+
+    def unknown(self, delivery: Delivery, message: TaskMessage) -> bool:
+        """A routing step before the others: for a task this worker does not know,
+        ``task-failed`` with ``exception`` ``NotRegistered('<name>')`` (Celery's
+        ``on_unknown_task``). Never takes the message (``RefuseUnregistered`` does)."""
+        if message.task not in self._tasks:
+            self.dispatcher.send("task-failed", uuid=message.id,
+                                 exception=f"NotRegistered({message.task!r})")
+        return False
+
+    def __call__(self, delivery: Delivery, message: TaskMessage) -> bool:
+        """The routing step: ``task-received``. Never takes the message."""
+        dispatcher = self.dispatcher
+        if dispatcher.wants("task-received"):
+            dispatcher.publish("task-received", {
+                "uuid": message.id, "name": message.task,
+                "args": message.argsrepr or "", "kwargs": message.kwargsrepr or "",
+                "root_id": message.root_id, "parent_id": message.parent_id,
+                "retries": message.retries,
+                "eta": message.eta.isoformat() if message.eta is not None else None,
+                "expires": message.expires.isoformat() if message.expires is not None
+                else None,
+            })
+        return False
+
+    def started(self, job: Job) -> None:
+        """A pool took ``job`` to run: ``task-started``. Counted in ``processed`` (Celery
+        counts a task when the pool accepts it)."""
+        with self._lock:
+            self.processed += 1
+        dispatcher = self.dispatcher
+        if dispatcher.wants("task-started"):
+            dispatcher.publish("task-started", {"uuid": job.message.id})
+
+    def finished(self, message: TaskMessage, outcome: Outcome) -> None:
+        """The outcome of ``message`` is known: the event that says so."""
+        dispatcher = self.dispatcher
+        if not dispatcher.wants("task-succeeded"):
+            return
+        fields: dict[str, Any] = {"uuid": message.id}  # first, as Celery's send_event
+        if outcome.event:
+            fields.update(outcome.event)
+        state = outcome.state
+        if state == states.SUCCESS:
+            if outcome.settle == "requeue":
+                return  # its SUCCESS could not be stored: it runs again
+            fields.setdefault("result", None)
+            fields["runtime"] = outcome.runtime
+            dispatcher.publish("task-succeeded", fields)
+        elif state == states.FAILURE:
+            if outcome.settle == "requeue":
+                # Celery sends no task-failed for a task that will run again (a lost
+                # worker with reject_on_worker_lost, a timeout with acks_on_timeout off).
+                dispatcher.publish("task-rejected", {"uuid": message.id, "requeue": True})
+                return
+            fields.setdefault("exception", "")
+            fields.setdefault("traceback", "")
+            dispatcher.publish("task-failed", fields)
+        elif state == states.RETRY:
+            fields.setdefault("exception", "")
+            fields.setdefault("traceback", "")
+            dispatcher.publish("task-retried", fields)
+        elif state == states.REVOKED:
+            fields.setdefault("terminated", False)
+            fields.setdefault("signum", None)
+            fields.setdefault("expired", False)
+            dispatcher.publish("task-revoked", fields)
+        elif state == states.REJECTED:
+            requeue = outcome.settle == "requeue"
+            if not requeue and "exception" in fields:
+                dispatcher.publish("task-failed", {
+                    "uuid": message.id, "exception": fields.pop("exception"),
+                    "traceback": fields.pop("traceback", ""),
+                })
+            dispatcher.publish("task-rejected", {"uuid": message.id, "requeue": requeue})
+
+    # -- worker events ----------------------------------------------------------------
+
+    def _beat(self, type_: str) -> None:
+        self.dispatcher.send(type_, freq=self.freq, active=self._active(),
+                             processed=self.processed, loadavg=load_average(),
+                             **SOFTWARE_INFO)
+
+    def start(self) -> None:
+        """``worker-online`` now, then a heartbeat every ``freq`` seconds."""
+        if not self.heartbeat:
+            return
+        self._beat("worker-online")
+        self._heart = threading.Thread(target=self._run, name="wiretask-heart", daemon=True)
+        self._heart.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.freq):
+            self._beat("worker-heartbeat")
+
+    def stop(self, timeout: float = 2.0) -> None:
+        """Stop the heart, send ``worker-offline`` and publish what is queued (up to
+        ``timeout`` seconds)."""
+        self._stop.set()
+        heart, self._heart = self._heart, None
+        if heart is not None:
+            heart.join(timeout)
+            self._beat("worker-offline")
+        self.dispatcher.close(timeout)
+
+    # -- control commands -------------------------------------------------------------
+
+    def commands(self) -> dict[str, Command]:
+        """``enable_events``, ``disable_events`` and ``heartbeat``, as Celery's worker
+        answers them."""
+        return {"enable_events": self.enable_events, "disable_events": self.disable_events,
+                "heartbeat": self.send_heartbeat}
+
+    def enable_events(self, **_: Any) -> dict[str, Any]:
+        if self.dispatcher.enable_group("task"):
+            logger.info("Events of group {task} enabled by remote.")
+            if self._on_toggle is not None:
+                self._on_toggle(True)
+            return ok("task events enabled")
+        return ok("task events already enabled")
+
+    def disable_events(self, **_: Any) -> dict[str, Any]:
+        if self.dispatcher.disable_group("task"):
+            logger.info("Events of group {task} disabled by remote.")
+            if self._on_toggle is not None:
+                self._on_toggle(False)
+            return ok("task events disabled")
+        return ok("task events already disabled")
+
+    def send_heartbeat(self, **_: Any) -> None:
+        """Celery's answers None (its reply, when one is asked for, is ``null``)."""
+        logger.debug("Heartbeat requested by remote.")
+        self.dispatcher.send("worker-heartbeat", freq=_COMMAND_FREQ, **SOFTWARE_INFO)
