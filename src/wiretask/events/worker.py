@@ -32,15 +32,18 @@ import math
 import os
 import platform
 import threading
-from collections.abc import Callable, Container
+from collections.abc import Callable, Container, Mapping
 from typing import TYPE_CHECKING, Any, Final
 
 import wiretask
 from wiretask.control.mailbox import Command
 from wiretask.control.wire import ok
 from wiretask.protocol import states
+from wiretask.protocol.timing import is_expired
 
 if TYPE_CHECKING:
+    from datetime import datetime
+
     from wiretask.events.dispatcher import EventDispatcher
     from wiretask.protocol.envelope import TaskMessage
     from wiretask.transports.base import Delivery
@@ -58,6 +61,15 @@ SOFTWARE_INFO: Final = {"sw_ident": "wiretask", "sw_ver": wiretask.__version__,
                         "sw_sys": platform.system()}
 #: The ``freq`` of the heartbeat the ``heartbeat`` control command sends (Celery's).
 _COMMAND_FREQ: Final = 5
+#: The event of each outcome state, and the fields it always has.
+_FINAL: Final[Mapping[str, tuple[str, Mapping[str, Any]]]] = {
+    states.SUCCESS: ("task-succeeded", {"result": None}),
+    states.FAILURE: ("task-failed", {"exception": "", "traceback": ""}),
+    states.RETRY: ("task-retried", {"exception": "", "traceback": ""}),
+    states.REVOKED: ("task-revoked", {"terminated": False, "signum": None, "expired": False}),
+}
+#: Outcome states whose requeue means the task runs again.
+_AGAIN: Final = frozenset({states.SUCCESS, states.FAILURE})
 
 
 def load_average() -> list[float]:
@@ -75,6 +87,7 @@ class WorkerEvents:
     Args:
         dispatcher: sends them; its groups say which are on.
         tasks: the names of the tasks the worker knows.
+        now: the app's clock (``App.now``), to tell an expired message.
         active: the number of tasks the worker has running or reserved (heartbeats'
             ``active``).
         freq: seconds between heartbeats.
@@ -85,12 +98,14 @@ class WorkerEvents:
 
     def __init__(
         self, dispatcher: EventDispatcher, *, tasks: Container[str],
-        active: Callable[[], int], freq: float = HEARTBEAT_FREQ, heartbeat: bool = True,
+        now: Callable[[], datetime], active: Callable[[], int],
+        freq: float = HEARTBEAT_FREQ, heartbeat: bool = True,
         on_toggle: Callable[[bool], None] | None = None,
     ) -> None:
         self._on_toggle = on_toggle
         self.dispatcher = dispatcher
         self._tasks = tasks
+        self._now = now
         self.freq = freq
         self.heartbeat = heartbeat
         self._active = active
@@ -116,10 +131,14 @@ class WorkerEvents:
                                  exception=f"NotRegistered({message.task!r})")
         return False
 
+    def _expired(self, message: TaskMessage) -> bool:
+        return message.expires is not None and is_expired(message.expires, now=self._now())
+
     def __call__(self, delivery: Delivery, message: TaskMessage) -> bool:
-        """The routing step: ``task-received``. Never takes the message."""
+        """The routing step: ``task-received``, unless the message has expired (Celery
+        then sends only ``task-revoked``, with ``expired``). Never takes the message."""
         dispatcher = self.dispatcher
-        if dispatcher.wants("task-received"):
+        if dispatcher.wants("task-received") and not self._expired(message):
             dispatcher.publish("task-received", {
                 "uuid": message.id, "name": message.task,
                 "args": message.argsrepr or "", "kwargs": message.kwargsrepr or "",
@@ -132,55 +151,43 @@ class WorkerEvents:
         return False
 
     def started(self, job: Job) -> None:
-        """A pool took ``job`` to run: ``task-started``. Counted in ``processed`` (Celery
-        counts a task when the pool accepts it)."""
+        """A pool took ``job`` to run: ``task-started`` (not for an expired message: the
+        tracer revokes it without running it). Counted in ``processed`` (Celery counts a
+        task when the pool accepts it)."""
         with self._lock:
             self.processed += 1
         dispatcher = self.dispatcher
-        if dispatcher.wants("task-started"):
+        if dispatcher.wants("task-started") and not self._expired(job.message):
             dispatcher.publish("task-started", {"uuid": job.message.id})
 
     def finished(self, message: TaskMessage, outcome: Outcome) -> None:
-        """The outcome of ``message`` is known: the event that says so."""
+        """The outcome of ``message`` is known: the event that says so. A task that
+        will run again (requeued: a lost child with ``reject_on_worker_lost``, a hard
+        time limit with ``acks_on_timeout`` off, a final state that could not be
+        stored) is ``task-rejected`` with ``requeue``, as Celery's ``reject``."""
         dispatcher = self.dispatcher
         if not dispatcher.wants("task-succeeded"):
             return
-        fields: dict[str, Any] = {"uuid": message.id}  # first, as Celery's send_event
-        if outcome.event:
-            fields.update(outcome.event)
-        state = outcome.state
-        if state == states.SUCCESS:
-            if outcome.settle == "requeue":
-                return  # its SUCCESS could not be stored: it runs again
-            fields.setdefault("result", None)
-            fields["runtime"] = outcome.runtime
-            dispatcher.publish("task-succeeded", fields)
-        elif state == states.FAILURE:
-            if outcome.settle == "requeue":
-                # Celery sends no task-failed for a task that will run again (a lost
-                # worker with reject_on_worker_lost, a timeout with acks_on_timeout off).
-                dispatcher.publish("task-rejected", {"uuid": message.id, "requeue": True})
-                return
-            fields.setdefault("exception", "")
-            fields.setdefault("traceback", "")
-            dispatcher.publish("task-failed", fields)
-        elif state == states.RETRY:
-            fields.setdefault("exception", "")
-            fields.setdefault("traceback", "")
-            dispatcher.publish("task-retried", fields)
-        elif state == states.REVOKED:
-            fields.setdefault("terminated", False)
-            fields.setdefault("signum", None)
-            fields.setdefault("expired", False)
-            dispatcher.publish("task-revoked", fields)
-        elif state == states.REJECTED:
-            requeue = outcome.settle == "requeue"
-            if not requeue and "exception" in fields:
+        state, requeue = outcome.state, outcome.settle == "requeue"
+        if state == states.REJECTED or (requeue and state in _AGAIN):
+            if not requeue and outcome.event and "exception" in outcome.event:
+                # Reject(requeue=False): Celery stores FAILURE and says task-failed first.
                 dispatcher.publish("task-failed", {
-                    "uuid": message.id, "exception": fields.pop("exception"),
-                    "traceback": fields.pop("traceback", ""),
+                    "uuid": message.id, "exception": outcome.event["exception"],
+                    "traceback": outcome.event.get("traceback", ""),
                 })
             dispatcher.publish("task-rejected", {"uuid": message.id, "requeue": requeue})
+            return
+        known = _FINAL.get(state)
+        if known is None:
+            return
+        type_, defaults = known
+        fields: dict[str, Any] = {"uuid": message.id, **defaults}  # uuid first, as Celery
+        if outcome.event:
+            fields.update(outcome.event)
+        if state == states.SUCCESS:
+            fields["runtime"] = outcome.runtime
+        dispatcher.publish(type_, fields)
 
     # -- worker events ----------------------------------------------------------------
 

@@ -346,7 +346,8 @@ class Worker:
         def toggled(on: bool) -> None:
             tracer.describe_results = on
 
-        events = WorkerEvents(dispatcher, tasks=self.app.tasks, active=running,
+        events = WorkerEvents(dispatcher, tasks=self.app.tasks, now=self.app.now,
+                              active=running,
                               freq=self.heartbeat_interval, heartbeat=self.heartbeat,
                               on_toggle=toggled)
         toggled(events.task_events)
