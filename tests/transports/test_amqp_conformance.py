@@ -3,12 +3,12 @@
 (On quorum queues ``queue_stats`` is skipped too, for the reason ``QUORUM_STATS``
 gives; ``test_amqp_transport.py`` checks the numbers there once the push has arrived.)
 
-Four checks do not apply, for reasons the kit states itself: ``size_purge_peek``
+Three checks do not apply, for reasons the kit states itself: ``size_purge_peek``
 (``Inspection``: AMQP cannot peek without taking messages from their consumers, see
 ``spec/TRANSPORTS.md`` §6.9), ``broker_delay`` (``BrokerDelay``: the broker moves
-delayed messages itself, nobody calls ``due()``), ``fused_settlement`` (results do
-not live in the broker) and ``broadcast`` (``Broadcast``, the remote-control channel:
-not implemented on AMQP yet; section 4 of ``spec/control.md`` gives its mapping).
+delayed messages itself, nobody calls ``due()``) and ``fused_settlement`` (results do
+not live in the broker). ``broadcast`` (``Broadcast``: the remote-control channel and
+events) runs: section 4 of ``spec/control.md`` gives its mapping.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import pytest
 from wiretask.testing import CHECKS, check_transport, closed_port
 from wiretask.transports.amqp import AMQPTransport
 
-NOT_OFFERED = {"size_purge_peek", "broker_delay", "fused_settlement", "broadcast"}
+NOT_OFFERED = {"size_purge_peek", "broker_delay", "fused_settlement"}
 #: Why queue_stats is not checked on quorum queues (AMQPTransport._ready_as_consumed):
 #: the check reads ``ready`` right after an ack, exactly, and a quorum queue pushes the
 #: next message through its Raft log apart from the count's answer, so that message can

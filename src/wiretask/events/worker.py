@@ -106,6 +106,9 @@ class WorkerEvents:
         self.dispatcher = dispatcher
         self._tasks = tasks
         self._now = now
+        #: An early message is handed back to the broker to wait (the transport delays
+        #: natively), not held here: set by the worker.
+        self.defers_early = False
         self.freq = freq
         self.heartbeat = heartbeat
         self._active = active
@@ -136,18 +139,24 @@ class WorkerEvents:
 
     def __call__(self, delivery: Delivery, message: TaskMessage) -> bool:
         """The routing step: ``task-received``, unless the message has expired (Celery
-        then sends only ``task-revoked``, with ``expired``). Never takes the message."""
+        then sends only ``task-revoked``, with ``expired``) or is early and goes back to
+        the broker to wait (``defers_early``: it is received when it comes back, as
+        Celery's worker receives a message from the delay ladder when it is due). Never
+        takes the message."""
         dispatcher = self.dispatcher
-        if dispatcher.wants("task-received") and not self._expired(message):
-            dispatcher.publish("task-received", {
-                "uuid": message.id, "name": message.task,
-                "args": message.argsrepr or "", "kwargs": message.kwargsrepr or "",
-                "root_id": message.root_id, "parent_id": message.parent_id,
-                "retries": message.retries,
-                "eta": message.eta.isoformat() if message.eta is not None else None,
-                "expires": message.expires.isoformat() if message.expires is not None
-                else None,
-            })
+        if not dispatcher.wants("task-received") or self._expired(message):
+            return False
+        if self.defers_early and message.eta is not None and message.eta > self._now():
+            return False
+        dispatcher.publish("task-received", {
+            "uuid": message.id, "name": message.task,
+            "args": message.argsrepr or "", "kwargs": message.kwargsrepr or "",
+            "root_id": message.root_id, "parent_id": message.parent_id,
+            "retries": message.retries,
+            "eta": message.eta.isoformat() if message.eta is not None else None,
+            "expires": message.expires.isoformat() if message.expires is not None
+            else None,
+        })
         return False
 
     def started(self, job: Job) -> None:

@@ -80,14 +80,19 @@ from wiretask._amqp.link import Link, heartbeat_period
 from wiretask._amqp.options import SETTINGS, Options, from_settings, parse
 from wiretask.errors import EncodeError, TransportError, ValidationError
 from wiretask.protocol.frame import Frame
+from wiretask.transports._amqp_broadcast import AMQPInbox
 from wiretask.transports.base import (
+    BoundQueue,
     Capabilities,
     DeadLetter,
     Delivery,
+    Exchange,
     Prepared,
     QueueStats,
     Settlement,
     Transport,
+    check_broadcast,
+    check_listen,
     queue_names,
 )
 
@@ -593,6 +598,50 @@ class AMQPTransport(Transport):
         if len(self._routes) < _ROUTE_CACHE:
             self._routes[(exchange, key, queue, delayed)] = result
         return result
+
+    # -- broadcast (base.Broadcast: the control channel and events) -----------------
+
+    def broadcast(self, exchange: Exchange, frame: Frame, *, routing_key: str = "") -> None:
+        """``Broadcast.broadcast``: declare ``exchange`` as Kombu does and publish
+        ``frame`` on it, not mandatory and unconfirmed, as Kombu's pidbox and event
+        producers do (``_amqp_broadcast``).
+
+        Raises:
+            ValidationError, EncodeError: as ``Broadcast.broadcast``.
+            ConnectionLost: the broker cannot be reached.
+            TransportError: e.g. the exchange exists with another type.
+        """
+        check_broadcast(exchange, frame, routing_key)
+        encoded = wire.encode(frame)
+        link = self._publisher
+        with link.lock:
+            self._declare_locked([topology.Exchange(exchange.name, exchange.type,
+                                                    durable=exchange.durable)])
+            channel = self._admin()
+            connection = link.connection
+            assert connection is not None
+            data = wire.publish_frames(encoded, exchange.name, routing_key,
+                                       channel=channel.channel_id,
+                                       frame_max=connection.frame_max, mandatory=False)
+            try:
+                with link.translate("broadcast"):
+                    connection.transport.write(data)
+                    connection.bytes_sent += 1
+            except TransportError as exc:
+                self._channel_failed(exc.__cause__ or exc, "admin")
+                raise
+
+    def listen(self, exchange: Exchange, queue: BoundQueue) -> AMQPInbox:
+        """``Broadcast.listen``: ``queue`` declared, bound and consumed on a connection
+        of its own (``_amqp_broadcast``).
+
+        Raises:
+            ValidationError: as ``Broadcast.listen``.
+            ConnectionLost: the broker cannot be reached.
+            TransportError: a declaration was refused.
+        """
+        check_listen(exchange, queue)
+        return AMQPInbox(self._options, exchange, queue)
 
     # -- consuming ------------------------------------------------------------------
 

@@ -351,6 +351,7 @@ class Worker:
                               freq=self.heartbeat_interval, heartbeat=self.heartbeat,
                               on_toggle=toggled)
         toggled(events.task_events)
+        events.defers_early = transport.capabilities.native_delay
         return events
 
     def __repr__(self) -> str:
