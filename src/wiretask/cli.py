@@ -401,7 +401,6 @@ _WORKER_REFUSED: Mapping[str, tuple[str, str]] = {
     "detach": ("-D/--detach", "wiretask worker runs in the foreground: start it from a "
                "service manager (systemd, supervisord) or with 'nohup wiretask worker "
                "... &'"),
-    "events": ("-E/--events", "wiretask does not send task events yet"),
     "scheduler": ("--scheduler", "wiretask beat keeps its history in a file and on the "
                   "broker: only Celery's default scheduler (leave it out)"),
     "autoscale": ("--autoscale", "the pool has a fixed size: give -c N"),
@@ -516,6 +515,10 @@ def _cmd_worker(args: argparse.Namespace) -> int:
         app_path=args.app if ":" in (getattr(args, "app", None) or "") else None,
         max_memory_per_child=args.max_memory_per_child,
         statedb=args.statedb,
+        # -E: task events from the start; worker events unless --without-heartbeat.
+        send_events=True if args.events else None,
+        heartbeat=not args.without_heartbeat,
+        heartbeat_interval=args.heartbeat_interval or None,
     )
     logging.getLogger("wiretask.cli").info(
         "app %r: broker %s, results %s", app.main or "__main__", app.transport.url,
@@ -646,20 +649,23 @@ def _worker_options(worker: argparse.ArgumentParser) -> None:
     worker.add_argument("--pidfile", default=None, metavar="FILE",
                         help="write the worker's pid to FILE while it runs (refused if "
                         "FILE names a running process)")
+    worker.add_argument("-E", "--events", "--task-events", action="store_true",
+                        help="send Celery's task events (celery events, Flower); the "
+                        "worker events (heartbeats) are sent without it, as Celery's")
+    worker.add_argument("--without-heartbeat", action="store_true",
+                        help="send no worker events (worker-online, -heartbeat, -offline)")
+    worker.add_argument("--heartbeat-interval", type=_non_negative_seconds, metavar="S",
+                        help="seconds between worker-heartbeat events (default 2)")
     no_ops = worker.add_argument_group(
         "accepted for Celery's command lines, no effect here",
-        "wiretask workers do not gossip, synchronise at start (mingle) or send heartbeat "
-        "events",
+        "wiretask workers do not gossip or synchronise at start (mingle)",
     )
     no_ops.add_argument("--without-gossip", action="store_true")
     no_ops.add_argument("--without-mingle", action="store_true")
-    no_ops.add_argument("--without-heartbeat", action="store_true")
-    no_ops.add_argument("--heartbeat-interval", type=_non_negative_seconds, metavar="S")
     refused = worker.add_argument_group(
         "Celery's flags that wiretask refuses (each says what to do instead)"
     )
     refused.add_argument("-D", "--detach", action="store_true")
-    refused.add_argument("-E", "--events", "--task-events", action="store_true")
     refused.add_argument("--scheduler", metavar="CLASS")
     refused.add_argument("--autoscale", metavar="MAX,MIN")
     for flag in ("--uid", "--gid", "--umask", "--executable"):
