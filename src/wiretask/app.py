@@ -108,6 +108,7 @@ from wiretask.transports.url import mask_url, transport_class
 
 if TYPE_CHECKING:
     from wiretask.control import Control
+    from wiretask.events.client import SentEvents
 
 __all__ = [
     "App",
@@ -511,6 +512,8 @@ class App(PeriodicTasks):
         self._backend: ResultBackend | None = None
         self._oid: tuple[int, str] | None = None
         self._declared: set[str] = set()
+        #: ``task-sent`` events (``task_send_sent_event``), made on first use.
+        self._sent_events: SentEvents | None = None
         self._call_builder: calling.CallBuilder | None = None
         self._contexts: dict[tuple[int, int], calling.CallContext] = {}
         self._router: tuple[int, Router] | None = None
@@ -748,6 +751,9 @@ class App(PeriodicTasks):
                 self._backend.close()
                 self._backend = None
             self._declared.clear()
+            sent_events, self._sent_events = self._sent_events, None
+        if sent_events is not None:
+            sent_events.close()
 
     def __enter__(self) -> App:
         return self
@@ -1122,6 +1128,22 @@ class App(PeriodicTasks):
             recover=recover,
             task_id=first.message.id,
         )
+        if self.conf.get("task_send_sent_event"):
+            self._sent(transport, calls)
+
+    def _sent(self, transport: Transport, calls: Sequence[calling.Call]) -> None:
+        """``task-sent`` events (``events.client``), off this thread."""
+        with self._lock:
+            if self._sent_events is None:
+                from wiretask.events.client import SentEvents  # noqa: PLC0415 - on first use
+
+                conf = self.conf
+                self._sent_events = SentEvents(
+                    self.registry, exchange=str(conf.get("event_exchange") or "celeryev"),
+                    serializer=str(conf.get("event_serializer") or "json"),
+                )
+            sent_events = self._sent_events
+        sent_events.sent(transport, calls)
 
     def _reply_backend(self) -> ReplyRouted | None:
         """The result backend, when it must hear of every send (``rpc://``); decided

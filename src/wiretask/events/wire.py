@@ -112,11 +112,13 @@ def event_exchange(broker_scheme: str, name: str = DEFAULT_EXCHANGE) -> Exchange
 
 
 def receiver_queue(node_id: str, *, prefix: str = DEFAULT_QUEUE_PREFIX, binding_key: str = "#",
-                   expires: float | None = None, message_ttl: float | None = None) -> BoundQueue:
+                   expires: float | None = None, message_ttl: float | None = None,
+                   exclusive: bool = False) -> BoundQueue:
     """A receiver's queue, ``<prefix>.<node_id>``, bound with ``binding_key`` (``#``: every
-    event), as Celery's ``EventReceiver`` names and binds it."""
+    event), as Celery's ``EventReceiver`` names and binds it (not exclusive by default:
+    Celery's ``event_queue_exclusive``)."""
     return BoundQueue(name=f"{prefix}.{node_id}", binding_key=binding_key, expires=expires,
-                      message_ttl=message_ttl, exclusive=True)
+                      message_ttl=message_ttl, exclusive=exclusive)
 
 
 def encode_event(body: Mapping[str, Any], registry: Registry,

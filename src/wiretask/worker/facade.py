@@ -25,7 +25,7 @@ from collections.abc import Iterable
 from types import FrameType, TracebackType
 from typing import TYPE_CHECKING, Any
 
-from wiretask.control.mailbox import Mailbox
+from wiretask.control.mailbox import Command, Mailbox
 from wiretask.control.revoked import RevokedStore
 from wiretask.control.wire import (
     DEFAULT_NAMESPACE,
@@ -414,9 +414,6 @@ class Worker:
             )
             return
         conf = self.app.conf
-        commands = self._remote.commands()
-        if self._events is not None:
-            commands.update(self._events.commands())
         namespace = str(conf.get("control_exchange") or DEFAULT_NAMESPACE)
         self._mailbox = Mailbox(
             transport=transport, hostname=self.hostname, namespace=namespace,
@@ -425,10 +422,18 @@ class Worker:
                 expires=conf.get("control_queue_expires", DEFAULT_QUEUE_EXPIRES),
                 message_ttl=conf.get("control_queue_ttl", DEFAULT_QUEUE_TTL),
             ),
-            commands=commands, registry=self.app.registry,
+            commands=self._commands(), registry=self.app.registry,
             serializer=str(conf.task_serializer), clock=self._clock,
         )
         self._mailbox.start()
+
+    def _commands(self) -> dict[str, Command]:
+        """The control commands this worker answers: remote control's, and the events'
+        (``enable_events``, ``disable_events``, ``heartbeat``)."""
+        commands = self._remote.commands()
+        if self._events is not None:
+            commands.update(self._events.commands())
+        return commands
 
     def stop(self, timeout: float | None = None) -> None:
         """Stop: take no more messages, give back held eta messages and those not yet
