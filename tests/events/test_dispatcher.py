@@ -27,7 +27,7 @@ EXCHANGE = event_exchange("memory")
 
 @pytest.fixture
 def transport() -> MemoryTransport:
-    transport = MemoryTransport(f"memory://{uuid.uuid4().hex}")
+    transport = MemoryTransport(uuid.uuid4().hex)
     transport.connect()
     return transport
 
