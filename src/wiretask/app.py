@@ -1385,6 +1385,7 @@ class Task(Generic[P, R]):
     store_errors_even_if_ignored: bool | None = None
     store_eager_result: bool | None = None
     trail: bool = True
+    send_events: bool = True
     throws: tuple[type[BaseException], ...] = ()
     autoretry_for: tuple[type[BaseException], ...] = ()
     dont_autoretry_for: tuple[type[BaseException], ...] = ()

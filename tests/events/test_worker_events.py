@@ -209,3 +209,16 @@ def test_task_sent_from_the_client(app: App, seen: Collected) -> None:
     quiet = app.send_task("unit.add", (1, 2))
     time.sleep(0.2)
     assert seen.types(quiet.id) == []
+
+
+def test_a_task_with_send_events_false_has_no_task_events(app: App, seen: Collected) -> None:
+    @app.task(name="unit.quiet", send_events=False)
+    def quiet() -> str:
+        return "sh"
+
+    with Worker(app, concurrency=1, hostname=NODE, send_events=True, shutdown_timeout=5):
+        hushed = app.send_task("unit.quiet")
+        assert hushed.get(timeout=10) == "sh"
+        loud = app.send_task("unit.add", (1, 1))
+        seen.wait("task-succeeded", lambda: "task-succeeded" in seen.types(loud.id))
+    assert seen.types(hushed.id) == []

@@ -32,7 +32,7 @@ import math
 import os
 import platform
 import threading
-from collections.abc import Callable, Container, Mapping
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, Final
 
 import wiretask
@@ -86,7 +86,8 @@ class WorkerEvents:
 
     Args:
         dispatcher: sends them; its groups say which are on.
-        tasks: the names of the tasks the worker knows.
+        tasks: the tasks the worker knows, by name (a task whose ``send_events`` is
+            False has no task events, as in Celery).
         now: the app's clock (``App.now``), to tell an expired message.
         active: the number of tasks the worker has running or reserved (heartbeats'
             ``active``).
@@ -97,7 +98,7 @@ class WorkerEvents:
     """
 
     def __init__(
-        self, dispatcher: EventDispatcher, *, tasks: Container[str],
+        self, dispatcher: EventDispatcher, *, tasks: Mapping[str, Any],
         now: Callable[[], datetime], active: Callable[[], int],
         freq: float = HEARTBEAT_FREQ, heartbeat: bool = True,
         on_toggle: Callable[[bool], None] | None = None,
@@ -134,6 +135,10 @@ class WorkerEvents:
                                  exception=f"NotRegistered({message.task!r})")
         return False
 
+    def _quiet(self, message: TaskMessage) -> bool:
+        task = self._tasks.get(message.task)
+        return task is not None and not getattr(task, "send_events", True)
+
     def _expired(self, message: TaskMessage) -> bool:
         return message.expires is not None and is_expired(message.expires, now=self._now())
 
@@ -144,7 +149,8 @@ class WorkerEvents:
         Celery's worker receives a message from the delay ladder when it is due). Never
         takes the message."""
         dispatcher = self.dispatcher
-        if not dispatcher.wants("task-received") or self._expired(message):
+        if (not dispatcher.wants("task-received") or self._quiet(message)
+                or self._expired(message)):
             return False
         if self.defers_early and message.eta is not None and message.eta > self._now():
             return False
@@ -166,7 +172,8 @@ class WorkerEvents:
         with self._lock:
             self.processed += 1
         dispatcher = self.dispatcher
-        if dispatcher.wants("task-started") and not self._expired(job.message):
+        if (dispatcher.wants("task-started") and not self._quiet(job.message)
+                and not self._expired(job.message)):
             dispatcher.publish("task-started", {"uuid": job.message.id})
 
     def finished(self, message: TaskMessage, outcome: Outcome) -> None:
@@ -175,7 +182,7 @@ class WorkerEvents:
         time limit with ``acks_on_timeout`` off, a final state that could not be
         stored) is ``task-rejected`` with ``requeue``, as Celery's ``reject``."""
         dispatcher = self.dispatcher
-        if not dispatcher.wants("task-succeeded"):
+        if not dispatcher.wants("task-succeeded") or self._quiet(message):
             return
         state, requeue = outcome.state, outcome.settle == "requeue"
         if state == states.REJECTED or (requeue and state in _AGAIN):
