@@ -76,6 +76,12 @@ def read_events(child: subprocess.Popen[str], count: int, timeout: float = 60) -
     return lines
 
 
+def close_pipes(child: subprocess.Popen[str]) -> None:
+    for pipe in (child.stdout, child.stderr):
+        if pipe is not None:
+            pipe.close()
+
+
 #: What was read past the last whole line, per process.
 _PENDING: dict[subprocess.Popen[str], list[str]] = {}
 
@@ -103,6 +109,7 @@ def test_worker_E_and_wiretask_events(cli: CLI, pool: str) -> None:
         code, _, err = cli.stop(worker)
         listener.send_signal(signal.SIGINT)
         listener.wait(30)
+        close_pipes(listener)
     assert code == 0, err
     assert [e["type"] for e in events if e.get("uuid") == ok] == [
         "task-received", "task-started", "task-succeeded"]
@@ -125,6 +132,7 @@ def test_dump_lines_are_celerys(cli: CLI) -> None:
         assert listener.wait(30) == 0  # --limit: it stops after 3 events
     finally:
         cli.stop(worker)
+        close_pipes(listener)
     received, started, succeeded = lines
     assert received.startswith("dump@events [")
     assert f"task received: proj.tasks.add({task}) args=(20, 22) kwargs={{}}" in received

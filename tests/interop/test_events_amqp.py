@@ -131,6 +131,8 @@ def test_celery_events_dump_on_rabbitmq(amqp_vhost: str, interop_url: str, wt: A
     finally:
         proc.terminate()
         proc.wait(10)
+        if proc.stdout is not None:
+            proc.stdout.close()
     [succeeded] = [line for line in lines if "task succeeded" in line]
     assert f"interop.add({done.id}) args=(40, 2)" in succeeded and "result=42" in succeeded
 

@@ -101,6 +101,8 @@ def test_celery_events_dump_shows_the_worker_and_its_tasks(
     finally:
         proc.terminate()
         proc.wait(10)
+        if proc.stdout is not None:
+            proc.stdout.close()
     text = "".join(lines)
 
     def line(start: str) -> str:

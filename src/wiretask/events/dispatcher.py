@@ -1,8 +1,12 @@
 """Sending events: ``EventDispatcher``, fire and forget, off the caller's thread.
 
 ``send`` builds the event at once (its ``timestamp`` and ``clock`` are those of the
-moment it happened) and queues its frame; one sender thread publishes the queue in order
-on the event exchange (``Broadcast.broadcast``). So a task never waits for the broker
+moment it happened) and queues it; one sender thread encodes and publishes the queue in
+order on the event exchange (``Broadcast.broadcast``): an event alone as itself, events
+of one group queued behind each other (a busy worker) as one Celery ``<group>.multi``
+message of at most ``MULTI_LIMIT`` (a list body, which Celery's receivers and
+``celery events`` read event by event), as Celery's worker batches its task events.
+So a task never waits for the broker
 to carry its events, and a broker error never reaches it: the sender logs it (once per
 outage), keeps the events and tries again, pausing from ``RETRY_START`` up to
 ``RETRY_MAX`` while the broker stays away, as Celery's dispatcher buffers events while
@@ -30,11 +34,19 @@ from typing import Any, Final
 
 from wiretask.codecs import Registry
 from wiretask.errors import WiretaskError
-from wiretask.events.wire import encode_event, event, group_of, routing_key, utcoffset_hours
+from wiretask.events.wire import (
+    encode_event,
+    event,
+    group_of,
+    multi_routing_key,
+    routing_key,
+    utcoffset_hours,
+)
 from wiretask.protocol.frame import Frame
 from wiretask.transports.base import Broadcast, Exchange
 
-__all__ = ["BUFFER_LIMIT", "RETRY_MAX", "RETRY_START", "EventDispatcher", "local_utcoffset"]
+__all__ = ["BUFFER_LIMIT", "MULTI_LIMIT", "RETRY_MAX", "RETRY_START", "EventDispatcher",
+           "local_utcoffset"]
 
 logger = logging.getLogger("wiretask.events")
 
@@ -43,6 +55,9 @@ BUFFER_LIMIT: Final = 10_000
 #: First pause before publishing again after a broker error; it doubles up to RETRY_MAX.
 RETRY_START: Final = 0.1
 RETRY_MAX: Final = 5.0
+#: Most events of one group published as one ``<group>.multi`` message (Celery's
+#: dispatcher batches its buffered task events 24 at a time).
+MULTI_LIMIT: Final = 24
 
 
 def local_utcoffset() -> int:
@@ -90,7 +105,10 @@ class EventDispatcher:
         self.utcoffset = local_utcoffset()
         self._forward: Callable[[], int] | None = None if clock is None else clock.forward
         self._lock = threading.Lock()
-        self._queue: collections.deque[tuple[Frame, str]] = collections.deque()
+        #: Events waiting for the sender thread: (type, event).
+        self._queue: collections.deque[tuple[str, dict[str, Any]]] = collections.deque()
+        #: Events the sender thread took and has not published yet.
+        self._in_flight = 0
         self._limit = buffer_limit
         self._wake = threading.Condition(self._lock)
         self._closing = False
@@ -137,40 +155,89 @@ class EventDispatcher:
         self.publish(type_, fields)
 
     def publish(self, type_: str, fields: dict[str, Any]) -> None:
-        """Queue the event whatever the groups (``send`` checks them). Never raises."""
+        """Queue the event whatever the groups (``send`` checks them). Never raises.
+
+        Hot path (three calls per task with task events on): the event is built here,
+        with its clock and time; encoding and publishing are the sender thread's."""
         clock = self._forward() if self._forward is not None else 0
         body = event(type_, fields, hostname=self.hostname, utcoffset=self.utcoffset,
                      pid=self.pid, clock=clock, timestamp=time.time())
-        try:
-            frame = encode_event(body, self.registry, self.serializer)
-        except WiretaskError as exc:
-            with self._lock:
-                self.dropped += 1
-            logger.warning("event %s not sent: %s", type_, exc)
-            return
         with self._lock:
-            if len(self._queue) >= self._limit:
-                self._queue.popleft()
-                self.dropped += 1
-                if self.dropped == 1 or self.dropped % 1000 == 0:
-                    logger.warning("events: %d dropped so far (%d waiting for the broker)",
-                                   self.dropped, len(self._queue))
-            self._queue.append((frame, routing_key(type_)))
+            queue = self._queue
+            if len(queue) >= self._limit:
+                queue.popleft()
+                self._count_drops(1)
+            queue.append((type_, body))
             if self._thread is None and not self._closing:
                 self._thread = threading.Thread(target=self._run, name="wiretask-events",
                                                 daemon=True)
                 self._thread.start()
             self._wake.notify()
 
+    def _count_drops(self, count: int) -> None:
+        """Caller holds ``_lock``."""
+        before = self.dropped
+        self.dropped += count
+        if before == 0 or before // 1000 != self.dropped // 1000:
+            logger.warning("events: %d dropped so far (%d waiting for the broker)",
+                           self.dropped, len(self._queue))
+
+    def _take(self) -> list[tuple[str, dict[str, Any]]] | None:
+        """The next batch (caller holds ``_lock``): the first queued event and those of
+        its group right behind it, at most ``MULTI_LIMIT``; None once closed and empty."""
+        queue = self._queue
+        while not queue and not self._closing:
+            self._wake.wait()
+        if not queue:
+            return None
+        first = queue.popleft()
+        batch = [first]
+        group = group_of(first[0])
+        while queue and len(batch) < MULTI_LIMIT and group_of(queue[0][0]) == group:
+            batch.append(queue.popleft())
+        self._in_flight = len(batch)
+        return batch
+
+    def _frame(self, batch: list[tuple[str, dict[str, Any]]]) -> tuple[Frame, str] | None:
+        """One event as itself, several as Celery's ``<group>.multi`` list. An event the
+        serializer refuses is dropped (logged); the others of its batch go on."""
+        if len(batch) == 1:
+            type_, body = batch[0]
+            key = routing_key(type_)
+        else:
+            body_list = [body for _, body in batch]
+            try:
+                return (encode_event(body_list, self.registry, self.serializer),
+                        multi_routing_key(group_of(batch[0][0])))
+            except WiretaskError:
+                good = [one for one in batch if self._frame([one]) is not None]
+                if not good:
+                    return None
+                if len(good) == 1:
+                    return self._frame(good)
+                return (encode_event([b for _, b in good], self.registry, self.serializer),
+                        multi_routing_key(group_of(good[0][0])))
+        try:
+            return encode_event(body, self.registry, self.serializer), key
+        except WiretaskError as exc:
+            with self._lock:
+                self.dropped += 1
+            logger.warning("event %s not sent: %s", type_, exc)
+            return None
+
     def _run(self) -> None:
         pause = RETRY_START
         while True:
             with self._lock:
-                while not self._queue and not self._closing:
-                    self._wake.wait()
-                if not self._queue:
-                    return
-                frame, key = self._queue[0]
+                batch = self._take()
+            if batch is None:
+                return
+            framed = self._frame(batch)
+            if framed is None:
+                with self._lock:
+                    self._in_flight = 0
+                continue
+            frame, key = framed
             try:
                 self.transport.broadcast(self.exchange, frame, routing_key=key)
             except Exception as exc:  # never into the task: log, keep, try again
@@ -179,10 +246,17 @@ class EventDispatcher:
                                    "trying again", self.exchange.name, exc)
                     self._failing = True
                 with self._lock:
+                    self._in_flight = 0
                     if self._closing:
-                        self.dropped += len(self._queue)
+                        self.dropped += len(batch) + len(self._queue)
                         self._queue.clear()
                         return
+                    self._queue.extendleft(reversed(batch))
+                    excess = len(self._queue) - self._limit
+                    for _ in range(max(excess, 0)):
+                        self._queue.popleft()
+                    if excess > 0:
+                        self._count_drops(excess)
                     self._wake.wait(pause)
                 pause = min(pause * 2, RETRY_MAX)
                 continue
@@ -191,9 +265,8 @@ class EventDispatcher:
                 self._failing = False
             pause = RETRY_START
             with self._lock:
-                if self._queue and self._queue[0][0] is frame:
-                    self._queue.popleft()
-                self.sent += 1
+                self._in_flight = 0
+                self.sent += len(batch)
 
     def flush(self, timeout: float) -> bool:
         """Wait up to ``timeout`` seconds until every queued event is published; False
@@ -201,7 +274,7 @@ class EventDispatcher:
         deadline = time.monotonic() + timeout
         while True:
             with self._lock:
-                if not self._queue:
+                if not self._queue and not self._in_flight:
                     return True
             if time.monotonic() >= deadline:
                 return False

@@ -20,14 +20,15 @@ routing key ``type`` with ``-`` turned into ``.`` (``task.succeeded``), in a fra
     headers    {"hostname": <the sender's hostname>}
     properties {"delivery_mode": 1, "priority": 0}
 
-A body may also be a list of events (Celery's buffered ``<group>.multi`` messages);
-``decode_events`` reads both.
+A body may also be a list of events of one group (Celery's buffered ``<group>.multi``
+messages, routing key ``task.multi``); ``encode_event`` writes and ``decode_events``
+reads both.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any, Final
 
 from wiretask.codecs import Registry
@@ -45,6 +46,7 @@ __all__ = [
     "event",
     "event_exchange",
     "group_of",
+    "multi_routing_key",
     "receiver_queue",
     "routing_key",
     "utcoffset_hours",
@@ -81,6 +83,11 @@ def group_of(type_: str) -> str:
 def routing_key(type_: str) -> str:
     """The routing key an event is published with (``task-sent`` -> ``task.sent``)."""
     return type_.replace("-", ".")
+
+
+def multi_routing_key(group: str) -> str:
+    """The routing key of a batch of events of ``group`` (``task.multi``)."""
+    return f"{group}.multi"
 
 
 def event(
@@ -121,14 +128,23 @@ def receiver_queue(node_id: str, *, prefix: str = DEFAULT_QUEUE_PREFIX, binding_
                       message_ttl=message_ttl, exclusive=exclusive)
 
 
-def encode_event(body: Mapping[str, Any], registry: Registry,
+def encode_event(body: Mapping[str, Any] | Sequence[Mapping[str, Any]], registry: Registry,
                  serializer: str = "json") -> Frame:
-    """The frame of one event (see the module docstring).
+    """The frame of one event, or of a batch of events of one sender (a list body,
+    Celery's ``<group>.multi`` message; see the module docstring).
 
     Raises:
         EncodeError: a field the serializer cannot write.
         UnknownCodec: an unknown serializer.
     """
+    if not isinstance(body, Mapping):
+        batch = [dict(one) for one in body]
+        hostname = batch[0].get("hostname") if batch else None
+        return _frame(batch, hostname, registry, serializer)
+    return _frame(body, body.get("hostname"), registry, serializer)
+
+
+def _frame(body: Any, hostname: object, registry: Registry, serializer: str) -> Frame:
     codec = registry.serializer(serializer)
     if codec.content_type == _JSON:
         try:
@@ -137,10 +153,10 @@ def encode_event(body: Mapping[str, Any], registry: Registry,
             raise EncodeError("event", f"json: {exc}", content_type=_JSON) from exc
         content_type, content_encoding = _JSON, "utf-8"
     else:
-        encoded = registry.dumps(dict(body), serializer, field="event")
+        encoded = registry.dumps(dict(body) if isinstance(body, Mapping) else body,
+                                 serializer, field="event")
         data, content_type = encoded.data, encoded.content_type
         content_encoding = encoded.content_encoding
-    hostname = body.get("hostname")
     return Frame.adopt(data, content_type, content_encoding,
                        {"hostname": hostname} if isinstance(hostname, str) else {},
                        {"delivery_mode": _DELIVERY_MODE, "priority": 0})
