@@ -1091,12 +1091,16 @@ class AMQPTransport(Transport):
         consumer's own channel, plus the messages pushed to the consumer and not handed
         out yet; ``None`` for a queue it does not consume.
 
-        On the consumer's channel the count is one instant with the pushes of a
-        classic queue: RabbitMQ answers a channel's methods in order, so every message
-        it pushed (after the acks this channel sent) arrives before the answer and is in
-        the buffer then. A quorum queue settles acks and pushes through its Raft log,
-        apart from that answer: a message on its way to this consumer at that moment
-        is missed (one read later it is counted). RabbitMQ counts pushed messages as
+        A classic queue that pushed a message to this consumer before it answered the
+        count (freed room after an ack: the queue takes the ack, pushes, then answers)
+        has the channel pass the answer on first and the push after it (RabbitMQ's
+        channel takes the queue's answer out of turn while it waits for it): that
+        message is in neither number when the answer arrives. One more round trip on
+        the same channel (a second passive declare) brings every such push in before
+        its own answer, so the count is the first answer plus what is buffered after
+        the second. A quorum queue settles acks and pushes through its Raft log, apart
+        from these answers: a message on its way to this consumer then can still be
+        missed (one read later it is counted). RabbitMQ counts pushed messages as
         delivered, but they are as ready as the queue's for this consumer."""
         link = self._consumer
         with link.lock:
@@ -1106,6 +1110,8 @@ class AMQPTransport(Transport):
             try:
                 with link.translate("size"):
                     count = int(channel.queue_declare(queue, passive=True).message_count)
+                    # The barrier (see above): pushes sent before the count arrive now.
+                    channel.queue_declare(queue, passive=True)
             except TransportError as exc:
                 if connection_is_gone(exc.__cause__ or exc):
                     link.discard()
