@@ -111,6 +111,10 @@ DEAD_DROPPED = "x-wiretask-dead-dropped"
 _WAIT_SLICE = 1.0
 #: Most routes whose declarations are remembered (a bound, should routes be endless).
 _ROUTE_CACHE = 10_000
+#: Longest time ``queue_stats`` waits for pushes under way to a consumer of this
+#: transport to arrive (``_ready_as_consumed``), and its poll.
+_STATS_SETTLE = 2.0
+_STATS_POLL = 0.02
 
 
 class AMQPDelivery(Delivery):
@@ -1089,39 +1093,52 @@ class AMQPTransport(Transport):
     def _ready_as_consumed(self, queue: str) -> int | None:
         """For a queue this transport consumes: its ``message_count`` read on the
         consumer's own channel, plus the messages pushed to the consumer and not handed
-        out yet; ``None`` for a queue it does not consume.
+        out yet; ``None`` for a queue it does not consume. RabbitMQ counts pushed
+        messages as delivered, but they are as ready as the queue's for this consumer.
 
-        A classic queue that pushed a message to this consumer before it answered the
-        count (freed room after an ack: the queue takes the ack, pushes, then answers)
-        has the channel pass the answer on first and the push after it (RabbitMQ's
-        channel takes the queue's answer out of turn while it waits for it): that
-        message is in neither number when the answer arrives. One more round trip on
-        the same channel (a second passive declare) brings every such push in before
-        its own answer, so the count is the first answer plus what is buffered after
-        the second. A quorum queue settles acks and pushes through its Raft log, apart
-        from these answers: a message on its way to this consumer then can still be
-        missed (one read later it is counted). RabbitMQ counts pushed messages as
-        delivered, but they are as ready as the queue's for this consumer."""
+        The two numbers are one instant only when nothing is on its way from the queue
+        to this consumer: a message pushed around the count (after an ack freed room
+        in the consumer's prefetch window) may be counted by neither, or, read again,
+        by both. RabbitMQ pushes while the window has room and the queue has messages,
+        so the count is read until that stops (``_STATS_SETTLE`` seconds at most;
+        a classic queue settles within a round trip or two, a quorum queue through its
+        Raft log): the window is full (nothing more can be pushed, so nothing is on
+        its way), or the queue is empty and one more round trip on the same channel
+        has brought in whatever was pushed before the count."""
         link = self._consumer
-        with link.lock:
-            channel = self._sub_channel
-            if channel is None or queue not in self._by_queue:
-                return None
-            try:
-                with link.translate("size"):
-                    count = int(channel.queue_declare(queue, passive=True).message_count)
-                    # The barrier (see above): pushes sent before the count arrive now.
-                    channel.queue_declare(queue, passive=True)
-            except TransportError as exc:
-                if connection_is_gone(exc.__cause__ or exc):
-                    link.discard()
-                    self._forget_subscription()
-                else:
-                    self._drop_sub_channel()
-                raise
-            tags = self._tags
-            return count + sum(1 for m in self._buffer
+        deadline = time.monotonic() + _STATS_SETTLE
+        while True:
+            with link.lock:
+                channel = self._sub_channel
+                tag = self._by_queue.get(queue)
+                if channel is None or tag is None:
+                    return None
+                try:
+                    with link.translate("size"):
+                        count = int(channel.queue_declare(queue, passive=True).message_count)
+                        if count == 0:
+                            # Empty: what it pushed before answering arrives before
+                            # this second answer (RabbitMQ answers a channel in order).
+                            channel.queue_declare(queue, passive=True)
+                except TransportError as exc:
+                    if connection_is_gone(exc.__cause__ or exc):
+                        link.discard()
+                        self._forget_subscription()
+                    else:
+                        self._drop_sub_channel()
+                    raise
+                tags = self._tags
+                buffered = sum(1 for m in self._buffer
                                if tags.get(m.delivery_info["consumer_tag"]) == queue)
+                full = self._window > 0 and self._in_window[tag] >= self._window
+                if count == 0 or full or time.monotonic() >= deadline:
+                    return count + buffered
+                waiter = link.waiter()
+            # Room in the window and messages in the queue: a push is due; let it in.
+            if waiter is not None:
+                waiter.wait(_STATS_POLL)
+            with link.lock:
+                link.pump()
 
     def _inspect(self, queue: str, what: Literal["size", "purge"]) -> int:
         with self._publisher.lock:
