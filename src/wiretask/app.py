@@ -742,7 +742,12 @@ class App(PeriodicTasks):
         return self._backend
 
     def close(self) -> None:
-        """Close the broker connection and the result backend."""
+        """Close the broker connection and the result backend (``task-sent`` events
+        still queued are published first, for up to 2 s)."""
+        with self._lock:
+            sent_events, self._sent_events = self._sent_events, None
+        if sent_events is not None:
+            sent_events.close()
         with self._lock:
             if self._transport is not None:
                 self._transport.close()
@@ -751,9 +756,6 @@ class App(PeriodicTasks):
                 self._backend.close()
                 self._backend = None
             self._declared.clear()
-            sent_events, self._sent_events = self._sent_events, None
-        if sent_events is not None:
-            sent_events.close()
 
     def __enter__(self) -> App:
         return self
