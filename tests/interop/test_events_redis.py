@@ -156,6 +156,26 @@ def test_enable_and_disable_events_from_celery(interop_url: str, capture: Celery
         app.close()
 
 
+def test_task_sent_from_wiretasks_client(capture: CeleryCapture, wt: App,
+                                        worker: Worker) -> None:
+    """``task_send_sent_event``: Celery's State sees the client's task-sent first."""
+    wt.conf.task_send_sent_event = True
+    try:
+        result = wt.send_task("interop.add", (7, 8), countdown=0.1)
+        assert result.get(timeout=WAIT) == 15
+    finally:
+        wt.conf.task_send_sent_event = False
+    capture.wait_type(result.id, "task-succeeded")
+    capture.wait_type(result.id, "task-sent")
+    sent = next(e for e in capture.events_of(result.id) if e["type"] == "task-sent")
+    assert sent["name"] == "interop.add" and sent["args"] == "(7, 8)"
+    assert sent["queue"] == "celery" and sent["routing_key"] == "celery"
+    assert sent["eta"] is not None and sent["retries"] == 0
+    assert sent["hostname"].startswith("gen")
+    assert capture.state.tasks[result.id].sent is not None
+    assert capture.state.tasks[result.id].state == "SUCCESS"
+
+
 def test_worker_offline_at_stop(capture: CeleryCapture, worker: Worker) -> None:
     """Last: stopping the module's worker sends worker-offline."""
     worker.stop(5)
