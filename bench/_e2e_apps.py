@@ -63,11 +63,14 @@ def main() -> None:
     parser.add_argument("--prefetch", type=int, default=None,
                         help="messages reserved beyond the running ones (default: the "
                         "worker's, Celery's prefetch multiplier 4 x concurrency)")
+    parser.add_argument("--events", action="store_true",
+                        help="send Celery's task events (-E)")
     options = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     concurrency = None if options.pool == "solo" else options.concurrency
+    # Heartbeats off, as the Celery side runs --without-heartbeat; --events: -E.
     Worker(wiretask_app, queues=[WT_QUEUE], pool=options.pool, concurrency=concurrency,
-           prefetch=options.prefetch).run()
+           prefetch=options.prefetch, send_events=options.events, heartbeat=False).run()
 
 
 if __name__ == "__main__":

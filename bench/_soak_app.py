@@ -1,6 +1,7 @@
 """The app of the soak benchmark (``bench/soak.py``), and its worker program.
 
-The broker and backend come from ``$WIRETASK_SOAK_URL``; each run of ``soak.run``
+The broker comes from ``$WIRETASK_SOAK_URL``, the backend from
+``$WIRETASK_SOAK_BACKEND`` (default: the broker's URL); each run of ``soak.run``
 appends its number to ``$WIRETASK_SOAK_LOG`` (one ``write`` of a short line on an
 ``O_APPEND`` file: atomic between processes), so the benchmark counts every execution
 from outside the workers, even of a worker it killed. ``python bench/_soak_app.py
@@ -17,10 +18,11 @@ from wiretask.app import App
 from wiretask.worker import Worker
 
 URL = os.environ.get("WIRETASK_SOAK_URL", "sqlite:///soak.db")
+BACKEND = os.environ.get("WIRETASK_SOAK_BACKEND", URL)
 LOG = os.environ.get("WIRETASK_SOAK_LOG", "soak.log")
 TASK = "soak.run"
 
-app = App("soak", broker=URL, backend=URL)
+app = App("soak", broker=URL, backend=BACKEND)
 
 
 @app.task(name=TASK)

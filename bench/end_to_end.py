@@ -25,6 +25,10 @@ each side's fastest publishing API; Celery has no batch call) is the row with th
 target; wiretask publishing one ``apply_async`` at a time, like Celery, is shown too.
 A hard cap per run (``--cap`` seconds) stops a stuck run; it is then reported as what
 completed in the cap.
+
+The cost of Celery's task events: the solo worker with ``-E`` (``task-received``,
+``task-started``, ``task-succeeded`` per task, published by the worker's event thread)
+against Celery's ``-P solo -E``; the difference to the row without events is the cost.
 """
 
 from __future__ import annotations
@@ -182,6 +186,8 @@ def main() -> None:
                 ("wt_solo_old", wt_solo_old, apps.WT_COUNTER, wt_many),
                 ("wt_solo_default", wt_solo_default, apps.WT_COUNTER, wt_many),
                 ("wt_threads_old", wt_threads_old, apps.WT_COUNTER, wt_many),
+                ("wt_events", [*wt_solo, "--events"], apps.WT_COUNTER, wt_many),
+                ("celery_events", [*celery_cmd, "-E"], apps.CELERY_COUNTER, celery_one),
             )
             # Interleaved (all sides, then all sides again), the best run of each side
             # kept: as in the other benches, the least-disturbed run is the estimate.
@@ -219,6 +225,8 @@ def main() -> None:
             us_per_task("wt_solo_default"), us_per_task("celery"), celery),
         Row(f"e2e {count} tasks, {options.concurrency} threads, old default prefetch 1",
             us_per_task("wt_threads_old"), us_per_task("celery"), celery),
+        Row(f"e2e {count} tasks, solo, task events on (-E)", us_per_task("wt_events"),
+            us_per_task("celery_events"), "celery -P solo -E (apply_async publish)"),
     ]
     print_table("End to end, SMALL tasks through a worker (higher tasks/s is better)", rows,
                 unit="tasks/s")

@@ -6,9 +6,12 @@ every S seconds and started again, and the counts show what that cost.
 Run: ``python bench/soak.py`` (100,000 messages per transport; ``--messages 2000`` for
 a quick look). Redis: ``$WIRETASK_BENCH_REDIS_URL`` or a private ``redis-server``
 (database ``$WIRETASK_BENCH_REDIS_DB``, default 9, emptied before and after); SQLite: a
-file in a temporary directory. Messages are published with ``apply_many`` in chunks of
-1,000 while the workers consume; the clock runs from the first publish to the last
-execution. Prints a Markdown table (the README keeps the last one).
+file in a temporary directory; RabbitMQ (``--transports amqp``): the node of
+``bench/amqp_common.py`` (``$WIRETASK_BENCH_AMQP_URL``, the test node, or a private one),
+whose ``celery`` queue and its dead letters are deleted before and after (results go
+nowhere: the messages are published with ``ignore_result``). Messages are published
+with ``apply_many`` in chunks of 1,000 while the workers consume; the clock runs from the
+first publish to the last execution. Prints a Markdown table (the README keeps the last one).
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from pathlib import Path
 
 import redis
 from _common import BENCH_DIR, REDIS_DB, machine_facts, redis_url
+from amqp_common import amqp_url, empty_queues
 
 CHUNK = 1000
 #: The task the workers run (``bench/_soak_app.py``).
@@ -71,10 +75,10 @@ def _children(pid: int) -> list[int]:
 class Fleet:
     """The worker processes of one run, started, killed and restarted."""
 
-    def __init__(self, url: str, log: Path, options: argparse.Namespace) -> None:
+    def __init__(self, url: str, backend: str, log: Path, options: argparse.Namespace) -> None:
         path = os.pathsep.join([str(BENCH_DIR), os.environ.get("PYTHONPATH", "")])
-        self.env = {**os.environ, "WIRETASK_SOAK_URL": url, "WIRETASK_SOAK_LOG": str(log),
-                    "PYTHONPATH": path}
+        self.env = {**os.environ, "WIRETASK_SOAK_URL": url, "WIRETASK_SOAK_BACKEND": backend,
+                    "WIRETASK_SOAK_LOG": str(log), "PYTHONPATH": path}
         self.command = [sys.executable, str(BENCH_DIR / "_soak_app.py"), "--pool", options.pool,
                         "--concurrency", str(options.concurrency)]
         self.procs = [self._start() for _ in range(options.workers)]
@@ -112,19 +116,21 @@ def executions(log: Path) -> Counter[int]:
     return Counter(int(line) for line in log.read_bytes().split() if line)
 
 
-def soak(name: str, url: str, options: argparse.Namespace) -> dict[str, object]:
+def soak(name: str, url: str, options: argparse.Namespace,
+         backend: str | None = None) -> dict[str, object]:
     from wiretask.app import App  # noqa: PLC0415 - after the path is set
 
     workdir = Path(tempfile.mkdtemp(prefix=f"wiretask-soak-{name}-"))
     log = workdir / "executed"
-    client = App("soak-client", broker=url, backend=url)
+    backend = backend or url
+    client = App("soak-client", broker=url, backend=backend)
 
     @client.task(name=TASK)
     def run(number: int) -> int:  # the workers run the real one (bench/_soak_app.py)
         raise NotImplementedError
 
     total = options.messages
-    fleet = Fleet(url, log, options)
+    fleet = Fleet(url, backend, log, options)
     samples: list[tuple[float, int]] = []
     rng = random.Random(13)
     published = threading.Event()
@@ -182,8 +188,16 @@ def main() -> None:
                 stack.callback(lambda db=plain: redis.Redis.from_url(db).flushdb())
                 # A killed worker's messages come back after 10 s, not the default 60.
                 url = f"{plain}?lease_timeout=10"
+            elif name == "amqp":
+                # A killed worker's messages come back at once (RabbitMQ requeues them
+                # when its connection drops): no option needed.
+                url = stack.enter_context(amqp_url())
+                empty_queues(url, "celery", "celery.dead", delete=True)
+                stack.callback(empty_queues, url, "celery", "celery.dead", delete=True)
+                rows.append(soak(name, url, options, backend="memory://"))
+                continue
             else:
-                raise SystemExit(f"unknown transport {name!r}: sqlite or redis")
+                raise SystemExit(f"unknown transport {name!r}: sqlite, redis or amqp")
             rows.append(soak(name, url, options))
     print(machine_facts())
     print(f"\n{options.workers} worker processes, pool {options.pool}, concurrency "

@@ -95,3 +95,9 @@ def test_soak_bench_runs() -> None:
                        "--cap", "120")
     assert "| transport | messages | executed once | duplicated | lost |" in output
     assert "| sqlite | 300 | 300 | 0 | 0 |" in output
+
+
+def test_soak_bench_runs_on_rabbitmq(amqp_url: str) -> None:
+    """bench/soak.py on RabbitMQ (the test node, through ``amqp_url``): it counts them all."""
+    output = run_bench("soak.py", "--messages", "300", "--transports", "amqp", "--cap", "120")
+    assert "| amqp | 300 | 300 | 0 | 0 |" in output

@@ -390,6 +390,12 @@ def invalid() -> Iterator[tuple[str, str, dict[str, Any], str, str, dict[str, An
            "headers mapping is 255 levels.",
            _frame(GOOD_BODY, headers(**{"x-deep": json.loads("[" * 254 + "]" * 254)})),
            "MalformedMessage", "headers.x-deep", {})
+    yield ("content-encoding-with-nul", "A body with no decoder (no content type) whose "
+           "content_encoding holds a NUL: no charset has that name (found by "
+           "fuzz/fuzz_amqp_message.py: Python's codec lookup raised ValueError, not "
+           "LookupError).",
+           _frame(GOOD_BODY, headers(), content_type="", content_encoding="utf\x00-8"),
+           "DecodeError", "body", {})
 
 
 class _Drop:

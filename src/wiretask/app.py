@@ -113,6 +113,7 @@ from wiretask.transports.url import mask_url, transport_class
 
 if TYPE_CHECKING:
     from wiretask.control import Control
+    from wiretask.events.client import SentEvents
 
 __all__ = [
     "App",
@@ -520,6 +521,8 @@ class App(PeriodicTasks):
         self._backend: ResultBackend | None = None
         self._oid: tuple[int, str] | None = None
         self._declared: set[str] = set()
+        #: ``task-sent`` events (``task_send_sent_event``), made on first use.
+        self._sent_events: SentEvents | None = None
         self._call_builder: calling.CallBuilder | None = None
         self._contexts: dict[tuple[int, int], calling.CallContext] = {}
         self._router: tuple[int, Router] | None = None
@@ -754,7 +757,12 @@ class App(PeriodicTasks):
         return backend
 
     def close(self) -> None:
-        """Close the broker connection and the result backend."""
+        """Close the broker connection and the result backend (``task-sent`` events
+        still queued are published first, for up to 2 s)."""
+        with self._lock:
+            sent_events, self._sent_events = self._sent_events, None
+        if sent_events is not None:
+            sent_events.close()
         with self._lock:
             if self._transport is not None:
                 self._transport.close()
@@ -1163,6 +1171,22 @@ class App(PeriodicTasks):
             recover=recover,
             task_id=first.message.id,
         )
+        if self.conf.get("task_send_sent_event"):
+            self._sent(transport, calls)
+
+    def _sent(self, transport: Transport, calls: Sequence[calling.Call]) -> None:
+        """``task-sent`` events (``events.client``), off this thread."""
+        with self._lock:
+            if self._sent_events is None:
+                from wiretask.events.client import SentEvents  # noqa: PLC0415 - on first use
+
+                conf = self.conf
+                self._sent_events = SentEvents(
+                    self.registry, exchange=str(conf.get("event_exchange") or "celeryev"),
+                    serializer=str(conf.get("event_serializer") or "json"),
+                )
+            sent_events = self._sent_events
+        sent_events.sent(transport, calls)
 
     def _replies_routed(self) -> bool:
         """The result backend must hear of every send (``rpc://``); decided from the
@@ -1678,6 +1702,7 @@ class Task(Generic[P, R]):
     store_errors_even_if_ignored: bool | None = None
     store_eager_result: bool | None = None
     trail: bool = True
+    send_events: bool = True
     throws: tuple[type[BaseException], ...] = ()
     autoretry_for: tuple[type[BaseException], ...] = ()
     dont_autoretry_for: tuple[type[BaseException], ...] = ()

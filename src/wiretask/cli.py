@@ -53,6 +53,8 @@ from wiretask.protocol import states
 from wiretask.protocol.celery import decode
 from wiretask.results.exceptions import exception_from_meta
 from wiretask.transports.base import (
+    Broadcast,
+    Exchange,
     Inspection,
     Peeked,
     QueueAdmin,
@@ -401,7 +403,6 @@ _WORKER_REFUSED: Mapping[str, tuple[str, str]] = {
     "detach": ("-D/--detach", "wiretask worker runs in the foreground: start it from a "
                "service manager (systemd, supervisord) or with 'nohup wiretask worker "
                "... &'"),
-    "events": ("-E/--events", "wiretask does not send task events yet"),
     "scheduler": ("--scheduler", "wiretask beat keeps its history in a file and on the "
                   "broker: only Celery's default scheduler (leave it out)"),
     "autoscale": ("--autoscale", "the pool has a fixed size: give -c N"),
@@ -516,6 +517,10 @@ def _cmd_worker(args: argparse.Namespace) -> int:
         app_path=args.app if ":" in (getattr(args, "app", None) or "") else None,
         max_memory_per_child=args.max_memory_per_child,
         statedb=args.statedb,
+        # -E: task events from the start; worker events unless --without-heartbeat.
+        send_events=True if args.events else None,
+        heartbeat=not args.without_heartbeat,
+        heartbeat_interval=args.heartbeat_interval or None,
     )
     logging.getLogger("wiretask.cli").info(
         "app %r: broker %s, results %s", app.main or "__main__", app.transport.url,
@@ -647,20 +652,23 @@ def _worker_options(worker: argparse.ArgumentParser) -> None:
     worker.add_argument("--pidfile", default=None, metavar="FILE",
                         help="write the worker's pid to FILE while it runs (refused if "
                         "FILE names a running process)")
+    worker.add_argument("-E", "--events", "--task-events", action="store_true",
+                        help="send Celery's task events (celery events, Flower); the "
+                        "worker events (heartbeats) are sent without it, as Celery's")
+    worker.add_argument("--without-heartbeat", action="store_true",
+                        help="send no worker events (worker-online, -heartbeat, -offline)")
+    worker.add_argument("--heartbeat-interval", type=_non_negative_seconds, metavar="S",
+                        help="seconds between worker-heartbeat events (default 2)")
     no_ops = worker.add_argument_group(
         "accepted for Celery's command lines, no effect here",
-        "wiretask workers do not gossip, synchronise at start (mingle) or send heartbeat "
-        "events",
+        "wiretask workers do not gossip or synchronise at start (mingle)",
     )
     no_ops.add_argument("--without-gossip", action="store_true")
     no_ops.add_argument("--without-mingle", action="store_true")
-    no_ops.add_argument("--without-heartbeat", action="store_true")
-    no_ops.add_argument("--heartbeat-interval", type=_non_negative_seconds, metavar="S")
     refused = worker.add_argument_group(
         "Celery's flags that wiretask refuses (each says what to do instead)"
     )
     refused.add_argument("-D", "--detach", action="store_true")
-    refused.add_argument("-E", "--events", "--task-events", action="store_true")
     refused.add_argument("--scheduler", metavar="CLASS")
     refused.add_argument("--autoscale", metavar="MAX,MIN")
     for flag in ("--uid", "--gid", "--umask", "--executable"):
@@ -1017,11 +1025,25 @@ def _cmd_exporter(args: argparse.Namespace) -> int:
     logging.basicConfig(
         level=args.loglevel, format="[%(asctime)s %(levelname)s] %(name)s: %(message)s"
     )
+    events = None
     try:
         source = _statistics(app)
         _read_stats(app, source, args.queues)  # an unreachable broker fails here, loudly
-        exporter = Exporter([QueueCollector(source, args.queues)], bind=args.bind,
-                            port=args.port)
+        collectors: list[Any] = [QueueCollector(source, args.queues)]
+        if args.events:
+            from wiretask.monitoring.events import EventCollector  # noqa: PLC0415 - extra
+
+            transport, exchange = _event_source(app)
+            conf = app.conf
+            events = EventCollector(
+                transport, exchange, app.registry,
+                prefix=str(conf.get("event_queue_prefix") or "celeryev"),
+                queue_ttl=conf.get("event_queue_ttl", 5.0),
+                queue_expires=conf.get("event_queue_expires", 60.0),
+            )
+            events.start()
+            collectors.append(events)
+        exporter = Exporter(collectors, bind=args.bind, port=args.port)
         try:
             port = exporter.start()
         except OSError as exc:
@@ -1048,8 +1070,80 @@ def _cmd_exporter(args: argparse.Namespace) -> int:
                 signal.signal(sig, handler)
             exporter.stop()
     finally:
+        if events is not None:
+            events.stop()
         app.close()
     return 0
+
+# -- events: wiretask events, the exporter's event collector -------------------------------
+
+
+def _event_source(app: App) -> tuple[Broadcast, Exchange]:
+    """The app's broker and event exchange (``event_exchange``), or a CommandError."""
+    from wiretask.events.wire import event_exchange  # noqa: PLC0415 - only these commands
+
+    transport = app.transport
+    if not isinstance(transport, Broadcast):
+        raise CommandError(f"{transport.url} cannot broadcast, so it carries no events",
+                           code=1)
+    name = str(app.conf.get("event_exchange") or "celeryev")
+    return transport, event_exchange(transport.url.partition(":")[0], name)
+
+
+def _event_line(event: dict[str, Any]) -> str:
+    """One event as Celery's ``celery events --dump`` prints it."""
+    ev = dict(event)
+    stamp = datetime.fromtimestamp(float(ev.pop("timestamp", 0.0)), UTC)
+    kind = str(ev.pop("type", "")).lower()
+    hostname = ev.pop("hostname", "")
+    task = ""
+    if kind.startswith("task-"):
+        task_id = ev.pop("uuid", "")
+        if kind in ("task-received", "task-sent"):
+            task = (f" {ev.pop('name', '')}({task_id}) args={ev.pop('args', '')} "
+                    f"kwargs={ev.pop('kwargs', '')}")
+        else:
+            task = f" {task_id}"
+    fields = ", ".join(f"{key}={ev[key]}" for key in sorted(ev))
+    label = kind.replace("-", " ") if kind.startswith("task-") else kind.partition("-")[2]
+    return f"{hostname} [{stamp}] {label}{':' if fields or task else ''}{task} {fields}"
+
+
+def _cmd_events(args: argparse.Namespace) -> int:
+    from wiretask.events.receiver import EventReceiver  # noqa: PLC0415 - only this command
+
+    app = _app_from_args(args)
+    try:
+        transport, exchange = _event_source(app)
+        conf = app.conf
+        receiver = EventReceiver(
+            transport, exchange, app.registry,
+            prefix=str(conf.get("event_queue_prefix") or "celeryev"),
+            queue_ttl=conf.get("event_queue_ttl", 5.0),
+            queue_expires=conf.get("event_queue_expires", 60.0),
+            exclusive=bool(conf.get("event_queue_exclusive", False)),
+        )
+
+        def on_signal(signum: int, frame: FrameType | None) -> None:
+            del signum, frame
+            receiver.should_stop.set()
+
+        previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM,
+                                                                    signal.SIGINT)}
+        try:
+            with receiver:
+                _out("-> evdump: starting capture...")
+                sys.stdout.flush()
+                for event in receiver.itercapture(limit=args.limit, timeout=args.timeout):
+                    _out(json.dumps(event, default=str) if args.json else _event_line(event))
+                    sys.stdout.flush()
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+    finally:
+        app.close()
+    return 0
+
 
 # -- remote control: inspect, control, status ----------------------------------------------
 
@@ -1499,8 +1593,24 @@ def build_parser() -> argparse.ArgumentParser:
                           help="address to listen on (default: 127.0.0.1)")
     exporter.add_argument("--port", type=_non_negative_int, default=9808, metavar="PORT",
                           help="port to listen on (default: 9808; 0 takes a free one)")
+    exporter.add_argument("--events", action="store_true",
+                          help="also listen to Celery's events: worker counts, task "
+                          "outcomes and runtimes (workers need -E for task events)")
     exporter.add_argument("-l", "--loglevel", type=_loglevel, default=logging.WARNING,
                           metavar="LEVEL", help="DEBUG, INFO, WARNING, ... (default: WARNING)")
+
+    events = command(
+        "events", _cmd_events,
+        "print Celery's events (task and worker events from wiretask and Celery workers and "
+        "clients) as they arrive, like 'celery events --dump', until SIGTERM/SIGINT",
+    )
+    events.add_argument("--dump", action="store_true",
+                        help="accepted for Celery's command line: printing is what it does")
+    events.add_argument("--json", action="store_true", help="one JSON object per event")
+    events.add_argument("--limit", type=_non_negative_int, default=None, metavar="N",
+                        help="stop after N events")
+    events.add_argument("--timeout", type=_positive_seconds, default=None, metavar="S",
+                        help="stop after S seconds without an event")
 
     result = command("result", _cmd_result, "show a task's state and result")
     result.add_argument("id", metavar="ID", help="the task id")

@@ -195,7 +195,7 @@ def _annotations(name: str, value: Any) -> Any:
 
 # -- the table ---------------------------------------------------------------------------
 
-_NO_EVENTS = "wiretask does not send task events yet"
+_EVENTS = "Celery's events (spec/events.md)"
 _CONTROL = "the remote-control channel (spec/control.md)"
 _NO_CONTROL = "wiretask's beat is not on the remote-control channel"
 _IN_URL = "put it in broker_url (and give transport options in broker_transport_options)"
@@ -311,9 +311,21 @@ def _rows() -> Iterator[Setting]:
         Setting("control_queue_durable", h, f"only False: the queues of {_CONTROL} are "
                 "transient", False, only=(False,)),
     )
-    for key in ("queue_expires", "queue_ttl", "queue_prefix", "queue_exclusive",
-                "queue_durable", "serializer", "exchange"):
-        yield Setting(f"event_{key}", n, f"the event queues: {_NO_EVENTS}")
+    yield from (
+        Setting("event_exchange", h, f"the exchange of {_EVENTS}: topic on AMQP, fanout on "
+                "Redis", "celeryev", check=_string),
+        Setting("event_serializer", h, f"the serializer of {_EVENTS} a worker or client "
+                "sends", "json", check=_string),
+        Setting("event_queue_prefix", h, "the name prefix of the queues wiretask's event "
+                "readers listen on (wiretask events, wiretask exporter --events)",
+                "celeryev", check=_string),
+        Setting("event_queue_ttl", h, "x-message-ttl of those queues", 5.0, check=_seconds),
+        Setting("event_queue_expires", h, "x-expires of those queues", 60.0, check=_seconds),
+        Setting("event_queue_exclusive", h, "those queues are exclusive to their reader",
+                False, check=_bool),
+        Setting("event_queue_durable", h, "only False: those queues are transient", False,
+                only=(False,)),
+    )
     for key in ("backend_use_ssl", "db", "host", "max_connections", "username", "password",
                 "port", "socket_timeout", "socket_connect_timeout", "retry_on_timeout",
                 "socket_keepalive"):
@@ -483,7 +495,8 @@ def _task_rows() -> Iterator[Setting]:
         Setting("task_routes", h, "resolved as Celery's router does: dicts with exact, glob "
                 "and re.compile keys, lists of them, router functions and dotted paths",
                 check=_routes),
-        Setting("task_send_sent_event", h, f"only False: {_NO_EVENTS}", False, only=(False,)),
+        Setting("task_send_sent_event", h, f"True: the client sends task-sent ({_EVENTS}) "
+                "for each task it sends, where the broker can broadcast", False, check=_bool),
         Setting("task_serializer", h, "", "json"),
         Setting("task_soft_time_limit", h, "seconds before SoftTimeLimitExceeded is raised "
                 "in a task whose message sets none", check=_seconds),
@@ -526,7 +539,6 @@ def _worker_rows() -> Iterator[Setting]:
         "enable_prefetch_count_reduction": "not applicable to wiretask's consumer",
         "redirect_stdouts": "the wiretask command does not redirect stdout",
         "redirect_stdouts_level": "the wiretask command does not redirect stdout",
-        "send_task_events": _NO_EVENTS,
         "task_log_datefmt": "the wiretask command's log format is fixed",
         "task_log_format": "the wiretask command's log format is fixed",
         "timer": "the timer cannot be replaced",
@@ -535,6 +547,8 @@ def _worker_rows() -> Iterator[Setting]:
     }
     for key, note in refused.items():
         yield Setting(f"worker_{key}", r, note)
+    yield Setting("worker_send_task_events", h, f"True: the worker sends task events "
+                  f"({_EVENTS}; Celery's -E)", False, check=_bool)
     yield Setting("worker_concurrency", h, "tasks run at once (default: the CPU count)",
                   check=_count)
     yield Setting("worker_max_tasks_per_child", h, "pool='processes': a child process is "

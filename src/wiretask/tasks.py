@@ -224,7 +224,8 @@ TASK_OPTIONS: Mapping[str, TaskOption] = {
         TaskOption("compression", True, "default compression", _string),
         TaskOption("delivery_mode", True, "default delivery mode", _any),
         TaskOption("shadow_name", False, "override the shadow option per call instead"),
-        TaskOption("send_events", False, "wiretask does not send task events yet"),
+        TaskOption("send_events", True, "False: the worker sends no task events for this "
+                   "task (Celery's)", _bool),
         TaskOption("backend", False, "one result backend per app: set result_backend"),
         TaskOption("resultrepr_maxsize", False, "the worker's log format is fixed"),
         TaskOption("pydantic", False, "pydantic argument conversion is not supported"),

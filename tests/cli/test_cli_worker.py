@@ -280,7 +280,6 @@ def test_purge_removes_waiting_messages_before_starting(cli: CLI) -> None:
     [
         (["-D"], "-D/--detach is not supported: wiretask worker runs in the foreground"),
         (["--detach"], "service manager"),
-        (["-E"], "-E/--events is not supported: wiretask does not send task events"),
         (["--scheduler", "django_celery_beat.schedulers:DatabaseScheduler"],
          "--scheduler is not supported: wiretask beat keeps its history in a file"),
         (["--autoscale", "10,3"], "--autoscale is not supported: the pool has a fixed size"),
@@ -378,7 +377,7 @@ def test_node_names_and_pools() -> None:
 
 
 @pytest.mark.parametrize("flag", [
-    ["-D"], ["-E"], ["--scheduler", "x"], ["--autoscale", "3,1"],
+    ["-D"], ["--scheduler", "x"], ["--autoscale", "3,1"],
     ["--uid", "1"], ["--gid", "1"], ["--umask", "0"], ["--executable", "x"],
 ])
 def test_refused_flags_in_process(flag: list[str], capsys: pytest.CaptureFixture[str]) -> None:

@@ -49,7 +49,7 @@ def test_every_celery_command_has_an_answer() -> None:
     """Each command of Celery 5.7's worker (``celery.worker.control.Panel``) is carried
     out or refused by name: none falls through to "no such command"."""
     app = App("units", broker=f"memory://{uuid.uuid4().hex}")
-    table = Worker(app, concurrency=1)._remote.commands()  # built, not started
+    table = Worker(app, concurrency=1)._commands()  # built, not started
 
     assert set(Panel.data) <= set(table)
     for name, why in UNSUPPORTED.items():

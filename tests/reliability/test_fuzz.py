@@ -1,5 +1,6 @@
 """The fuzz harnesses in fuzz/ (issue 13): one per decode entry point (the Celery frame,
-the Redis list entry, a SQLite row, each decompressor), seeded from spec/vectors/. Each
+the Redis list entry, a SQLite row, an AMQP message's content header and body, each
+decompressor), seeded from spec/vectors/. Each
 target holds on its seeds and on random inputs here, and a short coverage-guided run
 of each (atheris, bounded in runs and time) is part of the test command; the long run
 is in fuzz/README.md."""
@@ -17,7 +18,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 FUZZ = Path(__file__).resolve().parents[2] / "fuzz"
-HARNESSES = ["fuzz_decode", "fuzz_redis_entry", "fuzz_sqlite_row", "fuzz_decompress"]
+HARNESSES = ["fuzz_decode", "fuzz_redis_entry", "fuzz_sqlite_row", "fuzz_decompress",
+             "fuzz_amqp_message"]
 
 
 def load(name: str) -> ModuleType:

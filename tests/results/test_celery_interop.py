@@ -129,11 +129,19 @@ def test_celery_on_message_receives_wiretask_states(
         except Exception as exc:  # reported by the assertion below
             outcome["error"] = exc
 
+    raw = redis.Redis.from_url(redis_url)
+    before = {client["id"] for client in raw.client_list()}
     thread = threading.Thread(target=wait)
     thread.start()
-    raw = redis.Redis.from_url(redis_url)
     key = f"celery-task-meta-{task_id}"
-    wait_until(lambda: raw.pubsub_numsub(key)[0][1] >= 1)  # Celery is listening
+    # Celery subscribes, then reads the stored state once (its on_wait_for_pending),
+    # and only then hands what the subscription brings to on_message: a state stored
+    # before that read would be read (not streamed) and end the wait early. So store
+    # once it is listening and has made that read (a new connection whose last
+    # command is GET).
+    wait_until(lambda: raw.pubsub_numsub(key)[0][1] >= 1 and any(
+        client["id"] not in before and client.get("cmd") == "get"
+        for client in raw.client_list()))
     raw.close()
     wt.store(task_id, make_meta(task_id, "PROGRESS", {"current": 1}))
     wt.store(task_id, make_meta(task_id, "PROGRESS", {"current": 2}))

@@ -1,14 +1,11 @@
 """AMQPTransport passes the public conformance kit on a real RabbitMQ.
 
-(On quorum queues ``queue_stats`` is skipped too, for the reason ``QUORUM_STATS``
-gives; ``test_amqp_transport.py`` checks the numbers there once the push has arrived.)
-
-Four checks do not apply, for reasons the kit states itself: ``size_purge_peek``
+Three checks do not apply, for reasons the kit states itself: ``size_purge_peek``
 (``Inspection``: AMQP cannot peek without taking messages from their consumers, see
 ``spec/TRANSPORTS.md`` §6.9), ``broker_delay`` (``BrokerDelay``: the broker moves
-delayed messages itself, nobody calls ``due()``), ``fused_settlement`` (results do
-not live in the broker) and ``broadcast`` (``Broadcast``, the remote-control channel:
-not implemented on AMQP yet; section 4 of ``spec/control.md`` gives its mapping).
+delayed messages itself, nobody calls ``due()``) and ``fused_settlement`` (results do
+not live in the broker). ``broadcast`` (``Broadcast``: the remote-control channel and
+events) runs: section 4 of ``spec/control.md`` gives its mapping.
 """
 
 from __future__ import annotations
@@ -20,13 +17,7 @@ import pytest
 from wiretask.testing import CHECKS, check_transport, closed_port
 from wiretask.transports.amqp import AMQPTransport
 
-NOT_OFFERED = {"size_purge_peek", "broker_delay", "fused_settlement", "broadcast"}
-#: Why queue_stats is not checked on quorum queues (AMQPTransport._ready_as_consumed):
-#: the check reads ``ready`` right after an ack, exactly, and a quorum queue pushes the
-#: next message through its Raft log apart from the count's answer, so that message can
-#: be in transit, counted by neither side, for that one read.
-QUORUM_STATS = ("quorum queues: a message in transit to this consumer right after an "
-                "ack can be missed by one read of ready")
+NOT_OFFERED = {"size_purge_peek", "broker_delay", "fused_settlement"}
 
 
 def broken(password: str) -> AMQPTransport:
@@ -48,11 +39,10 @@ def test_passes_every_check_it_can(
     amqp_url: str, options: dict[str, object], not_run: set[str]
 ) -> None:
     factory = functools.partial(AMQPTransport, amqp_url, **options)
-    skip = {}
-    if options.get("queue_type") == "quorum":
-        skip["queue_stats"] = QUORUM_STATS
+    # queue_stats runs on quorum queues too: the count waits for pushes under way
+    # (AMQPTransport._ready_as_consumed), so ready is exact right after an ack.
     report = check_transport(factory, process_factory=factory, broken_factory=broken,
-                             check_timeout=120, skip=skip)
-    assert set(report.passed) == set(CHECKS) - NOT_OFFERED - not_run - set(skip), report
+                             check_timeout=120)
+    assert set(report.passed) == set(CHECKS) - NOT_OFFERED - not_run, report
     skipped = dict(report.skipped)
     assert "Inspection" in skipped["size_purge_peek"]

@@ -26,6 +26,7 @@ import amqp
 
 from wiretask._amqp.errors import translate
 from wiretask._amqp.options import Options
+from wiretask._amqp.wire import tolerant_frame_handler
 from wiretask._errormap import map_exceptions
 
 __all__ = ["Link", "Waiter", "heartbeat_period"]
@@ -77,7 +78,10 @@ class Link:
         properties.setdefault(
             "connection_name", f"wiretask {self.role} {socket.gethostname()}:{os.getpid()}"
         )
-        connection = amqp.Connection(client_properties=properties, **kwargs)
+        # Frames are read by wiretask._amqp.wire's handler: a message whose content
+        # header py-amqp cannot read arrives marked instead of breaking the connection.
+        connection = amqp.Connection(client_properties=properties,
+                                     frame_handler=tolerant_frame_handler, **kwargs)
         with self.translate("connect"):
             connection.connect()
         _read_greedily(connection.transport)

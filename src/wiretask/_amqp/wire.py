@@ -18,6 +18,13 @@ The mapping is Kombu's (``kombu.transport.pyamqp``), so the bytes are what Celer
 table writer cannot encode is an ``EncodeError`` naming it, raised before the first
 message is sent), and ``publish_frames`` lays out the ``basic.publish`` frames, so that a
 whole batch goes out in one write.
+
+On receipt, ``tolerant_frame_handler`` reads the frames of a connection as py-amqp does,
+except that a content header py-amqp cannot read (a header table nested past Python's
+recursion limit, a timestamp no ``datetime`` holds, a short string that is not UTF-8)
+does not break the connection: the message arrives with no properties and is marked
+(``unreadable_of``), so that its consumer can dead-letter it instead of getting it back
+for ever (TRANSPORTS.md §6.8).
 """
 
 from __future__ import annotations
@@ -32,7 +39,8 @@ import attrs
 from amqp import spec
 from amqp.basic_message import Message
 from amqp.exceptions import FrameSyntaxError
-from amqp.serialization import dumps
+from amqp.method_framing import frame_handler
+from amqp.serialization import decode_properties_basic, dumps
 
 from wiretask._amqp import topology
 from wiretask.errors import EncodeError, ValidationError
@@ -41,14 +49,18 @@ from wiretask.protocol.frame import Frame
 __all__ = [
     "AMQP_PROPERTIES",
     "PROPERTIES_HEADER",
+    "RAW_PROPERTIES",
     "Encoded",
     "ack_frames",
     "check_name",
     "declaration_frames",
     "declaration_method",
     "encode",
+    "header_problem",
     "publish_frames",
     "to_frame",
+    "tolerant_frame_handler",
+    "unreadable_of",
 ]
 
 #: The basic properties other than the content labels and the header table.
@@ -67,6 +79,17 @@ _OCTETS = frozenset({"delivery_mode", "priority"})
 _PUBLISH = struct.pack(">HH", *spec.Basic.Publish)
 _HEADER_PREFIX = struct.pack(">HH", spec.Basic.CLASS_ID, 0)
 _FRAME_END = b"\xce"
+#: The header that keeps, in a frame made of an unreadable message, the raw property
+#: bytes of its content header (at most ``RAW_KEPT`` of them).
+RAW_PROPERTIES = "x-wiretask-raw-properties"
+#: The most raw property bytes kept (32 KiB): a dead letter with them and its reason fits
+#: one frame of RabbitMQ's default ``frame_max`` (128 KiB); with a smaller one the dead
+#: letter leaves them out (and says so).
+RAW_KEPT = 1 << 15
+#: Basic class content headers: class id (2), weight (2), body size (8), then properties.
+_CONTENT_HEADER_PREFIX = 12
+#: The attribute of a py-amqp ``Message`` that marks it unreadable: (problem, raw bytes).
+_UNREADABLE = "_wiretask_unreadable"
 
 
 def to_frame(message: Message) -> Frame:
@@ -74,6 +97,10 @@ def to_frame(message: Message) -> Frame:
     ``auto_decode=False``, so ``body`` is the bytes as they came). Takes the message's
     property dict over: the message must not be used afterwards."""
     properties: dict[str, Any] = message.properties
+    unreadable = unreadable_of(message)
+    if unreadable is not None:  # no properties were read: keep the raw ones
+        return Frame.adopt(_body_of(message), "", "", {RAW_PROPERTIES: unreadable[1][:RAW_KEPT]},
+                           {})
     content_type = properties.pop("content_type", "")
     content_encoding = properties.pop("content_encoding", "")
     headers = properties.pop("application_headers", None)
@@ -85,11 +112,76 @@ def to_frame(message: Message) -> Frame:
             properties.update(extra)
         else:  # not ours after all: leave it where it was
             headers[PROPERTIES_HEADER] = extra
+    return Frame.adopt(_body_of(message), content_type, content_encoding, headers, properties)
+
+
+def _body_of(message: Message) -> bytes:
     body = message.body
     if not isinstance(body, bytes):
         # py-amqp leaves its default '' when the body is empty (no body frame).
         body = b"" if isinstance(body, str) else bytes(body)
-    return Frame.adopt(body, content_type, content_encoding, headers, properties)
+    return body
+
+
+def unreadable_of(message: Message) -> tuple[str, bytes] | None:
+    """``(problem, raw property bytes)`` of a message whose content header py-amqp
+    could not read (``tolerant_frame_handler``), else ``None``."""
+    found: tuple[str, bytes] | None = getattr(message, _UNREADABLE, None)
+    return found
+
+
+def header_problem(payload: bytes) -> str | None:
+    """Why py-amqp cannot read the basic content header ``payload`` (a content header
+    frame's payload), or ``None`` if it can."""
+    try:
+        class_id = struct.unpack_from(">H", payload, 0)[0]
+        if class_id != spec.Basic.CLASS_ID:
+            return f"a content header of class {class_id}, not basic (60)"
+        decode_properties_basic(payload, _CONTENT_HEADER_PREFIX)
+    except Exception as exc:  # whatever py-amqp's reader raises on bad bytes
+        text = str(exc)
+        return f"{type(exc).__name__}: {text[:200]}{'...' if len(text) > 200 else ''}"
+    return None
+
+
+def tolerant_frame_handler(connection: Any, callback: Any) -> Any:
+    """py-amqp's frame handler for ``connection`` (``amqp.Connection(frame_handler=...)``),
+    made to survive a content header it cannot read.
+
+    py-amqp reads a message's properties when its content header frame arrives; if that
+    raises, the exception leaves ``drain_events`` with the message half read, the next
+    body frame is unexpected and the connection is lost: the broker requeues the
+    message, which comes back, and fails again, for ever. Here such a header is
+    replaced by one with the same body size and no properties (so the frames that follow
+    are read as usual) and the message is marked with the problem and the raw property
+    bytes (``unreadable_of``). Only a failing header costs anything: a header that reads
+    is handled by py-amqp alone, once."""
+    marks: dict[int, tuple[str, bytes]] = {}
+
+    def on_method(channel: int, method: Any, args: Any, message: Message | None) -> Any:
+        if message is not None and marks:
+            mark = marks.pop(channel, None)
+            if mark is not None:
+                setattr(message, _UNREADABLE, mark)
+        return callback(channel, method, args, message)
+
+    handle = frame_handler(connection, on_method)
+
+    def on_frame(frame: tuple[int, int, bytes]) -> Any:
+        try:
+            return handle(frame)
+        except Exception:
+            kind, channel, payload = frame
+            if kind != 2 or channel in marks or len(payload) < _CONTENT_HEADER_PREFIX:
+                raise
+            problem = header_problem(payload)
+            if problem is None:  # the header reads: what failed is something else
+                raise
+            marks[channel] = (problem, bytes(payload[_CONTENT_HEADER_PREFIX:]))
+            empty = bytes(payload[:_CONTENT_HEADER_PREFIX]) + b"\x00\x00"  # no properties
+            return handle((kind, channel, empty))
+
+    return on_frame
 
 
 def check_name(field: str, value: str) -> bytes:
@@ -140,7 +232,14 @@ def publish_frames(
 
     Raises:
         ValidationError: ``exchange`` or ``routing_key`` over 255 bytes.
+        EncodeError: the content header (properties and headers) does not fit one
+            frame of ``frame_max`` bytes, as AMQP requires (RabbitMQ would close the
+            connection with ``FRAME_ERROR``).
     """
+    if len(encoded.properties) + _CONTENT_HEADER_PREFIX + 8 > frame_max:
+        raise EncodeError(
+            "headers", f"the properties and headers take {len(encoded.properties)} bytes: "
+            f"more than one AMQP frame holds (frame_max {frame_max})")
     check_name("exchange", exchange)
     check_name("routing_key", routing_key)
     arguments = dumps("Bssbb", (0, exchange, routing_key, mandatory, False))

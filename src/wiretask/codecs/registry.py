@@ -563,6 +563,8 @@ def _decode_charset(data: bytes, content_encoding: str | None, field: str) -> by
         raise DecodeError(field, f"unknown content encoding {content_encoding!r}") from exc
     except UnicodeDecodeError as exc:
         raise DecodeError(field, f"body is not valid {encoding}: {exc}") from exc
+    except ValueError as exc:  # a name Python cannot even look up ("utf\x00-8")
+        raise DecodeError(field, f"unknown content encoding {content_encoding!r}") from exc
 
 
 def enable_pickle(registry: Registry, *, accept: bool = False) -> Registry:

@@ -270,6 +270,23 @@ class Control:
                               arguments={"headers": dict(headers), "terminate": terminate,
                                          "signal": signal}, **kwargs)
 
+    def enable_events(self, destination: Sequence[str] | None = None,
+                      **kwargs: Any) -> Replies | None:
+        """Tell every worker (or ``destination``) to send task events (Celery's)."""
+        return self.broadcast("enable_events", arguments={}, destination=destination,
+                              **kwargs)
+
+    def disable_events(self, destination: Sequence[str] | None = None,
+                       **kwargs: Any) -> Replies | None:
+        """Tell every worker (or ``destination``) to stop sending task events."""
+        return self.broadcast("disable_events", arguments={}, destination=destination,
+                              **kwargs)
+
+    def heartbeat(self, destination: Sequence[str] | None = None,
+                  **kwargs: Any) -> Replies | None:
+        """Tell every worker (or ``destination``) to send a heartbeat event now."""
+        return self.broadcast("heartbeat", arguments={}, destination=destination, **kwargs)
+
 
 def _check_ids(task_id: object) -> None:
     ids = [task_id] if isinstance(task_id, str) else task_id

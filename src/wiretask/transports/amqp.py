@@ -29,6 +29,9 @@ Deliveries are buffered as they arrive and handed out in arrival order; waiting 
 socket without holding the connection's lock. Asking for a different set of queues
 cancels the consumers of the others and requeues what they had pushed (RabbitMQ marks
 those ``redelivered``).
+A message whose content header py-amqp cannot read (``wire.tolerant_frame_handler``) is
+dead-lettered here, raw, and never handed out: neither the connection nor the message
+comes back to fail again.
 
 **Inspection.** ``QueueStatistics`` is offered with what AMQP can tell (the ready count,
 the dead letters' count), and ``QueueAdmin`` (``size``, ``purge``, ``dead_letters``: what
@@ -75,16 +78,21 @@ from wiretask._amqp import topology, wire
 from wiretask._amqp.errors import connection_is_gone
 from wiretask._amqp.link import Link, heartbeat_period
 from wiretask._amqp.options import SETTINGS, Options, from_settings, parse
-from wiretask.errors import TransportError, ValidationError
+from wiretask.errors import EncodeError, TransportError, ValidationError
 from wiretask.protocol.frame import Frame
+from wiretask.transports._amqp_broadcast import AMQPInbox
 from wiretask.transports.base import (
+    BoundQueue,
     Capabilities,
     DeadLetter,
     Delivery,
+    Exchange,
     Prepared,
     QueueStats,
     Settlement,
     Transport,
+    check_broadcast,
+    check_listen,
     queue_names,
 )
 
@@ -101,11 +109,17 @@ log = logging.getLogger("wiretask.transports.amqp")
 DEAD_REASON = "x-wiretask-dead-reason"
 DEAD_QUEUE = "x-wiretask-dead-queue"
 DEAD_AT = "x-wiretask-dead-at"
+#: On a dead letter whose original headers could not be written back: what was left out.
+DEAD_DROPPED = "x-wiretask-dead-dropped"
 
 #: Longest single wait on the consumer socket (the caller's timeout bounds it too).
 _WAIT_SLICE = 1.0
 #: Most routes whose declarations are remembered (a bound, should routes be endless).
 _ROUTE_CACHE = 10_000
+#: Longest time ``queue_stats`` waits for pushes under way to a consumer of this
+#: transport to arrive (``_ready_as_consumed``), and its poll.
+_STATS_SETTLE = 2.0
+_STATS_POLL = 0.02
 
 
 class AMQPDelivery(Delivery):
@@ -515,6 +529,50 @@ class AMQPTransport(Transport):
                         "key %r): %s", exchange, routing_key, exc)
         self._returned.append((str(exc), exchange, routing_key, message))
 
+    # -- broadcast (base.Broadcast: the control channel and events) -----------------
+
+    def broadcast(self, exchange: Exchange, frame: Frame, *, routing_key: str = "") -> None:
+        """``Broadcast.broadcast``: declare ``exchange`` as Kombu does and publish
+        ``frame`` on it, not mandatory and unconfirmed, as Kombu's pidbox and event
+        producers do (``_amqp_broadcast``).
+
+        Raises:
+            ValidationError, EncodeError: as ``Broadcast.broadcast``.
+            ConnectionLost: the broker cannot be reached.
+            TransportError: e.g. the exchange exists with another type.
+        """
+        check_broadcast(exchange, frame, routing_key)
+        encoded = wire.encode(frame)
+        link = self._publisher
+        with link.lock:
+            self._declare_locked([topology.Exchange(exchange.name, exchange.type,
+                                                    durable=exchange.durable)])
+            channel = self._admin()
+            connection = link.connection
+            assert connection is not None
+            data = wire.publish_frames(encoded, exchange.name, routing_key,
+                                       channel=channel.channel_id,
+                                       frame_max=connection.frame_max, mandatory=False)
+            try:
+                with link.translate("broadcast"):
+                    connection.transport.write(data)
+                    connection.bytes_sent += 1
+            except TransportError as exc:
+                self._channel_failed(exc.__cause__ or exc, "admin")
+                raise
+
+    def listen(self, exchange: Exchange, queue: BoundQueue) -> AMQPInbox:
+        """``Broadcast.listen``: ``queue`` declared, bound and consumed on a connection
+        of its own (``_amqp_broadcast``).
+
+        Raises:
+            ValidationError: as ``Broadcast.listen``.
+            ConnectionLost: the broker cannot be reached.
+            TransportError: a declaration was refused.
+        """
+        check_listen(exchange, queue)
+        return AMQPInbox(self._options, exchange, queue)
+
     # -- consuming ------------------------------------------------------------------
 
     def _receive(self, queues: list[str], timeout: float) -> AMQPDelivery | None:
@@ -541,17 +599,29 @@ class AMQPTransport(Transport):
         if self._queues_declared.get(tuple(names)) != self._pub_epoch:
             self._declare_all([d for queue in names for d in self.routes.queue_declarations(queue)])
             self._queues_declared[tuple(names)] = self._pub_epoch
+        while True:
+            taken, unreadable = self._receive_locked(names, limit, deadline)
+            for delivery, problem in unreadable:  # outside the consumer's lock
+                self._dead_letter_unreadable(delivery, problem)
+            if taken or time.monotonic() >= deadline:
+                return taken
+
+    def _receive_locked(
+        self, names: list[str], limit: int, deadline: float
+    ) -> tuple[list[AMQPDelivery], list[tuple[AMQPDelivery, str]]]:
+        """Wait (until ``deadline``) for deliveries; return the readable ones and the
+        unreadable ones with their problem (see ``_receive_many``)."""
         link = self._consumer
         with link.lock:
             while True:
                 self._subscribe(names, limit)
                 self._pump_consumer()
-                taken = self._take(names, limit)
-                if taken:
-                    return taken
+                taken, unreadable = self._take(names, limit)
+                if taken or unreadable:
+                    return taken, unreadable
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
-                    return []
+                    return [], []
                 if self._reading:  # another thread waits on the socket and will tell
                     self._arrived.wait(min(remaining, _WAIT_SLICE))
                     continue
@@ -566,6 +636,25 @@ class AMQPTransport(Transport):
                     link.lock.acquire()
                     self._reading = False
                     self._arrived.notify_all()
+
+    def _dead_letter_unreadable(self, delivery: AMQPDelivery, problem: str) -> None:
+        """Dead-letter a message whose content header could not be read (its frame
+        keeps the body and the raw property bytes): a worker could not even tell what
+        it is, and it must not come back to fail again (TRANSPORTS.md §6.8). If that
+        fails, the message is requeued, to be dead-lettered when it comes back."""
+        reason = f"unreadable message properties: {problem}"
+        log.error("message %d from %r dead-lettered: %s", delivery.delivery_tag,
+                  delivery.queue, reason)
+        try:
+            delivery.dead_letter(reason)
+        except TransportError:
+            log.exception("could not dead-letter an unreadable message from %r",
+                          delivery.queue)
+            try:
+                delivery.reject(requeue=True)
+            except TransportError:
+                log.debug("requeueing it failed too: the broker requeues it",
+                          exc_info=True)
 
     def _open_consumer(self) -> amqp.Connection:
         """The consuming connection (caller holds its lock); a new one starts a new
@@ -690,11 +779,16 @@ class AMQPTransport(Transport):
             self._forget_subscription()
             raise
 
-    def _take(self, names: list[str], limit: int) -> list[AMQPDelivery]:
+    def _take(
+        self, names: list[str], limit: int
+    ) -> tuple[list[AMQPDelivery], list[tuple[AMQPDelivery, str]]]:
+        """Up to ``limit`` buffered deliveries, and those among them whose content header
+        could not be read (``wire.unreadable_of``), apart, with the problem."""
         buffer = self._buffer
         if not buffer:
-            return []
+            return [], []
         taken: list[AMQPDelivery] = []
+        unreadable: list[tuple[AMQPDelivery, str]] = []
         token = self._sub_token
         tags = self._tags
         while buffer and len(taken) < limit:
@@ -703,13 +797,18 @@ class AMQPTransport(Transport):
             queue = tags.get(info["consumer_tag"])
             if queue is None:  # its consumer was cancelled by the broker
                 queue = info["routing_key"] if not info["exchange"] else ""
-            taken.append(AMQPDelivery(
+            delivery = AMQPDelivery(
                 self, frame=wire.to_frame(message), queue=queue,
                 redelivered=info["redelivered"], delivery_tag=info["delivery_tag"],
                 exchange=info["exchange"], routing_key=info["routing_key"], channel=token,
                 consumer_tag=info["consumer_tag"],
-            ))
-        return taken
+            )
+            problem = wire.unreadable_of(message)
+            if problem is None:
+                taken.append(delivery)
+            else:
+                unreadable.append((delivery, problem[0]))
+        return taken, unreadable
 
     # -- settling -------------------------------------------------------------------
 
@@ -857,14 +956,26 @@ class AMQPTransport(Transport):
         """Publish a copy of ``delivery`` with the reason to ``<queue>.dead`` and wait
         for its confirm (if that fails, the delivery stays unsettled)."""
         frame = delivery.frame
-        headers = {**frame.headers, DEAD_REASON: reason, DEAD_QUEUE: delivery.queue,
-                   DEAD_AT: time.time()}
-        copy = Frame.adopt(frame.body, frame.content_type, frame.content_encoding, headers,
-                           dict(frame.properties))
-        self._send([Planned(wire.encode(copy), topology.DEAD_EXCHANGE, delivery.queue,
-                             (topology.DEAD_EXCHANGE, delivery.queue, "", False),
-                             tuple(topology.dead_letter_place(delivery.queue)),
-                             frame.task_id)])
+        dead = {DEAD_REASON: reason, DEAD_QUEUE: delivery.queue, DEAD_AT: time.time()}
+        copy = Frame.adopt(frame.body, frame.content_type, frame.content_encoding,
+                           {**frame.headers, **dead}, dict(frame.properties))
+        try:
+            self._send([self._dead_letter_plan(delivery, copy)])
+        except EncodeError as exc:
+            # Headers or properties of types, or a size, that cannot be written back
+            # (a received header table is not always one AMQP can carry again): the
+            # dead letter keeps the body and labels, and says what was left out.
+            dead[DEAD_DROPPED] = f"the original headers and properties: {exc}"[:1000]
+            dead[DEAD_REASON] = reason[:1000]  # so that the rest fits AMQP's smallest frame
+            bare = Frame.adopt(frame.body, frame.content_type, frame.content_encoding, dead, {})
+            self._send([self._dead_letter_plan(delivery, bare)])
+
+    @staticmethod
+    def _dead_letter_plan(delivery: AMQPDelivery, copy: Frame) -> Planned:
+        return Planned(wire.encode(copy), topology.DEAD_EXCHANGE, delivery.queue,
+                        (topology.DEAD_EXCHANGE, delivery.queue, "", False),
+                        tuple(topology.dead_letter_place(delivery.queue)),
+                        delivery.frame.task_id)
 
     # -- inspecting and housekeeping --------------------------------------------------
 
@@ -908,33 +1019,52 @@ class AMQPTransport(Transport):
     def _ready_as_consumed(self, queue: str) -> int | None:
         """For a queue this transport consumes: its ``message_count`` read on the
         consumer's own channel, plus the messages pushed to the consumer and not handed
-        out yet; ``None`` for a queue it does not consume.
+        out yet; ``None`` for a queue it does not consume. RabbitMQ counts pushed
+        messages as delivered, but they are as ready as the queue's for this consumer.
 
-        On the consumer's channel the count is one instant with the pushes of a
-        classic queue: RabbitMQ answers a channel's methods in order, so every message
-        it pushed (after the acks this channel sent) arrives before the answer and is in
-        the buffer then. A quorum queue settles acks and pushes through its Raft log,
-        apart from that answer: a message on its way to this consumer at that moment
-        is missed (one read later it is counted). RabbitMQ counts pushed messages as
-        delivered, but they are as ready as the queue's for this consumer."""
+        The two numbers are one instant only when nothing is on its way from the queue
+        to this consumer: a message pushed around the count (after an ack freed room
+        in the consumer's prefetch window) may be counted by neither, or, read again,
+        by both. RabbitMQ pushes while the window has room and the queue has messages,
+        so the count is read until that stops (``_STATS_SETTLE`` seconds at most;
+        a classic queue settles within a round trip or two, a quorum queue through its
+        Raft log): the window is full (nothing more can be pushed, so nothing is on
+        its way), or the queue is empty and one more round trip on the same channel
+        has brought in whatever was pushed before the count."""
         link = self._consumer
-        with link.lock:
-            channel = self._sub_channel
-            if channel is None or queue not in self._by_queue:
-                return None
-            try:
-                with link.translate("size"):
-                    count = int(channel.queue_declare(queue, passive=True).message_count)
-            except TransportError as exc:
-                if connection_is_gone(exc.__cause__ or exc):
-                    link.discard()
-                    self._forget_subscription()
-                else:
-                    self._drop_sub_channel()
-                raise
-            tags = self._tags
-            return count + sum(1 for m in self._buffer
+        deadline = time.monotonic() + _STATS_SETTLE
+        while True:
+            with link.lock:
+                channel = self._sub_channel
+                tag = self._by_queue.get(queue)
+                if channel is None or tag is None:
+                    return None
+                try:
+                    with link.translate("size"):
+                        count = int(channel.queue_declare(queue, passive=True).message_count)
+                        if count == 0:
+                            # Empty: what it pushed before answering arrives before
+                            # this second answer (RabbitMQ answers a channel in order).
+                            channel.queue_declare(queue, passive=True)
+                except TransportError as exc:
+                    if connection_is_gone(exc.__cause__ or exc):
+                        link.discard()
+                        self._forget_subscription()
+                    else:
+                        self._drop_sub_channel()
+                    raise
+                tags = self._tags
+                buffered = sum(1 for m in self._buffer
                                if tags.get(m.delivery_info["consumer_tag"]) == queue)
+                full = self._window > 0 and self._in_window[tag] >= self._window
+                if count == 0 or full or time.monotonic() >= deadline:
+                    return count + buffered
+                waiter = link.waiter()
+            # Room in the window and messages in the queue: a push is due; let it in.
+            if waiter is not None:
+                waiter.wait(_STATS_POLL)
+            with link.lock:
+                link.pump()
 
     def _inspect(self, queue: str, what: Literal["size", "purge"]) -> int:
         with self._publisher.lock:

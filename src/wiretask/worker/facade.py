@@ -25,7 +25,7 @@ from collections.abc import Iterable
 from types import FrameType, TracebackType
 from typing import TYPE_CHECKING, Any
 
-from wiretask.control.mailbox import Mailbox
+from wiretask.control.mailbox import Command, Mailbox
 from wiretask.control.revoked import RevokedStore
 from wiretask.control.wire import (
     DEFAULT_NAMESPACE,
@@ -35,6 +35,9 @@ from wiretask.control.wire import (
     node_queue,
 )
 from wiretask.errors import ImproperlyConfigured, ValidationError
+from wiretask.events.dispatcher import EventDispatcher
+from wiretask.events.wire import DEFAULT_EXCHANGE, event_exchange
+from wiretask.events.worker import HEARTBEAT_FREQ, WorkerEvents
 from wiretask.transports.base import Broadcast, Transport, queue_names
 from wiretask.worker.consumer import Consumer
 from wiretask.worker.ledger import Ledger
@@ -160,6 +163,14 @@ class Worker:
         remote_control: listen on Celery's control channel (ping, inspect, revoke;
             default ``worker_enable_remote_control``, else True). Needs a transport that
             offers ``Broadcast``; without one a warning says remote control is off.
+        send_events: send Celery's task events (``task-received`` ... ``task-failed``;
+            default ``worker_send_task_events``, else False; Celery's ``-E``). The
+            ``enable_events``/``disable_events`` control commands turn them on and off.
+            Needs a transport that offers ``Broadcast`` (``events.worker``).
+        heartbeat: send the worker events (``worker-online``, ``worker-heartbeat``,
+            ``worker-offline``), as Celery's worker does unless ``--without-heartbeat``
+            (default True, on a transport that offers ``Broadcast``).
+        heartbeat_interval: seconds between heartbeats (default 2, as Celery).
 
     Raises:
         ValidationError: a bad queue name, concurrency, prefetch or prefetch
@@ -186,6 +197,9 @@ class Worker:
         transport: Transport | None = None,
         statedb: str | os.PathLike[str] | None = None,
         remote_control: bool | None = None,
+        send_events: bool | None = None,
+        heartbeat: bool = True,
+        heartbeat_interval: float | None = None,
     ) -> None:
         self.app = app
         self.queues: list[str] = queue_names(
@@ -228,6 +242,16 @@ class Worker:
         if remote_control is None:
             remote_control = app.conf.get("worker_enable_remote_control", True)
         self.remote_control = bool(remote_control)
+        if send_events is None:
+            send_events = app.conf.get("worker_send_task_events", False)
+        #: Task events are sent from the start (``-E``).
+        self.send_events = bool(send_events)
+        self.heartbeat = bool(heartbeat)
+        self.heartbeat_interval = (HEARTBEAT_FREQ if heartbeat_interval is None
+                                   else float(heartbeat_interval))
+        if not self.heartbeat_interval > 0:
+            raise ValidationError("heartbeat_interval",
+                                  f"must be a number of seconds > 0, got {heartbeat_interval!r}")
         self._build()
 
         self._stopped = threading.Event()
@@ -261,12 +285,16 @@ class Worker:
             prefetch=self.prefetch,
         )
         self._mailbox: Mailbox | None = None
+        self._events = self._build_events()
         steps: list[Step] = [
             RefuseUnregistered(app, self._tracer),
             LogReceived(),
             self._remote.step,
             HoldEarly(app, self.transport, self._ledger, self._unacked),
         ]
+        if self._events is not None:
+            steps.insert(0, self._events.unknown)
+            steps.insert(steps.index(self._remote.step) + 1, self._events)
         if not app.conf.get("worker_disable_rate_limits"):
             steps.append(RateLimit(app, self._ledger, clock))
         self._router = Router(
@@ -285,6 +313,46 @@ class Worker:
             router=self._router, unacked=self._unacked, pool=self._pool,
             stopping=self._stopping, hostname=self.hostname,
         )
+        if self._events is not None:
+            self._settlement.on_outcome = self._events.finished
+            self._remote.discard.on_outcome = self._events.finished
+
+    def _build_events(self) -> WorkerEvents | None:
+        """Celery's events (``events.worker``), where the transport can broadcast."""
+        transport = self.transport
+        if not isinstance(transport, Broadcast):
+            if self.send_events:
+                logger.warning(
+                    "task events are off: %s cannot broadcast (its transport does not "
+                    "offer Broadcast)", transport.url,
+                )
+            return None
+        conf = self.app.conf
+        dispatcher = EventDispatcher(
+            transport,
+            event_exchange(transport.url.partition(":")[0],
+                           str(conf.get("event_exchange") or DEFAULT_EXCHANGE)),
+            hostname=self.hostname, registry=self.app.registry,
+            serializer=str(conf.get("event_serializer") or "json"), clock=self._clock,
+            groups=() if self.send_events else ("worker",),
+            enabled=self.send_events or self.heartbeat,
+        )
+        ledger = self._ledger
+        tracer = self._tracer
+
+        def running() -> int:
+            return sum(1 for job in ledger.jobs() if job.claimed)
+
+        def toggled(on: bool) -> None:
+            tracer.describe_results = on
+
+        events = WorkerEvents(dispatcher, tasks=self.app.tasks, now=self.app.now,
+                              active=running,
+                              freq=self.heartbeat_interval, heartbeat=self.heartbeat,
+                              on_toggle=toggled)
+        toggled(events.task_events)
+        events.defers_early = transport.capabilities.native_delay
+        return events
 
     def __repr__(self) -> str:
         return (
@@ -317,12 +385,15 @@ class Worker:
             self._pool.start(PoolContext(
                 tracer=self._tracer, settlement=self._settlement, consumer=self._consumer,
                 stopping=self._stopping,
+                on_start=self._events.started if self._events is not None else None,
             ))
         except BaseException:
             self.stop(0)  # release what was started (threads, the connection)
             raise
         self._consumer.start()
         self._start_mailbox()
+        if self._events is not None:
+            self._events.start()
         logger.info(
             "worker %s ready: queues %s, %s pool, concurrency %d, prefetch %s",
             self.hostname, ",".join(self.queues), self.pool, self.concurrency,
@@ -351,10 +422,18 @@ class Worker:
                 expires=conf.get("control_queue_expires", DEFAULT_QUEUE_EXPIRES),
                 message_ttl=conf.get("control_queue_ttl", DEFAULT_QUEUE_TTL),
             ),
-            commands=self._remote.commands(), registry=self.app.registry,
+            commands=self._commands(), registry=self.app.registry,
             serializer=str(conf.task_serializer), clock=self._clock,
         )
         self._mailbox.start()
+
+    def _commands(self) -> dict[str, Command]:
+        """The control commands this worker answers: remote control's, and the events'
+        (``enable_events``, ``disable_events``, ``heartbeat``)."""
+        commands = self._remote.commands()
+        if self._events is not None:
+            commands.update(self._events.commands())
+        return commands
 
     def stop(self, timeout: float | None = None) -> None:
         """Stop: take no more messages, give back held eta messages and those not yet
@@ -398,6 +477,8 @@ class Worker:
         self._consumer.join(join_until)
         self._pool.stop(join_until)
         self._settlement.close()
+        if self._events is not None:
+            self._events.stop()
         self.transport.close()
         logger.info("worker %s stopped", self.hostname)
 

@@ -8,7 +8,8 @@ the child), so they are plain values; settlement reads nothing else of a run.
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING, Literal, Protocol
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 import attrs
 
@@ -38,6 +39,9 @@ class Outcome:
         pending: a ``SUCCESS`` state checked and encoded but not written yet (only
             with ``Tracer.defer_results_of``): the worker writes it in the same call that
             acknowledges the delivery.
+        event: the fields of the task event that reports it, as far as the tracer knows
+            them (``result``, ``exception``/``traceback``, ``expired``/``terminated``):
+            ``events.worker.WorkerEvents.finished`` sends them. None: nothing to add.
     """
 
     state: str
@@ -45,6 +49,7 @@ class Outcome:
     runtime: float = 0.0
     reason: str = ""
     pending: PendingState | None = None
+    event: Mapping[str, Any] | None = None
 
 
 class Control(Protocol):

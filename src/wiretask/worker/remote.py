@@ -54,6 +54,7 @@ if TYPE_CHECKING:
     from wiretask.transports.base import Delivery
     from wiretask.worker.job import Job
     from wiretask.worker.ledger import Ledger
+    from wiretask.worker.outcome import Outcome
     from wiretask.worker.pools.base import Pool
     from wiretask.worker.settlement import AckRetry
     from wiretask.worker.tracer import Tracer
@@ -77,9 +78,6 @@ UNSUPPORTED: Final[Mapping[str, str]] = {
     "rate_limit": "wiretask's worker has no rate limits",
     "time_limit": "time limits come from the message or the worker app's settings",
     "election": "wiretask's worker takes no part in elections (gossip)",
-    "enable_events": "wiretask's worker sends no events",
-    "disable_events": "wiretask's worker sends no events",
-    "heartbeat": "wiretask's worker sends no events",
     "pool_grow": "the pool size is fixed when the worker starts",
     "pool_shrink": "the pool size is fixed when the worker starts",
     "pool_restart": "wiretask's worker does not restart its pool",
@@ -140,10 +138,14 @@ class _Discard:
     def __init__(self, tracer: Tracer, unacked: AckRetry) -> None:
         self._tracer = tracer
         self._unacked = unacked
+        #: Told the outcome (the worker's ``task-revoked`` event), or None.
+        self.on_outcome: Callable[[TaskMessage, Outcome], None] | None = None
 
     def __call__(self, delivery: Delivery, message: TaskMessage, why: str = "") -> None:
         logger.info("Discarding revoked task: %s[%s]%s", message.task, message.id, why)
-        self._tracer.revoke(message, "revoked")
+        outcome = self._tracer.revoke(message, "revoked")
+        if self.on_outcome is not None:
+            self.on_outcome(message, outcome)
         try:
             delivery.ack()
         except TransportError:

@@ -44,6 +44,7 @@ from wiretask.results.base import DeferredStore
 from wiretask.transports.base import Delivery, FusedSettlement, Transport
 
 if TYPE_CHECKING:
+    from wiretask.protocol.envelope import TaskMessage
     from wiretask.protocol.states import PendingState
     from wiretask.worker.job import Job
     from wiretask.worker.ledger import Ledger
@@ -210,6 +211,8 @@ class Settlement:
         self._committing = False
         self._fused: FusedSettlement | None = None
         self._deferred: DeferredStore | None = None
+        #: Told every outcome settled here (the worker's task events), or None.
+        self.on_outcome: Callable[[TaskMessage, Outcome], None] | None = None
 
     def use_fused(self, backend: object) -> DeferredStore | None:
         """Write ``backend``'s plain ``SUCCESS`` states with the acks, if the transport
@@ -233,6 +236,8 @@ class Settlement:
         waits ``REQUEUE_PAUSE`` first, so that the message does not spin."""
         if outcome.settle == "none":
             return  # someone else settled it (a hard time limit came first)
+        if self.on_outcome is not None:
+            self.on_outcome(job.message, outcome)
         job.pending = outcome.pending
         if outcome.settle == "requeue":
             self._stopping.wait(REQUEUE_PAUSE)

@@ -75,6 +75,9 @@ __all__ = ["Run", "Started", "Tracer", "format_traceback"]
 logger = logging.getLogger("wiretask.worker")
 
 _RESULT_REPR_LIMIT = 256
+#: The length of a ``task-succeeded`` event's ``result`` (Celery's
+#: ``resultrepr_maxsize``).
+_EVENT_REPR_LIMIT = 1024
 #: Handlers that run after ``SUCCESS`` is stored.
 _AFTER_SUCCESS = frozenset({"on_success", "after_return"})
 #: First pause before storing a final state again after a backend error; it doubles up
@@ -85,6 +88,14 @@ STORE_RETRY_MAX = 5.0
 
 def _short_repr(value: object) -> str:
     return calling.safe_repr(value, _RESULT_REPR_LIMIT)
+
+
+def _exc_repr(exc: BaseException | None) -> str:
+    """Kombu's ``safe_repr`` of an exception, as Celery's task events carry it."""
+    try:
+        return repr(exc)
+    except Exception:
+        return object.__repr__(exc)
 
 
 def format_traceback(exc: BaseException) -> str:
@@ -114,6 +125,9 @@ class Tracer:
         #: trying to store its outcome); absent outside ``execute`` (a time-limit timer
         #: recording a failure): then as long as the process lives.
         self._run = threading.local()
+        #: Whether a success's ``Outcome.event`` gets the return value's repr (the
+        #: ``result`` of ``task-succeeded``): set by a worker that sends task events.
+        self.describe_results: bool = False
 
     # -- the request ------------------------------------------------------------------
 
@@ -350,9 +364,11 @@ class Tracer:
         # The worker checks on receipt; a child process whose app module does not
         # import the task's module lacks it. Same treatment as on receipt.
         exc = NotRegistered(message.task)
+        tb = format_traceback(exc)
         if not message.ignore_result:
-            self._try_store(message, states.FAILURE, exc, tb=format_traceback(exc))
-        return Outcome(states.FAILURE, "dead_letter", reason=f"unregistered task {message.task}")
+            self._try_store(message, states.FAILURE, exc, tb=tb)
+        return Outcome(states.FAILURE, "dead_letter", reason=f"unregistered task {message.task}",
+                       event={"exception": _exc_repr(exc), "traceback": tb})
 
     def _raised(
         self, message: TaskMessage, request: Request, error: BaseException, runtime: float
@@ -368,7 +384,8 @@ class Tracer:
             if error.requeue:
                 return Outcome(states.REJECTED, "requeue", runtime)
             return Outcome(
-                states.REJECTED, "dead_letter", runtime, f"rejected by the task: {error}"
+                states.REJECTED, "dead_letter", runtime, f"rejected by the task: {error}",
+                event={"exception": _exc_repr(error), "traceback": format_traceback(error)},
             )
         return self.fail(message, request, error, runtime=runtime)
 
@@ -390,7 +407,8 @@ class Tracer:
             except (EncodeError, ValidationError) as exc:
                 return self.fail(message, request, exc, runtime=runtime)
             self._log_success(message, runtime, retval)
-            return Outcome(states.SUCCESS, "ack", runtime, pending=pending)
+            return Outcome(states.SUCCESS, "ack", runtime, pending=pending,
+                           event=self._result_event(retval))
         # Celery sends the callbacks before storing, so the result lists them as children.
         self.links.send_callbacks(message, retval)
         if not message.ignore_result:
@@ -416,7 +434,12 @@ class Tracer:
             return self.fail(message, request, raised, runtime=runtime)
         self._log_success(message, runtime, retval)
         task.call_hook("after_return", states.SUCCESS, retval, message.id, args, kwargs, None)
-        return Outcome(states.SUCCESS, "ack", runtime)
+        return Outcome(states.SUCCESS, "ack", runtime, event=self._result_event(retval))
+
+    def _result_event(self, retval: Any) -> dict[str, Any] | None:
+        if not self.describe_results:
+            return None
+        return {"result": calling.safe_repr(retval, _EVENT_REPR_LIMIT)}
 
     @staticmethod
     def _log_success(message: TaskMessage, runtime: float, retval: Any) -> None:
@@ -445,7 +468,8 @@ class Tracer:
             task.call_hook("on_retry", signal.exc, message.id, list(message.args),
                            dict(message.kwargs), ExceptionInfo.of(reason, tb))
         logger.info("task %s[%s] retry: %s", message.task, message.id, signal)
-        return Outcome(states.RETRY, "ack", runtime)
+        return Outcome(states.RETRY, "ack", runtime,
+                       event={"exception": _exc_repr(signal.exc), "traceback": tb})
 
     def fail(
         self, message: TaskMessage, request: Request, exc: BaseException, *,
@@ -475,8 +499,9 @@ class Tracer:
                 "task %s[%s] raised unexpected: %r\n%s",
                 message.task, message.id, exc, tb.rstrip(),
             )
+        failed = {"exception": _exc_repr(exc), "traceback": tb}
         if settle == "requeue":
-            return Outcome(states.FAILURE, settle, runtime)
+            return Outcome(states.FAILURE, settle, runtime, event=failed)
         # Celery: the chord's part, then the failure stored under the ids of the chain's
         # remaining elements, so that waiting on the chain's last result does not hang
         # (PROTOCOL.md §17.4), then the errbacks.
@@ -492,7 +517,7 @@ class Tracer:
         reason = ""
         if settle == "dead_letter":
             reason = f"task failed with {type(exc).__name__} and acks_on_failure is False"
-        return Outcome(states.FAILURE, settle, runtime, reason)
+        return Outcome(states.FAILURE, settle, runtime, reason, event=failed)
 
     def fail_outside(
         self, message: TaskMessage, delivery_info: Mapping[str, Any], exc: BaseException
@@ -541,7 +566,9 @@ class Tracer:
         logger.warning("task %s[%s] revoked: %s", message.task, message.id, reason)
         if settle == "ack":
             self.chords.message_returned(message, states.REVOKED, TaskRevokedError(reason))
-        return Outcome(states.REVOKED, settle)
+        return Outcome(states.REVOKED, settle,
+                       event={"terminated": reason == "terminated", "signum": None,
+                              "expired": False})
 
     def revoke_expired(self, message: TaskMessage, request: Request) -> Outcome:
         """Do not run an expired task: store ``REVOKED`` with the meta Celery stores
@@ -557,7 +584,8 @@ class Tracer:
         if settle == "ack":
             self.chords.message_returned(message, states.REVOKED, TaskRevokedError("expired"))
             self.links.call_errbacks(message, request, TaskRevokedError("expired"), None)
-        return Outcome(states.REVOKED, settle)
+        return Outcome(states.REVOKED, settle,
+                       event={"terminated": False, "signum": None, "expired": True})
 
 
 class Started(NamedTuple):  # a tuple: made once per task, on the hot path

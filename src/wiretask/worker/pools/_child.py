@@ -216,6 +216,8 @@ def _child_main(
         conn.send(("error", "".join(traceback.format_exception_only(type(exc), exc)).strip()))
         return
     tracer = Tracer(app, hostname)
+    # The parent may send task events: task-succeeded carries the result's repr.
+    tracer.describe_results = True
     conn.send(("ready", os.getpid()))
     try:
         while True:

@@ -191,6 +191,8 @@ def run_in_this_thread(
     ``replace`` started a new thread to take over from this one; or a stopping worker
     requeued it): the thread must then stop working for the pool."""
     tracer = context.tracer
+    if context.on_start is not None:
+        context.on_start(job)
     hard, soft = tracer.time_limits(job.message)
 
     def on_hard() -> None:

@@ -40,7 +40,7 @@ from __future__ import annotations
 import abc
 import os
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, ClassVar, Literal, Protocol
 
 import attrs
@@ -109,12 +109,15 @@ class PoolContext:
         settlement: takes the outcomes (``Settlement.finish``) and sends the acks.
         consumer: the consumer thread.
         stopping: set when the worker stops taking work.
+        on_start: called with each job as it starts to run (the pool took it).
     """
 
     tracer: Tracer
     settlement: Settlement
     consumer: ConsumerHandle
     stopping: threading.Event
+    #: Told when a job starts to run (the worker's ``task-started`` event), or None.
+    on_start: Callable[[Job], None] | None = None
 
 
 class Pool(abc.ABC):

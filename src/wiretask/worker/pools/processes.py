@@ -173,6 +173,8 @@ class ProcessPool(Pool):
         """Run ``job`` in the slot's child and report its outcome. False if the slot
         must end (the worker is stopping)."""
         child = self._children[index]
+        if self.context.on_start is not None:
+            self.context.on_start(job)
         hard, soft = self.context.tracer.time_limits(job.message)
         with self._lock:
             self._running[index] = job
