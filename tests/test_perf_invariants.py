@@ -6,6 +6,8 @@ Each shortcut must give exactly what the plain code gave: these tests pin that d
 from __future__ import annotations
 
 import inspect
+import subprocess
+import sys
 import uuid
 from collections import OrderedDict
 from typing import Any, NamedTuple
@@ -257,3 +259,28 @@ def test_the_reused_msgpack_packer_starts_clean_after_a_failure() -> None:
         with pytest.raises((TypeError, OverflowError, ValueError)):
             serializers.msgpack_dumps(bad)
         assert serializers.msgpack_dumps([1, "x"]) == msgpack.packb([1, "x"], use_bin_type=True)
+
+
+def test_app_and_worker_import_no_sqlite_or_ctypes() -> None:
+    """The worker's RSS bound (issue 18): a Redis worker loads neither the SQLite driver
+    (``wiretask.beat``'s service loads on first use) nor ctypes (loaded by the first time
+    limit that fires); both still load when used."""
+    code = (
+        "import sys, wiretask.app, wiretask.worker, wiretask.worker.pools\n"
+        "assert 'sqlite3' not in sys.modules and 'ctypes' not in sys.modules, "
+        "[m for m in ('sqlite3', 'ctypes') if m in sys.modules]\n"
+        "from wiretask.beat import EmbeddedBeat, Service\n"
+        "from wiretask.worker.pools._inthread import async_raise\n"
+        "import threading\n"
+        "assert not async_raise(threading.get_ident() + 1, None)\n"
+        "assert 'sqlite3' in sys.modules and 'ctypes' in sys.modules\n"
+        "print(Service.__module__, EmbeddedBeat.__name__)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=60, check=False)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["wiretask.beat.service", "EmbeddedBeat"]
+    import wiretask.beat  # noqa: PLC0415
+
+    with pytest.raises(AttributeError, match="no attribute 'Nothing'"):
+        wiretask.beat.Nothing  # noqa: B018

@@ -16,7 +16,6 @@ body finished" and "the hard limit passed" wins.
 
 from __future__ import annotations
 
-import ctypes
 import logging
 import threading
 from collections.abc import Callable
@@ -59,6 +58,10 @@ def _take_pending() -> None:
 def async_raise(thread_id: int, exc_type: type[BaseException] | None) -> bool:
     """Raise ``exc_type`` in the thread ``thread_id`` at its next bytecode (``None``
     clears a pending one). Returns True if the thread was found."""
+    # Imported here, not at the top: ctypes is ~0.8 MiB of the worker's RSS (issue 18's
+    # bound), and only a time limit that fires needs it.
+    import ctypes  # noqa: PLC0415
+
     set_async = ctypes.pythonapi.PyThreadState_SetAsyncExc
     # With no argtypes, ctypes passes None as a NULL pointer, which clears.
     target = ctypes.py_object(exc_type) if exc_type is not None else None
