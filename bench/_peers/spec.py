@@ -53,8 +53,8 @@ LIBRARIES: tuple[Library, ...] = (
                   "--pool", "solo", *WARNING),
         default=("{bin}/wiretask", "worker", "-A", "_peers.lib_wiretask:app", "-Q", "wiretask",
                  *WARNING),
-        default_shape="threads, -c CPU count, prefetch 1",
-        one_slot_shape="--pool solo, prefetch 1",
+        default_shape="threads, -c CPU count, prefetch multiplier 4",
+        one_slot_shape="--pool solo, prefetch multiplier 4",
         guarantee="ack after the result is stored; at least once (unacked restored after "
                   "the visibility timeout, leases while running); a retried publish is "
                   "de-duplicated (marker in the same MULTI/EXEC)",
