@@ -10,6 +10,7 @@ import subprocess
 import sys
 import uuid
 from collections import OrderedDict
+from datetime import UTC, datetime, timedelta, timezone
 from typing import Any, NamedTuple
 
 import msgpack
@@ -19,6 +20,7 @@ from wiretask import calling
 from wiretask.app import App, Settings
 from wiretask.codecs import Serializer, serializers
 from wiretask.errors import ValidationError
+from wiretask.protocol import states
 from wiretask.retry import RetryPolicy
 
 
@@ -284,3 +286,47 @@ def test_app_and_worker_import_no_sqlite_or_ctypes() -> None:
 
     with pytest.raises(AttributeError, match="no attribute 'Nothing'"):
         wiretask.beat.Nothing  # noqa: B018
+
+
+def test_task_running_sets_and_restores_the_request() -> None:
+    """``Task.running`` (a class-based context manager on the worker's path) makes the
+    request current inside the block, nests, and restores on the way out, also when
+    the block raises."""
+    from wiretask.app import Request  # noqa: PLC0415
+
+    app = App("running")
+
+    @app.task(name="t.running")
+    def noop() -> None:
+        return None
+
+    outer, inner = Request(id="outer", task="t.running"), Request(id="inner", task="t.running")
+    assert noop.request.id is None
+    with noop.running(outer) as entered:
+        assert entered is outer and noop.request is outer
+        seen: list[Request] = []
+
+        def fail_inside() -> None:
+            with noop.running(inner):
+                seen.append(noop.request)
+                raise ZeroDivisionError
+
+        with pytest.raises(ZeroDivisionError):
+            fail_inside()
+        assert seen == [inner]
+        assert noop.request is outer
+    assert noop.request.id is None
+
+
+@pytest.mark.parametrize("when", [
+    datetime(2026, 12, 5, 1, 2, 3, 456789, tzinfo=UTC),
+    datetime(2026, 12, 5, 1, 2, 3, tzinfo=UTC),
+    datetime(2026, 12, 5, 1, 2, 3, 7),
+    datetime(2026, 12, 5, 1, 2, 3, 7, tzinfo=timezone(timedelta(hours=5, seconds=30))),
+])
+def test_make_meta_date_done_is_isoformat(when: datetime) -> None:
+    """``make_meta`` writes ``date_done`` through ``format_iso`` (orjson for UTC): the
+    same text as ``isoformat()`` of the aware value, naive read as UTC."""
+    meta = states.make_meta("id", states.SUCCESS, 1, date_done=when)
+    aware = when if when.tzinfo is not None else when.replace(tzinfo=UTC)
+    assert meta["date_done"] == aware.isoformat()

@@ -385,6 +385,24 @@ class Request:
         )
 
 
+class _Running:
+    """``Task.running``: ``request`` is the current one inside the block. A class, not
+    a generator-based context manager: the worker enters one per task (a third of the
+    cost, ~0.25 us instead of ~0.8 us)."""
+
+    __slots__ = ("_request", "_token")
+
+    def __init__(self, request: Request) -> None:
+        self._request = request
+
+    def __enter__(self) -> Request:
+        self._token = _current_request.set(self._request)
+        return self._request
+
+    def __exit__(self, *exc: object) -> None:
+        _current_request.reset(self._token)
+
+
 def _sig_dicts(sigs: Sequence[Signature] | None) -> list[dict[str, Any]] | None:
     return None if sigs is None else [sig.to_dict() for sig in sigs]
 
@@ -1875,14 +1893,9 @@ class Task(Generic[P, R]):
         finally:
             _current_request.reset(token)
 
-    @contextlib.contextmanager
-    def running(self, request: Request) -> Iterator[Request]:
+    def running(self, request: Request) -> contextlib.AbstractContextManager[Request]:
         """Make ``request`` the current one while the worker runs this task."""
-        token = _current_request.set(request)
-        try:
-            yield request
-        finally:
-            _current_request.reset(token)
+        return _Running(request)
 
     @property
     def request(self) -> Request:

@@ -28,13 +28,14 @@ outcome may then be stored.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any, Final
 
 import attrs
 
 from wiretask.errors import ValidationError
 from wiretask.protocol.exceptions import exception_to_meta
+from wiretask.protocol.timing import format_iso
 
 __all__ = [
     "ALL_STATES",
@@ -195,14 +196,11 @@ def make_meta(
         result = exception_to_meta(result)
     done: str | None = None
     if status in READY_STATES and date_done is not None:
-        if isinstance(date_done, str):
-            done = date_done
-        else:
-            # Naive means UTC, as everywhere in wiretask (Celery's worker reads naive
-            # times as UTC); the written value always carries an offset.
-            if date_done.utcoffset() is None:
-                date_done = date_done.replace(tzinfo=UTC)
-            done = date_done.isoformat()
+        # A datetime: naive means UTC, as everywhere in wiretask (Celery's worker reads
+        # naive times as UTC); the written value always carries an offset: isoformat's
+        # text (format_iso: orjson writes it for UTC at a third of the cost; every
+        # result the worker stores has one).
+        done = date_done if isinstance(date_done, str) else format_iso(date_done)
     meta: dict[str, Any] = {
         "status": status,
         "result": result,

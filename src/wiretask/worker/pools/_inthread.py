@@ -102,8 +102,10 @@ class ThreadControl:
         self._timers: list[threading.Timer] = []
         self._soft_raised = False  # the soft limit's exception was sent to the thread
         #: Set when the worker gives up on the run, even after the body ended (it may
-        #: be storing the outcome, waiting for the backend to come back).
-        self._given_up = threading.Event()
+        #: be storing the outcome, waiting for the backend to come back). Made by the
+        #: first ``abandon`` or ``wait``: most runs need neither, and an Event is the
+        #: dearest part of this object (~1.4 us of every task).
+        self._given_up: threading.Event | None = None
 
     @property
     def abandoned(self) -> bool:
@@ -113,7 +115,7 @@ class ThreadControl:
         """Give up on the run (the worker is stopping and requeues the message).
         Returns False if the body had already finished (a store of its outcome that is
         still waiting for the backend stops trying)."""
-        self._given_up.set()
+        self._event().set()
         with self._lock:
             if self._phase == "done":
                 return False
@@ -153,7 +155,13 @@ class ThreadControl:
     def wait(self, seconds: float) -> bool:
         """Pause ``seconds`` before the next attempt to store the outcome; False once
         the worker gave up on the run."""
-        return not self._given_up.wait(seconds)
+        return not self._event().wait(seconds)
+
+    def _event(self) -> threading.Event:
+        with self._lock:
+            if self._given_up is None:
+                self._given_up = threading.Event()
+            return self._given_up
 
     def _cancel(self) -> None:
         for timer in self._timers:
