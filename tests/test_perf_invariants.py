@@ -13,8 +13,11 @@ from collections import OrderedDict
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any, NamedTuple
 
+import hiredis
 import msgpack
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from wiretask import calling
 from wiretask.app import App, Settings
@@ -330,3 +333,31 @@ def test_make_meta_date_done_is_isoformat(when: datetime) -> None:
     meta = states.make_meta("id", states.SUCCESS, 1, date_done=when)
     aware = when if when.tzinfo is not None else when.replace(tzinfo=UTC)
     assert meta["date_done"] == aware.isoformat()
+
+
+_ARG = st.one_of(st.binary(max_size=40), st.text(max_size=20), st.integers(-(2**40), 2**40))
+
+
+@given(st.lists(st.lists(_ARG, min_size=1, max_size=5), min_size=1, max_size=4),
+       st.data())
+def test_redis_request_with_pieces_is_the_joined_request(
+    commands: list[list[Any]], data: st.DataObject
+) -> None:
+    """``_redis.client._request`` packs with hiredis first and looks for ``Pieces`` only
+    when hiredis refuses: a request with an argument given in parts writes exactly the
+    bytes of the same request with that argument joined."""
+    from wiretask._redis.client import Pieces, _request  # noqa: PLC0415
+
+    plain = [tuple(c) for c in commands]
+    which = data.draw(st.integers(0, len(plain) - 1))
+    split = data.draw(st.binary(max_size=30))
+    pieced = [*plain]
+    pieced[which] = (*plain[which], Pieces((split[:5], memoryview(split[5:]))))
+    joined = [*plain]
+    joined[which] = (*plain[which], split)
+    fast = _request(joined)
+    assert isinstance(fast, bytes)
+    assert b"".join(bytes(p) for p in _request(pieced)) == fast
+    assert fast == b"".join(hiredis.pack_command(c) for c in joined)
+    with pytest.raises(TypeError):
+        _request([*plain, ("SET", "k", None)])

@@ -278,8 +278,15 @@ def _request(commands: Sequence[tuple[Any, ...]]) -> bytes | list[bytes | memory
     an argument is ``Pieces``, the buffers to write one after the other."""
     pack = _pack
     assert pack is not None  # run() calls this only where hiredis packs
-    if not any(isinstance(arg, Pieces) for command in commands for arg in command):
-        return b"".join(pack(c) for c in commands)
+    try:
+        # Every publish and every worker round trip comes here: hiredis packs the whole
+        # request first, and only a request it refuses is scanned for ``Pieces`` (a
+        # tuple argument, which it refuses with TypeError) instead of every request
+        # (a generator over every argument: ~0.8 us of a publish).
+        return b"".join([pack(c) for c in commands])
+    except TypeError:
+        if not any(isinstance(arg, Pieces) for command in commands for arg in command):
+            raise
     parts: list[bytes | memoryview] = []
     for command in commands:
         if not any(isinstance(arg, Pieces) for arg in command):
