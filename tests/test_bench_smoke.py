@@ -101,3 +101,22 @@ def test_soak_bench_runs_on_rabbitmq(amqp_url: str) -> None:
     """bench/soak.py on RabbitMQ (the test node, through ``amqp_url``): it counts them all."""
     output = run_bench("soak.py", "--messages", "300", "--transports", "amqp", "--cap", "120")
     assert "| amqp | 300 | 300 | 0 | 0 |" in output
+
+
+@pytest.mark.redis
+def test_versions_bench_runs() -> None:
+    """``versions.py`` with this checkout on both sides: it runs each side's bench and
+    prints one row per operation both printed, with the ratio of their rates."""
+    needs_redis()
+    result = subprocess.run(
+        [sys.executable, str(BENCH / "versions.py"), "--before", str(BENCH.parent),
+         "--before-python", sys.executable, "--benches", "redis_publish", "--rounds", "1",
+         "--scale", "0.01", "--bench-args", "--repeat 1"],
+        capture_output=True, text=True, timeout=240, cwd=BENCH.parent, check=False,
+    )
+    assert result.returncode == 0, f"versions.py failed:\n{result.stdout}\n{result.stderr}"
+    assert "| bench | operation | before /s | tip /s | tip / before |" in result.stdout
+    assert "| redis_publish | publish 1 msg: task.apply_async (ref: celery apply_async) |" \
+        in result.stdout, result.stdout
+    assert re.search(r"^ratio: redis_publish: batch publish: task\.apply_many\(\d+\): \d+\.\d+$",
+                     result.stderr, re.MULTILINE), result.stderr
