@@ -103,6 +103,7 @@ def check_transport(
     messages: int = 200,
     consumers: int = 4,
     clock_tolerance: float = 0.002,
+    other_movers: bool = False,
 ) -> ConformanceReport:
     """Run the transport conformance checks against transports made by ``factory``.
 
@@ -128,6 +129,11 @@ def check_transport(
         consumers: consumer threads in the concurrency check.
         clock_tolerance: seconds of clock rounding allowed when checking that a
             delayed message was not delivered before its ``not_before``.
+        other_movers: something else moves due messages on the same broker while
+            the checks run (a scheduler process beside the worker, as Redis's
+            default delay mode has): ``broker_delay`` then accepts a ``due()`` that
+            found a due message already moved (returned 0), as long as the
+            message is delivered.
 
     Returns:
         The report: checks passed, skipped (with reasons).
@@ -142,7 +148,7 @@ def check_transport(
         factory, probe, process_factory=process_factory, broken_factory=broken_factory,
         fused_backend=fused_backend, delay=delay, wait=wait,
         large_body_size=large_body_size, messages=messages, consumers=consumers,
-        clock_tolerance=clock_tolerance,
+        clock_tolerance=clock_tolerance, other_movers=other_movers,
     )
     try:
         probe.close()
@@ -162,6 +168,7 @@ class _Kit:
         broken_factory: Callable[[str], Transport] | None,
         fused_backend: ResultBackend | None, delay: float, wait: float,
         large_body_size: int, messages: int, consumers: int, clock_tolerance: float,
+        other_movers: bool = False,
     ) -> None:
         self.factory = factory
         self.probe = probe
@@ -174,6 +181,7 @@ class _Kit:
         self.messages = messages
         self.consumers = consumers
         self.clock_tolerance = clock_tolerance
+        self.other_movers = other_movers
         self.run_id = uuid.uuid4().hex[:10]
         self._opened: list[Transport] = []
         self._queues: list[str] = []
@@ -865,14 +873,14 @@ class _Kit:
         t.publish(self.frame(b"soon"), Route(q), not_before=not_before)
         time.sleep(max(not_before.timestamp() - time.time(), 0) + self.clock_tolerance)
         moved = t.due()
-        if native:
+        if native and not self.other_movers:
             expect(moved >= 1, f"due() after a delayed message's time returned {moved}, "
                    "expected it to move that message")
-            if isinstance(t, Inspection):
-                seen = [(p.frame.body, p.state) for p in t.peek(q)]
-                expect(seen == [(b"soon", "ready"), (b"far", "scheduled")],
-                       f"after due() peek() gave {seen}: the due message must be ready, "
-                       "the other still scheduled")
+        if native and isinstance(t, Inspection):
+            seen = [(p.frame.body, p.state) for p in t.peek(q)]
+            expect(seen == [(b"soon", "ready"), (b"far", "scheduled")],
+                   f"after due() peek() gave {seen}: the due message must be ready, "
+                   "the other still scheduled")
         d = self.must_receive(t, [q], "a delayed message moved by due()")
         expect(d.frame.body == b"soon", f"expected the due message, got {d.frame.body!r}")
         d.ack()
