@@ -6,6 +6,10 @@ wiretask ``Worker``: ``--pool solo`` or a thread pool). The Redis URL comes from
 ``$WIRETASK_BENCH_E2E_URL``. The task increments a Redis counter, so the benchmark
 counts completions without polling result keys; both workers also store the result in
 their Redis result backend, as they would by default.
+
+``bench/amqp_end_to_end.py`` runs the same apps with the broker on RabbitMQ:
+``$WIRETASK_BENCH_E2E_BROKER`` (default: the Redis URL) and its own queue and counter
+names (``$WIRETASK_BENCH_E2E_NAMES``, default ``bench.e2e``).
 """
 
 from __future__ import annotations
@@ -22,15 +26,17 @@ from wiretask.app import App
 from wiretask.worker import Worker
 
 URL = os.environ.get("WIRETASK_BENCH_E2E_URL", "redis://127.0.0.1:6379/9")
+BROKER = os.environ.get("WIRETASK_BENCH_E2E_BROKER", URL)
+NAMES = os.environ.get("WIRETASK_BENCH_E2E_NAMES", "bench.e2e")
 TASK_NAME = "bench.e2e.small"
-WT_QUEUE = "bench.e2e.wiretask"
-CELERY_QUEUE = "bench.e2e.celery"
-WT_COUNTER = "bench.e2e.done.wiretask"
-CELERY_COUNTER = "bench.e2e.done.celery"
+WT_QUEUE = f"{NAMES}.wiretask"
+CELERY_QUEUE = f"{NAMES}.celery"
+WT_COUNTER = f"{NAMES}.done.wiretask"
+CELERY_COUNTER = f"{NAMES}.done.celery"
 
 _counter = redis.Redis.from_url(URL)
 
-wiretask_app = App("bench", broker=URL, backend=URL, task_default_queue=WT_QUEUE)
+wiretask_app = App("bench", broker=BROKER, backend=URL, task_default_queue=WT_QUEUE)
 
 
 @wiretask_app.task(name=TASK_NAME)
@@ -40,7 +46,7 @@ def small(user_id: int, email: str, account: dict[str, Any], notify: bool = Fals
     return user_id
 
 
-celery_app = Celery("bench", broker=URL, backend=URL, set_as_current=False)
+celery_app = Celery("bench", broker=BROKER, backend=URL, set_as_current=False)
 celery_app.conf.update(
     task_default_queue=CELERY_QUEUE,
     broker_connection_retry_on_startup=True,

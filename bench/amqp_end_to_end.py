@@ -7,12 +7,13 @@ are in Redis (``$WIRETASK_BENCH_REDIS_URL`` or a private ``redis-server``), data
 ``$WIRETASK_BENCH_REDIS_DB`` (default 9), emptied before and after.
 
 The method is ``end_to_end.py``'s (its worker and timing helpers are used as they are):
-each side's worker in its own process (``amqp_e2e_apps.py``): Celery ``celery worker -P
-solo`` (prefetch multiplier 4, acks early, results stored) and wiretask's ``Worker(app,
-pool="solo", prefetch=3)`` (the broker's prefetch window is its room: 4 messages; acks
-after the result is stored); a warm-up task, then N SMALL tasks published from this
-process, the clock stopped when the Redis counter reaches N. Publishing is part of the
-figure: wiretask with publisher confirms (its default), Celery without (its default).
+each side's worker in its own process (``_e2e_apps.py``, broker and names from the
+environment): Celery ``celery worker -P solo`` (prefetch multiplier 4, acks early, results
+stored) and wiretask's ``Worker(app, pool="solo", prefetch=3)`` (the broker's prefetch
+window is its room: 4 messages; acks after the result is stored); a warm-up task, then N
+SMALL tasks published from this process, the clock stopped when the Redis counter reaches
+N. Publishing is part of the figure: wiretask with publisher confirms (its default),
+Celery without (its default).
 """
 
 from __future__ import annotations
@@ -67,7 +68,8 @@ def main() -> None:
         url = f"{base}/{REDIS_DB}"
         os.environ["WIRETASK_BENCH_E2E_URL"] = url
         os.environ["WIRETASK_BENCH_E2E_BROKER"] = broker
-        import amqp_e2e_apps as apps  # noqa: PLC0415 - reads the URLs from the environment
+        os.environ["WIRETASK_BENCH_E2E_NAMES"] = "bench.amqp.e2e"
+        import _e2e_apps as apps  # noqa: PLC0415 - reads the URLs from the environment
 
         client = redis.Redis.from_url(url)
         client.flushdb()
@@ -87,11 +89,11 @@ def main() -> None:
                 for _ in range(n):
                     apps.celery_small.apply_async(SMALL_ARGS, SMALL_KWARGS)
 
-            wt_solo = [sys.executable, "amqp_e2e_apps.py", "--pool", "solo", "--prefetch",
+            wt_solo = [sys.executable, "_e2e_apps.py", "--pool", "solo", "--prefetch",
                        str(SOLO_PREFETCH)]
-            wt_threads = [sys.executable, "amqp_e2e_apps.py", "--pool", "threads",
-                          "--concurrency", str(options.concurrency)]
-            celery_cmd = [sys.executable, "-m", "celery", "-A", "amqp_e2e_apps:celery_app",
+            wt_threads = [sys.executable, "_e2e_apps.py", "--pool", "threads",
+                          "--concurrency", str(options.concurrency), "--prefetch", "1"]
+            celery_cmd = [sys.executable, "-m", "celery", "-A", "_e2e_apps:celery_app",
                           "worker", "-P", "solo", "-Q", apps.CELERY_QUEUE, "--without-gossip",
                           "--without-mingle", "--without-heartbeat", "-l", "WARNING"]
             results: dict[str, tuple[float, int]] = {}
