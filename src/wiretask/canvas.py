@@ -41,7 +41,7 @@ import operator
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping, MutableSequence, Sequence
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any, Self, cast
 
 from wiretask.calling import check_options, new_task_id
 from wiretask.errors import (
@@ -583,10 +583,32 @@ def maybe_unroll_group(task: TaskGroup) -> TaskSignature:
     return task.tasks[0] if len(task.tasks) == 1 else task
 
 
+class _TaskList(TaskSignature):
+    """A chain's or a group's signature: its members are ``kwargs["tasks"]``, as in
+    Celery's dict form."""
+
+    if TYPE_CHECKING:  # each subclass reads its members its own way
+        def __init__(self, *tasks: Any, app: App | None = None, **options: Any) -> None: ...
+
+    @classmethod
+    def from_dict(cls, value: Mapping[str, Any], app: App | None = None) -> Self:
+        tasks = _signature_list(_kwargs_of(value).get("tasks") or [], "kwargs.tasks", app)
+        return cls(tasks, app=app, **_options_of(value))
+
+    @property
+    def tasks(self) -> list[TaskSignature]:
+        tasks: list[TaskSignature] = self.kwargs["tasks"]
+        return tasks
+
+    @tasks.setter
+    def tasks(self, value: Iterable[TaskSignature]) -> None:
+        self.kwargs["tasks"] = list(value)
+
+
 # -- chains ---------------------------------------------------------------------------------
 
 
-class TaskChain(TaskSignature):
+class TaskChain(_TaskList):
     """Signatures run one after the other, each getting the previous one's result
     (``a.s() | b.s() | c.s()``; Celery's ``celery.chain`` signature).
 
@@ -603,20 +625,6 @@ class TaskChain(TaskSignature):
         listed = [maybe_signature(task, app=app) for task in members]
         super().__init__("celery.chain", (), {"tasks": listed}, options,
                          subtask_type="chain", app=app if app is not None else _app_of(listed))
-
-    @classmethod
-    def from_dict(cls, value: Mapping[str, Any], app: App | None = None) -> TaskChain:
-        tasks = _signature_list(_kwargs_of(value).get("tasks") or [], "kwargs.tasks", app)
-        return cls(tasks, app=app, **_options_of(value))
-
-    @property
-    def tasks(self) -> list[TaskSignature]:
-        tasks: list[TaskSignature] = self.kwargs["tasks"]
-        return tasks
-
-    @tasks.setter
-    def tasks(self, value: Iterable[TaskSignature]) -> None:
-        self.kwargs["tasks"] = list(value)
 
     def __repr__(self) -> str:
         if not self.tasks:
@@ -986,7 +994,7 @@ def chain(*tasks: Any, app: App | None = None, **options: Any) -> TaskSignature:
 # -- groups ---------------------------------------------------------------------------------
 
 
-class TaskGroup(TaskSignature):
+class TaskGroup(_TaskList):
     """Signatures run in parallel (Celery's ``celery.group``); the result is a
     :class:`GroupResult`. One iterable argument is taken as the tasks."""
 
@@ -1003,20 +1011,6 @@ class TaskGroup(TaskSignature):
         listed = [maybe_signature(task, app=app) for task in members]
         super().__init__("celery.group", (), {"tasks": listed}, options,
                          subtask_type="group", app=app if app is not None else _app_of(listed))
-
-    @classmethod
-    def from_dict(cls, value: Mapping[str, Any], app: App | None = None) -> TaskGroup:
-        tasks = _signature_list(_kwargs_of(value).get("tasks") or [], "kwargs.tasks", app)
-        return cls(tasks, app=app, **_options_of(value))
-
-    @property
-    def tasks(self) -> list[TaskSignature]:
-        tasks: list[TaskSignature] = self.kwargs["tasks"]
-        return tasks
-
-    @tasks.setter
-    def tasks(self, value: Iterable[TaskSignature]) -> None:
-        self.kwargs["tasks"] = list(value)
 
     def __len__(self) -> int:  # Celery's: the number of tasks
         return len(self.tasks)
