@@ -15,8 +15,11 @@ import pytest
 
 from wiretask.app import App
 from wiretask.errors import ImproperlyConfigured, TaskRevokedError
+from wiretask.events.receiver import EventReceiver
+from wiretask.events.wire import event_exchange
 from wiretask.protocol import states
 from wiretask.protocol.celery import decode
+from wiretask.transports.base import Broadcast
 from wiretask.worker import Worker
 from wiretask.worker.job import Job
 from wiretask.worker.pools import POOLS, Pool, PoolContext, PoolSetup, ProcessPool
@@ -147,7 +150,11 @@ def proc_app(tmp_path: Path) -> Iterator[App]:
 @pytest.mark.timeout(90)
 def test_the_process_pool_terminates_a_running_task(proc_app: App) -> None:
     app = proc_app
-    with Worker(app, pool="processes", concurrency=1, shutdown_timeout=10) as worker:
+    assert isinstance(app.transport, Broadcast)
+    receiver = EventReceiver(app.transport, event_exchange("sqlite"), app.registry)
+    receiver.open()
+    with Worker(app, pool="processes", concurrency=1, shutdown_timeout=10,
+                send_events=True) as worker:
         before = procapp.whoami.delay().get(timeout=20)["pid"]
         result = procapp.nap.delay(30)
 
@@ -170,6 +177,14 @@ def test_the_process_pool_terminates_a_running_task(proc_app: App) -> None:
         assert after != before
         wait_until(lambda: worker.active == 0, what="acked")
     assert app.transport.size("celery") == 0
+    # Its task-revoked event says how it ended: terminated by SIGKILL (9), as the
+    # process pool kills the child whatever signal was asked for (spec/events.md).
+    try:
+        revoked = next(e for e in receiver.itercapture(timeout=5)
+                       if e["type"] == "task-revoked" and e["uuid"] == result.id)
+    finally:
+        receiver.close()
+    assert (revoked["terminated"], revoked["signum"], revoked["expired"]) == (True, 9, False)
 
 
 class TerminatedAsItFinishes(ProcessPool):

@@ -557,17 +557,17 @@ class Tracer:
             soft = None
         return (hard or None), (soft or None)
 
-    def revoke(self, message: TaskMessage, reason: str) -> Outcome:
+    def revoke(self, message: TaskMessage, reason: str, signum: int | None = None) -> Outcome:
         """Record that the task was revoked while it ran (``reason``: ``"terminated"``
-        when its process was killed on request): store ``REVOKED`` with Celery's
-        ``TaskRevokedError(reason)``, as Celery's ``Backend.mark_as_revoked`` does (no
-        errbacks), and ack."""
+        when its process was killed on request, ``signum`` the signal that killed it):
+        store ``REVOKED`` with Celery's ``TaskRevokedError(reason)``, as Celery's
+        ``Backend.mark_as_revoked`` does (no errbacks), and ack."""
         settle = self._store_final(message, states.REVOKED, revoked_meta_result(reason))
         logger.warning("task %s[%s] revoked: %s", message.task, message.id, reason)
         if settle == "ack":
             self.chords.message_returned(message, states.REVOKED, TaskRevokedError(reason))
         return Outcome(states.REVOKED, settle,
-                       event={"terminated": reason == "terminated", "signum": None,
+                       event={"terminated": reason == "terminated", "signum": signum,
                               "expired": False})
 
     def revoke_expired(self, message: TaskMessage, request: Request) -> Outcome:

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import logging
 import queue
+import signal
 import threading
 import time
 import urllib.parse
@@ -248,7 +249,8 @@ class ProcessPool(Pool):
         """The outcome of a run whose child was killed or died."""
         tracer = self.context.tracer
         if job.terminated:
-            return tracer.revoke(job.message, "terminated")
+            # The child was sent SIGKILL (terminate), whatever signal was asked for.
+            return tracer.revoke(job.message, "terminated", signum=int(signal.SIGKILL))
         if ended == "lost":
             exc = WorkerLostError(f"worker process exited with exit code {child.exitcode}")
             logger.error("task %s: %s", job.describe, exc)
