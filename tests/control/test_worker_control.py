@@ -18,11 +18,24 @@ import redis
 
 from wiretask.app import App, Task
 from wiretask.canvas import ResultSet
-from wiretask.errors import ImproperlyConfigured, TaskRevokedError
+from wiretask.codecs import Registry
+from wiretask.control.mailbox import Mailbox
+from wiretask.control.wire import LamportClock, node_queue
+from wiretask.errors import ImproperlyConfigured, TaskRevokedError, TransportError
 from wiretask.protocol import states
 from wiretask.protocol.frame import Outgoing
 from wiretask.testing import ForwardingTransport
-from wiretask.transports.base import Delivery, Inspection, Prepared, Settlement, Transport
+from wiretask.transports.base import (
+    BoundQueue,
+    Delivery,
+    Exchange,
+    Inbox,
+    Inspection,
+    Prepared,
+    Settlement,
+    Transport,
+)
+from wiretask.transports.memory import MemoryTransport
 from wiretask.transports.sqlite import SQLiteTransport
 from wiretask.worker import Worker
 
@@ -462,3 +475,26 @@ def test_the_forwarding_transport_forwards_broadcast(app: App, tasks: Tasks) -> 
     """The testing kit's wrapper offers what it wraps, Broadcast included."""
     with worker(app, transport=ForwardingTransport(app.new_transport())):
         assert app.control.ping(**ONE) == [{"w1@test": {"ok": "pong"}}]
+
+
+class Locked(ForwardingTransport):
+    """A broker whose control queue another node holds (RabbitMQ's RESOURCE_LOCKED on an
+    exclusive queue of the same name)."""
+
+    def listen(self, exchange: Exchange, queue: BoundQueue) -> Inbox:
+        raise TransportError(f"listen on {queue.name!r} failed: (405) RESOURCE_LOCKED",
+                             url=self.url)
+
+
+def test_a_mailbox_that_cannot_listen_names_the_broker_error(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    box = Mailbox(transport=Locked(MemoryTransport(f"ctl-{uuid.uuid4().hex}")),
+                  hostname="w1@test", queue=node_queue("w1@test"), namespace="celery",
+                  commands={}, registry=Registry(), serializer="json", clock=LamportClock())
+    with caplog.at_level("WARNING", logger="wiretask"):
+        box.start(timeout=0.3)
+        box.stop()
+    assert not box.listening.is_set()
+    assert ("remote control of w1@test is not listening yet (listen on "
+            "'w1@test.celery.pidbox' failed: (405) RESOURCE_LOCKED") in caplog.text

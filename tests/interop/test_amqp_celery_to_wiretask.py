@@ -246,7 +246,9 @@ def test_celery_priorities_queued_before_wiretask_consumes_come_out_highest_firs
     wait_for(lambda: ready(classic_url, queue) == len(sent), timeout=5.0,
              what="Celery's messages to be on the broker")
 
-    with Worker(wt, queues=[queue], concurrency=1, prefetch=0, shutdown_timeout=5):
+    # A node name of its own: the module's worker holds wiretask@<host>'s control queue.
+    with Worker(wt, queues=[queue], concurrency=1, prefetch=0, shutdown_timeout=5,
+                hostname=f"prio-{uuid.uuid4().hex[:6]}@test"):
         outcomes = [r.get(timeout=WAIT) for r in results]
 
     run_order = [p for _, p in sorted((o["seq"], p) for o, p in zip(outcomes, sent, strict=True))]

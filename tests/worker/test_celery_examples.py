@@ -14,6 +14,7 @@ import signal
 import subprocess
 import sys
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -182,8 +183,12 @@ def test_app_myapp_runs_the_three_ways_its_docstring_says(
         OVERRIDE,
         "out = {'get': add.delay(16, 16).get(timeout=60)}",  # add sleeps 10 s
     ))
-    for way, (example, _) in workers.items():
-        assert example.call(*urls[way], calls) == {"get": 32}, way
+    # The three calls at once: each sleeps its 10 s in its own worker.
+    with ThreadPoolExecutor(len(workers)) as pool:
+        answers = {way: pool.submit(example.call, *urls[way], calls)
+                   for way, (example, _) in workers.items()}
+        for way, answer in answers.items():
+            assert answer.result() == {"get": 32}, way
     for way, (_, worker) in workers.items():
         assert worker.stop() == 0, worker.err
         assert "myapp.add[" in worker.err and "succeeded" in worker.err, way

@@ -108,6 +108,7 @@ class Mailbox:
         self._thread: threading.Thread | None = None
         #: Set once the first inbox is listening (tests and ``start`` wait for it).
         self.listening = threading.Event()
+        self._last_error: TransportError | None = None
 
     def __repr__(self) -> str:
         return f"<Mailbox {self._queue.name}>"
@@ -123,8 +124,10 @@ class Mailbox:
         )
         self._thread.start()
         if not self.listening.wait(timeout):
-            logger.warning("remote control of %s is not listening yet (the broker cannot "
-                           "be reached); it keeps trying", self.hostname)
+            # The cause is the last broker error: unreachable, or (RabbitMQ's
+            # RESOURCE_LOCKED) another node of the same name holding the queue.
+            logger.warning("remote control of %s is not listening yet (%s); it keeps trying",
+                           self.hostname, self._last_error or "no answer from the broker")
 
     def stop(self, timeout: float = 5.0) -> None:
         """Stop listening: the control queue and its binding are deleted."""
@@ -155,6 +158,7 @@ class Mailbox:
             except TransportError as exc:
                 if self._stop.is_set():
                     return
+                self._last_error = exc
                 backoff = min(max(backoff * 2, 0.1), MAX_BACKOFF)
                 logger.warning("remote control: broker error (%s); listening again in "
                                "%.1fs", exc, backoff)
