@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import os
 import select
+import socket
 import ssl
+import struct
 import threading
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -110,6 +112,36 @@ class _Link:
         self.buffer = bytearray(65536)
 
 
+def _kernel_timeouts(sock: Any) -> None:
+    """Hand a plain (TCP or Unix) socket's timeout to the kernel: ``SO_RCVTIMEO`` and
+    ``SO_SNDTIMEO`` with redis-py's ``socket_timeout``, and the socket made blocking.
+
+    Why: a Python socket with a timeout polls before every ``sendall`` and every
+    ``recv_into`` (CPython's ``sock_call``), two extra system calls per round trip, about
+    6 us of CPU of a publish here (bench/README.md, "Where wiretask's time goes"). With
+    the kernel holding the timeout a round trip is one ``send`` and one ``recv``, and a
+    request still fails after ``socket_timeout`` without a reply: the call returns
+    ``EAGAIN`` (``BlockingIOError``), which ``_round_trip`` reports as the timeout it is.
+    TLS sockets keep Python's timeout (the TLS layer must see the socket's real mode),
+    and so does a socket without a timeout (blocking already) or on a system without
+    these options."""
+    if isinstance(sock, ssl.SSLSocket):
+        return
+    timeout = sock.gettimeout()
+    if not timeout or not hasattr(socket, "SO_RCVTIMEO"):
+        return
+    seconds = int(timeout)
+    # ``struct timeval``: a C long of seconds and one of microseconds (at least 1 us:
+    # zero would mean "no timeout").
+    interval = struct.pack("@ll", seconds, max(1, int((timeout - seconds) * 1e6)))
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, interval)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, interval)
+    except OSError:  # pragma: no cover - a platform that refuses them: Python's timeout
+        return
+    sock.settimeout(None)
+
+
 def _stale(link: _Link) -> bool:
     """Whether the link's idle socket has something to read: the server closed it (EOF),
     or sent what nobody asked for. Either way it must not carry the next command."""
@@ -184,6 +216,7 @@ class Commands:
                 replies = self._run_slowly(connection, commands)
             else:
                 if sock is not link.sock:  # a new socket: a new reader and poller
+                    _kernel_timeouts(sock)
                     link.sock = sock
                     link.reader = None
                     if _poll is not None:
@@ -348,7 +381,9 @@ def _round_trip(
                 fed += received
                 reply = reader.gets()
             replies.append(reply)
-    except TimeoutError as exc:  # socket.timeout
+    except (TimeoutError, BlockingIOError) as exc:
+        # socket.timeout, or the kernel's timeout: EAGAIN from a blocking socket with
+        # SO_RCVTIMEO/SO_SNDTIMEO (``_kernel_timeouts``)
         raise redis.TimeoutError(f"Timeout talking to Redis: {exc}") from exc
     except OSError as exc:
         raise redis.ConnectionError(f"Error talking to Redis: {exc}") from exc
