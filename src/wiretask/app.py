@@ -39,7 +39,15 @@ import traceback
 import types
 import uuid
 import weakref
-from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import (
+    AsyncIterator,
+    Callable,
+    Collection,
+    Iterable,
+    Iterator,
+    Mapping,
+    Sequence,
+)
 from contextvars import ContextVar
 from datetime import UTC, datetime, tzinfo
 from pathlib import Path
@@ -88,7 +96,7 @@ from wiretask.errors import (
 from wiretask.protocol import states
 from wiretask.protocol.celery import decode, encode
 from wiretask.protocol.envelope import TaskMessage
-from wiretask.protocol.frame import Outgoing
+from wiretask.protocol.frame import Frame, Outgoing, Route
 from wiretask.protocol.signature import Signature
 from wiretask.protocol.timing import parse_iso
 from wiretask.results import ReplyRouted, ResultBackend, ViaBroker, backend_from_url
@@ -1022,7 +1030,7 @@ class App(PeriodicTasks):
         self, name: str, args: object = None, kwargs: object = None, **options: Any
     ) -> calling.Call:
         """Validate a call and build its message without sending it."""
-        return self.build_many(name, ((args, kwargs),), **options)[0]
+        return self._build_one(name, args, kwargs, options, None)
 
     def build_many(
         self, name: str, arguments: Iterable[tuple[object, object]], **options: Any
@@ -1060,18 +1068,46 @@ class App(PeriodicTasks):
             if routed is not None:
                 options = routed
             arguments = items
-        # The transport first: creating it imports the driver, and "now" must be read
-        # after that, or a short countdown is already due when it reaches the broker.
-        if capabilities is None:
-            deferred = _deferred.get()
-            capabilities = deferred.capabilities if deferred is not None and \
-                deferred.app is self else self.transport.capabilities
+        capabilities = self._capabilities(capabilities)
         return self._builder.build_many(
             name, arguments, options, now=self.now(), context=self._context(),
-            task_defaults=defaults,
-            capabilities=capabilities,
+            task_defaults=defaults, capabilities=capabilities,
             check_arguments=None if task is None else task.check_arguments,
         )
+
+    def _build_one(
+        self, name: str, args: object, kwargs: object, options: Mapping[str, Any],
+        capabilities: Capabilities | None,
+    ) -> calling.Call:
+        """One call: ``_build_many`` of one ``(args, kwargs)``, through the builder's
+        single-call step (``CallBuilder.build``): the path of ``apply_async``,
+        ``delay`` and ``send_task``, sync and asyncio."""
+        task = self.tasks.get(name)
+        router = self.router
+        defaults = None if task is None else task.defaults
+        if not router.trivial or _routes_itself(options, defaults):
+            routed = router.route(name, args, kwargs, {**(defaults or {}), **options}, task)
+            if routed is not None:
+                options = routed
+        capabilities = self._capabilities(capabilities)
+        return self._builder.build(
+            name, args, kwargs, options, now=self.now(), context=self._context(),
+            task_defaults=defaults, capabilities=capabilities,
+            check_arguments=None if task is None else task.check_arguments,
+        )
+
+    def _capabilities(self, capabilities: Capabilities | None) -> Capabilities:
+        """The capabilities a call is built against: ``capabilities``, or (``None``)
+        those of the transport it will be sent on (under ``asend_canvas``, the loop's).
+
+        The transport first: creating it imports the driver, and "now" must be read
+        after that, or a short countdown is already due when it reaches the broker."""
+        if capabilities is not None:
+            return capabilities
+        deferred = _deferred.get()
+        if deferred is not None and deferred.app is self:
+            return deferred.capabilities
+        return self.transport.capabilities
 
     def send_task(
         self, name: str, args: object = None, kwargs: object = None, **options: Any
@@ -1088,7 +1124,7 @@ class App(PeriodicTasks):
         if self.conf.get("task_always_eager"):
             logger.warning("send_task(%r) sends a message: task_always_eager applies to "
                            "apply_async/delay only", name)
-        return self._send([self.build_call(name, args, kwargs, **options)])[0]
+        return self._send((self._build_one(name, args, kwargs, options, None),))[0]
 
     def send_many(
         self,
@@ -1130,23 +1166,37 @@ class App(PeriodicTasks):
 
     def _dispatch(self, calls: Sequence[calling.Call], capabilities: Capabilities) -> _Dispatch:
         """What publishing ``calls`` sends, for the sync and the asyncio API alike: the
-        encoded messages, and the queues to declare or bind before them."""
+        encoded messages, and the queues to declare or bind before them.
+
+        This is the publish hot path (every ``apply_async``): one call, the common
+        case, is sent as ``one`` (a frame, its route and ``not_before``), with no
+        ``Outgoing`` list, and its queue sets are tuples of one."""
         registry = self.registry
-        frames = [
-            encode(c.message, registry, compress_threshold=c.compression_threshold) for c in calls
-        ]
         # Broker-side delay only where the transport holds messages for the time the
         # caller gives (``native_delay_on_send``).
         native_delay = capabilities.native_delay and capabilities.native_delay_on_send
-        outgoing = [
-            Outgoing(frame, c.route, c.eta if native_delay else None)
-            for frame, c in zip(frames, calls, strict=True)
-        ]
         # rpc:// results: the reply queue must exist before the worker answers (Celery's
         # on_task_call), and the backend must know which tasks are this app's.
         tracked = [(c.message.id, c.message.reply_to) for c in calls
                    if not c.message.ignore_result] if self._replies_routed() else []
+        if len(calls) == 1:
+            call = calls[0]
+            route = call.route
+            frame = encode(call.message, registry,
+                           compress_threshold=call.compression_threshold)
+            queue: tuple[str, ...] = (route.queue,)
+            return _Dispatch(
+                one=(frame, route, call.eta if native_delay else None), outgoing=[],
+                queues=() if route.exchange else queue, bound=queue if route.exchange else (),
+                tracked=tracked,
+            )
+        outgoing = [
+            Outgoing(encode(c.message, registry, compress_threshold=c.compression_threshold),
+                     c.route, c.eta if native_delay else None)
+            for c in calls
+        ]
         return _Dispatch(
+            one=None,
             outgoing=outgoing,
             queues={c.route.queue for c in calls if not c.route.exchange},
             # A message sent through a named exchange needs its queue bound to it first,
@@ -1159,26 +1209,22 @@ class App(PeriodicTasks):
         if not calls:
             return
         transport = self.transport
-        outgoing, queues, bound, sent = self._dispatch(calls, transport.capabilities)
+        one, outgoing, queues, bound, sent = self._dispatch(calls, transport.capabilities)
         replies = self._reply_backend() if sent else None
+        declared = self._declared
 
         def attempt() -> None:
             if replies is not None:
                 replies.track(sent)
-            for queue in queues - self._declared:
-                transport.declare_queue(queue)
-                self._declared.add(queue)
-            for queue in bound - self._declared:
-                self._bind(transport, queue)
-                self._declared.add(queue)
-            if len(outgoing) == 1:
-                one = outgoing[0]
-                transport.publish(one.frame, one.route, not_before=one.not_before)
+            if not (declared.issuperset(queues) and declared.issuperset(bound)):
+                self._declare(transport, queues, bound)
+            if one is not None:
+                transport.publish(one[0], one[1], not_before=one[2])
             else:
                 transport.publish_many(outgoing)
 
         def recover() -> None:
-            self._declared.clear()
+            declared.clear()
             transport.connect()
 
         first = calls[0]
@@ -1191,6 +1237,19 @@ class App(PeriodicTasks):
         )
         if self.conf.get("task_send_sent_event"):
             self._sent(transport, calls)
+
+    def _declare(
+        self, transport: Transport, queues: Collection[str], bound: Collection[str]
+    ) -> None:
+        """Declare the queues of a publish not declared yet (and bind those of named
+        exchanges), as Celery declares the queue it publishes to."""
+        declared = self._declared
+        for queue in [q for q in queues if q not in declared]:
+            transport.declare_queue(queue)
+            declared.add(queue)
+        for queue in [q for q in bound if q not in declared]:
+            self._bind(transport, queue)
+            declared.add(queue)
 
     def _sent(self, transport: Transport, calls: Sequence[calling.Call]) -> None:
         """``task-sent`` events (``events.client``), off this thread."""
@@ -1301,9 +1360,8 @@ class App(PeriodicTasks):
             logger.warning("asend_task(%r) sends a message: task_always_eager applies to "
                            "apply_async/delay only", name)
         state = self._loop_state()
-        calls = self._build_many(name, ((args, kwargs),), options,
-                                 state.transport.capabilities)
-        return (await self._asend(calls, state))[0]
+        call = self._build_one(name, args, kwargs, options, state.transport.capabilities)
+        return (await self._asend((call,), state))[0]
 
     async def asend_many(
         self,
@@ -1321,9 +1379,9 @@ class App(PeriodicTasks):
         state = self._loop_state()
         capabilities = state.transport.capabilities
         calls = [
-            call for sig in signatures
-            for call in self._build_many(sig.task, ((sig.args, sig.kwargs),),
-                                         {**sig.options, **extra}, capabilities)
+            self._build_one(sig.task, sig.args, sig.kwargs, {**sig.options, **extra},
+                            capabilities)
+            for sig in signatures
         ]
         return await self._asend(calls, state)
 
@@ -1343,7 +1401,7 @@ class App(PeriodicTasks):
 
     async def _apublish(self, calls: Sequence[calling.Call], state: _LoopState) -> None:
         transport = state.transport
-        outgoing, queues, bound, sent = self._dispatch(calls, transport.capabilities)
+        one, outgoing, queues, bound, sent = self._dispatch(calls, transport.capabilities)
         declared = state.declared
         # Only rpc:// tracks (``sent`` is empty otherwise): a Protocol isinstance check
         # costs more than the rest of a publish's bookkeeping, so none without it.
@@ -1354,15 +1412,16 @@ class App(PeriodicTasks):
         async def attempt() -> None:
             if tracker is not None:
                 await tracker.track(sent)
-            for queue in queues - declared:
-                await transport.declare_queue(queue)
-                declared.add(queue)
-            for queue in bound - declared:
-                await self._abind(transport, queue)
-                declared.add(queue)
-            if len(outgoing) == 1:
-                one = outgoing[0]
-                await transport.publish(one.frame, one.route, not_before=one.not_before)
+            if not declared.issuperset(queues):
+                for queue in [q for q in queues if q not in declared]:
+                    await transport.declare_queue(queue)
+                    declared.add(queue)
+            if not declared.issuperset(bound):
+                for queue in [q for q in bound if q not in declared]:
+                    await self._abind(transport, queue)
+                    declared.add(queue)
+            if one is not None:
+                await transport.publish(one[0], one[1], not_before=one[2])
             else:
                 await transport.publish_many(outgoing)
 
@@ -1457,11 +1516,14 @@ def _add_to_parent(app: App, results: Sequence[AsyncResult]) -> None:
 class _Dispatch(NamedTuple):
     """What publishing some calls sends (``App._dispatch``)."""
 
+    #: The message of a single call: its frame, route and ``not_before`` (else None).
+    one: tuple[Frame, Route, datetime | None] | None
+    #: The messages of a batch (empty for a single call).
     outgoing: list[Outgoing]
     #: Queues to declare first (the default exchange).
-    queues: set[str]
+    queues: Collection[str]
     #: Queues to declare and bind to their named exchange first.
-    bound: set[str]
+    bound: Collection[str]
     #: ``(task id, reply_to)`` of the calls an ``rpc://`` backend must hear of before
     #: they are published (``ReplyRouted.track``); empty for every other backend.
     tracked: list[tuple[str, str | None]]

@@ -450,6 +450,67 @@ def _plan(
     )
 
 
+class _Shape:
+    """A call's options, checked and resolved (``CallBuilder._shape``); ``call`` builds
+    the message of one ``(args, kwargs)`` with them: the per-call step that
+    ``CallBuilder.build`` runs once and ``CallBuilder.build_many`` once per call."""
+
+    __slots__ = ("argsrepr", "eta", "fields", "kwargsrepr", "own_root", "plan", "policy",
+                 "task_id", "valid")
+
+    def __init__(
+        self, plan: _Plan, fields: dict[str, Any], valid: dict[str, Any],
+        task_id: str | None, eta: datetime | None, policy: RetryPolicy, own_root: bool,
+    ) -> None:
+        self.plan = plan
+        self.fields = fields
+        self.valid = valid
+        self.task_id = task_id
+        self.eta = eta
+        self.policy = policy
+        self.own_root = own_root
+        self.argsrepr = fields.get("argsrepr")
+        self.kwargsrepr = fields.get("kwargsrepr")
+
+    def call(
+        self, args: object, kwargs: object,
+        check_arguments: Callable[[tuple[Any, ...], dict[str, Any]], None] | None,
+        new_id: Callable[[], str], *, first: bool,
+    ) -> Call:
+        """The call of ``args``/``kwargs`` (``first``: the first of its batch; a
+        ``task_id`` option can name only that one)."""
+        call_args, call_kwargs = _check_args(args, kwargs)
+        if check_arguments is not None:
+            check_arguments(call_args, call_kwargs)
+        own = self.valid.copy()
+        task_id = self.task_id
+        if task_id is None:
+            own["id"] = call_id = new_id()
+        elif not first:
+            raise ValidationError(
+                "task_id", "one task id cannot name several calls", value=task_id
+            )
+        else:
+            call_id = task_id
+        if self.own_root:
+            own["root_id"] = call_id
+        own["args"] = call_args
+        own["kwargs"] = call_kwargs
+        if self.argsrepr is None:
+            own["argsrepr"] = safe_repr(call_args)
+        if self.kwargsrepr is None:
+            own["kwargsrepr"] = safe_repr(call_kwargs)
+        plan = self.plan
+        return Call(
+            message=TaskMessage.derive(plan.template, self.fields, valid=own),
+            route=plan.route,
+            eta=self.eta,
+            retry=plan.retry,
+            retry_policy=self.policy,
+            compression_threshold=plan.compression_threshold,
+        )
+
+
 class CallBuilder:
     """Builds calls for one app: ``(name, args, kwargs, options)`` to a validated ``Call``.
 
@@ -499,12 +560,14 @@ class CallBuilder:
           ``eta``/``expires``, a priority outside the transport's range, or a malformed
           header;
         * ``UnknownCodec`` for an unknown serializer or compressor name.
+
+        The single-call path of ``apply_async``/``delay``/``send_task``: the same two
+        steps as :meth:`build_many` (the options' ``_Shape``, then ``_Shape.call``)
+        without a batch of one around them.
         """
-        return self.build_many(
-            name, ((args, kwargs),), options, now=now, context=context,
-            task_defaults=task_defaults, capabilities=capabilities,
-            check_arguments=check_arguments, new_id=new_id,
-        )[0]
+        shape = self._shape(name, options, now=now, context=context,
+                            task_defaults=task_defaults, capabilities=capabilities)
+        return shape.call(args, kwargs, check_arguments, new_id, first=True)
 
     def build_many(
         self,
@@ -523,6 +586,26 @@ class CallBuilder:
         each. The options are resolved once (one ``now``: the same ``eta``/``expires``
         for all); each call gets its own id and argument checks. Raises as :meth:`build`,
         and ``ValidationError`` for a ``task_id`` option given to more than one call."""
+        shape = self._shape(name, options, now=now, context=context,
+                            task_defaults=task_defaults, capabilities=capabilities)
+        call = shape.call
+        calls: list[Call] = []
+        for args, kwargs in arguments:
+            calls.append(call(args, kwargs, check_arguments, new_id, first=not calls))
+        return calls
+
+    def _shape(
+        self,
+        name: str,
+        options: Mapping[str, Any],
+        *,
+        now: datetime,
+        context: CallContext,
+        task_defaults: Mapping[str, Any] | None,
+        capabilities: Capabilities | None,
+    ) -> _Shape:
+        """Everything about a call that its arguments do not change: the options
+        checked and resolved (the cached plan, and the per-call options at ``now``)."""
         if type(name) is not str or not name:
             _string("task", name, optional=False)
         static: list[tuple[str, type, object]] = []
@@ -584,42 +667,7 @@ class CallBuilder:
                 own_root = True
             else:
                 valid["root_id"] = context.root_id
-        argsrepr = fields.get("argsrepr")
-        kwargsrepr = fields.get("kwargsrepr")
-        template = plan.template
-        route = plan.route
-        derive = TaskMessage.derive
-        calls: list[Call] = []
-        for args, kwargs in arguments:
-            call_args, call_kwargs = _check_args(args, kwargs)
-            if check_arguments is not None:
-                check_arguments(call_args, call_kwargs)
-            own = valid.copy()
-            if task_id is None:
-                own["id"] = call_id = new_id()
-            elif calls:
-                raise ValidationError(
-                    "task_id", "one task id cannot name several calls", value=task_id
-                )
-            else:
-                call_id = task_id
-            if own_root:
-                own["root_id"] = call_id
-            own["args"] = call_args
-            own["kwargs"] = call_kwargs
-            if argsrepr is None:
-                own["argsrepr"] = safe_repr(call_args)
-            if kwargsrepr is None:
-                own["kwargsrepr"] = safe_repr(call_kwargs)
-            calls.append(Call(
-                message=derive(template, fields, valid=own),
-                route=route,
-                eta=eta,
-                retry=plan.retry,
-                retry_policy=policy,
-                compression_threshold=plan.compression_threshold,
-            ))
-        return calls
+        return _Shape(plan, fields, valid, task_id, eta, policy, own_root)
 
     def _plan(
         self,

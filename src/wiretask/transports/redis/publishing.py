@@ -162,8 +162,15 @@ class Attempt:
 def needs_hold(messages: Sequence[Prepared]) -> bool:
     """Whether a message of ``messages`` is not due yet: only then does a publish ask
     the delay mode whether to hold it (which may read Redis)."""
-    now = time.time()
-    return any(m.due is not None and m.due > now for m in messages)
+    now = None
+    for message in messages:  # the clock is read only for a message with a due time
+        due = message.due
+        if due is not None:
+            if now is None:
+                now = time.time()
+            if due > now:
+                return True
+    return False
 
 
 class Staging:
@@ -205,7 +212,9 @@ class Staging:
         fresh: str | None = None
         retrying = routed = False
         now = round(time.time(), 6)  # the publish time every entry of the attempt carries
-        for message, tag in zip(messages, new_ids(len(messages)), strict=True):
+        # One read of the random source for the tags of a batch; one id for one message.
+        tags = new_ids(len(messages)) if len(messages) > 1 else (new_id(),)
+        for message, tag in zip(messages, tags, strict=True):
             kept = self._take_unsettled(message) if markers else None
             if kept is not None:
                 batch.append((message, *kept))
