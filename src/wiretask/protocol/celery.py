@@ -21,8 +21,9 @@ sits (``"headers.eta"``, ``"body"``, ``"embed.callbacks[0].task"``), never a cra
 
 from __future__ import annotations
 
+import json
 import math
-from collections.abc import Collection, Mapping
+from collections.abc import Callable, Collection, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
@@ -39,6 +40,9 @@ from wiretask.protocol.envelope import (
 from wiretask.protocol.frame import Frame
 from wiretask.protocol.signature import Signature
 from wiretask.protocol.timing import EPOCH, format_iso, parse_iso, to_aware
+
+#: ``json.dumps`` of a string, as its C encoder writes it (quoted, ASCII, escaped).
+_json_string: Callable[[str], str] = json.encoder.encode_basestring_ascii
 
 __all__ = ["decode", "decode_raw", "encode"]
 
@@ -126,6 +130,7 @@ def encode(
         "stamps": dict(m.stamps) if m.stamps else {},
     }
     body = encoded.data
+    text = None
     if m.compression is not None:
         body, header = registry.maybe_compress(body, m.compression, compress_threshold)
         if header is not None:
@@ -133,6 +138,8 @@ def encode(
     if m.extra_headers:
         _within("headers", m.extra_headers, EncodeError)
         headers.update(m.extra_headers)
+    elif len(headers) == _PROTOCOL_HEADERS:
+        text = _headers_json(m, headers)
     if m.stamps:
         _within("headers", {"stamps": m.stamps}, EncodeError)
     properties: dict[str, Any] = {
@@ -147,7 +154,94 @@ def encode(
     if m.extra_properties:
         _within("properties", m.extra_properties, EncodeError)
         properties.update(m.extra_properties)
-    return Frame.adopt(body, encoded.content_type, encoded.content_encoding, headers, properties)
+    return Frame.adopt(body, encoded.content_type, encoded.content_encoding, headers, properties,
+                       text)
+
+
+#: How many headers ``encode`` always writes (the protocol-2 set, Celery's order).
+_PROTOCOL_HEADERS = 19
+
+#: The JSON text of the headers that messages of one task and options share, cut where
+#: the per-message values go (``_headers_json``), by those shared values (with their
+#: types: ``1`` and ``1.0`` are written differently). Bounded: emptied when full.
+_HEADER_TEMPLATES: dict[tuple[Any, ...], tuple[str, ...]] = {}
+_HEADER_TEMPLATES_MAX = 256
+
+
+def _headers_json(m: TaskMessage, headers: Mapping[str, Any]) -> str | None:
+    """``json.dumps(headers)`` (default separators, ASCII) for the protocol-2 headers of
+    ``m``, written from a template: what every message of a task sent with the same
+    options shares is written once, per message only its own strings (ids, reprs,
+    times, origin) are escaped into it. ``None`` for a message the template does not
+    cover (stamps, a value of an unusual type): the transport writes those in full.
+
+    Why: the publish hot path. The standard library's encoder walks all 19 headers of
+    every message, which was a tenth of a publish's CPU (bench/README.md, "Where
+    wiretask's time goes"); tests/protocol/test_header_json.py holds this to
+    ``json.dumps``'s exact text.
+    """
+    hard, soft = m.timelimit
+    retries, nesting, index = m.retries, m.replaced_task_nesting, m.group_index
+    if (
+        m.stamps or m.stamped_headers is not None
+        or type(retries) is not int or type(nesting) is not int
+        or (index is not None and type(index) is not int)
+    ):
+        return None
+    key = (m.lang, m.task, m.shadow, type(hard), hard, type(soft), soft, m.ignore_result,
+           retries, nesting, index)
+    parts = _HEADER_TEMPLATES.get(key)
+    if parts is None:
+        made = _header_template(headers)
+        if made is None:
+            return None
+        if len(_HEADER_TEMPLATES) >= _HEADER_TEMPLATES_MAX:
+            _HEADER_TEMPLATES.clear()
+        parts = _HEADER_TEMPLATES[key] = made
+    q = _json_string
+    eta, expires = headers["eta"], headers["expires"]
+    group, root_id, parent_id = m.group, m.root_id, m.parent_id
+    argsrepr, kwargsrepr, origin = m.argsrepr, m.kwargsrepr, m.origin
+    return "".join((
+        parts[0], q(m.id),
+        parts[1], "null" if eta is None else q(eta),
+        parts[2], "null" if expires is None else q(expires),
+        parts[3], "null" if group is None else q(group),
+        parts[4], "null" if root_id is None else q(root_id),
+        parts[5], "null" if parent_id is None else q(parent_id),
+        parts[6], "null" if argsrepr is None else q(argsrepr),
+        parts[7], "null" if kwargsrepr is None else q(kwargsrepr),
+        parts[8], "null" if origin is None else q(origin),
+        parts[9],
+    ))
+
+
+#: The headers ``_headers_json`` writes per message, in their order among the others.
+_OWN_HEADERS = ("id", "eta", "expires", "group", "root_id", "parent_id", "argsrepr",
+                "kwargsrepr", "origin")
+
+
+def _header_template(headers: Mapping[str, Any]) -> tuple[str, ...] | None:
+    """The JSON text of ``headers`` cut before each value of ``_OWN_HEADERS``: ten
+    pieces, with each message's own values to go between them. ``None`` if a shared
+    value is not JSON (``json.dumps`` refuses it, or it is not a finite number): the
+    transport's encoder then reports it, as for any header."""
+    parts: list[str] = []
+    text = "{"
+    for key, value in headers.items():
+        if len(text) > 1 or parts:
+            text += ", "
+        text += f"{_json_string(key)}: "
+        if key in _OWN_HEADERS:
+            parts.append(text)
+            text = ""
+            continue
+        try:
+            text += json.dumps(value, allow_nan=False)
+        except (TypeError, ValueError):
+            return None
+    parts.append(text + "}")
+    return tuple(parts)
 
 
 # -- decode ---------------------------------------------------------------------------

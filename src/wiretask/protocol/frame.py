@@ -34,6 +34,12 @@ class Frame:
     custom, ``compression`` included). ``properties`` are the message properties other
     than the content labels: ``correlation_id``, ``reply_to``, ``priority``,
     ``delivery_mode``, ``expiration`` and any others, with AMQP's names.
+
+    ``headers_json`` is ``json.dumps(headers)`` (the standard library's default
+    separators, ASCII) when the encoder wrote it together with the headers
+    (``protocol.celery.encode`` does, from a template per task and options), else
+    ``None``: a cache for transports whose envelope is that JSON text (Kombu's Redis list
+    entries), never compared and never carried over by ``attrs.evolve``.
     """
 
     body: bytes
@@ -41,6 +47,7 @@ class Frame:
     content_encoding: str
     headers: Mapping[str, Any] = attrs.field(factory=dict, converter=_freeze_mapping)
     properties: Mapping[str, Any] = attrs.field(factory=dict, converter=_freeze_mapping)
+    headers_json: str | None = attrs.field(default=None, init=False, eq=False, repr=False)
 
     @classmethod
     def adopt(
@@ -50,10 +57,12 @@ class Frame:
         content_encoding: str,
         headers: dict[str, Any],
         properties: dict[str, Any],
+        headers_json: str | None = None,
     ) -> Frame:
         """A frame that takes ``headers`` and ``properties`` as they are, without the
         defensive copies the constructor makes: for an encoder that built both dicts for
-        this frame alone and keeps no reference to them."""
+        this frame alone and keeps no reference to them (and, if it wrote it,
+        ``headers_json``: exactly ``json.dumps(headers)``)."""
         frame = object.__new__(cls)
         set_field = object.__setattr__
         set_field(frame, "body", body)
@@ -61,6 +70,7 @@ class Frame:
         set_field(frame, "content_encoding", content_encoding)
         set_field(frame, "headers", headers)
         set_field(frame, "properties", properties)
+        set_field(frame, "headers_json", headers_json)
         return frame
 
     @property

@@ -154,8 +154,12 @@ def encode(
     # depth in a fraction of the time of the Python walk; when it refuses anything at
     # all (a key, or a value json may still take, such as a 70-bit int), the walk
     # decides.
+    # A frame's ``headers_json`` (protocol.celery.encode writes it from a template) is
+    # exactly json.dumps(headers) of headers with a fixed, checked shape: only the
+    # properties are left to check and write.
+    headers_json = frame.headers_json
     try:
-        orjson.dumps((headers, given))
+        orjson.dumps(given if headers_json is not None else (headers, given))
     except TypeError:
         for field, mapping in (("headers", headers), ("properties", given)):
             try:
@@ -172,7 +176,8 @@ def encode(
             '{"body": "', base64.b64encode(frame.body).decode("ascii"),
             '", "content-encoding": ', _string_text(frame.content_encoding),
             ', "content-type": ', _string_text(frame.content_type),
-            ', "headers": ', _dumps(headers if type(headers) is dict else dict(headers)),
+            ', "headers": ', headers_json if headers_json is not None else _dumps(
+                headers if type(headers) is dict else dict(headers)),
             ', "properties": ', _dumps(properties), "}",
         ))
     except (TypeError, ValueError, RecursionError) as exc:
