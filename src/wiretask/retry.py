@@ -472,9 +472,18 @@ async def acall_with_retry(
     """
     policy = policy if policy is not None else RetryPolicy()
     if policy.timeout is None:
+        try:
+            # The common case, awaited here: no bookkeeping and no coroutine around it
+            # (each level of coroutines is paid twice per publish, at the await and at
+            # the reply).
+            return await operation()
+        except Exception as exc:
+            if not is_recoverable(exc, policy):
+                raise
+            failed = exc
         return await _retrying(operation, policy, None, retry=retry, recover=recover,
                                sleep=sleep, monotonic=monotonic, rng=rng, on_retry=on_retry,
-                               task_id=task_id)
+                               task_id=task_id, failed=failed)
     state: list[Attempts] = []
     deadline = asyncio.timeout(policy.timeout)
     try:
@@ -507,20 +516,24 @@ async def _retrying(
     on_retry: Callable[[BaseException, int, float], None] | None,
     task_id: str | None,
     state: list[Attempts] | None = None,
+    failed: Exception | None = None,
 ) -> T:
     """``acall_with_retry`` without its deadline; ``state`` receives the ``Attempts``
-    once there is one (the deadline's error reads the count from it)."""
-    try:
-        return await operation()
-    except Exception as exc:
-        if not is_recoverable(exc, policy):
-            raise
-        attempts = Attempts(policy, retry=retry, deadline=deadline, monotonic=monotonic,
-                            rng=rng, task_id=task_id)
-        if state is not None:
-            state.append(attempts)
-        pause = attempts.failed(exc)
-        last: Exception = exc
+    once there is one (the deadline's error reads the count from it). ``failed``: the
+    recoverable error of a first attempt already made (else this makes it)."""
+    if failed is None:
+        try:
+            return await operation()
+        except Exception as exc:
+            if not is_recoverable(exc, policy):
+                raise
+            failed = exc
+    attempts = Attempts(policy, retry=retry, deadline=deadline, monotonic=monotonic,
+                        rng=rng, task_id=task_id)
+    if state is not None:
+        state.append(attempts)
+    pause = attempts.failed(failed)
+    last: Exception = failed
     while True:
         if on_retry is not None:
             on_retry(last, attempts.attempts, pause)
