@@ -12,12 +12,15 @@ from __future__ import annotations
 import socket
 import struct
 import time
+from typing import TYPE_CHECKING
 
 import pytest
 import redis
-from tests.conftest import RedisServer
 
 from wiretask._redis.client import Commands
+
+if TYPE_CHECKING:
+    from conftest import RedisServer  # tests/conftest.py
 
 
 def _receive_timeout(sock: socket.socket) -> float:
