@@ -289,7 +289,7 @@ def _settings_policy(setting: object) -> RetryPolicy:
         return setting
     if setting is None:
         setting = {}
-    if not isinstance(setting, Mapping):
+    if type(setting) is not dict and not isinstance(setting, Mapping):  # dict: no ABC check
         return RetryPolicy.from_options(setting)  # type: ignore[arg-type]  # raises
     snapshot = [
         (key, type(value), tuple(value) if isinstance(value, list | set) else value)

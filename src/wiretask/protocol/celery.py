@@ -25,7 +25,7 @@ import json
 import math
 from collections.abc import Callable, Collection, Mapping
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Final
 
 from wiretask.codecs import MAX_DEPTH, Registry, normalize_content_type
 from wiretask.codecs.nesting import exceeds, too_deep
@@ -83,17 +83,22 @@ def encode(
     """
     m = message
     callbacks, errbacks, chain, chord = m.callbacks, m.errbacks, m.chain, m.chord
-    try:
-        embed: dict[str, Any] = {
-            "callbacks": None if callbacks is None else [sig.to_dict() for sig in callbacks],
-            "errbacks": None if errbacks is None else [sig.to_dict() for sig in errbacks],
-            "chain": None if chain is None else [sig.to_dict() for sig in chain],
-            "chord": None if chord is None else chord.to_dict(),
-        }
-    except RecursionError:  # a signature's data nests past Python's stack
-        raise EncodeError("embed", too_deep(MAX_DEPTH)) from None
-    if m.extra_embed:
-        embed.update(m.extra_embed)
+    embed: dict[str, Any]
+    if callbacks is None and errbacks is None and chain is None and chord is None \
+            and not m.extra_embed:
+        embed = _NO_EMBED  # most messages: nothing to build (the serializer only reads it)
+    else:
+        try:
+            embed = {
+                "callbacks": None if callbacks is None else [s.to_dict() for s in callbacks],
+                "errbacks": None if errbacks is None else [s.to_dict() for s in errbacks],
+                "chain": None if chain is None else [s.to_dict() for s in chain],
+                "chord": None if chord is None else chord.to_dict(),
+            }
+        except RecursionError:  # a signature's data nests past Python's stack
+            raise EncodeError("embed", too_deep(MAX_DEPTH)) from None
+        if m.extra_embed:
+            embed.update(m.extra_embed)
     # The body document nests at most MAX_DEPTH deep (spec §9): what is sent decodes.
     encoded = registry.dumps([list(m.args), m.kwargs, embed], m.content_type,
                              max_depth=MAX_DEPTH)
@@ -157,6 +162,10 @@ def encode(
     return Frame.adopt(body, encoded.content_type, encoded.content_encoding, headers, properties,
                        text)
 
+
+#: The embed of a message without callbacks, errbacks, chain or chord (never mutated).
+_NO_EMBED: Final[dict[str, Any]] = {"callbacks": None, "errbacks": None, "chain": None,
+                                    "chord": None}
 
 #: How many headers ``encode`` always writes (the protocol-2 set, Celery's order).
 _PROTOCOL_HEADERS = 19
