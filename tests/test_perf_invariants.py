@@ -361,3 +361,42 @@ def test_redis_request_with_pieces_is_the_joined_request(
     assert fast == b"".join(hiredis.pack_command(c) for c in joined)
     with pytest.raises(TypeError):
         _request([*plain, ("SET", "k", None)])
+
+
+def test_the_shared_embed_is_never_changed() -> None:
+    """``protocol.celery.encode`` hands one shared embed dict to the serializer for a
+    message without callbacks, errbacks, chain or chord: encoding messages that have
+    them, or ``extra_embed``, builds their own and leaves the shared one as it was."""
+    from wiretask.codecs import default_registry  # noqa: PLC0415
+    from wiretask.protocol import (  # noqa: PLC0415
+        Signature,
+        TaskMessage,
+        celery,
+    )
+
+    registry = default_registry()
+    before = dict(celery._NO_EMBED)
+    plain = TaskMessage(task="t", id="1")
+    for message in (plain, TaskMessage(task="t", id="2", extra_embed={"x-extra": 1}),
+                    TaskMessage(task="t", id="3", callbacks=(Signature(task="cb"),))):
+        frame = celery.encode(message, registry)
+        assert celery.decode(frame, registry) == message
+    assert before == celery._NO_EMBED
+
+
+@given(st.lists(st.none() | st.floats(min_value=-1e10, max_value=4e9), max_size=4))
+def test_needs_hold_is_any_message_not_due(dues: list[float | None]) -> None:
+    """``needs_hold`` reads the clock only for a message with a due time, and answers
+    what ``any(due > now)`` answers."""
+    import time  # noqa: PLC0415
+
+    from wiretask.protocol.frame import Frame, Route  # noqa: PLC0415
+    from wiretask.transports.base import Prepared  # noqa: PLC0415
+    from wiretask.transports.redis.publishing import needs_hold  # noqa: PLC0415
+
+    frame = Frame(body=b"", content_type="application/json", content_encoding="utf-8")
+    messages = [Prepared(frame, Route("q"), "q", 0, None, due) for due in dues]
+    now = time.time()
+    expected = any(due is not None and due > now + 1 for due in dues)
+    if expected or all(due is None or due < now - 1 for due in dues):
+        assert needs_hold(messages) is expected
