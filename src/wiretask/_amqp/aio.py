@@ -21,6 +21,7 @@ import socket
 import ssl
 import urllib.parse
 from collections.abc import Callable, Mapping
+from types import TracebackType
 from typing import Any, Final, cast
 
 import aiormq
@@ -43,6 +44,7 @@ __all__ = [
     "register_confirms",
     "release_confirms",
     "translate",
+    "within",
     "write",
 ]
 
@@ -96,6 +98,34 @@ def translate(action: str, options: Options) -> map_exceptions:
     """``with translate(action, options):`` around every aiormq call."""
     return map_exceptions(AIORMQ_ERRORS, action, url=options.masked_url,
                           secret=options.password or None)
+
+
+class within(asyncio.Timeout):  # lower case: used like ``asyncio.timeout``
+    """``async with within(options.confirm_timeout, "confirm_timeout"):``: the block
+    is cut short after ``seconds``, as by ``asyncio.timeout``, and the ``TimeoutError``
+    names the setting that bounded it (``translate`` makes it ``ConnectionLost``), so
+    the message says what the broker did not answer in time instead of only
+    "TimeoutError"."""
+
+    __slots__ = ("_seconds", "_setting")
+
+    def __init__(self, seconds: float, setting: str) -> None:
+        super().__init__(asyncio.get_running_loop().time() + seconds)
+        self._seconds = seconds
+        self._setting = setting
+
+    async def __aexit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> bool | None:
+        try:
+            return await super().__aexit__(kind, exc, tb)
+        except TimeoutError as timeout:
+            if not self.expired():
+                raise
+            raise TimeoutError(
+                f"the broker did not answer within {self._setting}={self._seconds:g} s"
+            ) from timeout.__cause__
 
 
 def connection_url(options: Options) -> str:
@@ -157,7 +187,7 @@ async def open_connection(options: Options, role: str) -> aiormq.Connection:
                                    client_properties=properties)
     with translate("connect", options):
         try:
-            async with asyncio.timeout(options.connect_timeout):
+            async with within(options.connect_timeout, "connect_timeout"):
                 await connection.connect()
         except BaseException:
             await close_quietly(connection)

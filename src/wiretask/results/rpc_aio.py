@@ -107,7 +107,7 @@ class AsyncRPCBackend(AsyncResultBackend):
         channel = self._channel
         if channel is None or channel.is_closed:
             with aio.translate("open a channel", self._options):
-                async with asyncio.timeout(self._options.connect_timeout):
+                async with aio.within(self._options.connect_timeout, "connect_timeout"):
                     opened = await connection.channel(publisher_confirms=False)
             assert isinstance(opened, aiormq.Channel)  # what aiormq makes
             channel = self._channel = opened
@@ -116,7 +116,7 @@ class AsyncRPCBackend(AsyncResultBackend):
         if self._consuming != queue:
             try:
                 with aio.translate(f"consume the reply queue {queue!r}", self._options):
-                    async with asyncio.timeout(self._options.connect_timeout):
+                    async with aio.within(self._options.connect_timeout, "connect_timeout"):
                         await aio.write(channel, wire.declaration_frames(
                             channel.number, [self.backend.reply_queue(queue)]))
                         await channel.basic_consume(queue, self._on_message, no_ack=False)
@@ -164,7 +164,7 @@ class AsyncRPCBackend(AsyncResultBackend):
             asking.add_done_callback(_observed)
             try:
                 with aio.translate(f"read the reply queue {queue!r}", self._options):
-                    async with asyncio.timeout(self._options.connect_timeout):
+                    async with aio.within(self._options.connect_timeout, "connect_timeout"):
                         declared = await asyncio.shield(asking)
             except ConnectionLost:
                 self._forget()

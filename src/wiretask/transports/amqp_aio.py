@@ -104,7 +104,7 @@ class AsyncAMQPTransport(AsyncTransport):
         publisher = self._publisher
         if publisher is None or publisher.is_closed:
             with aio.translate("open the publishing channel", self._options):
-                async with asyncio.timeout(self._options.connect_timeout):
+                async with aio.within(self._options.connect_timeout, "connect_timeout"):
                     opened = await connection.channel(
                         publisher_confirms=self._options.confirm_publish,
                     )
@@ -120,7 +120,7 @@ class AsyncAMQPTransport(AsyncTransport):
         if admin is None or admin.is_closed:
             assert self._connection is not None
             with aio.translate("open a channel", self._options):
-                async with asyncio.timeout(self._options.connect_timeout):
+                async with aio.within(self._options.connect_timeout, "connect_timeout"):
                     opened = await self._connection.channel(publisher_confirms=False)
             assert isinstance(opened, aiormq.Channel)  # what aiormq makes
             admin = self._admin = opened
@@ -144,7 +144,7 @@ class AsyncAMQPTransport(AsyncTransport):
         try:
             if connection is not None and not connection.is_closed:
                 try:
-                    async with asyncio.timeout(self._options.connect_timeout):
+                    async with aio.within(self._options.connect_timeout, "connect_timeout"):
                         await connection.close()
                 except (ax.AMQPError, OSError, TimeoutError):
                     pass  # a broker that cannot be reached is not an error here
@@ -179,7 +179,7 @@ class AsyncAMQPTransport(AsyncTransport):
         admin = await self._admin_channel()
         try:
             with aio.translate("declare", self._options):
-                async with asyncio.timeout(self._options.connect_timeout):
+                async with aio.within(self._options.connect_timeout, "connect_timeout"):
                     await aio.write(admin, wire.declaration_frames(admin.number, todo))
                     await admin.basic_qos(prefetch_count=0, prefetch_size=0)
         except ConnectionLost:
@@ -257,7 +257,7 @@ class AsyncAMQPTransport(AsyncTransport):
         """Await the batch's write and confirms; raise for what the broker refused."""
         try:
             with aio.translate("publish", self._options):
-                async with asyncio.timeout(self._options.confirm_timeout):
+                async with aio.within(self._options.confirm_timeout, "confirm_timeout"):
                     # A confirm implies the write: only without confirms is the write
                     # itself awaited. One confirm is awaited as it is (the common case:
                     # every hop through the loop is latency for a lone publish).
