@@ -100,28 +100,31 @@ def translate(action: str, options: Options) -> map_exceptions:
                           secret=options.password or None)
 
 
-class within(asyncio.Timeout):  # lower case: used like ``asyncio.timeout``
+class within:  # lower case: used like ``asyncio.timeout``
     """``async with within(options.confirm_timeout, "confirm_timeout"):``: the block
     is cut short after ``seconds``, as by ``asyncio.timeout``, and the ``TimeoutError``
     names the setting that bounded it (``translate`` makes it ``ConnectionLost``), so
     the message says what the broker did not answer in time instead of only
-    "TimeoutError"."""
+    "TimeoutError". A class: it is entered once per publish."""
 
-    __slots__ = ("_seconds", "_setting")
+    __slots__ = ("_seconds", "_setting", "_timeout")
 
     def __init__(self, seconds: float, setting: str) -> None:
-        super().__init__(asyncio.get_running_loop().time() + seconds)
         self._seconds = seconds
         self._setting = setting
+        self._timeout = asyncio.timeout(seconds)
+
+    async def __aenter__(self) -> None:
+        await self._timeout.__aenter__()
 
     async def __aexit__(
         self, kind: type[BaseException] | None, exc: BaseException | None,
         tb: TracebackType | None,
-    ) -> bool | None:
+    ) -> None:
         try:
-            return await super().__aexit__(kind, exc, tb)
+            await self._timeout.__aexit__(kind, exc, tb)
         except TimeoutError as timeout:
-            if not self.expired():
+            if not self._timeout.expired():
                 raise
             raise TimeoutError(
                 f"the broker did not answer within {self._setting}={self._seconds:g} s"
