@@ -44,6 +44,7 @@ __all__ = [
     "register_confirms",
     "release_confirms",
     "translate",
+    "translated",
     "within",
     "write",
 ]
@@ -131,6 +132,14 @@ class within:  # lower case: used like ``asyncio.timeout``
             ) from timeout.__cause__
 
 
+def translated(exc: BaseException, action: str, options: Options) -> BaseException:
+    """``exc`` as ``translate`` would raise it, without raising: its translation, or
+    ``exc`` itself if no row matches (not a driver error)."""
+    error = AIORMQ_ERRORS.translate(exc, action, url=options.masked_url,
+                                    secret=options.password or None)
+    return exc if error is None else error
+
+
 def connection_url(options: Options) -> str:
     """The URL aiormq connects to: the options' host, credentials and virtual host,
     with the heartbeat (aiormq reads it from the query)."""
@@ -198,12 +207,16 @@ async def open_connection(options: Options, role: str) -> aiormq.Connection:
     return connection
 
 
-async def close_quietly(connection: aiormq.Connection) -> None:
-    """Close a connection that failed (closing it may fail too: logged)."""
+async def close_quietly(
+    connection: aiormq.Connection | aiormq.Channel, timeout: float | None = None,
+) -> None:
+    """Close a connection (or a channel) that failed, within ``timeout`` if given
+    (closing it may fail too: logged)."""
     try:
-        await connection.close()
+        async with asyncio.timeout(timeout):
+            await connection.close()
     except Exception:
-        log.debug("closing a failed connection", exc_info=True)
+        log.debug("closing a failed connection or channel", exc_info=True)
 
 
 def frame_max(connection: aiormq.Connection) -> int:
