@@ -424,3 +424,39 @@ async def test_a_declaration_cancelled_at_every_step_leaks_no_channel(
         cancelled += 1
     assert cancelled >= 3
     assert twin._connection is connection  # the same connection all along
+
+
+async def test_a_refusal_after_the_caller_was_cancelled_is_reported(
+    amqp_url: str, caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The broker nacks a batch whose caller was cancelled once it was written: the
+    transport logs the refusal naming the task; a retry of the frame sends it again
+    (it is not on the broker) and gets the refusal itself."""
+    caplog.set_level(logging.WARNING, logger="wiretask.transports.amqp")
+    q = unique("full")
+    sync = AMQPTransport(amqp_url, queue_arguments={
+        q: {"x-max-length": 1, "x-overflow": "reject-publish"}})
+    twin = sync.async_twin()
+    assert isinstance(twin, AsyncAMQPTransport)
+    try:
+        await twin.publish(frame("first"), Route(q))  # the queue is full now
+        second = frame("second")
+        sending = asyncio.ensure_future(twin.publish(second, Route(q)))
+        channel = twin._publisher
+        assert channel is not None
+        while not channel.confirmations:  # its delivery tag taken, its frames queued
+            await asyncio.sleep(0)
+        await asyncio.sleep(0)
+        sending.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await sending
+        await asyncio.wait(twin._following, timeout=CONFIRM_TIMEOUT + SLACK)
+        refused = [r.getMessage() for r in caplog.records if "nacked" in r.getMessage()]
+        assert len(refused) == 1 and "second" in refused[0] and "cancelled" in refused[0]
+        with pytest.raises(errors.TransportError, match="nacked"):
+            await twin.publish(second, Route(q))  # the retry: sent again, refused again
+        assert sync.size(q) == 1
+    finally:
+        await twin.close()
+        sync.purge(q)
+        sync.close()
