@@ -173,11 +173,11 @@ async def test_a_frozen_broker_never_blocks_the_loop_and_every_await_ends_by_its
         publishing.cancel()
         await publishing
 
-    (once, once_took), (patient, patient_took), (wait, wait_took), (streamed, _), \
+    (once, once_took), (patient, patient_took), (wait, wait_took), (streamed, stream_took), \
         (cancelled, cancelled_took) = await asyncio.gather(
             ends(add.aapply_async((2, 2), retry=False)),
             ends(add.aapply_async((2, 2), retry=True,
-                                  retry_policy={"max_retries": None, "timeout": 2.5})),
+                                  retry_policy={"max_retries": None, "timeout": 1.5})),
             ends(sent.aget(timeout=3)),
             ends(stream()),
             ends(cancelled_publish()),
@@ -185,6 +185,10 @@ async def test_a_frozen_broker_never_blocks_the_loop_and_every_await_ends_by_its
     closing, close_took = await ends(app.aclose())
     max_lag = await probe.stop()
     app.close()  # the sync API's part (no connection was opened by it)
+    print(f"a frozen broker: publish {once_took:.2f} s, with retries {patient_took:.2f} s, "
+          f"aget {wait_took:.2f} s, astates {stream_took:.2f} s, a cancelled publish "
+          f"{cancelled_took:.2f} s, aclose {close_took:.2f} s; loop lag max "
+          f"{max_lag * 1e3:.1f} ms")
 
     # A publish without retries: no confirm within confirm_timeout, its outcome unknown.
     assert isinstance(once, errors.PublishError), once
@@ -193,10 +197,10 @@ async def test_a_frozen_broker_never_blocks_the_loop_and_every_await_ends_by_its
     assert once_took < CONFIRM_TIMEOUT + SLACK
     # With retries: reconnecting cannot work either, and the policy's deadline holds.
     assert isinstance(patient, errors.PublishError), patient
-    assert "deadline of 2.5 s" in str(patient)
+    assert "deadline of 1.5 s" in str(patient)
     assert isinstance(patient.cause, errors.ConnectionLost)
     assert "connect_timeout=1 s" in str(patient) or "confirm_timeout=1 s" in str(patient)
-    assert patient_took < 2.5 + SLACK
+    assert patient_took < 1.5 + SLACK
     # Waiting for a result: the reply queue's round trip is bounded by connect_timeout.
     for error in (wait, streamed):
         assert isinstance(error, errors.ConnectionLost), error
@@ -212,7 +216,7 @@ async def test_a_frozen_broker_never_blocks_the_loop_and_every_await_ends_by_its
     assert closing is None
     assert close_took < CONFIRM_TIMEOUT + CONNECT_TIMEOUT + SLACK
     assert max_lag < MAX_LAG, f"the loop was held {max_lag * 1e3:.0f} ms"
-    for _ in range(100):  # the proxy sees the clients' sockets close, aiormq's tasks end
+    for _ in range(10):  # the proxy's thread sees the sockets closed, aiormq's tasks end
         if proxy.open_connections == 0 and asyncio.all_tasks() == {asyncio.current_task()}:
             break
         await asyncio.sleep(0.02)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import os
 import socket
 import ssl
@@ -37,6 +38,7 @@ __all__ = [
     "AIORMQ_ERRORS",
     "ReturnHook",
     "Returned",
+    "close_later",
     "close_quietly",
     "frame_max",
     "open_connection",
@@ -197,6 +199,11 @@ async def open_connection(options: Options, role: str) -> aiormq.Connection:
     )
     connection = aiormq.Connection(connection_url(options), context=_ssl_context(options),
                                    client_properties=properties)
+    # Closing waits for the broker's Close-Ok (aiormq: up to 2 s) before it closes the
+    # socket; no longer than connect_timeout (in whole seconds, as aiormq has it), the
+    # bound of every other round trip.
+    connection.READER_CLOSE_TIMEOUT = min(connection.READER_CLOSE_TIMEOUT,
+                                          math.ceil(options.connect_timeout))
     with translate("connect", options):
         try:
             async with within(options.connect_timeout, "connect_timeout"):
@@ -217,6 +224,18 @@ async def close_quietly(
             await connection.close()
     except Exception:
         log.debug("closing a failed connection or channel", exc_info=True)
+
+
+def close_later(
+    connection: aiormq.Connection | aiormq.Channel, closing: set[asyncio.Task[None]],
+    timeout: float | None = None,
+) -> None:
+    """``close_quietly`` in a task of its own (the caller may be being cancelled), kept
+    in ``closing`` while it runs, so that the owner's ``close()`` can wait for it: a
+    connection dropped as dead is closed by then, not a moment later."""
+    task = asyncio.get_running_loop().create_task(close_quietly(connection, timeout))
+    closing.add(task)
+    task.add_done_callback(closing.discard)
 
 
 def frame_max(connection: aiormq.Connection) -> int:

@@ -73,6 +73,8 @@ class AsyncRPCBackend(AsyncResultBackend):
         #: The task connecting and subscribing (``_consumer``), while it runs.
         self._starting: asyncio.Future[aiormq.Channel] | None = None
         self._subscriptions: weakref.WeakSet[AsyncRPCSubscription] = weakref.WeakSet()
+        #: The tasks closing connections dropped as dead.
+        self._closing: set[asyncio.Task[None]] = set()
         self._closed = False
 
     # -- the consumer -----------------------------------------------------------------
@@ -134,7 +136,7 @@ class AsyncRPCBackend(AsyncResultBackend):
         self._connection = self._channel = None
         self._consuming = None
         if connection is not None and not connection.is_closed:
-            asyncio.get_running_loop().create_task(aio.close_quietly(connection))
+            aio.close_later(connection, self._closing)
 
     async def _on_message(self, message: DeliveredMessage) -> None:
         """A state arrived (aiormq's consumer callback): file it, then acknowledge it.
@@ -229,6 +231,8 @@ class AsyncRPCBackend(AsyncResultBackend):
         self._consuming = None
         if connection is not None and not connection.is_closed:
             await aio.close_quietly(connection)
+        if self._closing:
+            await asyncio.wait(self._closing)  # bounded by connect_timeout each
 
 
 def _observed(future: asyncio.Future[Any]) -> None:

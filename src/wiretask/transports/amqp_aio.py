@@ -102,6 +102,8 @@ class AsyncAMQPTransport(AsyncTransport):
         self._earlier: dict[int, _Earlier] = {}
         #: The tasks learning what became of batches whose callers were cancelled.
         self._following: set[asyncio.Task[None]] = set()
+        #: The tasks closing connections and channels dropped as dead or cut short.
+        self._closing: set[asyncio.Task[None]] = set()
 
     def __repr__(self) -> str:
         return f"<AsyncAMQPTransport {self.url}>"
@@ -166,7 +168,7 @@ class AsyncAMQPTransport(AsyncTransport):
     async def close(self) -> None:
         """Close the connection (and the sync transport this twin owns), once the
         batches whose callers were cancelled are confirmed or their ``confirm_timeout``
-        ran out. Idempotent."""
+        ran out; connections dropped before are closed when this returns. Idempotent."""
         if self._following:
             await asyncio.wait(self._following)  # each ends by its own confirm_timeout
         connection = self._connection
@@ -178,6 +180,8 @@ class AsyncAMQPTransport(AsyncTransport):
                         await connection.close()
                 except (ax.AMQPError, OSError, TimeoutError):
                     pass  # a broker that cannot be reached is not an error here
+            if self._closing:
+                await asyncio.wait(self._closing)  # bounded by connect_timeout each
         finally:
             self.transport.close()
 
@@ -226,8 +230,7 @@ class AsyncAMQPTransport(AsyncTransport):
             # call is being cancelled), so that no channel is left open behind it.
             self._admin = None
             if not admin.is_closed:
-                asyncio.get_running_loop().create_task(
-                    aio.close_quietly(admin, self._options.connect_timeout))
+                aio.close_later(admin, self._closing, self._options.connect_timeout)
             raise
         self._declared.update(todo)
 
@@ -240,7 +243,7 @@ class AsyncAMQPTransport(AsyncTransport):
         self._forget()
         if connection is not None and not connection.is_closed:
             # Closed in the background: this call may be cut short by a cancellation.
-            asyncio.get_running_loop().create_task(aio.close_quietly(connection))
+            aio.close_later(connection, self._closing)
 
     # -- publishing -------------------------------------------------------------------
 
