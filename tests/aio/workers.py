@@ -18,12 +18,15 @@ SRC = ROOT / "src"
 @contextlib.contextmanager
 def worker_process(
     app_path: str, broker: str, *, pool: str = "asyncio", concurrency: int = 50,
-    cwd: Path = EXAMPLES,
+    cwd: Path = EXAMPLES, backend: str | None = None,
 ) -> Iterator[subprocess.Popen[bytes]]:
     """``wiretask worker -A app_path --pool pool -c concurrency`` on ``broker`` (also its
-    result backend), run from ``cwd``; terminated (then killed) on exit."""
+    result backend, unless ``backend`` is given), run from ``cwd``; terminated (then
+    killed) on exit."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("WIRETASK_")}
     env["WIRETASK_BROKER_URL"] = broker
+    if backend is not None:
+        env["WIRETASK_RESULT_BACKEND"] = backend
     env["PYTHONPATH"] = os.pathsep.join([str(SRC), str(cwd), env.get("PYTHONPATH", "")])
     proc = subprocess.Popen(
         [sys.executable, "-m", "wiretask", "worker", "-A", app_path, "--pool", pool,

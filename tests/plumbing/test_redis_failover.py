@@ -14,8 +14,6 @@ connection was opened before); the retry must reconnect and succeed on the new p
 
 from __future__ import annotations
 
-import socket
-import threading
 from collections.abc import Callable, Iterator
 from typing import NamedTuple
 
@@ -24,6 +22,7 @@ import redis
 from redis import exceptions as rx
 
 from conftest import RedisServer, free_port, missing_broker, redis_binary  # tests/conftest.py
+from tcp_proxy import TcpProxy
 from wiretask.errors import ConnectionLost, TransportError
 from wiretask.protocol.frame import Frame, Route
 from wiretask.protocol.states import make_meta
@@ -31,63 +30,14 @@ from wiretask.results.redis import RedisBackend
 from wiretask.transports.redis import RedisTransport
 
 
-class SwitchingProxy:
-    """A TCP proxy on 127.0.0.1 that connects each new client to the port ``target``
-    holds when the client arrives (what a DNS name or a virtual IP does in a failover);
-    open connections stay with the server they reached."""
-
-    def __init__(self, target: int) -> None:
-        self.target = target
-        self._listener = socket.create_server(("127.0.0.1", 0))
-        self.port: int = self._listener.getsockname()[1]
-        self._sockets: list[socket.socket] = []
-        self._lock = threading.Lock()
-        self._accepting = threading.Thread(target=self._accept, daemon=True)
-        self._accepting.start()
+class SwitchingProxy(TcpProxy):
+    """The name both servers answer to: new clients go to the port ``target`` holds
+    when they arrive (what a DNS name or a virtual IP does in a failover); open
+    connections stay with the server they reached."""
 
     @property
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.port}/0"
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                client, _ = self._listener.accept()
-            except OSError:
-                return  # closed
-            server = socket.create_connection(("127.0.0.1", self.target), timeout=5)
-            server.settimeout(None)
-            with self._lock:
-                self._sockets += [client, server]
-            for source, sink in ((client, server), (server, client)):
-                threading.Thread(target=_pump, args=(source, sink), daemon=True).start()
-
-    def close(self) -> None:
-        try:
-            self._listener.shutdown(socket.SHUT_RDWR)  # wakes the accept() (Linux)
-        except OSError:
-            pass
-        self._listener.close()
-        self._accepting.join(timeout=5)
-        with self._lock:
-            for sock in self._sockets:
-                try:
-                    sock.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
-                sock.close()
-
-
-def _pump(source: socket.socket, sink: socket.socket) -> None:
-    try:
-        while data := source.recv(65536):
-            sink.sendall(data)
-    except OSError:
-        pass
-    try:
-        sink.shutdown(socket.SHUT_WR)
-    except OSError:
-        pass
 
 
 class Pair(NamedTuple):

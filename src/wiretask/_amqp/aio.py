@@ -16,11 +16,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import os
 import socket
 import ssl
 import urllib.parse
 from collections.abc import Callable, Mapping
+from types import TracebackType
 from typing import Any, Final, cast
 
 import aiormq
@@ -36,6 +38,7 @@ __all__ = [
     "AIORMQ_ERRORS",
     "ReturnHook",
     "Returned",
+    "close_later",
     "close_quietly",
     "frame_max",
     "open_connection",
@@ -43,6 +46,8 @@ __all__ = [
     "register_confirms",
     "release_confirms",
     "translate",
+    "translated",
+    "within",
     "write",
 ]
 
@@ -96,6 +101,45 @@ def translate(action: str, options: Options) -> map_exceptions:
     """``with translate(action, options):`` around every aiormq call."""
     return map_exceptions(AIORMQ_ERRORS, action, url=options.masked_url,
                           secret=options.password or None)
+
+
+class within:  # lower case: used like ``asyncio.timeout``
+    """``async with within(options.confirm_timeout, "confirm_timeout"):``: the block
+    is cut short after ``seconds``, as by ``asyncio.timeout``, and the ``TimeoutError``
+    names the setting that bounded it (``translate`` makes it ``ConnectionLost``), so
+    the message says what the broker did not answer in time instead of only
+    "TimeoutError". A class: it is entered once per publish."""
+
+    __slots__ = ("_seconds", "_setting", "_timeout")
+
+    def __init__(self, seconds: float, setting: str) -> None:
+        self._seconds = seconds
+        self._setting = setting
+        self._timeout = asyncio.timeout(seconds)
+
+    async def __aenter__(self) -> None:
+        await self._timeout.__aenter__()
+
+    async def __aexit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        try:
+            await self._timeout.__aexit__(kind, exc, tb)
+        except TimeoutError as timeout:
+            if not self._timeout.expired():
+                raise
+            raise TimeoutError(
+                f"the broker did not answer within {self._setting}={self._seconds:g} s"
+            ) from timeout.__cause__
+
+
+def translated(exc: BaseException, action: str, options: Options) -> BaseException:
+    """``exc`` as ``translate`` would raise it, without raising: its translation, or
+    ``exc`` itself if no row matches (not a driver error)."""
+    error = AIORMQ_ERRORS.translate(exc, action, url=options.masked_url,
+                                    secret=options.password or None)
+    return exc if error is None else error
 
 
 def connection_url(options: Options) -> str:
@@ -155,9 +199,14 @@ async def open_connection(options: Options, role: str) -> aiormq.Connection:
     )
     connection = aiormq.Connection(connection_url(options), context=_ssl_context(options),
                                    client_properties=properties)
+    # Closing waits for the broker's Close-Ok (aiormq: up to 2 s) before it closes the
+    # socket; no longer than connect_timeout (in whole seconds, as aiormq has it), the
+    # bound of every other round trip.
+    connection.READER_CLOSE_TIMEOUT = min(connection.READER_CLOSE_TIMEOUT,
+                                          math.ceil(options.connect_timeout))
     with translate("connect", options):
         try:
-            async with asyncio.timeout(options.connect_timeout):
+            async with within(options.connect_timeout, "connect_timeout"):
                 await connection.connect()
         except BaseException:
             await close_quietly(connection)
@@ -165,12 +214,28 @@ async def open_connection(options: Options, role: str) -> aiormq.Connection:
     return connection
 
 
-async def close_quietly(connection: aiormq.Connection) -> None:
-    """Close a connection that failed (closing it may fail too: logged)."""
+async def close_quietly(
+    connection: aiormq.Connection | aiormq.Channel, timeout: float | None = None,
+) -> None:
+    """Close a connection (or a channel) that failed, within ``timeout`` if given
+    (closing it may fail too: logged)."""
     try:
-        await connection.close()
+        async with asyncio.timeout(timeout):
+            await connection.close()
     except Exception:
-        log.debug("closing a failed connection", exc_info=True)
+        log.debug("closing a failed connection or channel", exc_info=True)
+
+
+def close_later(
+    connection: aiormq.Connection | aiormq.Channel, closing: set[asyncio.Task[None]],
+    timeout: float | None = None,
+) -> None:
+    """``close_quietly`` in a task of its own (the caller may be being cancelled), kept
+    in ``closing`` while it runs, so that the owner's ``close()`` can wait for it: a
+    connection dropped as dead is closed by then, not a moment later."""
+    task = asyncio.get_running_loop().create_task(close_quietly(connection, timeout))
+    closing.add(task)
+    task.add_done_callback(closing.discard)
 
 
 def frame_max(connection: aiormq.Connection) -> int:

@@ -73,6 +73,8 @@ class AsyncRPCBackend(AsyncResultBackend):
         #: The task connecting and subscribing (``_consumer``), while it runs.
         self._starting: asyncio.Future[aiormq.Channel] | None = None
         self._subscriptions: weakref.WeakSet[AsyncRPCSubscription] = weakref.WeakSet()
+        #: The tasks closing connections dropped as dead.
+        self._closing: set[asyncio.Task[None]] = set()
         self._closed = False
 
     # -- the consumer -----------------------------------------------------------------
@@ -107,7 +109,7 @@ class AsyncRPCBackend(AsyncResultBackend):
         channel = self._channel
         if channel is None or channel.is_closed:
             with aio.translate("open a channel", self._options):
-                async with asyncio.timeout(self._options.connect_timeout):
+                async with aio.within(self._options.connect_timeout, "connect_timeout"):
                     opened = await connection.channel(publisher_confirms=False)
             assert isinstance(opened, aiormq.Channel)  # what aiormq makes
             channel = self._channel = opened
@@ -116,7 +118,7 @@ class AsyncRPCBackend(AsyncResultBackend):
         if self._consuming != queue:
             try:
                 with aio.translate(f"consume the reply queue {queue!r}", self._options):
-                    async with asyncio.timeout(self._options.connect_timeout):
+                    async with aio.within(self._options.connect_timeout, "connect_timeout"):
                         await aio.write(channel, wire.declaration_frames(
                             channel.number, [self.backend.reply_queue(queue)]))
                         await channel.basic_consume(queue, self._on_message, no_ack=False)
@@ -134,7 +136,7 @@ class AsyncRPCBackend(AsyncResultBackend):
         self._connection = self._channel = None
         self._consuming = None
         if connection is not None and not connection.is_closed:
-            asyncio.get_running_loop().create_task(aio.close_quietly(connection))
+            aio.close_later(connection, self._closing)
 
     async def _on_message(self, message: DeliveredMessage) -> None:
         """A state arrived (aiormq's consumer callback): file it, then acknowledge it.
@@ -164,7 +166,7 @@ class AsyncRPCBackend(AsyncResultBackend):
             asking.add_done_callback(_observed)
             try:
                 with aio.translate(f"read the reply queue {queue!r}", self._options):
-                    async with asyncio.timeout(self._options.connect_timeout):
+                    async with aio.within(self._options.connect_timeout, "connect_timeout"):
                         declared = await asyncio.shield(asking)
             except ConnectionLost:
                 self._forget()
@@ -229,6 +231,8 @@ class AsyncRPCBackend(AsyncResultBackend):
         self._consuming = None
         if connection is not None and not connection.is_closed:
             await aio.close_quietly(connection)
+        if self._closing:
+            await asyncio.wait(self._closing)  # bounded by connect_timeout each
 
 
 def _observed(future: asyncio.Future[Any]) -> None:

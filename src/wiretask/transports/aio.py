@@ -34,9 +34,11 @@ Every ``Transport`` has a twin (``Transport.async_twin()``):
 
 Cancellation: a publish is all or nothing on every bundled broker, so a cancelled
 ``await`` never leaves part of a batch behind. A hook run in a thread goes on to its end
-when the ``await`` is cancelled (a thread cannot be interrupted); a native one treats a
-cancellation after its request went out like a lost connection: the outcome is unknown
-and a retry of the same frames does not duplicate what landed.
+when the ``await`` is cancelled (a thread cannot be interrupted); a native one lets a
+request that went out finish, and a retry of the same frames does not duplicate what
+landed: Redis asks the attempt's publish marker; RabbitMQ, which has none, learns from
+the attempt's confirms (still awaited after the cancellation), and when none came (a
+lost connection) publishes again with a warning (at least once).
 """
 
 from __future__ import annotations
