@@ -20,6 +20,7 @@ from kombu import Connection
 
 from amqp_support import celery_like_frame, raw_channel, unique
 from conftest import free_port
+from tcp_proxy import TcpProxy
 from wiretask.app import App
 from wiretask.cli import main
 from wiretask.errors import ConnectionLost, EncodeError, TransportError
@@ -425,3 +426,43 @@ def test_queue_stats_tell_what_amqp_can(amqp_url: str, queue_type: str) -> None:
             channel.queue_delete(q)
             channel.queue_delete(f"{q}.dead")
         transport.close()
+
+
+def test_a_retry_after_lost_confirms_publishes_again_and_says_so(
+    amqp_url: str, caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The sync twin of the asyncio test (``tests/aio/test_amqp_faults.py``): the
+    connection loses the broker's answers after the message was written, so no confirm
+    comes; the publish retry policy sends it again on a new connection. RabbitMQ has no
+    publish markers: the queue holds it twice (at least once), both copies with the
+    task's id, and the retry said so, naming the task."""
+    port = int(amqp_url.rsplit(":", 1)[1].split("/", 1)[0])
+    proxy = TcpProxy(port)
+    queue = unique("lost-confirms")
+    app = App(f"lost-{queue}", broker=f"amqp://guest:guest@127.0.0.1:{proxy.port}//",
+              broker_connection_timeout=1.0,
+              broker_transport_options={"confirm_timeout": 0.5},
+              task_default_queue=queue, set_as_current=False)
+    add = app.signature("lost.add")
+    direct = AMQPTransport(amqp_url)
+    caplog.set_level("WARNING", logger="wiretask.transports.amqp")
+    try:
+        add.delay(0, 0)  # connected and declared
+        direct.purge(queue)
+        proxy.lose_answers()
+        result = add.apply_async((1, 2), retry=True, retry_policy={
+            "max_retries": 3, "interval_start": 0, "interval_step": 0, "timeout": 10})
+        assert direct.size(queue) == 2
+        with raw_channel(amqp_url) as channel:
+            ids = [channel.basic_get(queue, no_ack=True).headers["id"] for _ in range(2)]
+        assert ids == [result.id, result.id]
+        again = [r.getMessage() for r in caplog.records if "published again" in r.getMessage()]
+        assert len(again) == 1 and result.id in again[0] and "twice" in again[0], again
+        # A later publish of other frames is not taken for a retry.
+        add.delay(3, 4)
+        assert len([r for r in caplog.records if "published again" in r.getMessage()]) == 1
+    finally:
+        app.close()
+        direct.purge(queue)
+        direct.close()
+        proxy.close()

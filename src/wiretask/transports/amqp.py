@@ -16,8 +16,11 @@ it: a publish that returned is on the broker. Messages are published ``mandatory
 unroutable one comes back (``basic.return``) and a refused one is nacked: both raise
 ``TransportError`` naming the messages and the cause (the others of the batch are on the
 broker). A connection lost before the confirms arrive raises ``ConnectionLost``: the
-outcome is unknown and a retry may publish a message twice (as Kombu's does). Queues are
-declared before their first publish on a connection, exactly as Celery declares them.
+outcome is unknown and a retry may publish a message twice (as Kombu's does): a publish
+of the same frames after such an attempt is logged as a warning naming the tasks (the
+frames of an unknown outcome are kept by identity, at most ``_UNKNOWN_KEPT`` for
+``_UNKNOWN_TTL`` seconds, as the asyncio twin keeps them). Queues are declared before
+their first publish on a connection, exactly as Celery declares them.
 
 **Consuming** subscribes (``basic.consume``) to the requested queues with a per-consumer
 prefetch window (``basic.qos``, not global: quorum queues refuse global QoS). The window is
@@ -67,7 +70,7 @@ import os
 import threading
 import time
 from collections import Counter, deque
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import amqp
@@ -116,6 +119,10 @@ DEAD_DROPPED = "x-wiretask-dead-dropped"
 _WAIT_SLICE = 1.0
 #: Most routes whose declarations are remembered (a bound, should routes be endless).
 _ROUTE_CACHE = 10_000
+#: Frames kept after an attempt whose outcome is unknown, and for how long (seconds):
+#: a retry of one of them is said to risk a second copy (``_warn_if_sent_before``).
+_UNKNOWN_KEPT = 10_000
+_UNKNOWN_TTL = 300.0
 #: Longest time ``queue_stats`` waits for pushes under way to a consumer of this
 #: transport to arrive (``_ready_as_consumed``), and its poll.
 _STATS_SETTLE = 2.0
@@ -227,6 +234,10 @@ class AMQPTransport(Transport):
         self._confirmed: set[int] = set()  # settled tags at or above the floor
         self._nacked: set[int] = set()
         self._returned: list[tuple[str, str, str, amqp.Message]] = []
+        #: id(frame) -> (the frame, when): frames written by an attempt whose outcome is
+        #: unknown (``_publish``); a retry of one of them is said to risk a duplicate.
+        self._unknown: dict[int, tuple[Frame, float]] = {}
+        self._unknown_lock = threading.Lock()
         # Consuming state (under the consumer's lock).
         self._sub_channel: Channel | None = None
         self._sub_epoch = -1
@@ -446,10 +457,44 @@ class AMQPTransport(Transport):
             TransportError: some messages were nacked or unroutable (named); the others
                 of the batch are on the broker.
         """
-        self._send([self.routes.plan(message) for message in messages])
+        if self._unknown:  # rare: a retry, or anything published after one
+            self._warn_if_sent_before(messages)
+        self._send([self.routes.plan(message) for message in messages],
+                   on_unknown=lambda exc: self._remember_unknown(messages))
 
-    def _send(self, plan: Sequence[Planned]) -> None:
-        """Declare what ``plan`` needs, write it in one go, wait for its confirms."""
+    def _remember_unknown(self, messages: Sequence[Prepared]) -> None:
+        """Keep the frames of an attempt whose outcome is unknown (written, then the
+        connection failed or no confirm came), for ``_warn_if_sent_before``."""
+        now = time.monotonic()
+        with self._unknown_lock:
+            unknown = self._unknown
+            for message in messages:
+                unknown[id(message.frame)] = (message.frame, now)
+            expired = now - _UNKNOWN_TTL
+            for key in [k for k, (_, since) in unknown.items() if since < expired]:
+                del unknown[key]
+            while len(unknown) > _UNKNOWN_KEPT:
+                del unknown[next(iter(unknown))]
+
+    def _warn_if_sent_before(self, messages: Sequence[Prepared]) -> None:
+        """A publish of frames an earlier attempt wrote with an unknown outcome (the
+        publish retry policy's next attempt): RabbitMQ has no publish markers to ask, so
+        it is sent again, and said to risk a second copy (at least once)."""
+        with self._unknown_lock:
+            again = [m for m in messages
+                     if self._unknown.get(id(m.frame), (None, 0.0))[0] is m.frame]
+            for message in again:
+                del self._unknown[id(message.frame)]
+        for message in again:
+            log.warning("task %s: published again after an attempt whose outcome is "
+                        "unknown: RabbitMQ may deliver it twice, both copies with this "
+                        "task id", message.frame.headers.get("id"))
+
+    def _send(self, plan: Sequence[Planned],
+              on_unknown: Callable[[TransportError], None] | None = None) -> None:
+        """Declare what ``plan`` needs, write it in one go, wait for its confirms;
+        ``on_unknown`` is told of a failure after the write began (the outcome is
+        unknown)."""
         link = self._publisher
         with link.lock:
             connection = self._open_publisher()
@@ -478,6 +523,8 @@ class AMQPTransport(Transport):
                         self._await_confirms(connection)
             except TransportError as exc:
                 self._channel_failed(exc.__cause__ or exc, "publish")
+                if on_unknown is not None:
+                    on_unknown(exc)
                 raise
             nacked = sorted(t for t in self._nacked if t >= first)
             self._nacked.clear()
