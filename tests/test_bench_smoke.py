@@ -120,3 +120,12 @@ def test_versions_bench_runs() -> None:
         in result.stdout, result.stdout
     assert re.search(r"^ratio: redis_publish: batch publish: task\.apply_many\(\d+\): \d+\.\d+$",
                      result.stderr, re.MULTILINE), result.stderr
+
+
+@pytest.mark.redis
+def test_publish_cpu_bench_runs(redis_base_url: str) -> None:
+    """``publish_cpu.py`` prints the CPU and wall time of one ``apply_async`` (us)."""
+    out = run_bench("publish_cpu.py", "--count", "50", "--runs", "1",
+                    "--redis-url", redis_base_url)
+    cpu, wall = (float(x) for x in out.split())
+    assert 0 < cpu and 0 < wall
