@@ -1,12 +1,25 @@
-"""Peer benchmark (issue 18): wiretask vs Celery, Dramatiq, RQ, arq, taskiq, Huey; one Redis.
+"""Peer benchmark (issue 18): wiretask vs Celery, Dramatiq, RQ, arq, taskiq, Huey on Redis;
+vs Celery, Dramatiq, aio-celery on RabbitMQ; wiretask's asyncio API vs arq, taskiq, aio-celery.
 
-Run: ``python bench/peers.py`` (``--scale 0.1`` for a quick look; ``--libs wiretask,huey``
-for some of them; ``--out FILE`` writes the report too). First time:
+Run: ``python bench/peers.py`` (``--scale 0.1`` for a quick look; ``--broker amqp`` for
+the RabbitMQ tables, ``--broker both`` for all; ``--libs wiretask,huey`` for some of
+them; ``--out FILE`` writes the report too). First time:
 ``python bench/peers.py --install`` puts the peers of ``bench/requirements-peers.txt``
 into this venv and builds arq's own venv (``bench/.venvs/arq``; built automatically
 when missing). Uses ``$WIRETASK_BENCH_REDIS_URL`` (or ``--redis-url``), else starts a
 private ``redis-server`` on a free port on 127.0.0.1; database
-``$WIRETASK_BENCH_REDIS_DB`` (default 9) is emptied before every measurement.
+``$WIRETASK_BENCH_REDIS_DB`` (default 9) is emptied before every measurement. The
+RabbitMQ libraries use ``$WIRETASK_BENCH_AMQP_URL`` (or the test node's
+``$WIRETASK_TEST_AMQP_URL``), else a private node started with ``scripts/rabbitmq.sh``
+(``amqp_common.amqp_url``); their queues are purged before every measurement.
+
+The report has a set of tables per broker and kind of API (``_peers/spec.py``,
+``TABLES``): **Redis** (wiretask's sync API, the peers, the redis-py floors),
+**asyncio on Redis** (wiretask's asyncio API, ``--pool asyncio`` and an ``async def``
+task, vs arq and taskiq, whose runs are shared with the Redis table), **RabbitMQ**
+(wiretask's AMQP transport vs Celery over py-amqp, Dramatiq over pika, aio-celery) and
+**asyncio on RabbitMQ** (wiretask's asyncio API over aiormq vs aio-celery). Every
+library runs in the same interleaved rounds.
 
 Every library sends the same call, ``(1, 'some text', [1, 2, 3])``,
 ``{'flag': True, 'name': 'x'}``, to a task whose body is one Redis ``INCR`` (the
@@ -31,7 +44,9 @@ Per row and library: messages/s (best of ``--repeat`` runs, interleaved: every l
 then every library again, the order rotated each round), the client's CPU per message
 (``getrusage`` in the driver), the worker tree's CPU per message (``/proc``), Redis's
 own CPU (``INFO cpu``) and commands per message (``INFO commandstats`` after ``CONFIG
-RESETSTAT``, minus the harness's own commands), and each library's delivery guarantee.
+RESETSTAT``, minus the harness's own commands), RabbitMQ's CPU (its ``beam.smp``
+process, from ``/proc``, when the node is on this machine), and each library's delivery
+guarantee.
 """
 
 from __future__ import annotations
@@ -50,6 +65,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.parse
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -57,8 +73,8 @@ from typing import Any
 
 import redis
 from _common import BENCH_DIR, REDIS_DB, ROOT, redis_url, scaled
-from _peers import BATCH, COUNTER, DONE, URL_ENV, envs, procstat
-from _peers.spec import BY_NAME, FLOOR, LIBRARIES, Library
+from _peers import AMQP_URL_ENV, BATCH, COUNTER, DONE, URL_ENV, envs, procstat
+from _peers.spec import BY_NAME, FLOORS, LIBRARIES, TABLES, Library
 
 ROWS = ("enqueue", "batch", "e2e1", "e2e")
 ROW_TITLES = {
@@ -72,6 +88,7 @@ FLOOR_TARGETS = {"enqueue": 0.6, "batch": 0.5, "e2e1": 1.0}
 #: ... and wiretask / best peer at least 1 (aiming 1.2); worker RSS at most this.
 RSS_TARGET_MIB = 45.0
 MIB = 1024.0
+BROKERS = {"redis": ("redis",), "amqp": ("amqp",), "both": ("redis", "amqp")}
 
 
 def parse() -> argparse.Namespace:
@@ -81,8 +98,12 @@ def parse() -> argparse.Namespace:
                              "5000 at scale 1; the batch shrinks below scale 1)")
     parser.add_argument("--repeat", type=int, default=3,
                         help="interleaved runs of everything; the best is reported (3)")
-    parser.add_argument("--libs", default=",".join(lib.name for lib in LIBRARIES),
-                        help="comma-separated: " + ", ".join(lib.name for lib in LIBRARIES))
+    parser.add_argument("--broker", choices=tuple(BROKERS), default="redis",
+                        help="the libraries of this broker (default redis: the Redis and "
+                             "asyncio-on-Redis tables; amqp: the RabbitMQ ones; both)")
+    parser.add_argument("--libs", default=None,
+                        help="comma-separated, instead of --broker's: "
+                             + ", ".join(lib.name for lib in LIBRARIES))
     parser.add_argument("--rows", default=",".join(ROWS),
                         help="comma-separated: " + ", ".join(ROWS))
     parser.add_argument("--cap", type=float, default=30.0,
@@ -95,8 +116,12 @@ def parse() -> argparse.Namespace:
                         help="install the peers ([main], [profile]) into this interpreter, "
                              "build arq's venv, and exit")
     options = parser.parse_args()
-    names = [n.strip() for n in options.libs.split(",") if n.strip()]
-    unknown = [n for n in names if n not in BY_NAME or n == FLOOR.name]
+    if options.libs is None:
+        names = [lib.name for lib in LIBRARIES if lib.broker in BROKERS[options.broker]]
+    else:
+        names = [n.strip() for n in options.libs.split(",") if n.strip()]
+    floors = {floor.name for floor in FLOORS.values()}
+    unknown = [n for n in names if n not in BY_NAME or n in floors]
     if unknown:
         parser.error(f"--libs: unknown {', '.join(unknown)}")
     options.libraries = [BY_NAME[n] for n in names]
@@ -116,10 +141,19 @@ def interpreter(lib: Library) -> Path:
     return envs.ensure_venv(lib.env)
 
 
-def environment(url: str) -> dict[str, str]:
+@dataclass(frozen=True)
+class Urls:
+    """The Redis URL (with the database) and the RabbitMQ URL (None: no RabbitMQ run)."""
+
+    redis: str
+    amqp: str | None = None
+
+
+def environment(urls: Urls) -> dict[str, str]:
     path = os.pathsep.join(p for p in (str(BENCH_DIR), os.environ.get("PYTHONPATH", ""),
                                        str(ROOT / "src")) if p)
-    return {**os.environ, URL_ENV: url, "PYTHONPATH": path}
+    extra = {AMQP_URL_ENV: urls.amqp} if urls.amqp else {}
+    return {**os.environ, URL_ENV: urls.redis, **extra, "PYTHONPATH": path}
 
 
 class DriverError(RuntimeError):
@@ -129,13 +163,13 @@ class DriverError(RuntimeError):
 class Driver:
     """A library's client process (``_peers.driver``): one JSON command, one reply."""
 
-    def __init__(self, lib: Library, url: str) -> None:
+    def __init__(self, lib: Library, urls: Urls) -> None:
         self.lib = lib
         self.python = interpreter(lib)
         self.stderr = tempfile.TemporaryFile()  # noqa: SIM115 - closed by close()
         self.proc = subprocess.Popen(
             [str(self.python), "-m", "_peers.driver", lib.module, ",".join(lib.dists)],
-            cwd=BENCH_DIR, env=environment(url), stdin=subprocess.PIPE,
+            cwd=BENCH_DIR, env=environment(urls), stdin=subprocess.PIPE,
             stdout=subprocess.PIPE, stderr=self.stderr, text=True,
         )
         hello = self._read(120)
@@ -189,13 +223,13 @@ class Worker:
 
 
 @contextlib.contextmanager
-def worker(lib: Library, command: Sequence[str], url: str) -> Iterator[Worker]:
+def worker(lib: Library, command: Sequence[str], urls: Urls) -> Iterator[Worker]:
     """The library's worker, in its own session (process group); on exit: SIGTERM to
     its leader, then SIGKILL to whatever of the group is left."""
     python = interpreter(lib)
-    argv = [part.format(bin=python.parent, python=python, url=url) for part in command]
+    argv = [part.format(bin=python.parent, python=python, url=urls.redis) for part in command]
     with tempfile.TemporaryFile() as log:
-        proc = subprocess.Popen(argv, cwd=BENCH_DIR, env=environment(url),
+        proc = subprocess.Popen(argv, cwd=BENCH_DIR, env=environment(urls),
                                 stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         try:
             yield Worker(proc, log)
@@ -244,6 +278,40 @@ class RedisStats:
         return cpu, total
 
 
+def rabbitmq_pid(url: str) -> int | None:
+    """The ``beam.smp`` of the RabbitMQ node listening on ``url``'s port, if it runs on
+    this machine (``scripts/rabbitmq.sh`` sets ``RABBITMQ_NODE_PORT`` in its
+    environment), else None."""
+    port = (urllib.parse.urlsplit(url).port or 5672)
+    wanted = f"RABBITMQ_NODE_PORT={port}".encode()
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        with contextlib.suppress(OSError):
+            with open(f"/proc/{entry}/comm", encoding="ascii", errors="replace") as f:
+                if not f.read().startswith("beam"):
+                    continue
+            with open(f"/proc/{entry}/environ", "rb") as f:
+                if wanted in f.read().split(b"\0"):
+                    return int(entry)
+    return None
+
+
+class BrokerCPU:
+    """RabbitMQ's CPU seconds between ``reset()`` and ``read()`` (None: not measured)."""
+
+    def __init__(self, pid: int | None) -> None:
+        self.pid = pid
+        self.cpu0 = 0.0
+
+    def reset(self) -> None:
+        if self.pid is not None:
+            self.cpu0 = procstat.cpu_seconds(self.pid)
+
+    def read(self) -> float | None:
+        return None if self.pid is None else procstat.cpu_seconds(self.pid) - self.cpu0
+
+
 # -- measurements -----------------------------------------------------------------------
 
 
@@ -258,6 +326,8 @@ class Run:
     client_cpu: float
     redis_cpu: float
     commands: int
+    #: RabbitMQ's CPU (None: Redis is the broker, or the node's process is not here).
+    broker_cpu: float | None = None
     worker_cpu: float | None = None
     rss_kib: int | None = None
     pss_kib: int | None = None
@@ -272,17 +342,25 @@ class Run:
 @dataclass
 class Bench:
     client: redis.Redis
-    url: str
+    urls: Urls
     drivers: dict[str, Driver]
     n_enqueue: int
     batch_size: int
     batch_times: int
     n_e2e: int
     cap: float
+    rabbitmq: BrokerCPU
     stats: RedisStats = field(init=False)
 
     def __post_init__(self) -> None:
         self.stats = RedisStats(self.client)
+
+    def reset_stats(self) -> None:
+        self.stats.reset()
+        self.rabbitmq.reset()
+
+    def broker_cpu(self, lib: Library) -> float | None:
+        return self.rabbitmq.read() if lib.broker == "amqp" else None
 
     def prepare(self, lib: Library) -> Driver:
         self.client.flushdb()
@@ -300,20 +378,24 @@ class Bench:
 
     def enqueue(self, lib: Library) -> Run:
         driver = self.prepare(lib)
-        self.stats.reset()
+        self.reset_stats()
         reply = driver.send(op="enqueue", n=self.n_enqueue)
+        broker_cpu = self.broker_cpu(lib)
         redis_cpu, commands = self.stats.read()
         self.check_queued(lib, driver, self.n_enqueue)
-        return Run(self.n_enqueue, reply["wall"], self.n_enqueue, reply["cpu"], redis_cpu, commands)
+        return Run(self.n_enqueue, reply["wall"], self.n_enqueue, reply["cpu"], redis_cpu,
+                   commands, broker_cpu=broker_cpu)
 
     def batch(self, lib: Library) -> Run:
         driver = self.prepare(lib)
-        self.stats.reset()
+        self.reset_stats()
         reply = driver.send(op="batch", n=self.batch_size, times=self.batch_times)
+        broker_cpu = self.broker_cpu(lib)
         redis_cpu, commands = self.stats.read()
         sent = self.batch_size * self.batch_times
         self.check_queued(lib, driver, sent)
-        return Run(sent, reply["wall"], sent, reply["cpu"], redis_cpu, commands)
+        return Run(sent, reply["wall"], sent, reply["cpu"], redis_cpu, commands,
+                   broker_cpu=broker_cpu)
 
     def _wait_done(self, running: Worker, deadline: float, lib: Library) -> bool:
         """BLPOP ``DONE`` until it arrives (True) or ``deadline`` (False)."""
@@ -329,7 +411,7 @@ class Bench:
     def end_to_end(self, lib: Library, command: Sequence[str]) -> Run:
         driver = self.prepare(lib)
         n = self.n_e2e
-        with worker(lib, command, self.url) as running, \
+        with worker(lib, command, self.urls) as running, \
                 procstat.MemorySampler(running.proc.pid) as memory:
             pid = running.proc.pid
             # Warm-up: one message through, so the worker is up and consuming.
@@ -340,12 +422,13 @@ class Bench:
                                    f"{running.tail()}")
             self.client.set(COUNTER, -n)
             self.client.delete(DONE)
-            self.stats.reset()
+            self.reset_stats()
             worker_cpu0 = procstat.cpu_seconds(pid)
             reply = driver.send(timeout=self.cap + 60, op="publish", n=n)
             finished = self._wait_done(running, reply["start"] + self.cap, lib)
             end = time.monotonic()
             worker_cpu = procstat.cpu_seconds(pid) - worker_cpu0
+            broker_cpu = self.broker_cpu(lib)
             redis_cpu, commands = self.stats.read()
             pss = procstat.pss_kib(pid)
             time.sleep(0.2)
@@ -357,7 +440,8 @@ class Bench:
         elif left > 0:
             note = f"DUPLICATES: {left} extra runs"
         return Run(done, end - reply["start"], n, reply["cpu"], redis_cpu, commands,
-                   worker_cpu=worker_cpu, rss_kib=memory.peak.rss_kib, pss_kib=pss,
+                   broker_cpu=broker_cpu, worker_cpu=worker_cpu,
+                   rss_kib=memory.peak.rss_kib, pss_kib=pss,
                    processes=memory.peak.processes, note=note)
 
 
@@ -399,36 +483,55 @@ def table(header: Sequence[str], lines: Sequence[Sequence[str]]) -> list[str]:
             *(render(line) for line in lines)]
 
 
-def report(results: dict[str, dict[str, list[Run]]], libs: Sequence[Library],
-           drivers: dict[str, Driver], facts: str) -> list[str]:
-    out = [f"## Peer benchmark ({facts})", ""]
+def members(name: str, results: dict[str, dict[str, list[Run]]],
+            libs: Sequence[Library]) -> list[Library]:
+    """The libraries of table ``name`` that ran (its floor last)."""
+    ran = {name for per_lib in results.values() for name in per_lib}
+    floor = FLOORS.get(name)
+    chosen = [lib for lib in libs
+              if name in lib.tables and lib.name in ran and lib not in FLOORS.values()]
+    return chosen + ([floor] if floor is not None and floor.name in ran else [])
+
+
+def table_report(name: str, results: dict[str, dict[str, list[Run]]],
+                 libs: Sequence[Library], ours: Library,
+                 drivers: dict[str, Driver]) -> tuple[list[str], list[str]]:
+    """One table's summary and rows, and its ``ratio:`` lines. The Redis table's titles
+    carry no prefix; the others' start with the table's title."""
+    prefix = "" if name == "redis" else f"{TABLES[name]}: "
+    floor_lib = FLOORS.get(name)
+    on_amqp = any(lib.broker == "amqp" for lib in libs)
+    out: list[str] = []
     summary: list[list[str]] = []
     ratio_lines: list[str] = []
-    wt = "wiretask"
-    for row, per_lib in results.items():
-        bests = {name: best(runs) for name, runs in per_lib.items()}
-        peers = {name: run for name, run in bests.items() if BY_NAME[name].peer}
+    wt = ours.name
+    for row, all_runs in results.items():
+        per_lib = {lib.name: all_runs[lib.name] for lib in libs if lib.name in all_runs}
+        bests = {lib_name: best(runs) for lib_name, runs in per_lib.items()}
+        peers = {n: run for n, run in bests.items() if BY_NAME[n].peer}
         top = max(peers.items(), key=lambda item: item[1].rate) if peers else None
-        floor = bests.get(FLOOR.name)
+        floor = bests.get(floor_lib.name) if floor_lib is not None else None
         e2e = row.startswith("e2e")
-        out += [f"### {ROW_TITLES[row]}", ""]
+        out += [f"### {prefix}{ROW_TITLES[row]}", ""]
         header = ["library", "worker" if e2e else "API", "msg/s", "vs best peer", "vs floor",
                   "client CPU us/msg"]
         if e2e:
             header += ["worker CPU us/msg"]
+        if on_amqp:
+            header += ["RabbitMQ CPU us/msg"]
         header += ["Redis CPU us/msg", "Redis cmds/msg"]
         if e2e:
             header += ["peak RSS MiB (procs)", "PSS MiB"]
         header += ["note"]
         lines = []
-        for lib in [*libs, FLOOR]:
+        for lib in libs:
             run = bests.get(lib.name)
             if run is None:
                 continue
             if e2e:
                 what = lib.one_slot_shape if row == "e2e1" else lib.default_shape
             elif row == "enqueue":
-                what = "one LPUSH" if lib is FLOOR else "single call"
+                what = "one LPUSH" if lib is floor_lib else "single call"
             else:
                 what = drivers[lib.name].batch_api
             cells = [lib.name, what, _rate(run.rate),
@@ -437,6 +540,8 @@ def report(results: dict[str, dict[str, list[Run]]], libs: Sequence[Library],
                      _per(run.client_cpu, run.sent)]
             if e2e:
                 cells.append(_per(run.worker_cpu, run.count))
+            if on_amqp:
+                cells.append(_per(run.broker_cpu, run.count))
             cells += [_per(run.redis_cpu, run.count), _commands(run.commands, run.count)]
             if e2e:
                 cells.append(f"{_mib(run.rss_kib)} ({run.processes})")
@@ -444,63 +549,90 @@ def report(results: dict[str, dict[str, list[Run]]], libs: Sequence[Library],
             cells.append(run.note or "")
             lines.append(cells)
         out += [*table(header, lines), ""]
-        ours = bests.get(wt)
-        if ours is None:
+        mine = bests.get(wt)
+        if mine is None:
             continue
         target = ">= 1x best peer (aim 1.2x)"
-        met = top is None or ours.rate >= top[1].rate
-        if row in FLOOR_TARGETS:
+        met = top is None or mine.rate >= top[1].rate
+        if floor_lib is not None and row in FLOOR_TARGETS:
             target += f", >= {FLOOR_TARGETS[row]:g}x floor"
-            met = met and floor is not None and ours.rate >= FLOOR_TARGETS[row] * floor.rate
+            met = met and floor is not None and mine.rate >= FLOOR_TARGETS[row] * floor.rate
         summary.append([
-            ROW_TITLES[row], _rate(ours.rate),
+            ROW_TITLES[row], _rate(mine.rate),
             f"{top[0]} {_rate(top[1].rate)}" if top else "-",
             _rate(floor.rate) if floor else "-",
-            _ratio(ours.rate, top[1].rate if top else None),
-            _ratio(ours.rate, floor.rate if floor else None), target, "yes" if met else "NO",
+            _ratio(mine.rate, top[1].rate if top else None),
+            _ratio(mine.rate, floor.rate if floor else None), target, "yes" if met else "NO",
         ])
         if top:
-            ratio_lines.append(f"ratio: {ROW_TITLES[row]}: wiretask / best peer ({top[0]}): "
-                               f"{ours.rate / top[1].rate:.2f}")
+            ratio_lines.append(f"ratio: {prefix}{ROW_TITLES[row]}: {wt} / best peer "
+                               f"({top[0]}): {mine.rate / top[1].rate:.2f}")
         if floor:
-            ratio_lines.append(f"ratio: {ROW_TITLES[row]}: wiretask / floor: "
-                               f"{ours.rate / floor.rate:.2f}")
-    rss_rows = [(row, results[row]) for row in ("e2e1", "e2e") if row in results]
-    for row, per_lib in rss_rows:
-        peaks = {name: max(r.rss_kib or 0 for r in runs) for name, runs in per_lib.items()}
+            ratio_lines.append(f"ratio: {prefix}{ROW_TITLES[row]}: {wt} / floor: "
+                               f"{mine.rate / floor.rate:.2f}")
+    in_table = {lib.name for lib in libs}
+    floor_name = floor_lib.name if floor_lib is not None else None
+    for row in ("e2e1", "e2e"):
+        if row not in results:
+            continue
+        peaks = {lib_name: max(r.rss_kib or 0 for r in runs)
+                 for lib_name, runs in results[row].items() if lib_name in in_table}
         if wt not in peaks:
             continue
         peer_peaks = {n: v for n, v in peaks.items() if BY_NAME[n].peer}
         low = min(peer_peaks.items(), key=lambda item: item[1]) if peer_peaks else None
         ok = peaks[wt] / MIB <= RSS_TARGET_MIB and (low is None or peaks[wt] <= low[1])
+        floor_peak = peaks.get(floor_name) if floor_name else None
         summary.append([
             f"worker RSS, peak MiB ({'one slot' if row == 'e2e1' else 'default'})",
             _mib(peaks[wt]), f"{low[0]} {_mib(low[1])}" if low else "-",
-            _mib(peaks.get(FLOOR.name)),
+            _mib(floor_peak),
             f"{peaks[wt] / low[1]:.2f}x" if low else "-",
-            f"{peaks[wt] / peaks[FLOOR.name]:.2f}x" if peaks.get(FLOOR.name) else "-",
+            f"{peaks[wt] / floor_peak:.2f}x" if floor_peak else "-",
             f"<= {RSS_TARGET_MIB:g} MiB, <= best peer", "yes" if ok else "NO",
         ])
     if summary:
-        out[2:2] = ["### Summary (wiretask, same run)", "",
-                    *table(["row", "wiretask", "best peer", "floor", "wiretask / best peer",
-                            "wiretask / floor", "target", "met?"], summary), ""]
+        out[0:0] = [f"### {prefix}Summary ({wt}, same run)", "",
+                    *table(["row", wt, "best peer", "floor", f"{wt} / best peer",
+                            f"{wt} / floor", "target", "met?"], summary), ""]
+    return out, ratio_lines
+
+
+def report(results: dict[str, dict[str, list[Run]]], libs: Sequence[Library],
+           drivers: dict[str, Driver], facts: str) -> list[str]:
+    out = [f"## Peer benchmark ({facts})", ""]
+    ratio_lines: list[str] = []
+    shown: list[Library] = []
+    for table_name in TABLES:
+        in_table = members(table_name, results, libs)
+        ours = [lib for lib in in_table if not lib.peer and lib is not FLOORS.get(table_name)]
+        if not ours:  # a table is shown when its wiretask set-up ran
+            continue
+        lines, ratios = table_report(table_name, results, in_table, ours[0], drivers)
+        out += lines
+        ratio_lines += ratios
+        shown += [lib for lib in in_table if lib not in shown]
     out += ["### Delivery guarantees (read in each library's source; paths in its wheel)", ""]
     out += table(["library", "versions", "guarantee", "read in"], [
         [lib.name, ", ".join(f"{k} {v}" for k, v in drivers[lib.name].versions.items()),
-         lib.guarantee, lib.source] for lib in [*libs, FLOOR] if lib.name in drivers])
+         lib.guarantee, lib.source] for lib in libs if lib in shown])
     out += ["", *ratio_lines]
     return out
 
 
-def facts_line(client: redis.Redis, drivers: dict[str, Driver]) -> str:
+def facts_line(client: redis.Redis, drivers: dict[str, Driver], urls: Urls) -> str:
     server = client.info("server")
     load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
+    rabbitmq = ""
+    if urls.amqp:
+        from amqp_common import rabbitmq_version  # noqa: PLC0415 - only with RabbitMQ
+
+        rabbitmq = f"; RabbitMQ {rabbitmq_version(urls.amqp)}"
     return (f"{dt.date.today().isoformat()}; {platform.machine()}, {os.cpu_count()} cores, "
             f"Linux {platform.release()}; Python {platform.python_version()}; redis-server "
             f"{server['redis_version']}; redis-py {redis.__version__} (arq's venv: redis "
-            f"{drivers['arq'].versions.get('redis', '?') if 'arq' in drivers else '-'}); "
-            f"load average {load}")
+            f"{drivers['arq'].versions.get('redis', '?') if 'arq' in drivers else '-'})"
+            f"{rabbitmq}; load average {load}")
 
 
 # -- main -------------------------------------------------------------------------------
@@ -535,31 +667,39 @@ def main() -> None:
     batch_times = max(1, round(5 * min(scale, 1.0)))
     n_e2e = scaled(5000, scale, minimum=30)
     libs: list[Library] = options.libraries
+    # The floors of the tables that are shown: those whose wiretask set-up runs.
+    floors = [floor for name, floor in FLOORS.items()
+              if any(name in lib.tables and not lib.peer for lib in libs)]
     compile_sources()
     base = options.redis_url or None
     with contextlib.ExitStack() as stack:
         if base is None:
             base = stack.enter_context(redis_url())
-        url = f"{base.rstrip('/')}/{REDIS_DB}"
-        client = redis.Redis.from_url(url)
+        amqp = None
+        if any(lib.broker == "amqp" for lib in libs):
+            from amqp_common import amqp_url  # noqa: PLC0415 - only with RabbitMQ
+
+            amqp = stack.enter_context(amqp_url())
+        urls = Urls(f"{base.rstrip('/')}/{REDIS_DB}", amqp)
+        client = redis.Redis.from_url(urls.redis)
         stack.callback(client.close)
         client.flushdb()
         stack.callback(client.flushdb)
         drivers: dict[str, Driver] = {}
-        for lib in [*libs, FLOOR]:
-            drivers[lib.name] = driver = Driver(lib, url)
+        for lib in [*libs, *floors]:
+            drivers[lib.name] = driver = Driver(lib, urls)
             stack.callback(driver.close)
-        bench = Bench(client, url, drivers, n_enqueue, batch_size, batch_times, n_e2e,
-                      options.cap)
+        bench = Bench(client, urls, drivers, n_enqueue, batch_size, batch_times, n_e2e,
+                      options.cap, BrokerCPU(rabbitmq_pid(amqp) if amqp else None))
         print(f"peers: {', '.join(lib.name for lib in libs)}; enqueue {n_enqueue}, batch "
               f"{batch_times} x {batch_size}, e2e {n_e2e}; best of {options.repeat} "
               "interleaved runs", file=sys.stderr)
         # Untimed: every client sends once through each API (imports, connections).
-        for lib in [*libs, FLOOR]:
+        everyone = [*libs, *floors]
+        for lib in everyone:
             bench.enqueue(lib)
             bench.batch(lib)
         results: dict[str, dict[str, list[Run]]] = {row: {} for row in options.row_list}
-        everyone = [*libs, FLOOR]
         for round_ in range(max(options.repeat, 1)):
             shift = round_ % len(everyone)
             order = everyone[shift:] + everyone[:shift]
@@ -576,7 +716,7 @@ def main() -> None:
                     extra = f" [{run.note}]" if run.note else ""
                     print(f"round {round_ + 1} {row} {lib.name}: {run.rate:,.0f} msg/s "
                           f"({run.count} in {run.wall:.2f} s){extra}", file=sys.stderr)
-        lines = report(results, libs, drivers, facts_line(client, drivers))
+        lines = report(results, [*libs, *floors], drivers, facts_line(client, drivers, urls))
     text = "\n".join(lines) + "\n"
     print(text)
     if options.out is not None:

@@ -1,6 +1,15 @@
-"""What the harness runs per library: its client module, its worker commands, and its
-delivery guarantee as read in its source (the versions pinned in
-``bench/requirements-peers.txt``; paths are inside each project's wheel).
+"""What the harness runs per library: its client module, its worker commands, its broker,
+the tables it is compared in, and its delivery guarantee as read in its source (the
+versions pinned in ``bench/requirements-peers.txt``; paths are inside each project's
+wheel).
+
+**Tables** (:data:`TABLES`): each compares one of wiretask's set-ups (``peer=False``)
+with the peers of the same broker and kind of API: ``redis`` (wiretask's sync API on
+Redis; the floors), ``asyncio`` (wiretask's asyncio API and its asyncio pool on Redis
+vs arq and taskiq, which are in the ``redis`` table too, from the same runs), ``amqp``
+(RabbitMQ: wiretask, Celery over py-amqp, Dramatiq over pika, aio-celery) and
+``amqp-asyncio`` (wiretask's asyncio API on RabbitMQ vs aio-celery). The task and its
+counter stay in Redis whatever the broker.
 
 Worker commands are each library's own CLI (arq's and the floor's excepted, see
 below) with ``{bin}`` standing for the scripts directory and ``{python}`` for the
@@ -39,9 +48,21 @@ class Library:
     source: str
     #: True for wiretask and the floor: not a peer.
     peer: bool = True
+    #: ``"redis"`` or ``"amqp"``: the broker its messages go through.
+    broker: str = "redis"
+    #: The tables (:data:`TABLES`) it is in.
+    tables: tuple[str, ...] = ("redis",)
 
 
 WARNING = ("-l", "WARNING")
+
+#: Table name -> its title in the report (in the report's order).
+TABLES: dict[str, str] = {
+    "redis": "Redis",
+    "asyncio": "asyncio on Redis",
+    "amqp": "RabbitMQ",
+    "amqp-asyncio": "asyncio on RabbitMQ",
+}
 
 LIBRARIES: tuple[Library, ...] = (
     Library(
@@ -133,6 +154,7 @@ LIBRARIES: tuple[Library, ...] = (
                   "explicit _job_id (WATCH + EXISTS), not retried",
         source="arq/connections.py ArqRedis.enqueue_job; arq/worker.py Worker.start_jobs, "
                "run_job, finish_job",
+        tables=("redis", "asyncio"),
     ),
     Library(
         name="taskiq-stream",
@@ -151,6 +173,7 @@ LIBRARIES: tuple[Library, ...] = (
         source="taskiq/cli/worker/args.py (ack_type default WHEN_SAVED); "
                "taskiq/receiver/receiver.py Receiver.callback; "
                "taskiq_redis/redis_broker.py RedisStreamBroker",
+        tables=("redis", "asyncio"),
     ),
     Library(
         name="taskiq-list",
@@ -167,6 +190,7 @@ LIBRARIES: tuple[Library, ...] = (
                   "worker loses the message): at most once; result saved; kick not retried",
         source="taskiq_redis/redis_broker.py ListQueueBroker; taskiq-redis README "
                "(ListQueue warning)",
+        tables=("redis", "asyncio"),
     ),
     Library(
         name="huey",
@@ -183,6 +207,126 @@ LIBRARIES: tuple[Library, ...] = (
         source="huey/storage.py RedisStorage.enqueue, dequeue; huey/api.py Huey._execute "
                "(put_result); huey/consumer.py Worker.loop",
     ),
+    Library(
+        name="wiretask-aio",
+        module="lib_wiretask_aio",
+        dists=("wiretask",),
+        env="main",
+        one_slot=("{bin}/wiretask", "worker", "-A", "_peers.lib_wiretask_aio:app", "-Q",
+                  "wiretask-aio", "--pool", "asyncio", "-c", "1", *WARNING),
+        default=("{bin}/wiretask", "worker", "-A", "_peers.lib_wiretask_aio:app", "-Q",
+                 "wiretask-aio", "--pool", "asyncio", *WARNING),
+        default_shape="--pool asyncio, -c CPU count, prefetch multiplier 4",
+        one_slot_shape="--pool asyncio -c 1, prefetch multiplier 4",
+        guarantee="as wiretask's (ack after the result is stored; a retried publish is "
+                  "de-duplicated); client: await aapply_async / aapply_many on the Redis "
+                  "transport's asyncio twin",
+        source="docs/asyncio.md; src/wiretask/worker/pools/asyncio.py (module doc)",
+        peer=False,
+        tables=("asyncio",),
+    ),
+    Library(
+        name="wiretask-amqp",
+        module="lib_wiretask_amqp",
+        dists=("wiretask", "amqp"),
+        env="main",
+        one_slot=("{bin}/wiretask", "worker", "-A", "_peers.lib_wiretask_amqp:app", "-Q",
+                  "wiretask", "--pool", "solo", *WARNING),
+        default=("{bin}/wiretask", "worker", "-A", "_peers.lib_wiretask_amqp:app", "-Q",
+                 "wiretask", *WARNING),
+        default_shape="threads, -c CPU count, prefetch multiplier 4",
+        one_slot_shape="--pool solo, prefetch multiplier 4",
+        guarantee="publisher confirms (a publish returns once RabbitMQ has it; a batch: "
+                  "one round of confirms), persistent messages; ack after the result is "
+                  "stored: at least once (RabbitMQ redelivers a dead consumer's unacked "
+                  "messages); a retried publish is not de-duplicated (no marker on AMQP)",
+        source="src/wiretask/transports/amqp.py (module doc: confirms); "
+               "src/wiretask/worker/__init__.py (ack after store); docs/asyncio.md",
+        peer=False,
+        broker="amqp",
+        tables=("amqp",),
+    ),
+    Library(
+        name="celery-amqp",
+        module="lib_celery_amqp",
+        dists=("celery", "kombu", "amqp"),
+        env="main",
+        one_slot=("{python}", "-m", "celery", "-A", "_peers.lib_celery_amqp:app", "worker",
+                  "-P", "solo", *WARNING),
+        default=("{python}", "-m", "celery", "-A", "_peers.lib_celery_amqp:app", "worker",
+                 *WARNING),
+        default_shape="prefork, -c CPU count, prefetch multiplier 4",
+        one_slot_shape="-P solo, prefetch multiplier 4",
+        guarantee="no publisher confirms (confirm_publish off: returns once written); "
+                  "acks when a task starts (task_acks_late=False): at most once once "
+                  "started, unacked prefetched messages redelivered by RabbitMQ; result "
+                  "stored after the run; publish retried (3x), not de-duplicated",
+        source="kombu/transport/pyamqp.py (module doc: confirm_publish transport "
+               "option); amqp/connection.py Connection (confirm_publish=False); "
+               "celery/app/defaults.py (acks_late=False, publish_retry=True); "
+               "celery/worker/request.py Request.on_accepted",
+        broker="amqp",
+        tables=("amqp",),
+    ),
+    Library(
+        name="dramatiq-amqp",
+        module="lib_dramatiq_amqp",
+        dists=("dramatiq", "pika"),
+        env="main",
+        one_slot=("{python}", "-m", "dramatiq", "_peers.lib_dramatiq_amqp", "--processes",
+                  "1", "--threads", "1"),
+        default=("{python}", "-m", "dramatiq", "_peers.lib_dramatiq_amqp"),
+        default_shape="--processes CPU count x --threads 8, prefetch 2 per thread",
+        one_slot_shape="--processes 1 --threads 1, prefetch 2",
+        guarantee="no publisher confirms (confirm_delivery=False: send returns once pika "
+                  "wrote it); ack after the actor returns: at least once; no result "
+                  "stored; enqueue retried on a connection error (6 attempts), not "
+                  "de-duplicated",
+        source="dramatiq/brokers/rabbitmq.py RabbitmqBroker (confirm_delivery, enqueue, "
+               "MAX_ENQUEUE_ATTEMPTS, _RabbitmqConsumer.ack); "
+               "dramatiq/worker.py _ConsumerThread.post_process_message",
+        broker="amqp",
+        tables=("amqp",),
+    ),
+    Library(
+        name="aio-celery",
+        module="lib_aio_celery",
+        dists=("aio-celery", "aio-pika"),
+        env="main",
+        one_slot=("{bin}/aio_celery", "worker", "_peers.lib_aio_celery:app", "-c", "1",
+                  "-l", "WARNING"),
+        default=("{bin}/aio_celery", "worker", "_peers.lib_aio_celery:app", "-l",
+                 "WARNING"),
+        default_shape="-c 10000 async tasks on one loop, prefetch 4 x c (max 65535)",
+        one_slot_shape="-c 1, prefetch 4",
+        guarantee="publisher confirms (aio-pika's channel default); ack after the task ran "
+                  "and its result was stored (message.process() around the run): at "
+                  "least once; publish not retried",
+        source="aio_celery/app.py Celery.setup, send_task; aio_celery/broker.py; "
+               "aio_celery/worker.py on_message_received, run; "
+               "aio_pika/channel.py (publisher_confirms=True)",
+        broker="amqp",
+        tables=("amqp", "amqp-asyncio"),
+    ),
+    Library(
+        name="wiretask-aio-amqp",
+        module="lib_wiretask_aio_amqp",
+        dists=("wiretask", "aiormq"),
+        env="main",
+        one_slot=("{bin}/wiretask", "worker", "-A", "_peers.lib_wiretask_aio_amqp:app", "-Q",
+                  "wiretask-aio", "--pool", "asyncio", "-c", "1", *WARNING),
+        default=("{bin}/wiretask", "worker", "-A", "_peers.lib_wiretask_aio_amqp:app", "-Q",
+                 "wiretask-aio", "--pool", "asyncio", *WARNING),
+        default_shape="--pool asyncio, -c CPU count, prefetch multiplier 4",
+        one_slot_shape="--pool asyncio -c 1, prefetch multiplier 4",
+        guarantee="as wiretask-amqp's (publisher confirms, ack after the result is "
+                  "stored); client: await aapply_async / aapply_many on the AMQP "
+                  "transport's asyncio twin (aiormq)",
+        source="docs/asyncio.md (amqp:// row); src/wiretask/transports/amqp_aio.py",
+        peer=False,
+        broker="amqp",
+        tables=("amqp-asyncio",),
+    ),
 )
 
 FLOOR = Library(
@@ -198,5 +342,8 @@ FLOOR = Library(
     source="bench/_peers/floor.py",
     peer=False,
 )
+
+#: The floor of each table that has one.
+FLOORS: dict[str, Library] = {"redis": FLOOR}
 
 BY_NAME = {lib.name: lib for lib in (*LIBRARIES, FLOOR)}
