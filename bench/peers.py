@@ -124,7 +124,9 @@ def parse() -> argparse.Namespace:
     unknown = [n for n in names if n not in BY_NAME or n in floors]
     if unknown:
         parser.error(f"--libs: unknown {', '.join(unknown)}")
-    options.libraries = [BY_NAME[n] for n in names]
+    # In the order of LIBRARIES: a table's wiretask set-up (the first of them) leads it.
+    order = {lib.name: i for i, lib in enumerate(LIBRARIES)}
+    options.libraries = [BY_NAME[n] for n in sorted(dict.fromkeys(names), key=order.__getitem__)]
     options.row_list = [r.strip() for r in options.rows.split(",") if r.strip()]
     bad_rows = [r for r in options.row_list if r not in ROWS]
     if bad_rows:

@@ -89,7 +89,7 @@ def test_peers_bench_runs_the_rabbitmq_and_asyncio_rows(tmp_path: Path, amqp_url
     AMQP transport, its asyncio API on Redis and on RabbitMQ, and the RabbitMQ peers that
     import here; one round of the two publish rows and the one-slot end-to-end row."""
     needs_redis()
-    libs = ["wiretask-amqp", "wiretask-aio", "wiretask-aio-amqp"]
+    libs = ["wiretask-amqp", "wiretask-amqp-nc", "wiretask-aio", "wiretask-aio-amqp"]
     libs += [name for name, module in OPTIONAL_AMQP.items() if importlib.util.find_spec(module)]
     out = tmp_path / "peers.md"
     result = subprocess.run(

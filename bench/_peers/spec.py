@@ -247,6 +247,25 @@ LIBRARIES: tuple[Library, ...] = (
         tables=("amqp",),
     ),
     Library(
+        name="wiretask-amqp-nc",
+        module="lib_wiretask_amqp_unconfirmed",
+        dists=("wiretask", "amqp"),
+        env="main",
+        one_slot=("{bin}/wiretask", "worker", "-A", "_peers.lib_wiretask_amqp_unconfirmed:app",
+                  "-Q", "wiretask-nc", "--pool", "solo", *WARNING),
+        default=("{bin}/wiretask", "worker", "-A", "_peers.lib_wiretask_amqp_unconfirmed:app",
+                 "-Q", "wiretask-nc", *WARNING),
+        default_shape="threads, -c CPU count, prefetch multiplier 4",
+        one_slot_shape="--pool solo, prefetch multiplier 4",
+        guarantee="wiretask-amqp with ?confirm_publish=false (not its default): a publish "
+                  "returns once written, as Celery's and Dramatiq's; the worker as "
+                  "wiretask-amqp's",
+        source="src/wiretask/transports/amqp.py (confirm_publish option)",
+        peer=False,
+        broker="amqp",
+        tables=("amqp",),
+    ),
+    Library(
         name="celery-amqp",
         module="lib_celery_amqp",
         dists=("celery", "kombu", "amqp"),
