@@ -371,12 +371,17 @@ class Bench:
         return driver
 
     @staticmethod
-    def check_queued(lib: Library, driver: Driver, sent: int) -> None:
+    def check_queued(driver: Driver, sent: int) -> str:
         """What was sent is in the library's queue (asked after the Redis figures are read,
-        so the question is not counted)."""
+        so the question is not counted): "", or the note that says what the queue held
+        (asked again a second later) instead. A note, not an exception, so that a long
+        run reports the other libraries and this run's figures beside it."""
         queued = driver.send(op="queued")["queued"]
-        if queued != sent:
-            raise RuntimeError(f"{lib.name}: sent {sent}, its queue holds {queued}")
+        if queued == sent:
+            return ""
+        time.sleep(1)
+        again = driver.send(op="queued")["queued"]
+        return f"QUEUE HELD {queued} OF {sent} SENT ({again} a second later)"
 
     def enqueue(self, lib: Library) -> Run:
         driver = self.prepare(lib)
@@ -384,9 +389,9 @@ class Bench:
         reply = driver.send(op="enqueue", n=self.n_enqueue)
         broker_cpu = self.broker_cpu(lib)
         redis_cpu, commands = self.stats.read()
-        self.check_queued(lib, driver, self.n_enqueue)
+        note = self.check_queued(driver, self.n_enqueue)
         return Run(self.n_enqueue, reply["wall"], self.n_enqueue, reply["cpu"], redis_cpu,
-                   commands, broker_cpu=broker_cpu)
+                   commands, broker_cpu=broker_cpu, note=note)
 
     def batch(self, lib: Library) -> Run:
         driver = self.prepare(lib)
@@ -395,9 +400,9 @@ class Bench:
         broker_cpu = self.broker_cpu(lib)
         redis_cpu, commands = self.stats.read()
         sent = self.batch_size * self.batch_times
-        self.check_queued(lib, driver, sent)
+        note = self.check_queued(driver, sent)
         return Run(sent, reply["wall"], sent, reply["cpu"], redis_cpu, commands,
-                   broker_cpu=broker_cpu)
+                   broker_cpu=broker_cpu, note=note)
 
     def _wait_done(self, running: Worker, deadline: float, lib: Library) -> bool:
         """BLPOP ``DONE`` until it arrives (True) or ``deadline`` (False)."""
@@ -420,8 +425,13 @@ class Bench:
             self.client.set(COUNTER, -1)
             driver.send(op="warmup")
             if not self._wait_done(running, time.monotonic() + 90, lib):
-                raise RuntimeError(f"{lib.name} worker ran no warm-up task in 90 s:\n"
-                                   f"{running.tail()}")
+                # Reported as a run that did nothing (a note in the table, the worker's
+                # log on stderr), so that the other libraries' runs still report.
+                queued = driver.send(op="queued")["queued"]
+                print(f"{lib.name} worker ran no warm-up task in 90 s (its queue holds "
+                      f"{queued}); its log:\n{running.tail()}", file=sys.stderr)
+                return Run(0, 90.0, 1, 0.0, 0.0, 0,
+                           note=f"NO WARM-UP in 90 s (its queue held {queued})")
             self.client.set(COUNTER, -n)
             self.client.delete(DONE)
             self.reset_stats()
@@ -454,12 +464,22 @@ def best(runs: list[Run]) -> Run:
     return max(runs, key=lambda r: r.rate)
 
 
+def notes(runs: list[Run]) -> str:
+    """The best run's note, and what went wrong in the others (a cut run excepted: the
+    best shows whether runs are cut)."""
+    top = best(runs)
+    found = [top.note] if top.note else []
+    found += [f"round {i}: {run.note}" for i, run in enumerate(runs, 1)
+              if run is not top and run.note and not run.note.startswith("CAPPED")]
+    return "; ".join(found)
+
+
 def _rate(value: float) -> str:
     return f"{value:,.0f}"
 
 
 def _per(value: float | None, count: int) -> str:
-    return "-" if value is None else f"{value / count * 1e6:,.0f}"
+    return "-" if value is None or count == 0 else f"{value / count * 1e6:,.0f}"
 
 
 def _ratio(ours: float, theirs: float | None) -> str:
@@ -467,6 +487,8 @@ def _ratio(ours: float, theirs: float | None) -> str:
 
 
 def _commands(commands: int, count: int) -> str:
+    if count == 0:
+        return "-"
     per = commands / count
     return f"{per:.2f}" if per >= 0.1 or per == 0 else f"{per:.3f}"
 
@@ -548,7 +570,7 @@ def table_report(name: str, results: dict[str, dict[str, list[Run]]],
             if e2e:
                 cells.append(f"{_mib(run.rss_kib)} ({run.processes})")
                 cells.append(_mib(run.pss_kib))
-            cells.append(run.note or "")
+            cells.append(notes(per_lib[lib.name]))
             lines.append(cells)
         out += [*table(header, lines), ""]
         mine = bests.get(wt)

@@ -69,6 +69,7 @@ def test_peers_bench_runs(tmp_path: Path) -> None:
     # the cap; arq excepted, whose one-slot worker (max_jobs 1) starts one job per
     # 0.5 s poll of its queue and so is cut by the cap.
     assert "DUPLICATES" not in report, report
+    assert "QUEUE HELD" not in report and "NO WARM-UP" not in report, report
     capped = [line for line in report.splitlines() if "CAPPED" in line]
     assert all(line.startswith("| arq ") for line in capped), capped
     assert "worker RSS, peak MiB (one slot)" in report
@@ -121,7 +122,8 @@ def test_peers_bench_runs_the_rabbitmq_and_asyncio_rows(tmp_path: Path, amqp_url
     for lib in libs:
         rows = re.findall(rf"^\| {re.escape(lib)} +\|", report, re.MULTILINE)
         assert len(rows) == 3 * tables.get(lib, 1) + 1, (lib, report)
-    assert "DUPLICATES" not in report and "CAPPED" not in report, report
+    for trouble in ("DUPLICATES", "CAPPED", "QUEUE HELD", "NO WARM-UP"):
+        assert trouble not in report, report
     # The RabbitMQ node of the tests runs here: its CPU per message is measured (a
     # number, not "-"), in the RabbitMQ tables only.
     section = report.split("### RabbitMQ: enqueue one at a time", 1)[1]
