@@ -128,4 +128,4 @@ def test_publish_cpu_bench_runs(redis_base_url: str) -> None:
     out = run_bench("publish_cpu.py", "--count", "50", "--runs", "1",
                     "--redis-url", redis_base_url)
     cpu, wall = (float(x) for x in out.split())
-    assert 0 < cpu and 0 < wall
+    assert cpu > 0 and wall > 0
