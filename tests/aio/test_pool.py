@@ -265,3 +265,122 @@ def test_an_async_task_runs_eagerly_too(app: App) -> None:
 
     with pytest.raises(errors.ImproperlyConfigured, match="adelay"):
         asyncio.run(blocking())
+
+
+class _Threads:
+    """Where the parts of a run happen: the thread of every ``Tracer.start``, every
+    state stored (by status) and every report to settlement."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch, app: App) -> None:
+        from wiretask.worker.pools.asyncio import AsyncioPool  # noqa: PLC0415
+        from wiretask.worker.tracer import Tracer  # noqa: PLC0415
+
+        self.starts: list[str] = []
+        self.stores: list[tuple[str, str]] = []
+        self.reports: list[str] = []
+        start, report = Tracer.start, AsyncioPool.report
+        backend = type(app.backend)
+        store = backend.store_reply
+
+        def spy_start(tracer: Tracer, *args: Any, **kwargs: Any) -> Any:
+            self.starts.append(threading.current_thread().name)
+            return start(tracer, *args, **kwargs)
+
+        def spy_report(pool: AsyncioPool, *args: Any) -> None:
+            self.reports.append(threading.current_thread().name)
+            report(pool, *args)
+
+        def spy_store(own: Any, task_id: str, meta: dict[str, Any], **kwargs: Any) -> Any:
+            self.stores.append((meta["status"], threading.current_thread().name))
+            return store(own, task_id, meta, **kwargs)
+
+        monkeypatch.setattr(Tracer, "start", spy_start)
+        monkeypatch.setattr(AsyncioPool, "report", spy_report)
+        monkeypatch.setattr(backend, "store_reply", spy_store)
+
+
+IO_THREAD = "wiretask-asyncio-io-"
+
+
+def test_a_task_that_stores_nothing_at_start_crosses_to_an_io_thread_once(
+    app: App, workers: list[Worker], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The hot path: ``start`` on the loop (it stores nothing), then the final state
+    and the report in one I/O-thread call, the state stored before the report."""
+    threads = _Threads(monkeypatch, app)
+    body: list[str] = []
+
+    @app.task
+    async def echo(x: int) -> int:
+        body.append(threading.current_thread().name)
+        return x
+
+    start(workers, app, concurrency=2)
+    assert echo.delay(7).get(timeout=5) == 7
+    wait_until(lambda: len(threads.reports) == 1)
+    assert threads.starts == []  # Tracer.start (the I/O-thread half) was not needed
+    assert body[0].startswith("wiretask-asyncio-") and not body[0].startswith(IO_THREAD)
+    [(status, stored_in)] = threads.stores
+    assert status == states.SUCCESS and stored_in.startswith(IO_THREAD)
+    assert threads.reports == [stored_in]  # conclude and report: one hand-off
+    wait_until(lambda: app.transport.size("celery") == 0)
+
+
+@pytest.mark.parametrize("tracked", [True, False])
+def test_a_start_that_stores_runs_in_an_io_thread(
+    app: App, workers: list[Worker], monkeypatch: pytest.MonkeyPatch, tracked: bool
+) -> None:
+    """``STARTED`` to store, or an expired message (``REVOKED``, errbacks, the body not
+    run): ``Tracer.start`` does it in an I/O thread, never on the loop."""
+    threads = _Threads(monkeypatch, app)
+    ran: list[int] = []
+    errbacks: list[str] = []
+
+    @app.task(track_started=tracked)
+    async def echo(x: int) -> int:
+        ran.append(x)
+        return x
+
+    @app.task(ignore_result=True)  # stores nothing: only echo's states are counted
+    def errback(task_id: str) -> None:
+        errbacks.append(task_id)
+
+    start(workers, app, concurrency=2)
+    if tracked:
+        assert echo.delay(3).get(timeout=5) == 3
+        expected = [states.STARTED, states.SUCCESS]
+    else:
+        result = echo.apply_async((3,), expires=-1.0, link_error=errback.s())
+        with pytest.raises(errors.TaskRevokedError):
+            result.get(timeout=5)
+        wait_until(lambda: errbacks == [result.id])
+        assert ran == []
+        expected = [states.REVOKED]
+    wait_until(lambda: len(threads.reports) == 1)
+    assert len(threads.starts) == 1 and threads.starts[0].startswith(IO_THREAD)
+    assert [status for status, _ in threads.stores] == expected
+    assert all(name.startswith(IO_THREAD) for _, name in threads.stores)
+
+
+def test_jobs_that_arrive_together_run_in_order_of_arrival(
+    app: App, workers: list[Worker]
+) -> None:
+    """Several jobs handed to the loop with one wake-up keep their order."""
+    order: list[int] = []
+
+    @app.task
+    async def note(n: int) -> int:
+        order.append(n)
+        return n
+
+    results = note.apply_many([((n,), {}) for n in range(40)])
+    start(workers, app, concurrency=1, prefetch_multiplier=10)
+    assert [result.get(timeout=10) for result in results] == list(range(40))
+    assert order == list(range(40))
+
+
+def wait_until(predicate: Any, timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.01)

@@ -309,6 +309,21 @@ class Tracer:
         finally:
             self._run.control = NO_LIMITS
 
+    def start_without_io(
+        self, message: TaskMessage, delivery_info: Mapping[str, Any]
+    ) -> Started | None:
+        """``start``, for a message whose start stores nothing (its task is registered,
+        it has not expired, ``STARTED`` is not tracked): then nothing here blocks, and
+        the asyncio pool calls it on its event loop instead of handing it to a thread.
+        ``None`` for any other message: call ``start``, where blocking is fine (it
+        decides again, with the clock as it is then)."""
+        task = self.app.tasks.get(message.task)
+        if task is None or self._tracks(task, message):
+            return None
+        if message.expires is not None and is_expired(message.expires, now=self.app.now()):
+            return None
+        return Started(task, self.request_for(message, delivery_info), False)
+
     def conclude(
         self, message: TaskMessage, started: Started, run: Run, control: Control = NO_LIMITS
     ) -> Outcome:
@@ -338,13 +353,18 @@ class Tracer:
     def _track(self, task: Task[Any, Any], message: TaskMessage, request: Request) -> bool:
         """Store ``STARTED`` if tracking is on; whether it was (or may have been)
         stored. The request is current."""
-        if message.ignore_result or not self.track_started(task):
-            return False  # Celery: track_started is off for ignore_result tasks.
+        if not self._tracks(task, message):
+            return False
         self._try_store(
             message, states.STARTED, {"pid": os.getpid(), "hostname": self.hostname},
             request=request,
         )
         return True
+
+    def _tracks(self, task: Task[Any, Any], message: TaskMessage) -> bool:
+        """Whether ``STARTED`` is stored for this message (Celery: ``track_started`` is
+        off for ``ignore_result`` tasks)."""
+        return not message.ignore_result and self.track_started(task)
 
     def _conclude(self, message: TaskMessage, started: Started, run: Run) -> Outcome:
         """After the body (the request is current): store, then callbacks or errbacks."""
