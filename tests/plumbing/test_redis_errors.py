@@ -298,10 +298,10 @@ def test_each_row_through_each_module(
     raising = [True]
     original = Commands.run
 
-    def run(self: Commands, commands: Any) -> list[Any]:
+    def run(self: Commands, commands: Any, *, atomic: bool = False) -> list[Any]:
         if raising[0]:
             raise exc
-        return original(self, commands)
+        return original(self, commands, atomic=atomic)
 
     def undo() -> None:
         raising[0] = False

@@ -888,18 +888,19 @@ def _lose_pushes(monkeypatch: pytest.MonkeyPatch, landed: list[bool]) -> list[bo
     """Make the next ``len(landed)`` publish writes (the one ``MULTI``/``EXEC``
     transaction of a single message or of a whole batch) fail with ConnectionError, each
     after running (True: the reply was lost) or without running (False). Returns the
-    plan, which empties as it is used."""
-    original = Commands.transaction
+    plan, which empties as it is used. (A publish sends its transaction as
+    ``Commands.run(..., atomic=True)``.)"""
+    original = Commands.run
     plan = list(landed)
 
-    def flaky(self: Commands, commands: Any) -> Any:
-        if plan:
+    def flaky(self: Commands, commands: Any, *, atomic: bool = False) -> Any:
+        if atomic and plan:
             if plan.pop(0):
-                original(self, commands)
+                original(self, commands, atomic=True)
             raise redis.ConnectionError("connection dropped before the reply")
-        return original(self, commands)
+        return original(self, commands, atomic=atomic)
 
-    monkeypatch.setattr(Commands, "transaction", flaky)
+    monkeypatch.setattr(Commands, "run", flaky)
     return plan
 
 

@@ -150,10 +150,8 @@ class AsyncRedisTransport(AsyncTransport):
                 if attempt.routed:
                     attempt.read_tables(await commands.run(attempt.table_reads()))
                 writing, transaction = attempt.writes()
-                if transaction:
-                    await commands.transaction(writing)
-                elif writing:
-                    await commands.run(writing)
+                if writing:
+                    await commands.run(writing, atomic=transaction)
         except (ConnectionLost, asyncio.CancelledError):
             self.staging.keep_unsettled(attempt)
             raise

@@ -17,7 +17,6 @@ A captured Celery 5.7 entry (re-indented; the stored text is one line)::
 
 from __future__ import annotations
 
-import base64
 import binascii
 import json
 import math
@@ -173,7 +172,8 @@ def encode(
     # encoder's walk of the outer dict and its five keys costs more than this).
     try:
         return "".join((
-            '{"body": "', base64.b64encode(frame.body).decode("ascii"),
+            # binascii: what base64.b64encode calls, without its Python frame
+            '{"body": "', binascii.b2a_base64(frame.body, newline=False).decode("ascii"),
             '", "content-encoding": ', _string_text(frame.content_encoding),
             ', "content-type": ', _string_text(frame.content_type),
             ', "headers": ', headers_json if headers_json is not None else _dumps(

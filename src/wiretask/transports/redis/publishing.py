@@ -56,6 +56,8 @@ log = logging.getLogger(__name__)
 PUBLISH_MARKER_TTL = 300
 #: Most publishes with an unknown outcome remembered for a retry (oldest dropped first).
 _UNSETTLED_LIMIT = 10_000
+#: Most list names a publisher remembers (``Staging._list``).
+_LISTS_LIMIT = 4096
 
 
 class _Staged(NamedTuple):
@@ -137,12 +139,14 @@ class Attempt:
         a ``MULTI``/``EXEC`` transaction (False: one bare command, atomic by itself, or
         nothing at all)."""
         writes = _Writes(self._staging.keys, self._staging.visibility_timeout)
-        for _, item, earlier in self.batch:
+        for message, item, earlier in self.batch:
             if earlier in self.landed:
                 continue  # the attempt whose reply was lost did land
             where = item.route
+            # ``message.queue``: the routing key of a default-exchange message, read by
+            # ``prepare`` already (``Route.key`` is a property: a call each time)
             queues = (route(self.tables[where.exchange], where.key) if where.exchange
-                      else [where.key])
+                      else [message.queue])
             self._staging.stage(writes, item, queues)
         writing = writes.commands(self.marker)
         # Without a marker, a ready message (or a batch for one list) is one LPUSH, as
@@ -202,6 +206,9 @@ class Staging:
             int, tuple[Frame, Route, datetime | None, _Staged, str, float]
         ] = {}
         self._unsettled_lock = threading.Lock()
+        #: (queue, bucket) -> the prefixed name of that list: every publish writes to
+        #: one, and the lookup is one dict read instead of two calls (``stage``).
+        self._lists: dict[tuple[str, int], str] = {}
 
     def attempt(self, messages: Sequence[Prepared], hold: bool) -> Attempt | None:
         """Stage ``messages`` for one attempt (a retried message as it was staged
@@ -215,7 +222,10 @@ class Staging:
         # One read of the random source for the tags of a batch; one id for one message.
         tags = new_ids(len(messages)) if len(messages) > 1 else (new_id(),)
         for message, tag in zip(messages, tags, strict=True):
-            kept = self._take_unsettled(message) if markers else None
+            # ``_unsettled`` is read here first: empty, the common case, costs no call
+            # (an entry for this frame would have been left by this thread's own earlier
+            # attempt, so reading it without the lock cannot miss it).
+            kept = self._take_unsettled(message) if markers and self._unsettled else None
             if kept is not None:
                 batch.append((message, *kept))
                 retrying = True
@@ -247,8 +257,6 @@ class Staging:
     def _take_unsettled(self, message: Prepared) -> tuple[_Staged, str] | None:
         """The staged form of an earlier publish of this very frame (same route and
         ``not_before``) whose outcome is unknown, and that attempt's marker; or None."""
-        if not self._unsettled:  # the common case; an entry for this frame would have
-            return None          # been left by this thread's own earlier attempt
         with self._unsettled_lock:
             kept = self._unsettled.pop(id(message.frame), None)
         if kept is None:
@@ -271,7 +279,8 @@ class Staging:
         due = message.due
         if due is not None and (not hold or due <= now):
             due = None
-        entry = encode(message.frame, exchange=where.exchange, routing_key=where.key,
+        entry = encode(message.frame, exchange=where.exchange,
+                       routing_key=where.key if where.exchange else message.queue,
                        delivery_tag=tag, published=now, due=due)
         return _Staged(where, tag, entry, bucket, due)
 
@@ -286,13 +295,29 @@ class Staging:
                          dead_entry(where.queue, reason, staged.entry.encode(),
                                     at=time.time()))
             return
+        bucket, lists = staged.bucket, self._lists
         for queue in queues:
-            name = queue_key(queue, staged.bucket)
             if staged.due is None:
-                writes.lpush(self.keys.p(name), staged.entry)
+                key = lists.get((queue, bucket))
+                if key is None:
+                    key = self._list(queue, bucket)
+                pushes = writes.pushes.get(key)
+                if pushes is None:
+                    writes.pushes[key] = [staged.entry]
+                else:
+                    pushes.append(staged.entry)
             else:
-                writes.schedule(queue, f"{staged.tag}{SEP}{queue}", staged.due, name,
-                                staged.entry)
+                writes.schedule(queue, f"{staged.tag}{SEP}{queue}", staged.due,
+                                queue_key(queue, bucket), staged.entry)
+
+    def _list(self, queue: str, bucket: int) -> str:
+        """The prefixed name of ``queue``'s list of ``bucket``, remembered (a bounded
+        memory: forgotten all at once when full)."""
+        lists = self._lists
+        if len(lists) >= _LISTS_LIMIT:
+            lists.clear()
+        key = lists[queue, bucket] = self.keys.p(queue_key(queue, bucket))
+        return key
 
 
 class Publisher:
@@ -345,10 +370,8 @@ class Publisher:
                 if attempt.routed:
                     attempt.read_tables(run(attempt.table_reads()))
                 writing, transaction = attempt.writes()
-                if transaction:
-                    self._commands.transaction(writing)
-                elif writing:
-                    run(writing)
+                if writing:
+                    run(writing, atomic=transaction)
         except ConnectionLost:
             self.staging.keep_unsettled(attempt)
             raise
@@ -363,17 +386,11 @@ class _Writes:
     def __init__(self, keys: Keys, visibility_timeout: float) -> None:
         self._names = keys
         self._visibility_timeout = visibility_timeout
-        self._pushes: dict[str, list[str]] = {}
+        #: list key -> the entries pushed to it, in order (``Staging.stage`` adds them)
+        self.pushes: dict[str, list[str]] = {}
         self._dead: dict[str, list[str]] = {}
         #: (queue, member, due, list, entry) of each held message
         self._held: list[tuple[str, str, float, str, str]] = []
-
-    def lpush(self, key: str, entry: str) -> None:
-        entries = self._pushes.get(key)
-        if entries is None:
-            self._pushes[key] = [entry]
-        else:
-            entries.append(entry)
 
     def rpush(self, key: str, text: str) -> None:
         self._dead.setdefault(key, []).append(text)
@@ -386,11 +403,11 @@ class _Writes:
         when there is nothing to write. A delayed message's entry is written with its
         index entries and its token, so ``DUE`` never finds a member without them."""
         commands: list[tuple[Any, ...]] = []
-        if not (self._pushes or self._dead or self._held):
+        if not (self.pushes or self._dead or self._held):
             return commands
         if marker:
             commands.append(("SET", marker, 1, "EX", PUBLISH_MARKER_TTL))
-        for key, entries in self._pushes.items():
+        for key, entries in self.pushes.items():
             commands.append(("LPUSH", key, *entries))
         for key, texts in self._dead.items():
             commands.append(("RPUSH", key, *texts))
