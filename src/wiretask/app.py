@@ -41,6 +41,7 @@ import uuid
 import weakref
 from collections.abc import (
     AsyncIterator,
+    Awaitable,
     Callable,
     Collection,
     Iterable,
@@ -1022,7 +1023,11 @@ class App(PeriodicTasks):
     @property
     def _builder(self) -> calling.CallBuilder:
         builder = self._call_builder
-        if builder is None or builder.registry is not self.registry:
+        # ``_registry`` read first: the ``registry`` property is a call per publish.
+        registry = self._registry
+        if registry is None:
+            registry = self.registry
+        if builder is None or builder.registry is not registry:
             builder = self._call_builder = calling.CallBuilder(self.registry, self.conf)
         return builder
 
@@ -1107,7 +1112,9 @@ class App(PeriodicTasks):
         deferred = _deferred.get()
         if deferred is not None and deferred.app is self:
             return deferred.capabilities
-        return self.transport.capabilities
+        # ``_transport`` read first: the ``transport`` property is a call per publish.
+        transport = self._transport
+        return (transport if transport is not None else self.transport).capabilities
 
     def send_task(
         self, name: str, args: object = None, kwargs: object = None, **options: Any
@@ -1161,7 +1168,8 @@ class App(PeriodicTasks):
             AsyncResult(c.message.id, app=self, ignore_result=c.message.ignore_result)
             for c in calls
         ]
-        _add_to_parent(self, results)
+        if _current_request.get() is not None:  # in a task (no call per publish outside)
+            _add_to_parent(self, results)
         return results
 
     def _dispatch(self, calls: Sequence[calling.Call], capabilities: Capabilities) -> _Dispatch:
@@ -1171,7 +1179,9 @@ class App(PeriodicTasks):
         This is the publish hot path (every ``apply_async``): one call, the common
         case, is sent as ``one`` (a frame, its route and ``not_before``), with no
         ``Outgoing`` list, and its queue sets are tuples of one."""
-        registry = self.registry
+        registry = self._registry
+        if registry is None:  # the property only the first time: a call per publish
+            registry = self.registry
         # Broker-side delay only where the transport holds messages for the time the
         # caller gives (``native_delay_on_send``).
         native_delay = capabilities.native_delay and capabilities.native_delay_on_send
@@ -1208,7 +1218,9 @@ class App(PeriodicTasks):
     def _publish(self, calls: Sequence[calling.Call]) -> None:
         if not calls:
             return
-        transport = self.transport
+        transport = self._transport
+        if transport is None:  # the property only the first time: a call per publish
+            transport = self.transport
         one, outgoing, queues, bound, sent = self._dispatch(calls, transport.capabilities)
         replies = self._reply_backend() if sent else None
         declared = self._declared
@@ -1396,7 +1408,8 @@ class App(PeriodicTasks):
             AsyncResult(c.message.id, app=self, ignore_result=c.message.ignore_result)
             for c in calls
         ]
-        _add_to_parent(self, results)
+        if _current_request.get() is not None:  # in a task (no call per publish outside)
+            _add_to_parent(self, results)
         return results
 
     async def _apublish(self, calls: Sequence[calling.Call], state: _LoopState) -> None:
@@ -1409,21 +1422,25 @@ class App(PeriodicTasks):
         tracker = replies if replies is not None and isinstance(replies, AsyncReplyRouted) \
             else None
 
-        async def attempt() -> None:
+        def publish() -> Awaitable[None]:
+            if one is not None:
+                return transport.publish(one[0], one[1], not_before=one[2])
+            return transport.publish_many(outgoing)
+
+        async def track_declare_publish() -> None:
             if tracker is not None:
                 await tracker.track(sent)
-            if not declared.issuperset(queues):
-                for queue in [q for q in queues if q not in declared]:
-                    await transport.declare_queue(queue)
-                    declared.add(queue)
-            if not declared.issuperset(bound):
-                for queue in [q for q in bound if q not in declared]:
-                    await self._abind(transport, queue)
-                    declared.add(queue)
-            if one is not None:
-                await transport.publish(one[0], one[1], not_before=one[2])
-            else:
-                await transport.publish_many(outgoing)
+            await self._adeclare(transport, declared, queues, bound)
+            await publish()
+
+        def attempt() -> Awaitable[None]:
+            # Nothing to track or declare (the common case): the attempt is the
+            # transport's publish itself, awaited by the retry driver, with no coroutine
+            # of its own around it (each level is paid twice per publish: at the await
+            # and at the reply). Decided per attempt: ``recover`` forgets the queues.
+            if tracker is None and declared.issuperset(queues) and declared.issuperset(bound):
+                return publish()
+            return track_declare_publish()
 
         async def recover() -> None:
             declared.clear()
@@ -1434,6 +1451,18 @@ class App(PeriodicTasks):
             attempt, first.retry_policy, retry=first.retry, recover=recover,
             task_id=first.message.id,
         )
+
+    async def _adeclare(
+        self, transport: AsyncTransport, declared: set[str], queues: Collection[str],
+        bound: Collection[str],
+    ) -> None:
+        """``_declare``, awaited, on the loop's transport and its own ``declared`` set."""
+        for queue in [q for q in queues if q not in declared]:
+            await transport.declare_queue(queue)
+            declared.add(queue)
+        for queue in [q for q in bound if q not in declared]:
+            await self._abind(transport, queue)
+            declared.add(queue)
 
     def _backend_step(self, step: Callable[[], object]) -> None:
         """A result-backend call a canvas makes while it sends (a chord's size, its

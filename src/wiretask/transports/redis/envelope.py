@@ -18,6 +18,7 @@ A captured Celery 5.7 entry (re-indented; the stored text is one line)::
 from __future__ import annotations
 
 import binascii
+import functools
 import json
 import math
 import re
@@ -184,6 +185,7 @@ def encode(
         raise EncodeError("envelope", f"headers/properties are not JSON: {exc}") from exc
 
 
+@functools.lru_cache(maxsize=64, typed=True)  # a hit is no Python call: two per message
 def _string_text(value: str) -> str:
     """A content label as ``json.dumps`` writes it (a frame's labels are strings)."""
     if type(value) is not str:
