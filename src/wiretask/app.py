@@ -1164,6 +1164,11 @@ class App(PeriodicTasks):
                 deferred.steps.append(list(calls))
         else:
             self._publish(calls)
+        return self._results(calls)
+
+    def _results(self, calls: Sequence[calling.Call]) -> list[AsyncResult]:
+        """The results of sent calls (sync and asyncio), added to the running task's
+        children when sent from inside one."""
         results = [
             AsyncResult(c.message.id, app=self, ignore_result=c.message.ignore_result)
             for c in calls
@@ -1373,7 +1378,10 @@ class App(PeriodicTasks):
                            "apply_async/delay only", name)
         state = self._loop_state()
         call = self._build_one(name, args, kwargs, options, state.transport.capabilities)
-        return (await self._asend((call,), state))[0]
+        # ``_asend`` of one call without its coroutine level (each is paid twice per
+        # publish: at the await and at the reply): the path of ``aapply_async``.
+        await self._apublish((call,), state)
+        return self._results((call,))[0]
 
     async def asend_many(
         self,
@@ -1404,13 +1412,7 @@ class App(PeriodicTasks):
         state = state or self._loop_state()
         if calls:
             await self._apublish(calls, state)
-        results = [
-            AsyncResult(c.message.id, app=self, ignore_result=c.message.ignore_result)
-            for c in calls
-        ]
-        if _current_request.get() is not None:  # in a task (no call per publish outside)
-            _add_to_parent(self, results)
-        return results
+        return self._results(calls)
 
     async def _apublish(self, calls: Sequence[calling.Call], state: _LoopState) -> None:
         transport = state.transport
