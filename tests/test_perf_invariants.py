@@ -400,3 +400,36 @@ def test_needs_hold_is_any_message_not_due(dues: list[float | None]) -> None:
     expected = any(due is not None and due > now + 1 for due in dues)
     if expected or all(due is None or due < now - 1 for due in dues):
         assert needs_hold(messages) is expected
+
+
+def test_remembered_list_names_are_the_named_lists() -> None:
+    """``Staging`` remembers each list's prefixed name (one dict read per publish): the
+    name is ``keys.p(queue_key(queue, bucket))``, and the memory is bounded."""
+    from wiretask._redis.keys import Keys  # noqa: PLC0415
+    from wiretask.transports.redis import publishing  # noqa: PLC0415
+    from wiretask.transports.redis.envelope import queue_key  # noqa: PLC0415
+
+    keys = Keys(prefix="p:", unacked="u", unacked_index="ui", unacked_mutex="um",
+                delayed="d", delayed_messages="dm")
+    staging = publishing.Staging(keys, (0, 3, 6, 9), 0, visibility_timeout=60.0,
+                                 markers=True)
+    for queue in ("q", "other"):
+        for bucket in (0, 3, 9):
+            assert staging._list(queue, bucket) == keys.p(queue_key(queue, bucket))
+            assert staging._lists[queue, bucket] == keys.p(queue_key(queue, bucket))
+    for n in range(publishing._LISTS_LIMIT + 10):
+        staging._list(f"q{n}", 0)
+    assert len(staging._lists) <= publishing._LISTS_LIMIT
+
+
+@pytest.mark.parametrize("label", ["application/json", "utf-8", "binary", "é/\u2028", 1, True,
+                                   None, 1.5])
+def test_remembered_label_text_is_json_dumps(label: Any) -> None:
+    """The list entry's content labels are written from a memory of their JSON text
+    (``lru_cache``, typed: ``True`` is not ``1``): what ``json.dumps`` writes."""
+    import json  # noqa: PLC0415
+
+    from wiretask.transports.redis.envelope import _string_text  # noqa: PLC0415
+
+    assert _string_text(label) == json.dumps(label)
+    assert _string_text(label) == json.dumps(label)  # the second, remembered
