@@ -1034,13 +1034,7 @@ def _cmd_exporter(args: argparse.Namespace) -> int:
             from wiretask.monitoring.events import EventCollector  # noqa: PLC0415 - extra
 
             transport, exchange = _event_source(app)
-            conf = app.conf
-            events = EventCollector(
-                transport, exchange, app.registry,
-                prefix=str(conf.get("event_queue_prefix") or "celeryev"),
-                queue_ttl=conf.get("event_queue_ttl", 5.0),
-                queue_expires=conf.get("event_queue_expires", 60.0),
-            )
+            events = EventCollector(transport, exchange, app.registry, **_event_queue(app))
             events.start()
             collectors.append(events)
         exporter = Exporter(collectors, bind=args.bind, port=args.port)
@@ -1090,6 +1084,14 @@ def _event_source(app: App) -> tuple[Broadcast, Exchange]:
     return transport, event_exchange(transport.url.partition(":")[0], name)
 
 
+def _event_queue(app: App) -> dict[str, Any]:
+    """The event queue's settings (Celery's ``event_queue_*``), for a receiver."""
+    conf = app.conf
+    return {"prefix": str(conf.get("event_queue_prefix") or "celeryev"),
+            "queue_ttl": conf.get("event_queue_ttl", 5.0),
+            "queue_expires": conf.get("event_queue_expires", 60.0)}
+
+
 def _event_line(event: dict[str, Any]) -> str:
     """One event as Celery's ``celery events --dump`` prints it."""
     ev = dict(event)
@@ -1115,13 +1117,9 @@ def _cmd_events(args: argparse.Namespace) -> int:
     app = _app_from_args(args)
     try:
         transport, exchange = _event_source(app)
-        conf = app.conf
         receiver = EventReceiver(
-            transport, exchange, app.registry,
-            prefix=str(conf.get("event_queue_prefix") or "celeryev"),
-            queue_ttl=conf.get("event_queue_ttl", 5.0),
-            queue_expires=conf.get("event_queue_expires", 60.0),
-            exclusive=bool(conf.get("event_queue_exclusive", False)),
+            transport, exchange, app.registry, **_event_queue(app),
+            exclusive=bool(app.conf.get("event_queue_exclusive", False)),
         )
 
         def on_signal(signum: int, frame: FrameType | None) -> None:

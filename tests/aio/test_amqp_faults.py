@@ -29,6 +29,7 @@ from tcp_proxy import TcpProxy
 from wiretask import errors
 from wiretask.app import App
 from wiretask.protocol.frame import Frame, Outgoing, Route
+from wiretask.results.rpc import RPCBackend
 from wiretask.transports.amqp import AMQPTransport
 from wiretask.transports.amqp_aio import AsyncAMQPTransport
 
@@ -274,7 +275,8 @@ async def test_a_wait_cancelled_at_every_step_leaks_no_consumer_or_connection(
     app = fault_app(proxy)
     result = await app.signature("faults.add").adelay(1, 1)  # never run: no worker
     backend = app.backend
-    reply_queue = backend.reply_to  # type: ignore[attr-defined]
+    assert isinstance(backend, RPCBackend)  # rpc:// (fault_app's default)
+    reply_queue = backend.reply_to
 
     async def wait() -> None:
         await result.aget(timeout=30)
@@ -288,9 +290,9 @@ async def test_a_wait_cancelled_at_every_step_leaks_no_consumer_or_connection(
         await asyncio.sleep(0.01)
         assert proxy.open_connections <= 2  # the publishing one, the consuming one
         assert consumers() <= 1
-        with backend._lock:  # type: ignore[attr-defined]
+        with backend._lock:
             assert not any(record.subscriptions  # no subscription left behind
-                           for record in backend._tasks.values())  # type: ignore[attr-defined]
+                           for record in backend._tasks.values())
 
     for step in range(60):  # the wait never ends by itself: cancel it at each step
         running = asyncio.ensure_future(wait())

@@ -274,6 +274,7 @@ def test_task_sent_needs_a_broker_that_broadcasts(caplog: pytest.LogCaptureFixtu
         url = "plain://"
 
     sent = SentEvents(REGISTRY)
+    # Plain is not a Transport on purpose: a broker that cannot broadcast.
     sent.sent(Plain(), [])  # type: ignore[arg-type]
     sent.sent(Plain(), [])  # type: ignore[arg-type]
     assert caplog.text.count("no task-sent event is sent") == 1

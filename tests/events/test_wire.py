@@ -44,6 +44,7 @@ def test_a_timestamp_given_in_the_fields_is_kept() -> None:
 @pytest.mark.parametrize("bad", ["", "nogroup", "-x", 3])
 def test_a_type_needs_a_group(bad: object) -> None:
     with pytest.raises(ValidationError, match="type"):
+        # ``bad`` is of the wrong type on purpose (3): what the check refuses.
         event(bad, {}, hostname="h", utcoffset=0, pid=1, clock=0,  # type: ignore[arg-type]
               timestamp=0.0)
 
